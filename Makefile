@@ -1,0 +1,41 @@
+# faceage-audit: `make demo` and `make test` create .venv and install on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TEST_ENV = PREFECT_HOME=$(CURDIR)/.pytest-prefect \
+           PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 \
+           PREFECT_SERVER_ANALYTICS_ENABLED=false \
+           PREFECT_LOGGING_LEVEL=WARNING
+
+.PHONY: install demo test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, on its own, so pip takes the local 2.14.1 wheels and never a CUDA download
+	$(PIP) install --quiet -c constraints.txt torch torchvision
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.prefect} PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 \
+	  $(VENV)/bin/faceage-audit demo --out reports/demo
+
+test: $(STAMP)
+	rm -rf .pytest-prefect
+	$(TEST_ENV) $(PY) -m pytest -q
+
+test-all: $(STAMP)
+	rm -rf .pytest-prefect
+	$(TEST_ENV) $(PY) -m pytest -q -m ''
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest-prefect .prefect reports/demo

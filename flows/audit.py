@@ -1,0 +1,73 @@
+"""audit_flow: load -> validate -> predict -> accuracy -> survival -> verdict -> publish.
+
+Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
+work (and every test of it) lives. Later issues add inference on images, robustness,
+fairness and drift as further tasks between the same ends.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from audit import stages
+from audit.config import load_config
+
+
+@task(name="load cohort", cache_policy=NONE)
+def load(ctx: stages.RunContext) -> int:
+    return stages.load_stage(ctx)
+
+
+@task(name="basic validation", cache_policy=NONE)
+def validate(ctx: stages.RunContext) -> int:
+    return stages.basic_validation(ctx)
+
+
+@task(name="predictions", cache_policy=NONE)
+def predict(ctx: stages.RunContext) -> int:
+    return stages.predict_stage(ctx)
+
+
+@task(name="accuracy", cache_policy=NONE)
+def accuracy(ctx: stages.RunContext) -> int:
+    return stages.accuracy_stage(ctx)
+
+
+@task(name="survival", cache_policy=NONE)
+def survival(ctx: stages.RunContext) -> int:
+    return stages.survival_stage(ctx)
+
+
+@task(name="verdict", cache_policy=NONE)
+def verdict(ctx: stages.RunContext) -> str:
+    return stages.verdict_stage(ctx)
+
+
+@task(name="publish", cache_policy=NONE, retries=1, retry_delay_seconds=2)
+def publish(ctx: stages.RunContext, result: str) -> str:
+    return str(stages.publish_stage(ctx, result))
+
+
+@flow(name="audit", log_prints=False, validate_parameters=True)
+def audit_flow(cohort: str, models: list[str], out: str = "reports",
+               config: str | None = None, overrides: dict | None = None) -> dict:
+    """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
+
+    Returns ``{"run_id", "verdict", "report"}``.
+    """
+    cfg = load_config(config, **(overrides or {}))
+    ctx = stages.start(cohort, models, out, cfg, flow="audit")
+    with ctx.store.heartbeating(ctx.run_id):
+        try:
+            load(ctx)
+            validate(ctx)
+            predict(ctx)
+            accuracy(ctx)
+            survival(ctx)
+            result = verdict(ctx)
+            report = publish(ctx, result)
+        except BaseException as exc:
+            stages.fail(ctx, exc)
+            raise
+    return {"run_id": ctx.run_id, "verdict": result, "report": report}

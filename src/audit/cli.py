@@ -1,0 +1,141 @@
+"""``faceage-audit``: the command line (DESIGN.md's CLI contract).
+
+Exit status: 0 every audit check passed; 1 the audit ran and some check failed; 2 the
+command or its input cannot be used (the message names file, row and column); 3 an
+internal error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from audit.errors import InputError
+
+# Prefect reads its settings at import: keep its own logging quiet unless asked.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Audit face-photo health models (FaceAge, FAHR-FaceAge, "
+                       "FAHR-FaceSurvival) on a cohort: accuracy, survival, verdicts, reports.")
+console = Console(stderr=True)
+
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path],
+               overrides: dict | None = None) -> int:
+    from audit import progress
+    from audit.config import load_config
+
+    load_config(config, **(overrides or {}))  # fail fast (exit 2) before Prefect starts
+    progress.use_console(console)
+    from flows.audit import audit_flow
+
+    with console.status("starting Prefect (a temporary local server the first time)..."):
+        import prefect  # noqa: F401
+    result = audit_flow(cohort=str(cohort), models=models, out=str(out),
+                        config=str(config) if config else None, overrides=overrides)
+    verdict = result["verdict"]
+    style = "bold green" if verdict == "pass" else "bold red"
+    console.print(f"[{style}]verdict: {verdict.upper()}[/]  run {result['run_id']}")
+    console.print(f"report: {result['report']}")
+    console.print(f"index:  {out / 'index.html'}")
+    return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+
+
+@app.command()
+def run(
+    cohort: Path = typer.Option(..., "--cohort", help="cohort folder (with cohort.yaml)"),
+    model: list[str] = typer.Option(..., "--model",
+                                    help="model spec: YAML file or short form, e.g. predictions:faceage"),
+    config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
+    out: Path = typer.Option(Path("reports"), "--out", help="output folder (audit.duckdb, runs/)"),
+) -> None:
+    """Audit one or more models on a cohort."""
+    raise typer.Exit(_run_audit(cohort, model, out, config))
+
+
+@app.command("make-cohort")
+def make_cohort(
+    out: Path = typer.Option(..., "--out", help="folder to write the cohort into"),
+    n: int = typer.Option(600, "--n", min=10, help="number of subjects"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a synthetic cancer cohort whose truth is known (tabular; oracle predictions)."""
+    from audit.demo.world import write_cohort
+
+    path = write_cohort(out, n=n, seed=seed)
+    console.print(f"wrote synthetic cohort {path} ({n} subjects, seed {seed})")
+    console.print("[yellow]its faceage and risk columns are an ORACLE model's predictions "
+                  "(truth + noise), not a trained image model's; truth is in truth.csv[/]")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports/demo"), "--out"),
+    n: int = typer.Option(600, "--n", min=50),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Make a synthetic cohort and audit it end to end (light preset)."""
+    from audit.demo.world import write_cohort
+
+    cohort = write_cohort(out / "cohort", n=n, seed=seed, name="demo-synthetic-cancer")
+    spec = out / "cohort" / "oracle-model.yaml"
+    spec.write_text(
+        "name: oracle\nkind: predictions\noutputs: {faceage: faceage, risk: risk}\n"
+        "card:\n  version: demo\n  intended_use: demonstration of faceage-audit only\n"
+        "  training_data: none (an oracle reading the synthetic world's truth plus noise)\n")
+    console.print(f"synthetic cohort: {cohort} ({n} subjects, seed {seed})")
+    raise typer.Exit(_run_audit(cohort, [str(spec)], out, None, overrides={"preset": "light"}))
+
+
+@app.command()
+def report(
+    db: Path = typer.Option(..., "--db", help="an audit.duckdb"),
+    out: Optional[Path] = typer.Option(None, "--out", help="default: the folder of --db"),
+    show_ids: bool = typer.Option(False, "--show-ids", help="show raw subject and photo ids"),
+) -> None:
+    """Re-render every run's page and the index from a DuckDB file alone."""
+    from audit.report import render_all
+
+    if not db.is_file():
+        raise InputError(f"{db}: no such DuckDB file")
+    index = render_all(db, out, show_ids=show_ids)
+    console.print(f"index: {index}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: map errors to exit codes (2 input, 3 internal)."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except InputError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        return 130
+    except Exception as exc:  # click usage errors first, then anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return EXIT_INPUT
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        console.print_exception(max_frames=8)
+        console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL
+    return rc if isinstance(rc, int) else EXIT_PASS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

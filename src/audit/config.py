@@ -1,0 +1,114 @@
+"""Audit configuration: thresholds for verdicts and knobs for each stage.
+
+A run reads an ``audit.toml`` (``--config``); every key is optional and falls back to
+the defaults below. The resolved configuration is stored with the run (its SHA-256 is
+``runs.config_sha256``) so a verdict can always be traced to the thresholds it used.
+
+Example ``audit.toml``::
+
+    [accuracy]
+    n_boot = 1000
+
+    [thresholds]
+    faceage_mae_max = 8.0
+    risk_cindex_min = 0.60
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from audit.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AccuracyConfig(_Section):
+    """Overall and subgroup accuracy with subject-level bootstrap CIs."""
+
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects, not photos)")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+    groups: list[str] = Field(
+        default_factory=lambda: ["sex", "race", "cancer_type", "age_band"],
+        description="standard columns (or age_band) to break accuracy down by",
+    )
+    age_bands: list[float] = Field(
+        default_factory=lambda: [65.0, 75.0, 85.0],
+        description="cut points of the age bands (FaceAge paper: <=65, 65-75, 75-85, >85)",
+    )
+    min_group_size: int = Field(20, ge=1, description="smaller groups are reported, not judged")
+
+
+class SurvivalConfig(_Section):
+    """First survival models: FaceAge per decade, risk quartiles, Kaplan-Meier."""
+
+    n_boot: int = Field(200, ge=0, description="bootstrap resamples for Harrell's C")
+    seed: int = 0
+    min_events: int = Field(10, ge=1, description="fewer events: models are not fitted")
+    penalizer: float = Field(0.0, ge=0)
+
+
+class Thresholds(_Section):
+    """Pass/fail thresholds of the verdict. A check whose inputs are absent is skipped."""
+
+    max_quarantine_fraction: float = Field(0.05, ge=0, le=1)
+    faceage_mae_max: float = 8.0
+    faceage_abs_mean_error_max: float = 5.0
+    faceage_pearson_min: float = 0.80
+    risk_cindex_min: float = 0.60
+    faceage_adjusted_hr_lower_min: float = Field(
+        1.0, description="lower CI of the age/sex-adjusted HR per decade must exceed this"
+    )
+    risk_q4_vs_q1_hr_lower_min: float = Field(
+        1.0, description="lower CI of the Q4 vs Q1 hazard ratio must exceed this"
+    )
+
+
+class AuditConfig(_Section):
+    accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
+    survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    preset: str = Field("full", description="`full` or `light` (the demo)")
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def load_config(path: str | Path | None = None, **overrides: dict) -> AuditConfig:
+    """Read an ``audit.toml`` (or the defaults when ``path`` is None).
+
+    Unknown keys and wrong types are an :class:`InputError` naming the file and key.
+    ``overrides`` are section dicts merged over the file (e.g. ``accuracy={"n_boot": 200}``).
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: audit config not found")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: not valid TOML: {exc}") from exc
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise InputError(f"{path or 'audit config'}: {problems}") from exc

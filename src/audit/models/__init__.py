@@ -1,0 +1,18 @@
+"""Model adapters behind one interface, in one registry (as timm's ``register_model``).
+
+Every adapter turns a cohort into tidy predictions: one row per photo and named output
+(``faceage`` in years, ``risk`` higher = worse), plus embeddings when the model has them.
+Adapters register themselves in :mod:`audit.models.registry`; this package imports each
+adapter module explicitly so that registering is never a side effect of a star import.
+"""
+
+from audit.models.registry import (  # noqa: F401
+    ModelAdapter,
+    ModelSpec,
+    Predictions,
+    create_model,
+    list_models,
+    parse_model_spec,
+    register_model,
+)
+from audit.models import predictions as _predictions  # noqa: F401,E402  (registers `predictions`)

@@ -1,0 +1,100 @@
+"""Plots for the report: matplotlib (Agg) rendered to inline PNG data URIs.
+
+Every plot has its numbers in a table beside it in the page; plots are for looking.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+
+
+def _fig(width=6.0, height=4.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    return plt, fig, ax
+
+
+def _uri(plt, fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def faceage_scatter(age: np.ndarray, faceage: np.ndarray, title: str) -> str:
+    """FaceAge against chronological age, with the identity line and a linear fit."""
+    plt, fig, ax = _fig(5.0, 4.5)
+    ax.scatter(age, faceage, s=6, alpha=0.35, color="#1f5f99", linewidths=0)
+    lo = float(min(np.min(age), np.min(faceage)))
+    hi = float(max(np.max(age), np.max(faceage)))
+    ax.plot([lo, hi], [lo, hi], color="#555", lw=1, ls="--", label="FaceAge = age")
+    if len(age) > 2:
+        slope, intercept = np.polyfit(age, faceage, 1)
+        xs = np.array([lo, hi])
+        ax.plot(xs, intercept + slope * xs, color="#c0392b", lw=1.5,
+                label=f"fit: {slope:.2f} x age + {intercept:.1f}")
+    ax.set_xlabel("chronological age (years)")
+    ax.set_ylabel("FaceAge (years)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    return _uri(plt, fig)
+
+
+def km_plot(curves: pd.DataFrame, title: str) -> str:
+    """Kaplan-Meier steps per group (time in years)."""
+    plt, fig, ax = _fig(6.0, 4.0)
+    for name, g in curves.groupby("group_name", sort=False):
+        g = g.sort_values("time")
+        t = np.concatenate([[0.0], g["time"].to_numpy()])
+        s = np.concatenate([[1.0], g["survival"].to_numpy()])
+        ax.step(t, s, where="post", label=f"{name} (n={int(g['at_risk'].max())})")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("years since photo")
+    ax.set_ylabel("survival probability")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _uri(plt, fig)
+
+
+def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
+                ref: float | None = None) -> str:
+    """Point estimates with CIs per row (subgroups or hazard ratios)."""
+    rows = rows.reset_index(drop=True)
+    plt, fig, ax = _fig(6.0, max(1.8, 0.32 * len(rows) + 1.0))
+    y = np.arange(len(rows))[::-1]
+    ax.errorbar(rows["value"], y,
+                xerr=[(rows["value"] - rows["ci_low"]).clip(lower=0),
+                      (rows["ci_high"] - rows["value"]).clip(lower=0)],
+                fmt="o", color="#1f5f99", ecolor="#888", capsize=3, ms=4)
+    if ref is not None:
+        ax.axvline(ref, color="#c0392b", lw=1, ls="--")
+    ax.set_yticks(y)
+    ax.set_yticklabels(rows[label_col], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _uri(plt, fig)
+
+
+def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> str:
+    """A metric over runs (x: run start), one line per cohort and model."""
+    plt, fig, ax = _fig(6.5, 3.2)
+    for name, g in frame.groupby("series", sort=True):
+        g = g.sort_values("started_at")
+        ax.plot(pd.to_datetime(g["started_at"]), g["value"], marker="o", ms=4, label=name)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return _uri(plt, fig)

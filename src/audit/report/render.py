@@ -1,0 +1,235 @@
+"""Render the static report site from DuckDB alone.
+
+``runs/<run_id>/index.html`` and ``verdict.json`` per run, ``index.html`` over runs. Pages
+are self-contained (inline CSS and PNG plots, no scripts, no CDN) and show no photos and
+no raw ids unless asked (:mod:`audit.privacy`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.hashing import sha256_file
+from audit.privacy import pseudonym
+from audit.report import plots
+from audit.store import Store
+
+TEMPLATES = Path(__file__).parent / "templates"
+SECTIONS = ["verdict", "validation", "composition", "accuracy", "survival", "trail"]
+
+
+def _env():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             autoescape=jinja2.select_autoescape(["html"]),
+                             undefined=jinja2.StrictUndefined)
+    env.filters["num"] = _num
+    env.filters["pval"] = _pval
+    return env
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}g}" if abs(float(value)) < 1e4 else f"{float(value):,.0f}"
+
+
+def _pval(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    df = df.astype(object).where(df.notna(), None)
+    return df.to_dict("records")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def run_context(store: Store, run_id: str, show_ids: bool = False,
+                final_verdict: str | None = None) -> dict:
+    """Everything the run page shows, read from the store."""
+    run = store.run(run_id)
+    if final_verdict is not None:
+        run["verdict"] = final_verdict
+        run["status"] = "finished"
+    t = {name: store.table(name, run_id) for name in (
+        "cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
+        "survival_models", "survival_terms", "survival_tests", "survival_metrics",
+        "survival_curves", "verdicts", "run_stages")}
+    models = json.loads(run["models"] or "[]")
+    rows = t["cohort_rows"]
+    included = rows[rows["included"]]
+    composition = []
+    for attribute in ["sex", "race", "cancer_type", "site"]:
+        if attribute in included and included[attribute].notna().any():
+            counts = included[attribute].fillna("(missing)").value_counts()
+            composition.append({"attribute": attribute, "groups": [
+                {"name": k, "n": int(v), "share": v / len(included)} for k, v in counts.items()]})
+    ages = included["age"].dropna()
+    age_summary = ({"mean": ages.mean(), "sd": ages.std(), "min": ages.min(),
+                    "max": ages.max()} if len(ages) else None)
+    outcomes = None
+    if included["event"].notna().any():
+        subjects = included.drop_duplicates("subject_id")
+        outcomes = {"subjects": len(subjects), "events": int(subjects["event"].sum()),
+                    "median_followup": float(subjects["time"].median())}
+
+    q = t["quarantine"].copy()
+    if len(q):
+        q["photo_id"] = q["photo_id"].map(lambda v: pseudonym(v, show_ids))
+    stage_notes = {r["stage"]: r["note"] for r in _records(t["run_stages"]) if r["note"]}
+
+    model_sections = []
+    preds = t["predictions"]
+    for m in models:
+        name = m["name"]
+        acc = t["accuracy"][t["accuracy"]["model"] == name]
+        section = {"name": name, "kind": m.get("kind"), "outputs": m.get("outputs", []),
+                   "overall": _records(acc[acc["attribute"] == "all"]),
+                   "groups": _records(acc[acc["attribute"] != "all"]), "plots": []}
+        p = preds[(preds["model"] == name) & (preds["output"] == "faceage")
+                  & (preds["perturbation"] == "none")]
+        if len(p) and len(included):
+            joined = p.merge(included[["photo_id", "age"]], on="photo_id").dropna()
+            if len(joined) > 1:
+                section["plots"].append({
+                    "uri": plots.faceage_scatter(joined["age"].to_numpy(),
+                                                 joined["value"].to_numpy(),
+                                                 f"{name}: FaceAge against chronological age"),
+                    "alt": f"Scatter plot of FaceAge against chronological age for {len(joined)} "
+                           f"photos, with the identity line and a linear fit."})
+        mae = acc[(acc["metric"] == "mae") & (acc["attribute"] != "all")]
+        if len(mae):
+            lab = mae.assign(label=mae["attribute"] + ": " + mae["group_name"].astype(str))
+            section["plots"].append({
+                "uri": plots.forest_plot(lab, "label", f"{name}: FaceAge MAE by subgroup",
+                                         "mean absolute error (years), 95% CI",
+                                         ref=float(acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")]["value"].iloc[0])),
+                "alt": "Forest plot of FaceAge mean absolute error with 95% confidence "
+                       "intervals by subgroup; the dashed line is the overall MAE."})
+        sm = t["survival_models"][t["survival_models"]["model"] == name]
+        st = t["survival_terms"][t["survival_terms"]["model"] == name]
+        section["cox"] = [dict(r, terms=_records(st[st["model_id"] == r["model_id"]]))
+                          for r in _records(sm)]
+        section["tests"] = _records(t["survival_tests"][t["survival_tests"]["model"] == name])
+        section["cindex"] = _records(t["survival_metrics"][t["survival_metrics"]["model"] == name])
+        section["km"] = []
+        curves = t["survival_curves"][t["survival_curves"]["model"] == name]
+        for curve, g in curves.groupby("curve", sort=True):
+            title = {"risk_quartile": "by risk quartile",
+                     "faceage_band": "by FaceAge band"}.get(curve, curve)
+            at_risk = _at_risk_table(g)
+            section["km"].append({
+                "title": title,
+                "uri": plots.km_plot(g, f"{name}: Kaplan-Meier {title}"),
+                "alt": f"Kaplan-Meier survival curves {title}; numbers at risk in the table below.",
+                "at_risk": at_risk})
+        model_sections.append(section)
+
+    return {
+        "run": run, "models": models, "sections": model_sections,
+        "verdicts": _records(t["verdicts"]), "validation": _records(t["validation_results"]),
+        "quarantine": _records(q.head(200)), "n_quarantine": len(q),
+        "n_rows": len(rows), "n_included": len(included), "composition": composition,
+        "age": age_summary, "outcomes": outcomes, "stages": _records(t["run_stages"]),
+        "stage_notes": stage_notes,
+        "environment": json.loads(run["environment"] or "{}"),
+        "config": json.loads(run["config"] or "{}"), "show_ids": show_ids,
+    }
+
+
+def _at_risk_table(curves: pd.DataFrame, times=(0, 1, 2, 3, 4, 5)) -> dict:
+    """Numbers at risk per group at whole years (the rows under a KM plot)."""
+    out = {"times": list(times), "groups": []}
+    for name, g in curves.groupby("group_name", sort=False):
+        g = g.sort_values("time")
+        counts = []
+        for t in times:
+            later = g[g["time"] >= t]
+            counts.append(int(later["at_risk"].iloc[0]) if len(later) else 0)
+        out["groups"].append({"name": name, "counts": counts})
+    return out
+
+
+def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool = False,
+               final_verdict: str | None = None) -> pd.DataFrame:
+    """Write ``runs/<run_id>/index.html`` and ``verdict.json``; return the artifact rows."""
+    out_dir = Path(out_dir)
+    ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict)
+    run_dir = out_dir / "runs" / run_id
+    html = _env().get_template("run.html").render(**ctx)
+    _write_atomic(run_dir / "index.html", html)
+    verdict = {
+        "run_id": run_id, "cohort": ctx["run"]["cohort_name"],
+        "cohort_sha256": ctx["run"]["cohort_sha256"], "synthetic": bool(ctx["run"]["synthetic"]),
+        "verdict": ctx["run"]["verdict"], "config_sha256": ctx["run"]["config_sha256"],
+        "code_version": ctx["run"]["code_version"],
+        "models": [{"name": m["name"], "kind": m.get("kind"), "outputs": m.get("outputs")}
+                   for m in ctx["models"]],
+        "checks": [{k: v[k] for k in ("model", "check_name", "category", "threshold", "value",
+                                      "status", "details")} for v in ctx["verdicts"]],
+    }
+    _write_atomic(run_dir / "verdict.json", json.dumps(verdict, indent=2, default=str))
+    rows = []
+    for kind, name in (("report_html", "index.html"), ("verdict_json", "verdict.json")):
+        path = run_dir / name
+        rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
+                     "sha256": sha256_file(path)})
+    return pd.DataFrame(rows)
+
+
+def render_index(store: Store, out_dir: str | Path) -> Path:
+    """Write ``index.html`` over every run in the store, with trends of key metrics."""
+    out_dir = Path(out_dir)
+    runs = store.runs()
+    runs_view = []
+    for r in _records(runs):
+        models = json.loads(r["models"] or "[]")
+        r["model_names"] = ", ".join(m["name"] for m in models)
+        r["has_page"] = (out_dir / "runs" / r["run_id"] / "index.html").is_file()
+        runs_view.append(r)
+    trends = []
+    acc = store.query(
+        "SELECT r.started_at, r.cohort_name, a.model, a.output, a.metric, a.value "
+        "FROM accuracy a JOIN runs r USING (run_id) WHERE a.attribute = 'all' "
+        "AND r.status = 'finished' AND a.metric IN ('mae', 'c_index')")
+    for (output, metric), g in acc.groupby(["output", "metric"]):
+        g = g.assign(series=g["cohort_name"] + " / " + g["model"])
+        if g["started_at"].nunique() < 2:
+            continue
+        label = {"mae": "FaceAge MAE (years)", "c_index": "risk C-index"}[metric]
+        trends.append({"uri": plots.trend_plot(g, f"{label} over runs", label),
+                       "alt": f"{label} of each finished run over time, per cohort and model."})
+    html = _env().get_template("index.html").render(runs=list(reversed(runs_view)),
+                                                     trends=trends, db=store.path.name)
+    path = out_dir / "index.html"
+    _write_atomic(path, html)
+    return path
+
+
+def render_all(db: str | Path, out_dir: str | Path | None = None, show_ids: bool = False) -> Path:
+    """Re-render every finished run and the index from a DuckDB file alone."""
+    store = Store(db)
+    out_dir = Path(out_dir) if out_dir else store.path.parent
+    for r in _records(store.runs()):
+        if r["status"] == "finished":
+            render_run(store, r["run_id"], out_dir, show_ids=show_ids)
+    return render_index(store, out_dir)

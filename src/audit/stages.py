@@ -1,0 +1,244 @@
+"""The audit's stages as plain functions over a :class:`RunContext`.
+
+Each stage computes with the library modules (cohort, models, accuracy, survival, verdict,
+report) and hands its rows to :meth:`Store.write_stage`, one transaction per stage. The
+Prefect flow in ``flows/audit.py`` wraps each function in one task; tests call them
+directly. Stages never import each other's internals and never import ``flows``.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from audit import progress
+from audit.config import AuditConfig
+from audit.errors import InputError
+from audit.store import Store
+
+@dataclass
+class RunContext:
+    """What the stages of one run share."""
+
+    store: Store
+    run_id: str
+    out_dir: Path
+    config: AuditConfig
+    cohort: object  # audit.cohort.Cohort
+    models: list  # ModelAdapter
+    predictions: dict = field(default_factory=dict)  # model name -> tidy frame
+    notes: dict = field(default_factory=dict)  # stage -> list of notes for the report
+
+    def __post_init__(self) -> None:
+        self._mark = datetime.now(timezone.utc)
+
+    def note(self, stage: str, text: str) -> None:
+        self.notes.setdefault(stage, []).append(text)
+
+    def write(self, stage: str, tables: dict, note: str | None = None) -> int:
+        """Write a stage's tables in one transaction, timed from the previous write."""
+        n = self.store.write_stage(self.run_id, stage, tables, note=note, started=self._mark)
+        self._mark = datetime.now(timezone.utc)
+        return n
+
+
+def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
+          config: AuditConfig, flow: str = "audit") -> RunContext:
+    """Load the cohort and models, open the store and insert the ``running`` run row."""
+    from audit.cohort import load_cohort
+    from audit.hashing import HashCache
+    from audit.models import create_model
+
+    out_dir = Path(out_dir)
+    models = [create_model(spec) for spec in model_specs]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"two --model specs share a name: {names}; give each a `name`")
+    with progress.step("load cohort"):
+        cohort = load_cohort(cohort_dir, hash_cache=HashCache.default())
+    store = Store(out_dir / "audit.duckdb")
+    identities = [dict(m.spec.identity(), outputs=m.outputs) for m in models]
+    run_id = store.start_run(
+        flow=flow, cohort_name=cohort.name, cohort_sha256=cohort.sha256,
+        manifest_sha256=cohort.manifest_sha256, models=identities,
+        config_json=config.canonical_json(), config_sha256=config.sha256(),
+        synthetic=cohort.spec.synthetic, cohort_path=str(Path(cohort_dir).resolve()))
+    return RunContext(store=store, run_id=run_id, out_dir=out_dir, config=config,
+                      cohort=cohort, models=models)
+
+
+def load_stage(ctx: RunContext) -> int:
+    """Write the cohort's rows (included or quarantined) and the load-time quarantine."""
+    c = ctx.cohort
+    good = c.frame
+    cols = ["photo_id", "subject_id", "age", "sex", "race", "cancer_type", "site", "camera",
+            "time", "event"]
+    rows = good.reindex(columns=cols).copy()
+    rows["included"] = True
+    rows["row_number"] = good["_row"].values
+    q = c.quarantine
+    bad = pd.DataFrame({"photo_id": q["photo_id"], "row_number": q["row_number"],
+                        "included": False})
+    frame = pd.concat([rows, bad], ignore_index=True) if len(bad) else rows
+    for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    if c.frame.empty:
+        ctx.write("load", {"cohort_rows": frame, "quarantine": q})
+        first = q.iloc[0] if len(q) else None
+        where = (f" (first: {first['source_file']} row {first['row_number']} column "
+                 f"{first['column_name']}: {first['reason']})" if first is not None else "")
+        raise InputError(f"{c.manifest_path}: no usable rows, {len(q)} quarantined{where}")
+    return ctx.write("load", {"cohort_rows": frame, "quarantine": q},
+                                 note=f"{len(good)} rows included, {len(q)} quarantined")
+
+
+def basic_validation(ctx: RunContext) -> int:
+    """Basic checks of the loaded cohort, one ``validation_results`` row each.
+
+    Great Expectations suites (a later issue) extend this; these are the checks every run
+    needs before a statistic is computed: required columns, parse failures per column,
+    unique photo ids, outcomes present.
+    """
+    c = ctx.cohort
+    q = c.quarantine
+    rows = []
+
+    def add(expectation, column, success, unexpected=0, severity="error", details=None):
+        rows.append({"suite": "basic", "expectation": expectation, "column_name": column,
+                     "severity": severity, "success": bool(success),
+                     "unexpected_count": int(unexpected),
+                     "details": json.dumps(details or {})})
+
+    add("expect_manifest_readable", None, True, details={"file": str(c.manifest_path),
+                                                          "rows": c.n_manifest_rows})
+    for col in ["photo_id", "age"]:
+        add("expect_column_to_exist", col, col in c.frame.columns, 0, "critical")
+    for col in ["time", "event"]:
+        add("expect_column_to_exist", col, col in c.frame.columns, 0, "warning",
+            {"why": "survival analysis needs follow-up time and event"})
+    by_col = q.groupby("column_name").size() if len(q) else pd.Series(dtype=int)
+    for col, count in by_col.items():
+        reasons = q.loc[q["column_name"] == col, "reason"].head(3).tolist()
+        add("expect_values_parse", col, False, count, "error", {"examples": reasons})
+    if not len(q):
+        add("expect_values_parse", None, True)
+    add("expect_rows_not_all_quarantined", None, len(c.frame) > 0, len(q), "critical")
+    frame = pd.DataFrame(rows)
+    return ctx.write("validate", {"validation_results": frame})
+
+
+def predict_stage(ctx: RunContext) -> int:
+    """Predictions of every model (clean pass: perturbation ``none``, severity 0)."""
+    total = []
+    quarantined = []
+    for model in progress.track(ctx.models, "predict"):
+        if model.needs_images and not ctx.cohort.has_images:
+            raise InputError(f"{ctx.cohort.root}: model {model.name!r} needs images, and the "
+                             "cohort has no image_path column")
+        preds = model.predict(ctx.cohort)
+        ctx.predictions[model.name] = preds.frame
+        total.append(preds.frame)
+        if preds.quarantine is not None and len(preds.quarantine):
+            quarantined.append(preds.quarantine)
+        for n in preds.notes:
+            ctx.note("predictions", f"{model.name}: {n}")
+    tables = {"predictions": pd.concat(total, ignore_index=True)}
+    if quarantined:
+        tables["quarantine"] = pd.concat(quarantined, ignore_index=True)
+    return ctx.write("predictions", tables)
+
+
+def _wide(ctx: RunContext, model) -> pd.DataFrame:
+    """The cohort's good rows with this model's clean predictions as columns."""
+    preds = ctx.predictions[model.name]
+    clean = preds[preds["perturbation"] == "none"]
+    wide = clean.pivot_table(index="photo_id", columns="output", values="value", aggfunc="first")
+    base = ctx.cohort.frame.drop(columns=[c for c in ("faceage", "risk")
+                                          if c in ctx.cohort.frame.columns])
+    return base.merge(wide, left_on="photo_id", right_index=True, how="inner")
+
+
+def _one_per_subject(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
+    first = ctx.cohort.subjects()["photo_id"]
+    return frame[frame["photo_id"].isin(set(first))].reset_index(drop=True)
+
+
+def accuracy_stage(ctx: RunContext) -> int:
+    """Accuracy of each model output with subject-level bootstrap CIs."""
+    from audit.accuracy import faceage_accuracy, risk_accuracy
+
+    parts = []
+    for model in progress.track(ctx.models, "accuracy"):
+        wide = _wide(ctx, model)
+        if "faceage" in model.outputs:
+            if "age" in wide.columns:
+                parts.append(faceage_accuracy(wide, model.name, ctx.config.accuracy))
+            else:
+                ctx.note("accuracy", f"{model.name}: no chronological age, FaceAge error not computed")
+        if "risk" in model.outputs:
+            if ctx.cohort.has_outcomes:
+                parts.append(risk_accuracy(_one_per_subject(ctx, wide), model.name,
+                                           ctx.config.accuracy, ctx.config.survival))
+            else:
+                ctx.note("accuracy", f"{model.name}: no outcomes, risk C-index not computed")
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return ctx.write("accuracy", {"accuracy": frame},
+                                 note="; ".join(ctx.notes.get("accuracy", [])) or None)
+
+
+def survival_stage(ctx: RunContext) -> int:
+    """First survival models of each model's outputs (one photo per subject)."""
+    from audit.survival import survival_analysis
+
+    tables: dict[str, list] = {}
+    for model in progress.track(ctx.models, "survival"):
+        subjects = _one_per_subject(ctx, _wide(ctx, model))
+        result = survival_analysis(subjects, model.name, model.outputs,
+                                   ctx.cohort.spec.covariates, ctx.config.survival,
+                                   ctx.config.accuracy.age_bands)
+        for note in result.notes:
+            ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
+        for name, frame in result.tables().items():
+            tables.setdefault(name, []).append(frame)
+    merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
+    return ctx.write("survival", merged,
+                                 note=" ".join(ctx.notes.get("survival", [])) or None)
+
+
+def verdict_stage(ctx: RunContext) -> str:
+    """Checks against the config's thresholds, read back from this run's tables."""
+    from audit.verdict import evaluate, overall
+
+    q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
+                        [ctx.run_id]).iloc[0, 0]
+    verdicts = evaluate(
+        models=[{"name": m.name, "outputs": m.outputs} for m in ctx.models],
+        n_manifest_rows=ctx.cohort.n_manifest_rows, n_quarantined=int(q),
+        accuracy=ctx.store.table("accuracy", ctx.run_id),
+        survival_terms=ctx.store.table("survival_terms", ctx.run_id),
+        has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
+    ctx.write("verdict", {"verdicts": verdicts})
+    return overall(verdicts)
+
+
+def publish_stage(ctx: RunContext, verdict: str) -> Path:
+    """Render the run's page, verdict.json and the index over runs; record them as artifacts."""
+    from audit.report import render_run, render_index
+
+    paths = render_run(ctx.store, ctx.run_id, ctx.out_dir, final_verdict=verdict)
+    ctx.write("publish", {"artifacts": paths})
+    ctx.store.finish_run(ctx.run_id, verdict)
+    render_index(ctx.store, ctx.out_dir)
+    return ctx.out_dir / "runs" / ctx.run_id / "index.html"
+
+
+def fail(ctx: RunContext, exc: BaseException) -> None:
+    """Mark the run ``failed`` with its reason (the stages' rows stay whole or absent)."""
+    detail = str(exc) if isinstance(exc, InputError) else "".join(
+        traceback.format_exception_only(type(exc), exc)).strip()
+    ctx.store.fail_run(ctx.run_id, detail)

@@ -1,0 +1,414 @@
+"""The run store: one DuckDB file per output folder, the only module that writes it.
+
+* The schema is built by forward migrations (:data:`MIGRATIONS`); ``schema_version`` records
+  each one applied, so an ``audit.duckdb`` written by an older release opens in a newer one.
+* Every run is a ``runs`` row (hashes, config, code and package versions, pid, host,
+  heartbeat). A stage's rows are written in one transaction (:meth:`Store.write_stage`): a
+  run killed at any moment leaves either the whole stage or none of it, and the next run
+  that opens the file marks the dead run ``abandoned``.
+* Connections are short-lived, so two processes can share a file: a second process waits
+  for DuckDB's file lock (``FACEAGE_AUDIT_LOCK_TIMEOUT`` seconds, default 120) and then stops
+  with :class:`StoreBusyError` naming the file and the process that holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from audit.errors import InputError, StoreBusyError
+
+SCHEMA_V1 = [
+    """CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, flow VARCHAR, started_at TIMESTAMPTZ,
+        finished_at TIMESTAMPTZ, status VARCHAR, cohort_name VARCHAR, cohort_sha256 VARCHAR,
+        models JSON, config_sha256 VARCHAR, code_version VARCHAR, environment JSON,
+        pid INTEGER, host VARCHAR, heartbeat_at TIMESTAMPTZ, verdict VARCHAR)""",
+    """CREATE TABLE cohort_rows (
+        run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, age DOUBLE, sex VARCHAR,
+        race VARCHAR, cancer_type VARCHAR, site VARCHAR, time DOUBLE, event INTEGER,
+        included BOOLEAN)""",
+    """CREATE TABLE validation_results (
+        run_id VARCHAR, suite VARCHAR, expectation VARCHAR, column_name VARCHAR,
+        severity VARCHAR, success BOOLEAN, unexpected_count BIGINT, details JSON)""",
+    """CREATE TABLE quarantine (
+        run_id VARCHAR, photo_id VARCHAR, stage VARCHAR, severity VARCHAR,
+        source_file VARCHAR, row_number BIGINT, column_name VARCHAR, reason VARCHAR)""",
+    """CREATE TABLE image_properties (
+        run_id VARCHAR, photo_id VARCHAR, width INTEGER, height INTEGER, brightness DOUBLE,
+        contrast DOUBLE, sharpness DOUBLE, face_count INTEGER, face_box_frac DOUBLE,
+        jpeg_quality DOUBLE)""",
+    """CREATE TABLE detections (
+        run_id VARCHAR, photo_id VARCHAR, x DOUBLE, y DOUBLE, w DOUBLE, h DOUBLE,
+        confidence DOUBLE, landmarks JSON)""",
+    """CREATE TABLE predictions (
+        run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, model VARCHAR, output VARCHAR,
+        perturbation VARCHAR, severity INTEGER, value DOUBLE)""",
+    """CREATE TABLE embeddings (
+        run_id VARCHAR, photo_id VARCHAR, model VARCHAR, vector FLOAT[])""",
+    """CREATE TABLE robustness (
+        run_id VARCHAR, model VARCHAR, output VARCHAR, perturbation VARCHAR, severity INTEGER,
+        attribute VARCHAR, group_name VARCHAR, n BIGINT, mean_abs_shift DOUBLE,
+        p95_abs_shift DOUBLE, frac_over_tolerance DOUBLE, spearman DOUBLE, icc DOUBLE,
+        quartile_change DOUBLE, passed BOOLEAN)""",
+    """CREATE TABLE fairness (
+        run_id VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, attribute VARCHAR,
+        group_name VARCHAR, n BIGINT, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+        diff_to_overall DOUBLE, diff_ci_low DOUBLE, diff_ci_high DOUBLE, status VARCHAR)""",
+    """CREATE TABLE survival_models (
+        run_id VARCHAR, model VARCHAR, model_id VARCHAR, description VARCHAR, n BIGINT,
+        events BIGINT, concordance DOUBLE, concordance_low DOUBLE, concordance_high DOUBLE,
+        log_likelihood DOUBLE, ph_test_min_p DOUBLE)""",
+    """CREATE TABLE survival_terms (
+        run_id VARCHAR, model VARCHAR, model_id VARCHAR, term VARCHAR, hr DOUBLE,
+        hr_low DOUBLE, hr_high DOUBLE, p_value DOUBLE)""",
+    """CREATE TABLE survival_tests (
+        run_id VARCHAR, model VARCHAR, test VARCHAR, groups VARCHAR, statistic DOUBLE,
+        df DOUBLE, p_value DOUBLE)""",
+    """CREATE TABLE survival_metrics (
+        run_id VARCHAR, model VARCHAR, model_id VARCHAR, metric VARCHAR, horizon DOUBLE,
+        value DOUBLE, ci_low DOUBLE, ci_high DOUBLE)""",
+    """CREATE TABLE survival_curves (
+        run_id VARCHAR, model VARCHAR, curve VARCHAR, group_name VARCHAR, time DOUBLE,
+        survival DOUBLE, at_risk BIGINT)""",
+    """CREATE TABLE drift (
+        run_id VARCHAR, reference VARCHAR, model VARCHAR, feature VARCHAR, kind VARCHAR,
+        method VARCHAR, statistic DOUBLE, p_value DOUBLE, drifted BOOLEAN)""",
+    """CREATE TABLE saliency (
+        run_id VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, group_name VARCHAR,
+        region VARCHAR, share DOUBLE, ci_low DOUBLE, ci_high DOUBLE)""",
+    """CREATE TABLE verdicts (
+        run_id VARCHAR, model VARCHAR, check_name VARCHAR, threshold DOUBLE, value DOUBLE,
+        passed BOOLEAN, details VARCHAR)""",
+    """CREATE TABLE artifacts (
+        run_id VARCHAR, kind VARCHAR, path VARCHAR, sha256 VARCHAR)""",
+]
+
+# Version 2: what the foundation release added beyond the DESIGN.md contract.
+SCHEMA_V2 = [
+    "ALTER TABLE runs ADD COLUMN error VARCHAR",
+    "ALTER TABLE runs ADD COLUMN config JSON",
+    "ALTER TABLE runs ADD COLUMN manifest_sha256 VARCHAR",
+    "ALTER TABLE runs ADD COLUMN synthetic BOOLEAN",
+    "ALTER TABLE runs ADD COLUMN cohort_path VARCHAR",
+    "ALTER TABLE cohort_rows ADD COLUMN camera VARCHAR",
+    "ALTER TABLE cohort_rows ADD COLUMN row_number BIGINT",
+    "ALTER TABLE verdicts ADD COLUMN status VARCHAR",  # pass, fail, skipped
+    "ALTER TABLE verdicts ADD COLUMN category VARCHAR",
+    "ALTER TABLE survival_models ADD COLUMN status VARCHAR",
+    "ALTER TABLE survival_models ADD COLUMN note VARCHAR",
+    "ALTER TABLE survival_terms ADD COLUMN coef DOUBLE",
+    "ALTER TABLE survival_terms ADD COLUMN se DOUBLE",
+    """CREATE TABLE run_stages (
+        run_id VARCHAR, stage VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+        rows_written BIGINT, note VARCHAR)""",
+    """CREATE TABLE accuracy (
+        run_id VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, attribute VARCHAR,
+        group_name VARCHAR, n BIGINT, n_subjects BIGINT, value DOUBLE, ci_low DOUBLE,
+        ci_high DOUBLE, status VARCHAR)""",
+]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+# Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
+RESULT_TABLES = [
+    "cohort_rows", "validation_results", "quarantine", "image_properties", "detections",
+    "predictions", "embeddings", "robustness", "fairness", "accuracy", "survival_models",
+    "survival_terms", "survival_tests", "survival_metrics", "survival_curves", "drift",
+    "saliency", "verdicts", "artifacts",
+]
+
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_SECONDS = 600.0
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """``YYYYMMDDTHHMMSSZ-`` plus 8 hex characters (DESIGN.md)."""
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
+
+
+def is_run_id(text: str) -> bool:
+    return bool(_RUN_ID.match(text))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _fault_point(name: str) -> None:
+    """Kill this process at a named point when a test asks (``FACEAGE_AUDIT_KILL_AT``).
+
+    Used only by the crash-consistency tests, which run real audits in a subprocess and
+    SIGKILL them at named moments (before, during and after a stage's transaction).
+    """
+    if os.environ.get("FACEAGE_AUDIT_KILL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    status: str
+
+
+class Store:
+    """The DuckDB file of one output folder.
+
+    Parameters
+    ----------
+    path : the ``audit.duckdb`` file (created with its folder when absent).
+    lock_timeout : seconds to wait for another process's lock before giving up.
+    """
+
+    def __init__(self, path: str | Path, lock_timeout: float | None = None):
+        self.path = Path(path)
+        self.lock_timeout = (
+            float(os.environ.get("FACEAGE_AUDIT_LOCK_TIMEOUT", "120"))
+            if lock_timeout is None else lock_timeout
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            migrate(con)
+
+    # -- connections -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
+        import duckdb
+
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                msg = str(exc)
+                if "lock" not in msg.lower():
+                    raise InputError(f"{self.path}: cannot open the DuckDB file: {msg}") from exc
+                if time.monotonic() >= deadline:
+                    holder = re.search(r"PID (\d+)", msg)
+                    who = f"process {holder.group(1)}" if holder else "another process"
+                    raise StoreBusyError(
+                        f"{self.path}: busy, {who} holds its lock (waited "
+                        f"{self.lock_timeout:g} s; raise FACEAGE_AUDIT_LOCK_TIMEOUT to wait longer, "
+                        f"or use another --out)"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self.connect() as con:
+            return con.execute(sql, params or []).df()
+
+    # -- runs --------------------------------------------------------------------------
+    def start_run(self, *, flow: str, cohort_name: str | None, cohort_sha256: str | None,
+                  manifest_sha256: str | None = None, models: list[dict] | None = None,
+                  config_json: str | None = None, config_sha256: str | None = None,
+                  synthetic: bool = False, cohort_path: str | None = None,
+                  run_id: str | None = None) -> str:
+        """Insert a ``running`` row (after marking dead runs abandoned) and return its id."""
+        from audit.provenance import code_version, environment
+
+        self.mark_abandoned()
+        run_id = run_id or new_run_id()
+        now = _now()
+        with self.connect() as con:
+            con.execute(
+                """INSERT INTO runs (run_id, flow, started_at, status, cohort_name,
+                   cohort_sha256, manifest_sha256, models, config_sha256, config, code_version,
+                   environment, pid, host, heartbeat_at, synthetic, cohort_path)
+                   VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [run_id, flow, now, cohort_name, cohort_sha256, manifest_sha256,
+                 json.dumps(models or []), config_sha256, config_json, code_version(),
+                 json.dumps(environment()), os.getpid(), socket.gethostname(), now, synthetic,
+                 cohort_path],
+            )
+        return run_id
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'running'",
+                        [_now(), run_id])
+
+    @contextlib.contextmanager
+    def heartbeating(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Refresh the run's heartbeat from a background thread while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                with contextlib.suppress(Exception):
+                    self.heartbeat(run_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def finish_run(self, run_id: str, verdict: str | None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = 'finished', finished_at = ?, heartbeat_at = ?, "
+                "verdict = ? WHERE run_id = ?", [_now(), _now(), verdict, run_id])
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
+                [_now(), error[:4000], run_id])
+
+    def mark_abandoned(self) -> list[str]:
+        """Mark ``running`` runs whose process is gone (or silent too long) ``abandoned``.
+
+        A run on this host is dead when its pid no longer exists; any run is presumed dead
+        when its heartbeat is older than ``STALE_AFTER_SECONDS``.
+        """
+        host = socket.gethostname()
+        with self.connect() as con:
+            rows = con.execute(
+                "SELECT run_id, pid, host, heartbeat_at FROM runs WHERE status = 'running'"
+            ).fetchall()
+            dead = []
+            for run_id, pid, run_host, beat in rows:
+                age = (_now() - beat).total_seconds() if beat is not None else float("inf")
+                gone = run_host == host and pid != os.getpid() and not _pid_alive(pid)
+                if gone or age > STALE_AFTER_SECONDS:
+                    dead.append(run_id)
+            for run_id in dead:
+                con.execute(
+                    "UPDATE runs SET status = 'abandoned', finished_at = ?, error = "
+                    "'process ended without finishing (found by a later run)' WHERE run_id = ?",
+                    [_now(), run_id])
+        return dead
+
+    # -- stages ------------------------------------------------------------------------
+    def write_stage(self, run_id: str, stage: str, tables: dict[str, pd.DataFrame],
+                    note: str | None = None, started: datetime | None = None) -> int:
+        """Write all of a stage's rows in one transaction; return the number of rows.
+
+        Frames are matched to table columns by name (``INSERT ... BY NAME``); ``run_id`` is
+        filled in. Either every table of the stage is written, or (on any error or a kill)
+        none is.
+        """
+        unknown = set(tables) - set(RESULT_TABLES)
+        if unknown:
+            raise ValueError(f"unknown result tables {sorted(unknown)}")
+        started = started or _now()
+        total = 0
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for i, (table, frame) in enumerate(tables.items()):
+                    if frame is None or len(frame) == 0:
+                        continue
+                    frame = frame.copy()
+                    frame.insert(0, "run_id", run_id)
+                    con.register("_stage_frame", frame)
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _stage_frame")
+                    con.unregister("_stage_frame")
+                    total += len(frame)
+                    if i == 0:
+                        _fault_point(f"{stage}:mid-transaction")
+                con.execute(
+                    "INSERT INTO run_stages VALUES (?, ?, ?, ?, ?, ?)",
+                    [run_id, stage, started, _now(), total, note])
+                con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [_now(), run_id])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        _fault_point(f"{stage}:after-commit")
+        return total
+
+    # -- reading -----------------------------------------------------------------------
+    def run(self, run_id: str) -> dict:
+        df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise InputError(f"{self.path}: no run {run_id}")
+        return df.iloc[0].to_dict()
+
+    def runs(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM runs ORDER BY started_at")
+
+    def table(self, name: str, run_id: str) -> pd.DataFrame:
+        if name not in RESULT_TABLES + ["run_stages"]:
+            raise ValueError(f"unknown table {name}")
+        return self.query(f"SELECT * EXCLUDE (run_id) FROM {name} WHERE run_id = ?", [run_id])
+
+    def schema_version(self) -> int:
+        with self.connect(read_only=False) as con:
+            return current_version(con)
+
+
+def current_version(con) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchall()[0][0]
+    if not exists:
+        return 0
+    value = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+    return int(value or 0)
+
+
+def migrate(con, target: int | None = None) -> int:
+    """Apply the forward migrations up to ``target`` (default: the newest); return the version.
+
+    Each migration runs in its own transaction together with its ``schema_version`` row.
+    """
+    target = SCHEMA_VERSION if target is None else target
+    version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"database schema version {version} is newer than this faceage-audit "
+            f"({SCHEMA_VERSION}); upgrade faceage-audit to open it"
+        )
+    if version == 0:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version INTEGER, applied_at TIMESTAMPTZ)")
+    for number, statements in MIGRATIONS:
+        if number <= version or number > target:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for sql in statements:
+                con.execute(sql)
+            con.execute("INSERT INTO schema_version VALUES (?, ?)", [number, _now()])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        version = number
+    return version

@@ -111,6 +111,19 @@ def report(
     console.print(f"index: {index}")
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """Click's usage-error classes (typer vendors its own click; plain click may be used)."""
+    import importlib
+
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: map errors to exit codes (2 input, 3 internal)."""
     try:
@@ -123,14 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         return 130
-    except Exception as exc:  # click usage errors first, then anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except typer.Abort:
+        return 130
+    except Exception as exc:  # usage errors first, then anything unexpected
+        if isinstance(exc, _usage_errors()):
             exc.show()
             return EXIT_INPUT
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
         console.print_exception(max_frames=8)
         console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
         return EXIT_INTERNAL

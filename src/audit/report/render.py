@@ -149,7 +149,10 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "verdicts": _records(t["verdicts"]), "validation": _records(t["validation_results"]),
         "quarantine": _records(q.head(200)), "n_quarantine": len(q),
         "n_rows": len(rows), "n_included": len(included), "composition": composition,
-        "age": age_summary, "outcomes": outcomes, "stages": _records(t["run_stages"]),
+        "age": age_summary, "outcomes": outcomes,
+        # The page is written by the publish stage, so it lists the stages before it; that
+        # keeps a re-rendered page byte-identical to the one recorded in `artifacts`.
+        "stages": _records(t["run_stages"][t["run_stages"]["stage"] != "publish"]),
         "stage_notes": stage_notes,
         "environment": json.loads(run["environment"] or "{}"),
         "config": json.loads(run["config"] or "{}"), "show_ids": show_ids,

@@ -1,0 +1,71 @@
+"""Shared fixtures. Prefect runs against one temporary server per session (its harness)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="faceage-audit-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+os.environ["FACEAGE_AUDIT_CACHE"] = str(_TMP / "cache")
+os.environ["FACEAGE_AUDIT_KEY_FILE"] = str(_TMP / "pseudonym.key")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+UTK_CSV = SHARED / "data" / "faceage_utk_predictions.csv"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def utk_cohort(tmp_path) -> Path:
+    """The real FaceAge predictions on UTKFace as a predictions-only cohort folder."""
+    if not UTK_CSV.is_file():
+        pytest.fail(f"{UTK_CSV} is missing: ../shared must sit beside the project")
+    folder = tmp_path / "utk"
+    folder.mkdir()
+    (folder / "cohort.yaml").write_text(
+        "name: utkface-faceage\n"
+        f"manifest: {UTK_CSV}\n"
+        "columns: {photo_id: subj_id, sex: gender}\n"
+        "values:\n"
+        "  sex: {0: male, 1: female}\n"
+        "  race: {0: White, 1: Black, 2: Asian, 3: Indian, 4: Others}\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_cohort(tmp_path_factory) -> Path:
+    from audit.demo.world import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("demo") / "cohort", n=400, seed=3)
+
+
+def write_lung_cohort(folder: Path) -> Path:
+    """lifelines' NCCTG lung data (R's survival::lung) as a cohort folder."""
+    from lifelines.datasets import load_lung
+
+    folder.mkdir(parents=True, exist_ok=True)
+    df = load_lung()
+    df.insert(0, "patient", [f"L{i:03d}" for i in range(len(df))])
+    df.to_csv(folder / "lung.csv", index=False)
+    (folder / "cohort.yaml").write_text(
+        "name: ncctg-lung\nmanifest: lung.csv\n"
+        "columns: {photo_id: patient, event: status}\n"
+        "values:\n  sex: {1: male, 2: female}\n"
+        "covariates: [ph.ecog]\n"
+        "time_unit: days\n")
+    return folder

@@ -1,0 +1,196 @@
+"""The audit flow end to end under Prefect, the CLI's exit codes, and crash consistency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from audit.cli import main
+from audit.store import Store
+
+LENIENT = """
+[thresholds]
+faceage_mae_max = 20.0
+faceage_pearson_min = 0.3
+risk_cindex_min = 0.5
+[accuracy]
+n_boot = 200
+[survival]
+n_boot = 20
+"""
+STRICT = LENIENT.replace("faceage_mae_max = 20.0", "faceage_mae_max = 0.5")
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "lenient.toml"
+    path.write_text(LENIENT)
+    return path
+
+
+def _oracle_spec(folder: Path) -> Path:
+    spec = folder / "oracle.yaml"
+    spec.write_text("name: oracle\nkind: predictions\noutputs: {faceage: faceage, risk: risk}\n")
+    return spec
+
+
+def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
+    from flows.audit import audit_flow
+
+    out = tmp_path / "out"
+    spec = _oracle_spec(tmp_path)
+    result = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),
+                        config=str(config))
+    assert result["verdict"] == "pass"
+    store = Store(out / "audit.duckdb")
+    run = store.run(result["run_id"])
+    assert run["status"] == "finished" and run["verdict"] == "pass" and run["synthetic"]
+    assert len(run["cohort_sha256"]) == 64 and len(run["config_sha256"]) == 64
+    assert store.table("cohort_rows", run["run_id"])["included"].sum() == 400
+    preds = store.table("predictions", run["run_id"])
+    assert set(preds["output"]) == {"faceage", "risk"} and len(preds) == 800
+    models = store.table("survival_models", run["run_id"])
+    assert {"faceage_per_decade__unadjusted", "faceage_per_decade__age_sex",
+            "faceage_per_decade__clinical", "risk_quartiles__age_sex"} <= set(models["model_id"])
+    assert len(store.table("survival_curves", run["run_id"])) > 0
+    stages = store.table("run_stages", run["run_id"])["stage"].tolist()
+    assert stages == ["load", "validate", "predictions", "accuracy", "survival", "verdict",
+                      "publish"]
+    page = Path(result["report"])
+    assert page == out / "runs" / run["run_id"] / "index.html" and page.is_file()
+    html = page.read_text()
+    for section in ("verdict", "validation", "composition", "accuracy", "survival", "trail"):
+        assert f'id="{section}"' in html
+    assert "Synthetic data" in html
+    assert "P000001" not in html and "S000001" not in html  # no raw ids leave the site
+    verdict = json.loads((page.parent / "verdict.json").read_text())
+    assert verdict["verdict"] == "pass" and verdict["run_id"] == run["run_id"]
+    artifacts = store.table("artifacts", run["run_id"])
+    assert set(artifacts["kind"]) == {"report_html", "verdict_json"}
+
+    # a second run appends to the same database and the index lists both
+    second = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),
+                        config=str(config))
+    assert len(store.runs()) == 2
+    index = (out / "index.html").read_text()
+    assert result["run_id"] in index and second["run_id"] in index
+    assert "of each finished run over time" in index  # trend plots of two finished runs
+
+
+def test_cli_exit_codes(prefect_harness, demo_cohort, tmp_path, config):
+    spec = str(_oracle_spec(tmp_path))
+    out = tmp_path / "out"
+    assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
+                 "--config", str(config)]) == 0
+    strict = tmp_path / "strict.toml"
+    strict.write_text(STRICT)
+    assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
+                 "--config", str(strict)]) == 1
+    store = Store(out / "audit.duckdb")
+    runs = store.runs()
+    assert runs["verdict"].tolist() == ["pass", "fail"]
+    failed = store.table("verdicts", runs["run_id"].iloc[1])
+    assert failed.loc[failed["check_name"] == "faceage_mae", "status"].item() == "fail"
+    # unusable input: exit 2, and no run row where no run could start
+    assert main(["run", "--cohort", str(tmp_path / "nowhere"), "--model", spec,
+                 "--out", str(out)]) == 2
+    assert main(["run", "--cohort", str(demo_cohort), "--model", "nonsense:x",
+                 "--out", str(out)]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[thresholds]\nfaceage_mae_maximum = 3\n")
+    assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
+                 "--config", str(bad)]) == 2
+    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:no_such_column",
+                 "--out", str(out)]) == 2
+    runs = store.runs()
+    assert len(runs) == 3 and runs["status"].iloc[-1] == "failed"
+    assert "no_such_column" in runs["error"].iloc[-1]
+    assert main(["report", "--db", str(tmp_path / "missing.duckdb")]) == 2
+    assert main(["frobnicate"]) == 2
+
+
+def test_cli_internal_error_is_exit_3(prefect_harness, demo_cohort, tmp_path, monkeypatch):
+    from audit import stages
+
+    def broken(ctx):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stages, "survival_stage", broken)
+    out = tmp_path / "out"
+    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:faceage,risk",
+                 "--out", str(out)]) == 3
+    run = Store(out / "audit.duckdb").runs().iloc[-1]
+    assert run["status"] == "failed" and "a bug" in run["error"]
+
+
+def test_report_rerenders_from_duckdb_alone(prefect_harness, demo_cohort, tmp_path, config):
+    out = tmp_path / "out"
+    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:faceage,risk",
+                 "--out", str(out), "--config", str(config)]) == 0
+    run_id = Store(out / "audit.duckdb").runs()["run_id"].iloc[0]
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(elsewhere)]) == 0
+    original = (out / "runs" / run_id / "index.html").read_text()
+    assert (elsewhere / "runs" / run_id / "index.html").read_text() == original
+    from audit.hashing import sha256_file
+    recorded = Store(out / "audit.duckdb").table("artifacts", run_id).set_index("kind")["sha256"]
+    assert sha256_file(elsewhere / "runs" / run_id / "index.html") == recorded["report_html"]
+    assert (elsewhere / "index.html").is_file()
+    shown = tmp_path / "shown"
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown),
+                 "--show-ids"]) == 0
+
+
+KILL_POINTS = ["load:mid-transaction", "accuracy:mid-transaction", "survival:after-commit"]
+
+
+@pytest.mark.parametrize("kill_at", KILL_POINTS)
+def test_a_killed_run_leaves_a_consistent_database(prefect_harness, demo_cohort, tmp_path,
+                                                   config, kill_at):
+    from prefect.settings import PREFECT_API_URL
+
+    out = tmp_path / "out"
+    env = dict(os.environ, FACEAGE_AUDIT_KILL_AT=kill_at, PREFECT_API_URL=PREFECT_API_URL.value())
+    cmd = [sys.executable, "-m", "audit.cli", "run", "--cohort", str(demo_cohort),
+           "--model", "predictions:faceage,risk", "--out", str(out), "--config", str(config)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.wait(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+
+    store = Store(out / "audit.duckdb")
+    killed = store.runs().iloc[0]
+    assert killed["status"] == "running"
+    stage, moment = kill_at.split(":")
+    done = store.table("run_stages", killed["run_id"])["stage"].tolist()
+    if moment == "mid-transaction":
+        assert stage not in done
+        table = {"load": "cohort_rows", "accuracy": "accuracy"}[stage]
+        assert store.table(table, killed["run_id"]).empty  # no half-written stage
+    else:
+        assert done[-1] == stage
+        assert len(store.table("survival_models", killed["run_id"])) > 0
+
+    # the next run marks the dead one abandoned and finishes normally
+    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:faceage,risk",
+                 "--out", str(out), "--config", str(config)]) == 0
+    runs = store.runs()
+    assert runs["status"].tolist() == ["abandoned", "finished"]
+    con = duckdb.connect(str(out / "audit.duckdb"), read_only=True)
+    orphans = con.execute("SELECT count(*) FROM predictions WHERE run_id NOT IN "
+                          "(SELECT run_id FROM runs)").fetchall()[0][0]
+    con.close()
+    assert orphans == 0

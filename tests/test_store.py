@@ -1,0 +1,145 @@
+"""The run store: migrations, one transaction per stage, locks, abandoned runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import pandas as pd
+import pytest
+
+from audit.errors import InputError, StoreBusyError
+from audit.store import MIGRATIONS, RESULT_TABLES, SCHEMA_VERSION, Store, is_run_id, migrate
+
+
+def test_new_store_has_every_contract_table(tmp_path):
+    store = Store(tmp_path / "audit.duckdb")
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = set(store.query("SELECT table_name FROM information_schema.tables")["table_name"])
+    assert {"schema_version", "runs", "run_stages"} | set(RESULT_TABLES) <= tables
+    cols = set(store.query("SELECT column_name FROM information_schema.columns "
+                           "WHERE table_name = 'runs'")["column_name"])
+    assert {"run_id", "flow", "started_at", "finished_at", "status", "cohort_name",
+            "cohort_sha256", "models", "config_sha256", "code_version", "environment", "pid",
+            "host", "heartbeat_at", "verdict"} <= cols
+
+
+def test_an_old_database_opens_and_is_migrated_forward(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    con = duckdb.connect(str(path))
+    assert migrate(con, target=1) == 1
+    con.execute("INSERT INTO runs (run_id, status, cohort_name) VALUES ('r1', 'finished', 'old')")
+    con.close()
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.query("SELECT version FROM schema_version ORDER BY version")["version"].tolist() \
+        == [n for n, _ in MIGRATIONS]
+    old = store.run("r1")
+    assert old["cohort_name"] == "old" and old["error"] is None  # column added in v2
+
+
+def test_a_newer_database_is_refused(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    Store(path)
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO schema_version VALUES (?, now())", [SCHEMA_VERSION + 1])
+    con.close()
+    with pytest.raises(InputError, match="newer than this faceage-audit"):
+        Store(path)
+
+
+def _start(store):
+    return store.start_run(flow="test", cohort_name="c", cohort_sha256="x" * 64)
+
+
+def test_run_row_records_provenance(tmp_path):
+    store = Store(tmp_path / "audit.duckdb")
+    run_id = _start(store)
+    assert is_run_id(run_id)
+    run = store.run(run_id)
+    assert run["status"] == "running" and run["pid"] > 0 and run["host"]
+    assert "faceage-audit" in run["code_version"] or run["code_version"]
+    assert '"duckdb"' in run["environment"]
+
+
+def test_a_stage_that_fails_halfway_writes_nothing(tmp_path):
+    store = Store(tmp_path / "audit.duckdb")
+    run_id = _start(store)
+    good = pd.DataFrame({"photo_id": ["a", "b"], "model": "m", "output": "faceage",
+                         "perturbation": "none", "severity": 0, "value": [1.0, 2.0]})
+    bad = pd.DataFrame({"model": ["m"], "metric": ["mae"], "value": ["not a number"]})
+    with pytest.raises(duckdb.Error):
+        store.write_stage(run_id, "s", {"predictions": good, "accuracy": bad})
+    assert store.table("predictions", run_id).empty
+    assert store.table("run_stages", run_id).empty
+    assert store.write_stage(run_id, "s", {"predictions": good}) == 2
+    assert store.table("predictions", run_id)["value"].tolist() == [1.0, 2.0]
+    assert store.table("run_stages", run_id)["rows_written"].tolist() == [2]
+
+
+def test_finish_and_fail(tmp_path):
+    store = Store(tmp_path / "audit.duckdb")
+    a, b = _start(store), _start(store)
+    store.finish_run(a, "pass")
+    store.fail_run(b, "bad input: manifest.csv row 3 column age")
+    assert store.run(a)["status"] == "finished" and store.run(a)["verdict"] == "pass"
+    assert store.run(b)["status"] == "failed" and "row 3" in store.run(b)["error"]
+
+
+def test_a_run_whose_process_is_gone_is_marked_abandoned(tmp_path):
+    store = Store(tmp_path / "audit.duckdb")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    run_id = _start(store)
+    with store.connect() as con:
+        con.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [int(dead.stdout), run_id])
+    assert store.run(run_id)["status"] == "running"
+    alive = _start(store)  # the next run marks the dead one
+    assert store.run(run_id)["status"] == "abandoned"
+    assert "later run" in store.run(run_id)["error"]
+    assert store.run(alive)["status"] == "running"  # this process is alive
+    assert store.mark_abandoned() == []
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time, duckdb
+    con = duckdb.connect(sys.argv[1])
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    con.close()
+""")
+
+
+def _hold_lock(path, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_waits_for_the_lock(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    Store(path)
+    proc = _hold_lock(path, 1.5)
+    start = time.monotonic()
+    store = Store(path, lock_timeout=30)
+    assert time.monotonic() - start > 0.5
+    assert store.schema_version() == SCHEMA_VERSION
+    proc.wait(10)
+
+
+def test_a_busy_database_stops_with_a_clear_message(tmp_path):
+    path = tmp_path / "audit.duckdb"
+    Store(path)
+    proc = _hold_lock(path, 10)
+    try:
+        with pytest.raises(StoreBusyError) as err:
+            Store(path, lock_timeout=0.5)
+        assert str(path) in str(err.value) and "busy" in str(err.value)
+        assert f"process {proc.pid}" in str(err.value)
+    finally:
+        proc.kill()
+        proc.wait(10)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from audit.bootstrap import SubjectBootstrap, percentile_ci
-from audit.cohort import age_band
+from audit.cohort import age_band, natural_order
 from audit.config import AccuracyConfig, SurvivalConfig
 
 ACCURACY_COLUMNS = ["model", "output", "metric", "attribute", "group_name", "n", "n_subjects",
@@ -95,7 +95,7 @@ def faceage_accuracy(frame: pd.DataFrame, model: str, config: AccuracyConfig) ->
     emit("all", ["all"], None)
     for attribute in _group_attributes(df, config):
         values = df[attribute].astype(object)
-        names = sorted(v for v in values.dropna().unique())
+        names = natural_order(values.dropna().unique())
         lookup = {v: i for i, v in enumerate(names)}
         codes = values.map(lambda v: lookup.get(v, -1) if v is not None else -1)
         emit(attribute, names, codes.fillna(-1).to_numpy(np.int64))
@@ -147,8 +147,8 @@ def risk_accuracy(subjects: pd.DataFrame, model: str, acc: AccuracyConfig,
     rows = []
     parts = [("all", "all", df)]
     for attribute in _group_attributes(df, acc):
-        for name, sub in df.groupby(attribute, sort=True):
-            parts.append((attribute, name, sub))
+        for name in natural_order(df[attribute].dropna().unique()):
+            parts.append((attribute, name, df[df[attribute] == name]))
     for attribute, name, sub in parts:
         n_events = int(sub["event"].sum())
         c, low, high = bootstrap_c(sub["time"], sub["event"], sub["risk"], surv.n_boot, rng,

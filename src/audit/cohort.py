@@ -404,3 +404,16 @@ def age_band(age: pd.Series, cuts: list[float]) -> pd.Series:
     labels = [f"<={cuts[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(cuts, cuts[1:])] + [f">{cuts[-1]:g}"]
     bins = [-math.inf] + cuts + [math.inf]
     return pd.cut(age, bins=bins, labels=labels, right=True).astype(object)
+
+
+def natural_order(values) -> list:
+    """Group names in a reading order: Q1..Q4, age bands by their lower bound, else sorted."""
+    def key(v):
+        text = str(v)
+        digits = "".join(ch if (ch.isdigit() or ch == ".") else " " for ch in text).split()
+        try:
+            first = float(digits[0]) if digits else float("inf")
+        except ValueError:
+            first = float("inf")
+        return (first + (0.5 if text.startswith(">") else 0), text)
+    return sorted(values, key=key)

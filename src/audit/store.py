@@ -21,7 +21,6 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -169,12 +168,6 @@ def _pid_alive(pid: int) -> bool:
         return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except Exception:
         return False
-
-
-@dataclass
-class RunInfo:
-    run_id: str
-    status: str
 
 
 class Store:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from audit.accuracy import bootstrap_c, harrell_c
-from audit.cohort import age_band
+from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
 
 MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance",
@@ -152,7 +152,7 @@ def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series)
     from lifelines import KaplanMeierFitter
 
     rows = []
-    for name in _ordered(groups.dropna().unique()):
+    for name in natural_order(groups.dropna().unique()):
         mask = (groups == name).to_numpy()
         if mask.sum() == 0:
             continue
@@ -164,16 +164,6 @@ def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series)
             rows.append({"model": model, "curve": curve, "group_name": str(name),
                          "time": float(t), "survival": float(s), "at_risk": int(r)})
     return rows
-
-
-def _ordered(values) -> list:
-    """Groups in a natural order: Q1..Q4, age bands by their lower bound, else sorted."""
-    def key(v):
-        text = str(v)
-        digits = "".join(ch if (ch.isdigit() or ch == ".") else " " for ch in text).split()
-        first = float(digits[0]) if digits else float("inf")
-        return (first + (0.5 if text.startswith(">") else 0), text)
-    return sorted(values, key=key)
 
 
 def logrank_tests(model: str, subjects: pd.DataFrame, quartile: pd.Series) -> list[dict]:

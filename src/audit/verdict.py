@@ -46,6 +46,27 @@ def _term(terms: pd.DataFrame, model: str, model_ids: list[str], term: str):
     return None, None
 
 
+def _accuracy_check(accuracy, model, check, output, metric, threshold, at_least, label,
+                    missing, absolute=False):
+    v, d = _accuracy_value(accuracy, model, output, metric)
+    value = None if v is None else (abs(v) if absolute else v)
+    ok = value is not None and (value >= threshold if at_least else value <= threshold)
+    rule = f"must be at least {threshold:g}" if at_least else f"must be at most {threshold:g}"
+    size = "; its size " if absolute else " "
+    return _row(model, check, "accuracy", threshold, value, ok,
+                f"{label} {d}{size}{rule}" if d else missing)
+
+
+def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missing):
+    term, model_id = _term(terms, model, model_ids, term_name)
+    if term is None:
+        return _row(model, check, "survival", threshold, None, False, missing)
+    return _row(model, check, "survival", threshold, term["hr_low"],
+                term["hr_low"] > threshold,
+                f"{model_id}: {label} {term['hr']:.3f} (95% CI {term['hr_low']:.3f} to "
+                f"{term['hr_high']:.3f}); the lower bound must exceed {threshold:g}")
+
+
 def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
              thresholds: Thresholds) -> pd.DataFrame:
@@ -66,57 +87,32 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
                      frac <= t.max_quarantine_fraction,
                      f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
                      f"{t.max_quarantine_fraction:.0%} allowed)"))
+    no_age = "no FaceAge predictions with a chronological age"
+    no_outcomes = "the cohort has no outcomes"
+    not_fitted = (no_outcomes if not has_outcomes
+                  else "the Cox model was not fitted (too few events?)")
     for m in models:
         name, outputs = m["name"], m["outputs"]
         if "faceage" in outputs:
-            v, d = _accuracy_value(accuracy, name, "faceage", "mae")
-            rows.append(_row(name, "faceage_mae", "accuracy", t.faceage_mae_max, v,
-                             v is not None and v <= t.faceage_mae_max,
-                             f"MAE {d} must be at most {t.faceage_mae_max:g} years" if d
-                             else "no FaceAge predictions with a chronological age"))
-            v, d = _accuracy_value(accuracy, name, "faceage", "mean_error")
-            rows.append(_row(name, "faceage_abs_mean_error", "accuracy",
-                             t.faceage_abs_mean_error_max, None if v is None else abs(v),
-                             v is not None and abs(v) <= t.faceage_abs_mean_error_max,
-                             f"mean signed error {d}; its size must be at most "
-                             f"{t.faceage_abs_mean_error_max:g} years" if d
-                             else "no FaceAge predictions with a chronological age"))
-            v, d = _accuracy_value(accuracy, name, "faceage", "pearson_r")
-            rows.append(_row(name, "faceage_pearson_r", "accuracy", t.faceage_pearson_min, v,
-                             v is not None and v >= t.faceage_pearson_min,
-                             f"Pearson r {d} must be at least {t.faceage_pearson_min:g}" if d
-                             else "no FaceAge predictions with a chronological age"))
-            term, model_id = _term(survival_terms, name,
-                                   ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
-                                   "faceage_decade")
-            why = ("the cohort has no outcomes" if not has_outcomes
-                   else "the adjusted Cox model was not fitted (too few events?)")
-            rows.append(_row(
-                name, "faceage_adjusted_hr_per_decade", "survival",
-                t.faceage_adjusted_hr_lower_min, None if term is None else term["hr_low"],
-                term is not None and term["hr_low"] > t.faceage_adjusted_hr_lower_min,
-                why if term is None else
-                f"{model_id}: HR {term['hr']:.3f} per decade (95% CI {term['hr_low']:.3f} to "
-                f"{term['hr_high']:.3f}); the lower bound must exceed "
-                f"{t.faceage_adjusted_hr_lower_min:g}"))
+            rows.append(_accuracy_check(accuracy, name, "faceage_mae", "faceage", "mae",
+                                        t.faceage_mae_max, False, "MAE (years)", no_age))
+            rows.append(_accuracy_check(accuracy, name, "faceage_abs_mean_error", "faceage",
+                                        "mean_error", t.faceage_abs_mean_error_max, False,
+                                        "mean signed error (years)", no_age, absolute=True))
+            rows.append(_accuracy_check(accuracy, name, "faceage_pearson_r", "faceage",
+                                        "pearson_r", t.faceage_pearson_min, True, "Pearson r",
+                                        no_age))
+            rows.append(_hr_check(survival_terms, name, "faceage_adjusted_hr_per_decade",
+                                  ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
+                                  "faceage_decade", t.faceage_adjusted_hr_lower_min,
+                                  "HR per decade", not_fitted))
         if "risk" in outputs:
-            v, d = _accuracy_value(accuracy, name, "risk", "c_index")
-            rows.append(_row(name, "risk_c_index", "accuracy", t.risk_cindex_min, v,
-                             v is not None and v >= t.risk_cindex_min,
-                             f"Harrell's C {d} must be at least {t.risk_cindex_min:g}" if d
-                             else "the cohort has no outcomes"))
-            term, model_id = _term(survival_terms, name,
-                                   ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
-                                   "risk[Q4]")
-            rows.append(_row(
-                name, "risk_q4_vs_q1_hr", "survival", t.risk_q4_vs_q1_hr_lower_min,
-                None if term is None else term["hr_low"],
-                term is not None and term["hr_low"] > t.risk_q4_vs_q1_hr_lower_min,
-                ("the cohort has no outcomes" if not has_outcomes
-                 else "the quartile Cox model was not fitted") if term is None else
-                f"{model_id}: Q4 vs Q1 HR {term['hr']:.2f} (95% CI {term['hr_low']:.2f} to "
-                f"{term['hr_high']:.2f}); the lower bound must exceed "
-                f"{t.risk_q4_vs_q1_hr_lower_min:g}"))
+            rows.append(_accuracy_check(accuracy, name, "risk_c_index", "risk", "c_index",
+                                        t.risk_cindex_min, True, "Harrell's C", no_outcomes))
+            rows.append(_hr_check(survival_terms, name, "risk_q4_vs_q1_hr",
+                                  ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
+                                  "risk[Q4]", t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR",
+                                  not_fitted))
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 

@@ -41,7 +41,10 @@ def _num(value, digits: int = 3) -> str:
         return "–"
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
-    return f"{float(value):.{digits}g}" if abs(float(value)) < 1e4 else f"{float(value):,.0f}"
+    v = float(value)
+    if v == 0 or 0.01 <= abs(v) < 1e4:
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
 
 
 def _pval(value) -> str:
@@ -90,7 +93,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     if included["event"].notna().any():
         subjects = included.drop_duplicates("subject_id")
         outcomes = {"subjects": len(subjects), "events": int(subjects["event"].sum()),
-                    "median_followup": float(subjects["time"].median())}
+                    "median_followup": _median_followup(subjects)}
 
     q = t["quarantine"].copy()
     if len(q):
@@ -157,6 +160,14 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "environment": json.loads(run["environment"] or "{}"),
         "config": json.loads(run["config"] or "{}"), "show_ids": show_ids,
     }
+
+
+def _median_followup(subjects: pd.DataFrame) -> float:
+    """Median follow-up by the reverse Kaplan-Meier method (censoring as the event)."""
+    from lifelines import KaplanMeierFitter
+
+    kmf = KaplanMeierFitter().fit(subjects["time"], 1 - subjects["event"].astype(int))
+    return float(kmf.median_survival_time_)
 
 
 def _at_risk_table(curves: pd.DataFrame, times=(0, 1, 2, 3, 4, 5)) -> dict:

@@ -1,0 +1,64 @@
+"""CPU benchmarks of the foundation stages; prints a Markdown table for RESULTS.md.
+
+Run with `make bench`. Figures depend on the machine: compare ratios, re-measure before
+relying on one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from audit.accuracy import faceage_accuracy, risk_accuracy
+from audit.cohort import load_cohort
+from audit.config import AccuracyConfig, SurvivalConfig
+from audit.demo.world import write_cohort
+from audit.store import Store
+from audit.survival import survival_analysis
+
+
+def timed(label, fn, rows):
+    start = time.perf_counter()
+    out = fn()
+    rows.append((label, time.perf_counter() - start))
+    return out
+
+
+def main() -> None:
+    rows: list[tuple[str, float]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="faceage-bench-"))
+    for n in (10_000, 100_000):
+        folder = timed(f"make-cohort n={n:,}", lambda: write_cohort(tmp / f"c{n}", n, 0), rows)
+        cohort = timed(f"load cohort n={n:,}", lambda: load_cohort(folder), rows)
+        frame = cohort.frame
+        timed(f"FaceAge accuracy, 1,000 subject resamples, 4 groupings, n={n:,}",
+              lambda: faceage_accuracy(frame, "oracle", AccuracyConfig(n_boot=1000)), rows)
+        if n <= 10_000:
+            timed(f"risk C-index, 200 resamples, overall + 4 groupings, n={n:,}",
+                  lambda: risk_accuracy(cohort.subjects(), "oracle", AccuracyConfig(),
+                                        SurvivalConfig(n_boot=200)), rows)
+            timed(f"survival stage (11 Cox models, 200 C resamples each), n={n:,}",
+                  lambda: survival_analysis(cohort.subjects(), "oracle", ["faceage", "risk"],
+                                            cohort.spec.covariates, SurvivalConfig(n_boot=200)),
+                  rows)
+        store = Store(tmp / f"bench{n}.duckdb")
+        run_id = store.start_run(flow="bench", cohort_name="b", cohort_sha256="0" * 64)
+        preds = frame[["photo_id", "subject_id"]].assign(
+            model="oracle", output="faceage", perturbation="none", severity=0,
+            value=frame["faceage"].to_numpy())
+        timed(f"write {len(preds):,} prediction rows in one stage transaction",
+              lambda: store.write_stage(run_id, "predictions", {"predictions": preds}), rows)
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
+    print("| what | seconds |\n| --- | ---: |")
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.2f} |")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

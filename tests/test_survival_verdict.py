@@ -1,0 +1,125 @@
+"""Survival stage on planted truth, its notes, and the verdict's checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.cohort import Covariate
+from audit.config import SurvivalConfig, Thresholds
+from audit.demo.world import simulate
+from audit.survival import risk_quartiles, survival_analysis
+from audit.verdict import evaluate, overall
+
+
+@pytest.fixture(scope="module")
+def world():
+    d = simulate(3000, seed=21)
+    d["time"] = d["time_days"] / 365.25
+    return d
+
+
+@pytest.fixture(scope="module")
+def result(world):
+    return survival_analysis(world, "oracle", ["faceage", "risk"],
+                             [Covariate(name="ecog"), Covariate(name="treatment_intent",
+                                                                type="categorical",
+                                                                reference="curative")],
+                             SurvivalConfig(n_boot=30))
+
+
+def _term(result, model_id, term):
+    t = result.terms
+    return t[(t.model_id == model_id) & (t.term == term)].iloc[0]
+
+
+def test_every_model_is_fitted_with_n_and_events(result, world):
+    m = result.models.set_index("model_id")
+    assert (m["status"] == "ok").all()
+    assert (m["n"] == len(world)).all() and (m["events"] == world["event"].sum()).all()
+    assert {"faceage_per_decade__unadjusted", "faceage_per_decade__age",
+            "faceage_per_decade__age_sex", "faceage_per_decade__clinical",
+            "risk_per_sd__age_sex", "risk_quartiles__unadjusted",
+            "risk_quartiles__clinical", "age_per_decade__unadjusted"} <= set(m.index)
+    assert m["ph_test_min_p"].between(0, 1).all()
+    assert (m["concordance_low"] < m["concordance"]).all()
+
+
+def test_faceage_beyond_age_recovers_the_planted_direction(result):
+    # FaceAge = biological age + noise, and death depends on biological age beyond
+    # chronological age: adjusted for age and sex, FaceAge must still carry risk.
+    t = _term(result, "faceage_per_decade__age_sex", "faceage_decade")
+    assert t.hr_low > 1.0
+    # the clinical model includes cancer type dummies against the most frequent type
+    terms = set(result.terms[result.terms.model_id == "faceage_per_decade__clinical"].term)
+    assert {"ecog", "treatment_intent[palliative]", "sex[female]"} <= terms
+    assert any(x.startswith("cancer_type[") for x in terms)
+
+
+def test_risk_quartiles_are_ordered(result):
+    hrs = [_term(result, "risk_quartiles__unadjusted", f"risk[{q}]").hr for q in ("Q2", "Q3", "Q4")]
+    assert 1 < hrs[0] < hrs[1] < hrs[2]
+    tests = result.tests.set_index("groups")
+    assert tests.loc["Q1,Q2,Q3,Q4", "df"] == 3 and tests.loc["Q4 vs Q1", "p_value"] < 1e-6
+
+
+def test_km_curves_start_full_and_never_rise(result):
+    for (curve, group), g in result.curves.groupby(["curve", "group_name"]):
+        s = g.sort_values("time")["survival"].to_numpy()
+        assert s[0] <= 1 and np.all(np.diff(s) <= 1e-12), (curve, group)
+        assert g["at_risk"].is_monotonic_decreasing
+    assert set(result.curves[result.curves.curve == "risk_quartile"].group_name) == {
+        "Q1", "Q2", "Q3", "Q4"}
+
+
+def test_the_oracle_risk_discriminates_as_the_truth_does(result, world):
+    from audit.accuracy import harrell_c
+
+    c_true = harrell_c(world.time, world.event, world.true_lp)
+    c = result.models.set_index("model_id").loc["risk_per_sd__unadjusted", "concordance"]
+    assert abs(c - c_true) < 0.03
+
+
+def test_too_few_events_and_no_outcomes_are_said_plainly(world):
+    few = world.copy()
+    few["event"] = 0
+    few.loc[few.index[:5], "event"] = 1
+    r = survival_analysis(few, "m", ["faceage"], [], SurvivalConfig(min_events=10))
+    assert r.models.empty and "Only 5 events" in r.notes[0]
+    r = survival_analysis(world.drop(columns=["time", "event"]), "m", ["faceage"], [],
+                          SurvivalConfig())
+    assert r.models.empty and "no outcome columns" in r.notes[0]
+
+
+def test_quartiles_are_equal_sized():
+    q = risk_quartiles(pd.Series(np.random.default_rng(0).normal(size=1000)))
+    assert q.value_counts().tolist() == [250] * 4
+
+
+def _acc(model, output, metric, value, low, high):
+    return {"model": model, "output": output, "metric": metric, "attribute": "all",
+            "group_name": "all", "n": 100, "value": value, "ci_low": low, "ci_high": high}
+
+
+def test_verdict_checks_pass_fail_and_skip():
+    acc = pd.DataFrame([_acc("m", "faceage", "mae", 4.0, 3.5, 4.5),
+                        _acc("m", "faceage", "mean_error", -6.0, -6.5, -5.5),
+                        _acc("m", "faceage", "pearson_r", 0.9, 0.88, 0.92)])
+    terms = pd.DataFrame(columns=["model", "model_id", "term", "hr", "hr_low", "hr_high"])
+    v = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=100,
+                 n_quarantined=2, accuracy=acc, survival_terms=terms, has_outcomes=False,
+                 thresholds=Thresholds())
+    status = v.set_index("check_name")["status"]
+    assert status["quarantine_fraction"] == "pass"
+    assert status["faceage_mae"] == "pass"
+    assert status["faceage_abs_mean_error"] == "fail"  # |-6| > 5
+    assert status["faceage_pearson_r"] == "pass"
+    assert status["faceage_adjusted_hr_per_decade"] == "skipped"
+    assert "no outcomes" in v.set_index("check_name").loc["faceage_adjusted_hr_per_decade", "details"]
+    assert overall(v) == "fail"
+    v2 = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=100,
+                  n_quarantined=10, accuracy=acc.iloc[[0, 2]], survival_terms=terms,
+                  has_outcomes=False, thresholds=Thresholds(max_quarantine_fraction=0.2))
+    assert overall(v2) == "pass"
+    assert v2.set_index("check_name").loc["faceage_abs_mean_error", "status"] == "skipped"

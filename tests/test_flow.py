@@ -194,3 +194,59 @@ def test_a_killed_run_leaves_a_consistent_database(prefect_harness, demo_cohort,
                           "(SELECT run_id FROM runs)").fetchall()[0][0]
     con.close()
     assert orphans == 0
+
+
+def test_real_predictions_only_cohort_end_to_end(prefect_harness, utk_cohort, tmp_path):
+    """The FaceAge model's real UTKFace predictions: accuracy runs, survival says why not."""
+    from flows.audit import audit_flow
+
+    out = tmp_path / "out"
+    result = audit_flow(cohort=str(utk_cohort), models=["predictions:faceage"], out=str(out),
+                        overrides={"accuracy": {"n_boot": 200}})
+    store = Store(out / "audit.duckdb")
+    acc = store.table("accuracy", result["run_id"])
+    mae = acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0]
+    assert round(mae.value, 2) == 7.46
+    verdicts = store.table("verdicts", result["run_id"]).set_index("check_name")
+    assert verdicts.loc["faceage_mae", "status"] == "pass"  # 7.46 <= 8
+    assert verdicts.loc["faceage_adjusted_hr_per_decade", "status"] == "skipped"
+    assert result["verdict"] == "pass"
+    assert store.table("survival_models", result["run_id"]).empty
+    html = Path(result["report"]).read_text()
+    assert "no outcome columns" in html and "Synthetic data" not in html
+    assert "20170110153238490" not in html  # a UTKFace photo id
+
+
+def test_bad_rows_are_quarantined_and_the_rest_is_audited(prefect_harness, demo_cohort,
+                                                           tmp_path, config):
+    import shutil
+
+    import pandas as pd
+
+    from flows.audit import audit_flow
+
+    cohort = tmp_path / "messy"
+    shutil.copytree(demo_cohort, cohort)
+    manifest = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    manifest.loc[4, "age"] = "sixty"
+    manifest.loc[9, "death"] = "maybe"
+    manifest.loc[14, "faceage"] = ""
+    manifest.to_csv(cohort / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    result = audit_flow(cohort=str(cohort), models=["predictions:faceage,risk"], out=str(out),
+                        config=str(config))
+    store = Store(out / "audit.duckdb")
+    q = store.table("quarantine", result["run_id"]).sort_values("row_number")
+    assert q[["stage", "row_number", "column_name"]].values.tolist() == [
+        ["load", 5, "age"], ["load", 10, "death"], ["predictions", 15, "faceage"]]
+    assert all(q["source_file"] == str(cohort / "manifest.csv"))
+    rows = store.table("cohort_rows", result["run_id"])
+    assert rows["included"].sum() == 398 and (~rows["included"]).sum() == 2
+    acc = store.table("accuracy", result["run_id"])
+    assert acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0].n == 397
+    html = Path(result["report"]).read_text()
+    assert "cannot parse &#39;sixty&#39;" in html
+    bad_id = manifest.loc[4, "photo_id"]
+    assert bad_id not in html  # pseudonymised
+    from audit.privacy import pseudonym
+    assert pseudonym(bad_id) in html

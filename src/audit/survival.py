@@ -237,43 +237,43 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
               "age_sex": "adjusted for age and sex",
               "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates"}
 
-    def add(model_id, description, design):
-        row, trs = _cox_rows(model, model_id, description, df, design, config, rng)
+    def add(model_id, description, frame, design):
+        row, trs = _cox_rows(model, model_id, description, frame, design, config, rng)
         models.append(row)
         terms.extend(trs)
 
-    row, trs = _cox_rows(model, "age_per_decade__unadjusted",
-                         "chronological age per decade (yardstick)", df, df[base_num], config, rng)
-    models.append(row)
-    terms.extend(trs)
-
+    add("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
+        df[base_num])
+    # Each output on the subjects that have it (complete cases, as for every term).
     if "faceage" in outputs:
-        df["faceage_decade"] = df["faceage"].astype(float) / 10.0
+        fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
+        fa["faceage_decade"] = fa["faceage"].astype(float) / 10.0
         for adj, (num, cat) in adjustments.items():
-            add(f"faceage_per_decade__{adj}", f"FaceAge per decade, {labels[adj]}",
-                design_matrix(df, ["faceage_decade"] + num, cat))
-        c = harrell_c(df["time"], df["event"], df["faceage"])
+            add(f"faceage_per_decade__{adj}", f"FaceAge per decade, {labels[adj]}", fa,
+                design_matrix(fa, ["faceage_decade"] + num, cat))
+        c = harrell_c(fa["time"], fa["event"], fa["faceage"])
         metrics.append({"model": model, "model_id": "faceage", "metric": "harrell_c",
                         "horizon": None, "value": c, "ci_low": None, "ci_high": None})
-        bands = age_band(df["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
-        curves.extend(km_curves(model, "faceage_band", df, bands))
+        bands = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
+        curves.extend(km_curves(model, "faceage_band", fa, bands))
     if "risk" in outputs:
-        risk = df["risk"].astype(float)
+        rk = df[np.isfinite(df["risk"].astype(float))].reset_index(drop=True)
+        risk = rk["risk"].astype(float)
         sd = risk.std(ddof=1)
-        df["risk_sd"] = (risk - risk.mean()) / (sd if sd > 0 else 1.0)
+        rk["risk_sd"] = (risk - risk.mean()) / (sd if sd > 0 else 1.0)
         quart = risk_quartiles(risk)
         for q in ("Q2", "Q3", "Q4"):
-            df[f"risk[{q}]"] = (quart == q).astype(float)
+            rk[f"risk[{q}]"] = (quart == q).astype(float)
         qcols = ["risk[Q2]", "risk[Q3]", "risk[Q4]"]
         for adj, (num, cat) in adjustments.items():
             if adj == "age":
                 continue
-            add(f"risk_per_sd__{adj}", f"risk score per SD, {labels[adj]}",
-                design_matrix(df, ["risk_sd"] + num, cat))
-            add(f"risk_quartiles__{adj}", f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}",
-                design_matrix(df, qcols + num, cat))
-        curves.extend(km_curves(model, "risk_quartile", df, quart))
-        tests.extend(logrank_tests(model, df, quart))
+            add(f"risk_per_sd__{adj}", f"risk score per SD, {labels[adj]}", rk,
+                design_matrix(rk, ["risk_sd"] + num, cat))
+            add(f"risk_quartiles__{adj}", f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}", rk,
+                design_matrix(rk, qcols + num, cat))
+        curves.extend(km_curves(model, "risk_quartile", rk, quart))
+        tests.extend(logrank_tests(model, rk, quart))
     c = harrell_c(df["time"], df["event"], df["age"])
     metrics.append({"model": model, "model_id": "chronological_age", "metric": "harrell_c",
                     "horizon": None, "value": c, "ci_low": None, "ci_high": None})

@@ -126,14 +126,19 @@ def harrell_c(time, event, risk) -> float:
 
 def bootstrap_c(time, event, risk, n_boot: int, rng: np.random.Generator,
                 level: float = 0.95) -> tuple[float, float, float]:
-    """Harrell's C with a percentile bootstrap CI over subjects (one row per subject)."""
+    """Harrell's C with a percentile bootstrap CI over subjects (one row per subject).
+
+    Every resample's C comes from one weighted pass (:mod:`audit.concordance`), equal to
+    lifelines' ``concordance_index`` on the resampled rows.
+    """
+    from audit.concordance import bootstrap_weights, weighted_concordance
+
     time, event, risk = map(np.asarray, (time, event, risk))
     point = harrell_c(time, event, risk)
     n = len(time)
-    if n_boot <= 0 or n < 2:
+    if n_boot <= 0 or n < 2 or np.isnan(point):
         return point, float("nan"), float("nan")
-    idx = rng.integers(0, n, size=(n_boot, n))
-    samples = np.array([harrell_c(time[i], event[i], risk[i]) for i in idx])
+    samples = weighted_concordance(time, event, risk, bootstrap_weights(n, n_boot, rng))
     low, high = percentile_ci(samples, level)
     return point, float(low), float(high)
 

@@ -250,3 +250,27 @@ def test_bad_rows_are_quarantined_and_the_rest_is_audited(prefect_harness, demo_
     assert bad_id not in html  # pseudonymised
     from audit.privacy import pseudonym
     assert pseudonym(bad_id) in html
+
+
+def test_image_models_end_to_end(prefect_harness, tmp_path, config):
+    """Rendered photos through both demo models: predictions, embeddings, provenance."""
+    from audit.demo.world import write_cohort
+    from audit.models.demo import demo_spec
+
+    cohort = write_cohort(tmp_path / "faces", 150, seed=515, photos=True, defects=True)
+    out = tmp_path / "out"
+    rc = main(["run", "--cohort", str(cohort), "--model", "demo:faceage", "--model",
+               "demo:survival", "--out", str(out), "--config", str(config)])
+    store = Store(out / "audit.duckdb")
+    run = store.runs().iloc[-1]
+    assert run["status"] == "finished" and rc in (0, 1)
+    models = {m["name"]: m for m in json.loads(run["models"])}
+    assert models["demo-faceage"]["checkpoint_sha256"] == demo_spec("faceage")["sha256"]
+    preds = store.table("predictions", run["run_id"])
+    assert set(preds["model"]) == {"demo-faceage", "demo-survival"}
+    emb = store.query("SELECT model, len(vector) AS d, count(*) AS n FROM embeddings "
+                      "WHERE run_id = ? GROUP BY ALL ORDER BY model", [run["run_id"]])
+    assert emb["d"].tolist() == [96, 96]
+    q = store.table("quarantine", run["run_id"])
+    assert {"load", "inference"} <= set(q["stage"])  # bad rows and undecodable files
+    assert emb["n"].iloc[0] == preds[preds.model == "demo-faceage"]["photo_id"].nunique()

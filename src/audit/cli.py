@@ -66,15 +66,33 @@ def run(
 def make_cohort(
     out: Path = typer.Option(..., "--out", help="folder to write the cohort into"),
     n: int = typer.Option(600, "--n", min=10, help="number of subjects"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="audit cohorts: below 1,000,000 (training uses those)"),
+    population: str = typer.Option("cancer", "--population", help="cancer or healthy"),
+    shift: list[str] = typer.Option([], "--shift", help="drift: dark, older, jpeg, site (repeatable)"),
+    underserved: Optional[str] = typer.Option(None, "--underserved",
+                                              help="race group to give a 25% share"),
+    defects: bool = typer.Option(False, "--defects", help="plant known bad inputs (defects.csv)"),
+    photos_per_subject: int = typer.Option(1, "--photos-per-subject", min=1),
+    photos: bool = typer.Option(True, "--photos/--no-photos",
+                                help="render face photos, or write a tabular cohort with an "
+                                     "oracle model's predictions"),
 ) -> None:
-    """Write a synthetic cancer cohort whose truth is known (tabular; oracle predictions)."""
-    from audit.demo.world import write_cohort
+    """Write a synthetic cohort whose truth is known (rendered faces by default)."""
+    from audit import progress
+    from audit.demo.world import WorldParams, write_cohort
 
-    path = write_cohort(out, n=n, seed=seed)
-    console.print(f"wrote synthetic cohort {path} ({n} subjects, seed {seed})")
-    console.print("[yellow]its faceage and risk columns are an ORACLE model's predictions "
-                  "(truth + noise), not a trained image model's; truth is in truth.csv[/]")
+    try:
+        params = WorldParams.make(population, shifts=shift, underserved=underserved)
+    except ValueError as exc:
+        raise InputError(f"make-cohort: {exc}") from exc
+    progress.use_console(console)
+    path = write_cohort(out, n=n, seed=seed, params=params, photos=photos,
+                        photos_per_subject=photos_per_subject, defects=defects,
+                        progress=lambda items, total: progress.bar(items, total, "rendering"))
+    console.print(f"wrote synthetic {population} cohort {path} ({n} subjects, seed {seed})")
+    if not photos:
+        console.print("[yellow]its faceage and risk columns are an ORACLE model's predictions "
+                      "(truth + noise), not a trained image model's; truth is in truth.csv[/]")
 
 
 @app.command()
@@ -83,17 +101,17 @@ def demo(
     n: int = typer.Option(600, "--n", min=50),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Make a synthetic cohort and audit it end to end (light preset)."""
+    """Render a synthetic cancer cohort and audit the two demo models on it (light preset)."""
+    from audit import progress
     from audit.demo.world import write_cohort
 
-    cohort = write_cohort(out / "cohort", n=n, seed=seed, name="demo-synthetic-cancer")
-    spec = out / "cohort" / "oracle-model.yaml"
-    spec.write_text(
-        "name: oracle\nkind: predictions\noutputs: {faceage: faceage, risk: risk}\n"
-        "card:\n  version: demo\n  intended_use: demonstration of faceage-audit only\n"
-        "  training_data: none (an oracle reading the synthetic world's truth plus noise)\n")
-    console.print(f"synthetic cohort: {cohort} ({n} subjects, seed {seed})")
-    raise typer.Exit(_run_audit(cohort, [str(spec)], out, None, overrides={"preset": "light"}))
+    progress.use_console(console)
+    cohort = write_cohort(out / "cohort", n=n, seed=seed, name="demo-synthetic-cancer",
+                          photos=True,
+                          progress=lambda items, total: progress.bar(items, total, "rendering"))
+    console.print(f"synthetic cohort with rendered faces: {cohort} ({n} subjects, seed {seed})")
+    raise typer.Exit(_run_audit(cohort, ["demo:faceage", "demo:survival"], out, None,
+                                overrides={"preset": "light"}))
 
 
 @app.command()

@@ -125,6 +125,14 @@ class Cohort:
         return h.hexdigest()
 
     @property
+    def images_root(self) -> Path:
+        return (self.root / self.spec.images).resolve()
+
+    def image_file(self, relative: str) -> Path:
+        """The file of a (validated, relative) ``image_path``."""
+        return self.images_root / relative
+
+    @property
     def has_outcomes(self) -> bool:
         return {"time", "event"} <= set(self.frame.columns) and self.frame["event"].notna().any()
 

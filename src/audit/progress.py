@@ -41,3 +41,17 @@ def track(items: Iterable[T], label: str) -> Iterator[T]:
     start = time.monotonic()
     yield from rich_track(items, description=label, console=_console, transient=True)
     _console.log(f"{label} done in {time.monotonic() - start:.1f} s")
+
+
+def bar(items: Iterable[T], total: int | None = None, label: str = "working") -> Iterator[T]:
+    """A progress bar over ``items`` (``total`` when ``items`` has no length)."""
+    if _console is None:
+        yield from items
+        return
+    from rich.progress import Progress
+
+    with Progress(console=_console, transient=True) as prog:
+        task = prog.add_task(label, total=total)
+        for item in items:
+            yield item
+            prog.advance(task)

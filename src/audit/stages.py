@@ -62,7 +62,7 @@ def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
     with progress.step("load cohort"):
         cohort = load_cohort(cohort_dir, hash_cache=HashCache.default())
     store = Store(out_dir / "audit.duckdb")
-    identities = [dict(m.spec.identity(), outputs=m.outputs) for m in models]
+    identities = [dict(m.identity(), outputs=m.outputs) for m in models]
     run_id = store.start_run(
         flow=flow, cohort_name=cohort.name, cohort_sha256=cohort.sha256,
         manifest_sha256=cohort.manifest_sha256, models=identities,
@@ -134,9 +134,8 @@ def basic_validation(ctx: RunContext) -> int:
 
 def predict_stage(ctx: RunContext) -> int:
     """Predictions of every model (clean pass: perturbation ``none``, severity 0)."""
-    total = []
-    quarantined = []
-    for model in progress.track(ctx.models, "predict"):
+    total, quarantined, embeddings = [], [], []
+    for model in ctx.models:
         if model.needs_images and not ctx.cohort.has_images:
             raise InputError(f"{ctx.cohort.root}: model {model.name!r} needs images, and the "
                              "cohort has no image_path column")
@@ -145,12 +144,17 @@ def predict_stage(ctx: RunContext) -> int:
         total.append(preds.frame)
         if preds.quarantine is not None and len(preds.quarantine):
             quarantined.append(preds.quarantine)
+        if preds.embeddings is not None and len(preds.embeddings):
+            embeddings.append(preds.embeddings)
         for n in preds.notes:
             ctx.note("predictions", f"{model.name}: {n}")
     tables = {"predictions": pd.concat(total, ignore_index=True)}
     if quarantined:
         tables["quarantine"] = pd.concat(quarantined, ignore_index=True)
-    return ctx.write("predictions", tables)
+    if embeddings:
+        tables["embeddings"] = pd.concat(embeddings, ignore_index=True)
+    return ctx.write("predictions", tables,
+                     note="; ".join(ctx.notes.get("predictions", [])) or None)
 
 
 def _wide(ctx: RunContext, model) -> pd.DataFrame:
@@ -205,7 +209,8 @@ def survival_stage(ctx: RunContext) -> int:
             ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
         for name, frame in result.tables().items():
             tables.setdefault(name, []).append(frame)
-    merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items()}
+    merged = {k: pd.concat([f for f in v if len(f)] or v[:1], ignore_index=True)
+              for k, v in tables.items()}
     return ctx.write("survival", merged,
                                  note=" ".join(ctx.notes.get("survival", [])) or None)
 

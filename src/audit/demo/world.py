@@ -1,22 +1,29 @@
-"""A seeded synthetic clinical world whose truth is known (tabular for now).
+"""A seeded synthetic clinical world whose truth is known, with rendered face photos.
 
-Each subject has a chronological age ``A`` at the photo, sex, race, cancer type, a latent
-health score ``H`` (higher = sicker, standard normal), ECOG 0-4 and treatment intent read
-off ``H``, and a biological age ``B = A + 4 H + N(0, 2^2)``. Death follows a known
-proportional-hazards model with an exponential baseline::
+Each subject has a chronological age ``A`` at the first photo, sex, race, a latent health
+score ``H`` (higher = sicker) and a biological age ``B = A + 4 H + N(0, 2^2)``; the face
+shows ``B`` and ``H`` (:mod:`audit.demo.faces`), never ``A`` itself. Two populations:
 
-    log h(t) = log(lambda0) + beta_bio * (B - 62) / 10 + beta_health * H + gamma[cancer_type]
+* ``cancer`` (default): ``H ~ N(1.25, 1)``, so patients look about 5 years older than they
+  are, as in the FaceAge paper; cancer type, ECOG 0-4 and treatment intent (read off ``H``);
+  death from a known proportional-hazards model with an exponential baseline::
 
-Follow-up ends at death, at administrative censoring at 5 years, or at random loss to
-follow-up (exponential). Until photos exist (the next issue) the cohort carries the
-predictions of an *oracle* model: FaceAge = B + N(0, sd^2) and risk = the true linear
-predictor + N(0, sd^2); cohort.yaml says so. The truth (B, H, the linear predictor) goes to
+      log h(t) = log(lambda0) + beta_bio (B - 62) / 10 + beta_health (H - mean H) + gamma[cancer]
+
+  ended by administrative censoring at 5 years or random loss to follow-up;
+* ``healthy``: a reference population (``H ~ N(0, 0.3)``, wider age range, a low hazard,
+  no cancer columns), like the public photos face-age models are trained on.
+
+Knobs plant known effects: ``shifts`` (``dark``, ``older``, ``jpeg``, ``site``) make a
+drifted cohort; ``underserved`` raises or lowers one race group's share; ``defects`` plants
+bad inputs (listed in ``defects.csv``). The truth (B, H, the linear predictor) goes to
 ``truth.csv`` and the planted parameters to ``truth.json``, never into the manifest.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import pandas as pd
 import yaml
 
 RACES = {"White": 0.68, "Black": 0.13, "Asian": 0.08, "Hispanic": 0.08, "Other": 0.03}
+SITE_RACES = {"White": 0.35, "Black": 0.30, "Asian": 0.10, "Hispanic": 0.22, "Other": 0.03}
 CANCERS = {
     "thoracic": 0.20, "gastrointestinal": 0.18, "genitourinary": 0.14, "breast": 0.14,
     "head_and_neck": 0.10, "cns": 0.05, "haematologic": 0.11, "other": 0.08,
@@ -36,30 +44,71 @@ CANCER_LOG_HR = {
     "thoracic": 0.0, "gastrointestinal": -0.1, "genitourinary": -0.6, "breast": -0.7,
     "head_and_neck": -0.3, "cns": 0.2, "haematologic": -0.2, "other": -0.3,
 }
+SHIFTS = ("dark", "older", "jpeg", "site")
+DEFECTS = ("truncated", "empty", "tiny", "blank", "png_as_jpg", "duplicate_other_subject",
+           "near_duplicate", "age_in_months", "missing_followup", "bad_event")
+POPULATIONS = ("cancer", "healthy")
 
 
 @dataclass
 class WorldParams:
     """The planted truth of the synthetic world (written to ``truth.json``)."""
 
+    population: str = "cancer"
     age_mean: float = 64.0
     age_sd: float = 12.0
     age_min: float = 20.0
     age_max: float = 95.0
+    health_mean: float = 1.25
+    health_sd: float = 1.0
     health_to_bio_years: float = 4.0
     bio_noise_sd: float = 2.0
     beta_bio_per_decade: float = 0.5  # planted HR per decade of biological age: e^0.5 = 1.65
-    beta_health: float = 0.4
+    beta_health: float = 0.6
     baseline_hazard_per_year: float = 0.12
     admin_censor_years: float = 5.0
     loss_rate_per_year: float = 0.03
     oracle_faceage_sd: float = 3.0
     oracle_risk_sd: float = 0.3
+    races: dict = field(default_factory=lambda: dict(RACES))
     cancer_log_hr: dict = field(default_factory=lambda: dict(CANCER_LOG_HR))
+    light: float = 1.0
+    jpeg_quality: tuple = (60, 95)
 
     @property
     def hr_bio_per_decade(self) -> float:
         return float(np.exp(self.beta_bio_per_decade))
+
+    @classmethod
+    def make(cls, population: str = "cancer", shifts=(), underserved: str | None = None,
+             underserved_share: float = 0.25) -> "WorldParams":
+        """Parameters of a population, with drift ``shifts`` and an ``underserved`` group."""
+        if population not in POPULATIONS:
+            raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
+        p = cls(population=population)
+        if population == "healthy":
+            p.age_mean, p.age_sd, p.age_min, p.age_max = 50.0, 17.0, 18.0, 90.0
+            p.health_mean, p.health_sd = 0.0, 0.3
+            p.baseline_hazard_per_year = 0.01
+        for shift in shifts:
+            if shift not in SHIFTS:
+                raise ValueError(f"unknown shift {shift!r}; known: {SHIFTS}")
+            if shift == "dark":
+                p.light = 0.6
+            elif shift == "older":
+                p.age_mean += 10.0
+            elif shift == "jpeg":
+                p.jpeg_quality = (12, 30)
+            elif shift == "site":
+                p.races = dict(SITE_RACES)
+        if underserved is not None:
+            if underserved not in p.races:
+                raise ValueError(f"unknown group {underserved!r}; known: {list(p.races)}")
+            rest = {k: v for k, v in p.races.items() if k != underserved}
+            total = sum(rest.values())
+            p.races = {k: (1 - underserved_share) * v / total for k, v in rest.items()}
+            p.races[underserved] = underserved_share
+        return p
 
 
 def _truncated_normal(rng, n, mean, sd, low, high) -> np.ndarray:
@@ -76,78 +125,210 @@ def simulate(n: int, seed: int, params: WorldParams | None = None) -> pd.DataFra
     p = params or WorldParams()
     rng = np.random.default_rng(seed)
     age = np.round(_truncated_normal(rng, n, p.age_mean, p.age_sd, p.age_min, p.age_max), 1)
-    cancer = rng.choice(list(CANCERS), size=n, p=np.array(list(CANCERS.values())))
-    female_p = np.array([FEMALE_SHARE.get(c, 0.5) for c in cancer])
-    sex = np.where(rng.random(n) < female_p, "female", "male")
-    race = rng.choice(list(RACES), size=n, p=np.array(list(RACES.values())))
-    health = rng.normal(0.0, 1.0, n)
+    races = list(p.races)
+    race = rng.choice(races, size=n, p=np.array([p.races[r] for r in races]) / sum(p.races.values()))
+    health = rng.normal(p.health_mean, p.health_sd, n)
     bio = age + p.health_to_bio_years * health + rng.normal(0.0, p.bio_noise_sd, n)
-    ecog = np.clip(np.round(1.0 + 0.9 * health + rng.normal(0, 0.6, n)), 0, 4).astype(int)
-    palliative_logit = -0.8 + 1.0 * health + np.where(np.isin(cancer, ["thoracic", "cns"]), 0.5, 0)
-    intent = np.where(rng.random(n) < 1 / (1 + np.exp(-palliative_logit)), "palliative", "curative")
-    lp = (p.beta_bio_per_decade * (bio - 62.0) / 10.0 + p.beta_health * health
-          + np.array([p.cancer_log_hr[c] for c in cancer]))
+    centred = health - p.health_mean
+    lp = p.beta_bio_per_decade * (bio - 62.0) / 10.0 + p.beta_health * centred
+    out = {"age": age, "race": race}
+    if p.population == "cancer":
+        cancer = rng.choice(list(CANCERS), size=n, p=np.array(list(CANCERS.values())))
+        female_p = np.array([FEMALE_SHARE.get(c, 0.5) for c in cancer])
+        ecog = np.clip(np.round(1.0 + 0.9 * centred + rng.normal(0, 0.6, n)), 0, 4).astype(int)
+        logit = -0.8 + 1.0 * centred + np.where(np.isin(cancer, ["thoracic", "cns"]), 0.5, 0)
+        intent = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "palliative", "curative")
+        lp = lp + np.array([p.cancer_log_hr[c] for c in cancer])
+        out.update(cancer_type=cancer, ecog=ecog, treatment_intent=intent)
+    else:
+        female_p = np.full(n, 0.5)
+    sex = np.where(rng.random(n) < female_p, "female", "male")
     t_death = rng.exponential(1.0, n) / (p.baseline_hazard_per_year * np.exp(lp))
     t_loss = rng.exponential(1.0 / p.loss_rate_per_year, n)
     t_end = np.minimum(np.minimum(t_death, t_loss), p.admin_censor_years)
     event = (t_death <= t_end).astype(int)
-    days = np.maximum(np.round(t_end * 365.25), 1).astype(int)
     ids = [f"{i + 1:06d}" for i in range(n)]
-    return pd.DataFrame({
-        "photo_id": [f"P{i}" for i in ids], "subject_id": [f"S{i}" for i in ids],
-        "age": age, "sex": sex, "race": race, "cancer_type": cancer, "ecog": ecog,
-        "treatment_intent": intent, "time_days": days, "event": event,
-        "faceage": np.round(bio + rng.normal(0, p.oracle_faceage_sd, n), 2),
-        "risk": np.round(lp + rng.normal(0, p.oracle_risk_sd, n), 4),
-        "biological_age": bio, "health": health, "true_lp": lp,
-    })
+    df = pd.DataFrame({"photo_id": [f"P{i}" for i in ids], "subject_id": [f"S{i}" for i in ids],
+                       "sex": sex, **out})
+    df["time_days"] = np.maximum(np.round(t_end * 365.25), 1).astype(int)
+    df["event"] = event
+    df["faceage"] = np.round(bio + rng.normal(0, p.oracle_faceage_sd, n), 2)
+    df["risk"] = np.round(lp + rng.normal(0, p.oracle_risk_sd, n), 4)
+    df["biological_age"] = bio
+    df["health"] = health
+    df["true_lp"] = lp
+    return df
 
 
 TRUTH_COLUMNS = ["photo_id", "subject_id", "biological_age", "health", "true_lp"]
 
 
-def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None = None,
-                 name: str | None = None) -> Path:
-    """Write a cohort folder of the synthetic world (manifest, cohort.yaml, truth).
+def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
+                  interval_years: float = 1.5) -> pd.DataFrame:
+    """One row per photo: photo 0 at baseline, later ones every ~interval while followed.
 
-    The manifest uses coded columns (``sex`` as M/F, follow-up in days under
-    ``followup_days``) so that demo cohorts exercise cohort.yaml's column and value maps.
+    Age, biological age and remaining follow-up move with each photo; the subject's first
+    photo (the earliest ``photo_date``) is the survival baseline.
+    """
+    rng = np.random.default_rng([seed, 7])
+    base = pd.Timestamp("2020-01-01") + pd.to_timedelta(
+        rng.integers(0, 3 * 365, len(subjects)), unit="D")
+    rows = []
+    for k in range(photos_per_subject):
+        offset = np.zeros(len(subjects)) if k == 0 else \
+            k * interval_years + rng.uniform(-0.3, 0.3, len(subjects))
+        followed = subjects["time_days"].to_numpy() / 365.25 > offset
+        part = subjects[followed].copy()
+        off = offset[followed]
+        part["photo_id"] = part["photo_id"] + ("" if k == 0 else f"-{k}")
+        part["age"] = np.round(part["age"] + off, 1)
+        part["biological_age"] = part["biological_age"] + off
+        part["faceage"] = np.round(part["faceage"] + off, 2)
+        part["time_days"] = np.maximum(part["time_days"] - np.round(off * 365.25), 1).astype(int)
+        part["photo_date"] = (base[followed] + pd.to_timedelta(np.round(off * 365.25), unit="D")
+                              ).strftime("%Y-%m-%d")
+        part["photo_index"] = k
+        rows.append(part)
+    out = pd.concat(rows).sort_values(["subject_id", "photo_index"], kind="stable")
+    return out.reset_index(drop=True)
+
+
+def iter_jpegs(photos: pd.DataFrame, seed: int, params: WorldParams):
+    """Yield ``(relative path, JPEG bytes)`` for every photo row, deterministically."""
+    from audit.demo.faces import jpeg_bytes, photo_conditions, render_face, subject_look
+
+    looks: dict[str, object] = {}
+    for row in photos.itertuples(index=False):
+        sid = row.subject_id
+        subject_no = int(sid[1:])
+        if sid not in looks:
+            looks[sid] = subject_look(np.random.default_rng([seed, subject_no, 0]), row.sex, row.race)
+        rng = np.random.default_rng([seed, subject_no, 1 + int(row.photo_index)])
+        cond = photo_conditions(rng, light=params.light, jpeg=tuple(params.jpeg_quality))
+        img = render_face(looks[sid], cond, row.biological_age, row.health, rng)
+        yield f"{sid}/{row.photo_id}.jpg", jpeg_bytes(img, cond.jpeg_quality)
+
+
+def render_photos(photos: pd.DataFrame, images_dir: Path, seed: int, params: WorldParams,
+                  progress=None) -> list[str]:
+    """Render and write every photo as JPEG; return the image paths (relative)."""
+    paths = []
+    items = iter_jpegs(photos, seed, params)
+    for rel, data in (progress(items, total=len(photos)) if progress else items):
+        path = images_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(rel)
+    return paths
+
+
+def plant_defects(folder: Path, manifest: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Damage a few rows and files of a written cohort in known ways (``defects.csv``)."""
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, 99])
+    images = folder / "images"
+    per_kind = max(1, len(manifest) // 100)
+    order = rng.permutation(len(manifest))
+    planted = []
+    used = 0
+    manifest = manifest.copy()
+    for kind in DEFECTS:
+        for _ in range(per_kind):
+            i = int(order[used])
+            used += 1
+            rel = manifest.at[i, "image_path"]
+            path = images / rel
+            other = images / manifest.at[int(order[-1 - used]), "image_path"]
+            if kind == "truncated":
+                data = path.read_bytes()
+                path.write_bytes(data[: len(data) // 2])
+            elif kind == "empty":
+                path.write_bytes(b"")
+            elif kind == "tiny":
+                Image.open(path).resize((24, 24)).save(path, format="JPEG", quality=90)
+            elif kind == "blank":
+                Image.new("RGB", (112, 112), (128, 128, 128)).save(path, format="JPEG")
+            elif kind == "png_as_jpg":
+                Image.open(path).save(path, format="PNG")
+            elif kind == "duplicate_other_subject":
+                shutil.copyfile(other, path)
+            elif kind == "near_duplicate":
+                Image.open(other).save(path, format="JPEG", quality=70)
+            elif kind == "age_in_months":
+                manifest.at[i, "age"] = round(float(manifest.at[i, "age"]) * 12, 1)
+            elif kind == "missing_followup" and "followup_days" in manifest:
+                manifest.at[i, "followup_days"] = None
+            elif kind == "bad_event" and "death" in manifest:
+                manifest.at[i, "death"] = 2
+            planted.append({"photo_id": manifest.at[i, "photo_id"], "defect": kind})
+    pd.DataFrame(planted).to_csv(folder / "defects.csv", index=False)
+    return manifest
+
+
+def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None = None,
+                 name: str | None = None, photos: bool = False, photos_per_subject: int = 1,
+                 oracle: bool | None = None, defects: bool = False, progress=None) -> Path:
+    """Write a cohort folder of the synthetic world (manifest, cohort.yaml, truth, photos).
+
+    Parameters
+    ----------
+    photos : render face photos under ``images/`` (otherwise a tabular cohort).
+    oracle : include an oracle model's predictions (``faceage`` = B + noise, ``risk`` = the
+        true log hazard + noise); default: only for tabular cohorts.
+    defects : plant known bad inputs (rows and files), listed in ``defects.csv``.
     """
     p = params or WorldParams()
+    oracle = (not photos) if oracle is None else oracle
     out = Path(out)
+    if (out / "images").exists():
+        shutil.rmtree(out / "images")
     out.mkdir(parents=True, exist_ok=True)
-    df = simulate(n, seed, p)
-    manifest = pd.DataFrame({
-        "photo_id": df["photo_id"], "subject_id": df["subject_id"], "age": df["age"],
-        "sex": df["sex"].map({"female": "F", "male": "M"}), "race": df["race"],
-        "cancer_type": df["cancer_type"], "ecog": df["ecog"],
-        "treatment_intent": df["treatment_intent"], "followup_days": df["time_days"],
-        "death": df["event"], "faceage": df["faceage"], "risk": df["risk"],
-    })
+    subjects = simulate(n, seed, p)
+    df = expand_photos(subjects, photos_per_subject, seed) if (photos or photos_per_subject > 1) \
+        else subjects.assign(photo_index=0)
+    cols = {"photo_id": df["photo_id"], "subject_id": df["subject_id"], "age": df["age"],
+            "sex": df["sex"].map({"female": "F", "male": "M"}), "race": df["race"]}
+    for extra in ("cancer_type", "ecog", "treatment_intent", "photo_date"):
+        if extra in df:
+            cols[extra] = df[extra]
+    cols["followup_days"] = df["time_days"]
+    cols["death"] = df["event"]
+    if oracle:
+        cols["faceage"] = df["faceage"]
+        cols["risk"] = df["risk"]
+    manifest = pd.DataFrame(cols)
+    if photos:
+        manifest.insert(2, "image_path", render_photos(df, out / "images", seed, p, progress))
+        if defects:
+            manifest = plant_defects(out, manifest, seed)
     manifest.to_csv(out / "manifest.csv", index=False)
     df[TRUTH_COLUMNS].to_csv(out / "truth.csv", index=False)
+    kind = "rendered face photos" if photos else "no photos"
+    description = (f"SYNTHETIC {p.population} cohort from faceage-audit's demo world (no real "
+                   f"patients; {kind}).")
+    if oracle:
+        description += (" Its faceage and risk columns are an ORACLE model's predictions "
+                        "(truth + noise), not a trained image model's.")
     spec = {
-        "name": name or f"synthetic-cancer-n{n}-seed{seed}",
-        "site": "synthetic",
-        "description": (
-            "SYNTHETIC cohort from faceage-audit's demo world (no real patients). Predictions "
-            "are those of an ORACLE model (FaceAge = true biological age + noise; risk = true "
-            "log hazard + noise), not of a trained image model."),
-        "synthetic": True,
+        "name": name or f"synthetic-{p.population}-n{n}-seed{seed}",
+        "site": "synthetic", "description": description, "synthetic": True,
         "manifest": "manifest.csv",
         "columns": {"time": "followup_days", "event": "death"},
         "values": {"sex": {"F": "female", "M": "male"}},
-        "vocabulary": {"race": list(RACES), "cancer_type": list(CANCERS)},
-        "covariates": [
-            {"name": "ecog", "type": "numeric"},
-            {"name": "treatment_intent", "type": "categorical", "reference": "curative"},
-        ],
+        "vocabulary": {"race": list(RACES)},
         "time_unit": "days",
         "cropped": True,
     }
+    if p.population == "cancer":
+        spec["vocabulary"]["cancer_type"] = list(CANCERS)
+        spec["covariates"] = [
+            {"name": "ecog", "type": "numeric"},
+            {"name": "treatment_intent", "type": "categorical", "reference": "curative"},
+        ]
     (out / "cohort.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     truth = {"seed": seed, "n": n, "params": asdict(p),
-             "hr_bio_per_decade": p.hr_bio_per_decade,
-             "oracle": {"faceage_sd": p.oracle_faceage_sd, "risk_sd": p.oracle_risk_sd}}
+             "hr_bio_per_decade": p.hr_bio_per_decade, "photos": photos,
+             "photos_per_subject": photos_per_subject, "oracle": oracle, "defects": defects}
     (out / "truth.json").write_text(json.dumps(truth, indent=2))
     return out

@@ -8,6 +8,7 @@ adapter module explicitly so that registering is never a side effect of a star i
 
 from audit.models.registry import (  # noqa: F401
     ModelAdapter,
+    register_short_form,
     ModelSpec,
     Predictions,
     create_model,
@@ -15,4 +16,7 @@ from audit.models.registry import (  # noqa: F401
     parse_model_spec,
     register_model,
 )
-from audit.models import predictions as _predictions  # noqa: F401,E402  (registers `predictions`)
+# Each adapter module registers itself on import; import them explicitly, once.
+from audit.models import demo as _demo  # noqa: F401,E402  (short forms demo:faceage, demo:survival)
+from audit.models import predictions as _predictions  # noqa: F401,E402  (kind `predictions`)
+from audit.models import timm_adapter as _timm  # noqa: F401,E402  (kind `timm`)

@@ -40,13 +40,19 @@ class ModelSpec(BaseModel):
     card: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = None
     column: str | None = None  # kind `predictions`: the cohort column(s) holding the values
+    spec_dir: str | None = Field(None, exclude=True)  # where a YAML spec lives (relative paths)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the spec, relative to the spec file's folder when not absolute."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() or self.spec_dir is None else Path(self.spec_dir) / p
 
     def identity(self) -> dict:
         """What the run stores about the model: name, kind and a digest of the spec."""
         spec_json = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return {"name": self.name, "kind": self.kind,
                 "spec_sha256": hashlib.sha256(spec_json.encode()).hexdigest(),
-                "checkpoint_sha256": self.sha256}
+                "checkpoint_sha256": self.sha256, "arch": self.arch, "card": self.card}
 
 
 @dataclass
@@ -80,6 +86,10 @@ class ModelAdapter(ABC):
     def needs_images(self) -> bool:
         return True
 
+    def identity(self) -> dict:
+        """What a run records about this model (name, kind, digests)."""
+        return self.spec.identity()
+
     @abstractmethod
     def predict(self, cohort) -> Predictions:
         """Predictions for every good row of ``cohort`` (an :class:`audit.cohort.Cohort`)."""
@@ -87,6 +97,13 @@ class ModelAdapter(ABC):
 
 _REGISTRY: dict[str, Callable[[ModelSpec], ModelAdapter]] = {}
 _SHORT_FORMS: dict[str, Callable[[str], dict]] = {}
+
+
+def register_short_form(prefix: str, expand: Callable[[str], dict]) -> None:
+    """``--model PREFIX:ARGS`` expands to the spec dict ``expand(ARGS)``."""
+    if prefix in _SHORT_FORMS:
+        raise ValueError(f"model short form {prefix!r} is already registered")
+    _SHORT_FORMS[prefix] = expand
 
 
 def register_model(kind: str, short_form: Callable[[str], dict] | None = None):
@@ -98,7 +115,7 @@ def register_model(kind: str, short_form: Callable[[str], dict] | None = None):
         cls.kind = kind
         _REGISTRY[kind] = cls
         if short_form is not None:
-            _SHORT_FORMS[kind] = short_form
+            register_short_form(kind, short_form)
         return cls
 
     return wrap
@@ -120,6 +137,8 @@ def parse_model_spec(text: str | Path) -> ModelSpec:
         except yaml.YAMLError as exc:
             raise InputError(f"{path}: not valid YAML: {exc}") from exc
         source = str(path)
+        if isinstance(data, dict):
+            data.setdefault("spec_dir", str(path.resolve().parent))
     else:
         kind, sep, rest = text.partition(":")
         if not sep or kind not in _SHORT_FORMS:

@@ -1,0 +1,169 @@
+"""Batched image inference: decode in DataLoader workers, normalise, run on the best device.
+
+Images are decoded once (PIL, EXIF orientation applied, RGB), resized to the model's input,
+batched as uint8 and pinned when a GPU is used; normalisation happens on the device. On
+CUDA the model runs under ``torch.inference_mode`` with bf16 autocast and channels_last; on
+the CPU in float32. A photo that cannot be decoded is quarantined with its path and reason
+and the rest go on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_batch(x, normalize):
+    """Normalise a float batch in [0, 1] (N, C, H, W).
+
+    ``normalize``: ``imagenet``, ``per_image`` (each image to zero mean and unit standard
+    deviation, as FaceAge does), ``none``/None, or ``{mean: [...], std: [...]}``.
+    """
+    import torch
+
+    if normalize in (None, "none"):
+        return x
+    if normalize == "per_image":
+        flat = x.flatten(1)
+        mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+        std = flat.std(dim=1).clamp(min=1.0 / np.sqrt(flat.shape[1])).view(-1, 1, 1, 1)
+        return (x - mean) / std
+    if normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif isinstance(normalize, dict) and {"mean", "std"} <= set(normalize):
+        mean, std = normalize["mean"], normalize["std"]
+    else:
+        raise ValueError(f"unknown normalize {normalize!r}: use imagenet, per_image or "
+                         "{mean, std}")
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def decode_image(path: str | Path, size: int) -> np.ndarray:
+    """Decode one photo to uint8 RGB (size, size, 3): EXIF orientation applied, resized."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)
+
+
+class PhotoDataset:
+    """A torch ``Dataset`` of (index, image or None, error) for the given paths."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths = paths
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, decode_image(self.paths[i], self.size), ""
+        except Exception as exc:  # any undecodable file: reported, never fatal
+            return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
+
+
+def _collate(items):
+    import torch
+
+    idx = torch.tensor([i for i, _, _ in items])
+    images = torch.from_numpy(np.stack([im for _, im, _ in items]))
+    errors = [err for _, _, err in items]
+    return idx, images, errors
+
+
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class InferenceResult:
+    """Model outputs (N, K) and features (N, D) for the photos that decoded."""
+
+    outputs: np.ndarray
+    features: np.ndarray | None
+    ok: np.ndarray  # bool per input path
+    errors: list[str]
+    device: str
+    seconds: float
+
+
+def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
+                layout: str = "nchw", batch_size: int | None = None, device: str | None = None,
+                workers: int | None = None, progress: Callable | None = None
+                ) -> InferenceResult:
+    """Decode ``paths`` and apply ``forward(x) -> (outputs, features)`` batch by batch.
+
+    ``forward`` receives a normalised float tensor on ``device`` (NCHW, or NHWC when
+    ``layout`` is ``nhwc``) and returns tensors or arrays.
+    """
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    device = device or best_device()
+    cuda = device.startswith("cuda")
+    batch_size = batch_size or (256 if cuda else 64)
+    if workers is None:
+        workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
+    loader = DataLoader(PhotoDataset(paths, size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+                        persistent_workers=False)
+    outputs, features = [None] * len(paths), [None] * len(paths)
+    ok = np.zeros(len(paths), dtype=bool)
+    errors = [""] * len(paths)
+    start = time.perf_counter()
+    batches = progress(loader, total=len(loader)) if progress else loader
+    with torch.inference_mode():
+        for idx, images, errs in batches:
+            x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            x = normalize_batch(x, normalize)
+            if layout == "nhwc":
+                x = x.permute(0, 2, 3, 1).contiguous()
+            elif cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                out, feat = forward(x)
+            out = np.asarray(out.float().cpu() if hasattr(out, "cpu") else out, dtype=np.float64)
+            if feat is not None:
+                feat = np.asarray(feat.float().cpu() if hasattr(feat, "cpu") else feat,
+                                  dtype=np.float32)
+            for j, i in enumerate(idx.tolist()):
+                if errs[j]:
+                    errors[i] = errs[j]
+                    continue
+                ok[i] = True
+                outputs[i] = out[j]
+                if feat is not None:
+                    features[i] = feat[j]
+    good = [o for o in outputs if o is not None]
+    k = good[0].shape[-1] if good and np.ndim(good[0]) else 1
+    out_arr = np.full((len(paths), k), np.nan)
+    for i, o in enumerate(outputs):
+        if o is not None:
+            out_arr[i] = np.atleast_1d(o)
+    feat_arr = None
+    if any(f is not None for f in features):
+        d = next(f for f in features if f is not None).shape[-1]
+        feat_arr = np.full((len(paths), d), np.nan, dtype=np.float32)
+        for i, f in enumerate(features):
+            if f is not None:
+                feat_arr[i] = f
+    return InferenceResult(outputs=out_arr, features=feat_arr, ok=ok, errors=errors,
+                           device=device, seconds=time.perf_counter() - start)

@@ -36,6 +36,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py
+	$(PY) benchmarks/demo_models.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo

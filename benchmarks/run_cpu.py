@@ -53,6 +53,15 @@ def main() -> None:
             value=frame["faceage"].to_numpy())
         timed(f"write {len(preds):,} prediction rows in one stage transaction",
               lambda: store.write_stage(run_id, "predictions", {"predictions": preds}), rows)
+    from audit.models import create_model
+
+    folder = timed("render 2,000 face photos (make-cohort)",
+                   lambda: write_cohort(tmp / "faces", 2000, 0, photos=True), rows)
+    faces = load_cohort(folder)
+    model = create_model("demo:faceage")
+    timed("load demo FaceAge (test_resnet)", model.load, rows)
+    timed("inference, demo FaceAge, 2,000 photos (decode + batch 64, CPU)",
+          lambda: model.predict(faces), rows)
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| what | seconds |\n| --- | ---: |")
     for label, seconds in rows:

@@ -54,7 +54,7 @@ def test_rendered_cohort_loads_with_longitudinal_photos(tmp_path):
 
 def test_planted_biological_age_hr_is_recovered_from_a_rendered_cohort(tmp_path):
     p = WorldParams.make("cancer")
-    folder = write_cohort(tmp_path / "w", 3000, seed=31, params=p, photos=False)
+    folder = write_cohort(tmp_path / "w", 2000, seed=31, params=p, photos=True)
     c = load_cohort(folder)
     truth = pd.read_csv(folder / "truth.csv")
     df = c.subjects().merge(truth, on=["photo_id", "subject_id"])

@@ -21,7 +21,7 @@ CARDS = {
         "version": "demo-1",
         "intended_use": "demonstrating faceage-audit on synthetic faces; never on real people",
         "training_data": "synthetic healthy reference population (faceage-audit demo world), "
-                         "chronological age as the target, the Asian group kept to 1%",
+                         "chronological age as the target, the Black group kept to 1% (underserved on purpose)",
         "population": "synthetic",
     },
     "survival": {

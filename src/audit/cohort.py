@@ -16,6 +16,7 @@ N + 1 of the file (line 1 is the header).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -198,11 +199,42 @@ def read_manifest(path: Path) -> pd.DataFrame:
             df = df.astype(object).where(df.notna(), None)
             df = df.map(lambda v: None if v is None else str(v))
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            header = _first_line(path)
+            if not header.strip():
+                raise InputError(f"{path}: the manifest is empty (no header row)")
+            names = next(csv.reader([header], delimiter=_delimiter(header)))
+            _no_duplicate_columns(path, names)
+            # utf-8-sig drops a byte-order mark; CRLF line ends are read as any others.
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                             sep=_delimiter(header), encoding="utf-8-sig")
+    except InputError:
+        raise
     except Exception as exc:  # pandas raises many types for a broken file
         raise InputError(f"{path}: cannot read manifest: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
+    _no_duplicate_columns(path, list(df.columns))
     return df
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        return fh.readline().rstrip("\r\n")
+
+
+def _delimiter(header: str) -> str:
+    """The manifest's delimiter: whichever of , ; tab splits the header most."""
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _no_duplicate_columns(path: Path, names: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(n.strip() for n in names):
+        if name in seen:
+            raise InputError(f"{path}: column `{name}` appears twice (columns {seen[name] + 1} "
+                             f"and {i + 1}); rename one")
+        seen[name] = i
 
 
 class _Quarantine:
@@ -323,6 +355,11 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
         bad |= mask
 
     reject(df["photo_id"].isna(), "photo_id", lambda i: "missing photo id")
+    for col in ("photo_id", "subject_id"):
+        formula = df[col].map(lambda v: isinstance(v, str) and v[:1] in ("=", "+", "-", "@"))
+        reject(formula, col, lambda i, col=col: (
+            f"id {df.at[i, col]!r} looks like a spreadsheet formula (it would run when a CSV "
+            "export is opened); ids must not start with = + - @"))
     dup = df["photo_id"].notna() & df["photo_id"].duplicated(keep="first")
     first_row = df.drop_duplicates("photo_id").set_index("photo_id")["_row"]
     reject(dup, "photo_id", lambda i: f"duplicate photo id (first seen at row {first_row[df.at[i, 'photo_id']]})")
@@ -380,15 +417,21 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
     images_root = (root / spec.images).resolve()
     if "image_path" in df.columns and hash_images:
         cache = hash_cache if hash_cache is not None else HashCache(None)
+        missing, escaping = [], []
         for i in df.index[df["image_path"].notna() & ~bad]:
             rel = df.at[i, "image_path"]
             path = images_root / rel
-            if not path.is_file():
-                reject(pd.Series(df.index == i, index=df.index), "image_path",
-                       lambda i, rel=rel: f"image {rel!r} not found under {images_root}")
-                continue
-            image_sha[rel] = cache.sha256(path)
+            if not path.resolve().is_relative_to(images_root):
+                escaping.append(i)  # a symlink that leads out of the images root
+            elif not path.is_file():
+                missing.append(i)
+            else:
+                image_sha[rel] = cache.sha256(path)
         cache.save()
+        reject(df.index.isin(escaping), "image_path",
+               lambda i: f"image {df.at[i, 'image_path']!r} is a link that escapes the images root")
+        reject(df.index.isin(missing), "image_path",
+               lambda i: f"image {df.at[i, 'image_path']!r} not found under {images_root}")
 
     good = df[~bad].reset_index(drop=True)
     for col in ["photo_id", "subject_id"] + CATEGORICAL_COLUMNS:

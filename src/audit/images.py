@@ -25,7 +25,7 @@ import pandas as pd
 PROPERTY_COLUMNS = [
     "photo_id", "width", "height", "mode", "format", "format_matches_name", "decodable",
     "error", "exif_orientation", "brightness", "contrast", "sharpness", "jpeg_quality",
-    "face_count", "face_box_frac", "sha256", "dhash",
+    "face_count", "face_box_frac", "sha256",
 ]
 FORMAT_OF_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
                     ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
@@ -55,13 +55,16 @@ def estimate_jpeg_quality(quantization: dict | None) -> float | None:
     return float(best)
 
 
-def dhash(gray: np.ndarray) -> int:
-    """64-bit difference hash of a greyscale image (robust to re-encoding and resizing)."""
+def thumbnail(gray: np.ndarray, side: int = 16) -> np.ndarray:
+    """A side x side greyscale thumbnail, zero-mean and unit-norm (float32), or zeros for a
+    flat image. Re-encoded or re-edited copies of one photo have a cosine similarity above
+    0.999; different people in one rendered cohort stayed under 0.99 (measured)."""
     import cv2
 
-    small = cv2.resize(gray, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+    small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    small -= small.mean()
+    norm = float(np.linalg.norm(small))
+    return small / norm if norm > 1e-6 else np.zeros_like(small)
 
 
 _cascade = None
@@ -148,7 +151,7 @@ def inspect_image(path: str | Path, photo_id: str = "", detect: bool = False) ->
     row["brightness"] = float(gray.mean())
     row["contrast"] = float(gray.std())
     row["sharpness"] = float(cv2.Laplacian(gray, cv2.CV_64F).var())
-    row["dhash"] = f"{dhash(gray):016x}"
+    row["_thumb"] = thumbnail(gray)
     if detect:
         boxes = detect_faces(gray)
         row["face_count"] = int(len(boxes))
@@ -185,27 +188,30 @@ def image_properties(items: Iterable[tuple[str, Path]], detect: bool = False,
             for part in (progress(results, len(chunks)) if progress else results):
                 rows.extend(part)
     frame = pd.DataFrame(rows)
-    for col in PROPERTY_COLUMNS + ["_boxes"]:
+    for col in PROPERTY_COLUMNS + ["_boxes", "_thumb"]:
         if col not in frame:
             frame[col] = None
     return frame
 
 
-def near_duplicate_pairs(hashes: pd.Series, subjects: pd.Series, max_distance: int = 4,
+def near_duplicate_pairs(photo_ids, thumbs: list, subjects, min_similarity: float = 0.998,
                          block: int = 2048) -> pd.DataFrame:
-    """Pairs of photos of *different* subjects whose dHashes differ in at most
-    ``max_distance`` bits (possible leakage: one photo filed under two patients)."""
-    valid = hashes.notna().to_numpy()
-    ids = hashes.index.to_numpy()[valid]
-    subj = subjects.to_numpy()[valid]
-    values = np.array([int(h, 16) for h in hashes[valid]], dtype=np.uint64)
+    """Pairs of photos of *different* subjects whose thumbnails (:func:`thumbnail`) have a
+    cosine similarity of at least ``min_similarity``: possible leakage, one photo filed under
+    two patients. ``thumbs`` holds None for photos that are not compared."""
+    keep = [i for i, t in enumerate(thumbs) if t is not None and np.any(t)]
+    if not keep:
+        return pd.DataFrame(columns=["photo_a", "photo_b", "similarity"])
+    ids = np.asarray(photo_ids, dtype=object)[keep]
+    subj = np.asarray(subjects, dtype=object)[keep]
+    x = np.stack([thumbs[i] for i in keep]).astype(np.float32)
     out = []
-    for start in range(0, len(values), block):
-        a = values[start:start + block]
-        dist = np.bitwise_count(a[:, None] ^ values[None, :])
-        ii, jj = np.nonzero(dist <= max_distance)
+    for start in range(0, len(x), block):
+        sim = x[start:start + block] @ x.T
+        ii, jj = np.nonzero(sim >= min_similarity)
         i_abs = ii + start
-        keep = (jj > i_abs) & (subj[i_abs] != subj[jj])
-        for i, j in zip(i_abs[keep], jj[keep]):
-            out.append({"photo_a": ids[i], "photo_b": ids[j], "distance": int(dist[i - start, j])})
-    return pd.DataFrame(out, columns=["photo_a", "photo_b", "distance"])
+        mask = (jj > i_abs) & (subj[i_abs] != subj[jj])
+        for i, j in zip(i_abs[mask], jj[mask]):
+            out.append({"photo_a": ids[i], "photo_b": ids[j],
+                        "similarity": float(sim[i - start, j])})
+    return pd.DataFrame(out, columns=["photo_a", "photo_b", "similarity"])

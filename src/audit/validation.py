@@ -102,11 +102,15 @@ def _gx_context():
 
 
 def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str = "validate",
-              reasons: dict | None = None) -> SuiteResult:
+              reasons: dict | None = None, where=None, quarantine_column=None,
+              quarantine_file=None) -> SuiteResult:
     """Validate ``frame`` (with ``photo_id`` and ``_row``) against a suite dict.
 
     ``reasons`` maps a column to ``f(value, row) -> str`` for a person-readable reason;
-    otherwise the expectation's ``meta.reason`` (with ``{value}``) or its type is used.
+    otherwise the expectation's ``meta.reason`` (with ``{value}``) or its rule is used.
+    ``where(column, row)`` says where in the row the problem is (default ``column C``);
+    ``quarantine_column(column)`` and ``quarantine_file(row)`` name the column and file of
+    a quarantine record (default: the expectation's column, ``source_file``).
     """
     import great_expectations as gx
 
@@ -128,9 +132,17 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
         "result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]})
     by_row = frame.set_index("_row")
     rows, quarantine, critical = [], [], []
-    for exp, res in zip(expectations, result.results):
+    # GX may return results in another order than the suite's: match them by their config.
+    order = {_key(e): i for i, e in enumerate(expectations)}
+    pairs = []
+    for res in result.results:
         d = res.to_json_dict()
-        meta = exp.get("meta", {})
+        config = d["expectation_config"]
+        key = (config["type"], (config.get("kwargs") or {}).get("column"))
+        exp = expectations[order[key]] if key in order else config
+        pairs.append((order.get(key, len(order)), exp, d))
+    for _, exp, d in sorted(pairs, key=lambda t: t[0]):
+        meta = exp.get("meta") or {}
         severity = meta.get("severity", "error")
         col = exp.get("kwargs", {}).get("column")
         r = d.get("result") or {}
@@ -139,7 +151,8 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
         examples = [_plain(v) for v in (r.get("partial_unexpected_list") or [])[:5]]
         details = {"kwargs": {k: _plain(v) for k, v in exp.get("kwargs", {}).items()},
                    "examples": examples, "observed": _plain(r.get("observed_value")),
-                   "element_count": r.get("element_count"), "rule": meta.get("rule")}
+                   "element_count": r.get("element_count"), "rule": meta.get("rule"),
+                   "rows": sorted({int(x) for x in bad_rows})[:20]}
         count = r.get("unexpected_count")
         rows.append({"suite": suite["name"], "expectation": exp["type"], "column_name": col,
                      "severity": severity, "success": bool(d["success"]),
@@ -157,12 +170,15 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
                 if reasons and col in reasons:
                     reason = reasons[col](value, record)
                 else:
-                    reason = (meta.get("reason") or exp["type"]).format(value=_plain(value))
+                    reason = (meta.get("reason") or meta.get("rule") or exp["type"]).format(
+                        value=_fmt(value))
+                place = where(col, record) if where else f"column {col}"
                 quarantine.append({
                     "photo_id": record.get("photo_id"), "stage": stage, "severity": severity,
-                    "source_file": source_file, "row_number": int(row_number),
-                    "column_name": col, "reason": f"{Path(source_file).name} row {row_number}, "
-                                                  f"column {col}: {reason}"})
+                    "source_file": quarantine_file(record) if quarantine_file else source_file,
+                    "row_number": int(row_number),
+                    "column_name": quarantine_column(col) if quarantine_column else col,
+                    "reason": f"{Path(source_file).name} row {row_number}, {place}: {reason}"})
     for exp in skipped:
         rows.append({"suite": suite["name"], "expectation": exp["type"],
                      "column_name": exp["kwargs"].get("column"),
@@ -185,6 +201,11 @@ def _plain(value):
     return value
 
 
+def _fmt(value):
+    v = _plain(value)
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
 def age_reason(value, row) -> str:
     """Why an age is not an age in years, with the likely unit when it looks like one."""
     try:
@@ -196,3 +217,104 @@ def age_reason(value, row) -> str:
     if 120 * 12 < v <= 120 * 366:
         return f"{v:g} is not an age in years; days? ({v / 365.25:.1f} years)"
     return f"{v:g} is not an age in years (0-120)"
+
+
+@dataclass
+class ValidationReport:
+    """Every suite's results on one cohort, and what they set aside."""
+
+    results: pd.DataFrame
+    quarantine: pd.DataFrame
+    image_properties: pd.DataFrame | None
+    critical: list[str]
+
+    @property
+    def errors(self) -> int:
+        r = self.results
+        return int(((~r["success"].astype(bool)) & (r["severity"] == "error")).sum())
+
+
+IMAGE_REASONS = {
+    "decodable": lambda v, r: r["error"] or "cannot decode",
+    "format_matches_name": lambda v, r: (f"the file holds {r['format']} data, not what its "
+                                         f"name {Path(r['image_path']).suffix!r} says"),
+    "exact_duplicate_of_other_subject": lambda v, r: (
+        f"byte-identical to photo {r['duplicate_of']} of another subject (possible leakage: "
+        "one photo filed under two patients)"),
+    "face_count": lambda v, r: f"{int(v)} faces found; a raw photo needs exactly one",
+}
+
+
+def image_table(cohort, workers: int | None = None, progress=None) -> pd.DataFrame:
+    """The per-image table of a cohort's good rows, with duplicates across subjects marked."""
+    from audit.images import image_properties, near_duplicate_pairs
+
+    rows = cohort.frame[cohort.frame["image_path"].notna()]
+    items = [(pid, cohort.image_file(rel)) for pid, rel in zip(rows["photo_id"], rows["image_path"])]
+    props = image_properties(items, detect=not cohort.spec.cropped, workers=workers,
+                             progress=progress)
+    props = props.merge(rows[["photo_id", "subject_id", "_row", "image_path"]], on="photo_id",
+                        how="left").sort_values("_row", kind="stable").reset_index(drop=True)
+    # Duplicates are looked for among photos with content: blank or broken files are
+    # reported as such, not as copies of one another.
+    content = props["decodable"].astype(bool) & (props["contrast"].astype(float) >= 5)
+    first: dict[str, tuple[str, str]] = {}
+    exact, dup_of = [], []
+    for pid, sha, sid, ok in zip(props["photo_id"], props["sha256"], props["subject_id"], content):
+        seen = first.get(sha) if (sha and ok) else None
+        if not ok:
+            exact.append(False)
+            dup_of.append(None)
+            continue
+        if seen is None:
+            if sha:
+                first[sha] = (pid, sid)
+            exact.append(False)
+            dup_of.append(None)
+        else:
+            exact.append(seen[1] != sid)
+            dup_of.append(seen[0] if seen[1] != sid else None)
+    props["exact_duplicate_of_other_subject"] = exact
+    props["duplicate_of"] = dup_of
+    thumbs = [t if ok else None for t, ok in zip(props["_thumb"], content)]
+    pairs = near_duplicate_pairs(props["photo_id"], thumbs, props["subject_id"])
+    near = set(pairs["photo_b"]) - set(props.loc[props["exact_duplicate_of_other_subject"], "photo_id"])
+    props["near_duplicate_of_other_subject"] = props["photo_id"].isin(near)
+    props["near_duplicate_of"] = props["photo_id"].map(dict(zip(pairs["photo_b"], pairs["photo_a"])))
+    return props.drop(columns=["_thumb"])
+
+
+def validate_cohort(cohort, *, images: bool = True, workers: int | None = None,
+                    progress=None) -> ValidationReport:
+    """Run the manifest suite and (for cohorts with photos) the image suite."""
+    override = (cohort.root / cohort.spec.expectations) if cohort.spec.expectations else None
+    manifest = run_suite(load_suite("manifest", override), cohort.frame,
+                         source_file=str(cohort.manifest_path), reasons={"age": age_reason})
+    parts = [manifest]
+    props = None
+    if images and cohort.has_images:
+        props = image_table(cohort, workers=workers, progress=progress)
+        suite = load_suite("images", override)
+        if cohort.spec.cropped:  # aligned crops: no face detection
+            suite["expectations"] = [e for e in suite["expectations"]
+                                     if e["kwargs"].get("column") not in ("face_count", "face_box_frac")]
+        parts.append(run_suite(
+            suite, props, source_file=str(cohort.manifest_path), reasons=IMAGE_REASONS,
+            where=lambda col, r: f"image {r['image_path']}",
+            quarantine_column=lambda col: "image_path",
+            quarantine_file=lambda r: str(cohort.image_file(r["image_path"]))))
+    results = pd.concat([p.results for p in parts], ignore_index=True)
+    quarantine = pd.concat([p.quarantine for p in parts], ignore_index=True)
+    # one record per photo and problem: a photo failing two checks keeps both reasons
+    return ValidationReport(results, quarantine, props, [c for p in parts for c in p.critical])
+
+
+def validate_predictions(wide: pd.DataFrame, model: str, source_file: str,
+                         override_dir: Path | None = None) -> SuiteResult:
+    """The predictions suite on one model's wide predictions (``photo_id``, ``_row``, outputs)."""
+    suite = load_suite("predictions", override_dir)
+    suite["name"] = "predictions"
+    result = run_suite(suite, wide, source_file=source_file, stage="predictions",
+                       where=lambda col, r: f"model {model}, output {col}")
+    result.results["suite"] = f"predictions:{model}"
+    return result

@@ -229,17 +229,40 @@ def plant_defects(folder: Path, manifest: pd.DataFrame, seed: int) -> pd.DataFra
     rng = np.random.default_rng([seed, 99])
     images = folder / "images"
     per_kind = max(1, len(manifest) // 100)
-    order = rng.permutation(len(manifest))
+    n = len(manifest)
+    order = [int(i) for i in rng.permutation(n)]
+    copies = ("duplicate_other_subject", "near_duplicate")
+    # Copies go to rows in the later half and come from distinct, clean, earlier rows of
+    # other subjects, so the later row of each pair is the planted one.
+    late = [i for i in order if i >= n // 2]
+    targets = {kind: [] for kind in DEFECTS}
+    taken: set[int] = set()
+    for kind in copies:
+        for i in late:
+            if len(targets[kind]) == per_kind:
+                break
+            if i not in taken:
+                targets[kind].append(i)
+                taken.add(i)
+    rest = iter(i for i in order if i not in taken)
+    for kind in DEFECTS:
+        while len(targets[kind]) < per_kind:
+            i = next(rest)
+            targets[kind].append(i)
+            taken.add(i)
+    sources = iter(j for j in order if j not in taken and j < n // 2)
     planted = []
-    used = 0
     manifest = manifest.copy()
     for kind in DEFECTS:
-        for _ in range(per_kind):
-            i = int(order[used])
-            used += 1
+        for i in targets[kind]:
             rel = manifest.at[i, "image_path"]
             path = images / rel
-            other = images / manifest.at[int(order[-1 - used]), "image_path"]
+            other = None
+            if kind in copies:
+                j = next(sources)
+                while manifest.at[j, "subject_id"] == manifest.at[i, "subject_id"]:
+                    j = next(sources)
+                other = images / manifest.at[j, "image_path"]
             if kind == "truncated":
                 data = path.read_bytes()
                 path.write_bytes(data[: len(data) // 2])
@@ -253,8 +276,11 @@ def plant_defects(folder: Path, manifest: pd.DataFrame, seed: int) -> pd.DataFra
                 Image.open(path).save(path, format="PNG")
             elif kind == "duplicate_other_subject":
                 shutil.copyfile(other, path)
-            elif kind == "near_duplicate":
-                Image.open(other).save(path, format="JPEG", quality=70)
+            elif kind == "near_duplicate":  # the same photo, re-edited and re-encoded
+                from PIL import ImageEnhance
+
+                ImageEnhance.Brightness(Image.open(other).convert("RGB")).enhance(1.03).save(
+                    path, format="JPEG", quality=72)
             elif kind == "age_in_months":
                 manifest.at[i, "age"] = round(float(manifest.at[i, "age"]) * 12, 1)
             elif kind == "missing_followup" and "followup_days" in manifest:

@@ -62,6 +62,15 @@ def main() -> None:
     timed("load demo FaceAge (test_resnet)", model.load, rows)
     timed("inference, demo FaceAge, 2,000 photos (decode + batch 64, CPU)",
           lambda: model.predict(faces), rows)
+    from audit.validation import validate_cohort
+
+    big = load_cohort(timed("render 10,000 face photos with planted defects",
+                            lambda: write_cohort(tmp / "faces10k", 10_000, 1, photos=True,
+                                                 defects=True), rows))
+    report = timed("validate 10,000 photos: manifest + image suites, 2 worker processes",
+                   lambda: validate_cohort(big, workers=2), rows)
+    rows.append(("  (images per second in that validation)",
+                 len(report.image_properties) / rows[-1][1]))
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")
     print("| what | seconds |\n| --- | ---: |")
     for label, seconds in rows:

@@ -1,4 +1,4 @@
-"""audit_flow: load -> validate -> predict -> accuracy -> survival -> verdict -> publish.
+"""audit_flow: validate -> predict -> accuracy -> survival -> verdict -> publish.
 
 Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
 work (and every test of it) lives. Later issues add inference on images, robustness,
@@ -14,14 +14,9 @@ from audit import stages
 from audit.config import load_config
 
 
-@task(name="load cohort", cache_policy=NONE)
-def load(ctx: stages.RunContext) -> int:
-    return stages.load_stage(ctx)
-
-
-@task(name="basic validation", cache_policy=NONE)
+@task(name="validate", cache_policy=NONE)
 def validate(ctx: stages.RunContext) -> int:
-    return stages.basic_validation(ctx)
+    return stages.validate_stage(ctx)
 
 
 @task(name="predictions", cache_policy=NONE)
@@ -60,7 +55,6 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
     ctx = stages.start(cohort, models, out, cfg, flow="audit")
     with ctx.store.heartbeating(ctx.run_id):
         try:
-            load(ctx)
             validate(ctx)
             predict(ctx)
             accuracy(ctx)

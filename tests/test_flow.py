@@ -61,8 +61,7 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
             "faceage_per_decade__clinical", "risk_quartiles__age_sex"} <= set(models["model_id"])
     assert len(store.table("survival_curves", run["run_id"])) > 0
     stages = store.table("run_stages", run["run_id"])["stage"].tolist()
-    assert stages == ["load", "validate", "predictions", "accuracy", "survival", "verdict",
-                      "publish"]
+    assert stages == ["validate", "predictions", "accuracy", "survival", "verdict", "publish"]
     page = Path(result["report"])
     assert page == out / "runs" / run["run_id"] / "index.html" and page.is_file()
     html = page.read_text()
@@ -148,7 +147,7 @@ def test_report_rerenders_from_duckdb_alone(prefect_harness, demo_cohort, tmp_pa
                  "--show-ids"]) == 0
 
 
-KILL_POINTS = ["load:mid-transaction", "accuracy:mid-transaction", "survival:after-commit"]
+KILL_POINTS = ["validate:mid-transaction", "accuracy:mid-transaction", "survival:after-commit"]
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
@@ -178,7 +177,7 @@ def test_a_killed_run_leaves_a_consistent_database(prefect_harness, demo_cohort,
     done = store.table("run_stages", killed["run_id"])["stage"].tolist()
     if moment == "mid-transaction":
         assert stage not in done
-        table = {"load": "cohort_rows", "accuracy": "accuracy"}[stage]
+        table = {"validate": "cohort_rows", "accuracy": "accuracy"}[stage]
         assert store.table(table, killed["run_id"]).empty  # no half-written stage
     else:
         assert done[-1] == stage
@@ -272,5 +271,52 @@ def test_image_models_end_to_end(prefect_harness, tmp_path, config):
                       "WHERE run_id = ? GROUP BY ALL ORDER BY model", [run["run_id"]])
     assert emb["d"].tolist() == [96, 96]
     q = store.table("quarantine", run["run_id"])
-    assert {"load", "inference"} <= set(q["stage"])  # bad rows and undecodable files
+    assert {"load", "validate"} <= set(q["stage"])  # bad rows, and bad files caught before inference
     assert emb["n"].iloc[0] == preds[preds.model == "demo-faceage"]["photo_id"].nunique()
+
+
+def test_validate_command_exit_codes(prefect_harness, tmp_path):
+    from audit.demo.world import write_cohort
+
+    clean = write_cohort(tmp_path / "clean", 80, seed=616, photos=True)
+    messy = write_cohort(tmp_path / "messy", 200, seed=617, photos=True, defects=True)
+    out = tmp_path / "out"
+    assert main(["validate", "--cohort", str(clean), "--out", str(out)]) == 0
+    assert main(["validate", "--cohort", str(messy), "--out", str(out)]) == 1
+    unusable = tmp_path / "unusable"
+    unusable.mkdir()
+    (unusable / "cohort.yaml").write_text("name: no-age\n")
+    (unusable / "manifest.csv").write_text("photo_id,sex\na,male\n")
+    assert main(["validate", "--cohort", str(unusable), "--out", str(out)]) == 2
+    store = Store(out / "audit.duckdb")
+    runs = store.runs()
+    assert runs["flow"].tolist() == ["validate"] * 3
+    assert runs["verdict"].tolist()[:2] == ["pass", "fail"] and runs["status"].iloc[2] == "failed"
+    assert "age" in runs["error"].iloc[2]
+    messy_id = runs["run_id"].iloc[1]
+    props = store.table("image_properties", messy_id)
+    assert len(props) > 0 and {"brightness", "sharpness", "jpeg_quality"} <= set(props.columns)
+    html = (out / "runs" / messy_id / "index.html").read_text()
+    assert "Validation of" in html and "byte-identical" in html
+
+
+def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, tmp_path, config):
+    import shutil
+
+    import pandas as pd
+
+    cohort = tmp_path / "odd"
+    shutil.copytree(demo_cohort, cohort)
+    manifest = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    manifest.loc[7, "faceage"] = "150"
+    manifest.to_csv(cohort / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    main(["run", "--cohort", str(cohort), "--model", "predictions:faceage,risk", "--out", str(out),
+          "--config", str(config)])
+    store = Store(out / "audit.duckdb")
+    run_id = store.runs()["run_id"].iloc[-1]
+    q = store.table("quarantine", run_id)
+    row = q[q.stage == "predictions"].iloc[0]
+    assert row["row_number"] == 8 and "outside 0-120" in row["reason"]
+    acc = store.table("accuracy", run_id)
+    assert acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0].n == 399

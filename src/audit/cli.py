@@ -62,6 +62,30 @@ def run(
     raise typer.Exit(_run_audit(cohort, model, out, config))
 
 
+@app.command()
+def validate(
+    cohort: Path = typer.Option(..., "--cohort", help="cohort folder (with cohort.yaml)"),
+    out: Path = typer.Option(Path("reports"), "--out", help="output folder (audit.duckdb, runs/)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
+) -> None:
+    """Validate a cohort alone (no model): exit 0 clean, 1 errors found, 2 unusable."""
+    from audit import progress
+    from audit.config import load_config
+
+    load_config(config)
+    progress.use_console(console)
+    from flows.validate import validation_flow
+
+    result = validation_flow(cohort=str(cohort), out=str(out),
+                             config=str(config) if config else None)
+    verdict = result["verdict"]
+    style = "bold green" if verdict == "pass" else "bold red"
+    console.print(f"[{style}]validation: {'CLEAN' if verdict == 'pass' else 'ERRORS FOUND'}[/]"
+                  f"  run {result['run_id']}")
+    console.print(f"report: {result['report']}")
+    raise typer.Exit(EXIT_PASS if verdict == "pass" else EXIT_FAIL)
+
+
 @app.command("make-cohort")
 def make_cohort(
     out: Path = typer.Option(..., "--out", help="folder to write the cohort into"),

@@ -72,76 +72,104 @@ def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
                       cohort=cohort, models=models)
 
 
-def load_stage(ctx: RunContext) -> int:
-    """Write the cohort's rows (included or quarantined) and the load-time quarantine."""
+def _load_results(c) -> pd.DataFrame:
+    """What reading the manifest found, as ``validation_results`` rows (suite ``load``)."""
+    q = c.quarantine
+    rows = [{"suite": "load", "expectation": "expect_manifest_readable", "column_name": None,
+             "severity": "critical", "success": True, "unexpected_count": 0,
+             "details": json.dumps({"file": str(c.manifest_path), "manifest_rows": c.n_manifest_rows})}]
+    by_col = q.groupby("column_name").size() if len(q) else pd.Series(dtype=int)
+    for col, count in by_col.items():
+        reasons = q.loc[q["column_name"] == col, "reason"].head(3).tolist()
+        rows.append({"suite": "load", "expectation": "expect_values_to_parse", "column_name": col,
+                     "severity": "error", "success": False, "unexpected_count": int(count),
+                     "details": json.dumps({"examples": reasons, "rows":
+                                            q.loc[q["column_name"] == col, "row_number"]
+                                            .head(20).astype(int).tolist()})})
+    if not len(q):
+        rows.append({"suite": "load", "expectation": "expect_values_to_parse", "column_name": None,
+                     "severity": "error", "success": True, "unexpected_count": 0,
+                     "details": "{}"})
+    return pd.DataFrame(rows)
+
+
+def validate_stage(ctx: RunContext) -> int:
+    """Validate the cohort (Great Expectations suites) and write what it found.
+
+    One transaction holds the cohort's rows (``included`` false for every quarantined
+    row), the suites' results, the per-image table, detections and the quarantine. A
+    critical failure is written too, then stops the run before any model sees the data.
+    """
+    from audit.validation import validate_cohort
+
     c = ctx.cohort
+    report = validate_cohort(c, progress=lambda items, total: progress.bar(
+        items, total, "checking images"))
+    quarantine = pd.concat([c.quarantine, report.quarantine], ignore_index=True)
+    bad_ids = set(report.quarantine["photo_id"])
     good = c.frame
     cols = ["photo_id", "subject_id", "age", "sex", "race", "cancer_type", "site", "camera",
             "time", "event"]
     rows = good.reindex(columns=cols).copy()
-    rows["included"] = True
+    rows["included"] = ~good["photo_id"].isin(bad_ids).to_numpy()
     rows["row_number"] = good["_row"].values
-    q = c.quarantine
-    bad = pd.DataFrame({"photo_id": q["photo_id"], "row_number": q["row_number"],
-                        "included": False})
-    frame = pd.concat([rows, bad], ignore_index=True) if len(bad) else rows
+    dropped = pd.DataFrame({"photo_id": c.quarantine["photo_id"],
+                            "row_number": c.quarantine["row_number"], "included": False})
+    frame = pd.concat([rows, dropped], ignore_index=True) if len(dropped) else rows
     for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    if c.frame.empty:
-        ctx.write("load", {"cohort_rows": frame, "quarantine": q})
-        first = q.iloc[0] if len(q) else None
-        where = (f" (first: {first['source_file']} row {first['row_number']} column "
-                 f"{first['column_name']}: {first['reason']})" if first is not None else "")
-        raise InputError(f"{c.manifest_path}: no usable rows, {len(q)} quarantined{where}")
-    return ctx.write("load", {"cohort_rows": frame, "quarantine": q},
-                                 note=f"{len(good)} rows included, {len(q)} quarantined")
+    tables = {"cohort_rows": frame,
+              "validation_results": pd.concat([_load_results(c), report.results],
+                                              ignore_index=True),
+              "quarantine": quarantine}
+    props = report.image_properties
+    if props is not None and len(props):
+        tables["image_properties"] = props.drop(columns=["subject_id", "_row", "_boxes"],
+                                                errors="ignore")
+        boxes = [{"photo_id": pid, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
+                 for pid, bs in zip(props["photo_id"], props["_boxes"]) if bs for b in bs]
+        if boxes:
+            tables["detections"] = pd.DataFrame(boxes)
+    c.frame = good[~good["photo_id"].isin(bad_ids)].reset_index(drop=True)
+    note = (f"{len(c.frame)} of {c.n_manifest_rows} rows go on; {len(quarantine)} quarantine "
+            f"record(s); {report.errors} failed error check(s)")
+    n = ctx.write("validate", tables, note=note)
+    if report.critical or c.frame.empty:
+        problems = report.critical or [f"{c.manifest_path}: no usable rows are left"]
+        first = quarantine.iloc[0] if len(quarantine) else None
+        example = (f" (first quarantined: {first['reason']})" if first is not None else "")
+        raise InputError("; ".join(problems) + example)
+    return n
 
 
-def basic_validation(ctx: RunContext) -> int:
-    """Basic checks of the loaded cohort, one ``validation_results`` row each.
+def validation_verdict(ctx: RunContext) -> str:
+    """The verdict of a validation run: ``fail`` when an error-severity check failed."""
+    from audit.verdict import overall, validation_checks
 
-    Great Expectations suites (a later issue) extend this; these are the checks every run
-    needs before a statistic is computed: required columns, parse failures per column,
-    unique photo ids, outcomes present.
-    """
-    c = ctx.cohort
-    q = c.quarantine
-    rows = []
-
-    def add(expectation, column, success, unexpected=0, severity="error", details=None):
-        rows.append({"suite": "basic", "expectation": expectation, "column_name": column,
-                     "severity": severity, "success": bool(success),
-                     "unexpected_count": int(unexpected),
-                     "details": json.dumps(details or {})})
-
-    add("expect_manifest_readable", None, True, details={"file": str(c.manifest_path),
-                                                          "rows": c.n_manifest_rows})
-    for col in ["photo_id", "age"]:
-        add("expect_column_to_exist", col, col in c.frame.columns, 0, "critical")
-    for col in ["time", "event"]:
-        add("expect_column_to_exist", col, col in c.frame.columns, 0, "warning",
-            {"why": "survival analysis needs follow-up time and event"})
-    by_col = q.groupby("column_name").size() if len(q) else pd.Series(dtype=int)
-    for col, count in by_col.items():
-        reasons = q.loc[q["column_name"] == col, "reason"].head(3).tolist()
-        add("expect_values_parse", col, False, count, "error", {"examples": reasons})
-    if not len(q):
-        add("expect_values_parse", None, True)
-    add("expect_rows_not_all_quarantined", None, len(c.frame) > 0, len(q), "critical")
-    frame = pd.DataFrame(rows)
-    return ctx.write("validate", {"validation_results": frame})
+    results = ctx.store.table("validation_results", ctx.run_id)
+    q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
+                        [ctx.run_id]).iloc[0, 0]
+    verdicts = validation_checks(results, ctx.cohort.n_manifest_rows, int(q),
+                                 ctx.config.thresholds)
+    ctx.write("verdict", {"verdicts": verdicts})
+    return overall(verdicts)
 
 
 def predict_stage(ctx: RunContext) -> int:
     """Predictions of every model (clean pass: perturbation ``none``, severity 0)."""
-    total, quarantined, embeddings = [], [], []
+    total, quarantined, embeddings, checks = [], [], [], []
     for model in ctx.models:
         if model.needs_images and not ctx.cohort.has_images:
             raise InputError(f"{ctx.cohort.root}: model {model.name!r} needs images, and the "
                              "cohort has no image_path column")
         preds = model.predict(ctx.cohort)
-        ctx.predictions[model.name] = preds.frame
+        already = set(preds.quarantine["photo_id"]) if preds.quarantine is not None else set()
+        checked, failed = _check_predictions(ctx, model, preds.frame, already)
+        ctx.predictions[model.name] = preds.frame[~preds.frame["photo_id"].isin(failed)]
         total.append(preds.frame)
+        checks.append(checked.results)
+        if len(checked.quarantine):
+            quarantined.append(checked.quarantine)
         if preds.quarantine is not None and len(preds.quarantine):
             quarantined.append(preds.quarantine)
         if preds.embeddings is not None and len(preds.embeddings):
@@ -153,8 +181,26 @@ def predict_stage(ctx: RunContext) -> int:
         tables["quarantine"] = pd.concat(quarantined, ignore_index=True)
     if embeddings:
         tables["embeddings"] = pd.concat(embeddings, ignore_index=True)
+    tables["validation_results"] = pd.concat(checks, ignore_index=True)
     return ctx.write("predictions", tables,
                      note="; ".join(ctx.notes.get("predictions", [])) or None)
+
+
+def _check_predictions(ctx: RunContext, model, frame: pd.DataFrame, already: set):
+    """The predictions suite on one model's clean predictions, for the photos the model did
+    not already set aside (``already``); returns (result, ids that failed)."""
+    from audit.validation import validate_predictions
+
+    clean = frame[frame["perturbation"] == "none"]
+    wide = clean.pivot_table(index="photo_id", columns="output", values="value",
+                             aggfunc="first").reset_index()
+    rows = ctx.cohort.frame[["photo_id", "_row"]]
+    rows = rows[~rows["photo_id"].isin(already)]
+    wide = rows.merge(wide, on="photo_id", how="left")
+    override = ((ctx.cohort.root / ctx.cohort.spec.expectations)
+                if ctx.cohort.spec.expectations else None)
+    result = validate_predictions(wide, model.name, str(ctx.cohort.manifest_path), override)
+    return result, set(result.quarantine["photo_id"])
 
 
 def _wide(ctx: RunContext, model) -> pd.DataFrame:

@@ -119,7 +119,23 @@ SCHEMA_V2 = [
         ci_high DOUBLE, status VARCHAR)""",
 ]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2)]
+# Version 3: the validation release's per-image table columns.
+SCHEMA_V3 = [
+    "ALTER TABLE image_properties ADD COLUMN image_path VARCHAR",
+    "ALTER TABLE image_properties ADD COLUMN mode VARCHAR",
+    "ALTER TABLE image_properties ADD COLUMN format VARCHAR",
+    "ALTER TABLE image_properties ADD COLUMN format_matches_name BOOLEAN",
+    "ALTER TABLE image_properties ADD COLUMN decodable BOOLEAN",
+    "ALTER TABLE image_properties ADD COLUMN error VARCHAR",
+    "ALTER TABLE image_properties ADD COLUMN exif_orientation INTEGER",
+    "ALTER TABLE image_properties ADD COLUMN sha256 VARCHAR",
+    "ALTER TABLE image_properties ADD COLUMN exact_duplicate_of_other_subject BOOLEAN",
+    "ALTER TABLE image_properties ADD COLUMN duplicate_of VARCHAR",
+    "ALTER TABLE image_properties ADD COLUMN near_duplicate_of_other_subject BOOLEAN",
+    "ALTER TABLE image_properties ADD COLUMN near_duplicate_of VARCHAR",
+]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.

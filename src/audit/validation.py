@@ -90,7 +90,9 @@ class SuiteResult:
 def _gx_context():
     import great_expectations as gx
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    for name in ["great_expectations"] + [n for n in logging.root.manager.loggerDict
+                                           if n.startswith("great_expectations")]:
+        logging.getLogger(name).setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     try:
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -241,6 +243,9 @@ IMAGE_REASONS = {
     "exact_duplicate_of_other_subject": lambda v, r: (
         f"byte-identical to photo {r['duplicate_of']} of another subject (possible leakage: "
         "one photo filed under two patients)"),
+    "near_duplicate_of_other_subject": lambda v, r: (
+        f"nearly identical to photo {r['near_duplicate_of']} of another subject (possible "
+        "leakage: the same photo re-saved under a second patient)"),
     "face_count": lambda v, r: f"{int(v)} faces found; a raw photo needs exactly one",
 }
 

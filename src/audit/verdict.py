@@ -116,6 +116,25 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
+def validation_checks(results: pd.DataFrame, n_manifest_rows: int, n_quarantined: int,
+                      thresholds: Thresholds) -> pd.DataFrame:
+    """The checks of a validation run: the quarantined share, and no failed error check."""
+    t = thresholds
+    frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
+    failed = results[(~results["success"].astype(bool)) & (results["severity"] != "warning")]
+    names = ", ".join(f"{r.suite}.{r.expectation}" + (f"({r.column_name})" if r.column_name else "")
+                      for r in failed.itertuples())
+    rows = [
+        _row(None, "quarantine_fraction", "data", t.max_quarantine_fraction, frac,
+             frac <= t.max_quarantine_fraction,
+             f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
+             f"{t.max_quarantine_fraction:.0%} allowed)"),
+        _row(None, "validation_errors", "data", 0.0, float(len(failed)), len(failed) == 0,
+             f"{len(failed)} error or critical check(s) failed" + (f": {names}" if names else "")),
+    ]
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
 def overall(verdicts: pd.DataFrame) -> str:
     """``fail`` when any check failed, else ``pass``."""
     return "fail" if (verdicts["status"] == "fail").any() else "pass"

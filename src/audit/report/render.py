@@ -95,6 +95,16 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         outcomes = {"subjects": len(subjects), "events": int(subjects["event"].sum()),
                     "median_followup": _median_followup(subjects)}
 
+    validation = []
+    for r in _records(t["validation_results"]):
+        details = json.loads(r["details"] or "{}")
+        examples = details.get("examples") or []
+        if r["column_name"] in ("photo_id", "subject_id"):
+            examples = [pseudonym(str(v), show_ids) for v in examples]
+        r.update(rule=details.get("rule") or details.get("skipped") or "",
+                 examples=", ".join(str(v) for v in examples[:5]),
+                 rows=", ".join(str(v) for v in list(details.get("rows") or [])[:10]) if isinstance(details.get("rows"), list) else "")
+        validation.append(r)
     q = t["quarantine"].copy()
     if len(q):
         q["photo_id"] = q["photo_id"].map(lambda v: pseudonym(v, show_ids))
@@ -149,7 +159,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
 
     return {
         "run": run, "models": models, "sections": model_sections,
-        "verdicts": _records(t["verdicts"]), "validation": _records(t["validation_results"]),
+        "verdicts": _records(t["verdicts"]), "validation": validation,
         "quarantine": _records(q.head(200)), "n_quarantine": len(q),
         "n_rows": len(rows), "n_included": len(included), "composition": composition,
         "age": age_summary, "outcomes": outcomes,

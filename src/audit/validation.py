@@ -293,9 +293,21 @@ def validate_cohort(cohort, *, images: bool = True, workers: int | None = None,
                     progress=None) -> ValidationReport:
     """Run the manifest suite and (for cohorts with photos) the image suite."""
     override = (cohort.root / cohort.spec.expectations) if cohort.spec.expectations else None
-    manifest = run_suite(load_suite("manifest", override), cohort.frame,
-                         source_file=str(cohort.manifest_path), reasons={"age": age_reason})
+    suite = load_suite("manifest", override)
+    for cov in cohort.covariate_names:  # clinical covariates: mostly recorded
+        if not any(_key(e) == ("expect_column_values_to_not_be_null", cov)
+                   for e in suite["expectations"]):
+            suite["expectations"].append({
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": cov, "mostly": COVARIATE_MIN_RECORDED},
+                "meta": {"severity": "warning",
+                         "rule": f"covariate recorded for at least {COVARIATE_MIN_RECORDED:.0%} "
+                                 "of photos (the clinical Cox model uses complete cases)"}})
+    manifest = run_suite(suite, cohort.frame, source_file=str(cohort.manifest_path),
+                         reasons={"age": age_reason})
     parts = [manifest]
+    if cohort.has_outcomes:
+        parts.append(_events_per_term(cohort))
     props = None
     if images and cohort.has_images:
         props = image_table(cohort, workers=workers, progress=progress)
@@ -312,6 +324,34 @@ def validate_cohort(cohort, *, images: bool = True, workers: int | None = None,
     quarantine = pd.concat([p.quarantine for p in parts], ignore_index=True)
     # one record per photo and problem: a photo failing two checks keeps both reasons
     return ValidationReport(results, quarantine, props, [c for p in parts for c in p.critical])
+
+
+COVARIATE_MIN_RECORDED = 0.8
+EVENTS_PER_TERM = 10
+
+
+def _events_per_term(cohort) -> SuiteResult:
+    """At least 10 events per term of the fullest survival model (warning).
+
+    The terms are FaceAge, age, sex and each covariate (a categorical one counts once per
+    non-reference level); events are counted on one photo per subject.
+    """
+    subjects = cohort.subjects()
+    terms = 3
+    for cov in cohort.spec.covariates:
+        if cov.type == "categorical" and cov.name in subjects:
+            terms += max(subjects[cov.name].nunique() - 1, 1)
+        else:
+            terms += 1
+    if "cancer_type" in subjects and subjects["cancer_type"].nunique() > 1:
+        terms += subjects["cancer_type"].nunique() - 1
+    suite = {"name": "survival", "expectations": [{
+        "type": "expect_column_sum_to_be_between",
+        "kwargs": {"column": "event", "min_value": EVENTS_PER_TERM * terms},
+        "meta": {"severity": "warning",
+                 "rule": f"at least {EVENTS_PER_TERM} events per term of the clinical Cox model "
+                         f"({terms} terms, one photo per subject)"}}]}
+    return run_suite(suite, subjects, source_file=str(cohort.manifest_path))
 
 
 def validate_predictions(wide: pd.DataFrame, model: str, source_file: str,

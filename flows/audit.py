@@ -1,7 +1,7 @@
 """audit_flow: validate -> predict -> accuracy -> survival -> verdict -> publish.
 
 Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
-work (and every test of it) lives. Later issues add inference on images, robustness,
+work (and every test of it) lives. Later issues add robustness,
 fairness and drift as further tasks between the same ends.
 """
 
@@ -12,11 +12,7 @@ from prefect.cache_policies import NONE
 
 from audit import stages
 from audit.config import load_config
-
-
-@task(name="validate", cache_policy=NONE)
-def validate(ctx: stages.RunContext) -> int:
-    return stages.validate_stage(ctx)
+from flows.tasks import publish, validate
 
 
 @task(name="predictions", cache_policy=NONE)
@@ -39,11 +35,6 @@ def verdict(ctx: stages.RunContext) -> str:
     return stages.verdict_stage(ctx)
 
 
-@task(name="publish", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-def publish(ctx: stages.RunContext, result: str) -> str:
-    return str(stages.publish_stage(ctx, result))
-
-
 @flow(name="audit", log_prints=False, validate_parameters=True)
 def audit_flow(cohort: str, models: list[str], out: str = "reports",
                config: str | None = None, overrides: dict | None = None) -> dict:
@@ -53,15 +44,11 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
     """
     cfg = load_config(config, **(overrides or {}))
     ctx = stages.start(cohort, models, out, cfg, flow="audit")
-    with ctx.store.heartbeating(ctx.run_id):
-        try:
-            validate(ctx)
-            predict(ctx)
-            accuracy(ctx)
-            survival(ctx)
-            result = verdict(ctx)
-            report = publish(ctx, result)
-        except BaseException as exc:
-            stages.fail(ctx, exc)
-            raise
+    with stages.running(ctx):
+        validate(ctx)
+        predict(ctx)
+        accuracy(ctx)
+        survival(ctx)
+        result = verdict(ctx)
+        report = publish(ctx, result)
     return {"run_id": ctx.run_id, "verdict": result, "report": report}

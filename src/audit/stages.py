@@ -8,6 +8,7 @@ directly. Stages never import each other's internals and never import ``flows``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
 from dataclasses import dataclass, field
@@ -286,6 +287,17 @@ def publish_stage(ctx: RunContext, verdict: str) -> Path:
     ctx.store.finish_run(ctx.run_id, verdict)
     render_index(ctx.store, ctx.out_dir)
     return ctx.out_dir / "runs" / ctx.run_id / "index.html"
+
+
+@contextlib.contextmanager
+def running(ctx: RunContext):
+    """Heartbeat while the block runs; on any error mark the run ``failed`` and re-raise."""
+    with ctx.store.heartbeating(ctx.run_id):
+        try:
+            yield
+        except BaseException as exc:
+            fail(ctx, exc)
+            raise
 
 
 def fail(ctx: RunContext, exc: BaseException) -> None:

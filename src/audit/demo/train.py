@@ -69,6 +69,29 @@ def _batches(n, size, rng):
         yield idx[start:start + size]
 
 
+def _fit(model, images, epochs, batch, rng, opt, loss_of, log, label, sched=None):
+    """Epochs of mini-batch training with random horizontal flips; ``loss_of(out, idx)``."""
+    import torch
+
+    model.train()
+    for epoch in range(epochs):
+        start, losses = time.time(), []
+        for idx in _batches(len(images), batch, rng):
+            x = _to_tensor(images[idx])
+            if rng.random() < 0.5:
+                x = torch.flip(x, dims=[3])
+            loss = loss_of(model(x).squeeze(1), idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+        log(f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} "
+            f"({len(images) / (time.time() - start):.0f} img/s)")
+    return model.eval()
+
+
 def train_faceage(images, ages, epochs, batch, lr, seed, log):
     import timm
     import torch
@@ -79,23 +102,9 @@ def train_faceage(images, ages, epochs, batch, lr, seed, log):
     steps = epochs * (len(images) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     target = torch.from_numpy(((ages - AGE_OFFSET) / AGE_SCALE).astype(np.float32))
-    rng = np.random.default_rng(seed)
-    model.train()
-    for epoch in range(epochs):
-        start, losses = time.time(), []
-        for idx in _batches(len(images), batch, rng):
-            x = _to_tensor(images[idx])
-            if rng.random() < 0.5:
-                x = torch.flip(x, dims=[3])
-            loss = torch.nn.functional.smooth_l1_loss(model(x).squeeze(1), target[idx], beta=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        log(f"faceage epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} "
-            f"({len(images) / (time.time() - start):.0f} img/s)")
-    return model.eval()
+    return _fit(model, images, epochs, batch, np.random.default_rng(seed), opt,
+                lambda out, idx: torch.nn.functional.smooth_l1_loss(out, target[idx], beta=0.1),
+                log, "faceage", sched)
 
 
 def train_survival(backbone, images, time_years, events, epochs, batch, lr, seed, log):
@@ -114,22 +123,8 @@ def train_survival(backbone, images, time_years, events, epochs, batch, lr, seed
     ], weight_decay=1e-4)
     t = torch.from_numpy(time_years.astype(np.float32))
     e = torch.from_numpy(events.astype(np.float32))
-    rng = np.random.default_rng(seed)
-    model.train()
-    for epoch in range(epochs):
-        start, losses = time.time(), []
-        for idx in _batches(len(images), batch, rng):
-            x = _to_tensor(images[idx])
-            if rng.random() < 0.5:
-                x = torch.flip(x, dims=[3])
-            loss = cox_partial_likelihood(model(x).squeeze(1), t[idx], e[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        log(f"survival epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} "
-            f"({len(images) / (time.time() - start):.0f} img/s)")
-    return model.eval()
+    return _fit(model, images, epochs, batch, np.random.default_rng(seed), opt,
+                lambda out, idx: cox_partial_likelihood(out, t[idx], e[idx]), log, "survival")
 
 
 def predict(model, images, batch=256) -> np.ndarray:

@@ -210,8 +210,11 @@ def test_real_photos_pass_the_face_check_as_raw_photos(tmp_path):
     astronaut = data.astronaut()
     Image.fromarray(astronaut).save(images / "astronaut.jpg", quality=92)
     Image.fromarray(data.coffee()).save(images / "coffee.jpg", quality=92)  # no face
+    face = astronaut[0:256, 96:352]  # her head and shoulders
+    Image.fromarray(np.concatenate([face, face[:, ::-1]], axis=1)).save(images / "two.jpg")
     (tmp_path / "manifest.csv").write_text(
-        "photo_id,age,image_path\nastronaut,53,astronaut.jpg\ncoffee,40,coffee.jpg\n")
+        "photo_id,age,image_path\nastronaut,53,astronaut.jpg\ncoffee,40,coffee.jpg\n"
+        "two,53,two.jpg\n")
     (tmp_path / "cohort.yaml").write_text("name: raw\ncropped: false\n")
     cohort = load_cohort(tmp_path)
     report = validate_cohort(cohort, workers=1)
@@ -221,6 +224,7 @@ def test_real_photos_pass_the_face_check_as_raw_photos(tmp_path):
     q = report.quarantine.set_index("photo_id")
     assert "astronaut" not in q.index
     assert "0 faces found" in q.at["coffee", "reason"]
+    assert "2 faces found" in q.at["two", "reason"]
 
 
 def test_run_suite_maps_rows_back_whatever_order_gx_returns():

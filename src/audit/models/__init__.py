@@ -20,3 +20,5 @@ from audit.models.registry import (  # noqa: F401
 from audit.models import demo as _demo  # noqa: F401,E402  (short forms demo:faceage, demo:survival)
 from audit.models import predictions as _predictions  # noqa: F401,E402  (kind `predictions`)
 from audit.models import timm_adapter as _timm  # noqa: F401,E402  (kind `timm`)
+from audit.models import onnx_adapter as _onnx  # noqa: F401,E402  (kind `onnx`)
+from audit.models import torchscript_adapter as _ts  # noqa: F401,E402  (kind `torchscript`)

@@ -18,14 +18,9 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from audit.errors import InputError
-from audit.hashing import sha256_file
-from audit.models.registry import (
-    OUTPUT_NAMES, PREDICTION_COLUMNS, ModelAdapter, ModelSpec, Predictions, register_model,
-)
+from audit.models.image_model import ImageModel
+from audit.models.registry import ModelSpec, register_model
 
 
 def _short(rest: str) -> dict:
@@ -95,56 +90,23 @@ def fit_state_dict(model, state: dict, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _output_map(spec: ModelSpec) -> dict[str, tuple[int, float, float]]:
-    if not spec.outputs:
-        raise InputError(f"model {spec.name!r}: `outputs` must map faceage/risk to head indices")
-    out = {}
-    for name, where in spec.outputs.items():
-        if name not in OUTPUT_NAMES:
-            raise InputError(f"model {spec.name!r}: unknown output {name!r}; use {OUTPUT_NAMES}")
-        if isinstance(where, dict):
-            out[name] = (int(where.get("index", 0)), float(where.get("scale", 1.0)),
-                         float(where.get("offset", 0.0)))
-        else:
-            out[name] = (int(where), 1.0, 0.0)
-    return out
-
-
 @register_model("timm", short_form=_short)
-class TimmModel(ModelAdapter):
+class TimmModel(ImageModel):
     """A timm model with checkpoint weights; batched inference on the best device."""
 
     def __init__(self, spec: ModelSpec):
-        super().__init__(spec)
         if not spec.arch or not spec.checkpoint:
             raise InputError(f"model {spec.name!r}: kind timm needs `arch` and `checkpoint`")
-        self._outputs = _output_map(spec)
-        self.checkpoint = spec.resolve(spec.checkpoint)
-        self._model = None
-        self.device = None
-
-    @property
-    def outputs(self) -> list[str]:
-        return list(self._outputs)
+        super().__init__(spec)
 
     @property
     def input_size(self) -> int:
         return int(self.spec.input_size or self.spec.arch_kwargs.get("img_size", 112))
 
-    def load(self, device: str | None = None):
-        """Build the architecture and load the checkpoint (after checking its SHA-256)."""
-        if self._model is not None:
-            return self._model
+    def _load(self, device: str):
         import timm
         import torch
 
-        from audit.inference import best_device
-
-        digest = sha256_file(self.checkpoint) if self.checkpoint.is_file() else None
-        if self.spec.sha256 and digest != self.spec.sha256:
-            raise InputError(f"{self.checkpoint}: SHA-256 {digest} does not match the model "
-                             f"spec's {self.spec.sha256}")
-        self.checkpoint_sha256 = digest
         state = load_state_dict(self.checkpoint, self.spec.state_dict_key)
         try:
             model = timm.create_model(self.spec.arch, pretrained=False, **self.spec.arch_kwargs)
@@ -152,11 +114,9 @@ class TimmModel(ModelAdapter):
             raise InputError(f"model {self.name!r}: timm cannot build {self.spec.arch!r} with "
                              f"{self.spec.arch_kwargs}: {exc}") from exc
         fit_state_dict(model, state, self.checkpoint)
-        self.device = device or best_device()
-        model = model.eval().to(self.device)
-        if self.device.startswith("cuda"):
+        model = model.eval().to(device)
+        if device.startswith("cuda"):
             model = model.to(memory_format=torch.channels_last)
-        self._model = model
         return model
 
     def forward(self, x):
@@ -165,48 +125,3 @@ class TimmModel(ModelAdapter):
         feats = model.forward_features(x)
         pre = model.forward_head(feats, pre_logits=True)
         return model.get_classifier()(pre), pre
-
-    def identity(self) -> dict:
-        ident = self.spec.identity()
-        if self.checkpoint.is_file():
-            ident["checkpoint_sha256"] = sha256_file(self.checkpoint)
-        return ident
-
-    def predict(self, cohort, progress=None) -> Predictions:
-        from audit import progress as progress_mod
-        from audit.inference import run_batched
-
-        if progress is None:
-            def progress(items, total):
-                return progress_mod.bar(items, total, f"{self.name}: inference")
-
-        self.load()
-        df = cohort.frame
-        rows = df[df["image_path"].notna()]
-        paths = [cohort.image_file(p) for p in rows["image_path"]]
-        result = run_batched(self.forward, paths, self.input_size, self.spec.normalize or "imagenet",
-                             layout=self.spec.layout, device=self.device, progress=progress)
-        ok = result.ok
-        frames = []
-        for name, (index, scale, offset) in self._outputs.items():
-            if index >= result.outputs.shape[1]:
-                raise InputError(f"model {self.name!r}: output {name!r} reads head index {index}, "
-                                 f"the head has {result.outputs.shape[1]} output(s)")
-            frames.append(pd.DataFrame({
-                "photo_id": rows["photo_id"].values[ok], "subject_id": rows["subject_id"].values[ok],
-                "model": self.name, "output": name, "perturbation": "none", "severity": 0,
-                "value": result.outputs[ok, index] * scale + offset}))
-        embeddings = None
-        if result.features is not None:
-            embeddings = pd.DataFrame({"photo_id": rows["photo_id"].values[ok], "model": self.name,
-                                       "vector": list(result.features[ok].astype(np.float32))})
-        bad = [{"photo_id": rows["photo_id"].iat[i], "stage": "inference", "severity": "error",
-                "source_file": str(paths[i]), "row_number": int(rows["_row"].iat[i]),
-                "column_name": "image_path",
-                "reason": f"model {self.name!r}: cannot decode image: {result.errors[i]}"}
-               for i in np.flatnonzero(~ok)]
-        return Predictions(
-            frame=pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS], embeddings=embeddings,
-            quarantine=pd.DataFrame(bad) if bad else None,
-            notes=[f"{int(ok.sum())} photos in {result.seconds:.1f} s on {result.device} "
-                   f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"])

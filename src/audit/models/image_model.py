@@ -1,0 +1,147 @@
+"""What every image model adapter shares: outputs, checkpoint digest, batched prediction.
+
+An adapter subclasses :class:`ImageModel` and implements ``_load(device)`` (build the model
+from ``self.checkpoint``) and ``forward(x)`` (a normalised batch -> ``(head, features)``,
+``head`` an (N, K) array or tensor of raw outputs, ``features`` the embeddings or None).
+``outputs`` in the spec maps ``faceage`` / ``risk`` to a head column, optionally with a
+``scale`` and ``offset`` (``value = raw * scale + offset``).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.errors import InputError
+from audit.hashing import sha256_file
+from audit.models.registry import (
+    OUTPUT_NAMES, PREDICTION_COLUMNS, ModelAdapter, ModelSpec, Predictions,
+)
+
+
+def output_map(spec: ModelSpec) -> dict[str, tuple[int, float, float]]:
+    """``{output: (head column, scale, offset)}`` from the spec's ``outputs``."""
+    if not spec.outputs:
+        raise InputError(f"model {spec.name!r}: `outputs` must map faceage/risk to head columns")
+    out = {}
+    for name, where in spec.outputs.items():
+        if name not in OUTPUT_NAMES:
+            raise InputError(f"model {spec.name!r}: unknown output {name!r}; use {OUTPUT_NAMES}")
+        if isinstance(where, dict):
+            out[name] = (int(where.get("index", 0)), float(where.get("scale", 1.0)),
+                         float(where.get("offset", 0.0)))
+        else:
+            out[name] = (int(where), 1.0, 0.0)
+    return out
+
+
+class ImageModel(ModelAdapter):
+    """A model that reads photos: load once, predict in batches on the best device."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        if not spec.checkpoint:
+            raise InputError(f"model {spec.name!r}: kind {spec.kind} needs `checkpoint`")
+        self._outputs = output_map(spec)
+        self.checkpoint = spec.resolve(spec.checkpoint)
+        self._model = None
+        self.device: str | None = None
+        self.checkpoint_sha256: str | None = None
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self._outputs)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.spec.input_size or 112)
+
+    @property
+    def normalize(self):
+        return self.spec.normalize or "imagenet"
+
+    def identity(self) -> dict:
+        ident = self.spec.identity()
+        if self.checkpoint.is_file():
+            ident["checkpoint_sha256"] = sha256_file(self.checkpoint)
+        return ident
+
+    def load(self, device: str | None = None):
+        """Check the checkpoint's SHA-256 against the spec, then build the model once."""
+        if self._model is not None:
+            return self._model
+        from audit.inference import best_device
+
+        if not Path(self.checkpoint).is_file():
+            raise InputError(f"{self.checkpoint}: model file not found (model {self.name!r})")
+        digest = sha256_file(self.checkpoint)
+        if self.spec.sha256 and digest != self.spec.sha256:
+            raise InputError(f"{self.checkpoint}: SHA-256 {digest} does not match the model "
+                             f"spec's {self.spec.sha256}")
+        self.checkpoint_sha256 = digest
+        self.device = device or best_device()
+        self._model = self._load(self.device)
+        return self._model
+
+    @abstractmethod
+    def _load(self, device: str):
+        """Build the model from ``self.checkpoint`` on ``device``."""
+
+    @abstractmethod
+    def forward(self, x):
+        """``(head, features)`` for a normalised batch on the model's device."""
+
+    def predict(self, cohort, progress=None) -> Predictions:
+        """Predictions (and embeddings) for every good photo of ``cohort``.
+
+        Photos that do not decode, and outputs that are not finite, are quarantined (stage
+        ``inference``) with the photo's file, manifest row and reason.
+        """
+        from audit import progress as progress_mod
+        from audit.inference import run_batched
+
+        if progress is None:
+            def progress(items, total):
+                return progress_mod.bar(items, total, f"{self.name}: inference")
+
+        self.load()
+        df = cohort.frame
+        rows = df[df["image_path"].notna()]
+        paths = [cohort.image_file(p) for p in rows["image_path"]]
+        result = run_batched(self.forward, paths, self.input_size, self.normalize,
+                             layout=self.spec.layout, device=self.device, progress=progress)
+        ok = result.ok
+        bad: dict[int, str] = {int(i): f"cannot decode image: {result.errors[i]}"
+                               for i in np.flatnonzero(~ok)}
+        frames = []
+        for name, (index, scale, offset) in self._outputs.items():
+            if index >= result.outputs.shape[1]:
+                raise InputError(f"model {self.name!r}: output {name!r} reads head column "
+                                 f"{index}; the model gives {result.outputs.shape[1]}")
+            values = result.outputs[:, index] * scale + offset
+            finite = ok & np.isfinite(values)
+            for i in np.flatnonzero(ok & ~finite):
+                bad.setdefault(int(i), f"the model returned a non-finite {name} ({values[i]})")
+            frames.append(pd.DataFrame({
+                "photo_id": rows["photo_id"].values[finite],
+                "subject_id": rows["subject_id"].values[finite], "model": self.name,
+                "output": name, "perturbation": "none", "severity": 0,
+                "value": values[finite]}))
+        embeddings = None
+        if result.features is not None:
+            keep = ok & np.isfinite(result.features).all(axis=1)
+            embeddings = pd.DataFrame({"photo_id": rows["photo_id"].values[keep],
+                                       "model": self.name,
+                                       "vector": list(result.features[keep].astype(np.float32))})
+        quarantine = [{"photo_id": rows["photo_id"].iat[i], "stage": "inference",
+                       "severity": "error", "source_file": str(paths[i]),
+                       "row_number": int(rows["_row"].iat[i]), "column_name": "image_path",
+                       "reason": f"model {self.name!r}: {reason}"} for i, reason in sorted(bad.items())]
+        return Predictions(
+            frame=pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS], embeddings=embeddings,
+            quarantine=pd.DataFrame(quarantine) if quarantine else None,
+            notes=[f"{int(ok.sum())} photos in {result.seconds:.1f} s on {result.device} "
+                   f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"])

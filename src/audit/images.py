@@ -82,12 +82,83 @@ def _face_cascade():
     return _cascade
 
 
-def detect_faces(gray: np.ndarray) -> np.ndarray:
-    """Face boxes (x, y, w, h) from OpenCV's frontal-face Haar cascade."""
+_eye_cascade = None
+
+
+def _eyes_cascade():
+    global _eye_cascade
+    if _eye_cascade is None:
+        import cv2
+
+        _eye_cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_eye.xml"))
+    return _eye_cascade
+
+
+def detect_faces(gray: np.ndarray) -> list[dict]:
+    """Faces from OpenCV's frontal-face Haar cascade, largest first.
+
+    Each is ``{x, y, w, h, confidence, landmarks}``: ``confidence`` is the cascade's level
+    weight (higher = surer), ``landmarks`` holds ``left_eye`` and ``right_eye`` centres (image
+    coordinates, the subject's left eye on the image's right) when the eye cascade finds two
+    eyes in the upper face, else is empty.
+    """
     side = min(gray.shape[:2])
-    boxes = _face_cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                             minSize=(max(16, side // 10),) * 2)
-    return np.asarray(boxes).reshape(-1, 4)
+    boxes, _, weights = _face_cascade().detectMultiScale3(
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(max(16, side // 10),) * 2,
+        outputRejectLevels=True)
+    faces = []
+    for (x, y, w, h), weight in zip(np.asarray(boxes).reshape(-1, 4), np.ravel(weights)):
+        x, y, w, h = (int(v) for v in (x, y, w, h))
+        roi = gray[y:y + int(h * 0.6), x:x + w]
+        eyes = _eyes_cascade().detectMultiScale(roi, 1.1, 5, minSize=(max(4, w // 10),) * 2)
+        landmarks = {}
+        if len(eyes) >= 2:
+            two = sorted(eyes, key=lambda e: -e[2] * e[3])[:2]
+            centres = sorted(((x + ex + ew / 2, y + ey + eh / 2) for ex, ey, ew, eh in two))
+            landmarks = {"right_eye": [float(v) for v in centres[0]],
+                         "left_eye": [float(v) for v in centres[1]]}
+        faces.append({"x": x, "y": y, "w": w, "h": h, "confidence": float(weight),
+                      "landmarks": landmarks})
+    return sorted(faces, key=lambda f: -f["w"] * f["h"])
+
+
+def align_crop(rgb: np.ndarray, face: dict, size: int, margin: float = 0.25) -> np.ndarray:
+    """The face as a ``size`` x ``size`` crop: rotated so the eyes are level (when known),
+    the detector's box widened by ``margin`` on each side, then resized."""
+    import cv2
+
+    x, y, w, h = face["x"], face["y"], face["w"], face["h"]
+    eyes = face.get("landmarks") or {}
+    angle = 0.0
+    if "left_eye" in eyes and "right_eye" in eyes:
+        (rx, ry), (lx, ly) = eyes["right_eye"], eyes["left_eye"]
+        angle = float(np.degrees(np.arctan2(ly - ry, lx - rx)))
+    scale = size / (2 * max(w, h) * (0.5 + margin))
+    m = _about(x + w / 2, y + h / 2, angle, scale, size)
+    return cv2.warpAffine(rgb, m, (size, size),
+                          flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def _about(cx: float, cy: float, angle: float, scale: float, size: int) -> np.ndarray:
+    """Affine map: rotate by ``angle`` and scale about (cx, cy), then centre in the output."""
+    a = np.radians(angle)
+    cos, sin = np.cos(a) * scale, np.sin(a) * scale
+    # Rotating by +angle (counter-clockwise in image terms) levels eyes tilted by angle.
+    m = np.array([[cos, sin, 0.0], [-sin, cos, 0.0]])
+    m[:, 2] = np.array([size / 2, size / 2]) - m[:, :2] @ np.array([cx, cy])
+    return m
+
+
+def decode_rgb(path: str | Path) -> np.ndarray:
+    """A photo as uint8 RGB with its EXIF orientation applied (any mode converted)."""
+    from PIL import Image, ImageOps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb8(ImageOps.exif_transpose(im))
 
 
 def to_rgb8(im) -> np.ndarray:
@@ -153,12 +224,12 @@ def inspect_image(path: str | Path, photo_id: str = "", detect: bool = False) ->
     row["sharpness"] = float(cv2.Laplacian(gray, cv2.CV_64F).var())
     row["_thumb"] = thumbnail(gray)
     if detect:
-        boxes = detect_faces(gray)
-        row["face_count"] = int(len(boxes))
-        if len(boxes):
-            largest = boxes[np.argmax(boxes[:, 2] * boxes[:, 3])]
-            row["face_box_frac"] = float(largest[2] * largest[3] / (gray.shape[0] * gray.shape[1]))
-            row["_boxes"] = boxes.tolist()
+        faces = detect_faces(gray)
+        row["face_count"] = len(faces)
+        if faces:
+            largest = faces[0]
+            row["face_box_frac"] = float(largest["w"] * largest["h"] / (gray.shape[0] * gray.shape[1]))
+            row["_boxes"] = faces
     return row
 
 

@@ -47,32 +47,45 @@ def normalize_batch(x, normalize):
     return (x - m) / s
 
 
-def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode one photo to uint8 RGB (size, size, 3): EXIF orientation applied, resized."""
-    from PIL import Image, ImageOps
+def decode_image(path: str | Path, size: int, align: bool = False,
+                 margin: float = 0.25) -> np.ndarray:
+    """One photo as uint8 RGB (size, size, 3), EXIF orientation applied.
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
-        return np.asarray(im, dtype=np.uint8)
+    ``align``: a raw photo; find its one face (OpenCV), level the eyes, crop with ``margin``
+    and resize. A photo with no face or several faces raises ``ValueError``.
+    """
+    from audit.images import align_crop, decode_rgb, detect_faces
+
+    rgb = decode_rgb(path)
+    if align:
+        import cv2
+
+        faces = detect_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        if len(faces) != 1:
+            raise ValueError(f"{len(faces)} faces found; a raw photo needs exactly one")
+        return align_crop(rgb, faces[0], size, margin)
+    if rgb.shape[:2] != (size, size):
+        from PIL import Image
+
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+    return rgb
 
 
 class PhotoDataset:
     """A torch ``Dataset`` of (index, image or None, error) for the given paths."""
 
-    def __init__(self, paths: list[Path], size: int):
+    def __init__(self, paths: list[Path], size: int, align: bool = False):
         self.paths = paths
         self.size = size
+        self.align = align
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, decode_image(self.paths[i], self.size), ""
-        except Exception as exc:  # any undecodable file: reported, never fatal
+            return i, decode_image(self.paths[i], self.size, self.align), ""
+        except Exception as exc:  # any undecodable file or faceless photo: reported, never fatal
             return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
 
 
@@ -105,9 +118,12 @@ class InferenceResult:
 
 def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
                 layout: str = "nchw", batch_size: int | None = None, device: str | None = None,
-                workers: int | None = None, progress: Callable | None = None
-                ) -> InferenceResult:
+                workers: int | None = None, progress: Callable | None = None,
+                align: bool = False) -> InferenceResult:
     """Decode ``paths`` and apply ``forward(x) -> (outputs, features)`` batch by batch.
+
+    ``align``: the photos are raw (not cropped): each is face-detected, eye-aligned and
+    cropped in the DataLoader workers before batching.
 
     ``forward`` receives a normalised float tensor on ``device`` (NCHW, or NHWC when
     ``layout`` is ``nhwc``) and returns tensors or arrays.
@@ -122,7 +138,7 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
     batch_size = batch_size or (256 if cuda else 64)
     if workers is None:
         workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
-    loader = DataLoader(PhotoDataset(paths, size), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(PhotoDataset(paths, size, align), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate, pin_memory=cuda,
                         persistent_workers=False)
     outputs, features = [None] * len(paths), [None] * len(paths)

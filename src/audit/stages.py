@@ -127,8 +127,10 @@ def validate_stage(ctx: RunContext) -> int:
     if props is not None and len(props):
         tables["image_properties"] = props.drop(columns=["subject_id", "_row", "_boxes"],
                                                 errors="ignore")
-        boxes = [{"photo_id": pid, "x": b[0], "y": b[1], "w": b[2], "h": b[3]}
-                 for pid, bs in zip(props["photo_id"], props["_boxes"]) if bs for b in bs]
+        boxes = [{"photo_id": pid, "x": f["x"], "y": f["y"], "w": f["w"], "h": f["h"],
+                  "confidence": f["confidence"], "landmarks": json.dumps(f["landmarks"])}
+                 for pid, faces in zip(props["photo_id"], props["_boxes"])
+                 if isinstance(faces, list) for f in faces]
         if boxes:
             tables["detections"] = pd.DataFrame(boxes)
     c.frame = good[~good["photo_id"].isin(bad_ids)].reset_index(drop=True)

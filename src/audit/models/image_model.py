@@ -112,9 +112,10 @@ class ImageModel(ModelAdapter):
         rows = df[df["image_path"].notna()]
         paths = [cohort.image_file(p) for p in rows["image_path"]]
         result = run_batched(self.forward, paths, self.input_size, self.normalize,
-                             layout=self.spec.layout, device=self.device, progress=progress)
+                             layout=self.spec.layout, device=self.device, progress=progress,
+                             align=not cohort.spec.cropped)
         ok = result.ok
-        bad: dict[int, str] = {int(i): f"cannot decode image: {result.errors[i]}"
+        bad: dict[int, str] = {int(i): f"cannot prepare the photo: {result.errors[i]}"
                                for i in np.flatnonzero(~ok)}
         frames = []
         for name, (index, scale, offset) in self._outputs.items():

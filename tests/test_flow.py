@@ -320,3 +320,42 @@ def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, 
     assert row["row_number"] == 8 and "outside 0-120" in row["reason"]
     acc = store.table("accuracy", run_id)
     assert acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0].n == 399
+
+
+def test_the_prediction_cache_recomputes_nothing_it_has(prefect_harness, tmp_path, config):
+    """A rerun computes nothing; an overlapping cohort computes only its new photos."""
+    import shutil
+
+    import pandas as pd
+
+    from audit.demo.world import write_cohort
+
+    first = write_cohort(tmp_path / "a", 60, seed=717, photos=True)
+    out = tmp_path / "out"
+    args = ["--model", "demo:faceage", "--out", str(out), "--config", str(config)]
+    main(["run", "--cohort", str(first)] + args)
+    main(["run", "--cohort", str(first)] + args)
+    overlap = tmp_path / "b"
+    shutil.copytree(first, overlap)
+    extra = write_cohort(tmp_path / "extra", 20, seed=718, photos=True)
+    manifest = pd.read_csv(overlap / "manifest.csv", dtype=str)
+    more = pd.read_csv(extra / "manifest.csv", dtype=str)
+    more["photo_id"] = "X" + more["photo_id"]
+    more["subject_id"] = "X" + more["subject_id"]
+    more["image_path"] = "extra/" + more["image_path"]
+    shutil.copytree(extra / "images", overlap / "images" / "extra")
+    pd.concat([manifest, more]).to_csv(overlap / "manifest.csv", index=False)
+    main(["run", "--cohort", str(overlap)] + args)
+
+    store = Store(out / "audit.duckdb")
+    runs = store.runs()["run_id"].tolist()
+    notes = [store.table("run_stages", r).set_index("stage").at["predictions", "note"]
+             for r in runs]
+    assert "0 photos from the prediction cache, 60 computed" in notes[0]
+    assert "60 photos from the prediction cache, 0 computed" in notes[1]
+    assert "60 photos from the prediction cache, 20 computed" in notes[2]
+    a = store.table("predictions", runs[0]).set_index("photo_id")["value"].sort_index()
+    b = store.table("predictions", runs[1]).set_index("photo_id")["value"].sort_index()
+    pd.testing.assert_series_equal(a, b)
+    emb = store.query("SELECT count(*) AS n FROM embeddings WHERE run_id = ?", [runs[1]])
+    assert emb["n"].iloc[0] == 60

@@ -160,12 +160,21 @@ def validation_verdict(ctx: RunContext) -> str:
 
 def predict_stage(ctx: RunContext) -> int:
     """Predictions of every model (clean pass: perturbation ``none``, severity 0)."""
-    total, quarantined, embeddings, checks = [], [], [], []
+    total, quarantined, embeddings, checks, caches = [], [], [], [], []
     for model in ctx.models:
         if model.needs_images and not ctx.cohort.has_images:
             raise InputError(f"{ctx.cohort.root}: model {model.name!r} needs images, and the "
                              "cohort has no image_path column")
-        preds = model.predict(ctx.cohort)
+        if hasattr(model, "cache_key"):  # image models: reuse what the cache already has
+            key = model.cache_key(ctx.cohort)
+            cached = ctx.store.cached_predictions(key, list(ctx.cohort.image_sha256.values()))
+            preds = model.predict(ctx.cohort, cached=cached)
+            if preds.cache_values is not None and len(preds.cache_values):
+                caches.append(("prediction_cache", preds.cache_values.assign(model_key=key)))
+            if preds.cache_vectors is not None and len(preds.cache_vectors):
+                caches.append(("embedding_cache", preds.cache_vectors.assign(model_key=key)))
+        else:
+            preds = model.predict(ctx.cohort)
         already = set(preds.quarantine["photo_id"]) if preds.quarantine is not None else set()
         checked, failed = _check_predictions(ctx, model, preds.frame, already)
         ctx.predictions[model.name] = preds.frame[~preds.frame["photo_id"].isin(failed)]
@@ -185,6 +194,10 @@ def predict_stage(ctx: RunContext) -> int:
     if embeddings:
         tables["embeddings"] = pd.concat(embeddings, ignore_index=True)
     tables["validation_results"] = pd.concat(checks, ignore_index=True)
+    for name in ("prediction_cache", "embedding_cache"):
+        parts = [frame for table, frame in caches if table == name]
+        if parts:
+            tables[name] = pd.concat(parts, ignore_index=True)
     return ctx.write("predictions", tables,
                      note="; ".join(ctx.notes.get("predictions", [])) or None)
 

@@ -135,7 +135,17 @@ SCHEMA_V3 = [
     "ALTER TABLE image_properties ADD COLUMN near_duplicate_of VARCHAR",
 ]
 
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)]
+# Version 4: the prediction cache (keyed by image and model+preprocessing digests).
+SCHEMA_V4 = [
+    """CREATE TABLE prediction_cache (
+        run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, perturbation VARCHAR,
+        severity INTEGER, output VARCHAR, value DOUBLE)""",
+    """CREATE TABLE embedding_cache (
+        run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, vector FLOAT[])""",
+]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
+                                           (4, SCHEMA_V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
@@ -143,7 +153,7 @@ RESULT_TABLES = [
     "cohort_rows", "validation_results", "quarantine", "image_properties", "detections",
     "predictions", "embeddings", "robustness", "fairness", "accuracy", "survival_models",
     "survival_terms", "survival_tests", "survival_metrics", "survival_curves", "drift",
-    "saliency", "verdicts", "artifacts",
+    "saliency", "verdicts", "artifacts", "prediction_cache", "embedding_cache",
 ]
 
 HEARTBEAT_SECONDS = 30.0
@@ -376,6 +386,24 @@ class Store:
         if name not in RESULT_TABLES + ["run_stages"]:
             raise ValueError(f"unknown table {name}")
         return self.query(f"SELECT * EXCLUDE (run_id) FROM {name} WHERE run_id = ?", [run_id])
+
+    def cached_predictions(self, model_key: str, image_sha256: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Cached clean predictions and embeddings of these images for this model key."""
+        if not image_sha256:
+            return pd.DataFrame(), pd.DataFrame()
+        keys = pd.DataFrame({"image_sha256": sorted(set(image_sha256))})
+        with self.connect() as con:
+            con.register("_keys", keys)
+            preds = con.execute(
+                "SELECT DISTINCT ON (c.image_sha256, c.output) c.image_sha256, c.output, c.value "
+                "FROM prediction_cache c JOIN _keys USING (image_sha256) WHERE c.model_key = ? "
+                "AND c.perturbation = 'none' AND c.severity = 0", [model_key]).df()
+            vecs = con.execute(
+                "SELECT DISTINCT ON (c.image_sha256) c.image_sha256, c.vector "
+                "FROM embedding_cache c JOIN _keys USING (image_sha256) WHERE c.model_key = ?",
+                [model_key]).df()
+            con.unregister("_keys")
+        return preds, vecs
 
     def schema_version(self) -> int:
         with self.connect(read_only=False) as con:

@@ -94,22 +94,86 @@ class ImageModel(ModelAdapter):
     def forward(self, x):
         """``(head, features)`` for a normalised batch on the model's device."""
 
-    def predict(self, cohort, progress=None) -> Predictions:
+    def cache_key(self, cohort) -> str:
+        """Digest of everything that decides a clean prediction: the checkpoint's bytes, the
+        architecture, the preprocessing (size, normalisation, layout, face alignment) and the
+        output mapping. Equal keys and equal image digests give equal predictions."""
+        import hashlib
+        import json
+
+        from audit.hashing import sha256_file
+
+        spec = self.spec
+        settings = {
+            "checkpoint": sha256_file(self.checkpoint), "kind": spec.kind, "arch": spec.arch,
+            "arch_kwargs": spec.arch_kwargs, "state_dict_key": spec.state_dict_key,
+            "input_size": self.input_size, "normalize": self.normalize, "layout": spec.layout,
+            "align": not cohort.spec.cropped, "margin": 0.25, "outputs": spec.outputs,
+            "embeddings": spec.embeddings,
+        }
+        text = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def predict(self, cohort, progress=None, cached=None) -> Predictions:
         """Predictions (and embeddings) for every good photo of ``cohort``.
 
-        Photos that do not decode, and outputs that are not finite, are quarantined (stage
-        ``inference``) with the photo's file, manifest row and reason.
+        ``cached``: ``(values, vectors)`` frames from the prediction cache (by
+        ``image_sha256``); photos whose every output is there are not run again. Photos that
+        do not decode, and outputs that are not finite, are quarantined (stage ``inference``)
+        with the photo's file, manifest row and reason.
         """
         from audit import progress as progress_mod
-        from audit.inference import run_batched
 
-        if progress is None:
-            def progress(items, total):
-                return progress_mod.bar(items, total, f"{self.name}: inference")
-
-        self.load()
         df = cohort.frame
         rows = df[df["image_path"].notna()]
+        digests = rows["image_path"].map(cohort.image_sha256)
+        have = pd.DataFrame()
+        if cached is not None and len(cached[0]):
+            wide = cached[0].pivot_table(index="image_sha256", columns="output", values="value",
+                                         aggfunc="first")
+            if set(self.outputs) <= set(wide.columns):
+                have = wide[list(self.outputs)].dropna()
+        hit = digests.isin(have.index).to_numpy()
+        fresh = self._run(cohort, rows[~hit], progress or (
+            lambda items, total: progress_mod.bar(items, total, f"{self.name}: inference")))
+        if hit.any():
+            old = rows[hit]
+            frames = [fresh.frame] + [pd.DataFrame({
+                "photo_id": old["photo_id"].values, "subject_id": old["subject_id"].values,
+                "model": self.name, "output": name, "perturbation": "none", "severity": 0,
+                "value": have.loc[digests[hit], name].to_numpy()}) for name in self.outputs]
+            fresh.frame = pd.concat([f for f in frames if len(f)], ignore_index=True)[
+                PREDICTION_COLUMNS]
+            vectors = cached[1].set_index("image_sha256")["vector"] if len(cached[1]) else None
+            if vectors is not None:
+                known = digests[hit].isin(vectors.index).to_numpy()
+                old_emb = pd.DataFrame({"photo_id": old["photo_id"].values[known],
+                                        "model": self.name,
+                                        "vector": list(vectors.loc[digests[hit][known]])})
+                fresh.embeddings = pd.concat([e for e in (fresh.embeddings, old_emb)
+                                              if e is not None], ignore_index=True)
+        fresh.notes.append(f"{int(hit.sum())} photos from the prediction cache, "
+                           f"{int((~hit).sum())} computed")
+        # New cache entries: the photos computed now, by image digest.
+        computed = fresh.frame[fresh.frame["photo_id"].isin(set(rows.loc[~hit, "photo_id"]))]
+        sha_of = dict(zip(rows["photo_id"], digests))
+        fresh.cache_values = pd.DataFrame({
+            "image_sha256": computed["photo_id"].map(sha_of).values,
+            "perturbation": "none", "severity": 0, "output": computed["output"].values,
+            "value": computed["value"].values})
+        if fresh.embeddings is not None:
+            emb = fresh.embeddings[fresh.embeddings["photo_id"].isin(set(computed["photo_id"]))]
+            fresh.cache_vectors = pd.DataFrame({"image_sha256": emb["photo_id"].map(sha_of).values,
+                                                "vector": emb["vector"].values})
+        return fresh
+
+    def _run(self, cohort, rows: pd.DataFrame, progress) -> Predictions:
+        """Run the model on ``rows`` of the cohort (all of them decoded and batched)."""
+        from audit.inference import run_batched
+
+        if rows.empty:
+            return Predictions(frame=pd.DataFrame(columns=PREDICTION_COLUMNS), notes=[])
+        self.load()
         paths = [cohort.image_file(p) for p in rows["image_path"]]
         result = run_batched(self.forward, paths, self.input_size, self.normalize,
                              layout=self.spec.layout, device=self.device, progress=progress,

@@ -63,6 +63,9 @@ class Predictions:
     embeddings: pd.DataFrame | None = None
     quarantine: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    # New entries for the prediction cache (image_sha256, output, value / vector).
+    cache_values: pd.DataFrame | None = None
+    cache_vectors: pd.DataFrame | None = None
 
 
 class ModelAdapter(ABC):

@@ -133,3 +133,29 @@ def test_a_file_that_is_not_torchscript_is_refused(tmp_path, cohort):
                                     "checkpoint": "junk.pt", "outputs": {"faceage": 0}}))
     with pytest.raises(InputError, match="not a TorchScript archive"):
         create_model(parse_model_spec(spec)).load()
+
+
+def test_an_out_of_memory_batch_is_retried_in_halves():
+    from audit.inference import forward_halving
+
+    calls = []
+
+    def forward(x):
+        calls.append(len(x))
+        if len(x) > 8:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x.mean(dim=(1, 2, 3), keepdim=False)[:, None] * 2, x.flatten(1)[:, :4]
+
+    x = torch.randn(37, 3, 8, 8)
+    out, feats = forward_halving(forward, x)
+    np.testing.assert_allclose(out[:, 0], (x.mean(dim=(1, 2, 3)) * 2).numpy(), rtol=1e-6)
+    assert feats.shape == (37, 4) and calls[:3] == [37, 18, 9]  # 37 -> 18 + 19 -> ...
+    assert sum(c for c in calls if c <= 8) == 37  # every image ran once, at a size that fit
+
+    def always(x):
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(MemoryError, match="single image"):
+        forward_halving(always, torch.randn(4, 3, 8, 8))
+    with pytest.raises(ValueError, match="other"):  # other errors are not swallowed
+        forward_halving(lambda x: (_ for _ in ()).throw(ValueError("other")), x)

@@ -98,6 +98,47 @@ def _collate(items):
     return idx, images, errors
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError))
+
+
+def _as_numpy(value, dtype):
+    if value is None:
+        return None
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def forward_halving(forward: Callable, x, cuda: bool = False):
+    """``forward(x)`` as numpy ``(outputs, features)``; on out-of-memory, retry the batch in
+    two halves (recursively, down to one image), so one oversized batch never ends a run."""
+    import torch
+
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out, feat = forward(x)
+        return _as_numpy(out, np.float64), _as_numpy(feat, np.float32)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if cuda:
+            torch.cuda.empty_cache()
+        if len(x) == 1:
+            raise MemoryError("the model ran out of memory on a single image; use a smaller "
+                              "model or a device with more memory") from exc
+        half = len(x) // 2
+        first, second = forward_halving(forward, x[:half], cuda), forward_halving(forward, x[half:], cuda)
+        feats = None if first[1] is None else np.concatenate([first[1], second[1]])
+        return np.concatenate([first[0], second[0]]), feats
+
+
 def best_device() -> str:
     import torch
 
@@ -154,12 +195,7 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
                 x = x.permute(0, 2, 3, 1).contiguous()
             elif cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                out, feat = forward(x)
-            out = np.asarray(out.float().cpu() if hasattr(out, "cpu") else out, dtype=np.float64)
-            if feat is not None:
-                feat = np.asarray(feat.float().cpu() if hasattr(feat, "cpu") else feat,
-                                  dtype=np.float32)
+            out, feat = forward_halving(forward, x, cuda)
             for j, i in enumerate(idx.tolist()):
                 if errs[j]:
                     errors[i] = errs[j]

@@ -151,14 +151,28 @@ def _about(cx: float, cy: float, angle: float, scale: float, size: int) -> np.nd
 
 
 def decode_rgb(path: str | Path) -> np.ndarray:
-    """A photo as uint8 RGB with its EXIF orientation applied (any mode converted)."""
+    """A photo as uint8 RGB with its EXIF orientation applied (any mode converted).
+
+    Pillow reads the header first (its decompression-bomb limit applies); colour JPEGs are
+    then decoded by OpenCV, about 1.6x faster here, which applies EXIF orientation itself.
+    """
     from PIL import Image, ImageOps
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
+            if im.format == "JPEG" and im.mode == "RGB":
+                import cv2
+
+                bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if bgr is not None:
+                    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             im.load()
-            return to_rgb8(ImageOps.exif_transpose(im))
+            if im.getexif().get(0x0112, 1) not in (None, 1):
+                im = ImageOps.exif_transpose(im)
+            if im.mode == "RGB":  # no conversion, no extra copy
+                return np.asarray(im)
+            return to_rgb8(im)
 
 
 def to_rgb8(im) -> np.ndarray:

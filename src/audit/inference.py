@@ -89,6 +89,15 @@ class PhotoDataset:
             return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
 
 
+def _worker_init(_: int) -> None:
+    """One thread per decode worker: the workers share the cores with the model."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def _collate(items):
     import torch
 
@@ -181,7 +190,8 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
         workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
     loader = DataLoader(PhotoDataset(paths, size, align), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_collate, pin_memory=cuda,
-                        persistent_workers=False)
+                        persistent_workers=False,
+                        worker_init_fn=_worker_init if workers else None)
     outputs, features = [None] * len(paths), [None] * len(paths)
     ok = np.zeros(len(paths), dtype=bool)
     errors = [""] * len(paths)

@@ -15,9 +15,26 @@ from audit.config import load_config
 from flows.tasks import publish, validate
 
 
+def dask_task_runner(address: str | None = None, workers: int = 2):
+    """prefect-dask's runner: an existing scheduler at ``address``, else a LocalCluster of
+    ``workers`` single-threaded worker processes."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
 @task(name="predictions", cache_policy=NONE)
-def predict(ctx: stages.RunContext) -> int:
-    return stages.predict_stage(ctx)
+def predict(ctx: stages.RunContext, shard_results: list | None = None) -> int:
+    return stages.predict_stage(ctx, shard_results)
+
+
+@task(name="predict shard", cache_policy=NONE, retries=2, retry_delay_seconds=1)
+def predict_shard(shard: stages.Shard):
+    """One shard on a (Dask) worker: it returns predictions, only the flow writes DuckDB."""
+    return shard, stages.run_shard(shard)
 
 
 @task(name="accuracy", cache_policy=NONE)
@@ -37,16 +54,23 @@ def verdict(ctx: stages.RunContext) -> str:
 
 @flow(name="audit", log_prints=False, validate_parameters=True)
 def audit_flow(cohort: str, models: list[str], out: str = "reports",
-               config: str | None = None, overrides: dict | None = None) -> dict:
+               config: str | None = None, overrides: dict | None = None,
+               shards: int = 0) -> dict:
     """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
 
-    Returns ``{"run_id", "verdict", "report"}``.
+    ``shards`` > 0 splits image inference into that many shard tasks, which run on the
+    flow's task runner (Dask workers with ``--runner dask``). Returns ``{"run_id",
+    "verdict", "report"}``.
     """
     cfg = load_config(config, **(overrides or {}))
     ctx = stages.start(cohort, models, out, cfg, flow="audit")
     with stages.running(ctx):
         validate(ctx)
-        predict(ctx)
+        results = None
+        if shards:
+            futures = [predict_shard.submit(s) for s in stages.plan_shards(ctx, shards)]
+            results = [f.result() for f in futures]
+        predict(ctx, results)
         accuracy(ctx)
         survival(ctx)
         result = verdict(ctx)

@@ -359,3 +359,39 @@ def test_the_prediction_cache_recomputes_nothing_it_has(prefect_harness, tmp_pat
     pd.testing.assert_series_equal(a, b)
     emb = store.query("SELECT count(*) AS n FROM embeddings WHERE run_id = ?", [runs[1]])
     assert emb["n"].iloc[0] == 60
+
+
+def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness, tmp_path,
+                                                                 config, monkeypatch):
+    """Shards on a 2-worker LocalCluster; the flow alone writes DuckDB."""
+    from prefect.settings import PREFECT_API_URL
+
+    from audit.demo.world import write_cohort
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the Dask workers
+    cohort = write_cohort(tmp_path / "c", 90, seed=818, photos=True, defects=True)
+    local, dask = tmp_path / "local", tmp_path / "dask"
+    common = ["--cohort", str(cohort), "--model", "demo:faceage", "--model", "demo:survival",
+              "--config", str(config)]
+    main(["run", *common, "--out", str(local)])
+    main(["run", *common, "--out", str(dask), "--runner", "dask", "--shards", "3"])
+
+    def rows(out, table, order):
+        store = Store(out / "audit.duckdb")
+        run_id = store.runs()["run_id"].iloc[-1]
+        assert store.run(run_id)["status"] == "finished"
+        return store.table(table, run_id).sort_values(order).reset_index(drop=True), store, run_id
+
+    a, _, _ = rows(local, "predictions", ["model", "output", "photo_id"])
+    b, store, run_id = rows(dask, "predictions", ["model", "output", "photo_id"])
+    pd_testing = __import__("pandas").testing
+    pd_testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
+    assert not b.duplicated(["model", "output", "photo_id"]).any()
+    qa, _, _ = rows(local, "quarantine", ["stage", "photo_id", "reason"])
+    qb, _, _ = rows(dask, "quarantine", ["stage", "photo_id", "reason"])
+    pd_testing.assert_frame_equal(qa, qb)
+    note = store.table("run_stages", run_id).set_index("stage").at["predictions", "note"]
+    assert "3 shards on" in note
+    import re
+    pids = {int(p) for p in re.findall(r"[\w.-]+:(\d+)", note)}
+    assert pids and os.getpid() not in pids  # shards ran in Dask worker processes

@@ -30,18 +30,25 @@ EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path],
-               overrides: dict | None = None) -> int:
+               overrides: dict | None = None, runner: str = "local",
+               dask_address: Optional[str] = None, shards: int = 0) -> int:
     from audit import progress
     from audit.config import load_config
 
     load_config(config, **(overrides or {}))  # fail fast (exit 2) before Prefect starts
     progress.use_console(console)
-    from flows.audit import audit_flow
+    from flows.audit import audit_flow, dask_task_runner
 
     with console.status("starting Prefect (a temporary local server the first time)..."):
         import prefect  # noqa: F401
-    result = audit_flow(cohort=str(cohort), models=models, out=str(out),
-                        config=str(config) if config else None, overrides=overrides)
+    flow_fn = audit_flow
+    if runner == "dask":
+        flow_fn = audit_flow.with_options(task_runner=dask_task_runner(dask_address))
+        shards = shards or 8
+    elif runner != "local":
+        raise InputError(f"--runner {runner!r}: use local or dask")
+    result = flow_fn(cohort=str(cohort), models=models, out=str(out),
+                     config=str(config) if config else None, overrides=overrides, shards=shards)
     verdict = result["verdict"]
     style = "bold green" if verdict == "pass" else "bold red"
     console.print(f"[{style}]verdict: {verdict.upper()}[/]  run {result['run_id']}")
@@ -57,9 +64,15 @@ def run(
                                     help="model spec: YAML file or short form, e.g. predictions:faceage"),
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder (audit.duckdb, runs/)"),
+    runner: str = typer.Option("local", "--runner", help="local, or dask (shards on Dask workers)"),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address",
+                                               help="scheduler of an existing Dask cluster "
+                                                    "(default: a 2-worker LocalCluster)"),
+    shards: int = typer.Option(0, "--shards", min=0, help="inference shards (dask default 8)"),
 ) -> None:
     """Audit one or more models on a cohort."""
-    raise typer.Exit(_run_audit(cohort, model, out, config))
+    raise typer.Exit(_run_audit(cohort, model, out, config, runner=runner,
+                                dask_address=dask_address, shards=shards))
 
 
 @app.command()

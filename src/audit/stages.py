@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from audit import progress
@@ -158,8 +159,90 @@ def validation_verdict(ctx: RunContext) -> str:
     return overall(verdicts)
 
 
-def predict_stage(ctx: RunContext) -> int:
-    """Predictions of every model (clean pass: perturbation ``none``, severity 0)."""
+@dataclass
+class Shard:
+    """A slice of the cohort for one image model, to predict on another process or machine."""
+
+    model_spec: object  # ModelSpec
+    cohort: object  # Cohort restricted to the shard's rows
+    cached: tuple | None
+    index: int
+
+
+_WORKER_MODELS: dict[str, object] = {}
+
+
+def plan_shards(ctx: RunContext, n_shards: int) -> list[Shard]:
+    """Split every image model's photos into ``n_shards`` contiguous shards.
+
+    The cache is consulted here, once, so a shard carries what it need not compute.
+    """
+    import dataclasses
+
+    shards = []
+    frame = ctx.cohort.frame
+    bounds = np.linspace(0, len(frame), max(1, n_shards) + 1).astype(int)
+    for model in ctx.models:
+        if not hasattr(model, "cache_key"):
+            continue
+        key = model.cache_key(ctx.cohort)
+        cached = ctx.store.cached_predictions(key, list(ctx.cohort.image_sha256.values()))
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if b > a:
+                part = dataclasses.replace(ctx.cohort, frame=frame.iloc[a:b].reset_index(drop=True))
+                shards.append(Shard(model.spec, part, cached, i))
+    return shards
+
+
+def run_shard(shard: Shard):
+    """Predict one shard; the model is loaded once per worker process and reused."""
+    import json
+
+    from audit.models import create_model
+
+    key = json.dumps(shard.model_spec.model_dump(mode="json"), sort_keys=True)
+    model = _WORKER_MODELS.get(key)
+    if model is None:
+        model = _WORKER_MODELS[key] = create_model(shard.model_spec)
+    import os
+    import socket
+
+    result = model.predict(shard.cohort, cached=shard.cached, progress=lambda items, total: items)
+    result.notes.append(f"worker {socket.gethostname()}:{os.getpid()}")
+    return result
+
+
+def _merge(parts: list) -> object:
+    """One Predictions from a model's shard results (in shard order)."""
+    from audit.models.registry import Predictions
+
+    def cat(name):
+        frames = [getattr(p, name) for p in parts if getattr(p, name) is not None
+                  and len(getattr(p, name))]
+        return pd.concat(frames, ignore_index=True) if frames else None
+
+    computed = sum(int(n.split(", ")[1].split()[0]) for p in parts for n in p.notes
+                   if "from the prediction cache" in n)
+    from_cache = sum(int(n.split()[0]) for p in parts for n in p.notes
+                     if "from the prediction cache" in n)
+    workers = sorted({n.split()[1] for p in parts for n in p.notes if n.startswith("worker ")})
+    return Predictions(frame=cat("frame"), embeddings=cat("embeddings"),
+                       quarantine=cat("quarantine"), cache_values=cat("cache_values"),
+                       cache_vectors=cat("cache_vectors"),
+                       notes=[f"{len(parts)} shards on {len(workers)} worker process(es) "
+                              f"({', '.join(workers)}); {from_cache} photos from the prediction "
+                              f"cache, {computed} computed"])
+
+
+def predict_stage(ctx: RunContext, shard_results: list | None = None) -> int:
+    """Predictions of every model (clean pass: perturbation ``none``, severity 0).
+
+    ``shard_results``: ``(shard, Predictions)`` pairs computed elsewhere (the Dask runner);
+    image models then take their predictions from there and only this process writes.
+    """
+    by_model: dict[str, list] = {}
+    for shard, result in sorted(shard_results or [], key=lambda pair: pair[0].index):
+        by_model.setdefault(shard.model_spec.name, []).append(result)
     total, quarantined, embeddings, checks, caches = [], [], [], [], []
     for model in ctx.models:
         if model.needs_images and not ctx.cohort.has_images:
@@ -167,8 +250,11 @@ def predict_stage(ctx: RunContext) -> int:
                              "cohort has no image_path column")
         if hasattr(model, "cache_key"):  # image models: reuse what the cache already has
             key = model.cache_key(ctx.cohort)
-            cached = ctx.store.cached_predictions(key, list(ctx.cohort.image_sha256.values()))
-            preds = model.predict(ctx.cohort, cached=cached)
+            if model.name in by_model:
+                preds = _merge(by_model[model.name])
+            else:
+                cached = ctx.store.cached_predictions(key, list(ctx.cohort.image_sha256.values()))
+                preds = model.predict(ctx.cohort, cached=cached)
             if preds.cache_values is not None and len(preds.cache_values):
                 caches.append(("prediction_cache", preds.cache_values.assign(model_key=key)))
             if preds.cache_vectors is not None and len(preds.cache_vectors):

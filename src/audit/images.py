@@ -150,6 +150,14 @@ def _about(cx: float, cy: float, angle: float, scale: float, size: int) -> np.nd
     return m
 
 
+def _ends_with_eoi(path: str | Path) -> bool:
+    """Whether a JPEG file ends with its end-of-image marker. OpenCV decodes a truncated
+    JPEG without complaint (grey below the cut); such files go to Pillow, which refuses."""
+    with open(path, "rb") as fh:
+        fh.seek(-2, 2)
+        return fh.read(2) == b"\xff\xd9"
+
+
 def decode_rgb(path: str | Path) -> np.ndarray:
     """A photo as uint8 RGB with its EXIF orientation applied (any mode converted).
 
@@ -161,7 +169,7 @@ def decode_rgb(path: str | Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as im:
-            if im.format == "JPEG" and im.mode == "RGB":
+            if im.format == "JPEG" and im.mode == "RGB" and _ends_with_eoi(path):
                 import cv2
 
                 bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -395,3 +395,24 @@ def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness,
     import re
     pids = {int(p) for p in re.findall(r"[\w.-]+:(\d+)", note)}
     assert pids and os.getpid() not in pids  # shards ran in Dask worker processes
+
+
+def test_a_worker_that_dies_mid_shard_costs_no_rows_and_duplicates_none(
+        prefect_harness, tmp_path, config, monkeypatch):
+    from prefect.settings import PREFECT_API_URL
+
+    from audit.demo.world import write_cohort
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    monkeypatch.setenv("FACEAGE_AUDIT_KILL_SHARD", f"1:{marker}")
+    cohort = write_cohort(tmp_path / "c", 60, seed=919, photos=True)
+    out = tmp_path / "out"
+    rc = main(["run", "--cohort", str(cohort), "--model", "demo:faceage", "--config",
+               str(config), "--out", str(out), "--runner", "dask", "--shards", "3"])
+    assert marker.is_file()  # a worker really died on shard 1
+    assert rc in (0, 1)
+    store = Store(out / "audit.duckdb")
+    run_id = store.runs()["run_id"].iloc[-1]
+    preds = store.table("predictions", run_id)
+    assert len(preds) == 60 and not preds["photo_id"].duplicated().any()

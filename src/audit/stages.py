@@ -194,12 +194,28 @@ def plan_shards(ctx: RunContext, n_shards: int) -> list[Shard]:
     return shards
 
 
+def _kill_shard_once(index: int) -> None:
+    """Crash the worker process on a shard's first attempt, when a test asks
+    (``FACEAGE_AUDIT_KILL_SHARD=INDEX:MARKER_FILE``): the marker makes the retry succeed."""
+    import os
+
+    spec = os.environ.get("FACEAGE_AUDIT_KILL_SHARD")
+    if not spec:
+        return
+    wanted, marker = spec.split(":", 1)
+    if int(wanted) == index and not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        os._exit(1)
+
+
 def run_shard(shard: Shard):
     """Predict one shard; the model is loaded once per worker process and reused."""
     import json
 
     from audit.models import create_model
 
+    _kill_shard_once(shard.index)
     key = json.dumps(shard.model_spec.model_dump(mode="json"), sort_keys=True)
     model = _WORKER_MODELS.get(key)
     if model is None:

@@ -159,3 +159,15 @@ def test_an_out_of_memory_batch_is_retried_in_halves():
         forward_halving(always, torch.randn(4, 3, 8, 8))
     with pytest.raises(ValueError, match="other"):  # other errors are not swallowed
         forward_halving(lambda x: (_ for _ in ()).throw(ValueError("other")), x)
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_predictions(exports, cohort, tmp_path):
+    _, paths = exports
+    spec = yaml.safe_load(paths["timm"].read_text())
+    spec.update(name="compiled", compile=True, checkpoint=str(paths["timm"].parent / "net.pth"))
+    compiled = tmp_path / "compiled.yaml"
+    compiled.write_text(yaml.safe_dump(spec))
+    ref, _ = _predict(paths["timm"], cohort)
+    got, _ = _predict(compiled, cohort)
+    np.testing.assert_allclose(got["faceage"], ref["faceage"], rtol=1e-4, atol=1e-3)

@@ -40,6 +40,7 @@ class ModelSpec(BaseModel):
     card: dict[str, Any] = Field(default_factory=dict)
     sha256: str | None = None
     column: str | None = None  # kind `predictions`: the cohort column(s) holding the values
+    compile: bool = False  # torch models: torch.compile the forward pass (worth it on GPUs)
     spec_dir: str | None = Field(None, exclude=True)  # where a YAML spec lives (relative paths)
 
     def resolve(self, path: str) -> Path:

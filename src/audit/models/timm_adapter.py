@@ -114,14 +114,35 @@ class TimmModel(ImageModel):
             raise InputError(f"model {self.name!r}: timm cannot build {self.spec.arch!r} with "
                              f"{self.spec.arch_kwargs}: {exc}") from exc
         fit_state_dict(model, state, self.checkpoint)
-        model = model.eval().to(device)
+        model = HeadAndFeatures(model).eval().to(device)
         if device.startswith("cuda"):
             model = model.to(memory_format=torch.channels_last)
+        if self.spec.compile:
+            model = torch.compile(model)
         return model
 
     def forward(self, x):
         """(head outputs, pre-logit features) for a normalised batch."""
-        model = self._model
-        feats = model.forward_features(x)
-        pre = model.forward_head(feats, pre_logits=True)
-        return model.get_classifier()(pre), pre
+        return self._model(x)
+
+
+def _head_and_features_class():
+    import torch
+
+    class HeadAndFeatures(torch.nn.Module):
+        """A timm model returning (head outputs, pre-logit features) in one forward pass,
+        so that ``torch.compile`` sees the whole computation."""
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            pre = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+            return self.net.get_classifier()(pre), pre
+
+    return HeadAndFeatures
+
+
+def HeadAndFeatures(net):  # noqa: N802 - builds the torch module lazily (torch imported late)
+    return _head_and_features_class()(net)

@@ -37,7 +37,10 @@ class TorchScriptModel(ImageModel):
             raise InputError(f"{self.checkpoint}: not a TorchScript archive: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                              ) from exc
-        return module.eval()
+        module = module.eval()
+        if self.spec.compile:
+            module = torch.compile(module)
+        return module
 
     def forward(self, x):
         out = self._model(x)

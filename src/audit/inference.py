@@ -89,6 +89,63 @@ class PhotoDataset:
             return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
 
 
+class PhotoBytes(PhotoDataset):
+    """Like :class:`PhotoDataset`, but clean colour JPEGs come back as their file bytes, to be
+    decoded as a batch on the model's device (nvJPEG on CUDA); other files are decoded here."""
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            data = Path(path).read_bytes()
+            if data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9":
+                return i, np.frombuffer(data, dtype=np.uint8), ""
+            return i, decode_image(path, self.size, self.align), ""
+        except Exception as exc:
+            return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
+
+
+def _collate_mixed(items):
+    import torch
+
+    idx = torch.tensor([i for i, _, _ in items])
+    return idx, [im for _, im, _ in items], [err for _, _, err in items]
+
+
+def decode_on_device(items: list, size: int, device: str, errors: list[str]):
+    """A uint8 NHWC batch on ``device`` from JPEG bytes (decoded there by torchvision, with
+    EXIF orientation) and already decoded arrays; a JPEG that fails is marked in ``errors``."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = [None] * len(items)
+    jpeg = [k for k, im in enumerate(items) if im.ndim == 1]
+    if jpeg:
+        data = [torch.from_numpy(items[k].copy()) for k in jpeg]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device,
+                                  apply_exif_orientation=True)
+        except RuntimeError:  # one bad file spoils a batch call: decode one by one
+            decoded = []
+            for k, d in zip(jpeg, data):
+                try:
+                    decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device,
+                                               apply_exif_orientation=True))
+                except RuntimeError as exc:
+                    errors[k] = f"cannot decode: {exc}"
+                    decoded.append(torch.zeros((3, size, size), dtype=torch.uint8, device=device))
+        for k, img in zip(jpeg, decoded):
+            if img.shape[-2:] != (size, size):
+                img = F.interpolate(img[None].float(), size=(size, size), mode="bicubic",
+                                    antialias=True, align_corners=False)[0]
+                img = img.round().clamp(0, 255).to(torch.uint8)
+            out[k] = img.permute(1, 2, 0)
+    for k, im in enumerate(items):
+        if out[k] is None:
+            out[k] = torch.from_numpy(np.ascontiguousarray(im)).to(device)
+    return torch.stack(out)
+
+
 def _worker_init(_: int) -> None:
     """One thread per decode worker: the workers share the cores with the model."""
     import cv2
@@ -169,11 +226,14 @@ class InferenceResult:
 def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
                 layout: str = "nchw", batch_size: int | None = None, device: str | None = None,
                 workers: int | None = None, progress: Callable | None = None,
-                align: bool = False) -> InferenceResult:
+                align: bool = False, decode: str = "auto") -> InferenceResult:
     """Decode ``paths`` and apply ``forward(x) -> (outputs, features)`` batch by batch.
 
     ``align``: the photos are raw (not cropped): each is face-detected, eye-aligned and
     cropped in the DataLoader workers before batching.
+    ``decode``: ``workers`` (decode in the DataLoader workers), ``device`` (the workers only
+    read bytes; JPEGs are decoded as a batch on the model's device, nvJPEG on CUDA), or
+    ``auto`` (``device`` on CUDA for cropped photos, else ``workers``).
 
     ``forward`` receives a normalised float tensor on ``device`` (NCHW, or NHWC when
     ``layout`` is ``nhwc``) and returns tensors or arrays.
@@ -188,8 +248,11 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
     batch_size = batch_size or (256 if cuda else 64)
     if workers is None:
         workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
-    loader = DataLoader(PhotoDataset(paths, size, align), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+    on_device = decode == "device" or (decode == "auto" and cuda and not align)
+    dataset = (PhotoBytes if on_device else PhotoDataset)(paths, size, align)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_collate_mixed if on_device else _collate,
+                        pin_memory=cuda and not on_device,
                         persistent_workers=False,
                         worker_init_fn=_worker_init if workers else None)
     outputs, features = [None] * len(paths), [None] * len(paths)
@@ -199,6 +262,8 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
     batches = progress(loader, total=len(loader)) if progress else loader
     with torch.inference_mode():
         for idx, images, errs in batches:
+            if on_device:
+                images = decode_on_device(images, size, device, errs)
             x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             x = normalize_batch(x, normalize)
             if layout == "nhwc":

@@ -224,7 +224,7 @@ def run_shard(shard: Shard):
     import socket
 
     result = model.predict(shard.cohort, cached=shard.cached, progress=lambda items, total: items)
-    result.notes.append(f"worker {socket.gethostname()}:{os.getpid()}")
+    result.worker = f"{socket.gethostname()}:{os.getpid()}"
     return result
 
 
@@ -237,14 +237,13 @@ def _merge(parts: list) -> object:
                   and len(getattr(p, name))]
         return pd.concat(frames, ignore_index=True) if frames else None
 
-    computed = sum(int(n.split(", ")[1].split()[0]) for p in parts for n in p.notes
-                   if "from the prediction cache" in n)
-    from_cache = sum(int(n.split()[0]) for p in parts for n in p.notes
-                     if "from the prediction cache" in n)
-    workers = sorted({n.split()[1] for p in parts for n in p.notes if n.startswith("worker ")})
+    computed = sum(p.n_computed for p in parts)
+    from_cache = sum(p.n_cached for p in parts)
+    workers = sorted({p.worker for p in parts if p.worker})
     return Predictions(frame=cat("frame"), embeddings=cat("embeddings"),
                        quarantine=cat("quarantine"), cache_values=cat("cache_values"),
                        cache_vectors=cat("cache_vectors"),
+                       n_cached=from_cache, n_computed=computed,
                        notes=[f"{len(parts)} shards on {len(workers)} worker process(es) "
                               f"({', '.join(workers)}); {from_cache} photos from the prediction "
                               f"cache, {computed} computed"])

@@ -152,8 +152,9 @@ class ImageModel(ModelAdapter):
                                         "vector": list(vectors.loc[digests[hit][known]])})
                 fresh.embeddings = pd.concat([e for e in (fresh.embeddings, old_emb)
                                               if e is not None], ignore_index=True)
-        fresh.notes.append(f"{int(hit.sum())} photos from the prediction cache, "
-                           f"{int((~hit).sum())} computed")
+        fresh.n_cached, fresh.n_computed = int(hit.sum()), int((~hit).sum())
+        fresh.notes.append(f"{fresh.n_cached} photos from the prediction cache, "
+                           f"{fresh.n_computed} computed")
         # New cache entries: the photos computed now, by image digest.
         computed = fresh.frame[fresh.frame["photo_id"].isin(set(rows.loc[~hit, "photo_id"]))]
         sha_of = dict(zip(rows["photo_id"], digests))

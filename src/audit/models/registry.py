@@ -67,6 +67,9 @@ class Predictions:
     # New entries for the prediction cache (image_sha256, output, value / vector).
     cache_values: pd.DataFrame | None = None
     cache_vectors: pd.DataFrame | None = None
+    n_cached: int = 0  # photos whose predictions came from the cache
+    n_computed: int = 0  # photos run through the model
+    worker: str | None = None  # host:pid of the process that computed them
 
 
 class ModelAdapter(ABC):

@@ -142,7 +142,7 @@ def decode_on_device(items: list, size: int, device: str, errors: list[str]):
             out[k] = img.permute(1, 2, 0)
     for k, im in enumerate(items):
         if out[k] is None:
-            out[k] = torch.from_numpy(np.ascontiguousarray(im)).to(device)
+            out[k] = torch.from_numpy(np.array(im)).to(device)  # a writable copy
     return torch.stack(out)
 
 

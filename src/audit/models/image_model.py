@@ -63,10 +63,19 @@ class ImageModel(ModelAdapter):
     def normalize(self):
         return self.spec.normalize or "imagenet"
 
+    def checkpoint_digest(self) -> str:
+        """SHA-256 of the checkpoint, hashed once per (size, mtime) of the file: a run asks
+        for it three times (identity, cache key, load) and checkpoints can be large."""
+        st = Path(self.checkpoint).stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+        if getattr(self, "_digest_stamp", None) != stamp:
+            self._digest, self._digest_stamp = sha256_file(self.checkpoint), stamp
+        return self._digest
+
     def identity(self) -> dict:
         ident = self.spec.identity()
         if self.checkpoint.is_file():
-            ident["checkpoint_sha256"] = sha256_file(self.checkpoint)
+            ident["checkpoint_sha256"] = self.checkpoint_digest()
         return ident
 
     def load(self, device: str | None = None):
@@ -77,7 +86,7 @@ class ImageModel(ModelAdapter):
 
         if not Path(self.checkpoint).is_file():
             raise InputError(f"{self.checkpoint}: model file not found (model {self.name!r})")
-        digest = sha256_file(self.checkpoint)
+        digest = self.checkpoint_digest()
         if self.spec.sha256 and digest != self.spec.sha256:
             raise InputError(f"{self.checkpoint}: SHA-256 {digest} does not match the model "
                              f"spec's {self.spec.sha256}")
@@ -101,11 +110,9 @@ class ImageModel(ModelAdapter):
         import hashlib
         import json
 
-        from audit.hashing import sha256_file
-
         spec = self.spec
         settings = {
-            "checkpoint": sha256_file(self.checkpoint), "kind": spec.kind, "arch": spec.arch,
+            "checkpoint": self.checkpoint_digest(), "kind": spec.kind, "arch": spec.arch,
             "arch_kwargs": spec.arch_kwargs, "state_dict_key": spec.state_dict_key,
             "input_size": self.input_size, "normalize": self.normalize, "layout": spec.layout,
             "align": not cohort.spec.cropped, "margin": 0.25, "outputs": spec.outputs,

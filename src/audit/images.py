@@ -2,8 +2,8 @@
 
 For every photo: whether it decodes, its real format against its file name, size, colour
 mode, EXIF orientation, brightness, contrast, sharpness (variance of the Laplacian), an
-estimate of its JPEG quality, SHA-256 and a 64-bit difference hash (dHash) for near
-duplicates, and, for raw photos (cohorts not ``cropped``), the faces OpenCV's frontal-face
+estimate of its JPEG quality, SHA-256 and a normalised 16x16 thumbnail (kept in memory only)
+for near duplicates, and, for raw photos (cohorts not ``cropped``), the faces OpenCV's frontal-face
 cascade finds. Photos are streamed through a process pool (one worker a core), so memory
 stays bounded whatever the cohort size.
 

@@ -72,7 +72,8 @@ def decode_image(path: str | Path, size: int, align: bool = False,
 
 
 class PhotoDataset:
-    """A torch ``Dataset`` of (index, image or None, error) for the given paths."""
+    """A torch ``Dataset`` of (index, uint8 image, error) for the given paths; a photo that
+    cannot be prepared comes back black, with its error, and is dropped from the results."""
 
     def __init__(self, paths: list[Path], size: int, align: bool = False):
         self.paths = paths

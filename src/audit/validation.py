@@ -81,11 +81,6 @@ class SuiteResult:
     quarantine: pd.DataFrame
     critical: list[str] = field(default_factory=list)
 
-    @property
-    def errors(self) -> int:
-        r = self.results
-        return int(((~r["success"].astype(bool)) & (r["severity"] != "warning")).sum()) if len(r) else 0
-
 
 def _gx_context():
     import great_expectations as gx

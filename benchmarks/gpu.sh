@@ -20,3 +20,6 @@ open("/tmp/r18.yaml", "w").write("name: resnet18-random\nkind: timm\narch: resne
     "outputs: {faceage: 0}\n")
 PYEOF
 $PY benchmarks/inference.py --device cuda --n 4000 --model /tmp/r18.yaml
+echo
+echo "## Robustness suite on CUDA (robustness.py): each perturbation, and the default suite vs the clean pass"
+$PY benchmarks/robustness.py --device cuda --n 1000

@@ -1,8 +1,8 @@
-"""audit_flow: validate -> predict -> accuracy -> survival -> verdict -> publish.
+"""audit_flow: validate -> predict -> robustness -> accuracy -> survival -> verdict -> publish.
 
 Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
-work (and every test of it) lives. Later issues add robustness,
-fairness and drift as further tasks between the same ends.
+work (and every test of it) lives. Later issues add fairness and drift as further tasks
+between the same ends.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def predict(ctx: stages.RunContext, shard_results: list | None = None) -> int:
 def predict_shard(shard: stages.Shard):
     """One shard on a (Dask) worker: it returns predictions, only the flow writes DuckDB."""
     return shard, stages.run_shard(shard)
+
+
+@task(name="robustness", cache_policy=NONE)
+def robustness(ctx: stages.RunContext) -> int:
+    return stages.robustness_stage(ctx)
 
 
 @task(name="accuracy", cache_policy=NONE)
@@ -71,6 +76,7 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
             futures = [predict_shard.submit(s) for s in stages.plan_shards(ctx, shards)]
             results = [f.result() for f in futures]
         predict(ctx, results)
+        robustness(ctx)
         accuracy(ctx)
         survival(ctx)
         result = verdict(ctx)

@@ -24,6 +24,10 @@ risk_cindex_min = 0.5
 n_boot = 200
 [survival]
 n_boot = 20
+[robustness]
+perturbations = ["brightness", "gaussian_blur", "jpeg", "surgical_mask"]
+severities = [1, 3]
+sample_subjects = 30
 """
 STRICT = LENIENT.replace("faceage_mae_max = 20.0", "faceage_mae_max = 0.5")
 
@@ -61,7 +65,10 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
             "faceage_per_decade__clinical", "risk_quartiles__age_sex"} <= set(models["model_id"])
     assert len(store.table("survival_curves", run["run_id"])) > 0
     stages = store.table("run_stages", run["run_id"])["stage"].tolist()
-    assert stages == ["validate", "predictions", "accuracy", "survival", "verdict", "publish"]
+    assert stages == ["validate", "predictions", "robustness", "accuracy", "survival", "verdict",
+                      "publish"]
+    robust_note = store.table("run_stages", run["run_id"]).set_index("stage").at["robustness", "note"]
+    assert "robustness not run: the cohort carries predictions, not photos" in robust_note
     page = Path(result["report"])
     assert page == out / "runs" / run["run_id"] / "index.html" and page.is_file()
     html = page.read_text()
@@ -193,6 +200,33 @@ def test_a_killed_run_leaves_a_consistent_database(prefect_harness, demo_cohort,
                           "(SELECT run_id FROM runs)").fetchall()[0][0]
     con.close()
     assert orphans == 0
+
+
+def test_a_run_killed_inside_the_robustness_stage_keeps_no_perturbed_row(prefect_harness,
+                                                                          tmp_path, config):
+    """The longest stage of an image audit, killed inside its transaction: no robustness
+    row, no perturbed prediction and no cache row of it survive; the clean pass does."""
+    from prefect.settings import PREFECT_API_URL
+
+    from audit.demo.world import write_cohort
+
+    cohort = write_cohort(tmp_path / "faces", 40, seed=4343, photos=True)
+    out = tmp_path / "out"
+    env = dict(os.environ, FACEAGE_AUDIT_KILL_AT="robustness:mid-transaction",
+               PREFECT_API_URL=PREFECT_API_URL.value())
+    cmd = [sys.executable, "-m", "audit.cli", "run", "--cohort", str(cohort), "--model",
+           "demo:faceage", "--out", str(out), "--config", str(config)]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    store = Store(out / "audit.duckdb")
+    run_id = store.runs()["run_id"].iloc[0]
+    assert store.table("run_stages", run_id)["stage"].tolist() == ["validate", "predictions"]
+    assert store.table("robustness", run_id).empty
+    preds = store.table("predictions", run_id)
+    assert len(preds) == 40 and set(preds["perturbation"]) == {"none"}
+    cache = store.query("SELECT DISTINCT perturbation FROM prediction_cache")
+    assert cache["perturbation"].tolist() == ["none"]
 
 
 def test_real_predictions_only_cohort_end_to_end(prefect_harness, utk_cohort, tmp_path):
@@ -354,9 +388,22 @@ def test_the_prediction_cache_recomputes_nothing_it_has(prefect_harness, tmp_pat
     assert "0 photos from the prediction cache, 60 computed" in notes[0]
     assert "60 photos from the prediction cache, 0 computed" in notes[1]
     assert "60 photos from the prediction cache, 20 computed" in notes[2]
-    a = store.table("predictions", runs[0]).set_index("photo_id")["value"].sort_index()
-    b = store.table("predictions", runs[1]).set_index("photo_id")["value"].sort_index()
-    pd.testing.assert_series_equal(a, b)
+    def clean(run_id):
+        p = store.table("predictions", run_id)
+        return p[p["perturbation"] == "none"].set_index("photo_id")["value"].sort_index()
+
+    pd.testing.assert_series_equal(clean(runs[0]), clean(runs[1]))
+    # The robustness suite's perturbed passes are cached too: the rerun computes none.
+    robust = [store.table("run_stages", r).set_index("stage").at["robustness", "note"]
+              for r in runs]
+    passes = 1 + 2 * 4  # clean + 4 perturbations at 2 severities
+    assert f"30 photos x {passes} passes" in robust[0]
+    assert f": {30 * (passes - 1)} computed in" in robust[0]  # the clean pass came from the cache
+    assert f": 0 computed in" in robust[1]
+    order = ["perturbation", "severity", "attribute", "group_name"]
+    r0, r1 = (store.table("robustness", r).sort_values(order).reset_index(drop=True)
+              for r in runs[:2])
+    pd.testing.assert_frame_equal(r0, r1)
     emb = store.query("SELECT count(*) AS n FROM embeddings WHERE run_id = ?", [runs[1]])
     assert emb["n"].iloc[0] == 60
 
@@ -386,7 +433,7 @@ def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness,
     b, store, run_id = rows(dask, "predictions", ["model", "output", "photo_id"])
     pd_testing = __import__("pandas").testing
     pd_testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
-    assert not b.duplicated(["model", "output", "photo_id"]).any()
+    assert not b.duplicated(["model", "output", "photo_id", "perturbation", "severity"]).any()
     qa, _, _ = rows(local, "quarantine", ["stage", "photo_id", "reason"])
     qb, _, _ = rows(dask, "quarantine", ["stage", "photo_id", "reason"])
     pd_testing.assert_frame_equal(qa, qb)
@@ -415,4 +462,5 @@ def test_a_worker_that_dies_mid_shard_costs_no_rows_and_duplicates_none(
     store = Store(out / "audit.duckdb")
     run_id = store.runs()["run_id"].iloc[-1]
     preds = store.table("predictions", run_id)
+    preds = preds[preds["perturbation"] == "none"]
     assert len(preds) == 60 and not preds["photo_id"].duplicated().any()

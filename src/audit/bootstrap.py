@@ -88,7 +88,10 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0):
         shape = np.delete(np.array(samples.shape), axis)
         nan = np.full(tuple(shape), np.nan)
         return nan, nan.copy()
-    with np.errstate(all="ignore"):
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN, as meant
         low = np.nanquantile(samples, alpha, axis=axis)
         high = np.nanquantile(samples, 1 - alpha, axis=axis)
     return low, high

@@ -67,6 +67,7 @@ class CohortSpec(BaseModel):
     covariates: list[Covariate] = Field(default_factory=list)
     time_unit: Literal["days", "weeks", "months", "years"] = "days"
     cropped: bool = False
+    face_layout: str | dict[str, float] | None = None
     expectations: str | None = None
     synthetic: bool = False
 

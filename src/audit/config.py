@@ -9,6 +9,10 @@ Example ``audit.toml``::
     [accuracy]
     n_boot = 1000
 
+    [robustness]
+    perturbations = ["brightness", "gaussian_blur", "jpeg", "surgical_mask"]
+    sample_subjects = 0          # the whole cohort
+
     [thresholds]
     faceage_mae_max = 8.0
     risk_cindex_min = 0.60
@@ -21,9 +25,15 @@ import json
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audit.errors import InputError
+
+
+LIGHT_SAMPLE_SUBJECTS = 150
+LIGHT_SEVERITIES = (1, 3, 5)
 
 
 class _Section(BaseModel):
@@ -56,6 +66,51 @@ class SurvivalConfig(_Section):
     penalizer: float = Field(0.0, ge=0)
 
 
+class RobustnessConfig(_Section):
+    """Graded perturbations (``audit.perturbations``) on a stratified sample of subjects."""
+
+    enabled: bool = True
+    perturbations: list[str] = Field(
+        default_factory=list, description="registered names to run; empty: all of them")
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    sample_subjects: int = Field(
+        500, ge=0, description="subjects sampled (one photo each), stratified by `strata`; "
+                               "0: the whole cohort")
+    strata: list[str] = Field(default_factory=lambda: ["sex", "race", "age_band"])
+    groups: list[str] = Field(default_factory=lambda: ["sex", "race", "age_band"],
+                              description="subgroups whose robustness is reported")
+    seed: int = 0
+    tolerance_years: float = Field(5.0, gt=0, description="FaceAge shift counted as too far")
+    tolerance_sd: float = Field(0.5, gt=0,
+                                description="risk shift counted as too far, in SDs of clean risk")
+    judged_max_severity: int = Field(
+        3, ge=0, le=5, description="severities up to this are judged; above, only reported")
+    min_group_size: int = Field(20, ge=1, description="smaller subgroups are reported, not judged")
+    face_layout: str | dict[str, float] | None = Field(
+        None, description="where eyes and mouth lie in the crops (arcface, aligned, demo or "
+                          "fractions); default: the cohort's, else arcface (aligned for raw photos)")
+    batch_size: int | None = Field(None, ge=1)
+
+    @field_validator("severities")
+    @classmethod
+    def _levels(cls, value: list[int]) -> list[int]:
+        bad = [v for v in value if v not in (1, 2, 3, 4, 5)]
+        if bad:
+            raise ValueError(f"severities must be among 1-5, got {bad}")
+        return sorted(set(value))
+
+    @field_validator("perturbations")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from audit.perturbations import list_perturbations
+
+        unknown = [v for v in value if v not in list_perturbations()]
+        if unknown:
+            raise ValueError(f"unknown perturbation(s) {unknown}; registered: "
+                             f"{list_perturbations()}")
+        return value
+
+
 class Thresholds(_Section):
     """Pass/fail thresholds of the verdict. A check whose inputs are absent is skipped."""
 
@@ -70,13 +125,32 @@ class Thresholds(_Section):
     risk_q4_vs_q1_hr_lower_min: float = Field(
         1.0, description="lower CI of the Q4 vs Q1 hazard ratio must exceed this"
     )
+    robustness_frac_over_tolerance_max: float = Field(
+        0.10, ge=0, le=1, description="at judged severities, the share of photos whose output "
+        "moves beyond the tolerance must not exceed this (each perturbation, each subgroup)")
+    robustness_quartile_change_max: float = Field(
+        0.25, ge=0, le=1, description="at judged severities, the share of patients whose risk "
+        "quartile changes must not exceed this")
 
 
 class AuditConfig(_Section):
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
-    preset: str = Field("full", description="`full` or `light` (the demo)")
+    preset: Literal["full", "light"] = Field(
+        "full", description="`light` (the demo): robustness on 150 subjects at severities "
+                            "1, 3 and 5, unless the robustness section says otherwise")
+
+    @model_validator(mode="after")
+    def _light(self) -> "AuditConfig":
+        if self.preset == "light":
+            chosen = self.robustness.model_fields_set
+            if "sample_subjects" not in chosen:
+                self.robustness.sample_subjects = LIGHT_SAMPLE_SUBJECTS
+            if "severities" not in chosen:
+                self.robustness.severities = list(LIGHT_SEVERITIES)
+        return self
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

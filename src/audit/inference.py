@@ -224,29 +224,21 @@ class InferenceResult:
     seconds: float
 
 
-def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
-                layout: str = "nchw", batch_size: int | None = None, device: str | None = None,
-                workers: int | None = None, progress: Callable | None = None,
-                align: bool = False, decode: str = "auto") -> InferenceResult:
-    """Decode ``paths`` and apply ``forward(x) -> (outputs, features)`` batch by batch.
+def iter_decoded(paths: list[Path], size: int, *, device: str, batch_size: int,
+                 workers: int | None = None, progress: Callable | None = None,
+                 align: bool = False, decode: str = "auto"):
+    """Decode ``paths`` once, in batches: yields ``(indices, uint8 NHWC batch on device,
+    errors)``; a photo that cannot be prepared is black in the batch, with its error.
 
     ``align``: the photos are raw (not cropped): each is face-detected, eye-aligned and
     cropped in the DataLoader workers before batching.
     ``decode``: ``workers`` (decode in the DataLoader workers), ``device`` (the workers only
     read bytes; JPEGs are decoded as a batch on the model's device, nvJPEG on CUDA), or
     ``auto`` (``device`` on CUDA for cropped photos, else ``workers``).
-
-    ``forward`` receives a normalised float tensor on ``device`` (NCHW, or NHWC when
-    ``layout`` is ``nhwc``) and returns tensors or arrays.
     """
-    import time
-
-    import torch
     from torch.utils.data import DataLoader
 
-    device = device or best_device()
     cuda = device.startswith("cuda")
-    batch_size = batch_size or (256 if cuda else 64)
     if workers is None:
         workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
     on_device = decode == "device" or (decode == "auto" and cuda and not align)
@@ -256,21 +248,60 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
                         pin_memory=cuda and not on_device,
                         persistent_workers=False,
                         worker_init_fn=_worker_init if workers else None)
+    batches = progress(loader, total=len(loader)) if progress else loader
+    for idx, images, errs in batches:
+        if on_device:
+            images = decode_on_device(images, size, device, errs)
+        yield idx, images.to(device, non_blocking=True), errs
+
+
+def to_unit(images):
+    """A uint8 NHWC batch as float NCHW in [0, 1] on the same device."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def model_input(x, normalize, layout: str = "nchw", cuda: bool = False):
+    """A [0, 1] float NCHW batch normalised and laid out as the model wants it."""
+    import torch
+
+    x = normalize_batch(x, normalize)
+    if layout == "nhwc":
+        return x.permute(0, 2, 3, 1).contiguous()
+    if cuda:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _default_batch(cuda: bool) -> int:
+    return 256 if cuda else 64
+
+
+def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
+                layout: str = "nchw", batch_size: int | None = None, device: str | None = None,
+                workers: int | None = None, progress: Callable | None = None,
+                align: bool = False, decode: str = "auto") -> InferenceResult:
+    """Decode ``paths`` (see :func:`iter_decoded`) and apply ``forward(x) -> (outputs,
+    features)`` batch by batch.
+
+    ``forward`` receives a normalised float tensor on ``device`` (NCHW, or NHWC when
+    ``layout`` is ``nhwc``) and returns tensors or arrays.
+    """
+    import time
+
+    import torch
+
+    device = device or best_device()
+    cuda = device.startswith("cuda")
+    batch_size = batch_size or _default_batch(cuda)
     outputs, features = [None] * len(paths), [None] * len(paths)
     ok = np.zeros(len(paths), dtype=bool)
     errors = [""] * len(paths)
     start = time.perf_counter()
-    batches = progress(loader, total=len(loader)) if progress else loader
     with torch.inference_mode():
-        for idx, images, errs in batches:
-            if on_device:
-                images = decode_on_device(images, size, device, errs)
-            x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-            x = normalize_batch(x, normalize)
-            if layout == "nhwc":
-                x = x.permute(0, 2, 3, 1).contiguous()
-            elif cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for idx, images, errs in iter_decoded(paths, size, device=device, batch_size=batch_size,
+                                              workers=workers, progress=progress, align=align,
+                                              decode=decode):
+            x = model_input(to_unit(images), normalize, layout, cuda)
             out, feat = forward_halving(forward, x, cuda)
             for j, i in enumerate(idx.tolist()):
                 if errs[j]:
@@ -295,3 +326,69 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
                 feat_arr[i] = f
     return InferenceResult(outputs=out_arr, features=feat_arr, ok=ok, errors=errors,
                            device=device, seconds=time.perf_counter() - start)
+
+
+@dataclass
+class PerturbedModel:
+    """One model in a perturbed run: its forward, preprocessing, and which (plan item,
+    photo) cells are still needed (``need``: bool (P, N); cached cells are False)."""
+
+    name: str
+    forward: Callable
+    normalize: object
+    layout: str
+    need: np.ndarray
+
+
+def run_perturbed(models: list[PerturbedModel], paths: list[Path], size: int,
+                  plan: list[tuple[str, int]], perturb: Callable, seeds: Callable, *,
+                  device: str | None = None, batch_size: int | None = None,
+                  workers: int | None = None, progress: Callable | None = None,
+                  align: bool = False, decode: str = "auto"):
+    """Every model on every photo under every ``(name, severity)`` of ``plan``, each photo
+    decoded once.
+
+    ``perturb(name, severity, x, seeds)`` perturbs a [0, 1] float NCHW batch on the device;
+    ``seeds(name, severity, indices)`` gives the images' seeds. A batch is perturbed only
+    when some model still needs one of its photos at that plan item, and each model runs only
+    on the photos it needs. Returns ``({model: (P, N, K) raw head outputs, NaN where not
+    computed}, errors per photo, seconds)``.
+    """
+    import time
+
+    import torch
+
+    device = device or best_device()
+    cuda = device.startswith("cuda")
+    batch_size = batch_size or _default_batch(cuda)
+    n = len(paths)
+    results: dict[str, np.ndarray | None] = {m.name: None for m in models}
+    errors = [""] * n
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for idx, images, errs in iter_decoded(paths, size, device=device, batch_size=batch_size,
+                                              workers=workers, progress=progress, align=align,
+                                              decode=decode):
+            rows = idx.numpy()
+            good = np.array([not e for e in errs])
+            for j, e in zip(rows, errs):
+                errors[j] = e
+            x = to_unit(images)
+            for p, (name, severity) in enumerate(plan):
+                wanted = {m.name: good & m.need[p, rows] for m in models}
+                if not any(w.any() for w in wanted.values()):
+                    continue
+                xp = perturb(name, severity, x, seeds(name, severity, rows))
+                for m in models:
+                    w = wanted[m.name]
+                    if not w.any():
+                        continue
+                    sel = torch.from_numpy(np.flatnonzero(w)).to(xp.device)
+                    out, _ = forward_halving(m.forward, model_input(xp.index_select(0, sel),
+                                                                    m.normalize, m.layout, cuda),
+                                             cuda)
+                    out = out.reshape(len(sel), -1)
+                    if results[m.name] is None:
+                        results[m.name] = np.full((len(plan), n, out.shape[1]), np.nan)
+                    results[m.name][p, rows[w]] = out
+    return results, errors, time.perf_counter() - start

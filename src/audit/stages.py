@@ -378,6 +378,63 @@ def survival_stage(ctx: RunContext) -> int:
                                  note=" ".join(ctx.notes.get("survival", [])) or None)
 
 
+def _image_models(ctx: RunContext) -> list:
+    return [m for m in ctx.models if m.needs_images and hasattr(m, "cache_key")]
+
+
+def robustness_stage(ctx: RunContext) -> int:
+    """Graded perturbations on a stratified sample of subjects (one photo each): perturbed
+    predictions, their cache rows and the ``robustness`` metrics, in one transaction."""
+    from audit.cohort import age_band
+    from audit.perturbations import default_plan, face_layout
+    from audit.robustness import (
+        CLEAN, perturbation_key, robustness_table, run_suite, stratified_sample,
+    )
+
+    cfg = ctx.config.robustness
+    models = _image_models(ctx)
+    reason = ("turned off in the audit config" if not cfg.enabled else
+              "the cohort carries predictions, not photos" if not ctx.cohort.has_images else
+              "no model reads images" if not models else None)
+    if reason:
+        ctx.note("robustness", f"robustness not run: {reason}")
+        return ctx.write("robustness", {}, note=ctx.notes["robustness"][0])
+    subjects = ctx.cohort.subjects()
+    usable = set.intersection(*(set(ctx.predictions[m.name]["photo_id"]) for m in models))
+    subjects = subjects[subjects["photo_id"].isin(usable)].reset_index(drop=True)
+    if "age" in subjects.columns:
+        subjects["age_band"] = age_band(subjects["age"], ctx.config.accuracy.age_bands)
+    sample = stratified_sample(subjects, cfg.sample_subjects, cfg.strata,
+                               np.random.default_rng(cfg.seed))
+    layout = face_layout(cfg.face_layout or ctx.cohort.spec.face_layout
+                         or ("arcface" if ctx.cohort.spec.cropped else "aligned"))
+    plan = default_plan(cfg.perturbations or None, cfg.severities)
+    names = [CLEAN] + sorted({name for name, _ in plan})
+    keys = [perturbation_key(name, cfg.seed, layout) for name in names]
+    shas = sample["image_path"].map(ctx.cohort.image_sha256).tolist()
+    cached = {m.name: ctx.store.cached_values(m.cache_key(ctx.cohort), shas, keys)
+              for m in models}
+    ctx.note("robustness", f"{len(sample)} of {len(subjects)} subjects (stratified by "
+                           f"{', '.join(cfg.strata)}), {len(plan)} perturbation levels")
+    results = run_suite(models, ctx.cohort, sample, plan, layout=layout, seed=cfg.seed,
+                        cached=cached, batch_size=cfg.batch_size,
+                        progress=lambda items, total: progress.bar(items, total, "robustness"))
+    attributes = sample[["photo_id"] + [c for c in cfg.groups if c in sample.columns]]
+    tables: dict[str, list] = {"robustness": [], "predictions": [], "prediction_cache": []}
+    for model in models:
+        result = results[model.name]
+        tables["robustness"].append(robustness_table(result.frame, attributes, cfg,
+                                                     ctx.config.thresholds))
+        tables["predictions"].append(result.frame[result.frame["perturbation"] != CLEAN])
+        if len(result.cache_values):
+            tables["prediction_cache"].append(
+                result.cache_values.assign(model_key=model.cache_key(ctx.cohort)))
+        for text in result.notes:
+            ctx.note("robustness", f"{model.name}: {text}")
+    merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items() if v}
+    return ctx.write("robustness", merged, note="; ".join(ctx.notes["robustness"]))
+
+
 def verdict_stage(ctx: RunContext) -> str:
     """Checks against the config's thresholds, read back from this run's tables."""
     from audit.verdict import evaluate, overall
@@ -385,10 +442,12 @@ def verdict_stage(ctx: RunContext) -> str:
     q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
                         [ctx.run_id]).iloc[0, 0]
     verdicts = evaluate(
-        models=[{"name": m.name, "outputs": m.outputs} for m in ctx.models],
+        models=[{"name": m.name, "outputs": m.outputs, "needs_images": m.needs_images}
+                for m in ctx.models],
         n_manifest_rows=ctx.cohort.n_manifest_rows, n_quarantined=int(q),
         accuracy=ctx.store.table("accuracy", ctx.run_id),
         survival_terms=ctx.store.table("survival_terms", ctx.run_id),
+        robustness=ctx.store.table("robustness", ctx.run_id),
         has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
     ctx.write("verdict", {"verdicts": verdicts})
     return overall(verdicts)

@@ -144,8 +144,15 @@ SCHEMA_V4 = [
         run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, vector FLOAT[])""",
 ]
 
+# Version 5: the robustness suite's extra columns (signed shift, family, severity in words).
+SCHEMA_V5 = [
+    "ALTER TABLE robustness ADD COLUMN family VARCHAR",
+    "ALTER TABLE robustness ADD COLUMN description VARCHAR",
+    "ALTER TABLE robustness ADD COLUMN mean_shift DOUBLE",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
-                                           (4, SCHEMA_V4)]
+                                           (4, SCHEMA_V4), (5, SCHEMA_V5)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
@@ -391,19 +398,38 @@ class Store:
         """Cached clean predictions and embeddings of these images for this model key."""
         if not image_sha256:
             return pd.DataFrame(), pd.DataFrame()
+        preds = self.cached_values(model_key, image_sha256, ["none"])
+        preds = preds.loc[preds["severity"] == 0, ["image_sha256", "output", "value"]]
         keys = pd.DataFrame({"image_sha256": sorted(set(image_sha256))})
         with self.connect() as con:
             con.register("_keys", keys)
-            preds = con.execute(
-                "SELECT DISTINCT ON (c.image_sha256, c.output) c.image_sha256, c.output, c.value "
-                "FROM prediction_cache c JOIN _keys USING (image_sha256) WHERE c.model_key = ? "
-                "AND c.perturbation = 'none' AND c.severity = 0", [model_key]).df()
             vecs = con.execute(
                 "SELECT DISTINCT ON (c.image_sha256) c.image_sha256, c.vector "
                 "FROM embedding_cache c JOIN _keys USING (image_sha256) WHERE c.model_key = ?",
                 [model_key]).df()
             con.unregister("_keys")
-        return preds, vecs
+        return preds.reset_index(drop=True), vecs
+
+    def cached_values(self, model_key: str, image_sha256: list[str],
+                      perturbations: list[str]) -> pd.DataFrame:
+        """Cached outputs of these images for this model key under these perturbation keys
+        (``none`` for the clean pass): ``image_sha256, perturbation, severity, output, value``."""
+        columns = ["image_sha256", "perturbation", "severity", "output", "value"]
+        if not image_sha256 or not perturbations:
+            return pd.DataFrame(columns=columns)
+        keys = pd.DataFrame({"image_sha256": sorted(set(image_sha256))})
+        kinds = pd.DataFrame({"perturbation": sorted(set(perturbations))})
+        with self.connect() as con:
+            con.register("_keys", keys)
+            con.register("_kinds", kinds)
+            frame = con.execute(
+                "SELECT DISTINCT ON (c.image_sha256, c.perturbation, c.severity, c.output) "
+                "c.image_sha256, c.perturbation, c.severity, c.output, c.value "
+                "FROM prediction_cache c JOIN _keys USING (image_sha256) "
+                "JOIN _kinds USING (perturbation) WHERE c.model_key = ?", [model_key]).df()
+            con.unregister("_keys")
+            con.unregister("_kinds")
+        return frame[columns]
 
     def schema_version(self) -> int:
         with self.connect(read_only=False) as con:

@@ -67,9 +67,45 @@ def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missi
                 f"{term['hr_high']:.3f}); the lower bound must exceed {threshold:g}")
 
 
+def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
+                       t: Thresholds) -> list[dict]:
+    """Judged rows of the robustness table (severities up to the judged maximum, groups of
+    at least the minimum size): the worst share beyond tolerance overall and in any
+    subgroup, and for risk the worst share of quartile changes."""
+    sel = (rob[(rob["model"] == model) & (rob["output"] == output)]
+           if rob is not None and len(rob) else pd.DataFrame())
+    metrics = [("frac_over_tolerance", t.robustness_frac_over_tolerance_max, "",
+                "beyond tolerance")]
+    if output == "risk":
+        metrics.append(("quartile_change", t.robustness_quartile_change_max, "_quartile_change",
+                        "changing risk quartile"))
+    rows = []
+    for metric, threshold, suffix, what in metrics:
+        for scope, label in (("overall", ""), ("subgroups", "_subgroups")):
+            name = f"robustness_{output}{suffix}{label}"
+            judged = sel[sel["passed"].notna()] if len(sel) else sel
+            if len(judged):
+                judged = judged[(judged["attribute"] == "all") == (scope == "overall")]
+            if judged is None or not len(judged):
+                why = ("robustness was not run for this model" if not len(sel) else
+                       f"no {scope} row at a judged severity with enough photos")
+                rows.append(_row(model, name, "robustness", threshold, None, False, why))
+                continue
+            worst = judged.sort_values([metric, "severity"], ascending=[False, True]).iloc[0]
+            value = float(worst[metric])
+            n_fail = int((judged[metric] > threshold).sum())
+            where = "" if scope == "overall" else f" for {worst['attribute']} = {worst['group_name']}"
+            rows.append(_row(
+                model, name, "robustness", threshold, value, value <= threshold,
+                f"worst{where}: {worst['perturbation']} at severity {int(worst['severity'])} "
+                f"({worst['description']}), {value:.0%} of {int(worst['n'])} photos {what}; "
+                f"{n_fail} of {len(judged)} judged rows over {threshold:.0%}"))
+    return rows
+
+
 def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
-             thresholds: Thresholds) -> pd.DataFrame:
+             thresholds: Thresholds, robustness: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks of a run.
 
     Parameters
@@ -77,6 +113,7 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     models : ``[{"name": ..., "outputs": [...]}]`` for each model audited.
     n_manifest_rows, n_quarantined : rows read and rows set aside.
     accuracy, survival_terms : the run's ``accuracy`` and ``survival_terms`` rows.
+    robustness : the run's ``robustness`` rows (None or empty: robustness checks skipped).
     has_outcomes : whether the cohort has time and event.
     thresholds : from the audit config.
     """
@@ -113,6 +150,9 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
                                   ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
                                   "risk[Q4]", t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR",
                                   not_fitted))
+        if m.get("needs_images", True):
+            for output in outputs:
+                rows.extend(_robustness_checks(robustness, name, output, t))
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 

@@ -196,6 +196,18 @@ def render_face(look: SubjectLook, cond: PhotoConditions, bio_age: float, health
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
+def example_face(seed: int = 7) -> np.ndarray:
+    """A frontal, evenly lit synthetic face (uint8 RGB, 112x112) for illustrations: the
+    report shows perturbations on it instead of on anybody's photo."""
+    rng = np.random.default_rng(seed)
+    look = subject_look(rng, "female", "White")
+    look.glasses = False
+    cond = PhotoConditions(angle=0.0, dx=0.0, dy=0.0, scale=1.0, gain=1.0, side_light=0.0,
+                           background=np.array([150.0, 160.0, 170.0]), jpeg_quality=95,
+                           warmth=0.0)
+    return np.asarray(render_face(look, cond, 60.0, 0.3, rng))
+
+
 def _pad(img: Image.Image, size: int, fill) -> Image.Image:
     out = Image.new("RGB", (size, size), fill)
     off = (size - img.width) // 2

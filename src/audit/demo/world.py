@@ -345,6 +345,7 @@ def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None 
         "vocabulary": {"race": list(RACES)},
         "time_unit": "days",
         "cropped": True,
+        "face_layout": "demo",
     }
     if p.population == "cancer":
         spec["vocabulary"]["cancer_type"] = list(CANCERS)

@@ -98,3 +98,63 @@ def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> str:
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     return _uri(plt, fig)
+
+
+def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
+                  tolerance: float | None = None) -> str:
+    """Shift against severity, one panel per perturbation family and one line per
+    perturbation; severity 0 (the clean photo) has no shift by definition."""
+    families = list(dict.fromkeys(rows["family"]))
+    ncols = min(3, len(families))
+    nrows = int(np.ceil(len(families) / ncols))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.5 * nrows + 0.5), dpi=100,
+                             sharex=True, sharey=False, squeeze=False)
+    for ax, family in zip(axes.flat, families):
+        for name, g in rows[rows["family"] == family].groupby("perturbation", sort=False):
+            g = g.sort_values("severity")
+            ax.plot(np.r_[0, g["severity"]], np.r_[0.0, g["mean_abs_shift"]], marker="o", ms=3,
+                    lw=1.3, label=name)
+        if tolerance is not None:
+            ax.axhline(tolerance, color="#c0392b", lw=0.8, ls="--")
+        ax.set_title(family, fontsize=9)
+        ax.set_xticks(range(6))
+        fam_top = float(np.nanmax(rows.loc[rows["family"] == family, "mean_abs_shift"]))
+        ax.set_ylim(0, max(fam_top, tolerance or 0) * 1.1 + 1e-9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left", frameon=False)
+    for ax in list(axes.flat)[len(families):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("severity", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _uri(plt, fig)
+
+
+def image_grid(tiles: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str],
+               tile: int = 72, label_width: int = 120) -> str:
+    """A labelled grid of uint8 RGB images as one JPEG data URI (PIL; deterministic bytes)."""
+    from PIL import Image, ImageDraw
+
+    rows, cols = len(tiles), max(len(r) for r in tiles)
+    head = 16
+    canvas = Image.new("RGB", (label_width + cols * (tile + 4), head + rows * (tile + 4)),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(col_labels):
+        draw.text((label_width + j * (tile + 4) + 2, 2), text, fill=(40, 40, 40))
+    for i, (label, row) in enumerate(zip(row_labels, tiles)):
+        y = head + i * (tile + 4)
+        draw.text((2, y + tile // 2 - 6), label, fill=(40, 40, 40))
+        for j, im in enumerate(row):
+            thumb = Image.fromarray(im).resize((tile, tile), Image.BILINEAR)
+            canvas.paste(thumb, (label_width + j * (tile + 4), y))
+    buf = io.BytesIO()
+    canvas.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -76,7 +76,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     t = {name: store.table(name, run_id) for name in (
         "cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
         "survival_models", "survival_terms", "survival_tests", "survival_metrics",
-        "survival_curves", "verdicts", "run_stages")}
+        "survival_curves", "verdicts", "run_stages", "robustness")}
     models = json.loads(run["models"] or "[]")
     rows = t["cohort_rows"]
     included = rows[rows["included"]]
@@ -157,7 +157,9 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
                 "at_risk": at_risk})
         model_sections.append(section)
 
+    config = json.loads(run["config"] or "{}")
     return {
+        "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
         "run": run, "models": models, "sections": model_sections,
         "verdicts": _records(t["verdicts"]), "validation": validation,
         "quarantine": _records(q.head(200)), "n_quarantine": len(q),
@@ -168,8 +170,86 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "stages": _records(t["run_stages"][t["run_stages"]["stage"] != "publish"]),
         "stage_notes": stage_notes,
         "environment": json.loads(run["environment"] or "{}"),
-        "config": json.loads(run["config"] or "{}"), "show_ids": show_ids,
+        "config": config, "show_ids": show_ids,
     }
+
+
+def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
+    """The robustness section: per model and output a dose-response plot, the worst judged
+    rows, and subgroup tables at the highest judged severity."""
+    if rob.empty:
+        return None
+    judged_max = int(cfg.get("judged_max_severity", 3))
+    blocks = []
+    for (model, output), g in rob.groupby(["model", "output"], sort=False):
+        overall = g[g["attribute"] == "all"]
+        unit = "years" if output == "faceage" else "SD of clean risk"
+        tol = cfg.get("tolerance_years", 5.0) if output == "faceage" else cfg.get("tolerance_sd", 0.5)
+        judged = overall[overall["severity"] <= judged_max]
+        worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"],
+                                   ascending=False).head(10)
+        subgroups = []
+        levels = sorted(s for s in g["severity"].unique() if s <= judged_max)
+        at = levels[-1] if levels else int(g["severity"].max())
+        sub = g[(g["attribute"] != "all") & (g["severity"] == at)]
+        for attribute, a in sub.groupby("attribute", sort=False):
+            names = list(dict.fromkeys(a["group_name"]))
+            sizes = a.groupby("group_name", sort=False)["n"].max()
+            table = []
+            for pert, r in a.groupby("perturbation", sort=False):
+                r = r.set_index("group_name")
+                cells = [{"value": r.at[nm, "mean_abs_shift"] if nm in r.index else None,
+                          "frac": r.at[nm, "frac_over_tolerance"] if nm in r.index else None,
+                          "passed": (None if nm not in r.index or pd.isna(r.at[nm, "passed"])
+                                     else bool(r.at[nm, "passed"]))} for nm in names]
+                vals = [c["value"] for c in cells if c["value"] is not None]
+                table.append({"perturbation": pert, "cells": cells,
+                              "spread": (max(vals) - min(vals)) if vals else None})
+            subgroups.append({"attribute": attribute, "severity": int(at),
+                              "groups": [{"name": nm, "n": int(sizes[nm])} for nm in names],
+                              "rows": table})
+        blocks.append({
+            "model": model, "output": output, "unit": unit, "tolerance": tol,
+            "plot": {"uri": plots.dose_response(overall, f"{model}: {output} shift by severity",
+                                                f"mean |shift| ({unit})", tol),
+                     "alt": f"Dose-response of {model}'s {output}: mean absolute shift against "
+                            "severity, one line per perturbation, one panel per family; the "
+                            "dashed line is the tolerance."},
+            "worst": _records(worst), "subgroups": subgroups,
+            "rows": _records(overall.sort_values(["family", "perturbation", "severity"]))})
+    return {"blocks": blocks, "judged_max": judged_max, "config": cfg,
+            "examples": _perturbation_examples(sorted(set(rob["perturbation"])),
+                                               cfg.get("severities") or [1, 3, 5])}
+
+
+def _perturbation_examples(names: list[str], severities: list[int]) -> dict | None:
+    """What each perturbation does, shown on a synthetic face from the demo renderer (never a
+    cohort photo), so that a reader can see what a severity means."""
+    try:
+        import torch
+
+        from audit.demo.faces import example_face
+        from audit.perturbations import create_perturbation
+    except ImportError:
+        return None
+    face = example_face()
+    x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
+    shown = sorted(set(severities) & {1, 3, 5}) or sorted(severities)[:3]
+    tiles, labels = [], []
+    for name in names:
+        p = create_perturbation(name, layout="demo")
+        row = [face]
+        for s in shown:
+            if s in p.levels:
+                y = p(x, s, [0])
+                row.append((y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+            else:
+                row.append(np.full_like(face, 255))
+        tiles.append(row)
+        labels.append(name)
+    return {"uri": plots.image_grid(tiles, labels, ["clean"] + [f"severity {s}" for s in shown]),
+            "alt": "Each perturbation at the severities run, applied to a synthetic face drawn "
+                   "by the demo renderer (not a cohort photo)."}
 
 
 def _median_followup(subjects: pd.DataFrame) -> float:

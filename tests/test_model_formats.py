@@ -189,3 +189,27 @@ def test_decoding_on_the_device_gives_the_same_predictions(exports, tmp_path):
     assert (a.ok == b.ok).all() and (~a.ok).sum() >= 2  # truncated and empty files
     # identical pixels for 112-px JPEGs; resampled ones (the tiny defects) differ slightly
     np.testing.assert_allclose(b.outputs[b.ok], a.outputs[a.ok], rtol=1e-4, atol=1e-3)
+
+
+def test_the_robustness_suite_agrees_across_the_three_formats(exports, cohort):
+    """Perturbed passes go through every adapter's forward: the same network exported three
+    ways (and NHWC) gives the same perturbed predictions, all four models in one decode."""
+    from audit.perturbations import face_layout
+    from audit.robustness import run_suite
+
+    _, paths = exports
+    models = [create_model(parse_model_spec(paths[k]))
+              for k in ("timm", "onnx", "onnx_nhwc", "torchscript")]
+    plan = [("jpeg", 3), ("rotation", 2), ("surgical_mask", 4)]
+    out = run_suite(models, cohort, cohort.frame, plan, layout=face_layout("demo"), seed=0)
+    frames = {name: r.frame.sort_values(["output", "perturbation", "severity", "photo_id"])
+              .reset_index(drop=True) for name, r in out.items()}
+    ref = frames["timm"]
+    assert len(ref) == 40 * 4 * 2 and set(out["timm"].shared_with) == set(frames)
+    for name in ("onnx", "onnx_nhwc", "torchscript"):
+        np.testing.assert_allclose(frames[name]["value"], ref["value"], rtol=1e-4, atol=1e-3)
+        assert frames[name][["photo_id", "perturbation", "severity"]].equals(
+            ref[["photo_id", "perturbation", "severity"]])
+    clean = ref[ref.perturbation == "none"]["value"].to_numpy()
+    masked = ref[ref.perturbation == "surgical_mask"]["value"].to_numpy()
+    assert np.abs(masked - clean).max() > 1e-3  # the perturbation reached the models

@@ -111,6 +111,10 @@ class SuiteResult:
     frame: pd.DataFrame
     cache_values: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    n_computed: int = 0
+    n_cached: int = 0
+    seconds: float = 0.0  # the whole perturbed run this model shared with others of its size
+    shared_with: list[str] = field(default_factory=list)
 
 
 def run_suite(models: list, cohort, rows: pd.DataFrame, plan: list[tuple[str, int]], *,
@@ -156,9 +160,10 @@ def run_suite(models: list, cohort, rows: pd.DataFrame, plan: list[tuple[str, in
             prepared, paths, size, full_plan, perturb, seeds, device=group[0].device,
             batch_size=batch_size, progress=progress, align=not cohort.spec.cropped)
         for model, pm in zip(group, prepared):
-            results[model.name] = _suite_frames(model, rows, digests, full_plan, pkeys,
-                                                outs[model.name], have[model.name], pm.need,
-                                                errors, seconds)
+            result = _suite_frames(model, rows, digests, full_plan, pkeys, outs[model.name],
+                                   have[model.name], pm.need, errors)
+            result.seconds, result.shared_with = seconds, [m.name for m in group]
+            results[model.name] = result
     return results
 
 
@@ -181,8 +186,7 @@ def _cache_lookup(cached: pd.DataFrame | None, model, digests, plan, pkeys) -> d
     return found
 
 
-def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors,
-                  seconds) -> SuiteResult:
+def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) -> SuiteResult:
     n_plan, n = need.shape
     frames, cache = [], []
     computed_cells = int(need.sum())
@@ -208,14 +212,15 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors,
     frame = pd.concat(frames, ignore_index=True)
     failed = sum(bool(e) for e in errors)
     notes = [f"{n} photos x {n_plan} passes ({n_plan - 1} perturbation levels and the clean "
-             f"one): {computed_cells} computed in {seconds:.1f} s on {model.device}, "
-             f"{n_plan * n - computed_cells} from the prediction cache"]
+             f"one): {computed_cells} computed, {n_plan * n - computed_cells} from the "
+             "prediction cache"]
     if failed:
         notes.append(f"{failed} photo(s) could not be prepared and are left out")
     cache_frame = (pd.concat(cache, ignore_index=True) if cache else
                    pd.DataFrame(columns=["image_sha256", "perturbation", "severity", "output",
                                          "value"]))
-    return SuiteResult(frame=frame, cache_values=cache_frame, notes=notes)
+    return SuiteResult(frame=frame, cache_values=cache_frame, notes=notes,
+                       n_computed=computed_cells, n_cached=n_plan * n - computed_cells)
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -431,6 +431,10 @@ def robustness_stage(ctx: RunContext) -> int:
                 result.cache_values.assign(model_key=model.cache_key(ctx.cohort)))
         for text in result.notes:
             ctx.note("robustness", f"{model.name}: {text}")
+    runs = {tuple(r.shared_with): r for r in results.values()}
+    for names, r in runs.items():
+        ctx.note("robustness", f"each photo decoded once for {' and '.join(names)}, the "
+                               f"perturbed run took {r.seconds:.1f} s on {models[0].device}")
     merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items() if v}
     return ctx.write("robustness", merged, note="; ".join(ctx.notes["robustness"]))
 

@@ -188,7 +188,7 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
         judged = overall[overall["severity"] <= judged_max]
         worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"],
                                    ascending=False).head(10)
-        subgroups = []
+        subgroups, gaps = [], []
         levels = sorted(s for s in g["severity"].unique() if s <= judged_max)
         at = levels[-1] if levels else int(g["severity"].max())
         sub = g[(g["attribute"] != "all") & (g["severity"] == at)]
@@ -208,6 +208,15 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
             subgroups.append({"attribute": attribute, "severity": int(at),
                               "groups": [{"name": nm, "n": int(sizes[nm])} for nm in names],
                               "rows": table})
+            min_n = int(cfg.get("min_group_size", 20))
+            for pert, r in a[a["n"] >= min_n].groupby("perturbation", sort=False):
+                if len(r) > 1:
+                    hi, lo = r.loc[r["mean_abs_shift"].idxmax()], r.loc[r["mean_abs_shift"].idxmin()]
+                    gaps.append({"perturbation": pert, "attribute": attribute,
+                                 "severity": int(at), "description": hi["description"],
+                                 "worst": hi["group_name"], "worst_value": hi["mean_abs_shift"],
+                                 "best": lo["group_name"], "best_value": lo["mean_abs_shift"],
+                                 "ratio": hi["mean_abs_shift"] / max(lo["mean_abs_shift"], 1e-9)})
         blocks.append({
             "model": model, "output": output, "unit": unit, "tolerance": tol,
             "plot": {"uri": plots.dose_response(overall, f"{model}: {output} shift by severity",
@@ -216,6 +225,9 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
                             "severity, one line per perturbation, one panel per family; the "
                             "dashed line is the tolerance."},
             "worst": _records(worst), "subgroups": subgroups,
+            # ranked by ratio, among shifts that matter (a fifth of the tolerance or more)
+            "gaps": sorted((gp for gp in gaps if gp["worst_value"] >= 0.2 * tol),
+                           key=lambda gp: -gp["ratio"])[:5],
             "rows": _records(overall.sort_values(["family", "perturbation", "severity"]))})
     return {"blocks": blocks, "judged_max": judged_max, "config": cfg,
             "examples": _perturbation_examples(sorted(set(rob["perturbation"])),

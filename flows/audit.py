@@ -38,8 +38,14 @@ def predict_shard(shard: stages.Shard):
 
 
 @task(name="robustness", cache_policy=NONE)
-def robustness(ctx: stages.RunContext) -> int:
-    return stages.robustness_stage(ctx)
+def robustness(ctx: stages.RunContext, shard_results: list | None = None) -> int:
+    return stages.robustness_stage(ctx, shard_results)
+
+
+@task(name="robustness shard", cache_policy=NONE, retries=2, retry_delay_seconds=1)
+def robustness_shard(shard: stages.RobustnessShard):
+    """Perturbed passes of one slice of the sample on a (Dask) worker."""
+    return shard, stages.run_robustness_shard(shard)
 
 
 @task(name="accuracy", cache_policy=NONE)
@@ -63,8 +69,8 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
                shards: int = 0) -> dict:
     """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
 
-    ``shards`` > 0 splits image inference into that many shard tasks, which run on the
-    flow's task runner (Dask workers with ``--runner dask``). Returns ``{"run_id",
+    ``shards`` > 0 splits image inference, and the robustness sample, into that many shard
+    tasks each, which run on the flow's task runner (Dask workers with ``--runner dask``). Returns ``{"run_id",
     "verdict", "report"}``.
     """
     cfg = load_config(config, **(overrides or {}))
@@ -76,7 +82,12 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
             futures = [predict_shard.submit(s) for s in stages.plan_shards(ctx, shards)]
             results = [f.result() for f in futures]
         predict(ctx, results)
-        robustness(ctx)
+        robust = None
+        if shards:
+            futures = [robustness_shard.submit(s)
+                       for s in stages.plan_robustness_shards(ctx, shards)]
+            robust = [f.result() for f in futures]
+        robustness(ctx, robust)
         accuracy(ctx)
         survival(ctx)
         result = verdict(ctx)

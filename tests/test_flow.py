@@ -307,6 +307,14 @@ def test_image_models_end_to_end(prefect_harness, tmp_path, config):
     q = store.table("quarantine", run["run_id"])
     assert {"load", "validate"} <= set(q["stage"])  # bad rows, and bad files caught before inference
     assert emb["n"].iloc[0] == preds[preds.model == "demo-faceage"]["photo_id"].nunique()
+    # robustness ran on the sample; the page shows no cohort photo unless asked
+    rob = store.table("robustness", run["run_id"])
+    assert set(rob["model"]) == {"demo-faceage", "demo-survival"}
+    page = out / "runs" / run["run_id"] / "index.html"
+    assert "Robustness" in page.read_text() and "Cohort photos that moved most" not in page.read_text()
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--show-faces"]) == 0
+    shown = page.read_text()
+    assert shown.count("Cohort photos that moved most") == 2  # one per model and output
 
 
 def test_validate_command_exit_codes(prefect_harness, tmp_path):
@@ -429,8 +437,17 @@ def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness,
         assert store.run(run_id)["status"] == "finished"
         return store.table(table, run_id).sort_values(order).reset_index(drop=True), store, run_id
 
-    a, _, _ = rows(local, "predictions", ["model", "output", "photo_id"])
-    b, store, run_id = rows(dask, "predictions", ["model", "output", "photo_id"])
+    order = ["model", "output", "perturbation", "severity", "photo_id"]
+    a, _, _ = rows(local, "predictions", order)
+    b, store, run_id = rows(dask, "predictions", order)
+    assert set(a["perturbation"]) > {"none"}  # the robustness passes are there too
+    by = ["model", "output", "perturbation", "severity", "attribute", "group_name"]
+    ra, _, _ = rows(local, "robustness", by)
+    rb, _, _ = rows(dask, "robustness", by)
+    # batches differ between shards: float32 rounding only
+    __import__("pandas").testing.assert_frame_equal(ra, rb, check_exact=False, rtol=1e-5, atol=1e-4)
+    robust_note = store.table("run_stages", run_id).set_index("stage").at["robustness", "note"]
+    assert "3 shards on worker process(es)" in robust_note
     pd_testing = __import__("pandas").testing
     pd_testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
     assert not b.duplicated(["model", "output", "photo_id", "perturbation", "severity"]).any()

@@ -156,13 +156,16 @@ def report(
     db: Path = typer.Option(..., "--db", help="an audit.duckdb"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: the folder of --db"),
     show_ids: bool = typer.Option(False, "--show-ids", help="show raw subject and photo ids"),
+    show_faces: bool = typer.Option(False, "--show-faces",
+                                    help="show the cohort photos that moved most under "
+                                         "perturbation (read from the cohort folder)"),
 ) -> None:
     """Re-render every run's page and the index from a DuckDB file alone."""
     from audit.report import render_all
 
     if not db.is_file():
         raise InputError(f"{db}: no such DuckDB file")
-    index = render_all(db, out, show_ids=show_ids)
+    index = render_all(db, out, show_ids=show_ids, show_faces=show_faces)
     console.print(f"index: {index}")
 
 

@@ -115,6 +115,8 @@ class SuiteResult:
     n_cached: int = 0
     seconds: float = 0.0  # the whole perturbed run this model shared with others of its size
     shared_with: list[str] = field(default_factory=list)
+    device: str = ""
+    worker: str = ""
 
 
 def run_suite(models: list, cohort, rows: pd.DataFrame, plan: list[tuple[str, int]], *,
@@ -163,6 +165,7 @@ def run_suite(models: list, cohort, rows: pd.DataFrame, plan: list[tuple[str, in
             result = _suite_frames(model, rows, digests, full_plan, pkeys, outs[model.name],
                                    have[model.name], pm.need, errors)
             result.seconds, result.shared_with = seconds, [m.name for m in group]
+            result.device = str(model.device)
             results[model.name] = result
     return results
 
@@ -211,9 +214,7 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) ->
                     "severity": severity, "output": name, "value": values[p][fresh]}))
     frame = pd.concat(frames, ignore_index=True)
     failed = sum(bool(e) for e in errors)
-    notes = [f"{n} photos x {n_plan} passes ({n_plan - 1} perturbation levels and the clean "
-             f"one): {computed_cells} computed, {n_plan * n - computed_cells} from the "
-             "prediction cache"]
+    notes = []
     if failed:
         notes.append(f"{failed} photo(s) could not be prepared and are left out")
     cache_frame = (pd.concat(cache, ignore_index=True) if cache else

@@ -211,17 +211,11 @@ def _kill_shard_once(index: int) -> None:
 
 def run_shard(shard: Shard):
     """Predict one shard; the model is loaded once per worker process and reused."""
-    import json
-
-    from audit.models import create_model
-
-    _kill_shard_once(shard.index)
-    key = json.dumps(shard.model_spec.model_dump(mode="json"), sort_keys=True)
-    model = _WORKER_MODELS.get(key)
-    if model is None:
-        model = _WORKER_MODELS[key] = create_model(shard.model_spec)
     import os
     import socket
+
+    _kill_shard_once(shard.index)
+    model = _worker_model(shard.model_spec)
 
     result = model.predict(shard.cohort, cached=shard.cached, progress=lambda items, total: items)
     result.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -382,14 +376,40 @@ def _image_models(ctx: RunContext) -> list:
     return [m for m in ctx.models if m.needs_images and hasattr(m, "cache_key")]
 
 
-def robustness_stage(ctx: RunContext) -> int:
-    """Graded perturbations on a stratified sample of subjects (one photo each): perturbed
-    predictions, their cache rows and the ``robustness`` metrics, in one transaction."""
+@dataclass
+class RobustnessSetup:
+    """What the robustness stage runs: the sampled photos, the plan, the face layout and
+    what the prediction cache already holds (by model name)."""
+
+    models: list
+    subjects: pd.DataFrame
+    sample: pd.DataFrame
+    plan: list
+    layout: object
+    cached: dict
+
+
+@dataclass
+class RobustnessShard:
+    """A slice of the robustness sample for every image model, to run on another process."""
+
+    model_specs: list  # ModelSpec
+    cohort: object  # Cohort
+    rows: pd.DataFrame
+    plan: list
+    layout: object
+    seed: int
+    cached: dict
+    batch_size: int | None
+    index: int
+
+
+def robustness_setup(ctx: RunContext) -> RobustnessSetup | str:
+    """The run's robustness sample and plan (deterministic for the config's seed), or the
+    reason it does not run."""
     from audit.cohort import age_band
     from audit.perturbations import default_plan, face_layout
-    from audit.robustness import (
-        CLEAN, perturbation_key, robustness_table, run_suite, stratified_sample,
-    )
+    from audit.robustness import CLEAN, perturbation_key, stratified_sample
 
     cfg = ctx.config.robustness
     models = _image_models(ctx)
@@ -397,31 +417,121 @@ def robustness_stage(ctx: RunContext) -> int:
               "the cohort carries predictions, not photos" if not ctx.cohort.has_images else
               "no model reads images" if not models else None)
     if reason:
-        ctx.note("robustness", f"robustness not run: {reason}")
-        return ctx.write("robustness", {}, note=ctx.notes["robustness"][0])
+        return reason
     subjects = ctx.cohort.subjects()
     usable = set.intersection(*(set(ctx.predictions[m.name]["photo_id"]) for m in models))
     subjects = subjects[subjects["photo_id"].isin(usable)].reset_index(drop=True)
     if "age" in subjects.columns:
         subjects["age_band"] = age_band(subjects["age"], ctx.config.accuracy.age_bands)
     sample = stratified_sample(subjects, cfg.sample_subjects, cfg.strata,
-                               np.random.default_rng(cfg.seed))
+                               np.random.default_rng(cfg.seed)).reset_index(drop=True)
     layout = face_layout(cfg.face_layout or ctx.cohort.spec.face_layout
                          or ("arcface" if ctx.cohort.spec.cropped else "aligned"))
     plan = default_plan(cfg.perturbations or None, cfg.severities)
-    names = [CLEAN] + sorted({name for name, _ in plan})
-    keys = [perturbation_key(name, cfg.seed, layout) for name in names]
+    keys = [perturbation_key(name, cfg.seed, layout)
+            for name in [CLEAN] + sorted({name for name, _ in plan})]
     shas = sample["image_path"].map(ctx.cohort.image_sha256).tolist()
     cached = {m.name: ctx.store.cached_values(m.cache_key(ctx.cohort), shas, keys)
               for m in models}
-    ctx.note("robustness", f"{len(sample)} of {len(subjects)} subjects (stratified by "
-                           f"{', '.join(cfg.strata)}), {len(plan)} perturbation levels")
-    results = run_suite(models, ctx.cohort, sample, plan, layout=layout, seed=cfg.seed,
-                        cached=cached, batch_size=cfg.batch_size,
-                        progress=lambda items, total: progress.bar(items, total, "robustness"))
+    return RobustnessSetup(models, subjects, sample, plan, layout, cached)
+
+
+def plan_robustness_shards(ctx: RunContext, n_shards: int) -> list[RobustnessShard]:
+    """The robustness sample in ``n_shards`` contiguous slices, each for all image models
+    (so that a worker decodes each of its photos once)."""
+    import dataclasses
+
+    setup = robustness_setup(ctx)
+    if isinstance(setup, str):
+        return []
+    cfg = ctx.config.robustness
+    sample = setup.sample
+    bounds = np.linspace(0, len(sample), max(1, n_shards) + 1).astype(int)
+    shards = []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if b <= a:
+            continue
+        rows = sample.iloc[a:b].reset_index(drop=True)
+        part = dataclasses.replace(ctx.cohort, frame=ctx.cohort.frame[
+            ctx.cohort.frame["photo_id"].isin(set(rows["photo_id"]))].reset_index(drop=True))
+        shas = set(rows["image_path"].map(ctx.cohort.image_sha256))
+        cached = {k: v[v["image_sha256"].isin(shas)] for k, v in setup.cached.items()}
+        shards.append(RobustnessShard([m.spec for m in setup.models], part, rows, setup.plan,
+                                      setup.layout, cfg.seed, cached, cfg.batch_size, i))
+    return shards
+
+
+def _worker_model(spec):
+    """A model built once per worker process and reused by every shard it runs."""
+    from audit.models import create_model
+
+    key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    model = _WORKER_MODELS.get(key)
+    if model is None:
+        model = _WORKER_MODELS[key] = create_model(spec)
+    return model
+
+
+def run_robustness_shard(shard: RobustnessShard) -> dict:
+    """One robustness shard on a (Dask) worker: ``{model name: SuiteResult}``."""
+    import os
+    import socket
+
+    from audit.robustness import run_suite
+
+    models = [_worker_model(spec) for spec in shard.model_specs]
+    results = run_suite(models, shard.cohort, shard.rows, shard.plan, layout=shard.layout,
+                        seed=shard.seed, cached=shard.cached, batch_size=shard.batch_size)
+    for r in results.values():
+        r.worker = f"{socket.gethostname()}:{os.getpid()}"
+    return results
+
+
+def _merge_suites(parts: list[dict]) -> dict:
+    """One SuiteResult per model from the shards' results (in shard order)."""
+    from audit.robustness import SuiteResult
+
+    merged = {}
+    for name in parts[0]:
+        rs = [p[name] for p in parts]
+        merged[name] = SuiteResult(
+            frame=pd.concat([r.frame for r in rs], ignore_index=True),
+            cache_values=pd.concat([r.cache_values for r in rs], ignore_index=True),
+            n_computed=sum(r.n_computed for r in rs), n_cached=sum(r.n_cached for r in rs),
+            seconds=sum(r.seconds for r in rs), shared_with=rs[0].shared_with,
+            device=rs[0].device, worker=", ".join(sorted({r.worker for r in rs if r.worker})))
+    return merged
+
+
+def robustness_stage(ctx: RunContext, shard_results: list | None = None) -> int:
+    """Graded perturbations on a stratified sample of subjects (one photo each): perturbed
+    predictions, their cache rows and the ``robustness`` metrics, in one transaction.
+
+    ``shard_results``: ``(shard, {model: SuiteResult})`` pairs computed elsewhere (the Dask
+    runner); only this process writes.
+    """
+    from audit.robustness import CLEAN, robustness_table, run_suite
+
+    cfg = ctx.config.robustness
+    setup = robustness_setup(ctx)
+    if isinstance(setup, str):
+        ctx.note("robustness", f"robustness not run: {setup}")
+        return ctx.write("robustness", {}, note=ctx.notes["robustness"][0])
+    sample = setup.sample
+    ctx.note("robustness", f"{len(sample)} of {len(setup.subjects)} subjects (stratified by "
+                           f"{', '.join(cfg.strata)}), {len(setup.plan)} perturbation levels")
+    if shard_results:
+        parts = [r for _, r in sorted(shard_results, key=lambda pair: pair[0].index)]
+        results = _merge_suites(parts)
+        ctx.note("robustness", f"{len(parts)} shards on worker process(es) "
+                               f"{next(iter(results.values())).worker}")
+    else:
+        results = run_suite(setup.models, ctx.cohort, sample, setup.plan, layout=setup.layout,
+                            seed=cfg.seed, cached=setup.cached, batch_size=cfg.batch_size,
+                            progress=lambda items, total: progress.bar(items, total, "robustness"))
     attributes = sample[["photo_id"] + [c for c in cfg.groups if c in sample.columns]]
     tables: dict[str, list] = {"robustness": [], "predictions": [], "prediction_cache": []}
-    for model in models:
+    for model in setup.models:
         result = results[model.name]
         tables["robustness"].append(robustness_table(result.frame, attributes, cfg,
                                                      ctx.config.thresholds))
@@ -429,12 +539,13 @@ def robustness_stage(ctx: RunContext) -> int:
         if len(result.cache_values):
             tables["prediction_cache"].append(
                 result.cache_values.assign(model_key=model.cache_key(ctx.cohort)))
-        for text in result.notes:
-            ctx.note("robustness", f"{model.name}: {text}")
-    runs = {tuple(r.shared_with): r for r in results.values()}
-    for names, r in runs.items():
-        ctx.note("robustness", f"each photo decoded once for {' and '.join(names)}, the "
-                               f"perturbed run took {r.seconds:.1f} s on {models[0].device}")
+        ctx.note("robustness", f"{model.name}: {len(sample)} photos x {len(setup.plan) + 1} "
+                               f"passes ({len(setup.plan)} perturbation levels and the clean "
+                               f"one): {result.n_computed} computed, {result.n_cached} from "
+                               "the prediction cache")
+    for r in {tuple(r.shared_with): r for r in results.values()}.values():
+        ctx.note("robustness", f"each photo decoded once for {' and '.join(r.shared_with)}, "
+                               f"the perturbed run took {r.seconds:.1f} s on {r.device}")
     merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items() if v}
     return ctx.write("robustness", merged, note="; ".join(ctx.notes["robustness"]))
 

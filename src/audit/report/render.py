@@ -67,7 +67,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_context(store: Store, run_id: str, show_ids: bool = False,
-                final_verdict: str | None = None) -> dict:
+                final_verdict: str | None = None, show_faces: bool = False) -> dict:
     """Everything the run page shows, read from the store."""
     run = store.run(run_id)
     if final_verdict is not None:
@@ -160,6 +160,9 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     config = json.loads(run["config"] or "{}")
     return {
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
+        "moved_most": (_moved_most(store, run_id, run, t["robustness"], t["predictions"],
+                                   config.get("robustness") or {}, show_ids)
+                       if show_faces and len(t["robustness"]) else None),
         "run": run, "models": models, "sections": model_sections,
         "verdicts": _records(t["verdicts"]), "validation": validation,
         "quarantine": _records(q.head(200)), "n_quarantine": len(q),
@@ -234,6 +237,61 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
                                                cfg.get("severities") or [1, 3, 5])}
 
 
+def _moved_most(store: Store, run_id: str, run: dict, rob: pd.DataFrame, preds: pd.DataFrame,
+                cfg: dict, show_ids: bool, k: int = 4) -> dict:
+    """Only with ``--show-faces``: for each model and output, the ``k`` sampled photos whose
+    output moved most under the worst judged perturbation, clean beside perturbed (the same
+    image seed as the run used), read from the cohort folder the run audited."""
+    import torch
+
+    from audit.cohort import read_spec
+    from audit.inference import decode_image
+    from audit.perturbations import create_perturbation, face_layout
+    from audit.robustness import image_seed
+
+    root = Path(run.get("cohort_path") or "")
+    try:
+        spec, _ = read_spec(root)
+    except Exception as exc:  # the folder moved or is gone: say so, render the rest
+        return {"error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
+                "blocks": []}
+    images = store.table("image_properties", run_id).set_index("photo_id")
+    layout = face_layout(cfg.get("face_layout") or spec.face_layout
+                         or ("arcface" if spec.cropped else "aligned"))
+    judged_max = int(cfg.get("judged_max_severity", 3))
+    blocks = []
+    for (model, output), g in rob[(rob["attribute"] == "all")
+                                  & (rob["severity"] <= judged_max)].groupby(
+                                      ["model", "output"], sort=False):
+        worst = g.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).iloc[0]
+        name, severity = worst["perturbation"], int(worst["severity"])
+        sel = preds[(preds["model"] == model) & (preds["output"] == output)]
+        clean = sel[sel["perturbation"] == "none"].set_index("photo_id")["value"]
+        pert = sel[(sel["perturbation"] == name) & (sel["severity"] == severity)].set_index(
+            "photo_id")["value"]
+        shift = (pert - clean.reindex(pert.index)).dropna()
+        top = shift.abs().sort_values(ascending=False, kind="stable").head(k).index
+        p = create_perturbation(name, layout=layout)
+        tiles, labels = [], []
+        for pid in top:
+            if pid not in images.index:
+                continue
+            info = images.loc[pid]
+            face = decode_image((root / spec.images).resolve() / info["image_path"], 112,
+                                align=not spec.cropped)
+            x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
+            y = p(x, severity, [image_seed(int(cfg.get("seed", 0)), info["sha256"], name,
+                                           severity)])
+            tiles.append([face, (y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()])
+            labels.append(f"{pseudonym(str(pid), show_ids)[:14]} {shift[pid]:+.1f}")
+        if tiles:
+            blocks.append({"model": model, "output": output, "perturbation": name,
+                           "severity": severity, "description": worst["description"],
+                           "uri": plots.image_grid(tiles, labels, ["clean", "perturbed"],
+                                                   tile=96, label_width=150)})
+    return {"error": None, "blocks": blocks}
+
+
 def _perturbation_examples(names: list[str], severities: list[int]) -> dict | None:
     """What each perturbation does, shown on a synthetic face from the demo renderer (never a
     cohort photo), so that a reader can see what a severity means."""
@@ -286,10 +344,14 @@ def _at_risk_table(curves: pd.DataFrame, times=(0, 1, 2, 3, 4, 5)) -> dict:
 
 
 def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool = False,
-               final_verdict: str | None = None) -> pd.DataFrame:
-    """Write ``runs/<run_id>/index.html`` and ``verdict.json``; return the artifact rows."""
+               final_verdict: str | None = None, show_faces: bool = False) -> pd.DataFrame:
+    """Write ``runs/<run_id>/index.html`` and ``verdict.json``; return the artifact rows.
+
+    ``show_faces``: add the cohort photos that moved most under each model's worst judged
+    perturbation (read from the cohort folder the run audited), clean and perturbed."""
     out_dir = Path(out_dir)
-    ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict)
+    ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict,
+                      show_faces=show_faces)
     run_dir = out_dir / "runs" / run_id
     html = _env().get_template("run.html").render(**ctx)
     _write_atomic(run_dir / "index.html", html)
@@ -341,11 +403,13 @@ def render_index(store: Store, out_dir: str | Path) -> Path:
     return path
 
 
-def render_all(db: str | Path, out_dir: str | Path | None = None, show_ids: bool = False) -> Path:
-    """Re-render every finished run and the index from a DuckDB file alone."""
+def render_all(db: str | Path, out_dir: str | Path | None = None, show_ids: bool = False,
+               show_faces: bool = False) -> Path:
+    """Re-render every finished run and the index from a DuckDB file alone (with
+    ``show_faces``, also from the cohort folders the runs audited)."""
     store = Store(db)
     out_dir = Path(out_dir) if out_dir else store.path.parent
     for r in _records(store.runs()):
         if r["status"] == "finished":
-            render_run(store, r["run_id"], out_dir, show_ids=show_ids)
+            render_run(store, r["run_id"], out_dir, show_ids=show_ids, show_faces=show_faces)
     return render_index(store, out_dir)

@@ -1,8 +1,9 @@
-"""audit_flow: validate -> predict -> robustness -> accuracy -> survival -> verdict -> publish.
+"""audit_flow: validate -> predict -> robustness -> accuracy -> fairness -> survival ->
+verdict -> publish.
 
 Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
-work (and every test of it) lives. Later issues add fairness and drift as further tasks
-between the same ends.
+work (and every test of it) lives. A later issue adds drift as a further task between the
+same ends.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def accuracy(ctx: stages.RunContext) -> int:
     return stages.accuracy_stage(ctx)
 
 
+@task(name="fairness", cache_policy=NONE)
+def fairness(ctx: stages.RunContext) -> int:
+    return stages.fairness_stage(ctx)
+
+
 @task(name="survival", cache_policy=NONE)
 def survival(ctx: stages.RunContext) -> int:
     return stages.survival_stage(ctx)
@@ -89,6 +95,7 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
             robust = [f.result() for f in futures]
         robustness(ctx, robust)
         accuracy(ctx)
+        fairness(ctx)
         survival(ctx)
         result = verdict(ctx)
         report = publish(ctx, result)

@@ -107,7 +107,9 @@ def make_cohort(
     population: str = typer.Option("cancer", "--population", help="cancer or healthy"),
     shift: list[str] = typer.Option([], "--shift", help="drift: dark, older, jpeg, site (repeatable)"),
     underserved: Optional[str] = typer.Option(None, "--underserved",
-                                              help="race group to give a 25% share"),
+                                              help="race group to give a 25% share, for whom the "
+                                                   "oracle FaceAge is 3 years too old and "
+                                                   "twice as noisy"),
     defects: bool = typer.Option(False, "--defects", help="plant known bad inputs (defects.csv)"),
     photos_per_subject: int = typer.Option(1, "--photos-per-subject", min=1),
     photos: bool = typer.Option(True, "--photos/--no-photos",

@@ -66,6 +66,61 @@ class SurvivalConfig(_Section):
     penalizer: float = Field(0.0, ge=0)
 
 
+DEFAULT_TOLERANCES = {
+    "mae": 1.0, "mae_age_adjusted": 1.0, "mean_error": 1.0, "mean_error_age_adjusted": 1.0,
+    "pearson_r": 0.10, "within_5y": 0.10, "c_index": 0.05, "calibration_oe": 0.20,
+}
+
+
+class FairnessConfig(_Section):
+    """Subgroup metrics with subject-bootstrap CIs, simultaneous difference bands and flags."""
+
+    enabled: bool = True
+    attributes: list[str] = Field(
+        default_factory=lambda: ["age_band", "age_decade", "sex", "race", "cancer_type", "site",
+                                 "camera"],
+        description="standard columns (or age_band, age_decade) where present")
+    intersections: list[list[str]] = Field(
+        default_factory=lambda: [["sex", "race"], ["race", "age_band"]])
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects, not photos)")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+    min_group_size: int = Field(30, ge=1, description="smaller groups: too_small, never flagged")
+    tolerances: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_TOLERANCES),
+        description="a group is flagged when its simultaneous CI of the difference to overall "
+                    "lies entirely beyond this, on the worse side")
+    verdict_metrics: list[str] = Field(
+        default_factory=lambda: ["mae_age_adjusted", "mean_error_age_adjusted", "c_index",
+                                 "calibration_oe"],
+        description="metrics whose flags fail the verdict (raw MAE and mean error are reported "
+                    "and flagged, but an older group looks biased on them by regression to the "
+                    "mean)")
+    survival_attributes: list[str] = Field(
+        default_factory=lambda: ["sex", "race", "cancer_type", "age_band"])
+    intended_population: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="intended-use population shares per attribute, e.g. "
+                                          "{sex = {female = 0.5, male = 0.5}}")
+
+    @field_validator("tolerances")
+    @classmethod
+    def _tolerances(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(DEFAULT_TOLERANCES)
+        if unknown:
+            raise ValueError(f"unknown metric(s) {sorted(unknown)}; known: "
+                             f"{sorted(DEFAULT_TOLERANCES)}")
+        return {**DEFAULT_TOLERANCES, **value}
+
+    @field_validator("intended_population")
+    @classmethod
+    def _shares(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for attribute, shares in value.items():
+            if any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
+                raise ValueError(f"intended_population.{attribute}: shares must be non-negative "
+                                 "with a positive sum")
+        return value
+
+
 class RobustnessConfig(_Section):
     """Graded perturbations (``audit.perturbations``) on a stratified sample of subjects."""
 
@@ -128,6 +183,11 @@ class Thresholds(_Section):
     robustness_frac_over_tolerance_max: float = Field(
         0.10, ge=0, le=1, description="at judged severities, the share of photos whose output "
         "moves beyond the tolerance must not exceed this (each perturbation, each subgroup)")
+    fairness_flagged_max: int = Field(
+        0, ge=0, description="flagged subgroups (of the fairness verdict metrics) allowed")
+    representativeness_p_min: float = Field(
+        0.0, ge=0, le=1, description="the chi-square p-value of the cohort against the intended "
+        "population must be at least this (0: reported, never judged)")
     robustness_quartile_change_max: float = Field(
         0.25, ge=0, le=1, description="at judged severities, the share of patients whose risk "
         "quartile changes must not exceed this")
@@ -137,6 +197,7 @@ class AuditConfig(_Section):
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["full", "light"] = Field(
         "full", description="`light` (the demo): robustness on 150 subjects at severities "

@@ -352,6 +352,57 @@ def accuracy_stage(ctx: RunContext) -> int:
                                  note="; ".join(ctx.notes.get("accuracy", [])) or None)
 
 
+def fairness_stage(ctx: RunContext) -> int:
+    """Subgroup fairness of every model output, survival within subgroups, paired model
+    comparisons and the cohort's representativeness, in one transaction."""
+    from audit.fairness import faceage_fairness, paired_comparisons, risk_fairness
+    from audit.representativeness import representativeness
+    from audit.survival_fairness import survival_subgroups
+
+    cfg = ctx.config.fairness
+    if not cfg.enabled:
+        ctx.note("fairness", "fairness not run: turned off in the audit config")
+        return ctx.write("fairness", {}, note=ctx.notes["fairness"][0])
+    cuts = ctx.config.accuracy.age_bands
+    min_events = ctx.config.survival.min_events
+    tables: dict[str, list] = {k: [] for k in ("fairness", "survival_subgroups",
+                                               "survival_tests", "representativeness",
+                                               "comparisons")}
+    if cfg.intended_population:
+        tables["representativeness"].append(
+            representativeness(ctx.cohort.subjects(), cfg.intended_population, cuts))
+    else:
+        ctx.note("fairness", "no intended-use population in the config "
+                             "(fairness.intended_population): representativeness not tested")
+    by_output: dict[str, dict] = {"faceage": {}, "risk": {}}
+    for model in progress.track(ctx.models, "fairness"):
+        wide = _wide(ctx, model)
+        subjects = _one_per_subject(ctx, wide)
+        if "faceage" in model.outputs and "age" in wide.columns:
+            tables["fairness"].append(faceage_fairness(wide, model.name, cfg, cuts))
+            by_output["faceage"][model.name] = wide
+        if "risk" in model.outputs and ctx.cohort.has_outcomes:
+            tables["fairness"].append(risk_fairness(subjects, model.name, cfg, cuts, min_events))
+            by_output["risk"][model.name] = subjects
+        if ctx.cohort.has_outcomes:
+            rows, tests = survival_subgroups(subjects, model.name, model.outputs, cfg,
+                                             min_events, cuts)
+            tables["survival_subgroups"].append(rows)
+            tables["survival_tests"].append(tests)
+    for output, frames in by_output.items():
+        if len(frames) >= 2:
+            tables["comparisons"].append(paired_comparisons(frames, output, cfg, cuts, min_events))
+    merged = {k: pd.concat([f for f in v if len(f)], ignore_index=True)
+              for k, v in tables.items() if any(len(f) for f in v)}
+    fair = merged.get("fairness")
+    if fair is not None:
+        flagged = fair[fair["status"] == "flagged"]
+        ctx.note("fairness", f"{len(fair)} subgroup rows, {len(flagged)} flagged "
+                             f"({(flagged['metric'].isin(cfg.verdict_metrics)).sum()} on the "
+                             "verdict's metrics)")
+    return ctx.write("fairness", merged, note="; ".join(ctx.notes.get("fairness", [])) or None)
+
+
 def survival_stage(ctx: RunContext) -> int:
     """First survival models of each model's outputs (one photo per subject)."""
     from audit.survival import survival_analysis
@@ -563,6 +614,9 @@ def verdict_stage(ctx: RunContext) -> str:
         accuracy=ctx.store.table("accuracy", ctx.run_id),
         survival_terms=ctx.store.table("survival_terms", ctx.run_id),
         robustness=ctx.store.table("robustness", ctx.run_id),
+        fairness=ctx.store.table("fairness", ctx.run_id),
+        representativeness=ctx.store.table("representativeness", ctx.run_id),
+        fairness_metrics=ctx.config.fairness.verdict_metrics,
         has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
     ctx.write("verdict", {"verdicts": verdicts})
     return overall(verdicts)

@@ -151,8 +151,32 @@ SCHEMA_V5 = [
     "ALTER TABLE robustness ADD COLUMN mean_shift DOUBLE",
 ]
 
+# Version 6: the fairness release: bands and reference groups, subgroup survival,
+# representativeness, paired model comparisons.
+SCHEMA_V6 = [
+    "ALTER TABLE fairness ADD COLUMN n_subjects BIGINT",
+    "ALTER TABLE fairness ADD COLUMN diff_ci_method VARCHAR",
+    "ALTER TABLE fairness ADD COLUMN reference_group VARCHAR",
+    "ALTER TABLE fairness ADD COLUMN diff_to_reference DOUBLE",
+    "ALTER TABLE fairness ADD COLUMN ref_ci_low DOUBLE",
+    "ALTER TABLE fairness ADD COLUMN ref_ci_high DOUBLE",
+    "ALTER TABLE fairness ADD COLUMN tolerance DOUBLE",
+    """CREATE TABLE survival_subgroups (
+        run_id VARCHAR, model VARCHAR, predictor VARCHAR, attribute VARCHAR, group_name VARCHAR,
+        n BIGINT, events BIGINT, hr DOUBLE, hr_low DOUBLE, hr_high DOUBLE, p_value DOUBLE,
+        adjustment VARCHAR, status VARCHAR)""",
+    """CREATE TABLE representativeness (
+        run_id VARCHAR, attribute VARCHAR, group_name VARCHAR, n BIGINT, share DOUBLE,
+        intended_share DOUBLE, ratio DOUBLE, chi2 DOUBLE, df INTEGER, p_value DOUBLE,
+        status VARCHAR)""",
+    """CREATE TABLE comparisons (
+        run_id VARCHAR, output VARCHAR, metric VARCHAR, model_a VARCHAR, model_b VARCHAR,
+        attribute VARCHAR, group_name VARCHAR, n BIGINT, value_a DOUBLE, value_b DOUBLE,
+        diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE, status VARCHAR)""",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
-                                           (4, SCHEMA_V4), (5, SCHEMA_V5)]
+                                           (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
@@ -161,6 +185,7 @@ RESULT_TABLES = [
     "predictions", "embeddings", "robustness", "fairness", "accuracy", "survival_models",
     "survival_terms", "survival_tests", "survival_metrics", "survival_curves", "drift",
     "saliency", "verdicts", "artifacts", "prediction_cache", "embedding_cache",
+    "survival_subgroups", "representativeness", "comparisons",
 ]
 
 HEARTBEAT_SECONDS = 30.0

@@ -103,9 +103,50 @@ def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
     return rows
 
 
+def _fairness_check(fair: pd.DataFrame | None, model: str, output: str, metrics: list[str],
+                    t: Thresholds) -> dict:
+    """Flagged subgroups of the verdict's fairness metrics for one model output."""
+    name = f"fairness_{output}"
+    sel = (fair[(fair["model"] == model) & (fair["output"] == output)]
+           if fair is not None and len(fair) else pd.DataFrame())
+    if not len(sel):
+        return _row(model, name, "fairness", t.fairness_flagged_max, None, False,
+                    "fairness was not computed for this output")
+    judged = sel[sel["metric"].isin(metrics)]
+    flagged = judged[judged["status"] == "flagged"]
+    listed = "; ".join(f"{r.metric} {r.attribute} = {r.group_name}: {r.value:.3g} vs overall "
+                       f"{r.value - r.diff_to_overall:.3g} (difference {r.diff_to_overall:+.3g}, "
+                       f"band {r.diff_ci_low:+.3g} to {r.diff_ci_high:+.3g})"
+                       for r in flagged.head(6).itertuples())
+    n_groups = int((judged["attribute"] != "all").sum())
+    details = (f"{len(flagged)} of {n_groups} subgroup rows of {', '.join(sorted(set(judged['metric'])))} "
+               f"flagged (simultaneous band beyond tolerance)" + (f": {listed}" if listed else "")
+               + (" ..." if len(flagged) > 6 else ""))
+    return _row(model, name, "fairness", float(t.fairness_flagged_max), float(len(flagged)),
+                len(flagged) <= t.fairness_flagged_max, details)
+
+
+def _representativeness_checks(rep: pd.DataFrame | None, t: Thresholds) -> list[dict]:
+    if rep is None or not len(rep) or t.representativeness_p_min <= 0:
+        return []
+    rows = []
+    for attribute, g in rep.dropna(subset=["p_value"]).groupby("attribute", sort=False):
+        p = float(g["p_value"].iloc[0])
+        worst = g.dropna(subset=["ratio"]).sort_values("ratio").iloc[0]
+        rows.append(_row(None, f"representativeness_{attribute}", "data",
+                         t.representativeness_p_min, p, p >= t.representativeness_p_min,
+                         f"chi-square {g['chi2'].iloc[0]:.2f} on {int(g['df'].iloc[0])} df, "
+                         f"p = {p:.3g}; least represented: {worst['group_name']} at "
+                         f"{worst['ratio']:.2f} x its intended share"))
+    return rows
+
+
 def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
-             thresholds: Thresholds, robustness: pd.DataFrame | None = None) -> pd.DataFrame:
+             thresholds: Thresholds, robustness: pd.DataFrame | None = None,
+             fairness: pd.DataFrame | None = None,
+             representativeness: pd.DataFrame | None = None,
+             fairness_metrics: list[str] | None = None) -> pd.DataFrame:
     """All checks of a run.
 
     Parameters
@@ -114,6 +155,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     n_manifest_rows, n_quarantined : rows read and rows set aside.
     accuracy, survival_terms : the run's ``accuracy`` and ``survival_terms`` rows.
     robustness : the run's ``robustness`` rows (None or empty: robustness checks skipped).
+    fairness, representativeness : the run's rows (None: those checks skipped).
+    fairness_metrics : metrics whose flagged subgroups fail the fairness checks.
     has_outcomes : whether the cohort has time and event.
     thresholds : from the audit config.
     """
@@ -124,6 +167,7 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
                      frac <= t.max_quarantine_fraction,
                      f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
                      f"{t.max_quarantine_fraction:.0%} allowed)"))
+    rows.extend(_representativeness_checks(representativeness, t))
     no_age = "no FaceAge predictions with a chronological age"
     no_outcomes = "the cohort has no outcomes"
     not_fitted = (no_outcomes if not has_outcomes
@@ -150,6 +194,12 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
                                   ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
                                   "risk[Q4]", t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR",
                                   not_fitted))
+        if fairness is not None:
+            from audit.config import FairnessConfig
+
+            metrics = fairness_metrics or FairnessConfig().verdict_metrics
+            for output in outputs:
+                rows.append(_fairness_check(fairness, name, output, metrics, t))
         if m.get("needs_images", True):
             for output in outputs:
                 rows.extend(_robustness_checks(robustness, name, output, t))

@@ -15,8 +15,9 @@ shows ``B`` and ``H`` (:mod:`audit.demo.faces`), never ``A`` itself. Two populat
   no cancer columns), like the public photos face-age models are trained on.
 
 Knobs plant known effects: ``shifts`` (``dark``, ``older``, ``jpeg``, ``site``) make a
-drifted cohort; ``underserved`` raises or lowers one race group's share; ``defects`` plants
-bad inputs (listed in ``defects.csv``). The truth (B, H, the linear predictor) goes to
+drifted cohort; ``underserved`` raises one race group's share to 25% and makes the oracle
+FaceAge 3 years too old and twice as noisy for it (the planted subgroup bias the fairness
+audit must find); ``defects`` plants bad inputs (listed in ``defects.csv``). The truth (B, H, the linear predictor) goes to
 ``truth.csv`` and the planted parameters to ``truth.json``, never into the manifest.
 """
 
@@ -70,6 +71,8 @@ class WorldParams:
     loss_rate_per_year: float = 0.03
     oracle_faceage_sd: float = 3.0
     oracle_risk_sd: float = 0.3
+    # race -> (bias in years, noise factor) of the oracle FaceAge: an under-served group
+    oracle_bias: dict = field(default_factory=dict)
     races: dict = field(default_factory=lambda: dict(RACES))
     cancer_log_hr: dict = field(default_factory=lambda: dict(CANCER_LOG_HR))
     light: float = 1.0
@@ -108,6 +111,9 @@ class WorldParams:
             total = sum(rest.values())
             p.races = {k: (1 - underserved_share) * v / total for k, v in rest.items()}
             p.races[underserved] = underserved_share
+            # The oracle model, like demo FaceAge, saw few faces of this group in training:
+            # its FaceAge for them is 3 years too old and twice as noisy.
+            p.oracle_bias = {underserved: (3.0, 2.0)}
         return p
 
 
@@ -152,7 +158,10 @@ def simulate(n: int, seed: int, params: WorldParams | None = None) -> pd.DataFra
                        "sex": sex, **out})
     df["time_days"] = np.maximum(np.round(t_end * 365.25), 1).astype(int)
     df["event"] = event
-    df["faceage"] = np.round(bio + rng.normal(0, p.oracle_faceage_sd, n), 2)
+    noise = rng.normal(0, p.oracle_faceage_sd, n)
+    bias = np.array([p.oracle_bias.get(r, (0.0, 1.0))[0] for r in race])
+    factor = np.array([p.oracle_bias.get(r, (0.0, 1.0))[1] for r in race])
+    df["faceage"] = np.round(bio + noise * factor + bias, 2)
     df["risk"] = np.round(lp + rng.normal(0, p.oracle_risk_sd, n), 4)
     df["biological_age"] = bio
     df["health"] = health

@@ -67,8 +67,9 @@ def km_plot(curves: pd.DataFrame, title: str) -> str:
 
 
 def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
-                ref: float | None = None) -> str:
-    """Point estimates with CIs per row (subgroups or hazard ratios)."""
+                ref: float | None = None, bounds: tuple[float, float] | None = None) -> str:
+    """Point estimates with CIs per row (subgroups or hazard ratios); ``bounds``: dotted
+    lines (a tolerance on either side of ``ref``)."""
     rows = rows.reset_index(drop=True)
     plt, fig, ax = _fig(6.0, max(1.8, 0.32 * len(rows) + 1.0))
     y = np.arange(len(rows))[::-1]
@@ -78,6 +79,8 @@ def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
                 fmt="o", color="#1f5f99", ecolor="#888", capsize=3, ms=4)
     if ref is not None:
         ax.axvline(ref, color="#c0392b", lw=1, ls="--")
+    for b in bounds or ():
+        ax.axvline(b, color="#b45309", lw=1, ls=":")
     ax.set_yticks(y)
     ax.set_yticklabels(rows[label_col], fontsize=8)
     ax.set_xlabel(xlabel)

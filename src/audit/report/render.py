@@ -76,7 +76,8 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     t = {name: store.table(name, run_id) for name in (
         "cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
         "survival_models", "survival_terms", "survival_tests", "survival_metrics",
-        "survival_curves", "verdicts", "run_stages", "robustness")}
+        "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
+        "survival_subgroups", "representativeness", "comparisons")}
     models = json.loads(run["models"] or "[]")
     rows = t["cohort_rows"]
     included = rows[rows["included"]]
@@ -160,6 +161,9 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     config = json.loads(run["config"] or "{}")
     return {
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
+        "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
+                                   config.get("fairness") or {}),
+        "representativeness": _records(t["representativeness"]),
         "moved_most": (_moved_most(store, run_id, run, t["robustness"], t["predictions"],
                                    config.get("robustness") or {}, show_ids)
                        if show_faces and len(t["robustness"]) else None),
@@ -175,6 +179,57 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "environment": json.loads(run["environment"] or "{}"),
         "config": config, "show_ids": show_ids,
     }
+
+
+def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.DataFrame,
+                   cfg: dict) -> dict | None:
+    """The fairness section: per model and output, forest plots of each verdict metric's
+    difference to overall with its simultaneous band, the flagged rows, every row by
+    attribute; subgroup hazard ratios; paired model comparisons."""
+    if fair.empty and subgroups.empty and comparisons.empty:
+        return None
+    verdict_metrics = cfg.get("verdict_metrics") or []
+    blocks = []
+    for (model, output), g in fair.groupby(["model", "output"], sort=False):
+        plots_ = []
+        for metric in [m for m in verdict_metrics if m in set(g["metric"])]:
+            rows = g[(g["metric"] == metric) & (g["attribute"] != "all")
+                     & (~g["attribute"].str.contains(" x ")) & (g["status"] != "too_small")]
+            if rows.empty:
+                continue
+            lab = pd.DataFrame({"label": rows["attribute"] + ": " + rows["group_name"].astype(str),
+                                "value": rows["diff_to_overall"], "ci_low": rows["diff_ci_low"],
+                                "ci_high": rows["diff_ci_high"]})
+            tol = rows["tolerance"].iloc[0]
+            bounds = None if pd.isna(tol) else (-tol, tol)
+            plots_.append({"uri": plots.forest_plot(lab, "label",
+                                                    f"{metric}: group minus overall",
+                                                    "difference to overall (simultaneous band)",
+                                                    ref=0.0, bounds=bounds),
+                           "alt": f"{model}: forest plot of each subgroup's {metric} minus the "
+                                  f"overall value with its simultaneous band; dotted lines: the "
+                                  f"tolerance of {tol:g}."})
+        by_attr = [{"attribute": a, "rows": _records(r)} for a, r in
+                   g[g["attribute"] != "all"].groupby("attribute", sort=False)]
+        blocks.append({"model": model, "output": output, "plots": plots_,
+                       "overall": _records(g[g["attribute"] == "all"]),
+                       "flagged": _records(g[g["status"] == "flagged"]),
+                       "n_too_small": int((g["status"] == "too_small").sum()),
+                       "by_attribute": by_attr})
+    hr_plots = []
+    for (model, predictor), g in subgroups.groupby(["model", "predictor"], sort=False):
+        ok = g[g["status"] == "ok"]
+        if len(ok):
+            lab = pd.DataFrame({"label": ok["attribute"] + ": " + ok["group_name"].astype(str),
+                                "value": ok["hr"], "ci_low": ok["hr_low"], "ci_high": ok["hr_high"]})
+            hr_plots.append({"model": model, "predictor": predictor, "rows": _records(g),
+                             "uri": plots.forest_plot(lab, "label", f"{model}: {predictor} HR "
+                                                      "within subgroups", "hazard ratio (95% CI)",
+                                                      ref=1.0),
+                             "alt": f"Forest plot of the hazard ratio of {predictor} within each "
+                                    "subgroup with its 95% CI; the line marks HR 1."})
+    return {"blocks": blocks, "subgroups": hr_plots, "comparisons": _records(comparisons),
+            "config": cfg}
 
 
 def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:

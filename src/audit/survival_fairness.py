@@ -1,0 +1,133 @@
+"""Survival fairness: does the prognostic value of FaceAge and of the risk score hold within
+each subgroup, and does it differ between subgroups?
+
+Within each group of the configured attributes (one row per subject, time in years):
+
+- ``faceage_per_decade``: Cox HR of FaceAge per 10 years adjusted for chronological age and
+  (where the attribute is not sex) sex, as the FaceAge paper reports it;
+- ``risk_q4_vs_q1``: Cox HR of the top risk quartile against the bottom one (cut points from
+  the whole cohort, so a group's quartiles mean the same as everyone's), adjusted likewise.
+
+Interaction tests on the whole cohort: a likelihood-ratio test of the predictor x group
+terms (FaceAge per decade, or the risk score per SD) added to a model with the predictor,
+age, sex and the group; a small p-value says the prognostic effect differs by group. Groups
+with fewer than ``min_events`` deaths or ``min_group_size`` subjects are ``too_small``: listed,
+not fitted, and left out of the interaction test.
+
+References
+----------
+Cox DR. Regression models and life-tables. JRSS B 34, 1972.
+Royston P, Sauerbrei W. Multivariable model-building. Wiley, 2008 (interaction tests of a
+prognostic factor with subgroups).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chi2
+
+from audit.fairness import SEP, add_fairness_groups, groupings
+from audit.survival import design_matrix, fit_cox
+
+SUBGROUP_COLUMNS = ["model", "predictor", "attribute", "group_name", "n", "events", "hr",
+                    "hr_low", "hr_high", "p_value", "adjustment", "status"]
+TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value"]
+
+
+def _hr(df: pd.DataFrame, term: str, numeric: list[str], categorical: dict) -> dict:
+    cph, data = fit_cox(df, design_matrix(df, numeric, categorical))
+    if term not in cph.summary.index:
+        return {"hr": np.nan, "hr_low": np.nan, "hr_high": np.nan, "p_value": np.nan,
+                "status": "not_fitted"}
+    r = cph.summary.loc[term]
+    return {"hr": float(r["exp(coef)"]), "hr_low": float(r["exp(coef) lower 95%"]),
+            "hr_high": float(r["exp(coef) upper 95%"]), "p_value": float(r["p"]),
+            "status": "ok"}
+
+
+def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], config,
+                       min_events: int, age_cuts: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-group hazard ratios and interaction tests for one model's outputs.
+
+    Parameters
+    ----------
+    subjects : one row per subject with ``time`` (years), ``event``, ``age``, ``sex``, the
+        outputs and the grouping columns.
+    model : the model's name.
+    outputs : ``faceage`` and/or ``risk``.
+    config : the audit config's ``fairness`` section (``survival_attributes``,
+        ``min_group_size``).
+    min_events : fewer deaths in a group: not fitted.
+    """
+    need = {"time", "event", "age"}
+    if not need <= set(subjects.columns) or subjects["event"].isna().all():
+        return pd.DataFrame(columns=SUBGROUP_COLUMNS), pd.DataFrame(columns=TEST_COLUMNS)
+    df = add_fairness_groups(subjects, age_cuts).dropna(subset=["time", "event", "age"])
+    df = df.reset_index(drop=True)
+    df["age_decade_num"] = df["age"].astype(float) / 10.0
+    has_sex = "sex" in df.columns and df["sex"].nunique() > 1
+    predictors = []
+    if "faceage" in outputs and "faceage" in df.columns:
+        df["faceage_decade"] = df["faceage"].astype(float) / 10.0
+        predictors.append(("faceage_per_decade", "faceage_decade"))
+    if "risk" in outputs and "risk" in df.columns:
+        r = df["risk"].astype(float)
+        q = np.quantile(r, [0.25, 0.5, 0.75])
+        df["risk_quartile"] = np.searchsorted(q, r, side="right") + 1
+        df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
+        predictors.append(("risk_q4_vs_q1", "risk_q4"))
+    sub_config = type("C", (), {"attributes": [a for a in config.survival_attributes],
+                                "intersections": []})()
+    rows, tests = [], []
+    for attribute, labels in groupings(df, sub_config):
+        if SEP in attribute:
+            continue
+        cat = {"sex": "male"} if has_sex and attribute != "sex" else {}
+        adjustment = "age" + (" and sex" if cat else "")
+        for name, term in predictors:
+            fitted_groups = []
+            for group in sorted(labels.dropna().unique()):
+                sub = df[labels == group]
+                if name == "risk_q4_vs_q1":
+                    sub = sub[sub["risk_quartile"].isin([1, 4])].copy()
+                    sub["risk_q4"] = (sub["risk_quartile"] == 4).astype(float)
+                events = int(sub["event"].sum())
+                row = {"model": model, "predictor": name, "attribute": attribute,
+                       "group_name": str(group), "n": len(sub), "events": events,
+                       "adjustment": adjustment}
+                if events < min_events or len(sub) < config.min_group_size:
+                    rows.append({**row, "hr": np.nan, "hr_low": np.nan, "hr_high": np.nan,
+                                 "p_value": np.nan, "status": "too_small"})
+                    continue
+                result = _hr(sub, term, [term, "age_decade_num"], cat)
+                rows.append({**row, **result})
+                if result["status"] == "ok":
+                    fitted_groups.append(group)
+            if len(fitted_groups) >= 2:
+                tests.append(_interaction(df, labels, fitted_groups, model, name,
+                                          "faceage_decade" if name == "faceage_per_decade"
+                                          else "risk_sd", attribute, cat))
+    return (pd.DataFrame(rows, columns=SUBGROUP_COLUMNS),
+            pd.DataFrame(tests, columns=TEST_COLUMNS))
+
+
+def _interaction(df, labels, groups, model, name, term, attribute, cat) -> dict:
+    """Likelihood-ratio test of ``term`` x group terms (the groups that could be fitted)."""
+    keep = labels.isin(groups).to_numpy()
+    sub = df[keep].reset_index(drop=True)
+    lab = labels[keep].reset_index(drop=True).astype(str)
+    ref = lab.value_counts().index[0]
+    base = design_matrix(sub, [term, "age_decade_num"], cat)
+    for g in sorted(set(lab) - {ref}):
+        base[f"group[{g}]"] = (lab == g).astype(float)
+    full = base.copy()
+    for g in sorted(set(lab) - {ref}):
+        full[f"{term}:group[{g}]"] = full[term] * full[f"group[{g}]"]
+    cph0, _ = fit_cox(sub, base)
+    cph1, _ = fit_cox(sub, full)
+    stat = max(0.0, 2 * (cph1.log_likelihood_ - cph0.log_likelihood_))
+    dof = len(groups) - 1
+    return {"model": model, "test": f"interaction: {name} x {attribute}",
+            "groups": ", ".join(str(g) for g in groups), "statistic": float(stat),
+            "df": dof, "p_value": float(chi2.sf(stat, dof))}

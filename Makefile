@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py
 	$(PY) benchmarks/demo_models.py
 	$(PY) benchmarks/robustness.py
+	$(PY) benchmarks/fairness.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo

@@ -134,6 +134,14 @@ def make_cohort(
                       "(truth + noise), not a trained image model's; truth is in truth.csv[/]")
 
 
+# An illustrative intended-use population for the demo's representativeness table (shares
+# chosen for the example, not census figures).
+DEMO_INTENDED_POPULATION = {
+    "sex": {"female": 0.5, "male": 0.5},
+    "race": {"White": 0.60, "Black": 0.13, "Hispanic": 0.17, "Asian": 0.06, "Other": 0.04},
+}
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("reports/demo"), "--out"),
@@ -150,7 +158,8 @@ def demo(
                           progress=lambda items, total: progress.bar(items, total, "rendering"))
     console.print(f"synthetic cohort with rendered faces: {cohort} ({n} subjects, seed {seed})")
     raise typer.Exit(_run_audit(cohort, ["demo:faceage", "demo:survival"], out, None,
-                                overrides={"preset": "light"}))
+                                overrides={"preset": "light", "fairness": {
+                                    "intended_population": DEMO_INTENDED_POPULATION}}))
 
 
 @app.command()

@@ -122,7 +122,10 @@ def maxt_band(point: np.ndarray, boot: np.ndarray, level: float, usable: np.ndar
     high = np.full(point.shape, np.nan)
     if boot.shape[0] < 2:
         return low, high, float("nan")
-    with np.errstate(all="ignore"):
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group without values: no band
         se = np.nanstd(boot, axis=0, ddof=1)
     use = usable & np.isfinite(se) & (se > 0) & np.isfinite(point)
     if not use.any():

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def weighted_concordance(time, event, risk, weights, block: int | None = None) -> np.ndarray:
+def weighted_concordance(time, event, risk, weights, block: int | None = None,
+                         event_weight=None, tau: float | None = None) -> np.ndarray:
     """Harrell's C of ``risk`` (higher = earlier death) under each row of ``weights``.
 
     Parameters
@@ -32,6 +33,9 @@ def weighted_concordance(time, event, risk, weights, block: int | None = None) -
     weights : (B, n) non-negative weights; ones for the plain C, bootstrap counts for
         resamples.
     block : subjects per block (default grows with the square root of n).
+    event_weight : an extra weight on each pair by its earlier subject (Uno's C: the squared
+        inverse probability of remaining uncensored, ``1 / G(T_i)^2``).
+    tau : pairs whose earlier death is after ``tau`` do not count (Uno's truncation).
 
     Returns
     -------
@@ -39,8 +43,11 @@ def weighted_concordance(time, event, risk, weights, block: int | None = None) -
     """
     time = np.asarray(time, dtype=float)
     event = np.asarray(event).astype(bool)
+    if tau is not None:
+        event = event & (time < tau)
     risk = np.asarray(risk, dtype=float)
     w = np.atleast_2d(np.asarray(weights, dtype=float))
+    ew = np.ones(len(time)) if event_weight is None else np.asarray(event_weight, dtype=float)
     n = len(time)
     n_boot = w.shape[0]
     if n == 0:
@@ -65,7 +72,7 @@ def weighted_concordance(time, event, risk, weights, block: int | None = None) -
         idx = order[cuts[k]:cuts[k + 1]]
         deaths = idx[event[idx]]
         if len(deaths):
-            wd = w[:, deaths]
+            wd = w[:, deaths] * ew[deaths]
             rd = rank[deaths]
             if k < len(cuts) - 2:
                 cum = np.concatenate([np.zeros((n_boot, 1)), np.cumsum(later, axis=1)], axis=1)

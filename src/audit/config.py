@@ -64,6 +64,11 @@ class SurvivalConfig(_Section):
     seed: int = 0
     min_events: int = Field(10, ge=1, description="fewer events: models are not fitted")
     penalizer: float = Field(0.0, ge=0)
+    horizons: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0],
+                                  description="years for time-dependent AUC, Brier, calibration")
+    calibration_horizon: float = Field(2.0, gt=0, description="years; calibration by decile")
+    folds: int = Field(5, ge=2, description="cross-fitting folds of the Cox model on a score")
+    incremental: bool = Field(True, description="clinical vs + FaceAge vs + FaceAge + risk")
 
 
 DEFAULT_TOLERANCES = {

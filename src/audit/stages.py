@@ -417,10 +417,49 @@ def survival_stage(ctx: RunContext) -> int:
             ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
         for name, frame in result.tables().items():
             tables.setdefault(name, []).append(frame)
+    if ctx.config.survival.incremental and ctx.cohort.has_outcomes:
+        for name, frame in _incremental(ctx).items():
+            tables.setdefault(name, []).append(frame)
     merged = {k: pd.concat([f for f in v if len(f)] or v[:1], ignore_index=True)
               for k, v in tables.items()}
     return ctx.write("survival", merged,
                                  note=" ".join(ctx.notes.get("survival", [])) or None)
+
+
+def _incremental(ctx: RunContext) -> dict:
+    """Clinical model vs + FaceAge (the first model with it) vs + the risk score (the first
+    model with it), on the subjects both predicted."""
+    from audit.incremental import incremental_value
+
+    face = next((m for m in ctx.models if "faceage" in m.outputs), None)
+    risk = next((m for m in ctx.models if "risk" in m.outputs), None)
+    if face is None and risk is None:
+        return {}
+    base = None
+    for m, column in ((face, "faceage"), (risk, "risk")):
+        if m is None:
+            continue
+        wide = _one_per_subject(ctx, _wide(ctx, m))
+        if base is None:
+            base = wide.drop(columns=[c for c in ("faceage", "risk") if c != column
+                                      and c in wide.columns])
+        else:
+            base = base.merge(wide[["photo_id", column]], on="photo_id", how="inner")
+    if base is None or base["event"].isna().all() or base["event"].sum() < ctx.config.survival.min_events:
+        return {}
+    try:
+        result = incremental_value(base, ctx.cohort.spec.covariates,
+                                   faceage_model=face.name if face else None,
+                                   risk_model=risk.name if risk else None,
+                                   n_boot=ctx.config.survival.n_boot,
+                                   seed=ctx.config.survival.seed,
+                                   penalizer=ctx.config.survival.penalizer)
+    except Exception as exc:  # a fit that fails is reported, the stage goes on
+        ctx.note("survival", f"incremental value not computed: {type(exc).__name__}: {exc}")
+        return {}
+    for note in result.pop("notes"):
+        ctx.note("survival", note)
+    return result
 
 
 def _image_models(ctx: RunContext) -> list:

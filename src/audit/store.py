@@ -175,8 +175,17 @@ SCHEMA_V6 = [
         diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE, status VARCHAR)""",
 ]
 
+# Version 7: calibration points in survival_curves (predicted survival and the observed
+# Kaplan-Meier CI per decile).
+SCHEMA_V7 = [
+    "ALTER TABLE survival_curves ADD COLUMN predicted DOUBLE",
+    "ALTER TABLE survival_curves ADD COLUMN survival_low DOUBLE",
+    "ALTER TABLE survival_curves ADD COLUMN survival_high DOUBLE",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
-                                           (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6)]
+                                           (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
+                                           (7, SCHEMA_V7)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.

@@ -40,7 +40,8 @@ MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance
 TERM_COLUMNS = ["model", "model_id", "term", "coef", "se", "hr", "hr_low", "hr_high", "p_value"]
 TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value"]
 METRIC_COLUMNS = ["model", "model_id", "metric", "horizon", "value", "ci_low", "ci_high"]
-CURVE_COLUMNS = ["model", "curve", "group_name", "time", "survival", "at_risk"]
+CURVE_COLUMNS = ["model", "curve", "group_name", "time", "survival", "at_risk", "predicted",
+                 "survival_low", "survival_high"]
 
 
 @dataclass
@@ -85,10 +86,12 @@ def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, s
     return out
 
 
-def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0):
+def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
+            strata: pd.Series | None = None):
     """Fit lifelines' ``CoxPHFitter`` (Efron ties, as R's ``coxph``) on ``terms``.
 
     ``df`` holds ``time`` and ``event``; rows with any missing term are left out.
+    ``strata``: a column whose levels get their own baseline hazard (lifelines ``strata``).
     Returns the fitter and the frame it was fitted on.
     """
     from lifelines import CoxPHFitter
@@ -96,6 +99,8 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0):
     data = terms.copy()
     data["time"] = df["time"].astype(float).values
     data["event"] = df["event"].astype(int).values
+    if strata is not None:
+        data["_stratum"] = strata.astype(object).values
     data = data.dropna()
     # A constant column (e.g. a level absent after dropping rows) cannot be estimated.
     constant = [c for c in terms.columns if data[c].nunique() <= 1]
@@ -103,39 +108,47 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0):
     cph = CoxPHFitter(penalizer=penalizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cph.fit(data, duration_col="time", event_col="event")
+        cph.fit(data, duration_col="time", event_col="event",
+                strata=["_stratum"] if strata is not None else None)
     return cph, data
 
 
-def _ph_min_p(cph, data: pd.DataFrame) -> float:
+def ph_test(cph, data: pd.DataFrame) -> pd.Series:
+    """Schoenfeld-residual test p-value per term (rank time transform), empty when the test
+    cannot run (it needs deaths at several times)."""
     from lifelines.statistics import proportional_hazard_test
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = proportional_hazard_test(cph, data, time_transform="rank")
-        return float(np.nanmin(res.summary["p"].to_numpy()))
-    except Exception:  # the test needs events at several times; report it as unavailable
-        return float("nan")
+        p = res.summary["p"]
+        p.index = [i if isinstance(i, str) else i[0] for i in p.index]
+        return p.astype(float)
+    except Exception:
+        return pd.Series(dtype=float)
 
 
 def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFrame,
-              terms: pd.DataFrame, config: SurvivalConfig, rng) -> tuple[dict, list[dict]]:
+              terms: pd.DataFrame, config: SurvivalConfig, rng, strata=None,
+              note: str | None = None) -> tuple[dict, list[dict], pd.Series]:
     try:
-        cph, data = fit_cox(subjects, terms, config.penalizer)
+        cph, data = fit_cox(subjects, terms, config.penalizer, strata)
     except Exception as exc:  # convergence failure: reported, never hidden
         row = {"model": model, "model_id": model_id, "description": description,
                "n": int(terms.dropna().shape[0]), "events": None, "status": "failed",
                "note": f"Cox fit failed: {type(exc).__name__}: {exc}"}
-        return row, []
+        return row, [], pd.Series(dtype=float)
     lp = cph.predict_log_partial_hazard(data).to_numpy()
     c, low, high = bootstrap_c(data["time"], data["event"], lp, config.n_boot, rng)
+    ph = ph_test(cph, data)
     row = {
         "model": model, "model_id": model_id, "description": description,
         "n": int(len(data)), "events": int(data["event"].sum()),
         "concordance": c, "concordance_low": low, "concordance_high": high,
-        "log_likelihood": float(cph.log_likelihood_), "ph_test_min_p": _ph_min_p(cph, data),
-        "status": "ok", "note": None,
+        "log_likelihood": float(cph.log_likelihood_),
+        "ph_test_min_p": float(ph.min()) if len(ph) else float("nan"),
+        "status": "ok", "note": note,
     }
     s = cph.summary
     terms_rows = [{
@@ -144,7 +157,7 @@ def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFram
         "hr_low": float(s.at[term, "exp(coef) lower 95%"]),
         "hr_high": float(s.at[term, "exp(coef) upper 95%"]), "p_value": float(s.at[term, "p"]),
     } for term in s.index]
-    return row, terms_rows
+    return row, terms_rows, ph
 
 
 def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series) -> list[dict]:
@@ -166,6 +179,27 @@ def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series)
     return rows
 
 
+def _missing_note(df: pd.DataFrame, adjustments: dict, notes: list[str]) -> None:
+    """Complete-case analysis: say how many subjects each covariate's missing values drop,
+    and the reference level of each categorical term."""
+    used_num = sorted({c for num, _ in adjustments.values() for c in num})
+    used_cat = {}
+    for _, cat in adjustments.values():
+        used_cat.update(cat)
+    missing = {c: int(df[c].isna().sum()) for c in used_num + list(used_cat)
+               if c in df.columns and df[c].isna().any()}
+    if missing:
+        notes.append("complete cases per model; subjects missing "
+                     + ", ".join(f"{c}: {n}" for c, n in missing.items()))
+    refs = []
+    for name, ref in used_cat.items():
+        if name in df.columns and df[name].notna().any():
+            levels = df[name].dropna().astype(str).value_counts()
+            refs.append(f"{name} = {ref if ref in levels.index else levels.index[0]}")
+    if refs:
+        notes.append("reference levels: " + ", ".join(refs))
+
+
 def logrank_tests(model: str, subjects: pd.DataFrame, quartile: pd.Series) -> list[dict]:
     from lifelines.statistics import logrank_test, multivariate_logrank_test
 
@@ -176,6 +210,11 @@ def logrank_tests(model: str, subjects: pd.DataFrame, quartile: pd.Series) -> li
     rows.append({"model": model, "test": "logrank", "groups": "Q1,Q2,Q3,Q4",
                  "statistic": float(res.test_statistic), "df": float(res.degrees_of_freedom),
                  "p_value": float(res.p_value)})
+    trend = _logrank_trend(subjects.loc[ok, "time"].to_numpy(float),
+                           subjects.loc[ok, "event"].to_numpy(int),
+                           quartile[ok].map({"Q1": 1, "Q2": 2, "Q3": 3, "Q4": 4}).to_numpy(float))
+    rows.append({"model": model, "test": "logrank trend", "groups": "Q1<Q2<Q3<Q4",
+                 "statistic": trend[0], "df": 1.0, "p_value": trend[1]})
     q1, q4 = (quartile == "Q1").to_numpy(), (quartile == "Q4").to_numpy()
     if q1.any() and q4.any():
         res = logrank_test(subjects.loc[q4, "time"], subjects.loc[q1, "time"],
@@ -184,6 +223,28 @@ def logrank_tests(model: str, subjects: pd.DataFrame, quartile: pd.Series) -> li
                      "statistic": float(res.test_statistic), "df": 1.0,
                      "p_value": float(res.p_value)})
     return rows
+
+
+def _logrank_trend(time: np.ndarray, event: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """Log-rank test for trend across ordered groups with scores 1..k (Collett 2015, 2.7):
+    U = sum over death times of sum_k w_k (d_k - e_k), V its hypergeometric variance;
+    U^2 / V against chi-square with 1 df. Written by hand: lifelines has no trend test."""
+    from scipy.stats import chi2
+
+    order = np.argsort(time, kind="stable")
+    time, event, score = time[order], event[order], score[order]
+    u = v = 0.0
+    at_risk = np.ones(len(time), dtype=bool)
+    for t in np.unique(time[event == 1]):
+        r = at_risk & (time >= t)
+        d = (time == t) & (event == 1)
+        n, dt = r.sum(), d.sum()
+        s1, s2 = score[r].sum(), (score[r] ** 2).sum()
+        u += score[d].sum() - dt * s1 / n
+        if n > 1:
+            v += dt * (n - dt) / (n - 1) * (s2 / n - (s1 / n) ** 2)
+    stat = u * u / v if v > 0 else float("nan")
+    return float(stat), float(chi2.sf(stat, 1)) if v > 0 else float("nan")
 
 
 def risk_quartiles(risk: pd.Series) -> pd.Series:
@@ -226,6 +287,10 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     }
     if has_sex:
         adjustments["age_sex"] = (["age_decade"], {"sex": "male"})
+    has_cancer = "cancer_type" in df.columns and df["cancer_type"].nunique() > 1
+    if has_cancer:
+        adjustments["age_sex_cancer"] = (["age_decade"], {**({"sex": "male"} if has_sex else {}),
+                                                          "cancer_type": None})
     if covariates:
         num = ["age_decade"] + [c.name for c in covariates if c.type == "numeric"]
         cat = {"sex": "male"} if has_sex else {}
@@ -235,12 +300,51 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         adjustments["clinical"] = (num, cat)
     labels = {"unadjusted": "unadjusted", "age": "adjusted for chronological age",
               "age_sex": "adjusted for age and sex",
+              "age_sex_cancer": "adjusted for age, sex and cancer type",
               "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates"}
 
-    def add(model_id, description, frame, design):
-        row, trs = _cox_rows(model, model_id, description, frame, design, config, rng)
+    def score_rows(frame, model_id, column):
+        """Uno's C, time-dependent AUC, Brier and calibration of a score (cross-fitted)."""
+        from audit.survival_metrics import score_metrics
+
+        m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
+                             horizons=config.horizons, n_boot=config.n_boot, seed=config.seed,
+                             k=config.folds, calibration_horizon=config.calibration_horizon)
+        metrics.extend(m)
+        curves.extend(c)
+
+    notes: list[str] = []
+    _missing_note(df, adjustments, notes)
+
+    def add(model_id, description, frame, design, categorical=None):
+        row, trs, ph = _cox_rows(model, model_id, description, frame, design, config, rng)
         models.append(row)
         terms.extend(trs)
+        if row["status"] == "ok" and row["events"] < 10 * design.shape[1]:
+            row["note"] = (f"{row['events']} events for {design.shape[1]} terms: under 10 "
+                           "events per variable, estimates may be unstable")
+        # A term that breaks proportional hazards: stratify on it where it is categorical.
+        violated = ph[ph < 0.05]
+        for var in (categorical or {}):
+            hits = [t for t in violated.index if t.startswith(f"{var}[")]
+            if not hits:
+                continue
+            kept = design[[c for c in design.columns if not c.startswith(f"{var}[")]]
+            row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
+                f"proportional hazards violated by {', '.join(hits)} (Schoenfeld p = "
+                f"{violated[hits].min():.3g}); refitted stratified by {var}")
+            srow, strs, _ = _cox_rows(
+                model, f"{model_id}__strata_{var}", f"{description}, stratified by {var}",
+                frame, kept, config, rng, strata=frame[var],
+                note=f"remedy for non-proportional hazards of {var}")
+            models.append(srow)
+            terms.extend(strs)
+        for term in violated.index:
+            if not any(term.startswith(f"{v}[") for v in (categorical or {})):
+                row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
+                    f"proportional hazards questionable for {term} (Schoenfeld p = "
+                    f"{violated[term]:.3g}); not a categorical covariate to stratify on, so "
+                    "reported as fitted")
 
     add("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
         df[base_num])
@@ -248,12 +352,24 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     if "faceage" in outputs:
         fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
         fa["faceage_decade"] = fa["faceage"].astype(float) / 10.0
+        fa["faceage_gap_decade"] = (fa["faceage"].astype(float) - fa["age"].astype(float)) / 10
+        fa["faceage_band"] = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
         for adj, (num, cat) in adjustments.items():
             add(f"faceage_per_decade__{adj}", f"FaceAge per decade, {labels[adj]}", fa,
-                design_matrix(fa, ["faceage_decade"] + num, cat))
+                design_matrix(fa, ["faceage_decade"] + num, cat), cat)
+        for adj in ("unadjusted", "age_sex"):
+            if adj in adjustments:
+                num, cat = adjustments[adj]
+                add(f"age_gap_per_decade__{adj}",
+                    f"age gap (FaceAge - age) per decade, {labels[adj]}", fa,
+                    design_matrix(fa, ["faceage_gap_decade"] + num, cat), cat)
+                band_ref = {"faceage_band": natural_order(fa["faceage_band"].dropna().unique())[0]}
+                add(f"faceage_bands__{adj}", f"FaceAge bands against the youngest, {labels[adj]}",
+                    fa, design_matrix(fa, num, {**band_ref, **cat}), cat)
         c = harrell_c(fa["time"], fa["event"], fa["faceage"])
         metrics.append({"model": model, "model_id": "faceage", "metric": "harrell_c",
                         "horizon": None, "value": c, "ci_low": None, "ci_high": None})
+        score_rows(fa, "faceage", "faceage")
         bands = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
         curves.extend(km_curves(model, "faceage_band", fa, bands))
     if "risk" in outputs:
@@ -269,11 +385,12 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
             if adj == "age":
                 continue
             add(f"risk_per_sd__{adj}", f"risk score per SD, {labels[adj]}", rk,
-                design_matrix(rk, ["risk_sd"] + num, cat))
+                design_matrix(rk, ["risk_sd"] + num, cat), cat)
             add(f"risk_quartiles__{adj}", f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}", rk,
-                design_matrix(rk, qcols + num, cat))
+                design_matrix(rk, qcols + num, cat), cat)
         curves.extend(km_curves(model, "risk_quartile", rk, quart))
         tests.extend(logrank_tests(model, rk, quart))
+        score_rows(rk, "risk", "risk")
     c = harrell_c(df["time"], df["event"], df["age"])
     metrics.append({"model": model, "model_id": "chronological_age", "metric": "harrell_c",
                     "horizon": None, "value": c, "ci_low": None, "ci_high": None})
@@ -283,5 +400,6 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         tests=pd.DataFrame(tests, columns=TEST_COLUMNS),
         metrics=pd.DataFrame(metrics, columns=METRIC_COLUMNS),
         curves=pd.DataFrame(curves, columns=CURVE_COLUMNS),
-        notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."],
+        notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."]
+        + notes,
     )

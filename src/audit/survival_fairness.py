@@ -105,9 +105,10 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
                 if result["status"] == "ok":
                     fitted_groups.append(group)
             if len(fitted_groups) >= 2:
-                tests.append(_interaction(df, labels, fitted_groups, model, name,
-                                          "faceage_decade" if name == "faceage_per_decade"
-                                          else "risk_sd", attribute, cat))
+                term_name, term = (("faceage_per_decade", "faceage_decade")
+                                   if name == "faceage_per_decade" else ("risk_per_sd", "risk_sd"))
+                tests.append(_interaction(df, labels, fitted_groups, model, term_name, term,
+                                          attribute, cat))
     return (pd.DataFrame(rows, columns=SUBGROUP_COLUMNS),
             pd.DataFrame(tests, columns=TEST_COLUMNS))
 

@@ -67,7 +67,8 @@ def km_plot(curves: pd.DataFrame, title: str) -> str:
 
 
 def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
-                ref: float | None = None, bounds: tuple[float, float] | None = None) -> str:
+                ref: float | None = None, bounds: tuple[float, float] | None = None,
+                log: bool = False) -> str:
     """Point estimates with CIs per row (subgroups or hazard ratios); ``bounds``: dotted
     lines (a tolerance on either side of ``ref``)."""
     rows = rows.reset_index(drop=True)
@@ -81,6 +82,8 @@ def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
         ax.axvline(ref, color="#c0392b", lw=1, ls="--")
     for b in bounds or ():
         ax.axvline(b, color="#b45309", lw=1, ls=":")
+    if log:
+        ax.set_xscale("log")  # ratios: equal distances for equal factors
     ax.set_yticks(y)
     ax.set_yticklabels(rows[label_col], fontsize=8)
     ax.set_xlabel(xlabel)
@@ -161,3 +164,24 @@ def image_grid(tiles: list[list[np.ndarray]], row_labels: list[str], col_labels:
     buf = io.BytesIO()
     canvas.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def calibration_plot(points: pd.DataFrame, title: str) -> str:
+    """Observed (Kaplan-Meier, 95% CI) against mean predicted survival by decile of risk,
+    with the identity line."""
+    plt, fig, ax = _fig(4.8, 4.5)
+    for name, g in points.groupby("curve", sort=False):
+        label = name.split(":", 1)[-1]
+        ax.errorbar(g["predicted"], g["survival"],
+                    yerr=[(g["survival"] - g["survival_low"]).clip(lower=0),
+                          (g["survival_high"] - g["survival"]).clip(lower=0)],
+                    fmt="o-", ms=4, lw=1, capsize=2, label=label)
+    ax.plot([0, 1], [0, 1], color="#555", lw=1, ls="--", label="perfect calibration")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("predicted survival (cross-fitted)")
+    ax.set_ylabel("observed survival (Kaplan-Meier)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _uri(plt, fig)

@@ -145,9 +145,31 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
                           for r in _records(sm)]
         section["tests"] = _records(t["survival_tests"][t["survival_tests"]["model"] == name])
         section["cindex"] = _records(t["survival_metrics"][t["survival_metrics"]["model"] == name])
+        hr = st[((st["model_id"].str.startswith("faceage_per_decade__")) & (st["term"] == "faceage_decade"))
+                | ((st["model_id"].str.startswith("risk_quartiles__")) & (st["term"] == "risk[Q4]"))
+                | ((st["model_id"].str.startswith("risk_per_sd__")) & (st["term"] == "risk_sd"))]
+        section["hr_plot"] = None
+        if len(hr):
+            lab = pd.DataFrame({"label": hr["model_id"].str.replace("__", ": ") + " (" + hr["term"] + ")",
+                                "value": hr["hr"], "ci_low": hr["hr_low"], "ci_high": hr["hr_high"]})
+            section["hr_plot"] = {
+                "uri": plots.forest_plot(lab, "label", f"{name}: hazard ratios by adjustment",
+                                         "hazard ratio (95% CI, log scale)", ref=1.0, log=True),
+                "alt": "Forest plot of the hazard ratio of FaceAge per decade, the risk score per "
+                       "SD and its top quartile against the bottom, unadjusted and adjusted."}
+        cal = t["survival_curves"][(t["survival_curves"]["model"] == name)
+                                   & t["survival_curves"]["curve"].str.startswith("calibration:")]
+        section["calibration"] = None
+        if len(cal):
+            section["calibration"] = {
+                "uri": plots.calibration_plot(cal, f"{name}: calibration at {cal['time'].iloc[0]:g} years"),
+                "alt": "Observed Kaplan-Meier survival (95% CI) against the mean cross-fitted "
+                       "predicted survival in each decile of predicted risk; the dashed line is "
+                       "perfect calibration."}
         section["km"] = []
         curves = t["survival_curves"][t["survival_curves"]["model"] == name]
-        for curve, g in curves.groupby("curve", sort=True):
+        for curve, g in curves[~curves["curve"].str.startswith("calibration:")].groupby(
+                "curve", sort=True):
             title = {"risk_quartile": "by risk quartile",
                      "faceage_band": "by FaceAge band"}.get(curve, curve)
             at_risk = _at_risk_table(g)
@@ -159,7 +181,18 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         model_sections.append(section)
 
     config = json.loads(run["config"] or "{}")
+    inc_models = t["survival_models"][t["survival_models"]["model_id"].str.startswith("incremental__")]
+    incremental = None
+    if len(inc_models):
+        label = inc_models["model"].iloc[0]
+        tests = t["survival_tests"][(t["survival_tests"]["model"] == label)
+                                    & t["survival_tests"]["test"].str.startswith("likelihood ratio")]
+        deltas = t["survival_metrics"][(t["survival_metrics"]["model"] == label)
+                                       & (t["survival_metrics"]["metric"] == "delta_c")]
+        incremental = {"label": label, "models": _records(inc_models), "tests": _records(tests),
+                       "deltas": _records(deltas)}
     return {
+        "incremental": incremental,
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
                                    config.get("fairness") or {}),
@@ -224,8 +257,9 @@ def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.
                                 "value": ok["hr"], "ci_low": ok["hr_low"], "ci_high": ok["hr_high"]})
             hr_plots.append({"model": model, "predictor": predictor, "rows": _records(g),
                              "uri": plots.forest_plot(lab, "label", f"{model}: {predictor} HR "
-                                                      "within subgroups", "hazard ratio (95% CI)",
-                                                      ref=1.0),
+                                                      "within subgroups",
+                                                      "hazard ratio (95% CI, log scale)",
+                                                      ref=1.0, log=True),
                              "alt": f"Forest plot of the hazard ratio of {predictor} within each "
                                     "subgroup with its 95% CI; the line marks HR 1."})
     return {"blocks": blocks, "subgroups": hr_plots, "comparisons": _records(comparisons),

@@ -42,9 +42,18 @@ def main() -> None:
             timed(f"risk C-index, 200 resamples, overall + 4 groupings, n={n:,}",
                   lambda: risk_accuracy(cohort.subjects(), "oracle", AccuracyConfig(),
                                         SurvivalConfig(n_boot=200)), rows)
-            timed(f"survival stage (11 Cox models, 200 C resamples each), n={n:,}",
+            timed(f"survival models of one model's FaceAge and risk (Cox by adjustment, "
+                  f"age gap, bands, quartiles, PH remedies, C with 200 resamples; Uno's C, AUC, "
+                  f"Brier, cross-fitted calibration), n={n:,}",
                   lambda: survival_analysis(cohort.subjects(), "oracle", ["faceage", "risk"],
                                             cohort.spec.covariates, SurvivalConfig(n_boot=200)),
+                  rows)
+            from audit.incremental import incremental_value
+
+            timed(f"incremental value (3 nested models, LR tests, change in C, 200 resamples), "
+                  f"n={n:,}",
+                  lambda: incremental_value(cohort.subjects(), cohort.spec.covariates,
+                                            faceage_model="o", risk_model="o", n_boot=200),
                   rows)
         store = Store(tmp / f"bench{n}.duckdb")
         run_id = store.start_run(flow="bench", cohort_name="b", cohort_sha256="0" * 64)

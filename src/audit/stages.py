@@ -417,6 +417,8 @@ def survival_stage(ctx: RunContext) -> int:
             ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
         for name, frame in result.tables().items():
             tables.setdefault(name, []).append(frame)
+        if "faceage" in model.outputs and ctx.cohort.has_outcomes:
+            _face_aging_rate(ctx, model, tables)
     if ctx.config.survival.incremental and ctx.cohort.has_outcomes:
         for name, frame in _incremental(ctx).items():
             tables.setdefault(name, []).append(frame)
@@ -424,6 +426,27 @@ def survival_stage(ctx: RunContext) -> int:
               for k, v in tables.items()}
     return ctx.write("survival", merged,
                                  note=" ".join(ctx.notes.get("survival", [])) or None)
+
+
+def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
+    """Face Aging Rate from serial photos (every photo of the subject, not only the first)."""
+    from audit.longitudinal import far_models
+    from audit.survival import MODEL_COLUMNS, METRIC_COLUMNS, TERM_COLUMNS
+
+    photos = _wide(ctx, model)
+    if "photo_date" not in photos.columns or not photos["subject_id"].duplicated().any():
+        return
+    models, terms, metrics, notes = far_models(
+        photos, model.name, ctx.config.survival,
+        np.random.default_rng(ctx.config.survival.seed),
+        min_subjects=ctx.config.fairness.min_group_size)
+    for note in notes:
+        ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
+    for name, rows, cols in (("survival_models", models, MODEL_COLUMNS),
+                             ("survival_terms", terms, TERM_COLUMNS),
+                             ("survival_metrics", metrics, METRIC_COLUMNS)):
+        if rows:
+            tables.setdefault(name, []).append(pd.DataFrame(rows, columns=cols))
 
 
 def _incremental(ctx: RunContext) -> dict:

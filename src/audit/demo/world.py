@@ -170,6 +170,7 @@ def simulate(n: int, seed: int, params: WorldParams | None = None) -> pd.DataFra
 
 
 TRUTH_COLUMNS = ["photo_id", "subject_id", "biological_age", "health", "true_lp"]
+AGING_PER_HEALTH = 0.5  # extra face-aging years per year per unit of (centred) illness
 
 
 def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
@@ -183,6 +184,7 @@ def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
     base = pd.Timestamp("2020-01-01") + pd.to_timedelta(
         rng.integers(0, 3 * 365, len(subjects)), unit="D")
     rows = []
+    centre = float(subjects["health"].mean()) if "health" in subjects.columns else 0.0
     for k in range(photos_per_subject):
         offset = np.zeros(len(subjects)) if k == 0 else \
             k * interval_years + rng.uniform(-0.3, 0.3, len(subjects))
@@ -191,8 +193,12 @@ def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
         off = offset[followed]
         part["photo_id"] = part["photo_id"] + ("" if k == 0 else f"-{k}")
         part["age"] = np.round(part["age"] + off, 1)
-        part["biological_age"] = part["biological_age"] + off
-        part["faceage"] = np.round(part["faceage"] + off, 2)
+        # Illness ages the face faster: biological age advances 1 + 0.5 x (health - mean)
+        # years per year, and FaceAge (and the photos) follow it.
+        rate = 1.0 + AGING_PER_HEALTH * (part["health"].to_numpy() - centre) \
+            if "health" in part.columns else 1.0
+        part["biological_age"] = part["biological_age"] + off * rate
+        part["faceage"] = np.round(part["faceage"] + off * rate, 2)
         part["time_days"] = np.maximum(part["time_days"] - np.round(off * 365.25), 1).astype(int)
         part["photo_date"] = (base[followed] + pd.to_timedelta(np.round(off * 365.25), unit="D")
                               ).strftime("%Y-%m-%d")

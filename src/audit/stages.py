@@ -422,8 +422,10 @@ def survival_stage(ctx: RunContext) -> int:
     if ctx.config.survival.incremental and ctx.cohort.has_outcomes:
         for name, frame in _incremental(ctx).items():
             tables.setdefault(name, []).append(frame)
-    merged = {k: pd.concat([f for f in v if len(f)] or v[:1], ignore_index=True)
-              for k, v in tables.items()}
+    # all-NA columns (e.g. the calibration columns of Kaplan-Meier rows) are left to the
+    # database's NULL: INSERT BY NAME fills what a frame lacks
+    merged = {k: pd.concat([f.dropna(axis=1, how="all") for f in v if len(f)] or v[:1],
+                           ignore_index=True) for k, v in tables.items()}
     return ctx.write("survival", merged,
                                  note=" ".join(ctx.notes.get("survival", [])) or None)
 

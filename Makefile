@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/demo_models.py
 	$(PY) benchmarks/robustness.py
 	$(PY) benchmarks/fairness.py
+	$(PY) benchmarks/drift.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo

@@ -1,9 +1,8 @@
 """audit_flow: validate -> predict -> robustness -> accuracy -> fairness -> survival ->
-verdict -> publish.
+drift -> verdict -> publish.
 
 Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
-work (and every test of it) lives. A later issue adds drift as a further task between the
-same ends.
+work (and every test of it) lives.
 """
 
 from __future__ import annotations
@@ -64,6 +63,11 @@ def survival(ctx: stages.RunContext) -> int:
     return stages.survival_stage(ctx)
 
 
+@task(name="drift", cache_policy=NONE)
+def drift(ctx: stages.RunContext) -> int:
+    return stages.drift_stage(ctx)
+
+
 @task(name="verdict", cache_policy=NONE)
 def verdict(ctx: stages.RunContext) -> str:
     return stages.verdict_stage(ctx)
@@ -72,15 +76,17 @@ def verdict(ctx: stages.RunContext) -> str:
 @flow(name="audit", log_prints=False, validate_parameters=True)
 def audit_flow(cohort: str, models: list[str], out: str = "reports",
                config: str | None = None, overrides: dict | None = None,
-               shards: int = 0) -> dict:
+               shards: int = 0, reference: str | None = None, flow_label: str = "audit"
+               ) -> dict:
     """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
 
     ``shards`` > 0 splits image inference, and the robustness sample, into that many shard
-    tasks each, which run on the flow's task runner (Dask workers with ``--runner dask``). Returns ``{"run_id",
+    tasks each, which run on the flow's task runner (Dask workers with ``--runner dask``).
+    ``reference``: a finished run in ``out``/audit.duckdb to measure drift against. Returns ``{"run_id",
     "verdict", "report"}``.
     """
     cfg = load_config(config, **(overrides or {}))
-    ctx = stages.start(cohort, models, out, cfg, flow="audit")
+    ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
     with stages.running(ctx):
         validate(ctx)
         results = None
@@ -97,6 +103,7 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
         accuracy(ctx)
         fairness(ctx)
         survival(ctx)
+        drift(ctx)
         result = verdict(ctx)
         report = publish(ctx, result)
     return {"run_id": ctx.run_id, "verdict": result, "report": report}

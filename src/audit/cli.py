@@ -31,7 +31,8 @@ EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path],
                overrides: dict | None = None, runner: str = "local",
-               dask_address: Optional[str] = None, shards: int = 0) -> int:
+               dask_address: Optional[str] = None, shards: int = 0,
+               reference: Optional[str] = None) -> int:
     from audit import progress
     from audit.config import load_config
 
@@ -47,8 +48,15 @@ def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path
         shards = shards or 8
     elif runner != "local":
         raise InputError(f"--runner {runner!r}: use local or dask")
-    result = flow_fn(cohort=str(cohort), models=models, out=str(out),
-                     config=str(config) if config else None, overrides=overrides, shards=shards)
+    cfg_path = str(config) if config else None
+    if reference is not None:
+        from flows.monitor import resolve_reference
+
+        reference = resolve_reference(reference, models, str(out), cfg_path, overrides)
+        console.print(f"reference run: {reference}")
+    result = flow_fn(cohort=str(cohort), models=models, out=str(out), config=cfg_path,
+                     overrides=overrides, shards=shards, reference=reference,
+                     flow_label="monitor" if reference else "audit")
     verdict = result["verdict"]
     style = "bold green" if verdict == "pass" else "bold red"
     console.print(f"[{style}]verdict: {verdict.upper()}[/]  run {result['run_id']}")
@@ -69,10 +77,24 @@ def run(
                                                help="scheduler of an existing Dask cluster "
                                                     "(default: a 2-worker LocalCluster)"),
     shards: int = typer.Option(0, "--shards", min=0, help="inference shards (dask default 8)"),
+    reference: Optional[str] = typer.Option(None, "--reference",
+                                            help="run id or cohort folder to measure drift against"),
 ) -> None:
     """Audit one or more models on a cohort."""
     raise typer.Exit(_run_audit(cohort, model, out, config, runner=runner,
-                                dask_address=dask_address, shards=shards))
+                                dask_address=dask_address, shards=shards, reference=reference))
+
+
+@app.command()
+def monitor(
+    cohort: Path = typer.Option(..., "--cohort", help="the new cohort folder"),
+    reference: str = typer.Option(..., "--reference", help="run id or reference cohort folder"),
+    model: list[str] = typer.Option(..., "--model", help="model spec"),
+    config: Optional[Path] = typer.Option(None, "--config", help="audit.toml"),
+    out: Path = typer.Option(Path("reports"), "--out", help="output folder"),
+) -> None:
+    """Audit a new external cohort with drift against a reference run or cohort."""
+    raise typer.Exit(_run_audit(cohort, model, out, config, reference=reference))
 
 
 @app.command()

@@ -126,6 +126,25 @@ class FairnessConfig(_Section):
         return value
 
 
+class DriftConfig(_Section):
+    """A cohort against a reference run (``--reference``): per-feature tests with effect
+    sizes, embeddings by MMD, Holm control of the false alarms over all features."""
+
+    alpha: float = Field(0.01, gt=0, lt=1, description="familywise false-alarm level (Holm)")
+    min_effect_numeric: float = Field(
+        0.1, ge=0, description="normed Wasserstein distance a numeric feature must reach")
+    min_effect_categorical: float = Field(
+        0.1, ge=0, description="Jensen-Shannon distance a categorical feature must reach")
+    min_quality_change: dict[str, float] = Field(
+        default_factory=lambda: {"mae": 1.0, "c_index": 0.05},
+        description="change of overall MAE (years) and C-index that counts as degraded")
+    embedding_max_n: int = Field(1500, ge=10, description="embeddings per side for the MMD")
+    n_permutations: int = Field(2000, ge=19, description="MMD permutations (p resolution "
+                                                         "1 / (n + 1), enough for Holm at alpha)")
+    seed: int = 0
+    html: bool = Field(True, description="keep evidently's HTML report as a run artifact")
+
+
 class RobustnessConfig(_Section):
     """Graded perturbations (``audit.perturbations``) on a stratified sample of subjects."""
 
@@ -188,6 +207,9 @@ class Thresholds(_Section):
     robustness_frac_over_tolerance_max: float = Field(
         0.10, ge=0, le=1, description="at judged severities, the share of photos whose output "
         "moves beyond the tolerance must not exceed this (each perturbation, each subgroup)")
+    drift_features_max: int = Field(
+        0, ge=0, description="drifted features (per kind: metadata, images, predictions, "
+                             "embeddings, quality) allowed against the reference")
     fairness_flagged_max: int = Field(
         0, ge=0, description="flagged subgroups (of the fairness verdict metrics) allowed")
     representativeness_p_min: float = Field(
@@ -203,6 +225,7 @@ class AuditConfig(_Section):
     survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["full", "light"] = Field(
         "full", description="`light` (the demo): robustness on 150 subjects at severities "

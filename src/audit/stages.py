@@ -35,6 +35,7 @@ class RunContext:
     models: list  # ModelAdapter
     predictions: dict = field(default_factory=dict)  # model name -> tidy frame
     notes: dict = field(default_factory=dict)  # stage -> list of notes for the report
+    reference: str | None = None  # run_id the drift stage compares against
 
     def __post_init__(self) -> None:
         self._mark = datetime.now(timezone.utc)
@@ -50,7 +51,7 @@ class RunContext:
 
 
 def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
-          config: AuditConfig, flow: str = "audit") -> RunContext:
+          config: AuditConfig, flow: str = "audit", reference: str | None = None) -> RunContext:
     """Load the cohort and models, open the store and insert the ``running`` run row."""
     from audit.cohort import load_cohort
     from audit.hashing import HashCache
@@ -71,7 +72,7 @@ def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
         config_json=config.canonical_json(), config_sha256=config.sha256(),
         synthetic=cohort.spec.synthetic, cohort_path=str(Path(cohort_dir).resolve()))
     return RunContext(store=store, run_id=run_id, out_dir=out_dir, config=config,
-                      cohort=cohort, models=models)
+                      cohort=cohort, models=models, reference=reference)
 
 
 def _load_results(c) -> pd.DataFrame:
@@ -665,6 +666,75 @@ def robustness_stage(ctx: RunContext, shard_results: list | None = None) -> int:
     return ctx.write("robustness", merged, note="; ".join(ctx.notes["robustness"]))
 
 
+def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
+    """One row per included photo of a run: its standard columns, image properties and each
+    model's clean predictions (``<model>:<output>``)."""
+    rows = store.table("cohort_rows", run_id)
+    rows = rows[rows["included"].astype(bool)].drop(columns=["included"])
+    props = store.table("image_properties", run_id)
+    if len(props):
+        from audit.drift import IMAGE_NUMERIC
+
+        keep = ["photo_id"] + [c for c in IMAGE_NUMERIC if c in props.columns]
+        rows = rows.merge(props[keep], on="photo_id", how="left")
+    preds = store.table("predictions", run_id)
+    preds = preds[(preds["perturbation"] == "none") & preds["model"].isin(models)]
+    if len(preds):
+        wide = preds.assign(col=preds["model"] + ":" + preds["output"]).pivot_table(
+            index="photo_id", columns="col", values="value", aggfunc="first")
+        rows = rows.merge(wide, left_on="photo_id", right_index=True, how="left")
+    return rows
+
+
+def drift_stage(ctx: RunContext) -> int:
+    """The cohort against the reference run (``--reference``): metadata, image properties,
+    predictions, embeddings and model quality; evidently's HTML kept as an artifact."""
+    from audit.drift import (
+        IMAGE_NUMERIC, METADATA_CATEGORICAL, METADATA_NUMERIC, decide, embedding_drift,
+        feature_drift, quality_change,
+    )
+    from audit.hashing import sha256_file
+
+    cfg = ctx.config.drift
+    ref = ctx.reference
+    if ref is None:
+        ctx.note("drift", "no reference given (--reference): drift not measured")
+        return ctx.write("drift", {}, note=ctx.notes["drift"][0])
+    if ref == ctx.run_id or ctx.store.run(ref)["status"] != "finished":
+        raise InputError(f"--reference {ref}: not a finished earlier run in {ctx.store.path}")
+    names = [m.name for m in ctx.models]
+    reference, current = _run_frame(ctx.store, ref, names), _run_frame(ctx.store, ctx.run_id, names)
+    features = ([(c, "metadata", "num", None) for c in METADATA_NUMERIC]
+                + [(c, "metadata", "cat", None) for c in METADATA_CATEGORICAL]
+                + [(c, "images", "num", None) for c in IMAGE_NUMERIC]
+                + [(f"{m.name}:{o}", "predictions", "num", m.name) for m in ctx.models
+                   for o in m.outputs])
+    rows, snapshot = feature_drift(reference, current, features)
+    for model in ctx.models:
+        vectors = [ctx.store.query("SELECT vector FROM embeddings WHERE run_id = ? AND model = ?",
+                                   [r, model.name])["vector"] for r in (ref, ctx.run_id)]
+        if all(len(v) > 10 for v in vectors):
+            rows.append(embedding_drift(np.stack(vectors[0].to_numpy()),
+                                        np.stack(vectors[1].to_numpy()), model.name, cfg))
+    rows.extend(quality_change(ctx.store.table("accuracy", ref),
+                               ctx.store.table("accuracy", ctx.run_id)))
+    frame = decide(rows, cfg).assign(reference=ref)
+    frame["feature"] = frame["feature"].str.split(":").str[-1].where(
+        frame["kind"] == "predictions", frame["feature"])
+    tables = {"drift": frame}
+    if snapshot is not None and cfg.html:
+        path = ctx.out_dir / "runs" / ctx.run_id / "drift.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(path))
+        tables["artifacts"] = pd.DataFrame([{"kind": "evidently_html",
+                                             "path": str(path.relative_to(ctx.out_dir)),
+                                             "sha256": sha256_file(path)}])
+    drifted = frame[frame["drifted"]]
+    ctx.note("drift", f"against run {ref}: {len(frame)} features, {len(drifted)} drifted"
+             + (f" ({', '.join(drifted['feature'])})" if len(drifted) else ""))
+    return ctx.write("drift", tables, note="; ".join(ctx.notes["drift"]))
+
+
 def verdict_stage(ctx: RunContext) -> str:
     """Checks against the config's thresholds, read back from this run's tables."""
     from audit.verdict import evaluate, overall
@@ -679,6 +749,7 @@ def verdict_stage(ctx: RunContext) -> str:
         survival_terms=ctx.store.table("survival_terms", ctx.run_id),
         robustness=ctx.store.table("robustness", ctx.run_id),
         fairness=ctx.store.table("fairness", ctx.run_id),
+        drift=ctx.store.table("drift", ctx.run_id),
         representativeness=ctx.store.table("representativeness", ctx.run_id),
         fairness_metrics=ctx.config.fairness.verdict_metrics,
         has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)

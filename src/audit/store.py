@@ -183,9 +183,17 @@ SCHEMA_V7 = [
     "ALTER TABLE survival_curves ADD COLUMN survival_high DOUBLE",
 ]
 
+# Version 8: drift rows carry an effect size beside the test, and both sample sizes.
+SCHEMA_V8 = [
+    "ALTER TABLE drift ADD COLUMN effect DOUBLE",
+    "ALTER TABLE drift ADD COLUMN effect_method VARCHAR",
+    "ALTER TABLE drift ADD COLUMN n_reference BIGINT",
+    "ALTER TABLE drift ADD COLUMN n_current BIGINT",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
                                            (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
-                                           (7, SCHEMA_V7)]
+                                           (7, SCHEMA_V7), (8, SCHEMA_V8)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.

@@ -141,12 +141,29 @@ def _representativeness_checks(rep: pd.DataFrame | None, t: Thresholds) -> list[
     return rows
 
 
+def _drift_checks(drift: pd.DataFrame | None, t: Thresholds) -> list[dict]:
+    """One check per kind of feature: how many drifted against the reference run."""
+    if drift is None or not len(drift):
+        return []
+    rows = []
+    for kind, g in drift.groupby("kind", sort=False):
+        hit = g[g["drifted"].astype(bool)]
+        listed = ", ".join(f"{r.feature}{f' ({r.model})' if r.model else ''}: effect "
+                           f"{r.effect:.3g}, p = {r.p_value:.2g}" for r in hit.itertuples())
+        rows.append(_row(None, f"drift_{kind}", "drift", float(t.drift_features_max),
+                         float(len(hit)), len(hit) <= t.drift_features_max,
+                         f"{len(hit)} of {len(g)} {kind} features drifted against run "
+                         f"{g['reference'].iloc[0]}" + (f": {listed}" if listed else "")))
+    return rows
+
+
 def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
              thresholds: Thresholds, robustness: pd.DataFrame | None = None,
              fairness: pd.DataFrame | None = None,
              representativeness: pd.DataFrame | None = None,
-             fairness_metrics: list[str] | None = None) -> pd.DataFrame:
+             fairness_metrics: list[str] | None = None,
+             drift: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks of a run.
 
     Parameters
@@ -168,6 +185,7 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
                      f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
                      f"{t.max_quarantine_fraction:.0%} allowed)"))
     rows.extend(_representativeness_checks(representativeness, t))
+    rows.extend(_drift_checks(drift, t))
     no_age = "no FaceAge predictions with a chronological age"
     no_outcomes = "the cohort has no outcomes"
     not_fitted = (no_outcomes if not has_outcomes

@@ -77,7 +77,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
         "survival_models", "survival_terms", "survival_tests", "survival_metrics",
         "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
-        "survival_subgroups", "representativeness", "comparisons")}
+        "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts")}
     models = json.loads(run["models"] or "[]")
     rows = t["cohort_rows"]
     included = rows[rows["included"]]
@@ -193,6 +193,9 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
                        "deltas": _records(deltas)}
     return {
         "incremental": incremental,
+        "drift": ({"rows": _records(t["drift"]), "reference": t["drift"]["reference"].iloc[0],
+                   "html": bool((t["artifacts"]["kind"] == "evidently_html").any())}
+                  if len(t["drift"]) else None),
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
                                    config.get("fairness") or {}),

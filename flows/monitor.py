@@ -53,3 +53,51 @@ def monitor_flow(cohort: str, reference: str, models: list[str], out: str = "rep
     result = audit_flow(cohort=cohort, models=models, out=out, config=config,
                         overrides=overrides, reference=ref, flow_label="monitor")
     return {**result, "reference": ref}
+
+
+@flow(name="monitor-inbox", log_prints=False, validate_parameters=True)
+def inbox_flow(inbox: str, models: list[str], out: str = "reports",
+               reference: str | None = None, config: str | None = None,
+               overrides: dict | None = None) -> list[dict]:
+    """Audit every complete cohort folder that arrived in ``inbox`` since the last run, once
+    each (with drift against ``reference`` when given); alert per the config."""
+    from audit.config import load_config
+    from audit.inbox import scan
+    from audit.store import Store
+
+    cfg = load_config(config, **(overrides or {}))
+    store = Store(Path(out) / "audit.duckdb")
+    done = []
+    for arrival in scan(inbox, store, cfg.inbox.settle_seconds):
+        if arrival.status != "ready":
+            continue
+        result, error = None, None
+        try:
+            if reference:
+                result = monitor_flow(cohort=str(arrival.path), reference=reference,
+                                      models=models, out=out, config=config,
+                                      overrides=overrides)
+            else:
+                result = audit_flow(cohort=str(arrival.path), models=models, out=out,
+                                    config=config, overrides=overrides)
+        except Exception as exc:  # one bad arrival never stops the others; it is reported
+            error = f"{type(exc).__name__}: {exc}"
+        done.append({"folder": str(arrival.path), "error": error,
+                     **({k: str(v) for k, v in result.items()} if result else {})})
+        _alert(cfg, store, arrival.path, result, error)
+    return done
+
+
+def _alert(cfg, store, folder, result, error) -> None:
+    from audit.alerts import alert_reasons, send
+
+    if not cfg.alerts.webhook:
+        return
+    verdicts = store.table("verdicts", result["run_id"]) if result else None
+    reasons = alert_reasons(result, error, verdicts, cfg.alerts.on)
+    if reasons:
+        send(cfg.alerts.webhook, {
+            "cohort_folder": str(folder), "run_id": (result or {}).get("run_id", ""),
+            "verdict": (result or {}).get("verdict", "error"),
+            "report": str((result or {}).get("report", "")),
+            "summary": f"{Path(folder).name}: " + "; ".join(reasons)})

@@ -66,7 +66,9 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     assert len(store.table("survival_curves", run["run_id"])) > 0
     stages = store.table("run_stages", run["run_id"])["stage"].tolist()
     assert stages == ["validate", "predictions", "robustness", "accuracy", "fairness", "survival",
-                      "verdict", "publish"]
+                      "drift", "verdict", "publish"]
+    drift_note = store.table("run_stages", run["run_id"]).set_index("stage").at["drift", "note"]
+    assert "no reference given" in drift_note
     fair = store.table("fairness", run["run_id"])
     assert {"faceage", "risk"} == set(fair["output"]) and "sex x race" in set(fair["attribute"])
     checks = store.table("verdicts", run["run_id"]).set_index("check_name")

@@ -185,6 +185,49 @@ def demo(
 
 
 @app.command()
+def deploy(
+    model: list[str] = typer.Option([], "--model", help="model spec for the monitor runs"),
+    cohort: Optional[Path] = typer.Option(None, "--cohort",
+                                          help="cohort folder to validate on schedule"),
+    inbox: Optional[Path] = typer.Option(None, "--inbox",
+                                         help="drop folder of arriving cohorts to monitor"),
+    reference: Optional[str] = typer.Option(None, "--reference",
+                                            help="run id or cohort folder for drift"),
+    cron: str = typer.Option("0 3 * * *", "--cron", help="schedule of the validation"),
+    monitor_cron: str = typer.Option("0 4 * * *", "--monitor-cron",
+                                     help="schedule of the monitor run over the inbox"),
+    config: Optional[Path] = typer.Option(None, "--config", help="audit.toml"),
+    out: Path = typer.Option(Path("reports"), "--out", help="output folder"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="print the deployments and exit instead of serving them"),
+) -> None:
+    """Serve Prefect deployments with cron schedules (validation, monitor inbox) until stopped."""
+    if cohort is None and inbox is None:
+        raise InputError("deploy needs --cohort (scheduled validation) and/or --inbox "
+                         "(scheduled monitoring)")
+    if inbox is not None and not model:
+        raise InputError("--inbox needs at least one --model to audit arrivals with")
+    for path in (cohort, inbox):
+        if path is not None and not path.is_dir():
+            raise InputError(f"{path}: no such folder")
+    from flows.deploy import build_deployments
+
+    deployments = build_deployments(
+        models=list(model), out=str(out.resolve()),
+        cohort=str(cohort.resolve()) if cohort else None,
+        inbox=str(inbox.resolve()) if inbox else None, reference=reference,
+        config=str(config.resolve()) if config else None, cron=cron, monitor_cron=monitor_cron)
+    for d in deployments:
+        schedules = ", ".join(str(s.schedule.cron) for s in d.schedules or [])
+        console.print(f"deployment {d.flow_name}/{d.name}: cron {schedules}")
+    if dry_run:
+        return
+    from prefect import serve
+
+    serve(*deployments)
+
+
+@app.command()
 def report(
     db: Path = typer.Option(..., "--db", help="an audit.duckdb"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: the folder of --db"),

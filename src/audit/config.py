@@ -145,6 +145,22 @@ class DriftConfig(_Section):
     html: bool = Field(True, description="keep evidently's HTML report as a run artifact")
 
 
+class AlertsConfig(_Section):
+    """Where scheduled runs send alerts (a webhook, through Prefect's notification block)."""
+
+    webhook: str | None = Field(None, description="URL to POST alerts to; none: no alerts")
+    on: list[Literal["failed", "fail", "drift"]] = Field(
+        default_factory=lambda: ["failed", "fail", "drift"],
+        description="a run that failed, a failed verdict, a drift alarm")
+
+
+class InboxConfig(_Section):
+    """The drop folder a scheduled monitor run watches."""
+
+    settle_seconds: float = Field(60.0, ge=0, description="quiet time before a folder without "
+                                                          "a .ready marker counts as complete")
+
+
 class RobustnessConfig(_Section):
     """Graded perturbations (``audit.perturbations``) on a stratified sample of subjects."""
 
@@ -226,6 +242,8 @@ class AuditConfig(_Section):
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    inbox: InboxConfig = Field(default_factory=InboxConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["full", "light"] = Field(
         "full", description="`light` (the demo): robustness on 150 subjects at severities "

@@ -488,6 +488,16 @@ def render_index(store: Store, out_dir: str | Path) -> Path:
         label = {"mae": "FaceAge MAE (years)", "c_index": "risk C-index"}[metric]
         trends.append({"uri": plots.trend_plot(g, f"{label} over runs", label),
                        "alt": f"{label} of each finished run over time, per cohort and model."})
+    drift = store.query(
+        "SELECT r.started_at, r.cohort_name, d.kind, sum(CASE WHEN d.drifted THEN 1 ELSE 0 END)"
+        " AS value FROM drift d JOIN runs r USING (run_id) WHERE r.status = 'finished' "
+        "GROUP BY ALL")
+    if len(drift) and drift["started_at"].nunique() >= 2:
+        g = drift.assign(series=drift["cohort_name"] + " / " + drift["kind"])
+        trends.append({"uri": plots.trend_plot(g, "drifted features over monitor runs",
+                                               "drifted features"),
+                       "alt": "Number of drifted features of each kind (metadata, images, "
+                              "predictions, embeddings, quality) in each monitor run."})
     html = _env().get_template("index.html").render(runs=list(reversed(runs_view)),
                                                      trends=trends, db=store.path.name)
     path = out_dir / "index.html"

@@ -1,0 +1,121 @@
+"""Scheduled monitoring: the drop folder (complete, settling, audited once), alerts to a
+webhook on localhost, and a deployment's scheduled run executed through Prefect's API."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from audit.store import Store
+
+
+@pytest.fixture
+def receiver():
+    """An HTTP endpoint on localhost collecting the JSON bodies POSTed to it."""
+    got = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/alerts", got
+    server.shutdown()
+
+
+def test_scan_finds_complete_new_folders_only(tmp_path):
+    from audit.demo.world import write_cohort
+    from audit.inbox import scan
+
+    inbox = tmp_path / "inbox"
+    write_cohort(inbox / "a", 30, seed=1)
+    write_cohort(inbox / "b", 30, seed=2)
+    (inbox / "c").mkdir()  # a copy that has not brought its cohort.yaml yet
+    store = Store(tmp_path / "out" / "audit.duckdb")
+    now = time.time()
+    status = {a.path.name: a.status for a in scan(inbox, store, settle_seconds=60, now=now)}
+    assert status == {"a": "settling", "b": "settling", "c": "not_a_cohort"}
+    (inbox / "a" / ".ready").touch()
+    status = {a.path.name: a.status for a in scan(inbox, store, settle_seconds=60, now=now)}
+    assert status["a"] == "ready" and status["b"] == "settling"
+    later = {a.path.name: a.status for a in scan(inbox, store, settle_seconds=60, now=now + 120)}
+    assert later["b"] == "ready"
+
+
+def test_the_inbox_flow_audits_each_arrival_once_and_alerts(prefect_harness, tmp_path, receiver):
+    from audit.demo.world import write_cohort
+    from flows.monitor import inbox_flow
+
+    url, got = receiver
+    inbox = tmp_path / "inbox"
+    write_cohort(inbox / "site-a", 120, seed=5)
+    write_cohort(inbox / "site-b", 120, seed=6)
+    (inbox / "broken").mkdir()
+    (inbox / "broken" / "cohort.yaml").write_text("name: broken\n")  # no manifest
+    config = tmp_path / "c.toml"
+    config.write_text(f'[alerts]\nwebhook = "{url}"\n[inbox]\nsettle_seconds = 0\n'
+                      "[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n"
+                      "[thresholds]\nfaceage_mae_max = 0.5\n")  # every audit fails its verdict
+    out = tmp_path / "out"
+    first = inbox_flow(inbox=str(inbox), models=["predictions:faceage,risk"], out=str(out),
+                       config=str(config))
+    assert [os.path.basename(r["folder"]) for r in first] == ["broken", "site-a", "site-b"]
+    assert first[0]["error"] and "manifest" in first[0]["error"]
+    assert [r.get("verdict") for r in first[1:]] == ["fail", "fail"]
+    # one alert per arrival: the failed run, and the two failed verdicts
+    assert len(got) == 3 and {g["cohort_folder"].rsplit("/", 1)[-1] for g in got} == \
+        {"broken", "site-a", "site-b"}
+    assert "the verdict is fail" in got[1]["summary"] and got[1]["run_id"]
+    second = inbox_flow(inbox=str(inbox), models=["predictions:faceage,risk"], out=str(out),
+                        config=str(config))
+    assert [os.path.basename(r["folder"]) for r in second] == ["broken"]  # a and b are done
+    runs = Store(out / "audit.duckdb").runs()
+    assert (runs["status"] == "finished").sum() == 2
+
+
+def test_a_deployment_runs_on_its_schedule_through_prefects_api(prefect_harness, tmp_path,
+                                                                   monkeypatch):
+    """Build the deployments as `faceage-audit deploy` does, register them with a Prefect
+    runner, and execute one scheduled run of the validation deployment through the API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+    from prefect.settings import PREFECT_API_URL
+
+    from audit.demo.world import write_cohort
+    from flows.deploy import build_deployments
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the run's process
+    cohort = write_cohort(tmp_path / "cohort", 60, seed=7)
+    out = tmp_path / "out"
+    deployments = build_deployments(models=["predictions:faceage"], out=str(out),
+                                    cohort=str(cohort), inbox=str(tmp_path), cron="0 3 * * *")
+    assert [d.name for d in deployments] == ["scheduled-validation", "monitor-inbox"]
+    assert deployments[0].schedules[0].schedule.cron == "0 3 * * *"
+    runner = Runner(name="faceage-audit-test", query_seconds=1)
+    for d in deployments:
+        runner.add_deployment(d)
+    flow_run = run_deployment("validate/scheduled-validation", timeout=0)
+    asyncio.run(runner.start(run_once=True))
+
+    async def state():
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run.id)).state
+
+    final = asyncio.run(state())
+    assert final.is_completed(), final
+    runs = Store(out / "audit.duckdb").runs()
+    assert runs["flow"].tolist() == ["validate"] and runs["status"].iloc[0] == "finished"

@@ -95,7 +95,8 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
     run_id = runs["run_id"].iloc[-1]
     drift = store.table("drift", run_id).set_index("feature")
     assert drift.loc["brightness", "drifted"]
-    assert not drift.loc[["age", "sex", "race", "cancer_type"], "drifted"].any()
+    assert not drift.loc[["age", "sex", "race", "cancer_type", "ecog", "treatment_intent"],
+                         "drifted"].any()  # covariates compared too, from the cohort folders
     assert (drift["reference"] == runs["run_id"].iloc[0]).all()
     verdicts = store.table("verdicts", run_id).set_index("check_name")
     assert verdicts.loc["drift_images", "status"] == "fail"

@@ -686,6 +686,36 @@ def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
     return rows
 
 
+def _covariate_features(ctx: RunContext, ref: str, reference: pd.DataFrame,
+                        current: pd.DataFrame) -> dict:
+    """The cohort's clinical covariates as metadata features: read from this cohort and from
+    the reference run's cohort folder (when it is still there; the store keeps only the
+    standard columns)."""
+    from audit.cohort import load_cohort
+    from audit.hashing import HashCache
+
+    covs = ctx.cohort.spec.covariates
+    if not covs:
+        return {}
+    path = ctx.store.run(ref).get("cohort_path")
+    try:
+        ref_cohort = load_cohort(path, hash_cache=HashCache.default())
+    except Exception as exc:  # moved or gone: say so, compare the rest
+        ctx.note("drift", f"covariates not compared: the reference cohort folder {path} "
+                          f"cannot be read ({type(exc).__name__})")
+        return {}
+    names = [c.name for c in covs if c.name in ref_cohort.frame.columns]
+    if not names:
+        return {}
+    ref_cov = ref_cohort.frame[["photo_id"] + names]
+    cur_cov = ctx.cohort.frame[["photo_id"] + names]
+    out = {c.name: (c.name, "metadata", "num" if c.type == "numeric" else "cat", None)
+           for c in covs if c.name in names}
+    out["_frames"] = (reference.merge(ref_cov, on="photo_id", how="left"),
+                      current.merge(cur_cov, on="photo_id", how="left"))
+    return out
+
+
 def drift_stage(ctx: RunContext) -> int:
     """The cohort against the reference run (``--reference``): metadata, image properties,
     predictions, embeddings and model quality; evidently's HTML kept as an artifact."""
@@ -704,7 +734,11 @@ def drift_stage(ctx: RunContext) -> int:
         raise InputError(f"--reference {ref}: not a finished earlier run in {ctx.store.path}")
     names = [m.name for m in ctx.models]
     reference, current = _run_frame(ctx.store, ref, names), _run_frame(ctx.store, ctx.run_id, names)
+    covariates = _covariate_features(ctx, ref, reference, current)
+    if covariates:
+        reference, current = covariates.pop("_frames")
     features = ([(c, "metadata", "num", None) for c in METADATA_NUMERIC]
+                + list(covariates.values())
                 + [(c, "metadata", "cat", None) for c in METADATA_CATEGORICAL]
                 + [(c, "images", "num", None) for c in IMAGE_NUMERIC]
                 + [(f"{m.name}:{o}", "predictions", "num", m.name) for m in ctx.models

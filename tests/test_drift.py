@@ -119,3 +119,29 @@ def test_the_false_alarm_rate_over_20_seeds_stays_under_the_level():
         table, _ = _drift(simulate(2000, 100 + seed), simulate(2000, 200 + seed))
         alarms += bool(table["drifted"].any())
     assert alarms <= 2, alarms
+
+
+@pytest.mark.parametrize("shift,expected", [("jpeg", "jpeg_quality"), ("dark", "brightness")],
+                         ids=["jpeg", "dark"])
+def test_planted_photo_shifts_drift_their_image_property(tmp_path, shift, expected):
+    """Rendered photos: heavier JPEG compression drifts the estimated JPEG quality, darker
+    light the brightness; age and the other shift's property stay put."""
+    from audit.cohort import load_cohort
+    from audit.demo.world import write_cohort
+    from audit.images import image_properties
+
+    def frame(folder):
+        c = load_cohort(folder)
+        props = image_properties([(p, c.image_file(i)) for p, i in
+                                  zip(c.frame["photo_id"], c.frame["image_path"])], workers=1)
+        return c.frame.merge(props, on="photo_id")
+
+    ref = frame(write_cohort(tmp_path / "ref", 150, seed=41, photos=True))
+    cur = frame(write_cohort(tmp_path / "cur", 150, seed=42, photos=True,
+                             params=WorldParams.make("cancer", shifts=[shift])))
+    other = "brightness" if shift == "jpeg" else "jpeg_quality"
+    feats = [("age", "metadata", "num", None)] + [(c, "images", "num", None)
+                                                  for c in ("brightness", "jpeg_quality")]
+    table, _ = _drift(ref, cur, feats)
+    assert table.loc[expected, "drifted"]
+    assert not table.loc[["age", other], "drifted"].any()

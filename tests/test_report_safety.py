@@ -1,0 +1,45 @@
+"""Every string a cohort provides is escaped in the report: a `<script>` in a cohort name,
+a subject id or a category label never becomes markup."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def test_cohort_strings_are_escaped_everywhere(prefect_harness, tmp_path):
+    from audit.cli import main
+    from audit.demo.world import write_cohort
+
+    folder = write_cohort(tmp_path / "c", 120, seed=51)
+    manifest = pd.read_csv(folder / "manifest.csv", dtype=str)
+    evil = '<script>alert("x")</script>'
+    manifest.loc[0, "subject_id"] = f"S{evil}"
+    manifest.loc[1, "photo_id"] = f"P{evil}"
+    manifest["cancer_type"] = manifest["cancer_type"].replace("breast", f"breast{evil}")
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    import yaml
+
+    spec = yaml.safe_load((folder / "cohort.yaml").read_text())
+    spec["name"] = f"clinic {evil}"
+    spec["site"] = f"site {evil}"
+    (folder / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    rc = main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
+               "--out", str(out), "--config", str(_config(tmp_path))])
+    assert rc in (0, 1)  # the run went through; the out-of-vocabulary rows are quarantined
+    pages = list(out.rglob("*.html"))
+    assert pages
+    for page in pages:
+        text = page.read_text()
+        assert "<script" not in text.lower(), page
+    run_page = next(out.glob("runs/*/index.html"))
+    assert "&lt;script&gt;" in run_page.read_text()  # shown, as text
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--show-ids"]) == 0
+    for page in out.rglob("*.html"):
+        assert "<script" not in page.read_text().lower(), page
+
+
+def _config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[accuracy]\nn_boot = 20\n[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n")
+    return path

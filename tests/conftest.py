@@ -13,6 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 os.environ["FACEAGE_AUDIT_CACHE"] = str(_TMP / "cache")
 os.environ["FACEAGE_AUDIT_KEY_FILE"] = str(_TMP / "pseudonym.key")
+os.environ["FACEAGE_AUDIT_SIGNING_KEY"] = str(_TMP / "signing.key")
 
 import pytest  # noqa: E402
 

@@ -43,3 +43,44 @@ def _config(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[accuracy]\nn_boot = 20\n[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n")
     return path
+
+
+def test_verify_finds_any_change_to_a_signed_run(prefect_harness, tmp_path):
+    """A finished run re-hashes clean; a changed image, a changed report, an edited
+    manifest or a foreign signature each make `verify` fail and say what."""
+    import json
+
+    from audit.cli import main
+    from audit.demo.world import write_cohort
+    from audit.store import Store
+
+    folder = write_cohort(tmp_path / "c", 40, seed=61, photos=True)
+    config = tmp_path / "c.toml"
+    config.write_text("[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
+                      "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n")
+    out = tmp_path / "out"
+    main(["run", "--cohort", str(folder), "--model", "demo:faceage", "--out", str(out),
+          "--config", str(config)])
+    run_id = Store(out / "audit.duckdb").runs()["run_id"].iloc[0]
+    run_dir = out / "runs" / run_id
+    assert main(["verify", str(run_dir)]) == 0
+    doc = json.loads((run_dir / "manifest.json").read_text())
+    assert len(doc["manifest"]["images"]) == 40 and doc["manifest"]["models"]
+
+    image = next((folder / "images").rglob("*.jpg"))
+    original = image.read_bytes()
+    image.write_bytes(original[:-10] + b"0123456789")
+    assert main(["verify", str(run_dir)]) == 1
+    image.write_bytes(original)
+    assert main(["verify", str(run_dir)]) == 0
+
+    verdict = run_dir / "verdict.json"
+    verdict.write_text(verdict.read_text().replace('"fail"', '"pass"').replace("  ", " "))
+    assert main(["verify", str(run_dir)]) == 1
+
+    from audit.dossier import verify_run
+
+    doc["manifest"]["config_sha256"] = "0" * 64
+    (run_dir / "manifest.json").write_text(json.dumps(doc))
+    problems = verify_run(run_dir)
+    assert any("do not match its digest" in p for p in problems)

@@ -228,6 +228,24 @@ def deploy(
 
 
 @app.command()
+def verify(run_dir: Path = typer.Argument(..., help="runs/<run_id> folder of a finished run")) -> None:
+    """Re-hash everything in the run's signed manifest and check the signature."""
+    from audit.dossier import MANIFEST, verify_run
+
+    if not (run_dir / MANIFEST).is_file():
+        raise InputError(f"{run_dir}: no {MANIFEST} (not a run folder, or a run from before "
+                         "signed manifests)")
+    problems = verify_run(run_dir)
+    for p in problems:
+        console.print(f"[red]{p}[/]")
+    if problems:
+        console.print(f"[bold red]verify: FAIL[/] ({len(problems)} problem(s))")
+        raise typer.Exit(EXIT_FAIL)
+    console.print("[bold green]verify: OK[/] every file matches its SHA-256 and the "
+                  "signature holds")
+
+
+@app.command()
 def report(
     db: Path = typer.Option(..., "--db", help="an audit.duckdb"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: the folder of --db"),

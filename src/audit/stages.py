@@ -795,7 +795,16 @@ def publish_stage(ctx: RunContext, verdict: str) -> Path:
     """Render the run's page, verdict.json and the index over runs; record them as artifacts."""
     from audit.report import render_run, render_index
 
+    from audit.dossier import build_manifest
+    from audit.hashing import sha256_file
+
     paths = render_run(ctx.store, ctx.run_id, ctx.out_dir, final_verdict=verdict)
+    earlier = ctx.store.table("artifacts", ctx.run_id)[["kind", "path", "sha256"]]
+    manifest = build_manifest(ctx.store.run(ctx.run_id), ctx.cohort, ctx.models, ctx.out_dir,
+                              pd.concat([earlier, paths]).to_dict("records"))
+    paths = pd.concat([paths, pd.DataFrame([{
+        "kind": "run_manifest", "path": str(manifest.relative_to(ctx.out_dir)),
+        "sha256": sha256_file(manifest)}])], ignore_index=True)
     ctx.write("publish", {"artifacts": paths})
     ctx.store.finish_run(ctx.run_id, verdict)
     render_index(ctx.store, ctx.out_dir)

@@ -24,11 +24,9 @@ MANIFEST = "manifest.json"
 
 
 def signing_key_file() -> Path:
-    env = os.environ.get("FACEAGE_AUDIT_SIGNING_KEY")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return base / "faceage-audit" / "signing.key"
+    from audit.privacy import site_file
+
+    return site_file("FACEAGE_AUDIT_SIGNING_KEY", "signing.key")
 
 
 def _private_key(create: bool = True):

@@ -15,12 +15,18 @@ import secrets
 from pathlib import Path
 
 
-def key_file() -> Path:
-    env = os.environ.get("FACEAGE_AUDIT_KEY_FILE")
+def site_file(env_var: str, name: str) -> Path:
+    """A per-install secret's path: ``$env_var``, else ``~/.config/faceage-audit/<name>``
+    (outside the repository and the database)."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
-    return base / "faceage-audit" / "pseudonym.key"
+    return base / "faceage-audit" / name
+
+
+def key_file() -> Path:
+    return site_file("FACEAGE_AUDIT_KEY_FILE", "pseudonym.key")
 
 
 def _key() -> bytes:

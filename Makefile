@@ -26,7 +26,10 @@ demo: $(STAMP)
 	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 \
 	  $(VENV)/bin/faceage-audit demo --out reports/demo || [ $$? -eq 1 ]  # 1: a check failed (a finding, not an error)
 
+# The report's browser tests need headless Chromium: `sudo apt-get install chromium` on
+# Debian/Ubuntu (.ci/run does it as root).
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || echo "note: install headless Chromium for the browser tests (sudo apt-get install chromium)"
 	rm -rf .pytest-prefect
 	$(TEST_ENV) $(PY) -m pytest -q
 

@@ -86,7 +86,7 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     verdict = json.loads((page.parent / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["run_id"] == run["run_id"]
     artifacts = store.table("artifacts", run["run_id"])
-    assert set(artifacts["kind"]) == {"report_html", "verdict_json"}
+    assert set(artifacts["kind"]) == {"report_html", "verdict_json", "run_manifest"}
 
     # a second run appends to the same database and the index lists both
     second = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),

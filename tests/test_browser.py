@@ -1,0 +1,70 @@
+"""The report in a real browser: headless Chromium (Debian package `chromium`; `.ci/run`
+installs it) loads the run page and the index with no console errors, and a screenshot shows
+the verdict banner and every section."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    if CHROMIUM is None:
+        pytest.fail("headless Chromium is needed: `apt-get install chromium` (Debian), as "
+                    ".ci/run does")
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--enable-logging=stderr", "--v=0", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, prefect_harness):
+    from audit.cli import main
+    from audit.demo.world import write_cohort
+
+    tmp = tmp_path_factory.mktemp("site")
+    folder = write_cohort(tmp / "c", 200, seed=71)
+    config = tmp / "c.toml"
+    config.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\n"
+                      "n_boot = 50\n")
+    out = tmp / "out"
+    for _ in range(2):  # two runs, so the index has trends
+        main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
+              "--out", str(out), "--config", str(config)])
+    return out
+
+
+def test_pages_load_without_console_errors(site):
+    pages = [site / "index.html"] + sorted(site.glob("runs/*/index.html"))
+    for page in pages:
+        res = _chromium("--dump-dom", page.as_uri())
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "</html>" in res.stdout and "<h1" in res.stdout
+        errors = [line for line in res.stderr.splitlines()
+                  if "CONSOLE" in line and ("error" in line.lower() or "Uncaught" in line)]
+        assert not errors, errors
+
+
+def test_a_screenshot_shows_the_verdict_and_every_section(site, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    page = sorted(site.glob("runs/*/index.html"))[-1]
+    dom = _chromium("--dump-dom", page.as_uri()).stdout
+    for section in ("verdict", "validation", "composition", "accuracy", "fairness",
+                    "survival", "trail"):
+        assert f'id="{section}"' in dom, section
+    shot = tmp_path / "page.png"
+    res = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())
+    assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # the verdict banner: a wide block of the pass green or the fail red near the top
+    top = pixels[:700]
+    red = (top[..., 0] > 150) & (top[..., 1] < 80) & (top[..., 2] < 80)
+    green = (top[..., 1] > 100) & (top[..., 0] < 80) & (top[..., 2] < 100)
+    assert max(red.sum(), green.sum()) > 20000, (red.sum(), green.sum())
+    assert (pixels.std(axis=(0, 1)) > 10).all()  # not a blank page

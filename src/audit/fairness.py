@@ -333,8 +333,8 @@ def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[flo
             # too few deaths in a group: its C and O/E are reported as too small
             enough = np.where(events >= min_events, sizes, 0)
             rows.extend(_group_rows(model, "risk", m, attribute, names, sizes, enough, vals,
-                                    gb[:, :, None] if gb.ndim == 2 else gb, float(over[m]),
-                                    over_boot[m][:, None], config, n_subjects_shown=sizes))
+                                    gb, float(over[m]), over_boot[m], config,
+                                    n_subjects_shown=sizes))
     return pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
 
 
@@ -354,9 +354,8 @@ def _group_rows(model, output, metric, attribute, names, n, subjects, values, bo
                 overall_value, overall_boot, config, n_subjects_shown=None) -> list[dict]:
     """Rows of one metric over the groups of one attribute.
 
-    ``boot``: (B, G) or (B, G, 1) group values per resample; ``overall_boot``: (B, 1)."""
-    boot = np.asarray(boot).reshape(np.asarray(boot).shape[0], -1) if np.ndim(boot) == 3 \
-        else np.asarray(boot)
+    ``boot``: (B, G) group values per resample; ``overall_boot``: (B,) or (B, 1)."""
+    boot = np.asarray(boot)
     overall_boot = np.asarray(overall_boot).reshape(-1, 1)
     low, high = percentile_ci(boot, config.ci_level)
     diff = values - overall_value

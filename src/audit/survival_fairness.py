@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
-from audit.fairness import SEP, add_fairness_groups, groupings
+from audit.fairness import add_fairness_groups, groupings
 from audit.survival import design_matrix, fit_cox
 
 SUBGROUP_COLUMNS = ["model", "predictor", "attribute", "group_name", "n", "events", "hr",
@@ -77,12 +77,11 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
         df["risk_quartile"] = np.searchsorted(q, r, side="right") + 1
         df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
         predictors.append(("risk_q4_vs_q1", "risk_q4"))
-    sub_config = type("C", (), {"attributes": [a for a in config.survival_attributes],
-                                "intersections": []})()
+    from types import SimpleNamespace
+
+    sub_config = SimpleNamespace(attributes=list(config.survival_attributes), intersections=[])
     rows, tests = [], []
     for attribute, labels in groupings(df, sub_config):
-        if SEP in attribute:
-            continue
         cat = {"sex": "male"} if has_sex and attribute != "sex" else {}
         adjustment = "age" + (" and sex" if cat else "")
         for name, term in predictors:

@@ -677,8 +677,10 @@ def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
 
         keep = ["photo_id"] + [c for c in IMAGE_NUMERIC if c in props.columns]
         rows = rows.merge(props[keep], on="photo_id", how="left")
-    preds = store.table("predictions", run_id)
-    preds = preds[(preds["perturbation"] == "none") & preds["model"].isin(models)]
+    # the clean pass only (a run also stores its perturbed predictions)
+    preds = store.query("SELECT photo_id, model, output, value FROM predictions "
+                        "WHERE run_id = ? AND perturbation = 'none'", [run_id])
+    preds = preds[preds["model"].isin(models)]
     if len(preds):
         wide = preds.assign(col=preds["model"] + ":" + preds["output"]).pivot_table(
             index="photo_id", columns="col", values="value", aggfunc="first")

@@ -39,7 +39,8 @@ def site(tmp_path_factory, prefect_harness):
 
 
 def test_pages_load_without_console_errors(site):
-    pages = [site / "index.html"] + sorted(site.glob("runs/*/index.html"))
+    pages = [site / "index.html"] + sorted(site.glob("runs/*/*.html"))
+    assert {p.name for p in pages} >= {"index.html", "model_card.html", "tripod_ai.html"}
     for page in pages:
         res = _chromium("--dump-dom", page.as_uri())
         assert res.returncode == 0, res.stderr[-2000:]
@@ -68,3 +69,21 @@ def test_a_screenshot_shows_the_verdict_and_every_section(site, tmp_path):
     green = (top[..., 1] > 100) & (top[..., 0] < 80) & (top[..., 2] < 100)
     assert max(red.sum(), green.sum()) > 20000, (red.sum(), green.sum())
     assert (pixels.std(axis=(0, 1)) > 10).all()  # not a blank page
+
+
+def test_print_keeps_every_table_and_drops_the_navigation(site, tmp_path):
+    """Printed (to PDF, as a regulator files it), the page keeps what sits in collapsed
+    <details> (a reader of paper cannot click), keeps the verdict in words, and drops the
+    section navigation."""
+    import pypdf
+
+    page = sorted(site.glob("runs/*/index.html"))[-1]
+    pdf = tmp_path / "page.pdf"
+    res = _chromium("--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri())
+    assert res.returncode == 0 and pdf.is_file(), res.stderr[-2000:]
+    text = " ".join(p.extract_text() for p in pypdf.PdfReader(pdf).pages)
+    assert "PASS:" in text or "FAIL:" in text
+    # a header that exists only inside a closed <details>: the calibration deciles
+    assert "observed (Kaplan-Meier)" in text
+    assert "Dossier" not in text  # the nav link; the section is "Regulatory dossier"
+    assert "Regulatory dossier" in text

@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from audit.cli import main
+from audit.hashing import sha256_file
 from audit.store import Store
 
 LENIENT = """
@@ -86,7 +87,11 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     verdict = json.loads((page.parent / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["run_id"] == run["run_id"]
     artifacts = store.table("artifacts", run["run_id"])
-    assert set(artifacts["kind"]) == {"report_html", "verdict_json", "run_manifest"}
+    assert set(artifacts["kind"]) == {"report_html", "verdict_json", "run_manifest",
+                                      "model_card_html", "model_card_json", "tripod_ai_html",
+                                      "tripod_ai_json", "csv_export"}
+    for a in artifacts.itertuples():  # every artifact is where it says, with its digest
+        assert sha256_file(out / a.path) == a.sha256, a.path
 
     # a second run appends to the same database and the index lists both
     second = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),
@@ -152,9 +157,10 @@ def test_report_rerenders_from_duckdb_alone(prefect_harness, demo_cohort, tmp_pa
     assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(elsewhere)]) == 0
     original = (out / "runs" / run_id / "index.html").read_text()
     assert (elsewhere / "runs" / run_id / "index.html").read_text() == original
-    from audit.hashing import sha256_file
-    recorded = Store(out / "audit.duckdb").table("artifacts", run_id).set_index("kind")["sha256"]
-    assert sha256_file(elsewhere / "runs" / run_id / "index.html") == recorded["report_html"]
+    recorded = Store(out / "audit.duckdb").table("artifacts", run_id)
+    for a in recorded.itertuples():  # the page, the dossier and the CSVs: byte-identical
+        if a.kind != "run_manifest":  # signed by the run, not by a re-render
+            assert sha256_file(elsewhere / a.path) == a.sha256, a.path
     assert (elsewhere / "index.html").is_file()
     shown = tmp_path / "shown"
     assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown),

@@ -84,3 +84,73 @@ def test_verify_finds_any_change_to_a_signed_run(prefect_harness, tmp_path):
     (run_dir / "manifest.json").write_text(json.dumps(doc))
     problems = verify_run(run_dir)
     assert any("do not match its digest" in p for p in problems)
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised():
+    import csv
+    import io
+
+    from audit.report.exports import to_csv
+
+    df = pd.DataFrame({"label": ['=HYPERLINK("http://x.example","click")', "+1+1", "-2+3",
+                                 "@SUM(A1)", "\tx", "plain", None],
+                       "value": [-1.5, 2.0, -3.25, 0.0, 1.0, -0.5, 7.0]})
+    rows = list(csv.DictReader(io.StringIO(to_csv(df))))
+    assert [r["label"] for r in rows] == ['\'=HYPERLINK("http://x.example","click")', "'+1+1",
+                                          "'-2+3", "'@SUM(A1)", "'\tx", "plain", ""]
+    assert [float(r["value"]) for r in rows] == df["value"].tolist()  # numbers stay numbers
+
+
+def test_no_raw_id_leaves_the_site_and_exports_are_neutralised(prefect_harness, tmp_path):
+    """Quarantine reasons and file names quote ids and image paths (`image S01/P01.jpg`):
+    every page, JSON and CSV beside the report shows them only
+    pseudonymised, the signed manifest names images by keyed hash, and a category label
+    shaped like a formula is inert in the CSV exports."""
+    import csv
+    import re
+
+    import yaml
+
+    from audit.cli import main
+    from audit.demo.world import write_cohort
+
+    folder = write_cohort(tmp_path / "c", 40, seed=52, photos=True, oracle=True)
+    manifest = pd.read_csv(folder / "manifest.csv", dtype=str)
+    manifest.loc[5, "photo_id"] = manifest.loc[4, "photo_id"]  # a duplicate id: quarantined
+    (folder / "images" / manifest.loc[7, "image_path"]).write_bytes(b"")  # an empty photo
+    formula = '=HYPERLINK("http://evil.example","x")'
+    manifest["race"] = manifest["race"].replace("White", formula)
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    spec = yaml.safe_load((folder / "cohort.yaml").read_text())
+    spec["vocabulary"]["race"] = [formula if r == "White" else r
+                                  for r in spec["vocabulary"]["race"]]
+    (folder / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    config = tmp_path / "c.toml"
+    config.write_text("[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
+                      "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
+                      "[thresholds]\nmax_quarantine_fraction = 0.5\n")
+    out = tmp_path / "out"
+    assert main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
+                 "--out", str(out), "--config", str(config)]) in (0, 1)
+    raw = re.compile(r"\b[PS]\d{6}\b")
+    leaving = [p for p in out.rglob("*") if p.suffix in (".html", ".json", ".csv")]
+    assert any(p.name == "manifest.json" for p in leaving)
+    for path in leaving:
+        found = raw.findall(path.read_text())
+        assert not found, (path.name, found[:5])
+    run_dir = next((out / "runs").iterdir())
+    reasons = pd.read_csv(run_dir / "data" / "quarantine.csv")["reason"]
+    assert reasons.str.contains("duplicate photo id").any()
+    empty = reasons[reasons.str.contains("empty file")]
+    assert len(empty) == 1 and re.search(r"image id-\w{12}/id-\w{12}\.jpg", empty.iloc[0])
+    with open(run_dir / "data" / "accuracy.csv", newline="") as fh:
+        labels = {r["group_name"] for r in csv.DictReader(fh)}
+    assert "'" + formula in labels and formula not in labels
+    # asked for, the ids come back (the scrubber replaces, it does not delete)
+    shown = tmp_path / "shown"
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown),
+                 "--show-ids"]) == 0
+    page = next(shown.glob("runs/*/index.html")).read_text()
+    assert f"image {manifest.loc[7, 'image_path']}: empty file" in page
+    # the signed manifest still verifies on site with pseudonymised image names
+    assert main(["verify", str(run_dir)]) == 0

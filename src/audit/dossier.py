@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from audit.hashing import sha256_file
+from audit.privacy import pseudonym
 
 MANIFEST = "manifest.json"
 
@@ -67,18 +68,20 @@ def build_manifest(run: dict, cohort, models: list, out_dir: Path, artifacts) ->
              str(Path(cohort.manifest_path).resolve().relative_to(root.resolve())
                  if Path(cohort.manifest_path).resolve().is_relative_to(root.resolve())
                  else Path(cohort.manifest_path).resolve()): cohort.manifest_sha256}
-    images_rel = Path(cohort.images_root).resolve().relative_to(root.resolve()) \
-        if Path(cohort.images_root).resolve().is_relative_to(root.resolve()) else None
-    images = {str((images_rel / rel) if images_rel is not None else
-                  Path(cohort.images_root) / rel): digest
-              for rel, digest in sorted(cohort.image_sha256.items())}
+    images_root = Path(cohort.images_root).resolve()
+    images_root = (images_root.relative_to(root.resolve())
+                   if images_root.is_relative_to(root.resolve()) else images_root)
+    # Image paths usually carry patient ids: the manifest names each image by the keyed
+    # pseudonym of its path under the images root; `verify` recomputes it on site.
+    images = {pseudonym(str(rel)): digest for rel, digest in sorted(cohort.image_sha256.items())}
     model_files = [{"name": m.name, "path": str(Path(m.checkpoint).resolve()),
                     "sha256": m.checkpoint_digest()}
                    for m in models if getattr(m, "checkpoint", None) is not None
                    and Path(m.checkpoint).is_file()]
     entries = {
         "run_id": run["run_id"], "cohort_path": str(root.resolve()),
-        "cohort_sha256": run["cohort_sha256"], "cohort_files": files, "images": images,
+        "cohort_sha256": run["cohort_sha256"], "cohort_files": files,
+        "images_root": str(images_root), "images": images,
         "models": model_files, "config_sha256": run["config_sha256"],
         "code_version": run["code_version"], "environment": run["environment"],
         "artifacts": {r["path"]: r["sha256"] for r in artifacts},
@@ -124,8 +127,15 @@ def verify_run(run_dir: str | Path) -> list[str]:
 
     for rel, digest in entries["cohort_files"].items():
         check(root / rel, digest, "cohort file")
-    for rel, digest in entries["images"].items():
-        check(root / rel, digest, "image")
+    images_root = root / entries.get("images_root", ".")
+    on_disk = {pseudonym(str(p.relative_to(images_root))): p
+               for p in images_root.rglob("*") if p.is_file()} if images_root.is_dir() else {}
+    for name, digest in entries["images"].items():
+        if name not in on_disk:
+            problems.append(f"image {name} under {images_root}: missing, renamed, or the "
+                            "manifest was made with another site's pseudonym key")
+        else:
+            check(on_disk[name], digest, f"image {name}")
     for m in entries["models"]:
         check(Path(m["path"]), m["sha256"], f"checkpoint of model {m['name']}")
     for rel, digest in entries["artifacts"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -50,3 +51,48 @@ def pseudonym(value: str | None, show_ids: bool = False) -> str:
     if show_ids:
         return str(value)
     return "id-" + hmac.new(_key(), str(value).encode(), hashlib.sha256).hexdigest()[:12]
+
+
+# Characters that end an id inside free text ("image S01/P01.jpg: byte-identical to photo P02").
+_DELIMITERS = re.compile(r"([\s/\\,;:()\[\]{}'\"=<>|]+)")
+
+
+def id_scrubber(ids, show_ids: bool = False):
+    """A function that replaces every id of ``ids`` found in a text by its pseudonym.
+
+    Quarantine reasons and stage notes quote ids and image paths (which usually contain the
+    ids); this keeps them out of anything that leaves the site. Text is split at delimiters
+    and each piece checked against the id set (with a file extension or a trailing full stop
+    allowed), so a million ids cost a set, not a million-way regex; ids that themselves
+    contain a delimiter are replaced as plain substrings, longest first."""
+    if show_ids:
+        return lambda text: text
+    plain, odd = set(), []
+    for v in ids:
+        if v is None or v != v or str(v) == "":
+            continue
+        s = str(v)
+        (odd.append(s) if _DELIMITERS.search(s) else plain.add(s))
+    odd.sort(key=len, reverse=True)
+
+    def token(tok: str) -> str:
+        if tok in plain:
+            return pseudonym(tok)
+        core = tok.rstrip(".")
+        if core in plain:
+            return pseudonym(core) + tok[len(core):]
+        stem, dot, ext = core.rpartition(".")
+        if dot and stem in plain and ext.isalnum():
+            return pseudonym(stem) + "." + ext + tok[len(core):]
+        return tok
+
+    def scrub(text):
+        if not isinstance(text, str) or not text:
+            return text
+        for s in odd:
+            if s in text:
+                text = text.replace(s, pseudonym(s))
+        return "".join(token(p) if i % 2 == 0 else p
+                       for i, p in enumerate(_DELIMITERS.split(text)))
+
+    return scrub

@@ -53,7 +53,9 @@ class ModelSpec(BaseModel):
         spec_json = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return {"name": self.name, "kind": self.kind,
                 "spec_sha256": hashlib.sha256(spec_json.encode()).hexdigest(),
-                "checkpoint_sha256": self.sha256, "arch": self.arch, "card": self.card}
+                "checkpoint_sha256": self.sha256, "arch": self.arch, "card": self.card,
+                "input_size": self.input_size, "layout": self.layout,
+                "normalize": self.normalize}
 
 
 @dataclass

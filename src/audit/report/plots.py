@@ -74,9 +74,10 @@ def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
     rows = rows.reset_index(drop=True)
     plt, fig, ax = _fig(6.0, max(1.8, 0.32 * len(rows) + 1.0))
     y = np.arange(len(rows))[::-1]
-    ax.errorbar(rows["value"], y,
-                xerr=[(rows["value"] - rows["ci_low"]).clip(lower=0),
-                      (rows["ci_high"] - rows["value"]).clip(lower=0)],
+    value = rows["value"].to_numpy(dtype=float)
+    ax.errorbar(value, y,
+                xerr=[np.clip(value - rows["ci_low"].to_numpy(dtype=float), 0, None),
+                      np.clip(rows["ci_high"].to_numpy(dtype=float) - value, 0, None)],
                 fmt="o", color="#1f5f99", ecolor="#888", capsize=3, ms=4)
     if ref is not None:
         ax.axvline(ref, color="#c0392b", lw=1, ls="--")
@@ -184,4 +185,27 @@ def calibration_plot(points: pd.DataFrame, title: str) -> str:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
+    return _uri(plt, fig)
+
+
+def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None = None) -> str:
+    """Effect size of every compared feature against the reference, drifted ones in red;
+    ``floors`` (effect method -> minimum effect) are drawn as ticks on each bar's row."""
+    rows = rows[rows["effect"].notna()].sort_values(["kind", "effect"], ascending=[True, True])
+    rows = rows.reset_index(drop=True)
+    plt, fig, ax = _fig(6.5, max(1.8, 0.3 * len(rows) + 1.1))
+    y = np.arange(len(rows))[::-1]
+    colours = np.where(rows["drifted"].fillna(False).astype(bool), "#b42318", "#9ca3af")
+    ax.barh(y, rows["effect"], color=colours, height=0.6)
+    for yi, method in zip(y, rows["effect_method"]):
+        floor = (floors or {}).get(method)
+        if floor is not None:
+            ax.plot([floor, floor], [yi - 0.4, yi + 0.4], color="#b45309", lw=1.5)
+    labels = [f"{k}: {f}" + (f" ({m})" if isinstance(m, str) and m else "")
+              for k, f, m in zip(rows["kind"], rows["feature"], rows["model"])]
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set_xlabel("effect size (orange tick: the floor a drift must reach)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
     return _uri(plt, fig)

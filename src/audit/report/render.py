@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from audit.hashing import sha256_file
-from audit.privacy import pseudonym
+from audit.privacy import id_scrubber, pseudonym
 from audit.report import plots
 from audit.store import Store
 
@@ -66,27 +66,46 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+RUN_TABLES = ("cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
+              "survival_models", "survival_terms", "survival_tests", "survival_metrics",
+              "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
+              "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts",
+              "saliency")
+
+
+def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
+    """The run's rows of every table its pages show."""
+    return {name: store.table(name, run_id) for name in RUN_TABLES}
+
+
+def _scrubber(t: dict[str, pd.DataFrame], show_ids: bool):
+    """Replaces the run's photo and subject ids in free text by their pseudonyms."""
+    rows = t["cohort_rows"]
+    return id_scrubber(pd.concat([rows["photo_id"], rows["subject_id"],
+                                  t["quarantine"]["photo_id"]]).unique(), show_ids)
+
+
 def run_context(store: Store, run_id: str, show_ids: bool = False,
-                final_verdict: str | None = None, show_faces: bool = False) -> dict:
+                final_verdict: str | None = None, show_faces: bool = False,
+                tables: dict[str, pd.DataFrame] | None = None) -> dict:
     """Everything the run page shows, read from the store."""
     run = store.run(run_id)
     if final_verdict is not None:
         run["verdict"] = final_verdict
         run["status"] = "finished"
-    t = {name: store.table(name, run_id) for name in (
-        "cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
-        "survival_models", "survival_terms", "survival_tests", "survival_metrics",
-        "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
-        "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts")}
+    t = tables if tables is not None else run_tables(store, run_id)
     models = json.loads(run["models"] or "[]")
     rows = t["cohort_rows"]
     included = rows[rows["included"]]
+    scrub = _scrubber(t, show_ids)
     composition = []
     for attribute in ["sex", "race", "cancer_type", "site"]:
         if attribute in included and included[attribute].notna().any():
             counts = included[attribute].fillna("(missing)").value_counts()
             composition.append({"attribute": attribute, "groups": [
                 {"name": k, "n": int(v), "share": v / len(included)} for k, v in counts.items()]})
+    exclusions = _exclusions_by_group(rows)
+    sites = sorted(str(v) for v in included["site"].dropna().unique())
     ages = included["age"].dropna()
     age_summary = ({"mean": ages.mean(), "sd": ages.std(), "min": ages.min(),
                     "max": ages.max()} if len(ages) else None)
@@ -102,6 +121,8 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         examples = details.get("examples") or []
         if r["column_name"] in ("photo_id", "subject_id"):
             examples = [pseudonym(str(v), show_ids) for v in examples]
+        else:  # image paths and free text quote ids too
+            examples = [scrub(str(v)) for v in examples]
         r.update(rule=details.get("rule") or details.get("skipped") or "",
                  examples=", ".join(str(v) for v in examples[:5]),
                  rows=", ".join(str(v) for v in list(details.get("rows") or [])[:10]) if isinstance(details.get("rows"), list) else "")
@@ -109,7 +130,10 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     q = t["quarantine"].copy()
     if len(q):
         q["photo_id"] = q["photo_id"].map(lambda v: pseudonym(v, show_ids))
-    stage_notes = {r["stage"]: r["note"] for r in _records(t["run_stages"]) if r["note"]}
+        q["reason"] = q["reason"].map(scrub)
+        q["source_file"] = q["source_file"].map(lambda v: scrub(Path(v).name) if v else v)
+    stages = t["run_stages"].assign(note=t["run_stages"]["note"].map(scrub))
+    stage_notes = {r["stage"]: r["note"] for r in _records(stages) if r["note"]}
 
     model_sections = []
     preds = t["predictions"]
@@ -162,6 +186,8 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         section["calibration"] = None
         if len(cal):
             section["calibration"] = {
+                "rows": _records(cal[["curve", "group_name", "at_risk", "predicted", "survival",
+                                      "survival_low", "survival_high", "time"]]),
                 "uri": plots.calibration_plot(cal, f"{name}: calibration at {cal['time'].iloc[0]:g} years"),
                 "alt": "Observed Kaplan-Meier survival (95% CI) against the mean cross-fitted "
                        "predicted survival in each decile of predicted risk; the dashed line is "
@@ -193,9 +219,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
                        "deltas": _records(deltas)}
     return {
         "incremental": incremental,
-        "drift": ({"rows": _records(t["drift"]), "reference": t["drift"]["reference"].iloc[0],
-                   "html": bool((t["artifacts"]["kind"] == "evidently_html").any())}
-                  if len(t["drift"]) else None),
+        "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
                                    config.get("fairness") or {}),
@@ -203,6 +227,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "moved_most": (_moved_most(store, run_id, run, t["robustness"], t["predictions"],
                                    config.get("robustness") or {}, show_ids)
                        if show_faces and len(t["robustness"]) else None),
+        "exclusions": exclusions, "evaluation_sites": sites,
         "run": run, "models": models, "sections": model_sections,
         "verdicts": _records(t["verdicts"]), "validation": validation,
         "quarantine": _records(q.head(200)), "n_quarantine": len(q),
@@ -210,11 +235,54 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "age": age_summary, "outcomes": outcomes,
         # The page is written by the publish stage, so it lists the stages before it; that
         # keeps a re-rendered page byte-identical to the one recorded in `artifacts`.
-        "stages": _records(t["run_stages"][t["run_stages"]["stage"] != "publish"]),
+        "stages": _records(stages[stages["stage"] != "publish"]),
         "stage_notes": stage_notes,
         "environment": json.loads(run["environment"] or "{}"),
         "config": config, "show_ids": show_ids,
     }
+
+
+DISTRIBUTION_EFFECTS = ("Wasserstein distance (normed)", "Jensen-Shannon distance")
+
+
+def _drift_view(drift: pd.DataFrame, artifacts: pd.DataFrame, cfg: dict) -> dict | None:
+    """The drift section: a chart of the distribution effects (on one scale: normed
+    Wasserstein for numbers, Jensen-Shannon for categories) and every row as a table."""
+    if drift.empty:
+        return None
+    dist = drift[drift["effect_method"].isin(DISTRIBUTION_EFFECTS)]
+    chart = None
+    if len(dist):
+        floors = {DISTRIBUTION_EFFECTS[0]: cfg.get("min_effect_numeric"),
+                  DISTRIBUTION_EFFECTS[1]: cfg.get("min_effect_categorical")}
+        n_drifted = int(dist["drifted"].fillna(False).astype(bool).sum())
+        chart = {"uri": plots.drift_chart(dist, f"Distribution drift against run "
+                                          f"{drift['reference'].iloc[0]}", floors),
+                 "alt": f"Bar chart of the effect size of {len(dist)} metadata, image and "
+                        f"prediction features against the reference ({n_drifted} drifted, in "
+                        "red); orange ticks mark the effect a drift must reach. Embeddings and "
+                        "model quality are on other scales: see the table."}
+    return {"rows": _records(drift), "reference": drift["reference"].iloc[0], "chart": chart,
+            "html": bool((artifacts["kind"] == "evidently_html").any())}
+
+
+def _exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
+    """Share of manifest rows the data checks excluded, by group: TRIPOD+AI item 7 asks
+    whether quality checks fell alike on every group. Only attributes where some group lost
+    a row are listed."""
+    out = []
+    if rows.empty or rows["included"].all():
+        return out
+    for attribute in ["sex", "race", "cancer_type", "site"]:
+        if attribute not in rows or rows[attribute].isna().all():
+            continue
+        g = rows.assign(excluded=~rows["included"].astype(bool)).groupby(
+            rows[attribute].fillna("(missing)"), sort=True)["excluded"]
+        table = pd.DataFrame({"n": g.size(), "excluded": g.sum()})
+        out.append({"attribute": attribute, "groups": [
+            {"name": k, "n": int(r["n"]), "excluded": int(r["excluded"]),
+             "share": r["excluded"] / r["n"]} for k, r in table.iterrows()]})
+    return out
 
 
 def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.DataFrame,
@@ -437,16 +505,27 @@ def _at_risk_table(curves: pd.DataFrame, times=(0, 1, 2, 3, 4, 5)) -> dict:
 
 def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool = False,
                final_verdict: str | None = None, show_faces: bool = False) -> pd.DataFrame:
-    """Write ``runs/<run_id>/index.html`` and ``verdict.json``; return the artifact rows.
+    """Write the run's page and its dossier; return the artifact rows (kind, path, sha256).
+
+    ``runs/<run_id>/``: ``index.html`` (the report), ``verdict.json``, ``model_card.html``
+    and ``.json``, ``tripod_ai.html`` and ``.json``, and ``data/<table>.csv``. The signed
+    ``manifest.json`` is written after them by the publish stage.
 
     ``show_faces``: add the cohort photos that moved most under each model's worst judged
     perturbation (read from the cohort folder the run audited), clean and perturbed."""
+    from audit.report.card import model_cards
+    from audit.report.exports import export_frames, write_exports
+    from audit.report.tripod import checklist
+
     out_dir = Path(out_dir)
+    tables = run_tables(store, run_id)
     ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict,
-                      show_faces=show_faces)
+                      show_faces=show_faces, tables=tables)
+    frames = export_frames(tables, _scrubber(tables, show_ids))
+    ctx["exports"] = list(frames)
     run_dir = out_dir / "runs" / run_id
-    html = _env().get_template("run.html").render(**ctx)
-    _write_atomic(run_dir / "index.html", html)
+    env = _env()
+    _write_atomic(run_dir / "index.html", env.get_template("run.html").render(**ctx))
     verdict = {
         "run_id": run_id, "cohort": ctx["run"]["cohort_name"],
         "cohort_sha256": ctx["run"]["cohort_sha256"], "synthetic": bool(ctx["run"]["synthetic"]),
@@ -457,13 +536,59 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
         "checks": [{k: v[k] for k in ("model", "check_name", "category", "threshold", "value",
                                       "status", "details")} for v in ctx["verdicts"]],
     }
-    _write_atomic(run_dir / "verdict.json", json.dumps(verdict, indent=2, default=str))
+    _write_atomic(run_dir / "verdict.json", _json(verdict))
+    cards = model_cards(ctx, tables)
+    items = checklist(ctx, tables, cards)
+    _write_atomic(run_dir / "model_card.html", env.get_template("model_card.html").render(
+        cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]))
+    _write_atomic(run_dir / "model_card.json", _json({
+        "run_id": run_id, "verdict": ctx["run"]["verdict"],
+        "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
+        "evaluation_data": cards[0]["evaluation"] if cards else None}))
+    _write_atomic(run_dir / "tripod_ai.html", env.get_template("tripod_ai.html").render(
+        items=items, run=ctx["run"], counts=_status_counts(items)))
+    _write_atomic(run_dir / "tripod_ai.json", _json({
+        "run_id": run_id, "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
+        "study_type": "external evaluation", "items": items}))
+    csvs = write_exports(frames, run_dir, write=_write_atomic)
     rows = []
-    for kind, name in (("report_html", "index.html"), ("verdict_json", "verdict.json")):
+    for kind, name in (("report_html", "index.html"), ("verdict_json", "verdict.json"),
+                       ("model_card_html", "model_card.html"),
+                       ("model_card_json", "model_card.json"),
+                       ("tripod_ai_html", "tripod_ai.html"), ("tripod_ai_json", "tripod_ai.json")):
         path = run_dir / name
         rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
                      "sha256": sha256_file(path)})
+    for path in csvs:
+        rows.append({"kind": "csv_export", "path": str(path.relative_to(out_dir)),
+                     "sha256": sha256_file(path)})
     return pd.DataFrame(rows)
+
+
+def _json(obj) -> str:
+    """Strict JSON (NaN and infinities as null) for registries and CI pipelines."""
+    return json.dumps(_plain(obj), indent=2, default=str, allow_nan=False)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _status_counts(items: list[dict]) -> dict:
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it["status"]] = counts.get(it["status"], 0) + 1
+    return counts
 
 
 def render_index(store: Store, out_dir: str | Path) -> Path:

@@ -1,0 +1,176 @@
+"""The model card of a run: one card per audited model, from DuckDB alone.
+
+Sections follow Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019), as a
+regulator reads them: model details and intended use as the model spec declares them
+(``card:``), the evaluation data (this run's cohort), metrics with their confidence
+intervals, subgroup performance, robustness, and limitations. Limitations are derived from
+the run's own results (failed checks, flagged or too-small subgroups, under-represented
+groups, proportional-hazards violations, drift, too few events) and added to whatever the
+developer declared; a card never claims what the run did not measure.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# model-card keys the spec may declare, in the order a card shows them
+DECLARED = [("version", "Version"), ("developers", "Developed by"), ("license", "Licence"),
+            ("intended_use", "Intended use"), ("users", "Intended users"),
+            ("out_of_scope", "Out-of-scope uses"), ("population", "Intended population"),
+            ("training_data", "Training data (as declared)"), ("references", "References"),
+            ("contact", "Contact")]
+HEADLINE_TERMS = {  # (model_id prefix, term) of the hazard ratios a card shows
+    "faceage": [("faceage_per_decade", "faceage_decade")],
+    "risk": [("risk_per_sd", "risk_sd"), ("risk_quartiles", "risk[Q4]")],
+}
+# External validation needs about 100 events at least (Collins, Ogundimu & Altman,
+# Stat Med 2016; Vergouwe et al., J Clin Epidemiol 2005).
+MIN_VALIDATION_EVENTS = 100
+
+
+def _rows(df: pd.DataFrame) -> list[dict]:
+    df = df.astype(object).where(df.notna(), None)
+    return df.to_dict("records")
+
+
+def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
+    """One card per model of the run. ``ctx`` is the run page's context, ``t`` its tables."""
+    run, config = ctx["run"], ctx["config"]
+    verdict_metrics = (config.get("fairness") or {}).get("verdict_metrics") or []
+    judged_max = int((config.get("robustness") or {}).get("judged_max_severity", 3))
+    evaluation = _evaluation_data(ctx, t)
+    cards = []
+    for m in ctx["models"]:
+        name = m["name"]
+        declared = m.get("card") or {}
+        outputs = m.get("outputs") or []
+        acc = t["accuracy"][t["accuracy"]["model"] == name]
+        fair = t["fairness"][t["fairness"]["model"] == name]
+        rob = t["robustness"][t["robustness"]["model"] == name]
+        checks = t["verdicts"][t["verdicts"]["model"] == name]
+        terms = t["survival_terms"][t["survival_terms"]["model"] == name]
+        models = t["survival_models"][t["survival_models"]["model"] == name]
+        metrics = t["survival_metrics"][(t["survival_metrics"]["model"] == name)
+                                        & t["survival_metrics"]["model_id"].isin(outputs)
+                                        & t["survival_metrics"]["metric"].isin(
+                                            ["uno_c", "auc", "brier", "integrated_brier"])]
+        hrs = []
+        for output in outputs:
+            for prefix, term in HEADLINE_TERMS.get(output, []):
+                sel = terms[terms["model_id"].str.startswith(prefix + "__")
+                            & ~terms["model_id"].str.contains("__strata_")
+                            & (terms["term"] == term)]
+                for r in _rows(sel):
+                    fit = models[models["model_id"] == r["model_id"]]
+                    r["adjustment"] = r["model_id"].split("__", 1)[1]
+                    r["n"] = int(fit["n"].iloc[0]) if len(fit) else None
+                    r["events"] = int(fit["events"].iloc[0]) if len(fit) else None
+                    hrs.append(r)
+        subgroup = fair[fair["metric"].isin(verdict_metrics) & (fair["attribute"] != "all")
+                        & ~fair["attribute"].str.contains(" x ")]
+        judged = rob[(rob["attribute"] == "all") & (rob["severity"] <= judged_max)]
+        worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"],
+                                   ascending=False).head(5)
+        cards.append({
+            "name": name, "kind": m.get("kind"), "arch": m.get("arch"), "outputs": outputs,
+            "spec_sha256": m.get("spec_sha256"), "checkpoint_sha256": m.get("checkpoint_sha256"),
+            "input_size": m.get("input_size"), "normalize": m.get("normalize"),
+            "declared": [{"key": k, "label": label, "value": declared[k]}
+                         for k, label in DECLARED if declared.get(k) not in (None, "", [])],
+            "declared_other": {k: v for k, v in declared.items()
+                               if k not in dict(DECLARED) and k != "limitations"},
+            "evaluation": evaluation,
+            "metrics": _rows(acc[acc["attribute"] == "all"]),
+            "hazard_ratios": hrs,
+            "survival_metrics": _rows(metrics),
+            "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"],
+                                                    kind="stable")),
+            "robustness": ({"judged": int(judged["passed"].notna().sum()),
+                            "failed": int((judged["passed"] == False).sum()),  # noqa: E712
+                            "judged_max": judged_max, "worst": _rows(worst)}
+                           if len(judged) else None),
+            "checks": _rows(checks),
+            "limitations": limitations(ctx, t, m),
+        })
+    return cards
+
+
+def _evaluation_data(ctx: dict, t: dict[str, pd.DataFrame]) -> dict:
+    run = ctx["run"]
+    rows = t["cohort_rows"]
+    included = rows[rows["included"]]
+    sites = sorted(str(s) for s in included["site"].dropna().unique()) if "site" in included else []
+    return {"cohort": run["cohort_name"], "cohort_sha256": run["cohort_sha256"],
+            "synthetic": bool(run["synthetic"]), "photos": ctx["n_included"],
+            "manifest_rows": ctx["n_rows"],
+            "subjects": int(included["subject_id"].nunique()),
+            "outcomes": ctx["outcomes"], "age": ctx["age"], "sites": sites,
+            "composition": ctx["composition"], "run_date": run["started_at"]}
+
+
+def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]:
+    """What a reader must know before relying on this model's results, from this run."""
+    name, run, config = model["name"], ctx["run"], ctx["config"]
+    declared = (model.get("card") or {}).get("limitations")
+    out: list[str] = []
+    if isinstance(declared, str):
+        out.append(f"Declared by the developer: {declared}")
+    elif isinstance(declared, list):
+        out.extend(f"Declared by the developer: {d}" for d in declared)
+    if run["synthetic"]:
+        out.append("Evaluated on synthetic data only (the demo world): these numbers say "
+                   "nothing about performance on real patients.")
+    if not (model.get("card") or {}).get("training_data"):
+        out.append("The model spec declares no training data, so overlap between the training "
+                   "and evaluation populations cannot be judged.")
+    if model.get("kind") == "predictions":
+        out.append("Predictions were supplied in the cohort table: the model itself was not run "
+                   "here, so its inputs and robustness could not be checked.")
+    for r in _rows(t["verdicts"][(t["verdicts"]["model"] == name)
+                                 & (t["verdicts"]["status"] == "fail")]):
+        out.append(f"Failed check {r['check_name']}: {r['details']}")
+    fair = t["fairness"][t["fairness"]["model"] == name]
+    for r in _rows(fair[fair["status"] == "flagged"]):
+        out.append(f"{r['output']} {r['metric']} differs in {r['attribute']} = {r['group_name']}: "
+                   f"{r['value']:.3g} against {r['value'] - r['diff_to_overall']:.3g} overall "
+                   f"(difference band {r['diff_ci_low']:.3g} to {r['diff_ci_high']:.3g}).")
+    small = fair[(fair["status"] == "too_small") & ~fair["attribute"].str.contains(" x ")]
+    if len(small):
+        groups = sorted({f"{a} = {g}" for a, g in zip(small["attribute"], small["group_name"])})
+        min_n = (config.get("fairness") or {}).get("min_group_size", 20)
+        out.append(f"Too few subjects (under {min_n}) to judge performance in: "
+                   f"{', '.join(groups[:12])}{' and more' if len(groups) > 12 else ''}.")
+    rep = t["representativeness"]
+    under = rep[(rep["ratio"].notna()) & (rep["ratio"] < 0.5)]
+    for r in _rows(under):
+        out.append(f"{r['attribute']} = {r['group_name']} is under-represented: "
+                   f"{100 * r['share']:.1f}% of subjects against {100 * r['intended_share']:.1f}% "
+                   "of the intended-use population.")
+    if rep.empty:
+        out.append("No intended-use population was configured, so representativeness was not "
+                   "tested.")
+    ph = t["survival_models"][(t["survival_models"]["model"] == name)
+                              & (t["survival_models"]["ph_test_min_p"] < 0.05)
+                              & ~t["survival_models"]["model_id"].str.contains("__strata_")]
+    if len(ph):
+        out.append("The proportional-hazards assumption looks violated (Schoenfeld p < 0.05) in "
+                   f"{', '.join(ph['model_id'].tolist()[:6])}; the stratified fits in the survival "
+                   "section are the remedy.")
+    outcomes = ctx["outcomes"]
+    if outcomes is None:
+        out.append("The cohort has no outcomes (time, event): prognostic value was not evaluated.")
+    elif outcomes["events"] < MIN_VALIDATION_EVENTS:
+        out.append(f"Only {outcomes['events']} deaths: external validation needs about "
+                   f"{MIN_VALIDATION_EVENTS} events or more for precise estimates (Collins et al. "
+                   "2016), so the survival estimates are imprecise.")
+    if len(ctx["evaluation_sites"]) <= 1:
+        out.append("One site only: transportability to other sites was not assessed.")
+    rob = t["robustness"][t["robustness"]["model"] == name]
+    if rob.empty and model.get("kind") != "predictions":
+        out.append("Robustness to image perturbations was not assessed in this run.")
+    drift = t["drift"]
+    moved = drift[drift["drifted"] & (drift["model"].isna() | (drift["model"] == name))]
+    if len(moved):
+        out.append(f"{len(moved)} feature(s) drifted against reference run "
+                   f"{drift['reference'].iloc[0]}: {', '.join(moved['feature'].astype(str).tolist()[:8])}.")
+    return out

@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py
 	$(PY) benchmarks/demo_models.py
 	$(PY) benchmarks/robustness.py
+	$(PY) benchmarks/saliency.py
 	$(PY) benchmarks/fairness.py
 	$(PY) benchmarks/drift.py
 

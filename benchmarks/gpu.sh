@@ -23,3 +23,6 @@ $PY benchmarks/inference.py --device cuda --n 4000 --model /tmp/r18.yaml
 echo
 echo "## Robustness suite on CUDA (robustness.py): each perturbation, and the default suite vs the clean pass"
 $PY benchmarks/robustness.py --device cuda --n 1000
+echo
+echo "## Saliency methods on CUDA (saliency.py)"
+$PY benchmarks/saliency.py --device cuda --n 256

@@ -1,5 +1,5 @@
-"""audit_flow: validate -> predict -> robustness -> accuracy -> fairness -> survival ->
-drift -> verdict -> publish.
+"""audit_flow: validate -> predict -> robustness -> saliency -> accuracy -> fairness ->
+survival -> drift -> verdict -> publish.
 
 Thin orchestration only: each task wraps one function of :mod:`audit.stages`, where the
 work (and every test of it) lives.
@@ -46,6 +46,11 @@ def robustness(ctx: stages.RunContext, shard_results: list | None = None) -> int
 def robustness_shard(shard: stages.RobustnessShard):
     """Perturbed passes of one slice of the sample on a (Dask) worker."""
     return shard, stages.run_robustness_shard(shard)
+
+
+@task(name="saliency", cache_policy=NONE)
+def saliency(ctx: stages.RunContext) -> int:
+    return stages.saliency_stage(ctx)
 
 
 @task(name="accuracy", cache_policy=NONE)
@@ -100,6 +105,7 @@ def audit_flow(cohort: str, models: list[str], out: str = "reports",
                        for s in stages.plan_robustness_shards(ctx, shards)]
             robust = [f.result() for f in futures]
         robustness(ctx, robust)
+        saliency(ctx)
         accuracy(ctx)
         fairness(ctx)
         survival(ctx)

@@ -66,8 +66,8 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
             "faceage_per_decade__clinical", "risk_quartiles__age_sex"} <= set(models["model_id"])
     assert len(store.table("survival_curves", run["run_id"])) > 0
     stages = store.table("run_stages", run["run_id"])["stage"].tolist()
-    assert stages == ["validate", "predictions", "robustness", "accuracy", "fairness", "survival",
-                      "drift", "verdict", "publish"]
+    assert stages == ["validate", "predictions", "robustness", "saliency", "accuracy",
+                      "fairness", "survival", "drift", "verdict", "publish"]
     drift_note = store.table("run_stages", run["run_id"]).set_index("stage").at["drift", "note"]
     assert "no reference given" in drift_note
     fair = store.table("fairness", run["run_id"])

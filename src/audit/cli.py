@@ -79,9 +79,13 @@ def run(
     shards: int = typer.Option(0, "--shards", min=0, help="inference shards (dask default 8)"),
     reference: Optional[str] = typer.Option(None, "--reference",
                                             help="run id or cohort folder to measure drift against"),
+    saliency: bool = typer.Option(False, "--saliency",
+                                  help="run the saliency audit (where each model looks; off by "
+                                       "default for speed; [saliency] in the config sets it up)"),
 ) -> None:
     """Audit one or more models on a cohort."""
-    raise typer.Exit(_run_audit(cohort, model, out, config, runner=runner,
+    overrides = {"saliency": {"enabled": True}} if saliency else None
+    raise typer.Exit(_run_audit(cohort, model, out, config, overrides=overrides, runner=runner,
                                 dask_address=dask_address, shards=shards, reference=reference))
 
 

@@ -34,6 +34,8 @@ from audit.errors import InputError
 
 LIGHT_SAMPLE_SUBJECTS = 150
 LIGHT_SEVERITIES = (1, 3, 5)
+LIGHT_SALIENCY = {"enabled": True, "sample_per_group": 20, "stride": 16, "n_boot": 100,
+                  "sanity_photos": 12}
 
 
 class _Section(BaseModel):
@@ -199,11 +201,55 @@ class RobustnessConfig(_Section):
     def _known(cls, value: list[str]) -> list[str]:
         from audit.perturbations import list_perturbations
 
-        unknown = [v for v in value if v not in list_perturbations()]
-        if unknown:
-            raise ValueError(f"unknown perturbation(s) {unknown}; registered: "
-                             f"{list_perturbations()}")
-        return value
+        return _registered(value, list_perturbations(), "perturbation")
+
+
+def _registered(value: list[str], known: list[str], what: str) -> list[str]:
+    """``value`` when every name in it is registered, else a ValueError listing them."""
+    unknown = [v for v in value if v not in known]
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; registered: {known}")
+    return value
+
+
+class SaliencyConfig(_Section):
+    """Where each model looks (``audit.saliency``): cohort-averaged attribution maps, region
+    shares, comparisons between models and sanity checks. Off by default: with the defaults
+    it costs more forward passes than the robustness suite (occlusion alone is about 170 per
+    photo); the demo's light preset turns it on with a small sample."""
+
+    enabled: bool = False
+    methods: list[str] = Field(
+        default_factory=list, description="attribution methods to run; empty: every "
+        "registered one that the model allows (occlusion for all; gradient x input and "
+        "integrated gradients for torch models; Grad-CAM for CNNs; attention rollout for ViTs)")
+    sample_per_group: int = Field(
+        200, ge=1, description="photos sampled (one per subject) per group of each attribute "
+                               "in `groups`, and overall at least this many")
+    groups: list[str] = Field(default_factory=lambda: ["sex", "race", "age_band"])
+    min_faces: int = Field(20, ge=1, description="no map or share of fewer photos is stored")
+    window: int = Field(16, ge=2, description="occlusion window side (pixels at input size)")
+    stride: int = Field(8, ge=1, description="occlusion stride (pixels)")
+    ig_steps: int = Field(16, ge=2, description="integrated-gradients steps")
+    n_boot: int = Field(200, ge=20)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    top_fraction: float = Field(0.2, gt=0, lt=1,
+                                description="share of pixels counted as a map's top (overlap)")
+    sanity_photos: int = Field(24, ge=2, description="photos of the randomised-weights check")
+    sanity_spearman_max: float = Field(
+        0.5, description="a method passes the randomisation check when the trained and the "
+        "randomised model's cohort maps correlate (Spearman) below this")
+    face_layout: str | dict[str, float] | None = Field(
+        None, description="the region template's layout; default as for robustness")
+    batch_size: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        from audit.saliency import list_attributions
+
+        return _registered(value, list_attributions(), "attribution method")
 
 
 class Thresholds(_Section):
@@ -240,6 +286,7 @@ class AuditConfig(_Section):
     accuracy: AccuracyConfig = Field(default_factory=AccuracyConfig)
     survival: SurvivalConfig = Field(default_factory=SurvivalConfig)
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    saliency: SaliencyConfig = Field(default_factory=SaliencyConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
@@ -247,7 +294,8 @@ class AuditConfig(_Section):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["full", "light"] = Field(
         "full", description="`light` (the demo): robustness on 150 subjects at severities "
-                            "1, 3 and 5, unless the robustness section says otherwise")
+                            "1, 3 and 5, saliency on with 20 photos per group and a 16-pixel "
+                            "occlusion stride, unless those sections say otherwise")
 
     @model_validator(mode="after")
     def _light(self) -> "AuditConfig":
@@ -257,6 +305,10 @@ class AuditConfig(_Section):
                 self.robustness.sample_subjects = LIGHT_SAMPLE_SUBJECTS
             if "severities" not in chosen:
                 self.robustness.severities = list(LIGHT_SEVERITIES)
+            chosen = self.saliency.model_fields_set
+            for key, value in LIGHT_SALIENCY.items():
+                if key not in chosen:
+                    setattr(self.saliency, key, value)
         return self
 
     def canonical_json(self) -> str:

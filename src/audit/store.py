@@ -191,9 +191,25 @@ SCHEMA_V8 = [
     "ALTER TABLE drift ADD COLUMN n_current BIGINT",
 ]
 
+# Version 9: the saliency audit. Region shares name their attribute and sample sizes;
+# cohort maps (means over at least min_faces photos, never one person's) and the
+# comparisons and sanity checks get tables of their own.
+SCHEMA_V9 = [
+    "ALTER TABLE saliency ADD COLUMN attribute VARCHAR",
+    "ALTER TABLE saliency ADD COLUMN n BIGINT",
+    "ALTER TABLE saliency ADD COLUMN n_subjects BIGINT",
+    """CREATE TABLE saliency_maps (
+        run_id VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, attribute VARCHAR,
+        group_name VARCHAR, n BIGINT, height INTEGER, width INTEGER, map FLOAT[])""",
+    """CREATE TABLE saliency_checks (
+        run_id VARCHAR, check_name VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR,
+        other_model VARCHAR, other_output VARCHAR, value DOUBLE, ci_low DOUBLE,
+        ci_high DOUBLE, threshold DOUBLE, passed BOOLEAN, n BIGINT, details VARCHAR)""",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
                                            (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
-                                           (7, SCHEMA_V7), (8, SCHEMA_V8)]
+                                           (7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
@@ -202,10 +218,12 @@ RESULT_TABLES = [
     "predictions", "embeddings", "robustness", "fairness", "accuracy", "survival_models",
     "survival_terms", "survival_tests", "survival_metrics", "survival_curves", "drift",
     "saliency", "verdicts", "artifacts", "prediction_cache", "embedding_cache",
-    "survival_subgroups", "representativeness", "comparisons",
+    "survival_subgroups", "representativeness", "comparisons", "saliency_maps",
+    "saliency_checks",
 ]
 
 HEARTBEAT_SECONDS = 30.0
+_ROW_LOCK = threading.RLock()  # one writer of a run's row at a time within this process
 STALE_AFTER_SECONDS = 600.0
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
@@ -324,7 +342,9 @@ class Store:
         return run_id
 
     def heartbeat(self, run_id: str) -> None:
-        with self.connect() as con:
+        # The heartbeat thread and a stage's transaction both update the run's row; DuckDB
+        # would abort one of them ("Conflict on update"), so they take turns.
+        with _ROW_LOCK, self.connect() as con:
             con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'running'",
                         [_now(), run_id])
 
@@ -396,7 +416,7 @@ class Store:
             raise ValueError(f"unknown result tables {sorted(unknown)}")
         started = started or _now()
         total = 0
-        with self.connect() as con:
+        with _ROW_LOCK, self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 for i, (table, frame) in enumerate(tables.items()):

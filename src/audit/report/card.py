@@ -89,10 +89,23 @@ def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
                             "failed": int((judged["passed"] == False).sum()),  # noqa: E712
                             "judged_max": judged_max, "worst": _rows(worst)}
                            if len(judged) else None),
+            "saliency": _saliency_summary(t["saliency"], name),
             "checks": _rows(checks),
             "limitations": limitations(ctx, t, m),
         })
     return cards
+
+
+def _saliency_summary(shares: pd.DataFrame, name: str) -> list[dict]:
+    """Per output and method, the regions holding most of the attribution mass overall."""
+    out = []
+    sel = shares[(shares["model"] == name) & (shares["attribute"] == "all")]
+    for (output, method), g in sel.groupby(["output", "method"], sort=False):
+        g = g.sort_values("share", ascending=False)
+        out.append({"output": output, "method": method, "n": int(g["n"].iloc[0]),
+                    "top": [{"region": r["region"], "share": r["share"], "ci_low": r["ci_low"],
+                             "ci_high": r["ci_high"]} for r in _rows(g.head(3))]})
+    return out
 
 
 def _evaluation_data(ctx: dict, t: dict[str, pd.DataFrame]) -> dict:
@@ -168,6 +181,14 @@ def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]
     rob = t["robustness"][t["robustness"]["model"] == name]
     if rob.empty and model.get("kind") != "predictions":
         out.append("Robustness to image perturbations was not assessed in this run.")
+    sanity = t["saliency_checks"]
+    if len(sanity):
+        bad = sanity[(sanity["check_name"] == "randomized_weights_spearman")
+                     & (sanity["model"] == name) & (sanity["passed"] == False)]  # noqa: E712
+        for r in _rows(bad):
+            out.append(f"Its {r['method']} saliency map barely changes when the weights are "
+                       f"randomised (Spearman {r['value']:.2f}): that method shows the image "
+                       "more than the model; read its maps with caution.")
     drift = t["drift"]
     moved = drift[drift["drifted"] & (drift["model"].isna() | (drift["model"] == name))]
     if len(moved):

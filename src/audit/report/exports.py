@@ -39,6 +39,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "survival_curves": (),
     "drift": (),
     "saliency": (),
+    "saliency_checks": (),
 }
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

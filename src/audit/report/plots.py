@@ -209,3 +209,55 @@ def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None 
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _uri(plt, fig)
+
+
+def saliency_grid(face: np.ndarray | None, template: np.ndarray, tiles: list[tuple[str, np.ndarray]],
+                  title: str) -> str:
+    """Cohort attribution maps, each over the average face of the sample (or grey), with the
+    outline of the region template; one tile per (label, map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.1 * len(tiles), 2.5), dpi=100,
+                             squeeze=False)
+    back = (face.mean(axis=2) if face is not None else np.full(template.shape, 128.0))
+    for ax, (label, m) in zip(axes[0], tiles):
+        ax.imshow(back, cmap="gray", vmin=0, vmax=255)
+        top = np.quantile(m, 0.99) or 1.0
+        ax.imshow(np.clip(m / top, 0, 1), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+        ax.contour(template, levels=np.arange(template.max()) + 0.5, colors="#38bdf8",
+                   linewidths=0.5)
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    return _uri(plt, fig)
+
+
+def region_bars(rows: pd.DataFrame, title: str, area: dict[str, float] | None = None) -> str:
+    """Share of attribution mass per region, one bar per method, with CIs; ``area``: each
+    region's share of the pixels (the share a map with no preference would give), dotted."""
+    regions = list(dict.fromkeys(rows["region"]))
+    methods = list(dict.fromkeys(rows["method"]))
+    plt, fig, ax = _fig(6.5, 0.13 * len(regions) * max(1, len(methods)) + 1.4)
+    h = 0.8 / max(1, len(methods))
+    y = np.arange(len(regions))[::-1]
+    for k, method in enumerate(methods):
+        r = rows[rows["method"] == method].set_index("region").reindex(regions)
+        v = r["share"].to_numpy(dtype=float)
+        err = [np.clip(v - r["ci_low"].to_numpy(dtype=float), 0, None),
+               np.clip(r["ci_high"].to_numpy(dtype=float) - v, 0, None)]
+        ax.barh(y + (len(methods) / 2 - k - 0.5) * h, v, height=h, xerr=err, capsize=2,
+                label=method, error_kw={"elinewidth": 0.8})
+    if area:
+        for yi, region in zip(y, regions):
+            ax.plot([area[region]] * 2, [yi - 0.45, yi + 0.45], color="#111", ls=":", lw=1)
+    ax.set_yticks(y)
+    ax.set_yticklabels(regions, fontsize=8)
+    ax.set_xlabel("share of attribution mass (95% CI); dotted: share of the pixels")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _uri(plt, fig)

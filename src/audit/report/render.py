@@ -70,7 +70,7 @@ RUN_TABLES = ("cohort_rows", "validation_results", "quarantine", "predictions", 
               "survival_models", "survival_terms", "survival_tests", "survival_metrics",
               "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
               "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts",
-              "saliency")
+              "saliency", "saliency_maps", "saliency_checks")
 
 
 def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
@@ -221,6 +221,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "incremental": incremental,
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
+        "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
                                    config.get("fairness") or {}),
         "representativeness": _records(t["representativeness"]),
@@ -240,6 +241,73 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "environment": json.loads(run["environment"] or "{}"),
         "config": config, "show_ids": show_ids,
     }
+
+
+def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFrame) -> dict | None:
+    """The saliency section: per model and output, the cohort map of each method over the
+    sample's average face, region shares with CIs, subgroup maps and shares; comparisons
+    between models; the randomisation sanity checks."""
+    if shares.empty:
+        return None
+
+    def grid(row) -> np.ndarray:
+        values = np.asarray(row["map"], dtype=np.float64)
+        h, w = int(row["height"]), int(row["width"])
+        return values.reshape(h, w, -1).squeeze(-1) if values.size != h * w * 3 else \
+            values.reshape(h, w, 3)
+
+    frames = {int(r["height"]): {} for r in _records(maps)}
+    for r in _records(maps[maps["method"].isin(["mean_face", "region_template"])]):
+        frames[int(r["height"])][r["method"]] = grid(r)
+    cohort = maps[maps["model"].notna()]
+    blocks = []
+    for (model, output), g in cohort.groupby(["model", "output"], sort=False):
+        size = int(g["height"].iloc[0])
+        template = frames.get(size, {}).get("region_template")
+        if template is None:
+            continue
+        template = template.astype(int)
+        face = frames[size].get("mean_face")
+        overall = g[g["attribute"] == "all"]
+        tiles = [(r["method"], grid(r)) for r in _records(overall)]
+        n = int(overall["n"].iloc[0]) if len(overall) else 0
+        from audit.saliency import REGIONS
+
+        area = {reg: float((template == i).mean()) for i, reg in enumerate(REGIONS)}
+        sh = shares[(shares["model"] == model) & (shares["output"] == output)]
+        primary = "occlusion" if (g["method"] == "occlusion").any() else g["method"].iloc[0]
+        sub = g[(g["attribute"] != "all") & (g["method"] == primary)]
+        sub_tiles = [(f"{r['attribute']}: {r['group_name']} (n={r['n']})", grid(r))
+                     for r in _records(sub)]
+        rows = []
+        for (method, attribute, group), s_ in sh.groupby(["method", "attribute", "group_name"],
+                                                          sort=False):
+            s_ = s_.set_index("region")
+            rows.append({"method": method, "attribute": attribute, "group": group,
+                         "n": int(s_["n"].iloc[0]),
+                         "cells": [{"share": s_.at[reg, "share"], "lo": s_.at[reg, "ci_low"],
+                                    "hi": s_.at[reg, "ci_high"]} if reg in s_.index else None
+                                   for reg in REGIONS]})
+        blocks.append({
+            "model": model, "output": output, "n": n, "primary": primary,
+            "maps": {"uri": plots.saliency_grid(face, template, tiles,
+                                                f"{model}: {output}, cohort maps ({n} photos)"),
+                     "alt": f"Mean attribution maps of {model}'s {output} over {n} photos, one "
+                            "per method, over the average face of the sample; bright: where the "
+                            "output is most sensitive; blue lines: the face-region template."},
+            "bars": {"uri": plots.region_bars(sh[sh["attribute"] == "all"],
+                                              f"{model}: {output}, share by region", area),
+                     "alt": f"Share of {model}'s {output} attribution mass in each face region "
+                            "by method, with 95% bootstrap CIs; dotted: the region's share of "
+                            "the pixels."},
+            "subgroup_maps": ({"uri": plots.saliency_grid(face, template, sub_tiles,
+                                                          f"{model}: {output}, {primary} by subgroup"),
+                               "alt": f"{primary} cohort maps of {model}'s {output} for each "
+                                      "subgroup with enough photos."} if sub_tiles else None),
+            "rows": rows, "regions": list(REGIONS), "area": area})
+    compare = checks[checks["check_name"].str.startswith("compare_")] if len(checks) else checks
+    sanity = checks[checks["check_name"] == "randomized_weights_spearman"] if len(checks) else checks
+    return {"blocks": blocks, "compare": _records(compare), "sanity": _records(sanity)}
 
 
 DISTRIBUTION_EFFECTS = ("Wasserstein distance (normed)", "Jensen-Shannon distance")
@@ -551,6 +619,7 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
         "run_id": run_id, "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
         "study_type": "external evaluation", "items": items}))
     csvs = write_exports(frames, run_dir, write=_write_atomic)
+    pngs = _write_saliency_pngs(ctx["saliency"], run_dir)
     rows = []
     for kind, name in (("report_html", "index.html"), ("verdict_json", "verdict.json"),
                        ("model_card_html", "model_card.html"),
@@ -559,10 +628,34 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
         path = run_dir / name
         rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
                      "sha256": sha256_file(path)})
-    for path in csvs:
-        rows.append({"kind": "csv_export", "path": str(path.relative_to(out_dir)),
-                     "sha256": sha256_file(path)})
+    for kind, paths in (("csv_export", csvs), ("saliency_png", pngs)):
+        for path in paths:
+            rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
+                         "sha256": sha256_file(path)})
     return pd.DataFrame(rows)
+
+
+def _write_saliency_pngs(view: dict | None, run_dir: Path) -> list[Path]:
+    """The saliency section's cohort maps and region-share charts as PNG files
+    (``saliency/<n>-<model>-<output>-maps.png``), the same bytes as the page shows."""
+    import base64
+    import re
+
+    paths = []
+    for i, b in enumerate((view or {}).get("blocks", []), start=1):
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{b['model']}-{b['output']}")[:80]
+        for part in ("maps", "bars", "subgroup_maps"):
+            if not b.get(part):
+                continue
+            path = run_dir / "saliency" / f"{i}-{slug}-{part.replace('_', '-')}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = base64.b64decode(b[part]["uri"].split(",", 1)[1])
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+            paths.append(path)
+    return paths
 
 
 def _json(obj) -> str:

@@ -9,13 +9,13 @@ batched throughput on this CPU; on a GPU at least 80% of model-only and 50x the 
 
 from __future__ import annotations
 
-import argparse
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import device_args
 
 
 def main(argv=None) -> None:
@@ -24,18 +24,10 @@ def main(argv=None) -> None:
 
     from audit.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import PhotoDataset, _collate, best_device, decode_image, normalize_batch, run_batched
+    from audit.inference import PhotoDataset, _collate, decode_image, normalize_batch, run_batched
     from audit.models import create_model
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--model", default="demo:faceage")
-    ap.add_argument("--batch", type=int, default=None)
-    args = ap.parse_args(argv)
-    device = args.device or best_device()
-    cuda = device.startswith("cuda")
-    batch = args.batch or (256 if cuda else 64)
+    args, device, cuda, batch = device_args(argv, 2000)
     tmp = Path(tempfile.mkdtemp(prefix="faceage-infer-"))
     cohort = load_cohort(write_cohort(tmp / "c", args.n, 3, photos=True))
     paths = [cohort.image_file(p) for p in cohort.frame["image_path"]]

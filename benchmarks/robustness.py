@@ -9,11 +9,11 @@ Prints a Markdown table for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from common import device_args, machine_line
 
 
 def _sync(device: str) -> None:
@@ -28,22 +28,12 @@ def main(argv=None) -> None:
 
     from audit.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import best_device
     from audit.models import create_model
     from audit.perturbations import create_perturbation, default_plan, face_layout, list_perturbations
     from audit.robustness import run_suite
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=200, help="photos in the suite run")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--model", default="demo:faceage")
-    ap.add_argument("--batch", type=int, default=None)
-    args = ap.parse_args(argv)
-    device = args.device or best_device()
-    cuda = device.startswith("cuda")
-    batch = args.batch or (256 if cuda else 64)
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
+    args, device, cuda, batch = device_args(argv, 200, "photos in the suite run")
+    print(machine_line(device))
 
     x = torch.rand(batch, 3, 112, 112, device=device)
     seeds = list(range(batch))

@@ -8,11 +8,11 @@ Prints a Markdown table for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from common import device_args, machine_line
 
 
 def main(argv=None) -> None:
@@ -22,20 +22,11 @@ def main(argv=None) -> None:
     from audit import saliency as sal
     from audit.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import best_device, decode_image
+    from audit.inference import decode_image
     from audit.models import create_model
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=32, help="photos")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--model", default="demo:faceage")
-    ap.add_argument("--batch", type=int, default=None)
-    args = ap.parse_args(argv)
-    device = args.device or best_device()
-    cuda = device.startswith("cuda")
-    batch = args.batch or (64 if cuda else 16)
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {device}"
-          + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
+    args, device, cuda, batch = device_args(argv, 32, batch_cpu=16, batch_cuda=64)
+    print(machine_line(device))
     with tempfile.TemporaryDirectory() as tmp:
         cohort = load_cohort(write_cohort(Path(tmp) / "c", args.n, seed=5, photos=True))
         x = torch.stack([torch.from_numpy(np.array(decode_image(cohort.image_file(p), 112)))

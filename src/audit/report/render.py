@@ -247,6 +247,8 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
     """The saliency section: per model and output, the cohort map of each method over the
     sample's average face, region shares with CIs, subgroup maps and shares; comparisons
     between models; the randomisation sanity checks."""
+    from audit.saliency import REGIONS
+
     if shares.empty:
         return None
 
@@ -271,8 +273,6 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
         overall = g[g["attribute"] == "all"]
         tiles = [(r["method"], grid(r)) for r in _records(overall)]
         n = int(overall["n"].iloc[0]) if len(overall) else 0
-        from audit.saliency import REGIONS
-
         area = {reg: float((template == i).mean()) for i, reg in enumerate(REGIONS)}
         sh = shares[(shares["model"] == model) & (shares["output"] == output)]
         primary = "occlusion" if (g["method"] == "occlusion").any() else g["method"].iloc[0]

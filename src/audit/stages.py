@@ -708,8 +708,8 @@ def saliency_stage(ctx: RunContext) -> int:
     paths = [ctx.cohort.image_file(p) for p in sample["image_path"]]
     groups = sample[[g for g in cfg.groups if g in sample.columns]]
     ctx.note("saliency", f"{len(sample)} photos of {len(subjects)} subjects ({cfg.sample_per_group}"
-                         f" per group of {', '.join(groups.columns) or 'the cohort'}); region "
-                         f"template: face layout {cfg.face_layout or ctx.cohort.spec.face_layout or 'default'}")
+                         f" per group of {', '.join(groups.columns) or 'the cohort'}), region "
+                         f"template of face layout {cfg.face_layout or ctx.cohort.spec.face_layout or 'default'}")
     sets: list[sal.MapSet] = []
     maps_rows: list[dict] = []
     targets_all: dict[tuple[str, str], sal.Target] = {}
@@ -750,7 +750,11 @@ def saliency_stage(ctx: RunContext) -> int:
                                    sample["photo_id"].to_numpy()[keep],
                                    sample["subject_id"].to_numpy()[keep], seconds,
                                    {"template": template, "keep": keep}))
-            ctx.note("saliency", f"{model} {output} {method}: {seconds:.1f} s")
+    timings: dict[tuple[str, str], list[str]] = {}
+    for ms in sets:
+        timings.setdefault((ms.model, ms.output), []).append(f"{ms.method} {ms.seconds:.1f} s")
+    for (model, output), parts in timings.items():
+        ctx.note("saliency", f"{model} {output}: {', '.join(parts)} on {device}")
     shares, checks = [], []
     for ms in sets:
         s_rows, m_rows = sal.cohort_rows(ms, groups[ms.extra["keep"]].reset_index(drop=True),
@@ -785,11 +789,11 @@ def saliency_stage(ctx: RunContext) -> int:
                        "passed": bool(rho < cfg.sanity_spearman_max), "n": k,
                        "details": f"cohort map of {k} photos against the same model with every "
                                   "weight redrawn (Adebayo et al. 2018)"})
-    ctx.note("saliency", f"sanity checks: {time.perf_counter() - start:.1f} s")
+    ctx.note("saliency", f"randomised-weights checks: {time.perf_counter() - start:.1f} s")
     failed_checks = [c for c in checks if c["passed"] is False]
     for c in failed_checks:
         ctx.note("saliency", f"{c['model']} {c['output']} {c['method']}: its map barely changes "
-                             f"when the weights are randomised (Spearman {c['value']:.2f}); "
+                             f"when the weights are randomised (Spearman {c['value']:.2f}), so "
                              "read it with caution")
     tables = {"saliency": pd.DataFrame(shares), "saliency_maps": pd.DataFrame(maps_rows),
               "saliency_checks": pd.DataFrame(checks)}

@@ -357,6 +357,9 @@ def test_validate_command_exit_codes(prefect_harness, tmp_path):
     assert len(props) > 0 and {"brightness", "sharpness", "jpeg_quality"} <= set(props.columns)
     html = (out / "runs" / messy_id / "index.html").read_text()
     assert "Validation of" in html and "byte-identical" in html
+    # a validation run audits data, not a model: no model card, no TRIPOD+AI map
+    assert not (out / "runs" / messy_id / "model_card.html").exists()
+    assert 'href="tripod_ai.html"' not in html and 'href="data/quarantine.csv"' in html
 
 
 def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, tmp_path, config):

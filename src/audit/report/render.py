@@ -605,26 +605,27 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
                                       "status", "details")} for v in ctx["verdicts"]],
     }
     _write_atomic(run_dir / "verdict.json", _json(verdict))
-    cards = model_cards(ctx, tables)
-    items = checklist(ctx, tables, cards)
-    _write_atomic(run_dir / "model_card.html", env.get_template("model_card.html").render(
-        cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]))
-    _write_atomic(run_dir / "model_card.json", _json({
-        "run_id": run_id, "verdict": ctx["run"]["verdict"],
-        "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
-        "evaluation_data": cards[0]["evaluation"] if cards else None}))
-    _write_atomic(run_dir / "tripod_ai.html", env.get_template("tripod_ai.html").render(
-        items=items, run=ctx["run"], counts=_status_counts(items)))
-    _write_atomic(run_dir / "tripod_ai.json", _json({
-        "run_id": run_id, "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
-        "study_type": "external evaluation", "items": items}))
+    written = [("report_html", "index.html"), ("verdict_json", "verdict.json")]
+    if ctx["models"]:  # a validation run audits data, not a model: no card, no TRIPOD map
+        cards = model_cards(ctx, tables)
+        items = checklist(ctx, tables, cards)
+        _write_atomic(run_dir / "model_card.html", env.get_template("model_card.html").render(
+            cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]))
+        _write_atomic(run_dir / "model_card.json", _json({
+            "run_id": run_id, "verdict": ctx["run"]["verdict"],
+            "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
+            "evaluation_data": cards[0]["evaluation"]}))
+        _write_atomic(run_dir / "tripod_ai.html", env.get_template("tripod_ai.html").render(
+            items=items, run=ctx["run"], counts=_status_counts(items)))
+        _write_atomic(run_dir / "tripod_ai.json", _json({
+            "run_id": run_id, "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
+            "study_type": "external evaluation", "items": items}))
+        written += [("model_card_html", "model_card.html"), ("model_card_json", "model_card.json"),
+                    ("tripod_ai_html", "tripod_ai.html"), ("tripod_ai_json", "tripod_ai.json")]
     csvs = write_exports(frames, run_dir, write=_write_atomic)
     pngs = _write_saliency_pngs(ctx["saliency"], run_dir)
     rows = []
-    for kind, name in (("report_html", "index.html"), ("verdict_json", "verdict.json"),
-                       ("model_card_html", "model_card.html"),
-                       ("model_card_json", "model_card.json"),
-                       ("tripod_ai_html", "tripod_ai.html"), ("tripod_ai_json", "tripod_ai.json")):
+    for kind, name in written:
         path = run_dir / name
         rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
                      "sha256": sha256_file(path)})

@@ -18,6 +18,12 @@ VERDICT_COLUMNS = ["model", "check_name", "category", "threshold", "value", "pas
                    "details"]
 
 
+
+def sig3(x: float) -> str:
+    """Three significant digits, with floating-point dust (|x| < 1e-9) shown as 0: the mean
+    of an age-adjusted error is 0 by construction, not -4.88e-15."""
+    return "0" if abs(x) < 1e-9 else f"{x:.3g}"
+
 def _row(model, name, category, threshold, value, ok, details):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return {"model": model, "check_name": name, "category": category,
@@ -115,7 +121,7 @@ def _fairness_check(fair: pd.DataFrame | None, model: str, output: str, metrics:
     judged = sel[sel["metric"].isin(metrics)]
     flagged = judged[judged["status"] == "flagged"]
     listed = "; ".join(f"{r.metric} {r.attribute} = {r.group_name}: {r.value:.3g} vs overall "
-                       f"{r.value - r.diff_to_overall:.3g} (difference {r.diff_to_overall:+.3g}, "
+                       f"{sig3(r.value - r.diff_to_overall)} (difference {r.diff_to_overall:+.3g}, "
                        f"band {r.diff_ci_low:+.3g} to {r.diff_ci_high:+.3g})"
                        for r in flagged.head(6).itertuples())
     n_groups = int((judged["attribute"] != "all").sum())

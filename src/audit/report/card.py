@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from audit.verdict import sig3
+
 # model-card keys the spec may declare, in the order a card shows them
 DECLARED = [("version", "Version"), ("developers", "Developed by"), ("license", "Licence"),
             ("intended_use", "Intended use"), ("users", "Intended users"),
@@ -145,7 +147,7 @@ def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]
     fair = t["fairness"][t["fairness"]["model"] == name]
     for r in _rows(fair[fair["status"] == "flagged"]):
         out.append(f"{r['output']} {r['metric']} differs in {r['attribute']} = {r['group_name']}: "
-                   f"{r['value']:.3g} against {r['value'] - r['diff_to_overall']:.3g} overall "
+                   f"{r['value']:.3g} against {sig3(r['value'] - r['diff_to_overall'])} overall "
                    f"(difference band {r['diff_ci_low']:.3g} to {r['diff_ci_high']:.3g}).")
     small = fair[(fair["status"] == "too_small") & ~fair["attribute"].str.contains(" x ")]
     if len(small):

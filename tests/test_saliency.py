@@ -359,3 +359,11 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(elsewhere)]) == 0
     for a in pngs.itertuples():
         assert sha256_file(elsewhere / a.path) == a.sha256 == sha256_file(out / a.path)
+    assert "Individual maps of cohort photos" not in page
+    # asked for, on site: a few photos with their own maps, recomputed from the checkpoints
+    faces = tmp_path / "faces"
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(faces),
+                 "--show-faces"]) == 0
+    shown = (faces / "runs" / on / "index.html").read_text()
+    assert shown.count("Individual maps of cohort photos") == 2  # one per model and output
+    assert "cannot load" not in shown and "cannot be read" not in shown

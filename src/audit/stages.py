@@ -65,7 +65,7 @@ def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
     with progress.step("load cohort"):
         cohort = load_cohort(cohort_dir, hash_cache=HashCache.default())
     store = Store(out_dir / "audit.duckdb")
-    identities = [dict(m.identity(), outputs=m.outputs) for m in models]
+    identities = [_identity(m) for m in models]
     run_id = store.start_run(
         flow=flow, cohort_name=cohort.name, cohort_sha256=cohort.sha256,
         manifest_sha256=cohort.manifest_sha256, models=identities,
@@ -486,6 +486,18 @@ def _incremental(ctx: RunContext) -> dict:
     for note in result.pop("notes"):
         ctx.note("survival", note)
     return result
+
+
+def _identity(model) -> dict:
+    """What the run records of a model: name, kind, digests, card, outputs and, for image
+    models, the spec with the checkpoint's absolute path (so that a report rendered on site
+    with --show-faces can run it on a few photos again)."""
+    ident = dict(model.identity(), outputs=model.outputs)
+    if getattr(model, "checkpoint", None) is not None:
+        spec = model.spec.model_dump(mode="json")
+        spec["checkpoint"] = str(Path(model.checkpoint).resolve())
+        ident["spec"] = spec
+    return ident
 
 
 def _image_models(ctx: RunContext) -> list:

@@ -261,3 +261,16 @@ def region_bars(rows: pd.DataFrame, title: str, area: dict[str, float] | None = 
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return _uri(plt, fig)
+
+
+def overlay(face: np.ndarray, attribution: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """A uint8 RGB face with an attribution map blended over it (inferno, scaled to the
+    map's 99th percentile)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+
+    top = np.quantile(attribution, 0.99) or 1.0
+    heat = colormaps["inferno"](np.clip(attribution / top, 0, 1))[..., :3] * 255
+    return (face * (1 - alpha) + heat * alpha).round().clip(0, 255).astype(np.uint8)

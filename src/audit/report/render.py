@@ -222,6 +222,9 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
         "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
         "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
+        "saliency_faces": (_saliency_faces(run, models, t["cohort_rows"], t["saliency"],
+                                           config.get("saliency") or {}, show_ids)
+                           if show_faces and len(t["saliency"]) else None),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
                                    config.get("fairness") or {}),
         "representativeness": _records(t["representativeness"]),
@@ -308,6 +311,66 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
     compare = checks[checks["check_name"].str.startswith("compare_")] if len(checks) else checks
     sanity = checks[checks["check_name"] == "randomized_weights_spearman"] if len(checks) else checks
     return {"blocks": blocks, "compare": _records(compare), "sanity": _records(sanity)}
+
+
+def _saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: pd.DataFrame,
+                    cfg: dict, show_ids: bool, k: int = 4) -> dict:
+    """Only with ``--show-faces``: individual attribution maps of ``k`` cohort photos (drawn
+    with the saliency seed among the included ones), for each image model and the methods
+    the run used, recomputed from the cohort folder and the models' checkpoints on site."""
+    import torch
+
+    from audit import saliency as sal
+    from audit.cohort import load_cohort
+    from audit.hashing import HashCache
+    from audit.inference import decode_image
+    from audit.models import create_model
+    from audit.models.registry import ModelSpec
+
+    root = Path(run.get("cohort_path") or "")
+    try:
+        cohort = load_cohort(root, hash_cache=HashCache.default())
+        frame = cohort.frame.drop_duplicates("photo_id").set_index("photo_id")
+    except Exception as exc:  # the folder moved or is gone: say so, render the rest
+        return {"error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
+                "blocks": []}
+    included = rows[rows["included"].astype(bool)]["photo_id"]
+    included = [p for p in included if p in frame.index and pd.notna(frame.at[p, "image_path"])]
+    rng = np.random.default_rng(int(cfg.get("seed", 0)))
+    chosen = [included[i] for i in sorted(rng.choice(len(included), size=min(k, len(included)),
+                                                     replace=False))] if included else []
+    methods = list(dict.fromkeys(shares["method"]))
+    kw = {"occlusion": {"window": cfg.get("window", 16), "stride": cfg.get("stride", 8)},
+          "integrated_gradients": {"steps": cfg.get("ig_steps", 16)}}
+    blocks = []
+    for m in models:
+        if "spec" not in m:
+            continue
+        try:
+            model = create_model(ModelSpec(**m["spec"]))
+            targets = sal.model_targets(model, "cpu")
+        except Exception as exc:
+            blocks.append({"model": m["name"], "error": f"cannot load the model ({exc})"})
+            continue
+        faces = [np.array(decode_image(cohort.image_file(frame.at[p, "image_path"]),
+                                       model.input_size, align=not cohort.spec.cropped))
+                 for p in chosen]
+        if not faces:
+            continue
+        x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255
+        for t in targets:
+            cols, names = [], []
+            for name in methods:
+                if sal.applicable(name, t):
+                    cols.append(sal.create_attribution(name, **kw.get(name, {}))(t, x))
+                    names.append(name)
+            tiles = [[faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols]
+                     for i in range(len(faces))]
+            labels = [pseudonym(str(p), show_ids)[:14] for p in chosen]
+            blocks.append({"model": t.model, "output": t.output, "error": None,
+                           "uri": plots.image_grid(tiles, labels, ["photo"] + names, tile=96,
+                                                   label_width=130)})
+    return {"error": None, "blocks": blocks}
 
 
 DISTRIBUTION_EFFECTS = ("Wasserstein distance (normed)", "Jensen-Shannon distance")

@@ -226,6 +226,14 @@ def create_attribution(name: str, **kw) -> Callable:
     return attribute
 
 
+def configured_methods(names: list[str], *, window: int, stride: int,
+                       ig_steps: int) -> dict[str, Callable]:
+    """``{name: attribute}`` for ``names`` with the audit config's method settings."""
+    kw = {"occlusion": {"window": window, "stride": stride},
+          "integrated_gradients": {"steps": ig_steps}}
+    return {n: create_attribution(n, **kw.get(n, {})) for n in names}
+
+
 # ---------------------------------------------------------------------------- methods
 
 def occlusion_windows(size: int, window: int, stride: int) -> list[int]:

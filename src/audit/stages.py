@@ -711,10 +711,8 @@ def saliency_stage(ctx: RunContext) -> int:
     layout = face_layout(cfg.face_layout or ctx.config.robustness.face_layout
                          or ctx.cohort.spec.face_layout
                          or ("arcface" if ctx.cohort.spec.cropped else "aligned"))
-    names = cfg.methods or sal.list_attributions()
-    kw = {"occlusion": {"window": cfg.window, "stride": cfg.stride},
-          "integrated_gradients": {"steps": cfg.ig_steps}}
-    methods = {n: sal.create_attribution(n, **kw.get(n, {})) for n in names}
+    methods = sal.configured_methods(cfg.methods or sal.list_attributions(), window=cfg.window,
+                                     stride=cfg.stride, ig_steps=cfg.ig_steps)
     device = best_device()
     batch = cfg.batch_size or (64 if device.startswith("cuda") else 16)
     paths = [ctx.cohort.image_file(p) for p in sample["image_path"]]
@@ -781,6 +779,8 @@ def saliency_stage(ctx: RunContext) -> int:
                 checks += sal.compare(a, b, a.extra["template"], n_boot=cfg.n_boot,
                                       ci_level=cfg.ci_level, fraction=cfg.top_fraction, rng=rng)
     start = time.perf_counter()
+    decoded: dict[tuple, object] = {}
+    randomised: dict[tuple[str, str], sal.Target] = {}
     for ms in sets:
         target = targets_all[(ms.model, ms.output)]
         if not target.differentiable:
@@ -789,9 +789,14 @@ def saliency_stage(ctx: RunContext) -> int:
             continue
         k = min(cfg.sanity_photos, len(ms.maps))
         first = np.flatnonzero(ms.extra["keep"])[:k]  # the photos of ms.maps[:k]
-        x = _decode_sample([paths[i] for i in first], target.size, device,
-                           not ctx.cohort.spec.cropped)
-        random = sal.randomized_target(target, seed=cfg.seed)
+        key = (target.size, tuple(first))
+        if key not in decoded:  # once per input size, not once per method
+            decoded[key] = _decode_sample([paths[i] for i in first], target.size, device,
+                                          not ctx.cohort.spec.cropped)
+        x = decoded[key]
+        if (ms.model, ms.output) not in randomised:
+            randomised[(ms.model, ms.output)] = sal.randomized_target(target, seed=cfg.seed)
+        random = randomised[(ms.model, ms.output)]
         rand_maps = sal.normalise(np.asarray(methods[ms.method](random, x), dtype=np.float64))
         rho = sal.spearman_maps(ms.maps[:k].mean(axis=0), rand_maps.mean(axis=0))
         checks.append({"check_name": "randomized_weights_spearman", "model": ms.model,

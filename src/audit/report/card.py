@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from audit.report.render import _records as _rows
 from audit.verdict import sig3
 
 # model-card keys the spec may declare, in the order a card shows them
@@ -28,11 +29,6 @@ HEADLINE_TERMS = {  # (model_id prefix, term) of the hazard ratios a card shows
 # External validation needs about 100 events at least (Collins, Ogundimu & Altman,
 # Stat Med 2016; Vergouwe et al., J Clin Epidemiol 2005).
 MIN_VALIDATION_EVENTS = 100
-
-
-def _rows(df: pd.DataFrame) -> list[dict]:
-    df = df.astype(object).where(df.notna(), None)
-    return df.to_dict("records")
 
 
 def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:

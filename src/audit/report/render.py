@@ -58,11 +58,12 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return df.to_dict("records")
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with (os.fdopen(fd, "wb") if isinstance(data, bytes)
+          else os.fdopen(fd, "w", encoding="utf-8")) as fh:
+        fh.write(data)
     os.replace(tmp, path)
 
 
@@ -78,13 +79,6 @@ def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
     return {name: store.table(name, run_id) for name in RUN_TABLES}
 
 
-def _scrubber(t: dict[str, pd.DataFrame], show_ids: bool):
-    """Replaces the run's photo and subject ids in free text by their pseudonyms."""
-    rows = t["cohort_rows"]
-    return id_scrubber(pd.concat([rows["photo_id"], rows["subject_id"],
-                                  t["quarantine"]["photo_id"]]).unique(), show_ids)
-
-
 def run_context(store: Store, run_id: str, show_ids: bool = False,
                 final_verdict: str | None = None, show_faces: bool = False,
                 tables: dict[str, pd.DataFrame] | None = None) -> dict:
@@ -97,7 +91,9 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     models = json.loads(run["models"] or "[]")
     rows = t["cohort_rows"]
     included = rows[rows["included"]]
-    scrub = _scrubber(t, show_ids)
+    # replaces the run's photo and subject ids in free text by their pseudonyms
+    scrub = id_scrubber(pd.concat([rows["photo_id"], rows["subject_id"],
+                                   t["quarantine"]["photo_id"]]).unique(), show_ids)
     composition = []
     for attribute in ["sex", "race", "cancer_type", "site"]:
         if attribute in included and included[attribute].notna().any():
@@ -243,6 +239,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         "stage_notes": stage_notes,
         "environment": json.loads(run["environment"] or "{}"),
         "config": config, "show_ids": show_ids,
+        "scrub": scrub,  # for the CSV exports of the same render
     }
 
 
@@ -339,9 +336,9 @@ def _saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: p
     rng = np.random.default_rng(int(cfg.get("seed", 0)))
     chosen = [included[i] for i in sorted(rng.choice(len(included), size=min(k, len(included)),
                                                      replace=False))] if included else []
-    methods = list(dict.fromkeys(shares["method"]))
-    kw = {"occlusion": {"window": cfg.get("window", 16), "stride": cfg.get("stride", 8)},
-          "integrated_gradients": {"steps": cfg.get("ig_steps", 16)}}
+    methods = sal.configured_methods(list(dict.fromkeys(shares["method"])),
+                                     window=cfg.get("window", 16), stride=cfg.get("stride", 8),
+                                     ig_steps=cfg.get("ig_steps", 16))
     blocks = []
     for m in models:
         if "spec" not in m:
@@ -360,9 +357,9 @@ def _saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: p
         x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255
         for t in targets:
             cols, names = [], []
-            for name in methods:
+            for name, attribute in methods.items():
                 if sal.applicable(name, t):
-                    cols.append(sal.create_attribution(name, **kw.get(name, {}))(t, x))
+                    cols.append(attribute(t, x))
                     names.append(name)
             tiles = [[faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols]
                      for i in range(len(faces))]
@@ -652,7 +649,7 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
     tables = run_tables(store, run_id)
     ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict,
                       show_faces=show_faces, tables=tables)
-    frames = export_frames(tables, _scrubber(tables, show_ids))
+    frames = export_frames(tables, ctx["scrub"])
     ctx["exports"] = list(frames)
     run_dir = out_dir / "runs" / run_id
     env = _env()
@@ -687,16 +684,10 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
                     ("tripod_ai_html", "tripod_ai.html"), ("tripod_ai_json", "tripod_ai.json")]
     csvs = write_exports(frames, run_dir, write=_write_atomic)
     pngs = _write_saliency_pngs(ctx["saliency"], run_dir)
-    rows = []
-    for kind, name in written:
-        path = run_dir / name
-        rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
-                     "sha256": sha256_file(path)})
-    for kind, paths in (("csv_export", csvs), ("saliency_png", pngs)):
-        for path in paths:
-            rows.append({"kind": kind, "path": str(path.relative_to(out_dir)),
-                         "sha256": sha256_file(path)})
-    return pd.DataFrame(rows)
+    files = ([(kind, run_dir / name) for kind, name in written]
+             + [("csv_export", p) for p in csvs] + [("saliency_png", p) for p in pngs])
+    return pd.DataFrame([{"kind": kind, "path": str(path.relative_to(out_dir)),
+                          "sha256": sha256_file(path)} for kind, path in files])
 
 
 def _write_saliency_pngs(view: dict | None, run_dir: Path) -> list[Path]:
@@ -712,12 +703,7 @@ def _write_saliency_pngs(view: dict | None, run_dir: Path) -> list[Path]:
             if not b.get(part):
                 continue
             path = run_dir / "saliency" / f"{i}-{slug}-{part.replace('_', '-')}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = base64.b64decode(b[part]["uri"].split(",", 1)[1])
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            _write_atomic(path, base64.b64decode(b[part]["uri"].split(",", 1)[1]))
             paths.append(path)
     return paths
 

@@ -8,7 +8,7 @@ import platform
 
 def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64,
                 batch_cuda: int = 256):
-    """Parse ``--n --device --model --batch``; return ``(args, device, cuda, batch)``."""
+    """Parse ``--n --device --model --batch --rounds``; return ``(args, device, cuda, batch)``."""
     from audit.inference import best_device
 
     ap = argparse.ArgumentParser()
@@ -16,6 +16,8 @@ def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64,
     ap.add_argument("--device", default=None)
     ap.add_argument("--model", default="demo:faceage")
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="repeats of the timed comparisons, alternated (median reported)")
     args = ap.parse_args(argv)
     device = args.device or best_device()
     cuda = device.startswith("cuda")

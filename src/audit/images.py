@@ -150,29 +150,27 @@ def _about(cx: float, cy: float, angle: float, scale: float, size: int) -> np.nd
     return m
 
 
-def _ends_with_eoi(path: str | Path) -> bool:
-    """Whether a JPEG file ends with its end-of-image marker. OpenCV decodes a truncated
-    JPEG without complaint (grey below the cut); such files go to Pillow, which refuses."""
-    with open(path, "rb") as fh:
-        fh.seek(-2, 2)
-        return fh.read(2) == b"\xff\xd9"
-
-
 def decode_rgb(path: str | Path) -> np.ndarray:
     """A photo as uint8 RGB with its EXIF orientation applied (any mode converted).
 
-    Pillow reads the header first (its decompression-bomb limit applies); colour JPEGs are
-    then decoded by OpenCV, about 1.6x faster here, which applies EXIF orientation itself.
+    The file is read once. Pillow reads the header first (its decompression-bomb limit
+    applies); colour JPEGs that end with their end-of-image marker are then decoded by
+    OpenCV from the same bytes, about 1.6x faster here, which applies EXIF orientation
+    itself. A truncated JPEG goes to Pillow, which refuses it: OpenCV would decode it
+    without complaint, grey below the cut.
     """
+    import io
+
     from PIL import Image, ImageOps
 
+    data = Path(path).read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            if im.format == "JPEG" and im.mode == "RGB" and _ends_with_eoi(path):
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format == "JPEG" and im.mode == "RGB" and data[-2:] == b"\xff\xd9":
                 import cv2
 
-                bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
                 if bgr is not None:
                     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             im.load()

@@ -1,6 +1,6 @@
 """GPU checks, for a session that is lent a device: one script, one call.
 
-    python benchmarks/gpu_check.py            # prints a Markdown report for RESULTS.md
+    python benchmarks/gpu_check.py [--n 4000]   # prints a Markdown report for RESULTS.md
 
 1. The demo models give the same predictions on CUDA (bf16 autocast, channels_last) as on
    the CPU (float32), within bf16 tolerance.
@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
     import torch
 
     from audit.cohort import load_cohort
@@ -27,14 +29,17 @@ def main() -> int:
     from audit.inference import run_batched
     from audit.models import create_model
 
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=4000, help="rendered photos")
+    n = ap.parse_args(argv).n
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="faceage-gpu-"))
     t0 = time.perf_counter()
-    cohort = load_cohort(write_cohort(tmp / "c", 4000, seed=77, photos=True))
+    cohort = load_cohort(write_cohort(tmp / "c", n, seed=77, photos=True))
     print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}")
-    print(f"rendered and loaded 4,000 photos in {time.perf_counter() - t0:.1f} s\n")
+    print(f"rendered and loaded {n:,} photos in {time.perf_counter() - t0:.1f} s\n")
     paths = [cohort.image_file(p) for p in cohort.frame["image_path"]]
     print("| model | device | batch | img/s | max abs diff vs CPU |\n| --- | --- | ---: | ---: | ---: |")
     for spec in ("demo:faceage", "demo:survival"):

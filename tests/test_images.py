@@ -186,6 +186,53 @@ def test_a_checkpoint_that_does_not_fit_names_its_keys(tmp_path, tiny_model, sma
     assert "fc.bias (5,) vs (2,)" in msg
 
 
+def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(tmp_path,
+                                                                              small_cohort):
+    """A FAHR-Face style fine-tune: a 112-px ViT saved as ``backbone.*`` and ``regressor.*``,
+    with the MAE decoder still in the checkpoint. The error names the renames; with them the
+    predictions are the network's own."""
+    import json
+    import re
+
+    import timm
+
+    torch.manual_seed(1)
+    net = timm.create_model("vit_tiny_patch16_224", img_size=112, num_classes=1,
+                            global_pool="avg", pretrained=False).eval()
+    state = {("regressor." + k[5:] if k.startswith("head.") else "backbone." + k): v
+             for k, v in net.state_dict().items()}
+    state.update({"decoder_embed.weight": torch.zeros(64, 192), "mask_token": torch.zeros(1, 1, 192),
+                  "decoder_blocks.0.norm1.weight": torch.ones(64)})
+    ckpt = tmp_path / "fahr.pth"
+    torch.save({"model_state_dict": state}, ckpt)
+    base = {"arch": "vit_tiny_patch16_224",
+            "arch_kwargs": {"img_size": 112, "num_classes": 1, "global_pool": "avg"},
+            "outputs": {"faceage": 0}}
+    with pytest.raises(InputError) as err:
+        create_model(parse_model_spec(_spec(tmp_path, ckpt, **base))).load("cpu")
+    renames = json.loads(re.search(r"rename_keys: (\{.*\})$", str(err.value)).group(1))
+    assert renames == {"backbone.": "", "regressor.": "head.", "decoder_blocks.": None,
+                       "decoder_embed.": None, "mask_token": None}
+
+    model = create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys=renames, **base)))
+    preds = model.predict(small_cohort).frame.set_index("photo_id")["value"]
+    paths = [small_cohort.image_file(p) for p in small_cohort.frame["image_path"]]
+    from audit.inference import decode_image, normalize_batch
+
+    x = torch.from_numpy(np.stack([decode_image(p, 112) for p in paths])).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        ref = net(normalize_batch(x.float() / 255, "imagenet")).numpy()[:, 0]
+    np.testing.assert_allclose(preds.loc[small_cohort.frame["photo_id"]], ref, rtol=1e-4, atol=1e-4)
+    # the renames are part of what decides a prediction: another spelling, another cache key
+    other = create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys={
+        "regressor.": "head.", "backbone.": "", "decoder_": None, "mask_token": None}, **base)))
+    assert other.cache_key(small_cohort) != model.cache_key(small_cohort)
+
+    with pytest.raises(InputError, match="rename_keys 'encoder.': no checkpoint key starts"):
+        create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys={"encoder.": ""},
+                                            **base))).load("cpu")
+
+
 def test_wrong_key_and_wrong_digest_are_input_errors(tmp_path, tiny_model, small_cohort):
     ckpt = tmp_path / "ok.pth"
     torch.save({"model_state_dict": tiny_model.state_dict()}, ckpt)

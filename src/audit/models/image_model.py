@@ -114,6 +114,7 @@ class ImageModel(ModelAdapter):
         settings = {
             "checkpoint": self.checkpoint_digest(), "kind": spec.kind, "arch": spec.arch,
             "arch_kwargs": spec.arch_kwargs, "state_dict_key": spec.state_dict_key,
+            "rename_keys": spec.rename_keys,
             "input_size": self.input_size, "normalize": self.normalize, "layout": spec.layout,
             "align": not cohort.spec.cropped, "margin": 0.25, "outputs": spec.outputs,
             "embeddings": spec.embeddings,

@@ -32,6 +32,8 @@ class ModelSpec(BaseModel):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
     state_dict_key: str | None = None
+    # timm checkpoints: key prefixes renamed in order ({old: new}; new null drops the keys)
+    rename_keys: dict[str, str | None] = Field(default_factory=dict)
     input_size: int | None = None
     layout: str = "nchw"
     normalize: Any = None

@@ -3,11 +3,14 @@
 Spec fields (DESIGN.md): ``arch``, ``arch_kwargs`` (e.g. ``{img_size: 112, num_classes: 1}``
 for a ViT), ``checkpoint`` (``.safetensors``, or ``.pth``/``.pt`` read with
 ``torch.load(weights_only=True)``), ``state_dict_key`` (FAHR-Face: ``model_state_dict``),
+``rename_keys`` (key prefixes renamed in order, ``{old: new}``, a null ``new`` dropping the
+keys: a fine-tuned checkpoint's ``backbone.`` or ``regressor.``, an MAE's decoder),
 ``input_size``, ``normalize``, ``outputs`` (output name -> head index, or
 ``{index, scale, offset}``), ``sha256`` (expected digest of the checkpoint).
 
 A checkpoint that holds pickled code is refused; one that does not fit the architecture
-fails with the missing, unexpected and mis-shaped keys named. Embeddings are the
+fails with the missing, unexpected and mis-shaped keys named, and with the ``rename_keys``
+that would make it fit when prefixes explain the difference. Embeddings are the
 features before the head (timm's ``forward_head(..., pre_logits=True)``).
 
 Short form: ``timm:ARCH:CHECKPOINT`` (outputs default to ``faceage`` = head index 0).
@@ -16,6 +19,7 @@ Short form: ``timm:ARCH:CHECKPOINT`` (outputs default to ``faceage`` = head inde
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from pathlib import Path
 
 from audit.errors import InputError
@@ -69,8 +73,71 @@ def load_state_dict(path: Path, state_dict_key: str | None = None) -> dict:
     return state
 
 
+def rename_state_keys(state: dict, renames: dict, path: Path) -> dict:
+    """``state`` with key prefixes renamed, in the order given, each applied to what the
+    previous left; a ``None`` target drops the keys. A rename that matches no key, or two keys
+    renamed onto one, is an error naming them."""
+    for old, new in renames.items():
+        hits = [k for k in state if k.startswith(old)]
+        if not hits:
+            raise InputError(f"{path}: rename_keys {old!r}: no checkpoint key starts with it "
+                             f"(keys look like {', '.join(sorted(state)[:4])})")
+        out = {k: v for k, v in state.items() if not k.startswith(old)}
+        if new is not None:
+            for k in hits:
+                target = new + k[len(old):]
+                if target in out:
+                    raise InputError(f"{path}: rename_keys {old!r} -> {new!r} renames {k} onto "
+                                     f"{target}, which the checkpoint already has")
+                out[target] = state[k]
+        state = out
+    return state
+
+
+def _split_points(key: str):
+    """``(prefix, rest)`` for each split of a dotted key, the whole key as ``rest`` first."""
+    parts = key.split(".")
+    for i in range(len(parts)):
+        yield "".join(p + "." for p in parts[:i]), ".".join(parts[i:])
+
+
+def suggest_renames(state: dict, own: dict) -> dict:
+    """Prefix renames (for ``rename_keys``) that turn the checkpoint's unexpected keys into
+    the model's missing ones with the same shapes, found greedily: each step takes the
+    rename that explains most keys, by the longest common ending of each key. Unexpected keys
+    left over are dropped by their first component (an MAE's decoder, a training head)."""
+    state = {k: tuple(v.shape) for k, v in state.items()}
+    own = {k: tuple(v.shape) for k, v in own.items()}
+    renames: dict[str, str | None] = {}
+    while True:
+        missing = set(own) - set(state)
+        unexpected = set(state) - set(own)
+        by_rest: dict[str, list[str]] = {}
+        for m in missing:
+            for prefix, rest in _split_points(m):
+                by_rest.setdefault(rest, []).append(prefix)
+        votes: Counter = Counter()
+        for u in unexpected:
+            for prefix, rest in _split_points(u):  # the longest ending that some key shares
+                targets = [t for t in by_rest.get(rest, []) if own[t + rest] == state[u]]
+                if targets:
+                    votes.update((prefix, t) for t in targets if t != prefix)
+                    break
+        if not votes:
+            break
+        (old, new), _ = max(votes.items(), key=lambda kv: (kv[1], len(kv[0][0]), kv[0]))
+        renames[old] = new
+        state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+    for first in sorted({k.split(".")[0] for k in set(state) - set(own)}):
+        renames[first + ("." if any(k.startswith(first + ".") for k in state) else "")] = None
+    return renames
+
+
 def fit_state_dict(model, state: dict, path: Path) -> None:
-    """Load ``state`` strictly; name every missing, unexpected or mis-shaped key on failure."""
+    """Load ``state`` strictly; name every missing, unexpected or mis-shaped key on failure,
+    and the ``rename_keys`` that would make the checkpoint fit, when prefixes explain it."""
+    import json
+
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -86,7 +153,16 @@ def fit_state_dict(model, state: dict, path: Path) -> None:
             parts.append(f"unexpected keys: {few(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches: {few(shapes)}")
-        raise InputError(f"{path}: checkpoint does not fit the architecture; " + "; ".join(parts))
+        hint = ""
+        if missing and unexpected:
+            renames = suggest_renames(state, own)
+            fixed = rename_state_keys(dict(state), renames, path) if renames else state
+            if set(fixed) == set(own) and all(tuple(fixed[k].shape) == tuple(own[k].shape)
+                                              for k in own):
+                hint = (f". It fits with these key renames in the model spec: rename_keys: "
+                        f"{json.dumps(renames)}")
+        raise InputError(f"{path}: checkpoint does not fit the architecture; "
+                         + "; ".join(parts) + hint)
     model.load_state_dict(state, strict=True)
 
 
@@ -108,6 +184,7 @@ class TimmModel(ImageModel):
         import torch
 
         state = load_state_dict(self.checkpoint, self.spec.state_dict_key)
+        state = rename_state_keys(state, self.spec.rename_keys, self.checkpoint)
         try:
             model = timm.create_model(self.spec.arch, pretrained=False, **self.spec.arch_kwargs)
         except Exception as exc:

@@ -73,10 +73,8 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, torchvisi
       f"pandas {pandas.__version__}, {os.cpu_count()} CPUs, CUDA {torch.cuda.is_available()}")
 PYEOF
 
-if [ "$DEVICE" = cuda ]; then
-  step "CPU vs CUDA agreement and throughput by batch size (gpu_check.py)" \
-    $PY benchmarks/gpu_check.py --n "$N_CHECK"
-fi
+step "CPU vs $DEVICE agreement, throughput by batch size and decoder (gpu_check.py)" \
+  $PY benchmarks/gpu_check.py --n "$N_CHECK" --device "$DEVICE"
 step "Inference side by side on $DEVICE (inference.py): demo FaceAge" \
   $PY benchmarks/inference.py --device "$DEVICE" --n "$N_INFER" --rounds "$ROUNDS"
 $PY - <<'PYEOF'

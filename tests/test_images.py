@@ -228,6 +228,13 @@ def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(tm
         "regressor.": "head.", "backbone.": "", "decoder_": None, "mask_token": None}, **base)))
     assert other.cache_key(small_cohort) != model.cache_key(small_cohort)
 
+    # the likeliest slip with a FAHR-Face checkpoint: the ViT built at timm's default 224 px
+    at_224 = dict(base, arch_kwargs={"num_classes": 1, "global_pool": "avg"})
+    with pytest.raises(InputError, match="7 x 7 patches: it was trained on 112-px input; set "
+                                         "arch_kwargs img_size: 112"):
+        create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys=renames,
+                                            **at_224))).load("cpu")
+
     with pytest.raises(InputError, match="rename_keys 'encoder.': no checkpoint key starts"):
         create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys={"encoder.": ""},
                                             **base))).load("cpu")

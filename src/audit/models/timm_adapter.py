@@ -133,6 +133,26 @@ def suggest_renames(state: dict, own: dict) -> dict:
     return renames
 
 
+def _image_size_hint(model, state: dict, own: dict) -> str:
+    """When a ViT's position embedding differs from the checkpoint's, the input size the
+    checkpoint was trained at (FAHR-Face: 112 px, 7 x 7 patches of 16), as ``arch_kwargs``."""
+    import math
+
+    key = "pos_embed"
+    if key not in state or key not in own or tuple(state[key].shape) == tuple(own[key].shape):
+        return ""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
+    if not patch or prefix < 0 or state[key].ndim != 3:
+        return ""
+    side = math.isqrt(int(state[key].shape[1]) - prefix)
+    if side * side != int(state[key].shape[1]) - prefix:
+        return ""
+    size = side * int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+    return (f". The checkpoint's position embedding holds {side} x {side} patches: it was "
+            f"trained on {size}-px input; set arch_kwargs img_size: {size} and input_size: {size}")
+
+
 def fit_state_dict(model, state: dict, path: Path) -> None:
     """Load ``state`` strictly; name every missing, unexpected or mis-shaped key on failure,
     and the ``rename_keys`` that would make the checkpoint fit, when prefixes explain it."""
@@ -161,6 +181,7 @@ def fit_state_dict(model, state: dict, path: Path) -> None:
                                               for k in own):
                 hint = (f". It fits with these key renames in the model spec: rename_keys: "
                         f"{json.dumps(renames)}")
+        hint += _image_size_hint(model, state, own)
         raise InputError(f"{path}: checkpoint does not fit the architecture; "
                          + "; ".join(parts) + hint)
     model.load_state_dict(state, strict=True)

@@ -80,6 +80,36 @@ def test_a_stage_that_fails_halfway_writes_nothing(tmp_path):
     assert store.table("run_stages", run_id)["rows_written"].tolist() == [2]
 
 
+def test_vectors_round_trip_exactly_whether_equal_length_or_ragged(tmp_path):
+    """Equal-length vectors go to DuckDB as an Arrow fixed-size list, ragged ones as they are;
+    both come back as written (float32), with the other columns beside them intact."""
+    import numpy as np
+
+    store = Store(tmp_path / "audit.duckdb")
+    run_id = _start(store)
+    rng = np.random.default_rng(3)
+    equal = list(rng.normal(size=(4, 6)).astype(np.float32))
+    ragged = [rng.normal(size=k).astype(np.float32) for k in (3, 5)]
+    store.write_stage(run_id, "emb", {"embeddings": pd.DataFrame(
+        {"photo_id": ["a", "b", "c", "d"], "model": "m", "vector": equal})})
+    store.write_stage(run_id, "maps", {"saliency_maps": pd.DataFrame(
+        {"model": "m", "output": "faceage", "method": "occlusion", "attribute": "all",
+         "group_name": ["x", "y"], "n": [2, 3], "height": [1, 1], "width": [3, 5],
+         "map": ragged})})
+    back = store.table("embeddings", run_id).sort_values("photo_id")
+    assert back["photo_id"].tolist() == ["a", "b", "c", "d"] and set(back["model"]) == {"m"}
+    assert np.array_equal(np.stack(back["vector"].to_list()), np.stack(equal))
+    import pyarrow as pa
+
+    from audit.store import _as_arrow_if_vectors
+
+    assert isinstance(_as_arrow_if_vectors(pd.DataFrame({"vector": equal})), pa.Table)
+    assert isinstance(_as_arrow_if_vectors(pd.DataFrame({"map": ragged})), pd.DataFrame)
+    maps = store.table("saliency_maps", run_id).sort_values("group_name")
+    assert [len(m) for m in maps["map"]] == [3, 5]
+    assert all(np.array_equal(a, b) for a, b in zip(maps["map"], ragged))
+
+
 def test_finish_and_fail(tmp_path):
     store = Store(tmp_path / "audit.duckdb")
     a, b = _start(store), _start(store)

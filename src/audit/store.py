@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
 from audit.errors import InputError, StoreBusyError
@@ -263,6 +264,33 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _as_arrow_if_vectors(frame: pd.DataFrame):
+    """``frame`` as an Arrow table when it holds a column of equal-length numeric vectors
+    (embeddings, saliency maps): DuckDB takes a fixed-size list column about three times as
+    fast as a pandas column of arrays. Other frames go as they are."""
+    import pyarrow as pa
+
+    columns = [c for c in frame.columns if frame[c].dtype == object and len(frame)
+               and isinstance(frame[c].iat[0], np.ndarray)]
+    if not columns:
+        return frame
+    vectors = {}
+    for c in columns:
+        values = frame[c].to_numpy()
+        if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "fiub"
+                   for v in values):
+            return frame
+        width = len(values[0])
+        if width == 0 or any(len(v) != width for v in values):
+            return frame
+        flat = pa.array(np.concatenate(values).astype(np.float32, copy=False))
+        vectors[c] = pa.FixedSizeListArray.from_arrays(flat, width)
+    table = pa.Table.from_pandas(frame.drop(columns=columns), preserve_index=False)
+    for c, arr in vectors.items():
+        table = table.append_column(c, arr)
+    return table
+
+
 class Store:
     """The DuckDB file of one output folder.
 
@@ -424,7 +452,7 @@ class Store:
                         continue
                     frame = frame.copy()
                     frame.insert(0, "run_id", run_id)
-                    con.register("_stage_frame", frame)
+                    con.register("_stage_frame", _as_arrow_if_vectors(frame))
                     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _stage_frame")
                     con.unregister("_stage_frame")
                     total += len(frame)

@@ -285,10 +285,9 @@ def _as_arrow_if_vectors(frame: pd.DataFrame):
             return frame
         flat = pa.array(np.concatenate(values).astype(np.float32, copy=False))
         vectors[c] = pa.FixedSizeListArray.from_arrays(flat, width)
-    table = pa.Table.from_pandas(frame.drop(columns=columns), preserve_index=False)
-    for c, arr in vectors.items():
-        table = table.append_column(c, arr)
-    return table
+    arrays = [vectors[c] if c in vectors else pa.Array.from_pandas(frame[c])
+              for c in frame.columns]
+    return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
 
 class Store:

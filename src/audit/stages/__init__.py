@@ -1,0 +1,34 @@
+"""The audit's stages as plain functions over a :class:`RunContext`.
+
+Each stage computes with the library modules (cohort, models, accuracy, survival, verdict,
+report) and hands its rows to :meth:`Store.write_stage`, one transaction per stage. The
+Prefect flows in ``flows/`` wrap each function in one task; tests call them directly.
+Stages never import each other's internals and never import ``flows``; what several of them
+read (a model's predictions as columns, one photo per subject, the face layout) is in
+:mod:`audit.stages.context`.
+
+One module per stage, in the order a run takes them: :mod:`~audit.stages.validate`,
+:mod:`~audit.stages.predict`, :mod:`~audit.stages.analysis` (accuracy, fairness, survival),
+:mod:`~audit.stages.robustness`, :mod:`~audit.stages.saliency`, :mod:`~audit.stages.drift`,
+:mod:`~audit.stages.publish` (verdict, pages).
+"""
+
+from audit.stages.analysis import accuracy_stage, fairness_stage, survival_stage
+from audit.stages.context import RunContext, fail, running, start
+from audit.stages.drift import drift_stage
+from audit.stages.predict import Shard, plan_shards, predict_stage, run_shard
+from audit.stages.publish import publish_stage, verdict_stage
+from audit.stages.robustness import (
+    RobustnessSetup, RobustnessShard, plan_robustness_shards, robustness_setup,
+    robustness_stage, run_robustness_shard,
+)
+from audit.stages.saliency import saliency_stage
+from audit.stages.validate import validate_stage, validation_verdict
+
+__all__ = [
+    "RobustnessSetup", "RobustnessShard", "RunContext", "Shard", "accuracy_stage",
+    "drift_stage", "fail", "fairness_stage", "plan_robustness_shards", "plan_shards",
+    "predict_stage", "publish_stage", "robustness_setup", "robustness_stage",
+    "run_robustness_shard", "run_shard", "running", "saliency_stage", "start",
+    "survival_stage", "validate_stage", "validation_verdict", "verdict_stage",
+]

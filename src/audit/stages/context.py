@@ -1,0 +1,158 @@
+"""What the stages of one run share: the :class:`RunContext`, how a run starts and fails,
+and the views of the cohort that several stages read (one model's predictions as columns,
+one photo per subject, the image models, a face layout, the subjects every image model
+predicted)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from audit import progress
+from audit.config import AuditConfig
+from audit.errors import InputError
+from audit.store import Store
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share."""
+
+    store: Store
+    run_id: str
+    out_dir: Path
+    config: AuditConfig
+    cohort: object  # audit.cohort.Cohort
+    models: list  # ModelAdapter
+    predictions: dict = field(default_factory=dict)  # model name -> tidy frame
+    notes: dict = field(default_factory=dict)  # stage -> list of notes for the report
+    reference: str | None = None  # run_id the drift stage compares against
+
+    def __post_init__(self) -> None:
+        self._mark = datetime.now(timezone.utc)
+
+    def note(self, stage: str, text: str) -> None:
+        self.notes.setdefault(stage, []).append(text)
+
+    def write(self, stage: str, tables: dict, note: str | None = None) -> int:
+        """Write a stage's tables in one transaction, timed from the previous write."""
+        n = self.store.write_stage(self.run_id, stage, tables, note=note, started=self._mark)
+        self._mark = datetime.now(timezone.utc)
+        return n
+
+
+def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
+          config: AuditConfig, flow: str = "audit", reference: str | None = None) -> RunContext:
+    """Load the cohort and models, open the store and insert the ``running`` run row."""
+    from audit.cohort import load_cohort
+    from audit.hashing import HashCache
+    from audit.models import create_model
+
+    out_dir = Path(out_dir)
+    models = [create_model(spec) for spec in model_specs]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"two --model specs share a name: {names}; give each a `name`")
+    with progress.step("load cohort"):
+        cohort = load_cohort(cohort_dir, hash_cache=HashCache.default())
+    store = Store(out_dir / "audit.duckdb")
+    identities = [_identity(m) for m in models]
+    run_id = store.start_run(
+        flow=flow, cohort_name=cohort.name, cohort_sha256=cohort.sha256,
+        manifest_sha256=cohort.manifest_sha256, models=identities,
+        config_json=config.canonical_json(), config_sha256=config.sha256(),
+        synthetic=cohort.spec.synthetic, cohort_path=str(Path(cohort_dir).resolve()))
+    return RunContext(store=store, run_id=run_id, out_dir=out_dir, config=config,
+                      cohort=cohort, models=models, reference=reference)
+
+
+def wide_predictions(ctx: RunContext, model) -> pd.DataFrame:
+    """The cohort's good rows with this model's clean predictions as columns."""
+    preds = ctx.predictions[model.name]
+    clean = preds[preds["perturbation"] == "none"]
+    wide = clean.pivot_table(index="photo_id", columns="output", values="value", aggfunc="first")
+    base = ctx.cohort.frame.drop(columns=[c for c in ("faceage", "risk")
+                                          if c in ctx.cohort.frame.columns])
+    return base.merge(wide, left_on="photo_id", right_index=True, how="inner")
+
+
+def one_per_subject(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` for each subject's first photo (the one survival analysis uses)."""
+    first = ctx.cohort.subjects()["photo_id"]
+    return frame[frame["photo_id"].isin(set(first))].reset_index(drop=True)
+
+
+def _identity(model) -> dict:
+    """What the run records of a model: name, kind, digests, card, outputs and, for image
+    models, the spec with the checkpoint's absolute path (so that a report rendered on site
+    with --show-faces can run it on a few photos again)."""
+    ident = dict(model.identity(), outputs=model.outputs)
+    if getattr(model, "checkpoint", None) is not None:
+        spec = model.spec.model_dump(mode="json")
+        spec["checkpoint"] = str(Path(model.checkpoint).resolve())
+        ident["spec"] = spec
+    return ident
+
+
+def image_models(ctx: RunContext) -> list:
+    """The run's models that read the photos (not a cohort's prediction columns)."""
+    return [m for m in ctx.models if m.needs_images and hasattr(m, "cache_key")]
+
+
+def predicted_subjects(ctx: RunContext, models: list) -> pd.DataFrame:
+    """One photo per subject, kept where every model in ``models`` has a clean prediction,
+    with an ``age_band`` column when the cohort has ages (the strata of the photo samples)."""
+    from audit.cohort import age_band
+
+    subjects = ctx.cohort.subjects()
+    usable = set.intersection(*(set(ctx.predictions[m.name]["photo_id"]) for m in models))
+    subjects = subjects[subjects["photo_id"].isin(usable)].reset_index(drop=True)
+    if "age" in subjects.columns:
+        subjects["age_band"] = age_band(subjects["age"], ctx.config.accuracy.age_bands)
+    return subjects
+
+
+def layout_name(ctx: RunContext, *configured: str | None) -> str:
+    """The face layout of the cohort's crops: the first name configured, else cohort.yaml's
+    ``face_layout``, else ``arcface`` for cropped cohorts and ``aligned`` for raw photos
+    (which the engine eye-aligns to that layout)."""
+    return next((name for name in configured if name), None) or ctx.cohort.spec.face_layout \
+        or ("arcface" if ctx.cohort.spec.cropped else "aligned")
+
+
+_WORKER_MODELS: dict[str, object] = {}
+
+
+def worker_model(spec):
+    """A model built once per worker process and reused by every shard it runs."""
+    from audit.models import create_model
+
+    key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    model = _WORKER_MODELS.get(key)
+    if model is None:
+        model = _WORKER_MODELS[key] = create_model(spec)
+    return model
+
+
+@contextlib.contextmanager
+def running(ctx: RunContext):
+    """Heartbeat while the block runs; on any error mark the run ``failed`` and re-raise."""
+    with ctx.store.heartbeating(ctx.run_id):
+        try:
+            yield
+        except BaseException as exc:
+            fail(ctx, exc)
+            raise
+
+
+def fail(ctx: RunContext, exc: BaseException) -> None:
+    """Mark the run ``failed`` with its reason (the stages' rows stay whole or absent)."""
+    detail = str(exc) if isinstance(exc, InputError) else "".join(
+        traceback.format_exception_only(type(exc), exc)).strip()
+    ctx.store.fail_run(ctx.run_id, detail)

@@ -1,0 +1,52 @@
+"""The last stages: the verdict from this run's tables, then the pages, verdict.json and
+the signed manifest, recorded as artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from audit.stages.context import RunContext
+
+
+def verdict_stage(ctx: RunContext) -> str:
+    """Checks against the config's thresholds, read back from this run's tables."""
+    from audit.verdict import evaluate, overall
+
+    q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
+                        [ctx.run_id]).iloc[0, 0]
+    verdicts = evaluate(
+        models=[{"name": m.name, "outputs": m.outputs, "needs_images": m.needs_images}
+                for m in ctx.models],
+        n_manifest_rows=ctx.cohort.n_manifest_rows, n_quarantined=int(q),
+        accuracy=ctx.store.table("accuracy", ctx.run_id),
+        survival_terms=ctx.store.table("survival_terms", ctx.run_id),
+        robustness=ctx.store.table("robustness", ctx.run_id),
+        fairness=ctx.store.table("fairness", ctx.run_id),
+        drift=ctx.store.table("drift", ctx.run_id),
+        representativeness=ctx.store.table("representativeness", ctx.run_id),
+        fairness_metrics=ctx.config.fairness.verdict_metrics,
+        has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
+    ctx.write("verdict", {"verdicts": verdicts})
+    return overall(verdicts)
+
+
+def publish_stage(ctx: RunContext, verdict: str) -> Path:
+    """Render the run's page, verdict.json and the index over runs; record them as artifacts."""
+    from audit.report import render_run, render_index
+
+    from audit.dossier import build_manifest
+    from audit.hashing import sha256_file
+
+    paths = render_run(ctx.store, ctx.run_id, ctx.out_dir, final_verdict=verdict)
+    earlier = ctx.store.table("artifacts", ctx.run_id)[["kind", "path", "sha256"]]
+    manifest = build_manifest(ctx.store.run(ctx.run_id), ctx.cohort, ctx.models, ctx.out_dir,
+                              pd.concat([earlier, paths]).to_dict("records"))
+    paths = pd.concat([paths, pd.DataFrame([{
+        "kind": "run_manifest", "path": str(manifest.relative_to(ctx.out_dir)),
+        "sha256": sha256_file(manifest)}])], ignore_index=True)
+    ctx.write("publish", {"artifacts": paths})
+    ctx.store.finish_run(ctx.run_id, verdict)
+    render_index(ctx.store, ctx.out_dir)
+    return ctx.out_dir / "runs" / ctx.run_id / "index.html"

@@ -1,0 +1,97 @@
+"""The validate stage: what loading the manifest found and the Great Expectations suites,
+written in one transaction; and the verdict of a validation run (no model)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from audit import progress
+from audit.errors import InputError
+from audit.stages.context import RunContext
+
+
+def _load_results(c) -> pd.DataFrame:
+    """What reading the manifest found, as ``validation_results`` rows (suite ``load``)."""
+    q = c.quarantine
+    rows = [{"suite": "load", "expectation": "expect_manifest_readable", "column_name": None,
+             "severity": "critical", "success": True, "unexpected_count": 0,
+             "details": json.dumps({"file": str(c.manifest_path), "manifest_rows": c.n_manifest_rows})}]
+    by_col = q.groupby("column_name").size() if len(q) else pd.Series(dtype=int)
+    for col, count in by_col.items():
+        reasons = q.loc[q["column_name"] == col, "reason"].head(3).tolist()
+        rows.append({"suite": "load", "expectation": "expect_values_to_parse", "column_name": col,
+                     "severity": "error", "success": False, "unexpected_count": int(count),
+                     "details": json.dumps({"examples": reasons, "rows":
+                                            q.loc[q["column_name"] == col, "row_number"]
+                                            .head(20).astype(int).tolist()})})
+    if not len(q):
+        rows.append({"suite": "load", "expectation": "expect_values_to_parse", "column_name": None,
+                     "severity": "error", "success": True, "unexpected_count": 0,
+                     "details": "{}"})
+    return pd.DataFrame(rows)
+
+
+def validate_stage(ctx: RunContext) -> int:
+    """Validate the cohort (Great Expectations suites) and write what it found.
+
+    One transaction holds the cohort's rows (``included`` false for every quarantined
+    row), the suites' results, the per-image table, detections and the quarantine. A
+    critical failure is written too, then stops the run before any model sees the data.
+    """
+    from audit.validation import validate_cohort
+
+    c = ctx.cohort
+    report = validate_cohort(c, progress=lambda items, total: progress.bar(
+        items, total, "checking images"))
+    quarantine = pd.concat([c.quarantine, report.quarantine], ignore_index=True)
+    bad_ids = set(report.quarantine["photo_id"])
+    good = c.frame
+    cols = ["photo_id", "subject_id", "age", "sex", "race", "cancer_type", "site", "camera",
+            "time", "event"]
+    rows = good.reindex(columns=cols).copy()
+    rows["included"] = ~good["photo_id"].isin(bad_ids).to_numpy()
+    rows["row_number"] = good["_row"].values
+    dropped = pd.DataFrame({"photo_id": c.quarantine["photo_id"],
+                            "row_number": c.quarantine["row_number"], "included": False})
+    frame = pd.concat([rows, dropped], ignore_index=True) if len(dropped) else rows
+    for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    tables = {"cohort_rows": frame,
+              "validation_results": pd.concat([_load_results(c), report.results],
+                                              ignore_index=True),
+              "quarantine": quarantine}
+    props = report.image_properties
+    if props is not None and len(props):
+        tables["image_properties"] = props.drop(columns=["subject_id", "_row", "_boxes"],
+                                                errors="ignore")
+        boxes = [{"photo_id": pid, "x": f["x"], "y": f["y"], "w": f["w"], "h": f["h"],
+                  "confidence": f["confidence"], "landmarks": json.dumps(f["landmarks"])}
+                 for pid, faces in zip(props["photo_id"], props["_boxes"])
+                 if isinstance(faces, list) for f in faces]
+        if boxes:
+            tables["detections"] = pd.DataFrame(boxes)
+    c.frame = good[~good["photo_id"].isin(bad_ids)].reset_index(drop=True)
+    note = (f"{len(c.frame)} of {c.n_manifest_rows} rows go on; {len(quarantine)} quarantine "
+            f"record(s); {report.errors} failed error check(s)")
+    n = ctx.write("validate", tables, note=note)
+    if report.critical or c.frame.empty:
+        problems = report.critical or [f"{c.manifest_path}: no usable rows are left"]
+        first = quarantine.iloc[0] if len(quarantine) else None
+        example = (f" (first quarantined: {first['reason']})" if first is not None else "")
+        raise InputError("; ".join(problems) + example)
+    return n
+
+
+def validation_verdict(ctx: RunContext) -> str:
+    """The verdict of a validation run: ``fail`` when an error-severity check failed."""
+    from audit.verdict import overall, validation_checks
+
+    results = ctx.store.table("validation_results", ctx.run_id)
+    q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
+                        [ctx.run_id]).iloc[0, 0]
+    verdicts = validation_checks(results, ctx.cohort.n_manifest_rows, int(q),
+                                 ctx.config.thresholds)
+    ctx.write("verdict", {"verdicts": verdicts})
+    return overall(verdicts)

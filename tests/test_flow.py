@@ -469,7 +469,8 @@ def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness,
     robust_note = store.table("run_stages", run_id).set_index("stage").at["robustness", "note"]
     assert "3 shards on worker process(es)" in robust_note
     pd_testing = __import__("pandas").testing
-    pd_testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
+    # float32 rounding of differently composed batches: relative for ages, absolute near 0
+    pd_testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, atol=1e-5)
     assert not b.duplicated(["model", "output", "photo_id", "perturbation", "severity"]).any()
     qa, _, _ = rows(local, "quarantine", ["stage", "photo_id", "reason"])
     qb, _, _ = rows(dask, "quarantine", ["stage", "photo_id", "reason"])

@@ -44,10 +44,19 @@ def main() -> None:
                                         SurvivalConfig(n_boot=200)), rows)
             timed(f"survival models of one model's FaceAge and risk (Cox by adjustment, "
                   f"age gap, bands, quartiles, PH remedies, C with 200 resamples; Uno's C, AUC, "
-                  f"Brier, cross-fitted calibration), n={n:,}",
+                  f"Brier, cross-fitted calibration, decision curves at 1 and 2 years), "
+                  f"n={n:,}",
                   lambda: survival_analysis(cohort.subjects(), "oracle", ["faceage", "risk"],
                                             cohort.spec.covariates, SurvivalConfig(n_boot=200)),
                   rows)
+            from audit.decision_curves import score_decision_curves
+
+            subjects = cohort.subjects()
+            timed(f"decision curves of one score (2 horizons x 18 thresholds x 3 strategies, "
+                  f"200 resamples, cross-fitted), n={n:,}",
+                  lambda: score_decision_curves("o", "risk", subjects["time"], subjects["event"],
+                                                subjects["risk"], subjects["age"],
+                                                horizons=[1.0, 2.0], n_boot=200), rows)
             from audit.incremental import incremental_value
 
             timed(f"incremental value (3 nested models, LR tests, change in C, 200 resamples), "

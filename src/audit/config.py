@@ -71,6 +71,20 @@ class SurvivalConfig(_Section):
     calibration_horizon: float = Field(2.0, gt=0, description="years; calibration by decile")
     folds: int = Field(5, ge=2, description="cross-fitting folds of the Cox model on a score")
     incremental: bool = Field(True, description="clinical vs + FaceAge vs + FaceAge + risk")
+    decision_horizons: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0],
+        description="years; decision curves (net benefit) of each score at these horizons")
+    decision_thresholds: list[float] = Field(
+        default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 19)],
+        description="threshold probabilities of death by the horizon (0.05 to 0.90)")
+
+    @field_validator("decision_thresholds")
+    @classmethod
+    def _probabilities(cls, value: list[float]) -> list[float]:
+        bad = [v for v in value if not 0 < v < 1]
+        if bad:
+            raise ValueError(f"threshold probabilities must lie strictly between 0 and 1: {bad}")
+        return sorted(set(value))
 
 
 DEFAULT_TOLERANCES = {

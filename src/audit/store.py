@@ -208,9 +208,21 @@ SCHEMA_V9 = [
         ci_high DOUBLE, threshold DOUBLE, passed BOOLEAN, n BIGINT, details VARCHAR)""",
 ]
 
+# Version 10: decision curves (net benefit of each score at a horizon, against treating all
+# and against chronological age, with bootstrap CIs).
+SCHEMA_V10 = [
+    """CREATE TABLE decision_curves (
+        run_id VARCHAR, model VARCHAR, model_id VARCHAR, strategy VARCHAR, horizon DOUBLE,
+        threshold DOUBLE, n BIGINT, events BIGINT, positive_rate DOUBLE, net_benefit DOUBLE,
+        ci_low DOUBLE, ci_high DOUBLE, diff_treat_all DOUBLE, diff_treat_all_low DOUBLE,
+        diff_treat_all_high DOUBLE, diff_age DOUBLE, diff_age_low DOUBLE, diff_age_high DOUBLE,
+        interventions_avoided DOUBLE)""",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
                                            (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
-                                           (7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9)]
+                                           (7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9),
+                                           (10, SCHEMA_V10)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
@@ -220,7 +232,7 @@ RESULT_TABLES = [
     "survival_terms", "survival_tests", "survival_metrics", "survival_curves", "drift",
     "saliency", "verdicts", "artifacts", "prediction_cache", "embedding_cache",
     "survival_subgroups", "representativeness", "comparisons", "saliency_maps",
-    "saliency_checks",
+    "saliency_checks", "decision_curves",
 ]
 
 HEARTBEAT_SECONDS = 30.0

@@ -33,6 +33,7 @@ import pandas as pd
 from audit.accuracy import bootstrap_c, harrell_c
 from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
+from audit.decision_curves import COLUMNS as DECISION_COLUMNS
 
 MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance",
                  "concordance_low", "concordance_high", "log_likelihood", "ph_test_min_p",
@@ -54,17 +55,21 @@ class SurvivalResult:
     metrics: pd.DataFrame
     curves: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    decisions: pd.DataFrame | None = None  # decision_curves rows
 
     @classmethod
     def empty(cls, note: str) -> "SurvivalResult":
         return cls(pd.DataFrame(columns=MODEL_COLUMNS), pd.DataFrame(columns=TERM_COLUMNS),
                    pd.DataFrame(columns=TEST_COLUMNS), pd.DataFrame(columns=METRIC_COLUMNS),
-                   pd.DataFrame(columns=CURVE_COLUMNS), [note])
+                   pd.DataFrame(columns=CURVE_COLUMNS), [note],
+                   pd.DataFrame(columns=DECISION_COLUMNS))
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"survival_models": self.models, "survival_terms": self.terms,
                 "survival_tests": self.tests, "survival_metrics": self.metrics,
-                "survival_curves": self.curves}
+                "survival_curves": self.curves,
+                "decision_curves": (self.decisions if self.decisions is not None
+                                    else pd.DataFrame(columns=DECISION_COLUMNS))}
 
 
 def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
@@ -303,8 +308,12 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
               "age_sex_cancer": "adjusted for age, sex and cancer type",
               "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates"}
 
+    decisions: list[pd.DataFrame] = []
+
     def score_rows(frame, model_id, column):
-        """Uno's C, time-dependent AUC, Brier and calibration of a score (cross-fitted)."""
+        """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
+        (cross-fitted)."""
+        from audit.decision_curves import score_decision_curves
         from audit.survival_metrics import score_metrics
 
         m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
@@ -312,6 +321,11 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
                              k=config.folds, calibration_horizon=config.calibration_horizon)
         metrics.extend(m)
         curves.extend(c)
+        if config.decision_horizons:
+            decisions.append(score_decision_curves(
+                model, model_id, frame["time"], frame["event"], frame[column], frame["age"],
+                horizons=config.decision_horizons, thresholds=config.decision_thresholds,
+                n_boot=config.n_boot, seed=config.seed, k=config.folds))
 
     notes: list[str] = []
     _missing_note(df, adjustments, notes)
@@ -400,6 +414,8 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         tests=pd.DataFrame(tests, columns=TEST_COLUMNS),
         metrics=pd.DataFrame(metrics, columns=METRIC_COLUMNS),
         curves=pd.DataFrame(curves, columns=CURVE_COLUMNS),
+        decisions=(pd.concat([d for d in decisions if len(d)], ignore_index=True)
+                   if any(len(d) for d in decisions) else pd.DataFrame(columns=DECISION_COLUMNS)),
         notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."]
         + notes,
     )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from audit.report.decisions import decision_summaries
+
 from audit.report.render import _records as _rows
 from audit.verdict import sig3
 
@@ -81,6 +83,9 @@ def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
             "metrics": _rows(acc[acc["attribute"] == "all"]),
             "hazard_ratios": hrs,
             "survival_metrics": _rows(metrics),
+            "decision_curves": [{k: d[k] for k in ("score", "when", "n", "events", "useful",
+                                                   "useful_over_age", "summary")}
+                                for d in decision_summaries(t["decision_curves"], name)],
             "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"],
                                                     kind="stable")),
             "robustness": ({"judged": int(judged["passed"].notna().sum()),

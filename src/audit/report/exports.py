@@ -37,6 +37,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "survival_metrics": (),
     "survival_subgroups": (),
     "survival_curves": (),
+    "decision_curves": (),
     "drift": (),
     "saliency": (),
     "saliency_checks": (),

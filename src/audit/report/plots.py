@@ -274,3 +274,30 @@ def overlay(face: np.ndarray, attribution: np.ndarray, alpha: float = 0.55) -> n
     top = np.quantile(attribution, 0.99) or 1.0
     heat = colormaps["inferno"](np.clip(attribution / top, 0, 1))[..., :3] * 255
     return (face * (1 - alpha) + heat * alpha).round().clip(0, 255).astype(np.uint8)
+
+
+def decision_plot(rows: pd.DataFrame, title: str) -> str:
+    """Net benefit against threshold probability: the model (95% CI band), chronological
+    age, treat all and treat none, for one score at one horizon."""
+    plt, fig, ax = _fig(5.6, 4.0)
+    style = {"model": ("#1f5fa8", "-", "model"), "chronological_age": ("#c77d18", "--",
+                                                                        "chronological age"),
+             "treat_all": ("#777", ":", "treat all")}
+    for strategy, (colour, ls, label) in style.items():
+        g = rows[rows["strategy"] == strategy].sort_values("threshold")
+        if g.empty:
+            continue
+        ax.plot(g["threshold"], g["net_benefit"], color=colour, ls=ls, lw=1.6, label=label)
+        if strategy == "model":
+            ax.fill_between(g["threshold"], g["ci_low"], g["ci_high"], color=colour, alpha=0.15,
+                            lw=0, label="model, 95% CI")
+    ax.axhline(0, color="#222", lw=1, label="treat none")
+    top = float(np.nanmax(rows["net_benefit"].to_numpy(dtype=float), initial=0.0))
+    ax.set_ylim(-0.05 if top <= 0 else -0.25 * top, max(top * 1.15, 0.02))
+    ax.set_xlim(float(rows["threshold"].min()), float(rows["threshold"].max()))
+    ax.set_xlabel("threshold probability of death by the horizon")
+    ax.set_ylabel("net benefit (per patient)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3)
+    return _uri(plt, fig)

@@ -19,6 +19,7 @@ import pandas as pd
 from audit.hashing import sha256_file
 from audit.privacy import id_scrubber, pseudonym
 from audit.report import plots
+from audit.report.decisions import decision_view
 from audit.store import Store
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -71,7 +72,7 @@ RUN_TABLES = ("cohort_rows", "validation_results", "quarantine", "predictions", 
               "survival_models", "survival_terms", "survival_tests", "survival_metrics",
               "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
               "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts",
-              "saliency", "saliency_maps", "saliency_checks")
+              "saliency", "saliency_maps", "saliency_checks", "decision_curves")
 
 
 def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
@@ -188,6 +189,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
                 "alt": "Observed Kaplan-Meier survival (95% CI) against the mean cross-fitted "
                        "predicted survival in each decile of predicted risk; the dashed line is "
                        "perfect calibration."}
+        section["decisions"] = decision_view(t["decision_curves"], name)
         section["km"] = []
         curves = t["survival_curves"][t["survival_curves"]["model"] == name]
         for curve, g in curves[~curves["curve"].str.startswith("calibration:")].groupby(

@@ -195,7 +195,9 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
     a["12e"] = (ANSWERED, [page("accuracy", "accuracy"), page("survival", "survival")],
                 "MAE, mean error, Pearson r, within 5 years; Harrell's and Uno's C, time-dependent "
                 "AUC, Brier and integrated Brier scores, calibration by decile, Kaplan-Meier "
-                "curves, nested-model likelihood-ratio tests; paired model comparisons.")
+                "curves, nested-model likelihood-ratio tests; clinical utility by decision "
+                "curves (net benefit against treating all, none, and chronological age); "
+                "paired model comparisons.")
     a["12f"] = (NOT_APPLICABLE, [], "The audit does not update or recalibrate the models.")
     a["12g"] = (ANSWERED, [card, page("trail", "models in the audit trail")],
                 "Model specs and checkpoint SHA-256; predictions computed by faceage-audit "

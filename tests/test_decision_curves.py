@@ -1,0 +1,172 @@
+"""Decision curves (net benefit): equal to dcurves, the reference implementation of the
+method's authors, on its own survival data; exact by counting without censoring; the weighted
+Kaplan-Meier equal to lifelines'; a planted true-risk model recovered within its CIs; a
+useless score never called useful; and the rows, page and exports of a run."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.decision_curves import (
+    COLUMNS, decision_curve, default_thresholds, net_benefit, score_decision_curves,
+    threshold_runs, useful_thresholds,
+)
+
+THRESHOLDS = default_thresholds(0.05, 0.5, 0.05)
+
+
+@pytest.fixture(scope="module")
+def df_surv() -> pd.DataFrame:
+    """dcurves' survival example (750 patients, time to cancer diagnosis in years), the
+    data of R dcurves' vignette, shipped inside the Python package."""
+    import dcurves
+
+    return pd.read_csv(os.path.join(dcurves.data, "df_surv.csv"))
+
+
+def test_net_benefit_equals_dcurves_on_its_survival_data(df_surv):
+    # Python dcurves 1.1.7 (MSKCC, Vickers' group):
+    #   dca(data=df_surv, outcome="cancer", modelnames=["cancerpredmarker"],
+    #       thresholds=THRESHOLDS, time=1.5, time_to_outcome_col="ttcancer")
+    from dcurves import dca
+
+    ref = dca(data=df_surv, outcome="cancer", modelnames=["cancerpredmarker"],
+              thresholds=THRESHOLDS, time=1.5, time_to_outcome_col="ttcancer")
+    p = df_surv["cancerpredmarker"].to_numpy()
+    positive = p[:, None] >= np.array(THRESHOLDS)[None, :]
+    event = df_surv["cancer"].astype(float)
+    ours = net_benefit(df_surv["ttcancer"], event, positive, THRESHOLDS, 1.5)[0]
+    treat_all = net_benefit(df_surv["ttcancer"], event, np.ones_like(positive), THRESHOLDS,
+                            1.5)[0]
+    np.testing.assert_allclose(ours, ref[ref["model"] == "cancerpredmarker"]["net_benefit"],
+                               atol=1e-12)
+    np.testing.assert_allclose(treat_all, ref[ref["model"] == "all"]["net_benefit"], atol=1e-12)
+    curve = decision_curve("m", "risk", df_surv["ttcancer"], event, p, 1.5, THRESHOLDS,
+                           n_boot=0)
+    ia = ref[ref["model"] == "cancerpredmarker"]["net_intervention_avoided"].to_numpy()
+    model = curve[curve["strategy"] == "model"]
+    np.testing.assert_allclose(model["interventions_avoided"].to_numpy() / 100, ia, atol=1e-12)
+
+
+def test_without_censoring_net_benefit_is_a_count():
+    rng = np.random.default_rng(4)
+    n = 500
+    time = rng.exponential(2.0, n)
+    event = np.ones(n)
+    p = rng.random(n)
+    h = 1.5
+    nb = net_benefit(time, event, p[:, None] >= np.array(THRESHOLDS)[None, :], THRESHOLDS, h)[0]
+    died = time <= h
+    for j, pt in enumerate(THRESHOLDS):
+        acted = p >= pt
+        tp, fp = (acted & died).sum(), (acted & ~died).sum()
+        assert nb[j] == pytest.approx(tp / n - fp / n * pt / (1 - pt), abs=1e-12)
+
+
+def test_weighted_kaplan_meier_equals_lifelines_with_weights():
+    """Each bootstrap row goes through one vectorised Kaplan-Meier pass; lifelines with the
+    same case weights on the real NCCTG lung data (ties and censoring) gives the same."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.datasets import load_lung
+
+    from audit.concordance import bootstrap_weights
+
+    lung = load_lung().dropna(subset=["time", "status"])
+    time, event = lung["time"].to_numpy(float), (lung["status"] == 2).astype(float).to_numpy()
+    h = 365.0
+    w = bootstrap_weights(len(time), 5, np.random.default_rng(0))
+    share = np.full((len(time), 1), True)
+    nb = net_benefit(time, event, share, [0.2], h, w)[:, 0]
+    for b in range(len(w)):
+        keep = w[b] > 0
+        km = KaplanMeierFitter().fit(time[keep], event[keep], weights=w[b][keep])
+        risk = 1 - float(km.survival_function_at_times(h).iloc[0])
+        assert nb[b] == pytest.approx(risk - (1 - risk) * 0.25, abs=1e-10)
+
+
+def _planted(n: int, seed: int, censor: bool = True):
+    """Exponential survival with a known rate per patient: the true risk of death within
+    ``h`` is ``1 - exp(-rate h)``; independent uniform censoring."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    rate = 0.25 * np.exp(0.9 * x)
+    t = rng.exponential(1 / rate)
+    c = rng.uniform(0.5, 6.0, n) if censor else np.full(n, np.inf)
+    return np.minimum(t, c), (t <= c).astype(float), x, rate
+
+
+def test_planted_true_risk_recovered_within_its_intervals():
+    h = 2.0
+    time, event, _, rate = _planted(3000, seed=11)
+    truth_p = 1 - np.exp(-rate * h)
+    # the population net benefit of acting on the true risk, from a million patients
+    _, _, _, big_rate = _planted(1_000_000, seed=99, censor=False)
+    big_p = 1 - np.exp(-big_rate * h)
+    grid = default_thresholds(0.05, 0.6, 0.05)
+    expected = np.array([np.mean((big_p >= pt) * (big_p - (1 - big_p) * pt / (1 - pt)))
+                         for pt in grid])
+    curve = decision_curve("oracle", "risk", time, event, truth_p, h, grid, n_boot=300, seed=1)
+    model = curve[curve["strategy"] == "model"].reset_index(drop=True)
+    covered = (model["ci_low"] <= expected) & (expected <= model["ci_high"])
+    assert covered.sum() >= len(grid) - 1, model.assign(expected=expected)
+    # the true risk is useful over a wide range, and it is never worse than treating all
+    assert len(useful_thresholds(curve)) >= 8
+    assert (model["diff_treat_all_high"] >= -1e-12).all()
+
+
+def test_useless_score_is_never_called_useful():
+    time, event, _, _ = _planted(2000, seed=5)
+    noise = np.random.default_rng(6).normal(size=len(time))
+    curves = score_decision_curves("noise", "risk", time, event, noise, horizons=[2.0],
+                                   thresholds=default_thresholds(), n_boot=200, seed=0)
+    assert set(curves["strategy"]) == {"model", "treat_all"}  # no age given
+    assert useful_thresholds(curves) == []
+
+
+def test_cross_fitted_score_beats_age_where_it_carries_the_signal():
+    time, event, x, _ = _planted(2000, seed=21)
+    age = 60 + 10 * np.random.default_rng(22).normal(size=len(time))  # unrelated to death
+    curves = score_decision_curves("m", "risk", time, event, x, age, horizons=[1.0, 2.0, 50.0],
+                                   thresholds=default_thresholds(), n_boot=200, seed=0)
+    assert sorted(curves["horizon"].unique()) == [1.0, 2.0]  # 50 years: beyond follow-up
+    assert list(curves.columns) == COLUMNS
+    two = curves[curves["horizon"] == 2.0]
+    assert len(useful_thresholds(two, "chronological_age")) >= 5
+    age_rows = two[two["strategy"] == "chronological_age"]  # age says nothing here
+    assert not ((age_rows["ci_low"] > 0) & (age_rows["diff_treat_all_low"] > 0)).any()
+
+
+def test_threshold_runs_reads_as_ranges():
+    grid = default_thresholds()
+    assert threshold_runs([0.1, 0.15, 0.2, 0.5], grid) == "10-20%, 50%"
+    assert threshold_runs([], grid) == "none"
+    assert threshold_runs([0.9], grid) == "90%"
+
+
+def test_run_writes_decision_curves_and_the_page_shows_them(tmp_path, prefect_harness):
+    from audit.cli import main
+    from audit.demo.world import write_cohort
+    from audit.store import Store
+
+    folder = write_cohort(tmp_path / "c", 400, seed=12, photos=False)
+    config = tmp_path / "c.toml"
+    config.write_text("[accuracy]\nn_boot = 20\n[fairness]\nn_boot = 20\n"
+                      "[survival]\nn_boot = 50\ndecision_horizons = [1.0]\n"
+                      "decision_thresholds = [0.1, 0.2, 0.3]\n")
+    out = tmp_path / "out"
+    main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
+          "--out", str(out), "--config", str(config)])
+    store = Store(out / "audit.duckdb")
+    rows = store.query("SELECT * FROM decision_curves")
+    assert len(rows) == 2 * 3 * 3  # two scores x three strategies x three thresholds
+    assert set(rows["horizon"]) == {1.0}
+    assert rows.groupby("model_id")["n"].first().min() > 300
+    page = next((out / "runs").glob("*/index.html")).read_text()
+    assert page.count("<h4>Decision curve:") == 2
+    assert "death within 1 year</h4>" in page
+    export = next((out / "runs").glob("*/data/decision_curves.csv"))
+    assert len(pd.read_csv(export)) == len(rows)

@@ -116,9 +116,12 @@ def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
     total = w.sum(axis=1, dtype=np.float64)
     out = np.empty((w.shape[0], len(thresholds)))
     for j, pt in enumerate(thresholds):
-        v = w * positive[:, j]
-        share = v.sum(axis=1, dtype=np.float64) / total
-        r = risk(v)
+        # the same patients acted on as at the previous threshold (always so for treat-all):
+        # the same Kaplan-Meier risk
+        if j == 0 or not np.array_equal(positive[:, j], positive[:, j - 1]):
+            v = w * positive[:, j]
+            share = v.sum(axis=1, dtype=np.float64) / total
+            r = risk(v) if positive[:, j].any() else np.zeros(len(w))
         nb = share * r - share * (1.0 - r) * pt / (1.0 - pt)
         out[:, j] = np.where(share > 0, nb, 0.0)
     return out

@@ -292,7 +292,8 @@ def decision_plot(rows: pd.DataFrame, title: str) -> str:
             ax.fill_between(g["threshold"], g["ci_low"], g["ci_high"], color=colour, alpha=0.15,
                             lw=0, label="model, 95% CI")
     ax.axhline(0, color="#222", lw=1, label="treat none")
-    top = float(np.nanmax(rows["net_benefit"].to_numpy(dtype=float), initial=0.0))
+    top = float(np.nanmax(np.r_[rows["net_benefit"].to_numpy(dtype=float),
+                                rows["ci_high"].to_numpy(dtype=float)], initial=0.0))
     ax.set_ylim(-0.05 if top <= 0 else -0.25 * top, max(top * 1.15, 0.02))
     ax.set_xlim(float(rows["threshold"].min()), float(rows["threshold"].max()))
     ax.set_xlabel("threshold probability of death by the horizon")

@@ -1,7 +1,8 @@
 """Decision curves (net benefit): equal to dcurves, the reference implementation of the
 method's authors, on its own survival data; exact by counting without censoring; the weighted
 Kaplan-Meier equal to lifelines'; a planted true-risk model recovered within its CIs; a
-useless score never called useful; and the rows, page and exports of a run."""
+useless score never called useful. The rows, page, model card and export of a run are
+checked in test_flow's end-to-end run."""
 
 from __future__ import annotations
 
@@ -145,28 +146,3 @@ def test_threshold_runs_reads_as_ranges():
     assert threshold_runs([0.1, 0.15, 0.2, 0.5], grid) == "10-20%, 50%"
     assert threshold_runs([], grid) == "none"
     assert threshold_runs([0.9], grid) == "90%"
-
-
-def test_run_writes_decision_curves_and_the_page_shows_them(tmp_path, prefect_harness):
-    from audit.cli import main
-    from audit.demo.world import write_cohort
-    from audit.store import Store
-
-    folder = write_cohort(tmp_path / "c", 400, seed=12, photos=False)
-    config = tmp_path / "c.toml"
-    config.write_text("[accuracy]\nn_boot = 20\n[fairness]\nn_boot = 20\n"
-                      "[survival]\nn_boot = 50\ndecision_horizons = [1.0]\n"
-                      "decision_thresholds = [0.1, 0.2, 0.3]\n")
-    out = tmp_path / "out"
-    main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
-          "--out", str(out), "--config", str(config)])
-    store = Store(out / "audit.duckdb")
-    rows = store.query("SELECT * FROM decision_curves")
-    assert len(rows) == 2 * 3 * 3  # two scores x three strategies x three thresholds
-    assert set(rows["horizon"]) == {1.0}
-    assert rows.groupby("model_id")["n"].first().min() > 300
-    page = next((out / "runs").glob("*/index.html")).read_text()
-    assert page.count("<h4>Decision curve:") == 2
-    assert "death within 1 year</h4>" in page
-    export = next((out / "runs").glob("*/data/decision_curves.csv"))
-    assert len(pd.read_csv(export)) == len(rows)

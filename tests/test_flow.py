@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from audit.cli import main
@@ -75,6 +76,11 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     checks = store.table("verdicts", run["run_id"]).set_index("check_name")
     assert checks.loc["fairness_faceage", "status"] == "pass"
     assert len(store.table("survival_subgroups", run["run_id"])) > 0
+    decisions = store.table("decision_curves", run["run_id"])
+    horizons = sorted(decisions["horizon"].unique())
+    assert horizons and set(horizons) <= {1.0, 2.0}  # the default decision horizons
+    # two scores x three strategies (model, chronological age, treat all) x 18 thresholds
+    assert len(decisions) == 2 * 3 * 18 * len(horizons)
     robust_note = store.table("run_stages", run["run_id"]).set_index("stage").at["robustness", "note"]
     assert "robustness not run: the cohort carries predictions, not photos" in robust_note
     page = Path(result["report"])
@@ -83,6 +89,9 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     for section in ("verdict", "validation", "composition", "accuracy", "survival", "trail"):
         assert f'id="{section}"' in html
     assert "Synthetic data" in html
+    assert html.count("<h4>Decision curve:") == 2 * len(horizons)
+    assert "Clinical utility: decision curves" in (page.parent / "model_card.html").read_text()
+    assert len(pd.read_csv(page.parent / "data" / "decision_curves.csv")) == len(decisions)
     assert "P000001" not in html and "S000001" not in html  # no raw ids leave the site
     verdict = json.loads((page.parent / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["run_id"] == run["run_id"]

@@ -33,7 +33,7 @@ import pandas as pd
 from audit.accuracy import bootstrap_c, harrell_c
 from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
-from audit.decision_curves import COLUMNS as DECISION_COLUMNS
+from audit.decision_curves import COLUMNS as DECISION_COLUMNS, score_decision_curves
 
 MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance",
                  "concordance_low", "concordance_high", "log_likelihood", "ph_test_min_p",
@@ -55,21 +55,19 @@ class SurvivalResult:
     metrics: pd.DataFrame
     curves: pd.DataFrame
     notes: list[str] = field(default_factory=list)
-    decisions: pd.DataFrame | None = None  # decision_curves rows
+    decisions: pd.DataFrame = field(  # decision_curves rows
+        default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
 
     @classmethod
     def empty(cls, note: str) -> "SurvivalResult":
         return cls(pd.DataFrame(columns=MODEL_COLUMNS), pd.DataFrame(columns=TERM_COLUMNS),
                    pd.DataFrame(columns=TEST_COLUMNS), pd.DataFrame(columns=METRIC_COLUMNS),
-                   pd.DataFrame(columns=CURVE_COLUMNS), [note],
-                   pd.DataFrame(columns=DECISION_COLUMNS))
+                   pd.DataFrame(columns=CURVE_COLUMNS), [note])
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"survival_models": self.models, "survival_terms": self.terms,
                 "survival_tests": self.tests, "survival_metrics": self.metrics,
-                "survival_curves": self.curves,
-                "decision_curves": (self.decisions if self.decisions is not None
-                                    else pd.DataFrame(columns=DECISION_COLUMNS))}
+                "survival_curves": self.curves, "decision_curves": self.decisions}
 
 
 def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
@@ -313,7 +311,6 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     def score_rows(frame, model_id, column):
         """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
         (cross-fitted)."""
-        from audit.decision_curves import score_decision_curves
         from audit.survival_metrics import score_metrics
 
         m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],

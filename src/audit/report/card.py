@@ -14,7 +14,6 @@ from __future__ import annotations
 import pandas as pd
 
 from audit.report.decisions import decision_summaries
-
 from audit.report.render import _records as _rows
 from audit.verdict import sig3
 

@@ -146,3 +146,60 @@ def test_threshold_runs_reads_as_ranges():
     assert threshold_runs([0.1, 0.15, 0.2, 0.5], grid) == "10-20%, 50%"
     assert threshold_runs([], grid) == "none"
     assert threshold_runs([0.9], grid) == "90%"
+
+
+@pytest.fixture(scope="module")
+def two_scores() -> pd.DataFrame:
+    """Decision curves at 2 years of a score that carries the risk and of noise."""
+    time, event, x, _ = _planted(2000, seed=31)
+    noise = np.random.default_rng(32).normal(size=len(time))
+    return pd.concat([score_decision_curves(name, "risk", time, event, s, horizons=[2.0],
+                                            n_boot=200, seed=0)
+                      for name, s in (("signal", x), ("noise", noise))], ignore_index=True)
+
+
+def _net_benefit_verdicts(curves, has_outcomes=True, **thresholds):
+    from audit.config import Thresholds
+    from audit.verdict import evaluate
+
+    models = [{"name": n, "outputs": ["risk"], "needs_images": False}
+              for n in ("signal", "noise")]
+    v = evaluate(models=models, n_manifest_rows=10, n_quarantined=0,
+                 accuracy=pd.DataFrame(columns=["model", "output", "metric", "attribute"]),
+                 survival_terms=pd.DataFrame(columns=["model", "model_id", "term"]),
+                 has_outcomes=has_outcomes, thresholds=Thresholds(**thresholds),
+                 decision_curves=curves)
+    return v[v["check_name"] == "risk_net_benefit"].set_index("model")
+
+
+def test_declared_utility_range_passes_the_signal_and_fails_noise(two_scores):
+    # 39% die within 2 years: below about 20% the best is to treat everyone
+    v = _net_benefit_verdicts(two_scores, net_benefit_range=[0.25, 0.5],
+                              net_benefit_horizon=2.0)
+    assert v.loc["signal", "status"] == "pass" and v.loc["signal", "value"] == 1.0
+    assert "at 6 of 6 thresholds in 25% to 50% at 2 years" in v.loc["signal", "details"]
+    assert v.loc["noise", "status"] == "fail" and v.loc["noise", "value"] == 0.0
+    assert "not at 25-50%" in v.loc["noise", "details"]
+
+
+def test_utility_is_not_judged_without_a_declared_range(two_scores):
+    assert _net_benefit_verdicts(two_scores).empty
+
+
+def test_utility_check_is_skipped_where_the_curve_is_missing(two_scores):
+    v = _net_benefit_verdicts(two_scores, net_benefit_range=[0.1, 0.2], net_benefit_horizon=5.0)
+    assert (v["status"] == "skipped").all()
+    assert "no decision curve at 5 years" in v.loc["signal", "details"]
+    v = _net_benefit_verdicts(None, has_outcomes=False, net_benefit_range=[0.1, 0.2])
+    assert v.loc["signal", "details"] == "the cohort has no outcomes"
+
+
+@pytest.mark.parametrize("bad", [[0.3], [0.4, 0.2], [0.0, 0.5], [0.2, 1.0]],
+                         ids=["one-value", "reversed", "zero", "one"])
+def test_a_bad_utility_range_is_refused_with_its_value(bad):
+    from pydantic import ValidationError
+
+    from audit.config import Thresholds
+
+    with pytest.raises(ValidationError, match="net_benefit_range takes two"):
+        Thresholds(net_benefit_range=bad)

@@ -102,10 +102,19 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     for a in artifacts.itertuples():  # every artifact is where it says, with its digest
         assert sha256_file(out / a.path) == a.sha256, a.path
 
-    # a second run appends to the same database and the index lists both
+    # a second run appends to the same database and the index lists both; its config
+    # declares a range of decision thresholds, which the verdict then judges
+    judged = tmp_path / "judged.toml"
+    judged.write_text(LENIENT.replace("[thresholds]\n", "[thresholds]\nnet_benefit_range = "
+                                      "[0.2, 0.3]\nnet_benefit_horizon = 1.0\n"))
     second = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),
-                        config=str(config))
+                        config=str(judged))
     assert len(store.runs()) == 2
+    utility = store.table("verdicts", second["run_id"]).set_index("check_name").loc[
+        ["faceage_net_benefit", "risk_net_benefit"]]
+    assert utility["status"].isin(["pass", "fail"]).all()
+    assert utility["details"].str.contains("thresholds in 20% to 30% at 1 year").all()
+    assert "faceage_net_benefit" not in set(store.table("verdicts", run["run_id"])["check_name"])
     index = (out / "index.html").read_text()
     assert result["run_id"] in index and second["run_id"] in index
     assert "of each finished run over time" in index  # trend plots of two finished runs

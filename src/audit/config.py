@@ -294,6 +294,20 @@ class Thresholds(_Section):
     robustness_quartile_change_max: float = Field(
         0.25, ge=0, le=1, description="at judged severities, the share of patients whose risk "
         "quartile changes must not exceed this")
+    net_benefit_range: list[float] = Field(
+        default_factory=list, description="[low, high] threshold probabilities of death: at "
+        "every decision threshold in this range, acting on each score must beat treating "
+        "everyone and treating no one with 95% confidence (empty: reported, never judged)")
+    net_benefit_horizon: float = Field(
+        1.0, gt=0, description="years; the decision curve that net_benefit_range judges")
+
+    @field_validator("net_benefit_range")
+    @classmethod
+    def _range(cls, value: list[float]) -> list[float]:
+        if value and not (len(value) == 2 and 0 < value[0] <= value[1] < 1):
+            raise ValueError("net_benefit_range takes two threshold probabilities "
+                             f"[low, high] with 0 < low <= high < 1, not {value}")
+        return value
 
 
 class AuditConfig(_Section):

@@ -200,6 +200,11 @@ def useful_thresholds(curve: pd.DataFrame, against: str = "treat_all") -> list[f
     return sorted(float(v) for v in good["threshold"])
 
 
+def years(horizon: float) -> str:
+    """``1 year``, ``2 years``, ``1.5 years``."""
+    return f"{horizon:g} year" + ("" if horizon == 1 else "s")
+
+
 def threshold_runs(values: list[float], grid: list[float]) -> str:
     """``values`` (a subset of ``grid``) as runs of neighbouring grid points, in percent:
     ``"10-35%, 50%"``; ``"none"`` when empty."""

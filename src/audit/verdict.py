@@ -163,13 +163,49 @@ def _drift_checks(drift: pd.DataFrame | None, t: Thresholds) -> list[dict]:
     return rows
 
 
+def _net_benefit_check(curves: pd.DataFrame | None, model: str, output: str,
+                       t: Thresholds, has_outcomes: bool) -> list[dict]:
+    """Clinical utility over the declared range of thresholds: the share of the decision
+    curve's thresholds in ``net_benefit_range`` where acting on the score beats treating
+    everyone and no one with 95% confidence (:func:`audit.decision_curves.useful_thresholds`);
+    it passes when that is all of them. Not judged when no range is declared."""
+    from audit.decision_curves import threshold_runs, useful_thresholds, years
+
+    if not t.net_benefit_range:
+        return []
+    low, high = t.net_benefit_range
+    name = f"{output}_net_benefit"
+    h = t.net_benefit_horizon
+    span = f"{low:.0%} to {high:.0%} at {years(h)}"
+    sel = None if curves is None or not len(curves) else curves[
+        (curves["model"] == model) & (curves["model_id"] == output)
+        & ((curves["horizon"] - h).abs() < 1e-9)]
+    if sel is None or sel.empty:
+        why = ("the cohort has no outcomes" if not has_outcomes else
+               f"no decision curve at {years(h)} (add it to survival.decision_horizons, or "
+               "the follow-up does not reach it)")
+        return [_row(model, name, "survival", 1.0, None, False, why)]
+    grid = sorted(float(v) for v in sel["threshold"].unique())
+    judged = [v for v in grid if low - 1e-9 <= v <= high + 1e-9]
+    if not judged:
+        return [_row(model, name, "survival", 1.0, None, False,
+                     f"no decision threshold of the curve lies in {span}")]
+    useful = [v for v in useful_thresholds(sel) if v in judged]
+    missed = [v for v in judged if v not in useful]
+    return [_row(model, name, "survival", 1.0, len(useful) / len(judged), not missed,
+                 f"beats treating everyone and no one (95% CIs) at {len(useful)} of "
+                 f"{len(judged)} thresholds in {span}"
+                 + (f"; not at {threshold_runs(missed, grid)}" if missed else ""))]
+
+
 def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
              thresholds: Thresholds, robustness: pd.DataFrame | None = None,
              fairness: pd.DataFrame | None = None,
              representativeness: pd.DataFrame | None = None,
              fairness_metrics: list[str] | None = None,
-             drift: pd.DataFrame | None = None) -> pd.DataFrame:
+             drift: pd.DataFrame | None = None,
+             decision_curves: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks of a run.
 
     Parameters
@@ -180,6 +216,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     robustness : the run's ``robustness`` rows (None or empty: robustness checks skipped).
     fairness, representativeness : the run's rows (None: those checks skipped).
     fairness_metrics : metrics whose flagged subgroups fail the fairness checks.
+    decision_curves : the run's ``decision_curves`` rows (judged only where the thresholds
+        declare a ``net_benefit_range``).
     has_outcomes : whether the cohort has time and event.
     thresholds : from the audit config.
     """
@@ -218,6 +256,9 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
                                   ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
                                   "risk[Q4]", t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR",
                                   not_fitted))
+        for output in ("faceage", "risk"):
+            if output in outputs:
+                rows.extend(_net_benefit_check(decision_curves, name, output, t, has_outcomes))
         if fairness is not None:
             from audit.config import FairnessConfig
 

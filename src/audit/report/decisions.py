@@ -7,15 +7,10 @@ import math
 
 import pandas as pd
 
-from audit.decision_curves import threshold_runs, useful_thresholds
+from audit.decision_curves import threshold_runs, useful_thresholds, years
 from audit.report import plots
 
 SCORES = {"faceage": "FaceAge", "risk": "risk score"}
-
-
-def years(horizon: float) -> str:
-    """``1 year``, ``2 years``, ``1.5 years``."""
-    return f"{horizon:g} year" + ("" if horizon == 1 else "s")
 
 
 def _clean(row: dict) -> dict:

@@ -18,6 +18,8 @@ Each item gets a status, decided from what this run actually holds:
 
 from __future__ import annotations
 
+from audit.decision_curves import years
+
 ANSWERED, PARTLY, NOT_ANSWERED, NOT_APPLICABLE = ("answered", "partly", "not answered",
                                                   "not applicable")
 
@@ -209,9 +211,15 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
                 "Subgroup metrics (fairlearn MetricFrame), bootstrap CIs, simultaneous bands "
                 "against a tolerance, age-adjusted errors, subgroup hazard ratios.")
                if has["fairness"] else (NOT_ANSWERED, [], "Fairness was not assessed in this run."))
+    judged = (config.get("thresholds") or {}).get("net_benefit_range") or []
     a["15"] = (ANSWERED, [card, page("survival", "survival")],
                "FaceAge in years; risk as a continuous score (higher is worse), grouped into "
-               "quartiles of this cohort for display, with no clinical threshold.")
+               "quartiles of this cohort for display. Decision curves give the net benefit "
+               "of acting on each score's cross-fitted risk of death over a range of "
+               "threshold probabilities"
+               + (f"; the verdict judges thresholds {judged[0]:.0%} to {judged[1]:.0%} at "
+                  f"{years((config.get('thresholds') or {}).get('net_benefit_horizon', 1.0))}."
+                  if len(judged) == 2 else "; no threshold is declared for the verdict."))
     if reference:
         a["16"] = (ANSWERED, [page("drift", "drift"), card],
                    f"Distributions compared with reference run {reference}; declared training "

@@ -26,6 +26,7 @@ def verdict_stage(ctx: RunContext) -> str:
         fairness=ctx.store.table("fairness", ctx.run_id),
         drift=ctx.store.table("drift", ctx.run_id),
         representativeness=ctx.store.table("representativeness", ctx.run_id),
+        decision_curves=ctx.store.table("decision_curves", ctx.run_id),
         fairness_metrics=ctx.config.fairness.verdict_metrics,
         has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
     ctx.write("verdict", {"verdicts": verdicts})

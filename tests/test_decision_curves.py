@@ -74,7 +74,7 @@ def test_weighted_kaplan_meier_equals_lifelines_with_weights():
     from lifelines import KaplanMeierFitter
     from lifelines.datasets import load_lung
 
-    from audit.concordance import bootstrap_weights
+    from audit.bootstrap import bootstrap_weights
 
     lung = load_lung().dropna(subset=["time", "status"])
     time, event = lung["time"].to_numpy(float), (lung["status"] == 2).astype(float).to_numpy()

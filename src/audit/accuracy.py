@@ -131,7 +131,8 @@ def bootstrap_c(time, event, risk, n_boot: int, rng: np.random.Generator,
     Every resample's C comes from one weighted pass (:mod:`audit.concordance`), equal to
     lifelines' ``concordance_index`` on the resampled rows.
     """
-    from audit.concordance import bootstrap_weights, weighted_concordance
+    from audit.bootstrap import bootstrap_weights
+    from audit.concordance import weighted_concordance
 
     time, event, risk = map(np.asarray, (time, event, risk))
     point = harrell_c(time, event, risk)

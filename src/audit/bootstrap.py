@@ -22,6 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_boot, n)`` counts of each subject in ``n_boot`` resamples of ``n`` subjects (one
+    subject per row of the data: the weights of a subject bootstrap)."""
+    if n_boot <= 0 or n == 0:
+        return np.zeros((0, n))
+    idx = rng.integers(0, n, size=(n_boot, n))
+    offsets = (np.arange(n_boot) * n)[:, None]
+    return np.bincount((idx + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n) \
+        .astype(float)
+
+
 @dataclass
 class SubjectBootstrap:
     """Subject counts for ``n_boot`` resamples of ``n_subjects`` subjects.

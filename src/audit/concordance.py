@@ -94,13 +94,3 @@ def weighted_concordance(time, event, risk, weights, block: int | None = None,
         later[:, uniq] += w[:, idx] @ onehot
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(pairs > 0, (concordant + 0.5 * tied) / pairs, np.nan)
-
-
-def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n) counts of each subject in ``n_boot`` resamples of ``n`` subjects."""
-    if n_boot <= 0 or n == 0:
-        return np.zeros((0, n))
-    idx = rng.integers(0, n, size=(n_boot, n))
-    offsets = (np.arange(n_boot) * n)[:, None]
-    return np.bincount((idx + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n) \
-        .astype(float)

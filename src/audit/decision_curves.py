@@ -138,7 +138,7 @@ def decision_curve(model: str, model_id: str, time, event, probability, horizon:
     (``1 - S(h)``), e.g. cross-fitted; subjects missing either are left out of every row.
     """
     from audit.bootstrap import percentile_ci
-    from audit.concordance import bootstrap_weights
+    from audit.bootstrap import bootstrap_weights
 
     time, event = np.asarray(time, float), np.asarray(event, float)
     prob = np.asarray(probability, float)

@@ -246,7 +246,6 @@ def faceage_fairness(frame: pd.DataFrame, model: str, config, age_cuts: list[flo
     for attribute, labels in groupings(df, config):
         names, codes = _codes(labels)
         point, samples = boot.totals(cols, codes, len(names))
-        gp = _faceage_from_totals(point, *line)
         gb = _faceage_from_totals(samples, oa, ob)
         keep = labels.notna().to_numpy()
         _, by_group = _metricframe(fns, x[keep], y[keep], labels[keep].reset_index(drop=True))
@@ -280,7 +279,8 @@ def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[flo
                   min_events: int = 10) -> pd.DataFrame:
     """Risk fairness rows: Harrell's C and calibration in the large (observed / expected
     deaths) per group, on one row per subject with ``time``, ``event`` and ``risk``."""
-    from audit.concordance import bootstrap_weights, weighted_concordance
+    from audit.bootstrap import bootstrap_weights
+    from audit.concordance import weighted_concordance
 
     df = add_fairness_groups(subjects, age_cuts)
     df = df[np.isfinite(pd.to_numeric(df["risk"], errors="coerce")) & df["event"].notna()
@@ -412,7 +412,8 @@ def paired_comparisons(frames: dict[str, pd.DataFrame], output: str, config,
     ``age`` (FaceAge) or ``time``/``event`` (risk), plus the grouping columns."""
     from itertools import combinations
 
-    from audit.concordance import bootstrap_weights, weighted_concordance
+    from audit.bootstrap import bootstrap_weights
+    from audit.concordance import weighted_concordance
 
     rows = []
     for a, b in combinations(sorted(frames), 2):

@@ -54,7 +54,8 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
     Returns ``{"survival_models", "survival_terms", "survival_tests", "survival_metrics"}``
     frames, and a ``notes`` list under ``"notes"``.
     """
-    from audit.concordance import bootstrap_weights, weighted_concordance
+    from audit.bootstrap import bootstrap_weights
+    from audit.concordance import weighted_concordance
     from audit.survival import MODEL_COLUMNS, TERM_COLUMNS, TEST_COLUMNS, METRIC_COLUMNS
 
     df = subjects.copy()

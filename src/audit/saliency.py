@@ -45,6 +45,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from audit.bootstrap import bootstrap_weights
+
 REGIONS = ("forehead", "eyes", "nose", "cheeks", "mouth_chin", "hair", "background")
 METHODS_NEED = {"any": "every model", "torch": "torch models (timm, TorchScript)",
                 "cnn": "timm CNNs", "vit": "timm vision transformers"}
@@ -425,14 +427,6 @@ def subject_means(values: np.ndarray, subjects: np.ndarray) -> tuple[np.ndarray,
     return sums / counts, np.asarray(uniq)
 
 
-def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n_boot, n)`` resampling weights (counts / n) of a subject bootstrap."""
-    idx = rng.integers(0, n, size=(n_boot, n))
-    w = np.zeros((n_boot, n))
-    np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
-    return w / n
-
-
 @dataclass
 class MapSet:
     """The per-photo maps of one (model, output, method) on the sample, kept in memory only
@@ -466,7 +460,7 @@ def cohort_rows(ms: MapSet, groups: pd.DataFrame, template: np.ndarray, *, min_f
         if n < min_faces:
             continue
         subj_shares, _ = subject_means(per_photo[mask], ms.subjects[mask])
-        w = bootstrap_weights(len(subj_shares), n_boot, rng)
+        w = bootstrap_weights(len(subj_shares), n_boot, rng) / len(subj_shares)
         boot = w @ subj_shares
         lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
         mean = subj_shares.mean(axis=0)
@@ -495,7 +489,7 @@ def compare(a: MapSet, b: MapSet, template: np.ndarray, *, n_boot: int, ci_level
     mb, _ = subject_means(b.maps[ib], a.subjects[ia])
     sa, sb = region_shares(ma, template), region_shares(mb, template)
     fa, fb = ma.reshape(len(ma), -1), mb.reshape(len(mb), -1)
-    w = bootstrap_weights(len(ma), n_boot, rng)
+    w = bootstrap_weights(len(ma), n_boot, rng) / len(ma)
     boot_a, boot_b = w @ fa, w @ fb
     alpha = (1 - ci_level) / 2
     shape = ma.shape[1:]

@@ -136,7 +136,8 @@ def uno_c_ci(time, event, score, tau: float, n_boot: int, rng, level: float = 0.
     from sksurv.nonparametric import CensoringDistributionEstimator
 
     from audit.bootstrap import percentile_ci
-    from audit.concordance import bootstrap_weights, weighted_concordance
+    from audit.bootstrap import bootstrap_weights
+    from audit.concordance import weighted_concordance
 
     if n_boot <= 0:
         return None, None

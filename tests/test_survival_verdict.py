@@ -123,3 +123,21 @@ def test_verdict_checks_pass_fail_and_skip():
                   has_outcomes=False, thresholds=Thresholds(max_quarantine_fraction=0.2))
     assert overall(v2) == "pass"
     assert v2.set_index("check_name").loc["faceage_abs_mean_error", "status"] == "skipped"
+
+
+@pytest.mark.parametrize("broken", ["risk", "faceage"])
+def test_a_constant_output_is_named_and_its_models_left_out(world, broken):
+    """A broken model whose output never varies (a failed export, a stuck head) ranks no
+    one: the stage says so and analyses the other output, instead of failing on a Cox fit
+    that cannot converge."""
+    sub = world.iloc[:600].copy()
+    sub[broken] = 0.7
+    other = {"risk": "faceage", "faceage": "risk"}[broken]
+    result = survival_analysis(sub, "m", ["faceage", "risk"], [], SurvivalConfig(n_boot=10))
+    assert any(n.startswith(f"{broken} takes a single value") for n in result.notes)
+    assert not result.models["model_id"].str.startswith(
+        "faceage_" if broken == "faceage" else "risk_").any()
+    assert set(result.decisions["model_id"]) == {other}
+    assert not result.metrics["model_id"].eq(broken).any()
+    assert result.models["model_id"].str.startswith(
+        "faceage_" if other == "faceage" else "risk_").any()

@@ -311,18 +311,29 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     def score_rows(frame, model_id, column):
         """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
         (cross-fitted)."""
+        from lifelines.exceptions import ConvergenceError
+
         from audit.survival_metrics import score_metrics
 
-        m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
-                             horizons=config.horizons, n_boot=config.n_boot, seed=config.seed,
-                             k=config.folds, calibration_horizon=config.calibration_horizon)
-        metrics.extend(m)
-        curves.extend(c)
-        if config.decision_horizons:
-            decisions.append(score_decision_curves(
+        try:
+            m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
+                                 horizons=config.horizons, n_boot=config.n_boot,
+                                 seed=config.seed, k=config.folds,
+                                 calibration_horizon=config.calibration_horizon)
+            d = (score_decision_curves(
                 model, model_id, frame["time"], frame["event"], frame[column], frame["age"],
                 horizons=config.decision_horizons, thresholds=config.decision_thresholds,
-                n_boot=config.n_boot, seed=config.seed, k=config.folds))
+                n_boot=config.n_boot, seed=config.seed, k=config.folds)
+                if config.decision_horizons else None)
+        except ConvergenceError as exc:
+            notes.append(f"the cross-fitted Cox model of the {column} score did not converge "
+                         f"({str(exc).split('.')[0]}): its Uno's C, AUC, Brier, calibration "
+                         "and decision curves are not computed")
+            return
+        metrics.extend(m)
+        curves.extend(c)
+        if d is not None:
+            decisions.append(d)
 
     notes: list[str] = []
     _missing_note(df, adjustments, notes)
@@ -360,6 +371,12 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     add("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
         df[base_num])
     # Each output on the subjects that have it (complete cases, as for every term).
+    for output in [o for o in ("faceage", "risk") if o in outputs]:
+        values = pd.to_numeric(df[output], errors="coerce")
+        if values[np.isfinite(values)].nunique() < 2:  # a broken model's constant output
+            notes.append(f"{output} takes a single value in this cohort: it ranks no one, so "
+                         "no survival model, curve or metric of it is computed")
+            outputs = [o for o in outputs if o != output]
     if "faceage" in outputs:
         fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
         fa["faceage_decade"] = fa["faceage"].astype(float) / 10.0

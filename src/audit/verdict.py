@@ -233,7 +233,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     no_age = "no FaceAge predictions with a chronological age"
     no_outcomes = "the cohort has no outcomes"
     not_fitted = (no_outcomes if not has_outcomes
-                  else "the Cox model was not fitted (too few events?)")
+                  else "the Cox model was not fitted (too few events, or a score with a single "
+                       "value: see the survival notes)")
     for m in models:
         name, outputs = m["name"], m["outputs"]
         if "faceage" in outputs:

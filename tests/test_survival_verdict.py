@@ -141,3 +141,28 @@ def test_a_constant_output_is_named_and_its_models_left_out(world, broken):
     assert not result.metrics["model_id"].eq(broken).any()
     assert result.models["model_id"].str.startswith(
         "faceage_" if other == "faceage" else "risk_").any()
+
+
+def test_an_undefined_metric_is_skipped_and_says_why():
+    """Harrell's C of a cohort without deaths, Pearson r of a constant output: NaN in the
+    accuracy table, a skipped check that says so (not "C nan must be at least 0.6")."""
+    acc = pd.DataFrame([_acc("m", "faceage", "pearson_r", np.nan, np.nan, np.nan),
+                        _acc("m", "risk", "c_index", np.nan, np.nan, np.nan)])
+    terms = pd.DataFrame(columns=["model", "model_id", "term", "hr", "hr_low", "hr_high"])
+    v = evaluate(models=[{"name": "m", "outputs": ["faceage", "risk"]}], n_manifest_rows=10,
+                 n_quarantined=0, accuracy=acc, survival_terms=terms, has_outcomes=True,
+                 thresholds=Thresholds()).set_index("check_name")
+    for check in ("faceage_pearson_r", "risk_c_index"):
+        assert v.loc[check, "status"] == "skipped"
+        assert "undefined on this cohort" in v.loc[check, "details"]
+        assert "nan" not in v.loc[check, "details"]
+
+
+def test_follow_up_short_of_every_decision_horizon_is_said(world):
+    short = world.iloc[:600].copy()
+    short["event"] = np.where(short["time"] > 0.8, 0, short["event"])
+    short["time"] = short["time"].clip(upper=0.8)
+    result = survival_analysis(short, "m", ["risk"], [], SurvivalConfig(n_boot=10))
+    assert result.decisions.empty
+    assert any(n.startswith("no decision curve: the follow-up (longest 0.8 years)")
+               for n in result.notes)

@@ -334,6 +334,11 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         curves.extend(c)
         if d is not None:
             decisions.append(d)
+            if d.empty and not any(n.startswith("no decision curve") for n in notes):
+                notes.append(f"no decision curve: the follow-up (longest "
+                             f"{frame['time'].max():.2g} years) does not reach a decision "
+                             f"horizon ({', '.join(f'{h:g}' for h in config.decision_horizons)} "
+                             "years) with subjects still followed and deaths before it")
 
     notes: list[str] = []
     _missing_note(df, adjustments, notes)

@@ -55,6 +55,10 @@ def _term(terms: pd.DataFrame, model: str, model_ids: list[str], term: str):
 def _accuracy_check(accuracy, model, check, output, metric, threshold, at_least, label,
                     missing, absolute=False):
     v, d = _accuracy_value(accuracy, model, output, metric)
+    if v is not None and not math.isfinite(v):  # computed, but undefined on this cohort
+        return _row(model, check, "accuracy", threshold, None, False,
+                    f"{label} is undefined on this cohort: the output does not vary, or "
+                    "there are no deaths to rank")
     value = None if v is None else (abs(v) if absolute else v)
     ok = value is not None and (value >= threshold if at_least else value <= threshold)
     rule = f"must be at least {threshold:g}" if at_least else f"must be at most {threshold:g}"

@@ -277,8 +277,9 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     events = int(df["event"].sum())
     if events < config.min_events:
         return SurvivalResult.empty(
-            f"Only {events} events among {len(df)} subjects (minimum {config.min_events}): "
-            "survival models were not fitted.")
+            f"Only {events} event{'' if events == 1 else 's'} among {len(df)} "
+            f"subject{'' if len(df) == 1 else 's'} (minimum {config.min_events}): survival "
+            "models were not fitted.")
     rng = np.random.default_rng(config.seed)
     models, terms, tests, metrics, curves = [], [], [], [], []
     has_sex = "sex" in df.columns and df["sex"].nunique() > 1

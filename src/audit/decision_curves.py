@@ -53,6 +53,15 @@ def default_thresholds(start: float = 0.05, stop: float = 0.9, step: float = 0.0
     return [round(start + i * step, 10) for i in range(n)]
 
 
+def _complete(time, event, *columns):
+    """``time``, ``event`` and each column (None stays None) as float arrays, on the subjects
+    where all of them are finite."""
+    arrays = [np.asarray(time, float), np.asarray(event, float)] + [
+        None if c is None else np.asarray(c, float) for c in columns]
+    ok = np.logical_and.reduce([np.isfinite(a) for a in arrays if a is not None])
+    return [None if a is None else a[ok] for a in arrays]
+
+
 def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
     """A function of weights (m, n), for follow-up ``t`` sorted ascending with deaths ``d``:
     ``1 - S(h)`` of each row's Kaplan-Meier curve, NaN where no weighted subject is followed
@@ -137,17 +146,9 @@ def decision_curve(model: str, model_id: str, time, event, probability, horizon:
     ``probability`` and ``age_probability`` are predicted risks of death by ``horizon``
     (``1 - S(h)``), e.g. cross-fitted; subjects missing either are left out of every row.
     """
-    from audit.bootstrap import percentile_ci
-    from audit.bootstrap import bootstrap_weights
+    from audit.bootstrap import bootstrap_weights, percentile_ci
 
-    time, event = np.asarray(time, float), np.asarray(event, float)
-    prob = np.asarray(probability, float)
-    age = None if age_probability is None else np.asarray(age_probability, float)
-    ok = np.isfinite(time) & np.isfinite(event) & np.isfinite(prob)
-    if age is not None:
-        ok &= np.isfinite(age)
-    time, event, prob = time[ok], event[ok], prob[ok]
-    age = None if age is None else age[ok]
+    time, event, prob, age = _complete(time, event, probability, age_probability)
     thresholds = np.asarray(thresholds, float)
     n = len(time)
     rng = np.random.default_rng(seed)
@@ -160,9 +161,8 @@ def decision_curve(model: str, model_id: str, time, event, probability, horizon:
           for name, pos in strategies.items()}
     events = int(((event == 1) & (time <= horizon)).sum())
 
-    def ci(samples):
-        low, high = percentile_ci(samples[1:], level)
-        return low, high
+    def ci(samples):  # row 0 is the sample itself, the rest are resamples
+        return percentile_ci(samples[1:], level)
 
     rows = []
     for name, pos in strategies.items():
@@ -229,14 +229,7 @@ def score_decision_curves(model: str, model_id: str, time, event, score, age=Non
     for chronological age when ``age`` is given, and treat-all."""
     from audit.survival_metrics import crossfit_survival, usable_horizons
 
-    time, event = np.asarray(time, float), np.asarray(event, int)
-    score = np.asarray(score, float)
-    age = None if age is None else np.asarray(age, float)
-    ok = np.isfinite(time) & np.isfinite(score)
-    if age is not None:
-        ok &= np.isfinite(age)
-    time, event, score = time[ok], event[ok], score[ok]
-    age = None if age is None else age[ok]
+    time, event, score, age = _complete(time, event, score, age)
     hs = usable_horizons(time, event, horizons)
     if not hs or event.sum() < 5:
         return pd.DataFrame(columns=COLUMNS)

@@ -203,3 +203,17 @@ def test_a_bad_utility_range_is_refused_with_its_value(bad):
 
     with pytest.raises(ValidationError, match="net_benefit_range takes two"):
         Thresholds(net_benefit_range=bad)
+
+
+def test_a_config_error_prints_its_brackets(tmp_path, capfd):
+    """The CLI prints error text as text: a message quoting ``[low, high]`` (or a term such
+    as ``sex[female]``) is not eaten as console markup."""
+    from audit.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[thresholds]\nnet_benefit_range = [0.4, 0.2]\n")
+    assert main(["run", "--cohort", str(tmp_path), "--model", "predictions:faceage",
+                 "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
+    captured = capfd.readouterr()
+    printed = " ".join((captured.out + captured.err).split())
+    assert "bad.toml" in printed and "[low, high]" in printed and "[0.4, 0.2]" in printed

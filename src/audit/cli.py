@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages quote paths and terms like sex[female]
 
 from audit.errors import InputError
 
@@ -241,7 +242,7 @@ def verify(run_dir: Path = typer.Argument(..., help="runs/<run_id> folder of a f
                          "signed manifests)")
     problems = verify_run(run_dir)
     for p in problems:
-        console.print(f"[red]{p}[/]")
+        console.print(f"[red]{escape(str(p))}[/]")
     if problems:
         console.print(f"[bold red]verify: FAIL[/] ({len(problems)} problem(s))")
         raise typer.Exit(EXIT_FAIL)
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except InputError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return EXIT_INPUT
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return EXIT_INPUT
         console.print_exception(max_frames=8)
-        console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}")
+        console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
         return EXIT_INTERNAL
     return rc if isinstance(rc, int) else EXIT_PASS
 

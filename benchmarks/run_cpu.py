@@ -64,6 +64,12 @@ def main() -> None:
                   lambda: incremental_value(cohort.subjects(), cohort.spec.covariates,
                                             faceage_model="o", risk_model="o", n_boot=200),
                   rows)
+            timed(f"the same with the nested models' decision curves at 1 and 2 years "
+                  f"(3 x 5 cross-fitted Cox fits, 4 strategies x 18 thresholds), n={n:,}",
+                  lambda: incremental_value(cohort.subjects(), cohort.spec.covariates,
+                                            faceage_model="o", risk_model="o", n_boot=200,
+                                            decision_horizons=[1.0, 2.0]),
+                  rows)
         store = Store(tmp / f"bench{n}.duckdb")
         run_id = store.start_run(flow="bench", cohort_name="b", cohort_sha256="0" * 64)
         preds = frame[["photo_id", "subject_id"]].assign(

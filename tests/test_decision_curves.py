@@ -68,6 +68,17 @@ def test_without_censoring_net_benefit_is_a_count():
         assert nb[j] == pytest.approx(tp / n - fp / n * pt / (1 - pt), abs=1e-12)
 
 
+def test_positives_who_all_died_before_the_horizon_have_risk_one():
+    """Kaplan-Meier falls to 0 when everyone at risk dies, and stays there: the net benefit
+    is defined at the horizon. A last subject censored before it leaves S(h) unknown."""
+    time = np.array([0.2, 0.5, 0.8, 3.0, 4.0, 0.3])
+    event = np.array([1, 1, 1, 0, 0, 0], float)
+    died = np.array([True, True, True, False, False, False])[:, None]
+    assert net_benefit(time, event, died, [0.5], 2.0)[0, 0] == pytest.approx(3 / 6)
+    censored = np.array([True, False, False, False, False, True])[:, None]  # last: censored
+    assert np.isnan(net_benefit(time, event, censored, [0.5], 2.0)[0, 0])
+
+
 def test_weighted_kaplan_meier_equals_lifelines_with_weights():
     """Each bootstrap row goes through one vectorised Kaplan-Meier pass; lifelines with the
     same case weights on the real NCCTG lung data (ties and censoring) gives the same."""
@@ -217,3 +228,86 @@ def test_a_config_error_prints_its_brackets(tmp_path, capfd):
     captured = capfd.readouterr()
     printed = " ".join((captured.out + captured.err).split())
     assert "bad.toml" in printed and "[low, high]" in printed and "[0.4, 0.2]" in printed
+
+
+def _clinic(n: int, seed: int):
+    """Death driven by a clinical factor ``c`` and, independently of it, a face signal
+    ``x``: the true log-hazard is ``0.8 c + 0.9 x``; uniform censoring."""
+    rng = np.random.default_rng(seed)
+    c, x = rng.normal(size=n), rng.normal(size=n)
+    rate = 0.25 * np.exp(0.8 * c + 0.9 * x)
+    t = rng.exponential(1 / rate)
+    cens = rng.uniform(0.5, 6.0, n)
+    return np.minimum(t, cens), (t <= cens).astype(float), c, x
+
+
+def test_a_face_signal_beyond_the_clinic_adds_net_benefit():
+    """The planted face signal raises net benefit over the clinical model, with the gain's
+    CI above zero over a range of thresholds; a noise 'face model' gains nothing."""
+    from audit.decision_curves import nested_decision_curves
+
+    time, event, c, x = _clinic(3000, seed=41)
+    noise = np.random.default_rng(42).normal(size=len(time))
+    grid = default_thresholds()
+    out = {}
+    for name, face in (("signal", x), ("noise", noise)):
+        out[name] = nested_decision_curves(
+            name, [("clinical", c[:, None]), ("clinical+face", np.c_[c, face])], time, event,
+            horizons=[2.0], thresholds=grid, n_boot=200, seed=0)
+    sig = out["signal"]
+    assert list(sig.columns) == COLUMNS
+    assert set(sig["model_id"]) == {"clinical", "clinical+face"}
+    step = sig[(sig["model_id"] == "clinical+face") & (sig["strategy"] == "model")]
+    assert (step["compared_to"] == "clinical").all()
+    base = sig[(sig["model_id"] == "clinical") & (sig["strategy"] == "model")]
+    assert base["compared_to"].isna().all()
+    # the gain is the difference of the two curves, paired on the same resamples
+    np.testing.assert_allclose(step["diff_compared"].to_numpy(),
+                               step["net_benefit"].to_numpy() - base["net_benefit"].to_numpy())
+    seen = step["diff_compared"].notna()  # NaN: the few acted on at 90% are not followed to 2 y
+    assert seen.sum() >= len(grid) - 2
+    assert (step["diff_compared_low"][seen] <= step["diff_compared"][seen]).all()
+    assert len(useful_thresholds(step, "compared")) >= 6
+    noisy = out["noise"]
+    noisy_step = noisy[(noisy["model_id"] == "clinical+face") & (noisy["strategy"] == "model")]
+    assert useful_thresholds(noisy_step, "compared") == []
+    # one treat-all curve per horizon, under the first step
+    all_rows = sig[sig["strategy"] == "treat_all"]
+    assert len(all_rows) == len(grid) and (all_rows["model_id"] == "clinical").all()
+
+
+def test_cross_fitting_a_design_matrix_pairs_with_the_single_score():
+    """One column as a matrix is the single score; a rare category missing from a fold's
+    training subjects is left out of that fold, not a failed fit."""
+    from audit.survival_metrics import crossfit_survival
+
+    time, event, c, x = _clinic(400, seed=43)
+    one = crossfit_survival(time, event, c, [1.0, 2.0], seed=3)
+    np.testing.assert_allclose(crossfit_survival(time, event, c[:, None], [1.0, 2.0], seed=3),
+                               one)
+    rare = np.zeros(len(time))
+    rare[7] = 1.0  # one subject in the category: absent from the training of its own fold
+    both = crossfit_survival(time, event, np.c_[c, rare], [1.0, 2.0], seed=3)
+    assert np.isfinite(both).all() and ((both > 0) & (both < 1)).all()
+
+
+def test_incremental_value_gives_the_nested_decision_curves():
+    from audit.cohort import Covariate
+    from audit.demo.world import simulate
+    from audit.incremental import incremental_value
+
+    df = simulate(1500, 6)
+    df["time"] = df["time_days"] / 365.25
+    out = incremental_value(df, [Covariate(name="ecog", type="numeric")], faceage_model="fa",
+                            risk_model="rk", n_boot=50, decision_horizons=[1.0, 2.0])
+    d = out["decision_curves"]
+    assert sorted(d["horizon"].unique()) == [1.0, 2.0]
+    assert (d["model"] == "fa + rk").all() and (d["n"] == len(df)).all()
+    chain = (d[d["strategy"] == "model"].drop_duplicates("model_id")
+             .set_index("model_id")["compared_to"])
+    assert chain.index.tolist() == ["incremental__clinical", "incremental__clinical+faceage",
+                                    "incremental__clinical+faceage+risk"]
+    assert pd.isna(chain.iloc[0]) and chain.iloc[1:].tolist() == ["incremental__clinical",
+                                       "incremental__clinical+faceage"]
+    assert incremental_value(df, [], faceage_model="fa", risk_model=None,
+                             n_boot=20)["decision_curves"].empty  # no horizons asked

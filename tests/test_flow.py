@@ -79,8 +79,12 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     decisions = store.table("decision_curves", run["run_id"])
     horizons = sorted(decisions["horizon"].unique())
     assert horizons and set(horizons) <= {1.0, 2.0}  # the default decision horizons
+    nested = decisions["model_id"].str.startswith("incremental__")
     # two scores x three strategies (model, chronological age, treat all) x 18 thresholds
-    assert len(decisions) == 2 * 3 * 18 * len(horizons)
+    assert (~nested).sum() == 2 * 3 * 18 * len(horizons)
+    # the nested models (clinical, + FaceAge, + risk) and treat all, at each threshold
+    assert nested.sum() == 4 * 18 * len(horizons)
+    assert decisions.loc[nested, "compared_to"].dropna().nunique() == 2
     robust_note = store.table("run_stages", run["run_id"]).set_index("stage").at["robustness", "note"]
     assert "robustness not run: the cohort carries predictions, not photos" in robust_note
     page = Path(result["report"])
@@ -90,7 +94,9 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
         assert f'id="{section}"' in html
     assert "Synthetic data" in html
     assert html.count("<h4>Decision curve:") == 2 * len(horizons)
-    assert "Clinical utility: decision curves" in (page.parent / "model_card.html").read_text()
+    assert html.count("<h4>Added clinical utility: nested models") == len(horizons)
+    card = (page.parent / "model_card.html").read_text()
+    assert "Clinical utility: decision curves" in card and "Added clinical utility" in card
     assert len(pd.read_csv(page.parent / "data" / "decision_curves.csv")) == len(decisions)
     assert "P000001" not in html and "S000001" not in html  # no raw ids leave the site
     verdict = json.loads((page.parent / "verdict.json").read_text())

@@ -44,7 +44,8 @@ import pandas as pd
 COLUMNS = ["model", "model_id", "strategy", "horizon", "threshold", "n", "events",
            "positive_rate", "net_benefit", "ci_low", "ci_high", "diff_treat_all",
            "diff_treat_all_low", "diff_treat_all_high", "diff_age", "diff_age_low",
-           "diff_age_high", "interventions_avoided"]
+           "diff_age_high", "interventions_avoided", "compared_to", "diff_compared",
+           "diff_compared_low", "diff_compared_high"]
 
 
 def default_thresholds(start: float = 0.05, stop: float = 0.9, step: float = 0.05) -> list[float]:
@@ -64,8 +65,9 @@ def _complete(time, event, *columns):
 
 def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
     """A function of weights (m, n), for follow-up ``t`` sorted ascending with deaths ``d``:
-    ``1 - S(h)`` of each row's Kaplan-Meier curve, NaN where no weighted subject is followed
-    to the horizon (the curve stops short of it)."""
+    ``1 - S(h)`` of each row's Kaplan-Meier curve; 1 where everyone still at risk died before
+    the horizon; NaN where the curve stops short of the horizon above 0 (the last weighted
+    subjects censored before it: S(h) is unknown)."""
     deaths = np.unique(t[(d == 1) & (t <= horizon)])
     left = np.searchsorted(t, deaths, side="left")  # first subject at risk at each death time
     right = np.searchsorted(t, deaths, side="right")
@@ -86,7 +88,8 @@ def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
             hazard = np.where(at_risk > 0, dead / np.where(at_risk > 0, at_risk, 1.0), 0.0)
             survival = np.exp(np.log1p(-np.minimum(hazard, 1.0)).sum(axis=1))
         reached = (total[:, 0] - before(c, np.array([first_followed]))[:, 0]) > 0
-        return np.where(reached, 1.0 - survival, np.nan)
+        # a curve that falls to 0 (everyone left at risk died) stays there: defined at h
+        return np.where(reached | (survival <= 0.0), 1.0 - survival, np.nan)
 
     return risk
 
@@ -136,6 +139,52 @@ def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
     return out
 
 
+def _paired(a: np.ndarray, b: np.ndarray, level: float):
+    """The sample's difference ``a - b`` (row 0) and its percentile CI over the resamples
+    (the other rows), per threshold: paired, as both come from the same resamples."""
+    from audit.bootstrap import percentile_ci
+
+    diff = a - b
+    low, high = percentile_ci(diff[1:], level)
+    return diff[0], low, high
+
+
+def _strategy_frame(strategy: str, model_id: str, value: np.ndarray, positive: np.ndarray,
+                    thresholds: np.ndarray, level: float, *, treat_all=None, age=None,
+                    compared=None) -> pd.DataFrame:
+    """Rows of one strategy by threshold: its net benefit with CI (``value``: sample in row
+    0, resamples below) and its paired differences to treat-all, to chronological age and
+    to ``compared`` (a ``(model_id, value)`` pair: the previous nested model)."""
+    from audit.bootstrap import percentile_ci
+
+    low, high = percentile_ci(value[1:], level)
+    row = {"net_benefit": value[0], "ci_low": low, "ci_high": high,
+           "positive_rate": positive.mean(axis=0)}
+    if treat_all is not None:
+        d, dl, dh = _paired(value, treat_all, level)
+        row.update(diff_treat_all=d, diff_treat_all_low=dl, diff_treat_all_high=dh,
+                   interventions_avoided=d * (1 - thresholds) / thresholds * 100)
+    if age is not None:
+        d, dl, dh = _paired(value, age, level)
+        row.update(diff_age=d, diff_age_low=dl, diff_age_high=dh)
+    if compared is not None:
+        d, dl, dh = _paired(value, compared[1], level)
+        row.update(compared_to=compared[0], diff_compared=d, diff_compared_low=dl,
+                   diff_compared_high=dh)
+    frame = pd.DataFrame(row)
+    frame.insert(0, "threshold", thresholds)
+    frame.insert(0, "strategy", strategy)
+    frame.insert(0, "model_id", model_id)
+    return frame
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Subject weights: row 0 the sample itself (ones), then ``n_boot`` bootstrap counts."""
+    from audit.bootstrap import bootstrap_weights
+
+    return np.vstack([np.ones((1, n)), bootstrap_weights(n, n_boot, np.random.default_rng(seed))])
+
+
 def decision_curve(model: str, model_id: str, time, event, probability, horizon: float,
                    thresholds, *, age_probability=None, n_boot: int = 200, seed: int = 0,
                    level: float = 0.95) -> pd.DataFrame:
@@ -146,56 +195,89 @@ def decision_curve(model: str, model_id: str, time, event, probability, horizon:
     ``probability`` and ``age_probability`` are predicted risks of death by ``horizon``
     (``1 - S(h)``), e.g. cross-fitted; subjects missing either are left out of every row.
     """
-    from audit.bootstrap import bootstrap_weights, percentile_ci
-
     time, event, prob, age = _complete(time, event, probability, age_probability)
     thresholds = np.asarray(thresholds, float)
     n = len(time)
-    rng = np.random.default_rng(seed)
-    w = np.vstack([np.ones((1, n)), bootstrap_weights(n, n_boot, rng)])  # row 0: the sample
-    strategies = {"model": prob[:, None] >= thresholds[None, :],
-                  "treat_all": np.ones((n, len(thresholds)), dtype=bool)}
+    w = _resamples(n, n_boot, seed)
+    positive = {"model": prob[:, None] >= thresholds[None, :],
+                "treat_all": np.ones((n, len(thresholds)), dtype=bool)}
     if age is not None:
-        strategies["chronological_age"] = age[:, None] >= thresholds[None, :]
+        positive["chronological_age"] = age[:, None] >= thresholds[None, :]
     nb = {name: net_benefit(time, event, pos, thresholds, horizon, w)
-          for name, pos in strategies.items()}
+          for name, pos in positive.items()}
+    frames = [_strategy_frame("model", model_id, nb["model"], positive["model"], thresholds,
+                              level, treat_all=nb["treat_all"], age=nb.get("chronological_age"))]
+    if age is not None:
+        frames.append(_strategy_frame("chronological_age", model_id, nb["chronological_age"],
+                                      positive["chronological_age"], thresholds, level,
+                                      treat_all=nb["treat_all"]))
+    frames.append(_strategy_frame("treat_all", model_id, nb["treat_all"],
+                                  positive["treat_all"], thresholds, level))
+    return _finish(frames, model, horizon, time, event)
+
+
+def _finish(frames: list[pd.DataFrame], model: str, horizon: float, time, event) -> pd.DataFrame:
+    """Stack a horizon's strategy frames into ``decision_curves`` rows."""
     events = int(((event == 1) & (time <= horizon)).sum())
-
-    def ci(samples):  # row 0 is the sample itself, the rest are resamples
-        return percentile_ci(samples[1:], level)
-
-    rows = []
-    for name, pos in strategies.items():
-        value = nb[name]
-        low, high = ci(value)
-        row = {"strategy": name, "net_benefit": value[0], "ci_low": low, "ci_high": high,
-               "positive_rate": pos.mean(axis=0)}
-        if name != "treat_all":
-            diff = value - nb["treat_all"]
-            dl, dh = ci(diff)
-            row.update(diff_treat_all=diff[0], diff_treat_all_low=dl, diff_treat_all_high=dh,
-                       interventions_avoided=diff[0] * (1 - thresholds) / thresholds * 100)
-        if name == "model" and "chronological_age" in nb:
-            diff = value - nb["chronological_age"]
-            dl, dh = ci(diff)
-            row.update(diff_age=diff[0], diff_age_low=dl, diff_age_high=dh)
-        frame = pd.DataFrame({k: v for k, v in row.items() if k != "strategy"})
-        frame.insert(0, "threshold", thresholds)
-        frame.insert(0, "strategy", name)
-        rows.append(frame)
-    out = pd.concat(rows, ignore_index=True).assign(
-        model=model, model_id=model_id, horizon=float(horizon), n=n, events=events)
+    out = pd.concat(frames, ignore_index=True).assign(
+        model=model, horizon=float(horizon), n=len(time), events=events)
     return out.reindex(columns=COLUMNS)
+
+
+def nested_decision_curves(label: str, steps: list[tuple[str, np.ndarray]], time, event, *,
+                           horizons=(1.0, 2.0), thresholds=None, n_boot: int = 200,
+                           seed: int = 0, k: int = 5, penalizer: float = 0.0,
+                           level: float = 0.95) -> pd.DataFrame:
+    """Decision curves of nested Cox models, e.g. the clinical model, then + FaceAge, then +
+    the risk score: does a face model add clinical utility to what the clinic already knows?
+
+    Each step's design (n, p) is cross-fitted on the same folds into a risk of death by each
+    horizon (:func:`audit.survival_metrics.crossfit_survival`); every step's net benefit and
+    treat-all's come from the same subject resamples, so that each step's gain over the step
+    before (``compared_to``, ``diff_compared``) is paired. Treat-all's rows carry the first
+    step's ``model_id``. The subjects are the common complete cases the nested models were
+    fitted on.
+    """
+    from audit.survival_metrics import crossfit_survival, usable_horizons
+
+    time, event = np.asarray(time, float), np.asarray(event, float)
+    hs = usable_horizons(time, event, horizons)
+    if not hs or event.sum() < 5 or not steps:
+        return pd.DataFrame(columns=COLUMNS)
+    thresholds = np.asarray(default_thresholds() if thresholds is None else thresholds, float)
+    risk = {mid: 1.0 - crossfit_survival(time, event, x, hs, k=k, seed=seed,
+                                         penalizer=penalizer)
+            for mid, x in steps}
+    n = len(time)
+    out = []
+    for j, h in enumerate(hs):
+        w = _resamples(n, n_boot, seed + j)
+        everyone = np.ones((n, len(thresholds)), dtype=bool)
+        nb_all = net_benefit(time, event, everyone, thresholds, h, w)
+        frames, previous = [], None
+        for mid, _ in steps:
+            pos = risk[mid][:, j][:, None] >= thresholds[None, :]
+            nb = net_benefit(time, event, pos, thresholds, h, w)
+            frames.append(_strategy_frame("model", mid, nb, pos, thresholds, level,
+                                          treat_all=nb_all, compared=previous))
+            previous = (mid, nb)
+        frames.append(_strategy_frame("treat_all", steps[0][0], nb_all, everyone, thresholds,
+                                      level))
+        out.append(_finish(frames, label, h, time, event))
+    return pd.concat(out, ignore_index=True)
 
 
 def useful_thresholds(curve: pd.DataFrame, against: str = "treat_all") -> list[float]:
     """The thresholds of one decision curve (one score, one horizon) at which the model is
     useful: its net benefit's lower 95% bound is above 0 (treat none) and so is the lower
-    bound of its paired difference to ``against`` (``treat_all`` or ``chronological_age``)."""
+    bound of its paired difference to ``against``: ``treat_all``, ``chronological_age`` or
+    ``compared`` (the nested model before it); against the last two it must beat treat-all
+    too."""
     m = curve[curve["strategy"] == "model"]
-    column = {"treat_all": "diff_treat_all_low", "chronological_age": "diff_age_low"}[against]
+    column = {"treat_all": "diff_treat_all_low", "chronological_age": "diff_age_low",
+              "compared": "diff_compared_low"}[against]
     good = m[(m["ci_low"] > 0) & (m[column] > 0)]
-    if against == "chronological_age":  # better than age, and than the simple strategies
+    if against != "treat_all":  # better than the other model, and than the simple strategies
         good = good[good["diff_treat_all_low"] > 0]
     return sorted(float(v) for v in good["threshold"])
 

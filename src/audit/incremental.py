@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
+from audit.decision_curves import COLUMNS as DECISION_COLUMNS, nested_decision_curves
 from audit.survival import design_matrix, fit_cox
 
 
@@ -41,7 +42,8 @@ def clinical_terms(df: pd.DataFrame, covariates: list) -> tuple[list[str], dict]
 
 def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model: str | None,
                       risk_model: str | None, n_boot: int = 200, seed: int = 0,
-                      penalizer: float = 0.0) -> dict[str, pd.DataFrame]:
+                      penalizer: float = 0.0, decision_horizons=(), decision_thresholds=None,
+                      folds: int = 5) -> dict[str, pd.DataFrame]:
     """Nested models, tests and C changes.
 
     Parameters
@@ -51,8 +53,12 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
     covariates : the cohort's declared covariates.
     faceage_model, risk_model : names of the models whose outputs are added (None: absent).
 
-    Returns ``{"survival_models", "survival_terms", "survival_tests", "survival_metrics"}``
-    frames, and a ``notes`` list under ``"notes"``.
+    decision_horizons, decision_thresholds, folds : where given, the nested models' decision
+        curves (:func:`audit.decision_curves.nested_decision_curves`): net benefit of each,
+        cross-fitted on ``folds`` folds, and each step's paired gain over the one before.
+
+    Returns ``{"survival_models", "survival_terms", "survival_tests", "survival_metrics",
+    "decision_curves"}`` frames, and a ``notes`` list under ``"notes"``.
     """
     from audit.bootstrap import bootstrap_weights
     from audit.concordance import weighted_concordance
@@ -124,7 +130,21 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
         metrics.append({"model": label, "model_id": f"incremental__{cur}", "metric": "delta_c",
                         "horizon": None, "value": float(point), "ci_low": float(low),
                         "ci_high": float(high)})
+    decisions = pd.DataFrame(columns=DECISION_COLUMNS)
+    if decision_horizons:
+        from lifelines.exceptions import ConvergenceError
+
+        try:
+            decisions = nested_decision_curves(
+                label, [(f"incremental__{mid}", full[cols].to_numpy(float)) for mid, cols in steps],
+                df["time"], df["event"], horizons=decision_horizons,
+                thresholds=decision_thresholds, n_boot=n_boot, seed=seed, k=folds,
+                penalizer=penalizer)
+        except ConvergenceError as exc:
+            notes.append("the cross-fitted nested models did not converge "
+                         f"({str(exc).split('.')[0]}): their decision curves are not computed")
     return {"survival_models": pd.DataFrame(models, columns=MODEL_COLUMNS),
+            "decision_curves": decisions,
             "survival_terms": pd.DataFrame(terms, columns=TERM_COLUMNS),
             "survival_tests": pd.DataFrame(tests, columns=TEST_COLUMNS),
             "survival_metrics": pd.DataFrame(metrics, columns=METRIC_COLUMNS),

@@ -219,10 +219,19 @@ SCHEMA_V10 = [
         interventions_avoided DOUBLE)""",
 ]
 
+# Version 11: decision curves of the nested incremental models, each step's paired gain in
+# net benefit over the step before.
+SCHEMA_V11 = [
+    "ALTER TABLE decision_curves ADD COLUMN compared_to VARCHAR",
+    "ALTER TABLE decision_curves ADD COLUMN diff_compared DOUBLE",
+    "ALTER TABLE decision_curves ADD COLUMN diff_compared_low DOUBLE",
+    "ALTER TABLE decision_curves ADD COLUMN diff_compared_high DOUBLE",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
                                            (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
                                            (7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9),
-                                           (10, SCHEMA_V10)]
+                                           (10, SCHEMA_V10), (11, SCHEMA_V11)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.

@@ -56,23 +56,39 @@ def usable_horizons(time: np.ndarray, event: np.ndarray, horizons=HORIZONS,
     return out
 
 
-def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0) -> np.ndarray:
+def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0,
+                      penalizer: float = 0.0) -> np.ndarray:
     """(n, H) survival probabilities at ``horizons`` from Cox models of ``score`` fitted on
-    the other ``k - 1`` folds (lifelines, Breslow baseline)."""
-    from lifelines import CoxPHFitter
+    the other ``k - 1`` folds (lifelines, Breslow baseline).
+
+    ``score`` is one score (n,) or a design matrix (n, p), e.g. a clinical model's terms. The
+    folds depend on ``n`` and ``seed`` only, so models fitted on the same subjects with the
+    same seed are cross-fitted on the same folds (their predictions pair). A column that is
+    constant among a fold's training subjects (a rare category absent from it) is left out
+    of that fold's model: its test subjects get the reference level's hazard.
+    """
+    from lifelines import CoxPHFitter, KaplanMeierFitter
 
     n = len(time)
     folds = np.random.default_rng(seed).permutation(n) % k
     out = np.full((n, len(horizons)), np.nan)
-    frame = pd.DataFrame({"time": np.asarray(time, float), "event": np.asarray(event, int),
-                          "score": np.asarray(score, float)})
+    x = np.asarray(score, float)
+    x = x[:, None] if x.ndim == 1 else x
+    names = ["score"] if x.shape[1] == 1 else [f"x{j}" for j in range(x.shape[1])]
+    frame = pd.DataFrame(x, columns=names).assign(time=np.asarray(time, float),
+                                                   event=np.asarray(event, int))
     for f in range(k):
         train, test = frame[folds != f], frame[folds == f]
-        cph = CoxPHFitter()
+        kept = [c for c in names if train[c].nunique() > 1]
+        if not kept:  # nothing varies: every test subject gets the training folds' KM
+            km = KaplanMeierFitter().fit(train["time"], train["event"])
+            out[folds == f] = km.survival_function_at_times(list(horizons)).to_numpy()
+            continue
+        cph = CoxPHFitter(penalizer=penalizer)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cph.fit(train, duration_col="time", event_col="event")
-        sf = cph.predict_survival_function(test[["score"]], times=list(horizons))
+            cph.fit(train[kept + ["time", "event"]], duration_col="time", event_col="event")
+        sf = cph.predict_survival_function(test[kept], times=list(horizons))
         out[folds == f] = sf.T.to_numpy()
     return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from audit.report.decisions import decision_summaries
+from audit.report.decisions import decision_summaries, nested_summaries
 from audit.report.render import _records as _rows
 from audit.verdict import sig3
 
@@ -85,6 +85,7 @@ def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
             "decision_curves": [{k: d[k] for k in ("score", "when", "n", "events", "useful",
                                                    "useful_over_age", "summary")}
                                 for d in decision_summaries(t["decision_curves"], name)],
+            "added_utility": _added_utility(ctx, t["decision_curves"], name),
             "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"],
                                                     kind="stable")),
             "robustness": ({"judged": int(judged["passed"].notna().sum()),
@@ -96,6 +97,18 @@ def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
             "limitations": limitations(ctx, t, m),
         })
     return cards
+
+
+def _added_utility(ctx: dict, curves: pd.DataFrame, name: str) -> list[dict]:
+    """The nested-model steps that add this model's output to the clinical model: where the
+    gain in net benefit over the step before is above 0 with 95% confidence."""
+    label = (ctx.get("incremental") or {}).get("label")
+    if not label:
+        return []
+    return [{"when": d["when"], "step": s["label"], "added": s["added"], "n": d["n"],
+             "events": d["events"], "gain": s["gain"]}
+            for d in nested_summaries(curves, label) for s in d["steps"]
+            if s["added_by"] == name]
 
 
 def _saliency_summary(shares: pd.DataFrame, name: str) -> list[dict]:

@@ -11,6 +11,13 @@ from audit.decision_curves import threshold_runs, useful_thresholds, years
 from audit.report import plots
 
 SCORES = {"faceage": "FaceAge", "risk": "risk score"}
+WITH_ARTICLE = {"FaceAge": "FaceAge", "risk score": "the risk score"}
+
+
+def at_thresholds(runs: str) -> str:
+    """``"at thresholds 10-35%"``, or ``"at no threshold"`` for :func:`threshold_runs`'s
+    ``"none"``."""
+    return "at no threshold" if runs == "none" else f"at thresholds {runs}"
 
 
 def _clean(row: dict) -> dict:
@@ -23,7 +30,9 @@ def decision_summaries(rows: pd.DataFrame, model: str) -> list[dict]:
     the model is useful (against treat-all and treat-none, and against age) and one sentence
     saying so; with the group's rows as ``curve`` (for the page's plot and table)."""
     out = []
-    rows = rows[rows["model"] == model]
+    # the nested models' curves carry the incremental label, which is a model's own name
+    # when one model gives every output: they are shown by nested_summaries
+    rows = rows[(rows["model"] == model) & ~rows["model_id"].str.startswith("incremental__")]
     for (score, horizon), g in rows.groupby(["model_id", "horizon"], sort=True):
         grid = sorted(float(v) for v in g["threshold"].unique())
         label = SCORES.get(score, score)
@@ -34,9 +43,9 @@ def decision_summaries(rows: pd.DataFrame, model: str) -> list[dict]:
             if has_age else None
         summary = (f"Acting on the {label} (as a cross-fitted risk of death within {when}) "
                    f"beats both treating everyone and treating no one, with 95% "
-                   f"confidence, at thresholds {over_all}")
+                   f"confidence, {at_thresholds(over_all)}")
         if over_age is not None:
-            summary += f"; it also beats chronological age at {over_age}"
+            summary += f"; it also beats chronological age {at_thresholds(over_age)}"
         first = g.iloc[0]
         out.append({"score": label, "horizon": float(horizon), "when": when,
                     "n": int(first["n"]), "events": int(first["events"]),
@@ -72,4 +81,78 @@ def decision_view(rows: pd.DataFrame, model: str) -> list[dict]:
             alt=(f"Net benefit of the {label} against the threshold probability of death "
                  f"within {when}, with its 95% CI band, beside chronological age, treat all "
                  "and treat none (zero).")))
+    return out
+
+
+def step_label(model_id: str) -> str:
+    """``incremental__clinical+faceage`` -> ``clinical + FaceAge``."""
+    parts = model_id.split("__", 1)[-1].split("+")
+    return " + ".join(SCORES.get(p, p) for p in parts)
+
+
+def nested_summaries(rows: pd.DataFrame, label: str) -> list[dict]:
+    """Per horizon of the nested models' ``decision_curves`` rows (``model`` = ``label``,
+    the incremental models' label, e.g. ``"FaceAge model + risk model"``): each step, where
+    it beats treating everyone and no one, and where it beats the step before (its gain's
+    95% lower bound above 0, and the step itself above treat-all and treat-none), in one
+    sentence; ``added_by`` names the model whose output the step adds."""
+    out = []
+    rows = rows[(rows["model"] == label) & rows["model_id"].str.startswith("incremental__")]
+    by = label.split(" + ")
+    for horizon, g in rows.groupby("horizon", sort=True):
+        grid = sorted(float(v) for v in g["threshold"].unique())
+        ids = list(dict.fromkeys(g.loc[g["strategy"] == "model", "model_id"]))
+        steps, sentences = [], []
+        for i, model_id in enumerate(ids):
+            part = g[g["model_id"] == model_id]
+            added = SCORES.get(model_id.rsplit("+", 1)[-1]) if i else None
+            step = {"model_id": model_id, "label": step_label(model_id), "added": added,
+                    "added_by": by[i - 1] if i and len(by) >= i else None,
+                    "useful": threshold_runs(useful_thresholds(part, "treat_all"), grid),
+                    "gain": (threshold_runs(useful_thresholds(part, "compared"), grid)
+                             if i else None)}
+            steps.append(step)
+            if i == 0:
+                sentences.append(f"The clinical model alone beats treating everyone and no "
+                                 f"one, with 95% confidence, {at_thresholds(step['useful'])}")
+            else:
+                source = f" ({step['added_by']})" if step["added_by"] else ""
+                sentences.append(f"adding {WITH_ARTICLE.get(added, added)}{source} raises "
+                                 f"the net benefit, with 95% confidence, "
+                                 f"{at_thresholds(step['gain'])}")
+        first = g.iloc[0]
+        out.append({"horizon": float(horizon), "when": years(float(horizon)),
+                    "n": int(first["n"]), "events": int(first["events"]), "steps": steps,
+                    "summary": "; ".join(sentences) + ".", "curve": g, "grid": grid})
+    return out
+
+
+def nested_view(rows: pd.DataFrame, label: str) -> list[dict]:
+    """The incremental section's decision curves: :func:`nested_summaries` with the plot and,
+    by threshold, each step's net benefit and gain over the step before."""
+    out = []
+    for d in nested_summaries(rows, label):
+        g = d.pop("curve")
+        wide = {m: part.set_index("threshold")
+                for m, part in g[g["strategy"] == "model"].groupby("model_id")}
+        treat_all = g[g["strategy"] == "treat_all"].set_index("threshold")["net_benefit"]
+        table = []
+        for th in d.pop("grid"):
+            cells = []
+            for s in d["steps"]:
+                r = wide[s["model_id"]].loc[th]
+                cells.append(_clean({
+                    "net_benefit": r["net_benefit"], "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"], "gain": r["diff_compared"],
+                    "gain_low": r["diff_compared_low"], "gain_high": r["diff_compared_high"]}))
+            table.append({"threshold": th, "treat_all": treat_all.get(th), "steps": cells})
+        names = [(s["model_id"], s["label"]) for s in d["steps"]]
+        when = d["when"]
+        out.append(dict(
+            d, rows=table,
+            uri=plots.nested_decision_plot(
+                g, names, f"{label}\nnested models: decision curves, death within {when}"),
+            alt=(f"Net benefit of the nested models ({', '.join(n for _, n in names)}) "
+                 f"against the threshold probability of death within {when}, the largest "
+                 "with its 95% CI band, beside treat all and treat none (zero).")))
     return out

@@ -281,16 +281,40 @@ def decision_plot(rows: pd.DataFrame, title: str) -> str:
     age, treat all and treat none, for one score at one horizon."""
     plt, fig, ax = _fig(5.6, 4.0)
     style = {"model": ("#1f5fa8", "-", "model"), "chronological_age": ("#c77d18", "--",
-                                                                        "chronological age"),
-             "treat_all": ("#777", ":", "treat all")}
+                                                                        "chronological age")}
     for strategy, (colour, ls, label) in style.items():
         g = rows[rows["strategy"] == strategy].sort_values("threshold")
-        if g.empty:
-            continue
-        ax.plot(g["threshold"], g["net_benefit"], color=colour, ls=ls, lw=1.6, label=label)
-        if strategy == "model":
-            ax.fill_between(g["threshold"], g["ci_low"], g["ci_high"], color=colour, alpha=0.15,
-                            lw=0, label="model, 95% CI")
+        if not g.empty:
+            _net_benefit_line(ax, g, colour, ls, label, band=strategy == "model")
+    return _decision_axes(plt, fig, ax, rows, title)
+
+
+def nested_decision_plot(rows: pd.DataFrame, steps: list[tuple[str, str]], title: str) -> str:
+    """Net benefit of nested models (``steps``: ``(model_id, label)``, smallest first), the
+    largest with its 95% CI band, beside treat all and treat none, at one horizon."""
+    plt, fig, ax = _fig(5.6, 4.0)
+    colours = ["#777777", "#c77d18", "#1f5fa8", "#2a8a4a", "#8a2a6a"]
+    for i, (model_id, label) in enumerate(steps):
+        g = rows[(rows["strategy"] == "model") & (rows["model_id"] == model_id)]
+        _net_benefit_line(ax, g.sort_values("threshold"), colours[(i + 1) % len(colours)],
+                          "-" if i == len(steps) - 1 else "--", label,
+                          band=i == len(steps) - 1)
+    return _decision_axes(plt, fig, ax, rows, title)
+
+
+def _net_benefit_line(ax, g: pd.DataFrame, colour: str, ls: str, label: str, band: bool):
+    ax.plot(g["threshold"], g["net_benefit"], color=colour, ls=ls, lw=1.6, label=label)
+    if band:
+        ax.fill_between(g["threshold"], g["ci_low"], g["ci_high"], color=colour, alpha=0.15,
+                        lw=0, label=f"{label}, 95% CI")
+
+
+def _decision_axes(plt, fig, ax, rows: pd.DataFrame, title: str) -> str:
+    """Treat all (dotted) and treat none (zero) on a decision-curve plot; axes, legend."""
+    g = rows[rows["strategy"] == "treat_all"].sort_values("threshold")
+    if not g.empty:
+        ax.plot(g["threshold"], g["net_benefit"], color="#777", ls=":", lw=1.6,
+                label="treat all")
     ax.axhline(0, color="#222", lw=1, label="treat none")
     top = float(np.nanmax(np.r_[rows["net_benefit"].to_numpy(dtype=float),
                                 rows["ci_high"].to_numpy(dtype=float)], initial=0.0))

@@ -19,7 +19,7 @@ import pandas as pd
 from audit.hashing import sha256_file
 from audit.privacy import id_scrubber, pseudonym
 from audit.report import plots
-from audit.report.decisions import decision_view
+from audit.report.decisions import decision_view, nested_view
 from audit.store import Store
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -214,7 +214,8 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
         deltas = t["survival_metrics"][(t["survival_metrics"]["model"] == label)
                                        & (t["survival_metrics"]["metric"] == "delta_c")]
         incremental = {"label": label, "models": _records(inc_models), "tests": _records(tests),
-                       "deltas": _records(deltas)}
+                       "deltas": _records(deltas),
+                       "decisions": nested_view(t["decision_curves"], label)}
     return {
         "incremental": incremental,
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),

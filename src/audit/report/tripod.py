@@ -198,7 +198,8 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
                 "MAE, mean error, Pearson r, within 5 years; Harrell's and Uno's C, time-dependent "
                 "AUC, Brier and integrated Brier scores, calibration by decile, Kaplan-Meier "
                 "curves, nested-model likelihood-ratio tests; clinical utility by decision "
-                "curves (net benefit against treating all, none, and chronological age); "
+                "curves (net benefit against treating all, none, and chronological age, and "
+                "the net benefit each face model adds to the clinical model); "
                 "paired model comparisons.")
     a["12f"] = (NOT_APPLICABLE, [], "The audit does not update or recalibrate the models.")
     a["12g"] = (ANSWERED, [card, page("trail", "models in the audit trail")],

@@ -160,7 +160,10 @@ def _incremental(ctx: RunContext) -> dict:
                                    risk_model=risk.name if risk else None,
                                    n_boot=ctx.config.survival.n_boot,
                                    seed=ctx.config.survival.seed,
-                                   penalizer=ctx.config.survival.penalizer)
+                                   penalizer=ctx.config.survival.penalizer,
+                                   decision_horizons=ctx.config.survival.decision_horizons,
+                                   decision_thresholds=ctx.config.survival.decision_thresholds,
+                                   folds=ctx.config.survival.folds)
     except Exception as exc:  # a fit that fails is reported, the stage goes on
         ctx.note("survival", f"incremental value not computed: {type(exc).__name__}: {exc}")
         return {}

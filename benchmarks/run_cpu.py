@@ -49,6 +49,13 @@ def main() -> None:
                   lambda: survival_analysis(cohort.subjects(), "oracle", ["faceage", "risk"],
                                             cohort.spec.covariates, SurvivalConfig(n_boot=200)),
                   rows)
+            timed(f"the same with clinical utility within the groups of sex, race, cancer type "
+                  f"and age band (decision_subgroups), n={n:,}",
+                  lambda: survival_analysis(cohort.subjects(), "oracle", ["faceage", "risk"],
+                                            cohort.spec.covariates, SurvivalConfig(n_boot=200),
+                                            decision_groups=["sex", "race", "cancer_type",
+                                                             "age_band"]),
+                  rows)
             from audit.decision_curves import score_decision_curves
 
             subjects = cohort.subjects()

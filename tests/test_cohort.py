@@ -164,3 +164,12 @@ def test_cohort_digest_changes_when_an_image_changes(tmp_path):
     before = load_cohort(tmp_path).sha256
     (tmp_path / "images" / "a" / "007.jpg").write_bytes(b"changed")
     assert load_cohort(tmp_path).sha256 != before
+
+
+def test_group_names_read_in_order():
+    from audit.cohort import age_band, natural_order
+
+    bands = age_band(pd.Series([50, 70, 80, 90]), [65, 75, 85])
+    assert natural_order(set(bands)) == ["<=65", "65-75", "75-85", ">85"]
+    assert natural_order(["Q3", "Q1", "Q4", "Q2"]) == ["Q1", "Q2", "Q3", "Q4"]
+    assert natural_order(["White", "Asian", "Black"]) == ["Asian", "Black", "White"]

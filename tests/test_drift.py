@@ -5,7 +5,6 @@ false-alarm rate."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from audit.config import load_config

@@ -85,6 +85,10 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     # the nested models (clinical, + FaceAge, + risk) and treat all, at each threshold
     assert nested.sum() == 4 * 18 * len(horizons)
     assert decisions.loc[nested, "compared_to"].dropna().nunique() == 2
+    by_group = store.table("decision_subgroups", run["run_id"])
+    assert set(by_group["model_id"]) == {"faceage", "risk"}
+    assert {"sex", "race", "age_band"} <= set(by_group["attribute"])
+    assert set(by_group["status"]) <= {"useful", "uncertain", "harmful", "too_small", "undefined"}
     robust_note = store.table("run_stages", run["run_id"]).set_index("stage").at["robustness", "note"]
     assert "robustness not run: the cohort carries predictions, not photos" in robust_note
     page = Path(result["report"])
@@ -95,6 +99,7 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     assert "Synthetic data" in html
     assert html.count("<h4>Decision curve:") == 2 * len(horizons)
     assert html.count("<h4>Added clinical utility: nested models") == len(horizons)
+    assert "<h3>Clinical utility within subgroups</h3>" in html
     card = (page.parent / "model_card.html").read_text()
     assert "Clinical utility: decision curves" in card and "Added clinical utility" in card
     assert len(pd.read_csv(page.parent / "data" / "decision_curves.csv")) == len(decisions)
@@ -117,9 +122,10 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
                         config=str(judged))
     assert len(store.runs()) == 2
     utility = store.table("verdicts", second["run_id"]).set_index("check_name").loc[
-        ["faceage_net_benefit", "risk_net_benefit"]]
+        ["faceage_net_benefit", "risk_net_benefit", "faceage_net_benefit_subgroups",
+         "risk_net_benefit_subgroups"]]
     assert utility["status"].isin(["pass", "fail"]).all()
-    assert utility["details"].str.contains("thresholds in 20% to 30% at 1 year").all()
+    assert utility["details"].str.contains("20% to 30% at 1 year").all()
     assert "faceage_net_benefit" not in set(store.table("verdicts", run["run_id"])["check_name"])
     index = (out / "index.html").read_text()
     assert result["run_id"] in index and second["run_id"] in index

@@ -4,7 +4,6 @@ its models), and physical checks of each perturbation on a real photo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

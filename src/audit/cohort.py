@@ -467,5 +467,7 @@ def natural_order(values) -> list:
             first = float(digits[0]) if digits else float("inf")
         except ValueError:
             first = float("inf")
-        return (first + (0.5 if text.startswith(">") else 0), text)
+        # "<=65" reads before "65-75", and ">85" after "75-85"
+        return (first + (0.5 if text.startswith(">") else -0.5 if text.startswith("<") else 0),
+                text)
     return sorted(values, key=key)

@@ -297,7 +297,8 @@ class Thresholds(_Section):
     net_benefit_range: list[float] = Field(
         default_factory=list, description="[low, high] threshold probabilities of death: at "
         "every decision threshold in this range, acting on each score must beat treating "
-        "everyone and treating no one with 95% confidence (empty: reported, never judged)")
+        "everyone and treating no one with 95% confidence, and harm no subgroup (worse than "
+        "both, simultaneous 95% bands) (empty: reported, never judged)")
     net_benefit_horizon: float = Field(
         1.0, gt=0, description="years; the decision curve that net_benefit_range judges")
 

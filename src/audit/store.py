@@ -228,10 +228,21 @@ SCHEMA_V11 = [
     "ALTER TABLE decision_curves ADD COLUMN diff_compared_high DOUBLE",
 ]
 
+# Version 12: clinical utility by subgroup (each score's decision rule judged within groups).
+SCHEMA_V12 = [
+    """CREATE TABLE decision_subgroups (
+        run_id VARCHAR, model VARCHAR, model_id VARCHAR, attribute VARCHAR,
+        group_name VARCHAR, horizon DOUBLE, threshold DOUBLE, n BIGINT, events BIGINT,
+        positive_rate DOUBLE, net_benefit DOUBLE, treat_all DOUBLE, gain DOUBLE,
+        gain_low DOUBLE, gain_high DOUBLE, band_low DOUBLE, band_high DOUBLE,
+        overall_useful BOOLEAN, status VARCHAR)""",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
                                            (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
                                            (7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9),
-                                           (10, SCHEMA_V10), (11, SCHEMA_V11)]
+                                           (10, SCHEMA_V10), (11, SCHEMA_V11),
+                                           (12, SCHEMA_V12)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.
@@ -241,7 +252,7 @@ RESULT_TABLES = [
     "survival_terms", "survival_tests", "survival_metrics", "survival_curves", "drift",
     "saliency", "verdicts", "artifacts", "prediction_cache", "embedding_cache",
     "survival_subgroups", "representativeness", "comparisons", "saliency_maps",
-    "saliency_checks", "decision_curves",
+    "saliency_checks", "decision_curves", "decision_subgroups",
 ]
 
 HEARTBEAT_SECONDS = 30.0

@@ -33,7 +33,8 @@ import pandas as pd
 from audit.accuracy import bootstrap_c, harrell_c
 from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
-from audit.decision_curves import COLUMNS as DECISION_COLUMNS, score_decision_curves
+from audit.decision_curves import COLUMNS as DECISION_COLUMNS, score_decision_analysis
+from audit.decision_subgroups import COLUMNS as DECISION_SUBGROUP_COLUMNS
 
 MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance",
                  "concordance_low", "concordance_high", "log_likelihood", "ph_test_min_p",
@@ -57,6 +58,8 @@ class SurvivalResult:
     notes: list[str] = field(default_factory=list)
     decisions: pd.DataFrame = field(  # decision_curves rows
         default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
+    decision_subgroups: pd.DataFrame = field(  # decision_subgroups rows
+        default_factory=lambda: pd.DataFrame(columns=DECISION_SUBGROUP_COLUMNS))
 
     @classmethod
     def empty(cls, note: str) -> "SurvivalResult":
@@ -67,7 +70,8 @@ class SurvivalResult:
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"survival_models": self.models, "survival_terms": self.terms,
                 "survival_tests": self.tests, "survival_metrics": self.metrics,
-                "survival_curves": self.curves, "decision_curves": self.decisions}
+                "survival_curves": self.curves, "decision_curves": self.decisions,
+                "decision_subgroups": self.decision_subgroups}
 
 
 def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
@@ -256,9 +260,30 @@ def risk_quartiles(risk: pd.Series) -> pd.Series:
     return pd.qcut(ranks, 4, labels=["Q1", "Q2", "Q3", "Q4"]).astype(object)
 
 
+def _stack(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """The non-empty frames stacked, or an empty frame with ``columns``."""
+    full = [f for f in frames if len(f)]
+    return pd.concat(full, ignore_index=True) if full else pd.DataFrame(columns=columns)
+
+
+def _decision_groups(frame: pd.DataFrame, attributes: list[str] | None,
+                     age_cuts: list[float] | None) -> list[tuple[str, pd.Series]] | None:
+    """``(attribute, labels)`` of the fairness groupings present in ``frame``."""
+    from types import SimpleNamespace
+
+    from audit.fairness import add_fairness_groups, groupings
+
+    if not attributes:
+        return None
+    grouped = add_fairness_groups(frame, age_cuts or [65.0, 75.0, 85.0])
+    return groupings(grouped, SimpleNamespace(attributes=list(attributes), intersections=[]))
+
+
 def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
                       covariates: list, config: SurvivalConfig,
-                      age_cuts: list[float] | None = None) -> SurvivalResult:
+                      age_cuts: list[float] | None = None, *,
+                      decision_groups: list[str] | None = None,
+                      min_group_size: int = 30) -> SurvivalResult:
     """Survival models of one model's outputs on one row per subject.
 
     Parameters
@@ -269,6 +294,9 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     outputs : which of ``faceage``, ``risk`` the model produced.
     covariates : :class:`audit.cohort.Covariate` items for the ``__clinical`` adjustment.
     config : minimum events, bootstrap size, seed, penalizer.
+    decision_groups : attributes (e.g. ``sex``, ``race``, ``age_band``) within whose groups
+        each score's decision curves are judged too (``decision_subgroups``); groups under
+        ``min_group_size`` subjects or ``config.min_events`` deaths are too small.
     """
     if not {"time", "event"} <= set(subjects.columns) or subjects["event"].isna().all():
         return SurvivalResult.empty(
@@ -308,6 +336,7 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
               "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates"}
 
     decisions: list[pd.DataFrame] = []
+    subgroup_decisions: list[pd.DataFrame] = []
 
     def score_rows(frame, model_id, column):
         """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
@@ -321,11 +350,15 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
                                  horizons=config.horizons, n_boot=config.n_boot,
                                  seed=config.seed, k=config.folds,
                                  calibration_horizon=config.calibration_horizon)
-            d = (score_decision_curves(
-                model, model_id, frame["time"], frame["event"], frame[column], frame["age"],
-                horizons=config.decision_horizons, thresholds=config.decision_thresholds,
-                n_boot=config.n_boot, seed=config.seed, k=config.folds)
-                if config.decision_horizons else None)
+            d = None
+            if config.decision_horizons:
+                d, sub = score_decision_analysis(
+                    model, model_id, frame["time"], frame["event"], frame[column], frame["age"],
+                    groups=_decision_groups(frame, decision_groups, age_cuts),
+                    horizons=config.decision_horizons, thresholds=config.decision_thresholds,
+                    n_boot=config.n_boot, seed=config.seed, k=config.folds,
+                    min_group_size=min_group_size, min_events=config.min_events)
+                subgroup_decisions.append(sub)
         except ConvergenceError as exc:
             notes.append(f"the cross-fitted Cox model of the {column} score did not converge "
                          f"({str(exc).split('.')[0]}): its Uno's C, AUC, Brier, calibration "
@@ -434,8 +467,8 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         tests=pd.DataFrame(tests, columns=TEST_COLUMNS),
         metrics=pd.DataFrame(metrics, columns=METRIC_COLUMNS),
         curves=pd.DataFrame(curves, columns=CURVE_COLUMNS),
-        decisions=(pd.concat([d for d in decisions if len(d)], ignore_index=True)
-                   if any(len(d) for d in decisions) else pd.DataFrame(columns=DECISION_COLUMNS)),
+        decisions=_stack(decisions, DECISION_COLUMNS),
+        decision_subgroups=_stack(subgroup_decisions, DECISION_SUBGROUP_COLUMNS),
         notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."]
         + notes,
     )

@@ -202,6 +202,51 @@ def _net_benefit_check(curves: pd.DataFrame | None, model: str, output: str,
                  + (f"; not at {threshold_runs(missed, grid)}" if missed else ""))]
 
 
+def _net_benefit_subgroup_check(subgroups: pd.DataFrame | None, model: str, output: str,
+                                t: Thresholds) -> list[dict]:
+    """No group harmed over the declared range of thresholds: a group of adequate size is
+    harmed at a threshold when acting on the score does worse there than both treating
+    everyone and treating no one, beyond the simultaneous 95% band over the attribute's
+    groups and thresholds (:mod:`audit.decision_subgroups`). Not judged when no range is
+    declared, or when no subgroup curves were computed (fairness off)."""
+    from audit.decision_curves import threshold_runs, years
+
+    if not t.net_benefit_range or subgroups is None:
+        return []
+    low, high = t.net_benefit_range
+    name = f"{output}_net_benefit_subgroups"
+    h = t.net_benefit_horizon
+    span = f"{low:.0%} to {high:.0%} at {years(h)}"
+    sel = subgroups[(subgroups["model"] == model) & (subgroups["model_id"] == output)
+                    & ((subgroups["horizon"] - h).abs() < 1e-9)
+                    & (subgroups["threshold"] >= low - 1e-9)
+                    & (subgroups["threshold"] <= high + 1e-9)] if len(subgroups) else subgroups
+    if not len(sel):
+        return [_row(model, name, "fairness", 0.0, None, False,
+                     f"no subgroup decision curve at {span} (the follow-up does not reach the "
+                     "horizon, or no threshold of the curve lies in the range)")]
+    grid = sorted(float(v) for v in subgroups["threshold"].unique())
+    judged = sel[sel["status"] != "too_small"]
+    small = sel[sel["status"] == "too_small"].drop_duplicates(["attribute", "group_name"])
+    harmed = []
+    for (attribute, group), g in judged[judged["status"] == "harmful"].groupby(
+            ["attribute", "group_name"], sort=True):
+        harmed.append(f"{attribute} = {group} at "
+                      f"{threshold_runs(sorted(float(v) for v in g['threshold']), grid)}")
+    n_groups = judged.drop_duplicates(["attribute", "group_name"]).shape[0]
+    details = (f"harmed (worse than treating everyone and no one, simultaneous 95% bands) "
+               f"in {len(harmed)} of {n_groups} groups at {span}: " + "; ".join(harmed)
+               if harmed else
+               f"no group of {n_groups} harmed at {span} (simultaneous 95% bands)")
+    if len(small):
+        details += ("; too small to judge: " + ", ".join(
+            f"{r.attribute} = {r.group_name} ({r.n} subjects, {r.events} deaths)"
+            for r in small.itertuples()))
+    if not n_groups:
+        return [_row(model, name, "fairness", 0.0, None, False, details)]
+    return [_row(model, name, "fairness", 0.0, float(len(harmed)), not harmed, details)]
+
+
 def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
              thresholds: Thresholds, robustness: pd.DataFrame | None = None,
@@ -209,7 +254,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              representativeness: pd.DataFrame | None = None,
              fairness_metrics: list[str] | None = None,
              drift: pd.DataFrame | None = None,
-             decision_curves: pd.DataFrame | None = None) -> pd.DataFrame:
+             decision_curves: pd.DataFrame | None = None,
+             decision_subgroups: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks of a run.
 
     Parameters
@@ -222,6 +268,7 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     fairness_metrics : metrics whose flagged subgroups fail the fairness checks.
     decision_curves : the run's ``decision_curves`` rows (judged only where the thresholds
         declare a ``net_benefit_range``).
+    decision_subgroups : the run's ``decision_subgroups`` rows (likewise; None: not judged).
     has_outcomes : whether the cohort has time and event.
     thresholds : from the audit config.
     """
@@ -264,6 +311,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
         for output in ("faceage", "risk"):
             if output in outputs:
                 rows.extend(_net_benefit_check(decision_curves, name, output, t, has_outcomes))
+                if has_outcomes:
+                    rows.extend(_net_benefit_subgroup_check(decision_subgroups, name, output, t))
         if fairness is not None:
             from audit.config import FairnessConfig
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from audit.report.decisions import decision_summaries, nested_summaries
+from audit.report.decisions import decision_summaries, nested_summaries, subgroup_summaries
 from audit.report.render import _records as _rows
 from audit.verdict import sig3
 
@@ -86,6 +86,7 @@ def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
                                                    "useful_over_age", "summary")}
                                 for d in decision_summaries(t["decision_curves"], name)],
             "added_utility": _added_utility(ctx, t["decision_curves"], name),
+            "utility_subgroups": _utility_subgroups(t["decision_subgroups"], name),
             "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"],
                                                     kind="stable")),
             "robustness": ({"judged": int(judged["passed"].notna().sum()),
@@ -109,6 +110,17 @@ def _added_utility(ctx: dict, curves: pd.DataFrame, name: str) -> list[dict]:
              "events": d["events"], "gain": s["gain"]}
             for d in nested_summaries(curves, label) for s in d["steps"]
             if s["added_by"] == name]
+
+
+def _utility_subgroups(rows: pd.DataFrame, name: str) -> list[dict]:
+    """Per score and horizon: where the score is useful overall, and the groups harmed
+    there (:mod:`audit.decision_subgroups`)."""
+    return [{"score": d["score"], "when": d["when"], "overall_useful": d["overall_useful"],
+             "harmed": "; ".join(f"{x['attribute']} = {x['group_name']} at "
+                                 f"{x['harmed_where_useful']}" for x in d["flagged"]),
+             "judged": sum(not x["too_small"] for x in d["groups"]),
+             "too_small": sum(x["too_small"] for x in d["groups"])}
+            for d in subgroup_summaries(rows[rows["model"] == name])]
 
 
 def _saliency_summary(shares: pd.DataFrame, name: str) -> list[dict]:
@@ -162,6 +174,13 @@ def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]
         out.append(f"{r['output']} {r['metric']} differs in {r['attribute']} = {r['group_name']}: "
                    f"{r['value']:.3g} against {sig3(r['value'] - r['diff_to_overall'])} overall "
                    f"(difference band {r['diff_ci_low']:.3g} to {r['diff_ci_high']:.3g}).")
+    for d in subgroup_summaries(t["decision_subgroups"][t["decision_subgroups"]["model"] == name]):
+        for x in d["flagged"]:
+            out.append(f"Acting on the {d['score']} (death within {d['when']}) harms "
+                       f"{x['attribute']} = {x['group_name']} at thresholds "
+                       f"{x['harmed_where_useful']}, where it helps the cohort as a whole: in "
+                       "that group it does worse than treating everyone or no one "
+                       "(simultaneous 95% bands).")
     small = fair[(fair["status"] == "too_small") & ~fair["attribute"].str.contains(" x ")]
     if len(small):
         groups = sorted({f"{a} = {g}" for a, g in zip(small["attribute"], small["group_name"])})

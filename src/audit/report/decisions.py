@@ -156,3 +156,49 @@ def nested_view(rows: pd.DataFrame, label: str) -> list[dict]:
                  f"against the threshold probability of death within {when}, the largest "
                  "with its 95% CI band, beside treat all and treat none (zero).")))
     return out
+
+
+def subgroup_summaries(rows: pd.DataFrame) -> list[dict]:
+    """Per (model, score, horizon) of ``decision_subgroups`` rows: each group's size and
+    where acting on the score is useful or harmful in it (simultaneous bands), and where it
+    is harmed although the score is useful for the cohort as a whole."""
+    out = []
+    for (model, score, horizon), g in rows.groupby(["model", "model_id", "horizon"], sort=True):
+        grid = sorted(float(v) for v in g["threshold"].unique())
+        groups = []
+        for (attribute, name), part in g.groupby(["attribute", "group_name"], sort=False):
+            def runs(mask):
+                return threshold_runs(sorted(float(v) for v in part.loc[mask, "threshold"]),
+                                      grid)
+
+            small = bool((part["status"] == "too_small").all())
+            groups.append({
+                "attribute": attribute, "group_name": name, "n": int(part["n"].iloc[0]),
+                "events": int(part["events"].iloc[0]), "too_small": small,
+                "useful": None if small else runs(part["status"] == "useful"),
+                "harmful": None if small else runs(part["status"] == "harmful"),
+                "harmed_where_useful": None if small else runs(
+                    (part["status"] == "harmful") & part["overall_useful"].astype(bool))})
+        overall = threshold_runs(sorted(float(v) for v in g.loc[
+            g["overall_useful"].astype(bool), "threshold"].unique()), grid)
+        flagged = [x for x in groups if x["harmed_where_useful"] not in (None, "none")]
+        out.append({"model": model, "score": SCORES.get(score, score), "horizon": float(horizon),
+                    "when": years(float(horizon)), "overall_useful": overall,
+                    "groups": groups, "flagged": flagged, "rows": g})
+    return out
+
+
+def subgroup_view(rows: pd.DataFrame) -> list[dict]:
+    """The fairness section's clinical utility by subgroup: :func:`subgroup_summaries` with
+    a map of each group's status by threshold."""
+    out = []
+    for d in subgroup_summaries(rows):
+        g = d.pop("rows")
+        title = f"{d['model']}: {d['score']}, death within {d['when']}"
+        out.append(dict(d, uri=plots.utility_map(g, title), alt=(
+            f"For each subgroup (rows) and threshold probability (columns): whether acting on "
+            f"the {d['score']} beats treating everyone and no one in that group (useful), does "
+            "worse than them (harmful), or cannot be told apart (uncertain), with simultaneous "
+            "95% bands; blank: too small to judge; a dot marks the thresholds at which the "
+            "score is useful for the whole cohort.")))
+    return out

@@ -38,6 +38,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "survival_subgroups": (),
     "survival_curves": (),
     "decision_curves": (),
+    "decision_subgroups": (),
     "drift": (),
     "saliency": (),
     "saliency_checks": (),

@@ -326,3 +326,37 @@ def _decision_axes(plt, fig, ax, rows: pd.DataFrame, title: str) -> str:
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
     return _uri(plt, fig)
+
+
+def utility_map(rows: pd.DataFrame, title: str) -> str:
+    """Subgroups (rows) by threshold (columns), coloured by ``decision_subgroups.status``;
+    a dot above the columns where the score is useful for the whole cohort."""
+    from matplotlib.colors import ListedColormap
+
+    colours = {"harmful": "#c0392b", "uncertain": "#d9d9d9", "useful": "#2a8a4a",
+               "undefined": "#ffffff", "too_small": "#ffffff"}
+    codes = {k: i for i, k in enumerate(colours)}
+    grid = sorted(rows["threshold"].unique())
+    labels = list(dict.fromkeys(rows["attribute"] + ": " + rows["group_name"].astype(str)))
+    cells = np.zeros((len(labels), len(grid)))
+    key = rows["attribute"] + ": " + rows["group_name"].astype(str)
+    for label, th, status in zip(key, rows["threshold"], rows["status"]):
+        cells[labels.index(label), grid.index(th)] = codes.get(status, codes["undefined"])
+    plt, fig, ax = _fig(6.4, 0.9 + 0.28 * len(labels))
+    ax.imshow(cells, cmap=ListedColormap(list(colours.values())), vmin=-0.5,
+              vmax=len(colours) - 0.5, aspect="auto", interpolation="nearest")
+    useful = sorted(rows.loc[rows["overall_useful"].astype(bool), "threshold"].unique())
+    ax.scatter([grid.index(t) for t in useful], [-0.9] * len(useful), s=10, color="#222",
+               clip_on=False)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    step = max(1, len(grid) // 9)
+    ax.set_xticks(range(0, len(grid), step), [f"{t * 100:g}%" for t in grid[::step]],
+                  fontsize=7)
+    ax.set_xlabel("threshold probability of death by the horizon", fontsize=8)
+    ax.set_title(title, fontsize=9, pad=12)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=colours[k], label=k) for k in ("useful", "uncertain",
+                                                                  "harmful")],
+              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _uri(plt, fig)

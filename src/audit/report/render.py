@@ -19,7 +19,7 @@ import pandas as pd
 from audit.hashing import sha256_file
 from audit.privacy import id_scrubber, pseudonym
 from audit.report import plots
-from audit.report.decisions import decision_view, nested_view
+from audit.report.decisions import decision_view, nested_view, subgroup_view
 from audit.store import Store
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -72,7 +72,8 @@ RUN_TABLES = ("cohort_rows", "validation_results", "quarantine", "predictions", 
               "survival_models", "survival_terms", "survival_tests", "survival_metrics",
               "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
               "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts",
-              "saliency", "saliency_maps", "saliency_checks", "decision_curves")
+              "saliency", "saliency_maps", "saliency_checks", "decision_curves",
+              "decision_subgroups")
 
 
 def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
@@ -225,7 +226,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
                                            config.get("saliency") or {}, show_ids)
                            if show_faces and len(t["saliency"]) else None),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
-                                   config.get("fairness") or {}),
+                                   config.get("fairness") or {}, t["decision_subgroups"]),
         "representativeness": _records(t["representativeness"]),
         "moved_most": (_moved_most(store, run_id, run, t["robustness"], t["predictions"],
                                    config.get("robustness") or {}, show_ids)
@@ -417,11 +418,12 @@ def _exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
 
 
 def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.DataFrame,
-                   cfg: dict) -> dict | None:
+                   cfg: dict, utility: pd.DataFrame) -> dict | None:
     """The fairness section: per model and output, forest plots of each verdict metric's
     difference to overall with its simultaneous band, the flagged rows, every row by
-    attribute; subgroup hazard ratios; paired model comparisons."""
-    if fair.empty and subgroups.empty and comparisons.empty:
+    attribute; subgroup hazard ratios; clinical utility by subgroup; paired model
+    comparisons."""
+    if fair.empty and subgroups.empty and comparisons.empty and utility.empty:
         return None
     verdict_metrics = cfg.get("verdict_metrics") or []
     blocks = []
@@ -465,7 +467,7 @@ def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.
                              "alt": f"Forest plot of the hazard ratio of {predictor} within each "
                                     "subgroup with its 95% CI; the line marks HR 1."})
     return {"blocks": blocks, "subgroups": hr_plots, "comparisons": _records(comparisons),
-            "config": cfg}
+            "utility": subgroup_view(utility), "config": cfg}
 
 
 def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:

@@ -210,7 +210,8 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
                "imbalance methods are used.")
     a["14"] = ((ANSWERED, [page("fairness", "fairness")],
                 "Subgroup metrics (fairlearn MetricFrame), bootstrap CIs, simultaneous bands "
-                "against a tolerance, age-adjusted errors, subgroup hazard ratios.")
+                "against a tolerance, age-adjusted errors, subgroup hazard ratios, and "
+                "clinical utility within subgroups (groups a score's decision rule harms).")
                if has["fairness"] else (NOT_ANSWERED, [], "Fairness was not assessed in this run."))
     judged = (config.get("thresholds") or {}).get("net_benefit_range") or []
     a["15"] = (ANSWERED, [card, page("survival", "survival")],

@@ -92,9 +92,12 @@ def survival_stage(ctx: RunContext) -> int:
     tables: dict[str, list] = {}
     for model in progress.track(ctx.models, "survival"):
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
+        fair = ctx.config.fairness
         result = survival_analysis(subjects, model.name, model.outputs,
                                    ctx.cohort.spec.covariates, ctx.config.survival,
-                                   ctx.config.accuracy.age_bands)
+                                   ctx.config.accuracy.age_bands,
+                                   decision_groups=fair.survival_attributes if fair.enabled
+                                   else None, min_group_size=fair.min_group_size)
         for note in result.notes:
             ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
         for name, frame in result.tables().items():

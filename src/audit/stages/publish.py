@@ -27,6 +27,8 @@ def verdict_stage(ctx: RunContext) -> str:
         drift=ctx.store.table("drift", ctx.run_id),
         representativeness=ctx.store.table("representativeness", ctx.run_id),
         decision_curves=ctx.store.table("decision_curves", ctx.run_id),
+        decision_subgroups=(ctx.store.table("decision_subgroups", ctx.run_id)
+                            if ctx.config.fairness.enabled else None),
         fairness_metrics=ctx.config.fairness.verdict_metrics,
         has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
     ctx.write("verdict", {"verdicts": verdicts})

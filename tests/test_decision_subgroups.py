@@ -137,7 +137,7 @@ def test_the_verdict_fails_a_harmed_group_and_names_it(harmed_rows):
     assert "too small to judge: size = few (15 subjects" in v["details"]
     fine = harmed_rows[harmed_rows["group_name"] != "B"]
     v = _verdict(fine, net_benefit_range=[0.3, 0.5], net_benefit_horizon=H).iloc[0]
-    assert v["status"] == "pass" and v["value"] == 0 and "no group of 2 harmed" in v["details"]
+    assert v["status"] == "pass" and v["value"] == 0 and "none of 2 groups harmed" in v["details"]
 
 
 def test_the_subgroup_verdict_needs_a_declared_range_and_its_horizon(harmed_rows):

@@ -237,7 +237,8 @@ def _net_benefit_subgroup_check(subgroups: pd.DataFrame | None, model: str, outp
     details = (f"harmed (worse than treating everyone and no one, simultaneous 95% bands) "
                f"in {len(harmed)} of {n_groups} groups at {span}: " + "; ".join(harmed)
                if harmed else
-               f"no group of {n_groups} harmed at {span} (simultaneous 95% bands)")
+               f"none of {n_groups} group{'' if n_groups == 1 else 's'} harmed at {span} "
+               "(simultaneous 95% bands)")
     if len(small):
         details += ("; too small to judge: " + ", ".join(
             f"{r.attribute} = {r.group_name} ({r.n} subjects, {r.events} deaths)"

@@ -33,6 +33,7 @@ def _env():
                              autoescape=jinja2.select_autoescape(["html"]),
                              undefined=jinja2.StrictUndefined)
     env.filters["num"] = _num
+    env.filters["fixed"] = _fixed
     env.filters["pval"] = _pval
     return env
 
@@ -46,6 +47,14 @@ def _num(value, digits: int = 3) -> str:
     if v == 0 or 0.01 <= abs(v) < 1e4:
         return f"{v:.{digits}f}"
     return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def _fixed(value, digits: int = 3) -> str:
+    """A fixed number of decimals (net benefit: ``0.002``, not ``0.00196``), "–" for none."""
+    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+        return "–"
+    text = f"{float(value):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
 
 def _pval(value) -> str:

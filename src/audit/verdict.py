@@ -186,8 +186,9 @@ def _net_benefit_check(curves: pd.DataFrame | None, model: str, output: str,
         & ((curves["horizon"] - h).abs() < 1e-9)]
     if sel is None or sel.empty:
         why = ("the cohort has no outcomes" if not has_outcomes else
-               f"no decision curve at {years(h)} (add it to survival.decision_horizons, or "
-               "the follow-up does not reach it)")
+               f"no decision curve at {years(h)} (add it to survival.decision_horizons; "
+               "else the follow-up does not reach it or the score could not be modelled: "
+               "see the survival notes)")
         return [_row(model, name, "survival", 1.0, None, False, why)]
     grid = sorted(float(v) for v in sel["threshold"].unique())
     judged = [v for v in grid if low - 1e-9 <= v <= high + 1e-9]
@@ -223,8 +224,9 @@ def _net_benefit_subgroup_check(subgroups: pd.DataFrame | None, model: str, outp
                     & (subgroups["threshold"] <= high + 1e-9)] if len(subgroups) else subgroups
     if not len(sel):
         return [_row(model, name, "fairness", 0.0, None, False,
-                     f"no subgroup decision curve at {span} (the follow-up does not reach the "
-                     "horizon, or no threshold of the curve lies in the range)")]
+                     f"no subgroup decision curve at {span} (the horizon is not in "
+                     "survival.decision_horizons, the follow-up does not reach it, the score "
+                     "could not be modelled, or no threshold of the curve lies in the range)")]
     grid = sorted(float(v) for v in subgroups["threshold"].unique())
     judged = sel[sel["status"] != "too_small"]
     small = sel[sel["status"] == "too_small"].drop_duplicates(["attribute", "group_name"])

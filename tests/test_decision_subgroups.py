@@ -90,7 +90,7 @@ def test_small_groups_are_reported_not_judged():
     assert (rows.loc[rows["group_name"] == "big", "status"] != "too_small").all()
 
 
-@pytest.mark.parametrize("attribute", ["sex", "race"])
+@pytest.mark.parametrize("attribute", ["sex", "race", "site"])
 def test_survival_analysis_judges_each_score_within_groups(attribute):
     from audit.config import SurvivalConfig
     from audit.demo.world import simulate
@@ -98,6 +98,7 @@ def test_survival_analysis_judges_each_score_within_groups(attribute):
 
     df = simulate(1200, 5)
     df["time"] = df["time_days"] / 365.25
+    df["site"] = np.where(np.arange(len(df)) % 3 == 0, "north", "south")  # two sites
     result = survival_analysis(df, "oracle", ["faceage", "risk"], [], SurvivalConfig(n_boot=50),
                                decision_groups=[attribute], min_group_size=30)
     sub = result.decision_subgroups
@@ -107,6 +108,9 @@ def test_survival_analysis_judges_each_score_within_groups(attribute):
     assert sorted(sub["horizon"].unique()) == sorted(result.decisions["horizon"].unique())
     none = survival_analysis(df, "oracle", ["risk"], [], SurvivalConfig(n_boot=20))
     assert none.decision_subgroups.empty  # no groups asked
+    one_site = survival_analysis(df.assign(site="north"), "oracle", ["risk"], [],
+                                 SurvivalConfig(n_boot=20), decision_groups=["site"])
+    assert one_site.decision_subgroups.empty  # one site: nothing to compare
 
 
 def _verdict(rows, **thresholds):

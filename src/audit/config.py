@@ -118,7 +118,9 @@ class FairnessConfig(_Section):
                     "and flagged, but an older group looks biased on them by regression to the "
                     "mean)")
     survival_attributes: list[str] = Field(
-        default_factory=lambda: ["sex", "race", "cancer_type", "age_band"])
+        default_factory=lambda: ["sex", "race", "cancer_type", "age_band", "site"],
+        description="groupings for hazard ratios and clinical utility within subgroups "
+                    "(an attribute with one value in the cohort, e.g. a single site, is skipped)")
     intended_population: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="intended-use population shares per attribute, e.g. "
                                           "{sex = {female = 0.5, male = 0.5}}")

@@ -192,7 +192,8 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
                 "training data the card declares. Cox models (lifelines, Efron ties) are fitted "
                 "here to measure prognostic value.")
     a["12d"] = ((ANSWERED, [page("fairness", "fairness by site")],
-                 "Performance by site, with simultaneous bands.")
+                 "Performance by site, with simultaneous bands; hazard ratios and clinical "
+                 "utility within each site.")
                 if len(sites) > 1 else (NOT_APPLICABLE, [], "One site only: no clusters."))
     a["12e"] = (ANSWERED, [page("accuracy", "accuracy"), page("survival", "survival")],
                 "MAE, mean error, Pearson r, within 5 years; Harrell's and Uno's C, time-dependent "

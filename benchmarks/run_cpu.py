@@ -77,6 +77,14 @@ def main() -> None:
                                             faceage_model="o", risk_model="o", n_boot=200,
                                             decision_horizons=[1.0, 2.0]),
                   rows)
+        from audit.bootstrap import bootstrap_weights
+        from audit.concordance import weighted_concordance
+
+        subjects = cohort.subjects()
+        w = bootstrap_weights(len(subjects), 200, np.random.default_rng(0))
+        timed(f"Harrell's C under 200 subject resamples (one weighted pass), n={n:,}",
+              lambda: weighted_concordance(subjects["time"], subjects["event"],
+                                           subjects["risk"], w), rows)
         store = Store(tmp / f"bench{n}.duckdb")
         run_id = store.start_run(flow="bench", cohort_name="b", cohort_sha256="0" * 64)
         preds = frame[["photo_id", "subject_id"]].assign(

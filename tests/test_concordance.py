@@ -18,15 +18,20 @@ def _data(n, seed, time_decimals, risk_decimals):
     return time, event, risk
 
 
-@pytest.mark.parametrize("n,block,tdec,rdec", [(40, 4, 0, 1), (400, 16, 0, 1),
-                                               (2500, None, 1, 2), (300, 1000, 3, 6)],
-                         ids=["tiny-blocks", "many-ties", "default-block", "one-block"])
-def test_equals_lifelines_on_the_sample_and_on_every_resample(n, block, tdec, rdec):
+@pytest.mark.parametrize("n,chunk,tdec,rdec", [(40, 40, 0, 1), (400, 10**7, 0, 1),
+                                               (2500, 10**7, 1, 2), (300, 1000, 3, 6),
+                                               (777, 5000, 0, 0), (1, 10, 0, 1)],
+                         ids=["tiny", "many-ties", "few-ties", "chunked", "odd-n-heavy-ties",
+                              "one-subject"])
+def test_equals_lifelines_on_the_sample_and_on_every_resample(n, chunk, tdec, rdec):
     time, event, risk = _data(n, n, tdec, rdec)
-    plain = weighted_concordance(time, event, risk, np.ones((1, n)), block=block)[0]
+    if n == 1:
+        assert np.isnan(weighted_concordance(time, [1], risk, np.ones((1, 1)))[0])
+        return
+    plain = weighted_concordance(time, event, risk, np.ones((1, n)), chunk_elements=chunk)[0]
     assert plain == pytest.approx(concordance_index(time, -risk, event), abs=1e-12)
     weights = bootstrap_weights(n, 15, np.random.default_rng(1))
-    ours = weighted_concordance(time, event, risk, weights, block=block)
+    ours = weighted_concordance(time, event, risk, weights, chunk_elements=chunk)
     for b in range(15):
         rows = np.repeat(np.arange(n), weights[b].astype(int))
         assert ours[b] == pytest.approx(concordance_index(time[rows], -risk[rows], event[rows]),

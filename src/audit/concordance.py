@@ -9,13 +9,22 @@ So one pass over the subjects gives C for every resample, instead of one lifelin
 resample (MEASURED.md: about 0.06 s each at 10,000 subjects). Written by hand because
 neither lifelines nor scikit-survival computes C for a batch of weight vectors.
 
-The pass sorts subjects by time and cuts them into blocks at distinct times. Pairs across
-blocks only need the risk ranks of later subjects (a running weight histogram by rank);
-pairs within a block are counted with a small comparison matrix.
+The subjects are put in one order: by time, deaths before the censored at the same time,
+and by risk rank within a group of deaths at one time. Then a death's comparable partners
+are exactly the subjects after it, less the later deaths of its own time, and none of those
+has a lower rank. Each death needs the weight of the later subjects with a lower (and with
+an equal) risk rank: a weighted dominance count, done as a bottom-up merge over the order
+(offline divide and conquer): at each of the ``log2 n`` levels, every subject in the earlier
+half of a block collects the weight of the later half's subjects of lower rank through one
+sort by rank (shared by all resamples) and one running sum per resample. The cost is
+``O(B n log n)`` for B resamples, where the block-and-histogram pass it replaces grew as
+``B n^1.5`` (200 resamples of 100,000 subjects: 4.6 s against about 22 s; benchmarks/
+RESULTS.md).
 
 References
 ----------
 Harrell FE, Lee KL, Mark DB. Multivariable prognostic models. Stat Med 15, 1996.
+Bentley JL. Multidimensional divide-and-conquer. Commun ACM 23, 1980 (dominance counting).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def weighted_concordance(time, event, risk, weights, block: int | None = None,
-                         event_weight=None, tau: float | None = None) -> np.ndarray:
+def weighted_concordance(time, event, risk, weights, event_weight=None,
+                         tau: float | None = None, chunk_elements: int = 20_000_000
+                         ) -> np.ndarray:
     """Harrell's C of ``risk`` (higher = earlier death) under each row of ``weights``.
 
     Parameters
@@ -32,10 +42,10 @@ def weighted_concordance(time, event, risk, weights, block: int | None = None,
     time, event, risk : one value per subject (event 1 = death).
     weights : (B, n) non-negative weights; ones for the plain C, bootstrap counts for
         resamples.
-    block : subjects per block (default grows with the square root of n).
     event_weight : an extra weight on each pair by its earlier subject (Uno's C: the squared
         inverse probability of remaining uncensored, ``1 / G(T_i)^2``).
     tau : pairs whose earlier death is after ``tau`` do not count (Uno's truncation).
+    chunk_elements : resamples go through in chunks of about this many weights (memory).
 
     Returns
     -------
@@ -48,49 +58,80 @@ def weighted_concordance(time, event, risk, weights, block: int | None = None,
     risk = np.asarray(risk, dtype=float)
     w = np.atleast_2d(np.asarray(weights, dtype=float))
     ew = np.ones(len(time)) if event_weight is None else np.asarray(event_weight, dtype=float)
-    n = len(time)
-    n_boot = w.shape[0]
-    if n == 0:
+    n, n_boot = len(time), w.shape[0]
+    if n == 0 or not event.any():
         return np.full(n_boot, np.nan)
-    _, rank = np.unique(risk, return_inverse=True)
-    n_ranks = int(rank.max()) + 1
-    order = np.argsort(time, kind="stable")
-    t_sorted = time[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(t_sorted)) + 1]
-    size = block or int(max(256, 2 * np.sqrt(n)))
-    cuts = [0]
-    for s in starts[1:]:
-        if s - cuts[-1] >= size:
-            cuts.append(int(s))
-    cuts.append(n)
+    rank = np.unique(risk, return_inverse=True)[1].ravel()
+    order = np.lexsort((rank, ~event, time))  # time, then deaths first, then risk rank
+    t, d, r = time[order], event[order], rank[order]
+    # end of each subject's run of deaths at its time (itself for the censored)
+    new_run = np.r_[True, (t[1:] != t[:-1]) | (d[1:] != d[:-1])]
+    run_id = np.cumsum(new_run) - 1
+    run_end = np.r_[np.flatnonzero(new_run)[1:], n][run_id]
+    # end of each death's run of equal time and equal rank (its later equal-rank ties)
+    new_tie = new_run | np.r_[True, r[1:] != r[:-1]]
+    tie_end = np.r_[np.flatnonzero(new_tie)[1:], n][np.cumsum(new_tie) - 1]
+    deaths = np.flatnonzero(d)
+    plans = _merge_plan(r, deaths)
+    step = max(1, int(chunk_elements // max(n, 1)))
+    out = np.full(n_boot, np.nan)
+    # bootstrap counts are exact in float32 (half the memory traffic) while sums stay < 2**24
+    exact = bool(np.all(w == np.round(w))) and float(w.sum(axis=1).max()) < 2 ** 24
+    dtype = np.float32 if exact else np.float64
+    for lo in range(0, n_boot, step):
+        wt = np.ascontiguousarray(w[lo:lo + step][:, order].T, dtype=dtype)  # (n, b)
+        suffix = np.zeros((n + 1, wt.shape[1]))  # suffix[a] = weight of subjects a..n-1
+        suffix[:n] = np.cumsum(wt[::-1], axis=0, dtype=np.float64)[::-1]
+        pairs_i = suffix[run_end[deaths]]  # everyone after the death's own run
+        less_i, leq_i = _dominance(wt, plans, len(deaths))
+        # later subjects of rank <= the death's, less its later equal-rank ties of its time
+        leq_i -= suffix[deaths + 1] - suffix[tie_end[deaths]]
+        wi = wt[deaths] * ew[order][deaths][:, None]
+        concordant = (wi * less_i).sum(axis=0)
+        tied = (wi * (leq_i - less_i)).sum(axis=0)
+        pairs = (wi * pairs_i).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo:lo + step] = np.where(pairs > 0, (concordant + 0.5 * tied) / pairs, np.nan)
+    return out
 
-    later = np.zeros((n_boot, n_ranks))  # weight of subjects in later blocks, by risk rank
-    concordant = np.zeros(n_boot)
-    tied = np.zeros(n_boot)
-    pairs = np.zeros(n_boot)
-    for k in range(len(cuts) - 2, -1, -1):
-        idx = order[cuts[k]:cuts[k + 1]]
-        deaths = idx[event[idx]]
-        if len(deaths):
-            wd = w[:, deaths] * ew[deaths]
-            rd = rank[deaths]
-            if k < len(cuts) - 2:
-                cum = np.concatenate([np.zeros((n_boot, 1)), np.cumsum(later, axis=1)], axis=1)
-                less = cum[:, rd]  # later subjects with a lower risk: concordant
-                leq = cum[:, rd + 1]
-                concordant += (wd * less).sum(axis=1)
-                tied += (wd * (leq - less)).sum(axis=1)
-                pairs += wd.sum(axis=1) * cum[:, -1]
-            ti, tj = time[deaths][:, None], time[idx][None, :]
-            comparable = (ti < tj) | ((ti == tj) & ~event[idx][None, :])
-            ri, rj = rd[:, None], rank[idx][None, :]
-            wj = w[:, idx]
-            for matrix, total in ((comparable & (rj < ri), concordant),
-                                  (comparable & (rj == ri), tied), (comparable, pairs)):
-                total += ((wd @ matrix.astype(float)) * wj).sum(axis=1)
-        uniq, inverse = np.unique(rank[idx], return_inverse=True)
-        onehot = np.zeros((len(idx), len(uniq)))
-        onehot[np.arange(len(idx)), inverse] = 1.0
-        later[:, uniq] += w[:, idx] @ onehot
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, (concordant + 0.5 * tied) / pairs, np.nan)
+
+def _merge_plan(rank: np.ndarray, targets: np.ndarray) -> list[tuple]:
+    """Per merge level, what :func:`_dominance` needs (independent of the weights): the
+    subjects of the later halves sorted by (block, rank), and for each target in an earlier
+    half where its block's sorted later half starts and where the target's rank would go
+    in it (before equal ranks: lower only; after them: lower or equal)."""
+    n = len(rank)
+    pos = np.arange(n)
+    span = int(rank.max()) + 2 if n else 1
+    plans = []
+    half = 1
+    while half < n:
+        block = pos // (2 * half)
+        later = np.flatnonzero((pos // half) % 2 == 1)
+        key = block[later] * span + rank[later]
+        by_key = np.argsort(key, kind="stable")
+        perm, sorted_key = later[by_key], key[by_key]
+        early = targets[(targets // half) % 2 == 0]
+        which = np.flatnonzero((targets // half) % 2 == 0)
+        base = block[early] * span
+        plans.append((perm, np.searchsorted(sorted_key, base, side="left"),
+                      np.searchsorted(sorted_key, base + rank[early], side="left"),
+                      np.searchsorted(sorted_key, base + rank[early], side="right"), which))
+        half *= 2
+    return plans
+
+
+def _dominance(wt: np.ndarray, plans: list[tuple], n_targets: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Two (n_targets, B) arrays: for each target subject, the weight of the subjects after
+    it in the order whose rank is lower, and lower or equal, for every resample; ``wt`` holds
+    the weights as (subjects, resamples), so that each gather moves whole rows."""
+    less = np.zeros((n_targets, wt.shape[1]), dtype=np.float64)
+    leq = np.zeros_like(less)
+    for perm, first, at_less, at_leq, which in plans:
+        running = np.zeros((len(perm) + 1, wt.shape[1]), dtype=wt.dtype)
+        np.cumsum(wt[perm], axis=0, out=running[1:])
+        start = running[first]
+        less[which] += running[at_less] - start
+        leq[which] += running[at_leq] - start
+    return less, leq

@@ -64,24 +64,31 @@ def _complete(time, event, *columns):
 
 
 def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
-    """A function of weights (m, n), for follow-up ``t`` sorted ascending with deaths ``d``:
-    ``1 - S(h)`` of each row's Kaplan-Meier curve; 1 where everyone still at risk died before
-    the horizon; NaN where the curve stops short of the horizon above 0 (the last weighted
-    subjects censored before it: S(h) is unknown)."""
+    """For follow-up ``t`` sorted ascending with deaths ``d``: the number ``m`` of leading
+    subjects the curve needs (those followed no further than the horizon), and a function
+    of their weights (B, m) and every subject's total weight (B,) giving ``1 - S(h)`` of each
+    row's Kaplan-Meier curve; 1 where everyone still at risk died before the horizon; NaN
+    where the curve stops short of the horizon above 0 (the last weighted subjects censored
+    before it: S(h) is unknown). Subjects followed beyond the horizon only count as at risk,
+    through the total, so the running sums stop at ``m``."""
     deaths = np.unique(t[(d == 1) & (t <= horizon)])
     left = np.searchsorted(t, deaths, side="left")  # first subject at risk at each death time
     right = np.searchsorted(t, deaths, side="right")
     first_followed = int(np.searchsorted(t, horizon, side="left"))
+    m = max(first_followed, int(right.max()) if len(right) else 0)
+    d_head = d[:m].astype(np.float32)
 
     def before(c: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Sum of the weights of subjects [0, idx) from the running sums ``c``."""
+        if c.shape[1] == 0:
+            return np.zeros((len(c), len(idx)))
         return np.where(idx > 0, c[:, np.maximum(idx - 1, 0)].astype(np.float64), 0.0)
 
-    def risk(w: np.ndarray) -> np.ndarray:
+    def risk(head: np.ndarray, total: np.ndarray) -> np.ndarray:
         # float32 running sums of integer counts are exact below 2**24 (16.7 million)
-        c = np.cumsum(w, axis=1)
-        cd = np.cumsum(w * d.astype(np.float32), axis=1)
-        total = c[:, -1:]
+        c = np.cumsum(head, axis=1)
+        cd = np.cumsum(head * d_head, axis=1)
+        total = np.asarray(total, np.float64)[:, None]
         at_risk = total - before(c, left)
         dead = before(cd, right) - before(cd, left)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -91,7 +98,7 @@ def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
         # a curve that falls to 0 (everyone left at risk died) stays there: defined at h
         return np.where(reached | (survival <= 0.0), 1.0 - survival, np.nan)
 
-    return risk
+    return m, risk
 
 
 def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
@@ -123,7 +130,7 @@ def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
     w = np.ones((1, len(t))) if weights is None else np.atleast_2d(np.asarray(weights, float))
     w = w[:, order].astype(np.float32)  # bootstrap counts: exact in float32, half the memory
     positive = np.asarray(positive, bool)[order]
-    risk = _km_risk(t, d, horizon)
+    m, risk = _km_risk(t, d, horizon)
     thresholds = np.asarray(thresholds, float)
     total = w.sum(axis=1, dtype=np.float64)
     out = np.empty((w.shape[0], len(thresholds)))
@@ -131,9 +138,11 @@ def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
         # the same patients acted on as at the previous threshold (always so for treat-all):
         # the same Kaplan-Meier risk
         if j == 0 or not np.array_equal(positive[:, j], positive[:, j - 1]):
-            v = w * positive[:, j]
-            share = v.sum(axis=1, dtype=np.float64) / total
-            r = risk(v) if positive[:, j].any() else np.zeros(len(w))
+            acted = positive[:, j]
+            acted_total = w @ acted.astype(np.float32)  # exact: integer counts below 2**24
+            share = acted_total.astype(np.float64) / total
+            r = (risk(w[:, :m] * acted[:m], acted_total) if acted.any()
+                 else np.zeros(len(w)))
         nb = share * r - share * (1.0 - r) * pt / (1.0 - pt)
         out[:, j] = np.where(share > 0, nb, 0.0)
     return out

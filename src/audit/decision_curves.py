@@ -56,11 +56,11 @@ def default_thresholds(start: float = 0.05, stop: float = 0.9, step: float = 0.0
 
 def _complete(time, event, *columns):
     """``time``, ``event`` and each column (None stays None) as float arrays, on the subjects
-    where all of them are finite."""
+    where all of them are finite, and that mask last."""
     arrays = [np.asarray(time, float), np.asarray(event, float)] + [
         None if c is None else np.asarray(c, float) for c in columns]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays if a is not None])
-    return [None if a is None else a[ok] for a in arrays]
+    return [None if a is None else a[ok] for a in arrays] + [ok]
 
 
 def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
@@ -187,8 +187,9 @@ def _strategy_frame(strategy: str, model_id: str, value: np.ndarray, positive: n
     return frame
 
 
-def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """Subject weights: row 0 the sample itself (ones), then ``n_boot`` bootstrap counts."""
+def with_resamples(n: int, n_boot: int, seed) -> np.ndarray:
+    """Subject weights: row 0 the sample itself (ones), then ``n_boot`` bootstrap counts
+    (``seed``: anything :func:`numpy.random.default_rng` takes)."""
     from audit.bootstrap import bootstrap_weights
 
     return np.vstack([np.ones((1, n)), bootstrap_weights(n, n_boot, np.random.default_rng(seed))])
@@ -204,10 +205,10 @@ def decision_curve(model: str, model_id: str, time, event, probability, horizon:
     ``probability`` and ``age_probability`` are predicted risks of death by ``horizon``
     (``1 - S(h)``), e.g. cross-fitted; subjects missing either are left out of every row.
     """
-    time, event, prob, age = _complete(time, event, probability, age_probability)
+    time, event, prob, age, _ = _complete(time, event, probability, age_probability)
     thresholds = np.asarray(thresholds, float)
     n = len(time)
-    w = _resamples(n, n_boot, seed)
+    w = with_resamples(n, n_boot, seed)
     positive = {"model": prob[:, None] >= thresholds[None, :],
                 "treat_all": np.ones((n, len(thresholds)), dtype=bool)}
     if age is not None:
@@ -260,7 +261,7 @@ def nested_decision_curves(label: str, steps: list[tuple[str, np.ndarray]], time
     n = len(time)
     out = []
     for j, h in enumerate(hs):
-        w = _resamples(n, n_boot, seed + j)
+        w = with_resamples(n, n_boot, seed + j)
         everyone = np.ones((n, len(thresholds)), dtype=bool)
         nb_all = net_benefit(time, event, everyone, thresholds, h, w)
         frames, previous = [], None
@@ -335,14 +336,7 @@ def score_decision_analysis(model: str, model_id: str, time, event, score, age=N
     from audit.survival_metrics import crossfit_survival, usable_horizons
 
     none = (pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=SUBGROUP_COLUMNS))
-    time, event, score = (np.asarray(time, float), np.asarray(event, float),
-                          np.asarray(score, float))
-    ok = np.isfinite(time) & np.isfinite(event) & np.isfinite(score)
-    if age is not None:
-        age = np.asarray(age, float)
-        ok &= np.isfinite(age)
-        age = age[ok]
-    time, event, score = time[ok], event[ok], score[ok]
+    time, event, score, age, ok = _complete(time, event, score, age)
     groups = [(a, np.asarray(labels, dtype=object)[ok]) for a, labels in (groups or [])]
     hs = usable_horizons(time, event, horizons)
     if not hs or event.sum() < 5:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from audit.cohort import natural_order
-from audit.decision_curves import net_benefit
+from audit.decision_curves import net_benefit, with_resamples
 
 COLUMNS = ["model", "model_id", "attribute", "group_name", "horizon", "threshold", "n",
            "events", "positive_rate", "net_benefit", "treat_all", "gain", "gain_low",
@@ -54,7 +54,7 @@ def subgroup_net_benefit(model: str, model_id: str, time, event, probability, ho
     overall_useful : thresholds at which the score is useful for the whole cohort.
     min_group_size, min_events : smaller groups, or fewer deaths by the horizon: too_small.
     """
-    from audit.bootstrap import bootstrap_weights, percentile_ci
+    from audit.bootstrap import percentile_ci
     from audit.fairness import maxt_band
 
     time, event = np.asarray(time, float), np.asarray(event, float)
@@ -77,8 +77,7 @@ def subgroup_net_benefit(model: str, model_id: str, time, event, probability, ho
             if len(idx) < min_group_size or deaths < min_events:
                 rows.append(row.assign(status="too_small"))
                 continue
-            rng = np.random.default_rng([seed, a, g])
-            w = np.vstack([np.ones((1, len(idx))), bootstrap_weights(len(idx), n_boot, rng)])
+            w = with_resamples(len(idx), n_boot, [seed, a, g])
             nb = net_benefit(t, e, p[:, None] >= thresholds[None, :], thresholds, horizon, w)
             nb_all = net_benefit(t, e, np.ones((len(idx), n_t), dtype=bool), thresholds,
                                  horizon, w)

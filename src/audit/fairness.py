@@ -98,6 +98,14 @@ def groupings(frame: pd.DataFrame, config) -> list[tuple[str, pd.Series]]:
     return out
 
 
+def attribute_groupings(frame: pd.DataFrame, attributes: list[str]
+                        ) -> list[tuple[str, pd.Series]]:
+    """:func:`groupings` of single attributes only (no intersections)."""
+    from types import SimpleNamespace
+
+    return groupings(frame, SimpleNamespace(attributes=list(attributes), intersections=[]))
+
+
 def _codes(labels: pd.Series) -> tuple[list[str], np.ndarray]:
     names = natural_order(labels.dropna().unique())
     lookup = {v: i for i, v in enumerate(names)}

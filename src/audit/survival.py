@@ -269,14 +269,12 @@ def _stack(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 def _decision_groups(frame: pd.DataFrame, attributes: list[str] | None,
                      age_cuts: list[float] | None) -> list[tuple[str, pd.Series]] | None:
     """``(attribute, labels)`` of the fairness groupings present in ``frame``."""
-    from types import SimpleNamespace
-
-    from audit.fairness import add_fairness_groups, groupings
+    from audit.fairness import add_fairness_groups, attribute_groupings
 
     if not attributes:
         return None
-    grouped = add_fairness_groups(frame, age_cuts or [65.0, 75.0, 85.0])
-    return groupings(grouped, SimpleNamespace(attributes=list(attributes), intersections=[]))
+    return attribute_groupings(add_fairness_groups(frame, age_cuts or [65.0, 75.0, 85.0]),
+                               attributes)
 
 
 def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],

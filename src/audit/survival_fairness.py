@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
-from audit.fairness import add_fairness_groups, groupings
+from audit.fairness import add_fairness_groups, attribute_groupings
 from audit.survival import design_matrix, fit_cox
 
 SUBGROUP_COLUMNS = ["model", "predictor", "attribute", "group_name", "n", "events", "hr",
@@ -77,11 +77,8 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
         df["risk_quartile"] = np.searchsorted(q, r, side="right") + 1
         df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
         predictors.append(("risk_q4_vs_q1", "risk_q4"))
-    from types import SimpleNamespace
-
-    sub_config = SimpleNamespace(attributes=list(config.survival_attributes), intersections=[])
     rows, tests = [], []
-    for attribute, labels in groupings(df, sub_config):
+    for attribute, labels in attribute_groupings(df, config.survival_attributes):
         cat = {"sex": "male"} if has_sex and attribute != "sex" else {}
         adjustment = "age" + (" and sex" if cat else "")
         for name, term in predictors:

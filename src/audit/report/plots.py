@@ -337,16 +337,17 @@ def utility_map(rows: pd.DataFrame, title: str) -> str:
                "undefined": "#ffffff", "too_small": "#ffffff"}
     codes = {k: i for i, k in enumerate(colours)}
     grid = sorted(rows["threshold"].unique())
-    labels = list(dict.fromkeys(rows["attribute"] + ": " + rows["group_name"].astype(str)))
-    cells = np.zeros((len(labels), len(grid)))
     key = rows["attribute"] + ": " + rows["group_name"].astype(str)
+    labels = list(dict.fromkeys(key))
+    row_of, col_of = {k: i for i, k in enumerate(labels)}, {t: j for j, t in enumerate(grid)}
+    cells = np.zeros((len(labels), len(grid)))
     for label, th, status in zip(key, rows["threshold"], rows["status"]):
-        cells[labels.index(label), grid.index(th)] = codes.get(status, codes["undefined"])
+        cells[row_of[label], col_of[th]] = codes.get(status, codes["undefined"])
     plt, fig, ax = _fig(6.4, 0.9 + 0.28 * len(labels))
     ax.imshow(cells, cmap=ListedColormap(list(colours.values())), vmin=-0.5,
               vmax=len(colours) - 0.5, aspect="auto", interpolation="nearest")
     useful = sorted(rows.loc[rows["overall_useful"].astype(bool), "threshold"].unique())
-    ax.scatter([grid.index(t) for t in useful], [-0.9] * len(useful), s=10, color="#222",
+    ax.scatter([col_of[t] for t in useful], [-0.9] * len(useful), s=10, color="#222",
                clip_on=False)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     step = max(1, len(grid) // 9)

@@ -38,8 +38,13 @@ def _env():
     return env
 
 
+def _missing(value) -> bool:
+    """None, NaN or infinite: printed as a dash."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
 def _num(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+    if _missing(value):
         return "–"
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
@@ -51,7 +56,7 @@ def _num(value, digits: int = 3) -> str:
 
 def _fixed(value, digits: int = 3) -> str:
     """A fixed number of decimals (net benefit: ``0.002``, not ``0.00196``), "–" for none."""
-    if value is None or (isinstance(value, float) and (math.isnan(value) or math.isinf(value))):
+    if _missing(value):
         return "–"
     text = f"{float(value):.{digits}f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"

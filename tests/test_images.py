@@ -15,7 +15,8 @@ from audit.cohort import load_cohort
 from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
 from audit.models import create_model, parse_model_spec
-from audit.survival import design_matrix, fit_cox
+from audit.cox import fit_cox
+from audit.survival import design_matrix
 
 
 def _digest_tree(folder):
@@ -60,7 +61,8 @@ def test_planted_biological_age_hr_is_recovered_from_a_rendered_cohort(tmp_path)
     df = c.subjects().merge(truth, on=["photo_id", "subject_id"])
     df["bio_decade"] = (df["biological_age"] - 62) / 10
     df["health_c"] = df["health"] - p.health_mean
-    cph, _ = fit_cox(df, design_matrix(df, ["bio_decade", "health_c"], {"cancer_type": "thoracic"}))
+    terms = design_matrix(df, ["bio_decade", "health_c"], {"cancer_type": "thoracic"})
+    cph = fit_cox(df, terms).require().fitter
     s = cph.summary
     assert s.at["bio_decade", "coef lower 95%"] < p.beta_bio_per_decade < s.at["bio_decade", "coef upper 95%"]
     assert s.at["health_c", "coef lower 95%"] < p.beta_health < s.at["health_c", "coef upper 95%"]

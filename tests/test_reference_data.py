@@ -8,7 +8,8 @@ import pytest
 from audit.accuracy import faceage_accuracy
 from audit.cohort import load_cohort
 from audit.config import AccuracyConfig, SurvivalConfig
-from audit.survival import design_matrix, fit_cox, survival_analysis
+from audit.cox import fit_cox
+from audit.survival import design_matrix, survival_analysis
 from conftest import write_lung_cohort
 
 
@@ -88,7 +89,8 @@ def test_lung_cox_equals_r(lung):
     #   Concordance= 0.637; Loglik(model)= -729.2
     # (time is in years here; hazard ratios do not depend on the time scale)
     terms = design_matrix(lung.frame, ["age", "ph.ecog"], {"sex": "male"})
-    cph, data = fit_cox(lung.frame, terms)
+    fit = fit_cox(lung.frame, terms).require()
+    cph, data = fit.fitter, fit.data
     s = cph.summary
     expected = {"age": (0.011067, 0.009267, 0.232416), "sex[female]": (-0.552612, 0.167739, 0.000986),
                 "ph.ecog": (0.463728, 0.113577, 4.45e-05)}

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from audit.config import load_config
-from audit.survival import _logrank_trend, design_matrix, fit_cox
+from audit.cox import fit_cox
+from audit.survival import _logrank_trend, design_matrix
 
 
 def test_rossi_recidivism_matches_fox_and_weisberg():
@@ -20,7 +21,7 @@ def test_rossi_recidivism_matches_fox_and_weisberg():
 
     rossi = load_rossi().rename(columns={"week": "time", "arrest": "event"})
     cols = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
-    cph, _ = fit_cox(rossi, rossi[cols].astype(float))
+    cph = fit_cox(rossi, rossi[cols].astype(float)).require().fitter
     published = {"fin": -0.37942, "age": -0.05744, "race": 0.31390, "wexp": -0.14980,
                  "mar": -0.43370, "paro": -0.08487, "prio": 0.09150}
     for term, coef in published.items():
@@ -171,7 +172,8 @@ def test_the_ci_of_a_planted_hazard_ratio_covers_the_truth_about_95_percent():
         t = rng.exponential(1.0, n) / (0.02 * np.exp(lp))
         df = pd.DataFrame({"time": np.minimum(t, 5.0), "event": (t <= 5.0).astype(int),
                            "faceage_decade": faceage / 10, "age_decade": age / 10, "sex": sex})
-        cph, _ = fit_cox(df, design_matrix(df, ["faceage_decade", "age_decade"], {"sex": "male"}))
+        terms = design_matrix(df, ["faceage_decade", "age_decade"], {"sex": "male"})
+        cph = fit_cox(df, terms).require().fitter
         s = cph.summary.loc["faceage_decade"]
         covered += s["exp(coef) lower 95%"] <= 1.15 <= s["exp(coef) upper 95%"]
     # binomial(200, 0.95): 95% of runs lie within 184-196

@@ -25,7 +25,8 @@ import pandas as pd
 from scipy.stats import chi2
 
 from audit.decision_curves import COLUMNS as DECISION_COLUMNS, nested_decision_curves
-from audit.survival import design_matrix, fit_cox
+from audit.cox import CoxNotConverged, fit_cox
+from audit.survival import design_matrix
 
 
 def clinical_terms(df: pd.DataFrame, covariates: list) -> tuple[list[str], dict]:
@@ -97,7 +98,16 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
     models, terms, tests, metrics, lps = [], [], [], [], {}
     w = bootstrap_weights(len(df), n_boot, np.random.default_rng(seed))
     for model_id, cols in steps:
-        cph, data = fit_cox(df, full[cols], penalizer)
+        fit = fit_cox(df, full[cols], penalizer)
+        if not fit.ok:
+            models.append({"model": label, "model_id": f"incremental__{model_id}",
+                           "description": f"incremental value: {model_id.replace('+', ' + ')}",
+                           "n": len(df), "events": events, "status": "not_converged",
+                           "note": f"Cox fit not converged: {fit.reason}"})
+            notes.append(f"incremental value: the {model_id.replace('+', ' + ')} model did not "
+                         f"converge ({fit.reason}); the steps that need it are not tested")
+            continue
+        cph, data = fit.fitter, fit.data
         lp = cph.predict_log_partial_hazard(data).to_numpy()
         lps[model_id] = (lp, cph.log_likelihood_, len(cph.params_))
         c = float(weighted_concordance(df["time"], df["event"], lp, np.ones((1, len(df))))[0])
@@ -106,7 +116,7 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
                        "n": len(df), "events": events, "concordance": c,
                        "concordance_low": None, "concordance_high": None,
                        "log_likelihood": float(cph.log_likelihood_), "ph_test_min_p": None,
-                       "status": "ok", "note": None})
+                       "status": "ok", "note": "; ".join(fit.notes) or None})
         s = cph.summary
         terms.extend({"model": label, "model_id": f"incremental__{model_id}", "term": t,
                       "coef": float(s.at[t, "coef"]), "se": float(s.at[t, "se(coef)"]),
@@ -115,6 +125,8 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
                       "hr_high": float(s.at[t, "exp(coef) upper 95%"]),
                       "p_value": float(s.at[t, "p"])} for t in s.index)
     for (prev, _), (cur, _) in zip(steps, steps[1:]):
+        if prev not in lps or cur not in lps:
+            continue
         lp0, ll0, k0 = lps[prev]
         lp1, ll1, k1 = lps[cur]
         stat = max(0.0, 2 * (ll1 - ll0))
@@ -132,17 +144,15 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
                         "ci_high": float(high)})
     decisions = pd.DataFrame(columns=DECISION_COLUMNS)
     if decision_horizons:
-        from lifelines.exceptions import ConvergenceError
-
         try:
             decisions = nested_decision_curves(
                 label, [(f"incremental__{mid}", full[cols].to_numpy(float)) for mid, cols in steps],
                 df["time"], df["event"], horizons=decision_horizons,
                 thresholds=decision_thresholds, n_boot=n_boot, seed=seed, k=folds,
                 penalizer=penalizer)
-        except ConvergenceError as exc:
+        except CoxNotConverged as exc:
             notes.append("the cross-fitted nested models did not converge "
-                         f"({str(exc).split('.')[0]}): their decision curves are not computed")
+                         f"({exc.reason}): their decision curves are not computed")
     return {"survival_models": pd.DataFrame(models, columns=MODEL_COLUMNS),
             "decision_curves": decisions,
             "survival_terms": pd.DataFrame(terms, columns=TERM_COLUMNS),

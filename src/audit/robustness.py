@@ -267,8 +267,10 @@ def shift_metrics(clean: np.ndarray, perturbed: np.ndarray, *, unit: float, tole
            "icc": icc_3_1(np.column_stack([clean, perturbed])),
            "quartile_change": np.nan}
     if quartile_edges is not None and len(shift):
-        before = np.searchsorted(quartile_edges, clean, side="right")
-        after = np.searchsorted(quartile_edges, perturbed, side="right")
+        from audit.groups import group_index
+
+        before = group_index(clean, quartile_edges)
+        after = group_index(perturbed, quartile_edges)
         out["quartile_change"] = float((before != after).mean())
     return out
 
@@ -286,6 +288,7 @@ def robustness_table(predictions: pd.DataFrame, attributes: pd.DataFrame, config
     thresholds : the audit config's thresholds.
     """
     from audit.cohort import natural_order
+    from audit.groups import quantile_cuts
     from audit.perturbations import create_perturbation
 
     rows = []
@@ -297,7 +300,7 @@ def robustness_table(predictions: pd.DataFrame, attributes: pd.DataFrame, config
         if not np.isfinite(unit) or unit <= 0:
             unit = 1.0
         tolerance = config.tolerance_years if output == "faceage" else config.tolerance_sd
-        edges = (np.quantile(clean.to_numpy(), [0.25, 0.5, 0.75]) if output == "risk" else None)
+        edges = quantile_cuts(clean.to_numpy(), 4) if output == "risk" else None
         attrs = attributes.set_index("photo_id").reindex(clean.index)
         pert = g[g["perturbation"] != CLEAN]
         for (name, severity), h in pert.groupby(["perturbation", "severity"], sort=False):

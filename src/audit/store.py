@@ -238,11 +238,20 @@ SCHEMA_V12 = [
         overall_useful BOOLEAN, status VARCHAR)""",
 ]
 
+# Version 13: trustworthy statistics. A verdict keeps the estimate (value) and the number
+# judged against the threshold (judged_value, e.g. a CI bound) apart; a survival test or
+# subgroup row that could not be computed says why.
+SCHEMA_V13 = [
+    "ALTER TABLE verdicts ADD COLUMN judged_value DOUBLE",
+    "ALTER TABLE survival_tests ADD COLUMN note VARCHAR",
+    "ALTER TABLE survival_subgroups ADD COLUMN note VARCHAR",
+]
+
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),
                                            (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6),
                                            (7, SCHEMA_V7), (8, SCHEMA_V8), (9, SCHEMA_V9),
                                            (10, SCHEMA_V10), (11, SCHEMA_V11),
-                                           (12, SCHEMA_V12)]
+                                           (12, SCHEMA_V12), (13, SCHEMA_V13)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables keyed by run_id that stages write; `runs`, `run_stages` are the store's own.

@@ -33,6 +33,7 @@ import pandas as pd
 from audit.accuracy import bootstrap_c, harrell_c
 from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
+from audit.cox import fit_cox
 from audit.decision_curves import COLUMNS as DECISION_COLUMNS, score_decision_analysis
 from audit.decision_subgroups import COLUMNS as DECISION_SUBGROUP_COLUMNS
 
@@ -93,33 +94,6 @@ def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, s
     return out
 
 
-def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
-            strata: pd.Series | None = None):
-    """Fit lifelines' ``CoxPHFitter`` (Efron ties, as R's ``coxph``) on ``terms``.
-
-    ``df`` holds ``time`` and ``event``; rows with any missing term are left out.
-    ``strata``: a column whose levels get their own baseline hazard (lifelines ``strata``).
-    Returns the fitter and the frame it was fitted on.
-    """
-    from lifelines import CoxPHFitter
-
-    data = terms.copy()
-    data["time"] = df["time"].astype(float).values
-    data["event"] = df["event"].astype(int).values
-    if strata is not None:
-        data["_stratum"] = strata.astype(object).values
-    data = data.dropna()
-    # A constant column (e.g. a level absent after dropping rows) cannot be estimated.
-    constant = [c for c in terms.columns if data[c].nunique() <= 1]
-    data = data.drop(columns=constant)
-    cph = CoxPHFitter(penalizer=penalizer)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cph.fit(data, duration_col="time", event_col="event",
-                strata=["_stratum"] if strata is not None else None)
-    return cph, data
-
-
 def ph_test(cph, data: pd.DataFrame) -> pd.Series:
     """Schoenfeld-residual test p-value per term (rank time transform), empty when the test
     cannot run (it needs deaths at several times)."""
@@ -139,13 +113,14 @@ def ph_test(cph, data: pd.DataFrame) -> pd.Series:
 def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFrame,
               terms: pd.DataFrame, config: SurvivalConfig, rng, strata=None,
               note: str | None = None) -> tuple[dict, list[dict], pd.Series]:
-    try:
-        cph, data = fit_cox(subjects, terms, config.penalizer, strata)
-    except Exception as exc:  # convergence failure: reported, never hidden
+    fit = fit_cox(subjects, terms, config.penalizer, strata)
+    if not fit.ok:  # a result, never hidden: the row says why, the stage goes on
         row = {"model": model, "model_id": model_id, "description": description,
-               "n": int(terms.dropna().shape[0]), "events": None, "status": "failed",
-               "note": f"Cox fit failed: {type(exc).__name__}: {exc}"}
+               "n": int(len(fit.data)), "events": int(fit.data["event"].sum()),
+               "status": "not_converged", "note": f"Cox fit not converged: {fit.reason}"}
         return row, [], pd.Series(dtype=float)
+    cph, data = fit.fitter, fit.data
+    note = "; ".join([n for n in [note, *fit.notes] if n]) or None
     lp = cph.predict_log_partial_hazard(data).to_numpy()
     c, low, high = bootstrap_c(data["time"], data["event"], lp, config.n_boot, rng)
     ph = ph_test(cph, data)
@@ -212,15 +187,18 @@ def logrank_tests(model: str, subjects: pd.DataFrame, quartile: pd.Series) -> li
 
     rows = []
     ok = quartile.notna().to_numpy()
+    present = natural_order(quartile[ok].unique())
+    if len(present) < 2:
+        return rows
     res = multivariate_logrank_test(subjects.loc[ok, "time"], quartile[ok],
                                     subjects.loc[ok, "event"])
-    rows.append({"model": model, "test": "logrank", "groups": "Q1,Q2,Q3,Q4",
+    rows.append({"model": model, "test": "logrank", "groups": ",".join(present),
                  "statistic": float(res.test_statistic), "df": float(res.degrees_of_freedom),
                  "p_value": float(res.p_value)})
     trend = _logrank_trend(subjects.loc[ok, "time"].to_numpy(float),
                            subjects.loc[ok, "event"].to_numpy(int),
                            quartile[ok].map({"Q1": 1, "Q2": 2, "Q3": 3, "Q4": 4}).to_numpy(float))
-    rows.append({"model": model, "test": "logrank trend", "groups": "Q1<Q2<Q3<Q4",
+    rows.append({"model": model, "test": "logrank trend", "groups": "<".join(present),
                  "statistic": trend[0], "df": 1.0, "p_value": trend[1]})
     q1, q4 = (quartile == "Q1").to_numpy(), (quartile == "Q4").to_numpy()
     if q1.any() and q4.any():
@@ -255,9 +233,12 @@ def _logrank_trend(time: np.ndarray, event: np.ndarray, score: np.ndarray) -> tu
 
 
 def risk_quartiles(risk: pd.Series) -> pd.Series:
-    """Quartiles of the risk score in this cohort, labelled Q1 (lowest) to Q4."""
-    ranks = risk.rank(method="first")
-    return pd.qcut(ranks, 4, labels=["Q1", "Q2", "Q3", "Q4"]).astype(object)
+    """Quartiles of the risk score in this cohort, Q1 (lowest) to Q4, by value
+    (:func:`audit.groups.quantile_groups`: tied scores share a group; a score with few
+    distinct values leaves some quartiles empty)."""
+    from audit.groups import quantile_groups
+
+    return quantile_groups(risk, 4, "Q")
 
 
 def _stack(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -299,7 +280,10 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     if not {"time", "event"} <= set(subjects.columns) or subjects["event"].isna().all():
         return SurvivalResult.empty(
             "The cohort has no outcome columns (time, event): survival analysis was not run.")
-    df = subjects.dropna(subset=["time", "event"]).reset_index(drop=True)
+    from audit.groups import canonical_rows
+
+    # rows in an order fixed by their values: resamples and folds do not depend on row order
+    df = canonical_rows(subjects.dropna(subset=["time", "event"]))
     events = int(df["event"].sum())
     if events < config.min_events:
         return SurvivalResult.empty(
@@ -339,17 +323,18 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     def score_rows(frame, model_id, column):
         """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
         (cross-fitted)."""
-        from lifelines.exceptions import ConvergenceError
-
+        from audit.cox import CoxNotConverged
         from audit.survival_metrics import score_metrics
 
-        try:
-            m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
-                                 horizons=config.horizons, n_boot=config.n_boot,
-                                 seed=config.seed, k=config.folds,
-                                 calibration_horizon=config.calibration_horizon)
-            d = None
-            if config.decision_horizons:
+        m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
+                             horizons=config.horizons, n_boot=config.n_boot,
+                             seed=config.seed, k=config.folds,
+                             calibration_horizon=config.calibration_horizon, notes=notes)
+        metrics.extend(m)
+        curves.extend(c)
+        d = None
+        if config.decision_horizons:
+            try:
                 d, sub = score_decision_analysis(
                     model, model_id, frame["time"], frame["event"], frame[column], frame["age"],
                     groups=_decision_groups(frame, decision_groups, age_cuts),
@@ -357,13 +342,9 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
                     n_boot=config.n_boot, seed=config.seed, k=config.folds,
                     min_group_size=min_group_size, min_events=config.min_events)
                 subgroup_decisions.append(sub)
-        except ConvergenceError as exc:
-            notes.append(f"the cross-fitted Cox model of the {column} score did not converge "
-                         f"({str(exc).split('.')[0]}): its Uno's C, AUC, Brier, calibration "
-                         "and decision curves are not computed")
-            return
-        metrics.extend(m)
-        curves.extend(c)
+            except CoxNotConverged as exc:
+                notes.append(f"{model_id}: the cross-fitted Cox model behind the decision "
+                             f"curves did not converge ({exc.reason}): no decision curve")
         if d is not None:
             decisions.append(d)
             if d.empty and not any(n.startswith("no decision curve") for n in notes):
@@ -443,9 +424,15 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         sd = risk.std(ddof=1)
         rk["risk_sd"] = (risk - risk.mean()) / (sd if sd > 0 else 1.0)
         quart = risk_quartiles(risk)
-        for q in ("Q2", "Q3", "Q4"):
-            rk[f"risk[{q}]"] = (quart == q).astype(float)
-        qcols = ["risk[Q2]", "risk[Q3]", "risk[Q4]"]
+        from audit.groups import empty_groups_note
+
+        empty = empty_groups_note("risk quartiles", quart)
+        if empty:
+            notes.append(empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any()
+                                  else ""))
+        qcols = [f"risk[{q}]" for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
+        for col in qcols:
+            rk[col] = (quart == col[5:7]).astype(float)
         for adj, (num, cat) in adjustments.items():
             if adj == "age":
                 continue

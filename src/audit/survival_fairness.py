@@ -27,20 +27,26 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
+from audit.cohort import natural_order
 from audit.fairness import add_fairness_groups, attribute_groupings
-from audit.survival import design_matrix, fit_cox
+from audit.groups import group_index, quantile_cuts
+from audit.cox import fit_cox
+from audit.survival import design_matrix
 
 SUBGROUP_COLUMNS = ["model", "predictor", "attribute", "group_name", "n", "events", "hr",
-                    "hr_low", "hr_high", "p_value", "adjustment", "status"]
-TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value"]
+                    "hr_low", "hr_high", "p_value", "adjustment", "status", "note"]
+TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value", "note"]
 
 
 def _hr(df: pd.DataFrame, term: str, numeric: list[str], categorical: dict) -> dict:
-    cph, data = fit_cox(df, design_matrix(df, numeric, categorical))
-    if term not in cph.summary.index:
-        return {"hr": np.nan, "hr_low": np.nan, "hr_high": np.nan, "p_value": np.nan,
-                "status": "not_fitted"}
-    r = cph.summary.loc[term]
+    nothing = {"hr": np.nan, "hr_low": np.nan, "hr_high": np.nan, "p_value": np.nan}
+    fit = fit_cox(df, design_matrix(df, numeric, categorical))
+    if not fit.ok:
+        return {**nothing, "status": "not_converged", "note": fit.reason}
+    if term not in fit.summary.index:
+        return {**nothing, "status": "not_fitted",
+                "note": f"{term} does not vary within the group's complete cases"}
+    r = fit.summary.loc[term]
     return {"hr": float(r["exp(coef)"]), "hr_low": float(r["exp(coef) lower 95%"]),
             "hr_high": float(r["exp(coef) upper 95%"]), "p_value": float(r["p"]),
             "status": "ok"}
@@ -73,8 +79,8 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
         predictors.append(("faceage_per_decade", "faceage_decade"))
     if "risk" in outputs and "risk" in df.columns:
         r = df["risk"].astype(float)
-        q = np.quantile(r, [0.25, 0.5, 0.75])
-        df["risk_quartile"] = np.searchsorted(q, r, side="right") + 1
+        # the cohort's quartiles by value, as everywhere (audit.groups)
+        df["risk_quartile"] = group_index(r, quantile_cuts(r, 4)) + 1
         df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
         predictors.append(("risk_q4_vs_q1", "risk_q4"))
     rows, tests = [], []
@@ -83,7 +89,7 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
         adjustment = "age" + (" and sex" if cat else "")
         for name, term in predictors:
             fitted_groups = []
-            for group in sorted(labels.dropna().unique()):
+            for group in natural_order(labels.dropna().unique()):
                 sub = df[labels == group]
                 if name == "risk_q4_vs_q1":
                     sub = sub[sub["risk_quartile"].isin([1, 4])].copy()
@@ -92,9 +98,16 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
                 row = {"model": model, "predictor": name, "attribute": attribute,
                        "group_name": str(group), "n": len(sub), "events": events,
                        "adjustment": adjustment}
+                if name == "risk_q4_vs_q1" and not (sub["risk_q4"].nunique() == 2):
+                    rows.append({**row, "hr": np.nan, "hr_low": np.nan, "hr_high": np.nan,
+                                 "p_value": np.nan, "status": "not_fitted",
+                                 "note": _missing_quartile(sub["risk_q4"], df["risk_quartile"])})
+                    continue
                 if events < min_events or len(sub) < config.min_group_size:
                     rows.append({**row, "hr": np.nan, "hr_low": np.nan, "hr_high": np.nan,
-                                 "p_value": np.nan, "status": "too_small"})
+                                 "p_value": np.nan, "status": "too_small",
+                                 "note": f"{len(sub)} subjects, {events} deaths (minimum "
+                                         f"{config.min_group_size} subjects, {min_events} deaths)"})
                     continue
                 result = _hr(sub, term, [term, "age_decade_num"], cat)
                 rows.append({**row, **result})
@@ -109,6 +122,15 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
             pd.DataFrame(tests, columns=TEST_COLUMNS))
 
 
+def _missing_quartile(q4: pd.Series, cohort_quartiles: pd.Series) -> str:
+    """Why a group has no Q4 vs Q1 comparison."""
+    which = "Q4" if not (q4 == 1).any() else "Q1"
+    if not (cohort_quartiles == (4 if which == "Q4" else 1)).any():
+        return (f"the cohort has no {which}: tied risk scores leave it empty (the quartile cut "
+                "points coincide)")
+    return f"no subject of this group is in the cohort's {which}"
+
+
 def _interaction(df, labels, groups, model, name, term, attribute, cat) -> dict:
     """Likelihood-ratio test of ``term`` x group terms (the groups that could be fitted)."""
     keep = labels.isin(groups).to_numpy()
@@ -121,10 +143,15 @@ def _interaction(df, labels, groups, model, name, term, attribute, cat) -> dict:
     full = base.copy()
     for g in sorted(set(lab) - {ref}):
         full[f"{term}:group[{g}]"] = full[term] * full[f"group[{g}]"]
-    cph0, _ = fit_cox(sub, base)
-    cph1, _ = fit_cox(sub, full)
-    stat = max(0.0, 2 * (cph1.log_likelihood_ - cph0.log_likelihood_))
+    fit0, fit1 = fit_cox(sub, base), fit_cox(sub, full)
     dof = len(groups) - 1
-    return {"model": model, "test": f"interaction: {name} x {attribute}",
-            "groups": ", ".join(str(g) for g in groups), "statistic": float(stat),
-            "df": dof, "p_value": float(chi2.sf(stat, dof))}
+    row = {"model": model, "test": f"interaction: {name} x {attribute}",
+           "groups": ", ".join(str(g) for g in groups), "df": dof}
+    bad = [(what, f) for what, f in (("without", fit0), ("with", fit1)) if not f.ok]
+    if bad:
+        return {**row, "statistic": np.nan, "p_value": np.nan,
+                "note": "; ".join(f"the model {what} the interaction did not converge "
+                                  f"({f.reason})" for what, f in bad)}
+    stat = max(0.0, 2 * (fit1.log_likelihood - fit0.log_likelihood))
+    return {**row, "statistic": float(stat), "p_value": float(chi2.sf(stat, dof)),
+            "note": None}

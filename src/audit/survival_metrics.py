@@ -29,7 +29,6 @@ survival models. Stat Med 39, 2020.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -65,9 +64,15 @@ def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0,
     folds depend on ``n`` and ``seed`` only, so models fitted on the same subjects with the
     same seed are cross-fitted on the same folds (their predictions pair). A column that is
     constant among a fold's training subjects (a rare category absent from it) is left out
-    of that fold's model: its test subjects get the reference level's hazard.
+    of that fold's model: its test subjects get the reference level's hazard; so is a column
+    of a design matrix whose coefficient is infinite in a fold (a rare category without deaths
+    among the fold's training subjects). Each fold's
+    model is checked (:func:`audit.cox.fit_cox`); one that does not converge raises
+    :class:`audit.cox.CoxNotConverged` naming the fold.
     """
-    from lifelines import CoxPHFitter, KaplanMeierFitter
+    from lifelines import KaplanMeierFitter
+
+    from audit.cox import fit_cox
 
     n = len(time)
     folds = np.random.default_rng(seed).permutation(n) % k
@@ -80,25 +85,36 @@ def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0,
     for f in range(k):
         train, test = frame[folds != f], frame[folds == f]
         kept = [c for c in names if train[c].nunique() > 1]
-        if not kept:  # nothing varies: every test subject gets the training folds' KM
+        fit = fit_cox(train, train[kept], penalizer) if kept else None
+        if fit is not None and not fit.ok and fit.separating and x.shape[1] > 1:
+            # a rare category with no deaths among the fold's training subjects: like one
+            # absent from them, left out of this fold (its subjects get the reference hazard)
+            kept = [c for c in kept if c not in fit.separating]
+            fit = fit_cox(train, train[kept], penalizer) if kept else None
+        if fit is None:  # nothing varies: every test subject gets the training folds' KM
             km = KaplanMeierFitter().fit(train["time"], train["event"])
             out[folds == f] = km.survival_function_at_times(list(horizons)).to_numpy()
             continue
-        cph = CoxPHFitter(penalizer=penalizer)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cph.fit(train[kept + ["time", "event"]], duration_col="time", event_col="event")
-        sf = cph.predict_survival_function(test[kept], times=list(horizons))
+        if not fit.ok:
+            from audit.cox import CoxNotConverged
+
+            raise CoxNotConverged(f"cross-fitting fold {f + 1} of {k}: {fit.reason}")
+        sf = fit.fitter.predict_survival_function(test[fit.fitter.params_.index],
+                                                  times=list(horizons))
         out[folds == f] = sf.T.to_numpy()
     return out
 
 
 def score_metrics(model: str, model_id: str, time, event, score, *, horizons=HORIZONS,
-                  n_boot: int = 200, seed: int = 0, k: int = 5, calibration_horizon=None
-                  ) -> tuple[list[dict], list[dict]]:
+                  n_boot: int = 200, seed: int = 0, k: int = 5, calibration_horizon=None,
+                  notes: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """``survival_metrics`` rows (Uno's C with CI, AUC and Brier at each horizon, integrated
     Brier, calibration in the large) and ``survival_curves`` calibration rows for one score
-    (higher = worse)."""
+    (higher = worse).
+
+    Uno's C and the AUC need no model; Brier and calibration need the cross-fitted Cox
+    model's probabilities. When that model does not converge, the first are still returned
+    and the reason is appended to ``notes``."""
     from sksurv.metrics import (
         brier_score, concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score,
     )
@@ -130,7 +146,16 @@ def score_metrics(model: str, model_id: str, time, event, score, *, horizons=HOR
     auc, _ = cumulative_dynamic_auc(y, y, score, hs)
     for h, a in zip(hs, np.atleast_1d(auc)):
         row("auc", a, h)
-    surv = crossfit_survival(time, event, score, hs, k=k, seed=seed)
+    from audit.cox import CoxNotConverged
+
+    try:
+        surv = crossfit_survival(time, event, score, hs, k=k, seed=seed)
+    except CoxNotConverged as exc:
+        if notes is not None:
+            notes.append(f"{model_id}: the cross-fitted Cox model did not converge "
+                         f"({exc.reason}); its Brier scores and calibration are not computed "
+                         "(Uno's C and the AUC need no model and are kept)")
+        return metrics, curves
     _, brier = brier_score(y, y, surv, hs)
     for h, b in zip(hs, brier):
         row("brier", b, h)
@@ -179,10 +204,13 @@ def _calibration(model, model_id, time, event, predicted, horizon) -> list[dict]
     Kaplan-Meier survival (with its 95% CI) in each decile."""
     from lifelines import KaplanMeierFitter
 
-    deciles = pd.qcut(pd.Series(-predicted).rank(method="first"), 10, labels=False)
+    from audit.groups import group_index, quantile_cuts
+
+    risk = 1.0 - np.asarray(predicted, float)  # D1: the lowest predicted risk
+    deciles = group_index(risk, quantile_cuts(risk, 10))  # by value: ties share a decile
     rows = []
     for d in range(10):
-        m = (deciles == d).to_numpy()
+        m = deciles == d
         if m.sum() < 2:
             continue
         kmf = KaplanMeierFitter().fit(time[m], event[m])

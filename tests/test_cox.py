@@ -1,0 +1,194 @@
+"""The checked Cox layer (audit.cox) and the value-based quantile groups (audit.groups), on
+real data that lifelines and scikit-survival ship.
+
+References for the known answers: scikit-survival's ``CoxPHSurvivalAnalysis`` (Efron ties)
+fitted in the test on the same terms; R's ``coxph`` output printed in the comments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.cox import efron_loglik, fit_cox
+from audit.groups import empty_groups_note, quantile_groups
+
+
+def _sksurv_coef(x: pd.DataFrame, time, event) -> np.ndarray:
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    z = (x - x.mean()) / x.std(ddof=1)
+    est = CoxPHSurvivalAnalysis(ties="efron", n_iter=200, tol=1e-10).fit(
+        z.to_numpy(float), Surv.from_arrays(event=np.asarray(event, bool),
+                                            time=np.asarray(time, float)))
+    return est.coef_ / x.std(ddof=1).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def flchain():
+    """scikit-survival's flchain (7,874 subjects): serum free light chains, heavy-tailed
+    (kappa's largest value 21 SD above its mean), censored at 5 years."""
+    from sksurv.datasets import load_flchain
+
+    x, y = load_flchain()
+    df = x[["kappa", "lambda", "age"]].astype(float).assign(
+        time=y["futime"] / 365.25, event=y["death"].astype(int)).reset_index(drop=True)
+    df["event"] = np.where(df["time"] > 5, 0, df["event"])
+    df["time"] = np.minimum(df["time"], 5.0)
+    return df
+
+
+@pytest.mark.parametrize("terms", [["kappa"], ["lambda"], ["kappa", "age"]])
+def test_a_heavy_tailed_score_gets_the_maximum_not_a_wrong_sign(flchain, terms):
+    """lifelines' default Newton step ends at kappa = -19.7 here with only a warning (the
+    maximum is +0.272); the layer must find the maximum, agree with scikit-survival, and say
+    that it refitted."""
+    fit = fit_cox(flchain, flchain[terms], cross_check="always")
+    assert fit.ok, fit.reason
+    expected = _sksurv_coef(flchain[terms], flchain["time"], flchain["event"])
+    np.testing.assert_allclose(fit.fitter.params_[terms].to_numpy(), expected, rtol=1e-4)
+    assert fit.fitter.params_[terms[0]] > 0
+    assert fit.newton_decrement < 1e-6 and fit.cross_check < 1e-3
+    assert fit.method.startswith("damped") and any("refitted" in n for n in fit.notes)
+
+
+def test_the_layer_reads_lifelines_warnings_on_the_failed_default(flchain):
+    from lifelines import CoxPHFitter
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raw = CoxPHFitter().fit(flchain[["kappa", "time", "event"]], "time", "event")
+    assert raw.params_["kappa"] < 0  # the defect: a wrong sign, raised as a warning only
+    assert any("failed to converge" in str(w.message) for w in caught)
+    fit = fit_cox(flchain, flchain[["kappa"]])
+    assert fit.ok and "refitted with damped Newton-Raphson" in " ".join(fit.notes)
+
+
+def test_the_efron_likelihood_by_hand_equals_lifelines_with_ties():
+    # rossi: 432 subjects, weeks as whole numbers (many tied deaths)
+    from lifelines import CoxPHFitter
+    from lifelines.datasets import load_rossi
+
+    rossi = load_rossi()
+    cols = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
+    cph = CoxPHFitter().fit(rossi, "week", "arrest")
+    ll, grad = efron_loglik(rossi[cols].to_numpy(float), rossi["week"], rossi["arrest"],
+                            cph.params_[cols].to_numpy())
+    assert ll == pytest.approx(cph.log_likelihood_, abs=1e-8)
+    assert np.abs(grad).max() < 1e-4  # the score at the maximum
+    ll0, _ = efron_loglik(rossi[cols].to_numpy(float), rossi["week"], rossi["arrest"],
+                          np.zeros(len(cols)))
+    assert ll0 == pytest.approx(cph._ll_null_, abs=1e-8)
+    strata = rossi["race"].to_numpy()
+    cph_s = CoxPHFitter().fit(rossi, "week", "arrest", strata=["race"])
+    rest = [c for c in cols if c != "race"]
+    ll_s, _ = efron_loglik(rossi[rest].to_numpy(float), rossi["week"], rossi["arrest"],
+                           cph_s.params_[rest].to_numpy(), strata)
+    assert ll_s == pytest.approx(cph_s.log_likelihood_, abs=1e-8)
+
+
+def test_lung_through_the_layer_equals_r():
+    # R: coxph(Surv(time, status) ~ age + sex + ph.ecog, data = lung): HR 1.011, 0.575, 1.590
+    from lifelines.datasets import load_lung
+
+    lung = load_lung().dropna(subset=["ph.ecog"]).rename(columns={"status": "event"})
+    fit = fit_cox(lung, lung[["age", "sex", "ph.ecog"]].astype(float), cross_check="always")
+    assert fit.ok and fit.method == "Newton-Raphson" and not fit.notes
+    np.testing.assert_allclose(fit.summary["exp(coef)"].to_numpy(), [1.011, 0.575, 1.590],
+                               atol=5e-4)
+    assert fit.log_likelihood > fit.log_likelihood_null
+
+
+def test_a_separating_term_is_a_named_result_not_an_exception():
+    rng = np.random.default_rng(4)
+    n = 300
+    x = rng.normal(size=n)
+    flag = (np.arange(n) < 40).astype(float)
+    time = rng.exponential(1.0, n) * np.exp(-0.3 * x)
+    event = np.where(flag == 1, 0, (rng.random(n) < 0.7).astype(int))  # no death with flag
+    df = pd.DataFrame({"time": time, "event": event, "x": x, "flag": flag})
+    fit = fit_cox(df, df[["x", "flag"]])
+    assert fit.status == "not_converged" and fit.separating == ["flag"]
+    assert "flag" in fit.reason and "monotone likelihood" in fit.reason
+    with pytest.raises(Exception, match="flag"):
+        fit.require()
+
+
+def test_collinear_terms_are_not_estimable():
+    rng = np.random.default_rng(5)
+    n = 200
+    x = rng.normal(size=n)
+    df = pd.DataFrame({"time": rng.exponential(1.0, n), "event": 1, "x": x, "twice": 2 * x + 1})
+    fit = fit_cox(df, df[["x", "twice"]])
+    assert fit.status == "not_converged" and fit.reason
+
+
+def test_a_constant_term_is_left_out_and_named():
+    rng = np.random.default_rng(6)
+    df = pd.DataFrame({"time": rng.exponential(1.0, 100), "event": 1,
+                       "x": rng.normal(size=100), "c": 3.0})
+    fit = fit_cox(df, df[["x", "c"]])
+    assert fit.ok and fit.dropped == ["c"] and "c" in fit.notes[0]
+
+
+# ----------------------------------------------------------------- quantile groups
+
+def test_tied_scores_share_a_group_and_empty_quartiles_are_named():
+    from lifelines.datasets import load_lung
+
+    ecog = load_lung()["ph.ecog"].dropna()  # 0: 63, 1: 113, 2: 50, 3: 1 subjects
+    q = quantile_groups(ecog)
+    assert q.groupby(ecog).nunique().max() == 1  # one group per value
+    assert dict(pd.crosstab(ecog, q).idxmax(axis=1)) == {0.0: "Q1", 1.0: "Q2", 2.0: "Q4",
+                                                         3.0: "Q4"}
+    note = empty_groups_note("risk quartiles", q)
+    assert "Q3 empty" in note and "(Q1, Q2, Q4)" in note
+
+
+def test_quartiles_do_not_depend_on_row_order():
+    rng = np.random.default_rng(7)
+    values = pd.Series(np.round(rng.gamma(1.0, 2.0, 999), 1))  # many ties
+    perm = rng.permutation(len(values))
+    q = quantile_groups(values)
+    shuffled = quantile_groups(values.iloc[perm].reset_index(drop=True))
+    assert (shuffled.to_numpy() == q.to_numpy()[perm]).all()
+    # continuous values: four groups of about a quarter each, as pandas.qcut
+    cont = pd.Series(rng.normal(size=1000))
+    counts = quantile_groups(cont).value_counts()
+    assert sorted(counts.index) == ["Q1", "Q2", "Q3", "Q4"] and (counts == 250).all()
+    assert (quantile_groups(cont).to_numpy()
+            == pd.qcut(cont, 4, labels=["Q1", "Q2", "Q3", "Q4"]).astype(object).to_numpy()).all()
+
+
+def test_the_fairness_interactions_on_a_heavy_tailed_real_score_finish(flchain):
+    """The defect: flchain's kappa as the risk score ended the audit with exit 3 (lifelines'
+    'delta contains nan' in the score x age band and score x sex interaction models). Each
+    group's Q4 vs Q1 HR must now equal scikit-survival's on the same terms."""
+    from sksurv.datasets import load_flchain
+
+    from audit.config import load_config
+    from audit.survival_fairness import survival_subgroups
+
+    x, y = load_flchain()
+    df = pd.DataFrame({"age": x["age"].astype(float).to_numpy(),
+                       "sex": x["sex"].map({"F": "female", "M": "male"}).to_numpy(),
+                       "risk": x["kappa"].astype(float).to_numpy(),
+                       "time": y["futime"] / 365.25, "event": y["death"].astype(int)})
+    df["subject_id"] = df["photo_id"] = [f"s{i}" for i in range(len(df))]
+    rows, tests = survival_subgroups(df, "m", ["risk"], load_config().fairness, 10,
+                                     [65.0, 75.0, 85.0])
+    assert set(tests["test"]) == {"interaction: risk_per_sd x sex",
+                                  "interaction: risk_per_sd x age_band"}
+    assert tests["p_value"].notna().all()
+    sex = rows[rows.attribute == "sex"].set_index("group_name")
+    assert (sex.status == "ok").all()
+    cuts = np.quantile(df["risk"], [0.25, 0.5, 0.75])
+    q = np.searchsorted(cuts, df["risk"], side="left") + 1
+    for group in ("female", "male"):
+        sub = df[(df["sex"] == group) & np.isin(q, [1, 4])]
+        terms = pd.DataFrame({"q4": (q[sub.index] == 4).astype(float),
+                              "age": sub["age"] / 10.0}, index=sub.index)
+        coef = _sksurv_coef(terms, sub["time"], sub["event"])
+        assert np.log(sex.loc[group, "hr"]) == pytest.approx(coef[0], abs=1e-4)

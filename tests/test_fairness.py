@@ -272,3 +272,31 @@ def test_fairness_verdict_counts_flags_of_the_verdict_metrics():
     failed = check(["mean_error_age_adjusted"])
     assert failed["status"] == "fail" and "race = Black" in failed["details"]
     assert check(["pearson_r"])["status"] == "pass"
+
+
+def test_risk_calibration_by_age_is_judged_beyond_what_age_explains():
+    """Planted: death depends on age and on a score that knows nothing of age. Expected deaths
+    from the score alone make every age band look miscalibrated (the old defect: O/E 0.36
+    for <=65, 7.65 for >85 on a real cohort); with age and sex in the expected-deaths model
+    (stated in the notes) no age band is flagged and their O/E CIs cover 1."""
+    from audit.fairness import expected_deaths
+
+    rng = np.random.default_rng(12)
+    n = 4000
+    age = rng.uniform(40, 95, n)
+    score = rng.normal(size=n)
+    sex = rng.choice(["female", "male"], n)
+    t = rng.exponential(1.0, n) / (0.08 * np.exp(0.07 * (age - 65) + 0.5 * score))
+    df = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "age": age, "sex": sex,
+                       "risk": score, "time": np.minimum(t, 5.0),
+                       "event": (t <= 5.0).astype(int)})
+    notes: list[str] = []
+    table = risk_fairness(df, "m", CFG.fairness, CUTS, notes=notes)
+    assert any("chronological age (per decade, linear) and sex" in n for n in notes)
+    bands = table[(table.metric == "calibration_oe") & (table.attribute == "age_band")]
+    assert len(bands) == 4 and (bands.status != "flagged").all()
+    assert ((bands.ci_low < 1) & (bands.ci_high > 1)).all()
+    # the score alone (the old model) misjudges the oldest band by far
+    alone = expected_deaths(df["time"].to_numpy(), df["event"].to_numpy(), score)
+    old = df["age"] > 85
+    assert df["event"][old].sum() / alone[old.to_numpy()].sum() > 2.0

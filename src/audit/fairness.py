@@ -20,9 +20,11 @@ Groups: every attribute of the config where present (``age_band``, ``age_decade`
   (``mean_error_age_adjusted``: the group's mean residual of error on age, the line refitted
   in every resample; ``mae_age_adjusted``: the mean absolute residual, the line fitted once).
 - Risk (one row per subject): Harrell's C (``c_index``) and calibration in the large
-  (``calibration_oe``: observed deaths over those expected from a Cox model of the score on
-  the whole cohort; 1 overall by construction, so a group's O/E says whether the score
-  under- or over-states its risk).
+  (``calibration_oe``: observed deaths over those expected from a Cox model of the score,
+  chronological age per decade and sex on the whole cohort; 1 overall by construction, so a
+  group's O/E says whether the score under- or over-states its risk beyond what age and sex
+  explain. A model of the score alone would make any score that does not contain age look
+  miscalibrated across age groups).
 
 A group is ``too_small`` below ``min_group_size`` subjects (reported, never flagged or
 hidden). Among the other groups of an attribute, the differences to overall get max-t
@@ -268,35 +270,73 @@ def faceage_fairness(frame: pd.DataFrame, model: str, config, age_cuts: list[flo
 
 # ---------------------------------------------------------------------------- risk
 
-def expected_deaths(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> np.ndarray:
+def expected_deaths(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
+                    adjust: pd.DataFrame | None = None) -> np.ndarray:
     """Each subject's expected deaths by its own follow-up time under a Cox model of the
-    score on the whole cohort (Breslow cumulative hazard times its partial hazard); their
-    sum equals the observed deaths."""
-    from audit.survival import fit_cox
+    score and the ``adjust`` terms (chronological age per decade and sex in
+    :func:`risk_fairness`) on the whole cohort: Breslow cumulative hazard times the partial
+    hazard. Their sum equals the observed deaths (the martingale residuals sum to zero at the
+    estimate). Raises :class:`audit.cox.CoxNotConverged` when the model does not converge."""
+    from audit.cox import fit_cox
 
-    frame = pd.DataFrame({"time": time, "event": event})
-    cph, _ = fit_cox(frame, pd.DataFrame({"risk": risk}))
+    design = pd.DataFrame({"risk": np.asarray(risk, float)})
+    if adjust is not None:
+        design = pd.concat([design, adjust.reset_index(drop=True)], axis=1)
+    fit = fit_cox(pd.DataFrame({"time": time, "event": event}), design).require()
+    cph = fit.fitter
     h0 = cph.baseline_cumulative_hazard_.iloc[:, 0]
     steps = np.searchsorted(h0.index.to_numpy(), time, side="right") - 1
     base = np.where(steps >= 0, h0.to_numpy()[np.clip(steps, 0, None)], 0.0)
-    partial = cph.predict_partial_hazard(pd.DataFrame({"risk": risk})).to_numpy()
+    partial = cph.predict_partial_hazard(design[cph.params_.index]).to_numpy()
     return base * partial
 
 
+def expected_deaths_terms(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The terms beside the score in the expected-deaths model, and their description:
+    chronological age per decade and sex, where the cohort has them (complete cases), so that
+    a group's O/E asks whether the score misjudges its risk beyond what age and sex explain."""
+    from audit.survival import design_matrix
+
+    numeric = ["age_decade"] if "age" in df.columns and df["age"].notna().any() else []
+    frame = df.assign(age_decade=pd.to_numeric(df["age"], errors="coerce") / 10.0) \
+        if numeric else df
+    categorical = ({"sex": "male"} if "sex" in df.columns and df["sex"].nunique() > 1 else {})
+    terms = design_matrix(frame, numeric, categorical)
+    said = ["chronological age (per decade, linear)"] * bool(numeric) + ["sex"] * bool(categorical)
+    return terms, "the score" + "".join(f" and {s}" for s in said)
+
+
 def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[float],
-                  min_events: int = 10) -> pd.DataFrame:
+                  min_events: int = 10, notes: list[str] | None = None) -> pd.DataFrame:
     """Risk fairness rows: Harrell's C and calibration in the large (observed / expected
     deaths) per group, on one row per subject with ``time``, ``event`` and ``risk``."""
     from audit.bootstrap import bootstrap_weights
     from audit.concordance import weighted_concordance
 
+    from audit.cox import CoxNotConverged
+
     df = add_fairness_groups(subjects, age_cuts)
     df = df[np.isfinite(pd.to_numeric(df["risk"], errors="coerce")) & df["event"].notna()
             & df["time"].notna()].reset_index(drop=True)
+    adjust, described = expected_deaths_terms(df)
+    complete = adjust.notna().all(axis=1).to_numpy()
+    if not complete.all() and notes is not None:
+        notes.append(f"{model}: risk fairness on the {int(complete.sum())} of {len(df)} subjects "
+                     "with age and sex (the expected-deaths model's terms)")
+    df, adjust = df[complete].reset_index(drop=True), adjust[complete].reset_index(drop=True)
     if len(df) < 3 or df["event"].sum() < min_events:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
     t, ev, r = df["time"].to_numpy(float), df["event"].to_numpy(int), df["risk"].to_numpy(float)
-    expected = expected_deaths(t, ev, r)
+    try:
+        expected = expected_deaths(t, ev, r, adjust)
+        if notes is not None:
+            notes.append(f"{model}: expected deaths per group (calibration_oe) from a Cox model "
+                         f"of {described}")
+    except CoxNotConverged as exc:
+        expected = np.full(len(df), np.nan)
+        if notes is not None:
+            notes.append(f"{model}: the expected-deaths model of {described} did not converge "
+                         f"({exc.reason}); observed/expected deaths are not computed")
     w = bootstrap_weights(len(df), config.n_boot, np.random.default_rng(config.seed))
 
     def c_index(y_true, y_pred, time):
@@ -343,7 +383,9 @@ def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[flo
             rows.extend(_group_rows(model, "risk", m, attribute, names, sizes, enough, vals,
                                     gb, float(over[m]), over_boot[m], config,
                                     n_subjects_shown=sizes))
-    return pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
+    out = pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
+    return out if np.isfinite(expected).all() else \
+        out[out["metric"] != "calibration_oe"].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------- rows
@@ -433,7 +475,11 @@ def paired_comparisons(frames: dict[str, pd.DataFrame], output: str, config,
         if output == "faceage":
             metric = "mae"
             x = both["age"].to_numpy(float)
-            cols = np.column_stack([np.ones(len(both)), np.abs(va - x), np.abs(vb - x)])
+            # the paired difference is totalled as its own column: two identical models give
+            # exactly 0 in every resample (a difference of two totals is 0 only up to the
+            # BLAS kernel's summation order, -2.4e-15 on some machines)
+            ea, eb = np.abs(va - x), np.abs(vb - x)
+            cols = np.column_stack([np.ones(len(both)), ea, eb, ea - eb])
             boot = SubjectBootstrap.draw(both["subject_id"].to_numpy(), config.n_boot,
                                          np.random.default_rng(config.seed))
             for attribute, labels in parts:
@@ -442,7 +488,7 @@ def paired_comparisons(frames: dict[str, pd.DataFrame], output: str, config,
                 subjects = _subjects_per_group(boot.subject_codes, codes, len(names))
                 with np.errstate(all="ignore"):
                     pa, pb = point[:, 1] / point[:, 0], point[:, 2] / point[:, 0]
-                    d = (samples[..., 1] - samples[..., 2]) / samples[..., 0]
+                    d = samples[..., 3] / samples[..., 0]
                 low, high = percentile_ci(d, config.ci_level)
                 for g, name in enumerate(names):
                     rows.append(_comparison_row(output, metric, a, b, attribute, name,

@@ -64,7 +64,11 @@ def fairness_stage(ctx: RunContext) -> int:
             tables["fairness"].append(faceage_fairness(wide, model.name, cfg, cuts))
             by_output["faceage"][model.name] = wide
         if "risk" in model.outputs and ctx.cohort.has_outcomes:
-            tables["fairness"].append(risk_fairness(subjects, model.name, cfg, cuts, min_events))
+            said: list[str] = []
+            tables["fairness"].append(risk_fairness(subjects, model.name, cfg, cuts, min_events,
+                                                    notes=said))
+            for note in said:
+                ctx.note("fairness", note)
             by_output["risk"][model.name] = subjects
         if ctx.cohort.has_outcomes:
             rows, tests = survival_subgroups(subjects, model.name, model.outputs, cfg,

@@ -166,3 +166,69 @@ def test_follow_up_short_of_every_decision_horizon_is_said(world):
     assert result.decisions.empty
     assert any(n.startswith("no decision curve: the follow-up (longest 0.8 years)")
                for n in result.notes)
+
+
+def test_a_hazard_ratio_on_too_few_deaths_is_inconclusive_and_value_is_the_estimate():
+    """The estimate is `value`, the judged lower bound `judged_value`; an HR of 39 (CI 1.7 to
+    894) on 18 deaths is inconclusive, never a pass, and says how many deaths would do."""
+    from audit.config import Thresholds
+    from audit.verdict import evaluate, overall
+
+    def run(hr, low, high, events):
+        terms = pd.DataFrame([{"model": "m", "model_id": "faceage_per_decade__age_sex",
+                               "term": "faceage_decade", "hr": hr, "hr_low": low,
+                               "hr_high": high}])
+        models = pd.DataFrame([{"model": "m", "model_id": "faceage_per_decade__age_sex",
+                                "events": events}])
+        empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value",
+                                      "ci_low", "ci_high", "n"])
+        v = evaluate(models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}],
+                     n_manifest_rows=100, n_quarantined=0, accuracy=empty,
+                     survival_terms=terms, survival_models=models, has_outcomes=True,
+                     thresholds=Thresholds())
+        return v.set_index("check_name").loc["faceage_adjusted_hr_per_decade"], overall(v)
+
+    row, verdict = run(39.0, 1.702, 893.883, 18)
+    assert row["status"] == "inconclusive" and row["passed"] is None and verdict == "fail"
+    assert row["value"] == pytest.approx(39.0) and row["judged_value"] == pytest.approx(1.702)
+    assert "18 deaths" in row["details"] and "would settle it" in row["details"]
+    row, _ = run(1.3, 1.1, 1.55, 240)
+    assert row["status"] == "pass" and row["value"] == pytest.approx(1.3)
+    assert row["judged_value"] == pytest.approx(1.1)
+    row, _ = run(1.3, 1.1, 1.55, 12)  # a tight CI does not make up for 12 deaths
+    assert row["status"] == "inconclusive"
+
+
+def test_tied_risk_scores_keep_q4_vs_q1_on_the_lung_data():
+    """The lung data with the ECOG score as the risk (4 values): quartiles by value, so Q3 is
+    empty and named; Q4 vs Q1 is still estimated within subgroups (every row was not_fitted
+    with the old ties-pushed-up rule), and shuffled rows give the same numbers."""
+    from lifelines.datasets import load_lung
+
+    from audit.config import load_config
+    from audit.survival_fairness import survival_subgroups
+
+    lung = load_lung().dropna(subset=["ph.ecog"]).reset_index(drop=True)
+    df = pd.DataFrame({"subject_id": [f"s{i}" for i in range(len(lung))],
+                       "age": lung["age"].astype(float),
+                       "sex": lung["sex"].map({1: "male", 2: "female"}),
+                       "risk": lung["ph.ecog"].astype(float), "time": lung["time"] / 365.25,
+                       "event": lung["status"].astype(int)})
+    df["photo_id"] = df["subject_id"]
+    cfg = load_config(survival={"n_boot": 0, "decision_horizons": []}).survival
+    res = survival_analysis(df, "m", ["risk"], [], cfg)
+    assert any("Q3 empty" in n for n in res.notes)
+    terms = res.terms[res.terms.model_id == "risk_quartiles__unadjusted"].set_index("term")
+    assert sorted(terms.index) == ["risk[Q2]", "risk[Q4]"]
+    shuffled = df.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    again = survival_analysis(shuffled, "m", ["risk"], [], cfg)
+    pd.testing.assert_frame_equal(res.terms, again.terms, rtol=1e-9, atol=1e-12)
+    pd.testing.assert_frame_equal(res.tests, again.tests, rtol=1e-9, atol=1e-12)
+    key = ["curve", "group_name", "time"]
+    pd.testing.assert_frame_equal(res.curves.sort_values(key).reset_index(drop=True),
+                                  again.curves.sort_values(key).reset_index(drop=True),
+                                  rtol=1e-9, atol=1e-12)
+    fair = load_config().fairness
+    rows, _ = survival_subgroups(df, "m", ["risk"], fair, 10, [65.0, 75.0, 85.0])
+    sex = rows[(rows.predictor == "risk_q4_vs_q1") & (rows.attribute == "sex")]
+    assert (sex.status == "ok").all() and (sex.hr > 1).all()

@@ -282,6 +282,11 @@ class Thresholds(_Section):
     risk_q4_vs_q1_hr_lower_min: float = Field(
         1.0, description="lower CI of the Q4 vs Q1 hazard ratio must exceed this"
     )
+    min_events_judged: int = Field(
+        20, ge=1, description="a hazard-ratio check on fewer deaths is inconclusive, not passed")
+    hr_ci_ratio_max: float = Field(
+        10.0, gt=1, description="a hazard ratio whose 95% CI spans more than this factor "
+        "(upper / lower) is inconclusive, not passed")
     robustness_frac_over_tolerance_max: float = Field(
         0.10, ge=0, le=1, description="at judged severities, the share of photos whose output "
         "moves beyond the tolerance must not exceed this (each perturbation, each subgroup)")

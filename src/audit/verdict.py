@@ -1,9 +1,13 @@
 """Verdicts: each audit check against its threshold from the audit config.
 
-A check is ``pass``, ``fail`` or ``skipped`` (its inputs are absent, e.g. no outcomes):
-a skipped check never fails a run, and its ``details`` say why. The run's verdict is
-``fail`` when any check failed, else ``pass``. Checks read the run's own result tables, so
-every verdict traces to a row in DuckDB.
+A check is ``pass``, ``fail``, ``inconclusive`` (the estimate is too imprecise to judge:
+too few deaths, or a confidence interval too wide; the details say how many deaths would
+settle it) or ``skipped`` (its inputs are absent, e.g. no outcomes): a skipped check never
+fails a run, and its ``details`` say why. The run's verdict is ``fail`` when any check failed
+or was inconclusive (a check passes only on adequate evidence), else ``pass``. ``value`` is
+the estimate (e.g. the hazard ratio); ``judged_value`` is the number held against the
+threshold (e.g. the lower bound of its CI). Checks read the run's own result tables, so every
+verdict traces to a row in DuckDB.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import pandas as pd
 
 from audit.config import Thresholds
 
-VERDICT_COLUMNS = ["model", "check_name", "category", "threshold", "value", "passed", "status",
-                   "details"]
+VERDICT_COLUMNS = ["model", "check_name", "category", "threshold", "value", "judged_value",
+                   "passed", "status", "details"]
 
 
 
@@ -24,14 +28,19 @@ def sig3(x: float) -> str:
     of an age-adjusted error is 0 by construction, not -4.88e-15."""
     return "0" if abs(x) < 1e-9 else f"{x:.3g}"
 
-def _row(model, name, category, threshold, value, ok, details):
+def _row(model, name, category, threshold, value, ok, details, judged=None,
+         inconclusive: bool = False):
+    """One check. ``judged``: the number held against the threshold when it is not the
+    estimate ``value`` itself; ``inconclusive``: the estimate is too imprecise to judge."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return {"model": model, "check_name": name, "category": category,
-                "threshold": threshold, "value": None, "passed": None, "status": "skipped",
-                "details": details}
+                "threshold": threshold, "value": None, "judged_value": None, "passed": None,
+                "status": "skipped", "details": details}
+    judged = value if judged is None else judged
+    status = "inconclusive" if inconclusive else ("pass" if ok else "fail")
     return {"model": model, "check_name": name, "category": category, "threshold": threshold,
-            "value": float(value), "passed": bool(ok), "status": "pass" if ok else "fail",
-            "details": details}
+            "value": float(value), "judged_value": float(judged),
+            "passed": None if inconclusive else bool(ok), "status": status, "details": details}
 
 
 def _accuracy_value(acc: pd.DataFrame, model: str, output: str, metric: str):
@@ -67,14 +76,43 @@ def _accuracy_check(accuracy, model, check, output, metric, threshold, at_least,
                 f"{label} {d}{size}{rule}" if d else missing)
 
 
-def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missing):
+def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missing,
+              t: Thresholds, models: pd.DataFrame | None = None):
+    """The lower CI bound of a hazard ratio against ``threshold``; ``inconclusive`` when the
+    model has fewer than ``t.min_events_judged`` deaths or the CI's upper/lower ratio exceeds
+    ``t.hr_ci_ratio_max`` (an HR of 39, CI 1.7 to 894, on 18 deaths says nothing)."""
     term, model_id = _term(terms, model, model_ids, term_name)
     if term is None:
         return _row(model, check, "survival", threshold, None, False, missing)
-    return _row(model, check, "survival", threshold, term["hr_low"],
-                term["hr_low"] > threshold,
-                f"{model_id}: {label} {term['hr']:.3f} (95% CI {term['hr_low']:.3f} to "
-                f"{term['hr_high']:.3f}); the lower bound must exceed {threshold:g}")
+    events = None
+    if models is not None and len(models):
+        sel = models[(models["model"] == model) & (models["model_id"] == model_id)]
+        if len(sel) and pd.notna(sel["events"].iloc[0]):
+            events = int(sel["events"].iloc[0])
+    hr, low, high = float(term["hr"]), float(term["hr_low"]), float(term["hr_high"])
+    ratio = high / low if low > 0 else math.inf
+    text = (f"{model_id}: {label} {hr:.3f} (95% CI {low:.3f} to {high:.3f}"
+            + (f"; {events} deaths" if events is not None else "") + ")")
+    short = events is not None and events < t.min_events_judged
+    wide = not ratio <= t.hr_ci_ratio_max
+    if short or wide:
+        why = []
+        if short:
+            why.append(f"{events} deaths, under the {t.min_events_judged} needed to judge")
+        if wide:
+            why.append(f"the CI spans a factor of {ratio:.3g} (at most {t.hr_ci_ratio_max:g} "
+                       "to judge)")
+        more = ""
+        if events and math.isfinite(ratio) and ratio > 1:
+            # the CI's log-width shrinks as 1 / sqrt(deaths)
+            need = events * (math.log(ratio) / math.log(t.hr_ci_ratio_max)) ** 2 if wide else 0
+            need = max(need, t.min_events_judged)
+            more = f"; about {math.ceil(need)} deaths would settle it"
+        return _row(model, check, "survival", threshold, hr, False,
+                    f"{text}: too imprecise to judge: {' and '.join(why)}{more}", judged=low,
+                    inconclusive=True)
+    return _row(model, check, "survival", threshold, hr, low > threshold,
+                f"{text}; the lower bound must exceed {threshold:g}", judged=low)
 
 
 def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
@@ -258,7 +296,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
              fairness_metrics: list[str] | None = None,
              drift: pd.DataFrame | None = None,
              decision_curves: pd.DataFrame | None = None,
-             decision_subgroups: pd.DataFrame | None = None) -> pd.DataFrame:
+             decision_subgroups: pd.DataFrame | None = None,
+             survival_models: pd.DataFrame | None = None) -> pd.DataFrame:
     """All checks of a run.
 
     Parameters
@@ -266,6 +305,8 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
     models : ``[{"name": ..., "outputs": [...]}]`` for each model audited.
     n_manifest_rows, n_quarantined : rows read and rows set aside.
     accuracy, survival_terms : the run's ``accuracy`` and ``survival_terms`` rows.
+    survival_models : the run's ``survival_models`` rows (deaths per model, for judging
+        whether a hazard ratio rests on enough of them; None: not judged on deaths).
     robustness : the run's ``robustness`` rows (None or empty: robustness checks skipped).
     fairness, representativeness : the run's rows (None: those checks skipped).
     fairness_metrics : metrics whose flagged subgroups fail the fairness checks.
@@ -303,14 +344,14 @@ def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
             rows.append(_hr_check(survival_terms, name, "faceage_adjusted_hr_per_decade",
                                   ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
                                   "faceage_decade", t.faceage_adjusted_hr_lower_min,
-                                  "HR per decade", not_fitted))
+                                  "HR per decade", not_fitted, t, survival_models))
         if "risk" in outputs:
             rows.append(_accuracy_check(accuracy, name, "risk_c_index", "risk", "c_index",
                                         t.risk_cindex_min, True, "Harrell's C", no_outcomes))
             rows.append(_hr_check(survival_terms, name, "risk_q4_vs_q1_hr",
                                   ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
                                   "risk[Q4]", t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR",
-                                  not_fitted))
+                                  not_fitted, t, survival_models))
         for output in ("faceage", "risk"):
             if output in outputs:
                 rows.extend(_net_benefit_check(decision_curves, name, output, t, has_outcomes))
@@ -348,5 +389,5 @@ def validation_checks(results: pd.DataFrame, n_manifest_rows: int, n_quarantined
 
 
 def overall(verdicts: pd.DataFrame) -> str:
-    """``fail`` when any check failed, else ``pass``."""
-    return "fail" if (verdicts["status"] == "fail").any() else "pass"
+    """``fail`` when any check failed or was inconclusive, else ``pass``."""
+    return "fail" if verdicts["status"].isin(["fail", "inconclusive"]).any() else "pass"

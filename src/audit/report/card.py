@@ -167,8 +167,9 @@ def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]
         out.append("Predictions were supplied in the cohort table: the model itself was not run "
                    "here, so its inputs and robustness could not be checked.")
     for r in _rows(t["verdicts"][(t["verdicts"]["model"] == name)
-                                 & (t["verdicts"]["status"] == "fail")]):
-        out.append(f"Failed check {r['check_name']}: {r['details']}")
+                                 & (t["verdicts"]["status"].isin(["fail", "inconclusive"]))]):
+        what = "Failed" if r["status"] == "fail" else "Inconclusive"
+        out.append(f"{what} check {r['check_name']}: {r['details']}")
     fair = t["fairness"][t["fairness"]["model"] == name]
     for r in _rows(fair[fair["status"] == "flagged"]):
         out.append(f"{r['output']} {r['metric']} differs in {r['attribute']} = {r['group_name']}: "

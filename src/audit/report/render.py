@@ -680,8 +680,9 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
         "code_version": ctx["run"]["code_version"],
         "models": [{"name": m["name"], "kind": m.get("kind"), "outputs": m.get("outputs")}
                    for m in ctx["models"]],
-        "checks": [{k: v[k] for k in ("model", "check_name", "category", "threshold", "value",
-                                      "status", "details")} for v in ctx["verdicts"]],
+        "checks": [{k: v.get(k) for k in ("model", "check_name", "category", "threshold",
+                                          "value", "judged_value", "status", "details")}
+                   for v in ctx["verdicts"]],
     }
     _write_atomic(run_dir / "verdict.json", _json(verdict))
     written = [("report_html", "index.html"), ("verdict_json", "verdict.json")]

@@ -22,6 +22,7 @@ def verdict_stage(ctx: RunContext) -> str:
         n_manifest_rows=ctx.cohort.n_manifest_rows, n_quarantined=int(q),
         accuracy=ctx.store.table("accuracy", ctx.run_id),
         survival_terms=ctx.store.table("survival_terms", ctx.run_id),
+        survival_models=ctx.store.table("survival_models", ctx.run_id),
         robustness=ctx.store.table("robustness", ctx.run_id),
         fairness=ctx.store.table("fairness", ctx.run_id),
         drift=ctx.store.table("drift", ctx.run_id),

@@ -276,6 +276,80 @@ def _safe_image_path(value: str) -> str | None:
     return "/".join(clean) if clean else None
 
 
+def _column_sources(root: Path, spec: CohortSpec, mpath: Path, columns: list[str]
+                    ) -> dict[str, str]:
+    """Standard name -> manifest column, or :class:`InputError` for a mapping the manifest's
+    ``columns`` cannot satisfy (checked on the header alone)."""
+    unknown = set(spec.columns) - set(STANDARD_COLUMNS) - set(spec.covariate_names)
+    if unknown:
+        raise InputError(
+            f"{root / 'cohort.yaml'}: `columns` maps unknown standard column(s) {sorted(unknown)}; "
+            f"known: {STANDARD_COLUMNS} and the covariates"
+        )
+    missing = {std: col for std, col in spec.columns.items() if col not in columns}
+    if missing:
+        std, col = next(iter(missing.items()))
+        raise InputError(
+            f"{mpath}: column `{col}` (mapped to `{std}` in cohort.yaml) is missing; "
+            f"the manifest has {columns}"
+        )
+    # Standard name -> source column (mapped, else a column of the same name).
+    wanted = STANDARD_COLUMNS + spec.covariate_names
+    source_of = {std: spec.columns.get(std, std) for std in wanted}
+    source_of = {std: col for std, col in source_of.items() if col in columns}
+    for cov in spec.covariate_names:
+        if cov not in source_of:
+            raise InputError(f"{mpath}: covariate column `{cov}` named in cohort.yaml is missing")
+    if "photo_id" not in source_of and "image_path" not in source_of:
+        raise InputError(
+            f"{mpath}: no `photo_id` or `image_path` column (map one in cohort.yaml `columns`)"
+        )
+    if ("time" in source_of) != ("event" in source_of):
+        have, lack = ("time", "event") if "time" in source_of else ("event", "time")
+        raise InputError(f"{mpath}: has `{have}` but no `{lack}` column; survival needs both")
+    return source_of
+
+
+def manifest_columns(path: Path) -> list[str]:
+    """The manifest's column names, read from its header (CSV) or schema (Parquet) alone."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+        else:
+            header = _first_line(path)
+            if not header.strip():
+                raise InputError(f"{path}: the manifest is empty (no header row)")
+            names = next(csv.reader([header], delimiter=_delimiter(header)))
+    except InputError:
+        raise
+    except Exception as exc:  # a broken file: pyarrow and csv raise many types
+        raise InputError(f"{path}: cannot read manifest: {exc}") from exc
+    names = [str(c).strip() for c in names]
+    _no_duplicate_columns(path, names)
+    return names
+
+
+def _open_folder(root: str | Path) -> tuple[Path, CohortSpec, str, Path]:
+    """The folder, its parsed cohort.yaml and digest, and the manifest's path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: cohort folder not found")
+    spec, spec_sha = read_spec(root)
+    return root, spec, spec_sha, _manifest_path(root, spec)
+
+
+def check_cohort(root: str | Path) -> tuple[Path, set[str]]:
+    """The checks of :func:`load_cohort` that need no row: the folder, cohort.yaml, the
+    manifest's presence and the column mapping against its header. Milliseconds, so that the
+    CLI reports a broken cohort before the Prefect server starts. Returns the manifest's path
+    and the column names a model may read (standard names present, and the raw ones)."""
+    root, spec, _, mpath = _open_folder(root)
+    columns = manifest_columns(mpath)
+    return mpath, set(_column_sources(root, spec, mpath, columns)) | set(columns)
+
+
 def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
                 hash_images: bool = True) -> Cohort:
     """Load a cohort folder into the standard columns.
@@ -297,41 +371,11 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
     InputError
         No cohort.yaml or manifest, invalid keys, or a mapped column the manifest lacks.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: cohort folder not found")
-    spec, spec_sha = read_spec(root)
-    mpath = _manifest_path(root, spec)
+    root, spec, spec_sha, mpath = _open_folder(root)
     raw = read_manifest(mpath)
     source = str(mpath)
 
-    unknown = set(spec.columns) - set(STANDARD_COLUMNS) - set(spec.covariate_names)
-    if unknown:
-        raise InputError(
-            f"{root / 'cohort.yaml'}: `columns` maps unknown standard column(s) {sorted(unknown)}; "
-            f"known: {STANDARD_COLUMNS} and the covariates"
-        )
-    missing = {std: col for std, col in spec.columns.items() if col not in raw.columns}
-    if missing:
-        std, col = next(iter(missing.items()))
-        raise InputError(
-            f"{mpath}: column `{col}` (mapped to `{std}` in cohort.yaml) is missing; "
-            f"the manifest has {list(raw.columns)}"
-        )
-    # Standard name -> source column (mapped, else a column of the same name).
-    wanted = STANDARD_COLUMNS + spec.covariate_names
-    source_of = {std: spec.columns.get(std, std) for std in wanted}
-    source_of = {std: col for std, col in source_of.items() if col in raw.columns}
-    for cov in spec.covariate_names:
-        if cov not in source_of:
-            raise InputError(f"{mpath}: covariate column `{cov}` named in cohort.yaml is missing")
-    if "photo_id" not in source_of and "image_path" not in source_of:
-        raise InputError(
-            f"{mpath}: no `photo_id` or `image_path` column (map one in cohort.yaml `columns`)"
-        )
-    if ("time" in source_of) != ("event" in source_of):
-        have, lack = ("time", "event") if "time" in source_of else ("event", "time")
-        raise InputError(f"{mpath}: has `{have}` but no `{lack}` column; survival needs both")
+    source_of = _column_sources(root, spec, mpath, list(raw.columns))
 
     q = _Quarantine(source)
     n = len(raw)

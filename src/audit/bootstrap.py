@@ -88,8 +88,13 @@ class SubjectBootstrap:
 
 
 def _codes(values) -> tuple[np.ndarray, np.ndarray]:
-    uniques, codes = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
-    return codes.astype(np.int64), uniques
+    """Subject codes in order of first appearance: with the rows in an order fixed by their
+    values (:func:`audit.groups.canonical_rows`), resamples do not depend on the ids' names."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(pd.Series(np.asarray(values, dtype=object).astype(str)),
+                                  sort=False)
+    return codes.astype(np.int64), np.asarray(uniques)
 
 
 def percentile_ci(samples: np.ndarray, level: float = 0.95, axis: int = 0):

@@ -161,6 +161,32 @@ def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series)
     return rows
 
 
+def km_medians(model: str, name: str, subjects: pd.DataFrame,
+               groups: pd.Series | None = None) -> list[dict]:
+    """Kaplan-Meier median survival (years) with its 95% CI (lifelines: where the pointwise
+    CI of the curve crosses 0.5), overall (``groups`` None; model_id ``name``) or per group
+    (model_id ``name:group``). A median the curve never reaches is NULL (not reached)."""
+    from lifelines import KaplanMeierFitter
+    from lifelines.utils import median_survival_times
+
+    parts = [(name, np.ones(len(subjects), dtype=bool))] if groups is None else [
+        (f"{name}:{g}", (groups == g).to_numpy()) for g in natural_order(groups.dropna().unique())]
+    rows = []
+    for model_id, mask in parts:
+        if not mask.any():
+            continue
+        kmf = KaplanMeierFitter().fit(subjects.loc[mask, "time"], subjects.loc[mask, "event"])
+        ci = median_survival_times(kmf.confidence_interval_).iloc[0].to_numpy(float)
+
+        def finite(v):
+            return float(v) if np.isfinite(v) else None
+
+        rows.append({"model": model, "model_id": model_id, "metric": "median_survival",
+                     "horizon": None, "value": finite(kmf.median_survival_time_),
+                     "ci_low": finite(ci[0]), "ci_high": finite(ci[1])})
+    return rows
+
+
 def _missing_note(df: pd.DataFrame, adjustments: dict, notes: list[str]) -> None:
     """Complete-case analysis: say how many subjects each covariate's missing values drop,
     and the reference level of each categorical term."""
@@ -441,8 +467,10 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
             add(f"risk_quartiles__{adj}", f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}", rk,
                 design_matrix(rk, qcols + num, cat), cat)
         curves.extend(km_curves(model, "risk_quartile", rk, quart))
+        metrics.extend(km_medians(model, "km_risk_quartile", rk, quart))
         tests.extend(logrank_tests(model, rk, quart))
         score_rows(rk, "risk", "risk")
+    metrics.extend(km_medians(model, "km_overall", df))
     c = harrell_c(df["time"], df["event"], df["age"])
     metrics.append({"model": model, "model_id": "chronological_age", "metric": "harrell_c",
                     "horizon": None, "value": c, "ci_low": None, "ci_high": None})

@@ -16,6 +16,7 @@ import pandas as pd
 
 from audit import progress
 from audit.config import AuditConfig
+from audit.groups import canonical_rows
 from audit.errors import InputError
 from audit.store import Store
 
@@ -79,11 +80,14 @@ def wide_predictions(ctx: RunContext, model) -> pd.DataFrame:
     wide = clean.pivot_table(index="photo_id", columns="output", values="value", aggfunc="first")
     base = ctx.cohort.frame.drop(columns=[c for c in ("faceage", "risk")
                                           if c in ctx.cohort.frame.columns])
-    return base.merge(wide, left_on="photo_id", right_index=True, how="inner")
+    # rows in an order fixed by their values, not by the manifest's rows or the ids' names:
+    # every resample and fold drawn from here on is the same for a shuffled, renamed cohort
+    return canonical_rows(base.merge(wide, left_on="photo_id", right_index=True, how="inner"))
 
 
 def one_per_subject(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``frame`` for each subject's first photo (the one survival analysis uses)."""
+    """The rows of ``frame`` for each subject's first photo (the one survival analysis uses),
+    in the order of ``frame``."""
     first = ctx.cohort.subjects()["photo_id"]
     return frame[frame["photo_id"].isin(set(first))].reset_index(drop=True)
 

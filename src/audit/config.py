@@ -298,6 +298,13 @@ class Thresholds(_Section):
     representativeness_p_min: float = Field(
         0.0, ge=0, le=1, description="the chi-square p-value of the cohort against the intended "
         "population must be at least this (0: reported, never judged)")
+    robustness_icc_min: float = Field(
+        0.75, ge=0, le=1, description="at judged severities, the ICC(3,1) of clean against "
+        "perturbed outputs (whole sample) must reach this; below it (or for an output that "
+        "does not vary), the tolerance checks are inconclusive (Koo and Li 2016: 0.75 'good')")
+    fairness_min_pearson: float = Field(
+        0.5, ge=0, le=1, description="FaceAge fairness is judged only for a model whose "
+        "FaceAge tracks age at least this well (Pearson r); else inconclusive")
     robustness_quartile_change_max: float = Field(
         0.25, ge=0, le=1, description="at judged severities, the share of patients whose risk "
         "quartile changes must not exceed this")

@@ -97,7 +97,23 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame,
                                        else "Jensen-Shannon distance"),
                      "drifted": None, "n_reference": int(reference[c].notna().sum()),
                      "n_current": int(current[c].notna().sum()), "_type": t})
+        if t == "num":
+            _constant_reference(rows[-1], ref_frame[c], cur_frame[c])
     return rows, snapshot
+
+
+def _constant_reference(row: dict, reference: pd.Series, current: pd.Series) -> None:
+    """A numeric feature constant in the reference has no spread to norm a distance by
+    (evidently's normed Wasserstein divides by a floor and gave effects of 32,000 that
+    flattened the chart): its effect becomes the share of current values that differ from
+    the reference's one value, labelled as such (0 to 1, judged against the numeric floor)."""
+    ref = reference.dropna()
+    if ref.empty or ref.nunique() > 1:
+        return
+    value = float(ref.iloc[0])
+    cur = current.dropna()
+    row["effect"] = float((~np.isclose(cur.to_numpy(float), value)).mean()) if len(cur) else 0.0
+    row["effect_method"] = f"share of values other than {value:.4g} (constant in the reference)"
 
 
 def _two_sample_chi2(reference: pd.Series, current: pd.Series) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from audit.config import Thresholds
@@ -128,6 +129,9 @@ def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
         metrics.append(("quartile_change", t.robustness_quartile_change_max, "_quartile_change",
                         "changing risk quartile"))
     rows = []
+    reliability, unreliable = _reliability_check(sel, model, output, t)
+    if reliability is not None:
+        rows.append(reliability)
     for metric, threshold, suffix, what in metrics:
         for scope, label in (("overall", ""), ("subgroups", "_subgroups")):
             name = f"robustness_{output}{suffix}{label}"
@@ -139,16 +143,84 @@ def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
                        f"no {scope} row at a judged severity with enough photos")
                 rows.append(_row(model, name, "robustness", threshold, None, False, why))
                 continue
+
             worst = judged.sort_values([metric, "severity"], ascending=[False, True]).iloc[0]
             value = float(worst[metric])
             n_fail = int((judged[metric] > threshold).sum())
             where = "" if scope == "overall" else f" for {worst['attribute']} = {worst['group_name']}"
-            rows.append(_row(
-                model, name, "robustness", threshold, value, value <= threshold,
-                f"worst{where}: {worst['perturbation']} at severity {int(worst['severity'])} "
-                f"({worst['description']}), {value:.0%} of {int(worst['n'])} photos {what}; "
-                f"{n_fail} of {len(judged)} judged rows over {threshold:.0%}"))
+            details = (f"worst{where}: {worst['perturbation']} at severity "
+                       f"{int(worst['severity'])} ({worst['description']}), {value:.0%} of "
+                       f"{int(worst['n'])} photos {what}; {n_fail} of {len(judged)} judged "
+                       f"rows over {threshold:.0%}")
+            hollow = value <= threshold and unreliable is not None
+            # small shifts prove nothing for an output that hardly depends on the face
+            rows.append(_row(model, name, "robustness", threshold, value, value <= threshold,
+                             f"{details}; not a pass: {unreliable}" if hollow else details,
+                             inconclusive=hollow))
     return rows
+
+
+def _reliability_check(sel: pd.DataFrame, model: str, output: str,
+                       t: Thresholds) -> tuple[dict | None, str | None]:
+    """Robustness relative to the model's own spread across subjects: the lowest ICC(3,1)
+    between clean and perturbed outputs over the judged perturbations (whole sample) must
+    reach ``t.robustness_icc_min``. A model whose output barely moves because it hardly
+    depends on the face has a low ICC (its perturbation noise rivals its spread across
+    subjects), and one whose output never varies has none: either way it has no robustness
+    to claim, and the returned reason makes the tolerance checks inconclusive.
+
+    Returns the check's row (None when robustness did not run) and that reason (None when
+    the output is reliable enough for its shifts to be judged)."""
+    name = f"robustness_{output}_reliability"
+    judged = sel[sel["passed"].notna() & (sel["attribute"] == "all")] if len(sel) else sel
+    if not len(judged):
+        return None, None
+    icc = judged["icc"].astype(float)
+    if icc.isna().all():
+        why = ("the output does not vary across subjects at any judged perturbation: a "
+               "model whose output does not depend on the face has no robustness to claim")
+        return _row(model, name, "robustness", t.robustness_icc_min, 0.0, False, why,
+                    judged=float("nan"), inconclusive=True), why
+    worst = judged.loc[icc.fillna(-np.inf).idxmin()]
+    value = float(worst["icc"]) if pd.notna(worst["icc"]) else float("nan")
+    details = (f"lowest ICC(3,1) between clean and perturbed outputs: {value:.3f} under "
+               f"{worst['perturbation']} at severity {int(worst['severity'])} "
+               f"({worst['description']}, {int(worst['n'])} photos); must be at least "
+               f"{t.robustness_icc_min:g}, so that perturbations move the output less than "
+               "subjects differ")
+    if not np.isfinite(value):
+        why = (f"under {worst['perturbation']} the output stops varying across subjects")
+        return _row(model, name, "robustness", t.robustness_icc_min, 0.0, False, why,
+                    judged=float("nan"), inconclusive=True), why
+    ok = value >= t.robustness_icc_min
+    unreliable = None if ok else (f"the output's reliability under perturbation is too low "
+                                  f"(ICC {value:.3f} < {t.robustness_icc_min:g}): it moves "
+                                  "nearly as much under a perturbation as between subjects")
+    return _row(model, name, "robustness", t.robustness_icc_min, value, ok, details), unreliable
+
+
+def _fairness_floor(sel: pd.DataFrame, output: str, t: Thresholds) -> str | None:
+    """Why an output cannot be judged for fairness at all, or None. Errors adjusted for age
+    say nothing of a FaceAge that does not track age (every group looks alike when the model
+    says the same for everyone); C and O/E by group say nothing of a score that does not
+    discriminate overall."""
+    def overall(metric):
+        row = sel[(sel["metric"] == metric) & (sel["attribute"] == "all")]
+        return row.iloc[0] if len(row) else None
+
+    if output == "faceage":
+        r = overall("pearson_r")
+        if r is not None and not (r["value"] >= t.fairness_min_pearson):
+            return (f"not judged: FaceAge tracks chronological age too weakly (Pearson r "
+                    f"{r['value']:.3g}, at least {t.fairness_min_pearson:g} needed) for its "
+                    "age-adjusted errors to say anything about fairness")
+    if output == "risk":
+        c = overall("c_index")
+        if c is not None and not (c["ci_low"] > 0.5):
+            return (f"not judged: the score does not discriminate overall (Harrell's C "
+                    f"{c['value']:.3f}, 95% CI {c['ci_low']:.3f} to {c['ci_high']:.3f}), so "
+                    "its C and O/E by group cannot show a group it serves worse")
+    return None
 
 
 def _fairness_check(fair: pd.DataFrame | None, model: str, output: str, metrics: list[str],
@@ -160,6 +232,11 @@ def _fairness_check(fair: pd.DataFrame | None, model: str, output: str, metrics:
     if not len(sel):
         return _row(model, name, "fairness", t.fairness_flagged_max, None, False,
                     "fairness was not computed for this output")
+    floor = _fairness_floor(sel, output, t)
+    if floor is not None:
+        return _row(model, name, "fairness", float(t.fairness_flagged_max),
+                    float((sel["metric"].isin(metrics) & (sel["status"] == "flagged")).sum()),
+                    False, floor, inconclusive=True)
     judged = sel[sel["metric"].isin(metrics)]
     flagged = judged[judged["status"] == "flagged"]
     listed = "; ".join(f"{r.metric} {r.attribute} = {r.group_name}: {r.value:.3g} vs overall "

@@ -40,9 +40,15 @@ def test_group_values_match_a_plain_numpy_recomputation():
     df = _cohort(800, seed=5)
     table = _fair(df, n_boot=50)
     e = df["faceage"] - df["age"]
-    xc = df["age"] - df["age"].mean()
-    slope, intercept = np.polyfit(xc, e, 1)
-    resid = e - intercept - slope * xc
+    # the error's trend in age: a natural cubic spline with Harrell's four knots (5th, 35th,
+    # 65th, 95th percentiles), fitted here with patsy's own basis
+    import patsy
+
+    knots = np.quantile(df["age"], [0.05, 0.35, 0.65, 0.95])
+    basis = patsy.dmatrix("cr(x, knots=inner, lower_bound=lo, upper_bound=hi)",
+                          {"x": df["age"].to_numpy(), "inner": knots[1:3], "lo": knots[0],
+                           "hi": knots[3]})
+    resid = e - np.asarray(basis) @ np.linalg.lstsq(basis, e, rcond=None)[0]
     for race in ["White", "Black"]:
         m = (df["race"] == race).to_numpy()
         assert _row(table, "mae", "race", race)["value"] == pytest.approx(np.abs(e[m]).mean())
@@ -300,3 +306,47 @@ def test_risk_calibration_by_age_is_judged_beyond_what_age_explains():
     alone = expected_deaths(df["time"].to_numpy(), df["event"].to_numpy(), score)
     old = df["age"] > 85
     assert df["event"][old].sum() / alone[old.to_numpy()].sum() > 2.0
+
+
+def test_overlapping_age_groupings_are_one_finding():
+    """The >85 band and the 90-99 decade flagged for one metric are the same subjects' finding
+    twice (the real FaceAge predictions on a cohort did that): the verdict counts it once;
+    separate age ranges, other metrics and other attributes stay separate findings."""
+    from audit.verdict import count_findings
+
+    def flagged(*rows):
+        return pd.DataFrame(rows, columns=["metric", "attribute", "group_name"])
+
+    assert count_findings(flagged(("m", "age_band", ">85"), ("m", "age_decade", "90-99"))) == 1
+    assert count_findings(flagged(("m", "age_band", "65-75"), ("m", "age_decade", "70-79"),
+                                  ("m", "age_decade", "60-69"))) == 1
+    assert count_findings(flagged(("m", "age_band", "<=65"), ("m", "age_band", "65-75"))) == 2
+    assert count_findings(flagged(("m", "age_band", ">85"), ("c", "age_decade", "90-99"),
+                                  ("m", "race", "Black"), ("m", "race x age_band",
+                                                           "Black x >85"))) == 4
+    assert count_findings(flagged()) == 0
+
+
+def test_a_bend_of_the_error_in_age_is_its_own_finding_not_an_age_group_flag():
+    """Planted: the error bends with age (over-predicting the old ends, as real estimators
+    do), the same for everyone. A straight-line adjustment would leave the bend to flag the
+    oldest bands; the spline removes it, so no age group is flagged on the adjusted metrics,
+    and error_age_curvature reports the bend with a CI above 0. Without a bend it is small."""
+    rng = np.random.default_rng(21)
+    n = 3000
+    age = rng.uniform(20, 95, n)
+
+    def frame(bend):
+        e = -0.25 * (age - 57) + bend * (age - 57) ** 2 + rng.normal(0, 3, n)
+        return pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)],
+                             "photo_id": [f"p{i}" for i in range(n)], "age": age,
+                             "faceage": age + e, "sex": rng.choice(["female", "male"], n)})
+
+    table = _fair(frame(0.005))
+    adjusted = table[table.metric.isin(["mean_error_age_adjusted", "mae_age_adjusted"])
+                     & table.attribute.isin(["age_band", "age_decade"])]
+    assert len(adjusted) and (adjusted.status != "flagged").all()
+    bend = _row(table, "error_age_curvature", "all", "all")
+    assert bend["ci_low"] > 0.5 and bend["status"] == "ok"
+    straight = _row(_fair(frame(0.0)), "error_age_curvature", "all", "all")
+    assert straight["value"] < 0.3 and straight["ci_low"] < bend["ci_low"]

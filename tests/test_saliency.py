@@ -367,3 +367,29 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     shown = (faces / "runs" / on / "index.html").read_text()
     assert shown.count("Individual maps of cohort photos") == 2  # one per model and output
     assert "cannot load" not in shown and "cannot be read" not in shown
+
+
+def test_region_rows_rank_by_enrichment_not_size(demo_maps):
+    """Enrichment is a region's share over its share of the pixels, its CI the share's CI
+    scaled alike. By raw share the largest regions top any map; by enrichment the demo
+    FaceAge model's top region is one of its planted age cues, and the background (two thirds
+    of the pixels) falls to the bottom half."""
+    maps, subjects = demo_maps
+    template = sal.region_template("demo", SIZE)
+    area = sal.region_areas(template)
+    assert area.sum() == pytest.approx(1.0) and area[REGIONS.index("background")] > 0.5
+    ms = sal.MapSet("demo-faceage", "faceage", "occlusion", maps[("faceage", "occlusion")],
+                    np.arange(len(subjects)), subjects)
+    rows, _ = sal.cohort_rows(ms, pd.DataFrame(index=range(len(subjects))), template,
+                              min_faces=5, n_boot=200, ci_level=0.95,
+                              rng=np.random.default_rng(1))
+    frame = pd.DataFrame(rows).set_index("region")
+    for region, r in frame.iterrows():
+        a = area[REGIONS.index(region)]
+        assert r["area"] == pytest.approx(a)
+        assert r["enrichment"] == pytest.approx(r["share"] / a)
+        assert r["enrichment_low"] == pytest.approx(r["ci_low"] / a)
+        assert r["enrichment_high"] == pytest.approx(r["ci_high"] / a)
+    ranked = frame.sort_values("enrichment", ascending=False).index.tolist()
+    assert ranked[0] in AGE_CUES
+    assert ranked.index("background") >= len(REGIONS) // 2

@@ -17,8 +17,13 @@ Groups: every attribute of the config where present (``age_band``, ``age_decade`
   ``pearson_r``, ``within_5y``, and the same error corrected for regression to the mean:
   age estimators over-predict the young and under-predict the old, so an older group looks
   biased unless the error's overall linear trend in age is removed first
-  (``mean_error_age_adjusted``: the group's mean residual of error on age, the line refitted
-  in every resample; ``mae_age_adjusted``: the mean absolute residual, the line fitted once).
+  (``mean_error_age_adjusted``: the group's mean residual of error on age, the trend refitted
+  in every resample; ``mae_age_adjusted``: the mean absolute residual, the trend fitted once).
+  The trend is a restricted cubic spline of age (Harrell's four knots), not a line: real age
+  estimators bend at the ends of the age range, and a line leaves that bend to be flagged as
+  a bias of the oldest (or youngest) groups. The bend itself is reported once, as its own
+  finding: ``error_age_curvature`` (group ``all``), the root mean square in years of the
+  spline trend minus the straight-line trend, with its bootstrap CI.
 - Risk (one row per subject): Harrell's C (``c_index``) and calibration in the large
   (``calibration_oe``: observed deaths over those expected from a Cox model of the score,
   chronological age per decade and sex on the whole cohort; 1 overall by construction, so a
@@ -39,6 +44,8 @@ Weerts H et al. Fairlearn: assessing and improving fairness of AI systems. JMLR 
 Smith SM et al. Estimation of brain age delta from brain imaging. NeuroImage 200, 2019
 (regression to the mean in age estimation and its correction).
 Westfall PH, Young SS. Resampling-based multiple testing. Wiley, 1993 (max-t bands).
+Harrell FE. Regression modeling strategies, 2nd ed. Springer, 2015 (2.4.5: restricted cubic
+splines, knots at the 5th, 35th, 65th and 95th percentiles).
 Steyerberg EW. Clinical prediction models, 2nd ed. Springer, 2019 (calibration in the large,
 observed/expected).
 """
@@ -161,43 +168,117 @@ def is_flagged(metric: str, low: float, high: float, tolerance: float) -> bool:
 
 # ---------------------------------------------------------------------------- FaceAge
 
-def _faceage_columns(x: np.ndarray, y: np.ndarray, line: tuple[float, float]) -> np.ndarray:
-    """Per-photo columns whose group totals give every FaceAge metric:
-    [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - a - b xc|, xc*e]."""
+def spline_knots(age: np.ndarray) -> np.ndarray | None:
+    """Harrell's four knots for a restricted cubic spline of age (the 5th, 35th, 65th and
+    95th percentiles), or None when the ages take too few values for one (a line only)."""
+    age = np.asarray(age, float)
+    if len(np.unique(age)) < 8:
+        return None
+    knots = np.quantile(age, [0.05, 0.35, 0.65, 0.95])
+    return knots if np.all(np.diff(knots) > 0) else None
+
+
+def age_basis(age: np.ndarray, knots: np.ndarray | None, center: float) -> np.ndarray:
+    """``(n, k)`` design of the error's trend in age: 1, centred age and, with ``knots``,
+    the restricted cubic spline terms (linear beyond the outer knots; Harrell 2015, 2.4.5),
+    scaled by the squared knot span so that every column is in years."""
+    x = np.asarray(age, float)
+    cols = [np.ones_like(x), x - center]
+    if knots is not None:
+        t = knots
+        k = len(t)
+
+        def p3(u):
+            return np.maximum(u, 0.0) ** 3
+
+        span = (t[-1] - t[0]) ** 2
+        for j in range(k - 2):
+            cols.append((p3(x - t[j]) - p3(x - t[k - 2]) * (t[k - 1] - t[j]) / (t[k - 1] - t[k - 2])
+                         + p3(x - t[k - 1]) * (t[k - 2] - t[j]) / (t[k - 1] - t[k - 2])) / span)
+    return np.column_stack(cols)
+
+
+_N_BASE = 10  # [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - fit|]
+
+
+def _faceage_columns(x: np.ndarray, y: np.ndarray, basis: np.ndarray,
+                     beta: np.ndarray) -> np.ndarray:
+    """Per-photo columns whose group totals give every FaceAge metric and refit the error's
+    age trend in any resample: [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - B beta|],
+    then the basis B (k), its products B_i B_j (i <= j) and B_i e."""
     xc, yc = x - x.mean(), y - y.mean()
     e = y - x
-    a, b = line
+    k = basis.shape[1]
+    iu = np.triu_indices(k)
+    products = (basis[:, :, None] * basis[:, None, :])[:, iu[0], iu[1]]
     return np.column_stack([np.ones_like(x), e, np.abs(e), (np.abs(e) <= 5).astype(float), xc,
-                            yc, xc * xc, yc * yc, xc * yc, np.abs(e - a - b * xc), xc * e])
+                            yc, xc * xc, yc * yc, xc * yc, np.abs(e - basis @ beta), basis,
+                            products, basis * e[:, None]])
 
 
-def _error_line(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares line of error on centred age from totals (..., K): (intercept, slope)."""
-    n = t[..., 0]
+def _basis_moments(t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum B B', sum B e)``, shapes (..., k, k) and (..., k), from totals (..., K) of
+    :func:`_faceage_columns`."""
+    iu = np.triu_indices(k)
+    start = _N_BASE + k
+    products = t[..., start:start + len(iu[0])]
+    bb = np.zeros(t.shape[:-1] + (k, k))
+    bb[..., iu[0], iu[1]] = products
+    bb[..., iu[1], iu[0]] = products
+    return bb, t[..., start + len(iu[0]):start + len(iu[0]) + k]
+
+
+def _error_fit(t: np.ndarray, k: int, columns: int | None = None) -> np.ndarray:
+    """Least-squares coefficients (..., k) of error on the first ``columns`` (default all k)
+    terms of the age basis, from totals (..., K) of :func:`_faceage_columns`; the unused
+    terms get 0. NaN where the fit is not determined."""
+    m = columns or k
+    bb, be = _basis_moments(t, k)
+    beta = np.full(t.shape[:-1] + (k,), np.nan)
     with np.errstate(all="ignore"):
-        b = (t[..., 10] - t[..., 4] * t[..., 1] / n) / (t[..., 6] - t[..., 4] ** 2 / n)
-        a = (t[..., 1] - b * t[..., 4]) / n
-    return a, b
+        sub, rhs = bb[..., :m, :m], be[..., :m]
+        ok = np.abs(np.linalg.det(sub)) > 1e-12 * np.maximum(
+            np.prod(np.diagonal(sub, axis1=-2, axis2=-1), axis=-1), 1e-300)
+        fill = np.where(ok[..., None, None], sub, np.eye(m))
+        solved = np.linalg.solve(fill, rhs[..., None])[..., 0]
+    beta[..., :m] = np.where(ok[..., None], solved, np.nan)
+    beta[..., m:] = np.where(ok[..., None], 0.0, np.nan)
+    return beta
 
 
-def _faceage_from_totals(t: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+def _faceage_from_totals(t: np.ndarray, beta: np.ndarray, k: int) -> dict[str, np.ndarray]:
     n = t[..., 0]
     with np.errstate(all="ignore"):
         sxx = t[..., 6] - t[..., 4] ** 2 / n
         syy = t[..., 7] - t[..., 5] ** 2 / n
         sxy = t[..., 8] - t[..., 4] * t[..., 5] / n
+        trend = (beta * t[..., _N_BASE:_N_BASE + k]).sum(axis=-1)
         return {"mae": t[..., 2] / n, "mean_error": t[..., 1] / n,
                 "pearson_r": sxy / np.sqrt(sxx * syy), "within_5y": t[..., 3] / n,
                 "mae_age_adjusted": t[..., 9] / n,
-                "mean_error_age_adjusted": (t[..., 1] - a * n - b * t[..., 4]) / n}
+                "mean_error_age_adjusted": (t[..., 1] - trend) / n}
 
 
-def _faceage_metric_fns(line: tuple[float, float], x_mean: float) -> dict:
-    """fairlearn metric callables ``f(y_true, y_pred)`` (age, FaceAge) for the group values."""
-    a, b = line
+def _curvature(t: np.ndarray, k: int) -> np.ndarray:
+    """Root mean square over photos of (spline trend - straight-line trend) of the error, in
+    years, from totals (..., K): how far the error's dependence on age bends away from a line
+    (0 without knots)."""
+    if k <= 2:
+        return np.zeros(t.shape[:-1])
+    spline, line = _error_fit(t, k), _error_fit(t, k, 2)
+    d = spline - line  # (..., k): the difference of the two fits as a combination of B
+    bb, _ = _basis_moments(t, k)
+    with np.errstate(all="ignore"):
+        ms = np.einsum("...i,...ij,...j->...", d, bb, d) / t[..., 0]
+    return np.sqrt(np.maximum(ms, 0.0))
 
+
+def _faceage_metric_fns(basis_of, beta: np.ndarray) -> dict:
+    """fairlearn metric callables ``f(y_true, y_pred)`` (age, FaceAge) for the group values;
+    ``basis_of(age)`` gives the age basis the error's trend ``beta`` was fitted on."""
     def adjusted(y_true, y_pred):
-        return (np.asarray(y_pred) - np.asarray(y_true)) - a - b * (np.asarray(y_true) - x_mean)
+        t = np.asarray(y_true, float)
+        return (np.asarray(y_pred, float) - t) - basis_of(t) @ beta
 
     return {
         "mae": lambda t, p: float(np.mean(np.abs(np.asarray(p) - np.asarray(t)))),
@@ -239,24 +320,34 @@ def faceage_fairness(frame: pd.DataFrame, model: str, config, age_cuts: list[flo
     if len(df) < 3:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
     x, y = df["age"].to_numpy(float), df["faceage"].to_numpy(float)
-    xc = x - x.mean()
-    slope, intercept = np.polyfit(xc, y - x, 1)
-    line = (float(intercept), float(slope))
-    cols = _faceage_columns(x, y, line)
+    knots, center = spline_knots(x), float(x.mean())
+
+    def basis_of(age):
+        return age_basis(age, knots, center)
+
+    basis = basis_of(x)
+    k = basis.shape[1]
+    beta = np.linalg.lstsq(basis, y - x, rcond=None)[0]  # the error's trend in age, once
+    cols = _faceage_columns(x, y, basis, beta)
     boot = SubjectBootstrap.draw(df["subject_id"].to_numpy(), config.n_boot,
                                  np.random.default_rng(config.seed))
     over_point, over_boot = boot.totals(cols)  # (1, K), (B, 1, K)
-    oa, ob = _error_line(over_boot)  # the line refitted in each resample, (B, 1)
-    overall_point = _faceage_from_totals(over_point, *line)
-    overall_boot = _faceage_from_totals(over_boot, oa, ob)
-    fns = _faceage_metric_fns(line, float(x.mean()))
+    beta_boot = _error_fit(over_boot, k)  # the trend refitted in each resample, (B, 1, k)
+    overall_point = _faceage_from_totals(over_point, beta[None, :], k)
+    overall_boot = _faceage_from_totals(over_boot, beta_boot, k)
+    fns = _faceage_metric_fns(basis_of, beta)
     mf_overall, _ = _metricframe(fns, x, y, None)
     rows = [_overall_row(model, "faceage", m, float(mf_overall[m]), len(df), boot.n_subjects,
                          overall_boot[m][:, 0], config) for m in FACEAGE_METRICS]
+    if knots is not None:  # the error's bend in age: a finding of its own, not a group's
+        rows.append({**_overall_row(model, "faceage", "error_age_curvature",
+                                    float(_curvature(over_point, k)[0]), len(df),
+                                    boot.n_subjects, _curvature(over_boot, k)[:, 0], config),
+                     "tolerance": None})
     for attribute, labels in groupings(df, config):
         names, codes = _codes(labels)
         point, samples = boot.totals(cols, codes, len(names))
-        gb = _faceage_from_totals(samples, oa, ob)
+        gb = _faceage_from_totals(samples, beta_boot, k)
         keep = labels.notna().to_numpy()
         _, by_group = _metricframe(fns, x[keep], y[keep], labels[keep].reset_index(drop=True))
         subjects = _subjects_per_group(boot.subject_codes, codes, len(names))

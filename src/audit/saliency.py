@@ -23,7 +23,10 @@ any cohort, without ever keeping one person's map:
 - **Region shares**: a fixed template of the aligned frame (:func:`region_template`, from the
   cohort's face layout) cuts the crop into forehead, eyes (and periorbital), nose, cheeks,
   mouth and chin, hair, background; each photo's map is normalised to sum 1 and its mass per
-  region is its share. Cohort shares are means over subjects with bootstrap CIs.
+  region is its share. Cohort shares are means over subjects with bootstrap CIs; each is
+  also reported as enrichment (share divided by the region's share of the pixels, with the
+  CI divided alike), and regions are ranked by enrichment: by raw share the largest regions
+  (background, cheeks) top every model's list for their size alone.
 
 - **Model comparison**: Spearman correlation of two cohort maps, the overlap (intersection
   over union) of their top pixels, and the L1 distance of their region shares, each with a
@@ -99,6 +102,15 @@ def region_shares(maps: np.ndarray, template: np.ndarray) -> np.ndarray:
     flat = np.divide(flat, total, out=np.zeros_like(flat), where=total > 0)
     onehot = np.eye(len(REGIONS))[template.reshape(-1)]
     return flat @ onehot
+
+
+def region_areas(template: np.ndarray) -> np.ndarray:
+    """``(len(REGIONS),)`` each region's share of the frame's pixels: the share of
+    attribution a map spread evenly over the frame would give it. A region's enrichment is
+    its share of attribution divided by this (1: no more than its size; the background and
+    cheeks hold a quarter to a third of any map for their size alone)."""
+    return np.bincount(template.reshape(-1).astype(np.int64),
+                       minlength=len(REGIONS)) / template.size
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
@@ -450,6 +462,7 @@ def cohort_rows(ms: MapSet, groups: pd.DataFrame, template: np.ndarray, *, min_f
     shares, maps_out = [], []
     alpha = (1 - ci_level) / 2
     per_photo = region_shares(ms.maps, template)
+    area = region_areas(template)
     sets = [("all", "all", np.ones(len(ms.maps), dtype=bool))]
     for attribute in groups.columns:
         col = groups[attribute].astype(object)
@@ -465,11 +478,15 @@ def cohort_rows(ms: MapSet, groups: pd.DataFrame, template: np.ndarray, *, min_f
         lo, hi = np.quantile(boot, [alpha, 1 - alpha], axis=0)
         mean = subj_shares.mean(axis=0)
         for r, region in enumerate(REGIONS):
+            a = float(area[r])
             shares.append({"model": ms.model, "output": ms.output, "method": ms.method,
                            "attribute": attribute, "group_name": name, "region": region,
                            "share": float(mean[r]), "ci_low": float(lo[r]),
                            "ci_high": float(hi[r]), "n": n,
-                           "n_subjects": len(subj_shares)})
+                           "n_subjects": len(subj_shares), "area": a,
+                           "enrichment": float(mean[r]) / a if a > 0 else float("nan"),
+                           "enrichment_low": float(lo[r]) / a if a > 0 else float("nan"),
+                           "enrichment_high": float(hi[r]) / a if a > 0 else float("nan")})
         subj_maps, _ = subject_means(ms.maps[mask], ms.subjects[mask])
         maps_out.append({"model": ms.model, "output": ms.output, "method": ms.method,
                          "attribute": attribute, "group_name": name, "n": n,

@@ -240,11 +240,16 @@ SCHEMA_V12 = [
 
 # Version 13: trustworthy statistics. A verdict keeps the estimate (value) and the number
 # judged against the threshold (judged_value, e.g. a CI bound) apart; a survival test or
-# subgroup row that could not be computed says why.
+# subgroup row that could not be computed says why; saliency region shares come with their
+# region's area and the enrichment (share / area) with its CI.
 SCHEMA_V13 = [
     "ALTER TABLE verdicts ADD COLUMN judged_value DOUBLE",
     "ALTER TABLE survival_tests ADD COLUMN note VARCHAR",
     "ALTER TABLE survival_subgroups ADD COLUMN note VARCHAR",
+    "ALTER TABLE saliency ADD COLUMN area DOUBLE",
+    "ALTER TABLE saliency ADD COLUMN enrichment DOUBLE",
+    "ALTER TABLE saliency ADD COLUMN enrichment_low DOUBLE",
+    "ALTER TABLE saliency ADD COLUMN enrichment_high DOUBLE",
 ]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3),

@@ -244,11 +244,53 @@ def _fairness_check(fair: pd.DataFrame | None, model: str, output: str, metrics:
                        f"band {r.diff_ci_low:+.3g} to {r.diff_ci_high:+.3g})"
                        for r in flagged.head(6).itertuples())
     n_groups = int((judged["attribute"] != "all").sum())
+    findings = count_findings(flagged)
     details = (f"{len(flagged)} of {n_groups} subgroup rows of {', '.join(sorted(set(judged['metric'])))} "
-               f"flagged (simultaneous band beyond tolerance)" + (f": {listed}" if listed else "")
-               + (" ..." if len(flagged) > 6 else ""))
-    return _row(model, name, "fairness", float(t.fairness_flagged_max), float(len(flagged)),
-                len(flagged) <= t.fairness_flagged_max, details)
+               f"flagged (simultaneous band beyond tolerance)"
+               + (f", {findings} finding{'' if findings == 1 else 's'} once overlapping age "
+                  "groupings are counted once" if findings != len(flagged) else "")
+               + (f": {listed}" if listed else "") + (" ..." if len(flagged) > 6 else ""))
+    return _row(model, name, "fairness", float(t.fairness_flagged_max), float(findings),
+                findings <= t.fairness_flagged_max, details)
+
+
+def _age_interval(attribute: str, group: str) -> tuple[float, float] | None:
+    """The ages a group of an age grouping covers (``<=65``, ``65-75``, ``>85``, ``90-99``),
+    or None for a group that is not a plain age range."""
+    import re
+
+    if attribute not in ("age_band", "age_decade"):
+        return None
+    text = str(group).strip()
+    if m := re.fullmatch(r"<=\s*([\d.]+)", text):
+        return (-math.inf, float(m.group(1)))
+    if m := re.fullmatch(r">\s*([\d.]+)", text):
+        return (float(m.group(1)), math.inf)
+    if m := re.fullmatch(r"([\d.]+)\s*-\s*([\d.]+)", text):
+        low, high = float(m.group(1)), float(m.group(2))
+        return (low, high + 1.0) if attribute == "age_decade" else (low, high)
+    return None
+
+
+def count_findings(flagged: pd.DataFrame) -> int:
+    """Flagged rows, with those of overlapping groupings of age (age band and age decade)
+    counted once: flagged age groups of one metric whose age ranges overlap are one finding
+    (the >85 band and the 90-99 decade are the same subjects' finding twice)."""
+    rows = list(flagged[["metric", "attribute", "group_name"]].itertuples(index=False))
+    ages = [(r.metric, _age_interval(r.attribute, r.group_name)) for r in rows]
+    plain = sum(1 for _, iv in ages if iv is None)
+    by_metric: dict[str, list[tuple[float, float]]] = {}
+    for metric, iv in ages:
+        if iv is not None:
+            by_metric.setdefault(metric, []).append(iv)
+    clusters = 0
+    for intervals in by_metric.values():  # connected components of overlapping ranges
+        end = -math.inf
+        for low, high in sorted(intervals):
+            if low >= end:
+                clusters += 1
+            end = max(end, high)
+    return plain + clusters
 
 
 def _representativeness_checks(rep: pd.DataFrame | None, t: Thresholds) -> list[dict]:

@@ -124,14 +124,19 @@ def _utility_subgroups(rows: pd.DataFrame, name: str) -> list[dict]:
 
 
 def _saliency_summary(shares: pd.DataFrame, name: str) -> list[dict]:
-    """Per output and method, the regions holding most of the attribution mass overall."""
+    """Per output and method, the regions the attribution favours most for their size
+    (ranked by enrichment: share over the region's share of the pixels)."""
     out = []
     sel = shares[(shares["model"] == name) & (shares["attribute"] == "all")]
     for (output, method), g in sel.groupby(["output", "method"], sort=False):
-        g = g.sort_values("share", ascending=False)
+        key = "enrichment" if "enrichment" in g and g["enrichment"].notna().any() else "share"
+        g = g.sort_values(key, ascending=False)
         out.append({"output": output, "method": method, "n": int(g["n"].iloc[0]),
                     "top": [{"region": r["region"], "share": r["share"], "ci_low": r["ci_low"],
-                             "ci_high": r["ci_high"]} for r in _rows(g.head(3))]})
+                             "ci_high": r["ci_high"], "enrichment": r.get("enrichment"),
+                             "enrichment_low": r.get("enrichment_low"),
+                             "enrichment_high": r.get("enrichment_high")}
+                            for r in _rows(g.head(3))]})
     return out
 
 

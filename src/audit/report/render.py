@@ -304,7 +304,8 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
             rows.append({"method": method, "attribute": attribute, "group": group,
                          "n": int(s_["n"].iloc[0]),
                          "cells": [{"share": s_.at[reg, "share"], "lo": s_.at[reg, "ci_low"],
-                                    "hi": s_.at[reg, "ci_high"]} if reg in s_.index else None
+                                    "hi": s_.at[reg, "ci_high"],
+                                    **_enrichment(s_, reg)} if reg in s_.index else None
                                    for reg in REGIONS]})
         blocks.append({
             "model": model, "output": output, "n": n, "primary": primary,
@@ -462,7 +463,9 @@ def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.
                                   f"tolerance of {tol:g}."})
         by_attr = [{"attribute": a, "rows": _records(r)} for a, r in
                    g[g["attribute"] != "all"].groupby("attribute", sort=False)]
+        bend = g[(g["metric"] == "error_age_curvature") & (g["attribute"] == "all")]
         blocks.append({"model": model, "output": output, "plots": plots_,
+                       "curvature": _records(bend)[0] if len(bend) else None,
                        "overall": _records(g[g["attribute"] == "all"]),
                        "flagged": _records(g[g["status"] == "flagged"]),
                        "n_too_small": int((g["status"] == "too_small").sum()),
@@ -627,6 +630,16 @@ def _perturbation_examples(names: list[str], severities: list[int]) -> dict | No
     return {"uri": plots.image_grid(tiles, labels, ["clean"] + [f"severity {s}" for s in shown]),
             "alt": "Each perturbation at the severities run, applied to a synthetic face drawn "
                    "by the demo renderer (not a cohort photo)."}
+
+
+def _enrichment(shares: pd.DataFrame, region: str) -> dict:
+    """A region's enrichment and its CI from a saliency frame indexed by region (None for
+    rows written before schema 13)."""
+    out = {}
+    for key in ("enrichment", "enrichment_low", "enrichment_high"):
+        v = shares.at[region, key] if key in shares.columns else None
+        out[key] = None if v is None or pd.isna(v) else float(v)
+    return out
 
 
 def _median_followup(subjects: pd.DataFrame) -> float:

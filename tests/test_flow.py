@@ -155,11 +155,17 @@ def test_cli_exit_codes(prefect_harness, demo_cohort, tmp_path, config):
     bad.write_text("[thresholds]\nfaceage_mae_maximum = 3\n")
     assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
                  "--config", str(bad)]) == 2
+    # caught before the run starts (the manifest's header has no such column): no run row
     assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:no_such_column",
+                 "--out", str(out)]) == 2
+    assert len(store.runs()) == 2
+    # found once the run has started (the tabular cohort has no photos for an image model):
+    # the run's row says failed, with the reason
+    assert main(["run", "--cohort", str(demo_cohort), "--model", "demo:faceage",
                  "--out", str(out)]) == 2
     runs = store.runs()
     assert len(runs) == 3 and runs["status"].iloc[-1] == "failed"
-    assert "no_such_column" in runs["error"].iloc[-1]
+    assert "needs images" in runs["error"].iloc[-1]
     assert main(["report", "--db", str(tmp_path / "missing.duckdb")]) == 2
     assert main(["frobnicate"]) == 2
 

@@ -36,7 +36,7 @@ def _row(model, name, category, threshold, value, ok, details, judged=None,
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return {"model": model, "check_name": name, "category": category,
                 "threshold": threshold, "value": None, "judged_value": None, "passed": None,
-                "status": "skipped", "details": details}
+                "status": "inconclusive" if inconclusive else "skipped", "details": details}
     judged = value if judged is None else judged
     status = "inconclusive" if inconclusive else ("pass" if ok else "fail")
     return {"model": model, "check_name": name, "category": category, "threshold": threshold,
@@ -83,7 +83,18 @@ def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missi
     model has fewer than ``t.min_events_judged`` deaths or the CI's upper/lower ratio exceeds
     ``t.hr_ci_ratio_max`` (an HR of 39, CI 1.7 to 894, on 18 deaths says nothing)."""
     term, model_id = _term(terms, model, model_ids, term_name)
+    if term is None and term_name == "risk[Q4]":  # tied scores can leave Q4 empty
+        for lower in ("risk[Q3]", "risk[Q2]"):
+            term, model_id = _term(terms, model, model_ids, lower)
+            if term is not None:
+                label = (f"{lower[5:7]} vs Q1 HR (Q4 is empty: tied scores; the highest "
+                         "quartile present)")
+                break
     if term is None:
+        failed = _not_converged(models, model, model_ids)
+        if failed is not None:  # a fit the data broke is no evidence either way
+            return _row(model, check, "survival", threshold, math.nan, False,
+                        f"{failed[0]}: {failed[1]}", judged=math.nan, inconclusive=True)
         return _row(model, check, "survival", threshold, None, False, missing)
     events = None
     if models is not None and len(models):
@@ -114,6 +125,19 @@ def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missi
                     inconclusive=True)
     return _row(model, check, "survival", threshold, hr, low > threshold,
                 f"{text}; the lower bound must exceed {threshold:g}", judged=low)
+
+
+def _not_converged(models: pd.DataFrame | None, model: str, model_ids: list[str]
+                   ) -> tuple[str, str] | None:
+    """The first of ``model_ids`` whose Cox fit did not converge, with its note."""
+    if models is None or not len(models) or "status" not in models:
+        return None
+    for model_id in model_ids:
+        sel = models[(models["model"] == model) & (models["model_id"] == model_id)
+                     & (models["status"] == "not_converged")]
+        if len(sel):
+            return model_id, str(sel["note"].iloc[0])
+    return None
 
 
 def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
@@ -179,8 +203,8 @@ def _reliability_check(sel: pd.DataFrame, model: str, output: str,
     if icc.isna().all():
         why = ("the output does not vary across subjects at any judged perturbation: a "
                "model whose output does not depend on the face has no robustness to claim")
-        return _row(model, name, "robustness", t.robustness_icc_min, 0.0, False, why,
-                    judged=float("nan"), inconclusive=True), why
+        return _row(model, name, "robustness", t.robustness_icc_min, math.nan, False, why,
+                    inconclusive=True), why
     worst = judged.loc[icc.fillna(-np.inf).idxmin()]
     value = float(worst["icc"]) if pd.notna(worst["icc"]) else float("nan")
     details = (f"lowest ICC(3,1) between clean and perturbed outputs: {value:.3f} under "
@@ -190,8 +214,8 @@ def _reliability_check(sel: pd.DataFrame, model: str, output: str,
                "subjects differ")
     if not np.isfinite(value):
         why = (f"under {worst['perturbation']} the output stops varying across subjects")
-        return _row(model, name, "robustness", t.robustness_icc_min, 0.0, False, why,
-                    judged=float("nan"), inconclusive=True), why
+        return _row(model, name, "robustness", t.robustness_icc_min, math.nan, False, why,
+                    inconclusive=True), why
     ok = value >= t.robustness_icc_min
     unreliable = None if ok else (f"the output's reliability under perturbation is too low "
                                   f"(ICC {value:.3f} < {t.robustness_icc_min:g}): it moves "

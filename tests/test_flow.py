@@ -203,7 +203,10 @@ def test_report_rerenders_from_duckdb_alone(prefect_harness, demo_cohort, tmp_pa
                  "--show-ids"]) == 0
 
 
-KILL_POINTS = ["validate:mid-transaction", "accuracy:mid-transaction", "survival:after-commit"]
+# one kill point in `make test`; the others in `make test-all` (each costs a whole audit)
+KILL_POINTS = [pytest.param("validate:mid-transaction", marks=pytest.mark.slow),
+               "accuracy:mid-transaction",
+               pytest.param("survival:after-commit", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
@@ -472,6 +475,7 @@ def test_the_prediction_cache_recomputes_nothing_it_has(prefect_harness, tmp_pat
     assert emb["n"].iloc[0] == 60
 
 
+@pytest.mark.slow  # two whole audits; Dask itself stays in `make test` (a worker that dies)
 def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness, tmp_path,
                                                                  config, monkeypatch):
     """Shards on a 2-worker LocalCluster; the flow alone writes DuckDB."""

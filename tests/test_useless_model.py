@@ -39,7 +39,9 @@ def test_a_constant_plus_noise_model_passes_no_check(tmp_path, prefect_harness):
     config = tmp_path / "audit.toml"
     config.write_text("[accuracy]\nn_boot = 100\n[fairness]\nn_boot = 100\n"
                       "[survival]\nn_boot = 100\ndecision_horizons = [1.0]\n"
-                      "[robustness]\nsample_subjects = 80\n")
+                      "[robustness]\nsample_subjects = 80\nseverities = [1, 3]\n"
+                      "perturbations = [\"brightness\", \"gaussian_blur\", \"jpeg\", "
+                      "\"rotation\"]\n")
     assert main(["run", "--cohort", str(cohort), "--model", str(spec), "--out",
                  str(tmp_path / "out"), "--config", str(config)]) == 1
     con = duckdb.connect(str(tmp_path / "out" / "audit.duckdb"), read_only=True)

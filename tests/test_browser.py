@@ -27,7 +27,7 @@ def site(tmp_path_factory, prefect_harness):
     from audit.demo.world import write_cohort
 
     tmp = tmp_path_factory.mktemp("site")
-    folder = write_cohort(tmp / "c", 200, seed=71)
+    folder = write_cohort(tmp / "c", 120, seed=71)
     config = tmp / "c.toml"
     config.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\n"
                       "n_boot = 50\n")

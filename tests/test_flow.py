@@ -69,8 +69,9 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     stages = store.table("run_stages", run["run_id"])["stage"].tolist()
     assert stages == ["validate", "predictions", "robustness", "saliency", "accuracy",
                       "fairness", "survival", "drift", "verdict", "publish"]
-    drift_note = store.table("run_stages", run["run_id"]).set_index("stage").at["drift", "note"]
-    assert "no reference given" in drift_note
+    notes = store.table("run_stages", run["run_id"]).set_index("stage")["note"]
+    assert "no reference given" in notes["drift"]
+    assert notes["saliency"].startswith("saliency not run: off")  # the default
     fair = store.table("fairness", run["run_id"])
     assert {"faceage", "risk"} == set(fair["output"]) and "sex x race" in set(fair["attribute"])
     checks = store.table("verdicts", run["run_id"]).set_index("check_name")
@@ -295,11 +296,15 @@ def test_real_predictions_only_cohort_end_to_end(prefect_harness, utk_cohort, tm
     verdicts = store.table("verdicts", result["run_id"]).set_index("check_name")
     assert verdicts.loc["faceage_mae", "status"] == "pass"  # 7.46 <= 8
     assert verdicts.loc["faceage_adjusted_hr_per_decade", "status"] == "skipped"
-    # The one failing check is real: beyond the linear regression to the mean, FaceAge
-    # under-predicts the oldest UTKFace subjects by about 3 years (>85, CI well below -1).
-    failed = verdicts[verdicts["status"] == "fail"]
-    assert failed.index.tolist() == ["fairness_faceage"] and result["verdict"] == "fail"
-    assert "age_band = >85" in failed.loc["fairness_faceage", "details"]
+    # Beyond the straight line of regression to the mean, the error bends at the ends of the
+    # age range (FaceAge under-predicts the oldest by about 3 years more). A linear age
+    # adjustment left that bend to fail fairness as a bias of >85 and of 90-99 (twice); the
+    # spline adjustment removes it from every group and reports it once, as its own finding.
+    assert verdicts.loc["fairness_faceage", "status"] == "pass"
+    assert (verdicts["status"] != "fail").all() and result["verdict"] == "pass"
+    fair = store.table("fairness", result["run_id"])
+    bend = fair[fair.metric == "error_age_curvature"].iloc[0]
+    assert bend["attribute"] == "all" and bend["ci_low"] > 0.3
     assert store.table("survival_models", result["run_id"]).empty
     html = Path(result["report"]).read_text()
     assert "no outcome columns" in html and "Synthetic data" not in html

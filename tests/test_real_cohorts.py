@@ -13,7 +13,9 @@ scikit-survival ship, with a real clinical score as the model's output (higher =
 - ``gbsg2``: German breast cancer study (scikit-survival), positive lymph nodes (heavy
   right tail, women only);
 - ``whas500``: Worcester heart attack study (scikit-survival), heart rate at admission;
-- ``aids``: AIDS clinical trial (scikit-survival), minus the CD4 count (few deaths).
+- ``aids``: AIDS clinical trial (scikit-survival), minus the CD4 count (few deaths);
+- ``breast_cancer``: scikit-survival's breast cancer cohort (198 women), tumour size against
+  time to distant metastasis (a small cohort whose follow-up outlasts most horizons).
 
 Every number is compared with one computed here independently: hazard ratios with
 scikit-survival's ``CoxPHSurvivalAnalysis`` (Efron), Harrell's C and Kaplan-Meier with
@@ -97,8 +99,17 @@ def _aids():
                          "risk": -x["cd4"].astype(float).to_numpy()}), "days"
 
 
+def _breast_cancer():
+    from sksurv.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer()
+    return pd.DataFrame({"age": x["age"].to_numpy(), "sex": "female", "time": y["t.tdm"],
+                         "event": y["e.tdm"].astype(int),
+                         "risk": x["size"].astype(float).to_numpy()}), "days"
+
+
 COHORTS = {"lung": _lung, "flchain": _flchain, "rossi": _rossi}
-SLOW = {"gbsg2": _gbsg2, "whas500": _whas500, "aids": _aids}
+SLOW = {"gbsg2": _gbsg2, "whas500": _whas500, "aids": _aids, "breast_cancer": _breast_cancer}
 
 
 def _audit(tmp_path_factory, name: str, make) -> dict:
@@ -285,5 +296,5 @@ def test_every_cox_model_converged_or_says_why(real):
     assert models.loc[models.status == "not_converged", "note"].str.len().gt(0).all()
     v = r["verdicts"].set_index("check_name")
     q4 = v.loc["risk_q4_vs_q1_hr"]
-    if q4["status"] != "skipped":  # value is the HR, judged_value its lower bound
+    if pd.notna(q4["value"]):  # value is the HR, judged_value its lower bound
         assert q4["value"] > q4["judged_value"]

@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/saliency.py
 	$(PY) benchmarks/fairness.py
 	$(PY) benchmarks/drift.py
+	$(PY) benchmarks/cox.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo

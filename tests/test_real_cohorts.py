@@ -203,9 +203,15 @@ def test_harrells_c(real):
     _, r = real
     data = r["data"]
     acc = r["accuracy"]
-    c = acc[(acc.metric == "c_index") & (acc.attribute == "all")].iloc[0]["value"]
-    assert c == pytest.approx(concordance_index(data["time"], -data["risk"], data["event"]),
-                              abs=TOL)
+    row = acc[(acc.metric == "c_index") & (acc.attribute == "all")].iloc[0]
+    assert row["value"] == pytest.approx(
+        concordance_index(data["time"], -data["risk"], data["event"]), abs=TOL)
+    # one C, one interval on the page: the Cox model of the score alone ranks subjects as the
+    # score does, and its C's bootstrap draws the very resamples of the accuracy table
+    m = r["survival_models"].set_index("model_id").loc["risk_per_sd__unadjusted"]
+    assert m["concordance"] == pytest.approx(row["value"], abs=1e-12)
+    assert (m["concordance_low"], m["concordance_high"]) == pytest.approx(
+        (row["ci_low"], row["ci_high"]), abs=1e-12)
 
 
 def test_quartile_hazard_ratios_logrank_and_kaplan_meier_medians(real):

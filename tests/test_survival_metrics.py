@@ -207,7 +207,7 @@ def test_a_faster_face_aging_rate_means_shorter_survival_in_the_demo_world():
     photos["time"] = photos["time_days"] / 365.25
     photos["photo_date"] = pd.to_datetime(photos["photo_date"])
     models, terms, metrics, notes = far_models(photos, "m", load_config(
-        survival={"n_boot": 0}).survival, np.random.default_rng(0))
+        survival={"n_boot": 0}).survival)
     t = pd.DataFrame(terms).set_index(["model_id", "term"])
     far = t.loc[("face_aging_rate__age_sex", "far")]
     assert far["hr_low"] > 1.0

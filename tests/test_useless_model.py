@@ -9,8 +9,6 @@ fair), and its risk ranks no one."""
 
 from __future__ import annotations
 
-import pandas as pd
-import pytest
 import torch
 import yaml
 

@@ -48,7 +48,7 @@ def face_aging_rates(photos: pd.DataFrame, min_span_years: float = 0.5) -> pd.Da
     return pd.DataFrame(rows, columns=RATE_COLUMNS)
 
 
-def far_models(photos: pd.DataFrame, model: str, config, rng, min_subjects: int = 30,
+def far_models(photos: pd.DataFrame, model: str, config, min_subjects: int = 30,
                min_span_years: float = 0.5) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """``survival_models``, ``survival_terms`` and ``survival_metrics`` rows of the Face
     Aging Rate, and notes; nothing (with a note) when too few subjects have serial photos."""
@@ -73,7 +73,7 @@ def far_models(photos: pd.DataFrame, model: str, config, rng, min_subjects: int 
              "for age, sex and FaceAge at the last photo", ["far", "age_decade",
                                                             "faceage_decade"])):
         row, trs, _ = _cox_rows(model, model_id, description, rates,
-                                design_matrix(rates, numeric, cat), config, rng)
+                                design_matrix(rates, numeric, cat), config)
         models.append(row)
         terms.extend(trs)
     metrics = [{"model": model, "model_id": "face_aging_rate", "metric": name, "horizon": None,

@@ -111,8 +111,12 @@ def ph_test(cph, data: pd.DataFrame) -> pd.Series:
 
 
 def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFrame,
-              terms: pd.DataFrame, config: SurvivalConfig, rng, strata=None,
+              terms: pd.DataFrame, config: SurvivalConfig, strata=None,
               note: str | None = None) -> tuple[dict, list[dict], pd.Series]:
+    """One Cox model's ``survival_models`` row, ``survival_terms`` rows and Schoenfeld
+    p-values. Its C's bootstrap draws the same resamples for every model of the same
+    subjects (a fresh generator from ``config.seed``): the C of the score alone gets the very
+    interval the accuracy table gives the score, and models' intervals compare."""
     fit = fit_cox(subjects, terms, config.penalizer, strata)
     if not fit.ok:  # a result, never hidden: the row says why, the stage goes on
         row = {"model": model, "model_id": model_id, "description": description,
@@ -122,7 +126,8 @@ def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFram
     cph, data = fit.fitter, fit.data
     note = "; ".join([n for n in [note, *fit.notes] if n]) or None
     lp = cph.predict_log_partial_hazard(data).to_numpy()
-    c, low, high = bootstrap_c(data["time"], data["event"], lp, config.n_boot, rng)
+    c, low, high = bootstrap_c(data["time"], data["event"], lp, config.n_boot,
+                               np.random.default_rng(config.seed))
     ph = ph_test(cph, data)
     row = {
         "model": model, "model_id": model_id, "description": description,
@@ -316,7 +321,6 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
             f"Only {events} event{'' if events == 1 else 's'} among {len(df)} "
             f"subject{'' if len(df) == 1 else 's'} (minimum {config.min_events}): survival "
             "models were not fitted.")
-    rng = np.random.default_rng(config.seed)
     models, terms, tests, metrics, curves = [], [], [], [], []
     has_sex = "sex" in df.columns and df["sex"].nunique() > 1
     base_num = ["age_decade"]
@@ -383,7 +387,7 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     _missing_note(df, adjustments, notes)
 
     def add(model_id, description, frame, design, categorical=None):
-        row, trs, ph = _cox_rows(model, model_id, description, frame, design, config, rng)
+        row, trs, ph = _cox_rows(model, model_id, description, frame, design, config)
         models.append(row)
         terms.extend(trs)
         if row["status"] == "ok" and row["events"] < 10 * design.shape[1]:
@@ -401,7 +405,7 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
                 f"{violated[hits].min():.3g}); refitted stratified by {var}")
             srow, strs, _ = _cox_rows(
                 model, f"{model_id}__strata_{var}", f"{description}, stratified by {var}",
-                frame, kept, config, rng, strata=frame[var],
+                frame, kept, config, strata=frame[var],
                 note=f"remedy for non-proportional hazards of {var}")
             models.append(srow)
             terms.extend(strs)

@@ -4,7 +4,6 @@ and incremental value), each over every model and in one transaction."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from audit import progress
@@ -129,7 +128,6 @@ def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
         return
     models, terms, metrics, notes = far_models(
         photos, model.name, ctx.config.survival,
-        np.random.default_rng(ctx.config.survival.seed),
         min_subjects=ctx.config.fairness.min_group_size)
     for note in notes:
         ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)

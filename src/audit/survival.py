@@ -94,20 +94,28 @@ def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, s
     return out
 
 
-def ph_test(cph, data: pd.DataFrame) -> pd.Series:
+def ph_test(cph, data: pd.DataFrame, notes: list[str] | None = None) -> pd.Series:
     """Schoenfeld-residual test p-value per term (rank time transform), empty when the test
-    cannot run (it needs deaths at several times)."""
+    cannot run (it needs deaths at several times). What lifelines warns, and why the test
+    could not run, is appended to ``notes``."""
     from lifelines.statistics import proportional_hazard_test
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             res = proportional_hazard_test(cph, data, time_transform="rank")
-        p = res.summary["p"]
-        p.index = [i if isinstance(i, str) else i[0] for i in p.index]
-        return p.astype(float)
-    except Exception:
-        return pd.Series(dtype=float)
+        except Exception as exc:  # the data's doing (too few death times...): said, not hidden
+            if notes is not None:
+                notes.append(f"Schoenfeld test not run ({type(exc).__name__}: "
+                             f"{str(exc).split('. ')[0]})")
+            return pd.Series(dtype=float)
+    said = sorted({str(w.message).split(". ")[0] for w in caught
+                   if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
+    if said and notes is not None:
+        notes.append("Schoenfeld test warned: " + "; ".join(said))
+    p = res.summary["p"]
+    p.index = [i if isinstance(i, str) else i[0] for i in p.index]
+    return p.astype(float)
 
 
 def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFrame,
@@ -124,11 +132,12 @@ def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFram
                "status": "not_converged", "note": f"Cox fit not converged: {fit.reason}"}
         return row, [], pd.Series(dtype=float)
     cph, data = fit.fitter, fit.data
-    note = "; ".join([n for n in [note, *fit.notes] if n]) or None
+    said: list[str] = []
     lp = cph.predict_log_partial_hazard(data).to_numpy()
     c, low, high = bootstrap_c(data["time"], data["event"], lp, config.n_boot,
                                np.random.default_rng(config.seed))
-    ph = ph_test(cph, data)
+    ph = ph_test(cph, data, said)
+    note = "; ".join([n for n in [note, *fit.notes, *said] if n]) or None
     row = {
         "model": model, "model_id": model_id, "description": description,
         "n": int(len(data)), "events": int(data["event"].sum()),

@@ -47,14 +47,40 @@ def _oracle_spec(folder: Path) -> Path:
     return spec
 
 
-def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
-    from flows.audit import audit_flow
+@pytest.fixture(scope="module")
+def lenient_run(tmp_path_factory, prefect_harness, demo_cohort):
+    """One audit of the demo cohort (the oracle's predictions, the lenient config), run once
+    for the tests of this module that read it; each copies its folder before adding to it."""
+    folder = tmp_path_factory.mktemp("lenient")
+    config = folder / "lenient.toml"
+    config.write_text(LENIENT)
+    spec = _oracle_spec(folder)
+    out = folder / "out"
+    code = main(["run", "--cohort", str(demo_cohort), "--model", str(spec), "--out", str(out),
+                 "--config", str(config)])
+    run = Store(out / "audit.duckdb").runs().iloc[-1]
+    result = {"verdict": run["verdict"], "run_id": run["run_id"],
+              "report": str(out / "runs" / run["run_id"] / "index.html")}
+    return {"out": out, "result": result, "spec": spec, "code": code}
+
+
+def _copy_of(run: dict, tmp_path: Path) -> Path:
+    import shutil
 
     out = tmp_path / "out"
-    spec = _oracle_spec(tmp_path)
-    result = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),
-                        config=str(config))
+    shutil.copytree(run["out"], out)
+    return out
+
+
+def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
+    from flows.audit import audit_flow
+
+    out = _copy_of(lenient_run, tmp_path)
+    spec, result = lenient_run["spec"], lenient_run["result"]
     assert result["verdict"] == "pass"
+    assert Path(result["report"]) == (lenient_run["out"] / "runs" / result["run_id"]
+                                      / "index.html")
+    result = {**result, "report": str(out / "runs" / result["run_id"] / "index.html")}
     store = Store(out / "audit.duckdb")
     run = store.run(result["run_id"])
     assert run["status"] == "finished" and run["verdict"] == "pass" and run["synthetic"]
@@ -133,11 +159,10 @@ def test_audit_flow_end_to_end(prefect_harness, demo_cohort, tmp_path, config):
     assert "of each finished run over time" in index  # trend plots of two finished runs
 
 
-def test_cli_exit_codes(prefect_harness, demo_cohort, tmp_path, config):
-    spec = str(_oracle_spec(tmp_path))
-    out = tmp_path / "out"
-    assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
-                 "--config", str(config)]) == 0
+def test_cli_exit_codes(lenient_run, demo_cohort, tmp_path, config):
+    spec = str(lenient_run["spec"])
+    out = _copy_of(lenient_run, tmp_path)
+    assert lenient_run["code"] == 0  # the shared run passed every check
     strict = tmp_path / "strict.toml"
     strict.write_text(STRICT)
     assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
@@ -185,10 +210,8 @@ def test_cli_internal_error_is_exit_3(prefect_harness, demo_cohort, tmp_path, mo
     assert run["status"] == "failed" and "a bug" in run["error"]
 
 
-def test_report_rerenders_from_duckdb_alone(prefect_harness, demo_cohort, tmp_path, config):
-    out = tmp_path / "out"
-    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:faceage,risk",
-                 "--out", str(out), "--config", str(config)]) == 0
+def test_report_rerenders_from_duckdb_alone(lenient_run, tmp_path):
+    out = _copy_of(lenient_run, tmp_path)
     run_id = Store(out / "audit.duckdb").runs()["run_id"].iloc[0]
     elsewhere = tmp_path / "elsewhere"
     assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(elsewhere)]) == 0

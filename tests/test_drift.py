@@ -144,3 +144,24 @@ def test_planted_photo_shifts_drift_their_image_property(tmp_path, shift, expect
     table, _ = _drift(ref, cur, feats)
     assert table.loc[expected, "drifted"]
     assert not table.loc[["age", other], "drifted"].any()
+
+
+def test_a_feature_constant_in_the_reference_gets_a_labelled_bounded_effect():
+    """evidently's normed Wasserstein divides by the reference's spread: a feature constant
+    there gave effects of 32,000 that flattened the drift chart. Its effect is now the share
+    of current values that differ from the reference's one value, labelled so."""
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    reference = pd.DataFrame({"ecog": np.ones(400), "age": rng.normal(60, 10, 400)})
+    current = pd.DataFrame({"ecog": np.where(rng.random(400) < 0.3, 2.0, 1.0),
+                            "age": rng.normal(60, 10, 400)})
+    features = [("ecog", "metadata", "num", None), ("age", "metadata", "num", None)]
+    table, _ = _drift(reference, current, features)
+    ecog = table.loc["ecog"]
+    assert 0.2 < ecog["effect"] < 0.4  # about 30% of the current values changed
+    assert ecog["effect_method"].startswith("share of values other than 1")
+    assert bool(ecog["drifted"])
+    assert table.loc["age", "effect_method"] == "Wasserstein distance (normed)"
+    same, _ = _drift(reference, reference.copy(), features)
+    assert same.loc["ecog", "effect"] == 0.0 and not bool(same.loc["ecog", "drifted"])

@@ -354,6 +354,25 @@ def _sksurv_beta(z, t, e) -> np.ndarray | None:
         return None
 
 
+def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
+                  ) -> pd.DataFrame:
+    """Numeric terms as they are; each categorical as 0/1 columns ``name[level]`` against its
+    reference level (given, else the most frequent). Rows with a missing term are dropped
+    (complete cases), as R's ``coxph`` does by default."""
+    out = df[numeric].astype(float).copy()
+    for name, reference in categorical.items():
+        values = df[name].astype(object)
+        levels = values.dropna().value_counts()
+        if levels.empty:
+            continue
+        ref = reference if reference in levels.index else levels.index[0]
+        for level in sorted(str(v) for v in levels.index if v != ref):
+            col = values.map(lambda v, level=level: np.nan if v is None or v != v
+                             else float(str(v) == level))
+            out[f"{name}[{level}]"] = col
+    return out
+
+
 def describe(fit: CoxFit, what: str) -> str:
     """One sentence for a stage's notes about a fit that did not converge."""
     return f"{what}: Cox fit not converged ({fit.reason})"

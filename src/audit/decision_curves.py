@@ -319,42 +319,36 @@ def score_decision_curves(model: str, model_id: str, time, event, score, age=Non
     """Decision curves of a score (higher = worse) at each horizon inside the follow-up:
     its risk of death by the horizon from a cross-fitted Cox model of the score, the same
     for chronological age when ``age`` is given, and treat-all."""
-    return score_decision_analysis(model, model_id, time, event, score, age,
-                                   horizons=horizons, thresholds=thresholds, n_boot=n_boot,
-                                   seed=seed, k=k)[0]
+    curves = [curve for curve, _ in score_curves(
+        model, model_id, time, event, score, age, horizons=horizons, thresholds=thresholds,
+        n_boot=n_boot, seed=seed, k=k)]
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=COLUMNS)
 
 
-def score_decision_analysis(model: str, model_id: str, time, event, score, age=None, *,
-                            groups=None, horizons=(1.0, 2.0), thresholds=None,
-                            n_boot: int = 200, seed: int = 0, k: int = 5,
-                            min_group_size: int = 30, min_events: int = 10
-                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """:func:`score_decision_curves`, and with ``groups`` (``(attribute, labels)`` pairs
-    aligned with ``time``) the same cross-fitted risks judged within each group
-    (:func:`audit.decision_subgroups.subgroup_net_benefit`): ``(curves, subgroup rows)``."""
-    from audit.decision_subgroups import COLUMNS as SUBGROUP_COLUMNS, subgroup_net_benefit
+def score_curves(model: str, model_id: str, time, event, score, age=None, *,
+                 horizons=(1.0, 2.0), thresholds=None, n_boot: int = 200, seed: int = 0,
+                 k: int = 5) -> list[tuple[pd.DataFrame, dict]]:
+    """Per usable horizon, the score's decision curve and what it was computed from
+    (``{"horizon", "time", "event", "risk", "complete", "thresholds", "seed"}``: the complete
+    cases' follow-up, their cross-fitted risk of death by the horizon, the mask of complete
+    cases among the input rows), for judging the same risks within groups
+    (:func:`audit.decision_subgroups.score_decision_analysis`). Empty when no horizon lies
+    inside the follow-up or there are under 5 deaths."""
     from audit.survival_metrics import crossfit_survival, usable_horizons
 
-    none = (pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=SUBGROUP_COLUMNS))
     time, event, score, age, ok = _complete(time, event, score, age)
-    groups = [(a, np.asarray(labels, dtype=object)[ok]) for a, labels in (groups or [])]
     hs = usable_horizons(time, event, horizons)
     if not hs or event.sum() < 5:
-        return none
+        return []
     thresholds = default_thresholds() if thresholds is None else list(thresholds)
     risk = 1.0 - crossfit_survival(time, event, score, hs, k=k, seed=seed)
     age_risk = None if age is None else 1.0 - crossfit_survival(time, event, age, hs, k=k,
                                                                 seed=seed)
-    curves, subgroups = [], []
+    out = []
     for j, h in enumerate(hs):
         curve = decision_curve(model, model_id, time, event, risk[:, j], h, thresholds,
                                age_probability=None if age_risk is None else age_risk[:, j],
                                n_boot=n_boot, seed=seed + j)
-        curves.append(curve)
-        if groups:
-            subgroups.append(subgroup_net_benefit(
-                model, model_id, time, event, risk[:, j], h, thresholds, groups,
-                overall_useful=useful_thresholds(curve), min_group_size=min_group_size,
-                min_events=min_events, n_boot=n_boot, seed=seed + j))
-    return (pd.concat(curves, ignore_index=True),
-            pd.concat(subgroups, ignore_index=True) if subgroups else none[1])
+        out.append((curve, {"horizon": h, "time": time, "event": event, "risk": risk[:, j],
+                            "complete": ok, "thresholds": thresholds, "seed": seed + j}))
+    return out

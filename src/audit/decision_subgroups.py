@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from audit.cohort import natural_order
-from audit.decision_curves import net_benefit, with_resamples
+from audit.decision_curves import (
+    COLUMNS as CURVE_COLUMNS, net_benefit, score_curves, useful_thresholds, with_resamples,
+)
 
 COLUMNS = ["model", "model_id", "attribute", "group_name", "horizon", "threshold", "n",
            "events", "positive_rate", "net_benefit", "treat_all", "gain", "gain_low",
@@ -108,3 +110,30 @@ def subgroup_net_benefit(model: str, model_id: str, time, event, probability, ho
                                                       horizon=float(horizon))
     out["overall_useful"] = out["threshold"].round(10).isin(useful)
     return out.reindex(columns=COLUMNS)
+
+
+def score_decision_analysis(model: str, model_id: str, time, event, score, age=None, *,
+                            groups=None, horizons=(1.0, 2.0), thresholds=None,
+                            n_boot: int = 200, seed: int = 0, k: int = 5,
+                            min_group_size: int = 30, min_events: int = 10
+                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`audit.decision_curves.score_decision_curves`, and with ``groups``
+    (``(attribute, labels)`` pairs aligned with ``time``) the same cross-fitted risks judged
+    within each group (:func:`subgroup_net_benefit`): ``(curves, subgroup rows)``."""
+    parts = score_curves(model, model_id, time, event, score, age, horizons=horizons,
+                         thresholds=thresholds, n_boot=n_boot, seed=seed, k=k)
+    if not parts:
+        return pd.DataFrame(columns=CURVE_COLUMNS), pd.DataFrame(columns=COLUMNS)
+    subgroups = []
+    for curve, at in parts:
+        if groups:
+            ok = at["complete"]
+            labelled = [(a, np.asarray(labels, dtype=object)[ok]) for a, labels in groups]
+            subgroups.append(subgroup_net_benefit(
+                model, model_id, at["time"], at["event"], at["risk"], at["horizon"],
+                at["thresholds"], labelled, overall_useful=useful_thresholds(curve),
+                min_group_size=min_group_size, min_events=min_events, n_boot=n_boot,
+                seed=at["seed"]))
+    return (pd.concat([curve for curve, _ in parts], ignore_index=True),
+            pd.concat(subgroups, ignore_index=True) if subgroups
+            else pd.DataFrame(columns=COLUMNS))

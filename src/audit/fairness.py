@@ -386,7 +386,7 @@ def expected_deaths_terms(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The terms beside the score in the expected-deaths model, and their description:
     chronological age per decade and sex, where the cohort has them (complete cases), so that
     a group's O/E asks whether the score misjudges its risk beyond what age and sex explain."""
-    from audit.survival import design_matrix
+    from audit.cox import design_matrix
 
     numeric = ["age_decade"] if "age" in df.columns and df["age"].notna().any() else []
     frame = df.assign(age_decade=pd.to_numeric(df["age"], errors="coerce") / 10.0) \

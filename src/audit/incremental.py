@@ -25,8 +25,7 @@ import pandas as pd
 from scipy.stats import chi2
 
 from audit.decision_curves import COLUMNS as DECISION_COLUMNS, nested_decision_curves
-from audit.cox import CoxNotConverged, fit_cox
-from audit.survival import design_matrix
+from audit.cox import CoxNotConverged, design_matrix, fit_cox
 
 
 def clinical_terms(df: pd.DataFrame, covariates: list) -> tuple[list[str], dict]:

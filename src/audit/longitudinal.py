@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from audit.survival import design_matrix
+from audit.cox import design_matrix
 
 RATE_COLUMNS = ["subject_id", "n_photos", "span_years", "far", "age", "sex", "faceage",
                 "time", "event"]

@@ -33,9 +33,11 @@ import pandas as pd
 from audit.accuracy import bootstrap_c, harrell_c
 from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
-from audit.cox import fit_cox
-from audit.decision_curves import COLUMNS as DECISION_COLUMNS, score_decision_analysis
-from audit.decision_subgroups import COLUMNS as DECISION_SUBGROUP_COLUMNS
+from audit.cox import design_matrix, fit_cox  # noqa: F401 (design_matrix: re-exported)
+from audit.decision_curves import COLUMNS as DECISION_COLUMNS
+from audit.decision_subgroups import (
+    COLUMNS as DECISION_SUBGROUP_COLUMNS, score_decision_analysis,
+)
 
 MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance",
                  "concordance_low", "concordance_high", "log_likelihood", "ph_test_min_p",
@@ -73,25 +75,6 @@ class SurvivalResult:
                 "survival_tests": self.tests, "survival_metrics": self.metrics,
                 "survival_curves": self.curves, "decision_curves": self.decisions,
                 "decision_subgroups": self.decision_subgroups}
-
-
-def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
-                  ) -> pd.DataFrame:
-    """Numeric terms as they are; each categorical as 0/1 columns ``name[level]`` against its
-    reference level (given, else the most frequent). Rows with a missing term are dropped
-    (complete cases), as R's ``coxph`` does by default."""
-    out = df[numeric].astype(float).copy()
-    for name, reference in categorical.items():
-        values = df[name].astype(object)
-        levels = values.dropna().value_counts()
-        if levels.empty:
-            continue
-        ref = reference if reference in levels.index else levels.index[0]
-        for level in sorted(str(v) for v in levels.index if v != ref):
-            col = values.map(lambda v, level=level: np.nan if v is None or v != v
-                             else float(str(v) == level))
-            out[f"{name}[{level}]"] = col
-    return out
 
 
 def ph_test(cph, data: pd.DataFrame, notes: list[str] | None = None) -> pd.Series:

@@ -30,8 +30,7 @@ from scipy.stats import chi2
 from audit.cohort import natural_order
 from audit.fairness import add_fairness_groups, attribute_groupings
 from audit.groups import group_index, quantile_cuts
-from audit.cox import fit_cox
-from audit.survival import design_matrix
+from audit.cox import design_matrix, fit_cox
 
 SUBGROUP_COLUMNS = ["model", "predictor", "attribute", "group_name", "n", "events", "hr",
                     "hr_low", "hr_high", "p_value", "adjustment", "status", "note"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from audit.report.decisions import decision_summaries, nested_summaries, subgroup_summaries
-from audit.report.render import _records as _rows
+from audit.report.records import records as _rows
 from audit.verdict import sig3
 
 # model-card keys the spec may declare, in the order a card shows them

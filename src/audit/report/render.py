@@ -20,6 +20,7 @@ from audit.hashing import sha256_file
 from audit.privacy import id_scrubber, pseudonym
 from audit.report import plots
 from audit.report.decisions import decision_view, nested_view, subgroup_view
+from audit.report.records import records as _records
 from audit.store import Store
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -66,11 +67,6 @@ def _pval(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    df = df.astype(object).where(df.notna(), None)
-    return df.to_dict("records")
 
 
 def _write_atomic(path: Path, data: str | bytes) -> None:

@@ -1,7 +1,7 @@
 """Subject-level bootstrap of additive statistics, vectorised.
 
 fairlearn's ``MetricFrame(n_boot=...)`` refits every metric on every resample (about 70 ms a
-resample here, MEASURED.md) and resamples rows, not subjects. Every accuracy metric we
+resample on a 2-core machine) and resamples rows, not subjects. Every accuracy metric we
 report is a function of per-photo sums (``n``, ``sum e``, ``sum |e|``, ``sum x``,
 ``sum x^2``, ...), so one draw of subject counts ``C`` (B x S) and per-subject, per-group sums
 ``M`` (G x S x K) give every resample's totals as ``C @ M``: one matrix product for all

@@ -1,4 +1,4 @@
-"""``faceage-audit``: the command line (DESIGN.md's CLI contract).
+"""``faceage-audit``: the command line (the CLI contract, as the README states it).
 
 Exit status: 0 every audit check passed; 1 the audit ran and some check failed; 2 the
 command or its input cannot be used (the message names file, row and column); 3 an

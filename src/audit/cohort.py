@@ -1,7 +1,7 @@
 """Cohort folders: read ``cohort.yaml`` and the manifest into the standard columns.
 
-A cohort folder (DESIGN.md) holds ``cohort.yaml``, a manifest (CSV or Parquet, one row per
-photo) and optionally ``images/``. :func:`load_cohort` maps the manifest's columns and codes
+A cohort folder (the README's contract) holds ``cohort.yaml``, a manifest (CSV or Parquet,
+one row per photo) and optionally ``images/``. :func:`load_cohort` maps the manifest's columns and codes
 to the standard ones, parses every value, and splits the rows into
 
 * ``frame``: rows that parsed, with the standard columns (ids as strings, ``time`` in

@@ -10,7 +10,7 @@ at least ``min_effect``: with 10,000 subjects a test alone calls trivial differe
 an effect size alone has no error rate. Embeddings: the unbiased MMD^2 of evidently's MMD
 drift method (RBF kernel, median-distance bandwidth) on at most ``embedding_max_n`` vectors
 per side, with a seeded permutation p-value in place of its fixed threshold or unseeded
-bootstrap (MEASURED.md: those disagreed on the same data, and its report's t-SNE plot takes
+bootstrap (measured here: those disagreed on the same data, and its report's t-SNE plot takes
 most of a minute). evidently's HTML report of the per-feature drift is kept as an artifact.
 
 References

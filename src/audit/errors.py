@@ -1,4 +1,5 @@
-"""Exceptions that map to the CLI's exit codes (DESIGN.md: 2 unusable input, 3 internal)."""
+"""Exceptions that map to the CLI's exit codes (the README's exit statuses: 2 unusable
+input, 3 internal)."""
 
 from __future__ import annotations
 

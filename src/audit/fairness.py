@@ -5,7 +5,7 @@ and flags.
 Group values are fairlearn ``MetricFrame`` results (one plain metric callable per metric, as
 fairlearn intends). Their confidence intervals come from our vectorised subject bootstrap
 (:mod:`audit.bootstrap`): fairlearn's own ``n_boot`` refits every metric on every resample
-(about 70 ms each here, MEASURED.md) and resamples photos, not subjects. The same resamples
+(about 70 ms each on a 2-core machine) and resamples photos, not subjects. The same resamples
 give the overall value, every group's value and so every difference, so a difference's CI
 accounts for the group being part of the whole.
 

@@ -96,7 +96,7 @@ SCHEMA_V1 = [
         run_id VARCHAR, kind VARCHAR, path VARCHAR, sha256 VARCHAR)""",
 ]
 
-# Version 2: what the foundation release added beyond the DESIGN.md contract.
+# Version 2: what the foundation release added beyond the original table contract.
 SCHEMA_V2 = [
     "ALTER TABLE runs ADD COLUMN error VARCHAR",
     "ALTER TABLE runs ADD COLUMN config JSON",
@@ -276,7 +276,7 @@ _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
 def new_run_id(now: datetime | None = None) -> str:
-    """``YYYYMMDDTHHMMSSZ-`` plus 8 hex characters (DESIGN.md)."""
+    """``YYYYMMDDTHHMMSSZ-`` plus 8 hex characters (the README's run id)."""
     now = now or datetime.now(timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(4)
 

@@ -1,4 +1,4 @@
-"""The model registry, the model spec (DESIGN.md) and the adapter interface."""
+"""The model registry, the model spec (as the README states it) and the adapter interface."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``timm``: a timm architecture with weights from a checkpoint (FAHR-Face style).
 
-Spec fields (DESIGN.md): ``arch``, ``arch_kwargs`` (e.g. ``{img_size: 112, num_classes: 1}``
+Spec fields (the README's model spec): ``arch``, ``arch_kwargs`` (e.g. ``{img_size: 112, num_classes: 1}``
 for a ViT), ``checkpoint`` (``.safetensors``, or ``.pth``/``.pt`` read with
 ``torch.load(weights_only=True)``), ``state_dict_key`` (FAHR-Face: ``model_state_dict``),
 ``rename_keys`` (key prefixes renamed in order, ``{old: new}``, a null ``new`` dropping the

@@ -20,6 +20,16 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 UTK_CSV = SHARED / "data" / "faceage_utk_predictions.csv"
+# an audit config with small bootstraps and one decision horizon, for CLI runs in tests
+QUICK_CONFIG = """
+[accuracy]
+n_boot = 100
+[fairness]
+n_boot = 100
+[survival]
+n_boot = 100
+decision_horizons = [1.0]
+"""
 
 
 @pytest.fixture(scope="session")

@@ -30,16 +30,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import QUICK_CONFIG as CONFIG
+
 TOL = 5e-4
-CONFIG = """
-[accuracy]
-n_boot = 100
-[fairness]
-n_boot = 100
-[survival]
-n_boot = 100
-decision_horizons = [1.0]
-"""
 
 
 def _lung():

@@ -14,17 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_lung_cohort
+from conftest import QUICK_CONFIG as CONFIG, write_lung_cohort
 
-CONFIG = """
-[accuracy]
-n_boot = 100
-[fairness]
-n_boot = 100
-[survival]
-n_boot = 100
-decision_horizons = [1.0]
-"""
 # columns that name a row, a time or a file rather than a result
 VOLATILE = {"run_id", "row_number", "source_file", "path", "sha256", "started_at",
             "finished_at", "applied_at", "heartbeat_at", "created_at", "image_sha256"}

@@ -227,7 +227,7 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
             failures.append(f"{label}: {fit}")
             continue
         cph, caught = fit
-        verdict = _check(cph, cols, z, scale, t, e, st, penalizer, ll_null)
+        verdict, decrement = _check(cph, cols, z, scale, t, e, st, penalizer, ll_null)
         if verdict is not None:
             failures.append(f"{label}: {verdict}")
             wild = _separating(cph, cols, scale)
@@ -237,8 +237,7 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
             continue
         result = CoxFit(fitter=cph, data=data, status="ok", method=label, dropped=dropped,
                         notes=list(notes), warnings=caught, log_likelihood_null=ll_null,
-                        log_likelihood=float(cph.log_likelihood_))
-        result.newton_decrement = _decrement(cph, cols, z, scale, t, e, st, penalizer)
+                        log_likelihood=float(cph.log_likelihood_), newton_decrement=decrement)
         if failures:
             result.notes.append("refitted with " + label + " after " + "; ".join(failures))
         if caught:
@@ -300,32 +299,33 @@ def _decrement(cph, cols, z, scale, t, e, st, penalizer) -> float:
     return float(grad @ v @ grad / 2)
 
 
-def _check(cph, cols, z, scale, t, e, st, penalizer, ll_null) -> str | None:
-    """Why the fit fails the checks, or None."""
+def _check(cph, cols, z, scale, t, e, st, penalizer, ll_null) -> tuple[str | None, float]:
+    """Why the fit fails the checks (None when it passes), and its Newton decrement (NaN
+    where a check before it failed)."""
     if not cols:
-        return None
+        return None, 0.0
     params = cph.params_.to_numpy(float)
     v = cph.variance_matrix_.to_numpy(float)
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(v))):
-        return "the estimate or its variance is not finite"
+        return "the estimate or its variance is not finite", float("nan")
     try:
         eig = np.linalg.eigvalsh(v * np.outer(scale, scale))
     except np.linalg.LinAlgError:
-        return "the variance matrix cannot be decomposed"
+        return "the variance matrix cannot be decomposed", float("nan")
     if eig.min() <= 0:
         return ("the Hessian is not negative definite: a term is not estimable (collinear "
-                "terms or one with no information)")
+                "terms or one with no information)"), float("nan")
     wild = _separating(cph, cols, scale)
     if wild:
         return (f"the coefficient of {', '.join(wild)} ran beyond {MAX_STANDARDISED:g} per SD "
-                "(a diverging step, or an infinite estimate)")
+                "(a diverging step, or an infinite estimate)"), float("nan")
     dec = _decrement(cph, cols, z, scale, t, e, st, penalizer)
     if not np.isfinite(dec) or dec > DECREMENT_TOLERANCE:
-        return f"not at the maximum (Newton decrement {dec:.3g})"
+        return f"not at the maximum (Newton decrement {dec:.3g})", dec
     if penalizer == 0 and cph.log_likelihood_ < ll_null - 1e-6 * max(1.0, abs(ll_null)):
         return (f"log-likelihood {cph.log_likelihood_:.4f} below the null model's "
-                f"{ll_null:.4f}")
-    return None
+                f"{ll_null:.4f}"), dec
+    return None, dec
 
 
 def _separating(cph, cols, scale) -> list[str]:
@@ -372,7 +372,3 @@ def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, s
             out[f"{name}[{level}]"] = col
     return out
 
-
-def describe(fit: CoxFit, what: str) -> str:
-    """One sentence for a stage's notes about a fit that did not converge."""
-    return f"{what}: Cox fit not converged ({fit.reason})"

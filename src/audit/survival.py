@@ -34,6 +34,7 @@ from audit.accuracy import bootstrap_c, harrell_c
 from audit.cohort import age_band, natural_order
 from audit.config import SurvivalConfig
 from audit.cox import design_matrix, fit_cox  # noqa: F401 (design_matrix: re-exported)
+from audit.groups import canonical_rows, empty_groups_note, quantile_groups
 from audit.decision_curves import COLUMNS as DECISION_COLUMNS
 from audit.decision_subgroups import (
     COLUMNS as DECISION_SUBGROUP_COLUMNS, score_decision_analysis,
@@ -259,8 +260,6 @@ def risk_quartiles(risk: pd.Series) -> pd.Series:
     """Quartiles of the risk score in this cohort, Q1 (lowest) to Q4, by value
     (:func:`audit.groups.quantile_groups`: tied scores share a group; a score with few
     distinct values leaves some quartiles empty)."""
-    from audit.groups import quantile_groups
-
     return quantile_groups(risk, 4, "Q")
 
 
@@ -303,8 +302,6 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     if not {"time", "event"} <= set(subjects.columns) or subjects["event"].isna().all():
         return SurvivalResult.empty(
             "The cohort has no outcome columns (time, event): survival analysis was not run.")
-    from audit.groups import canonical_rows
-
     # rows in an order fixed by their values: resamples and folds do not depend on row order
     df = canonical_rows(subjects.dropna(subset=["time", "event"]))
     events = int(df["event"].sum())
@@ -446,15 +443,14 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         sd = risk.std(ddof=1)
         rk["risk_sd"] = (risk - risk.mean()) / (sd if sd > 0 else 1.0)
         quart = risk_quartiles(risk)
-        from audit.groups import empty_groups_note
-
         empty = empty_groups_note("risk quartiles", quart)
         if empty:
             notes.append(empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any()
                                   else ""))
-        qcols = [f"risk[{q}]" for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
-        for col in qcols:
-            rk[col] = (quart == col[5:7]).astype(float)
+        present = [q for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
+        for q in present:
+            rk[f"risk[{q}]"] = (quart == q).astype(float)
+        qcols = [f"risk[{q}]" for q in present]
         for adj, (num, cat) in adjustments.items():
             if adj == "age":
                 continue

@@ -9,7 +9,7 @@ import platform
 def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64,
                 batch_cuda: int = 256):
     """Parse ``--n --device --model --batch --rounds``; return ``(args, device, cuda, batch)``."""
-    from audit.inference import best_device
+    from audit.models.inference import best_device
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=n, help=n_help)

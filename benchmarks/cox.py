@@ -1,4 +1,4 @@
-"""What the checked Cox layer (audit.cox) costs over a bare lifelines fit; prints a Markdown
+"""What the checked Cox layer (audit.stats.cox) costs over a bare lifelines fit; prints a Markdown
 table for RESULTS.md.
 
 - a well-behaved fit (10,000 simulated subjects x 10 terms): the checks only (one Efron
@@ -33,9 +33,9 @@ def main() -> None:
     from lifelines import CoxPHFitter
     from sksurv.datasets import load_flchain
 
-    from audit.config import SurvivalConfig
-    from audit.cox import fit_cox
     from audit.demo.world import simulate
+    from audit.pipeline.config import SurvivalConfig
+    from audit.stats.cox import fit_cox
 
     rows = []
     rng = np.random.default_rng(0)
@@ -53,9 +53,9 @@ def main() -> None:
     terms = list(x.columns)
     rows.append(("lifelines CoxPHFitter, 10,000 x 10, well-behaved",
                  best_of(lambda: bare(df, terms))))
-    rows.append(("audit.cox.fit_cox, same (checks pass at the first attempt)",
+    rows.append(("audit.stats.cox.fit_cox, same (checks pass at the first attempt)",
                  best_of(lambda: fit_cox(df, df[terms]))))
-    rows.append(("audit.cox.fit_cox, same, cross-checked with scikit-survival",
+    rows.append(("audit.stats.cox.fit_cox, same, cross-checked with scikit-survival",
                  best_of(lambda: fit_cox(df, df[terms], cross_check="always"))))
 
     fx, fy = load_flchain()
@@ -68,10 +68,10 @@ def main() -> None:
     rows.append((f"lifelines CoxPHFitter, flchain kappa + age at 5 years (kappa coefficient "
                  f"{wrong:+.3f}: wrong)", best_of(lambda: bare(flc, ["kappa", "age"]))))
     fit = fit_cox(flc, flc[["kappa", "age"]])
-    rows.append((f"audit.cox.fit_cox, same ({fit.method}; kappa {fit.fitter.params_['kappa']:+.3f}"
+    rows.append((f"audit.stats.cox.fit_cox, same ({fit.method}; kappa {fit.fitter.params_['kappa']:+.3f}"
                  ", cross-checked)", best_of(lambda: fit_cox(flc, flc[["kappa", "age"]]))))
 
-    from audit.survival import survival_analysis
+    from audit.survival.analysis import survival_analysis
 
     sim = simulate(10_000, 0)
     sim["time"] = sim["time_days"] / 365.25

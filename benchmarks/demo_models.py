@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.accuracy import harrell_c
-from audit.cohort import load_cohort
-from audit.config import SurvivalConfig
+from audit.data.cohort import load_cohort
 from audit.demo.world import WorldParams, write_cohort
+from audit.metrics.accuracy import harrell_c
 from audit.models import create_model
-from audit.survival import survival_analysis
+from audit.pipeline.config import SurvivalConfig
+from audit.survival.analysis import survival_analysis
 
 
 def predictions(cohort, spec):

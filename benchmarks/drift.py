@@ -16,9 +16,9 @@ import time
 def main(argv=None) -> None:
     import numpy as np
 
-    from audit.config import load_config
     from audit.demo.world import simulate
-    from audit.drift import decide, embedding_drift, feature_drift
+    from audit.monitor.drift import decide, embedding_drift, feature_drift
+    from audit.pipeline.config import load_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10000)

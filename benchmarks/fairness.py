@@ -18,9 +18,9 @@ def main(argv=None) -> None:
     from fairlearn.metrics import MetricFrame
     from sklearn.metrics import mean_absolute_error
 
-    from audit.config import load_config
     from audit.demo.world import simulate
-    from audit.fairness import faceage_fairness, risk_fairness
+    from audit.metrics.fairness import faceage_fairness, risk_fairness
+    from audit.pipeline.config import load_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10000)

@@ -28,10 +28,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import iter_decoded, run_batched
     from audit.models import create_model
+    from audit.models.inference import iter_decoded, run_batched
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4000, help="rendered photos")

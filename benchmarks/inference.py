@@ -22,10 +22,16 @@ def main(argv=None) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import PhotoDataset, _collate, decode_image, normalize_batch, run_batched
     from audit.models import create_model
+    from audit.models.inference import (
+        PhotoDataset,
+        _collate,
+        decode_image,
+        normalize_batch,
+        run_batched,
+    )
 
     args, device, cuda, batch = device_args(argv, 2000)
     tmp = Path(tempfile.mkdtemp(prefix="faceage-infer-"))

@@ -26,11 +26,16 @@ def _sync(device: str) -> None:
 def main(argv=None) -> None:
     import torch
 
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
     from audit.demo.world import write_cohort
     from audit.models import create_model
-    from audit.perturbations import create_perturbation, default_plan, face_layout, list_perturbations
-    from audit.robustness import run_suite
+    from audit.robustness.perturbations import (
+        create_perturbation,
+        default_plan,
+        face_layout,
+        list_perturbations,
+    )
+    from audit.robustness.suite import run_suite
 
     args, device, cuda, batch = device_args(argv, 200, "photos in the suite run")
     print(machine_line(device))

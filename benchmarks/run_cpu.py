@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.accuracy import faceage_accuracy, risk_accuracy
-from audit.cohort import load_cohort
-from audit.config import AccuracyConfig, SurvivalConfig
+from audit.data.cohort import load_cohort
 from audit.demo.world import write_cohort
-from audit.store import Store
-from audit.survival import survival_analysis
+from audit.metrics.accuracy import faceage_accuracy, risk_accuracy
+from audit.pipeline.config import AccuracyConfig, SurvivalConfig
+from audit.pipeline.store import Store
+from audit.survival.analysis import survival_analysis
 
 
 def timed(label, fn, rows):
@@ -56,7 +56,7 @@ def main() -> None:
                                             decision_groups=["sex", "race", "cancer_type",
                                                              "age_band"]),
                   rows)
-            from audit.decision_curves import score_decision_curves
+            from audit.decisions.curves import score_decision_curves
 
             subjects = cohort.subjects()
             timed(f"decision curves of one score (2 horizons x 18 thresholds x 3 strategies, "
@@ -64,7 +64,7 @@ def main() -> None:
                   lambda: score_decision_curves("o", "risk", subjects["time"], subjects["event"],
                                                 subjects["risk"], subjects["age"],
                                                 horizons=[1.0, 2.0], n_boot=200), rows)
-            from audit.incremental import incremental_value
+            from audit.survival.incremental import incremental_value
 
             timed(f"incremental value (3 nested models, LR tests, change in C, 200 resamples), "
                   f"n={n:,}",
@@ -77,8 +77,8 @@ def main() -> None:
                                             faceage_model="o", risk_model="o", n_boot=200,
                                             decision_horizons=[1.0, 2.0]),
                   rows)
-        from audit.bootstrap import bootstrap_weights
-        from audit.concordance import weighted_concordance
+        from audit.stats.bootstrap import bootstrap_weights
+        from audit.stats.concordance import weighted_concordance
 
         subjects = cohort.subjects()
         w = bootstrap_weights(len(subjects), 200, np.random.default_rng(0))
@@ -101,7 +101,7 @@ def main() -> None:
     timed("load demo FaceAge (test_resnet)", model.load, rows)
     timed("inference, demo FaceAge, 2,000 photos (decode + batch 64, CPU)",
           lambda: model.predict(faces), rows)
-    from audit.validation import validate_cohort
+    from audit.data.validation import validate_cohort
 
     big = load_cohort(timed("render 10,000 face photos with planted defects",
                             lambda: write_cohort(tmp / "faces10k", 10_000, 1, photos=True,

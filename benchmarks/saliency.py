@@ -19,11 +19,11 @@ def main(argv=None) -> None:
     import numpy as np
     import torch
 
-    from audit import saliency as sal
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import decode_image
     from audit.models import create_model
+    from audit.models.inference import decode_image
+    from audit.saliency import maps as sal
 
     args, device, cuda, batch = device_args(argv, 32, batch_cpu=16, batch_cuda=64)
     print(machine_line(device))

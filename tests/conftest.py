@@ -80,3 +80,37 @@ def write_lung_cohort(folder: Path) -> Path:
         "covariates: [ph.ecog]\n"
         "time_unit: days\n")
     return folder
+
+
+API_CONFIG = QUICK_CONFIG + """
+[robustness]
+perturbations = ["brightness", "jpeg"]
+severities = [1, 3]
+sample_subjects = 30
+"""
+
+
+@pytest.fixture(scope="session")
+def photo_cohort(tmp_path_factory) -> Path:
+    """A synthetic cancer cohort with rendered faces (for image models)."""
+    from audit.demo.world import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("photos") / "cohort", n=200, seed=5,
+                        photos=True)
+
+
+@pytest.fixture(scope="session")
+def cli_and_api(tmp_path_factory, prefect_harness, photo_cohort):
+    """The two demo models (image models: robustness runs) audited on the photo cohort once
+    by the CLI (Prefect) and once by ``audit.run`` inline, with the same config."""
+    import audit
+    from audit.cli import main
+
+    folder = tmp_path_factory.mktemp("api")
+    config = folder / "audit.toml"
+    config.write_text(API_CONFIG)
+    models = ["demo:faceage", "demo:survival"]
+    code = main(["run", "--cohort", str(photo_cohort), "--model", models[0], "--model",
+                 models[1], "--out", str(folder / "cli"), "--config", str(config)])
+    run = audit.run(photo_cohort, models, config=config, out=folder / "api")
+    return {"code": code, "cli": audit.open_run(folder / "cli" / "audit.duckdb"), "api": run}

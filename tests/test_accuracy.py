@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.accuracy import bootstrap_c, faceage_accuracy, harrell_c, risk_accuracy
-from audit.bootstrap import SubjectBootstrap, percentile_ci
-from audit.config import AccuracyConfig, SurvivalConfig
+from audit.metrics.accuracy import bootstrap_c, faceage_accuracy, harrell_c, risk_accuracy
+from audit.pipeline.config import AccuracyConfig, SurvivalConfig
+from audit.stats.bootstrap import SubjectBootstrap, percentile_ci
 
 
 def _cohort(n=2000, seed=0, bias=None, photos_per_subject=1):

@@ -8,9 +8,9 @@ import textwrap
 import pandas as pd
 import pytest
 
-from audit.cohort import load_cohort
+from audit.data.cohort import load_cohort
+from audit.data.hashing import HashCache, sha256_file
 from audit.errors import InputError
-from audit.hashing import HashCache, sha256_file
 
 YAML = textwrap.dedent("""\
     name: test-cohort
@@ -167,7 +167,7 @@ def test_cohort_digest_changes_when_an_image_changes(tmp_path):
 
 
 def test_group_names_read_in_order():
-    from audit.cohort import age_band, natural_order
+    from audit.data.cohort import age_band, natural_order
 
     bands = age_band(pd.Series([50, 70, 80, 90]), [65, 75, 85])
     assert natural_order(set(bands)) == ["<=65", "65-75", "75-85", ">85"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from lifelines.utils import concordance_index
 
-from audit.bootstrap import bootstrap_weights
-from audit.concordance import weighted_concordance
+from audit.stats.bootstrap import bootstrap_weights
+from audit.stats.concordance import weighted_concordance
 
 
 def _data(n, seed, time_decimals, risk_decimals):

@@ -1,4 +1,4 @@
-"""The checked Cox layer (audit.cox) and the value-based quantile groups (audit.groups), on
+"""The checked Cox layer (audit.stats.cox) and the value-based quantile groups (audit.stats.groups), on
 real data that lifelines and scikit-survival ship.
 
 References for the known answers: scikit-survival's ``CoxPHSurvivalAnalysis`` (Efron ties)
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.cox import efron_loglik, fit_cox
-from audit.groups import empty_groups_note, quantile_groups
+from audit.stats.cox import efron_loglik, fit_cox
+from audit.stats.groups import empty_groups_note, quantile_groups
 
 
 def _sksurv_coef(x: pd.DataFrame, time, event) -> np.ndarray:
@@ -54,8 +54,9 @@ def test_a_heavy_tailed_score_gets_the_maximum_not_a_wrong_sign(flchain, terms):
 
 
 def test_the_layer_reads_lifelines_warnings_on_the_failed_default(flchain):
-    from lifelines import CoxPHFitter
     import warnings
+
+    from lifelines import CoxPHFitter
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -168,8 +169,8 @@ def test_the_fairness_interactions_on_a_heavy_tailed_real_score_finish(flchain):
     group's Q4 vs Q1 HR must now equal scikit-survival's on the same terms."""
     from sksurv.datasets import load_flchain
 
-    from audit.config import load_config
-    from audit.survival_fairness import survival_subgroups
+    from audit.pipeline.config import load_config
+    from audit.survival.subgroups import survival_subgroups
 
     x, y = load_flchain()
     df = pd.DataFrame({"age": x["age"].astype(float).to_numpy(),

@@ -12,9 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.decision_curves import (
-    COLUMNS, decision_curve, default_thresholds, net_benefit, score_decision_curves,
-    threshold_runs, useful_thresholds,
+from audit.decisions.curves import (
+    COLUMNS,
+    decision_curve,
+    default_thresholds,
+    net_benefit,
+    score_decision_curves,
+    threshold_runs,
+    useful_thresholds,
 )
 
 THRESHOLDS = default_thresholds(0.05, 0.5, 0.05)
@@ -85,7 +90,7 @@ def test_weighted_kaplan_meier_equals_lifelines_with_weights():
     from lifelines import KaplanMeierFitter
     from lifelines.datasets import load_lung
 
-    from audit.bootstrap import bootstrap_weights
+    from audit.stats.bootstrap import bootstrap_weights
 
     lung = load_lung().dropna(subset=["time", "status"])
     time, event = lung["time"].to_numpy(float), (lung["status"] == 2).astype(float).to_numpy()
@@ -170,8 +175,8 @@ def two_scores() -> pd.DataFrame:
 
 
 def _net_benefit_verdicts(curves, has_outcomes=True, **thresholds):
-    from audit.config import Thresholds
-    from audit.verdict import evaluate
+    from audit.pipeline.config import Thresholds
+    from audit.pipeline.verdict import evaluate
 
     models = [{"name": n, "outputs": ["risk"], "needs_images": False}
               for n in ("signal", "noise")]
@@ -210,7 +215,7 @@ def test_utility_check_is_skipped_where_the_curve_is_missing(two_scores):
 def test_a_bad_utility_range_is_refused_with_its_value(bad):
     from pydantic import ValidationError
 
-    from audit.config import Thresholds
+    from audit.pipeline.config import Thresholds
 
     with pytest.raises(ValidationError, match="net_benefit_range takes two"):
         Thresholds(net_benefit_range=bad)
@@ -244,7 +249,7 @@ def _clinic(n: int, seed: int):
 def test_a_face_signal_beyond_the_clinic_adds_net_benefit():
     """The planted face signal raises net benefit over the clinical model, with the gain's
     CI above zero over a range of thresholds; a noise 'face model' gains nothing."""
-    from audit.decision_curves import nested_decision_curves
+    from audit.decisions.curves import nested_decision_curves
 
     time, event, c, x = _clinic(3000, seed=41)
     noise = np.random.default_rng(42).normal(size=len(time))
@@ -279,7 +284,7 @@ def test_a_face_signal_beyond_the_clinic_adds_net_benefit():
 def test_cross_fitting_a_design_matrix_pairs_with_the_single_score():
     """One column as a matrix is the single score; a rare category missing from a fold's
     training subjects is left out of that fold, not a failed fit."""
-    from audit.survival_metrics import crossfit_survival
+    from audit.survival.metrics import crossfit_survival
 
     time, event, c, x = _clinic(400, seed=43)
     one = crossfit_survival(time, event, c, [1.0, 2.0], seed=3)
@@ -292,9 +297,9 @@ def test_cross_fitting_a_design_matrix_pairs_with_the_single_score():
 
 
 def test_incremental_value_gives_the_nested_decision_curves():
-    from audit.cohort import Covariate
+    from audit.data.cohort import Covariate
     from audit.demo.world import simulate
-    from audit.incremental import incremental_value
+    from audit.survival.incremental import incremental_value
 
     df = simulate(1500, 6)
     df["time"] = df["time_days"] / 365.25

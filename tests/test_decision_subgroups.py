@@ -10,8 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.decision_curves import decision_curve, default_thresholds, net_benefit, useful_thresholds
-from audit.decision_subgroups import COLUMNS, subgroup_net_benefit
+from audit.decisions.curves import (
+    decision_curve,
+    default_thresholds,
+    net_benefit,
+    useful_thresholds,
+)
+from audit.decisions.subgroups import COLUMNS, subgroup_net_benefit
 
 H = 2.0
 GRID = default_thresholds()
@@ -92,9 +97,9 @@ def test_small_groups_are_reported_not_judged():
 
 @pytest.mark.parametrize("attribute", ["sex", "race", "site"])
 def test_survival_analysis_judges_each_score_within_groups(attribute):
-    from audit.config import SurvivalConfig
     from audit.demo.world import simulate
-    from audit.survival import survival_analysis
+    from audit.pipeline.config import SurvivalConfig
+    from audit.survival.analysis import survival_analysis
 
     df = simulate(1200, 5)
     df["time"] = df["time_days"] / 365.25
@@ -114,8 +119,8 @@ def test_survival_analysis_judges_each_score_within_groups(attribute):
 
 
 def _verdict(rows, **thresholds):
-    from audit.config import Thresholds
-    from audit.verdict import evaluate
+    from audit.pipeline.config import Thresholds
+    from audit.pipeline.verdict import evaluate
 
     v = evaluate(models=[{"name": "m", "outputs": ["risk"], "needs_images": False}],
                  n_manifest_rows=10, n_quarantined=0,

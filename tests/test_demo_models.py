@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from audit.accuracy import harrell_c
-from audit.cohort import load_cohort
+from audit.data.cohort import load_cohort
+from audit.data.hashing import sha256_file
 from audit.demo.world import WorldParams, write_cohort
-from audit.hashing import sha256_file
+from audit.metrics.accuracy import harrell_c
 from audit.models import create_model
 from audit.models.demo import WEIGHTS
 

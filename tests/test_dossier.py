@@ -80,7 +80,7 @@ def test_tripod_map_covers_every_item_and_follows_the_run(runs):
 
 
 def test_model_card_reports_this_runs_numbers_and_limitations(runs):
-    from audit.store import Store
+    from audit.pipeline.store import Store
 
     card = json.loads((runs[0] / "model_card.json").read_text())
     (model,) = card["models"]

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audit.config import load_config
 from audit.demo.world import WorldParams, simulate
-from audit.drift import decide, embedding_drift, feature_drift, holm, permuted_mmd2u
+from audit.monitor.drift import decide, embedding_drift, feature_drift, holm, permuted_mmd2u
+from audit.pipeline.config import load_config
 
 CFG = load_config().drift
 META = [("age", "metadata", "num", None)] + [(c, "metadata", "cat", None)
@@ -74,9 +74,9 @@ def test_embedding_drift_finds_a_shifted_cloud_and_not_a_resample():
 
 def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
     from audit.cli import main
+    from audit.data.hashing import sha256_file
     from audit.demo.world import write_cohort
-    from audit.hashing import sha256_file
-    from audit.store import Store
+    from audit.pipeline.store import Store
 
     ref = write_cohort(tmp_path / "ref", 160, seed=31, photos=True)
     cur = write_cohort(tmp_path / "cur", 160, seed=32, photos=True,
@@ -125,9 +125,9 @@ def test_the_false_alarm_rate_over_20_seeds_stays_under_the_level():
 def test_planted_photo_shifts_drift_their_image_property(tmp_path, shift, expected):
     """Rendered photos: heavier JPEG compression drifts the estimated JPEG quality, darker
     light the brightness; age and the other shift's property stay put."""
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
+    from audit.data.images import image_properties
     from audit.demo.world import write_cohort
-    from audit.images import image_properties
 
     def frame(folder):
         c = load_cohort(folder)

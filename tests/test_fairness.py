@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.config import load_config
 from audit.demo.world import WorldParams, simulate
-from audit.fairness import (
-    faceage_fairness, is_flagged, maxt_band, paired_comparisons, risk_fairness,
+from audit.metrics.fairness import (
+    faceage_fairness,
+    is_flagged,
+    maxt_band,
+    paired_comparisons,
+    risk_fairness,
 )
+from audit.pipeline.config import load_config
 
 CFG = load_config()
 CUTS = CFG.accuracy.age_bands
@@ -152,7 +156,7 @@ def test_the_real_faceage_predictions_on_utkface(utk_cohort):
     """../shared/data: the FaceAge model on UTKFace. MAE by race as published with the data
     (White 6.85, Black 8.74, Asian 7.26, Indian 7.63, Others 8.69); the CIs support that
     Black subjects' MAE exceeds the overall one by more than half a year, not by a year."""
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
 
     c = load_cohort(utk_cohort)
     df = c.frame
@@ -198,7 +202,7 @@ def test_risk_c_index_and_calibration_by_group():
 
 
 def test_survival_within_subgroups_and_a_planted_interaction():
-    from audit.survival_fairness import survival_subgroups
+    from audit.survival.subgroups import survival_subgroups
 
     rng = np.random.default_rng(9)
     n = 3000
@@ -225,7 +229,7 @@ def test_survival_within_subgroups_and_a_planted_interaction():
 def test_representativeness_against_scipy():
     from scipy.stats import chisquare
 
-    from audit.representativeness import representativeness
+    from audit.metrics.representativeness import representativeness
 
     subjects = pd.DataFrame({"race": ["White"] * 70 + ["Black"] * 10 + ["Asian"] * 15 + ["Maori"] * 5,
                              "sex": ["female"] * 50 + ["male"] * 50})
@@ -261,7 +265,7 @@ def test_paired_comparisons_of_two_models():
 
 
 def test_fairness_verdict_counts_flags_of_the_verdict_metrics():
-    from audit.verdict import evaluate
+    from audit.pipeline.verdict import evaluate
 
     table = _fair(_cohort(2000, seed=2, underserved="Black"))
     empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value", "ci_low",
@@ -285,7 +289,7 @@ def test_risk_calibration_by_age_is_judged_beyond_what_age_explains():
     from the score alone make every age band look miscalibrated (the old defect: O/E 0.36
     for <=65, 7.65 for >85 on a real cohort); with age and sex in the expected-deaths model
     (stated in the notes) no age band is flagged and their O/E CIs cover 1."""
-    from audit.fairness import expected_deaths
+    from audit.metrics.fairness import expected_deaths
 
     rng = np.random.default_rng(12)
     n = 4000
@@ -312,7 +316,7 @@ def test_overlapping_age_groupings_are_one_finding():
     """The >85 band and the 90-99 decade flagged for one metric are the same subjects' finding
     twice (the real FaceAge predictions on a cohort did that): the verdict counts it once;
     separate age ranges, other metrics and other attributes stay separate findings."""
-    from audit.verdict import count_findings
+    from audit.pipeline.verdict import count_findings
 
     def flagged(*rows):
         return pd.DataFrame(rows, columns=["metric", "attribute", "group_name"])

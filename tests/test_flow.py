@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from audit.cli import main
-from audit.hashing import sha256_file
-from audit.store import Store
+from audit.data.hashing import sha256_file
+from audit.pipeline.store import Store
 
 LENIENT = """
 [thresholds]
@@ -365,7 +365,7 @@ def test_bad_rows_are_quarantined_and_the_rest_is_audited(prefect_harness, demo_
     assert "cannot parse &#39;sixty&#39;" in html
     bad_id = manifest.loc[4, "photo_id"]
     assert bad_id not in html  # pseudonymised
-    from audit.privacy import pseudonym
+    from audit.data.privacy import pseudonym
     assert pseudonym(bad_id) in html
 
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from audit.cohort import load_cohort
+from audit.data.cohort import load_cohort
 from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
 from audit.models import create_model, parse_model_spec
-from audit.cox import fit_cox
-from audit.survival import design_matrix
+from audit.stats.cox import fit_cox
+from audit.survival.analysis import design_matrix
 
 
 def _digest_tree(folder):
@@ -122,7 +122,7 @@ def _spec(tmp_path, checkpoint, **extra):
 
 def test_fahr_face_checkpoint_layout_gives_the_saved_models_outputs(tmp_path, tiny_model,
                                                                     small_cohort):
-    from audit.inference import decode_image, normalize_batch
+    from audit.models.inference import decode_image, normalize_batch
 
     ckpt = tmp_path / "ckpt.pth"
     torch.save({"epoch": 3, "model_state_dict": tiny_model.state_dict()}, ckpt)
@@ -219,7 +219,7 @@ def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(tm
     model = create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys=renames, **base)))
     preds = model.predict(small_cohort).frame.set_index("photo_id")["value"]
     paths = [small_cohort.image_file(p) for p in small_cohort.frame["image_path"]]
-    from audit.inference import decode_image, normalize_batch
+    from audit.models.inference import decode_image, normalize_batch
 
     x = torch.from_numpy(np.stack([decode_image(p, 112) for p in paths])).permute(0, 3, 1, 2)
     with torch.inference_mode():

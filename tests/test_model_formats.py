@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from audit.cohort import load_cohort
+from audit.data.cohort import load_cohort
 from audit.demo.world import write_cohort
 from audit.errors import InputError
 from audit.models import create_model, parse_model_spec
@@ -136,7 +136,7 @@ def test_a_file_that_is_not_torchscript_is_refused(tmp_path, cohort):
 
 
 def test_an_out_of_memory_batch_is_retried_in_halves():
-    from audit.inference import forward_halving
+    from audit.models.inference import forward_halving
 
     calls = []
 
@@ -176,7 +176,7 @@ def test_torch_compile_gives_the_same_predictions(exports, cohort, tmp_path):
 def test_decoding_on_the_device_gives_the_same_predictions(exports, tmp_path):
     """The nvJPEG path (JPEG bytes decoded as a batch by torchvision) on the CPU here: the
     same predictions as decoding in the workers, broken files still reported."""
-    from audit.inference import run_batched
+    from audit.models.inference import run_batched
 
     _, paths = exports
     folder = write_cohort(tmp_path / "d", 120, seed=91, photos=True, defects=True)
@@ -194,8 +194,8 @@ def test_decoding_on_the_device_gives_the_same_predictions(exports, tmp_path):
 def test_the_robustness_suite_agrees_across_the_three_formats(exports, cohort):
     """Perturbed passes go through every adapter's forward: the same network exported three
     ways (and NHWC) gives the same perturbed predictions, all four models in one decode."""
-    from audit.perturbations import face_layout
-    from audit.robustness import run_suite
+    from audit.robustness.perturbations import face_layout
+    from audit.robustness.suite import run_suite
 
     _, paths = exports
     models = [create_model(parse_model_spec(paths[k]))

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from audit.store import Store
+from audit.pipeline.store import Store
 
 
 @pytest.fixture
@@ -35,8 +35,8 @@ def receiver():
 
 
 def test_scan_finds_complete_new_folders_only(tmp_path):
+    from audit.data.inbox import scan
     from audit.demo.world import write_cohort
-    from audit.inbox import scan
 
     inbox = tmp_path / "inbox"
     write_cohort(inbox / "a", 30, seed=1)

@@ -9,9 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from audit.perturbations import (  # noqa: E402
-    FAMILIES, JPEG_QUALITY, create_perturbation, default_plan, list_perturbations,
-    luminance, register_perturbation,
+from audit.robustness.perturbations import (  # noqa: E402
+    FAMILIES,
+    JPEG_QUALITY,
+    create_perturbation,
+    default_plan,
+    list_perturbations,
+    luminance,
+    register_perturbation,
 )
 
 ALL = list_perturbations()
@@ -101,7 +106,7 @@ def test_darker_lighting_lowers_brightness(photo):
              for s in (0, 1, 3, 5)]
     assert means == sorted(means, reverse=True)
     # severity 3 is one stop: half the light, in linear light
-    from audit.perturbations import srgb_to_linear
+    from audit.robustness.perturbations import srgb_to_linear
 
     lin = srgb_to_linear(photo).mean()
     lin3 = srgb_to_linear(create_perturbation("brightness")(photo, 3)).mean()
@@ -156,7 +161,7 @@ def test_noise_has_its_stated_size():
     # shot noise: variance grows with the signal (Poisson), unlike read noise
     dim, bright = torch.full((1, 3, 112, 112), 0.2), torch.full((1, 3, 112, 112), 0.8)
     p = create_perturbation("poisson_noise")
-    from audit.perturbations import srgb_to_linear
+    from audit.robustness.perturbations import srgb_to_linear
 
     v_dim = float(srgb_to_linear(p(dim, 3, [1])).var())
     v_bright = float(srgb_to_linear(p(bright, 3, [1])).var())
@@ -191,7 +196,7 @@ def test_flip_and_geometry(photo):
 
 
 def test_occlusions_cover_their_region_only(photo):
-    from audit.perturbations import LAYOUTS
+    from audit.robustness.perturbations import LAYOUTS
 
     layout = LAYOUTS["arcface"]
     eye_row = int(layout.eye_y * 112)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audit.cohort import load_cohort
-from audit.images import align_crop, detect_faces
-from audit.inference import decode_image
+from audit.data.cohort import load_cohort
+from audit.data.images import align_crop, detect_faces
 from audit.models import create_model
+from audit.models.inference import decode_image
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import QUICK_CONFIG as CONFIG
 
 TOL = 5e-4
@@ -268,7 +267,7 @@ def test_uno_c_and_auc(real):
     from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
     from sksurv.util import Surv
 
-    from audit.survival_metrics import usable_horizons
+    from audit.survival.metrics import usable_horizons
 
     _, r = real
     data = r["data"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from audit.accuracy import faceage_accuracy
-from audit.cohort import load_cohort
-from audit.config import AccuracyConfig, SurvivalConfig
-from audit.cox import fit_cox
-from audit.survival import design_matrix, survival_analysis
 from conftest import write_lung_cohort
+
+from audit.data.cohort import load_cohort
+from audit.metrics.accuracy import faceage_accuracy
+from audit.pipeline.config import AccuracyConfig, SurvivalConfig
+from audit.stats.cox import fit_cox
+from audit.survival.analysis import design_matrix, survival_analysis
 
 
 def _row(frame, metric, attribute="all", group="all"):

@@ -52,7 +52,7 @@ def test_verify_finds_any_change_to_a_signed_run(prefect_harness, tmp_path):
 
     from audit.cli import main
     from audit.demo.world import write_cohort
-    from audit.store import Store
+    from audit.pipeline.store import Store
 
     folder = write_cohort(tmp_path / "c", 40, seed=61, photos=True)
     config = tmp_path / "c.toml"
@@ -78,7 +78,7 @@ def test_verify_finds_any_change_to_a_signed_run(prefect_harness, tmp_path):
     verdict.write_text(verdict.read_text().replace('"fail"', '"pass"').replace("  ", " "))
     assert main(["verify", str(run_dir)]) == 1
 
-    from audit.dossier import verify_run
+    from audit.pipeline.dossier import verify_run
 
     doc["manifest"]["config_sha256"] = "0" * 64
     (run_dir / "manifest.json").write_text(json.dumps(doc))

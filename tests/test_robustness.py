@@ -7,9 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.config import load_config
-from audit.robustness import (
-    icc_3_1, image_seed, perturbation_key, robustness_table, shift_metrics, stratified_sample,
+from audit.pipeline.config import load_config
+from audit.robustness.suite import (
+    icc_3_1,
+    image_seed,
+    perturbation_key,
+    robustness_table,
+    shift_metrics,
+    stratified_sample,
 )
 
 
@@ -139,7 +144,7 @@ def test_stratified_sample_is_proportional_deterministic_and_covers_strata():
 def test_seeds_and_cache_keys():
     assert image_seed(0, "ab" * 32, "jpeg", 3) == image_seed(0, "ab" * 32, "jpeg", 3)
     assert image_seed(0, "ab" * 32, "jpeg", 3) != image_seed(1, "ab" * 32, "jpeg", 3)
-    from audit.perturbations import LAYOUTS
+    from audit.robustness.perturbations import LAYOUTS
 
     assert perturbation_key("none", 0, LAYOUTS["demo"]) == "none"
     assert perturbation_key("jpeg", 0, LAYOUTS["demo"]) != perturbation_key("jpeg", 0,
@@ -151,7 +156,7 @@ def test_seeds_and_cache_keys():
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
     from audit.demo.world import write_cohort
 
     folder = write_cohort(tmp_path_factory.mktemp("robust") / "c", 48, seed=4242, photos=True)
@@ -159,15 +164,15 @@ def faces(tmp_path_factory):
 
 
 def _suite(models, cohort, plan, **kw):
-    from audit.perturbations import face_layout
-    from audit.robustness import run_suite
+    from audit.robustness.perturbations import face_layout
+    from audit.robustness.suite import run_suite
 
     rows = cohort.frame
     return run_suite(models, cohort, rows, plan, layout=face_layout("demo"), seed=0, **kw)
 
 
 def test_each_photo_is_decoded_once_whatever_the_number_of_perturbations(faces, monkeypatch):
-    import audit.inference as inference
+    import audit.models.inference as inference
     from audit.models import create_model
 
     calls = []
@@ -226,7 +231,7 @@ def test_demo_faceage_moves_further_as_severity_grows(faces):
 
 def test_cached_cells_are_not_computed_again(faces):
     from audit.models import create_model
-    from audit.perturbations import face_layout
+    from audit.robustness.perturbations import face_layout
 
     model = create_model("demo:faceage")
     plan = [("jpeg", 1), ("jpeg", 3)]
@@ -240,7 +245,7 @@ def test_cached_cells_are_not_computed_again(faces):
 
 
 def test_robustness_verdicts():
-    from audit.verdict import evaluate
+    from audit.pipeline.verdict import evaluate
 
     preds, attrs = _planted()
     cfg = load_config(robustness={"groups": ["race"]})

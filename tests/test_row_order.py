@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import QUICK_CONFIG as CONFIG, write_lung_cohort
+from conftest import QUICK_CONFIG as CONFIG
+from conftest import write_lung_cohort
 
 # columns that name a row, a time or a file rather than a result
 VOLATILE = {"run_id", "row_number", "source_file", "path", "sha256", "started_at",
@@ -46,7 +46,7 @@ def _shuffled(folder: Path, manifest: str, out: Path, seed: int) -> dict[str, st
 def _tables(out: Path, back: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
     import duckdb
 
-    from audit.store import RESULT_TABLES
+    from audit.pipeline.store import RESULT_TABLES
 
     con = duckdb.connect(str(out / "audit.duckdb"), read_only=True)
     tables = {}

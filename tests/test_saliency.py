@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from audit import saliency as sal
-from audit.saliency import REGIONS
+from audit.saliency import maps as sal
+from audit.saliency.maps import REGIONS
 
 SIZE = 112
 
@@ -29,7 +29,7 @@ def _target(module, name="m", output="faceage", net=None):
 
 @pytest.mark.parametrize("layout", ["arcface", "aligned", "demo"])
 def test_region_template_puts_each_landmark_in_its_region(layout):
-    from audit.perturbations import face_layout
+    from audit.robustness.perturbations import face_layout
 
     t = sal.region_template(layout, SIZE)
     L = face_layout(layout)
@@ -244,10 +244,10 @@ def test_group_sample_fills_every_group_and_keeps_one_photo_per_subject():
 @pytest.fixture(scope="module")
 def demo_maps(tmp_path_factory):
     """The two demo models' maps on 48 rendered faces (one per subject)."""
-    from audit.cohort import load_cohort
+    from audit.data.cohort import load_cohort
     from audit.demo.world import write_cohort
-    from audit.inference import decode_image
     from audit.models import create_model
+    from audit.models.inference import decode_image
 
     cohort = load_cohort(write_cohort(tmp_path_factory.mktemp("demo") / "c", 48, seed=93,
                                       photos=True))
@@ -313,9 +313,9 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     and checks in DuckDB, never a map of fewer than min_faces photos; the report section and
     its PNG artifacts, re-rendered byte-identical from DuckDB alone."""
     from audit.cli import main
+    from audit.data.hashing import sha256_file
     from audit.demo.world import write_cohort
-    from audit.hashing import sha256_file
-    from audit.store import Store
+    from audit.pipeline.store import Store
 
     folder = write_cohort(tmp_path / "c", 50, seed=94, photos=True)
     config = tmp_path / "c.toml"

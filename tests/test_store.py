@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 
 from audit.errors import InputError, StoreBusyError
-from audit.store import MIGRATIONS, RESULT_TABLES, SCHEMA_VERSION, Store, is_run_id, migrate
+from audit.pipeline.store import (
+    RESULT_TABLES,
+    SCHEMA_VERSION,
+    Store,
+    is_run_id,
+    migrate,
+)
 
 
 def test_new_store_has_every_contract_table(tmp_path):
@@ -27,18 +33,39 @@ def test_new_store_has_every_contract_table(tmp_path):
             "host", "heartbeat_at", "verdict"} <= cols
 
 
-def test_an_old_database_opens_and_is_migrated_forward(tmp_path):
+# The `runs` table as schema version 1 created it (the first release's file).
+RUNS_V1 = """CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY, flow VARCHAR, started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ, status VARCHAR, cohort_name VARCHAR, cohort_sha256 VARCHAR,
+    models JSON, config_sha256 VARCHAR, code_version VARCHAR, environment JSON,
+    pid INTEGER, host VARCHAR, heartbeat_at TIMESTAMPTZ, verdict VARCHAR)"""
+
+
+def _layout(con) -> list[tuple]:
+    return con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                       "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
+                       ).fetchall()
+
+
+def test_an_old_database_is_brought_up_to_the_layout_of_a_new_one(tmp_path):
     path = tmp_path / "audit.duckdb"
     con = duckdb.connect(str(path))
-    assert migrate(con, target=1) == 1
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    con.execute("INSERT INTO schema_version VALUES (1, now())")
+    con.execute(RUNS_V1)
     con.execute("INSERT INTO runs (run_id, status, cohort_name) VALUES ('r1', 'finished', 'old')")
     con.close()
     store = Store(path)
     assert store.schema_version() == SCHEMA_VERSION
     assert store.query("SELECT version FROM schema_version ORDER BY version")["version"].tolist() \
-        == [n for n, _ in MIGRATIONS]
+        == [1, SCHEMA_VERSION]
     old = store.run("r1")
-    assert old["cohort_name"] == "old" and old["error"] is None  # column added in v2
+    assert old["cohort_name"] == "old" and old["error"] is None  # a column added since
+    fresh = duckdb.connect(str(tmp_path / "new.duckdb"))
+    migrate(fresh)
+    with store.connect(read_only=True) as upgraded:
+        assert _layout(upgraded) == _layout(fresh)  # same tables, same column order
+    assert migrate(fresh) == SCHEMA_VERSION  # a second call changes nothing
 
 
 def test_a_newer_database_is_refused(tmp_path):
@@ -101,7 +128,7 @@ def test_vectors_round_trip_exactly_whether_equal_length_or_ragged(tmp_path):
     assert np.array_equal(np.stack(back["vector"].to_list()), np.stack(equal))
     import pyarrow as pa
 
-    from audit.store import _as_arrow_if_vectors
+    from audit.pipeline.store import _as_arrow_if_vectors
 
     assert isinstance(_as_arrow_if_vectors(pd.DataFrame({"vector": equal})), pa.Table)
     assert isinstance(_as_arrow_if_vectors(pd.DataFrame({"map": ragged})), pd.DataFrame)

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.config import load_config
-from audit.cox import fit_cox
-from audit.survival import _logrank_trend, design_matrix
+from audit.pipeline.config import load_config
+from audit.stats.cox import fit_cox
+from audit.survival.analysis import _logrank_trend, design_matrix
 
 
 def test_rossi_recidivism_matches_fox_and_weisberg():
@@ -39,7 +39,7 @@ def _world(n=2000, seed=1):
 def test_uno_c_matches_scikit_survival_and_its_ci_is_sensible():
     from sksurv.metrics import concordance_index_ipcw
 
-    from audit.survival_metrics import _surv, score_metrics
+    from audit.survival.metrics import _surv, score_metrics
 
     df = _world(1500, seed=2)
     metrics, curves = score_metrics("m", "risk", df["time"], df["event"], df["risk"],
@@ -67,8 +67,8 @@ def test_weighted_uno_c_equals_scikit_survival():
     from sksurv.metrics import concordance_index_ipcw
     from sksurv.nonparametric import CensoringDistributionEstimator
 
-    from audit.concordance import weighted_concordance
-    from audit.survival_metrics import _surv
+    from audit.stats.concordance import weighted_concordance
+    from audit.survival.metrics import _surv
 
     df = _world(800, seed=3)
     y = _surv(df["event"], df["time"])
@@ -95,7 +95,7 @@ def test_logrank_trend_with_two_groups_is_the_logrank_test():
 
 
 def test_cross_fitting_never_uses_a_subjects_own_outcome():
-    from audit.survival_metrics import crossfit_survival
+    from audit.survival.metrics import crossfit_survival
 
     df = _world(500, seed=5)
     a = crossfit_survival(df["time"], df["event"], df["risk"], [1.0, 2.0], seed=0)
@@ -109,8 +109,8 @@ def test_cross_fitting_never_uses_a_subjects_own_outcome():
 def test_incremental_value_is_a_real_likelihood_ratio_test():
     """The original FaceAge script compared a model with itself (always 0). Here the test
     statistic is twice the log-likelihood gain of separately fitted models."""
-    from audit.cohort import Covariate
-    from audit.incremental import incremental_value
+    from audit.data.cohort import Covariate
+    from audit.survival.incremental import incremental_value
 
     df = _world(1500, seed=6)
     covs = [Covariate(name="ecog", type="numeric")]
@@ -131,7 +131,7 @@ def test_incremental_value_is_a_real_likelihood_ratio_test():
 
 
 def test_a_non_proportional_categorical_term_is_stratified():
-    from audit.survival import survival_analysis
+    from audit.survival.analysis import survival_analysis
 
     rng = np.random.default_rng(7)
     n = 1500
@@ -181,7 +181,7 @@ def test_the_ci_of_a_planted_hazard_ratio_covers_the_truth_about_95_percent():
 
 
 def test_face_aging_rate_is_the_slope_of_faceage_over_photo_dates():
-    from audit.longitudinal import face_aging_rates
+    from audit.survival.longitudinal import face_aging_rates
 
     photos = pd.DataFrame({
         "subject_id": ["a", "a", "a", "b", "b", "c"],
@@ -200,7 +200,7 @@ def test_a_faster_face_aging_rate_means_shorter_survival_in_the_demo_world():
     """The demo world ages the faces of sicker subjects faster (0.5 extra years a year per
     unit of illness), and illness shortens survival: the landmark HR of FAR is above 1."""
     from audit.demo.world import expand_photos, simulate
-    from audit.longitudinal import far_models
+    from audit.survival.longitudinal import far_models
 
     subjects = simulate(1500, 13)
     photos = expand_photos(subjects, 3, 13)

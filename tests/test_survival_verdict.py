@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.cohort import Covariate
-from audit.config import SurvivalConfig, Thresholds
+from audit.data.cohort import Covariate
 from audit.demo.world import simulate
-from audit.survival import risk_quartiles, survival_analysis
-from audit.verdict import evaluate, overall
+from audit.pipeline.config import SurvivalConfig, Thresholds
+from audit.pipeline.verdict import evaluate, overall
+from audit.survival.analysis import risk_quartiles, survival_analysis
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_km_curves_start_full_and_never_rise(result):
 
 
 def test_the_oracle_risk_discriminates_as_the_truth_does(result, world):
-    from audit.accuracy import harrell_c
+    from audit.metrics.accuracy import harrell_c
 
     c_true = harrell_c(world.time, world.event, world.true_lp)
     c = result.models.set_index("model_id").loc["risk_per_sd__unadjusted", "concordance"]
@@ -171,8 +171,8 @@ def test_follow_up_short_of_every_decision_horizon_is_said(world):
 def test_a_hazard_ratio_on_too_few_deaths_is_inconclusive_and_value_is_the_estimate():
     """The estimate is `value`, the judged lower bound `judged_value`; an HR of 39 (CI 1.7 to
     894) on 18 deaths is inconclusive, never a pass, and says how many deaths would do."""
-    from audit.config import Thresholds
-    from audit.verdict import evaluate, overall
+    from audit.pipeline.config import Thresholds
+    from audit.pipeline.verdict import evaluate, overall
 
     def run(hr, low, high, events):
         terms = pd.DataFrame([{"model": "m", "model_id": "faceage_per_decade__age_sex",
@@ -205,8 +205,8 @@ def test_tied_risk_scores_keep_q4_vs_q1_on_the_lung_data():
     with the old ties-pushed-up rule), and shuffled rows give the same numbers."""
     from lifelines.datasets import load_lung
 
-    from audit.config import load_config
-    from audit.survival_fairness import survival_subgroups
+    from audit.pipeline.config import load_config
+    from audit.survival.subgroups import survival_subgroups
 
     lung = load_lung().dropna(subset=["ph.ecog"]).reset_index(drop=True)
     df = pd.DataFrame({"subject_id": [f"s{i}" for i in range(len(lung))],

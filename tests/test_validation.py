@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from audit.cohort import load_cohort
+from audit.data.cohort import load_cohort
+from audit.data.validation import age_reason, load_suite, run_suite, validate_cohort
 from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
-from audit.validation import age_reason, load_suite, run_suite, validate_cohort
 
 
 def _flagged(cohort, report) -> set:
@@ -239,7 +239,7 @@ def test_run_suite_maps_rows_back_whatever_order_gx_returns():
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from audit.images import inspect_image
+    from audit.data.images import inspect_image
 
     img = Image.fromarray(np.random.default_rng(5).integers(0, 255, (60, 100, 3), np.uint8))
     exif = Image.Exif()

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.cohort import load_cohort
+from audit.data.cohort import load_cohort
 from audit.demo.world import CANCERS, WorldParams, simulate, write_cohort
-from audit.cox import fit_cox
-from audit.survival import design_matrix
+from audit.stats.cox import fit_cox
+from audit.survival.analysis import design_matrix
 
 
 def test_same_seed_same_cohort_other_seed_other_cohort(tmp_path):

@@ -16,7 +16,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape  # messages quote paths and terms like sex[female]
 
+from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
+from audit.orchestrate.sequence import preflight
+from audit.pipeline import progress
+from audit.pipeline.config import load_config
+from audit.pipeline.dossier import MANIFEST, verify_run
+from audit.report import render_all
 
 # Prefect reads its settings at import: keep its own logging quiet unless asked.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -30,38 +36,15 @@ console = Console(stderr=True)
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
-def preflight(cohort: Path, models: list[str]) -> None:
-    """What can be checked in milliseconds, before the Prefect server starts (7-13 s the
-    first time): cohort.yaml, the manifest's header against its column mapping, each model
-    spec, and the columns a ``predictions`` model reads. Raises InputError (exit 2)."""
-    from audit.cohort import check_cohort
-    from audit.models import parse_model_spec
-
-    mpath, available = check_cohort(cohort)
-    for text in models:
-        spec = parse_model_spec(text)
-        if spec.kind != "predictions":
-            continue
-        wanted = dict(spec.outputs or {}) or ({"faceage": spec.column} if spec.column else {})
-        for output, col in wanted.items():
-            col = col if isinstance(col, str) else str(col)
-            if col not in available:
-                raise InputError(f"{mpath}: model {spec.name!r} reads column `{col}` for "
-                                 f"output `{output}`, which the manifest lacks; it has "
-                                 f"{sorted(available)}")
-
-
 def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path],
                overrides: dict | None = None, runner: str = "local",
                dask_address: Optional[str] = None, shards: int = 0,
                reference: Optional[str] = None) -> int:
-    from audit import progress
-    from audit.config import load_config
 
     load_config(config, **(overrides or {}))  # fail fast (exit 2) before Prefect starts
     preflight(cohort, models)
     progress.use_console(console)
-    from flows.audit import audit_flow, dask_task_runner
+    from audit.orchestrate.prefect_flows import audit_flow, dask_task_runner
 
     with console.status("starting Prefect (a temporary local server the first time)..."):
         import prefect  # noqa: F401
@@ -73,7 +56,7 @@ def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path
         raise InputError(f"--runner {runner!r}: use local or dask")
     cfg_path = str(config) if config else None
     if reference is not None:
-        from flows.monitor import resolve_reference
+        from audit.orchestrate.prefect_flows import resolve_reference
 
         reference = resolve_reference(reference, models, str(out), cfg_path, overrides)
         console.print(f"reference run: {reference}")
@@ -131,12 +114,9 @@ def validate(
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
 ) -> None:
     """Validate a cohort alone (no model): exit 0 clean, 1 errors found, 2 unusable."""
-    from audit import progress
-    from audit.config import load_config
-
     load_config(config)
     progress.use_console(console)
-    from flows.validate import validation_flow
+    from audit.orchestrate.prefect_flows import validation_flow
 
     result = validation_flow(cohort=str(cohort), out=str(out),
                              config=str(config) if config else None)
@@ -166,9 +146,6 @@ def make_cohort(
                                      "oracle model's predictions"),
 ) -> None:
     """Write a synthetic cohort whose truth is known (rendered faces by default)."""
-    from audit import progress
-    from audit.demo.world import WorldParams, write_cohort
-
     try:
         params = WorldParams.make(population, shifts=shift, underserved=underserved)
     except ValueError as exc:
@@ -198,9 +175,6 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Render a synthetic cancer cohort and audit the two demo models on it (light preset)."""
-    from audit import progress
-    from audit.demo.world import write_cohort
-
     progress.use_console(console)
     cohort = write_cohort(out / "cohort", n=n, seed=seed, name="demo-synthetic-cancer",
                           photos=True,
@@ -237,7 +211,7 @@ def deploy(
     for path in (cohort, inbox):
         if path is not None and not path.is_dir():
             raise InputError(f"{path}: no such folder")
-    from flows.deploy import build_deployments
+    from audit.orchestrate.prefect_flows import build_deployments
 
     deployments = build_deployments(
         models=list(model), out=str(out.resolve()),
@@ -257,8 +231,6 @@ def deploy(
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="runs/<run_id> folder of a finished run")) -> None:
     """Re-hash everything in the run's signed manifest and check the signature."""
-    from audit.dossier import MANIFEST, verify_run
-
     if not (run_dir / MANIFEST).is_file():
         raise InputError(f"{run_dir}: no {MANIFEST} (not a run folder, or a run from before "
                          "signed manifests)")
@@ -282,8 +254,6 @@ def report(
                                          "perturbation (read from the cohort folder)"),
 ) -> None:
     """Re-render every run's page and the index from a DuckDB file alone."""
-    from audit.report import render_all
-
     if not db.is_file():
         raise InputError(f"{db}: no such DuckDB file")
     index = render_all(db, out, show_ids=show_ids, show_faces=show_faces)

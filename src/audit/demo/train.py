@@ -48,7 +48,7 @@ def render_arrays(n: int, seed: int, params) -> tuple[np.ndarray, "pd.DataFrame"
 def _to_tensor(images: np.ndarray):
     import torch
 
-    from audit.inference import normalize_batch
+    from audit.models.inference import normalize_batch
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     return normalize_batch(x, "imagenet")
@@ -141,9 +141,9 @@ def main(argv=None) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from audit.accuracy import harrell_c
+    from audit.data.hashing import sha256_file
     from audit.demo.world import WorldParams
-    from audit.hashing import sha256_file
+    from audit.metrics.accuracy import harrell_c
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from audit.demo.faces import jpeg_bytes, photo_conditions, render_face, subject_look
+
 RACES = {"White": 0.68, "Black": 0.13, "Asian": 0.08, "Hispanic": 0.08, "Other": 0.03}
 SITE_RACES = {"White": 0.35, "Black": 0.30, "Asian": 0.10, "Hispanic": 0.22, "Other": 0.03}
 CANCERS = {
@@ -210,8 +212,6 @@ def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
 
 def iter_jpegs(photos: pd.DataFrame, seed: int, params: WorldParams):
     """Yield ``(relative path, JPEG bytes)`` for every photo row, deterministically."""
-    from audit.demo.faces import jpeg_bytes, photo_conditions, render_face, subject_look
-
     looks: dict[str, object] = {}
     for row in photos.itertuples(index=False):
         sid = row.subject_id

@@ -6,19 +6,24 @@ Adapters register themselves in :mod:`audit.models.registry`; this package impor
 adapter module explicitly so that registering is never a side effect of a star import.
 """
 
-from audit.models.registry import (  # noqa: F401
+# Each adapter module registers itself on import; import them explicitly, once.
+from audit.models import demo as _demo  # noqa: F401,E402  (short forms demo:faceage, demo:survival)
+from audit.models import onnx_adapter as _onnx  # noqa: F401,E402  (kind `onnx`)
+from audit.models import predictions as _predictions  # noqa: F401,E402  (kind `predictions`)
+from audit.models import timm_adapter as _timm  # noqa: F401,E402  (kind `timm`)
+from audit.models import torchscript_adapter as _ts  # noqa: F401,E402  (kind `torchscript`)
+from audit.models.registry import (
     ModelAdapter,
-    register_short_form,
     ModelSpec,
     Predictions,
     create_model,
     list_models,
     parse_model_spec,
     register_model,
+    register_short_form,
 )
-# Each adapter module registers itself on import; import them explicitly, once.
-from audit.models import demo as _demo  # noqa: F401,E402  (short forms demo:faceage, demo:survival)
-from audit.models import predictions as _predictions  # noqa: F401,E402  (kind `predictions`)
-from audit.models import timm_adapter as _timm  # noqa: F401,E402  (kind `timm`)
-from audit.models import onnx_adapter as _onnx  # noqa: F401,E402  (kind `onnx`)
-from audit.models import torchscript_adapter as _ts  # noqa: F401,E402  (kind `torchscript`)
+
+__all__ = [
+    "ModelAdapter", "ModelSpec", "Predictions", "create_model", "list_models",
+    "parse_model_spec", "register_model", "register_short_form",
+]

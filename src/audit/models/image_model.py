@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from audit.data.hashing import sha256_file
 from audit.errors import InputError
-from audit.hashing import sha256_file
+from audit.models.inference import best_device, run_batched
 from audit.models.registry import (
-    OUTPUT_NAMES, PREDICTION_COLUMNS, ModelAdapter, ModelSpec, Predictions,
+    OUTPUT_NAMES,
+    PREDICTION_COLUMNS,
+    ModelAdapter,
+    ModelSpec,
+    Predictions,
 )
+from audit.pipeline import progress as progress_mod
 
 
 def output_map(spec: ModelSpec) -> dict[str, tuple[int, float, float]]:
@@ -82,7 +88,6 @@ class ImageModel(ModelAdapter):
         """Check the checkpoint's SHA-256 against the spec, then build the model once."""
         if self._model is not None:
             return self._model
-        from audit.inference import best_device
 
         if not Path(self.checkpoint).is_file():
             raise InputError(f"{self.checkpoint}: model file not found (model {self.name!r})")
@@ -130,8 +135,6 @@ class ImageModel(ModelAdapter):
         do not decode, and outputs that are not finite, are quarantined (stage ``inference``)
         with the photo's file, manifest row and reason.
         """
-        from audit import progress as progress_mod
-
         df = cohort.frame
         rows = df[df["image_path"].notna()]
         digests = rows["image_path"].map(cohort.image_sha256)
@@ -178,8 +181,6 @@ class ImageModel(ModelAdapter):
 
     def _run(self, cohort, rows: pd.DataFrame, progress) -> Predictions:
         """Run the model on ``rows`` of the cohort (all of them decoded and batched)."""
-        from audit.inference import run_batched
-
         if rows.empty:
             return Predictions(frame=pd.DataFrame(columns=PREDICTION_COLUMNS), notes=[])
         self.load()

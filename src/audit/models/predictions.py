@@ -14,7 +14,12 @@ import pandas as pd
 
 from audit.errors import InputError
 from audit.models.registry import (
-    OUTPUT_NAMES, PREDICTION_COLUMNS, ModelAdapter, ModelSpec, Predictions, register_model,
+    OUTPUT_NAMES,
+    PREDICTION_COLUMNS,
+    ModelAdapter,
+    ModelSpec,
+    Predictions,
+    register_model,
 )
 
 

@@ -103,7 +103,7 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def predict(self, cohort) -> Predictions:
-        """Predictions for every good row of ``cohort`` (an :class:`audit.cohort.Cohort`)."""
+        """Predictions for every good row of ``cohort`` (an :class:`audit.data.cohort.Cohort`)."""
 
 
 _REGISTRY: dict[str, Callable[[ModelSpec], ModelAdapter]] = {}
@@ -119,7 +119,6 @@ def register_short_form(prefix: str, expand: Callable[[str], dict]) -> None:
 
 def register_model(kind: str, short_form: Callable[[str], dict] | None = None):
     """Class decorator: register an adapter for ``kind`` (duplicate names raise)."""
-
     def wrap(cls):
         if kind in _REGISTRY:
             raise ValueError(f"model kind {kind!r} is already registered")

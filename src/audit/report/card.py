@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from audit.pipeline.verdict import sig3
 from audit.report.decisions import decision_summaries, nested_summaries, subgroup_summaries
 from audit.report.records import records as _rows
-from audit.verdict import sig3
 
 # model-card keys the spec may declare, in the order a card shows them
 DECLARED = [("version", "Version"), ("developers", "Developed by"), ("license", "Licence"),
@@ -34,7 +34,7 @@ MIN_VALIDATION_EVENTS = 100
 
 def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
     """One card per model of the run. ``ctx`` is the run page's context, ``t`` its tables."""
-    run, config = ctx["run"], ctx["config"]
+    config = ctx["config"]
     verdict_metrics = (config.get("fairness") or {}).get("verdict_metrics") or []
     judged_max = int((config.get("robustness") or {}).get("judged_max_severity", 3))
     evaluation = _evaluation_data(ctx, t)
@@ -114,7 +114,7 @@ def _added_utility(ctx: dict, curves: pd.DataFrame, name: str) -> list[dict]:
 
 def _utility_subgroups(rows: pd.DataFrame, name: str) -> list[dict]:
     """Per score and horizon: where the score is useful overall, and the groups harmed
-    there (:mod:`audit.decision_subgroups`)."""
+    there (:mod:`audit.decisions.subgroups`)."""
     return [{"score": d["score"], "when": d["when"], "overall_useful": d["overall_useful"],
              "harmed": "; ".join(f"{x['attribute']} = {x['group_name']} at "
                                  f"{x['harmed_where_useful']}" for x in d["flagged"]),

@@ -1,5 +1,5 @@
 """The decision-curve view of a run page: per score and horizon, the plot, one sentence of
-where the model is useful, and the numbers by threshold (:mod:`audit.decision_curves`)."""
+where the model is useful, and the numbers by threshold (:mod:`audit.decisions.curves`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from audit.decision_curves import threshold_runs, useful_thresholds, years
+from audit.decisions.curves import threshold_runs, useful_thresholds, years
 from audit.report import plots
 
 SCORES = {"faceage": "FaceAge", "risk": "risk score"}
@@ -77,7 +77,7 @@ def decision_view(rows: pd.DataFrame, model: str) -> list[dict]:
         label, when = d["score"], d["when"]
         out.append(dict(
             d, rows=table,
-            uri=plots.decision_plot(g, f"{model}\n{label}: decision curve, death within {when}"),
+            uri=plots.to_uri(plots.decision_plot(g, f"{model}\n{label}: decision curve, death within {when}")),
             alt=(f"Net benefit of the {label} against the threshold probability of death "
                  f"within {when}, with its 95% CI band, beside chronological age, treat all "
                  "and treat none (zero).")))
@@ -150,8 +150,8 @@ def nested_view(rows: pd.DataFrame, label: str) -> list[dict]:
         when = d["when"]
         out.append(dict(
             d, rows=table,
-            uri=plots.nested_decision_plot(
-                g, names, f"{label}\nnested models: decision curves, death within {when}"),
+            uri=plots.to_uri(plots.nested_decision_plot(
+                g, names, f"{label}\nnested models: decision curves, death within {when}")),
             alt=(f"Net benefit of the nested models ({', '.join(n for _, n in names)}) "
                  f"against the threshold probability of death within {when}, the largest "
                  "with its 95% CI band, beside treat all and treat none (zero).")))
@@ -195,7 +195,7 @@ def subgroup_view(rows: pd.DataFrame) -> list[dict]:
     for d in subgroup_summaries(rows):
         g = d.pop("rows")
         title = f"{d['model']}: {d['score']}, death within {d['when']}"
-        out.append(dict(d, uri=plots.utility_map(g, title), alt=(
+        out.append(dict(d, uri=plots.to_uri(plots.utility_map(g, title)), alt=(
             f"For each subgroup (rows) and threshold probability (columns): whether acting on "
             f"the {d['score']} beats treating everyone and no one in that group (useful), does "
             "worse than them (harmful), or cannot be told apart (uncertain), with simultaneous "

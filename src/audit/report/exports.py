@@ -4,7 +4,7 @@ Each export is one table of ``audit.duckdb`` for one run, written beside the rep
 ``runs/<run_id>/data/<table>.csv``: the numbers behind every plot and table of the page.
 Two rules keep them fit to leave the site:
 
-- ids are pseudonymised (:func:`audit.privacy.pseudonym`) unless ``--show-ids``, and
+- ids are pseudonymised (:func:`audit.data.privacy.pseudonym`) unless ``--show-ids``, and
   per-photo tables (predictions, cohort rows) are not exported at all;
 - a text cell that a spreadsheet would run as a formula (it starts with ``=``, ``+``, ``-``,
   ``@``, a tab or a carriage return, OWASP's "CSV injection" list) is written with a leading
@@ -19,7 +19,6 @@ import io
 from pathlib import Path
 
 import pandas as pd
-
 
 # table -> columns holding ids that must be pseudonymised
 EXPORTS: dict[str, tuple[str, ...]] = {
@@ -68,7 +67,7 @@ def to_csv(df: pd.DataFrame) -> str:
 def export_frames(tables: dict[str, pd.DataFrame], scrub) -> dict[str, pd.DataFrame]:
     """The frames to export, keyed by table, from the run's ``tables``: empty tables left
     out, ``run_id`` dropped, id columns pseudonymised and free text scrubbed of ids by
-    ``scrub`` (:func:`audit.privacy.id_scrubber`)."""
+    ``scrub`` (:func:`audit.data.privacy.id_scrubber`)."""
     out = {}
     for table, id_columns in EXPORTS.items():
         df = tables.get(table)

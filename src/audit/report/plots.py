@@ -1,4 +1,5 @@
-"""Plots for the report: matplotlib (Agg) rendered to inline PNG data URIs.
+"""Plots for the report: each returns a matplotlib ``Figure`` (a PIL image for the photo
+grids), for a notebook to show; :func:`to_uri` turns one into the data URI a page embeds.
 
 Every plot has its numbers in a table beside it in the page; plots are for looking.
 """
@@ -7,9 +8,14 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # matplotlib and PIL load on first use
+    from matplotlib.figure import Figure
+    from PIL import Image
 
 
 def _fig(width=6.0, height=4.0):
@@ -22,15 +28,22 @@ def _fig(width=6.0, height=4.0):
     return plt, fig, ax
 
 
-def _uri(plt, fig) -> str:
+def to_uri(figure) -> str:
+    """A figure as the data URI a page embeds: a matplotlib ``Figure`` as PNG (laid out,
+    then closed), a PIL image (:func:`image_grid`) as JPEG."""
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    if hasattr(figure, "savefig"):
+        import matplotlib.pyplot as plt
+
+        figure.tight_layout()
+        figure.savefig(buf, format="png")
+        plt.close(figure)
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    figure.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def faceage_scatter(age: np.ndarray, faceage: np.ndarray, title: str) -> str:
+def faceage_scatter(age: np.ndarray, faceage: np.ndarray, title: str) -> Figure:
     """FaceAge against chronological age, with the identity line and a linear fit."""
     plt, fig, ax = _fig(5.0, 4.5)
     ax.scatter(age, faceage, s=6, alpha=0.35, color="#1f5f99", linewidths=0)
@@ -46,10 +59,10 @@ def faceage_scatter(age: np.ndarray, faceage: np.ndarray, title: str) -> str:
     ax.set_ylabel("FaceAge (years)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
-    return _uri(plt, fig)
+    return fig
 
 
-def km_plot(curves: pd.DataFrame, title: str) -> str:
+def km_plot(curves: pd.DataFrame, title: str) -> Figure:
     """Kaplan-Meier steps per group (time in years)."""
     plt, fig, ax = _fig(6.0, 4.0)
     for name, g in curves.groupby("group_name", sort=False):
@@ -63,12 +76,12 @@ def km_plot(curves: pd.DataFrame, title: str) -> str:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _uri(plt, fig)
+    return fig
 
 
 def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
                 ref: float | None = None, bounds: tuple[float, float] | None = None,
-                log: bool = False) -> str:
+                log: bool = False) -> Figure:
     """Point estimates with CIs per row (subgroups or hazard ratios); ``bounds``: dotted
     lines (a tolerance on either side of ``ref``)."""
     rows = rows.reset_index(drop=True)
@@ -90,10 +103,10 @@ def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _uri(plt, fig)
+    return fig
 
 
-def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> str:
+def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> Figure:
     """A metric over runs (x: run start), one line per cohort and model."""
     plt, fig, ax = _fig(6.5, 3.2)
     for name, g in frame.groupby("series", sort=True):
@@ -104,11 +117,11 @@ def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> str:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
-    return _uri(plt, fig)
+    return fig
 
 
 def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
-                  tolerance: float | None = None) -> str:
+                  tolerance: float | None = None) -> Figure:
     """Shift against severity, one panel per perturbation family and one line per
     perturbation; severity 0 (the clean photo) has no shift by definition."""
     families = list(dict.fromkeys(rows["family"]))
@@ -141,12 +154,13 @@ def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _uri(plt, fig)
+    return fig
 
 
 def image_grid(tiles: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str],
-               tile: int = 72, label_width: int = 120) -> str:
-    """A labelled grid of uint8 RGB images as one JPEG data URI (PIL; deterministic bytes)."""
+               tile: int = 72, label_width: int = 120) -> "Image.Image":
+    """A labelled grid of uint8 RGB images as one PIL image (:func:`to_uri`: a JPEG with
+    deterministic bytes)."""
     from PIL import Image, ImageDraw
 
     rows, cols = len(tiles), max(len(r) for r in tiles)
@@ -162,12 +176,10 @@ def image_grid(tiles: list[list[np.ndarray]], row_labels: list[str], col_labels:
         for j, im in enumerate(row):
             thumb = Image.fromarray(im).resize((tile, tile), Image.BILINEAR)
             canvas.paste(thumb, (label_width + j * (tile + 4), y))
-    buf = io.BytesIO()
-    canvas.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return canvas
 
 
-def calibration_plot(points: pd.DataFrame, title: str) -> str:
+def calibration_plot(points: pd.DataFrame, title: str) -> Figure:
     """Observed (Kaplan-Meier, 95% CI) against mean predicted survival by decile of risk,
     with the identity line."""
     plt, fig, ax = _fig(4.8, 4.5)
@@ -185,10 +197,10 @@ def calibration_plot(points: pd.DataFrame, title: str) -> str:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    return _uri(plt, fig)
+    return fig
 
 
-def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None = None) -> str:
+def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None = None) -> Figure:
     """Effect size of every compared feature against the reference, drifted ones in red;
     ``floors`` (effect method -> minimum effect) are drawn as ticks on each bar's row."""
     rows = rows[rows["effect"].notna()].sort_values(["kind", "effect"], ascending=[True, True])
@@ -208,11 +220,11 @@ def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None 
     ax.set_xlabel("effect size (orange tick: the floor a drift must reach)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    return _uri(plt, fig)
+    return fig
 
 
 def saliency_grid(face: np.ndarray | None, template: np.ndarray, tiles: list[tuple[str, np.ndarray]],
-                  title: str) -> str:
+                  title: str) -> Figure:
     """Cohort attribution maps, each over the average face of the sample (or grey), with the
     outline of the region template; one tile per (label, map)."""
     import matplotlib
@@ -233,10 +245,10 @@ def saliency_grid(face: np.ndarray | None, template: np.ndarray, tiles: list[tup
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    return _uri(plt, fig)
+    return fig
 
 
-def region_bars(rows: pd.DataFrame, title: str, area: dict[str, float] | None = None) -> str:
+def region_bars(rows: pd.DataFrame, title: str, area: dict[str, float] | None = None) -> Figure:
     """Share of attribution mass per region, one bar per method, with CIs; ``area``: each
     region's share of the pixels (the share a map with no preference would give), dotted."""
     regions = list(dict.fromkeys(rows["region"]))
@@ -260,7 +272,7 @@ def region_bars(rows: pd.DataFrame, title: str, area: dict[str, float] | None = 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    return _uri(plt, fig)
+    return fig
 
 
 def overlay(face: np.ndarray, attribution: np.ndarray, alpha: float = 0.55) -> np.ndarray:
@@ -276,7 +288,7 @@ def overlay(face: np.ndarray, attribution: np.ndarray, alpha: float = 0.55) -> n
     return (face * (1 - alpha) + heat * alpha).round().clip(0, 255).astype(np.uint8)
 
 
-def decision_plot(rows: pd.DataFrame, title: str) -> str:
+def decision_plot(rows: pd.DataFrame, title: str) -> Figure:
     """Net benefit against threshold probability: the model (95% CI band), chronological
     age, treat all and treat none, for one score at one horizon."""
     plt, fig, ax = _fig(5.6, 4.0)
@@ -289,7 +301,7 @@ def decision_plot(rows: pd.DataFrame, title: str) -> str:
     return _decision_axes(plt, fig, ax, rows, title)
 
 
-def nested_decision_plot(rows: pd.DataFrame, steps: list[tuple[str, str]], title: str) -> str:
+def nested_decision_plot(rows: pd.DataFrame, steps: list[tuple[str, str]], title: str) -> Figure:
     """Net benefit of nested models (``steps``: ``(model_id, label)``, smallest first), the
     largest with its 95% CI band, beside treat all and treat none, at one horizon."""
     plt, fig, ax = _fig(5.6, 4.0)
@@ -309,7 +321,7 @@ def _net_benefit_line(ax, g: pd.DataFrame, colour: str, ls: str, label: str, ban
                         lw=0, label=f"{label}, 95% CI")
 
 
-def _decision_axes(plt, fig, ax, rows: pd.DataFrame, title: str) -> str:
+def _decision_axes(plt, fig, ax, rows: pd.DataFrame, title: str) -> Figure:
     """Treat all (dotted) and treat none (zero) on a decision-curve plot; axes, legend."""
     g = rows[rows["strategy"] == "treat_all"].sort_values("threshold")
     if not g.empty:
@@ -325,10 +337,10 @@ def _decision_axes(plt, fig, ax, rows: pd.DataFrame, title: str) -> str:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
-    return _uri(plt, fig)
+    return fig
 
 
-def utility_map(rows: pd.DataFrame, title: str) -> str:
+def utility_map(rows: pd.DataFrame, title: str) -> Figure:
     """Subgroups (rows) by threshold (columns), coloured by ``decision_subgroups.status``;
     a dot above the columns where the score is useful for the whole cohort."""
     from matplotlib.colors import ListedColormap
@@ -360,4 +372,4 @@ def utility_map(rows: pd.DataFrame, title: str) -> str:
     ax.legend(handles=[Patch(color=colours[k], label=k) for k in ("useful", "uncertain",
                                                                   "harmful")],
               fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _uri(plt, fig)
+    return fig

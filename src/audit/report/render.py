@@ -2,7 +2,7 @@
 
 ``runs/<run_id>/index.html`` and ``verdict.json`` per run, ``index.html`` over runs. Pages
 are self-contained (inline CSS and PNG plots, no scripts, no CDN) and show no photos and
-no raw ids unless asked (:mod:`audit.privacy`).
+no raw ids unless asked (:mod:`audit.data.privacy`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.hashing import sha256_file
-from audit.privacy import id_scrubber, pseudonym
-from audit.report import plots
+from audit.data.hashing import sha256_file
+from audit.data.privacy import id_scrubber, pseudonym
+from audit.pipeline.store import Store
+from audit.report import onsite, plots
+from audit.report.card import model_cards
 from audit.report.decisions import decision_view, nested_view, subgroup_view
+from audit.report.exports import export_frames, write_exports
 from audit.report.records import records as _records
-from audit.store import Store
+from audit.report.tripod import checklist
+from audit.saliency.maps import REGIONS
 
 TEMPLATES = Path(__file__).parent / "templates"
 SECTIONS = ["verdict", "validation", "composition", "accuracy", "survival", "trail"]
@@ -83,7 +87,7 @@ RUN_TABLES = ("cohort_rows", "validation_results", "quarantine", "predictions", 
               "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
               "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts",
               "saliency", "saliency_maps", "saliency_checks", "decision_curves",
-              "decision_subgroups")
+              "decision_subgroups", "cohort_summary", "figures")
 
 
 def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
@@ -121,7 +125,8 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     if included["event"].notna().any():
         subjects = included.drop_duplicates("subject_id")
         outcomes = {"subjects": len(subjects), "events": int(subjects["event"].sum()),
-                    "median_followup": _median_followup(subjects)}
+                    "median_followup": _stored(t["cohort_summary"], "median_followup_years",
+                                               lambda: onsite.median_followup(subjects))}
 
     validation = []
     for r in _records(t["validation_results"]):
@@ -157,18 +162,18 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
             joined = p.merge(included[["photo_id", "age"]], on="photo_id").dropna()
             if len(joined) > 1:
                 section["plots"].append({
-                    "uri": plots.faceage_scatter(joined["age"].to_numpy(),
+                    "uri": plots.to_uri(plots.faceage_scatter(joined["age"].to_numpy(),
                                                  joined["value"].to_numpy(),
-                                                 f"{name}: FaceAge against chronological age"),
+                                                 f"{name}: FaceAge against chronological age")),
                     "alt": f"Scatter plot of FaceAge against chronological age for {len(joined)} "
                            f"photos, with the identity line and a linear fit."})
         mae = acc[(acc["metric"] == "mae") & (acc["attribute"] != "all")]
         if len(mae):
             lab = mae.assign(label=mae["attribute"] + ": " + mae["group_name"].astype(str))
             section["plots"].append({
-                "uri": plots.forest_plot(lab, "label", f"{name}: FaceAge MAE by subgroup",
+                "uri": plots.to_uri(plots.forest_plot(lab, "label", f"{name}: FaceAge MAE by subgroup",
                                          "mean absolute error (years), 95% CI",
-                                         ref=float(acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")]["value"].iloc[0])),
+                                         ref=float(acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")]["value"].iloc[0]))),
                 "alt": "Forest plot of FaceAge mean absolute error with 95% confidence "
                        "intervals by subgroup; the dashed line is the overall MAE."})
         sm = t["survival_models"][t["survival_models"]["model"] == name]
@@ -185,8 +190,8 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
             lab = pd.DataFrame({"label": hr["model_id"].str.replace("__", ": ") + " (" + hr["term"] + ")",
                                 "value": hr["hr"], "ci_low": hr["hr_low"], "ci_high": hr["hr_high"]})
             section["hr_plot"] = {
-                "uri": plots.forest_plot(lab, "label", f"{name}: hazard ratios by adjustment",
-                                         "hazard ratio (95% CI, log scale)", ref=1.0, log=True),
+                "uri": plots.to_uri(plots.forest_plot(lab, "label", f"{name}: hazard ratios by adjustment",
+                                         "hazard ratio (95% CI, log scale)", ref=1.0, log=True)),
                 "alt": "Forest plot of the hazard ratio of FaceAge per decade, the risk score per "
                        "SD and its top quartile against the bottom, unadjusted and adjusted."}
         cal = t["survival_curves"][(t["survival_curves"]["model"] == name)
@@ -196,7 +201,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
             section["calibration"] = {
                 "rows": _records(cal[["curve", "group_name", "at_risk", "predicted", "survival",
                                       "survival_low", "survival_high", "time"]]),
-                "uri": plots.calibration_plot(cal, f"{name}: calibration at {cal['time'].iloc[0]:g} years"),
+                "uri": plots.to_uri(plots.calibration_plot(cal, f"{name}: calibration at {cal['time'].iloc[0]:g} years")),
                 "alt": "Observed Kaplan-Meier survival (95% CI) against the mean cross-fitted "
                        "predicted survival in each decile of predicted risk; the dashed line is "
                        "perfect calibration."}
@@ -210,7 +215,7 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
             at_risk = _at_risk_table(g)
             section["km"].append({
                 "title": title,
-                "uri": plots.km_plot(g, f"{name}: Kaplan-Meier {title}"),
+                "uri": plots.to_uri(plots.km_plot(g, f"{name}: Kaplan-Meier {title}")),
                 "alt": f"Kaplan-Meier survival curves {title}; numbers at risk in the table below.",
                 "at_risk": at_risk})
         model_sections.append(section)
@@ -230,16 +235,17 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     return {
         "incremental": incremental,
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
-        "robustness": _robustness_view(t["robustness"], config.get("robustness") or {}),
+        "robustness": _robustness_view(t["robustness"], config.get("robustness") or {},
+                                       t["figures"]),
         "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
-        "saliency_faces": (_saliency_faces(run, models, t["cohort_rows"], t["saliency"],
-                                           config.get("saliency") or {}, show_ids)
+        "saliency_faces": (onsite.saliency_faces(run, models, t["cohort_rows"], t["saliency"],
+                                                 config.get("saliency") or {}, show_ids)
                            if show_faces and len(t["saliency"]) else None),
         "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
                                    config.get("fairness") or {}, t["decision_subgroups"]),
         "representativeness": _records(t["representativeness"]),
-        "moved_most": (_moved_most(store, run_id, run, t["robustness"], t["predictions"],
-                                   config.get("robustness") or {}, show_ids)
+        "moved_most": (onsite.moved_most(store, run_id, run, t["robustness"], t["predictions"],
+                                         config.get("robustness") or {}, show_ids)
                        if show_faces and len(t["robustness"]) else None),
         "exclusions": exclusions, "evaluation_sites": sites,
         "run": run, "models": models, "sections": model_sections,
@@ -261,8 +267,6 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
     """The saliency section: per model and output, the cohort map of each method over the
     sample's average face, region shares with CIs, subgroup maps and shares; comparisons
     between models; the randomisation sanity checks."""
-    from audit.saliency import REGIONS
-
     if shares.empty:
         return None
 
@@ -305,84 +309,24 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
                                    for reg in REGIONS]})
         blocks.append({
             "model": model, "output": output, "n": n, "primary": primary,
-            "maps": {"uri": plots.saliency_grid(face, template, tiles,
-                                                f"{model}: {output}, cohort maps ({n} photos)"),
+            "maps": {"uri": plots.to_uri(plots.saliency_grid(face, template, tiles,
+                                                f"{model}: {output}, cohort maps ({n} photos)")),
                      "alt": f"Mean attribution maps of {model}'s {output} over {n} photos, one "
                             "per method, over the average face of the sample; bright: where the "
                             "output is most sensitive; blue lines: the face-region template."},
-            "bars": {"uri": plots.region_bars(sh[sh["attribute"] == "all"],
-                                              f"{model}: {output}, share by region", area),
+            "bars": {"uri": plots.to_uri(plots.region_bars(sh[sh["attribute"] == "all"],
+                                              f"{model}: {output}, share by region", area)),
                      "alt": f"Share of {model}'s {output} attribution mass in each face region "
                             "by method, with 95% bootstrap CIs; dotted: the region's share of "
                             "the pixels."},
-            "subgroup_maps": ({"uri": plots.saliency_grid(face, template, sub_tiles,
-                                                          f"{model}: {output}, {primary} by subgroup"),
+            "subgroup_maps": ({"uri": plots.to_uri(plots.saliency_grid(face, template, sub_tiles,
+                                                          f"{model}: {output}, {primary} by subgroup")),
                                "alt": f"{primary} cohort maps of {model}'s {output} for each "
                                       "subgroup with enough photos."} if sub_tiles else None),
             "rows": rows, "regions": list(REGIONS), "area": area})
     compare = checks[checks["check_name"].str.startswith("compare_")] if len(checks) else checks
     sanity = checks[checks["check_name"] == "randomized_weights_spearman"] if len(checks) else checks
     return {"blocks": blocks, "compare": _records(compare), "sanity": _records(sanity)}
-
-
-def _saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: pd.DataFrame,
-                    cfg: dict, show_ids: bool, k: int = 4) -> dict:
-    """Only with ``--show-faces``: individual attribution maps of ``k`` cohort photos (drawn
-    with the saliency seed among the included ones), for each image model and the methods
-    the run used, recomputed from the cohort folder and the models' checkpoints on site."""
-    import torch
-
-    from audit import saliency as sal
-    from audit.cohort import load_cohort
-    from audit.hashing import HashCache
-    from audit.inference import decode_image
-    from audit.models import create_model
-    from audit.models.registry import ModelSpec
-
-    root = Path(run.get("cohort_path") or "")
-    try:
-        cohort = load_cohort(root, hash_cache=HashCache.default())
-        frame = cohort.frame.drop_duplicates("photo_id").set_index("photo_id")
-    except Exception as exc:  # the folder moved or is gone: say so, render the rest
-        return {"error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
-                "blocks": []}
-    included = rows[rows["included"].astype(bool)]["photo_id"]
-    included = [p for p in included if p in frame.index and pd.notna(frame.at[p, "image_path"])]
-    rng = np.random.default_rng(int(cfg.get("seed", 0)))
-    chosen = [included[i] for i in sorted(rng.choice(len(included), size=min(k, len(included)),
-                                                     replace=False))] if included else []
-    methods = sal.configured_methods(list(dict.fromkeys(shares["method"])),
-                                     window=cfg.get("window", 16), stride=cfg.get("stride", 8),
-                                     ig_steps=cfg.get("ig_steps", 16))
-    blocks = []
-    for m in models:
-        if "spec" not in m:
-            continue
-        try:
-            model = create_model(ModelSpec(**m["spec"]))
-            targets = sal.model_targets(model, "cpu")
-        except Exception as exc:
-            blocks.append({"model": m["name"], "error": f"cannot load the model ({exc})"})
-            continue
-        faces = [np.array(decode_image(cohort.image_file(frame.at[p, "image_path"]),
-                                       model.input_size, align=not cohort.spec.cropped))
-                 for p in chosen]
-        if not faces:
-            continue
-        x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255
-        for t in targets:
-            cols, names = [], []
-            for name, attribute in methods.items():
-                if sal.applicable(name, t):
-                    cols.append(attribute(t, x))
-                    names.append(name)
-            tiles = [[faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols]
-                     for i in range(len(faces))]
-            labels = [pseudonym(str(p), show_ids)[:14] for p in chosen]
-            blocks.append({"model": t.model, "output": t.output, "error": None,
-                           "uri": plots.image_grid(tiles, labels, ["photo"] + names, tile=96,
-                                                   label_width=130)})
-    return {"error": None, "blocks": blocks}
 
 
 DISTRIBUTION_EFFECTS = ("Wasserstein distance (normed)", "Jensen-Shannon distance")
@@ -399,8 +343,8 @@ def _drift_view(drift: pd.DataFrame, artifacts: pd.DataFrame, cfg: dict) -> dict
         floors = {DISTRIBUTION_EFFECTS[0]: cfg.get("min_effect_numeric"),
                   DISTRIBUTION_EFFECTS[1]: cfg.get("min_effect_categorical")}
         n_drifted = int(dist["drifted"].fillna(False).astype(bool).sum())
-        chart = {"uri": plots.drift_chart(dist, f"Distribution drift against run "
-                                          f"{drift['reference'].iloc[0]}", floors),
+        chart = {"uri": plots.to_uri(plots.drift_chart(dist, f"Distribution drift against run "
+                                          f"{drift['reference'].iloc[0]}", floors)),
                  "alt": f"Bar chart of the effect size of {len(dist)} metadata, image and "
                         f"prediction features against the reference ({n_drifted} drifted, in "
                         "red); orange ticks mark the effect a drift must reach. Embeddings and "
@@ -450,10 +394,10 @@ def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.
                                 "ci_high": rows["diff_ci_high"]})
             tol = rows["tolerance"].iloc[0]
             bounds = None if pd.isna(tol) else (-tol, tol)
-            plots_.append({"uri": plots.forest_plot(lab, "label",
+            plots_.append({"uri": plots.to_uri(plots.forest_plot(lab, "label",
                                                     f"{metric}: group minus overall",
                                                     "difference to overall (simultaneous band)",
-                                                    ref=0.0, bounds=bounds),
+                                                    ref=0.0, bounds=bounds)),
                            "alt": f"{model}: forest plot of each subgroup's {metric} minus the "
                                   f"overall value with its simultaneous band; dotted lines: the "
                                   f"tolerance of {tol:g}."})
@@ -473,17 +417,17 @@ def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.
             lab = pd.DataFrame({"label": ok["attribute"] + ": " + ok["group_name"].astype(str),
                                 "value": ok["hr"], "ci_low": ok["hr_low"], "ci_high": ok["hr_high"]})
             hr_plots.append({"model": model, "predictor": predictor, "rows": _records(g),
-                             "uri": plots.forest_plot(lab, "label", f"{model}: {predictor} HR "
+                             "uri": plots.to_uri(plots.forest_plot(lab, "label", f"{model}: {predictor} HR "
                                                       "within subgroups",
                                                       "hazard ratio (95% CI, log scale)",
-                                                      ref=1.0, log=True),
+                                                      ref=1.0, log=True)),
                              "alt": f"Forest plot of the hazard ratio of {predictor} within each "
                                     "subgroup with its 95% CI; the line marks HR 1."})
     return {"blocks": blocks, "subgroups": hr_plots, "comparisons": _records(comparisons),
             "utility": subgroup_view(utility), "config": cfg}
 
 
-def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
+def _robustness_view(rob: pd.DataFrame, cfg: dict, figures: pd.DataFrame) -> dict | None:
     """The robustness section: per model and output a dose-response plot, the worst judged
     rows, and subgroup tables at the highest judged severity."""
     if rob.empty:
@@ -528,8 +472,8 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
                                  "ratio": hi["mean_abs_shift"] / max(lo["mean_abs_shift"], 1e-9)})
         blocks.append({
             "model": model, "output": output, "unit": unit, "tolerance": tol,
-            "plot": {"uri": plots.dose_response(overall, f"{model}: {output} shift by severity",
-                                                f"mean |shift| ({unit})", tol),
+            "plot": {"uri": plots.to_uri(plots.dose_response(overall, f"{model}: {output} shift by severity",
+                                                f"mean |shift| ({unit})", tol)),
                      "alt": f"Dose-response of {model}'s {output}: mean absolute shift against "
                             "severity, one line per perturbation, one panel per family; the "
                             "dashed line is the tolerance."},
@@ -539,93 +483,9 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict) -> dict | None:
                            key=lambda gp: -gp["ratio"])[:5],
             "rows": _records(overall.sort_values(["family", "perturbation", "severity"]))})
     return {"blocks": blocks, "judged_max": judged_max, "config": cfg,
-            "examples": _perturbation_examples(sorted(set(rob["perturbation"])),
-                                               cfg.get("severities") or [1, 3, 5])}
-
-
-def _moved_most(store: Store, run_id: str, run: dict, rob: pd.DataFrame, preds: pd.DataFrame,
-                cfg: dict, show_ids: bool, k: int = 4) -> dict:
-    """Only with ``--show-faces``: for each model and output, the ``k`` sampled photos whose
-    output moved most under the worst judged perturbation, clean beside perturbed (the same
-    image seed as the run used), read from the cohort folder the run audited."""
-    import torch
-
-    from audit.cohort import read_spec
-    from audit.inference import decode_image
-    from audit.perturbations import create_perturbation, face_layout
-    from audit.robustness import image_seed
-
-    root = Path(run.get("cohort_path") or "")
-    try:
-        spec, _ = read_spec(root)
-    except Exception as exc:  # the folder moved or is gone: say so, render the rest
-        return {"error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
-                "blocks": []}
-    images = store.table("image_properties", run_id).set_index("photo_id")
-    layout = face_layout(cfg.get("face_layout") or spec.face_layout
-                         or ("arcface" if spec.cropped else "aligned"))
-    judged_max = int(cfg.get("judged_max_severity", 3))
-    blocks = []
-    for (model, output), g in rob[(rob["attribute"] == "all")
-                                  & (rob["severity"] <= judged_max)].groupby(
-                                      ["model", "output"], sort=False):
-        worst = g.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).iloc[0]
-        name, severity = worst["perturbation"], int(worst["severity"])
-        sel = preds[(preds["model"] == model) & (preds["output"] == output)]
-        clean = sel[sel["perturbation"] == "none"].set_index("photo_id")["value"]
-        pert = sel[(sel["perturbation"] == name) & (sel["severity"] == severity)].set_index(
-            "photo_id")["value"]
-        shift = (pert - clean.reindex(pert.index)).dropna()
-        top = shift.abs().sort_values(ascending=False, kind="stable").head(k).index
-        p = create_perturbation(name, layout=layout)
-        tiles, labels = [], []
-        for pid in top:
-            if pid not in images.index:
-                continue
-            info = images.loc[pid]
-            face = decode_image((root / spec.images).resolve() / info["image_path"], 112,
-                                align=not spec.cropped)
-            x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
-            y = p(x, severity, [image_seed(int(cfg.get("seed", 0)), info["sha256"], name,
-                                           severity)])
-            tiles.append([face, (y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()])
-            labels.append(f"{pseudonym(str(pid), show_ids)[:14]} {shift[pid]:+.1f}")
-        if tiles:
-            blocks.append({"model": model, "output": output, "perturbation": name,
-                           "severity": severity, "description": worst["description"],
-                           "uri": plots.image_grid(tiles, labels, ["clean", "perturbed"],
-                                                   tile=96, label_width=150)})
-    return {"error": None, "blocks": blocks}
-
-
-def _perturbation_examples(names: list[str], severities: list[int]) -> dict | None:
-    """What each perturbation does, shown on a synthetic face from the demo renderer (never a
-    cohort photo), so that a reader can see what a severity means."""
-    try:
-        import torch
-
-        from audit.demo.faces import example_face
-        from audit.perturbations import create_perturbation
-    except ImportError:
-        return None
-    face = example_face()
-    x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
-    shown = sorted(set(severities) & {1, 3, 5}) or sorted(severities)[:3]
-    tiles, labels = [], []
-    for name in names:
-        p = create_perturbation(name, layout="demo")
-        row = [face]
-        for s in shown:
-            if s in p.levels:
-                y = p(x, s, [0])
-                row.append((y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
-            else:
-                row.append(np.full_like(face, 255))
-        tiles.append(row)
-        labels.append(name)
-    return {"uri": plots.image_grid(tiles, labels, ["clean"] + [f"severity {s}" for s in shown]),
-            "alt": "Each perturbation at the severities run, applied to a synthetic face drawn "
-                   "by the demo renderer (not a cohort photo)."}
+            "examples": _figure(figures, "perturbation_examples", lambda: (
+                onsite.perturbation_examples(sorted(set(rob["perturbation"])),
+                                             cfg.get("severities") or [1, 3, 5])))}
 
 
 def _enrichment(shares: pd.DataFrame, region: str) -> dict:
@@ -638,12 +498,20 @@ def _enrichment(shares: pd.DataFrame, region: str) -> dict:
     return out
 
 
-def _median_followup(subjects: pd.DataFrame) -> float:
-    """Median follow-up by the reverse Kaplan-Meier method (censoring as the event)."""
-    from lifelines import KaplanMeierFitter
+def _stored(summary: pd.DataFrame, statistic: str, legacy):
+    """A cohort statistic the validate stage stored; ``legacy()`` for a run from before
+    schema 14, which did not store it."""
+    rows = summary[summary["statistic"] == statistic] if len(summary) else summary
+    return float(rows["value"].iloc[0]) if len(rows) else legacy()
 
-    kmf = KaplanMeierFitter().fit(subjects["time"], 1 - subjects["event"].astype(int))
-    return float(kmf.median_survival_time_)
+
+def _figure(figures: pd.DataFrame, name: str, legacy) -> dict | None:
+    """A figure a stage stored (``{"uri", "alt"}``); ``legacy()`` for a run from before
+    schema 14."""
+    rows = figures[figures["figure"] == name] if len(figures) else figures
+    if len(rows):
+        return {"uri": rows["uri"].iloc[0], "alt": rows["alt"].iloc[0]}
+    return legacy()
 
 
 def _at_risk_table(curves: pd.DataFrame, times=(0, 1, 2, 3, 4, 5)) -> dict:
@@ -669,10 +537,6 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
 
     ``show_faces``: add the cohort photos that moved most under each model's worst judged
     perturbation (read from the cohort folder the run audited), clean and perturbed."""
-    from audit.report.card import model_cards
-    from audit.report.exports import export_frames, write_exports
-    from audit.report.tripod import checklist
-
     out_dir = Path(out_dir)
     tables = run_tables(store, run_id)
     ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict,
@@ -783,7 +647,7 @@ def render_index(store: Store, out_dir: str | Path) -> Path:
         if g["started_at"].nunique() < 2:
             continue
         label = {"mae": "FaceAge MAE (years)", "c_index": "risk C-index"}[metric]
-        trends.append({"uri": plots.trend_plot(g, f"{label} over runs", label),
+        trends.append({"uri": plots.to_uri(plots.trend_plot(g, f"{label} over runs", label)),
                        "alt": f"{label} of each finished run over time, per cohort and model."})
     drift = store.query(
         "SELECT r.started_at, r.cohort_name, d.kind, sum(CASE WHEN d.drifted THEN 1 ELSE 0 END)"
@@ -791,8 +655,8 @@ def render_index(store: Store, out_dir: str | Path) -> Path:
         "GROUP BY ALL")
     if len(drift) and drift["started_at"].nunique() >= 2:
         g = drift.assign(series=drift["cohort_name"] + " / " + drift["kind"])
-        trends.append({"uri": plots.trend_plot(g, "drifted features over monitor runs",
-                                               "drifted features"),
+        trends.append({"uri": plots.to_uri(plots.trend_plot(g, "drifted features over monitor runs",
+                                               "drifted features")),
                        "alt": "Number of drifted features of each kind (metadata, images, "
                               "predictions, embeddings, quality) in each monitor run."})
     html = _env().get_template("index.html").render(runs=list(reversed(runs_view)),

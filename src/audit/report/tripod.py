@@ -18,7 +18,7 @@ Each item gets a status, decided from what this run actually holds:
 
 from __future__ import annotations
 
-from audit.decision_curves import years
+from audit.decisions.curves import years
 
 ANSWERED, PARTLY, NOT_ANSWERED, NOT_APPLICABLE = ("answered", "partly", "not answered",
                                                   "not applicable")

@@ -2,7 +2,8 @@
 
 Each stage computes with the library modules (cohort, models, accuracy, survival, verdict,
 report) and hands its rows to :meth:`Store.write_stage`, one transaction per stage. The
-Prefect flows in ``flows/`` wrap each function in one task; tests call them directly.
+orchestrators of :mod:`audit.orchestrate` call them in order (inline, or each as a Prefect
+task); tests call them directly.
 Stages never import each other's internals and never import ``flows``; what several of them
 read (a model's predictions as columns, one photo per subject, the face layout) is in
 :mod:`audit.stages.context`.
@@ -19,8 +20,12 @@ from audit.stages.drift import drift_stage
 from audit.stages.predict import Shard, plan_shards, predict_stage, run_shard
 from audit.stages.publish import publish_stage, verdict_stage
 from audit.stages.robustness import (
-    RobustnessSetup, RobustnessShard, plan_robustness_shards, robustness_setup,
-    robustness_stage, run_robustness_shard,
+    RobustnessSetup,
+    RobustnessShard,
+    plan_robustness_shards,
+    robustness_setup,
+    robustness_stage,
+    run_robustness_shard,
 )
 from audit.stages.saliency import saliency_stage
 from audit.stages.validate import validate_stage, validation_verdict

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from audit import progress
+from audit.metrics.accuracy import faceage_accuracy, risk_accuracy
+from audit.metrics.fairness import faceage_fairness, paired_comparisons, risk_fairness
+from audit.metrics.representativeness import representativeness
+from audit.pipeline import progress
 from audit.stages.context import RunContext, one_per_subject, wide_predictions
+from audit.survival.analysis import METRIC_COLUMNS, MODEL_COLUMNS, TERM_COLUMNS, survival_analysis
+from audit.survival.incremental import incremental_value
+from audit.survival.longitudinal import far_models
+from audit.survival.subgroups import survival_subgroups
 
 
 def accuracy_stage(ctx: RunContext) -> int:
     """Accuracy of each model output with subject-level bootstrap CIs."""
-    from audit.accuracy import faceage_accuracy, risk_accuracy
-
     parts = []
     for model in progress.track(ctx.models, "accuracy"):
         wide = wide_predictions(ctx, model)
@@ -36,10 +41,6 @@ def accuracy_stage(ctx: RunContext) -> int:
 def fairness_stage(ctx: RunContext) -> int:
     """Subgroup fairness of every model output, survival within subgroups, paired model
     comparisons and the cohort's representativeness, in one transaction."""
-    from audit.fairness import faceage_fairness, paired_comparisons, risk_fairness
-    from audit.representativeness import representativeness
-    from audit.survival_fairness import survival_subgroups
-
     cfg = ctx.config.fairness
     if not cfg.enabled:
         ctx.note("fairness", "fairness not run: turned off in the audit config")
@@ -90,8 +91,6 @@ def fairness_stage(ctx: RunContext) -> int:
 
 def survival_stage(ctx: RunContext) -> int:
     """First survival models of each model's outputs (one photo per subject)."""
-    from audit.survival import survival_analysis
-
     tables: dict[str, list] = {}
     for model in progress.track(ctx.models, "survival"):
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
@@ -120,9 +119,6 @@ def survival_stage(ctx: RunContext) -> int:
 
 def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
     """Face Aging Rate from serial photos (every photo of the subject, not only the first)."""
-    from audit.longitudinal import far_models
-    from audit.survival import MODEL_COLUMNS, METRIC_COLUMNS, TERM_COLUMNS
-
     photos = wide_predictions(ctx, model)
     if "photo_date" not in photos.columns or not photos["subject_id"].duplicated().any():
         return
@@ -141,8 +137,6 @@ def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
 def _incremental(ctx: RunContext) -> dict:
     """Clinical model vs + FaceAge (the first model with it) vs + the risk score (the first
     model with it), on the subjects both predicted."""
-    from audit.incremental import incremental_value
-
     face = next((m for m in ctx.models if "faceage" in m.outputs), None)
     risk = next((m for m in ctx.models if "risk" in m.outputs), None)
     if face is None and risk is None:

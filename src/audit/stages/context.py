@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from audit import progress
-from audit.config import AuditConfig
-from audit.groups import canonical_rows
+from audit.data.cohort import age_band, load_cohort
+from audit.data.hashing import HashCache
 from audit.errors import InputError
-from audit.store import Store
+from audit.models import create_model
+from audit.pipeline import progress
+from audit.pipeline.config import AuditConfig
+from audit.pipeline.store import Store
+from audit.stats.groups import canonical_rows
 
 
 @dataclass
@@ -29,7 +32,7 @@ class RunContext:
     run_id: str
     out_dir: Path
     config: AuditConfig
-    cohort: object  # audit.cohort.Cohort
+    cohort: object  # audit.data.cohort.Cohort
     models: list  # ModelAdapter
     predictions: dict = field(default_factory=dict)  # model name -> tidy frame
     notes: dict = field(default_factory=dict)  # stage -> list of notes for the report
@@ -51,10 +54,6 @@ class RunContext:
 def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
           config: AuditConfig, flow: str = "audit", reference: str | None = None) -> RunContext:
     """Load the cohort and models, open the store and insert the ``running`` run row."""
-    from audit.cohort import load_cohort
-    from audit.hashing import HashCache
-    from audit.models import create_model
-
     out_dir = Path(out_dir)
     models = [create_model(spec) for spec in model_specs]
     names = [m.name for m in models]
@@ -112,8 +111,6 @@ def image_models(ctx: RunContext) -> list:
 def predicted_subjects(ctx: RunContext, models: list) -> pd.DataFrame:
     """One photo per subject, kept where every model in ``models`` has a clean prediction,
     with an ``age_band`` column when the cohort has ages (the strata of the photo samples)."""
-    from audit.cohort import age_band
-
     subjects = ctx.cohort.subjects()
     usable = set.intersection(*(set(ctx.predictions[m.name]["photo_id"]) for m in models))
     subjects = subjects[subjects["photo_id"].isin(usable)].reset_index(drop=True)
@@ -135,8 +132,6 @@ _WORKER_MODELS: dict[str, object] = {}
 
 def worker_model(spec):
     """A model built once per worker process and reused by every shard it runs."""
-    from audit.models import create_model
-
     key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
     model = _WORKER_MODELS.get(key)
     if model is None:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from audit.data.cohort import load_cohort
+from audit.data.hashing import HashCache, sha256_file
 from audit.errors import InputError
+from audit.monitor.drift import (
+    IMAGE_NUMERIC,
+    METADATA_CATEGORICAL,
+    METADATA_NUMERIC,
+    decide,
+    embedding_drift,
+    feature_drift,
+    quality_change,
+)
+from audit.pipeline.store import Store
 from audit.stages.context import RunContext
-from audit.store import Store
 
 
 def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
@@ -17,8 +28,6 @@ def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
     rows = rows[rows["included"].astype(bool)].drop(columns=["included"])
     props = store.table("image_properties", run_id)
     if len(props):
-        from audit.drift import IMAGE_NUMERIC
-
         keep = ["photo_id"] + [c for c in IMAGE_NUMERIC if c in props.columns]
         rows = rows.merge(props[keep], on="photo_id", how="left")
     # the clean pass only (a run also stores its perturbed predictions)
@@ -37,9 +46,6 @@ def _covariate_features(ctx: RunContext, ref: str, reference: pd.DataFrame,
     """The cohort's clinical covariates as metadata features: read from this cohort and from
     the reference run's cohort folder (when it is still there; the store keeps only the
     standard columns)."""
-    from audit.cohort import load_cohort
-    from audit.hashing import HashCache
-
     covs = ctx.cohort.spec.covariates
     if not covs:
         return {}
@@ -65,12 +71,6 @@ def _covariate_features(ctx: RunContext, ref: str, reference: pd.DataFrame,
 def drift_stage(ctx: RunContext) -> int:
     """The cohort against the reference run (``--reference``): metadata, image properties,
     predictions, embeddings and model quality; evidently's HTML kept as an artifact."""
-    from audit.drift import (
-        IMAGE_NUMERIC, METADATA_CATEGORICAL, METADATA_NUMERIC, decide, embedding_drift,
-        feature_drift, quality_change,
-    )
-    from audit.hashing import sha256_file
-
     cfg = ctx.config.drift
     ref = ctx.reference
     if ref is None:

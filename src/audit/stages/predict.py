@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from audit.data.validation import validate_predictions
 from audit.errors import InputError
+from audit.models.registry import Predictions
 from audit.stages.context import RunContext, worker_model
 
 
@@ -75,8 +77,6 @@ def run_shard(shard: Shard):
 
 def _merge(parts: list) -> object:
     """One Predictions from a model's shard results (in shard order)."""
-    from audit.models.registry import Predictions
-
     def cat(name):
         frames = [getattr(p, name) for p in parts if getattr(p, name) is not None
                   and len(getattr(p, name))]
@@ -151,8 +151,6 @@ def predict_stage(ctx: RunContext, shard_results: list | None = None) -> int:
 def _check_predictions(ctx: RunContext, model, frame: pd.DataFrame, already: set):
     """The predictions suite on one model's clean predictions, for the photos the model did
     not already set aside (``already``); returns (result, ids that failed)."""
-    from audit.validation import validate_predictions
-
     clean = frame[frame["perturbation"] == "none"]
     wide = clean.pivot_table(index="photo_id", columns="output", values="value",
                              aggfunc="first").reset_index()

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from audit.data.hashing import sha256_file
+from audit.pipeline.dossier import build_manifest
+from audit.pipeline.verdict import evaluate, overall
+from audit.report import render_index, render_run
 from audit.stages.context import RunContext
 
 
 def verdict_stage(ctx: RunContext) -> str:
     """Checks against the config's thresholds, read back from this run's tables."""
-    from audit.verdict import evaluate, overall
-
     q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
                         [ctx.run_id]).iloc[0, 0]
     verdicts = evaluate(
@@ -38,11 +40,6 @@ def verdict_stage(ctx: RunContext) -> str:
 
 def publish_stage(ctx: RunContext, verdict: str) -> Path:
     """Render the run's page, verdict.json and the index over runs; record them as artifacts."""
-    from audit.report import render_run, render_index
-
-    from audit.dossier import build_manifest
-    from audit.hashing import sha256_file
-
     paths = render_run(ctx.store, ctx.run_id, ctx.out_dir, final_verdict=verdict)
     earlier = ctx.store.table("artifacts", ctx.run_id)[["kind", "path", "sha256"]]
     manifest = build_manifest(ctx.store.run(ctx.run_id), ctx.cohort, ctx.models, ctx.out_dir,

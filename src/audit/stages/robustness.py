@@ -8,9 +8,23 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from audit import progress
+from audit.pipeline import progress
+from audit.robustness.examples import perturbation_examples
+from audit.robustness.perturbations import default_plan, face_layout
+from audit.robustness.suite import (
+    CLEAN,
+    SuiteResult,
+    perturbation_key,
+    robustness_table,
+    run_suite,
+    stratified_sample,
+)
 from audit.stages.context import (
-    RunContext, image_models, layout_name, predicted_subjects, worker_model,
+    RunContext,
+    image_models,
+    layout_name,
+    predicted_subjects,
+    worker_model,
 )
 
 
@@ -45,9 +59,6 @@ class RobustnessShard:
 def robustness_setup(ctx: RunContext) -> RobustnessSetup | str:
     """The run's robustness sample and plan (deterministic for the config's seed), or the
     reason it does not run."""
-    from audit.perturbations import default_plan, face_layout
-    from audit.robustness import CLEAN, perturbation_key, stratified_sample
-
     cfg = ctx.config.robustness
     models = image_models(ctx)
     reason = ("turned off in the audit config" if not cfg.enabled else
@@ -98,7 +109,6 @@ def run_robustness_shard(shard: RobustnessShard) -> dict:
     import os
     import socket
 
-    from audit.robustness import run_suite
 
     models = [worker_model(spec) for spec in shard.model_specs]
     results = run_suite(models, shard.cohort, shard.rows, shard.plan, layout=shard.layout,
@@ -110,8 +120,6 @@ def run_robustness_shard(shard: RobustnessShard) -> dict:
 
 def _merge_suites(parts: list[dict]) -> dict:
     """One SuiteResult per model from the shards' results (in shard order)."""
-    from audit.robustness import SuiteResult
-
     merged = {}
     for name in parts[0]:
         rs = [p[name] for p in parts]
@@ -131,8 +139,6 @@ def robustness_stage(ctx: RunContext, shard_results: list | None = None) -> int:
     ``shard_results``: ``(shard, {model: SuiteResult})`` pairs computed elsewhere (the Dask
     runner); only this process writes.
     """
-    from audit.robustness import CLEAN, robustness_table, run_suite
-
     cfg = ctx.config.robustness
     setup = robustness_setup(ctx)
     if isinstance(setup, str):
@@ -168,4 +174,8 @@ def robustness_stage(ctx: RunContext, shard_results: list | None = None) -> int:
         ctx.note("robustness", f"each photo decoded once for {' and '.join(r.shared_with)}, "
                                f"the perturbed run took {r.seconds:.1f} s on {r.device}")
     merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items() if v}
+    names = sorted(set(merged["robustness"]["perturbation"])) if "robustness" in merged else []
+    if names:
+        merged["figures"] = pd.DataFrame([{"figure": "perturbation_examples",
+                                           **perturbation_examples(names, cfg.severities)}])
     return ctx.write("robustness", merged, note="; ".join(ctx.notes["robustness"]))

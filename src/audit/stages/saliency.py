@@ -1,23 +1,22 @@
-"""The saliency stage: where each image model looks (:mod:`audit.saliency`)."""
+"""The saliency stage: where each image model looks (:mod:`audit.saliency.maps`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from audit import progress
+from audit.models.inference import best_device
+from audit.pipeline import progress
+from audit.robustness.perturbations import face_layout
+from audit.saliency import maps as sal
+from audit.saliency.scoring import audit_sample
 from audit.stages.context import RunContext, image_models, layout_name, predicted_subjects
 
 
 def saliency_stage(ctx: RunContext) -> int:
-    """Where each image model looks (:mod:`audit.saliency`): attribution maps on a sample
+    """Where each image model looks (:mod:`audit.saliency.maps`): attribution maps on a sample
     (``sample_per_group`` photos per group, one per subject), kept only as cohort and
     subgroup means over at least ``min_faces`` photos, region shares with bootstrap CIs,
     comparisons between models, and the randomised-weights sanity check; one transaction."""
-    from audit import saliency as sal
-    from audit.inference import best_device
-    from audit.perturbations import face_layout
-    from audit.saliency_audit import audit_sample
-
     cfg = ctx.config.saliency
     models = image_models(ctx)
     reason = ("off (the default: it costs more forward passes than the robustness suite); "

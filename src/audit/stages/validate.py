@@ -7,9 +7,13 @@ import json
 
 import pandas as pd
 
-from audit import progress
+from audit.data.validation import validate_cohort
 from audit.errors import InputError
+from audit.pipeline import progress
+from audit.pipeline.schema import columns
+from audit.pipeline.verdict import overall, validation_checks
 from audit.stages.context import RunContext
+from audit.survival.analysis import median_followup
 
 
 def _load_results(c) -> pd.DataFrame:
@@ -33,6 +37,17 @@ def _load_results(c) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cohort_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Cohort statistics the page shows: the median follow-up of the included subjects."""
+    included = rows[rows["included"].astype(bool)]
+    if "event" not in included or not included["event"].notna().any():
+        return pd.DataFrame(columns=columns("cohort_summary"))
+    subjects = included.drop_duplicates("subject_id")
+    return pd.DataFrame([{"statistic": "median_followup_years",
+                          "value": median_followup(subjects["time"], subjects["event"]),
+                          "method": "reverse Kaplan-Meier (censoring as the event)"}])
+
+
 def validate_stage(ctx: RunContext) -> int:
     """Validate the cohort (Great Expectations suites) and write what it found.
 
@@ -40,8 +55,6 @@ def validate_stage(ctx: RunContext) -> int:
     row), the suites' results, the per-image table, detections and the quarantine. A
     critical failure is written too, then stops the run before any model sees the data.
     """
-    from audit.validation import validate_cohort
-
     c = ctx.cohort
     report = validate_cohort(c, progress=lambda items, total: progress.bar(
         items, total, "checking images"))
@@ -61,7 +74,8 @@ def validate_stage(ctx: RunContext) -> int:
     tables = {"cohort_rows": frame,
               "validation_results": pd.concat([_load_results(c), report.results],
                                               ignore_index=True),
-              "quarantine": quarantine}
+              "quarantine": quarantine,
+              "cohort_summary": _cohort_summary(frame)}
     props = report.image_properties
     if props is not None and len(props):
         tables["image_properties"] = props.drop(columns=["subject_id", "_row", "_boxes"],
@@ -86,8 +100,6 @@ def validate_stage(ctx: RunContext) -> int:
 
 def validation_verdict(ctx: RunContext) -> str:
     """The verdict of a validation run: ``fail`` when an error-severity check failed."""
-    from audit.verdict import overall, validation_checks
-
     results = ctx.store.table("validation_results", ctx.run_id)
     q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
                         [ctx.run_id]).iloc[0, 0]

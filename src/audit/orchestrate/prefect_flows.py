@@ -1,0 +1,147 @@
+"""The Prefect orchestrator: the run order of :mod:`audit.orchestrate.sequence`, each stage
+a Prefect task (retries on the shard tasks and on publishing), shards on the flow's task
+runner (Dask workers with ``--runner dask``), and the deployments with cron schedules.
+
+The top-level ``flows/`` package re-exports these flows for Prefect's tooling; the library
+itself never imports ``flows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from audit import stages
+from audit.orchestrate.sequence import (
+    audit_sequence,
+    process_inbox,
+    validation_sequence,
+)
+from audit.orchestrate.sequence import (
+    resolve_reference as _resolve,
+)
+from audit.pipeline.config import load_config
+
+# Task options a stage needs beyond the defaults (shards run on workers and may be retried;
+# publishing writes files and may meet a transient error).
+_RETRIES = {"predict shard": 2, "robustness shard": 2, "publish": 1}
+_DELAY = {"predict shard": 1, "robustness shard": 1, "publish": 2}
+_TASKS: dict[tuple, object] = {}
+
+
+def _task(name: str, fn: Callable):
+    key = (name, fn.__module__, fn.__qualname__)
+    if key not in _TASKS:
+        _TASKS[key] = task(fn, name=name, cache_policy=NONE, retries=_RETRIES.get(name, 0),
+                           retry_delay_seconds=_DELAY.get(name, 0))
+    return _TASKS[key]
+
+
+def prefect_step(name: str, fn: Callable, *args):
+    """One stage as a Prefect task, run in the flow."""
+    return _task(name, fn)(*args)
+
+
+def prefect_fan_out(name: str, fn: Callable, items: Sequence) -> list:
+    """Every shard submitted to the flow's task runner; results in the order of ``items``."""
+    futures = [_task(name, fn).submit(item) for item in items]
+    return [(item, f.result()) for item, f in zip(items, futures)]
+
+
+def dask_task_runner(address: str | None = None, workers: int = 2):
+    """prefect-dask's runner: an existing scheduler at ``address``, else a LocalCluster of
+    ``workers`` single-threaded worker processes."""
+    from prefect_dask import DaskTaskRunner  # Dask starts only when asked for
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+@flow(name="audit", log_prints=False, validate_parameters=True)
+def audit_flow(cohort: str, models: list[str], out: str = "reports",
+               config: str | None = None, overrides: dict | None = None,
+               shards: int = 0, reference: str | None = None, flow_label: str = "audit"
+               ) -> dict:
+    """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
+
+    ``shards`` > 0 splits image inference, and the robustness sample, into that many shard
+    tasks each. ``reference``: a finished run in ``out``/audit.duckdb to measure drift
+    against. Returns ``{"run_id", "verdict", "report"}``.
+    """
+    cfg = load_config(config, **(overrides or {}))
+    ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
+    return audit_sequence(ctx, shards=shards, step=prefect_step, fan_out=prefect_fan_out)
+
+
+@flow(name="validate", log_prints=False, validate_parameters=True)
+def validation_flow(cohort: str, out: str = "reports", config: str | None = None) -> dict:
+    """Validate the cohort folder ``cohort`` (no model); results go to ``out``/audit.duckdb.
+    Returns ``{"run_id", "verdict", "report"}``; the verdict fails when an error check
+    failed."""
+    ctx = stages.start(cohort, [], out, load_config(config), flow="validate")
+    return validation_sequence(ctx, step=prefect_step)
+
+
+def resolve_reference(reference: str, models: list[str], out: str, config: str | None = None,
+                      overrides: dict | None = None) -> str:
+    """A finished run id for ``reference`` (a run id, or a cohort folder audited by
+    :func:`audit_flow` when no finished run of it exists)."""
+    return _resolve(reference, models, out, lambda folder: audit_flow(
+        cohort=folder, models=models, out=out, config=config, overrides=overrides))
+
+
+@flow(name="monitor", log_prints=False, validate_parameters=True)
+def monitor_flow(cohort: str, reference: str, models: list[str], out: str = "reports",
+                 config: str | None = None, overrides: dict | None = None) -> dict:
+    """Audit ``cohort`` with drift against ``reference``; returns the audit flow's result
+    with ``reference`` (the run compared against)."""
+    ref = resolve_reference(reference, models, out, config, overrides)
+    result = audit_flow(cohort=cohort, models=models, out=out, config=config,
+                        overrides=overrides, reference=ref, flow_label="monitor")
+    return {**result, "reference": ref}
+
+
+@flow(name="monitor-inbox", log_prints=False, validate_parameters=True)
+def inbox_flow(inbox: str, models: list[str], out: str = "reports",
+               reference: str | None = None, config: str | None = None,
+               overrides: dict | None = None) -> list[dict]:
+    """Audit every complete cohort folder that arrived in ``inbox`` since the last run, once
+    each (with drift against ``reference`` when given); alert per the config."""
+    cfg = load_config(config, **(overrides or {}))
+
+    def audit_one(folder: str) -> dict:
+        if reference:
+            return monitor_flow(cohort=folder, reference=reference, models=models, out=out,
+                                config=config, overrides=overrides)
+        return audit_flow(cohort=folder, models=models, out=out, config=config,
+                          overrides=overrides)
+
+    return process_inbox(inbox, out, cfg, audit_one)
+
+
+def build_deployments(*, models: list[str], out: str, cohort: str | None = None,
+                      inbox: str | None = None, reference: str | None = None,
+                      config: str | None = None, cron: str = "0 3 * * *",
+                      monitor_cron: str = "0 4 * * *") -> list:
+    """Prefect ``RunnerDeployment`` objects (``flow.to_deployment``), ready to ``serve``;
+    their entry points are module paths (``audit.orchestrate.prefect_flows.validation_flow``)."""
+    from prefect.deployments.runner import EntrypointType
+
+    module = {"entrypoint_type": EntrypointType.MODULE_PATH}
+    deployments = []
+    if cohort:
+        deployments.append(validation_flow.to_deployment(
+            name="scheduled-validation", cron=cron,
+            parameters={"cohort": cohort, "out": out, "config": config},
+            description=f"Validate {cohort} on schedule {cron}", **module))
+    if inbox:
+        deployments.append(inbox_flow.to_deployment(
+            name="monitor-inbox", cron=monitor_cron,
+            parameters={"inbox": inbox, "models": models, "out": out,
+                        "reference": reference, "config": config},
+            description=f"Audit new cohorts in {inbox} on schedule {monitor_cron}", **module))
+    return deployments

@@ -176,15 +176,11 @@ def two_scores() -> pd.DataFrame:
 
 def _net_benefit_verdicts(curves, has_outcomes=True, **thresholds):
     from audit.pipeline.config import Thresholds
-    from audit.pipeline.verdict import evaluate
+    from audit.pipeline.verdict import Evidence, evaluate
 
     models = [{"name": n, "outputs": ["risk"], "needs_images": False}
               for n in ("signal", "noise")]
-    v = evaluate(models=models, n_manifest_rows=10, n_quarantined=0,
-                 accuracy=pd.DataFrame(columns=["model", "output", "metric", "attribute"]),
-                 survival_terms=pd.DataFrame(columns=["model", "model_id", "term"]),
-                 has_outcomes=has_outcomes, thresholds=Thresholds(**thresholds),
-                 decision_curves=curves)
+    v = evaluate(Evidence(models=models, n_manifest_rows=10, n_quarantined=0, has_outcomes=has_outcomes, thresholds=Thresholds(**thresholds), tables={"accuracy": pd.DataFrame(columns=["model", "output", "metric", "attribute"]), "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]), "decision_curves": curves}))
     return v[v["check_name"] == "risk_net_benefit"].set_index("model")
 
 

@@ -120,14 +120,9 @@ def test_survival_analysis_judges_each_score_within_groups(attribute):
 
 def _verdict(rows, **thresholds):
     from audit.pipeline.config import Thresholds
-    from audit.pipeline.verdict import evaluate
+    from audit.pipeline.verdict import Evidence, evaluate
 
-    v = evaluate(models=[{"name": "m", "outputs": ["risk"], "needs_images": False}],
-                 n_manifest_rows=10, n_quarantined=0,
-                 accuracy=pd.DataFrame(columns=["model", "output", "metric", "attribute"]),
-                 survival_terms=pd.DataFrame(columns=["model", "model_id", "term"]),
-                 has_outcomes=True, thresholds=Thresholds(**thresholds),
-                 decision_subgroups=rows)
+    v = evaluate(Evidence(models=[{"name": "m", "outputs": ["risk"], "needs_images": False}], n_manifest_rows=10, n_quarantined=0, has_outcomes=True, thresholds=Thresholds(**thresholds), tables={"accuracy": pd.DataFrame(columns=["model", "output", "metric", "attribute"]), "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]), "decision_subgroups": rows}))
     return v[v["check_name"] == "risk_net_benefit_subgroups"]
 
 

@@ -265,7 +265,7 @@ def test_paired_comparisons_of_two_models():
 
 
 def test_fairness_verdict_counts_flags_of_the_verdict_metrics():
-    from audit.pipeline.verdict import evaluate
+    from audit.pipeline.verdict import Evidence, evaluate
 
     table = _fair(_cohort(2000, seed=2, underserved="Black"))
     empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value", "ci_low",
@@ -273,10 +273,7 @@ def test_fairness_verdict_counts_flags_of_the_verdict_metrics():
     terms = pd.DataFrame(columns=["model", "model_id", "term"])
 
     def check(metrics):
-        v = evaluate(models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}],
-                     n_manifest_rows=2000, n_quarantined=0, accuracy=empty,
-                     survival_terms=terms, has_outcomes=False, thresholds=CFG.thresholds,
-                     fairness=table, fairness_metrics=metrics).set_index("check_name")
+        v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}], n_manifest_rows=2000, n_quarantined=0, has_outcomes=False, thresholds=CFG.thresholds, fairness_metrics=metrics, tables={"accuracy": empty, "survival_terms": terms, "fairness": table})).set_index("check_name")
         return v.loc["fairness_faceage"]
 
     failed = check(["mean_error_age_adjusted"])

@@ -245,29 +245,23 @@ def test_cached_cells_are_not_computed_again(faces):
 
 
 def test_robustness_verdicts():
-    from audit.pipeline.verdict import evaluate
+    from audit.pipeline.verdict import Evidence, evaluate
 
     preds, attrs = _planted()
     cfg = load_config(robustness={"groups": ["race"]})
     table = robustness_table(preds, attrs, cfg.robustness, cfg.thresholds)
     empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value", "ci_low",
                                   "ci_high", "n"])
-    v = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600,
-                 n_quarantined=0, accuracy=empty, survival_terms=pd.DataFrame(
-                     columns=["model", "model_id", "term"]), has_outcomes=False,
-                 thresholds=cfg.thresholds, robustness=table).set_index("check_name")
+    v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600, n_quarantined=0, has_outcomes=False, thresholds=cfg.thresholds, tables={"accuracy": empty, "survival_terms": pd.DataFrame(
+                     columns=["model", "model_id", "term"]), "robustness": table})).set_index("check_name")
     overall, sub = v.loc["robustness_faceage"], v.loc["robustness_faceage_subgroups"]
     # overall: 30% of photos (the Black subjects) move more than 5 years at severity 3
     assert overall["status"] == "fail" and overall["value"] == pytest.approx(0.3, abs=0.05)
     assert sub["status"] == "fail" and "race = Black" in sub["details"]
     lenient = load_config(thresholds={"robustness_frac_over_tolerance_max": 1.0}).thresholds
-    v2 = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600,
-                  n_quarantined=0, accuracy=empty, survival_terms=pd.DataFrame(
-                      columns=["model", "model_id", "term"]), has_outcomes=False,
-                  thresholds=lenient, robustness=table).set_index("check_name")
+    v2 = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600, n_quarantined=0, has_outcomes=False, thresholds=lenient, tables={"accuracy": empty, "survival_terms": pd.DataFrame(
+                      columns=["model", "model_id", "term"]), "robustness": table})).set_index("check_name")
     assert v2.loc["robustness_faceage", "status"] == "pass"
-    v3 = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600,
-                  n_quarantined=0, accuracy=empty, survival_terms=pd.DataFrame(
-                      columns=["model", "model_id", "term"]), has_outcomes=False,
-                  thresholds=lenient, robustness=None).set_index("check_name")
+    v3 = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600, n_quarantined=0, has_outcomes=False, thresholds=lenient, tables={"accuracy": empty, "survival_terms": pd.DataFrame(
+                      columns=["model", "model_id", "term"]), "robustness": None})).set_index("check_name")
     assert v3.loc["robustness_faceage", "status"] == "skipped"

@@ -9,7 +9,7 @@ import pytest
 from audit.data.cohort import Covariate
 from audit.demo.world import simulate
 from audit.pipeline.config import SurvivalConfig, Thresholds
-from audit.pipeline.verdict import evaluate, overall
+from audit.pipeline.verdict import Evidence, evaluate, overall
 from audit.survival.analysis import risk_quartiles, survival_analysis
 
 
@@ -107,9 +107,7 @@ def test_verdict_checks_pass_fail_and_skip():
                         _acc("m", "faceage", "mean_error", -6.0, -6.5, -5.5),
                         _acc("m", "faceage", "pearson_r", 0.9, 0.88, 0.92)])
     terms = pd.DataFrame(columns=["model", "model_id", "term", "hr", "hr_low", "hr_high"])
-    v = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=100,
-                 n_quarantined=2, accuracy=acc, survival_terms=terms, has_outcomes=False,
-                 thresholds=Thresholds())
+    v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=100, n_quarantined=2, has_outcomes=False, thresholds=Thresholds(), tables={"accuracy": acc, "survival_terms": terms}))
     status = v.set_index("check_name")["status"]
     assert status["quarantine_fraction"] == "pass"
     assert status["faceage_mae"] == "pass"
@@ -118,9 +116,7 @@ def test_verdict_checks_pass_fail_and_skip():
     assert status["faceage_adjusted_hr_per_decade"] == "skipped"
     assert "no outcomes" in v.set_index("check_name").loc["faceage_adjusted_hr_per_decade", "details"]
     assert overall(v) == "fail"
-    v2 = evaluate(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=100,
-                  n_quarantined=10, accuracy=acc.iloc[[0, 2]], survival_terms=terms,
-                  has_outcomes=False, thresholds=Thresholds(max_quarantine_fraction=0.2))
+    v2 = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=100, n_quarantined=10, has_outcomes=False, thresholds=Thresholds(max_quarantine_fraction=0.2), tables={"accuracy": acc.iloc[[0, 2]], "survival_terms": terms}))
     assert overall(v2) == "pass"
     assert v2.set_index("check_name").loc["faceage_abs_mean_error", "status"] == "skipped"
 
@@ -149,9 +145,7 @@ def test_an_undefined_metric_is_skipped_and_says_why():
     acc = pd.DataFrame([_acc("m", "faceage", "pearson_r", np.nan, np.nan, np.nan),
                         _acc("m", "risk", "c_index", np.nan, np.nan, np.nan)])
     terms = pd.DataFrame(columns=["model", "model_id", "term", "hr", "hr_low", "hr_high"])
-    v = evaluate(models=[{"name": "m", "outputs": ["faceage", "risk"]}], n_manifest_rows=10,
-                 n_quarantined=0, accuracy=acc, survival_terms=terms, has_outcomes=True,
-                 thresholds=Thresholds()).set_index("check_name")
+    v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage", "risk"]}], n_manifest_rows=10, n_quarantined=0, has_outcomes=True, thresholds=Thresholds(), tables={"accuracy": acc, "survival_terms": terms})).set_index("check_name")
     for check in ("faceage_pearson_r", "risk_c_index"):
         assert v.loc[check, "status"] == "skipped"
         assert "undefined on this cohort" in v.loc[check, "details"]
@@ -172,7 +166,7 @@ def test_a_hazard_ratio_on_too_few_deaths_is_inconclusive_and_value_is_the_estim
     """The estimate is `value`, the judged lower bound `judged_value`; an HR of 39 (CI 1.7 to
     894) on 18 deaths is inconclusive, never a pass, and says how many deaths would do."""
     from audit.pipeline.config import Thresholds
-    from audit.pipeline.verdict import evaluate, overall
+    from audit.pipeline.verdict import Evidence, evaluate, overall
 
     def run(hr, low, high, events):
         terms = pd.DataFrame([{"model": "m", "model_id": "faceage_per_decade__age_sex",
@@ -182,10 +176,7 @@ def test_a_hazard_ratio_on_too_few_deaths_is_inconclusive_and_value_is_the_estim
                                 "events": events}])
         empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value",
                                       "ci_low", "ci_high", "n"])
-        v = evaluate(models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}],
-                     n_manifest_rows=100, n_quarantined=0, accuracy=empty,
-                     survival_terms=terms, survival_models=models, has_outcomes=True,
-                     thresholds=Thresholds())
+        v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}], n_manifest_rows=100, n_quarantined=0, has_outcomes=True, thresholds=Thresholds(), tables={"accuracy": empty, "survival_terms": terms, "survival_models": models}))
         return v.set_index("check_name").loc["faceage_adjusted_hr_per_decade"], overall(v)
 
     row, verdict = run(39.0, 1.702, 893.883, 18)

@@ -80,7 +80,8 @@ def run(cohort: str | Path | Cohort, models: str | Sequence[str], *, config=None
     out = Path(out)
     if orchestrator == "prefect":
         # Prefect: imported only when asked for
-        from audit.orchestrate.prefect_flows import audit_flow, resolve_reference as resolve
+        from audit.orchestrate.prefect_flows import audit_flow
+        from audit.orchestrate.prefect_flows import resolve_reference as resolve
 
         if reference is not None:
             reference = resolve(reference, specs, str(out), config_path, sections)

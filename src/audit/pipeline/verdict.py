@@ -13,6 +13,8 @@ verdict traces to a row in DuckDB.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -45,7 +47,9 @@ def _row(model, name, category, threshold, value, ok, details, judged=None,
             "passed": None if inconclusive else bool(ok), "status": status, "details": details}
 
 
-def _accuracy_value(acc: pd.DataFrame, model: str, output: str, metric: str):
+def _accuracy_value(acc: pd.DataFrame | None, model: str, output: str, metric: str):
+    if acc is None or acc.empty:
+        return None, None
     sel = acc[(acc["model"] == model) & (acc["output"] == output) & (acc["metric"] == metric)
               & (acc["attribute"] == "all")]
     if sel.empty:
@@ -54,7 +58,9 @@ def _accuracy_value(acc: pd.DataFrame, model: str, output: str, metric: str):
     return r["value"], f"{r['value']:.3g} (95% CI {r['ci_low']:.3g} to {r['ci_high']:.3g}; n={r['n']})"
 
 
-def _term(terms: pd.DataFrame, model: str, model_ids: list[str], term: str):
+def _term(terms: pd.DataFrame | None, model: str, model_ids: list[str], term: str):
+    if terms is None or terms.empty:
+        return None, None
     for model_id in model_ids:
         sel = terms[(terms["model"] == model) & (terms["model_id"] == model_id)
                     & (terms["term"] == term)]
@@ -428,82 +434,177 @@ def _net_benefit_subgroup_check(subgroups: pd.DataFrame | None, model: str, outp
     return [_row(model, name, "fairness", 0.0, float(len(harmed)), not harmed, details)]
 
 
-def evaluate(*, models: list[dict], n_manifest_rows: int, n_quarantined: int,
-             accuracy: pd.DataFrame, survival_terms: pd.DataFrame, has_outcomes: bool,
-             thresholds: Thresholds, robustness: pd.DataFrame | None = None,
-             fairness: pd.DataFrame | None = None,
-             representativeness: pd.DataFrame | None = None,
-             fairness_metrics: list[str] | None = None,
-             drift: pd.DataFrame | None = None,
-             decision_curves: pd.DataFrame | None = None,
-             decision_subgroups: pd.DataFrame | None = None,
-             survival_models: pd.DataFrame | None = None) -> pd.DataFrame:
-    """All checks of a run.
+@dataclass(frozen=True)
+class Evidence:
+    """What the checks judge: the run's models and counts, its thresholds, and its result
+    tables by name (a table that is None or absent: the checks that read it are skipped)."""
 
-    Parameters
-    ----------
-    models : ``[{"name": ..., "outputs": [...]}]`` for each model audited.
-    n_manifest_rows, n_quarantined : rows read and rows set aside.
-    accuracy, survival_terms : the run's ``accuracy`` and ``survival_terms`` rows.
-    survival_models : the run's ``survival_models`` rows (deaths per model, for judging
-        whether a hazard ratio rests on enough of them; None: not judged on deaths).
-    robustness : the run's ``robustness`` rows (None or empty: robustness checks skipped).
-    fairness, representativeness : the run's rows (None: those checks skipped).
-    fairness_metrics : metrics whose flagged subgroups fail the fairness checks.
-    decision_curves : the run's ``decision_curves`` rows (judged only where the thresholds
-        declare a ``net_benefit_range``).
-    decision_subgroups : the run's ``decision_subgroups`` rows (likewise; None: not judged).
-    has_outcomes : whether the cohort has time and event.
-    thresholds : from the audit config.
-    """
-    t = thresholds
+    models: list[dict]
+    thresholds: Thresholds
+    n_manifest_rows: int = 0
+    n_quarantined: int = 0
+    has_outcomes: bool = False
+    fairness_metrics: list[str] | None = None
+    tables: Mapping[str, pd.DataFrame | None] = field(default_factory=dict)
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        return self.tables.get(name)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    scope: str  # "run": once per run; "model": once per audited model
+    reads: tuple[str, ...]
+    fn: Callable
+
+
+CHECKS: list[Check] = []
+
+
+def register_check(name: str, *, scope: str = "model", reads: tuple[str, ...] = ()):
+    """Register a check (as perturbations and models are registered): ``fn(evidence)`` for a
+    ``run`` check, ``fn(evidence, model)`` for a ``model`` check, returning verdict rows.
+    ``reads``: the result tables it judges (the verdict stage reads those from the store).
+    Checks run in the order they were registered; adding one touches this module alone."""
+    if scope not in ("run", "model"):
+        raise ValueError(f"check {name!r}: scope is run or model, not {scope!r}")
+
+    def add(fn: Callable) -> Callable:
+        if any(c.name == name for c in CHECKS):
+            raise ValueError(f"check {name!r} is registered twice")
+        CHECKS.append(Check(name, scope, tuple(reads), fn))
+        return fn
+
+    return add
+
+
+def list_checks() -> list[str]:
+    return [c.name for c in CHECKS]
+
+
+def tables_read() -> list[str]:
+    """Every result table some registered check reads."""
+    return sorted({t for c in CHECKS for t in c.reads})
+
+
+def _not_fitted(ev: Evidence) -> str:
+    return ("the cohort has no outcomes" if not ev.has_outcomes
+            else "the Cox model was not fitted (too few events, or a score with a single "
+                 "value: see the survival notes)")
+
+
+NO_AGE = "no FaceAge predictions with a chronological age"
+NO_OUTCOMES = "the cohort has no outcomes"
+
+
+@register_check("quarantine_fraction", scope="run")
+def _quarantine(ev: Evidence) -> list[dict]:
+    t = ev.thresholds
+    frac = ev.n_quarantined / ev.n_manifest_rows if ev.n_manifest_rows else 0.0
+    return [_row(None, "quarantine_fraction", "data", t.max_quarantine_fraction, frac,
+                 frac <= t.max_quarantine_fraction,
+                 f"{ev.n_quarantined} of {ev.n_manifest_rows} rows quarantined (at most "
+                 f"{t.max_quarantine_fraction:.0%} allowed)")]
+
+
+@register_check("representativeness", scope="run", reads=("representativeness",))
+def _representativeness(ev: Evidence) -> list[dict]:
+    return _representativeness_checks(ev.table("representativeness"), ev.thresholds)
+
+
+@register_check("drift", scope="run", reads=("drift",))
+def _drift(ev: Evidence) -> list[dict]:
+    return _drift_checks(ev.table("drift"), ev.thresholds)
+
+
+@register_check("faceage_accuracy", reads=("accuracy",))
+def _faceage_accuracy(ev: Evidence, m: dict) -> list[dict]:
+    if "faceage" not in m["outputs"]:
+        return []
+    t, acc, name = ev.thresholds, ev.table("accuracy"), m["name"]
+    return [
+        _accuracy_check(acc, name, "faceage_mae", "faceage", "mae", t.faceage_mae_max, False,
+                        "MAE (years)", NO_AGE),
+        _accuracy_check(acc, name, "faceage_abs_mean_error", "faceage", "mean_error",
+                        t.faceage_abs_mean_error_max, False, "mean signed error (years)",
+                        NO_AGE, absolute=True),
+        _accuracy_check(acc, name, "faceage_pearson_r", "faceage", "pearson_r",
+                        t.faceage_pearson_min, True, "Pearson r", NO_AGE),
+    ]
+
+
+@register_check("faceage_adjusted_hr_per_decade", reads=("survival_terms", "survival_models"))
+def _faceage_hr(ev: Evidence, m: dict) -> list[dict]:
+    if "faceage" not in m["outputs"]:
+        return []
+    t = ev.thresholds
+    return [_hr_check(ev.table("survival_terms"), m["name"], "faceage_adjusted_hr_per_decade",
+                      ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
+                      "faceage_decade", t.faceage_adjusted_hr_lower_min, "HR per decade",
+                      _not_fitted(ev), t, ev.table("survival_models"))]
+
+
+@register_check("risk_c_index", reads=("accuracy",))
+def _risk_c(ev: Evidence, m: dict) -> list[dict]:
+    if "risk" not in m["outputs"]:
+        return []
+    return [_accuracy_check(ev.table("accuracy"), m["name"], "risk_c_index", "risk", "c_index",
+                            ev.thresholds.risk_cindex_min, True, "Harrell's C", NO_OUTCOMES)]
+
+
+@register_check("risk_q4_vs_q1_hr", reads=("survival_terms", "survival_models"))
+def _risk_hr(ev: Evidence, m: dict) -> list[dict]:
+    if "risk" not in m["outputs"]:
+        return []
+    t = ev.thresholds
+    return [_hr_check(ev.table("survival_terms"), m["name"], "risk_q4_vs_q1_hr",
+                      ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"], "risk[Q4]",
+                      t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR", _not_fitted(ev), t,
+                      ev.table("survival_models"))]
+
+
+@register_check("net_benefit", reads=("decision_curves", "decision_subgroups"))
+def _net_benefit(ev: Evidence, m: dict) -> list[dict]:
     rows = []
-    frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
-    rows.append(_row(None, "quarantine_fraction", "data", t.max_quarantine_fraction, frac,
-                     frac <= t.max_quarantine_fraction,
-                     f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
-                     f"{t.max_quarantine_fraction:.0%} allowed)"))
-    rows.extend(_representativeness_checks(representativeness, t))
-    rows.extend(_drift_checks(drift, t))
-    no_age = "no FaceAge predictions with a chronological age"
-    no_outcomes = "the cohort has no outcomes"
-    not_fitted = (no_outcomes if not has_outcomes
-                  else "the Cox model was not fitted (too few events, or a score with a single "
-                       "value: see the survival notes)")
-    for m in models:
-        name, outputs = m["name"], m["outputs"]
-        if "faceage" in outputs:
-            rows.append(_accuracy_check(accuracy, name, "faceage_mae", "faceage", "mae",
-                                        t.faceage_mae_max, False, "MAE (years)", no_age))
-            rows.append(_accuracy_check(accuracy, name, "faceage_abs_mean_error", "faceage",
-                                        "mean_error", t.faceage_abs_mean_error_max, False,
-                                        "mean signed error (years)", no_age, absolute=True))
-            rows.append(_accuracy_check(accuracy, name, "faceage_pearson_r", "faceage",
-                                        "pearson_r", t.faceage_pearson_min, True, "Pearson r",
-                                        no_age))
-            rows.append(_hr_check(survival_terms, name, "faceage_adjusted_hr_per_decade",
-                                  ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
-                                  "faceage_decade", t.faceage_adjusted_hr_lower_min,
-                                  "HR per decade", not_fitted, t, survival_models))
-        if "risk" in outputs:
-            rows.append(_accuracy_check(accuracy, name, "risk_c_index", "risk", "c_index",
-                                        t.risk_cindex_min, True, "Harrell's C", no_outcomes))
-            rows.append(_hr_check(survival_terms, name, "risk_q4_vs_q1_hr",
-                                  ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
-                                  "risk[Q4]", t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR",
-                                  not_fitted, t, survival_models))
-        for output in ("faceage", "risk"):
-            if output in outputs:
-                rows.extend(_net_benefit_check(decision_curves, name, output, t, has_outcomes))
-                if has_outcomes:
-                    rows.extend(_net_benefit_subgroup_check(decision_subgroups, name, output, t))
-        if fairness is not None:
-            metrics = fairness_metrics or FairnessConfig().verdict_metrics
-            for output in outputs:
-                rows.append(_fairness_check(fairness, name, output, metrics, t))
-        if m.get("needs_images", True):
-            for output in outputs:
-                rows.extend(_robustness_checks(robustness, name, output, t))
+    for output in ("faceage", "risk"):
+        if output in m["outputs"]:
+            rows.extend(_net_benefit_check(ev.table("decision_curves"), m["name"], output,
+                                           ev.thresholds, ev.has_outcomes))
+            if ev.has_outcomes:
+                rows.extend(_net_benefit_subgroup_check(ev.table("decision_subgroups"),
+                                                        m["name"], output, ev.thresholds))
+    return rows
+
+
+@register_check("fairness", reads=("fairness",))
+def _fairness(ev: Evidence, m: dict) -> list[dict]:
+    fairness = ev.table("fairness")
+    if fairness is None:
+        return []
+    metrics = ev.fairness_metrics or FairnessConfig().verdict_metrics
+    return [_fairness_check(fairness, m["name"], output, metrics, ev.thresholds)
+            for output in m["outputs"]]
+
+
+@register_check("robustness", reads=("robustness",))
+def _robustness(ev: Evidence, m: dict) -> list[dict]:
+    if not m.get("needs_images", True):
+        return []
+    return [row for output in m["outputs"]
+            for row in _robustness_checks(ev.table("robustness"), m["name"], output,
+                                          ev.thresholds)]
+
+
+def evaluate(evidence: Evidence) -> pd.DataFrame:
+    """Every registered check of a run: the ``run`` checks, then each model's checks, in
+    the order they were registered. Returns the ``verdicts`` rows."""
+    rows = []
+    for check in (c for c in CHECKS if c.scope == "run"):
+        rows.extend(check.fn(evidence))
+    for m in evidence.models:
+        for check in (c for c in CHECKS if c.scope == "model"):
+            rows.extend(check.fn(evidence, m))
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 

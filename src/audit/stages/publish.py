@@ -9,7 +9,7 @@ import pandas as pd
 
 from audit.data.hashing import sha256_file
 from audit.pipeline.dossier import build_manifest
-from audit.pipeline.verdict import evaluate, overall
+from audit.pipeline.verdict import Evidence, evaluate, overall, tables_read
 from audit.report import render_index, render_run
 from audit.stages.context import RunContext
 
@@ -18,22 +18,15 @@ def verdict_stage(ctx: RunContext) -> str:
     """Checks against the config's thresholds, read back from this run's tables."""
     q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
                         [ctx.run_id]).iloc[0, 0]
-    verdicts = evaluate(
+    tables = {name: ctx.store.table(name, ctx.run_id) for name in tables_read()}
+    if not ctx.config.fairness.enabled:
+        tables["decision_subgroups"] = None  # the subgroup utility check is fairness's
+    verdicts = evaluate(Evidence(
         models=[{"name": m.name, "outputs": m.outputs, "needs_images": m.needs_images}
                 for m in ctx.models],
-        n_manifest_rows=ctx.cohort.n_manifest_rows, n_quarantined=int(q),
-        accuracy=ctx.store.table("accuracy", ctx.run_id),
-        survival_terms=ctx.store.table("survival_terms", ctx.run_id),
-        survival_models=ctx.store.table("survival_models", ctx.run_id),
-        robustness=ctx.store.table("robustness", ctx.run_id),
-        fairness=ctx.store.table("fairness", ctx.run_id),
-        drift=ctx.store.table("drift", ctx.run_id),
-        representativeness=ctx.store.table("representativeness", ctx.run_id),
-        decision_curves=ctx.store.table("decision_curves", ctx.run_id),
-        decision_subgroups=(ctx.store.table("decision_subgroups", ctx.run_id)
-                            if ctx.config.fairness.enabled else None),
-        fairness_metrics=ctx.config.fairness.verdict_metrics,
-        has_outcomes=ctx.cohort.has_outcomes, thresholds=ctx.config.thresholds)
+        thresholds=ctx.config.thresholds, n_manifest_rows=ctx.cohort.n_manifest_rows,
+        n_quarantined=int(q), has_outcomes=ctx.cohort.has_outcomes,
+        fairness_metrics=ctx.config.fairness.verdict_metrics, tables=tables))
     ctx.write("verdict", {"verdicts": verdicts})
     return overall(verdicts)
 

@@ -9,7 +9,9 @@ TEST_ENV = PREFECT_HOME=$(CURDIR)/.pytest-prefect \
            PREFECT_SERVER_ANALYTICS_ENABLED=false \
            PREFECT_LOGGING_LEVEL=WARNING
 
-.PHONY: install demo test test-all bench clean
+LINTED = src flows tests benchmarks examples
+
+.PHONY: install demo test test-all lint bench clean
 
 install: $(STAMP)
 
@@ -28,12 +30,17 @@ demo: $(STAMP)
 
 # The report's browser tests need headless Chromium: `sudo apt-get install chromium` on
 # Debian/Ubuntu (.ci/run does it as root).
-test: $(STAMP)
+# ruff (lint and format) first: a style slip fails in a second, not after the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+test: $(STAMP) lint
 	@command -v chromium >/dev/null 2>&1 || echo "note: install headless Chromium for the browser tests (sudo apt-get install chromium)"
 	rm -rf .pytest-prefect
 	$(TEST_ENV) $(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) lint
 	rm -rf .pytest-prefect
 	$(TEST_ENV) $(PY) -m pytest -q -m ''
 
@@ -47,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/cox.py
 
 clean:
-	rm -rf $(VENV) .pytest-prefect .prefect reports/demo
+	rm -rf $(VENV) .pytest-prefect .prefect reports/demo site

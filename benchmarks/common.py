@@ -6,8 +6,7 @@ import argparse
 import platform
 
 
-def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64,
-                batch_cuda: int = 256):
+def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64, batch_cuda: int = 256):
     """Parse ``--n --device --model --batch --rounds``; return ``(args, device, cuda, batch)``."""
     from audit.models.inference import best_device
 
@@ -16,8 +15,12 @@ def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64,
     ap.add_argument("--device", default=None)
     ap.add_argument("--model", default="demo:faceage")
     ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="repeats of the timed comparisons, alternated (median reported)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="repeats of the timed comparisons, alternated (median reported)",
+    )
     args = ap.parse_args(argv)
     device = args.device or best_device()
     cuda = device.startswith("cuda")
@@ -27,5 +30,6 @@ def device_args(argv, n: int, n_help: str = "photos", batch_cpu: int = 64,
 def machine_line(device: str) -> str:
     import torch
 
-    return (f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {device}"
-            + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
+    return f"machine: {platform.machine()}, {torch.get_num_threads()} threads, device {device}" + (
+        f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
+    )

@@ -47,38 +47,70 @@ def main() -> None:
     def bare(frame, terms, **options):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return CoxPHFitter().fit(frame[terms + ["time", "event"]], "time", "event",
-                                     fit_options=options or None)
+            return CoxPHFitter().fit(
+                frame[terms + ["time", "event"]], "time", "event", fit_options=options or None
+            )
 
     terms = list(x.columns)
-    rows.append(("lifelines CoxPHFitter, 10,000 x 10, well-behaved",
-                 best_of(lambda: bare(df, terms))))
-    rows.append(("audit.stats.cox.fit_cox, same (checks pass at the first attempt)",
-                 best_of(lambda: fit_cox(df, df[terms]))))
-    rows.append(("audit.stats.cox.fit_cox, same, cross-checked with scikit-survival",
-                 best_of(lambda: fit_cox(df, df[terms], cross_check="always"))))
+    rows.append(
+        ("lifelines CoxPHFitter, 10,000 x 10, well-behaved", best_of(lambda: bare(df, terms)))
+    )
+    rows.append(
+        (
+            "audit.stats.cox.fit_cox, same (checks pass at the first attempt)",
+            best_of(lambda: fit_cox(df, df[terms])),
+        )
+    )
+    rows.append(
+        (
+            "audit.stats.cox.fit_cox, same, cross-checked with scikit-survival",
+            best_of(lambda: fit_cox(df, df[terms], cross_check="always")),
+        )
+    )
 
     fx, fy = load_flchain()
-    flc = pd.DataFrame({"kappa": fx["kappa"].astype(float).to_numpy(),
-                        "age": fx["age"].astype(float).to_numpy(),
-                        "time": np.minimum(fy["futime"] / 365.25, 5.0),
-                        "event": np.where(fy["futime"] / 365.25 > 5, 0, fy["death"])})
+    flc = pd.DataFrame(
+        {
+            "kappa": fx["kappa"].astype(float).to_numpy(),
+            "age": fx["age"].astype(float).to_numpy(),
+            "time": np.minimum(fy["futime"] / 365.25, 5.0),
+            "event": np.where(fy["futime"] / 365.25 > 5, 0, fy["death"]),
+        }
+    )
     flc["event"] = flc["event"].astype(int)
     wrong = bare(flc, ["kappa", "age"]).params_["kappa"]
-    rows.append((f"lifelines CoxPHFitter, flchain kappa + age at 5 years (kappa coefficient "
-                 f"{wrong:+.3f}: wrong)", best_of(lambda: bare(flc, ["kappa", "age"]))))
+    rows.append(
+        (
+            f"lifelines CoxPHFitter, flchain kappa + age at 5 years (kappa coefficient "
+            f"{wrong:+.3f}: wrong)",
+            best_of(lambda: bare(flc, ["kappa", "age"])),
+        )
+    )
     fit = fit_cox(flc, flc[["kappa", "age"]])
-    rows.append((f"audit.stats.cox.fit_cox, same ({fit.method}; kappa {fit.fitter.params_['kappa']:+.3f}"
-                 ", cross-checked)", best_of(lambda: fit_cox(flc, flc[["kappa", "age"]]))))
+    rows.append(
+        (
+            f"audit.stats.cox.fit_cox, same ({fit.method}; kappa {fit.fitter.params_['kappa']:+.3f}"
+            ", cross-checked)",
+            best_of(lambda: fit_cox(flc, flc[["kappa", "age"]])),
+        )
+    )
 
     from audit.survival.analysis import survival_analysis
 
     sim = simulate(10_000, 0)
     sim["time"] = sim["time_days"] / 365.25
-    rows.append(("survival stage of one model's FaceAge and risk, 10,000 subjects, 200 "
-                 "resamples, decision curves at 1 and 2 years",
-                 best_of(lambda: survival_analysis(sim, "oracle", ["faceage", "risk"], [],
-                                                   SurvivalConfig(n_boot=200)), repeats=1)))
+    rows.append(
+        (
+            "survival stage of one model's FaceAge and risk, 10,000 subjects, 200 "
+            "resamples, decision curves at 1 and 2 years",
+            best_of(
+                lambda: survival_analysis(
+                    sim, "oracle", ["faceage", "risk"], [], SurvivalConfig(n_boot=200)
+                ),
+                repeats=1,
+            ),
+        )
+    )
     print("| what | seconds |\n| --- | ---: |")
     for label, seconds in rows:
         print(f"| {label} | {seconds:.2f} |")

@@ -30,14 +30,23 @@ def predictions(cohort, spec):
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="faceage-demo-models-"))
-    print("| cohort | seed | n | FaceAge MAE | mean gap (FaceAge - age) | C FaceSurvival | "
-          "C chronological age | FaceAge HR/decade, age+sex adjusted (95% CI) | seconds |")
+    print(
+        "| cohort | seed | n | FaceAge MAE | mean gap (FaceAge - age) | C FaceSurvival | "
+        "C chronological age | FaceAge HR/decade, age+sex adjusted (95% CI) | seconds |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for population, seeds in (("healthy", (101, 102, 103)), ("cancer", (201, 202, 203))):
         for seed in seeds:
             start = time.perf_counter()
-            cohort = load_cohort(write_cohort(tmp / f"{population}{seed}", 600, seed,
-                                              WorldParams.make(population), photos=True))
+            cohort = load_cohort(
+                write_cohort(
+                    tmp / f"{population}{seed}",
+                    600,
+                    seed,
+                    WorldParams.make(population),
+                    photos=True,
+                )
+            )
             df = cohort.frame.set_index("photo_id")
             df["faceage"] = predictions(cohort, "demo:faceage")
             mae = float(np.abs(df["faceage"] - df["age"]).mean())
@@ -47,14 +56,22 @@ def main() -> None:
                 df["risk"] = predictions(cohort, "demo:survival")
                 c = harrell_c(df["time"], df["event"], df["risk"])
                 c_age = harrell_c(df["time"], df["event"], df["age"])
-                res = survival_analysis(df.reset_index(), "demo", ["faceage"], [],
-                                        SurvivalConfig(n_boot=0))
+                res = survival_analysis(
+                    df.reset_index(), "demo", ["faceage"], [], SurvivalConfig(n_boot=0)
+                )
                 t = res.terms.set_index(["model_id", "term"]).loc[
-                    ("faceage_per_decade__age_sex", "faceage_decade")]
-                cells = [f"{c:.3f}", f"{c_age:.3f}",
-                         f"{t['hr']:.2f} ({t['hr_low']:.2f} to {t['hr_high']:.2f})"]
-            print(f"| {population} | {seed} | 600 | {mae:.2f} | {gap:+.2f} | " + " | ".join(cells)
-                  + f" | {time.perf_counter() - start:.1f} |")
+                    ("faceage_per_decade__age_sex", "faceage_decade")
+                ]
+                cells = [
+                    f"{c:.3f}",
+                    f"{c_age:.3f}",
+                    f"{t['hr']:.2f} ({t['hr_low']:.2f} to {t['hr_high']:.2f})",
+                ]
+            print(
+                f"| {population} | {seed} | 600 | {mae:.2f} | {gap:+.2f} | "
+                + " | ".join(cells)
+                + f" | {time.perf_counter() - start:.1f} |"
+            )
 
 
 if __name__ == "__main__":

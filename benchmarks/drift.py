@@ -30,10 +30,12 @@ def main(argv=None) -> None:
         df["brightness"] = rng.normal(120, 20, len(df))
         df["sharpness"] = rng.lognormal(5, 0.5, len(df))
         df["jpeg_quality"] = rng.integers(60, 96, len(df))
-    feats = ([("age", "metadata", "num", None)]
-             + [(c, "metadata", "cat", None) for c in ("sex", "race", "cancer_type")]
-             + [(c, "images", "num", None) for c in ("brightness", "sharpness", "jpeg_quality")]
-             + [("faceage", "predictions", "num", "m"), ("risk", "predictions", "num", "m")])
+    feats = (
+        [("age", "metadata", "num", None)]
+        + [(c, "metadata", "cat", None) for c in ("sex", "race", "cancer_type")]
+        + [(c, "images", "num", None) for c in ("brightness", "sharpness", "jpeg_quality")]
+        + [("faceage", "predictions", "num", "m"), ("risk", "predictions", "num", "m")]
+    )
     emb_r = rng.normal(size=(args.n, 96)).astype(np.float32)
     emb_c = rng.normal(size=(args.n, 96)).astype(np.float32)
     start = time.perf_counter()
@@ -44,10 +46,14 @@ def main(argv=None) -> None:
     t_emb = time.perf_counter() - start
     table = decide(rows, cfg)
     print(f"{args.n:,} vs {args.n:,} subjects\n\n| what | seconds |\n| --- | ---: |")
-    print(f"| {len(feats)} features: evidently ValueDrift (test and effect), two-sample "
-          f"chi-square for categories | {t_feat:.1f} |")
-    print(f"| embeddings, 96 dimensions: MMD^2 and {cfg.n_permutations:,} permutations on "
-          f"{cfg.embedding_max_n:,} a side | {t_emb:.1f} |")
+    print(
+        f"| {len(feats)} features: evidently ValueDrift (test and effect), two-sample "
+        f"chi-square for categories | {t_feat:.1f} |"
+    )
+    print(
+        f"| embeddings, 96 dimensions: MMD^2 and {cfg.n_permutations:,} permutations on "
+        f"{cfg.embedding_max_n:,} a side | {t_emb:.1f} |"
+    )
     print(f"| total | {t_feat + t_emb:.1f} |")
     print(f"\ndrifted (same population, so none expected): {int(table['drifted'].sum())}")
 

@@ -42,18 +42,28 @@ def main(argv=None) -> None:
 
     probe = 20
     start = time.perf_counter()
-    MetricFrame(metrics={"mae": mean_absolute_error}, y_true=df["age"], y_pred=df["faceage"],
-                sensitive_features=df["race"], n_boot=probe, ci_quantiles=[0.025, 0.975],
-                random_state=0)
+    MetricFrame(
+        metrics={"mae": mean_absolute_error},
+        y_true=df["age"],
+        y_pred=df["faceage"],
+        sensitive_features=df["race"],
+        n_boot=probe,
+        ci_quantiles=[0.025, 0.975],
+        random_state=0,
+    )
     per = (time.perf_counter() - start) / probe
-    print(f"{args.n:,} subjects, {args.n_boot:,} resamples, {len(groupings)} groupings "
-          f"({', '.join(groupings)}), {n_groups} groups\n")
+    print(
+        f"{args.n:,} subjects, {args.n_boot:,} resamples, {len(groupings)} groupings "
+        f"({', '.join(groupings)}), {n_groups} groups\n"
+    )
     print("| what | seconds |")
     print("| --- | ---: |")
     print(f"| FaceAge: 6 metrics, every group, bands and flags | {t_face:.1f} |")
     print(f"| risk: C-index and O/E per group, bands and flags | {t_risk:.1f} |")
-    print(f"| fairlearn's own bootstrap, MAE by race only ({per * 1000:.0f} ms a resample, "
-          f"scaled to {args.n_boot:,}) | {per * args.n_boot:.0f} |")
+    print(
+        f"| fairlearn's own bootstrap, MAE by race only ({per * 1000:.0f} ms a resample, "
+        f"scaled to {args.n_boot:,}) | {per * args.n_boot:.0f} |"
+    )
     assert len(ri) and np.isfinite(fa["value"]).any()
 
 

@@ -48,8 +48,10 @@ def main(argv=None) -> int:
     print(f"device: {name}; torch {torch.__version__}")
     print(f"rendered and loaded {n:,} photos in {time.perf_counter() - t0:.1f} s\n")
     paths = [cohort.image_file(p) for p in cohort.frame["image_path"]]
-    print("| model | device | decode | batch | img/s | max abs diff vs CPU |\n"
-          "| --- | --- | --- | ---: | ---: | ---: |")
+    print(
+        "| model | device | decode | batch | img/s | max abs diff vs CPU |\n"
+        "| --- | --- | --- | ---: | ---: | ---: |"
+    )
     for spec in ("demo:faceage", "demo:survival"):
         cpu = create_model(spec)
         cpu.load("cpu")
@@ -57,24 +59,32 @@ def main(argv=None) -> int:
         print(f"| {cpu.name} | cpu | workers | 64 | {ref.ok.sum() / ref.seconds:.0f} | 0 |")
         gpu = create_model(spec)
         gpu.load(device)
-        for decode, batch in (("device", 64), ("device", 256), ("device", 1024),
-                              ("workers", 256)):
-            res = run_batched(gpu.forward, paths, 112, "imagenet", device=device,
-                              batch_size=batch, decode=decode)
+        for decode, batch in (("device", 64), ("device", 256), ("device", 1024), ("workers", 256)):
+            res = run_batched(
+                gpu.forward, paths, 112, "imagenet", device=device, batch_size=batch, decode=decode
+            )
             diff = float(np.nanmax(np.abs(res.outputs - ref.outputs)))
-            print(f"| {gpu.name} | {device} | {decode} | {batch} | "
-                  f"{res.ok.sum() / res.seconds:.0f} | {diff:.4f} |", flush=True)
+            print(
+                f"| {gpu.name} | {device} | {decode} | {batch} | "
+                f"{res.ok.sum() / res.seconds:.0f} | {diff:.4f} |",
+                flush=True,
+            )
 
     # the decoders side by side, on the same 256 photos
     first = paths[:256]
-    by_workers = next(iter_decoded(first, 112, device=device, batch_size=256, workers=0,
-                                   decode="workers"))[1]
-    on_device = next(iter_decoded(first, 112, device=device, batch_size=256, workers=0,
-                                  decode="device"))[1]
+    by_workers = next(
+        iter_decoded(first, 112, device=device, batch_size=256, workers=0, decode="workers")
+    )[1]
+    on_device = next(
+        iter_decoded(first, 112, device=device, batch_size=256, workers=0, decode="device")
+    )[1]
     pixel = (by_workers.int() - on_device.int()).abs()
-    print(f"\ndecoders on {len(first)} photos: libjpeg-turbo (workers) vs torchvision on "
-          f"{device}: max pixel difference {int(pixel.max())}, mean {float(pixel.float().mean()):.3f}, "
-          f"share of values more than 2 levels apart {float((pixel > 2).float().mean()):.4%}")
+    print(
+        f"\ndecoders on {len(first)} photos: libjpeg-turbo (workers) vs torchvision on "
+        f"{device}: max pixel difference {int(pixel.max())}, "
+        f"mean {float(pixel.float().mean()):.3f}, "
+        f"share of values more than 2 levels apart {float((pixel > 2).float().mean()):.4%}"
+    )
     return 0
 
 

@@ -1,7 +1,8 @@
 """Inference throughput, side by side in one run: decode only, model only, end to end, and
 the naive loop of the original FaceAge code (one image at a time, one predict call each).
 
-    python benchmarks/inference.py [--n 2000] [--device cpu|cuda] [--model demo:faceage] [--rounds 3]
+    python benchmarks/inference.py [--n 2000] [--device cpu|cuda] [--model demo:faceage]
+                                   [--rounds 3]
 
 Target (issue 5): for pre-cropped 112-px faces, end to end at least 85% of the model-only
 batched throughput on this CPU; on a GPU at least 80% of model-only and 50x the naive loop.
@@ -44,18 +45,27 @@ def main(argv=None) -> None:
 
     # decode only: the DataLoader alone
     start = time.perf_counter()
-    loader = DataLoader(PhotoDataset(paths, size), batch_size=batch, num_workers=2,
-                        collate_fn=_collate, pin_memory=cuda)
+    loader = DataLoader(
+        PhotoDataset(paths, size),
+        batch_size=batch,
+        num_workers=2,
+        collate_fn=_collate,
+        pin_memory=cuda,
+    )
     for _ in loader:
         pass
-    rows.append(("decode only (DataLoader, 2 workers)",
-                 np.array([len(paths) / (time.perf_counter() - start)])))
+    rows.append(
+        (
+            "decode only (DataLoader, 2 workers)",
+            np.array([len(paths) / (time.perf_counter() - start)]),
+        )
+    )
 
     # model only (decoded batches already in memory) and end to end (what an audit runs),
     # in alternating rounds: on a shared machine the speed drifts by a fifth between minutes,
     # so the ratio is taken within each round and the median reported.
     images = torch.from_numpy(np.stack([decode_image(p, size) for p in paths]))
-    batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+    batches = [images[i : i + batch] for i in range(0, len(images), batch)]
 
     def model_only() -> float:
         with torch.inference_mode():
@@ -94,18 +104,24 @@ def main(argv=None) -> None:
     naive = k / (time.perf_counter() - start)
     rows.append((f"naive loop (one image per call, {k} photos)", np.array([naive])))
 
-    print(f"Machine: {platform.machine()}, device {device}"
-          + (f" ({torch.cuda.get_device_name(0)})" if cuda else "")
-          + f", torch {torch.__version__}, model {args.model}, {len(paths)} photos of 112 px\n")
-    print(f"| what | images/s (median of {args.rounds} rounds where repeated) | range |\n"
-          "| --- | ---: | --- |")
+    print(
+        f"Machine: {platform.machine()}, device {device}"
+        + (f" ({torch.cuda.get_device_name(0)})" if cuda else "")
+        + f", torch {torch.__version__}, model {args.model}, {len(paths)} photos of 112 px\n"
+    )
+    print(
+        f"| what | images/s (median of {args.rounds} rounds where repeated) | range |\n"
+        "| --- | ---: | --- |"
+    )
     for label, rates in rows:
         spread = f"{rates.min():,.0f}-{rates.max():,.0f}" if len(rates) > 1 else ""
         print(f"| {label} | {np.median(rates):,.0f} | {spread} |")
-    print(f"\nend to end / model only, within each round: median {np.median(ratios):.0%} "
-          f"(rounds: {', '.join(f'{r:.0%}' for r in ratios)}); "
-          f"end to end / naive loop: {end_rate / naive:.1f}x; model only / naive loop: "
-          f"{model_rate / naive:.1f}x")
+    print(
+        f"\nend to end / model only, within each round: median {np.median(ratios):.0%} "
+        f"(rounds: {', '.join(f'{r:.0%}' for r in ratios)}); "
+        f"end to end / naive loop: {end_rate / naive:.1f}x; model only / naive loop: "
+        f"{model_rate / naive:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -72,12 +72,16 @@ def main(argv=None) -> None:
         _sync(device)
         timings[label] = (time.perf_counter() - start, len(plan) + 1)
     clean_s = timings["clean pass only"][0]
-    print(f"\n| run ({args.n} photos, {model.name}) | passes | seconds | images/s | "
-          "cost vs clean pass |")
+    print(
+        f"\n| run ({args.n} photos, {model.name}) | passes | seconds | images/s | "
+        "cost vs clean pass |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, (seconds, passes) in timings.items():
-        print(f"| {label} | {passes} | {seconds:.2f} | {passes * args.n / seconds:,.0f} | "
-              f"{seconds / clean_s:.1f}x |")
+        print(
+            f"| {label} | {passes} | {seconds:.2f} | {passes * args.n / seconds:,.0f} | "
+            f"{seconds / clean_s:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,15 @@ def main(argv=None) -> None:
     print(machine_line(device))
     with tempfile.TemporaryDirectory() as tmp:
         cohort = load_cohort(write_cohort(Path(tmp) / "c", args.n, seed=5, photos=True))
-        x = torch.stack([torch.from_numpy(np.array(decode_image(cohort.image_file(p), 112)))
-                         .permute(2, 0, 1).float() / 255 for p in cohort.frame["image_path"]])
+        x = torch.stack(
+            [
+                torch.from_numpy(np.array(decode_image(cohort.image_file(p), 112)))
+                .permute(2, 0, 1)
+                .float()
+                / 255
+                for p in cohort.frame["image_path"]
+            ]
+        )
     x = x.to(device)
     (target,) = sal.model_targets(create_model(args.model), device)
 
@@ -40,7 +47,7 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
         start = time.perf_counter()
         for i in range(0, len(x), batch):
-            fn(x[i:i + batch])
+            fn(x[i : i + batch])
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / len(x)
@@ -50,9 +57,14 @@ def main(argv=None) -> None:
     print(f"\nclean pass: {1 / clean:,.0f} photos/s ({args.model}, batch {batch})\n")
     print("| method | settings | ms per photo | clean passes per photo |")
     print("| --- | --- | ---: | ---: |")
-    runs = [("occlusion", {"window": 16, "stride": 8}), ("occlusion", {"window": 16, "stride": 16}),
-            ("gradient_x_input", {}), ("integrated_gradients", {"steps": 16}),
-            ("grad_cam", {}), ("attention_rollout", {})]
+    runs = [
+        ("occlusion", {"window": 16, "stride": 8}),
+        ("occlusion", {"window": 16, "stride": 16}),
+        ("gradient_x_input", {}),
+        ("integrated_gradients", {"steps": 16}),
+        ("grad_cam", {}),
+        ("attention_rollout", {}),
+    ]
     total = 0.0
     for name, kw in runs:
         if not sal.applicable(name, target):
@@ -63,8 +75,10 @@ def main(argv=None) -> None:
             total += per
         settings = ", ".join(f"{k} {v}" for k, v in kw.items()) or "-"
         print(f"| {name} | {settings} | {1000 * per:,.1f} | {per / clean:,.0f} |")
-    print(f"\nevery method at its default settings: {1000 * total:,.0f} ms per photo, "
-          f"{total / clean:,.0f} clean passes (the robustness suite's default: 107)")
+    print(
+        f"\nevery method at its default settings: {1000 * total:,.0f} ms per photo, "
+        f"{total / clean:,.0f} clean passes (the robustness suite's default: 107)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def utk_cohort(tmp_path) -> Path:
         "columns: {photo_id: subj_id, sex: gender}\n"
         "values:\n"
         "  sex: {0: male, 1: female}\n"
-        "  race: {0: White, 1: Black, 2: Asian, 3: Indian, 4: Others}\n")
+        "  race: {0: White, 1: Black, 2: Asian, 3: Indian, 4: Others}\n"
+    )
     return folder
 
 
@@ -78,25 +79,31 @@ def write_lung_cohort(folder: Path) -> Path:
         "columns: {photo_id: patient, event: status}\n"
         "values:\n  sex: {1: male, 2: female}\n"
         "covariates: [ph.ecog]\n"
-        "time_unit: days\n")
+        "time_unit: days\n"
+    )
     return folder
 
 
-API_CONFIG = QUICK_CONFIG + """
+API_CONFIG = (
+    QUICK_CONFIG
+    + """
 [robustness]
 perturbations = ["brightness", "jpeg"]
 severities = [1, 3]
 sample_subjects = 30
 """
+)
 
 
 @pytest.fixture(scope="session")
 def photo_cohort(tmp_path_factory) -> Path:
-    """A synthetic cancer cohort with rendered faces (for image models)."""
+    """A synthetic cancer cohort with rendered faces (for image models) and planted bad
+    inputs (unreadable rows and files, duplicates: ``defects.csv``)."""
     from audit.demo.world import write_cohort
 
-    return write_cohort(tmp_path_factory.mktemp("photos") / "cohort", n=200, seed=5,
-                        photos=True)
+    return write_cohort(
+        tmp_path_factory.mktemp("photos") / "cohort", n=200, seed=5, photos=True, defects=True
+    )
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +117,20 @@ def cli_and_api(tmp_path_factory, prefect_harness, photo_cohort):
     config = folder / "audit.toml"
     config.write_text(API_CONFIG)
     models = ["demo:faceage", "demo:survival"]
-    code = main(["run", "--cohort", str(photo_cohort), "--model", models[0], "--model",
-                 models[1], "--out", str(folder / "cli"), "--config", str(config)])
+    code = main(
+        [
+            "run",
+            "--cohort",
+            str(photo_cohort),
+            "--model",
+            models[0],
+            "--model",
+            models[1],
+            "--out",
+            str(folder / "cli"),
+            "--config",
+            str(config),
+        ]
+    )
     run = audit.run(photo_cohort, models, config=config, out=folder / "api")
     return {"code": code, "cli": audit.open_run(folder / "cli" / "audit.duckdb"), "api": run}

@@ -15,21 +15,30 @@ def _cohort(n=2000, seed=0, bias=None, photos_per_subject=1):
     rng = np.random.default_rng(seed)
     subjects = n // photos_per_subject
     sid = np.repeat([f"S{i}" for i in range(subjects)], photos_per_subject)
-    group = np.repeat(rng.choice(["A", "B", "C"], size=subjects, p=[0.6, 0.3, 0.1]),
-                      photos_per_subject)
+    group = np.repeat(
+        rng.choice(["A", "B", "C"], size=subjects, p=[0.6, 0.3, 0.1]), photos_per_subject
+    )
     age = np.repeat(rng.uniform(30, 90, subjects), photos_per_subject)
     subject_error = np.repeat(rng.normal(0, 4, subjects), photos_per_subject)
     faceage = age + subject_error + rng.normal(0, 1, len(sid))
     if bias:
         for g, years in bias.items():
             faceage = faceage + np.where(group == g, years, 0.0)
-    return pd.DataFrame({"photo_id": [f"P{i}" for i in range(len(sid))], "subject_id": sid,
-                         "race": group, "age": age, "faceage": faceage})
+    return pd.DataFrame(
+        {
+            "photo_id": [f"P{i}" for i in range(len(sid))],
+            "subject_id": sid,
+            "race": group,
+            "age": age,
+            "faceage": faceage,
+        }
+    )
 
 
 def _get(frame, metric, attribute="all", group="all"):
-    return frame[(frame.metric == metric) & (frame.attribute == attribute)
-                 & (frame.group_name == group)].iloc[0]
+    return frame[
+        (frame.metric == metric) & (frame.attribute == attribute) & (frame.group_name == group)
+    ].iloc[0]
 
 
 def test_point_estimates_equal_a_boolean_mask_oracle():
@@ -42,7 +51,8 @@ def test_point_estimates_equal_a_boolean_mask_oracle():
         assert _get(res, "mean_error", "race", g).value == pytest.approx(e.mean())
         assert _get(res, "within_5y", "race", g).value == pytest.approx((np.abs(e) <= 5).mean())
         assert _get(res, "pearson_r", "race", g).value == pytest.approx(
-            np.corrcoef(sub.age, sub.faceage)[0, 1])
+            np.corrcoef(sub.age, sub.faceage)[0, 1]
+        )
 
 
 def test_bootstrap_cis_agree_with_fairlearn():
@@ -51,9 +61,15 @@ def test_bootstrap_cis_agree_with_fairlearn():
 
     df = _cohort(n=1500, seed=1)
     ours = faceage_accuracy(df, "m", AccuracyConfig(n_boot=2000, groups=["race"], seed=3))
-    mf = MetricFrame(metrics={"mae": mean_absolute_error}, y_true=df.age, y_pred=df.faceage,
-                     sensitive_features=df.race, n_boot=150, ci_quantiles=[0.025, 0.975],
-                     random_state=7)
+    mf = MetricFrame(
+        metrics={"mae": mean_absolute_error},
+        y_true=df.age,
+        y_pred=df.faceage,
+        sensitive_features=df.race,
+        n_boot=150,
+        ci_quantiles=[0.025, 0.975],
+        random_state=7,
+    )
     low, high = mf.by_group_ci
     for g in "ABC":
         row = _get(ours, "mae", "race", g)
@@ -88,8 +104,7 @@ def test_subjects_not_photos_are_resampled():
 
 def test_small_groups_are_marked_not_judged():
     df = _cohort(n=300, seed=5)
-    res = faceage_accuracy(df, "m", AccuracyConfig(n_boot=50, groups=["race"],
-                                                   min_group_size=40))
+    res = faceage_accuracy(df, "m", AccuracyConfig(n_boot=50, groups=["race"], min_group_size=40))
     small = res[(res.attribute == "race") & (res.group_name == "C")]
     assert (small.status == "too_small").all() and (small.n_subjects < 40).all()
     assert (res[res.attribute == "all"].status == "ok").all()

@@ -12,8 +12,18 @@ import audit
 
 # columns that name the run or the moment, not a result
 RUN_SPECIFIC = {"run_id", "started_at", "finished_at", "created_at", "path", "sha256"}
-COMPARED = ["accuracy", "fairness", "survival_models", "survival_terms", "survival_tests",
-            "survival_metrics", "decision_curves", "predictions", "robustness", "verdicts"]
+COMPARED = [
+    "accuracy",
+    "fairness",
+    "survival_models",
+    "survival_terms",
+    "survival_tests",
+    "survival_metrics",
+    "decision_curves",
+    "predictions",
+    "robustness",
+    "verdicts",
+]
 
 
 def test_audit_run_inline_equals_the_cli(cli_and_api):
@@ -26,8 +36,9 @@ def test_audit_run_inline_equals_the_cli(cli_and_api):
         a, c = api.table(name), cli.table(name)
         assert len(a) == len(c) > 0, name
         keep = [col for col in a.columns if col not in RUN_SPECIFIC]
-        pd.testing.assert_frame_equal(a[keep], c[keep], check_exact=False, rtol=1e-9,
-                                      atol=1e-12, obj=name)
+        pd.testing.assert_frame_equal(
+            a[keep], c[keep], check_exact=False, rtol=1e-9, atol=1e-12, obj=name
+        )
     # attribute access reads the same tables
     pd.testing.assert_frame_equal(api.accuracy, api.table("accuracy"))
     assert {"faceage_decade", "risk_sd"} <= set(api.survival["term"])
@@ -60,18 +71,24 @@ def test_a_cohort_from_a_frame_is_audited_and_quarantines_bad_rows(tmp_path):
     rng = np.random.default_rng(5)
     n = 150
     age = rng.uniform(40, 85, n)
-    frame = pd.DataFrame({"photo_id": [f"p{i}" for i in range(n)],
-                          "subject_id": [f"s{i}" for i in range(n)], "age": age,
-                          "sex": rng.choice(["female", "male"], n),
-                          "faceage": age + rng.normal(0, 4, n)})
+    frame = pd.DataFrame(
+        {
+            "photo_id": [f"p{i}" for i in range(n)],
+            "subject_id": [f"s{i}" for i in range(n)],
+            "age": age,
+            "sex": rng.choice(["female", "male"], n),
+            "faceage": age + rng.normal(0, 4, n),
+        }
+    )
     frame["age"] = frame["age"].astype(object)
     frame.loc[7, "age"] = "old"  # one unparsable value: that row is quarantined
     cohort = audit.Cohort.from_frame(frame, name="in-memory-test", folder=tmp_path / "c")
     assert len(cohort.frame) == n - 1
     q = cohort.quarantine
     assert q[["row_number", "column_name"]].values.tolist() == [[8, "age"]]
-    run = audit.run(cohort, "predictions:faceage", out=tmp_path / "out",
-                    config={"accuracy": {"n_boot": 50}})
+    run = audit.run(
+        cohort, "predictions:faceage", out=tmp_path / "out", config={"accuracy": {"n_boot": 50}}
+    )
     mae = run.accuracy.query("metric == 'mae' and attribute == 'all'")["value"].item()
     good = frame.drop(index=7)
     expected = np.mean(np.abs(good["faceage"] - good["age"].astype(float)))
@@ -88,14 +105,19 @@ def test_faceage_metrics_equal_fairlearn_and_recover_a_planted_bias():
     age = rng.uniform(30, 90, n)
     sex = rng.choice(["female", "male"], n)
     pred = age + np.where(sex == "male", 3.0, 0.0) + rng.normal(0, 4, n)
-    rows = audit.faceage_metrics(age, pred, sensitive_features=pd.Series(sex, name="sex"),
-                                 n_boot=300, seed=1)
-    frame = MetricFrame(metrics={"mae": mean_absolute_error,
-                                 "mean_error": lambda t, p: float(np.mean(p - t))},
-                        y_true=age, y_pred=pred, sensitive_features=pd.Series(sex, name="sex"))
+    rows = audit.faceage_metrics(
+        age, pred, sensitive_features=pd.Series(sex, name="sex"), n_boot=300, seed=1
+    )
+    frame = MetricFrame(
+        metrics={"mae": mean_absolute_error, "mean_error": lambda t, p: float(np.mean(p - t))},
+        y_true=age,
+        y_pred=pred,
+        sensitive_features=pd.Series(sex, name="sex"),
+    )
     for metric in ("mae", "mean_error"):
-        got = rows[(rows["metric"] == metric) & (rows["attribute"] == "sex")] \
-            .set_index("group_name")["value"]
+        got = rows[(rows["metric"] == metric) & (rows["attribute"] == "sex")].set_index(
+            "group_name"
+        )["value"]
         for group in ("female", "male"):
             assert got[group] == pytest.approx(frame.by_group.at[group, metric], rel=1e-12)
         overall = rows[(rows["metric"] == metric) & (rows["attribute"] == "all")]["value"]
@@ -128,9 +150,41 @@ def test_plots_return_matplotlib_figures():
 
     from audit.report import plots
 
-    curves = pd.DataFrame({"group_name": ["q1"] * 3 + ["q4"] * 3,
-                           "time": [0.5, 1.0, 2.0] * 2, "survival": [0.9, 0.8, 0.7, 0.7, 0.5, 0.3],
-                           "at_risk": [50, 40, 30, 50, 35, 20]})
+    curves = pd.DataFrame(
+        {
+            "group_name": ["q1"] * 3 + ["q4"] * 3,
+            "time": [0.5, 1.0, 2.0] * 2,
+            "survival": [0.9, 0.8, 0.7, 0.7, 0.5, 0.3],
+            "at_risk": [50, 40, 30, 50, 35, 20],
+        }
+    )
     fig = plots.km_plot(curves, "KM")
     assert isinstance(fig, Figure) and len(fig.axes[0].lines) == 2
     assert plots.to_uri(fig).startswith("data:image/png;base64,")
+
+
+@pytest.mark.slow
+def test_the_whole_demo_from_a_notebook_script_equals_the_cli(tmp_path, prefect_harness):
+    """`faceage-audit demo` and examples/notebook_demo.py on the same seed: every result
+    table equal (the full 600-subject demo with photos, robustness and saliency)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from audit.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    assert main(["demo", "--out", str(tmp_path / "cli"), "--seed", "0"]) in (0, 1)
+    res = subprocess.run(
+        [sys.executable, str(root / "examples" / "notebook_demo.py"), str(tmp_path / "py"),
+         "600", "0"], capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    cli, api = (audit.open_run(tmp_path / side / "audit.duckdb") for side in ("cli", "py"))
+    assert api.verdict_status == cli.verdict_status
+    for name in COMPARED + ["saliency", "drift", "survival_curves", "decision_subgroups"]:
+        a, c = api.table(name), cli.table(name)
+        assert len(a) == len(c), name
+        keep = [col for col in a.columns if col not in RUN_SPECIFIC]
+        pd.testing.assert_frame_equal(
+            a[keep], c[keep], check_exact=False, rtol=1e-9, atol=1e-12, obj=name
+        )

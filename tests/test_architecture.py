@@ -102,8 +102,12 @@ def test_the_library_never_imports_flows_and_imports_its_own_modules_at_the_top(
         for node, inside in _imports(path):
             for name in _module_names(node):
                 assert name.split(".")[0] != "flows", f"{path}: the library imports {name}"
-                if (inside and name.startswith("audit") and name not in LAZY_ALLOWED
-                        and path.name != "__init__.py"):
+                if (
+                    inside
+                    and name.startswith("audit")
+                    and name not in LAZY_ALLOWED
+                    and path.name != "__init__.py"
+                ):
                     hidden.append(f"{path.relative_to(SRC)}:{node.lineno} {name}")
     assert hidden == []
 
@@ -121,4 +125,3 @@ def test_every_subpackage_has_an_init_whose_exports_resolve():
         assert module.__all__, name
         for export in module.__all__:
             assert getattr(module, export) is not None, f"{name}.{export}"
-

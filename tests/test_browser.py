@@ -14,11 +14,24 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     if CHROMIUM is None:
-        pytest.fail("headless Chromium is needed: `apt-get install chromium` (Debian), as "
-                    ".ci/run does")
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--hide-scrollbars", "--enable-logging=stderr", "--v=0", *args],
-                          capture_output=True, text=True, timeout=timeout)
+        pytest.fail(
+            "headless Chromium is needed: `apt-get install chromium` (Debian), as .ci/run does"
+        )
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +42,22 @@ def site(tmp_path_factory, prefect_harness):
     tmp = tmp_path_factory.mktemp("site")
     folder = write_cohort(tmp / "c", 120, seed=71)
     config = tmp / "c.toml"
-    config.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\n"
-                      "n_boot = 50\n")
+    config.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n")
     out = tmp / "out"
     for _ in range(2):  # two runs, so the index has trends
-        main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
-              "--out", str(out), "--config", str(config)])
+        main(
+            [
+                "run",
+                "--cohort",
+                str(folder),
+                "--model",
+                "predictions:faceage,risk",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+            ]
+        )
     return out
 
 
@@ -45,8 +68,11 @@ def test_pages_load_without_console_errors(site):
         res = _chromium("--dump-dom", page.as_uri())
         assert res.returncode == 0, res.stderr[-2000:]
         assert "</html>" in res.stdout and "<h1" in res.stdout
-        errors = [line for line in res.stderr.splitlines()
-                  if "CONSOLE" in line and ("error" in line.lower() or "Uncaught" in line)]
+        errors = [
+            line
+            for line in res.stderr.splitlines()
+            if "CONSOLE" in line and ("error" in line.lower() or "Uncaught" in line)
+        ]
         assert not errors, errors
 
 
@@ -56,8 +82,15 @@ def test_a_screenshot_shows_the_verdict_and_every_section(site, tmp_path):
 
     page = sorted(site.glob("runs/*/index.html"))[-1]
     dom = _chromium("--dump-dom", page.as_uri()).stdout
-    for section in ("verdict", "validation", "composition", "accuracy", "fairness",
-                    "survival", "trail"):
+    for section in (
+        "verdict",
+        "validation",
+        "composition",
+        "accuracy",
+        "fairness",
+        "survival",
+        "trail",
+    ):
         assert f'id="{section}"' in dom, section
     shot = tmp_path / "page.png"
     res = _chromium(f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri())

@@ -82,14 +82,19 @@ BAD_ROWS = [
     ("010,0003,60,1,White,12,1,1,curative,60,/etc/passwd", "image_path", "absolute"),
     ("010,0003,60,1,White,12,1,1,curative,60,../../secret.jpg", "image_path", "escapes"),
     ("010,0003,60,1,White,12,1,1,curative,60,a/missing.jpg", "image_path", "not found"),
-    ("007,0003,60,1,White,12,1,1,curative,60,a/007.jpg", "pid", "duplicate photo id (first seen at row 1)"),
+    (
+        "007,0003,60,1,White,12,1,1,curative,60,a/007.jpg",
+        "pid",
+        "duplicate photo id (first seen at row 1)",
+    ),
     ("010,0003,,1,White,12,1,1,curative,60,a/007.jpg", "age", "missing age"),
     ("010,0003,60,1,White,12,1,x,curative,60,a/007.jpg", "ecog", "cannot parse 'x'"),
 ]
 
 
-@pytest.mark.parametrize("line,column,reason", BAD_ROWS,
-                         ids=[f"{c}-{r.split()[0]}" for _, c, r in BAD_ROWS])
+@pytest.mark.parametrize(
+    "line,column,reason", BAD_ROWS, ids=[f"{c}-{r.split()[0]}" for _, c, r in BAD_ROWS]
+)
 def test_bad_row_is_quarantined_with_file_row_and_column(tmp_path, line, column, reason):
     c = load_cohort(make(tmp_path, GOOD + line + "\n"))
     assert list(c.frame["photo_id"]) == ["007", "008", "009"]  # the good rows go on
@@ -116,13 +121,17 @@ def test_missing_covariate_column_is_an_input_error(tmp_path):
         load_cohort(make(tmp_path, GOOD.replace("ecog", "ps")))
 
 
-@pytest.mark.parametrize("yaml,match", [
-    ("columns: {}\n", "name"),
-    ("name: x\ncolour: blue\n", "colour"),
-    ("name: x\ntime_unit: fortnights\n", "time_unit"),
-    ("name: [unclosed\n", "not valid YAML"),
-    ("name: x\ncolumns: {shoe_size: s}\n", "unknown standard column"),
-], ids=["no-name", "unknown-key", "bad-unit", "bad-yaml", "unknown-column"])
+@pytest.mark.parametrize(
+    "yaml,match",
+    [
+        ("columns: {}\n", "name"),
+        ("name: x\ncolour: blue\n", "colour"),
+        ("name: x\ntime_unit: fortnights\n", "time_unit"),
+        ("name: [unclosed\n", "not valid YAML"),
+        ("name: x\ncolumns: {shoe_size: s}\n", "unknown standard column"),
+    ],
+    ids=["no-name", "unknown-key", "bad-unit", "bad-yaml", "unknown-column"],
+)
 def test_bad_cohort_yaml_is_an_input_error_naming_the_file(tmp_path, yaml, match):
     with pytest.raises(InputError, match=match) as err:
         load_cohort(make(tmp_path, GOOD, yaml=yaml))
@@ -175,14 +184,19 @@ def test_group_names_read_in_order():
     assert natural_order(["White", "Asian", "Black"]) == ["Asian", "Black", "White"]
 
 
-@pytest.mark.parametrize("yaml_text, model, message", [
-    ("name: [x\n", "predictions:faceage", "not valid YAML"),
-    ("name: x\ncolumns: {age: AGE}\n", "predictions:faceage", "column `AGE`"),
-    ("name: x\n", "predictions:risk", "reads column `risk`"),
-    ("name: x\n", "nosuch:risk", "expected a YAML file or KIND:ARGS"),
-], ids=["yaml", "mapped-column", "prediction-column", "model-kind"])
-def test_a_broken_cohort_or_model_is_reported_before_prefect_starts(tmp_path, yaml_text, model,
-                                                                    message):
+@pytest.mark.parametrize(
+    "yaml_text, model, message",
+    [
+        ("name: [x\n", "predictions:faceage", "not valid YAML"),
+        ("name: x\ncolumns: {age: AGE}\n", "predictions:faceage", "column `AGE`"),
+        ("name: x\n", "predictions:risk", "reads column `risk`"),
+        ("name: x\n", "nosuch:risk", "expected a YAML file or KIND:ARGS"),
+    ],
+    ids=["yaml", "mapped-column", "prediction-column", "model-kind"],
+)
+def test_a_broken_cohort_or_model_is_reported_before_prefect_starts(
+    tmp_path, yaml_text, model, message
+):
     """Exit 2 with the file named, and no Prefect server started (its home stays empty):
     the error comes in about 0.5 s instead of after the 7-13 s server start."""
     import os
@@ -195,9 +209,24 @@ def test_a_broken_cohort_or_model_is_reported_before_prefect_starts(tmp_path, ya
     (cohort / "manifest.csv").write_text("photo_id,age\np1,50\n")
     home = tmp_path / "prefect-home"
     env = dict(os.environ, PREFECT_HOME=str(home), COLUMNS="200")
-    res = subprocess.run([sys.executable, "-m", "audit.cli", "run", "--cohort", str(cohort),
-                          "--model", model, "--out", str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "audit.cli",
+            "run",
+            "--cohort",
+            str(cohort),
+            "--model",
+            model,
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 2, res.stderr
     assert message in res.stderr
     assert not home.exists() or not any(home.iterdir())

@@ -18,11 +18,18 @@ def _data(n, seed, time_decimals, risk_decimals):
     return time, event, risk
 
 
-@pytest.mark.parametrize("n,chunk,tdec,rdec", [(40, 40, 0, 1), (400, 10**7, 0, 1),
-                                               (2500, 10**7, 1, 2), (300, 1000, 3, 6),
-                                               (777, 5000, 0, 0), (1, 10, 0, 1)],
-                         ids=["tiny", "many-ties", "few-ties", "chunked", "odd-n-heavy-ties",
-                              "one-subject"])
+@pytest.mark.parametrize(
+    "n,chunk,tdec,rdec",
+    [
+        (40, 40, 0, 1),
+        (400, 10**7, 0, 1),
+        (2500, 10**7, 1, 2),
+        (300, 1000, 3, 6),
+        (777, 5000, 0, 0),
+        (1, 10, 0, 1),
+    ],
+    ids=["tiny", "many-ties", "few-ties", "chunked", "odd-n-heavy-ties", "one-subject"],
+)
 def test_equals_lifelines_on_the_sample_and_on_every_resample(n, chunk, tdec, rdec):
     time, event, risk = _data(n, n, tdec, rdec)
     if n == 1:
@@ -34,8 +41,9 @@ def test_equals_lifelines_on_the_sample_and_on_every_resample(n, chunk, tdec, rd
     ours = weighted_concordance(time, event, risk, weights, chunk_elements=chunk)
     for b in range(15):
         rows = np.repeat(np.arange(n), weights[b].astype(int))
-        assert ours[b] == pytest.approx(concordance_index(time[rows], -risk[rows], event[rows]),
-                                        abs=1e-12)
+        assert ours[b] == pytest.approx(
+            concordance_index(time[rows], -risk[rows], event[rows]), abs=1e-12
+        )
 
 
 def test_edge_cases():

@@ -1,5 +1,5 @@
-"""The checked Cox layer (audit.stats.cox) and the value-based quantile groups (audit.stats.groups), on
-real data that lifelines and scikit-survival ship.
+"""The checked Cox layer (audit.stats.cox) and the value-based quantile groups
+(audit.stats.groups), on real data that lifelines and scikit-survival ship.
 
 References for the known answers: scikit-survival's ``CoxPHSurvivalAnalysis`` (Efron ties)
 fitted in the test on the same terms; R's ``coxph`` output printed in the comments."""
@@ -20,8 +20,9 @@ def _sksurv_coef(x: pd.DataFrame, time, event) -> np.ndarray:
 
     z = (x - x.mean()) / x.std(ddof=1)
     est = CoxPHSurvivalAnalysis(ties="efron", n_iter=200, tol=1e-10).fit(
-        z.to_numpy(float), Surv.from_arrays(event=np.asarray(event, bool),
-                                            time=np.asarray(time, float)))
+        z.to_numpy(float),
+        Surv.from_arrays(event=np.asarray(event, bool), time=np.asarray(time, float)),
+    )
     return est.coef_ / x.std(ddof=1).to_numpy()
 
 
@@ -32,8 +33,12 @@ def flchain():
     from sksurv.datasets import load_flchain
 
     x, y = load_flchain()
-    df = x[["kappa", "lambda", "age"]].astype(float).assign(
-        time=y["futime"] / 365.25, event=y["death"].astype(int)).reset_index(drop=True)
+    df = (
+        x[["kappa", "lambda", "age"]]
+        .astype(float)
+        .assign(time=y["futime"] / 365.25, event=y["death"].astype(int))
+        .reset_index(drop=True)
+    )
     df["event"] = np.where(df["time"] > 5, 0, df["event"])
     df["time"] = np.minimum(df["time"], 5.0)
     return df
@@ -75,18 +80,25 @@ def test_the_efron_likelihood_by_hand_equals_lifelines_with_ties():
     rossi = load_rossi()
     cols = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
     cph = CoxPHFitter().fit(rossi, "week", "arrest")
-    ll, grad = efron_loglik(rossi[cols].to_numpy(float), rossi["week"], rossi["arrest"],
-                            cph.params_[cols].to_numpy())
+    ll, grad = efron_loglik(
+        rossi[cols].to_numpy(float), rossi["week"], rossi["arrest"], cph.params_[cols].to_numpy()
+    )
     assert ll == pytest.approx(cph.log_likelihood_, abs=1e-8)
     assert np.abs(grad).max() < 1e-4  # the score at the maximum
-    ll0, _ = efron_loglik(rossi[cols].to_numpy(float), rossi["week"], rossi["arrest"],
-                          np.zeros(len(cols)))
+    ll0, _ = efron_loglik(
+        rossi[cols].to_numpy(float), rossi["week"], rossi["arrest"], np.zeros(len(cols))
+    )
     assert ll0 == pytest.approx(cph._ll_null_, abs=1e-8)
     strata = rossi["race"].to_numpy()
     cph_s = CoxPHFitter().fit(rossi, "week", "arrest", strata=["race"])
     rest = [c for c in cols if c != "race"]
-    ll_s, _ = efron_loglik(rossi[rest].to_numpy(float), rossi["week"], rossi["arrest"],
-                           cph_s.params_[rest].to_numpy(), strata)
+    ll_s, _ = efron_loglik(
+        rossi[rest].to_numpy(float),
+        rossi["week"],
+        rossi["arrest"],
+        cph_s.params_[rest].to_numpy(),
+        strata,
+    )
     assert ll_s == pytest.approx(cph_s.log_likelihood_, abs=1e-8)
 
 
@@ -97,8 +109,9 @@ def test_lung_through_the_layer_equals_r():
     lung = load_lung().dropna(subset=["ph.ecog"]).rename(columns={"status": "event"})
     fit = fit_cox(lung, lung[["age", "sex", "ph.ecog"]].astype(float), cross_check="always")
     assert fit.ok and fit.method == "Newton-Raphson" and not fit.notes
-    np.testing.assert_allclose(fit.summary["exp(coef)"].to_numpy(), [1.011, 0.575, 1.590],
-                               atol=5e-4)
+    np.testing.assert_allclose(
+        fit.summary["exp(coef)"].to_numpy(), [1.011, 0.575, 1.590], atol=5e-4
+    )
     assert fit.log_likelihood > fit.log_likelihood_null
 
 
@@ -128,13 +141,15 @@ def test_collinear_terms_are_not_estimable():
 
 def test_a_constant_term_is_left_out_and_named():
     rng = np.random.default_rng(6)
-    df = pd.DataFrame({"time": rng.exponential(1.0, 100), "event": 1,
-                       "x": rng.normal(size=100), "c": 3.0})
+    df = pd.DataFrame(
+        {"time": rng.exponential(1.0, 100), "event": 1, "x": rng.normal(size=100), "c": 3.0}
+    )
     fit = fit_cox(df, df[["x", "c"]])
     assert fit.ok and fit.dropped == ["c"] and "c" in fit.notes[0]
 
 
 # ----------------------------------------------------------------- quantile groups
+
 
 def test_tied_scores_share_a_group_and_empty_quartiles_are_named():
     from lifelines.datasets import load_lung
@@ -142,8 +157,7 @@ def test_tied_scores_share_a_group_and_empty_quartiles_are_named():
     ecog = load_lung()["ph.ecog"].dropna()  # 0: 63, 1: 113, 2: 50, 3: 1 subjects
     q = quantile_groups(ecog)
     assert q.groupby(ecog).nunique().max() == 1  # one group per value
-    assert dict(pd.crosstab(ecog, q).idxmax(axis=1)) == {0.0: "Q1", 1.0: "Q2", 2.0: "Q4",
-                                                         3.0: "Q4"}
+    assert dict(pd.crosstab(ecog, q).idxmax(axis=1)) == {0.0: "Q1", 1.0: "Q2", 2.0: "Q4", 3.0: "Q4"}
     note = empty_groups_note("risk quartiles", q)
     assert "Q3 empty" in note and "(Q1, Q2, Q4)" in note
 
@@ -159,8 +173,10 @@ def test_quartiles_do_not_depend_on_row_order():
     cont = pd.Series(rng.normal(size=1000))
     counts = quantile_groups(cont).value_counts()
     assert sorted(counts.index) == ["Q1", "Q2", "Q3", "Q4"] and (counts == 250).all()
-    assert (quantile_groups(cont).to_numpy()
-            == pd.qcut(cont, 4, labels=["Q1", "Q2", "Q3", "Q4"]).astype(object).to_numpy()).all()
+    assert (
+        quantile_groups(cont).to_numpy()
+        == pd.qcut(cont, 4, labels=["Q1", "Q2", "Q3", "Q4"]).astype(object).to_numpy()
+    ).all()
 
 
 def test_the_fairness_interactions_on_a_heavy_tailed_real_score_finish(flchain):
@@ -173,15 +189,23 @@ def test_the_fairness_interactions_on_a_heavy_tailed_real_score_finish(flchain):
     from audit.survival.subgroups import survival_subgroups
 
     x, y = load_flchain()
-    df = pd.DataFrame({"age": x["age"].astype(float).to_numpy(),
-                       "sex": x["sex"].map({"F": "female", "M": "male"}).to_numpy(),
-                       "risk": x["kappa"].astype(float).to_numpy(),
-                       "time": y["futime"] / 365.25, "event": y["death"].astype(int)})
+    df = pd.DataFrame(
+        {
+            "age": x["age"].astype(float).to_numpy(),
+            "sex": x["sex"].map({"F": "female", "M": "male"}).to_numpy(),
+            "risk": x["kappa"].astype(float).to_numpy(),
+            "time": y["futime"] / 365.25,
+            "event": y["death"].astype(int),
+        }
+    )
     df["subject_id"] = df["photo_id"] = [f"s{i}" for i in range(len(df))]
-    rows, tests = survival_subgroups(df, "m", ["risk"], load_config().fairness, 10,
-                                     [65.0, 75.0, 85.0])
-    assert set(tests["test"]) == {"interaction: risk_per_sd x sex",
-                                  "interaction: risk_per_sd x age_band"}
+    rows, tests = survival_subgroups(
+        df, "m", ["risk"], load_config().fairness, 10, [65.0, 75.0, 85.0]
+    )
+    assert set(tests["test"]) == {
+        "interaction: risk_per_sd x sex",
+        "interaction: risk_per_sd x age_band",
+    }
     assert tests["p_value"].notna().all()
     sex = rows[rows.attribute == "sex"].set_index("group_name")
     assert (sex.status == "ok").all()
@@ -189,7 +213,8 @@ def test_the_fairness_interactions_on_a_heavy_tailed_real_score_finish(flchain):
     q = np.searchsorted(cuts, df["risk"], side="left") + 1
     for group in ("female", "male"):
         sub = df[(df["sex"] == group) & np.isin(q, [1, 4])]
-        terms = pd.DataFrame({"q4": (q[sub.index] == 4).astype(float),
-                              "age": sub["age"] / 10.0}, index=sub.index)
+        terms = pd.DataFrame(
+            {"q4": (q[sub.index] == 4).astype(float), "age": sub["age"] / 10.0}, index=sub.index
+        )
         coef = _sksurv_coef(terms, sub["time"], sub["event"])
         assert np.log(sex.loc[group, "hr"]) == pytest.approx(coef[0], abs=1e-4)

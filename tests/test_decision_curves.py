@@ -40,19 +40,24 @@ def test_net_benefit_equals_dcurves_on_its_survival_data(df_surv):
     #       thresholds=THRESHOLDS, time=1.5, time_to_outcome_col="ttcancer")
     from dcurves import dca
 
-    ref = dca(data=df_surv, outcome="cancer", modelnames=["cancerpredmarker"],
-              thresholds=THRESHOLDS, time=1.5, time_to_outcome_col="ttcancer")
+    ref = dca(
+        data=df_surv,
+        outcome="cancer",
+        modelnames=["cancerpredmarker"],
+        thresholds=THRESHOLDS,
+        time=1.5,
+        time_to_outcome_col="ttcancer",
+    )
     p = df_surv["cancerpredmarker"].to_numpy()
     positive = p[:, None] >= np.array(THRESHOLDS)[None, :]
     event = df_surv["cancer"].astype(float)
     ours = net_benefit(df_surv["ttcancer"], event, positive, THRESHOLDS, 1.5)[0]
-    treat_all = net_benefit(df_surv["ttcancer"], event, np.ones_like(positive), THRESHOLDS,
-                            1.5)[0]
-    np.testing.assert_allclose(ours, ref[ref["model"] == "cancerpredmarker"]["net_benefit"],
-                               atol=1e-12)
+    treat_all = net_benefit(df_surv["ttcancer"], event, np.ones_like(positive), THRESHOLDS, 1.5)[0]
+    np.testing.assert_allclose(
+        ours, ref[ref["model"] == "cancerpredmarker"]["net_benefit"], atol=1e-12
+    )
     np.testing.assert_allclose(treat_all, ref[ref["model"] == "all"]["net_benefit"], atol=1e-12)
-    curve = decision_curve("m", "risk", df_surv["ttcancer"], event, p, 1.5, THRESHOLDS,
-                           n_boot=0)
+    curve = decision_curve("m", "risk", df_surv["ttcancer"], event, p, 1.5, THRESHOLDS, n_boot=0)
     ia = ref[ref["model"] == "cancerpredmarker"]["net_intervention_avoided"].to_numpy()
     model = curve[curve["strategy"] == "model"]
     np.testing.assert_allclose(model["interventions_avoided"].to_numpy() / 100, ia, atol=1e-12)
@@ -124,8 +129,9 @@ def test_planted_true_risk_recovered_within_its_intervals():
     _, _, _, big_rate = _planted(1_000_000, seed=99, censor=False)
     big_p = 1 - np.exp(-big_rate * h)
     grid = default_thresholds(0.05, 0.6, 0.05)
-    expected = np.array([np.mean((big_p >= pt) * (big_p - (1 - big_p) * pt / (1 - pt)))
-                         for pt in grid])
+    expected = np.array(
+        [np.mean((big_p >= pt) * (big_p - (1 - big_p) * pt / (1 - pt))) for pt in grid]
+    )
     curve = decision_curve("oracle", "risk", time, event, truth_p, h, grid, n_boot=300, seed=1)
     model = curve[curve["strategy"] == "model"].reset_index(drop=True)
     covered = (model["ci_low"] <= expected) & (expected <= model["ci_high"])
@@ -138,8 +144,17 @@ def test_planted_true_risk_recovered_within_its_intervals():
 def test_useless_score_is_never_called_useful():
     time, event, _, _ = _planted(2000, seed=5)
     noise = np.random.default_rng(6).normal(size=len(time))
-    curves = score_decision_curves("noise", "risk", time, event, noise, horizons=[2.0],
-                                   thresholds=default_thresholds(), n_boot=200, seed=0)
+    curves = score_decision_curves(
+        "noise",
+        "risk",
+        time,
+        event,
+        noise,
+        horizons=[2.0],
+        thresholds=default_thresholds(),
+        n_boot=200,
+        seed=0,
+    )
     assert set(curves["strategy"]) == {"model", "treat_all"}  # no age given
     assert useful_thresholds(curves) == []
 
@@ -147,8 +162,18 @@ def test_useless_score_is_never_called_useful():
 def test_cross_fitted_score_beats_age_where_it_carries_the_signal():
     time, event, x, _ = _planted(2000, seed=21)
     age = 60 + 10 * np.random.default_rng(22).normal(size=len(time))  # unrelated to death
-    curves = score_decision_curves("m", "risk", time, event, x, age, horizons=[1.0, 2.0, 50.0],
-                                   thresholds=default_thresholds(), n_boot=200, seed=0)
+    curves = score_decision_curves(
+        "m",
+        "risk",
+        time,
+        event,
+        x,
+        age,
+        horizons=[1.0, 2.0, 50.0],
+        thresholds=default_thresholds(),
+        n_boot=200,
+        seed=0,
+    )
     assert sorted(curves["horizon"].unique()) == [1.0, 2.0]  # 50 years: beyond follow-up
     assert list(curves.columns) == COLUMNS
     two = curves[curves["horizon"] == 2.0]
@@ -169,25 +194,40 @@ def two_scores() -> pd.DataFrame:
     """Decision curves at 2 years of a score that carries the risk and of noise."""
     time, event, x, _ = _planted(2000, seed=31)
     noise = np.random.default_rng(32).normal(size=len(time))
-    return pd.concat([score_decision_curves(name, "risk", time, event, s, horizons=[2.0],
-                                            n_boot=200, seed=0)
-                      for name, s in (("signal", x), ("noise", noise))], ignore_index=True)
+    return pd.concat(
+        [
+            score_decision_curves(name, "risk", time, event, s, horizons=[2.0], n_boot=200, seed=0)
+            for name, s in (("signal", x), ("noise", noise))
+        ],
+        ignore_index=True,
+    )
 
 
 def _net_benefit_verdicts(curves, has_outcomes=True, **thresholds):
     from audit.pipeline.config import Thresholds
     from audit.pipeline.verdict import Evidence, evaluate
 
-    models = [{"name": n, "outputs": ["risk"], "needs_images": False}
-              for n in ("signal", "noise")]
-    v = evaluate(Evidence(models=models, n_manifest_rows=10, n_quarantined=0, has_outcomes=has_outcomes, thresholds=Thresholds(**thresholds), tables={"accuracy": pd.DataFrame(columns=["model", "output", "metric", "attribute"]), "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]), "decision_curves": curves}))
+    models = [{"name": n, "outputs": ["risk"], "needs_images": False} for n in ("signal", "noise")]
+    v = evaluate(
+        Evidence(
+            models=models,
+            n_manifest_rows=10,
+            n_quarantined=0,
+            has_outcomes=has_outcomes,
+            thresholds=Thresholds(**thresholds),
+            tables={
+                "accuracy": pd.DataFrame(columns=["model", "output", "metric", "attribute"]),
+                "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]),
+                "decision_curves": curves,
+            },
+        )
+    )
     return v[v["check_name"] == "risk_net_benefit"].set_index("model")
 
 
 def test_declared_utility_range_passes_the_signal_and_fails_noise(two_scores):
     # 39% die within 2 years: below about 20% the best is to treat everyone
-    v = _net_benefit_verdicts(two_scores, net_benefit_range=[0.25, 0.5],
-                              net_benefit_horizon=2.0)
+    v = _net_benefit_verdicts(two_scores, net_benefit_range=[0.25, 0.5], net_benefit_horizon=2.0)
     assert v.loc["signal", "status"] == "pass" and v.loc["signal", "value"] == 1.0
     assert "at 6 of 6 thresholds in 25% to 50% at 2 years" in v.loc["signal", "details"]
     assert v.loc["noise", "status"] == "fail" and v.loc["noise", "value"] == 0.0
@@ -206,8 +246,9 @@ def test_utility_check_is_skipped_where_the_curve_is_missing(two_scores):
     assert v.loc["signal", "details"] == "the cohort has no outcomes"
 
 
-@pytest.mark.parametrize("bad", [[0.3], [0.4, 0.2], [0.0, 0.5], [0.2, 1.0]],
-                         ids=["one-value", "reversed", "zero", "one"])
+@pytest.mark.parametrize(
+    "bad", [[0.3], [0.4, 0.2], [0.0, 0.5], [0.2, 1.0]], ids=["one-value", "reversed", "zero", "one"]
+)
 def test_a_bad_utility_range_is_refused_with_its_value(bad):
     from pydantic import ValidationError
 
@@ -224,8 +265,22 @@ def test_a_config_error_prints_its_brackets(tmp_path, capfd):
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[thresholds]\nnet_benefit_range = [0.4, 0.2]\n")
-    assert main(["run", "--cohort", str(tmp_path), "--model", "predictions:faceage",
-                 "--config", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(tmp_path),
+                "--model",
+                "predictions:faceage",
+                "--config",
+                str(bad),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     captured = capfd.readouterr()
     printed = " ".join((captured.out + captured.err).split())
     assert "bad.toml" in printed and "[low, high]" in printed and "[0.4, 0.2]" in printed
@@ -253,8 +308,15 @@ def test_a_face_signal_beyond_the_clinic_adds_net_benefit():
     out = {}
     for name, face in (("signal", x), ("noise", noise)):
         out[name] = nested_decision_curves(
-            name, [("clinical", c[:, None]), ("clinical+face", np.c_[c, face])], time, event,
-            horizons=[2.0], thresholds=grid, n_boot=200, seed=0)
+            name,
+            [("clinical", c[:, None]), ("clinical+face", np.c_[c, face])],
+            time,
+            event,
+            horizons=[2.0],
+            thresholds=grid,
+            n_boot=200,
+            seed=0,
+        )
     sig = out["signal"]
     assert list(sig.columns) == COLUMNS
     assert set(sig["model_id"]) == {"clinical", "clinical+face"}
@@ -263,8 +325,10 @@ def test_a_face_signal_beyond_the_clinic_adds_net_benefit():
     base = sig[(sig["model_id"] == "clinical") & (sig["strategy"] == "model")]
     assert base["compared_to"].isna().all()
     # the gain is the difference of the two curves, paired on the same resamples
-    np.testing.assert_allclose(step["diff_compared"].to_numpy(),
-                               step["net_benefit"].to_numpy() - base["net_benefit"].to_numpy())
+    np.testing.assert_allclose(
+        step["diff_compared"].to_numpy(),
+        step["net_benefit"].to_numpy() - base["net_benefit"].to_numpy(),
+    )
     seen = step["diff_compared"].notna()  # NaN: the few acted on at 90% are not followed to 2 y
     assert seen.sum() >= len(grid) - 2
     assert (step["diff_compared_low"][seen] <= step["diff_compared"][seen]).all()
@@ -284,8 +348,7 @@ def test_cross_fitting_a_design_matrix_pairs_with_the_single_score():
 
     time, event, c, x = _clinic(400, seed=43)
     one = crossfit_survival(time, event, c, [1.0, 2.0], seed=3)
-    np.testing.assert_allclose(crossfit_survival(time, event, c[:, None], [1.0, 2.0], seed=3),
-                               one)
+    np.testing.assert_allclose(crossfit_survival(time, event, c[:, None], [1.0, 2.0], seed=3), one)
     rare = np.zeros(len(time))
     rare[7] = 1.0  # one subject in the category: absent from the training of its own fold
     both = crossfit_survival(time, event, np.c_[c, rare], [1.0, 2.0], seed=3)
@@ -299,16 +362,29 @@ def test_incremental_value_gives_the_nested_decision_curves():
 
     df = simulate(1500, 6)
     df["time"] = df["time_days"] / 365.25
-    out = incremental_value(df, [Covariate(name="ecog", type="numeric")], faceage_model="fa",
-                            risk_model="rk", n_boot=50, decision_horizons=[1.0, 2.0])
+    out = incremental_value(
+        df,
+        [Covariate(name="ecog", type="numeric")],
+        faceage_model="fa",
+        risk_model="rk",
+        n_boot=50,
+        decision_horizons=[1.0, 2.0],
+    )
     d = out["decision_curves"]
     assert sorted(d["horizon"].unique()) == [1.0, 2.0]
     assert (d["model"] == "fa + rk").all() and (d["n"] == len(df)).all()
-    chain = (d[d["strategy"] == "model"].drop_duplicates("model_id")
-             .set_index("model_id")["compared_to"])
-    assert chain.index.tolist() == ["incremental__clinical", "incremental__clinical+faceage",
-                                    "incremental__clinical+faceage+risk"]
-    assert pd.isna(chain.iloc[0]) and chain.iloc[1:].tolist() == ["incremental__clinical",
-                                       "incremental__clinical+faceage"]
-    assert incremental_value(df, [], faceage_model="fa", risk_model=None,
-                             n_boot=20)["decision_curves"].empty  # no horizons asked
+    chain = (
+        d[d["strategy"] == "model"].drop_duplicates("model_id").set_index("model_id")["compared_to"]
+    )
+    assert chain.index.tolist() == [
+        "incremental__clinical",
+        "incremental__clinical+faceage",
+        "incremental__clinical+faceage+risk",
+    ]
+    assert pd.isna(chain.iloc[0]) and chain.iloc[1:].tolist() == [
+        "incremental__clinical",
+        "incremental__clinical+faceage",
+    ]
+    assert incremental_value(df, [], faceage_model="fa", risk_model=None, n_boot=20)[
+        "decision_curves"
+    ].empty  # no horizons asked

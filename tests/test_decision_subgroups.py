@@ -41,8 +41,9 @@ def test_a_group_whose_ranking_is_reversed_is_harmed():
     overall = decision_curve("m", "risk", time, event, p, H, GRID, n_boot=200)
     useful = useful_thresholds(overall)
     assert len(useful) >= 3  # the score still helps the cohort as a whole
-    rows = subgroup_net_benefit("m", "risk", time, event, p, H, GRID, [("g", group)],
-                                overall_useful=useful, n_boot=200)
+    rows = subgroup_net_benefit(
+        "m", "risk", time, event, p, H, GRID, [("g", group)], overall_useful=useful, n_boot=200
+    )
     assert list(rows.columns) == COLUMNS
     b = rows[(rows["group_name"] == "B") & rows["overall_useful"]]
     assert (b["status"] == "harmful").sum() >= 2, b
@@ -58,9 +59,19 @@ def test_groups_that_share_the_value_are_not_flagged():
         time, event, p, _ = _cohort(3000, seed=10 + seed)
         labels = np.random.default_rng(seed).choice(list("PQRST"), size=len(time))
         overall = decision_curve("m", "risk", time, event, p, H, GRID, n_boot=100)
-        rows = subgroup_net_benefit("m", "risk", time, event, p, H, GRID, [("g", labels)],
-                                    overall_useful=useful_thresholds(overall), n_boot=200,
-                                    seed=seed)
+        rows = subgroup_net_benefit(
+            "m",
+            "risk",
+            time,
+            event,
+            p,
+            H,
+            GRID,
+            [("g", labels)],
+            overall_useful=useful_thresholds(overall),
+            n_boot=200,
+            seed=seed,
+        )
         harmed += int(((rows["status"] == "harmful") & rows["overall_useful"]).any())
     assert harmed <= 1
 
@@ -69,15 +80,14 @@ def test_a_groups_net_benefit_is_that_of_its_own_patients():
     time, event, p, group = _cohort(1500, seed=3, reversed_share=0.4)
     labels = pd.Series(group, dtype=object)
     labels[::50] = None  # not in any group: left out
-    rows = subgroup_net_benefit("m", "risk", time, event, p, H, GRID, [("g", labels)],
-                                n_boot=20)
+    rows = subgroup_net_benefit("m", "risk", time, event, p, H, GRID, [("g", labels)], n_boot=20)
     for name in ("A", "B"):
         mask = (labels == name).to_numpy()
         ours = rows[rows["group_name"] == name]
-        ref = net_benefit(time[mask], event[mask], p[mask][:, None] >= np.array(GRID),
-                          GRID, H)[0]
-        every = net_benefit(time[mask], event[mask], np.ones((mask.sum(), len(GRID)), bool),
-                            GRID, H)[0]
+        ref = net_benefit(time[mask], event[mask], p[mask][:, None] >= np.array(GRID), GRID, H)[0]
+        every = net_benefit(
+            time[mask], event[mask], np.ones((mask.sum(), len(GRID)), bool), GRID, H
+        )[0]
         np.testing.assert_allclose(ours["net_benefit"], ref)
         np.testing.assert_allclose(ours["gain"], ref - np.maximum(every, 0))
         assert (ours["n"] == mask.sum()).all()
@@ -87,8 +97,9 @@ def test_a_groups_net_benefit_is_that_of_its_own_patients():
 def test_small_groups_are_reported_not_judged():
     time, event, p, _ = _cohort(600, seed=4)
     labels = np.array(["big"] * 580 + ["tiny"] * 20, dtype=object)
-    rows = subgroup_net_benefit("m", "risk", time, event, p, H, GRID, [("g", labels)],
-                                min_group_size=30, n_boot=50)
+    rows = subgroup_net_benefit(
+        "m", "risk", time, event, p, H, GRID, [("g", labels)], min_group_size=30, n_boot=50
+    )
     tiny = rows[rows["group_name"] == "tiny"]
     assert (tiny["status"] == "too_small").all() and tiny["net_benefit"].isna().all()
     assert (tiny["n"] == 20).all()
@@ -104,8 +115,15 @@ def test_survival_analysis_judges_each_score_within_groups(attribute):
     df = simulate(1200, 5)
     df["time"] = df["time_days"] / 365.25
     df["site"] = np.where(np.arange(len(df)) % 3 == 0, "north", "south")  # two sites
-    result = survival_analysis(df, "oracle", ["faceage", "risk"], [], SurvivalConfig(n_boot=50),
-                               decision_groups=[attribute], min_group_size=30)
+    result = survival_analysis(
+        df,
+        "oracle",
+        ["faceage", "risk"],
+        [],
+        SurvivalConfig(n_boot=50),
+        decision_groups=[attribute],
+        min_group_size=30,
+    )
     sub = result.decision_subgroups
     assert set(sub["model_id"]) == {"faceage", "risk"}
     assert set(sub["attribute"]) == {attribute}
@@ -113,8 +131,14 @@ def test_survival_analysis_judges_each_score_within_groups(attribute):
     assert sorted(sub["horizon"].unique()) == sorted(result.decisions["horizon"].unique())
     none = survival_analysis(df, "oracle", ["risk"], [], SurvivalConfig(n_boot=20))
     assert none.decision_subgroups.empty  # no groups asked
-    one_site = survival_analysis(df.assign(site="north"), "oracle", ["risk"], [],
-                                 SurvivalConfig(n_boot=20), decision_groups=["site"])
+    one_site = survival_analysis(
+        df.assign(site="north"),
+        "oracle",
+        ["risk"],
+        [],
+        SurvivalConfig(n_boot=20),
+        decision_groups=["site"],
+    )
     assert one_site.decision_subgroups.empty  # one site: nothing to compare
 
 
@@ -122,7 +146,20 @@ def _verdict(rows, **thresholds):
     from audit.pipeline.config import Thresholds
     from audit.pipeline.verdict import Evidence, evaluate
 
-    v = evaluate(Evidence(models=[{"name": "m", "outputs": ["risk"], "needs_images": False}], n_manifest_rows=10, n_quarantined=0, has_outcomes=True, thresholds=Thresholds(**thresholds), tables={"accuracy": pd.DataFrame(columns=["model", "output", "metric", "attribute"]), "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]), "decision_subgroups": rows}))
+    v = evaluate(
+        Evidence(
+            models=[{"name": "m", "outputs": ["risk"], "needs_images": False}],
+            n_manifest_rows=10,
+            n_quarantined=0,
+            has_outcomes=True,
+            thresholds=Thresholds(**thresholds),
+            tables={
+                "accuracy": pd.DataFrame(columns=["model", "output", "metric", "attribute"]),
+                "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]),
+                "decision_subgroups": rows,
+            },
+        )
+    )
     return v[v["check_name"] == "risk_net_benefit_subgroups"]
 
 
@@ -130,8 +167,9 @@ def _verdict(rows, **thresholds):
 def harmed_rows() -> pd.DataFrame:
     time, event, p, group = _cohort(3000, seed=7, reversed_share=0.3)
     small = np.where(np.arange(len(time)) < 15, "few", "many")
-    return subgroup_net_benefit("m", "risk", time, event, p, H, GRID,
-                                [("g", group), ("size", small)], n_boot=200)
+    return subgroup_net_benefit(
+        "m", "risk", time, event, p, H, GRID, [("g", group), ("size", small)], n_boot=200
+    )
 
 
 def test_the_verdict_fails_a_harmed_group_and_names_it(harmed_rows):

@@ -20,22 +20,38 @@ def test_a_separating_score_is_a_noted_result(tmp_path, prefect_harness):
     risk = np.r_[np.ones(40), np.zeros(40)]
     folder = tmp_path / "sep"
     folder.mkdir()
-    pd.DataFrame({"photo_id": [f"p{i}" for i in range(n)],
-                  "age": rng.uniform(40, 80, n).round(1),
-                  "sex": rng.choice(["female", "male"], n),
-                  "time": np.where(risk == 1, rng.uniform(0.1, 1.0, n),
-                                   rng.uniform(2, 4, n)).round(3),
-                  "event": (risk == 1).astype(int), "risk": risk}
-                 ).to_csv(folder / "manifest.csv", index=False)
+    pd.DataFrame(
+        {
+            "photo_id": [f"p{i}" for i in range(n)],
+            "age": rng.uniform(40, 80, n).round(1),
+            "sex": rng.choice(["female", "male"], n),
+            "time": np.where(risk == 1, rng.uniform(0.1, 1.0, n), rng.uniform(2, 4, n)).round(3),
+            "event": (risk == 1).astype(int),
+            "risk": risk,
+        }
+    ).to_csv(folder / "manifest.csv", index=False)
     (folder / "cohort.yaml").write_text("name: separating\ntime_unit: years\n")
     out = tmp_path / "out"
-    assert main(["run", "--cohort", str(folder), "--model", "predictions:risk", "--out",
-                 str(out), "--config", str(_config(tmp_path))]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(folder),
+                "--model",
+                "predictions:risk",
+                "--out",
+                str(out),
+                "--config",
+                str(_config(tmp_path)),
+            ]
+        )
+        == 1
+    )
     con = duckdb.connect(str(out / "audit.duckdb"), read_only=True)
     models = con.execute("SELECT model_id, status, note FROM survival_models").df()
     verdicts = con.execute("SELECT check_name, status, details FROM verdicts").df()
-    notes = " ".join(con.execute("SELECT note FROM run_stages WHERE note IS NOT NULL"
-                                 ).df()["note"])
+    notes = " ".join(con.execute("SELECT note FROM run_stages WHERE note IS NOT NULL").df()["note"])
     con.close()
     risk_models = models[models.model_id.str.startswith("risk_")].set_index("model_id")
     assert (risk_models.status == "not_converged").all()
@@ -49,6 +65,5 @@ def test_a_separating_score_is_a_noted_result(tmp_path, prefect_harness):
 
 def _config(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 50\n[fairness]\n"
-                    "n_boot = 50\n")
+    path.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 50\n[fairness]\nn_boot = 50\n")
     return path

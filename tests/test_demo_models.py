@@ -23,8 +23,9 @@ def _wide(cohort, *specs):
     for spec in specs:
         preds = create_model(spec).predict(cohort).frame
         for output, part in preds.groupby("output"):
-            frame = frame.merge(part[["photo_id", "value"]].rename(columns={"value": output}),
-                                on="photo_id")
+            frame = frame.merge(
+                part[["photo_id", "value"]].rename(columns={"value": output}), on="photo_id"
+            )
     return frame
 
 
@@ -39,8 +40,9 @@ def test_shipped_weights_match_their_recipe():
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
     folder = tmp_path_factory.mktemp("h") / "h"
-    return load_cohort(write_cohort(folder, 300, seed=4242, params=WorldParams.make("healthy"),
-                                    photos=True))
+    return load_cohort(
+        write_cohort(folder, 300, seed=4242, params=WorldParams.make("healthy"), photos=True)
+    )
 
 
 @pytest.fixture(scope="module")

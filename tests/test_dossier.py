@@ -87,8 +87,11 @@ def test_model_card_reports_this_runs_numbers_and_limitations(runs):
     assert model["name"] == "predictions-faceage-risk" and model["outputs"] == ["faceage", "risk"]
     store = Store(runs[0].parent.parent / "audit.duckdb")
     run_id = runs[0].name
-    mae = store.query("SELECT value, ci_low, ci_high FROM accuracy WHERE run_id = ? AND "
-                      "metric = 'mae' AND attribute = 'all'", [run_id]).iloc[0]
+    mae = store.query(
+        "SELECT value, ci_low, ci_high FROM accuracy WHERE run_id = ? AND "
+        "metric = 'mae' AND attribute = 'all'",
+        [run_id],
+    ).iloc[0]
     shown = next(m for m in model["metrics"] if m["metric"] == "mae")
     assert shown["value"] == pytest.approx(mae["value"])
     assert shown["ci_low"] < shown["value"] < shown["ci_high"]
@@ -105,15 +108,27 @@ def test_model_card_reports_this_runs_numbers_and_limitations(runs):
     later = json.loads((runs[1] / "model_card.json").read_text())
     assert "drifted against reference run" in " ".join(later["models"][0]["limitations"])
     page = (runs[0] / "model_card.html").read_text()
-    for heading in ("Intended use and training data", "Evaluation data", "Metrics",
-                    "Subgroup performance", "Robustness", "Limitations"):
+    for heading in (
+        "Intended use and training data",
+        "Evaluation data",
+        "Metrics",
+        "Subgroup performance",
+        "Robustness",
+        "Limitations",
+    ):
         assert heading in page
 
 
 def test_run_page_links_its_dossier_and_drift_chart(runs):
     page = (runs[1] / "index.html").read_text()
-    for target in ("model_card.html", "tripod_ai.html", "verdict.json", "manifest.json",
-                   "data/accuracy.csv", "data/drift.csv"):
+    for target in (
+        "model_card.html",
+        "tripod_ai.html",
+        "verdict.json",
+        "manifest.json",
+        "data/accuracy.csv",
+        "data/drift.csv",
+    ):
         assert f'href="{target}"' in page, target
         assert (runs[1] / target).is_file(), target
     assert "Bar chart of the effect size" in page  # the drift chart, with its alt text

@@ -12,8 +12,9 @@ from audit.monitor.drift import decide, embedding_drift, feature_drift, holm, pe
 from audit.pipeline.config import load_config
 
 CFG = load_config().drift
-META = [("age", "metadata", "num", None)] + [(c, "metadata", "cat", None)
-                                             for c in ("sex", "race", "cancer_type")]
+META = [("age", "metadata", "num", None)] + [
+    (c, "metadata", "cat", None) for c in ("sex", "race", "cancer_type")
+]
 PRED = [("faceage", "predictions", "num", "oracle"), ("risk", "predictions", "num", "oracle")]
 
 
@@ -41,8 +42,9 @@ def _drift(reference, current, features=META + PRED):
     return decide(rows, CFG).set_index("feature"), snapshot
 
 
-@pytest.mark.parametrize("shift,expected", [("older", {"age", "faceage"}), ("site", {"race"})],
-                         ids=["older", "site"])
+@pytest.mark.parametrize(
+    "shift,expected", [("older", {"age", "faceage"}), ("site", {"race"})], ids=["older", "site"]
+)
 def test_a_planted_shift_is_flagged_and_unrelated_features_are_not(shift, expected):
     reference = simulate(3000, 1)
     current = simulate(3000, 2, WorldParams.make("cancer", shifts=[shift]))
@@ -79,14 +81,34 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
     from audit.pipeline.store import Store
 
     ref = write_cohort(tmp_path / "ref", 160, seed=31, photos=True)
-    cur = write_cohort(tmp_path / "cur", 160, seed=32, photos=True,
-                       params=WorldParams.make("cancer", shifts=["dark"]))
+    cur = write_cohort(
+        tmp_path / "cur",
+        160,
+        seed=32,
+        photos=True,
+        params=WorldParams.make("cancer", shifts=["dark"]),
+    )
     config = tmp_path / "c.toml"
-    config.write_text("[robustness]\nenabled = false\n[accuracy]\nn_boot = 50\n"
-                      "[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n")
+    config.write_text(
+        "[robustness]\nenabled = false\n[accuracy]\nn_boot = 50\n"
+        "[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n"
+    )
     out = tmp_path / "out"
-    rc = main(["monitor", "--cohort", str(cur), "--reference", str(ref), "--model",
-               "demo:faceage", "--out", str(out), "--config", str(config)])
+    rc = main(
+        [
+            "monitor",
+            "--cohort",
+            str(cur),
+            "--reference",
+            str(ref),
+            "--model",
+            "demo:faceage",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    )
     assert rc == 1
     store = Store(out / "audit.duckdb")
     runs = store.runs()
@@ -94,8 +116,9 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
     run_id = runs["run_id"].iloc[-1]
     drift = store.table("drift", run_id).set_index("feature")
     assert drift.loc["brightness", "drifted"]
-    assert not drift.loc[["age", "sex", "race", "cancer_type", "ecog", "treatment_intent"],
-                         "drifted"].any()  # covariates compared too, from the cohort folders
+    assert not drift.loc[
+        ["age", "sex", "race", "cancer_type", "ecog", "treatment_intent"], "drifted"
+    ].any()  # covariates compared too, from the cohort folders
     assert (drift["reference"] == runs["run_id"].iloc[0]).all()
     verdicts = store.table("verdicts", run_id).set_index("check_name")
     assert verdicts.loc["drift_images", "status"] == "fail"
@@ -103,8 +126,21 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
     art = store.table("artifacts", run_id).set_index("kind").loc["evidently_html"]
     assert sha256_file(out / art["path"]) == art["sha256"]
     # a second monitor run reuses the reference run instead of auditing it again
-    main(["monitor", "--cohort", str(cur), "--reference", str(ref), "--model", "demo:faceage",
-          "--out", str(out), "--config", str(config)])
+    main(
+        [
+            "monitor",
+            "--cohort",
+            str(cur),
+            "--reference",
+            str(ref),
+            "--model",
+            "demo:faceage",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    )
     assert store.runs()["flow"].tolist() == ["audit", "monitor", "monitor"]
 
 
@@ -120,8 +156,9 @@ def test_the_false_alarm_rate_over_20_seeds_stays_under_the_level():
     assert alarms <= 2, alarms
 
 
-@pytest.mark.parametrize("shift,expected", [("jpeg", "jpeg_quality"), ("dark", "brightness")],
-                         ids=["jpeg", "dark"])
+@pytest.mark.parametrize(
+    "shift,expected", [("jpeg", "jpeg_quality"), ("dark", "brightness")], ids=["jpeg", "dark"]
+)
 def test_planted_photo_shifts_drift_their_image_property(tmp_path, shift, expected):
     """Rendered photos: heavier JPEG compression drifts the estimated JPEG quality, darker
     light the brightness; age and the other shift's property stay put."""
@@ -131,16 +168,26 @@ def test_planted_photo_shifts_drift_their_image_property(tmp_path, shift, expect
 
     def frame(folder):
         c = load_cohort(folder)
-        props = image_properties([(p, c.image_file(i)) for p, i in
-                                  zip(c.frame["photo_id"], c.frame["image_path"])], workers=1)
+        props = image_properties(
+            [(p, c.image_file(i)) for p, i in zip(c.frame["photo_id"], c.frame["image_path"])],
+            workers=1,
+        )
         return c.frame.merge(props, on="photo_id")
 
     ref = frame(write_cohort(tmp_path / "ref", 150, seed=41, photos=True))
-    cur = frame(write_cohort(tmp_path / "cur", 150, seed=42, photos=True,
-                             params=WorldParams.make("cancer", shifts=[shift])))
+    cur = frame(
+        write_cohort(
+            tmp_path / "cur",
+            150,
+            seed=42,
+            photos=True,
+            params=WorldParams.make("cancer", shifts=[shift]),
+        )
+    )
     other = "brightness" if shift == "jpeg" else "jpeg_quality"
-    feats = [("age", "metadata", "num", None)] + [(c, "images", "num", None)
-                                                  for c in ("brightness", "jpeg_quality")]
+    feats = [("age", "metadata", "num", None)] + [
+        (c, "images", "num", None) for c in ("brightness", "jpeg_quality")
+    ]
     table, _ = _drift(ref, cur, feats)
     assert table.loc[expected, "drifted"]
     assert not table.loc[["age", other], "drifted"].any()
@@ -154,8 +201,9 @@ def test_a_feature_constant_in_the_reference_gets_a_labelled_bounded_effect():
 
     rng = np.random.default_rng(2)
     reference = pd.DataFrame({"ecog": np.ones(400), "age": rng.normal(60, 10, 400)})
-    current = pd.DataFrame({"ecog": np.where(rng.random(400) < 0.3, 2.0, 1.0),
-                            "age": rng.normal(60, 10, 400)})
+    current = pd.DataFrame(
+        {"ecog": np.where(rng.random(400) < 0.3, 2.0, 1.0), "age": rng.normal(60, 10, 400)}
+    )
     features = [("ecog", "metadata", "num", None), ("age", "metadata", "num", None)]
     table, _ = _drift(reference, current, features)
     ecog = table.loc["ecog"]

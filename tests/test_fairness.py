@@ -34,8 +34,9 @@ def _fair(df, **overrides):
 
 
 def _row(table, metric, attribute, group):
-    sel = table[(table.metric == metric) & (table.attribute == attribute)
-                & (table.group_name == group)]
+    sel = table[
+        (table.metric == metric) & (table.attribute == attribute) & (table.group_name == group)
+    ]
     assert len(sel) == 1, (metric, attribute, group)
     return sel.iloc[0]
 
@@ -49,25 +50,31 @@ def test_group_values_match_a_plain_numpy_recomputation():
     import patsy
 
     knots = np.quantile(df["age"], [0.05, 0.35, 0.65, 0.95])
-    basis = patsy.dmatrix("cr(x, knots=inner, lower_bound=lo, upper_bound=hi)",
-                          {"x": df["age"].to_numpy(), "inner": knots[1:3], "lo": knots[0],
-                           "hi": knots[3]})
+    basis = patsy.dmatrix(
+        "cr(x, knots=inner, lower_bound=lo, upper_bound=hi)",
+        {"x": df["age"].to_numpy(), "inner": knots[1:3], "lo": knots[0], "hi": knots[3]},
+    )
     resid = e - np.asarray(basis) @ np.linalg.lstsq(basis, e, rcond=None)[0]
     for race in ["White", "Black"]:
         m = (df["race"] == race).to_numpy()
         assert _row(table, "mae", "race", race)["value"] == pytest.approx(np.abs(e[m]).mean())
         assert _row(table, "mean_error", "race", race)["value"] == pytest.approx(e[m].mean())
         assert _row(table, "within_5y", "race", race)["value"] == pytest.approx(
-            (np.abs(e[m]) <= 5).mean())
+            (np.abs(e[m]) <= 5).mean()
+        )
         assert _row(table, "pearson_r", "race", race)["value"] == pytest.approx(
-            np.corrcoef(df["age"][m], df["faceage"][m])[0, 1])
+            np.corrcoef(df["age"][m], df["faceage"][m])[0, 1]
+        )
         assert _row(table, "mae_age_adjusted", "race", race)["value"] == pytest.approx(
-            np.abs(resid[m]).mean())
+            np.abs(resid[m]).mean()
+        )
         assert _row(table, "mean_error_age_adjusted", "race", race)["value"] == pytest.approx(
-            resid[m].mean(), abs=1e-9)
+            resid[m].mean(), abs=1e-9
+        )
     both = (df["sex"] == "female") & (df["race"] == "White")
     assert _row(table, "mae", "sex x race", "female x White")["value"] == pytest.approx(
-        np.abs(e[both]).mean())
+        np.abs(e[both]).mean()
+    )
     overall = _row(table, "mae", "all", "all")
     white = _row(table, "mae", "race", "White")
     assert white["diff_to_overall"] == pytest.approx(white["value"] - overall["value"])
@@ -80,9 +87,15 @@ def test_bootstrap_cis_agree_with_fairlearns_own():
 
     df = _cohort(1500, seed=8)
     table = _fair(df, n_boot=1000)
-    mf = MetricFrame(metrics={"mae": mean_absolute_error}, y_true=df["age"],
-                     y_pred=df["faceage"], sensitive_features=df["race"], n_boot=250,
-                     ci_quantiles=[0.025, 0.975], random_state=1)
+    mf = MetricFrame(
+        metrics={"mae": mean_absolute_error},
+        y_true=df["age"],
+        y_pred=df["faceage"],
+        sensitive_features=df["race"],
+        n_boot=250,
+        ci_quantiles=[0.025, 0.975],
+        random_state=1,
+    )
     lows, highs = mf.by_group_ci
     for race in ["White", "Black", "Asian"]:
         r = _row(table, "mae", "race", race)
@@ -140,10 +153,15 @@ def test_regression_to_the_mean_is_separated_from_bias():
     rng = np.random.default_rng(4)
     n = 3000
     age = rng.uniform(30, 95, n)
-    df = pd.DataFrame({"photo_id": [f"p{i}" for i in range(n)],
-                       "subject_id": [f"s{i}" for i in range(n)], "age": age,
-                       "faceage": 62 + 0.6 * (age - 62) + rng.normal(0, 3, n),
-                       "sex": rng.choice(["female", "male"], n)})
+    df = pd.DataFrame(
+        {
+            "photo_id": [f"p{i}" for i in range(n)],
+            "subject_id": [f"s{i}" for i in range(n)],
+            "age": age,
+            "faceage": 62 + 0.6 * (age - 62) + rng.normal(0, 3, n),
+            "sex": rng.choice(["female", "male"], n),
+        }
+    )
     table = _fair(df)
     raw = table[(table.metric == "mean_error") & (table.attribute == "age_band")]
     adjusted = table[(table.metric == "mean_error_age_adjusted") & (table.attribute == "age_band")]
@@ -172,8 +190,9 @@ def test_the_real_faceage_predictions_on_utkface(utk_cohort):
     black = _row(table, "mae", "race", "Black")
     assert 0.5 < black["diff_ci_low"] < 1.0 < black["diff_ci_high"]
     strict = _fair(df, tolerances={"mae": 0.5})
-    flagged = strict[(strict.metric == "mae") & (strict.attribute == "race")
-                     & (strict.status == "flagged")]
+    flagged = strict[
+        (strict.metric == "mae") & (strict.attribute == "race") & (strict.status == "flagged")
+    ]
     assert flagged["group_name"].tolist() == ["Black"]
 
 
@@ -196,8 +215,11 @@ def test_risk_c_index_and_calibration_by_group():
     assert _row(table, "calibration_oe", "all", "all")["value"] == pytest.approx(1.0, abs=1e-6)
     oe = _row(table, "calibration_oe", "race", "Black")
     assert oe["value"] > 1.4 and oe["status"] == "flagged"
-    others = table[(table.metric == "calibration_oe") & (table.attribute == "race")
-                   & (table.group_name != "Black")]
+    others = table[
+        (table.metric == "calibration_oe")
+        & (table.attribute == "race")
+        & (table.group_name != "Black")
+    ]
     assert (others.status != "flagged").all()
 
 
@@ -206,14 +228,21 @@ def test_survival_within_subgroups_and_a_planted_interaction():
 
     rng = np.random.default_rng(9)
     n = 3000
-    df = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)],
-                       "photo_id": [f"p{i}" for i in range(n)],
-                       "age": rng.uniform(40, 85, n), "sex": rng.choice(["female", "male"], n),
-                       "race": rng.choice(["A", "B"], n)})
+    df = pd.DataFrame(
+        {
+            "subject_id": [f"s{i}" for i in range(n)],
+            "photo_id": [f"p{i}" for i in range(n)],
+            "age": rng.uniform(40, 85, n),
+            "sex": rng.choice(["female", "male"], n),
+            "race": rng.choice(["A", "B"], n),
+        }
+    )
     df["faceage"] = df["age"] + rng.normal(0, 6, n)
     # log HR per decade of FaceAge: 0.7 in group A, 0 in group B; age's own effect is common
-    lp = 0.4 * (df["age"] - 60) / 10 + np.where(df["race"] == "A", 0.7, 0.0) * (
-        df["faceage"] - 60) / 10
+    lp = (
+        0.4 * (df["age"] - 60) / 10
+        + np.where(df["race"] == "A", 0.7, 0.0) * (df["faceage"] - 60) / 10
+    )
     t = rng.exponential(1.0, n) / (0.1 * np.exp(lp))
     df["time"], df["event"] = np.minimum(t, 6.0), (t <= 6.0).astype(int)
     cfg = load_config(fairness={"survival_attributes": ["race", "sex"]}).fairness
@@ -231,10 +260,17 @@ def test_representativeness_against_scipy():
 
     from audit.metrics.representativeness import representativeness
 
-    subjects = pd.DataFrame({"race": ["White"] * 70 + ["Black"] * 10 + ["Asian"] * 15 + ["Maori"] * 5,
-                             "sex": ["female"] * 50 + ["male"] * 50})
-    intended = {"race": {"White": 0.6, "Black": 0.2, "Asian": 0.2},
-                "sex": {"female": 1, "male": 1}, "cancer_type": {"breast": 1.0}}
+    subjects = pd.DataFrame(
+        {
+            "race": ["White"] * 70 + ["Black"] * 10 + ["Asian"] * 15 + ["Maori"] * 5,
+            "sex": ["female"] * 50 + ["male"] * 50,
+        }
+    )
+    intended = {
+        "race": {"White": 0.6, "Black": 0.2, "Asian": 0.2},
+        "sex": {"female": 1, "male": 1},
+        "cancer_type": {"breast": 1.0},
+    }
     rep = representativeness(subjects, intended, CUTS)
     race = rep[rep.attribute == "race"].set_index("group_name")
     expected = chisquare([70, 10, 15], np.array([0.6, 0.2, 0.2]) * 95)
@@ -258,9 +294,11 @@ def test_paired_comparisons_of_two_models():
     overall = comp[comp.attribute == "all"].iloc[0]
     assert overall["model_a"] == "a" and overall["ci_high"] < 0  # a is the more accurate
     assert overall["diff"] == pytest.approx(
-        np.abs(df["faceage"] - df["age"]).mean() - np.abs(noisier["faceage"] - df["age"]).mean())
-    risk = paired_comparisons({"a": df, "b": df.assign(risk=rng.normal(size=len(df)))}, "risk",
-                              cfg, CUTS)
+        np.abs(df["faceage"] - df["age"]).mean() - np.abs(noisier["faceage"] - df["age"]).mean()
+    )
+    risk = paired_comparisons(
+        {"a": df, "b": df.assign(risk=rng.normal(size=len(df)))}, "risk", cfg, CUTS
+    )
     assert risk[risk.attribute == "all"].iloc[0]["ci_low"] > 0.1  # a random score is worse
 
 
@@ -268,12 +306,23 @@ def test_fairness_verdict_counts_flags_of_the_verdict_metrics():
     from audit.pipeline.verdict import Evidence, evaluate
 
     table = _fair(_cohort(2000, seed=2, underserved="Black"))
-    empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value", "ci_low",
-                                  "ci_high", "n"])
+    empty = pd.DataFrame(
+        columns=["model", "output", "metric", "attribute", "value", "ci_low", "ci_high", "n"]
+    )
     terms = pd.DataFrame(columns=["model", "model_id", "term"])
 
     def check(metrics):
-        v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}], n_manifest_rows=2000, n_quarantined=0, has_outcomes=False, thresholds=CFG.thresholds, fairness_metrics=metrics, tables={"accuracy": empty, "survival_terms": terms, "fairness": table})).set_index("check_name")
+        v = evaluate(
+            Evidence(
+                models=[{"name": "m", "outputs": ["faceage"], "needs_images": False}],
+                n_manifest_rows=2000,
+                n_quarantined=0,
+                has_outcomes=False,
+                thresholds=CFG.thresholds,
+                fairness_metrics=metrics,
+                tables={"accuracy": empty, "survival_terms": terms, "fairness": table},
+            )
+        ).set_index("check_name")
         return v.loc["fairness_faceage"]
 
     failed = check(["mean_error_age_adjusted"])
@@ -294,9 +343,16 @@ def test_risk_calibration_by_age_is_judged_beyond_what_age_explains():
     score = rng.normal(size=n)
     sex = rng.choice(["female", "male"], n)
     t = rng.exponential(1.0, n) / (0.08 * np.exp(0.07 * (age - 65) + 0.5 * score))
-    df = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "age": age, "sex": sex,
-                       "risk": score, "time": np.minimum(t, 5.0),
-                       "event": (t <= 5.0).astype(int)})
+    df = pd.DataFrame(
+        {
+            "subject_id": [f"s{i}" for i in range(n)],
+            "age": age,
+            "sex": sex,
+            "risk": score,
+            "time": np.minimum(t, 5.0),
+            "event": (t <= 5.0).astype(int),
+        }
+    )
     notes: list[str] = []
     table = risk_fairness(df, "m", CFG.fairness, CUTS, notes=notes)
     assert any("chronological age (per decade, linear) and sex" in n for n in notes)
@@ -319,12 +375,28 @@ def test_overlapping_age_groupings_are_one_finding():
         return pd.DataFrame(rows, columns=["metric", "attribute", "group_name"])
 
     assert count_findings(flagged(("m", "age_band", ">85"), ("m", "age_decade", "90-99"))) == 1
-    assert count_findings(flagged(("m", "age_band", "65-75"), ("m", "age_decade", "70-79"),
-                                  ("m", "age_decade", "60-69"))) == 1
+    assert (
+        count_findings(
+            flagged(
+                ("m", "age_band", "65-75"),
+                ("m", "age_decade", "70-79"),
+                ("m", "age_decade", "60-69"),
+            )
+        )
+        == 1
+    )
     assert count_findings(flagged(("m", "age_band", "<=65"), ("m", "age_band", "65-75"))) == 2
-    assert count_findings(flagged(("m", "age_band", ">85"), ("c", "age_decade", "90-99"),
-                                  ("m", "race", "Black"), ("m", "race x age_band",
-                                                           "Black x >85"))) == 4
+    assert (
+        count_findings(
+            flagged(
+                ("m", "age_band", ">85"),
+                ("c", "age_decade", "90-99"),
+                ("m", "race", "Black"),
+                ("m", "race x age_band", "Black x >85"),
+            )
+        )
+        == 4
+    )
     assert count_findings(flagged()) == 0
 
 
@@ -339,13 +411,21 @@ def test_a_bend_of_the_error_in_age_is_its_own_finding_not_an_age_group_flag():
 
     def frame(bend):
         e = -0.25 * (age - 57) + bend * (age - 57) ** 2 + rng.normal(0, 3, n)
-        return pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)],
-                             "photo_id": [f"p{i}" for i in range(n)], "age": age,
-                             "faceage": age + e, "sex": rng.choice(["female", "male"], n)})
+        return pd.DataFrame(
+            {
+                "subject_id": [f"s{i}" for i in range(n)],
+                "photo_id": [f"p{i}" for i in range(n)],
+                "age": age,
+                "faceage": age + e,
+                "sex": rng.choice(["female", "male"], n),
+            }
+        )
 
     table = _fair(frame(0.005))
-    adjusted = table[table.metric.isin(["mean_error_age_adjusted", "mae_age_adjusted"])
-                     & table.attribute.isin(["age_band", "age_decade"])]
+    adjusted = table[
+        table.metric.isin(["mean_error_age_adjusted", "mae_age_adjusted"])
+        & table.attribute.isin(["age_band", "age_decade"])
+    ]
     assert len(adjusted) and (adjusted.status != "flagged").all()
     bend = _row(table, "error_age_curvature", "all", "all")
     assert bend["ci_low"] > 0.5 and bend["status"] == "ok"

@@ -56,11 +56,25 @@ def lenient_run(tmp_path_factory, prefect_harness, demo_cohort):
     config.write_text(LENIENT)
     spec = _oracle_spec(folder)
     out = folder / "out"
-    code = main(["run", "--cohort", str(demo_cohort), "--model", str(spec), "--out", str(out),
-                 "--config", str(config)])
+    code = main(
+        [
+            "run",
+            "--cohort",
+            str(demo_cohort),
+            "--model",
+            str(spec),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    )
     run = Store(out / "audit.duckdb").runs().iloc[-1]
-    result = {"verdict": run["verdict"], "run_id": run["run_id"],
-              "report": str(out / "runs" / run["run_id"] / "index.html")}
+    result = {
+        "verdict": run["verdict"],
+        "run_id": run["run_id"],
+        "report": str(out / "runs" / run["run_id"] / "index.html"),
+    }
     return {"out": out, "result": result, "spec": spec, "code": code}
 
 
@@ -78,8 +92,7 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     out = _copy_of(lenient_run, tmp_path)
     spec, result = lenient_run["spec"], lenient_run["result"]
     assert result["verdict"] == "pass"
-    assert Path(result["report"]) == (lenient_run["out"] / "runs" / result["run_id"]
-                                      / "index.html")
+    assert Path(result["report"]) == (lenient_run["out"] / "runs" / result["run_id"] / "index.html")
     result = {**result, "report": str(out / "runs" / result["run_id"] / "index.html")}
     store = Store(out / "audit.duckdb")
     run = store.run(result["run_id"])
@@ -89,12 +102,26 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     preds = store.table("predictions", run["run_id"])
     assert set(preds["output"]) == {"faceage", "risk"} and len(preds) == 800
     models = store.table("survival_models", run["run_id"])
-    assert {"faceage_per_decade__unadjusted", "faceage_per_decade__age_sex",
-            "faceage_per_decade__clinical", "risk_quartiles__age_sex"} <= set(models["model_id"])
+    assert {
+        "faceage_per_decade__unadjusted",
+        "faceage_per_decade__age_sex",
+        "faceage_per_decade__clinical",
+        "risk_quartiles__age_sex",
+    } <= set(models["model_id"])
     assert len(store.table("survival_curves", run["run_id"])) > 0
     stages = store.table("run_stages", run["run_id"])["stage"].tolist()
-    assert stages == ["validate", "predictions", "robustness", "saliency", "accuracy",
-                      "fairness", "survival", "drift", "verdict", "publish"]
+    assert stages == [
+        "validate",
+        "predictions",
+        "robustness",
+        "saliency",
+        "accuracy",
+        "fairness",
+        "survival",
+        "drift",
+        "verdict",
+        "publish",
+    ]
     notes = store.table("run_stages", run["run_id"]).set_index("stage")["note"]
     assert "no reference given" in notes["drift"]
     assert notes["saliency"].startswith("saliency not run: off")  # the default
@@ -116,7 +143,9 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     assert set(by_group["model_id"]) == {"faceage", "risk"}
     assert {"sex", "race", "age_band"} <= set(by_group["attribute"])
     assert set(by_group["status"]) <= {"useful", "uncertain", "harmful", "too_small", "undefined"}
-    robust_note = store.table("run_stages", run["run_id"]).set_index("stage").at["robustness", "note"]
+    robust_note = (
+        store.table("run_stages", run["run_id"]).set_index("stage").at["robustness", "note"]
+    )
     assert "robustness not run: the cohort carries predictions, not photos" in robust_note
     page = Path(result["report"])
     assert page == out / "runs" / run["run_id"] / "index.html" and page.is_file()
@@ -134,23 +163,44 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     verdict = json.loads((page.parent / "verdict.json").read_text())
     assert verdict["verdict"] == "pass" and verdict["run_id"] == run["run_id"]
     artifacts = store.table("artifacts", run["run_id"])
-    assert set(artifacts["kind"]) == {"report_html", "verdict_json", "run_manifest",
-                                      "model_card_html", "model_card_json", "tripod_ai_html",
-                                      "tripod_ai_json", "csv_export"}
+    assert set(artifacts["kind"]) == {
+        "report_html",
+        "verdict_json",
+        "run_manifest",
+        "model_card_html",
+        "model_card_json",
+        "tripod_ai_html",
+        "tripod_ai_json",
+        "csv_export",
+    }
     for a in artifacts.itertuples():  # every artifact is where it says, with its digest
         assert sha256_file(out / a.path) == a.sha256, a.path
 
     # a second run appends to the same database and the index lists both; its config
     # declares a range of decision thresholds, which the verdict then judges
     judged = tmp_path / "judged.toml"
-    judged.write_text(LENIENT.replace("[thresholds]\n", "[thresholds]\nnet_benefit_range = "
-                                      "[0.2, 0.3]\nnet_benefit_horizon = 1.0\n"))
-    second = audit_flow(cohort=str(demo_cohort), models=[str(spec)], out=str(out),
-                        config=str(judged))
+    judged.write_text(
+        LENIENT.replace(
+            "[thresholds]\n",
+            "[thresholds]\nnet_benefit_range = [0.2, 0.3]\nnet_benefit_horizon = 1.0\n",
+        )
+    )
+    second = audit_flow(
+        cohort=str(demo_cohort), models=[str(spec)], out=str(out), config=str(judged)
+    )
     assert len(store.runs()) == 2
-    utility = store.table("verdicts", second["run_id"]).set_index("check_name").loc[
-        ["faceage_net_benefit", "risk_net_benefit", "faceage_net_benefit_subgroups",
-         "risk_net_benefit_subgroups"]]
+    utility = (
+        store.table("verdicts", second["run_id"])
+        .set_index("check_name")
+        .loc[
+            [
+                "faceage_net_benefit",
+                "risk_net_benefit",
+                "faceage_net_benefit_subgroups",
+                "risk_net_benefit_subgroups",
+            ]
+        ]
+    )
     assert utility["status"].isin(["pass", "fail"]).all()
     assert utility["details"].str.contains("20% to 30% at 1 year").all()
     assert "faceage_net_benefit" not in set(store.table("verdicts", run["run_id"])["check_name"])
@@ -165,30 +215,75 @@ def test_cli_exit_codes(lenient_run, demo_cohort, tmp_path, config):
     assert lenient_run["code"] == 0  # the shared run passed every check
     strict = tmp_path / "strict.toml"
     strict.write_text(STRICT)
-    assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
-                 "--config", str(strict)]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(demo_cohort),
+                "--model",
+                spec,
+                "--out",
+                str(out),
+                "--config",
+                str(strict),
+            ]
+        )
+        == 1
+    )
     store = Store(out / "audit.duckdb")
     runs = store.runs()
     assert runs["verdict"].tolist() == ["pass", "fail"]
     failed = store.table("verdicts", runs["run_id"].iloc[1])
     assert failed.loc[failed["check_name"] == "faceage_mae", "status"].item() == "fail"
     # unusable input: exit 2, and no run row where no run could start
-    assert main(["run", "--cohort", str(tmp_path / "nowhere"), "--model", spec,
-                 "--out", str(out)]) == 2
-    assert main(["run", "--cohort", str(demo_cohort), "--model", "nonsense:x",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["run", "--cohort", str(tmp_path / "nowhere"), "--model", spec, "--out", str(out)])
+        == 2
+    )
+    assert (
+        main(["run", "--cohort", str(demo_cohort), "--model", "nonsense:x", "--out", str(out)]) == 2
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("[thresholds]\nfaceage_mae_maximum = 3\n")
-    assert main(["run", "--cohort", str(demo_cohort), "--model", spec, "--out", str(out),
-                 "--config", str(bad)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(demo_cohort),
+                "--model",
+                spec,
+                "--out",
+                str(out),
+                "--config",
+                str(bad),
+            ]
+        )
+        == 2
+    )
     # caught before the run starts (the manifest's header has no such column): no run row
-    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:no_such_column",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(demo_cohort),
+                "--model",
+                "predictions:no_such_column",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert len(store.runs()) == 2
     # found once the run has started (the tabular cohort has no photos for an image model):
     # the run's row says failed, with the reason
-    assert main(["run", "--cohort", str(demo_cohort), "--model", "demo:faceage",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["run", "--cohort", str(demo_cohort), "--model", "demo:faceage", "--out", str(out)])
+        == 2
+    )
     runs = store.runs()
     assert len(runs) == 3 and runs["status"].iloc[-1] == "failed"
     assert "needs images" in runs["error"].iloc[-1]
@@ -204,8 +299,20 @@ def test_cli_internal_error_is_exit_3(prefect_harness, demo_cohort, tmp_path, mo
 
     monkeypatch.setattr(stages, "survival_stage", broken)
     out = tmp_path / "out"
-    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:faceage,risk",
-                 "--out", str(out)]) == 3
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(demo_cohort),
+                "--model",
+                "predictions:faceage,risk",
+                "--out",
+                str(out),
+            ]
+        )
+        == 3
+    )
     run = Store(out / "audit.duckdb").runs().iloc[-1]
     assert run["status"] == "failed" and "a bug" in run["error"]
 
@@ -223,27 +330,44 @@ def test_report_rerenders_from_duckdb_alone(lenient_run, tmp_path):
             assert sha256_file(elsewhere / a.path) == a.sha256, a.path
     assert (elsewhere / "index.html").is_file()
     shown = tmp_path / "shown"
-    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown),
-                 "--show-ids"]) == 0
+    assert (
+        main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown), "--show-ids"]) == 0
+    )
 
 
 # one kill point in `make test`; the others in `make test-all` (each costs a whole audit)
-KILL_POINTS = [pytest.param("validate:mid-transaction", marks=pytest.mark.slow),
-               "accuracy:mid-transaction",
-               pytest.param("survival:after-commit", marks=pytest.mark.slow)]
+KILL_POINTS = [
+    pytest.param("validate:mid-transaction", marks=pytest.mark.slow),
+    "accuracy:mid-transaction",
+    pytest.param("survival:after-commit", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
-def test_a_killed_run_leaves_a_consistent_database(prefect_harness, demo_cohort, tmp_path,
-                                                   config, kill_at):
+def test_a_killed_run_leaves_a_consistent_database(
+    prefect_harness, demo_cohort, tmp_path, config, kill_at
+):
     from prefect.settings import PREFECT_API_URL
 
     out = tmp_path / "out"
     env = dict(os.environ, FACEAGE_AUDIT_KILL_AT=kill_at, PREFECT_API_URL=PREFECT_API_URL.value())
-    cmd = [sys.executable, "-m", "audit.cli", "run", "--cohort", str(demo_cohort),
-           "--model", "predictions:faceage,risk", "--out", str(out), "--config", str(config)]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "run",
+        "--cohort",
+        str(demo_cohort),
+        "--model",
+        "predictions:faceage,risk",
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         proc.wait(timeout=240)
     finally:
@@ -267,19 +391,35 @@ def test_a_killed_run_leaves_a_consistent_database(prefect_harness, demo_cohort,
         assert len(store.table("survival_models", killed["run_id"])) > 0
 
     # the next run marks the dead one abandoned and finishes normally
-    assert main(["run", "--cohort", str(demo_cohort), "--model", "predictions:faceage,risk",
-                 "--out", str(out), "--config", str(config)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(demo_cohort),
+                "--model",
+                "predictions:faceage,risk",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
     runs = store.runs()
     assert runs["status"].tolist() == ["abandoned", "finished"]
     con = duckdb.connect(str(out / "audit.duckdb"), read_only=True)
-    orphans = con.execute("SELECT count(*) FROM predictions WHERE run_id NOT IN "
-                          "(SELECT run_id FROM runs)").fetchall()[0][0]
+    orphans = con.execute(
+        "SELECT count(*) FROM predictions WHERE run_id NOT IN (SELECT run_id FROM runs)"
+    ).fetchall()[0][0]
     con.close()
     assert orphans == 0
 
 
-def test_a_run_killed_inside_the_robustness_stage_keeps_no_perturbed_row(prefect_harness,
-                                                                          tmp_path, config):
+def test_a_run_killed_inside_the_robustness_stage_keeps_no_perturbed_row(
+    prefect_harness, tmp_path, config
+):
     """The longest stage of an image audit, killed inside its transaction: no robustness
     row, no perturbed prediction and no cache row of it survive; the clean pass does."""
     from prefect.settings import PREFECT_API_URL
@@ -288,12 +428,28 @@ def test_a_run_killed_inside_the_robustness_stage_keeps_no_perturbed_row(prefect
 
     cohort = write_cohort(tmp_path / "faces", 40, seed=4343, photos=True)
     out = tmp_path / "out"
-    env = dict(os.environ, FACEAGE_AUDIT_KILL_AT="robustness:mid-transaction",
-               PREFECT_API_URL=PREFECT_API_URL.value())
-    cmd = [sys.executable, "-m", "audit.cli", "run", "--cohort", str(cohort), "--model",
-           "demo:faceage", "--out", str(out), "--config", str(config)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=300)
+    env = dict(
+        os.environ,
+        FACEAGE_AUDIT_KILL_AT="robustness:mid-transaction",
+        PREFECT_API_URL=PREFECT_API_URL.value(),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "run",
+        "--cohort",
+        str(cohort),
+        "--model",
+        "demo:faceage",
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
+    proc = subprocess.run(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     store = Store(out / "audit.duckdb")
     run_id = store.runs()["run_id"].iloc[0]
@@ -310,8 +466,12 @@ def test_real_predictions_only_cohort_end_to_end(prefect_harness, utk_cohort, tm
     from flows.audit import audit_flow
 
     out = tmp_path / "out"
-    result = audit_flow(cohort=str(utk_cohort), models=["predictions:faceage"], out=str(out),
-                        overrides={"accuracy": {"n_boot": 200}})
+    result = audit_flow(
+        cohort=str(utk_cohort),
+        models=["predictions:faceage"],
+        out=str(out),
+        overrides={"accuracy": {"n_boot": 200}},
+    )
     store = Store(out / "audit.duckdb")
     acc = store.table("accuracy", result["run_id"])
     mae = acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0]
@@ -334,8 +494,9 @@ def test_real_predictions_only_cohort_end_to_end(prefect_harness, utk_cohort, tm
     assert "20170110153238490" not in html  # a UTKFace photo id
 
 
-def test_bad_rows_are_quarantined_and_the_rest_is_audited(prefect_harness, demo_cohort,
-                                                           tmp_path, config):
+def test_bad_rows_are_quarantined_and_the_rest_is_audited(
+    prefect_harness, demo_cohort, tmp_path, config
+):
     import shutil
 
     import pandas as pd
@@ -350,12 +511,16 @@ def test_bad_rows_are_quarantined_and_the_rest_is_audited(prefect_harness, demo_
     manifest.loc[14, "faceage"] = ""
     manifest.to_csv(cohort / "manifest.csv", index=False)
     out = tmp_path / "out"
-    result = audit_flow(cohort=str(cohort), models=["predictions:faceage,risk"], out=str(out),
-                        config=str(config))
+    result = audit_flow(
+        cohort=str(cohort), models=["predictions:faceage,risk"], out=str(out), config=str(config)
+    )
     store = Store(out / "audit.duckdb")
     q = store.table("quarantine", result["run_id"]).sort_values("row_number")
     assert q[["stage", "row_number", "column_name"]].values.tolist() == [
-        ["load", 5, "age"], ["load", 10, "death"], ["predictions", 15, "faceage"]]
+        ["load", 5, "age"],
+        ["load", 10, "death"],
+        ["predictions", 15, "faceage"],
+    ]
     assert all(q["source_file"] == str(cohort / "manifest.csv"))
     rows = store.table("cohort_rows", result["run_id"])
     assert rows["included"].sum() == 398 and (~rows["included"]).sum() == 2
@@ -366,18 +531,20 @@ def test_bad_rows_are_quarantined_and_the_rest_is_audited(prefect_harness, demo_
     bad_id = manifest.loc[4, "photo_id"]
     assert bad_id not in html  # pseudonymised
     from audit.data.privacy import pseudonym
+
     assert pseudonym(bad_id) in html
 
 
-def test_image_models_end_to_end(prefect_harness, tmp_path, config):
-    """Rendered photos through both demo models: predictions, embeddings, provenance."""
-    from audit.demo.world import write_cohort
+def test_image_models_end_to_end(cli_and_api, tmp_path):
+    """Rendered photos (with planted defects) through both demo models, by the CLI:
+    predictions, embeddings, provenance, quarantine, robustness, photos only when asked."""
+    import shutil
+
     from audit.models.demo import demo_spec
 
-    cohort = write_cohort(tmp_path / "faces", 150, seed=515, photos=True, defects=True)
     out = tmp_path / "out"
-    rc = main(["run", "--cohort", str(cohort), "--model", "demo:faceage", "--model",
-               "demo:survival", "--out", str(out), "--config", str(config)])
+    shutil.copytree(cli_and_api["cli"].db.parent, out)
+    rc = cli_and_api["code"]
     store = Store(out / "audit.duckdb")
     run = store.runs().iloc[-1]
     assert run["status"] == "finished" and rc in (0, 1)
@@ -385,17 +552,24 @@ def test_image_models_end_to_end(prefect_harness, tmp_path, config):
     assert models["demo-faceage"]["checkpoint_sha256"] == demo_spec("faceage")["sha256"]
     preds = store.table("predictions", run["run_id"])
     assert set(preds["model"]) == {"demo-faceage", "demo-survival"}
-    emb = store.query("SELECT model, len(vector) AS d, count(*) AS n FROM embeddings "
-                      "WHERE run_id = ? GROUP BY ALL ORDER BY model", [run["run_id"]])
+    emb = store.query(
+        "SELECT model, len(vector) AS d, count(*) AS n FROM embeddings "
+        "WHERE run_id = ? GROUP BY ALL ORDER BY model",
+        [run["run_id"]],
+    )
     assert emb["d"].tolist() == [96, 96]
     q = store.table("quarantine", run["run_id"])
-    assert {"load", "validate"} <= set(q["stage"])  # bad rows, and bad files caught before inference
+    assert {"load", "validate"} <= set(
+        q["stage"]
+    )  # bad rows, and bad files caught before inference
     assert emb["n"].iloc[0] == preds[preds.model == "demo-faceage"]["photo_id"].nunique()
     # robustness ran on the sample; the page shows no cohort photo unless asked
     rob = store.table("robustness", run["run_id"])
     assert set(rob["model"]) == {"demo-faceage", "demo-survival"}
     page = out / "runs" / run["run_id"] / "index.html"
-    assert "Robustness" in page.read_text() and "Cohort photos that moved most" not in page.read_text()
+    assert (
+        "Robustness" in page.read_text() and "Cohort photos that moved most" not in page.read_text()
+    )
     assert main(["report", "--db", str(out / "audit.duckdb"), "--show-faces"]) == 0
     shown = page.read_text()
     assert shown.count("Cohort photos that moved most") == 2  # one per model and output
@@ -440,8 +614,19 @@ def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, 
     manifest.loc[7, "faceage"] = "150"
     manifest.to_csv(cohort / "manifest.csv", index=False)
     out = tmp_path / "out"
-    main(["run", "--cohort", str(cohort), "--model", "predictions:faceage,risk", "--out", str(out),
-          "--config", str(config)])
+    main(
+        [
+            "run",
+            "--cohort",
+            str(cohort),
+            "--model",
+            "predictions:faceage,risk",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    )
     store = Store(out / "audit.duckdb")
     run_id = store.runs()["run_id"].iloc[-1]
     q = store.table("quarantine", run_id)
@@ -478,34 +663,39 @@ def test_the_prediction_cache_recomputes_nothing_it_has(prefect_harness, tmp_pat
 
     store = Store(out / "audit.duckdb")
     runs = store.runs()["run_id"].tolist()
-    notes = [store.table("run_stages", r).set_index("stage").at["predictions", "note"]
-             for r in runs]
+    notes = [
+        store.table("run_stages", r).set_index("stage").at["predictions", "note"] for r in runs
+    ]
     assert "0 photos from the prediction cache, 60 computed" in notes[0]
     assert "60 photos from the prediction cache, 0 computed" in notes[1]
     assert "60 photos from the prediction cache, 20 computed" in notes[2]
+
     def clean(run_id):
         p = store.table("predictions", run_id)
         return p[p["perturbation"] == "none"].set_index("photo_id")["value"].sort_index()
 
     pd.testing.assert_series_equal(clean(runs[0]), clean(runs[1]))
     # The robustness suite's perturbed passes are cached too: the rerun computes none.
-    robust = [store.table("run_stages", r).set_index("stage").at["robustness", "note"]
-              for r in runs]
+    robust = [
+        store.table("run_stages", r).set_index("stage").at["robustness", "note"] for r in runs
+    ]
     passes = 1 + 2 * 4  # clean + 4 perturbations at 2 severities
     assert f"30 photos x {passes} passes" in robust[0]
     assert f": {30 * (passes - 1)} computed, 30 from" in robust[0]  # clean: from the cache
     assert f": 0 computed, {30 * passes} from the prediction cache" in robust[1]
     order = ["perturbation", "severity", "attribute", "group_name"]
-    r0, r1 = (store.table("robustness", r).sort_values(order).reset_index(drop=True)
-              for r in runs[:2])
+    r0, r1 = (
+        store.table("robustness", r).sort_values(order).reset_index(drop=True) for r in runs[:2]
+    )
     pd.testing.assert_frame_equal(r0, r1)
     emb = store.query("SELECT count(*) AS n FROM embeddings WHERE run_id = ?", [runs[1]])
     assert emb["n"].iloc[0] == 60
 
 
 @pytest.mark.slow  # two whole audits; Dask itself stays in `make test` (a worker that dies)
-def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness, tmp_path,
-                                                                 config, monkeypatch):
+def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(
+    prefect_harness, tmp_path, config, monkeypatch
+):
     """Shards on a 2-worker LocalCluster; the flow alone writes DuckDB."""
     from prefect.settings import PREFECT_API_URL
 
@@ -514,8 +704,16 @@ def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness,
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the Dask workers
     cohort = write_cohort(tmp_path / "c", 90, seed=818, photos=True, defects=True)
     local, dask = tmp_path / "local", tmp_path / "dask"
-    common = ["--cohort", str(cohort), "--model", "demo:faceage", "--model", "demo:survival",
-              "--config", str(config)]
+    common = [
+        "--cohort",
+        str(cohort),
+        "--model",
+        "demo:faceage",
+        "--model",
+        "demo:survival",
+        "--config",
+        str(config),
+    ]
     main(["run", *common, "--out", str(local)])
     main(["run", *common, "--out", str(dask), "--runner", "dask", "--shards", "3"])
 
@@ -546,12 +744,14 @@ def test_dask_runner_gives_exactly_the_rows_of_the_local_runner(prefect_harness,
     note = store.table("run_stages", run_id).set_index("stage").at["predictions", "note"]
     assert "3 shards on" in note
     import re
+
     pids = {int(p) for p in re.findall(r"[\w.-]+:(\d+)", note)}
     assert pids and os.getpid() not in pids  # shards ran in Dask worker processes
 
 
 def test_a_worker_that_dies_mid_shard_costs_no_rows_and_duplicates_none(
-        prefect_harness, tmp_path, config, monkeypatch):
+    prefect_harness, tmp_path, config, monkeypatch
+):
     from prefect.settings import PREFECT_API_URL
 
     from audit.demo.world import write_cohort
@@ -561,8 +761,23 @@ def test_a_worker_that_dies_mid_shard_costs_no_rows_and_duplicates_none(
     monkeypatch.setenv("FACEAGE_AUDIT_KILL_SHARD", f"1:{marker}")
     cohort = write_cohort(tmp_path / "c", 60, seed=919, photos=True)
     out = tmp_path / "out"
-    rc = main(["run", "--cohort", str(cohort), "--model", "demo:faceage", "--config",
-               str(config), "--out", str(out), "--runner", "dask", "--shards", "3"])
+    rc = main(
+        [
+            "run",
+            "--cohort",
+            str(cohort),
+            "--model",
+            "demo:faceage",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--runner",
+            "dask",
+            "--shards",
+            "3",
+        ]
+    )
     assert marker.is_file()  # a worker really died on shard 1
     assert rc in (0, 1)
     store = Store(out / "audit.duckdb")

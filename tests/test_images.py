@@ -46,9 +46,12 @@ def test_rendered_cohort_loads_with_longitudinal_photos(tmp_path):
     later = c.frame[c.frame["photo_id"].str.contains("-")]
     baseline_age = first.set_index("subject_id")["age"]
     assert (later["age"].to_numpy() > baseline_age.loc[later["subject_id"]].to_numpy()).all()
-    assert (later["time"].to_numpy() < first.set_index("subject_id")["time"]
-            .loc[later["subject_id"]].to_numpy()).all()  # follow-up counted from each photo
+    assert (
+        later["time"].to_numpy()
+        < first.set_index("subject_id")["time"].loc[later["subject_id"]].to_numpy()
+    ).all()  # follow-up counted from each photo
     from PIL import Image
+
     with Image.open(c.image_file(c.frame["image_path"].iloc[0])) as im:
         assert im.size == (112, 112) and im.mode == "RGB" and im.format == "JPEG"
 
@@ -64,7 +67,11 @@ def test_planted_biological_age_hr_is_recovered_from_a_rendered_cohort(tmp_path)
     terms = design_matrix(df, ["bio_decade", "health_c"], {"cancer_type": "thoracic"})
     cph = fit_cox(df, terms).require().fitter
     s = cph.summary
-    assert s.at["bio_decade", "coef lower 95%"] < p.beta_bio_per_decade < s.at["bio_decade", "coef upper 95%"]
+    assert (
+        s.at["bio_decade", "coef lower 95%"]
+        < p.beta_bio_per_decade
+        < s.at["bio_decade", "coef upper 95%"]
+    )
     assert s.at["health_c", "coef lower 95%"] < p.beta_health < s.at["health_c", "coef upper 95%"]
 
 
@@ -86,7 +93,9 @@ def test_shifts_and_underserved_change_what_they_say():
     assert WorldParams.make("cancer", shifts=["jpeg"]).jpeg_quality[1] < base.jpeg_quality[0]
     older = simulate(3000, 2, WorldParams.make("cancer", shifts=["older"]))
     assert older.age.mean() > simulate(3000, 2, base).age.mean() + 7
-    rare = simulate(5000, 3, WorldParams.make("healthy", underserved="Asian", underserved_share=0.01))
+    rare = simulate(
+        5000, 3, WorldParams.make("healthy", underserved="Asian", underserved_share=0.01)
+    )
     assert (rare.race == "Asian").mean() < 0.02
     with pytest.raises(ValueError, match="unknown shift"):
         WorldParams.make("cancer", shifts=["sideways"])
@@ -109,19 +118,28 @@ def small_cohort(tmp_path_factory):
 
 
 def _spec(tmp_path, checkpoint, **extra):
-    lines = {"name": "tiny", "kind": "timm", "arch": "test_resnet",
-             "arch_kwargs": {"num_classes": 2}, "checkpoint": str(checkpoint),
-             "state_dict_key": "model_state_dict", "input_size": 112, "normalize": "imagenet",
-             "outputs": {"faceage": {"index": 0, "scale": 10.0, "offset": 50.0}, "risk": 1}}
+    lines = {
+        "name": "tiny",
+        "kind": "timm",
+        "arch": "test_resnet",
+        "arch_kwargs": {"num_classes": 2},
+        "checkpoint": str(checkpoint),
+        "state_dict_key": "model_state_dict",
+        "input_size": 112,
+        "normalize": "imagenet",
+        "outputs": {"faceage": {"index": 0, "scale": 10.0, "offset": 50.0}, "risk": 1},
+    }
     lines.update(extra)
     import yaml
+
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(lines))
     return path
 
 
-def test_fahr_face_checkpoint_layout_gives_the_saved_models_outputs(tmp_path, tiny_model,
-                                                                    small_cohort):
+def test_fahr_face_checkpoint_layout_gives_the_saved_models_outputs(
+    tmp_path, tiny_model, small_cohort
+):
     from audit.models.inference import decode_image, normalize_batch
 
     ckpt = tmp_path / "ckpt.pth"
@@ -188,8 +206,9 @@ def test_a_checkpoint_that_does_not_fit_names_its_keys(tmp_path, tiny_model, sma
     assert "fc.bias (5,) vs (2,)" in msg
 
 
-def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(tmp_path,
-                                                                              small_cohort):
+def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(
+    tmp_path, small_cohort
+):
     """A FAHR-Face style fine-tune: a 112-px ViT saved as ``backbone.*`` and ``regressor.*``,
     with the MAE decoder still in the checkpoint. The error names the renames; with them the
     predictions are the network's own."""
@@ -199,22 +218,37 @@ def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(tm
     import timm
 
     torch.manual_seed(1)
-    net = timm.create_model("vit_tiny_patch16_224", img_size=112, num_classes=1,
-                            global_pool="avg", pretrained=False).eval()
-    state = {("regressor." + k[5:] if k.startswith("head.") else "backbone." + k): v
-             for k, v in net.state_dict().items()}
-    state.update({"decoder_embed.weight": torch.zeros(64, 192), "mask_token": torch.zeros(1, 1, 192),
-                  "decoder_blocks.0.norm1.weight": torch.ones(64)})
+    net = timm.create_model(
+        "vit_tiny_patch16_224", img_size=112, num_classes=1, global_pool="avg", pretrained=False
+    ).eval()
+    state = {
+        ("regressor." + k[5:] if k.startswith("head.") else "backbone." + k): v
+        for k, v in net.state_dict().items()
+    }
+    state.update(
+        {
+            "decoder_embed.weight": torch.zeros(64, 192),
+            "mask_token": torch.zeros(1, 1, 192),
+            "decoder_blocks.0.norm1.weight": torch.ones(64),
+        }
+    )
     ckpt = tmp_path / "fahr.pth"
     torch.save({"model_state_dict": state}, ckpt)
-    base = {"arch": "vit_tiny_patch16_224",
-            "arch_kwargs": {"img_size": 112, "num_classes": 1, "global_pool": "avg"},
-            "outputs": {"faceage": 0}}
+    base = {
+        "arch": "vit_tiny_patch16_224",
+        "arch_kwargs": {"img_size": 112, "num_classes": 1, "global_pool": "avg"},
+        "outputs": {"faceage": 0},
+    }
     with pytest.raises(InputError) as err:
         create_model(parse_model_spec(_spec(tmp_path, ckpt, **base))).load("cpu")
     renames = json.loads(re.search(r"rename_keys: (\{.*\})$", str(err.value)).group(1))
-    assert renames == {"backbone.": "", "regressor.": "head.", "decoder_blocks.": None,
-                       "decoder_embed.": None, "mask_token": None}
+    assert renames == {
+        "backbone.": "",
+        "regressor.": "head.",
+        "decoder_blocks.": None,
+        "decoder_embed.": None,
+        "mask_token": None,
+    }
 
     model = create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys=renames, **base)))
     preds = model.predict(small_cohort).frame.set_index("photo_id")["value"]
@@ -226,20 +260,37 @@ def test_a_fine_tuned_vit_checkpoint_fits_with_the_renames_its_error_suggests(tm
         ref = net(normalize_batch(x.float() / 255, "imagenet")).numpy()[:, 0]
     np.testing.assert_allclose(preds.loc[small_cohort.frame["photo_id"]], ref, rtol=1e-4, atol=1e-4)
     # the renames are part of what decides a prediction: another spelling, another cache key
-    other = create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys={
-        "regressor.": "head.", "backbone.": "", "decoder_": None, "mask_token": None}, **base)))
+    other = create_model(
+        parse_model_spec(
+            _spec(
+                tmp_path,
+                ckpt,
+                rename_keys={
+                    "regressor.": "head.",
+                    "backbone.": "",
+                    "decoder_": None,
+                    "mask_token": None,
+                },
+                **base,
+            )
+        )
+    )
     assert other.cache_key(small_cohort) != model.cache_key(small_cohort)
 
     # the likeliest slip with a FAHR-Face checkpoint: the ViT built at timm's default 224 px
     at_224 = dict(base, arch_kwargs={"num_classes": 1, "global_pool": "avg"})
-    with pytest.raises(InputError, match="7 x 7 patches: it was trained on 112-px input; set "
-                                         "arch_kwargs img_size: 112"):
-        create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys=renames,
-                                            **at_224))).load("cpu")
+    with pytest.raises(
+        InputError,
+        match="7 x 7 patches: it was trained on 112-px input; set arch_kwargs img_size: 112",
+    ):
+        create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys=renames, **at_224))).load(
+            "cpu"
+        )
 
     with pytest.raises(InputError, match="rename_keys 'encoder.': no checkpoint key starts"):
-        create_model(parse_model_spec(_spec(tmp_path, ckpt, rename_keys={"encoder.": ""},
-                                            **base))).load("cpu")
+        create_model(
+            parse_model_spec(_spec(tmp_path, ckpt, rename_keys={"encoder.": ""}, **base))
+        ).load("cpu")
 
 
 def test_wrong_key_and_wrong_digest_are_input_errors(tmp_path, tiny_model, small_cohort):

@@ -22,8 +22,15 @@ from audit.pipeline.store import Store
 from audit.report import render_all
 
 LEGACY = Path(__file__).parent / "data" / "legacy"
-PAGES = {"report_html", "verdict_json", "model_card_html", "model_card_json", "tripod_ai_html",
-         "tripod_ai_json", "csv_export"}
+PAGES = {
+    "report_html",
+    "verdict_json",
+    "model_card_html",
+    "model_card_json",
+    "tripod_ai_html",
+    "tripod_ai_json",
+    "csv_export",
+}
 
 
 def _open_legacy(version: int, tmp_path: Path, monkeypatch) -> tuple[Path, Store]:
@@ -82,8 +89,7 @@ assert not any(m.split(".")[0] == "torch" for m in sys.modules)
 """
 
 
-def test_a_run_renders_with_torch_unimportable_and_equals_its_published_page(cli_and_api,
-                                                                            tmp_path):
+def test_a_run_renders_with_torch_unimportable_and_equals_its_published_page(cli_and_api, tmp_path):
     run = cli_and_api["api"]
     store = run.store
     figures = store.table("figures", run.run_id)
@@ -93,8 +99,12 @@ def test_a_run_renders_with_torch_unimportable_and_equals_its_published_page(cli
     db = tmp_path / "audit.duckdb"
     shutil.copy(run.db, db)
     out = tmp_path / "site"
-    res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(db), str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, str(db), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     pages = _recorded_pages(store, run.run_id)
     assert "report_html" in set(pages["kind"])

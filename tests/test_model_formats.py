@@ -43,20 +43,40 @@ def exports(tmp_path_factory):
     x = torch.randn(2, 3, 112, 112)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Exported(net).eval(), (x,), folder / "net.onnx", input_names=["image"],
-                          output_names=["head", "features"],
-                          dynamic_axes={"image": {0: "n"}}, dynamo=False)
-        torch.onnx.export(Exported(net, nhwc=True).eval(), (x.permute(0, 2, 3, 1),),
-                          folder / "net_nhwc.onnx", input_names=["image"],
-                          output_names=["head", "features"], dynamic_axes={"image": {0: "n"}},
-                          dynamo=False)
+        torch.onnx.export(
+            Exported(net).eval(),
+            (x,),
+            folder / "net.onnx",
+            input_names=["image"],
+            output_names=["head", "features"],
+            dynamic_axes={"image": {0: "n"}},
+            dynamo=False,
+        )
+        torch.onnx.export(
+            Exported(net, nhwc=True).eval(),
+            (x.permute(0, 2, 3, 1),),
+            folder / "net_nhwc.onnx",
+            input_names=["image"],
+            output_names=["head", "features"],
+            dynamic_axes={"image": {0: "n"}},
+            dynamo=False,
+        )
         torch.jit.trace(Exported(net).eval(), x).save(str(folder / "net.pt"))
     specs = {
-        "timm": {"kind": "timm", "arch": "test_resnet", "arch_kwargs": {"num_classes": 2},
-                 "checkpoint": "net.pth", "state_dict_key": "model_state_dict"},
+        "timm": {
+            "kind": "timm",
+            "arch": "test_resnet",
+            "arch_kwargs": {"num_classes": 2},
+            "checkpoint": "net.pth",
+            "state_dict_key": "model_state_dict",
+        },
         "onnx": {"kind": "onnx", "checkpoint": "net.onnx", "embeddings": "features"},
-        "onnx_nhwc": {"kind": "onnx", "checkpoint": "net_nhwc.onnx", "layout": "nhwc",
-                      "embeddings": "features"},
+        "onnx_nhwc": {
+            "kind": "onnx",
+            "checkpoint": "net_nhwc.onnx",
+            "layout": "nhwc",
+            "embeddings": "features",
+        },
         "torchscript": {"kind": "torchscript", "checkpoint": "net.pt"},
     }
     paths = {}
@@ -75,8 +95,9 @@ def cohort(tmp_path_factory):
 def _predict(path, cohort):
     preds = create_model(parse_model_spec(path)).predict(cohort)
     wide = preds.frame.pivot(index="photo_id", columns="output", values="value")
-    vectors = preds.embeddings.set_index("photo_id")["vector"] if preds.embeddings is not None \
-        else None
+    vectors = (
+        preds.embeddings.set_index("photo_id")["vector"] if preds.embeddings is not None else None
+    )
     return wide.loc[cohort.frame["photo_id"]], vectors
 
 
@@ -96,12 +117,32 @@ def test_each_export_predicts_what_the_checkpoint_does(exports, cohort, fmt):
 def test_an_onnx_model_with_the_wrong_input_shape_is_refused(exports, cohort, tmp_path):
     folder, _ = exports
     spec = tmp_path / "wrong.yaml"
-    spec.write_text(yaml.safe_dump({"name": "wrong", "kind": "onnx", "input_size": 160,
-                                    "checkpoint": str(folder / "net.onnx"), "outputs": OUTPUTS}))
-    with pytest.raises(InputError, match=r"has shape \['n', 3, 112, 112\], the spec says nchw at 160x160"):
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "wrong",
+                "kind": "onnx",
+                "input_size": 160,
+                "checkpoint": str(folder / "net.onnx"),
+                "outputs": OUTPUTS,
+            }
+        )
+    )
+    with pytest.raises(
+        InputError, match=r"has shape \['n', 3, 112, 112\], the spec says nchw at 160x160"
+    ):
         create_model(parse_model_spec(spec)).load()
-    spec.write_text(yaml.safe_dump({"name": "wrong", "kind": "onnx", "layout": "nhwc",
-                                    "checkpoint": str(folder / "net.onnx"), "outputs": OUTPUTS}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "wrong",
+                "kind": "onnx",
+                "layout": "nhwc",
+                "checkpoint": str(folder / "net.onnx"),
+                "outputs": OUTPUTS,
+            }
+        )
+    )
     with pytest.raises(InputError, match="the spec says nhwc"):
         create_model(parse_model_spec(spec)).load()
 
@@ -117,8 +158,16 @@ class DarkIsNaN(torch.nn.Module):
 def test_nan_outputs_are_quarantined_not_kept(cohort, tmp_path):
     torch.jit.script(DarkIsNaN()).save(str(tmp_path / "nan.pt"))
     spec = tmp_path / "nan.yaml"
-    spec.write_text(yaml.safe_dump({"name": "nan", "kind": "torchscript", "checkpoint": "nan.pt",
-                                    "outputs": {"faceage": 0}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "nan",
+                "kind": "torchscript",
+                "checkpoint": "nan.pt",
+                "outputs": {"faceage": 0},
+            }
+        )
+    )
     preds = create_model(parse_model_spec(spec)).predict(cohort)
     assert preds.quarantine is not None and len(preds.quarantine) > 0
     assert np.isfinite(preds.frame["value"]).all()
@@ -129,8 +178,16 @@ def test_nan_outputs_are_quarantined_not_kept(cohort, tmp_path):
 def test_a_file_that_is_not_torchscript_is_refused(tmp_path, cohort):
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     spec = tmp_path / "junk.yaml"
-    spec.write_text(yaml.safe_dump({"name": "junk", "kind": "torchscript",
-                                    "checkpoint": "junk.pt", "outputs": {"faceage": 0}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "junk",
+                "kind": "torchscript",
+                "checkpoint": "junk.pt",
+                "outputs": {"faceage": 0},
+            }
+        )
+    )
     with pytest.raises(InputError, match="not a TorchScript archive"):
         create_model(parse_model_spec(spec)).load()
 
@@ -198,18 +255,25 @@ def test_the_robustness_suite_agrees_across_the_three_formats(exports, cohort):
     from audit.robustness.suite import run_suite
 
     _, paths = exports
-    models = [create_model(parse_model_spec(paths[k]))
-              for k in ("timm", "onnx", "onnx_nhwc", "torchscript")]
+    models = [
+        create_model(parse_model_spec(paths[k]))
+        for k in ("timm", "onnx", "onnx_nhwc", "torchscript")
+    ]
     plan = [("jpeg", 3), ("rotation", 2), ("surgical_mask", 4)]
     out = run_suite(models, cohort, cohort.frame, plan, layout=face_layout("demo"), seed=0)
-    frames = {name: r.frame.sort_values(["output", "perturbation", "severity", "photo_id"])
-              .reset_index(drop=True) for name, r in out.items()}
+    frames = {
+        name: r.frame.sort_values(["output", "perturbation", "severity", "photo_id"]).reset_index(
+            drop=True
+        )
+        for name, r in out.items()
+    }
     ref = frames["timm"]
     assert len(ref) == 40 * 4 * 2 and set(out["timm"].shared_with) == set(frames)
     for name in ("onnx", "onnx_nhwc", "torchscript"):
         np.testing.assert_allclose(frames[name]["value"], ref["value"], rtol=1e-4, atol=1e-3)
         assert frames[name][["photo_id", "perturbation", "severity"]].equals(
-            ref[["photo_id", "perturbation", "severity"]])
+            ref[["photo_id", "perturbation", "severity"]]
+        )
     clean = ref[ref.perturbation == "none"]["value"].to_numpy()
     masked = ref[ref.perturbation == "surgical_mask"]["value"].to_numpy()
     assert np.abs(masked - clean).max() > 1e-3  # the perturbation reached the models

@@ -64,28 +64,36 @@ def test_the_inbox_flow_audits_each_arrival_once_and_alerts(prefect_harness, tmp
     (inbox / "broken").mkdir()
     (inbox / "broken" / "cohort.yaml").write_text("name: broken\n")  # no manifest
     config = tmp_path / "c.toml"
-    config.write_text(f'[alerts]\nwebhook = "{url}"\n[inbox]\nsettle_seconds = 0\n'
-                      "[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n"
-                      "[thresholds]\nfaceage_mae_max = 0.5\n")  # every audit fails its verdict
+    config.write_text(
+        f'[alerts]\nwebhook = "{url}"\n[inbox]\nsettle_seconds = 0\n'
+        "[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n"
+        "[thresholds]\nfaceage_mae_max = 0.5\n"
+    )  # every audit fails its verdict
     out = tmp_path / "out"
-    first = inbox_flow(inbox=str(inbox), models=["predictions:faceage,risk"], out=str(out),
-                       config=str(config))
+    first = inbox_flow(
+        inbox=str(inbox), models=["predictions:faceage,risk"], out=str(out), config=str(config)
+    )
     assert [os.path.basename(r["folder"]) for r in first] == ["broken", "site-a", "site-b"]
     assert first[0]["error"] and "manifest" in first[0]["error"]
     assert [r.get("verdict") for r in first[1:]] == ["fail", "fail"]
     # one alert per arrival: the failed run, and the two failed verdicts
-    assert len(got) == 3 and {g["cohort_folder"].rsplit("/", 1)[-1] for g in got} == \
-        {"broken", "site-a", "site-b"}
+    assert len(got) == 3 and {g["cohort_folder"].rsplit("/", 1)[-1] for g in got} == {
+        "broken",
+        "site-a",
+        "site-b",
+    }
     assert "the verdict is fail" in got[1]["summary"] and got[1]["run_id"]
-    second = inbox_flow(inbox=str(inbox), models=["predictions:faceage,risk"], out=str(out),
-                        config=str(config))
+    second = inbox_flow(
+        inbox=str(inbox), models=["predictions:faceage,risk"], out=str(out), config=str(config)
+    )
     assert [os.path.basename(r["folder"]) for r in second] == ["broken"]  # a and b are done
     runs = Store(out / "audit.duckdb").runs()
     assert (runs["status"] == "finished").sum() == 2
 
 
-def test_a_deployment_runs_on_its_schedule_through_prefects_api(prefect_harness, tmp_path,
-                                                                   monkeypatch):
+def test_a_deployment_runs_on_its_schedule_through_prefects_api(
+    prefect_harness, tmp_path, monkeypatch
+):
     """Build the deployments as `faceage-audit deploy` does, register them with a Prefect
     runner, and execute one scheduled run of the validation deployment through the API."""
     import asyncio
@@ -101,8 +109,13 @@ def test_a_deployment_runs_on_its_schedule_through_prefects_api(prefect_harness,
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the run's process
     cohort = write_cohort(tmp_path / "cohort", 60, seed=7)
     out = tmp_path / "out"
-    deployments = build_deployments(models=["predictions:faceage"], out=str(out),
-                                    cohort=str(cohort), inbox=str(tmp_path), cron="0 3 * * *")
+    deployments = build_deployments(
+        models=["predictions:faceage"],
+        out=str(out),
+        cohort=str(cohort),
+        inbox=str(tmp_path),
+        cron="0 3 * * *",
+    )
     assert [d.name for d in deployments] == ["scheduled-validation", "monitor-inbox"]
     assert deployments[0].schedules[0].schedule.cron == "0 3 * * *"
     runner = Runner(name="faceage-audit-test", query_seconds=1)

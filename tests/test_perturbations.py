@@ -35,9 +35,14 @@ def photo():
 def _highpass_energy(x):
     """Mean squared Laplacian of the luma: the image's fine detail."""
     y = luminance(x)
-    lap = (-4 * y[..., 1:-1, 1:-1] + y[..., :-2, 1:-1] + y[..., 2:, 1:-1]
-           + y[..., 1:-1, :-2] + y[..., 1:-1, 2:])
-    return float((lap ** 2).mean())
+    lap = (
+        -4 * y[..., 1:-1, 1:-1]
+        + y[..., :-2, 1:-1]
+        + y[..., 2:, 1:-1]
+        + y[..., 1:-1, :-2]
+        + y[..., 1:-1, 2:]
+    )
+    return float((lap**2).mean())
 
 
 def test_the_registry_covers_every_family_of_the_issue():
@@ -86,8 +91,11 @@ def test_the_same_seed_gives_the_same_image_whatever_the_batch(name, photo):
     assert torch.equal(p(photo, s, [11, 12, 13, 14]), whole)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if len(create_perturbation(n).levels) > 1],
-                         ids=[n for n in ALL if len(create_perturbation(n).levels) > 1])
+@pytest.mark.parametrize(
+    "name",
+    [n for n in ALL if len(create_perturbation(n).levels) > 1],
+    ids=[n for n in ALL if len(create_perturbation(n).levels) > 1],
+)
 def test_damage_grows_with_severity(name, photo):
     p = create_perturbation(name)
     damage = [float((p(photo, s, [5, 6, 7, 8]) - photo).abs().mean()) for s in p.levels]
@@ -102,8 +110,9 @@ def test_random_perturbations_differ_between_seeds(photo):
 
 
 def test_darker_lighting_lowers_brightness(photo):
-    means = [float(luminance(create_perturbation("brightness")(photo, s)).mean())
-             for s in (0, 1, 3, 5)]
+    means = [
+        float(luminance(create_perturbation("brightness")(photo, s)).mean()) for s in (0, 1, 3, 5)
+    ]
     assert means == sorted(means, reverse=True)
     # severity 3 is one stop: half the light, in linear light
     from audit.robustness.perturbations import srgb_to_linear
@@ -130,7 +139,7 @@ def test_contrast_saturation_hue_and_colour_temperature(photo):
     turned = create_perturbation("hue")(photo, 5)
     assert float((luminance(turned) - lum).abs().mean()) < 0.03  # hue moves, brightness stays
     warm = create_perturbation("color_temperature")(photo, 5)
-    rb = (photo[:, 0].mean() / photo[:, 2].mean())
+    rb = photo[:, 0].mean() / photo[:, 2].mean()
     assert float(warm[:, 0].mean() / warm[:, 2].mean()) > 1.5 * float(rb)
 
 
@@ -206,9 +215,13 @@ def test_occlusions_cover_their_region_only(photo):
     mask = create_perturbation("surgical_mask", layout="arcface")(photo, 5)
     assert torch.equal(mask[..., :eye_row, :], photo[..., :eye_row, :])  # eyes and above kept
     assert float((mask[..., 100:, 40:70] - photo[..., 100:, 40:70]).abs().mean()) > 0.1
-    covered = [float((create_perturbation("patch")(photo, s, [3] * 4) != photo).float().mean())
-               for s in (1, 5)]
-    assert covered[0] == pytest.approx(0.04, abs=0.01) and covered[1] == pytest.approx(0.20, abs=0.02)
+    covered = [
+        float((create_perturbation("patch")(photo, s, [3] * 4) != photo).float().mean())
+        for s in (1, 5)
+    ]
+    assert covered[0] == pytest.approx(0.04, abs=0.01) and covered[1] == pytest.approx(
+        0.20, abs=0.02
+    )
 
 
 def test_bad_calls_say_what_is_wrong(photo):

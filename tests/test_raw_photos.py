@@ -51,7 +51,8 @@ def test_a_raw_cohort_is_detected_aligned_and_predicted(tmp_path, astronaut):
     Image.fromarray(astronaut).save(images / "astronaut.jpg", quality=92)
     Image.fromarray(data.coffee()).save(images / "coffee.jpg", quality=92)
     (tmp_path / "manifest.csv").write_text(
-        "photo_id,age,image_path\nastronaut,53,astronaut.jpg\ncoffee,40,coffee.jpg\n")
+        "photo_id,age,image_path\nastronaut,53,astronaut.jpg\ncoffee,40,coffee.jpg\n"
+    )
     (tmp_path / "cohort.yaml").write_text("name: raw\ncropped: false\n")
     cohort = load_cohort(tmp_path)
     preds = create_model("demo:faceage").predict(cohort)

@@ -38,18 +38,30 @@ def _lung():
     from lifelines.datasets import load_lung
 
     d = load_lung()
-    return pd.DataFrame({"age": d["age"], "sex": d["sex"].map({1: "male", 2: "female"}),
-                         "time": d["time"], "event": d["status"], "risk": d["ph.ecog"]}), "days"
+    return pd.DataFrame(
+        {
+            "age": d["age"],
+            "sex": d["sex"].map({1: "male", 2: "female"}),
+            "time": d["time"],
+            "event": d["status"],
+            "risk": d["ph.ecog"],
+        }
+    ), "days"
 
 
 def _flchain():
     from sksurv.datasets import load_flchain
 
     x, y = load_flchain()
-    d = pd.DataFrame({"age": x["age"].astype(float).to_numpy(),
-                      "sex": x["sex"].map({"F": "female", "M": "male"}).to_numpy(),
-                      "time": y["futime"], "event": y["death"].astype(int),
-                      "risk": x["kappa"].astype(float).to_numpy()})
+    d = pd.DataFrame(
+        {
+            "age": x["age"].astype(float).to_numpy(),
+            "sex": x["sex"].map({"F": "female", "M": "male"}).to_numpy(),
+            "time": y["futime"],
+            "event": y["death"].astype(int),
+            "risk": x["kappa"].astype(float).to_numpy(),
+        }
+    )
     d = pd.concat([d.sample(2000, random_state=0), d.nlargest(5, "risk")])
     return d[~d.index.duplicated()], "days"
 
@@ -58,46 +70,75 @@ def _rossi():
     from lifelines.datasets import load_rossi
 
     d = load_rossi()
-    return pd.DataFrame({"age": d["age"], "sex": "male", "time": d["week"] * 7,
-                         "event": d["arrest"], "risk": d["prio"]}), "days"
+    return pd.DataFrame(
+        {
+            "age": d["age"],
+            "sex": "male",
+            "time": d["week"] * 7,
+            "event": d["arrest"],
+            "risk": d["prio"],
+        }
+    ), "days"
 
 
 def _gbsg2():
     from sksurv.datasets import load_gbsg2
 
     x, y = load_gbsg2()
-    return pd.DataFrame({"age": x["age"].to_numpy(), "sex": "female", "time": y["time"],
-                         "event": y["cens"].astype(int),
-                         "risk": x["pnodes"].astype(float).to_numpy()}), "days"
+    return pd.DataFrame(
+        {
+            "age": x["age"].to_numpy(),
+            "sex": "female",
+            "time": y["time"],
+            "event": y["cens"].astype(int),
+            "risk": x["pnodes"].astype(float).to_numpy(),
+        }
+    ), "days"
 
 
 def _whas500():
     from sksurv.datasets import load_whas500
 
     x, y = load_whas500()
-    return pd.DataFrame({"age": x["age"].to_numpy(),
-                         "sex": x["gender"].astype(float).map({0.0: "male", 1.0: "female"}).to_numpy(),
-                         "time": y["lenfol"], "event": y["fstat"].astype(int),
-                         "risk": x["hr"].astype(float).to_numpy()}), "days"
+    return pd.DataFrame(
+        {
+            "age": x["age"].to_numpy(),
+            "sex": x["gender"].astype(float).map({0.0: "male", 1.0: "female"}).to_numpy(),
+            "time": y["lenfol"],
+            "event": y["fstat"].astype(int),
+            "risk": x["hr"].astype(float).to_numpy(),
+        }
+    ), "days"
 
 
 def _aids():
     from sksurv.datasets import load_aids
 
     x, y = load_aids()
-    return pd.DataFrame({"age": x["age"].to_numpy(),
-                         "sex": x["sex"].astype(str).map({"1": "male", "2": "female"}).to_numpy(),
-                         "time": y["time"], "event": y["censor"].astype(int),
-                         "risk": -x["cd4"].astype(float).to_numpy()}), "days"
+    return pd.DataFrame(
+        {
+            "age": x["age"].to_numpy(),
+            "sex": x["sex"].astype(str).map({"1": "male", "2": "female"}).to_numpy(),
+            "time": y["time"],
+            "event": y["censor"].astype(int),
+            "risk": -x["cd4"].astype(float).to_numpy(),
+        }
+    ), "days"
 
 
 def _breast_cancer():
     from sksurv.datasets import load_breast_cancer
 
     x, y = load_breast_cancer()
-    return pd.DataFrame({"age": x["age"].to_numpy(), "sex": "female", "time": y["t.tdm"],
-                         "event": y["e.tdm"].astype(int),
-                         "risk": x["size"].astype(float).to_numpy()}), "days"
+    return pd.DataFrame(
+        {
+            "age": x["age"].to_numpy(),
+            "sex": "female",
+            "time": y["t.tdm"],
+            "event": y["e.tdm"].astype(int),
+            "risk": x["size"].astype(float).to_numpy(),
+        }
+    ), "days"
 
 
 COHORTS = {"lung": _lung, "flchain": _flchain, "rossi": _rossi}
@@ -119,13 +160,35 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
     frame.to_csv(folder / "manifest.csv", index=False)
     (folder / "cohort.yaml").write_text(f"name: real-{name}\ntime_unit: {unit}\n")
     (root / "audit.toml").write_text(CONFIG)
-    code = main(["run", "--cohort", str(folder), "--model", "predictions:risk", "--out",
-                 str(root / "out"), "--config", str(root / "audit.toml")])
+    code = main(
+        [
+            "run",
+            "--cohort",
+            str(folder),
+            "--model",
+            "predictions:risk",
+            "--out",
+            str(root / "out"),
+            "--config",
+            str(root / "audit.toml"),
+        ]
+    )
     assert code in (0, 1)  # a verdict, never an input error or a bug
     con = duckdb.connect(str(root / "out" / "audit.duckdb"), read_only=True)
-    tables = {t: con.execute(f"SELECT * FROM {t}").df() for t in (
-        "runs", "survival_models", "survival_terms", "survival_tests", "survival_metrics",
-        "accuracy", "fairness", "verdicts", "quarantine")}
+    tables = {
+        t: con.execute(f"SELECT * FROM {t}").df()
+        for t in (
+            "runs",
+            "survival_models",
+            "survival_terms",
+            "survival_tests",
+            "survival_metrics",
+            "accuracy",
+            "fairness",
+            "verdicts",
+            "quarantine",
+        )
+    }
     con.close()
     assert (tables["runs"]["status"] == "finished").all()
     data = frame.dropna(subset=["risk", "time", "event", "age"]).reset_index(drop=True)
@@ -133,14 +196,16 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
     return {"data": data, **tables}
 
 
-@pytest.fixture(scope="module", params=list(COHORTS) + [
-    pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
+@pytest.fixture(
+    scope="module", params=list(COHORTS) + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW]
+)
 def real(request, tmp_path_factory, prefect_harness):
     make = {**COHORTS, **SLOW}[request.param]
     return request.param, _audit(tmp_path_factory, request.param, make)
 
 
 # ----------------------------------------------------------------- independent values
+
 
 def _sksurv_hr(x: pd.DataFrame, data: pd.DataFrame) -> np.ndarray:
     from sksurv.linear_model import CoxPHSurvivalAnalysis
@@ -150,7 +215,8 @@ def _sksurv_hr(x: pd.DataFrame, data: pd.DataFrame) -> np.ndarray:
     sd = x.std(ddof=1)
     est = CoxPHSurvivalAnalysis(ties="efron", n_iter=200, tol=1e-10).fit(
         ((x - x.mean()) / sd).to_numpy(float),
-        Surv.from_arrays(event=data["event"].astype(bool), time=data["time"]))
+        Surv.from_arrays(event=data["event"].astype(bool), time=data["time"]),
+    )
     return pd.Series(np.exp(est.coef_ / sd.to_numpy()), index=x.columns)
 
 
@@ -179,13 +245,19 @@ def test_hr_per_sd_unadjusted_and_adjusted(real):
     expected = _sksurv_hr(pd.DataFrame({"z": _z(data)}), data)["z"]
     assert _term(r, "risk_per_sd__unadjusted", "risk_sd")["hr"] == pytest.approx(expected, abs=TOL)
     if data["sex"].nunique() > 1:
-        x = pd.DataFrame({"z": _z(data), "age": data["age"] / 10,
-                          "female": (data["sex"] == "female").astype(float)})
+        x = pd.DataFrame(
+            {
+                "z": _z(data),
+                "age": data["age"] / 10,
+                "female": (data["sex"] == "female").astype(float),
+            }
+        )
         adjusted = _sksurv_hr(x, data)
         row = _term(r, "risk_per_sd__age_sex", "risk_sd")
         assert row["hr"] == pytest.approx(adjusted["z"], abs=TOL)
         assert _term(r, "risk_per_sd__age_sex", "sex[female]")["hr"] == pytest.approx(
-            adjusted["female"], abs=TOL)
+            adjusted["female"], abs=TOL
+        )
         assert row["hr"] > 1  # every one of these scores is a risk factor
 
 
@@ -197,13 +269,15 @@ def test_harrells_c(real):
     acc = r["accuracy"]
     row = acc[(acc.metric == "c_index") & (acc.attribute == "all")].iloc[0]
     assert row["value"] == pytest.approx(
-        concordance_index(data["time"], -data["risk"], data["event"]), abs=TOL)
+        concordance_index(data["time"], -data["risk"], data["event"]), abs=TOL
+    )
     # one C, one interval on the page: the Cox model of the score alone ranks subjects as the
     # score does, and its C's bootstrap draws the very resamples of the accuracy table
     m = r["survival_models"].set_index("model_id").loc["risk_per_sd__unadjusted"]
     assert m["concordance"] == pytest.approx(row["value"], abs=1e-12)
     assert (m["concordance_low"], m["concordance_high"]) == pytest.approx(
-        (row["ci_low"], row["ci_high"]), abs=1e-12)
+        (row["ci_low"], row["ci_high"]), abs=1e-12
+    )
 
 
 def test_quartile_hazard_ratios_logrank_and_kaplan_meier_medians(real):
@@ -218,7 +292,8 @@ def test_quartile_hazard_ratios_logrank_and_kaplan_meier_medians(real):
     expected = _sksurv_hr(dummies, data)
     for g in dummies.columns:
         assert _term(r, "risk_quartiles__unadjusted", f"risk[{g}]")["hr"] == pytest.approx(
-            expected[g], rel=TOL)
+            expected[g], rel=TOL
+        )
     t = r["survival_tests"]
     lr = t[(t.test == "logrank") & (t.groups == ",".join(present))].iloc[0]
     ref = multivariate_logrank_test(data["time"], q, data["event"])
@@ -242,8 +317,13 @@ def test_observed_over_expected_deaths_by_sex(real):
     coefficients, a Breslow cumulative hazard written here)."""
     _, r = real
     data = r["data"]
-    x = pd.DataFrame({"risk": data["risk"], "age": data["age"] / 10,
-                      "female": (data["sex"] == "female").astype(float)})
+    x = pd.DataFrame(
+        {
+            "risk": data["risk"],
+            "age": data["age"] / 10,
+            "female": (data["sex"] == "female").astype(float),
+        }
+    )
     x = x.loc[:, x.nunique() > 1]
     beta = np.log(_sksurv_hr(x, data)[x.columns].to_numpy())
     lp = x.to_numpy(float) @ beta
@@ -259,8 +339,9 @@ def test_observed_over_expected_deaths_by_sex(real):
     oe = f[(f.metric == "calibration_oe") & (f.attribute == "sex")].set_index("group_name")
     for group in oe.index:
         mask = (data["sex"] == group).to_numpy()
-        assert oe.loc[group, "value"] == pytest.approx(e[mask].sum() / expected[mask].sum(),
-                                                        abs=TOL)
+        assert oe.loc[group, "value"] == pytest.approx(
+            e[mask].sum() / expected[mask].sum(), abs=TOL
+        )
 
 
 def test_uno_c_and_auc(real):

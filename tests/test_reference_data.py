@@ -14,8 +14,9 @@ from audit.survival.analysis import design_matrix, survival_analysis
 
 
 def _row(frame, metric, attribute="all", group="all"):
-    sel = frame[(frame.metric == metric) & (frame.attribute == attribute)
-                & (frame.group_name == group)]
+    sel = frame[
+        (frame.metric == metric) & (frame.attribute == attribute) & (frame.group_name == group)
+    ]
     assert len(sel) == 1, (metric, attribute, group)
     return sel.iloc[0]
 
@@ -37,8 +38,10 @@ def test_utk_overall_accuracy_matches_the_published_figures(utk_accuracy):
     assert mae.n == 2547 and mae.n_subjects == 2547
 
 
-@pytest.mark.parametrize("race,mae", [("White", 6.85), ("Black", 8.74), ("Asian", 7.26),
-                                      ("Indian", 7.63), ("Others", 8.69)])
+@pytest.mark.parametrize(
+    "race,mae",
+    [("White", 6.85), ("Black", 8.74), ("Asian", 7.26), ("Indian", 7.63), ("Others", 8.69)],
+)
 def test_utk_mae_by_race_matches_the_published_figures(utk_accuracy, race, mae):
     row = _row(utk_accuracy, "mae", "race", race)
     assert round(row.value, 2) == mae
@@ -59,8 +62,9 @@ def test_utk_subgroups_equal_a_plain_numpy_oracle(utk_cohort, utk_accuracy):
 
 def test_utk_survival_says_there_are_no_outcomes(utk_cohort):
     cohort = load_cohort(utk_cohort)
-    result = survival_analysis(cohort.subjects(), "faceage-keras", ["faceage"], [],
-                               SurvivalConfig())
+    result = survival_analysis(
+        cohort.subjects(), "faceage-keras", ["faceage"], [], SurvivalConfig()
+    )
     assert result.models.empty and result.terms.empty
     assert "no outcome columns" in result.notes[0]
 
@@ -92,8 +96,11 @@ def test_lung_cox_equals_r(lung):
     fit = fit_cox(lung.frame, terms).require()
     cph, data = fit.fitter, fit.data
     s = cph.summary
-    expected = {"age": (0.011067, 0.009267, 0.232416), "sex[female]": (-0.552612, 0.167739, 0.000986),
-                "ph.ecog": (0.463728, 0.113577, 4.45e-05)}
+    expected = {
+        "age": (0.011067, 0.009267, 0.232416),
+        "sex[female]": (-0.552612, 0.167739, 0.000986),
+        "ph.ecog": (0.463728, 0.113577, 4.45e-05),
+    }
     for term, (coef, se, p) in expected.items():
         assert s.at[term, "coef"] == pytest.approx(coef, abs=5e-6)
         assert s.at[term, "se(coef)"] == pytest.approx(se, abs=5e-6)

@@ -24,8 +24,19 @@ def test_cohort_strings_are_escaped_everywhere(prefect_harness, tmp_path):
     spec["site"] = f"site {evil}"
     (folder / "cohort.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    rc = main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
-               "--out", str(out), "--config", str(_config(tmp_path))])
+    rc = main(
+        [
+            "run",
+            "--cohort",
+            str(folder),
+            "--model",
+            "predictions:faceage,risk",
+            "--out",
+            str(out),
+            "--config",
+            str(_config(tmp_path)),
+        ]
+    )
     assert rc in (0, 1)  # the run went through; the out-of-vocabulary rows are quarantined
     pages = list(out.rglob("*.html"))
     assert pages
@@ -56,11 +67,24 @@ def test_verify_finds_any_change_to_a_signed_run(prefect_harness, tmp_path):
 
     folder = write_cohort(tmp_path / "c", 40, seed=61, photos=True)
     config = tmp_path / "c.toml"
-    config.write_text("[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
-                      "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n")
+    config.write_text(
+        "[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
+        "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
+    )
     out = tmp_path / "out"
-    main(["run", "--cohort", str(folder), "--model", "demo:faceage", "--out", str(out),
-          "--config", str(config)])
+    main(
+        [
+            "run",
+            "--cohort",
+            str(folder),
+            "--model",
+            "demo:faceage",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    )
     run_id = Store(out / "audit.duckdb").runs()["run_id"].iloc[0]
     run_dir = out / "runs" / run_id
     assert main(["verify", str(run_dir)]) == 0
@@ -92,12 +116,30 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised():
 
     from audit.report.exports import to_csv
 
-    df = pd.DataFrame({"label": ['=HYPERLINK("http://x.example","click")', "+1+1", "-2+3",
-                                 "@SUM(A1)", "\tx", "plain", None],
-                       "value": [-1.5, 2.0, -3.25, 0.0, 1.0, -0.5, 7.0]})
+    df = pd.DataFrame(
+        {
+            "label": [
+                '=HYPERLINK("http://x.example","click")',
+                "+1+1",
+                "-2+3",
+                "@SUM(A1)",
+                "\tx",
+                "plain",
+                None,
+            ],
+            "value": [-1.5, 2.0, -3.25, 0.0, 1.0, -0.5, 7.0],
+        }
+    )
     rows = list(csv.DictReader(io.StringIO(to_csv(df))))
-    assert [r["label"] for r in rows] == ['\'=HYPERLINK("http://x.example","click")', "'+1+1",
-                                          "'-2+3", "'@SUM(A1)", "'\tx", "plain", ""]
+    assert [r["label"] for r in rows] == [
+        '\'=HYPERLINK("http://x.example","click")',
+        "'+1+1",
+        "'-2+3",
+        "'@SUM(A1)",
+        "'\tx",
+        "plain",
+        "",
+    ]
     assert [float(r["value"]) for r in rows] == df["value"].tolist()  # numbers stay numbers
 
 
@@ -120,8 +162,16 @@ def test_no_raw_id_leaves_the_site_and_exports_are_neutralised(prefect_harness, 
     folder = write_cohort(tmp_path / "c", 40, seed=52, photos=True, oracle=True)
     manifest = pd.read_csv(folder / "manifest.csv", dtype=str)
     # ids that are spreadsheet formulas, paths, HTML, quotes and non-ASCII (rows 8-15)
-    planted = ["=cmd|' /C calc'!A0", "../../etc/passwd", "<img src=x onerror=alert(1)>",
-               'a"b\\c', "+SUM(A1)", "Zoë Ünicode", "@import", "C:\\Users\\p 7.jpg"]
+    planted = [
+        "=cmd|' /C calc'!A0",
+        "../../etc/passwd",
+        "<img src=x onerror=alert(1)>",
+        'a"b\\c',
+        "+SUM(A1)",
+        "Zoë Ünicode",
+        "@import",
+        "C:\\Users\\p 7.jpg",
+    ]
     for i, value in enumerate(planted, start=8):
         manifest.loc[i, "photo_id"] = value
         manifest.loc[i, "subject_id"] = f"S{value}"
@@ -132,24 +182,43 @@ def test_no_raw_id_leaves_the_site_and_exports_are_neutralised(prefect_harness, 
     manifest["race"] = manifest["race"].replace("White", formula)
     manifest.to_csv(folder / "manifest.csv", index=False)
     spec = yaml.safe_load((folder / "cohort.yaml").read_text())
-    spec["vocabulary"]["race"] = [formula if r == "White" else r
-                                  for r in spec["vocabulary"]["race"]]
+    spec["vocabulary"]["race"] = [
+        formula if r == "White" else r for r in spec["vocabulary"]["race"]
+    ]
     (folder / "cohort.yaml").write_text(yaml.safe_dump(spec))
     config = tmp_path / "c.toml"
-    config.write_text("[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
-                      "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
-                      "[thresholds]\nmax_quarantine_fraction = 0.5\n")
+    config.write_text(
+        "[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
+        "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
+        "[thresholds]\nmax_quarantine_fraction = 0.5\n"
+    )
     out = tmp_path / "out"
-    assert main(["run", "--cohort", str(folder), "--model", "predictions:faceage,risk",
-                 "--out", str(out), "--config", str(config)]) in (0, 1)
+    assert main(
+        [
+            "run",
+            "--cohort",
+            str(folder),
+            "--model",
+            "predictions:faceage,risk",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    ) in (0, 1)
     raw = re.compile(r"\b[PS]\d{6}\b")
     leaving = [p for p in out.rglob("*") if p.suffix in (".html", ".json", ".csv")]
     assert any(p.name == "manifest.json" for p in leaving)
     # every encoding a planted id could leave in: as is, JSON-escaped, HTML-escaped
     forms = set()
     for value in planted + [f"S{v}" for v in planted]:
-        forms |= {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
-                  html.escape(value), html.escape(value, quote=False)}
+        forms |= {
+            value,
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            html.escape(value),
+            html.escape(value, quote=False),
+        }
     for path in leaving:
         text = path.read_text(encoding="utf-8")
         found = raw.findall(text) + [f for f in forms if f in text]
@@ -170,10 +239,10 @@ def test_no_raw_id_leaves_the_site_and_exports_are_neutralised(prefect_harness, 
     assert "'" + formula in labels and formula not in labels
     # asked for, the ids come back (the scrubber replaces, it does not delete)
     shown = tmp_path / "shown"
-    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown),
-                 "--show-ids"]) == 0
+    assert (
+        main(["report", "--db", str(out / "audit.duckdb"), "--out", str(shown), "--show-ids"]) == 0
+    )
     page = next(shown.glob("runs/*/index.html")).read_text()
     assert f"image {manifest.loc[7, 'image_path']}: empty file" in page
     # the signed manifest still verifies on site with pseudonymised image names
     assert main(["verify", str(run_dir)]) == 0
-

@@ -21,8 +21,9 @@ from audit.robustness.suite import (
 def test_icc_3_1_matches_shrout_and_fleiss_table_2():
     # Shrout PE, Fleiss JL (1979) Psychol Bull 86:420, Table 2: 6 targets, 4 judges;
     # their Table 4 gives ICC(3,1) = .71 (and ICC(1,1) = .17, ICC(2,1) = .29).
-    ratings = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9],
-                        [6, 2, 4, 7]])
+    ratings = np.array(
+        [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]]
+    )
     assert icc_3_1(ratings) == pytest.approx(0.715, abs=0.005)
     # consistency: a constant offset between raters leaves ICC(3,1) at 1
     x = np.arange(10.0)
@@ -34,8 +35,9 @@ def test_shift_metrics_against_plain_numpy():
     rng = np.random.default_rng(0)
     clean = rng.normal(60, 10, 400)
     pert = clean + rng.normal(1.0, 4.0, 400)
-    m = shift_metrics(clean, pert, unit=1.0, tolerance=5.0,
-                      quartile_edges=np.quantile(clean, [0.25, 0.5, 0.75]))
+    m = shift_metrics(
+        clean, pert, unit=1.0, tolerance=5.0, quartile_edges=np.quantile(clean, [0.25, 0.5, 0.75])
+    )
     d = pert - clean
     assert m["n"] == 400
     assert m["mean_shift"] == pytest.approx(d.mean())
@@ -60,11 +62,30 @@ def _planted(n=600, seed=1):
     shift = np.where(race == "Black", 6.0, 1.0) + rng.normal(0, 0.5, n)
     rows = []
     for sev, scale in ((1, 0.5), (3, 1.0)):
-        rows.append(pd.DataFrame({"photo_id": ids, "output": "faceage", "model": "m",
-                                  "perturbation": "brightness", "severity": sev,
-                                  "value": clean + scale * shift}))
-    rows.append(pd.DataFrame({"photo_id": ids, "output": "faceage", "model": "m",
-                              "perturbation": "none", "severity": 0, "value": clean}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "photo_id": ids,
+                    "output": "faceage",
+                    "model": "m",
+                    "perturbation": "brightness",
+                    "severity": sev,
+                    "value": clean + scale * shift,
+                }
+            )
+        )
+    rows.append(
+        pd.DataFrame(
+            {
+                "photo_id": ids,
+                "output": "faceage",
+                "model": "m",
+                "perturbation": "none",
+                "severity": 0,
+                "value": clean,
+            }
+        )
+    )
     return pd.concat(rows, ignore_index=True), pd.DataFrame({"photo_id": ids, "race": race})
 
 
@@ -82,15 +103,18 @@ def test_a_planted_subgroup_gap_is_recovered_and_judged():
     # oracle: the Black row recomputed by boolean mask
     black = attrs["race"] == "Black"
     c = preds[preds.perturbation == "none"]["value"].to_numpy()[black]
-    p = preds[(preds.perturbation == "brightness") & (preds.severity == 3)]["value"].to_numpy()[black]
+    p = preds[(preds.perturbation == "brightness") & (preds.severity == 3)]["value"].to_numpy()[
+        black
+    ]
     assert at3.loc["Black", "mean_abs_shift"] == pytest.approx(np.abs(p - c).mean())
     assert at3.loc["Black", "n"] == black.sum()
 
 
 def test_rows_above_the_judged_severity_or_too_small_are_not_judged():
     preds, attrs = _planted(n=60)
-    cfg = load_config(robustness={"groups": ["race"], "judged_max_severity": 1,
-                                  "min_group_size": 25})
+    cfg = load_config(
+        robustness={"groups": ["race"], "judged_max_severity": 1, "min_group_size": 25}
+    )
     table = robustness_table(preds, attrs, cfg.robustness, cfg.thresholds)
     assert table[table.severity == 3]["passed"].isna().all()
     small = table[(table.severity == 1) & (table.n < 25)]
@@ -102,14 +126,34 @@ def test_risk_shifts_are_in_sds_and_quartile_changes_counted():
     rng = np.random.default_rng(3)
     ids = [f"p{i}" for i in range(400)]
     clean = rng.normal(0, 2.0, 400)  # SD 2: a shift of 2 is one SD
-    preds = pd.concat([
-        pd.DataFrame({"photo_id": ids, "output": "risk", "model": "m", "perturbation": "none",
-                      "severity": 0, "value": clean}),
-        pd.DataFrame({"photo_id": ids, "output": "risk", "model": "m",
-                      "perturbation": "gaussian_blur", "severity": 2, "value": clean + 2.0})])
+    preds = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "photo_id": ids,
+                    "output": "risk",
+                    "model": "m",
+                    "perturbation": "none",
+                    "severity": 0,
+                    "value": clean,
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "photo_id": ids,
+                    "output": "risk",
+                    "model": "m",
+                    "perturbation": "gaussian_blur",
+                    "severity": 2,
+                    "value": clean + 2.0,
+                }
+            ),
+        ]
+    )
     cfg = load_config()
-    row = robustness_table(preds, pd.DataFrame({"photo_id": ids}), cfg.robustness,
-                           cfg.thresholds).iloc[0]
+    row = robustness_table(
+        preds, pd.DataFrame({"photo_id": ids}), cfg.robustness, cfg.thresholds
+    ).iloc[0]
     sd = np.std(clean, ddof=1)
     assert row["mean_shift"] == pytest.approx(2.0 / sd)
     assert row["frac_over_tolerance"] == 1.0  # every shift is about 1 SD > 0.5
@@ -122,10 +166,15 @@ def test_risk_shifts_are_in_sds_and_quartile_changes_counted():
 
 def test_stratified_sample_is_proportional_deterministic_and_covers_strata():
     rng = np.random.default_rng(0)
-    subjects = pd.DataFrame({"photo_id": [f"p{i}" for i in range(5000)],
-                             "sex": rng.choice(["female", "male"], 5000),
-                             "race": rng.choice(["White", "Black", "Asian", "Other"], 5000,
-                                                p=[0.7, 0.15, 0.1, 0.05])})
+    subjects = pd.DataFrame(
+        {
+            "photo_id": [f"p{i}" for i in range(5000)],
+            "sex": rng.choice(["female", "male"], 5000),
+            "race": rng.choice(
+                ["White", "Black", "Asian", "Other"], 5000, p=[0.7, 0.15, 0.1, 0.05]
+            ),
+        }
+    )
     a = stratified_sample(subjects, 500, ["sex", "race"], np.random.default_rng(1))
     b = stratified_sample(subjects, 500, ["sex", "race"], np.random.default_rng(1))
     assert len(a) == 500 and a["photo_id"].is_unique
@@ -147,12 +196,14 @@ def test_seeds_and_cache_keys():
     from audit.robustness.perturbations import LAYOUTS
 
     assert perturbation_key("none", 0, LAYOUTS["demo"]) == "none"
-    assert perturbation_key("jpeg", 0, LAYOUTS["demo"]) != perturbation_key("jpeg", 0,
-                                                                             LAYOUTS["arcface"])
+    assert perturbation_key("jpeg", 0, LAYOUTS["demo"]) != perturbation_key(
+        "jpeg", 0, LAYOUTS["arcface"]
+    )
     assert perturbation_key("jpeg", 0, LAYOUTS["demo"]).startswith("jpeg@")
 
 
 # ---------------------------------------------------------------- real photos, real models
+
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
@@ -177,8 +228,9 @@ def test_each_photo_is_decoded_once_whatever_the_number_of_perturbations(faces, 
 
     calls = []
     real = inference.decode_image
-    monkeypatch.setattr(inference, "decode_image",
-                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(
+        inference, "decode_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k)
+    )
     models = [create_model("demo:faceage"), create_model("demo:survival")]
     plan = [("brightness", 1), ("brightness", 3), ("jpeg", 2), ("patch", 5), ("flip", 1)]
     out = _suite(models, faces, plan)
@@ -188,8 +240,9 @@ def test_each_photo_is_decoded_once_whatever_the_number_of_perturbations(faces, 
     # the suite's clean pass is the predictions stage's clean pass
     clean = frame[frame.perturbation == "none"].set_index("photo_id")["value"]
     stage = models[0].predict(faces).frame.set_index("photo_id")["value"]
-    pd.testing.assert_series_equal(clean.sort_index(), stage.sort_index(), check_names=False,
-                                   rtol=1e-5)
+    pd.testing.assert_series_equal(
+        clean.sort_index(), stage.sort_index(), check_names=False, rtol=1e-5
+    )
 
 
 def test_a_flip_invariant_model_shows_no_flip_shift(faces):
@@ -206,8 +259,9 @@ def test_a_flip_invariant_model_shows_no_flip_shift(faces):
     model.forward = symmetric
     out = _suite([model], faces, [("flip", 1), ("brightness", 3)])
     cfg = load_config()
-    table = robustness_table(out[model.name].frame, faces.frame[["photo_id"]], cfg.robustness,
-                             cfg.thresholds).set_index("perturbation")
+    table = robustness_table(
+        out[model.name].frame, faces.frame[["photo_id"]], cfg.robustness, cfg.thresholds
+    ).set_index("perturbation")
     assert table.loc["flip", "mean_abs_shift"] < 1e-4
     assert table.loc["brightness", "mean_abs_shift"] > 0.1
 
@@ -222,8 +276,9 @@ def test_demo_faceage_moves_further_as_severity_grows(faces):
     model = create_model("demo:faceage")
     out = _suite([model], faces, plan)
     cfg = load_config()
-    table = robustness_table(out[model.name].frame, faces.frame[["photo_id"]], cfg.robustness,
-                             cfg.thresholds)
+    table = robustness_table(
+        out[model.name].frame, faces.frame[["photo_id"]], cfg.robustness, cfg.thresholds
+    )
     for name in names:
         shifts = table[table.perturbation == name].sort_values("severity")["mean_abs_shift"]
         assert shifts.is_monotonic_increasing and shifts.iloc[-1] > 2 * shifts.iloc[0], name
@@ -250,18 +305,55 @@ def test_robustness_verdicts():
     preds, attrs = _planted()
     cfg = load_config(robustness={"groups": ["race"]})
     table = robustness_table(preds, attrs, cfg.robustness, cfg.thresholds)
-    empty = pd.DataFrame(columns=["model", "output", "metric", "attribute", "value", "ci_low",
-                                  "ci_high", "n"])
-    v = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600, n_quarantined=0, has_outcomes=False, thresholds=cfg.thresholds, tables={"accuracy": empty, "survival_terms": pd.DataFrame(
-                     columns=["model", "model_id", "term"]), "robustness": table})).set_index("check_name")
+    empty = pd.DataFrame(
+        columns=["model", "output", "metric", "attribute", "value", "ci_low", "ci_high", "n"]
+    )
+    v = evaluate(
+        Evidence(
+            models=[{"name": "m", "outputs": ["faceage"]}],
+            n_manifest_rows=600,
+            n_quarantined=0,
+            has_outcomes=False,
+            thresholds=cfg.thresholds,
+            tables={
+                "accuracy": empty,
+                "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]),
+                "robustness": table,
+            },
+        )
+    ).set_index("check_name")
     overall, sub = v.loc["robustness_faceage"], v.loc["robustness_faceage_subgroups"]
     # overall: 30% of photos (the Black subjects) move more than 5 years at severity 3
     assert overall["status"] == "fail" and overall["value"] == pytest.approx(0.3, abs=0.05)
     assert sub["status"] == "fail" and "race = Black" in sub["details"]
     lenient = load_config(thresholds={"robustness_frac_over_tolerance_max": 1.0}).thresholds
-    v2 = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600, n_quarantined=0, has_outcomes=False, thresholds=lenient, tables={"accuracy": empty, "survival_terms": pd.DataFrame(
-                      columns=["model", "model_id", "term"]), "robustness": table})).set_index("check_name")
+    v2 = evaluate(
+        Evidence(
+            models=[{"name": "m", "outputs": ["faceage"]}],
+            n_manifest_rows=600,
+            n_quarantined=0,
+            has_outcomes=False,
+            thresholds=lenient,
+            tables={
+                "accuracy": empty,
+                "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]),
+                "robustness": table,
+            },
+        )
+    ).set_index("check_name")
     assert v2.loc["robustness_faceage", "status"] == "pass"
-    v3 = evaluate(Evidence(models=[{"name": "m", "outputs": ["faceage"]}], n_manifest_rows=600, n_quarantined=0, has_outcomes=False, thresholds=lenient, tables={"accuracy": empty, "survival_terms": pd.DataFrame(
-                      columns=["model", "model_id", "term"]), "robustness": None})).set_index("check_name")
+    v3 = evaluate(
+        Evidence(
+            models=[{"name": "m", "outputs": ["faceage"]}],
+            n_manifest_rows=600,
+            n_quarantined=0,
+            has_outcomes=False,
+            thresholds=lenient,
+            tables={
+                "accuracy": empty,
+                "survival_terms": pd.DataFrame(columns=["model", "model_id", "term"]),
+                "robustness": None,
+            },
+        )
+    ).set_index("check_name")
     assert v3.loc["robustness_faceage", "status"] == "skipped"

@@ -17,8 +17,19 @@ from conftest import QUICK_CONFIG as CONFIG
 from conftest import write_lung_cohort
 
 # columns that name a row, a time or a file rather than a result
-VOLATILE = {"run_id", "row_number", "source_file", "path", "sha256", "started_at",
-            "finished_at", "applied_at", "heartbeat_at", "created_at", "image_sha256"}
+VOLATILE = {
+    "run_id",
+    "row_number",
+    "source_file",
+    "path",
+    "sha256",
+    "started_at",
+    "finished_at",
+    "applied_at",
+    "heartbeat_at",
+    "created_at",
+    "image_sha256",
+}
 NOT_COMPARED = {"artifacts", "prediction_cache", "embedding_cache"}  # files and caches
 # per table: text that names the files and manifest rows of the examples it quotes
 TEXT_WITH_ROWS = {"validation_results": {"details"}}
@@ -35,8 +46,10 @@ def _shuffled(folder: Path, manifest: str, out: Path, seed: int) -> dict[str, st
     df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     back = {}
     for col in [c for c in ("patient", "photo_id", "subject_id") if c in df.columns]:
-        new = {old: f"{col[:1]}x{seed}-{i:05d}" for i, old in
-               enumerate(np.random.default_rng(seed).permutation(df[col].unique()))}
+        new = {
+            old: f"{col[:1]}x{seed}-{i:05d}"
+            for i, old in enumerate(np.random.default_rng(seed).permutation(df[col].unique()))
+        }
         df[col] = df[col].map(new)
         back.update({v: k for k, v in new.items()})
     df.to_csv(out / manifest, index=False)
@@ -52,8 +65,9 @@ def _tables(out: Path, back: dict[str, str] | None = None) -> dict[str, pd.DataF
     tables = {}
     for name in sorted(set(RESULT_TABLES) - NOT_COMPARED):
         df = con.execute(f"SELECT * FROM {name}").df()
-        df = df.drop(columns=[c for c in df.columns
-                              if c in VOLATILE | TEXT_WITH_ROWS.get(name, set())])
+        df = df.drop(
+            columns=[c for c in df.columns if c in VOLATILE | TEXT_WITH_ROWS.get(name, set())]
+        )
         for col in [c for c in ID_COLUMNS if c in df.columns and back]:
             df[col] = df[col].map(lambda v: back.get(v, v))
         tables[name] = _sorted(df)
@@ -64,10 +78,8 @@ def _tables(out: Path, back: dict[str, str] | None = None) -> dict[str, pd.DataF
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df.reset_index(drop=True)
-    key = df.apply(lambda col: col.map(
-        lambda v: f"{v:.9g}" if isinstance(v, float) else repr(v)))
-    return df.loc[key.sort_values(list(key.columns), kind="mergesort").index].reset_index(
-        drop=True)
+    key = df.apply(lambda col: col.map(lambda v: f"{v:.9g}" if isinstance(v, float) else repr(v)))
+    return df.loc[key.sort_values(list(key.columns), kind="mergesort").index].reset_index(drop=True)
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -77,12 +89,21 @@ def _assert_same(a: dict, b: dict) -> None:
         for col in left.columns:
             x, y = left[col], right[col]
             if pd.api.types.is_float_dtype(x) or pd.api.types.is_float_dtype(y):
-                np.testing.assert_allclose(x.to_numpy(float), y.to_numpy(float), rtol=1e-9,
-                                           atol=1e-12, err_msg=f"{name}.{col}")
+                np.testing.assert_allclose(
+                    x.to_numpy(float),
+                    y.to_numpy(float),
+                    rtol=1e-9,
+                    atol=1e-12,
+                    err_msg=f"{name}.{col}",
+                )
             elif x.map(lambda v: isinstance(v, np.ndarray)).any():
                 for u, v in zip(x, y):
-                    np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float),
-                                               rtol=1e-6, err_msg=f"{name}.{col}")
+                    np.testing.assert_allclose(
+                        np.asarray(u, float),
+                        np.asarray(v, float),
+                        rtol=1e-6,
+                        err_msg=f"{name}.{col}",
+                    )
             else:
                 assert x.astype(str).tolist() == y.astype(str).tolist(), f"{name}.{col}"
 
@@ -90,8 +111,19 @@ def _assert_same(a: dict, b: dict) -> None:
 def _run(cohort: Path, model: str, out: Path, config: Path) -> None:
     from audit.cli import main
 
-    assert main(["run", "--cohort", str(cohort), "--model", model, "--out", str(out),
-                 "--config", str(config)]) in (0, 1)
+    assert main(
+        [
+            "run",
+            "--cohort",
+            str(cohort),
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+        ]
+    ) in (0, 1)
 
 
 def test_a_shuffled_renamed_predictions_cohort_with_tied_scores(tmp_path, prefect_harness):

@@ -21,11 +21,14 @@ def _target(module, name="m", output="faceage", net=None):
     def fn(x):
         head, _ = module(x)
         return head[:, 0]
-    return sal.Target(model=name, output=output, fn=fn, size=SIZE, module=module, net=net,
-                      normalize=None)
+
+    return sal.Target(
+        model=name, output=output, fn=fn, size=SIZE, module=module, net=net, normalize=None
+    )
 
 
 # ---------------------------------------------------------------------------- regions
+
 
 @pytest.mark.parametrize("layout", ["arcface", "aligned", "demo"])
 def test_region_template_puts_each_landmark_in_its_region(layout):
@@ -56,6 +59,7 @@ def test_region_shares_sum_to_one_and_find_a_planted_region():
 
 # ---------------------------------------------------------------------------- methods
 
+
 def test_occlusion_of_a_linear_model_is_exact():
     """For f(x) = sum(W * x), occluding window k with the mean colour m changes the output
     by exactly sum over k of W * (x - m); each pixel gets the mean over its windows."""
@@ -67,8 +71,9 @@ def test_occlusion_of_a_linear_model_is_exact():
         def forward(self, x):
             return (x * w).sum(dim=(1, 2, 3)).unsqueeze(1), None
 
-    t = sal.Target(model="lin", output="faceage", fn=lambda x: Linear()(x)[0][:, 0], size=32,
-                   module=None)
+    t = sal.Target(
+        model="lin", output="faceage", fn=lambda x: Linear()(x)[0][:, 0], size=32, module=None
+    )
     got = sal.create_attribution("occlusion", window=8, stride=4)(t, x)
     expected = np.zeros((2, 32, 32))
     count = np.zeros((32, 32))
@@ -78,19 +83,25 @@ def test_occlusion_of_a_linear_model_is_exact():
         m = x[i].mean(dim=(1, 2), keepdim=True)
         for a in starts:
             for b in starts:
-                d = abs(float((w[:, a:a + 8, b:b + 8] * (x[i, :, a:a + 8, b:b + 8] - m)).sum()))
-                expected[i, a:a + 8, b:b + 8] += d
+                d = abs(
+                    float((w[:, a : a + 8, b : b + 8] * (x[i, :, a : a + 8, b : b + 8] - m)).sum())
+                )
+                expected[i, a : a + 8, b : b + 8] += d
                 if i == 0:
-                    count[a:a + 8, b:b + 8] += 1
+                    count[a : a + 8, b : b + 8] += 1
     np.testing.assert_allclose(got, expected / count, rtol=1e-4, atol=1e-5)
 
 
 def test_integrated_gradients_are_complete():
     """Sundararajan et al.'s completeness: the attributions sum to f(x) - f(baseline)."""
     torch.manual_seed(1)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(4, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 1),
+    )
 
     class M(torch.nn.Module):
         def __init__(self):
@@ -149,22 +160,34 @@ def mouth_models(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(module, x).save(str(folder / "mouth.pt"))
-        torch.onnx.export(module, (x,), folder / "mouth.onnx", input_names=["image"],
-                          output_names=["head", "features"], dynamic_axes={"image": {0: "n"}},
-                          dynamo=False)
+        torch.onnx.export(
+            module,
+            (x,),
+            folder / "mouth.onnx",
+            input_names=["image"],
+            output_names=["head", "features"],
+            dynamic_axes={"image": {0: "n"}},
+            dynamo=False,
+        )
     models = {"torch": [_target(module, "mouth", net=module.net)]}
     for kind, file in (("torchscript", "mouth.pt"), ("onnx", "mouth.onnx")):
-        spec = {"name": f"mouth-{kind}", "kind": kind, "checkpoint": file, "input_size": SIZE,
-                "normalize": "none", "outputs": {"faceage": 0}}
+        spec = {
+            "name": f"mouth-{kind}",
+            "kind": kind,
+            "checkpoint": file,
+            "input_size": SIZE,
+            "normalize": "none",
+            "outputs": {"faceage": 0},
+        }
         (folder / f"{kind}.yaml").write_text(yaml.safe_dump(spec))
-        models[kind] = sal.model_targets(create_model(parse_model_spec(folder / f"{kind}.yaml")),
-                                         "cpu")
+        models[kind] = sal.model_targets(
+            create_model(parse_model_spec(folder / f"{kind}.yaml")), "cpu"
+        )
     return models
 
 
 @pytest.mark.parametrize("fmt", ["torch", "torchscript", "onnx"])
-def test_a_model_that_reads_only_the_mouth_shows_the_mouth_under_every_method(mouth_models,
-                                                                            fmt):
+def test_a_model_that_reads_only_the_mouth_shows_the_mouth_under_every_method(mouth_models, fmt):
     (target,) = mouth_models[fmt]
     x = torch.rand(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     template = sal.region_template("arcface", SIZE)
@@ -179,9 +202,11 @@ def test_a_model_that_reads_only_the_mouth_shows_the_mouth_under_every_method(mo
         # most of the mass (occlusion's 16-pixel window spills over the region's edge)
         assert shares[REGIONS.index("mouth_chin")] > 0.5, name
         ran.append(name)
-    expected = {"torch": {"occlusion", "gradient_x_input", "integrated_gradients", "grad_cam"},
-                "torchscript": {"occlusion", "gradient_x_input", "integrated_gradients"},
-                "onnx": {"occlusion"}}[fmt]
+    expected = {
+        "torch": {"occlusion", "gradient_x_input", "integrated_gradients", "grad_cam"},
+        "torchscript": {"occlusion", "gradient_x_input", "integrated_gradients"},
+        "onnx": {"occlusion"},
+    }[fmt]
     assert set(ran) == expected
 
 
@@ -228,9 +253,13 @@ def test_randomised_weights_change_the_maps_but_not_the_template():
 
 def test_group_sample_fills_every_group_and_keeps_one_photo_per_subject():
     rng = np.random.default_rng(0)
-    subjects = pd.DataFrame({"photo_id": [f"p{i}" for i in range(300)],
-                             "sex": rng.choice(["f", "m"], 300),
-                             "race": rng.choice(["A", "B", "C"], 300, p=[0.8, 0.15, 0.05])})
+    subjects = pd.DataFrame(
+        {
+            "photo_id": [f"p{i}" for i in range(300)],
+            "sex": rng.choice(["f", "m"], 300),
+            "race": rng.choice(["A", "B", "C"], 300, p=[0.8, 0.15, 0.05]),
+        }
+    )
     s = sal.group_sample(subjects, 30, ["sex", "race"], np.random.default_rng(1))
     assert s["photo_id"].is_unique and len(s) >= 30
     for attribute in ("sex", "race"):
@@ -241,6 +270,7 @@ def test_group_sample_fills_every_group_and_keeps_one_photo_per_subject():
 
 # ---------------------------------------------------------------------------- the demo world
 
+
 @pytest.fixture(scope="module")
 def demo_maps(tmp_path_factory):
     """The two demo models' maps on 48 rendered faces (one per subject)."""
@@ -249,15 +279,26 @@ def demo_maps(tmp_path_factory):
     from audit.models import create_model
     from audit.models.inference import decode_image
 
-    cohort = load_cohort(write_cohort(tmp_path_factory.mktemp("demo") / "c", 48, seed=93,
-                                      photos=True))
-    x = torch.stack([torch.from_numpy(np.array(decode_image(cohort.image_file(p), SIZE)))
-                     .permute(2, 0, 1).float() / 255 for p in cohort.frame["image_path"]])
+    cohort = load_cohort(
+        write_cohort(tmp_path_factory.mktemp("demo") / "c", 48, seed=93, photos=True)
+    )
+    x = torch.stack(
+        [
+            torch.from_numpy(np.array(decode_image(cohort.image_file(p), SIZE)))
+            .permute(2, 0, 1)
+            .float()
+            / 255
+            for p in cohort.frame["image_path"]
+        ]
+    )
     out = {}
     for which in ("faceage", "survival"):
         (t,) = sal.model_targets(create_model(f"demo:{which}"), "cpu")
-        for name, kw in (("occlusion", {"stride": 16}), ("gradient_x_input", {}),
-                         ("integrated_gradients", {"steps": 8})):
+        for name, kw in (
+            ("occlusion", {"stride": 16}),
+            ("gradient_x_input", {}),
+            ("integrated_gradients", {"steps": 8}),
+        ):
             out[(which, name)] = sal.normalise(sal.create_attribution(name, **kw)(t, x))
     return out, cohort.frame["subject_id"].to_numpy()
 
@@ -289,17 +330,34 @@ def test_demo_survival_looks_more_at_frailty_cues_than_faceage(demo_maps):
         contrast = {}
         for which in ("faceage", "survival"):
             s = sal.region_shares(maps[(which, method)], template)
-            contrast[which] = (s[:, REGIONS.index("cheeks")] - s[:, REGIONS.index("forehead")]
-                               - s[:, REGIONS.index("hair")])
+            contrast[which] = (
+                s[:, REGIONS.index("cheeks")]
+                - s[:, REGIONS.index("forehead")]
+                - s[:, REGIONS.index("hair")]
+            )
         diff = contrast["survival"] - contrast["faceage"]
         boot = sal.bootstrap_weights(len(diff), 500, rng) @ diff
         assert np.quantile(boot, 0.025) > 0, (method, diff.mean())
-        a = sal.MapSet("demo-faceage", "faceage", method, maps[("faceage", method)],
-                       np.arange(len(subjects)), subjects)
-        b = sal.MapSet("demo-survival", "risk", method, maps[("survival", method)],
-                       np.arange(len(subjects)), subjects)
-        rows = {r["check_name"]: r for r in sal.compare(a, b, template, n_boot=100, ci_level=0.95,
-                                                   fraction=0.2, rng=rng)}
+        a = sal.MapSet(
+            "demo-faceage",
+            "faceage",
+            method,
+            maps[("faceage", method)],
+            np.arange(len(subjects)),
+            subjects,
+        )
+        b = sal.MapSet(
+            "demo-survival",
+            "risk",
+            method,
+            maps[("survival", method)],
+            np.arange(len(subjects)),
+            subjects,
+        )
+        rows = {
+            r["check_name"]: r
+            for r in sal.compare(a, b, template, n_boot=100, ci_level=0.95, fraction=0.2, rng=rng)
+        }
         l1 = rows["compare_region_l1"]
         assert l1["ci_low"] > 0 and l1["ci_low"] <= l1["value"] <= l1["ci_high"]
         rho = rows["compare_spearman"]
@@ -307,6 +365,7 @@ def test_demo_survival_looks_more_at_frailty_cues_than_faceage(demo_maps):
 
 
 # ---------------------------------------------------------------------------- the stage
+
 
 def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     """`run --saliency` on rendered faces with both demo models: region shares, cohort maps
@@ -319,14 +378,24 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
 
     folder = write_cohort(tmp_path / "c", 50, seed=94, photos=True)
     config = tmp_path / "c.toml"
-    config.write_text("[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
-                      "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
-                      "[saliency]\nsample_per_group = 20\nmin_faces = 15\nstride = 16\n"
-                      "ig_steps = 4\nn_boot = 30\nsanity_photos = 4\n"
-                      "methods = [\"occlusion\", \"gradient_x_input\", \"grad_cam\"]\n")
+    config.write_text(
+        "[robustness]\nenabled = false\n[accuracy]\nn_boot = 20\n"
+        "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
+        "[saliency]\nsample_per_group = 20\nmin_faces = 15\nstride = 16\n"
+        "ig_steps = 4\nn_boot = 30\nsanity_photos = 4\n"
+        'methods = ["occlusion", "gradient_x_input", "grad_cam"]\n'
+    )
     out = tmp_path / "out"
-    args = ["--model", "demo:faceage", "--model", "demo:survival", "--out", str(out),
-            "--config", str(config)]
+    args = [
+        "--model",
+        "demo:faceage",
+        "--model",
+        "demo:survival",
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
     # (without --saliency the stage says it is off: tests/test_flow.py, the end-to-end run)
     assert main(["run", "--cohort", str(folder), "--saliency", *args]) in (0, 1)
     store = Store(out / "audit.duckdb")
@@ -337,15 +406,21 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     assert (shares["n"] >= 15).all() and "all" in set(shares["attribute"])
     sums = shares.groupby(["model", "method", "attribute", "group_name"])["share"].sum()
     np.testing.assert_allclose(sums, 1.0, atol=1e-6)
-    assert ((shares["ci_low"] <= shares["share"] + 1e-12)
-            & (shares["share"] <= shares["ci_high"] + 1e-12)).all()
+    assert (
+        (shares["ci_low"] <= shares["share"] + 1e-12)
+        & (shares["share"] <= shares["ci_high"] + 1e-12)
+    ).all()
     maps = store.table("saliency_maps", on)
     cohort_maps = maps[maps["model"].notna()]
     assert (cohort_maps["n"] >= 15).all()  # never one person's map
     assert {"mean_face", "region_template"} <= set(maps["method"])
     checks = store.table("saliency_checks", on)
-    assert {"compare_spearman", "compare_top_overlap", "compare_region_l1",
-            "randomized_weights_spearman"} <= set(checks["check_name"])
+    assert {
+        "compare_spearman",
+        "compare_top_overlap",
+        "compare_region_l1",
+        "randomized_weights_spearman",
+    } <= set(checks["check_name"])
     run_dir = out / "runs" / on
     page = (run_dir / "index.html").read_text()
     assert 'id="saliency"' in page and "Sanity check: randomised weights" in page
@@ -359,8 +434,10 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     assert "Individual maps of cohort photos" not in page
     # asked for, on site: a few photos with their own maps, recomputed from the checkpoints
     faces = tmp_path / "faces"
-    assert main(["report", "--db", str(out / "audit.duckdb"), "--out", str(faces),
-                 "--show-faces"]) == 0
+    assert (
+        main(["report", "--db", str(out / "audit.duckdb"), "--out", str(faces), "--show-faces"])
+        == 0
+    )
     shown = (faces / "runs" / on / "index.html").read_text()
     assert shown.count("Individual maps of cohort photos") == 2  # one per model and output
     assert "cannot load" not in shown and "cannot be read" not in shown
@@ -375,11 +452,23 @@ def test_region_rows_rank_by_enrichment_not_size(demo_maps):
     template = sal.region_template("demo", SIZE)
     area = sal.region_areas(template)
     assert area.sum() == pytest.approx(1.0) and area[REGIONS.index("background")] > 0.5
-    ms = sal.MapSet("demo-faceage", "faceage", "occlusion", maps[("faceage", "occlusion")],
-                    np.arange(len(subjects)), subjects)
-    rows, _ = sal.cohort_rows(ms, pd.DataFrame(index=range(len(subjects))), template,
-                              min_faces=5, n_boot=200, ci_level=0.95,
-                              rng=np.random.default_rng(1))
+    ms = sal.MapSet(
+        "demo-faceage",
+        "faceage",
+        "occlusion",
+        maps[("faceage", "occlusion")],
+        np.arange(len(subjects)),
+        subjects,
+    )
+    rows, _ = sal.cohort_rows(
+        ms,
+        pd.DataFrame(index=range(len(subjects))),
+        template,
+        min_faces=5,
+        n_boot=200,
+        ci_level=0.95,
+        rng=np.random.default_rng(1),
+    )
     frame = pd.DataFrame(rows).set_index("region")
     for region, r in frame.iterrows():
         a = area[REGIONS.index(region)]

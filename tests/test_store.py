@@ -26,11 +26,28 @@ def test_new_store_has_every_contract_table(tmp_path):
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(store.query("SELECT table_name FROM information_schema.tables")["table_name"])
     assert {"schema_version", "runs", "run_stages"} | set(RESULT_TABLES) <= tables
-    cols = set(store.query("SELECT column_name FROM information_schema.columns "
-                           "WHERE table_name = 'runs'")["column_name"])
-    assert {"run_id", "flow", "started_at", "finished_at", "status", "cohort_name",
-            "cohort_sha256", "models", "config_sha256", "code_version", "environment", "pid",
-            "host", "heartbeat_at", "verdict"} <= cols
+    cols = set(
+        store.query("SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'")[
+            "column_name"
+        ]
+    )
+    assert {
+        "run_id",
+        "flow",
+        "started_at",
+        "finished_at",
+        "status",
+        "cohort_name",
+        "cohort_sha256",
+        "models",
+        "config_sha256",
+        "code_version",
+        "environment",
+        "pid",
+        "host",
+        "heartbeat_at",
+        "verdict",
+    } <= cols
 
 
 # The `runs` table as schema version 1 created it (the first release's file).
@@ -42,9 +59,10 @@ RUNS_V1 = """CREATE TABLE runs (
 
 
 def _layout(con) -> list[tuple]:
-    return con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
-                       "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
-                       ).fetchall()
+    return con.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
+    ).fetchall()
 
 
 def test_an_old_database_is_brought_up_to_the_layout_of_a_new_one(tmp_path):
@@ -57,8 +75,9 @@ def test_an_old_database_is_brought_up_to_the_layout_of_a_new_one(tmp_path):
     con.close()
     store = Store(path)
     assert store.schema_version() == SCHEMA_VERSION
-    assert store.query("SELECT version FROM schema_version ORDER BY version")["version"].tolist() \
-        == [1, SCHEMA_VERSION]
+    assert store.query("SELECT version FROM schema_version ORDER BY version")[
+        "version"
+    ].tolist() == [1, SCHEMA_VERSION]
     old = store.run("r1")
     assert old["cohort_name"] == "old" and old["error"] is None  # a column added since
     fresh = duckdb.connect(str(tmp_path / "new.duckdb"))
@@ -95,8 +114,16 @@ def test_run_row_records_provenance(tmp_path):
 def test_a_stage_that_fails_halfway_writes_nothing(tmp_path):
     store = Store(tmp_path / "audit.duckdb")
     run_id = _start(store)
-    good = pd.DataFrame({"photo_id": ["a", "b"], "model": "m", "output": "faceage",
-                         "perturbation": "none", "severity": 0, "value": [1.0, 2.0]})
+    good = pd.DataFrame(
+        {
+            "photo_id": ["a", "b"],
+            "model": "m",
+            "output": "faceage",
+            "perturbation": "none",
+            "severity": 0,
+            "value": [1.0, 2.0],
+        }
+    )
     bad = pd.DataFrame({"model": ["m"], "metric": ["mae"], "value": ["not a number"]})
     with pytest.raises(duckdb.Error):
         store.write_stage(run_id, "s", {"predictions": good, "accuracy": bad})
@@ -117,12 +144,34 @@ def test_vectors_round_trip_exactly_whether_equal_length_or_ragged(tmp_path):
     rng = np.random.default_rng(3)
     equal = list(rng.normal(size=(4, 6)).astype(np.float32))
     ragged = [rng.normal(size=k).astype(np.float32) for k in (3, 5)]
-    store.write_stage(run_id, "emb", {"embeddings": pd.DataFrame(
-        {"photo_id": ["a", "b", "c", "d"], "model": "m", "vector": equal})})
-    store.write_stage(run_id, "maps", {"saliency_maps": pd.DataFrame(
-        {"model": "m", "output": "faceage", "method": "occlusion", "attribute": "all",
-         "group_name": ["x", "y"], "n": [2, 3], "height": [1, 1], "width": [3, 5],
-         "map": ragged})})
+    store.write_stage(
+        run_id,
+        "emb",
+        {
+            "embeddings": pd.DataFrame(
+                {"photo_id": ["a", "b", "c", "d"], "model": "m", "vector": equal}
+            )
+        },
+    )
+    store.write_stage(
+        run_id,
+        "maps",
+        {
+            "saliency_maps": pd.DataFrame(
+                {
+                    "model": "m",
+                    "output": "faceage",
+                    "method": "occlusion",
+                    "attribute": "all",
+                    "group_name": ["x", "y"],
+                    "n": [2, 3],
+                    "height": [1, 1],
+                    "width": [3, 5],
+                    "map": ragged,
+                }
+            )
+        },
+    )
     back = store.table("embeddings", run_id).sort_values("photo_id")
     assert back["photo_id"].tolist() == ["a", "b", "c", "d"] and set(back["model"]) == {"m"}
     assert np.array_equal(np.stack(back["vector"].to_list()), np.stack(equal))
@@ -148,8 +197,12 @@ def test_finish_and_fail(tmp_path):
 
 def test_a_run_whose_process_is_gone_is_marked_abandoned(tmp_path):
     store = Store(tmp_path / "audit.duckdb")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     run_id = _start(store)
     with store.connect() as con:
         con.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [int(dead.stdout), run_id])
@@ -171,8 +224,9 @@ HOLDER = textwrap.dedent("""
 
 
 def _hold_lock(path, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 

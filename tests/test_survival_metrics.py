@@ -22,8 +22,15 @@ def test_rossi_recidivism_matches_fox_and_weisberg():
     rossi = load_rossi().rename(columns={"week": "time", "arrest": "event"})
     cols = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
     cph = fit_cox(rossi, rossi[cols].astype(float)).require().fitter
-    published = {"fin": -0.37942, "age": -0.05744, "race": 0.31390, "wexp": -0.14980,
-                 "mar": -0.43370, "paro": -0.08487, "prio": 0.09150}
+    published = {
+        "fin": -0.37942,
+        "age": -0.05744,
+        "race": 0.31390,
+        "wexp": -0.14980,
+        "mar": -0.43370,
+        "paro": -0.08487,
+        "prio": 0.09150,
+    }
     for term, coef in published.items():
         assert cph.params_[term] == pytest.approx(coef, abs=5e-5), term
 
@@ -42,8 +49,7 @@ def test_uno_c_matches_scikit_survival_and_its_ci_is_sensible():
     from audit.survival.metrics import _surv, score_metrics
 
     df = _world(1500, seed=2)
-    metrics, curves = score_metrics("m", "risk", df["time"], df["event"], df["risk"],
-                                    n_boot=300)
+    metrics, curves = score_metrics("m", "risk", df["time"], df["event"], df["risk"], n_boot=300)
     m = pd.DataFrame(metrics).set_index("metric")
     tau = m.loc["uno_c", "horizon"]
     cap = (tau + df["time"][df["time"] > tau].min()) / 2
@@ -51,7 +57,8 @@ def test_uno_c_matches_scikit_survival_and_its_ci_is_sensible():
     e = np.where(df["time"] > cap, 0, df["event"])
     y = _surv(e, t)
     assert m.loc["uno_c", "value"] == pytest.approx(
-        concordance_index_ipcw(y, y, df["risk"].to_numpy(), tau=tau)[0])
+        concordance_index_ipcw(y, y, df["risk"].to_numpy(), tau=tau)[0]
+    )
     assert m.loc["uno_c", "ci_low"] < m.loc["uno_c", "value"] < m.loc["uno_c", "ci_high"]
     assert m.loc["uno_c", "ci_high"] - m.loc["uno_c", "ci_low"] < 0.08
     # follow-up ends at 5 years: the 5-year horizon is not judged
@@ -75,10 +82,15 @@ def test_weighted_uno_c_equals_scikit_survival():
     tau = 2.0
     before = (df["time"] < tau).to_numpy()
     w = np.zeros(len(df))
-    w[before] = CensoringDistributionEstimator().fit(y).predict_ipcw(
-        _surv(df["event"][before], df["time"][before])) ** 2
-    ours = weighted_concordance(df["time"], df["event"], df["risk"], np.ones((1, len(df))),
-                                event_weight=w, tau=tau)[0]
+    w[before] = (
+        CensoringDistributionEstimator()
+        .fit(y)
+        .predict_ipcw(_surv(df["event"][before], df["time"][before]))
+        ** 2
+    )
+    ours = weighted_concordance(
+        df["time"], df["event"], df["risk"], np.ones((1, len(df))), event_weight=w, tau=tau
+    )[0]
     assert ours == pytest.approx(concordance_index_ipcw(y, y, df["risk"].to_numpy(), tau=tau)[0])
 
 
@@ -127,7 +139,9 @@ def test_incremental_value_is_a_real_likelihood_ratio_test():
     noise = df.assign(faceage=np.random.default_rng(0).normal(60, 10, len(df)))
     flat = incremental_value(noise, covs, faceage_model="fa", risk_model=None, n_boot=100)
     assert flat["survival_tests"].iloc[0]["p_value"] > 1e-3
-    assert flat["survival_metrics"].iloc[0]["ci_low"] < 0 < flat["survival_metrics"].iloc[0]["ci_high"]
+    assert (
+        flat["survival_metrics"].iloc[0]["ci_low"] < 0 < flat["survival_metrics"].iloc[0]["ci_high"]
+    )
 
 
 def test_a_non_proportional_categorical_term_is_stratified():
@@ -142,9 +156,17 @@ def test_a_non_proportional_categorical_term_is_stratified():
     u = rng.exponential(1.0, n) / np.exp(0.3 * (faceage - 60) / 10)
     t_f = np.where(u < 0.6, u / 0.6, 1 + (u - 0.6) / 0.05)
     t = np.where(sex == "female", t_f, u / 0.15)
-    df = pd.DataFrame({"subject_id": range(n), "photo_id": range(n), "sex": sex, "age": age,
-                       "faceage": faceage, "time": np.minimum(t, 6.0),
-                       "event": (t <= 6.0).astype(int)})
+    df = pd.DataFrame(
+        {
+            "subject_id": range(n),
+            "photo_id": range(n),
+            "sex": sex,
+            "age": age,
+            "faceage": faceage,
+            "time": np.minimum(t, 6.0),
+            "event": (t <= 6.0).astype(int),
+        }
+    )
     res = survival_analysis(df, "m", ["faceage"], [], load_config(survival={"n_boot": 0}).survival)
     models = res.models.set_index("model_id")
     assert "stratified by sex" in models.loc["faceage_per_decade__age_sex", "note"]
@@ -170,8 +192,15 @@ def test_the_ci_of_a_planted_hazard_ratio_covers_the_truth_about_95_percent():
         faceage = age + rng.normal(0, 7, n)
         lp = np.log(1.15) * faceage / 10 + 0.3 * age / 10 + 0.2 * (sex == "male")
         t = rng.exponential(1.0, n) / (0.02 * np.exp(lp))
-        df = pd.DataFrame({"time": np.minimum(t, 5.0), "event": (t <= 5.0).astype(int),
-                           "faceage_decade": faceage / 10, "age_decade": age / 10, "sex": sex})
+        df = pd.DataFrame(
+            {
+                "time": np.minimum(t, 5.0),
+                "event": (t <= 5.0).astype(int),
+                "faceage_decade": faceage / 10,
+                "age_decade": age / 10,
+                "sex": sex,
+            }
+        )
         terms = design_matrix(df, ["faceage_decade", "age_decade"], {"sex": "male"})
         cph = fit_cox(df, terms).require().fitter
         s = cph.summary.loc["faceage_decade"]
@@ -183,13 +212,19 @@ def test_the_ci_of_a_planted_hazard_ratio_covers_the_truth_about_95_percent():
 def test_face_aging_rate_is_the_slope_of_faceage_over_photo_dates():
     from audit.survival.longitudinal import face_aging_rates
 
-    photos = pd.DataFrame({
-        "subject_id": ["a", "a", "a", "b", "b", "c"],
-        "photo_date": pd.to_datetime(["2020-01-01", "2021-01-01", "2022-01-01",
-                                      "2020-06-01", "2020-08-01", "2020-01-01"]),
-        "faceage": [60.0, 61.5, 63.0, 50.0, 51.0, 40.0], "age": [58, 59, 60, 49, 49.2, 39],
-        "sex": ["f", "f", "f", "m", "m", "m"], "time": [5.0, 4.0, 3.0, 2.0, 1.8, 1.0],
-        "event": [1, 1, 1, 0, 0, 0]})
+    photos = pd.DataFrame(
+        {
+            "subject_id": ["a", "a", "a", "b", "b", "c"],
+            "photo_date": pd.to_datetime(
+                ["2020-01-01", "2021-01-01", "2022-01-01", "2020-06-01", "2020-08-01", "2020-01-01"]
+            ),
+            "faceage": [60.0, 61.5, 63.0, 50.0, 51.0, 40.0],
+            "age": [58, 59, 60, 49, 49.2, 39],
+            "sex": ["f", "f", "f", "m", "m", "m"],
+            "time": [5.0, 4.0, 3.0, 2.0, 1.8, 1.0],
+            "event": [1, 1, 1, 0, 0, 0],
+        }
+    )
     rates = face_aging_rates(photos).set_index("subject_id")
     assert list(rates.index) == ["a"]  # b's photos are 2 months apart, c has one photo
     assert rates.loc["a", "far"] == pytest.approx(1.5, rel=2e-3)  # 3 FaceAge years in 2 years
@@ -206,8 +241,9 @@ def test_a_faster_face_aging_rate_means_shorter_survival_in_the_demo_world():
     photos = expand_photos(subjects, 3, 13)
     photos["time"] = photos["time_days"] / 365.25
     photos["photo_date"] = pd.to_datetime(photos["photo_date"])
-    models, terms, metrics, notes = far_models(photos, "m", load_config(
-        survival={"n_boot": 0}).survival)
+    models, terms, metrics, notes = far_models(
+        photos, "m", load_config(survival={"n_boot": 0}).survival
+    )
     t = pd.DataFrame(terms).set_index(["model_id", "term"])
     far = t.loc[("face_aging_rate__age_sex", "far")]
     assert far["hr_low"] > 1.0

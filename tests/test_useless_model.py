@@ -31,20 +31,45 @@ def test_a_constant_plus_noise_model_passes_no_check(tmp_path, prefect_harness):
     cohort = write_cohort(tmp_path / "cohort", n=160, seed=11, photos=True)
     torch.jit.script(ConstantPlusNoise()).save(str(tmp_path / "noise.pt"))
     spec = tmp_path / "noise.yaml"
-    spec.write_text(yaml.safe_dump({"name": "noise", "kind": "torchscript",
-                                    "checkpoint": "noise.pt", "input_size": 112,
-                                    "outputs": {"faceage": 0, "risk": 1}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "noise",
+                "kind": "torchscript",
+                "checkpoint": "noise.pt",
+                "input_size": 112,
+                "outputs": {"faceage": 0, "risk": 1},
+            }
+        )
+    )
     config = tmp_path / "audit.toml"
-    config.write_text("[accuracy]\nn_boot = 100\n[fairness]\nn_boot = 100\n"
-                      "[survival]\nn_boot = 100\ndecision_horizons = [1.0]\n"
-                      "[robustness]\nsample_subjects = 80\nseverities = [1, 3]\n"
-                      "perturbations = [\"brightness\", \"gaussian_blur\", \"jpeg\", "
-                      "\"rotation\"]\n")
-    assert main(["run", "--cohort", str(cohort), "--model", str(spec), "--out",
-                 str(tmp_path / "out"), "--config", str(config)]) == 1
+    config.write_text(
+        "[accuracy]\nn_boot = 100\n[fairness]\nn_boot = 100\n"
+        "[survival]\nn_boot = 100\ndecision_horizons = [1.0]\n"
+        "[robustness]\nsample_subjects = 80\nseverities = [1, 3]\n"
+        'perturbations = ["brightness", "gaussian_blur", "jpeg", '
+        '"rotation"]\n'
+    )
+    assert (
+        main(
+            [
+                "run",
+                "--cohort",
+                str(cohort),
+                "--model",
+                str(spec),
+                "--out",
+                str(tmp_path / "out"),
+                "--config",
+                str(config),
+            ]
+        )
+        == 1
+    )
     con = duckdb.connect(str(tmp_path / "out" / "audit.duckdb"), read_only=True)
-    v = con.execute("SELECT check_name, category, status, details FROM verdicts "
-                    "WHERE model = 'noise'").df()
+    v = con.execute(
+        "SELECT check_name, category, status, details FROM verdicts WHERE model = 'noise'"
+    ).df()
     con.close()
     judged = v[v["category"].isin(USEFUL_CATEGORIES)]
     assert set(judged["category"]) == USEFUL_CATEGORIES
@@ -53,7 +78,9 @@ def test_a_constant_plus_noise_model_passes_no_check(tmp_path, prefect_harness):
     checks = v.set_index("check_name")
     assert checks.loc["robustness_faceage_reliability", "status"] == "fail"
     assert checks.loc["robustness_faceage", "status"] == "inconclusive"
-    assert "does not depend on the face" in checks.loc["robustness_faceage", "details"] or \
-        "reliability" in checks.loc["robustness_faceage", "details"]
+    assert (
+        "does not depend on the face" in checks.loc["robustness_faceage", "details"]
+        or "reliability" in checks.loc["robustness_faceage", "details"]
+    )
     assert checks.loc["fairness_faceage", "status"] == "inconclusive"
     assert checks.loc["fairness_risk", "status"] == "inconclusive"

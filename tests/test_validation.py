@@ -24,12 +24,23 @@ def _flagged(cohort, report) -> set:
     return flagged
 
 
-@pytest.mark.parametrize("population,photos_per_subject,seed",
-                         [("cancer", 1, 11), ("healthy", 3, 12)], ids=["cancer", "healthy-x3"])
-def test_every_planted_defect_is_reported_and_nothing_else(tmp_path, population,
-                                                          photos_per_subject, seed):
-    folder = write_cohort(tmp_path / "c", 300, seed, WorldParams.make(population), photos=True,
-                          photos_per_subject=photos_per_subject, defects=True)
+@pytest.mark.parametrize(
+    "population,photos_per_subject,seed",
+    [("cancer", 1, 11), ("healthy", 3, 12)],
+    ids=["cancer", "healthy-x3"],
+)
+def test_every_planted_defect_is_reported_and_nothing_else(
+    tmp_path, population, photos_per_subject, seed
+):
+    folder = write_cohort(
+        tmp_path / "c",
+        300,
+        seed,
+        WorldParams.make(population),
+        photos=True,
+        photos_per_subject=photos_per_subject,
+        defects=True,
+    )
     cohort = load_cohort(folder)
     report = validate_cohort(cohort, workers=1)
     planted = pd.read_csv(folder / "defects.csv")
@@ -59,8 +70,11 @@ def test_a_clean_cohort_passes_every_check(tmp_path):
 def _write_corpus(root):
     images = root / "images"
     images.mkdir(parents=True)
+
     def noise(seed):  # distinct content per file, so no two are near duplicates
-        return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (112, 112, 3), np.uint8))
+        return Image.fromarray(
+            np.random.default_rng(seed).integers(0, 255, (112, 112, 3), np.uint8)
+        )
 
     good = noise(0)
     files = {}
@@ -74,15 +88,22 @@ def _write_corpus(root):
     add("truncated.jpg", lambda p: (good.save(p, quality=90), p.write_bytes(p.read_bytes()[:900])))
     add("text.jpg", lambda p: p.write_text("this is not an image\n"))
     add("alpha.png", lambda p: noise(2).convert("RGBA").save(p))
-    add("sixteen.png", lambda p: Image.fromarray(
-        (np.random.default_rng(1).integers(0, 65535, (112, 112))).astype(np.uint16)).save(p))
+    add(
+        "sixteen.png",
+        lambda p: Image.fromarray(
+            (np.random.default_rng(1).integers(0, 65535, (112, 112))).astype(np.uint16)
+        ).save(p),
+    )
     add("cmyk.jpg", lambda p: noise(3).convert("CMYK").save(p, quality=90))
     add("bomb.png", lambda p: Image.new("1", (15000, 15000)).save(p))
     outside = root / "outside.jpg"
     noise(4).save(outside)
     os.symlink(outside, images / "link.jpg")
-    rows = ["photo_id,age,image_path"] + [f"{n.split('.')[0]},50,{n}" for n in files] + [
-        "link,50,link.jpg", "dotdot,50,../outside.jpg", f"absolute,50,{outside}"]
+    rows = (
+        ["photo_id,age,image_path"]
+        + [f"{n.split('.')[0]},50,{n}" for n in files]
+        + ["link,50,link.jpg", "dotdot,50,../outside.jpg", f"absolute,50,{outside}"]
+    )
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     (root / "cohort.yaml").write_text("name: corpus\ncropped: true\n")
     return root
@@ -95,15 +116,19 @@ def corpus(tmp_path_factory):
     return cohort, validate_cohort(cohort, workers=1)
 
 
-@pytest.mark.parametrize("photo,stage,expected", [
-    ("zero", "validate", "empty file (0 bytes)"),
-    ("truncated", "validate", "cannot decode"),
-    ("text", "validate", "cannot decode: UnidentifiedImageError"),
-    ("bomb", "validate", "decompression bomb refused"),
-    ("link", "load", "a link that escapes the images root"),
-    ("dotdot", "load", "escapes the images root"),
-    ("absolute", "load", "is absolute"),
-], ids=lambda v: v if isinstance(v, str) and " " not in v else None)
+@pytest.mark.parametrize(
+    "photo,stage,expected",
+    [
+        ("zero", "validate", "empty file (0 bytes)"),
+        ("truncated", "validate", "cannot decode"),
+        ("text", "validate", "cannot decode: UnidentifiedImageError"),
+        ("bomb", "validate", "decompression bomb refused"),
+        ("link", "load", "a link that escapes the images root"),
+        ("dotdot", "load", "escapes the images root"),
+        ("absolute", "load", "is absolute"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and " " not in v else None,
+)
 def test_bad_files_are_quarantined_with_a_clear_reason(corpus, photo, stage, expected):
     cohort, report = corpus
     q = pd.concat([cohort.quarantine, report.quarantine])
@@ -114,8 +139,9 @@ def test_bad_files_are_quarantined_with_a_clear_reason(corpus, photo, stage, exp
     assert row["row_number"] >= 1 and row["column_name"] == "image_path"
 
 
-@pytest.mark.parametrize("photo,mode", [("good", "RGB"), ("alpha", "RGBA"), ("sixteen", "I;16"),
-                                        ("cmyk", "CMYK")])
+@pytest.mark.parametrize(
+    "photo,mode", [("good", "RGB"), ("alpha", "RGBA"), ("sixteen", "I;16"), ("cmyk", "CMYK")]
+)
 def test_unusual_but_valid_images_decode_and_pass(corpus, photo, mode):
     cohort, report = corpus
     props = report.image_properties.set_index("photo_id")
@@ -133,12 +159,16 @@ def _cohort(tmp_path, manifest: bytes | str, yaml="name: m\n"):
     return tmp_path
 
 
-@pytest.mark.parametrize("raw", [
-    b"\xef\xbb\xbfphoto_id,age\n1,50\n2,60\n",
-    b"photo_id;age\n1;50\n2;60\n",
-    b"photo_id,age\r\n1,50\r\n2,60\r\n",
-    b"photo_id\tage\n1\t50\n2\t60\n",
-], ids=["bom", "semicolon", "crlf", "tab"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbfphoto_id,age\n1,50\n2,60\n",
+        b"photo_id;age\n1;50\n2;60\n",
+        b"photo_id,age\r\n1,50\r\n2,60\r\n",
+        b"photo_id\tage\n1\t50\n2\t60\n",
+    ],
+    ids=["bom", "semicolon", "crlf", "tab"],
+)
 def test_manifest_dialects_read_the_same(tmp_path, raw):
     c = load_cohort(_cohort(tmp_path, raw))
     assert list(c.frame.columns[:3]) == ["_row", "photo_id", "age"]
@@ -160,13 +190,26 @@ def test_formula_like_ids_are_quarantined(tmp_path):
 
 
 def test_ages_in_months_get_a_hint_and_overrides_apply(tmp_path):
-    folder = _cohort(tmp_path, "photo_id,age\na,50\nb,730\nc,95\nd,20000\n",
-                     yaml="name: m\nexpectations: checks\n")
+    folder = _cohort(
+        tmp_path,
+        "photo_id,age\na,50\nb,730\nc,95\nd,20000\n",
+        yaml="name: m\nexpectations: checks\n",
+    )
     (folder / "checks").mkdir()
-    (folder / "checks" / "manifest.json").write_text(json.dumps({"name": "manifest", "expectations": [
-        {"type": "expect_column_values_to_be_between",
-         "kwargs": {"column": "age", "min_value": 18, "max_value": 90},
-         "meta": {"severity": "error"}}]}))
+    (folder / "checks" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "name": "manifest",
+                "expectations": [
+                    {
+                        "type": "expect_column_values_to_be_between",
+                        "kwargs": {"column": "age", "min_value": 18, "max_value": 90},
+                        "meta": {"severity": "error"},
+                    }
+                ],
+            }
+        )
+    )
     c = load_cohort(folder)
     report = validate_cohort(c)
     reasons = dict(zip(report.quarantine["photo_id"], report.quarantine["reason"]))
@@ -188,9 +231,14 @@ def test_a_million_row_manifest_validates_in_bounded_memory(tmp_path):
 
     n = 1_000_000
     rng = np.random.default_rng(0)
-    pd.DataFrame({"photo_id": np.arange(n), "age": rng.uniform(20, 90, n).round(1),
-                  "time": rng.uniform(0, 5, n).round(2), "event": rng.integers(0, 2, n)}
-                 ).to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame(
+        {
+            "photo_id": np.arange(n),
+            "age": rng.uniform(20, 90, n).round(1),
+            "time": rng.uniform(0, 5, n).round(2),
+            "event": rng.integers(0, 2, n),
+        }
+    ).to_csv(tmp_path / "manifest.csv", index=False)
     (tmp_path / "cohort.yaml").write_text("name: big\ntime_unit: years\n")
     c = load_cohort(tmp_path)
     report = validate_cohort(c)
@@ -214,7 +262,8 @@ def test_real_photos_pass_the_face_check_as_raw_photos(tmp_path):
     Image.fromarray(np.concatenate([face, face[:, ::-1]], axis=1)).save(images / "two.jpg")
     (tmp_path / "manifest.csv").write_text(
         "photo_id,age,image_path\nastronaut,53,astronaut.jpg\ncoffee,40,coffee.jpg\n"
-        "two,53,two.jpg\n")
+        "two,53,two.jpg\n"
+    )
     (tmp_path / "cohort.yaml").write_text("name: raw\ncropped: false\n")
     cohort = load_cohort(tmp_path)
     report = validate_cohort(cohort, workers=1)
@@ -228,8 +277,9 @@ def test_real_photos_pass_the_face_check_as_raw_photos(tmp_path):
 
 
 def test_run_suite_maps_rows_back_whatever_order_gx_returns():
-    frame = pd.DataFrame({"_row": [1, 2, 3], "photo_id": ["a", "b", "c"], "age": [50, 700, 60],
-                          "event": [0, 1, 5]})
+    frame = pd.DataFrame(
+        {"_row": [1, 2, 3], "photo_id": ["a", "b", "c"], "age": [50, 700, 60], "event": [0, 1, 5]}
+    )
     suite = load_suite("manifest")
     res = run_suite(suite, frame, source_file="m.csv", reasons={"age": age_reason})
     q = res.quarantine.set_index("photo_id")
@@ -252,9 +302,11 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_covariate_gaps_and_too_few_events_are_warnings(tmp_path):
     rows = ["photo_id,age,time,event,ecog"] + [
         f"p{i},{50 + i % 30},{1 + i % 5},{int(i % 10 == 0)},{'' if i % 3 == 0 else 1}"
-        for i in range(120)]
-    folder = _cohort(tmp_path, "\n".join(rows) + "\n",
-                     yaml="name: m\ntime_unit: years\ncovariates: [ecog]\n")
+        for i in range(120)
+    ]
+    folder = _cohort(
+        tmp_path, "\n".join(rows) + "\n", yaml="name: m\ntime_unit: years\ncovariates: [ecog]\n"
+    )
     report = validate_cohort(load_cohort(folder))
     r = report.results
     ecog = r[(r.suite == "manifest") & (r.column_name == "ecog")].iloc[0]

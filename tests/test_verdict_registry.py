@@ -21,17 +21,32 @@ def test_a_registered_check_runs_per_model_and_reads_its_table(registry):
     @register_check("planted_rows", reads=("accuracy",))
     def planted(ev, m):
         n = len(ev.table("accuracy"))
-        return [verdict._row(m["name"], "planted_rows", "accuracy", 3.0, float(n), n <= 3,
-                             f"{n} accuracy rows")]
+        return [
+            verdict._row(
+                m["name"], "planted_rows", "accuracy", 3.0, float(n), n <= 3, f"{n} accuracy rows"
+            )
+        ]
 
     assert "planted_rows" in verdict.list_checks() and "accuracy" in verdict.tables_read()
-    acc = pd.DataFrame({"model": ["a"] * 4, "output": "faceage", "metric": "mae",
-                        "attribute": "all", "value": 5.0, "ci_low": 4.0, "ci_high": 6.0,
-                        "n": 100, "status": "ok"})
-    ev = Evidence(models=[{"name": "a", "outputs": ["faceage"]},
-                          {"name": "b", "outputs": ["risk"]}],
-                  thresholds=load_config().thresholds, n_manifest_rows=100,
-                  tables={"accuracy": acc})
+    acc = pd.DataFrame(
+        {
+            "model": ["a"] * 4,
+            "output": "faceage",
+            "metric": "mae",
+            "attribute": "all",
+            "value": 5.0,
+            "ci_low": 4.0,
+            "ci_high": 6.0,
+            "n": 100,
+            "status": "ok",
+        }
+    )
+    ev = Evidence(
+        models=[{"name": "a", "outputs": ["faceage"]}, {"name": "b", "outputs": ["risk"]}],
+        thresholds=load_config().thresholds,
+        n_manifest_rows=100,
+        tables={"accuracy": acc},
+    )
     v = evaluate(ev)
     planted_rows = v[v["check_name"] == "planted_rows"]
     assert planted_rows["model"].tolist() == ["a", "b"]

@@ -55,9 +55,12 @@ def test_cox_on_the_true_predictors_recovers_the_planted_hazard_ratios():
     terms = design_matrix(d, ["bio_decade", "health"], {"cancer_type": "thoracic"})
     cph = fit_cox(d, terms).require().fitter
     s = cph.summary
-    for term, planted in [("bio_decade", p.beta_bio_per_decade), ("health", p.beta_health),
-                          ("cancer_type[breast]", p.cancer_log_hr["breast"]),
-                          ("cancer_type[genitourinary]", p.cancer_log_hr["genitourinary"])]:
+    for term, planted in [
+        ("bio_decade", p.beta_bio_per_decade),
+        ("health", p.beta_health),
+        ("cancer_type[breast]", p.cancer_log_hr["breast"]),
+        ("cancer_type[genitourinary]", p.cancer_log_hr["genitourinary"]),
+    ]:
         assert s.at[term, "coef lower 95%"] < planted < s.at[term, "coef upper 95%"], term
 
 

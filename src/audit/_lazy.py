@@ -10,6 +10,7 @@ import importlib
 def exports(package: str, names: dict[str, str]):
     """``(__getattr__, __dir__)`` for ``package`` whose ``names`` map each exported name to
     the submodule that defines it."""
+
     def __getattr__(name: str):
         module = names.get(name)
         if module is None:

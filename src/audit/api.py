@@ -41,14 +41,22 @@ def _config_arguments(config) -> tuple[str | None, dict]:
         return None, dict(config)
     if isinstance(config, (str, Path)):
         return str(config), {}
-    raise InputError(f"config: a path to audit.toml, an AuditConfig or a dict, not "
-                     f"{type(config).__name__}")
+    raise InputError(
+        f"config: a path to audit.toml, an AuditConfig or a dict, not {type(config).__name__}"
+    )
 
 
-def run(cohort: str | Path | Cohort, models: str | Sequence[str], *, config=None,
-        out: str | Path = "reports", orchestrator: str = "inline",
-        reference: str | None = None, shards: int = 0,
-        overrides: dict | None = None) -> AuditRun:
+def run(
+    cohort: str | Path | Cohort,
+    models: str | Sequence[str],
+    *,
+    config=None,
+    out: str | Path = "reports",
+    orchestrator: str = "inline",
+    reference: str | None = None,
+    shards: int = 0,
+    overrides: dict | None = None,
+) -> AuditRun:
     """Audit ``models`` on ``cohort``; results go to ``out``/audit.duckdb and its pages.
 
     Parameters
@@ -86,18 +94,28 @@ def run(cohort: str | Path | Cohort, models: str | Sequence[str], *, config=None
         if reference is not None:
             reference = resolve(reference, specs, str(out), config_path, sections)
         result = audit_flow(
-            cohort=str(folder), models=specs, out=str(out), config=config_path,
-            overrides=sections, shards=shards, reference=reference,
-            flow_label="monitor" if reference else "audit")
+            cohort=str(folder),
+            models=specs,
+            out=str(out),
+            config=config_path,
+            overrides=sections,
+            shards=shards,
+            reference=reference,
+            flow_label="monitor" if reference else "audit",
+        )
     else:
         if shards:
-            raise InputError("shards: the inline orchestrator runs in one process; use "
-                             "orchestrator='prefect' to shard")
+            raise InputError(
+                "shards: the inline orchestrator runs in one process; use "
+                "orchestrator='prefect' to shard"
+            )
         if reference is not None:
-            reference = resolve_reference(reference, specs, str(out), lambda ref: (
-                run_audit_inline(ref, specs, out, cfg)))
-        result = run_audit_inline(folder, specs, out, cfg, reference=reference,
-                                  flow="monitor" if reference else "audit")
+            reference = resolve_reference(
+                reference, specs, str(out), lambda ref: run_audit_inline(ref, specs, out, cfg)
+            )
+        result = run_audit_inline(
+            folder, specs, out, cfg, reference=reference, flow="monitor" if reference else "audit"
+        )
     return AuditRun(out / "audit.duckdb", result["run_id"])
 
 
@@ -169,8 +187,9 @@ class AuditRun:
     def table(self, name: str) -> pd.DataFrame:
         """The run's rows of the result table ``name``, in a fixed order."""
         frame = self.store.table(name, self.run_id)
-        keys = [c for c in frame.columns
-                if frame[c].dtype == object and frame[c].map(_sortable).all()]
+        keys = [
+            c for c in frame.columns if frame[c].dtype == object and frame[c].map(_sortable).all()
+        ]
         if keys and len(frame):
             frame = frame.sort_values(keys, kind="stable", na_position="last")
         return frame.reset_index(drop=True)

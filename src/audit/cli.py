@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape  # messages quote paths and terms like sex[female]
 
+from audit.demo.preset import DEMO_MODELS, demo_config, write_demo_cohort
 from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
 from audit.orchestrate.sequence import preflight
@@ -28,18 +29,29 @@ from audit.report import render_all
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Audit face-photo health models (FaceAge, FAHR-FaceAge, "
-                       "FAHR-FaceSurvival) on a cohort: accuracy, survival, verdicts, reports.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Audit face-photo health models (FaceAge, FAHR-FaceAge, "
+    "FAHR-FaceSurvival) on a cohort: accuracy, survival, verdicts, reports.",
+)
 console = Console(stderr=True)
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
-def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path],
-               overrides: dict | None = None, runner: str = "local",
-               dask_address: Optional[str] = None, shards: int = 0,
-               reference: Optional[str] = None) -> int:
+def _run_audit(
+    cohort: Path,
+    models: list[str],
+    out: Path,
+    config: Optional[Path],
+    overrides: dict | None = None,
+    runner: str = "local",
+    dask_address: Optional[str] = None,
+    shards: int = 0,
+    reference: Optional[str] = None,
+) -> int:
 
     load_config(config, **(overrides or {}))  # fail fast (exit 2) before Prefect starts
     preflight(cohort, models)
@@ -60,9 +72,16 @@ def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path
 
         reference = resolve_reference(reference, models, str(out), cfg_path, overrides)
         console.print(f"reference run: {reference}")
-    result = flow_fn(cohort=str(cohort), models=models, out=str(out), config=cfg_path,
-                     overrides=overrides, shards=shards, reference=reference,
-                     flow_label="monitor" if reference else "audit")
+    result = flow_fn(
+        cohort=str(cohort),
+        models=models,
+        out=str(out),
+        config=cfg_path,
+        overrides=overrides,
+        shards=shards,
+        reference=reference,
+        flow_label="monitor" if reference else "audit",
+    )
     verdict = result["verdict"]
     style = "bold green" if verdict == "pass" else "bold red"
     console.print(f"[{style}]verdict: {verdict.upper()}[/]  run {result['run_id']}")
@@ -74,25 +93,43 @@ def _run_audit(cohort: Path, models: list[str], out: Path, config: Optional[Path
 @app.command()
 def run(
     cohort: Path = typer.Option(..., "--cohort", help="cohort folder (with cohort.yaml)"),
-    model: list[str] = typer.Option(..., "--model",
-                                    help="model spec: YAML file or short form, e.g. predictions:faceage"),
+    model: list[str] = typer.Option(
+        ..., "--model", help="model spec: YAML file or short form, e.g. predictions:faceage"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder (audit.duckdb, runs/)"),
     runner: str = typer.Option("local", "--runner", help="local, or dask (shards on Dask workers)"),
-    dask_address: Optional[str] = typer.Option(None, "--dask-address",
-                                               help="scheduler of an existing Dask cluster "
-                                                    "(default: a 2-worker LocalCluster)"),
+    dask_address: Optional[str] = typer.Option(
+        None,
+        "--dask-address",
+        help="scheduler of an existing Dask cluster (default: a 2-worker LocalCluster)",
+    ),
     shards: int = typer.Option(0, "--shards", min=0, help="inference shards (dask default 8)"),
-    reference: Optional[str] = typer.Option(None, "--reference",
-                                            help="run id or cohort folder to measure drift against"),
-    saliency: bool = typer.Option(False, "--saliency",
-                                  help="run the saliency audit (where each model looks; off by "
-                                       "default for speed; [saliency] in the config sets it up)"),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", help="run id or cohort folder to measure drift against"
+    ),
+    saliency: bool = typer.Option(
+        False,
+        "--saliency",
+        help="run the saliency audit (where each model looks; off by "
+        "default for speed; [saliency] in the config sets it up)",
+    ),
 ) -> None:
     """Audit one or more models on a cohort."""
     overrides = {"saliency": {"enabled": True}} if saliency else None
-    raise typer.Exit(_run_audit(cohort, model, out, config, overrides=overrides, runner=runner,
-                                dask_address=dask_address, shards=shards, reference=reference))
+    raise typer.Exit(
+        _run_audit(
+            cohort,
+            model,
+            out,
+            config,
+            overrides=overrides,
+            runner=runner,
+            dask_address=dask_address,
+            shards=shards,
+            reference=reference,
+        )
+    )
 
 
 @app.command()
@@ -118,12 +155,15 @@ def validate(
     progress.use_console(console)
     from audit.orchestrate.prefect_flows import validation_flow
 
-    result = validation_flow(cohort=str(cohort), out=str(out),
-                             config=str(config) if config else None)
+    result = validation_flow(
+        cohort=str(cohort), out=str(out), config=str(config) if config else None
+    )
     verdict = result["verdict"]
     style = "bold green" if verdict == "pass" else "bold red"
-    console.print(f"[{style}]validation: {'CLEAN' if verdict == 'pass' else 'ERRORS FOUND'}[/]"
-                  f"  run {result['run_id']}")
+    console.print(
+        f"[{style}]validation: {'CLEAN' if verdict == 'pass' else 'ERRORS FOUND'}[/]"
+        f"  run {result['run_id']}"
+    )
     console.print(f"report: {result['report']}")
     raise typer.Exit(EXIT_PASS if verdict == "pass" else EXIT_FAIL)
 
@@ -132,18 +172,27 @@ def validate(
 def make_cohort(
     out: Path = typer.Option(..., "--out", help="folder to write the cohort into"),
     n: int = typer.Option(600, "--n", min=10, help="number of subjects"),
-    seed: int = typer.Option(0, "--seed", help="audit cohorts: below 1,000,000 (training uses those)"),
+    seed: int = typer.Option(
+        0, "--seed", help="audit cohorts: below 1,000,000 (training uses those)"
+    ),
     population: str = typer.Option("cancer", "--population", help="cancer or healthy"),
-    shift: list[str] = typer.Option([], "--shift", help="drift: dark, older, jpeg, site (repeatable)"),
-    underserved: Optional[str] = typer.Option(None, "--underserved",
-                                              help="race group to give a 25% share, for whom the "
-                                                   "oracle FaceAge is 3 years too old and "
-                                                   "twice as noisy"),
+    shift: list[str] = typer.Option(
+        [], "--shift", help="drift: dark, older, jpeg, site (repeatable)"
+    ),
+    underserved: Optional[str] = typer.Option(
+        None,
+        "--underserved",
+        help="race group to give a 25% share, for whom the "
+        "oracle FaceAge is 3 years too old and "
+        "twice as noisy",
+    ),
     defects: bool = typer.Option(False, "--defects", help="plant known bad inputs (defects.csv)"),
     photos_per_subject: int = typer.Option(1, "--photos-per-subject", min=1),
-    photos: bool = typer.Option(True, "--photos/--no-photos",
-                                help="render face photos, or write a tabular cohort with an "
-                                     "oracle model's predictions"),
+    photos: bool = typer.Option(
+        True,
+        "--photos/--no-photos",
+        help="render face photos, or write a tabular cohort with an oracle model's predictions",
+    ),
 ) -> None:
     """Write a synthetic cohort whose truth is known (rendered faces by default)."""
     try:
@@ -151,21 +200,22 @@ def make_cohort(
     except ValueError as exc:
         raise InputError(f"make-cohort: {exc}") from exc
     progress.use_console(console)
-    path = write_cohort(out, n=n, seed=seed, params=params, photos=photos,
-                        photos_per_subject=photos_per_subject, defects=defects,
-                        progress=lambda items, total: progress.bar(items, total, "rendering"))
+    path = write_cohort(
+        out,
+        n=n,
+        seed=seed,
+        params=params,
+        photos=photos,
+        photos_per_subject=photos_per_subject,
+        defects=defects,
+        progress=lambda items, total: progress.bar(items, total, "rendering"),
+    )
     console.print(f"wrote synthetic {population} cohort {path} ({n} subjects, seed {seed})")
     if not photos:
-        console.print("[yellow]its faceage and risk columns are an ORACLE model's predictions "
-                      "(truth + noise), not a trained image model's; truth is in truth.csv[/]")
-
-
-# An illustrative intended-use population for the demo's representativeness table (shares
-# chosen for the example, not census figures).
-DEMO_INTENDED_POPULATION = {
-    "sex": {"female": 0.5, "male": 0.5},
-    "race": {"White": 0.60, "Black": 0.13, "Hispanic": 0.17, "Asian": 0.06, "Other": 0.04},
-}
+        console.print(
+            "[yellow]its faceage and risk columns are an ORACLE model's predictions "
+            "(truth + noise), not a trained image model's; truth is in truth.csv[/]"
+        )
 
 
 @app.command()
@@ -176,36 +226,43 @@ def demo(
 ) -> None:
     """Render a synthetic cancer cohort and audit the two demo models on it (light preset)."""
     progress.use_console(console)
-    cohort = write_cohort(out / "cohort", n=n, seed=seed, name="demo-synthetic-cancer",
-                          photos=True,
-                          progress=lambda items, total: progress.bar(items, total, "rendering"))
+    cohort = write_demo_cohort(
+        out / "cohort",
+        n=n,
+        seed=seed,
+        progress=lambda items, total: progress.bar(items, total, "rendering"),
+    )
     console.print(f"synthetic cohort with rendered faces: {cohort} ({n} subjects, seed {seed})")
-    raise typer.Exit(_run_audit(cohort, ["demo:faceage", "demo:survival"], out, None,
-                                overrides={"preset": "light", "fairness": {
-                                    "intended_population": DEMO_INTENDED_POPULATION}}))
+    raise typer.Exit(_run_audit(cohort, DEMO_MODELS, out, None, overrides=demo_config()))
 
 
 @app.command()
 def deploy(
     model: list[str] = typer.Option([], "--model", help="model spec for the monitor runs"),
-    cohort: Optional[Path] = typer.Option(None, "--cohort",
-                                          help="cohort folder to validate on schedule"),
-    inbox: Optional[Path] = typer.Option(None, "--inbox",
-                                         help="drop folder of arriving cohorts to monitor"),
-    reference: Optional[str] = typer.Option(None, "--reference",
-                                            help="run id or cohort folder for drift"),
+    cohort: Optional[Path] = typer.Option(
+        None, "--cohort", help="cohort folder to validate on schedule"
+    ),
+    inbox: Optional[Path] = typer.Option(
+        None, "--inbox", help="drop folder of arriving cohorts to monitor"
+    ),
+    reference: Optional[str] = typer.Option(
+        None, "--reference", help="run id or cohort folder for drift"
+    ),
     cron: str = typer.Option("0 3 * * *", "--cron", help="schedule of the validation"),
-    monitor_cron: str = typer.Option("0 4 * * *", "--monitor-cron",
-                                     help="schedule of the monitor run over the inbox"),
+    monitor_cron: str = typer.Option(
+        "0 4 * * *", "--monitor-cron", help="schedule of the monitor run over the inbox"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder"),
-    dry_run: bool = typer.Option(False, "--dry-run",
-                                 help="print the deployments and exit instead of serving them"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="print the deployments and exit instead of serving them"
+    ),
 ) -> None:
     """Serve Prefect deployments with cron schedules (validation, monitor inbox) until stopped."""
     if cohort is None and inbox is None:
-        raise InputError("deploy needs --cohort (scheduled validation) and/or --inbox "
-                         "(scheduled monitoring)")
+        raise InputError(
+            "deploy needs --cohort (scheduled validation) and/or --inbox (scheduled monitoring)"
+        )
     if inbox is not None and not model:
         raise InputError("--inbox needs at least one --model to audit arrivals with")
     for path in (cohort, inbox):
@@ -214,10 +271,15 @@ def deploy(
     from audit.orchestrate.prefect_flows import build_deployments
 
     deployments = build_deployments(
-        models=list(model), out=str(out.resolve()),
+        models=list(model),
+        out=str(out.resolve()),
         cohort=str(cohort.resolve()) if cohort else None,
-        inbox=str(inbox.resolve()) if inbox else None, reference=reference,
-        config=str(config.resolve()) if config else None, cron=cron, monitor_cron=monitor_cron)
+        inbox=str(inbox.resolve()) if inbox else None,
+        reference=reference,
+        config=str(config.resolve()) if config else None,
+        cron=cron,
+        monitor_cron=monitor_cron,
+    )
     for d in deployments:
         schedules = ", ".join(str(s.schedule.cron) for s in d.schedules or [])
         console.print(f"deployment {d.flow_name}/{d.name}: cron {schedules}")
@@ -229,19 +291,23 @@ def deploy(
 
 
 @app.command()
-def verify(run_dir: Path = typer.Argument(..., help="runs/<run_id> folder of a finished run")) -> None:
+def verify(
+    run_dir: Path = typer.Argument(..., help="runs/<run_id> folder of a finished run"),
+) -> None:
     """Re-hash everything in the run's signed manifest and check the signature."""
     if not (run_dir / MANIFEST).is_file():
-        raise InputError(f"{run_dir}: no {MANIFEST} (not a run folder, or a run from before "
-                         "signed manifests)")
+        raise InputError(
+            f"{run_dir}: no {MANIFEST} (not a run folder, or a run from before signed manifests)"
+        )
     problems = verify_run(run_dir)
     for p in problems:
         console.print(f"[red]{escape(str(p))}[/]")
     if problems:
         console.print(f"[bold red]verify: FAIL[/] ({len(problems)} problem(s))")
         raise typer.Exit(EXIT_FAIL)
-    console.print("[bold green]verify: OK[/] every file matches its SHA-256 and the "
-                  "signature holds")
+    console.print(
+        "[bold green]verify: OK[/] every file matches its SHA-256 and the signature holds"
+    )
 
 
 @app.command()
@@ -249,9 +315,12 @@ def report(
     db: Path = typer.Option(..., "--db", help="an audit.duckdb"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: the folder of --db"),
     show_ids: bool = typer.Option(False, "--show-ids", help="show raw subject and photo ids"),
-    show_faces: bool = typer.Option(False, "--show-faces",
-                                    help="show the cohort photos that moved most under "
-                                         "perturbation (read from the cohort folder)"),
+    show_faces: bool = typer.Option(
+        False,
+        "--show-faces",
+        help="show the cohort photos that moved most under "
+        "perturbation (read from the cohort folder)",
+    ),
 ) -> None:
     """Re-render every run's page and the index from a DuckDB file alone."""
     if not db.is_file():

@@ -1,8 +1,8 @@
 """Cohort folders: read ``cohort.yaml`` and the manifest into the standard columns.
 
 A cohort folder (the README's contract) holds ``cohort.yaml``, a manifest (CSV or Parquet,
-one row per photo) and optionally ``images/``. :func:`load_cohort` maps the manifest's columns and codes
-to the standard ones, parses every value, and splits the rows into
+one row per photo) and optionally ``images/``. :func:`load_cohort` maps the manifest's
+columns and codes to the standard ones, parses every value, and splits the rows into
 
 * ``frame``: rows that parsed, with the standard columns (ids as strings, ``time`` in
   years, ``event`` 0/1), and
@@ -33,13 +33,31 @@ from audit.data.hashing import HashCache, sha256_file
 from audit.errors import InputError
 
 STANDARD_COLUMNS = [
-    "photo_id", "subject_id", "image_path", "age", "sex", "race", "cancer_type", "site",
-    "camera", "time", "event", "photo_date", "faceage", "risk",
+    "photo_id",
+    "subject_id",
+    "image_path",
+    "age",
+    "sex",
+    "race",
+    "cancer_type",
+    "site",
+    "camera",
+    "time",
+    "event",
+    "photo_date",
+    "faceage",
+    "risk",
 ]
 NUMERIC_COLUMNS = ["age", "time", "faceage", "risk"]
 CATEGORICAL_COLUMNS = ["sex", "race", "cancer_type", "site", "camera"]
 QUARANTINE_COLUMNS = [
-    "photo_id", "stage", "severity", "source_file", "row_number", "column_name", "reason",
+    "photo_id",
+    "stage",
+    "severity",
+    "source_file",
+    "row_number",
+    "column_name",
+    "reason",
 ]
 TIME_UNITS_IN_YEARS = {"days": 365.25, "weeks": 365.25 / 7, "months": 12.0, "years": 1.0}
 
@@ -148,9 +166,15 @@ class Cohort:
         return [c.name for c in self.spec.covariates]
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, images: str | Path | None = None, *,
-                   name: str = "in-memory", folder: str | Path | None = None,
-                   **spec) -> Cohort:
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        images: str | Path | None = None,
+        *,
+        name: str = "in-memory",
+        folder: str | Path | None = None,
+        **spec,
+    ) -> Cohort:
         """A cohort built in memory: ``frame`` (one row per photo, the standard columns or
         others mapped by ``columns=``) is written as a cohort folder (``cohort.yaml`` and
         ``manifest.csv``) and loaded back, so an audit of it is an audit of that folder.
@@ -159,8 +183,11 @@ class Cohort:
         (default: a new temporary folder). ``spec``: any other ``cohort.yaml`` key
         (``time_unit``, ``covariates``, ``values``, ``site``, ``cropped``, ...).
         """
-        target = Path(folder) if folder is not None else Path(
-            tempfile.mkdtemp(prefix="faceage-audit-cohort-"))
+        target = (
+            Path(folder)
+            if folder is not None
+            else Path(tempfile.mkdtemp(prefix="faceage-audit-cohort-"))
+        )
         target.mkdir(parents=True, exist_ok=True)
         keys = {"name": name, "manifest": "manifest.csv", **spec}
         if images is not None:
@@ -180,15 +207,19 @@ class Cohort:
             df = df.sort_values(["photo_date", "_row"], na_position="last", kind="stable")
         else:
             df = df.sort_values("_row", kind="stable")
-        return df.drop_duplicates("subject_id", keep="first").sort_values("_row").reset_index(
-            drop=True
+        return (
+            df.drop_duplicates("subject_id", keep="first")
+            .sort_values("_row")
+            .reset_index(drop=True)
         )
 
 
 def read_spec(root: Path) -> tuple[CohortSpec, str]:
     path = root / "cohort.yaml"
     if not path.is_file():
-        raise InputError(f"{path}: no cohort.yaml (a cohort folder needs one, with at least `name`)")
+        raise InputError(
+            f"{path}: no cohort.yaml (a cohort folder needs one, with at least `name`)"
+        )
     raw = path.read_bytes()
     try:
         data = yaml.safe_load(raw) or {}
@@ -216,7 +247,9 @@ def _manifest_path(root: Path, spec: CohortSpec) -> Path:
     for name in ("manifest.parquet", "manifest.csv"):
         if (root / name).is_file():
             return root / name
-    raise InputError(f"{root}: no manifest.parquet or manifest.csv (or set `manifest:` in cohort.yaml)")
+    raise InputError(
+        f"{root}: no manifest.parquet or manifest.csv (or set `manifest:` in cohort.yaml)"
+    )
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -233,8 +266,14 @@ def read_manifest(path: Path) -> pd.DataFrame:
             names = next(csv.reader([header], delimiter=_delimiter(header)))
             _no_duplicate_columns(path, names)
             # utf-8-sig drops a byte-order mark; CRLF line ends are read as any others.
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                             sep=_delimiter(header), encoding="utf-8-sig")
+            df = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                sep=_delimiter(header),
+                encoding="utf-8-sig",
+            )
     except InputError:
         raise
     except Exception as exc:  # pandas raises many types for a broken file
@@ -260,8 +299,10 @@ def _no_duplicate_columns(path: Path, names: list[str]) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(n.strip() for n in names):
         if name in seen:
-            raise InputError(f"{path}: column `{name}` appears twice (columns {seen[name] + 1} "
-                             f"and {i + 1}); rename one")
+            raise InputError(
+                f"{path}: column `{name}` appears twice (columns {seen[name] + 1} "
+                f"and {i + 1}); rename one"
+            )
         seen[name] = i
 
 
@@ -270,13 +311,20 @@ class _Quarantine:
         self.source_file = source_file
         self.rows: list[dict] = []
 
-    def add(self, row_number: int, photo_id, column: str | None, reason: str,
-            severity: str = "error") -> None:
-        self.rows.append({
-            "photo_id": photo_id, "stage": "load", "severity": severity,
-            "source_file": self.source_file, "row_number": int(row_number),
-            "column_name": column, "reason": reason,
-        })
+    def add(
+        self, row_number: int, photo_id, column: str | None, reason: str, severity: str = "error"
+    ) -> None:
+        self.rows.append(
+            {
+                "photo_id": photo_id,
+                "stage": "load",
+                "severity": severity,
+                "source_file": self.source_file,
+                "row_number": int(row_number),
+                "column_name": column,
+                "reason": reason,
+            }
+        )
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=QUARANTINE_COLUMNS)
@@ -303,8 +351,9 @@ def _safe_image_path(value: str) -> str | None:
     return "/".join(clean) if clean else None
 
 
-def _column_sources(root: Path, spec: CohortSpec, mpath: Path, columns: list[str]
-                    ) -> dict[str, str]:
+def _column_sources(
+    root: Path, spec: CohortSpec, mpath: Path, columns: list[str]
+) -> dict[str, str]:
     """Standard name -> manifest column, or :class:`InputError` for a mapping the manifest's
     ``columns`` cannot satisfy (checked on the header alone)."""
     unknown = set(spec.columns) - set(STANDARD_COLUMNS) - set(spec.covariate_names)
@@ -377,8 +426,9 @@ def check_cohort(root: str | Path) -> tuple[Path, set[str]]:
     return mpath, set(_column_sources(root, spec, mpath, columns)) | set(columns)
 
 
-def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
-                hash_images: bool = True) -> Cohort:
+def load_cohort(
+    root: str | Path, hash_cache: HashCache | None = None, hash_images: bool = True
+) -> Cohort:
     """Load a cohort folder into the standard columns.
 
     Parameters
@@ -422,19 +472,29 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
     def reject(mask: pd.Series, column: str, reason_of) -> None:
         nonlocal bad
         for i in df.index[mask & ~bad]:
-            q.add(df.at[i, "_row"], df.at[i, "photo_id"], source_of.get(column, column),
-                  reason_of(i))
+            q.add(
+                df.at[i, "_row"], df.at[i, "photo_id"], source_of.get(column, column), reason_of(i)
+            )
         bad |= mask
 
     reject(df["photo_id"].isna(), "photo_id", lambda i: "missing photo id")
     for col in ("photo_id", "subject_id"):
         formula = df[col].map(lambda v: isinstance(v, str) and v[:1] in ("=", "+", "-", "@"))
-        reject(formula, col, lambda i, col=col: (
-            f"id {df.at[i, col]!r} looks like a spreadsheet formula (it would run when a CSV "
-            "export is opened); ids must not start with = + - @"))
+        reject(
+            formula,
+            col,
+            lambda i, col=col: (
+                f"id {df.at[i, col]!r} looks like a spreadsheet formula (it would run when a CSV "
+                "export is opened); ids must not start with = + - @"
+            ),
+        )
     dup = df["photo_id"].notna() & df["photo_id"].duplicated(keep="first")
     first_row = df.drop_duplicates("photo_id").set_index("photo_id")["_row"]
-    reject(dup, "photo_id", lambda i: f"duplicate photo id (first seen at row {first_row[df.at[i, 'photo_id']]})")
+    reject(
+        dup,
+        "photo_id",
+        lambda i: f"duplicate photo id (first seen at row {first_row[df.at[i, 'photo_id']]})",
+    )
 
     # Value mapping (manifest code -> standard value), then vocabulary.
     for std, codes in spec.values.items():
@@ -442,16 +502,27 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
             continue
         present = df[std].notna()
         known = df[std].isin(list(codes))
-        reject(present & ~known, std,
-               lambda i, std=std, codes=codes: f"value {df.at[i, std]!r} not in the value mapping {sorted(codes)}")
+        reject(
+            present & ~known,
+            std,
+            lambda i, std=std, codes=codes: (
+                f"value {df.at[i, std]!r} not in the value mapping {sorted(codes)}"
+            ),
+        )
         df.loc[present & known, std] = df.loc[present & known, std].map(
-            lambda v, codes=codes: None if codes[v] is None else str(codes[v]))
+            lambda v, codes=codes: None if codes[v] is None else str(codes[v])
+        )
     for std, allowed in spec.vocabulary.items():
         if std not in df.columns:
             continue
         outside = df[std].notna() & ~df[std].isin(allowed)
-        reject(outside, std,
-               lambda i, std=std, allowed=allowed: f"value {df.at[i, std]!r} not in the vocabulary {allowed}")
+        reject(
+            outside,
+            std,
+            lambda i, std=std, allowed=allowed: (
+                f"value {df.at[i, std]!r} not in the vocabulary {allowed}"
+            ),
+        )
 
     for std in NUMERIC_COLUMNS + [c.name for c in spec.covariates if c.type == "numeric"]:
         if std not in df.columns:
@@ -459,7 +530,9 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
         text = df[std]
         num = pd.to_numeric(text, errors="coerce")
         unparsable = text.notna() & ~np.isfinite(num.astype(float))
-        reject(unparsable, std, lambda i, std=std: f"cannot parse {df.at[i, std]!r} as a finite number")
+        reject(
+            unparsable, std, lambda i, std=std: f"cannot parse {df.at[i, std]!r} as a finite number"
+        )
         df[std] = num.astype(float)
     if "age" in df.columns:
         reject(df["age"].isna(), "age", lambda i: "missing age")
@@ -471,18 +544,29 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
     if "event" in df.columns:
         ev_text = df["event"]
         ev = pd.to_numeric(ev_text, errors="coerce")
-        reject(~ev.isin([0, 1]), "event",
-               lambda i: f"event must be 0 (censored) or 1 (death), got {ev_text[i]!r}")
+        reject(
+            ~ev.isin([0, 1]),
+            "event",
+            lambda i: f"event must be 0 (censored) or 1 (death), got {ev_text[i]!r}",
+        )
         df["event"] = ev
     if "photo_date" in df.columns:
         dates = pd.to_datetime(df["photo_date"], errors="coerce")
-        reject(df["photo_date"].notna() & dates.isna(), "photo_date",
-               lambda i: f"cannot parse {df.at[i, 'photo_date']!r} as a date")
+        reject(
+            df["photo_date"].notna() & dates.isna(),
+            "photo_date",
+            lambda i: f"cannot parse {df.at[i, 'photo_date']!r} as a date",
+        )
         df["photo_date"] = dates
     if "image_path" in df.columns:
         safe = df["image_path"].map(lambda v: _safe_image_path(v) if isinstance(v, str) else None)
-        reject(df["image_path"].notna() & safe.isna(), "image_path",
-               lambda i: f"image path {df.at[i, 'image_path']!r} is absolute or escapes the images root")
+        reject(
+            df["image_path"].notna() & safe.isna(),
+            "image_path",
+            lambda i: (
+                f"image path {df.at[i, 'image_path']!r} is absolute or escapes the images root"
+            ),
+        )
         df["image_path"] = safe
 
     image_sha: dict[str, str] = {}
@@ -500,10 +584,16 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
             else:
                 image_sha[rel] = cache.sha256(path)
         cache.save()
-        reject(df.index.isin(escaping), "image_path",
-               lambda i: f"image {df.at[i, 'image_path']!r} is a link that escapes the images root")
-        reject(df.index.isin(missing), "image_path",
-               lambda i: f"image {df.at[i, 'image_path']!r} not found under {images_root}")
+        reject(
+            df.index.isin(escaping),
+            "image_path",
+            lambda i: f"image {df.at[i, 'image_path']!r} is a link that escapes the images root",
+        )
+        reject(
+            df.index.isin(missing),
+            "image_path",
+            lambda i: f"image {df.at[i, 'image_path']!r} not found under {images_root}",
+        )
 
     good = df[~bad].reset_index(drop=True)
     for col in ["photo_id", "subject_id"] + CATEGORICAL_COLUMNS:
@@ -515,8 +605,14 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
         if cov.type == "categorical" and cov.name in good.columns:
             good[cov.name] = good[cov.name].astype(object)
     return Cohort(
-        root=root, spec=spec, manifest_path=mpath, frame=good, quarantine=q.frame(),
-        manifest_sha256=sha256_file(mpath), spec_sha256=spec_sha, image_sha256=image_sha,
+        root=root,
+        spec=spec,
+        manifest_path=mpath,
+        frame=good,
+        quarantine=q.frame(),
+        manifest_sha256=sha256_file(mpath),
+        spec_sha256=spec_sha,
+        image_sha256=image_sha,
         n_manifest_rows=n,
     )
 
@@ -524,13 +620,16 @@ def load_cohort(root: str | Path, hash_cache: HashCache | None = None,
 def age_band(age: pd.Series, cuts: list[float]) -> pd.Series:
     """Age bands as in the FaceAge paper: ``<=65``, ``65-75``, ``75-85``, ``>85`` by default."""
     cuts = sorted(cuts)
-    labels = [f"<={cuts[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(cuts, cuts[1:])] + [f">{cuts[-1]:g}"]
+    labels = (
+        [f"<={cuts[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(cuts, cuts[1:])] + [f">{cuts[-1]:g}"]
+    )
     bins = [-math.inf] + cuts + [math.inf]
     return pd.cut(age, bins=bins, labels=labels, right=True).astype(object)
 
 
 def natural_order(values) -> list:
     """Group names in a reading order: Q1..Q4, age bands by their lower bound, else sorted."""
+
     def key(v):
         text = str(v)
         digits = "".join(ch if (ch.isdigit() or ch == ".") else " " for ch in text).split()
@@ -539,6 +638,9 @@ def natural_order(values) -> list:
         except ValueError:
             first = float("inf")
         # "<=65" reads before "65-75", and ">85" after "75-85"
-        return (first + (0.5 if text.startswith(">") else -0.5 if text.startswith("<") else 0),
-                text)
+        return (
+            first + (0.5 if text.startswith(">") else -0.5 if text.startswith("<") else 0),
+            text,
+        )
+
     return sorted(values, key=key)

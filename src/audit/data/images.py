@@ -23,18 +23,102 @@ import numpy as np
 import pandas as pd
 
 PROPERTY_COLUMNS = [
-    "photo_id", "width", "height", "mode", "format", "format_matches_name", "decodable",
-    "error", "exif_orientation", "brightness", "contrast", "sharpness", "jpeg_quality",
-    "face_count", "face_box_frac", "sha256",
+    "photo_id",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "format_matches_name",
+    "decodable",
+    "error",
+    "exif_orientation",
+    "brightness",
+    "contrast",
+    "sharpness",
+    "jpeg_quality",
+    "face_count",
+    "face_box_frac",
+    "sha256",
 ]
-FORMAT_OF_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP",
-                    ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+FORMAT_OF_SUFFIX = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
 # IJG standard luminance quantisation table (quality 50), in zigzag-free row order.
-_IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57,
-    69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64,
-    81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
-], dtype=float)
+_IJG_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    dtype=float,
+)
 
 
 def estimate_jpeg_quality(quantization: dict | None) -> float | None:
@@ -78,7 +162,9 @@ def _face_cascade():
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         _cascade = cv2.CascadeClassifier(str(path))
         if _cascade.empty():
-            raise RuntimeError(f"{path}: OpenCV face cascade not found (opencv-python-headless 4.x)")
+            raise RuntimeError(
+                f"{path}: OpenCV face cascade not found (opencv-python-headless 4.x)"
+            )
     return _cascade
 
 
@@ -90,7 +176,9 @@ def _eyes_cascade():
     if _eye_cascade is None:
         import cv2
 
-        _eye_cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_eye.xml"))
+        _eye_cascade = cv2.CascadeClassifier(
+            str(Path(cv2.data.haarcascades) / "haarcascade_eye.xml")
+        )
     return _eye_cascade
 
 
@@ -104,21 +192,28 @@ def detect_faces(gray: np.ndarray) -> list[dict]:
     """
     side = min(gray.shape[:2])
     boxes, _, weights = _face_cascade().detectMultiScale3(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(max(16, side // 10),) * 2,
-        outputRejectLevels=True)
+        gray,
+        scaleFactor=1.1,
+        minNeighbors=5,
+        minSize=(max(16, side // 10),) * 2,
+        outputRejectLevels=True,
+    )
     faces = []
     for (x, y, w, h), weight in zip(np.asarray(boxes).reshape(-1, 4), np.ravel(weights)):
         x, y, w, h = (int(v) for v in (x, y, w, h))
-        roi = gray[y:y + int(h * 0.6), x:x + w]
+        roi = gray[y : y + int(h * 0.6), x : x + w]
         eyes = _eyes_cascade().detectMultiScale(roi, 1.1, 5, minSize=(max(4, w // 10),) * 2)
         landmarks = {}
         if len(eyes) >= 2:
             two = sorted(eyes, key=lambda e: -e[2] * e[3])[:2]
             centres = sorted(((x + ex + ew / 2, y + ey + eh / 2) for ex, ey, ew, eh in two))
-            landmarks = {"right_eye": [float(v) for v in centres[0]],
-                         "left_eye": [float(v) for v in centres[1]]}
-        faces.append({"x": x, "y": y, "w": w, "h": h, "confidence": float(weight),
-                      "landmarks": landmarks})
+            landmarks = {
+                "right_eye": [float(v) for v in centres[0]],
+                "left_eye": [float(v) for v in centres[1]],
+            }
+        faces.append(
+            {"x": x, "y": y, "w": w, "h": h, "confidence": float(weight), "landmarks": landmarks}
+        )
     return sorted(faces, key=lambda f: -f["w"] * f["h"])
 
 
@@ -135,9 +230,13 @@ def align_crop(rgb: np.ndarray, face: dict, size: int, margin: float = 0.25) -> 
         angle = float(np.degrees(np.arctan2(ly - ry, lx - rx)))
     scale = size / (2 * max(w, h) * (0.5 + margin))
     m = _about(x + w / 2, y + h / 2, angle, scale, size)
-    return cv2.warpAffine(rgb, m, (size, size),
-                          flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(
+        rgb,
+        m,
+        (size, size),
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
 
 
 def _about(cx: float, cy: float, angle: float, scale: float, size: int) -> np.ndarray:
@@ -248,7 +347,9 @@ def inspect_image(path: str | Path, photo_id: str = "", detect: bool = False) ->
         row["face_count"] = len(faces)
         if faces:
             largest = faces[0]
-            row["face_box_frac"] = float(largest["w"] * largest["h"] / (gray.shape[0] * gray.shape[1]))
+            row["face_box_frac"] = float(
+                largest["w"] * largest["h"] / (gray.shape[0] * gray.shape[1])
+            )
             row["_boxes"] = faces
     return row
 
@@ -258,25 +359,29 @@ def _inspect_chunk(args) -> list[dict]:
     return [inspect_image(path, pid, detect) for pid, path in items]
 
 
-def image_properties(items: Iterable[tuple[str, Path]], detect: bool = False,
-                     workers: int | None = None, chunk: int = 64,
-                     progress: Callable | None = None, total: int | None = None
-                     ) -> pd.DataFrame:
+def image_properties(
+    items: Iterable[tuple[str, Path]],
+    detect: bool = False,
+    workers: int | None = None,
+    chunk: int = 64,
+    progress: Callable | None = None,
+    total: int | None = None,
+) -> pd.DataFrame:
     """Properties of every ``(photo_id, path)``, streamed through ``workers`` processes."""
     workers = workers or os.cpu_count() or 1
     items = list(items)
-    chunks = [(items[i:i + chunk], detect) for i in range(0, len(items), chunk)]
+    chunks = [(items[i : i + chunk], detect) for i in range(0, len(items), chunk)]
     rows: list[dict] = []
     if workers <= 1 or len(items) <= chunk:
         results = map(_inspect_chunk, chunks)
-        for part in (progress(results, len(chunks)) if progress else results):
+        for part in progress(results, len(chunks)) if progress else results:
             rows.extend(part)
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             results = pool.map(_inspect_chunk, chunks)
-            for part in (progress(results, len(chunks)) if progress else results):
+            for part in progress(results, len(chunks)) if progress else results:
                 rows.extend(part)
     frame = pd.DataFrame(rows)
     for col in PROPERTY_COLUMNS + ["_boxes", "_thumb"]:
@@ -285,8 +390,9 @@ def image_properties(items: Iterable[tuple[str, Path]], detect: bool = False,
     return frame
 
 
-def near_duplicate_pairs(photo_ids, thumbs: list, subjects, min_similarity: float = 0.998,
-                         block: int = 2048) -> pd.DataFrame:
+def near_duplicate_pairs(
+    photo_ids, thumbs: list, subjects, min_similarity: float = 0.998, block: int = 2048
+) -> pd.DataFrame:
     """Pairs of photos of *different* subjects whose thumbnails (:func:`thumbnail`) have a
     cosine similarity of at least ``min_similarity``: possible leakage, one photo filed under
     two patients. ``thumbs`` holds None for photos that are not compared."""
@@ -298,11 +404,12 @@ def near_duplicate_pairs(photo_ids, thumbs: list, subjects, min_similarity: floa
     x = np.stack([thumbs[i] for i in keep]).astype(np.float32)
     out = []
     for start in range(0, len(x), block):
-        sim = x[start:start + block] @ x.T
+        sim = x[start : start + block] @ x.T
         ii, jj = np.nonzero(sim >= min_similarity)
         i_abs = ii + start
         mask = (jj > i_abs) & (subj[i_abs] != subj[jj])
         for i, j in zip(i_abs[mask], jj[mask]):
-            out.append({"photo_a": ids[i], "photo_b": ids[j],
-                        "similarity": float(sim[i - start, j])})
+            out.append(
+                {"photo_a": ids[i], "photo_b": ids[j], "similarity": float(sim[i - start, j])}
+            )
     return pd.DataFrame(out, columns=["photo_a", "photo_b", "similarity"])

@@ -25,12 +25,15 @@ class Arrival:
 
 
 def _newest_mtime(folder: Path) -> float:
-    return max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file()),
-               default=folder.stat().st_mtime)
+    return max(
+        (p.stat().st_mtime for p in folder.rglob("*") if p.is_file()),
+        default=folder.stat().st_mtime,
+    )
 
 
-def scan(inbox: str | Path, store, settle_seconds: float = 60.0,
-         now: float | None = None) -> list[Arrival]:
+def scan(
+    inbox: str | Path, store, settle_seconds: float = 60.0, now: float | None = None
+) -> list[Arrival]:
     """Every folder of ``inbox`` with its status, in name order."""
     now = time.time() if now is None else now
     runs = store.runs() if Path(store.path).is_file() else None
@@ -41,8 +44,13 @@ def scan(inbox: str | Path, store, settle_seconds: float = 60.0,
             continue
         age = now - _newest_mtime(folder)
         if not (folder / ".ready").exists() and age < settle_seconds:
-            out.append(Arrival(folder, "settling", f"changed {age:.0f} s ago; waiting for "
-                                                   f"{settle_seconds:g} s of quiet or .ready"))
+            out.append(
+                Arrival(
+                    folder,
+                    "settling",
+                    f"changed {age:.0f} s ago; waiting for {settle_seconds:g} s of quiet or .ready",
+                )
+            )
             continue
         try:
             spec, _ = read_spec(folder)
@@ -51,9 +59,20 @@ def scan(inbox: str | Path, store, settle_seconds: float = 60.0,
         except Exception as exc:  # an unreadable arrival is audited, and fails, visibly
             out.append(Arrival(folder, "ready", f"cannot read its manifest yet ({exc})"))
             continue
-        done = runs is not None and len(runs) and (
-            (runs["cohort_path"] == str(folder.resolve())) & (runs["status"] == "finished")
-            & (runs["manifest_sha256"] == digest)).any()
-        out.append(Arrival(folder, "done" if done else "ready",
-                           "audited already (same manifest)" if done else "new or changed"))
+        done = (
+            runs is not None
+            and len(runs)
+            and (
+                (runs["cohort_path"] == str(folder.resolve()))
+                & (runs["status"] == "finished")
+                & (runs["manifest_sha256"] == digest)
+            ).any()
+        )
+        out.append(
+            Arrival(
+                folder,
+                "done" if done else "ready",
+                "audited already (same manifest)" if done else "new or changed",
+            )
+        )
     return out

@@ -80,10 +80,10 @@ def id_scrubber(ids, show_ids: bool = False):
             return pseudonym(tok)
         core = tok.rstrip(".")
         if core in plain:
-            return pseudonym(core) + tok[len(core):]
+            return pseudonym(core) + tok[len(core) :]
         stem, dot, ext = core.rpartition(".")
         if dot and stem in plain and ext.isalnum():
-            return pseudonym(stem) + "." + ext + tok[len(core):]
+            return pseudonym(stem) + "." + ext + tok[len(core) :]
         return tok
 
     def scrub(text):
@@ -92,7 +92,6 @@ def id_scrubber(ids, show_ids: bool = False):
         for s in odd:
             if s in text:
                 text = text.replace(s, pseudonym(s))
-        return "".join(token(p) if i % 2 == 0 else p
-                       for i, p in enumerate(_DELIMITERS.split(text)))
+        return "".join(token(p) if i % 2 == 0 else p for i, p in enumerate(_DELIMITERS.split(text)))
 
     return scrub

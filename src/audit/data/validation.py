@@ -30,10 +30,24 @@ from audit.errors import InputError
 
 SEVERITIES = ("critical", "error", "warning")
 SUITE_NAMES = ("manifest", "images", "predictions")
-RESULT_COLUMNS = ["suite", "expectation", "column_name", "severity", "success",
-                  "unexpected_count", "details"]
-QUARANTINE_COLUMNS = ["photo_id", "stage", "severity", "source_file", "row_number",
-                      "column_name", "reason"]
+RESULT_COLUMNS = [
+    "suite",
+    "expectation",
+    "column_name",
+    "severity",
+    "success",
+    "unexpected_count",
+    "details",
+]
+QUARANTINE_COLUMNS = [
+    "photo_id",
+    "stage",
+    "severity",
+    "source_file",
+    "row_number",
+    "column_name",
+    "reason",
+]
 
 
 def default_suite_dir() -> Path:
@@ -65,8 +79,10 @@ def load_suite(name: str, override_dir: Path | None = None) -> dict:
     for exp in suite["expectations"]:
         severity = exp.setdefault("meta", {}).setdefault("severity", "error")
         if severity not in SEVERITIES:
-            raise InputError(f"{path}: expectation {exp['type']} has severity {severity!r}; "
-                             f"use one of {SEVERITIES}")
+            raise InputError(
+                f"{path}: expectation {exp['type']} has severity {severity!r}; "
+                f"use one of {SEVERITIES}"
+            )
     return suite
 
 
@@ -86,8 +102,9 @@ class SuiteResult:
 def _gx_context():
     import great_expectations as gx
 
-    for name in ["great_expectations"] + [n for n in logging.root.manager.loggerDict
-                                           if n.startswith("great_expectations")]:
+    for name in ["great_expectations"] + [
+        n for n in logging.root.manager.loggerDict if n.startswith("great_expectations")
+    ]:
         logging.getLogger(name).setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     try:
@@ -99,9 +116,17 @@ def _gx_context():
     return context
 
 
-def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str = "validate",
-              reasons: dict | None = None, where=None, quarantine_column=None,
-              quarantine_file=None) -> SuiteResult:
+def run_suite(
+    suite: dict,
+    frame: pd.DataFrame,
+    *,
+    source_file: str,
+    stage: str = "validate",
+    reasons: dict | None = None,
+    where=None,
+    quarantine_column=None,
+    quarantine_file=None,
+) -> SuiteResult:
     """Validate ``frame`` (with ``photo_id`` and ``_row``) against a suite dict.
 
     ``reasons`` maps a column to ``f(value, row) -> str`` for a person-readable reason;
@@ -116,7 +141,8 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
     source = context.data_sources.add_pandas(f"src-{suite['name']}")
     asset = source.add_dataframe_asset(suite["name"])
     batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": frame})
+        batch_parameters={"dataframe": frame}
+    )
     expectations = []
     skipped = []
     for exp in suite["expectations"]:
@@ -126,8 +152,10 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
             continue
         expectations.append(exp)
     gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=copy.deepcopy(expectations))
-    result = batch.validate(gx_suite, result_format={
-        "result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]})
+    result = batch.validate(
+        gx_suite,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
+    )
     by_row = frame.set_index("_row")
     rows, quarantine, critical = [], [], []
     # GX may return results in another order than the suite's: match them by their config.
@@ -147,20 +175,33 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
         unexpected = r.get("unexpected_index_list") or []
         bad_rows = [u["_row"] for u in unexpected if isinstance(u, dict) and "_row" in u]
         examples = [_plain(v) for v in (r.get("partial_unexpected_list") or [])[:5]]
-        details = {"kwargs": {k: _plain(v) for k, v in exp.get("kwargs", {}).items()},
-                   "examples": examples, "observed": _plain(r.get("observed_value")),
-                   "element_count": r.get("element_count"), "rule": meta.get("rule"),
-                   "rows": sorted({int(x) for x in bad_rows})[:20]}
+        details = {
+            "kwargs": {k: _plain(v) for k, v in exp.get("kwargs", {}).items()},
+            "examples": examples,
+            "observed": _plain(r.get("observed_value")),
+            "element_count": r.get("element_count"),
+            "rule": meta.get("rule"),
+            "rows": sorted({int(x) for x in bad_rows})[:20],
+        }
         count = r.get("unexpected_count")
-        rows.append({"suite": suite["name"], "expectation": exp["type"], "column_name": col,
-                     "severity": severity, "success": bool(d["success"]),
-                     "unexpected_count": int(count if count is not None else (0 if d["success"] else 1)),
-                     "details": json.dumps(details, default=str)})
+        rows.append(
+            {
+                "suite": suite["name"],
+                "expectation": exp["type"],
+                "column_name": col,
+                "severity": severity,
+                "success": bool(d["success"]),
+                "unexpected_count": int(count if count is not None else (0 if d["success"] else 1)),
+                "details": json.dumps(details, default=str),
+            }
+        )
         if d["success"]:
             continue
         if severity == "critical":
-            critical.append(f"{source_file}: {meta.get('rule') or exp['type']}"
-                            + (f" (column {col})" if col else ""))
+            critical.append(
+                f"{source_file}: {meta.get('rule') or exp['type']}"
+                + (f" (column {col})" if col else "")
+            )
         if severity == "error" and bad_rows:
             for row_number in sorted(set(bad_rows)):
                 value = by_row.at[row_number, col] if col in by_row.columns else None
@@ -169,22 +210,37 @@ def run_suite(suite: dict, frame: pd.DataFrame, *, source_file: str, stage: str 
                     reason = reasons[col](value, record)
                 else:
                     reason = (meta.get("reason") or meta.get("rule") or exp["type"]).format(
-                        value=_fmt(value))
+                        value=_fmt(value)
+                    )
                 place = where(col, record) if where else f"column {col}"
-                quarantine.append({
-                    "photo_id": record.get("photo_id"), "stage": stage, "severity": severity,
-                    "source_file": quarantine_file(record) if quarantine_file else source_file,
-                    "row_number": int(row_number),
-                    "column_name": quarantine_column(col) if quarantine_column else col,
-                    "reason": f"{Path(source_file).name} row {row_number}, {place}: {reason}"})
+                quarantine.append(
+                    {
+                        "photo_id": record.get("photo_id"),
+                        "stage": stage,
+                        "severity": severity,
+                        "source_file": quarantine_file(record) if quarantine_file else source_file,
+                        "row_number": int(row_number),
+                        "column_name": quarantine_column(col) if quarantine_column else col,
+                        "reason": f"{Path(source_file).name} row {row_number}, {place}: {reason}",
+                    }
+                )
     for exp in skipped:
-        rows.append({"suite": suite["name"], "expectation": exp["type"],
-                     "column_name": exp["kwargs"].get("column"),
-                     "severity": exp["meta"].get("severity", "error"), "success": True,
-                     "unexpected_count": 0,
-                     "details": json.dumps({"skipped": "column absent (optional)"})})
-    return SuiteResult(pd.DataFrame(rows, columns=RESULT_COLUMNS),
-                       pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS), critical)
+        rows.append(
+            {
+                "suite": suite["name"],
+                "expectation": exp["type"],
+                "column_name": exp["kwargs"].get("column"),
+                "severity": exp["meta"].get("severity", "error"),
+                "success": True,
+                "unexpected_count": 0,
+                "details": json.dumps({"skipped": "column absent (optional)"}),
+            }
+        )
+    return SuiteResult(
+        pd.DataFrame(rows, columns=RESULT_COLUMNS),
+        pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS),
+        critical,
+    )
 
 
 def _plain(value):
@@ -234,14 +290,18 @@ class ValidationReport:
 
 IMAGE_REASONS = {
     "decodable": lambda v, r: r["error"] or "cannot decode",
-    "format_matches_name": lambda v, r: (f"the file holds {r['format']} data, not what its "
-                                         f"name {Path(r['image_path']).suffix!r} says"),
+    "format_matches_name": lambda v, r: (
+        f"the file holds {r['format']} data, not what its "
+        f"name {Path(r['image_path']).suffix!r} says"
+    ),
     "exact_duplicate_of_other_subject": lambda v, r: (
         f"byte-identical to photo {r['duplicate_of']} of another subject (possible leakage: "
-        "one photo filed under two patients)"),
+        "one photo filed under two patients)"
+    ),
     "near_duplicate_of_other_subject": lambda v, r: (
         f"nearly identical to photo {r['near_duplicate_of']} of another subject (possible "
-        "leakage: the same photo re-saved under a second patient)"),
+        "leakage: the same photo re-saved under a second patient)"
+    ),
     "face_count": lambda v, r: f"{int(v)} faces found; a raw photo needs exactly one",
 }
 
@@ -249,11 +309,19 @@ IMAGE_REASONS = {
 def image_table(cohort, workers: int | None = None, progress=None) -> pd.DataFrame:
     """The per-image table of a cohort's good rows, with duplicates across subjects marked."""
     rows = cohort.frame[cohort.frame["image_path"].notna()]
-    items = [(pid, cohort.image_file(rel)) for pid, rel in zip(rows["photo_id"], rows["image_path"])]
-    props = image_properties(items, detect=not cohort.spec.cropped, workers=workers,
-                             progress=progress)
-    props = props.merge(rows[["photo_id", "subject_id", "_row", "image_path"]], on="photo_id",
-                        how="left").sort_values("_row", kind="stable").reset_index(drop=True)
+    items = [
+        (pid, cohort.image_file(rel)) for pid, rel in zip(rows["photo_id"], rows["image_path"])
+    ]
+    props = image_properties(
+        items, detect=not cohort.spec.cropped, workers=workers, progress=progress
+    )
+    props = (
+        props.merge(
+            rows[["photo_id", "subject_id", "_row", "image_path"]], on="photo_id", how="left"
+        )
+        .sort_values("_row", kind="stable")
+        .reset_index(drop=True)
+    )
     # Duplicates are looked for among photos with content: blank or broken files are
     # reported as such, not as copies of one another.
     content = props["decodable"].astype(bool) & (props["contrast"].astype(float) >= 5)
@@ -277,28 +345,40 @@ def image_table(cohort, workers: int | None = None, progress=None) -> pd.DataFra
     props["duplicate_of"] = dup_of
     thumbs = [t if ok else None for t, ok in zip(props["_thumb"], content)]
     pairs = near_duplicate_pairs(props["photo_id"], thumbs, props["subject_id"])
-    near = set(pairs["photo_b"]) - set(props.loc[props["exact_duplicate_of_other_subject"], "photo_id"])
+    near = set(pairs["photo_b"]) - set(
+        props.loc[props["exact_duplicate_of_other_subject"], "photo_id"]
+    )
     props["near_duplicate_of_other_subject"] = props["photo_id"].isin(near)
-    props["near_duplicate_of"] = props["photo_id"].map(dict(zip(pairs["photo_b"], pairs["photo_a"])))
+    props["near_duplicate_of"] = props["photo_id"].map(
+        dict(zip(pairs["photo_b"], pairs["photo_a"]))
+    )
     return props.drop(columns=["_thumb"])
 
 
-def validate_cohort(cohort, *, images: bool = True, workers: int | None = None,
-                    progress=None) -> ValidationReport:
+def validate_cohort(
+    cohort, *, images: bool = True, workers: int | None = None, progress=None
+) -> ValidationReport:
     """Run the manifest suite and (for cohorts with photos) the image suite."""
     override = (cohort.root / cohort.spec.expectations) if cohort.spec.expectations else None
     suite = load_suite("manifest", override)
     for cov in cohort.covariate_names:  # clinical covariates: mostly recorded
-        if not any(_key(e) == ("expect_column_values_to_not_be_null", cov)
-                   for e in suite["expectations"]):
-            suite["expectations"].append({
-                "type": "expect_column_values_to_not_be_null",
-                "kwargs": {"column": cov, "mostly": COVARIATE_MIN_RECORDED},
-                "meta": {"severity": "warning",
-                         "rule": f"covariate recorded for at least {COVARIATE_MIN_RECORDED:.0%} "
-                                 "of photos (the clinical Cox model uses complete cases)"}})
-    manifest = run_suite(suite, cohort.frame, source_file=str(cohort.manifest_path),
-                         reasons={"age": age_reason})
+        if not any(
+            _key(e) == ("expect_column_values_to_not_be_null", cov) for e in suite["expectations"]
+        ):
+            suite["expectations"].append(
+                {
+                    "type": "expect_column_values_to_not_be_null",
+                    "kwargs": {"column": cov, "mostly": COVARIATE_MIN_RECORDED},
+                    "meta": {
+                        "severity": "warning",
+                        "rule": f"covariate recorded for at least {COVARIATE_MIN_RECORDED:.0%} "
+                        "of photos (the clinical Cox model uses complete cases)",
+                    },
+                }
+            )
+    manifest = run_suite(
+        suite, cohort.frame, source_file=str(cohort.manifest_path), reasons={"age": age_reason}
+    )
     parts = [manifest]
     if cohort.has_outcomes:
         parts.append(_events_per_term(cohort))
@@ -307,13 +387,22 @@ def validate_cohort(cohort, *, images: bool = True, workers: int | None = None,
         props = image_table(cohort, workers=workers, progress=progress)
         suite = load_suite("images", override)
         if cohort.spec.cropped:  # aligned crops: no face detection
-            suite["expectations"] = [e for e in suite["expectations"]
-                                     if e["kwargs"].get("column") not in ("face_count", "face_box_frac")]
-        parts.append(run_suite(
-            suite, props, source_file=str(cohort.manifest_path), reasons=IMAGE_REASONS,
-            where=lambda col, r: f"image {r['image_path']}",
-            quarantine_column=lambda col: "image_path",
-            quarantine_file=lambda r: str(cohort.image_file(r["image_path"]))))
+            suite["expectations"] = [
+                e
+                for e in suite["expectations"]
+                if e["kwargs"].get("column") not in ("face_count", "face_box_frac")
+            ]
+        parts.append(
+            run_suite(
+                suite,
+                props,
+                source_file=str(cohort.manifest_path),
+                reasons=IMAGE_REASONS,
+                where=lambda col, r: f"image {r['image_path']}",
+                quarantine_column=lambda col: "image_path",
+                quarantine_file=lambda r: str(cohort.image_file(r["image_path"])),
+            )
+        )
     results = pd.concat([p.results for p in parts], ignore_index=True)
     quarantine = pd.concat([p.quarantine for p in parts], ignore_index=True)
     # one record per photo and problem: a photo failing two checks keeps both reasons
@@ -339,21 +428,35 @@ def _events_per_term(cohort) -> SuiteResult:
             terms += 1
     if "cancer_type" in subjects and subjects["cancer_type"].nunique() > 1:
         terms += subjects["cancer_type"].nunique() - 1
-    suite = {"name": "survival", "expectations": [{
-        "type": "expect_column_sum_to_be_between",
-        "kwargs": {"column": "event", "min_value": EVENTS_PER_TERM * terms},
-        "meta": {"severity": "warning",
-                 "rule": f"at least {EVENTS_PER_TERM} events per term of the clinical Cox model "
-                         f"({terms} terms, one photo per subject)"}}]}
+    suite = {
+        "name": "survival",
+        "expectations": [
+            {
+                "type": "expect_column_sum_to_be_between",
+                "kwargs": {"column": "event", "min_value": EVENTS_PER_TERM * terms},
+                "meta": {
+                    "severity": "warning",
+                    "rule": f"at least {EVENTS_PER_TERM} events per term of the clinical Cox model "
+                    f"({terms} terms, one photo per subject)",
+                },
+            }
+        ],
+    }
     return run_suite(suite, subjects, source_file=str(cohort.manifest_path))
 
 
-def validate_predictions(wide: pd.DataFrame, model: str, source_file: str,
-                         override_dir: Path | None = None) -> SuiteResult:
+def validate_predictions(
+    wide: pd.DataFrame, model: str, source_file: str, override_dir: Path | None = None
+) -> SuiteResult:
     """The predictions suite on one model's wide predictions (``photo_id``, ``_row``, outputs)."""
     suite = load_suite("predictions", override_dir)
     suite["name"] = "predictions"
-    result = run_suite(suite, wide, source_file=source_file, stage="predictions",
-                       where=lambda col, r: f"model {model}, output {col}")
+    result = run_suite(
+        suite,
+        wide,
+        source_file=source_file,
+        stage="predictions",
+        where=lambda col, r: f"model {model}, output {col}",
+    )
     result.results["suite"] = f"predictions:{model}"
     return result

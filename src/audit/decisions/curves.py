@@ -44,11 +44,30 @@ import pandas as pd
 from audit.stats.bootstrap import bootstrap_weights, percentile_ci
 from audit.survival.metrics import crossfit_survival, usable_horizons
 
-COLUMNS = ["model", "model_id", "strategy", "horizon", "threshold", "n", "events",
-           "positive_rate", "net_benefit", "ci_low", "ci_high", "diff_treat_all",
-           "diff_treat_all_low", "diff_treat_all_high", "diff_age", "diff_age_low",
-           "diff_age_high", "interventions_avoided", "compared_to", "diff_compared",
-           "diff_compared_low", "diff_compared_high"]
+COLUMNS = [
+    "model",
+    "model_id",
+    "strategy",
+    "horizon",
+    "threshold",
+    "n",
+    "events",
+    "positive_rate",
+    "net_benefit",
+    "ci_low",
+    "ci_high",
+    "diff_treat_all",
+    "diff_treat_all_low",
+    "diff_treat_all_high",
+    "diff_age",
+    "diff_age_low",
+    "diff_age_high",
+    "interventions_avoided",
+    "compared_to",
+    "diff_compared",
+    "diff_compared_low",
+    "diff_compared_high",
+]
 
 
 def default_thresholds(start: float = 0.05, stop: float = 0.9, step: float = 0.05) -> list[float]:
@@ -61,7 +80,8 @@ def _complete(time, event, *columns):
     """``time``, ``event`` and each column (None stays None) as float arrays, on the subjects
     where all of them are finite, and that mask last."""
     arrays = [np.asarray(time, float), np.asarray(event, float)] + [
-        None if c is None else np.asarray(c, float) for c in columns]
+        None if c is None else np.asarray(c, float) for c in columns
+    ]
     ok = np.logical_and.reduce([np.isfinite(a) for a in arrays if a is not None])
     return [None if a is None else a[ok] for a in arrays] + [ok]
 
@@ -104,8 +124,9 @@ def _km_risk(t: np.ndarray, d: np.ndarray, horizon: float):
     return m, risk
 
 
-def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
-                weights: np.ndarray | None = None) -> np.ndarray:
+def net_benefit(
+    time, event, positive: np.ndarray, thresholds, horizon: float, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Net benefit at ``horizon`` of acting on the patients marked in ``positive``.
 
     Parameters
@@ -144,8 +165,7 @@ def net_benefit(time, event, positive: np.ndarray, thresholds, horizon: float,
             acted = positive[:, j]
             acted_total = w @ acted.astype(np.float32)  # exact: integer counts below 2**24
             share = acted_total.astype(np.float64) / total
-            r = (risk(w[:, :m] * acted[:m], acted_total) if acted.any()
-                 else np.zeros(len(w)))
+            r = risk(w[:, :m] * acted[:m], acted_total) if acted.any() else np.zeros(len(w))
         nb = share * r - share * (1.0 - r) * pt / (1.0 - pt)
         out[:, j] = np.where(share > 0, nb, 0.0)
     return out
@@ -159,26 +179,44 @@ def _paired(a: np.ndarray, b: np.ndarray, level: float):
     return diff[0], low, high
 
 
-def _strategy_frame(strategy: str, model_id: str, value: np.ndarray, positive: np.ndarray,
-                    thresholds: np.ndarray, level: float, *, treat_all=None, age=None,
-                    compared=None) -> pd.DataFrame:
+def _strategy_frame(
+    strategy: str,
+    model_id: str,
+    value: np.ndarray,
+    positive: np.ndarray,
+    thresholds: np.ndarray,
+    level: float,
+    *,
+    treat_all=None,
+    age=None,
+    compared=None,
+) -> pd.DataFrame:
     """Rows of one strategy by threshold: its net benefit with CI (``value``: sample in row
     0, resamples below) and its paired differences to treat-all, to chronological age and
     to ``compared`` (a ``(model_id, value)`` pair: the previous nested model)."""
     low, high = percentile_ci(value[1:], level)
-    row = {"net_benefit": value[0], "ci_low": low, "ci_high": high,
-           "positive_rate": positive.mean(axis=0)}
+    row = {
+        "net_benefit": value[0],
+        "ci_low": low,
+        "ci_high": high,
+        "positive_rate": positive.mean(axis=0),
+    }
     if treat_all is not None:
         d, dl, dh = _paired(value, treat_all, level)
-        row.update(diff_treat_all=d, diff_treat_all_low=dl, diff_treat_all_high=dh,
-                   interventions_avoided=d * (1 - thresholds) / thresholds * 100)
+        row.update(
+            diff_treat_all=d,
+            diff_treat_all_low=dl,
+            diff_treat_all_high=dh,
+            interventions_avoided=d * (1 - thresholds) / thresholds * 100,
+        )
     if age is not None:
         d, dl, dh = _paired(value, age, level)
         row.update(diff_age=d, diff_age_low=dl, diff_age_high=dh)
     if compared is not None:
         d, dl, dh = _paired(value, compared[1], level)
-        row.update(compared_to=compared[0], diff_compared=d, diff_compared_low=dl,
-                   diff_compared_high=dh)
+        row.update(
+            compared_to=compared[0], diff_compared=d, diff_compared_low=dl, diff_compared_high=dh
+        )
     frame = pd.DataFrame(row)
     frame.insert(0, "threshold", thresholds)
     frame.insert(0, "strategy", strategy)
@@ -192,9 +230,20 @@ def with_resamples(n: int, n_boot: int, seed) -> np.ndarray:
     return np.vstack([np.ones((1, n)), bootstrap_weights(n, n_boot, np.random.default_rng(seed))])
 
 
-def decision_curve(model: str, model_id: str, time, event, probability, horizon: float,
-                   thresholds, *, age_probability=None, n_boot: int = 200, seed: int = 0,
-                   level: float = 0.95) -> pd.DataFrame:
+def decision_curve(
+    model: str,
+    model_id: str,
+    time,
+    event,
+    probability,
+    horizon: float,
+    thresholds,
+    *,
+    age_probability=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
     """``decision_curves`` rows of one score at one horizon: the model, chronological age
     (when ``age_probability`` is given) and treat-all, each with a bootstrap CI, and the
     model's paired differences to treat-all and to age.
@@ -206,20 +255,45 @@ def decision_curve(model: str, model_id: str, time, event, probability, horizon:
     thresholds = np.asarray(thresholds, float)
     n = len(time)
     w = with_resamples(n, n_boot, seed)
-    positive = {"model": prob[:, None] >= thresholds[None, :],
-                "treat_all": np.ones((n, len(thresholds)), dtype=bool)}
+    positive = {
+        "model": prob[:, None] >= thresholds[None, :],
+        "treat_all": np.ones((n, len(thresholds)), dtype=bool),
+    }
     if age is not None:
         positive["chronological_age"] = age[:, None] >= thresholds[None, :]
-    nb = {name: net_benefit(time, event, pos, thresholds, horizon, w)
-          for name, pos in positive.items()}
-    frames = [_strategy_frame("model", model_id, nb["model"], positive["model"], thresholds,
-                              level, treat_all=nb["treat_all"], age=nb.get("chronological_age"))]
+    nb = {
+        name: net_benefit(time, event, pos, thresholds, horizon, w)
+        for name, pos in positive.items()
+    }
+    frames = [
+        _strategy_frame(
+            "model",
+            model_id,
+            nb["model"],
+            positive["model"],
+            thresholds,
+            level,
+            treat_all=nb["treat_all"],
+            age=nb.get("chronological_age"),
+        )
+    ]
     if age is not None:
-        frames.append(_strategy_frame("chronological_age", model_id, nb["chronological_age"],
-                                      positive["chronological_age"], thresholds, level,
-                                      treat_all=nb["treat_all"]))
-    frames.append(_strategy_frame("treat_all", model_id, nb["treat_all"],
-                                  positive["treat_all"], thresholds, level))
+        frames.append(
+            _strategy_frame(
+                "chronological_age",
+                model_id,
+                nb["chronological_age"],
+                positive["chronological_age"],
+                thresholds,
+                level,
+                treat_all=nb["treat_all"],
+            )
+        )
+    frames.append(
+        _strategy_frame(
+            "treat_all", model_id, nb["treat_all"], positive["treat_all"], thresholds, level
+        )
+    )
     return _finish(frames, model, horizon, time, event)
 
 
@@ -227,14 +301,25 @@ def _finish(frames: list[pd.DataFrame], model: str, horizon: float, time, event)
     """Stack a horizon's strategy frames into ``decision_curves`` rows."""
     events = int(((event == 1) & (time <= horizon)).sum())
     out = pd.concat(frames, ignore_index=True).assign(
-        model=model, horizon=float(horizon), n=len(time), events=events)
+        model=model, horizon=float(horizon), n=len(time), events=events
+    )
     return out.reindex(columns=COLUMNS)
 
 
-def nested_decision_curves(label: str, steps: list[tuple[str, np.ndarray]], time, event, *,
-                           horizons=(1.0, 2.0), thresholds=None, n_boot: int = 200,
-                           seed: int = 0, k: int = 5, penalizer: float = 0.0,
-                           level: float = 0.95) -> pd.DataFrame:
+def nested_decision_curves(
+    label: str,
+    steps: list[tuple[str, np.ndarray]],
+    time,
+    event,
+    *,
+    horizons=(1.0, 2.0),
+    thresholds=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 5,
+    penalizer: float = 0.0,
+    level: float = 0.95,
+) -> pd.DataFrame:
     """Decision curves of nested Cox models, e.g. the clinical model, then + FaceAge, then +
     the risk score: does a face model add clinical utility to what the clinic already knows?
 
@@ -250,9 +335,10 @@ def nested_decision_curves(label: str, steps: list[tuple[str, np.ndarray]], time
     if not hs or event.sum() < 5 or not steps:
         return pd.DataFrame(columns=COLUMNS)
     thresholds = np.asarray(default_thresholds() if thresholds is None else thresholds, float)
-    risk = {mid: 1.0 - crossfit_survival(time, event, x, hs, k=k, seed=seed,
-                                         penalizer=penalizer)
-            for mid, x in steps}
+    risk = {
+        mid: 1.0 - crossfit_survival(time, event, x, hs, k=k, seed=seed, penalizer=penalizer)
+        for mid, x in steps
+    }
     n = len(time)
     out = []
     for j, h in enumerate(hs):
@@ -263,11 +349,15 @@ def nested_decision_curves(label: str, steps: list[tuple[str, np.ndarray]], time
         for mid, _ in steps:
             pos = risk[mid][:, j][:, None] >= thresholds[None, :]
             nb = net_benefit(time, event, pos, thresholds, h, w)
-            frames.append(_strategy_frame("model", mid, nb, pos, thresholds, level,
-                                          treat_all=nb_all, compared=previous))
+            frames.append(
+                _strategy_frame(
+                    "model", mid, nb, pos, thresholds, level, treat_all=nb_all, compared=previous
+                )
+            )
             previous = (mid, nb)
-        frames.append(_strategy_frame("treat_all", steps[0][0], nb_all, everyone, thresholds,
-                                      level))
+        frames.append(
+            _strategy_frame("treat_all", steps[0][0], nb_all, everyone, thresholds, level)
+        )
         out.append(_finish(frames, label, h, time, event))
     return pd.concat(out, ignore_index=True)
 
@@ -279,8 +369,11 @@ def useful_thresholds(curve: pd.DataFrame, against: str = "treat_all") -> list[f
     ``compared`` (the nested model before it); against the last two it must beat treat-all
     too."""
     m = curve[curve["strategy"] == "model"]
-    column = {"treat_all": "diff_treat_all_low", "chronological_age": "diff_age_low",
-              "compared": "diff_compared_low"}[against]
+    column = {
+        "treat_all": "diff_treat_all_low",
+        "chronological_age": "diff_age_low",
+        "compared": "diff_compared_low",
+    }[against]
     good = m[(m["ci_low"] > 0) & (m[column] > 0)]
     if against != "treat_all":  # better than the other model, and than the simple strategies
         good = good[good["diff_treat_all_low"] > 0]
@@ -308,21 +401,56 @@ def threshold_runs(values: list[float], grid: list[float]) -> str:
     return ", ".join(runs)
 
 
-def score_decision_curves(model: str, model_id: str, time, event, score, age=None, *,
-                          horizons=(1.0, 2.0), thresholds=None, n_boot: int = 200,
-                          seed: int = 0, k: int = 5) -> pd.DataFrame:
+def score_decision_curves(
+    model: str,
+    model_id: str,
+    time,
+    event,
+    score,
+    age=None,
+    *,
+    horizons=(1.0, 2.0),
+    thresholds=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 5,
+) -> pd.DataFrame:
     """Decision curves of a score (higher = worse) at each horizon inside the follow-up:
     its risk of death by the horizon from a cross-fitted Cox model of the score, the same
     for chronological age when ``age`` is given, and treat-all."""
-    curves = [curve for curve, _ in score_curves(
-        model, model_id, time, event, score, age, horizons=horizons, thresholds=thresholds,
-        n_boot=n_boot, seed=seed, k=k)]
+    curves = [
+        curve
+        for curve, _ in score_curves(
+            model,
+            model_id,
+            time,
+            event,
+            score,
+            age,
+            horizons=horizons,
+            thresholds=thresholds,
+            n_boot=n_boot,
+            seed=seed,
+            k=k,
+        )
+    ]
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=COLUMNS)
 
 
-def score_curves(model: str, model_id: str, time, event, score, age=None, *,
-                 horizons=(1.0, 2.0), thresholds=None, n_boot: int = 200, seed: int = 0,
-                 k: int = 5) -> list[tuple[pd.DataFrame, dict]]:
+def score_curves(
+    model: str,
+    model_id: str,
+    time,
+    event,
+    score,
+    age=None,
+    *,
+    horizons=(1.0, 2.0),
+    thresholds=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 5,
+) -> list[tuple[pd.DataFrame, dict]]:
     """Per usable horizon, the score's decision curve and what it was computed from
     (``{"horizon", "time", "event", "risk", "complete", "thresholds", "seed"}``: the complete
     cases' follow-up, their cross-fitted risk of death by the horizon, the mask of complete
@@ -335,13 +463,35 @@ def score_curves(model: str, model_id: str, time, event, score, age=None, *,
         return []
     thresholds = default_thresholds() if thresholds is None else list(thresholds)
     risk = 1.0 - crossfit_survival(time, event, score, hs, k=k, seed=seed)
-    age_risk = None if age is None else 1.0 - crossfit_survival(time, event, age, hs, k=k,
-                                                                seed=seed)
+    age_risk = (
+        None if age is None else 1.0 - crossfit_survival(time, event, age, hs, k=k, seed=seed)
+    )
     out = []
     for j, h in enumerate(hs):
-        curve = decision_curve(model, model_id, time, event, risk[:, j], h, thresholds,
-                               age_probability=None if age_risk is None else age_risk[:, j],
-                               n_boot=n_boot, seed=seed + j)
-        out.append((curve, {"horizon": h, "time": time, "event": event, "risk": risk[:, j],
-                            "complete": ok, "thresholds": thresholds, "seed": seed + j}))
+        curve = decision_curve(
+            model,
+            model_id,
+            time,
+            event,
+            risk[:, j],
+            h,
+            thresholds,
+            age_probability=None if age_risk is None else age_risk[:, j],
+            n_boot=n_boot,
+            seed=seed + j,
+        )
+        out.append(
+            (
+                curve,
+                {
+                    "horizon": h,
+                    "time": time,
+                    "event": event,
+                    "risk": risk[:, j],
+                    "complete": ok,
+                    "thresholds": thresholds,
+                    "seed": seed + j,
+                },
+            )
+        )
     return out

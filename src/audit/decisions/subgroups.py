@@ -10,10 +10,10 @@ Per group and threshold the row gives the group's net benefit, treat-all's in th
 the **gain over the best default**, ``NB(model) - max(NB(treat all), 0)``: positive where
 acting on the score beats both treating everyone and treating no one in that group. Each
 group is bootstrapped on its own subjects. Over all groups and thresholds of an attribute the
-gain gets max-t simultaneous bands (:func:`audit.metrics.fairness.maxt_band`), so that some 15 groups
-x 18 thresholds do not breed false alarms; a group is ``harmful`` at a threshold when its band
-lies below 0, ``useful`` when above, ``uncertain`` otherwise, and ``too_small`` (not judged)
-below ``min_group_size`` subjects or ``min_events`` deaths by the horizon. The fairness
+gain gets max-t simultaneous bands (:func:`audit.metrics.fairness.maxt_band`), so that some
+15 groups x 18 thresholds do not breed false alarms; a group is ``harmful`` at a threshold
+when its band lies below 0, ``useful`` when above, ``uncertain`` otherwise, and ``too_small`` (not
+judged) below ``min_group_size`` subjects or ``min_events`` deaths by the horizon. The fairness
 concern is a group harmed where the score is useful overall (``overall_useful``).
 
 References
@@ -43,16 +43,45 @@ from audit.decisions.curves import (
 from audit.metrics.fairness import maxt_band
 from audit.stats.bootstrap import percentile_ci
 
-COLUMNS = ["model", "model_id", "attribute", "group_name", "horizon", "threshold", "n",
-           "events", "positive_rate", "net_benefit", "treat_all", "gain", "gain_low",
-           "gain_high", "band_low", "band_high", "overall_useful", "status"]
+COLUMNS = [
+    "model",
+    "model_id",
+    "attribute",
+    "group_name",
+    "horizon",
+    "threshold",
+    "n",
+    "events",
+    "positive_rate",
+    "net_benefit",
+    "treat_all",
+    "gain",
+    "gain_low",
+    "gain_high",
+    "band_low",
+    "band_high",
+    "overall_useful",
+    "status",
+]
 
 
-def subgroup_net_benefit(model: str, model_id: str, time, event, probability, horizon: float,
-                         thresholds, groups: list[tuple[str, np.ndarray]], *,
-                         overall_useful=(), min_group_size: int = 30, min_events: int = 10,
-                         n_boot: int = 200, seed: int = 0, level: float = 0.95
-                         ) -> pd.DataFrame:
+def subgroup_net_benefit(
+    model: str,
+    model_id: str,
+    time,
+    event,
+    probability,
+    horizon: float,
+    thresholds,
+    groups: list[tuple[str, np.ndarray]],
+    *,
+    overall_useful=(),
+    min_group_size: int = 30,
+    min_events: int = 10,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> pd.DataFrame:
     """``decision_subgroups`` rows of one score at one horizon.
 
     Parameters
@@ -79,19 +108,30 @@ def subgroup_net_benefit(model: str, model_id: str, time, event, probability, ho
             t, e, p = time[idx], event[idx], prob[idx]
             deaths = int(((e == 1) & (t <= horizon)).sum())
             row = pd.DataFrame({"threshold": thresholds}).assign(
-                attribute=attribute, group_name=str(name), n=len(idx), events=deaths,
-                positive_rate=(p[:, None] >= thresholds[None, :]).mean(axis=0))
+                attribute=attribute,
+                group_name=str(name),
+                n=len(idx),
+                events=deaths,
+                positive_rate=(p[:, None] >= thresholds[None, :]).mean(axis=0),
+            )
             if len(idx) < min_group_size or deaths < min_events:
                 rows.append(row.assign(status="too_small"))
                 continue
             w = with_resamples(len(idx), n_boot, [seed, a, g])
             nb = net_benefit(t, e, p[:, None] >= thresholds[None, :], thresholds, horizon, w)
-            nb_all = net_benefit(t, e, np.ones((len(idx), n_t), dtype=bool), thresholds,
-                                 horizon, w)
+            nb_all = net_benefit(t, e, np.ones((len(idx), n_t), dtype=bool), thresholds, horizon, w)
             gain = nb - np.maximum(nb_all, 0.0)
             low, high = percentile_ci(gain[1:], level)
-            rows.append(row.assign(net_benefit=nb[0], treat_all=nb_all[0], gain=gain[0],
-                                   gain_low=low, gain_high=high, status="judged"))
+            rows.append(
+                row.assign(
+                    net_benefit=nb[0],
+                    treat_all=nb_all[0],
+                    gain=gain[0],
+                    gain_low=low,
+                    gain_high=high,
+                    status="judged",
+                )
+            )
             points.append(gain[0])
             boots.append(gain[1:])
         if not rows:
@@ -100,33 +140,57 @@ def subgroup_net_benefit(model: str, model_id: str, time, event, probability, ho
         judged = frame["status"] == "judged"
         if judged.any():
             point = np.concatenate(points)
-            band_low, band_high, _ = maxt_band(point, np.hstack(boots), level,
-                                               np.isfinite(point))
+            band_low, band_high, _ = maxt_band(point, np.hstack(boots), level, np.isfinite(point))
             frame.loc[judged, "band_low"] = band_low
             frame.loc[judged, "band_high"] = band_high
-            status = np.where(band_high < 0, "harmful",
-                              np.where(band_low > 0, "useful", "uncertain"))
+            status = np.where(
+                band_high < 0, "harmful", np.where(band_low > 0, "useful", "uncertain")
+            )
             status = np.where(np.isfinite(point), status, "undefined")
             frame.loc[judged, "status"] = status
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
-    out = pd.concat(frames, ignore_index=True).assign(model=model, model_id=model_id,
-                                                      horizon=float(horizon))
+    out = pd.concat(frames, ignore_index=True).assign(
+        model=model, model_id=model_id, horizon=float(horizon)
+    )
     out["overall_useful"] = out["threshold"].round(10).isin(useful)
     return out.reindex(columns=COLUMNS)
 
 
-def score_decision_analysis(model: str, model_id: str, time, event, score, age=None, *,
-                            groups=None, horizons=(1.0, 2.0), thresholds=None,
-                            n_boot: int = 200, seed: int = 0, k: int = 5,
-                            min_group_size: int = 30, min_events: int = 10
-                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def score_decision_analysis(
+    model: str,
+    model_id: str,
+    time,
+    event,
+    score,
+    age=None,
+    *,
+    groups=None,
+    horizons=(1.0, 2.0),
+    thresholds=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 5,
+    min_group_size: int = 30,
+    min_events: int = 10,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`audit.decisions.curves.score_decision_curves`, and with ``groups``
     (``(attribute, labels)`` pairs aligned with ``time``) the same cross-fitted risks judged
     within each group (:func:`subgroup_net_benefit`): ``(curves, subgroup rows)``."""
-    parts = score_curves(model, model_id, time, event, score, age, horizons=horizons,
-                         thresholds=thresholds, n_boot=n_boot, seed=seed, k=k)
+    parts = score_curves(
+        model,
+        model_id,
+        time,
+        event,
+        score,
+        age,
+        horizons=horizons,
+        thresholds=thresholds,
+        n_boot=n_boot,
+        seed=seed,
+        k=k,
+    )
     if not parts:
         return pd.DataFrame(columns=CURVE_COLUMNS), pd.DataFrame(columns=COLUMNS)
     subgroups = []
@@ -134,11 +198,24 @@ def score_decision_analysis(model: str, model_id: str, time, event, score, age=N
         if groups:
             ok = at["complete"]
             labelled = [(a, np.asarray(labels, dtype=object)[ok]) for a, labels in groups]
-            subgroups.append(subgroup_net_benefit(
-                model, model_id, at["time"], at["event"], at["risk"], at["horizon"],
-                at["thresholds"], labelled, overall_useful=useful_thresholds(curve),
-                min_group_size=min_group_size, min_events=min_events, n_boot=n_boot,
-                seed=at["seed"]))
-    return (pd.concat([curve for curve, _ in parts], ignore_index=True),
-            pd.concat(subgroups, ignore_index=True) if subgroups
-            else pd.DataFrame(columns=COLUMNS))
+            subgroups.append(
+                subgroup_net_benefit(
+                    model,
+                    model_id,
+                    at["time"],
+                    at["event"],
+                    at["risk"],
+                    at["horizon"],
+                    at["thresholds"],
+                    labelled,
+                    overall_useful=useful_thresholds(curve),
+                    min_group_size=min_group_size,
+                    min_events=min_events,
+                    n_boot=n_boot,
+                    seed=at["seed"],
+                )
+            )
+    return (
+        pd.concat([curve for curve, _ in parts], ignore_index=True),
+        pd.concat(subgroups, ignore_index=True) if subgroups else pd.DataFrame(columns=COLUMNS),
+    )

@@ -24,8 +24,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SIZE = 112
 SKIN = {  # mean RGB of skin by race group (with per-subject jitter)
-    "White": (228, 188, 160), "Black": (122, 84, 60), "Asian": (226, 186, 148),
-    "Hispanic": (196, 148, 112), "Other": (172, 128, 98),
+    "White": (228, 188, 160),
+    "Black": (122, 84, 60),
+    "Asian": (226, 186, 148),
+    "Hispanic": (196, 148, 112),
+    "Other": (172, 128, 98),
 }
 HAIR = {
     "White": [(70, 50, 35), (140, 100, 60), (200, 170, 110), (40, 30, 25)],
@@ -73,18 +76,32 @@ def subject_look(rng: np.random.Generator, sex: str, race: str) -> SubjectLook:
     hair = np.array(palette[rng.integers(len(palette))], dtype=float)
     male = sex == "male"
     return SubjectLook(
-        skin=skin, hair=hair, face_w=rng.normal(30 if male else 28, 1.5),
-        face_h=rng.normal(38, 1.8), eye_gap=rng.normal(11.5, 0.8), eye_y=rng.normal(-4, 1.0),
-        hair_style=int(rng.integers(3)), glasses=bool(rng.random() < 0.2), male=male)
+        skin=skin,
+        hair=hair,
+        face_w=rng.normal(30 if male else 28, 1.5),
+        face_h=rng.normal(38, 1.8),
+        eye_gap=rng.normal(11.5, 0.8),
+        eye_y=rng.normal(-4, 1.0),
+        hair_style=int(rng.integers(3)),
+        glasses=bool(rng.random() < 0.2),
+        male=male,
+    )
 
 
-def photo_conditions(rng: np.random.Generator, light: float = 1.0,
-                     jpeg: tuple[int, int] = (60, 95)) -> PhotoConditions:
+def photo_conditions(
+    rng: np.random.Generator, light: float = 1.0, jpeg: tuple[int, int] = (60, 95)
+) -> PhotoConditions:
     return PhotoConditions(
-        angle=rng.normal(0, 5), dx=rng.normal(0, 2.0), dy=rng.normal(0, 2.0),
-        scale=rng.uniform(0.93, 1.07), gain=light * rng.uniform(0.8, 1.15),
-        side_light=rng.normal(0, 0.12), background=rng.uniform(40, 220, 3),
-        jpeg_quality=int(rng.integers(jpeg[0], jpeg[1] + 1)), warmth=rng.normal(0, 0.04))
+        angle=rng.normal(0, 5),
+        dx=rng.normal(0, 2.0),
+        dy=rng.normal(0, 2.0),
+        scale=rng.uniform(0.93, 1.07),
+        gain=light * rng.uniform(0.8, 1.15),
+        side_light=rng.normal(0, 0.12),
+        background=rng.uniform(40, 220, 3),
+        jpeg_quality=int(rng.integers(jpeg[0], jpeg[1] + 1)),
+        warmth=rng.normal(0, 0.04),
+    )
 
 
 def _clip01(x: float) -> float:
@@ -96,8 +113,13 @@ def _rgb(c) -> tuple[int, int, int]:
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def render_face(look: SubjectLook, cond: PhotoConditions, bio_age: float, health: float,
-                rng: np.random.Generator) -> Image.Image:
+def render_face(
+    look: SubjectLook,
+    cond: PhotoConditions,
+    bio_age: float,
+    health: float,
+    rng: np.random.Generator,
+) -> Image.Image:
     """One face photo (RGB, 112x112) before JPEG encoding."""
     a = _clip01((bio_age - 25.0) / 60.0)  # 0 at 25 years, 1 at 85
     sick = _clip01(health / 2.5)
@@ -115,8 +137,10 @@ def render_face(look: SubjectLook, cond: PhotoConditions, bio_age: float, health
     fh = look.face_h
     # hair behind the head, neck and shoulders
     hair_top = cy - fh - 6 + (8 * a if look.male else 0)  # recession for men
-    d.ellipse([cx - fw - 5, hair_top, cx + fw + 5, cy + (10 if look.hair_style == 2 else -5)],
-              fill=_rgb(hair))
+    d.ellipse(
+        [cx - fw - 5, hair_top, cx + fw + 5, cy + (10 if look.hair_style == 2 else -5)],
+        fill=_rgb(hair),
+    )
     d.rectangle([cx - 12, cy + fh - 8, cx + 12, SIZE], fill=_rgb(skin * 0.9))
     d.ellipse([cx - 45, cy + fh + 2, cx + 45, cy + fh + 60], fill=_rgb(cond.background * 0.5))
     # face, with jowls that widen the lower face as it sags
@@ -153,12 +177,20 @@ def render_face(look: SubjectLook, cond: PhotoConditions, bio_age: float, health
         d.line([ex - 6, ey - 6 + a, ex + 6, ey - 6 - a * 0.5], fill=_rgb(hair * 0.7), width=2)
         bags = _clip01(a * 1.1 + 0.4 * sick - 0.15)
         if bags > 0:
-            d.arc([ex - 5, ey + 1, ex + 5, ey + 6 + 2 * bags], 20, 160,
-                  fill=_rgb(skin * (1 - 0.35 * bags)), width=1 + int(bags > 0.6))
+            d.arc(
+                [ex - 5, ey + 1, ex + 5, ey + 6 + 2 * bags],
+                20,
+                160,
+                fill=_rgb(skin * (1 - 0.35 * bags)),
+                width=1 + int(bags > 0.6),
+            )
         if a > 0.35:  # crow's feet
             for k in (-1, 0, 1):
-                d.line([ex + side * 6, ey, ex + side * (9 + 2 * a), ey + k * (2 + 2 * a)],
-                       fill=line, width=1)
+                d.line(
+                    [ex + side * 6, ey, ex + side * (9 + 2 * a), ey + k * (2 + 2 * a)],
+                    fill=line,
+                    width=1,
+                )
     # nose, nasolabial folds, mouth
     d.line([cx, ey + 2, cx - 2, cy + 9], fill=dark, width=1)
     d.line([cx - 2, cy + 9, cx + 3, cy + 9], fill=dark, width=1)
@@ -168,8 +200,13 @@ def render_face(look: SubjectLook, cond: PhotoConditions, bio_age: float, health
         d.arc([cx + 4, cy + 5, cx + 14, cy + 22], 340, 80, fill=fold, width=1)
     mouth_y = cy + 16 + 2 * a
     lip = _rgb(skin * np.array([0.85, 0.6, 0.6]))
-    d.arc([cx - 8, mouth_y - 4 - 2 * a, cx + 8, mouth_y + 3], 20 + 10 * a, 160 - 10 * a,
-          fill=lip, width=2)
+    d.arc(
+        [cx - 8, mouth_y - 4 - 2 * a, cx + 8, mouth_y + 3],
+        20 + 10 * a,
+        160 - 10 * a,
+        fill=lip,
+        width=2,
+    )
     # age spots
     for _ in range(int(rng.poisson(4 * max(a - 0.4, 0)))):
         sx, sy = cx + rng.uniform(-fw + 4, fw - 4), cy + rng.uniform(-fh + 10, fh - 10)
@@ -181,14 +218,21 @@ def render_face(look: SubjectLook, cond: PhotoConditions, bio_age: float, health
         d.line([cx - look.eye_gap + 7, ey, cx + look.eye_gap - 7, ey], fill=(30, 30, 30))
 
     img = img.filter(ImageFilter.GaussianBlur(0.5))
-    img = img.rotate(cond.angle, resample=Image.BILINEAR, translate=(cond.dx, cond.dy),
-                     fillcolor=_rgb(cond.background))
+    img = img.rotate(
+        cond.angle,
+        resample=Image.BILINEAR,
+        translate=(cond.dx, cond.dy),
+        fillcolor=_rgb(cond.background),
+    )
     if abs(cond.scale - 1) > 1e-3:
         s = int(round(SIZE * cond.scale))
         big = img.resize((s, s), Image.BILINEAR)
         off = (s - SIZE) // 2
-        img = big.crop((off, off, off + SIZE, off + SIZE)) if s >= SIZE else \
-            _pad(big, SIZE, _rgb(cond.background))
+        img = (
+            big.crop((off, off, off + SIZE, off + SIZE))
+            if s >= SIZE
+            else _pad(big, SIZE, _rgb(cond.background))
+        )
     arr = np.asarray(img, dtype=np.float32)
     ramp = 1 + cond.side_light * np.linspace(-1, 1, SIZE, dtype=np.float32)[None, :, None]
     tint = np.array([1 + cond.warmth, 1.0, 1 - cond.warmth], dtype=np.float32)
@@ -202,9 +246,17 @@ def example_face(seed: int = 7) -> np.ndarray:
     rng = np.random.default_rng(seed)
     look = subject_look(rng, "female", "White")
     look.glasses = False
-    cond = PhotoConditions(angle=0.0, dx=0.0, dy=0.0, scale=1.0, gain=1.0, side_light=0.0,
-                           background=np.array([150.0, 160.0, 170.0]), jpeg_quality=95,
-                           warmth=0.0)
+    cond = PhotoConditions(
+        angle=0.0,
+        dx=0.0,
+        dy=0.0,
+        scale=1.0,
+        gain=1.0,
+        side_light=0.0,
+        background=np.array([150.0, 160.0, 170.0]),
+        jpeg_quality=95,
+        warmth=0.0,
+    )
     return np.asarray(render_face(look, cond, 60.0, 0.3, rng))
 
 

@@ -66,7 +66,7 @@ def cox_partial_likelihood(risk, time, event):
 def _batches(n, size, rng):
     idx = rng.permutation(n)
     for start in range(0, n - size + 1, size):
-        yield idx[start:start + size]
+        yield idx[start : start + size]
 
 
 def _fit(model, images, epochs, batch, rng, opt, loss_of, log, label, sched=None):
@@ -87,8 +87,10 @@ def _fit(model, images, epochs, batch, rng, opt, loss_of, log, label, sched=None
             if sched is not None:
                 sched.step()
             losses.append(loss.item())
-        log(f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} "
-            f"({len(images) / (time.time() - start):.0f} img/s)")
+        log(
+            f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} "
+            f"({len(images) / (time.time() - start):.0f} img/s)"
+        )
     return model.eval()
 
 
@@ -102,9 +104,18 @@ def train_faceage(images, ages, epochs, batch, lr, seed, log):
     steps = epochs * (len(images) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     target = torch.from_numpy(((ages - AGE_OFFSET) / AGE_SCALE).astype(np.float32))
-    return _fit(model, images, epochs, batch, np.random.default_rng(seed), opt,
-                lambda out, idx: torch.nn.functional.smooth_l1_loss(out, target[idx], beta=0.1),
-                log, "faceage", sched)
+    return _fit(
+        model,
+        images,
+        epochs,
+        batch,
+        np.random.default_rng(seed),
+        opt,
+        lambda out, idx: torch.nn.functional.smooth_l1_loss(out, target[idx], beta=0.1),
+        log,
+        "faceage",
+        sched,
+    )
 
 
 def train_survival(backbone, images, time_years, events, epochs, batch, lr, seed, log):
@@ -117,14 +128,29 @@ def train_survival(backbone, images, time_years, events, epochs, batch, lr, seed
     model.reset_classifier(1)
     torch.nn.init.zeros_(model.get_classifier().weight)
     torch.nn.init.zeros_(model.get_classifier().bias)
-    opt = torch.optim.AdamW([
-        {"params": [p for n, p in model.named_parameters() if not n.startswith("fc.")], "lr": lr / 5},
-        {"params": model.get_classifier().parameters(), "lr": lr},
-    ], weight_decay=1e-4)
+    opt = torch.optim.AdamW(
+        [
+            {
+                "params": [p for n, p in model.named_parameters() if not n.startswith("fc.")],
+                "lr": lr / 5,
+            },
+            {"params": model.get_classifier().parameters(), "lr": lr},
+        ],
+        weight_decay=1e-4,
+    )
     t = torch.from_numpy(time_years.astype(np.float32))
     e = torch.from_numpy(events.astype(np.float32))
-    return _fit(model, images, epochs, batch, np.random.default_rng(seed), opt,
-                lambda out, idx: cox_partial_likelihood(out, t[idx], e[idx]), log, "survival")
+    return _fit(
+        model,
+        images,
+        epochs,
+        batch,
+        np.random.default_rng(seed),
+        opt,
+        lambda out, idx: cox_partial_likelihood(out, t[idx], e[idx]),
+        log,
+        "survival",
+    )
 
 
 def predict(model, images, batch=256) -> np.ndarray:
@@ -133,7 +159,7 @@ def predict(model, images, batch=256) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            out.append(model(_to_tensor(images[start:start + batch])).squeeze(1).numpy())
+            out.append(model(_to_tensor(images[start : start + batch])).squeeze(1).numpy())
     return np.concatenate(out)
 
 
@@ -166,14 +192,16 @@ def main(argv=None) -> None:
     def log(msg):
         print(f"[{time.time() - t0:7.1f} s] {msg}", flush=True)
 
-    healthy = WorldParams.make("healthy", underserved=args.underserved,
-                               underserved_share=args.underserved_share)
+    healthy = WorldParams.make(
+        "healthy", underserved=args.underserved, underserved_share=args.underserved_share
+    )
     cancer = WorldParams.make("cancer")
     images, df = render_arrays(args.n_faceage, TRAIN_SEED_BASE + 1, healthy)
     val_images, val = render_arrays(2000, TRAIN_SEED_BASE + 2, WorldParams.make("healthy"))
     log(f"rendered {len(images)} healthy training and {len(val_images)} validation faces")
-    faceage = train_faceage(images, df["age"].to_numpy(), args.epochs_faceage, args.batch,
-                            args.lr, 1, log)
+    faceage = train_faceage(
+        images, df["age"].to_numpy(), args.epochs_faceage, args.batch, args.lr, 1, log
+    )
     pred = predict(faceage, val_images) * AGE_SCALE + AGE_OFFSET
     mae = float(np.abs(pred - val["age"].to_numpy()).mean())
     log(f"demo FaceAge validation MAE (healthy, 2,000 fresh subjects): {mae:.2f} years")
@@ -182,32 +210,49 @@ def main(argv=None) -> None:
     s_images, s_df = render_arrays(args.n_survival, TRAIN_SEED_BASE + 3, cancer)
     sv_images, sv = render_arrays(2000, TRAIN_SEED_BASE + 4, cancer)
     log(f"rendered {len(s_images)} cancer training and {len(sv_images)} validation faces")
-    survival = train_survival(faceage, s_images, s_df["time_days"].to_numpy() / 365.25,
-                              s_df["event"].to_numpy(), args.epochs_survival,
-                              args.batch_survival, args.lr_survival, 2, log)
+    survival = train_survival(
+        faceage,
+        s_images,
+        s_df["time_days"].to_numpy() / 365.25,
+        s_df["event"].to_numpy(),
+        args.epochs_survival,
+        args.batch_survival,
+        args.lr_survival,
+        2,
+        log,
+    )
     risk = predict(survival, sv_images)
     c = harrell_c(sv["time_days"], sv["event"], risk)
     c_age = harrell_c(sv["time_days"], sv["event"], sv["age"])
     c_true = harrell_c(sv["time_days"], sv["event"], sv["true_lp"])
     gap = float((predict(faceage, sv_images) * AGE_SCALE + AGE_OFFSET - sv["age"]).mean())
-    log(f"demo FaceSurvival validation C {c:.3f} (chronological age {c_age:.3f}, truth {c_true:.3f}); "
-        f"FaceAge gap on cancer patients {gap:+.2f} years")
+    log(
+        f"demo FaceSurvival validation C {c:.3f} (chronological age {c_age:.3f}, "
+        f"truth {c_true:.3f}); "
+        f"FaceAge gap on cancer patients {gap:+.2f} years"
+    )
 
     files = {}
     for name, model in (("demo_faceage", faceage), ("demo_survival", survival)):
         path = args.out / f"{name}.safetensors"
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(path), metadata={"arch": ARCH, "recipe": "audit.demo.train"})
-        files[name] = {"file": path.name, "sha256": sha256_file(path),
-                       "bytes": path.stat().st_size}
+        files[name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     recipe = {
         "command": "python -m audit.demo.train " + " ".join(argv or []),
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "arch": ARCH, "age_offset": AGE_OFFSET, "age_scale": AGE_SCALE,
-        "torch": torch.__version__, "seconds": round(time.time() - t0, 1),
-        "validation": {"faceage_mae_healthy": round(mae, 3), "survival_c": round(c, 4),
-                       "chronological_age_c": round(c_age, 4), "true_lp_c": round(c_true, 4),
-                       "faceage_gap_cancer": round(gap, 3)},
+        "arch": ARCH,
+        "age_offset": AGE_OFFSET,
+        "age_scale": AGE_SCALE,
+        "torch": torch.__version__,
+        "seconds": round(time.time() - t0, 1),
+        "validation": {
+            "faceage_mae_healthy": round(mae, 3),
+            "survival_c": round(c, 4),
+            "chronological_age_c": round(c_age, 4),
+            "true_lp_c": round(c_true, 4),
+            "faceage_gap_cancer": round(gap, 3),
+        },
         "files": files,
     }
     (args.out / "recipe.json").write_text(json.dumps(recipe, indent=2))

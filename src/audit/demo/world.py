@@ -17,8 +17,9 @@ shows ``B`` and ``H`` (:mod:`audit.demo.faces`), never ``A`` itself. Two populat
 Knobs plant known effects: ``shifts`` (``dark``, ``older``, ``jpeg``, ``site``) make a
 drifted cohort; ``underserved`` raises one race group's share to 25% and makes the oracle
 FaceAge 3 years too old and twice as noisy for it (the planted subgroup bias the fairness
-audit must find); ``defects`` plants bad inputs (listed in ``defects.csv``). The truth (B, H, the linear predictor) goes to
-``truth.csv`` and the planted parameters to ``truth.json``, never into the manifest.
+audit must find); ``defects`` plants bad inputs (listed in ``defects.csv``). The truth (B,
+H, the linear predictor) goes to ``truth.csv`` and the planted parameters to
+``truth.json``, never into the manifest.
 """
 
 from __future__ import annotations
@@ -37,19 +38,41 @@ from audit.demo.faces import jpeg_bytes, photo_conditions, render_face, subject_
 RACES = {"White": 0.68, "Black": 0.13, "Asian": 0.08, "Hispanic": 0.08, "Other": 0.03}
 SITE_RACES = {"White": 0.35, "Black": 0.30, "Asian": 0.10, "Hispanic": 0.22, "Other": 0.03}
 CANCERS = {
-    "thoracic": 0.20, "gastrointestinal": 0.18, "genitourinary": 0.14, "breast": 0.14,
-    "head_and_neck": 0.10, "cns": 0.05, "haematologic": 0.11, "other": 0.08,
+    "thoracic": 0.20,
+    "gastrointestinal": 0.18,
+    "genitourinary": 0.14,
+    "breast": 0.14,
+    "head_and_neck": 0.10,
+    "cns": 0.05,
+    "haematologic": 0.11,
+    "other": 0.08,
 }
 # Share female per cancer type (breast almost all women, genitourinary mostly prostate).
 FEMALE_SHARE = {"breast": 0.99, "genitourinary": 0.2}
 # Log hazard ratios of cancer type against thoracic (the reference).
 CANCER_LOG_HR = {
-    "thoracic": 0.0, "gastrointestinal": -0.1, "genitourinary": -0.6, "breast": -0.7,
-    "head_and_neck": -0.3, "cns": 0.2, "haematologic": -0.2, "other": -0.3,
+    "thoracic": 0.0,
+    "gastrointestinal": -0.1,
+    "genitourinary": -0.6,
+    "breast": -0.7,
+    "head_and_neck": -0.3,
+    "cns": 0.2,
+    "haematologic": -0.2,
+    "other": -0.3,
 }
 SHIFTS = ("dark", "older", "jpeg", "site")
-DEFECTS = ("truncated", "empty", "tiny", "blank", "png_as_jpg", "duplicate_other_subject",
-           "near_duplicate", "age_in_months", "missing_followup", "bad_event")
+DEFECTS = (
+    "truncated",
+    "empty",
+    "tiny",
+    "blank",
+    "png_as_jpg",
+    "duplicate_other_subject",
+    "near_duplicate",
+    "age_in_months",
+    "missing_followup",
+    "bad_event",
+)
 POPULATIONS = ("cancer", "healthy")
 
 
@@ -85,8 +108,13 @@ class WorldParams:
         return float(np.exp(self.beta_bio_per_decade))
 
     @classmethod
-    def make(cls, population: str = "cancer", shifts=(), underserved: str | None = None,
-             underserved_share: float = 0.25) -> "WorldParams":
+    def make(
+        cls,
+        population: str = "cancer",
+        shifts=(),
+        underserved: str | None = None,
+        underserved_share: float = 0.25,
+    ) -> "WorldParams":
         """Parameters of a population, with drift ``shifts`` and an ``underserved`` group."""
         if population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, got {population!r}")
@@ -134,7 +162,9 @@ def simulate(n: int, seed: int, params: WorldParams | None = None) -> pd.DataFra
     rng = np.random.default_rng(seed)
     age = np.round(_truncated_normal(rng, n, p.age_mean, p.age_sd, p.age_min, p.age_max), 1)
     races = list(p.races)
-    race = rng.choice(races, size=n, p=np.array([p.races[r] for r in races]) / sum(p.races.values()))
+    race = rng.choice(
+        races, size=n, p=np.array([p.races[r] for r in races]) / sum(p.races.values())
+    )
     health = rng.normal(p.health_mean, p.health_sd, n)
     bio = age + p.health_to_bio_years * health + rng.normal(0.0, p.bio_noise_sd, n)
     centred = health - p.health_mean
@@ -156,8 +186,14 @@ def simulate(n: int, seed: int, params: WorldParams | None = None) -> pd.DataFra
     t_end = np.minimum(np.minimum(t_death, t_loss), p.admin_censor_years)
     event = (t_death <= t_end).astype(int)
     ids = [f"{i + 1:06d}" for i in range(n)]
-    df = pd.DataFrame({"photo_id": [f"P{i}" for i in ids], "subject_id": [f"S{i}" for i in ids],
-                       "sex": sex, **out})
+    df = pd.DataFrame(
+        {
+            "photo_id": [f"P{i}" for i in ids],
+            "subject_id": [f"S{i}" for i in ids],
+            "sex": sex,
+            **out,
+        }
+    )
     df["time_days"] = np.maximum(np.round(t_end * 365.25), 1).astype(int)
     df["event"] = event
     noise = rng.normal(0, p.oracle_faceage_sd, n)
@@ -175,8 +211,9 @@ TRUTH_COLUMNS = ["photo_id", "subject_id", "biological_age", "health", "true_lp"
 AGING_PER_HEALTH = 0.5  # extra face-aging years per year per unit of (centred) illness
 
 
-def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
-                  interval_years: float = 1.5) -> pd.DataFrame:
+def expand_photos(
+    subjects: pd.DataFrame, photos_per_subject: int, seed: int, interval_years: float = 1.5
+) -> pd.DataFrame:
     """One row per photo: photo 0 at baseline, later ones every ~interval while followed.
 
     Age, biological age and remaining follow-up move with each photo; the subject's first
@@ -184,12 +221,16 @@ def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
     """
     rng = np.random.default_rng([seed, 7])
     base = pd.Timestamp("2020-01-01") + pd.to_timedelta(
-        rng.integers(0, 3 * 365, len(subjects)), unit="D")
+        rng.integers(0, 3 * 365, len(subjects)), unit="D"
+    )
     rows = []
     centre = float(subjects["health"].mean()) if "health" in subjects.columns else 0.0
     for k in range(photos_per_subject):
-        offset = np.zeros(len(subjects)) if k == 0 else \
-            k * interval_years + rng.uniform(-0.3, 0.3, len(subjects))
+        offset = (
+            np.zeros(len(subjects))
+            if k == 0
+            else k * interval_years + rng.uniform(-0.3, 0.3, len(subjects))
+        )
         followed = subjects["time_days"].to_numpy() / 365.25 > offset
         part = subjects[followed].copy()
         off = offset[followed]
@@ -197,13 +238,17 @@ def expand_photos(subjects: pd.DataFrame, photos_per_subject: int, seed: int,
         part["age"] = np.round(part["age"] + off, 1)
         # Illness ages the face faster: biological age advances 1 + 0.5 x (health - mean)
         # years per year, and FaceAge (and the photos) follow it.
-        rate = 1.0 + AGING_PER_HEALTH * (part["health"].to_numpy() - centre) \
-            if "health" in part.columns else 1.0
+        rate = (
+            1.0 + AGING_PER_HEALTH * (part["health"].to_numpy() - centre)
+            if "health" in part.columns
+            else 1.0
+        )
         part["biological_age"] = part["biological_age"] + off * rate
         part["faceage"] = np.round(part["faceage"] + off * rate, 2)
         part["time_days"] = np.maximum(part["time_days"] - np.round(off * 365.25), 1).astype(int)
-        part["photo_date"] = (base[followed] + pd.to_timedelta(np.round(off * 365.25), unit="D")
-                              ).strftime("%Y-%m-%d")
+        part["photo_date"] = (
+            base[followed] + pd.to_timedelta(np.round(off * 365.25), unit="D")
+        ).strftime("%Y-%m-%d")
         part["photo_index"] = k
         rows.append(part)
     out = pd.concat(rows).sort_values(["subject_id", "photo_index"], kind="stable")
@@ -217,19 +262,22 @@ def iter_jpegs(photos: pd.DataFrame, seed: int, params: WorldParams):
         sid = row.subject_id
         subject_no = int(sid[1:])
         if sid not in looks:
-            looks[sid] = subject_look(np.random.default_rng([seed, subject_no, 0]), row.sex, row.race)
+            looks[sid] = subject_look(
+                np.random.default_rng([seed, subject_no, 0]), row.sex, row.race
+            )
         rng = np.random.default_rng([seed, subject_no, 1 + int(row.photo_index)])
         cond = photo_conditions(rng, light=params.light, jpeg=tuple(params.jpeg_quality))
         img = render_face(looks[sid], cond, row.biological_age, row.health, rng)
         yield f"{sid}/{row.photo_id}.jpg", jpeg_bytes(img, cond.jpeg_quality)
 
 
-def render_photos(photos: pd.DataFrame, images_dir: Path, seed: int, params: WorldParams,
-                  progress=None) -> list[str]:
+def render_photos(
+    photos: pd.DataFrame, images_dir: Path, seed: int, params: WorldParams, progress=None
+) -> list[str]:
     """Render and write every photo as JPEG; return the image paths (relative)."""
     paths = []
     items = iter_jpegs(photos, seed, params)
-    for rel, data in (progress(items, total=len(photos)) if progress else items):
+    for rel, data in progress(items, total=len(photos)) if progress else items:
         path = images_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -295,7 +343,8 @@ def plant_defects(folder: Path, manifest: pd.DataFrame, seed: int) -> pd.DataFra
                 from PIL import ImageEnhance
 
                 ImageEnhance.Brightness(Image.open(other).convert("RGB")).enhance(1.03).save(
-                    path, format="JPEG", quality=72)
+                    path, format="JPEG", quality=72
+                )
             elif kind == "age_in_months":
                 manifest.at[i, "age"] = round(float(manifest.at[i, "age"]) * 12, 1)
             elif kind == "missing_followup" and "followup_days" in manifest:
@@ -307,9 +356,18 @@ def plant_defects(folder: Path, manifest: pd.DataFrame, seed: int) -> pd.DataFra
     return manifest
 
 
-def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None = None,
-                 name: str | None = None, photos: bool = False, photos_per_subject: int = 1,
-                 oracle: bool | None = None, defects: bool = False, progress=None) -> Path:
+def write_cohort(
+    out: str | Path,
+    n: int,
+    seed: int,
+    params: WorldParams | None = None,
+    name: str | None = None,
+    photos: bool = False,
+    photos_per_subject: int = 1,
+    oracle: bool | None = None,
+    defects: bool = False,
+    progress=None,
+) -> Path:
     """Write a cohort folder of the synthetic world (manifest, cohort.yaml, truth, photos).
 
     Parameters
@@ -326,10 +384,18 @@ def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None 
         shutil.rmtree(out / "images")
     out.mkdir(parents=True, exist_ok=True)
     subjects = simulate(n, seed, p)
-    df = expand_photos(subjects, photos_per_subject, seed) if (photos or photos_per_subject > 1) \
+    df = (
+        expand_photos(subjects, photos_per_subject, seed)
+        if (photos or photos_per_subject > 1)
         else subjects.assign(photo_index=0)
-    cols = {"photo_id": df["photo_id"], "subject_id": df["subject_id"], "age": df["age"],
-            "sex": df["sex"].map({"female": "F", "male": "M"}), "race": df["race"]}
+    )
+    cols = {
+        "photo_id": df["photo_id"],
+        "subject_id": df["subject_id"],
+        "age": df["age"],
+        "sex": df["sex"].map({"female": "F", "male": "M"}),
+        "race": df["race"],
+    }
     for extra in ("cancer_type", "ecog", "treatment_intent", "photo_date"):
         if extra in df:
             cols[extra] = df[extra]
@@ -346,14 +412,20 @@ def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None 
     manifest.to_csv(out / "manifest.csv", index=False)
     df[TRUTH_COLUMNS].to_csv(out / "truth.csv", index=False)
     kind = "rendered face photos" if photos else "no photos"
-    description = (f"SYNTHETIC {p.population} cohort from faceage-audit's demo world (no real "
-                   f"patients; {kind}).")
+    description = (
+        f"SYNTHETIC {p.population} cohort from faceage-audit's demo world (no real "
+        f"patients; {kind})."
+    )
     if oracle:
-        description += (" Its faceage and risk columns are an ORACLE model's predictions "
-                        "(truth + noise), not a trained image model's.")
+        description += (
+            " Its faceage and risk columns are an ORACLE model's predictions "
+            "(truth + noise), not a trained image model's."
+        )
     spec = {
         "name": name or f"synthetic-{p.population}-n{n}-seed{seed}",
-        "site": "synthetic", "description": description, "synthetic": True,
+        "site": "synthetic",
+        "description": description,
+        "synthetic": True,
         "manifest": "manifest.csv",
         "columns": {"time": "followup_days", "event": "death"},
         "values": {"sex": {"F": "female", "M": "male"}},
@@ -369,8 +441,15 @@ def write_cohort(out: str | Path, n: int, seed: int, params: WorldParams | None 
             {"name": "treatment_intent", "type": "categorical", "reference": "curative"},
         ]
     (out / "cohort.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    truth = {"seed": seed, "n": n, "params": asdict(p),
-             "hr_bio_per_decade": p.hr_bio_per_decade, "photos": photos,
-             "photos_per_subject": photos_per_subject, "oracle": oracle, "defects": defects}
+    truth = {
+        "seed": seed,
+        "n": n,
+        "params": asdict(p),
+        "hr_bio_per_decade": p.hr_bio_per_decade,
+        "photos": photos,
+        "photos_per_subject": photos_per_subject,
+        "oracle": oracle,
+        "defects": defects,
+    }
     (out / "truth.json").write_text(json.dumps(truth, indent=2))
     return out

@@ -21,9 +21,21 @@ from audit.data.cohort import age_band, natural_order
 from audit.pipeline.config import AccuracyConfig, SurvivalConfig
 from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
 from audit.stats.concordance import weighted_concordance
+from audit.stats.groups import label_codes
 
-ACCURACY_COLUMNS = ["model", "output", "metric", "attribute", "group_name", "n", "n_subjects",
-                    "value", "ci_low", "ci_high", "status"]
+ACCURACY_COLUMNS = [
+    "model",
+    "output",
+    "metric",
+    "attribute",
+    "group_name",
+    "n",
+    "n_subjects",
+    "value",
+    "ci_low",
+    "ci_high",
+    "status",
+]
 FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y"]
 
 
@@ -71,45 +83,51 @@ def faceage_accuracy(frame: pd.DataFrame, model: str, config: AccuracyConfig) ->
     # Shifting x and y by constants leaves r unchanged and keeps the sums well conditioned.
     xc, yc = x - x.mean() if len(x) else x, y - y.mean() if len(y) else y
     e = y - x
-    cols = np.column_stack([np.ones_like(x), e, np.abs(e), (np.abs(e) <= 5).astype(float),
-                            xc, yc, xc * xc, yc * yc, xc * yc])
+    cols = np.column_stack(
+        [
+            np.ones_like(x),
+            e,
+            np.abs(e),
+            (np.abs(e) <= 5).astype(float),
+            xc,
+            yc,
+            xc * xc,
+            yc * yc,
+            xc * yc,
+        ]
+    )
     rng = np.random.default_rng(config.seed)
     boot = SubjectBootstrap.draw(df["subject_id"].to_numpy(), config.n_boot, rng)
     rows = []
 
     def emit(attribute, names, codes):
         point, samples = boot.totals(cols, codes, len(names))
-        subj = _subjects_per_group(boot.subject_codes, codes, len(names))
+        subj = boot.subjects_per_group(codes, len(names))
         pm = _faceage_metrics(point)
         bm = _faceage_metrics(samples)
         for metric in FACEAGE_METRICS:
             low, high = percentile_ci(bm[metric], config.ci_level, axis=0)
             for gi, name in enumerate(names):
-                rows.append({
-                    "model": model, "output": "faceage", "metric": metric,
-                    "attribute": attribute, "group_name": name, "n": int(point[gi, 0]),
-                    "n_subjects": int(subj[gi]), "value": float(pm[metric][gi]),
-                    "ci_low": float(low[gi]), "ci_high": float(high[gi]),
-                    "status": "ok" if subj[gi] >= config.min_group_size else "too_small",
-                })
+                rows.append(
+                    {
+                        "model": model,
+                        "output": "faceage",
+                        "metric": metric,
+                        "attribute": attribute,
+                        "group_name": name,
+                        "n": int(point[gi, 0]),
+                        "n_subjects": int(subj[gi]),
+                        "value": float(pm[metric][gi]),
+                        "ci_low": float(low[gi]),
+                        "ci_high": float(high[gi]),
+                        "status": "ok" if subj[gi] >= config.min_group_size else "too_small",
+                    }
+                )
 
     emit("all", ["all"], None)
     for attribute in _group_attributes(df, config):
-        values = df[attribute].astype(object)
-        names = natural_order(values.dropna().unique())
-        lookup = {v: i for i, v in enumerate(names)}
-        codes = values.map(lambda v: lookup.get(v, -1) if v is not None else -1)
-        emit(attribute, names, codes.fillna(-1).to_numpy(np.int64))
+        emit(attribute, *label_codes(df[attribute]))
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
-
-
-def _subjects_per_group(subject_codes, group_codes, n_groups) -> np.ndarray:
-    if group_codes is None:
-        return np.array([len(np.unique(subject_codes))])
-    out = np.zeros(n_groups, dtype=np.int64)
-    for gi in range(n_groups):
-        out[gi] = len(np.unique(subject_codes[group_codes == gi]))
-    return out
 
 
 def harrell_c(time, event, risk) -> float:
@@ -125,8 +143,9 @@ def harrell_c(time, event, risk) -> float:
         return float("nan")
 
 
-def bootstrap_c(time, event, risk, n_boot: int, rng: np.random.Generator,
-                level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_c(
+    time, event, risk, n_boot: int, rng: np.random.Generator, level: float = 0.95
+) -> tuple[float, float, float]:
     """Harrell's C with a percentile bootstrap CI over subjects (one row per subject).
 
     Every resample's C comes from one weighted pass (:mod:`audit.stats.concordance`), equal to
@@ -142,8 +161,9 @@ def bootstrap_c(time, event, risk, n_boot: int, rng: np.random.Generator,
     return point, float(low), float(high)
 
 
-def risk_accuracy(subjects: pd.DataFrame, model: str, acc: AccuracyConfig,
-                  surv: SurvivalConfig) -> pd.DataFrame:
+def risk_accuracy(
+    subjects: pd.DataFrame, model: str, acc: AccuracyConfig, surv: SurvivalConfig
+) -> pd.DataFrame:
     """Harrell's C of the ``risk`` output, overall and per group (one photo per subject)."""
     df = add_groups(subjects, acc)
     df = df[np.isfinite(df["risk"].astype(float)) & df["event"].notna()]
@@ -155,13 +175,24 @@ def risk_accuracy(subjects: pd.DataFrame, model: str, acc: AccuracyConfig,
             parts.append((attribute, name, df[df[attribute] == name]))
     for attribute, name, sub in parts:
         n_events = int(sub["event"].sum())
-        c, low, high = bootstrap_c(sub["time"], sub["event"], sub["risk"], surv.n_boot, rng,
-                                   acc.ci_level)
-        rows.append({
-            "model": model, "output": "risk", "metric": "c_index", "attribute": attribute,
-            "group_name": str(name), "n": len(sub), "n_subjects": len(sub), "value": c,
-            "ci_low": low, "ci_high": high,
-            "status": "ok" if len(sub) >= acc.min_group_size and n_events >= surv.min_events
-            else "too_small",
-        })
+        c, low, high = bootstrap_c(
+            sub["time"], sub["event"], sub["risk"], surv.n_boot, rng, acc.ci_level
+        )
+        rows.append(
+            {
+                "model": model,
+                "output": "risk",
+                "metric": "c_index",
+                "attribute": attribute,
+                "group_name": str(name),
+                "n": len(sub),
+                "n_subjects": len(sub),
+                "value": c,
+                "ci_low": low,
+                "ci_high": high,
+                "status": "ok"
+                if len(sub) >= acc.min_group_size and n_events >= surv.min_events
+                else "too_small",
+            }
+        )
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)

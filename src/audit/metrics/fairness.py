@@ -55,32 +55,64 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from audit.data.cohort import age_band, natural_order
+from audit.data.cohort import age_band
 from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
 from audit.stats.concordance import weighted_concordance
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
+from audit.stats.groups import label_codes
 
 FAIRNESS_COLUMNS = [
-    "model", "output", "metric", "attribute", "group_name", "n", "n_subjects", "value",
-    "ci_low", "ci_high", "diff_to_overall", "diff_ci_low", "diff_ci_high", "diff_ci_method",
-    "reference_group", "diff_to_reference", "ref_ci_low", "ref_ci_high", "tolerance", "status",
+    "model",
+    "output",
+    "metric",
+    "attribute",
+    "group_name",
+    "n",
+    "n_subjects",
+    "value",
+    "ci_low",
+    "ci_high",
+    "diff_to_overall",
+    "diff_ci_low",
+    "diff_ci_high",
+    "diff_ci_method",
+    "reference_group",
+    "diff_to_reference",
+    "ref_ci_low",
+    "ref_ci_high",
+    "tolerance",
+    "status",
 ]
-FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y", "mae_age_adjusted",
-                   "mean_error_age_adjusted"]
+FACEAGE_METRICS = [
+    "mae",
+    "mean_error",
+    "pearson_r",
+    "within_5y",
+    "mae_age_adjusted",
+    "mean_error_age_adjusted",
+]
 RISK_METRICS = ["c_index", "calibration_oe"]
 # which side of the overall value is worse for a group
-WORSE = {"mae": "higher", "mae_age_adjusted": "higher", "mean_error": "both",
-         "mean_error_age_adjusted": "both", "pearson_r": "lower", "within_5y": "lower",
-         "c_index": "lower", "calibration_oe": "both"}
+WORSE = {
+    "mae": "higher",
+    "mae_age_adjusted": "higher",
+    "mean_error": "both",
+    "mean_error_age_adjusted": "both",
+    "pearson_r": "lower",
+    "within_5y": "lower",
+    "c_index": "lower",
+    "calibration_oe": "both",
+}
 SEP = " x "
 
 
 # ---------------------------------------------------------------------------- groups
 
+
 def age_decade(age: pd.Series) -> pd.Series:
     """Decades of age as ``20-29``, ``30-39``, ...; missing stays missing."""
     a = pd.to_numeric(age, errors="coerce")
-    lo = (np.floor(a / 10) * 10)
+    lo = np.floor(a / 10) * 10
     return lo.map(lambda v: None if pd.isna(v) else f"{int(v)}-{int(v) + 9}")
 
 
@@ -96,44 +128,38 @@ def groupings(frame: pd.DataFrame, config) -> list[tuple[str, pd.Series]]:
     """``(attribute, labels)`` for each attribute present and each intersection whose parts
     are present; labels are strings, missing values None (left out of that grouping)."""
     out = []
-    present = [a for a in config.attributes if a in frame.columns and frame[a].notna().any()
-               and frame[a].nunique() > 1]
+    present = [
+        a
+        for a in config.attributes
+        if a in frame.columns and frame[a].notna().any() and frame[a].nunique() > 1
+    ]
     for attribute in present:
         out.append((attribute, frame[attribute].map(lambda v: None if pd.isna(v) else str(v))))
     for parts in config.intersections:
         if all(p in frame.columns and frame[p].notna().any() for p in parts):
             cols = [frame[p].map(lambda v: None if pd.isna(v) else str(v)) for p in parts]
-            joined = pd.Series([None if any(v is None for v in vals) else SEP.join(vals)
-                                for vals in zip(*cols)], index=frame.index, dtype=object)
+            joined = pd.Series(
+                [None if any(v is None for v in vals) else SEP.join(vals) for vals in zip(*cols)],
+                index=frame.index,
+                dtype=object,
+            )
             out.append((SEP.join(parts), joined))
     return out
 
 
-def attribute_groupings(frame: pd.DataFrame, attributes: list[str]
-                        ) -> list[tuple[str, pd.Series]]:
+def attribute_groupings(frame: pd.DataFrame, attributes: list[str]) -> list[tuple[str, pd.Series]]:
     """:func:`groupings` of single attributes only (no intersections)."""
     from types import SimpleNamespace
 
     return groupings(frame, SimpleNamespace(attributes=list(attributes), intersections=[]))
 
 
-def _codes(labels: pd.Series) -> tuple[list[str], np.ndarray]:
-    names = natural_order(labels.dropna().unique())
-    lookup = {v: i for i, v in enumerate(names)}
-    return names, labels.map(lambda v: lookup.get(v, -1) if v is not None else -1).to_numpy(np.int64)
-
-
-def _subjects_per_group(subject_codes: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    out = np.zeros(n_groups, dtype=np.int64)
-    for g in range(n_groups):
-        out[g] = len(np.unique(subject_codes[codes == g]))
-    return out
-
-
 # ---------------------------------------------------------------------------- intervals
 
-def maxt_band(point: np.ndarray, boot: np.ndarray, level: float, usable: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, float]:
+
+def maxt_band(
+    point: np.ndarray, boot: np.ndarray, level: float, usable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Simultaneous bands ``point -/+ c * se`` over the ``usable`` groups: ``se`` is each
     group's bootstrap standard deviation and ``c`` the ``level`` quantile over resamples of
     the largest standardised deviation ``max_g |boot - point| / se`` (Westfall and Young)."""
@@ -170,6 +196,7 @@ def is_flagged(metric: str, low: float, high: float, tolerance: float) -> bool:
 
 # ---------------------------------------------------------------------------- FaceAge
 
+
 def spline_knots(age: np.ndarray) -> np.ndarray | None:
     """Harrell's four knots for a restricted cubic spline of age (the 5th, 35th, 65th and
     95th percentiles), or None when the ages take too few values for one (a line only)."""
@@ -195,16 +222,23 @@ def age_basis(age: np.ndarray, knots: np.ndarray | None, center: float) -> np.nd
 
         span = (t[-1] - t[0]) ** 2
         for j in range(k - 2):
-            cols.append((p3(x - t[j]) - p3(x - t[k - 2]) * (t[k - 1] - t[j]) / (t[k - 1] - t[k - 2])
-                         + p3(x - t[k - 1]) * (t[k - 2] - t[j]) / (t[k - 1] - t[k - 2])) / span)
+            cols.append(
+                (
+                    p3(x - t[j])
+                    - p3(x - t[k - 2]) * (t[k - 1] - t[j]) / (t[k - 1] - t[k - 2])
+                    + p3(x - t[k - 1]) * (t[k - 2] - t[j]) / (t[k - 1] - t[k - 2])
+                )
+                / span
+            )
     return np.column_stack(cols)
 
 
 _N_BASE = 10  # [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - fit|]
 
 
-def _faceage_columns(x: np.ndarray, y: np.ndarray, basis: np.ndarray,
-                     beta: np.ndarray) -> np.ndarray:
+def _faceage_columns(
+    x: np.ndarray, y: np.ndarray, basis: np.ndarray, beta: np.ndarray
+) -> np.ndarray:
     """Per-photo columns whose group totals give every FaceAge metric and refit the error's
     age trend in any resample: [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - B beta|],
     then the basis B (k), its products B_i B_j (i <= j) and B_i e."""
@@ -213,9 +247,23 @@ def _faceage_columns(x: np.ndarray, y: np.ndarray, basis: np.ndarray,
     k = basis.shape[1]
     iu = np.triu_indices(k)
     products = (basis[:, :, None] * basis[:, None, :])[:, iu[0], iu[1]]
-    return np.column_stack([np.ones_like(x), e, np.abs(e), (np.abs(e) <= 5).astype(float), xc,
-                            yc, xc * xc, yc * yc, xc * yc, np.abs(e - basis @ beta), basis,
-                            products, basis * e[:, None]])
+    return np.column_stack(
+        [
+            np.ones_like(x),
+            e,
+            np.abs(e),
+            (np.abs(e) <= 5).astype(float),
+            xc,
+            yc,
+            xc * xc,
+            yc * yc,
+            xc * yc,
+            np.abs(e - basis @ beta),
+            basis,
+            products,
+            basis * e[:, None],
+        ]
+    )
 
 
 def _basis_moments(t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,11 +271,11 @@ def _basis_moments(t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     :func:`_faceage_columns`."""
     iu = np.triu_indices(k)
     start = _N_BASE + k
-    products = t[..., start:start + len(iu[0])]
+    products = t[..., start : start + len(iu[0])]
     bb = np.zeros(t.shape[:-1] + (k, k))
     bb[..., iu[0], iu[1]] = products
     bb[..., iu[1], iu[0]] = products
-    return bb, t[..., start + len(iu[0]):start + len(iu[0]) + k]
+    return bb, t[..., start + len(iu[0]) : start + len(iu[0]) + k]
 
 
 def _error_fit(t: np.ndarray, k: int, columns: int | None = None) -> np.ndarray:
@@ -240,7 +288,8 @@ def _error_fit(t: np.ndarray, k: int, columns: int | None = None) -> np.ndarray:
     with np.errstate(all="ignore"):
         sub, rhs = bb[..., :m, :m], be[..., :m]
         ok = np.abs(np.linalg.det(sub)) > 1e-12 * np.maximum(
-            np.prod(np.diagonal(sub, axis1=-2, axis2=-1), axis=-1), 1e-300)
+            np.prod(np.diagonal(sub, axis1=-2, axis2=-1), axis=-1), 1e-300
+        )
         fill = np.where(ok[..., None, None], sub, np.eye(m))
         solved = np.linalg.solve(fill, rhs[..., None])[..., 0]
     beta[..., :m] = np.where(ok[..., None], solved, np.nan)
@@ -254,11 +303,15 @@ def _faceage_from_totals(t: np.ndarray, beta: np.ndarray, k: int) -> dict[str, n
         sxx = t[..., 6] - t[..., 4] ** 2 / n
         syy = t[..., 7] - t[..., 5] ** 2 / n
         sxy = t[..., 8] - t[..., 4] * t[..., 5] / n
-        trend = (beta * t[..., _N_BASE:_N_BASE + k]).sum(axis=-1)
-        return {"mae": t[..., 2] / n, "mean_error": t[..., 1] / n,
-                "pearson_r": sxy / np.sqrt(sxx * syy), "within_5y": t[..., 3] / n,
-                "mae_age_adjusted": t[..., 9] / n,
-                "mean_error_age_adjusted": (t[..., 1] - trend) / n}
+        trend = (beta * t[..., _N_BASE : _N_BASE + k]).sum(axis=-1)
+        return {
+            "mae": t[..., 2] / n,
+            "mean_error": t[..., 1] / n,
+            "pearson_r": sxy / np.sqrt(sxx * syy),
+            "within_5y": t[..., 3] / n,
+            "mae_age_adjusted": t[..., 9] / n,
+            "mean_error_age_adjusted": (t[..., 1] - trend) / n,
+        }
 
 
 def _curvature(t: np.ndarray, k: int) -> np.ndarray:
@@ -278,6 +331,7 @@ def _curvature(t: np.ndarray, k: int) -> np.ndarray:
 def _faceage_metric_fns(basis_of, beta: np.ndarray) -> dict:
     """fairlearn metric callables ``f(y_true, y_pred)`` (age, FaceAge) for the group values;
     ``basis_of(age)`` gives the age basis the error's trend ``beta`` was fitted on."""
+
     def adjusted(y_true, y_pred):
         t = np.asarray(y_true, float)
         return (np.asarray(y_pred, float) - t) - basis_of(t) @ beta
@@ -285,27 +339,37 @@ def _faceage_metric_fns(basis_of, beta: np.ndarray) -> dict:
     return {
         "mae": lambda t, p: float(np.mean(np.abs(np.asarray(p) - np.asarray(t)))),
         "mean_error": lambda t, p: float(np.mean(np.asarray(p) - np.asarray(t))),
-        "pearson_r": lambda t, p: (float(np.corrcoef(t, p)[0, 1]) if len(t) > 2
-                                   and np.std(t) > 0 and np.std(p) > 0 else float("nan")),
+        "pearson_r": lambda t, p: (
+            float(np.corrcoef(t, p)[0, 1])
+            if len(t) > 2 and np.std(t) > 0 and np.std(p) > 0
+            else float("nan")
+        ),
         "within_5y": lambda t, p: float(np.mean(np.abs(np.asarray(p) - np.asarray(t)) <= 5)),
         "mae_age_adjusted": lambda t, p: float(np.mean(np.abs(adjusted(t, p)))),
         "mean_error_age_adjusted": lambda t, p: float(np.mean(adjusted(t, p))),
     }
 
 
-def _metricframe(metrics: dict, y_true, y_pred, labels: pd.Series | None,
-                 sample_params: dict | None = None) -> tuple[pd.Series, pd.DataFrame | None]:
+def _metricframe(
+    metrics: dict, y_true, y_pred, labels: pd.Series | None, sample_params: dict | None = None
+) -> tuple[pd.Series, pd.DataFrame | None]:
     """fairlearn's overall values and values by group (a dict of metrics, always)."""
     from fairlearn.metrics import MetricFrame
 
     sens = labels if labels is not None else pd.Series(["all"] * len(y_true))
-    mf = MetricFrame(metrics=metrics, y_true=np.asarray(y_true), y_pred=np.asarray(y_pred),
-                     sensitive_features=sens.to_numpy(), sample_params=sample_params)
+    mf = MetricFrame(
+        metrics=metrics,
+        y_true=np.asarray(y_true),
+        y_pred=np.asarray(y_pred),
+        sensitive_features=sens.to_numpy(),
+        sample_params=sample_params,
+    )
     return mf.overall, (mf.by_group if labels is not None else None)
 
 
-def faceage_fairness(frame: pd.DataFrame, model: str, config, age_cuts: list[float]
-                     ) -> pd.DataFrame:
+def faceage_fairness(
+    frame: pd.DataFrame, model: str, config, age_cuts: list[float]
+) -> pd.DataFrame:
     """FaceAge fairness rows (one per metric and group, overall included).
 
     Parameters
@@ -317,8 +381,10 @@ def faceage_fairness(frame: pd.DataFrame, model: str, config, age_cuts: list[flo
     age_cuts : the age-band cut points.
     """
     df = add_fairness_groups(frame, age_cuts)
-    df = df[np.isfinite(pd.to_numeric(df["age"], errors="coerce"))
-            & np.isfinite(pd.to_numeric(df["faceage"], errors="coerce"))].reset_index(drop=True)
+    df = df[
+        np.isfinite(pd.to_numeric(df["age"], errors="coerce"))
+        & np.isfinite(pd.to_numeric(df["faceage"], errors="coerce"))
+    ].reset_index(drop=True)
     if len(df) < 3:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
     x, y = df["age"].to_numpy(float), df["faceage"].to_numpy(float)
@@ -331,40 +397,78 @@ def faceage_fairness(frame: pd.DataFrame, model: str, config, age_cuts: list[flo
     k = basis.shape[1]
     beta = np.linalg.lstsq(basis, y - x, rcond=None)[0]  # the error's trend in age, once
     cols = _faceage_columns(x, y, basis, beta)
-    boot = SubjectBootstrap.draw(df["subject_id"].to_numpy(), config.n_boot,
-                                 np.random.default_rng(config.seed))
+    boot = SubjectBootstrap.draw(
+        df["subject_id"].to_numpy(), config.n_boot, np.random.default_rng(config.seed)
+    )
     over_point, over_boot = boot.totals(cols)  # (1, K), (B, 1, K)
     beta_boot = _error_fit(over_boot, k)  # the trend refitted in each resample, (B, 1, k)
     overall_point = _faceage_from_totals(over_point, beta[None, :], k)
     overall_boot = _faceage_from_totals(over_boot, beta_boot, k)
     fns = _faceage_metric_fns(basis_of, beta)
     mf_overall, _ = _metricframe(fns, x, y, None)
-    rows = [_overall_row(model, "faceage", m, float(mf_overall[m]), len(df), boot.n_subjects,
-                         overall_boot[m][:, 0], config) for m in FACEAGE_METRICS]
+    rows = [
+        _overall_row(
+            model,
+            "faceage",
+            m,
+            float(mf_overall[m]),
+            len(df),
+            boot.n_subjects,
+            overall_boot[m][:, 0],
+            config,
+        )
+        for m in FACEAGE_METRICS
+    ]
     if knots is not None:  # the error's bend in age: a finding of its own, not a group's
-        rows.append({**_overall_row(model, "faceage", "error_age_curvature",
-                                    float(_curvature(over_point, k)[0]), len(df),
-                                    boot.n_subjects, _curvature(over_boot, k)[:, 0], config),
-                     "tolerance": None})
+        rows.append(
+            {
+                **_overall_row(
+                    model,
+                    "faceage",
+                    "error_age_curvature",
+                    float(_curvature(over_point, k)[0]),
+                    len(df),
+                    boot.n_subjects,
+                    _curvature(over_boot, k)[:, 0],
+                    config,
+                ),
+                "tolerance": None,
+            }
+        )
     for attribute, labels in groupings(df, config):
-        names, codes = _codes(labels)
+        names, codes = label_codes(labels)
         point, samples = boot.totals(cols, codes, len(names))
         gb = _faceage_from_totals(samples, beta_boot, k)
         keep = labels.notna().to_numpy()
         _, by_group = _metricframe(fns, x[keep], y[keep], labels[keep].reset_index(drop=True))
-        subjects = _subjects_per_group(boot.subject_codes, codes, len(names))
+        subjects = boot.subjects_per_group(codes, len(names))
         for m in FACEAGE_METRICS:
             values = by_group[m].reindex(names).to_numpy(float)
-            rows.extend(_group_rows(model, "faceage", m, attribute, names, point[:, 0], subjects,
-                                    values, gb[m], overall_point[m][0], overall_boot[m],
-                                    config))
+            rows.extend(
+                _group_rows(
+                    model,
+                    "faceage",
+                    m,
+                    attribute,
+                    names,
+                    point[:, 0],
+                    subjects,
+                    values,
+                    gb[m],
+                    overall_point[m][0],
+                    overall_boot[m],
+                    config,
+                )
+            )
     return pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
 
 
 # ---------------------------------------------------------------------------- risk
 
-def expected_deaths(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-                    adjust: pd.DataFrame | None = None) -> np.ndarray:
+
+def expected_deaths(
+    time: np.ndarray, event: np.ndarray, risk: np.ndarray, adjust: pd.DataFrame | None = None
+) -> np.ndarray:
     """Each subject's expected deaths by its own follow-up time under a Cox model of the
     score and the ``adjust`` terms (chronological age per decade and sex in
     :func:`risk_fairness`) on the whole cohort: Breslow cumulative hazard times the partial
@@ -387,26 +491,38 @@ def expected_deaths_terms(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     chronological age per decade and sex, where the cohort has them (complete cases), so that
     a group's O/E asks whether the score misjudges its risk beyond what age and sex explain."""
     numeric = ["age_decade"] if "age" in df.columns and df["age"].notna().any() else []
-    frame = df.assign(age_decade=pd.to_numeric(df["age"], errors="coerce") / 10.0) \
-        if numeric else df
-    categorical = ({"sex": "male"} if "sex" in df.columns and df["sex"].nunique() > 1 else {})
+    frame = (
+        df.assign(age_decade=pd.to_numeric(df["age"], errors="coerce") / 10.0) if numeric else df
+    )
+    categorical = {"sex": "male"} if "sex" in df.columns and df["sex"].nunique() > 1 else {}
     terms = design_matrix(frame, numeric, categorical)
     said = ["chronological age (per decade, linear)"] * bool(numeric) + ["sex"] * bool(categorical)
     return terms, "the score" + "".join(f" and {s}" for s in said)
 
 
-def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[float],
-                  min_events: int = 10, notes: list[str] | None = None) -> pd.DataFrame:
+def risk_fairness(
+    subjects: pd.DataFrame,
+    model: str,
+    config,
+    age_cuts: list[float],
+    min_events: int = 10,
+    notes: list[str] | None = None,
+) -> pd.DataFrame:
     """Risk fairness rows: Harrell's C and calibration in the large (observed / expected
     deaths) per group, on one row per subject with ``time``, ``event`` and ``risk``."""
     df = add_fairness_groups(subjects, age_cuts)
-    df = df[np.isfinite(pd.to_numeric(df["risk"], errors="coerce")) & df["event"].notna()
-            & df["time"].notna()].reset_index(drop=True)
+    df = df[
+        np.isfinite(pd.to_numeric(df["risk"], errors="coerce"))
+        & df["event"].notna()
+        & df["time"].notna()
+    ].reset_index(drop=True)
     adjust, described = expected_deaths_terms(df)
     complete = adjust.notna().all(axis=1).to_numpy()
     if not complete.all() and notes is not None:
-        notes.append(f"{model}: risk fairness on the {int(complete.sum())} of {len(df)} subjects "
-                     "with age and sex (the expected-deaths model's terms)")
+        notes.append(
+            f"{model}: risk fairness on the {int(complete.sum())} of {len(df)} subjects "
+            "with age and sex (the expected-deaths model's terms)"
+        )
     df, adjust = df[complete].reset_index(drop=True), adjust[complete].reset_index(drop=True)
     if len(df) < 3 or df["event"].sum() < min_events:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
@@ -414,13 +530,17 @@ def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[flo
     try:
         expected = expected_deaths(t, ev, r, adjust)
         if notes is not None:
-            notes.append(f"{model}: expected deaths per group (calibration_oe) from a Cox model "
-                         f"of {described}")
+            notes.append(
+                f"{model}: expected deaths per group (calibration_oe) from a Cox model "
+                f"of {described}"
+            )
     except CoxNotConverged as exc:
         expected = np.full(len(df), np.nan)
         if notes is not None:
-            notes.append(f"{model}: the expected-deaths model of {described} did not converge "
-                         f"({exc.reason}); observed/expected deaths are not computed")
+            notes.append(
+                f"{model}: the expected-deaths model of {described} did not converge "
+                f"({exc.reason}); observed/expected deaths are not computed"
+            )
     w = bootstrap_weights(len(df), config.n_boot, np.random.default_rng(config.seed))
 
     def c_index(y_true, y_pred, time):
@@ -432,8 +552,9 @@ def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[flo
     def values(y_true, c_pred, e_pred, time, labels=None):
         """Overall and by-group values: one MetricFrame per prediction (the score for C,
         the expected deaths for O/E)."""
-        c_all, c_by = _metricframe({"c_index": c_index}, y_true, c_pred, labels,
-                                   {"c_index": {"time": time}})
+        c_all, c_by = _metricframe(
+            {"c_index": c_index}, y_true, c_pred, labels, {"c_index": {"time": time}}
+        )
         e_all, e_by = _metricframe({"calibration_oe": calibration_oe}, y_true, e_pred, labels)
         by = None if labels is None else pd.concat([c_by, e_by], axis=1)
         return pd.concat([c_all, e_all]), by
@@ -442,50 +563,102 @@ def risk_fairness(subjects: pd.DataFrame, model: str, config, age_cuts: list[flo
         ww = w[:, idx]
         with np.errstate(all="ignore"):
             oe = (ww @ ev[idx]) / (ww @ expected[idx])
-        return {"c_index": weighted_concordance(t[idx], ev[idx], r[idx], ww),
-                "calibration_oe": oe}
+        return {"c_index": weighted_concordance(t[idx], ev[idx], r[idx], ww), "calibration_oe": oe}
 
     all_idx = np.arange(len(df))
     over, _ = values(ev, r, expected, t)
     over_boot = boot_values(all_idx)
-    rows = [_overall_row(model, "risk", m, float(over[m]), len(df), len(df), over_boot[m], config)
-            for m in RISK_METRICS]
+    rows = [
+        _overall_row(model, "risk", m, float(over[m]), len(df), len(df), over_boot[m], config)
+        for m in RISK_METRICS
+    ]
     for attribute, labels in groupings(df, config):
-        names, codes = _codes(labels)
+        names, codes = label_codes(labels)
         keep = codes >= 0
-        _, by_group = values(ev[keep], r[keep], expected[keep], t[keep],
-                             labels[keep].reset_index(drop=True))
+        _, by_group = values(
+            ev[keep], r[keep], expected[keep], t[keep], labels[keep].reset_index(drop=True)
+        )
         per_group = [boot_values(np.flatnonzero(codes == g)) for g in range(len(names))]
         sizes = np.bincount(codes[keep], minlength=len(names))
         events = np.bincount(codes[keep], weights=ev[keep], minlength=len(names))
         for m in RISK_METRICS:
-            gb = (np.stack([pg[m] for pg in per_group], axis=1) if len(names)
-                  else np.zeros((w.shape[0], 0)))
+            gb = (
+                np.stack([pg[m] for pg in per_group], axis=1)
+                if len(names)
+                else np.zeros((w.shape[0], 0))
+            )
             vals = by_group[m].reindex(names).to_numpy(float)
             # too few deaths in a group: its C and O/E are reported as too small
             enough = np.where(events >= min_events, sizes, 0)
-            rows.extend(_group_rows(model, "risk", m, attribute, names, sizes, enough, vals,
-                                    gb, float(over[m]), over_boot[m], config,
-                                    n_subjects_shown=sizes))
+            rows.extend(
+                _group_rows(
+                    model,
+                    "risk",
+                    m,
+                    attribute,
+                    names,
+                    sizes,
+                    enough,
+                    vals,
+                    gb,
+                    float(over[m]),
+                    over_boot[m],
+                    config,
+                    n_subjects_shown=sizes,
+                )
+            )
     out = pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
-    return out if np.isfinite(expected).all() else \
-        out[out["metric"] != "calibration_oe"].reset_index(drop=True)
+    return (
+        out
+        if np.isfinite(expected).all()
+        else out[out["metric"] != "calibration_oe"].reset_index(drop=True)
+    )
 
 
 # ---------------------------------------------------------------------------- rows
 
+
 def _overall_row(model, output, metric, value, n, n_subjects, boot, config) -> dict:
     low, high = percentile_ci(np.asarray(boot).reshape(-1, 1), config.ci_level)
-    return {"model": model, "output": output, "metric": metric, "attribute": "all",
-            "group_name": "all", "n": int(n), "n_subjects": int(n_subjects), "value": value,
-            "ci_low": float(low[0]), "ci_high": float(high[0]), "diff_to_overall": 0.0,
-            "diff_ci_low": None, "diff_ci_high": None, "diff_ci_method": None,
-            "reference_group": None, "diff_to_reference": None, "ref_ci_low": None,
-            "ref_ci_high": None, "tolerance": config.tolerances.get(metric), "status": "ok"}
+    return {
+        "model": model,
+        "output": output,
+        "metric": metric,
+        "attribute": "all",
+        "group_name": "all",
+        "n": int(n),
+        "n_subjects": int(n_subjects),
+        "value": value,
+        "ci_low": float(low[0]),
+        "ci_high": float(high[0]),
+        "diff_to_overall": 0.0,
+        "diff_ci_low": None,
+        "diff_ci_high": None,
+        "diff_ci_method": None,
+        "reference_group": None,
+        "diff_to_reference": None,
+        "ref_ci_low": None,
+        "ref_ci_high": None,
+        "tolerance": config.tolerances.get(metric),
+        "status": "ok",
+    }
 
 
-def _group_rows(model, output, metric, attribute, names, n, subjects, values, boot,
-                overall_value, overall_boot, config, n_subjects_shown=None) -> list[dict]:
+def _group_rows(
+    model,
+    output,
+    metric,
+    attribute,
+    names,
+    n,
+    subjects,
+    values,
+    boot,
+    overall_value,
+    overall_boot,
+    config,
+    n_subjects_shown=None,
+) -> list[dict]:
     """Rows of one metric over the groups of one attribute.
 
     ``boot``: (B, G) group values per resample; ``overall_boot``: (B,) or (B, 1)."""
@@ -511,33 +684,72 @@ def _group_rows(model, output, metric, attribute, names, n, subjects, values, bo
     for g, name in enumerate(names):
         simultaneous = bool(usable[g] and np.isfinite(band_low[g]))
         lo, hi = (band_low[g], band_high[g]) if simultaneous else (marg_low[g], marg_high[g])
-        status = "too_small" if not usable[g] else (
-            "flagged" if flaggable and tol is not None and is_flagged(metric, lo, hi, tol)
-            else "ok")
-        rows.append({
-            "model": model, "output": output, "metric": metric, "attribute": attribute,
-            "group_name": name, "n": int(n[g]), "n_subjects": int(shown[g]),
-            "value": float(values[g]), "ci_low": float(low[g]), "ci_high": float(high[g]),
-            "diff_to_overall": float(diff[g]), "diff_ci_low": float(lo),
-            "diff_ci_high": float(hi),
-            "diff_ci_method": (f"simultaneous max-t over {k} groups (c={c:.2f})" if simultaneous
-                               else "marginal percentile"),
-            "reference_group": None if ref is None else names[ref],
-            "diff_to_reference": None if ref is None else float(values[g] - values[ref]),
-            "ref_ci_low": None if ref is None or g == ref else float(ref_low[g]),
-            "ref_ci_high": None if ref is None or g == ref else float(ref_high[g]),
-            "tolerance": tol, "status": status})
+        status = (
+            "too_small"
+            if not usable[g]
+            else (
+                "flagged"
+                if flaggable and tol is not None and is_flagged(metric, lo, hi, tol)
+                else "ok"
+            )
+        )
+        rows.append(
+            {
+                "model": model,
+                "output": output,
+                "metric": metric,
+                "attribute": attribute,
+                "group_name": name,
+                "n": int(n[g]),
+                "n_subjects": int(shown[g]),
+                "value": float(values[g]),
+                "ci_low": float(low[g]),
+                "ci_high": float(high[g]),
+                "diff_to_overall": float(diff[g]),
+                "diff_ci_low": float(lo),
+                "diff_ci_high": float(hi),
+                "diff_ci_method": (
+                    f"simultaneous max-t over {k} groups (c={c:.2f})"
+                    if simultaneous
+                    else "marginal percentile"
+                ),
+                "reference_group": None if ref is None else names[ref],
+                "diff_to_reference": None if ref is None else float(values[g] - values[ref]),
+                "ref_ci_low": None if ref is None or g == ref else float(ref_low[g]),
+                "ref_ci_high": None if ref is None or g == ref else float(ref_high[g]),
+                "tolerance": tol,
+                "status": status,
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------------------- two models
 
-COMPARISON_COLUMNS = ["output", "metric", "model_a", "model_b", "attribute", "group_name", "n",
-                      "value_a", "value_b", "diff", "ci_low", "ci_high", "status"]
+COMPARISON_COLUMNS = [
+    "output",
+    "metric",
+    "model_a",
+    "model_b",
+    "attribute",
+    "group_name",
+    "n",
+    "value_a",
+    "value_b",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "status",
+]
 
 
-def paired_comparisons(frames: dict[str, pd.DataFrame], output: str, config,
-                       age_cuts: list[float], min_events: int = 10) -> pd.DataFrame:
+def paired_comparisons(
+    frames: dict[str, pd.DataFrame],
+    output: str,
+    config,
+    age_cuts: list[float],
+    min_events: int = 10,
+) -> pd.DataFrame:
     """Paired differences between every two models with the same ``output``, on the photos
     (FaceAge: MAE) or subjects (risk: Harrell's C) both predicted, overall and per group; the
     CI comes from resampling subjects once for both models, so it reflects the pairing.
@@ -545,7 +757,6 @@ def paired_comparisons(frames: dict[str, pd.DataFrame], output: str, config,
     ``frames``: model name -> frame with ``photo_id``, ``subject_id``, the output and
     ``age`` (FaceAge) or ``time``/``event`` (risk), plus the grouping columns."""
     from itertools import combinations
-
 
     rows = []
     for a, b in combinations(sorted(frames), 2):
@@ -562,45 +773,89 @@ def paired_comparisons(frames: dict[str, pd.DataFrame], output: str, config,
             # BLAS kernel's summation order, -2.4e-15 on some machines)
             ea, eb = np.abs(va - x), np.abs(vb - x)
             cols = np.column_stack([np.ones(len(both)), ea, eb, ea - eb])
-            boot = SubjectBootstrap.draw(both["subject_id"].to_numpy(), config.n_boot,
-                                         np.random.default_rng(config.seed))
+            boot = SubjectBootstrap.draw(
+                both["subject_id"].to_numpy(), config.n_boot, np.random.default_rng(config.seed)
+            )
             for attribute, labels in parts:
-                names, codes = _codes(labels)
+                names, codes = label_codes(labels)
                 point, samples = boot.totals(cols, codes, len(names))
-                subjects = _subjects_per_group(boot.subject_codes, codes, len(names))
+                subjects = boot.subjects_per_group(codes, len(names))
                 with np.errstate(all="ignore"):
                     pa, pb = point[:, 1] / point[:, 0], point[:, 2] / point[:, 0]
                     d = samples[..., 3] / samples[..., 0]
                 low, high = percentile_ci(d, config.ci_level)
                 for g, name in enumerate(names):
-                    rows.append(_comparison_row(output, metric, a, b, attribute, name,
-                                                int(point[g, 0]), pa[g], pb[g], low[g], high[g],
-                                                subjects[g] >= config.min_group_size))
+                    rows.append(
+                        _comparison_row(
+                            output,
+                            metric,
+                            a,
+                            b,
+                            attribute,
+                            name,
+                            int(point[g, 0]),
+                            pa[g],
+                            pb[g],
+                            low[g],
+                            high[g],
+                            subjects[g] >= config.min_group_size,
+                        )
+                    )
         else:
             metric = "c_index"
             keep = both["time"].notna() & both["event"].notna()
-            both, va, vb = both[keep].reset_index(drop=True), va[keep.to_numpy()], vb[keep.to_numpy()]
+            both, va, vb = (
+                both[keep].reset_index(drop=True),
+                va[keep.to_numpy()],
+                vb[keep.to_numpy()],
+            )
             t, ev = both["time"].to_numpy(float), both["event"].to_numpy(int)
             w = bootstrap_weights(len(both), config.n_boot, np.random.default_rng(config.seed))
             parts = [("all", pd.Series(["all"] * len(both)))] + groupings(both, config)
             for attribute, labels in parts:
-                names, codes = _codes(labels)
+                names, codes = label_codes(labels)
                 for g, name in enumerate(names):
                     idx = np.flatnonzero(codes == g)
                     one = np.ones((1, len(idx)))
                     ca = weighted_concordance(t[idx], ev[idx], va[idx], one)[0]
                     cb = weighted_concordance(t[idx], ev[idx], vb[idx], one)[0]
-                    d = (weighted_concordance(t[idx], ev[idx], va[idx], w[:, idx])
-                         - weighted_concordance(t[idx], ev[idx], vb[idx], w[:, idx]))
+                    d = weighted_concordance(
+                        t[idx], ev[idx], va[idx], w[:, idx]
+                    ) - weighted_concordance(t[idx], ev[idx], vb[idx], w[:, idx])
                     low, high = percentile_ci(d.reshape(-1, 1), config.ci_level)
                     ok = len(idx) >= config.min_group_size and ev[idx].sum() >= min_events
-                    rows.append(_comparison_row(output, metric, a, b, attribute, name, len(idx),
-                                                ca, cb, low[0], high[0], ok))
+                    rows.append(
+                        _comparison_row(
+                            output,
+                            metric,
+                            a,
+                            b,
+                            attribute,
+                            name,
+                            len(idx),
+                            ca,
+                            cb,
+                            low[0],
+                            high[0],
+                            ok,
+                        )
+                    )
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 def _comparison_row(output, metric, a, b, attribute, name, n, va, vb, low, high, ok) -> dict:
-    return {"output": output, "metric": metric, "model_a": a, "model_b": b,
-            "attribute": attribute, "group_name": name, "n": int(n), "value_a": float(va),
-            "value_b": float(vb), "diff": float(va - vb), "ci_low": float(low),
-            "ci_high": float(high), "status": "ok" if ok else "too_small"}
+    return {
+        "output": output,
+        "metric": metric,
+        "model_a": a,
+        "model_b": b,
+        "attribute": attribute,
+        "group_name": name,
+        "n": int(n),
+        "value_a": float(va),
+        "value_b": float(vb),
+        "diff": float(va - vb),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "status": "ok" if ok else "too_small",
+    }

@@ -31,17 +31,22 @@ def _sensitive_frame(sensitive_features, n: int) -> pd.DataFrame:
     elif isinstance(sensitive_features, dict):
         frame = pd.DataFrame({k: np.asarray(v) for k, v in sensitive_features.items()})
     elif isinstance(sensitive_features, pd.Series):
-        frame = sensitive_features.rename(sensitive_features.name or "sensitive_feature_0") \
-            .reset_index(drop=True).to_frame()
+        frame = (
+            sensitive_features.rename(sensitive_features.name or "sensitive_feature_0")
+            .reset_index(drop=True)
+            .to_frame()
+        )
     else:
         values = np.asarray(sensitive_features)
         values = values.reshape(len(values), -1) if values.ndim > 1 else values[:, None]
-        frame = pd.DataFrame(values, columns=[f"sensitive_feature_{i}"
-                                              for i in range(values.shape[1])])
+        frame = pd.DataFrame(
+            values, columns=[f"sensitive_feature_{i}" for i in range(values.shape[1])]
+        )
     if len(frame) != n:
         raise InputError(f"sensitive_features has {len(frame)} rows; y has {n}")
-    return frame.astype(object).where(frame.notna(), None).map(
-        lambda v: None if v is None else str(v))
+    return (
+        frame.astype(object).where(frame.notna(), None).map(lambda v: None if v is None else str(v))
+    )
 
 
 def _base(n: int, subjects, sensitive_features) -> tuple[pd.DataFrame, list[str]]:
@@ -54,9 +59,17 @@ def _base(n: int, subjects, sensitive_features) -> tuple[pd.DataFrame, list[str]
     return frame, list(groups.columns)
 
 
-def faceage_metrics(y_true, y_pred, *, sensitive_features=None, subjects=None,
-                    n_boot: int = 1000, ci_level: float = 0.95, seed: int = 0,
-                    min_group_size: int = 20) -> pd.DataFrame:
+def faceage_metrics(
+    y_true,
+    y_pred,
+    *,
+    sensitive_features=None,
+    subjects=None,
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    min_group_size: int = 20,
+) -> pd.DataFrame:
     """FaceAge accuracy (``mae``, ``mean_error`` = predicted - true, ``pearson_r``,
     ``within_5y``) overall and per group of each sensitive feature.
 
@@ -68,20 +81,38 @@ def faceage_metrics(y_true, y_pred, *, sensitive_features=None, subjects=None,
         raise InputError(f"y_true has {y_true.shape} values, y_pred {y_pred.shape}")
     frame, attributes = _base(len(y_true), subjects, sensitive_features)
     frame["age"], frame["faceage"] = y_true, y_pred
-    config = AccuracyConfig(n_boot=n_boot, ci_level=ci_level, seed=seed, groups=attributes,
-                            min_group_size=min_group_size)
+    config = AccuracyConfig(
+        n_boot=n_boot,
+        ci_level=ci_level,
+        seed=seed,
+        groups=attributes,
+        min_group_size=min_group_size,
+    )
     return faceage_accuracy(frame, "", config)[TIDY_COLUMNS]
 
 
-def risk_metrics(time, event, risk, *, sensitive_features=None, subjects=None,
-                 n_boot: int = 1000, ci_level: float = 0.95, seed: int = 0,
-                 min_group_size: int = 20, min_events: int = 10) -> pd.DataFrame:
+def risk_metrics(
+    time,
+    event,
+    risk,
+    *,
+    sensitive_features=None,
+    subjects=None,
+    n_boot: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    min_group_size: int = 20,
+    min_events: int = 10,
+) -> pd.DataFrame:
     """Harrell's C of ``risk`` (higher = worse) for death, overall and per group, one row
     per subject (``time`` in any unit, ``event`` 1 = death)."""
     risk = np.asarray(risk, float)
     frame, attributes = _base(len(risk), subjects, sensitive_features)
-    frame["time"], frame["event"], frame["risk"] = (np.asarray(time, float),
-                                                    np.asarray(event, float), risk)
+    frame["time"], frame["event"], frame["risk"] = (
+        np.asarray(time, float),
+        np.asarray(event, float),
+        risk,
+    )
     acc = AccuracyConfig(ci_level=ci_level, groups=attributes, min_group_size=min_group_size)
     surv = SurvivalConfig(n_boot=n_boot, seed=seed, min_events=min_events)
     return risk_accuracy(frame, "", acc, surv)[TIDY_COLUMNS]

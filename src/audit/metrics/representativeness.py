@@ -21,21 +21,43 @@ from scipy.stats import chisquare
 
 from audit.metrics.fairness import add_fairness_groups
 
-REPRESENTATIVENESS_COLUMNS = ["attribute", "group_name", "n", "share", "intended_share",
-                              "ratio", "chi2", "df", "p_value", "status"]
+REPRESENTATIVENESS_COLUMNS = [
+    "attribute",
+    "group_name",
+    "n",
+    "share",
+    "intended_share",
+    "ratio",
+    "chi2",
+    "df",
+    "p_value",
+    "status",
+]
 
 
-def representativeness(subjects: pd.DataFrame, intended: dict[str, dict[str, float]],
-                       age_cuts: list[float]) -> pd.DataFrame:
+def representativeness(
+    subjects: pd.DataFrame, intended: dict[str, dict[str, float]], age_cuts: list[float]
+) -> pd.DataFrame:
     """Rows for each attribute of ``intended`` present in ``subjects`` (one row per
     subject)."""
     df = add_fairness_groups(subjects, age_cuts)
     rows = []
     for attribute, shares in intended.items():
         if attribute not in df.columns:
-            rows.append({"attribute": attribute, "group_name": None, "n": 0, "share": None,
-                         "intended_share": None, "ratio": None, "chi2": None, "df": None,
-                         "p_value": None, "status": "attribute_absent"})
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "group_name": None,
+                    "n": 0,
+                    "share": None,
+                    "intended_share": None,
+                    "ratio": None,
+                    "chi2": None,
+                    "df": None,
+                    "p_value": None,
+                    "status": "attribute_absent",
+                }
+            )
             continue
         values = df[attribute].dropna().astype(str)
         counts = values.value_counts()
@@ -51,14 +73,33 @@ def representativeness(subjects: pd.DataFrame, intended: dict[str, dict[str, flo
         small = (expected_share * n_listed < 5).any()
         for g, obs, exp in zip(listed, observed, expected_share):
             share = obs / len(values) if len(values) else np.nan
-            rows.append({"attribute": attribute, "group_name": g, "n": int(obs),
-                         "share": float(share), "intended_share": float(exp),
-                         "ratio": float(share / exp) if exp > 0 else np.nan, "chi2": stat,
-                         "df": len(listed) - 1, "p_value": p,
-                         "status": "expected_under_5" if small else "ok"})
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "group_name": g,
+                    "n": int(obs),
+                    "share": float(share),
+                    "intended_share": float(exp),
+                    "ratio": float(share / exp) if exp > 0 else np.nan,
+                    "chi2": stat,
+                    "df": len(listed) - 1,
+                    "p_value": p,
+                    "status": "expected_under_5" if small else "ok",
+                }
+            )
         for g in sorted(set(counts.index) - set(listed)):
-            rows.append({"attribute": attribute, "group_name": g, "n": int(counts[g]),
-                         "share": float(counts[g] / len(values)), "intended_share": 0.0,
-                         "ratio": None, "chi2": stat, "df": len(listed) - 1, "p_value": p,
-                         "status": "not_in_intended"})
+            rows.append(
+                {
+                    "attribute": attribute,
+                    "group_name": g,
+                    "n": int(counts[g]),
+                    "share": float(counts[g] / len(values)),
+                    "intended_share": 0.0,
+                    "ratio": None,
+                    "chi2": stat,
+                    "df": len(listed) - 1,
+                    "p_value": p,
+                    "status": "not_in_intended",
+                }
+            )
     return pd.DataFrame(rows, columns=REPRESENTATIVENESS_COLUMNS)

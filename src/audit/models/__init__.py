@@ -24,6 +24,12 @@ from audit.models.registry import (
 )
 
 __all__ = [
-    "ModelAdapter", "ModelSpec", "Predictions", "create_model", "list_models",
-    "parse_model_spec", "register_model", "register_short_form",
+    "ModelAdapter",
+    "ModelSpec",
+    "Predictions",
+    "create_model",
+    "list_models",
+    "parse_model_spec",
+    "register_model",
+    "register_short_form",
 ]

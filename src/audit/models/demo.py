@@ -21,14 +21,14 @@ CARDS = {
         "version": "demo-1",
         "intended_use": "demonstrating faceage-audit on synthetic faces; never on real people",
         "training_data": "synthetic healthy reference population (faceage-audit demo world), "
-                         "chronological age as the target, the Black group kept to 1% (underserved on purpose)",
+        "chronological age as the target, the Black group kept to 1% (underserved on purpose)",
         "population": "synthetic",
     },
     "survival": {
         "version": "demo-1",
         "intended_use": "demonstrating faceage-audit on synthetic faces; never on real people",
         "training_data": "synthetic cancer population (faceage-audit demo world); the demo "
-                         "FaceAge backbone fine-tuned with the Cox partial likelihood",
+        "FaceAge backbone fine-tuned with the Cox partial likelihood",
         "population": "synthetic",
     },
 }
@@ -40,17 +40,28 @@ def demo_spec(which: str) -> dict:
         raise InputError(f"--model demo:{which}: expected demo:faceage or demo:survival")
     recipe_path = WEIGHTS / "recipe.json"
     if not recipe_path.is_file():
-        raise InputError(f"{recipe_path}: the demo weights are missing; run "
-                         "`python -m audit.demo.train` to make them")
+        raise InputError(
+            f"{recipe_path}: the demo weights are missing; run "
+            "`python -m audit.demo.train` to make them"
+        )
     recipe = json.loads(recipe_path.read_text())
     entry = recipe["files"][f"demo_{which}"]
-    output = ({"faceage": {"index": 0, "scale": recipe["age_scale"], "offset": recipe["age_offset"]}}
-              if which == "faceage" else {"risk": 0})
+    output = (
+        {"faceage": {"index": 0, "scale": recipe["age_scale"], "offset": recipe["age_offset"]}}
+        if which == "faceage"
+        else {"risk": 0}
+    )
     return {
-        "name": f"demo-{which}", "kind": "timm", "arch": recipe["arch"],
-        "arch_kwargs": {"num_classes": 1}, "checkpoint": str(WEIGHTS / entry["file"]),
-        "input_size": 112, "normalize": "imagenet", "outputs": output,
-        "sha256": entry["sha256"], "card": CARDS[which],
+        "name": f"demo-{which}",
+        "kind": "timm",
+        "arch": recipe["arch"],
+        "arch_kwargs": {"num_classes": 1},
+        "checkpoint": str(WEIGHTS / entry["file"]),
+        "input_size": 112,
+        "normalize": "imagenet",
+        "outputs": output,
+        "sha256": entry["sha256"],
+        "card": CARDS[which],
     }
 
 

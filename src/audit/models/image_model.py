@@ -37,8 +37,11 @@ def output_map(spec: ModelSpec) -> dict[str, tuple[int, float, float]]:
         if name not in OUTPUT_NAMES:
             raise InputError(f"model {spec.name!r}: unknown output {name!r}; use {OUTPUT_NAMES}")
         if isinstance(where, dict):
-            out[name] = (int(where.get("index", 0)), float(where.get("scale", 1.0)),
-                         float(where.get("offset", 0.0)))
+            out[name] = (
+                int(where.get("index", 0)),
+                float(where.get("scale", 1.0)),
+                float(where.get("offset", 0.0)),
+            )
         else:
             out[name] = (int(where), 1.0, 0.0)
     return out
@@ -93,8 +96,10 @@ class ImageModel(ModelAdapter):
             raise InputError(f"{self.checkpoint}: model file not found (model {self.name!r})")
         digest = self.checkpoint_digest()
         if self.spec.sha256 and digest != self.spec.sha256:
-            raise InputError(f"{self.checkpoint}: SHA-256 {digest} does not match the model "
-                             f"spec's {self.spec.sha256}")
+            raise InputError(
+                f"{self.checkpoint}: SHA-256 {digest} does not match the model "
+                f"spec's {self.spec.sha256}"
+            )
         self.checkpoint_sha256 = digest
         self.device = device or best_device()
         self._model = self._load(self.device)
@@ -117,11 +122,18 @@ class ImageModel(ModelAdapter):
 
         spec = self.spec
         settings = {
-            "checkpoint": self.checkpoint_digest(), "kind": spec.kind, "arch": spec.arch,
-            "arch_kwargs": spec.arch_kwargs, "state_dict_key": spec.state_dict_key,
+            "checkpoint": self.checkpoint_digest(),
+            "kind": spec.kind,
+            "arch": spec.arch,
+            "arch_kwargs": spec.arch_kwargs,
+            "state_dict_key": spec.state_dict_key,
             "rename_keys": spec.rename_keys,
-            "input_size": self.input_size, "normalize": self.normalize, "layout": spec.layout,
-            "align": not cohort.spec.cropped, "margin": 0.25, "outputs": spec.outputs,
+            "input_size": self.input_size,
+            "normalize": self.normalize,
+            "layout": spec.layout,
+            "align": not cohort.spec.cropped,
+            "margin": 0.25,
+            "outputs": spec.outputs,
             "embeddings": spec.embeddings,
         }
         text = json.dumps(settings, sort_keys=True, default=str)
@@ -140,43 +152,71 @@ class ImageModel(ModelAdapter):
         digests = rows["image_path"].map(cohort.image_sha256)
         have = pd.DataFrame()
         if cached is not None and len(cached[0]):
-            wide = cached[0].pivot_table(index="image_sha256", columns="output", values="value",
-                                         aggfunc="first")
+            wide = cached[0].pivot_table(
+                index="image_sha256", columns="output", values="value", aggfunc="first"
+            )
             if set(self.outputs) <= set(wide.columns):
                 have = wide[list(self.outputs)].dropna()
         hit = digests.isin(have.index).to_numpy()
-        fresh = self._run(cohort, rows[~hit], progress or (
-            lambda items, total: progress_mod.bar(items, total, f"{self.name}: inference")))
+        fresh = self._run(
+            cohort,
+            rows[~hit],
+            progress
+            or (lambda items, total: progress_mod.bar(items, total, f"{self.name}: inference")),
+        )
         if hit.any():
             old = rows[hit]
-            frames = [fresh.frame] + [pd.DataFrame({
-                "photo_id": old["photo_id"].values, "subject_id": old["subject_id"].values,
-                "model": self.name, "output": name, "perturbation": "none", "severity": 0,
-                "value": have.loc[digests[hit], name].to_numpy()}) for name in self.outputs]
+            frames = [fresh.frame] + [
+                pd.DataFrame(
+                    {
+                        "photo_id": old["photo_id"].values,
+                        "subject_id": old["subject_id"].values,
+                        "model": self.name,
+                        "output": name,
+                        "perturbation": "none",
+                        "severity": 0,
+                        "value": have.loc[digests[hit], name].to_numpy(),
+                    }
+                )
+                for name in self.outputs
+            ]
             fresh.frame = pd.concat([f for f in frames if len(f)], ignore_index=True)[
-                PREDICTION_COLUMNS]
+                PREDICTION_COLUMNS
+            ]
             vectors = cached[1].set_index("image_sha256")["vector"] if len(cached[1]) else None
             if vectors is not None:
                 known = digests[hit].isin(vectors.index).to_numpy()
-                old_emb = pd.DataFrame({"photo_id": old["photo_id"].values[known],
-                                        "model": self.name,
-                                        "vector": list(vectors.loc[digests[hit][known]])})
-                fresh.embeddings = pd.concat([e for e in (fresh.embeddings, old_emb)
-                                              if e is not None], ignore_index=True)
+                old_emb = pd.DataFrame(
+                    {
+                        "photo_id": old["photo_id"].values[known],
+                        "model": self.name,
+                        "vector": list(vectors.loc[digests[hit][known]]),
+                    }
+                )
+                fresh.embeddings = pd.concat(
+                    [e for e in (fresh.embeddings, old_emb) if e is not None], ignore_index=True
+                )
         fresh.n_cached, fresh.n_computed = int(hit.sum()), int((~hit).sum())
-        fresh.notes.append(f"{fresh.n_cached} photos from the prediction cache, "
-                           f"{fresh.n_computed} computed")
+        fresh.notes.append(
+            f"{fresh.n_cached} photos from the prediction cache, {fresh.n_computed} computed"
+        )
         # New cache entries: the photos computed now, by image digest.
         computed = fresh.frame[fresh.frame["photo_id"].isin(set(rows.loc[~hit, "photo_id"]))]
         sha_of = dict(zip(rows["photo_id"], digests))
-        fresh.cache_values = pd.DataFrame({
-            "image_sha256": computed["photo_id"].map(sha_of).values,
-            "perturbation": "none", "severity": 0, "output": computed["output"].values,
-            "value": computed["value"].values})
+        fresh.cache_values = pd.DataFrame(
+            {
+                "image_sha256": computed["photo_id"].map(sha_of).values,
+                "perturbation": "none",
+                "severity": 0,
+                "output": computed["output"].values,
+                "value": computed["value"].values,
+            }
+        )
         if fresh.embeddings is not None:
             emb = fresh.embeddings[fresh.embeddings["photo_id"].isin(set(computed["photo_id"]))]
-            fresh.cache_vectors = pd.DataFrame({"image_sha256": emb["photo_id"].map(sha_of).values,
-                                                "vector": emb["vector"].values})
+            fresh.cache_vectors = pd.DataFrame(
+                {"image_sha256": emb["photo_id"].map(sha_of).values, "vector": emb["vector"].values}
+            )
         return fresh
 
     def _run(self, cohort, rows: pd.DataFrame, progress) -> Predictions:
@@ -185,38 +225,72 @@ class ImageModel(ModelAdapter):
             return Predictions(frame=pd.DataFrame(columns=PREDICTION_COLUMNS), notes=[])
         self.load()
         paths = [cohort.image_file(p) for p in rows["image_path"]]
-        result = run_batched(self.forward, paths, self.input_size, self.normalize,
-                             layout=self.spec.layout, device=self.device, progress=progress,
-                             align=not cohort.spec.cropped)
+        result = run_batched(
+            self.forward,
+            paths,
+            self.input_size,
+            self.normalize,
+            layout=self.spec.layout,
+            device=self.device,
+            progress=progress,
+            align=not cohort.spec.cropped,
+        )
         ok = result.ok
-        bad: dict[int, str] = {int(i): f"cannot prepare the photo: {result.errors[i]}"
-                               for i in np.flatnonzero(~ok)}
+        bad: dict[int, str] = {
+            int(i): f"cannot prepare the photo: {result.errors[i]}" for i in np.flatnonzero(~ok)
+        }
         frames = []
         for name, (index, scale, offset) in self._outputs.items():
             if index >= result.outputs.shape[1]:
-                raise InputError(f"model {self.name!r}: output {name!r} reads head column "
-                                 f"{index}; the model gives {result.outputs.shape[1]}")
+                raise InputError(
+                    f"model {self.name!r}: output {name!r} reads head column "
+                    f"{index}; the model gives {result.outputs.shape[1]}"
+                )
             values = result.outputs[:, index] * scale + offset
             finite = ok & np.isfinite(values)
             for i in np.flatnonzero(ok & ~finite):
                 bad.setdefault(int(i), f"the model returned a non-finite {name} ({values[i]})")
-            frames.append(pd.DataFrame({
-                "photo_id": rows["photo_id"].values[finite],
-                "subject_id": rows["subject_id"].values[finite], "model": self.name,
-                "output": name, "perturbation": "none", "severity": 0,
-                "value": values[finite]}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "photo_id": rows["photo_id"].values[finite],
+                        "subject_id": rows["subject_id"].values[finite],
+                        "model": self.name,
+                        "output": name,
+                        "perturbation": "none",
+                        "severity": 0,
+                        "value": values[finite],
+                    }
+                )
+            )
         embeddings = None
         if result.features is not None:
             keep = ok & np.isfinite(result.features).all(axis=1)
-            embeddings = pd.DataFrame({"photo_id": rows["photo_id"].values[keep],
-                                       "model": self.name,
-                                       "vector": list(result.features[keep].astype(np.float32))})
-        quarantine = [{"photo_id": rows["photo_id"].iat[i], "stage": "inference",
-                       "severity": "error", "source_file": str(paths[i]),
-                       "row_number": int(rows["_row"].iat[i]), "column_name": "image_path",
-                       "reason": f"model {self.name!r}: {reason}"} for i, reason in sorted(bad.items())]
+            embeddings = pd.DataFrame(
+                {
+                    "photo_id": rows["photo_id"].values[keep],
+                    "model": self.name,
+                    "vector": list(result.features[keep].astype(np.float32)),
+                }
+            )
+        quarantine = [
+            {
+                "photo_id": rows["photo_id"].iat[i],
+                "stage": "inference",
+                "severity": "error",
+                "source_file": str(paths[i]),
+                "row_number": int(rows["_row"].iat[i]),
+                "column_name": "image_path",
+                "reason": f"model {self.name!r}: {reason}",
+            }
+            for i, reason in sorted(bad.items())
+        ]
         return Predictions(
-            frame=pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS], embeddings=embeddings,
+            frame=pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS],
+            embeddings=embeddings,
             quarantine=pd.DataFrame(quarantine) if quarantine else None,
-            notes=[f"{int(ok.sum())} photos in {result.seconds:.1f} s on {result.device} "
-                   f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"])
+            notes=[
+                f"{int(ok.sum())} photos in {result.seconds:.1f} s on {result.device} "
+                f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"
+            ],
+        )

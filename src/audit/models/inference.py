@@ -42,15 +42,17 @@ def normalize_batch(x, normalize):
     elif isinstance(normalize, dict) and {"mean", "std"} <= set(normalize):
         mean, std = normalize["mean"], normalize["std"]
     else:
-        raise ValueError(f"unknown normalize {normalize!r}: use imagenet, per_image or "
-                         "{mean, std}")
+        raise ValueError(
+            f"unknown normalize {normalize!r}: use imagenet, per_image or {{mean, std}}"
+        )
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
 
 
-def decode_image(path: str | Path, size: int, align: bool = False,
-                 margin: float = 0.25) -> np.ndarray:
+def decode_image(
+    path: str | Path, size: int, align: bool = False, margin: float = 0.25
+) -> np.ndarray:
     """One photo as uint8 RGB (size, size, 3), EXIF orientation applied.
 
     ``align``: a raw photo; find its one face (OpenCV), level the eyes, crop with ``margin``
@@ -124,21 +126,30 @@ def decode_on_device(items: list, size: int, device: str, errors: list[str]):
     if jpeg:
         data = [torch.from_numpy(items[k].copy()) for k in jpeg]
         try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device,
-                                  apply_exif_orientation=True)
+            decoded = decode_jpeg(
+                data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
+            )
         except RuntimeError:  # one bad file spoils a batch call: decode one by one
             decoded = []
             for k, d in zip(jpeg, data):
                 try:
-                    decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device,
-                                               apply_exif_orientation=True))
+                    decoded.append(
+                        decode_jpeg(
+                            d, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
+                        )
+                    )
                 except RuntimeError as exc:
                     errors[k] = f"cannot decode: {exc}"
                     decoded.append(torch.zeros((3, size, size), dtype=torch.uint8, device=device))
         for k, img in zip(jpeg, decoded):
             if img.shape[-2:] != (size, size):
-                img = F.interpolate(img[None].float(), size=(size, size), mode="bicubic",
-                                    antialias=True, align_corners=False)[0]
+                img = F.interpolate(
+                    img[None].float(),
+                    size=(size, size),
+                    mode="bicubic",
+                    antialias=True,
+                    align_corners=False,
+                )[0]
                 img = img.round().clamp(0, 255).to(torch.uint8)
             out[k] = img.permute(1, 2, 0)
     for k, im in enumerate(items):
@@ -172,7 +183,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError))
+        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
+    )
 
 
 def _as_numpy(value, dtype):
@@ -198,10 +210,15 @@ def forward_halving(forward: Callable, x, cuda: bool = False):
         if cuda:
             torch.cuda.empty_cache()
         if len(x) == 1:
-            raise MemoryError("the model ran out of memory on a single image; use a smaller "
-                              "model or a device with more memory") from exc
+            raise MemoryError(
+                "the model ran out of memory on a single image; use a smaller "
+                "model or a device with more memory"
+            ) from exc
         half = len(x) // 2
-        first, second = forward_halving(forward, x[:half], cuda), forward_halving(forward, x[half:], cuda)
+        first, second = (
+            forward_halving(forward, x[:half], cuda),
+            forward_halving(forward, x[half:], cuda),
+        )
         feats = None if first[1] is None else np.concatenate([first[1], second[1]])
         return np.concatenate([first[0], second[0]]), feats
 
@@ -224,9 +241,17 @@ class InferenceResult:
     seconds: float
 
 
-def iter_decoded(paths: list[Path], size: int, *, device: str, batch_size: int,
-                 workers: int | None = None, progress: Callable | None = None,
-                 align: bool = False, decode: str = "auto"):
+def iter_decoded(
+    paths: list[Path],
+    size: int,
+    *,
+    device: str,
+    batch_size: int,
+    workers: int | None = None,
+    progress: Callable | None = None,
+    align: bool = False,
+    decode: str = "auto",
+):
     """Decode ``paths`` once, in batches: yields ``(indices, uint8 NHWC batch on device,
     errors)``; a photo that cannot be prepared is black in the batch, with its error.
 
@@ -243,11 +268,16 @@ def iter_decoded(paths: list[Path], size: int, *, device: str, batch_size: int,
         workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
     on_device = decode == "device" or (decode == "auto" and cuda and not align)
     dataset = (PhotoBytes if on_device else PhotoDataset)(paths, size, align)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate_mixed if on_device else _collate,
-                        pin_memory=cuda and not on_device,
-                        persistent_workers=False,
-                        worker_init_fn=_worker_init if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate_mixed if on_device else _collate,
+        pin_memory=cuda and not on_device,
+        persistent_workers=False,
+        worker_init_fn=_worker_init if workers else None,
+    )
     batches = progress(loader, total=len(loader)) if progress else loader
     for idx, images, errs in batches:
         if on_device:
@@ -276,10 +306,20 @@ def _default_batch(cuda: bool) -> int:
     return 256 if cuda else 64
 
 
-def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
-                layout: str = "nchw", batch_size: int | None = None, device: str | None = None,
-                workers: int | None = None, progress: Callable | None = None,
-                align: bool = False, decode: str = "auto") -> InferenceResult:
+def run_batched(
+    forward: Callable,
+    paths: list[Path],
+    size: int,
+    normalize,
+    *,
+    layout: str = "nchw",
+    batch_size: int | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    progress: Callable | None = None,
+    align: bool = False,
+    decode: str = "auto",
+) -> InferenceResult:
     """Decode ``paths`` (see :func:`iter_decoded`) and apply ``forward(x) -> (outputs,
     features)`` batch by batch.
 
@@ -298,9 +338,16 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
     errors = [""] * len(paths)
     start = time.perf_counter()
     with torch.inference_mode():
-        for idx, images, errs in iter_decoded(paths, size, device=device, batch_size=batch_size,
-                                              workers=workers, progress=progress, align=align,
-                                              decode=decode):
+        for idx, images, errs in iter_decoded(
+            paths,
+            size,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            align=align,
+            decode=decode,
+        ):
             x = model_input(to_unit(images), normalize, layout, cuda)
             out, feat = forward_halving(forward, x, cuda)
             for j, i in enumerate(idx.tolist()):
@@ -324,8 +371,14 @@ def run_batched(forward: Callable, paths: list[Path], size: int, normalize, *,
         for i, f in enumerate(features):
             if f is not None:
                 feat_arr[i] = f
-    return InferenceResult(outputs=out_arr, features=feat_arr, ok=ok, errors=errors,
-                           device=device, seconds=time.perf_counter() - start)
+    return InferenceResult(
+        outputs=out_arr,
+        features=feat_arr,
+        ok=ok,
+        errors=errors,
+        device=device,
+        seconds=time.perf_counter() - start,
+    )
 
 
 @dataclass
@@ -340,11 +393,21 @@ class PerturbedModel:
     need: np.ndarray
 
 
-def run_perturbed(models: list[PerturbedModel], paths: list[Path], size: int,
-                  plan: list[tuple[str, int]], perturb: Callable, seeds: Callable, *,
-                  device: str | None = None, batch_size: int | None = None,
-                  workers: int | None = None, progress: Callable | None = None,
-                  align: bool = False, decode: str = "auto"):
+def run_perturbed(
+    models: list[PerturbedModel],
+    paths: list[Path],
+    size: int,
+    plan: list[tuple[str, int]],
+    perturb: Callable,
+    seeds: Callable,
+    *,
+    device: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: Callable | None = None,
+    align: bool = False,
+    decode: str = "auto",
+):
     """Every model on every photo under every ``(name, severity)`` of ``plan``, each photo
     decoded once.
 
@@ -366,9 +429,16 @@ def run_perturbed(models: list[PerturbedModel], paths: list[Path], size: int,
     errors = [""] * n
     start = time.perf_counter()
     with torch.inference_mode():
-        for idx, images, errs in iter_decoded(paths, size, device=device, batch_size=batch_size,
-                                              workers=workers, progress=progress, align=align,
-                                              decode=decode):
+        for idx, images, errs in iter_decoded(
+            paths,
+            size,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            align=align,
+            decode=decode,
+        ):
             rows = idx.numpy()
             good = np.array([not e for e in errs])
             for j, e in zip(rows, errs):
@@ -384,9 +454,11 @@ def run_perturbed(models: list[PerturbedModel], paths: list[Path], size: int,
                     if not w.any():
                         continue
                     sel = torch.from_numpy(np.flatnonzero(w)).to(xp.device)
-                    out, _ = forward_halving(m.forward, model_input(xp.index_select(0, sel),
-                                                                    m.normalize, m.layout, cuda),
-                                             cuda)
+                    out, _ = forward_halving(
+                        m.forward,
+                        model_input(xp.index_select(0, sel), m.normalize, m.layout, cuda),
+                        cuda,
+                    )
                     out = out.reshape(len(sel), -1)
                     if results[m.name] is None:
                         results[m.name] = np.full((len(plan), n, out.shape[1]), np.nan)

@@ -38,9 +38,12 @@ class OnnxModel(ImageModel):
         self._sources = {
             name: ((where.get("output") if isinstance(where, dict) else None), column)
             for (name, where), (column, _, _) in zip(spec.outputs.items(), self._outputs.values())
-            if name in OUTPUT_NAMES}
-        self._outputs = {name: (i, scale, offset)
-                         for i, (name, (_, scale, offset)) in enumerate(self._outputs.items())}
+            if name in OUTPUT_NAMES
+        }
+        self._outputs = {
+            name: (i, scale, offset)
+            for i, (name, (_, scale, offset)) in enumerate(self._outputs.items())
+        }
 
     def _load(self, device: str):
         import onnxruntime as ort
@@ -51,26 +54,33 @@ class OnnxModel(ImageModel):
         try:
             session = ort.InferenceSession(str(self.checkpoint), providers=providers)
         except Exception as exc:
-            raise InputError(f"{self.checkpoint}: onnxruntime cannot load the model: {exc}") from exc
+            raise InputError(
+                f"{self.checkpoint}: onnxruntime cannot load the model: {exc}"
+            ) from exc
         inputs = session.get_inputs()
         if len(inputs) != 1:
-            raise InputError(f"{self.checkpoint}: expected one image input, the model has "
-                             f"{[i.name for i in inputs]}")
+            raise InputError(
+                f"{self.checkpoint}: expected one image input, the model has "
+                f"{[i.name for i in inputs]}"
+            )
         shape = list(inputs[0].shape)
         s = self.input_size
         want = [None, 3, s, s] if self.spec.layout == "nchw" else [None, s, s, 3]
         fixed = [d if isinstance(d, int) else None for d in shape]
-        if len(shape) != 4 or any(f is not None and w is not None and f != w
-                                  for f, w in zip(fixed, want)):
+        if len(shape) != 4 or any(
+            f is not None and w is not None and f != w for f, w in zip(fixed, want)
+        ):
             raise InputError(
                 f"{self.checkpoint}: the model's input {inputs[0].name!r} has shape {shape}, "
                 f"the spec says {self.spec.layout} at {s}x{s} "
-                f"({['N', *want[1:]]}); set `input_size` and `layout` to match")
+                f"({['N', *want[1:]]}); set `input_size` and `layout` to match"
+            )
         names = [o.name for o in session.get_outputs()]
         for graph_output in [g for g, _ in self._sources.values()] + [self.spec.embeddings]:
             if graph_output is not None and graph_output not in names:
-                raise InputError(f"{self.checkpoint}: no graph output {graph_output!r}; "
-                                 f"it has {names}")
+                raise InputError(
+                    f"{self.checkpoint}: no graph output {graph_output!r}; it has {names}"
+                )
         self._input_name = inputs[0].name
         self._output_names = names
         return session
@@ -80,12 +90,15 @@ class OnnxModel(ImageModel):
         by_name = dict(zip(self._output_names, arrays))
         cols = []
         for name, (graph_output, column) in self._sources.items():
-            source = np.asarray(by_name[graph_output] if graph_output else arrays[0],
-                                dtype=np.float64)
+            source = np.asarray(
+                by_name[graph_output] if graph_output else arrays[0], dtype=np.float64
+            )
             source = source.reshape(len(source), -1)
             if column >= source.shape[1]:
-                raise InputError(f"{self.checkpoint}: output {name!r} reads column {column}; "
-                                 f"the graph output has {source.shape[1]}")
+                raise InputError(
+                    f"{self.checkpoint}: output {name!r} reads column {column}; "
+                    f"the graph output has {source.shape[1]}"
+                )
             cols.append(source[:, column])
         feats = by_name.get(self.spec.embeddings) if self.spec.embeddings else None
         if feats is not None:

@@ -47,7 +47,8 @@ class CohortPredictions(ModelAdapter):
         if bad or not outputs:
             raise InputError(
                 f"model {spec.name!r}: outputs must map {list(OUTPUT_NAMES)} to cohort columns, "
-                f"got {spec.outputs}")
+                f"got {spec.outputs}"
+            )
         self._columns = {out: str(col) for out, col in outputs.items()}
 
     @property
@@ -65,23 +66,40 @@ class CohortPredictions(ModelAdapter):
             if col not in df.columns:
                 raise InputError(
                     f"{cohort.manifest_path}: model {self.name!r} reads column `{col}` for "
-                    f"`{out}`, which the cohort lacks (columns: {sorted(c for c in df.columns if not c.startswith('_'))})")
+                    f"`{out}`, which the cohort lacks (columns: "
+                    f"{sorted(c for c in df.columns if not c.startswith('_'))})"
+                )
             values = pd.to_numeric(df[col], errors="coerce").astype(float)
             ok = np.isfinite(values)
             for i in df.index[~ok]:
-                quarantined.append({
-                    "photo_id": df.at[i, "photo_id"], "stage": "predictions",
-                    "severity": "error", "source_file": str(cohort.manifest_path),
-                    "row_number": int(df.at[i, "_row"]), "column_name": col,
-                    "reason": f"model {self.name!r}: no finite `{out}` prediction",
-                })
-            frames.append(pd.DataFrame({
-                "photo_id": df.loc[ok, "photo_id"].values,
-                "subject_id": df.loc[ok, "subject_id"].values,
-                "model": self.name, "output": out, "perturbation": "none", "severity": 0,
-                "value": values[ok].values,
-            }))
+                quarantined.append(
+                    {
+                        "photo_id": df.at[i, "photo_id"],
+                        "stage": "predictions",
+                        "severity": "error",
+                        "source_file": str(cohort.manifest_path),
+                        "row_number": int(df.at[i, "_row"]),
+                        "column_name": col,
+                        "reason": f"model {self.name!r}: no finite `{out}` prediction",
+                    }
+                )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "photo_id": df.loc[ok, "photo_id"].values,
+                        "subject_id": df.loc[ok, "subject_id"].values,
+                        "model": self.name,
+                        "output": out,
+                        "perturbation": "none",
+                        "severity": 0,
+                        "value": values[ok].values,
+                    }
+                )
+            )
         frame = pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS]
         q = pd.DataFrame(quarantined) if quarantined else None
-        return Predictions(frame=frame, quarantine=q,
-                           notes=["precomputed predictions read from the cohort; no inference"])
+        return Predictions(
+            frame=frame,
+            quarantine=q,
+            notes=["precomputed predictions read from the cohort; no inference"],
+        )

@@ -17,8 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from audit.errors import InputError
 
 OUTPUT_NAMES = ("faceage", "risk")
-PREDICTION_COLUMNS = ["photo_id", "subject_id", "model", "output", "perturbation", "severity",
-                      "value"]
+PREDICTION_COLUMNS = [
+    "photo_id",
+    "subject_id",
+    "model",
+    "output",
+    "perturbation",
+    "severity",
+    "value",
+]
 
 
 class ModelSpec(BaseModel):
@@ -53,11 +60,17 @@ class ModelSpec(BaseModel):
     def identity(self) -> dict:
         """What the run stores about the model: name, kind and a digest of the spec."""
         spec_json = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return {"name": self.name, "kind": self.kind,
-                "spec_sha256": hashlib.sha256(spec_json.encode()).hexdigest(),
-                "checkpoint_sha256": self.sha256, "arch": self.arch, "card": self.card,
-                "input_size": self.input_size, "layout": self.layout,
-                "normalize": self.normalize}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "spec_sha256": hashlib.sha256(spec_json.encode()).hexdigest(),
+            "checkpoint_sha256": self.sha256,
+            "arch": self.arch,
+            "card": self.card,
+            "input_size": self.input_size,
+            "layout": self.layout,
+            "normalize": self.normalize,
+        }
 
 
 @dataclass
@@ -119,6 +132,7 @@ def register_short_form(prefix: str, expand: Callable[[str], dict]) -> None:
 
 def register_model(kind: str, short_form: Callable[[str], dict] | None = None):
     """Class decorator: register an adapter for ``kind`` (duplicate names raise)."""
+
     def wrap(cls):
         if kind in _REGISTRY:
             raise ValueError(f"model kind {kind!r} is already registered")

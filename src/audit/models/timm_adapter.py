@@ -1,11 +1,11 @@
 """``timm``: a timm architecture with weights from a checkpoint (FAHR-Face style).
 
-Spec fields (the README's model spec): ``arch``, ``arch_kwargs`` (e.g. ``{img_size: 112, num_classes: 1}``
-for a ViT), ``checkpoint`` (``.safetensors``, or ``.pth``/``.pt`` read with
-``torch.load(weights_only=True)``), ``state_dict_key`` (FAHR-Face: ``model_state_dict``),
-``rename_keys`` (key prefixes renamed in order, ``{old: new}``, a null ``new`` dropping the
-keys: a fine-tuned checkpoint's ``backbone.`` or ``regressor.``, an MAE's decoder),
-``input_size``, ``normalize``, ``outputs`` (output name -> head index, or
+Spec fields (the README's model spec): ``arch``, ``arch_kwargs`` (e.g.
+``{img_size: 112, num_classes: 1}`` for a ViT), ``checkpoint`` (``.safetensors``, or
+``.pth``/``.pt`` read with ``torch.load(weights_only=True)``), ``state_dict_key`` (FAHR-Face:
+``model_state_dict``), ``rename_keys`` (key prefixes renamed in order, ``{old: new}``, a null
+``new`` dropping the keys: a fine-tuned checkpoint's ``backbone.`` or ``regressor.``, an MAE's
+decoder), ``input_size``, ``normalize``, ``outputs`` (output name -> head index, or
 ``{index, scale, offset}``), ``sha256`` (expected digest of the checkpoint).
 
 A checkpoint that holds pickled code is refused; one that does not fit the architecture
@@ -31,8 +31,12 @@ def _short(rest: str) -> dict:
     arch, sep, checkpoint = rest.partition(":")
     if not sep or not arch or not checkpoint:
         raise InputError(f"--model timm:{rest}: expected timm:ARCH:CHECKPOINT")
-    return {"name": f"{arch}-{Path(checkpoint).stem}", "arch": arch,
-            "checkpoint": checkpoint, "outputs": {"faceage": 0}}
+    return {
+        "name": f"{arch}-{Path(checkpoint).stem}",
+        "arch": arch,
+        "checkpoint": checkpoint,
+        "outputs": {"faceage": 0},
+    }
 
 
 def load_state_dict(path: Path, state_dict_key: str | None = None) -> dict:
@@ -59,17 +63,21 @@ def load_state_dict(path: Path, state_dict_key: str | None = None) -> dict:
                 f"its state dict with torch.save(model.state_dict()) or as safetensors."
             ) from exc
         except Exception as exc:
-            raise InputError(f"{path}: cannot read checkpoint: {type(exc).__name__}: {exc}") from exc
+            raise InputError(
+                f"{path}: cannot read checkpoint: {type(exc).__name__}: {exc}"
+            ) from exc
     if state_dict_key:
         if not isinstance(state, dict) or state_dict_key not in state:
             keys = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
             raise InputError(f"{path}: no `{state_dict_key}` in the checkpoint (it has {keys})")
         state = state[state_dict_key]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise InputError(f"{path}: expected a dict of tensors"
-                         + ("" if state_dict_key else "; set `state_dict_key` in the model spec"))
+        raise InputError(
+            f"{path}: expected a dict of tensors"
+            + ("" if state_dict_key else "; set `state_dict_key` in the model spec")
+        )
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -80,15 +88,19 @@ def rename_state_keys(state: dict, renames: dict, path: Path) -> dict:
     for old, new in renames.items():
         hits = [k for k in state if k.startswith(old)]
         if not hits:
-            raise InputError(f"{path}: rename_keys {old!r}: no checkpoint key starts with it "
-                             f"(keys look like {', '.join(sorted(state)[:4])})")
+            raise InputError(
+                f"{path}: rename_keys {old!r}: no checkpoint key starts with it "
+                f"(keys look like {', '.join(sorted(state)[:4])})"
+            )
         out = {k: v for k, v in state.items() if not k.startswith(old)}
         if new is not None:
             for k in hits:
-                target = new + k[len(old):]
+                target = new + k[len(old) :]
                 if target in out:
-                    raise InputError(f"{path}: rename_keys {old!r} -> {new!r} renames {k} onto "
-                                     f"{target}, which the checkpoint already has")
+                    raise InputError(
+                        f"{path}: rename_keys {old!r} -> {new!r} renames {k} onto "
+                        f"{target}, which the checkpoint already has"
+                    )
                 out[target] = state[k]
         state = out
     return state
@@ -127,7 +139,7 @@ def suggest_renames(state: dict, own: dict) -> dict:
             break
         (old, new), _ = max(votes.items(), key=lambda kv: (kv[1], len(kv[0][0]), kv[0]))
         renames[old] = new
-        state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+        state = {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in state.items()}
     for first in sorted({k.split(".")[0] for k in set(state) - set(own)}):
         renames[first + ("." if any(k.startswith(first + ".") for k in state) else "")] = None
     return renames
@@ -149,8 +161,10 @@ def _image_size_hint(model, state: dict, own: dict) -> str:
     if side * side != int(state[key].shape[1]) - prefix:
         return ""
     size = side * int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-    return (f". The checkpoint's position embedding holds {side} x {side} patches: it was "
-            f"trained on {size}-px input; set arch_kwargs img_size: {size} and input_size: {size}")
+    return (
+        f". The checkpoint's position embedding holds {side} x {side} patches: it was "
+        f"trained on {size}-px input; set arch_kwargs img_size: {size} and input_size: {size}"
+    )
 
 
 def fit_state_dict(model, state: dict, path: Path) -> None:
@@ -161,11 +175,16 @@ def fit_state_dict(model, state: dict, path: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
     if missing or unexpected or shapes:
+
         def few(items):
             return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
         parts = []
         if missing:
             parts.append(f"missing keys: {few(missing)}")
@@ -177,13 +196,17 @@ def fit_state_dict(model, state: dict, path: Path) -> None:
         if missing and unexpected:
             renames = suggest_renames(state, own)
             fixed = rename_state_keys(dict(state), renames, path) if renames else state
-            if set(fixed) == set(own) and all(tuple(fixed[k].shape) == tuple(own[k].shape)
-                                              for k in own):
-                hint = (f". It fits with these key renames in the model spec: rename_keys: "
-                        f"{json.dumps(renames)}")
+            if set(fixed) == set(own) and all(
+                tuple(fixed[k].shape) == tuple(own[k].shape) for k in own
+            ):
+                hint = (
+                    f". It fits with these key renames in the model spec: rename_keys: "
+                    f"{json.dumps(renames)}"
+                )
         hint += _image_size_hint(model, state, own)
-        raise InputError(f"{path}: checkpoint does not fit the architecture; "
-                         + "; ".join(parts) + hint)
+        raise InputError(
+            f"{path}: checkpoint does not fit the architecture; " + "; ".join(parts) + hint
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -209,8 +232,10 @@ class TimmModel(ImageModel):
         try:
             model = timm.create_model(self.spec.arch, pretrained=False, **self.spec.arch_kwargs)
         except Exception as exc:
-            raise InputError(f"model {self.name!r}: timm cannot build {self.spec.arch!r} with "
-                             f"{self.spec.arch_kwargs}: {exc}") from exc
+            raise InputError(
+                f"model {self.name!r}: timm cannot build {self.spec.arch!r} with "
+                f"{self.spec.arch_kwargs}: {exc}"
+            ) from exc
         fit_state_dict(model, state, self.checkpoint)
         model = HeadAndFeatures(model).eval().to(device)
         if device.startswith("cuda"):

@@ -34,9 +34,10 @@ class TorchScriptModel(ImageModel):
         try:
             module = torch.jit.load(str(self.checkpoint), map_location=device)
         except Exception as exc:
-            raise InputError(f"{self.checkpoint}: not a TorchScript archive: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                             ) from exc
+            raise InputError(
+                f"{self.checkpoint}: not a TorchScript archive: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
         module = module.eval()
         if self.spec.compile:
             module = torch.compile(module)
@@ -50,5 +51,6 @@ class TorchScriptModel(ImageModel):
             feats = out[index] if len(out) > index else None
         else:
             head, feats = out, None
-        return head.reshape(head.shape[0], -1), (None if feats is None
-                                                 else feats.reshape(feats.shape[0], -1))
+        return head.reshape(head.shape[0], -1), (
+            None if feats is None else feats.reshape(feats.shape[0], -1)
+        )

@@ -30,9 +30,11 @@ def send(url: str, payload: dict) -> None:
     """POST ``payload`` (JSON) to ``url`` through Prefect's webhook notification block."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    block = CustomWebhookNotificationBlock(name="faceage-audit", url=url,
-                                           json_data={"title": "{{subject}}", "text": "{{body}}",
-                                                      **payload})
+    block = CustomWebhookNotificationBlock(
+        name="faceage-audit",
+        url=url,
+        json_data={"title": "{{subject}}", "text": "{{body}}", **payload},
+    )
     block.notify(body=payload.get("summary", ""), subject="faceage-audit alert")
 
 
@@ -44,8 +46,13 @@ def alert_arrival(cfg, store, folder, result: dict | None, error: str | None) ->
     verdicts = store.table("verdicts", result["run_id"]) if result else None
     reasons = alert_reasons(result, error, verdicts, cfg.alerts.on)
     if reasons:
-        send(cfg.alerts.webhook, {
-            "cohort_folder": str(folder), "run_id": (result or {}).get("run_id", ""),
-            "verdict": (result or {}).get("verdict", "error"),
-            "report": str((result or {}).get("report", "")),
-            "summary": f"{Path(folder).name}: " + "; ".join(reasons)})
+        send(
+            cfg.alerts.webhook,
+            {
+                "cohort_folder": str(folder),
+                "run_id": (result or {}).get("run_id", ""),
+                "verdict": (result or {}).get("verdict", "error"),
+                "report": str((result or {}).get("report", "")),
+                "summary": f"{Path(folder).name}: " + "; ".join(reasons),
+            },
+        )

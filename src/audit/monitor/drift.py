@@ -4,14 +4,15 @@ embeddings (evidently), with decisions whose false-alarm rate is controlled.
 Per feature, evidently's ``ValueDrift`` computes a test (two-sample Kolmogorov-Smirnov for
 numbers) and an effect size (normed Wasserstein distance for numbers, Jensen-Shannon
 distance for categories); categories are tested with the two-sample chi-square test of the
-2 x k table (evidently's own chi-square takes the reference shares as known). A feature has ``drifted`` when its
-Holm-adjusted p-value, over all features of the run, is below ``alpha`` *and* the effect is
-at least ``min_effect``: with 10,000 subjects a test alone calls trivial differences drift,
-an effect size alone has no error rate. Embeddings: the unbiased MMD^2 of evidently's MMD
-drift method (RBF kernel, median-distance bandwidth) on at most ``embedding_max_n`` vectors
-per side, with a seeded permutation p-value in place of its fixed threshold or unseeded
-bootstrap (measured here: those disagreed on the same data, and its report's t-SNE plot takes
-most of a minute). evidently's HTML report of the per-feature drift is kept as an artifact.
+2 x k table (evidently's own chi-square takes the reference shares as known). A feature has
+``drifted`` when its Holm-adjusted p-value, over all features of the run, is below
+``alpha`` *and* the effect is at least ``min_effect``: with 10,000 subjects a test alone calls
+trivial differences drift, an effect size alone has no error rate. Embeddings: the unbiased MMD^2
+of evidently's MMD drift method (RBF kernel, median-distance bandwidth) on at most
+``embedding_max_n`` vectors per side, with a seeded permutation p-value in place of its fixed
+threshold or unseeded bootstrap (measured here: those disagreed on the same data, and its report's
+t-SNE plot takes most of a minute). evidently's HTML report of the per-feature drift is kept as an
+artifact.
 
 References
 ----------
@@ -26,12 +27,30 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-DRIFT_COLUMNS = ["model", "feature", "kind", "method", "statistic", "p_value", "effect",
-                 "effect_method", "drifted", "n_reference", "n_current"]
+DRIFT_COLUMNS = [
+    "model",
+    "feature",
+    "kind",
+    "method",
+    "statistic",
+    "p_value",
+    "effect",
+    "effect_method",
+    "drifted",
+    "n_reference",
+    "n_current",
+]
 METADATA_NUMERIC = ["age"]
 METADATA_CATEGORICAL = ["sex", "race", "cancer_type", "site", "camera"]
-IMAGE_NUMERIC = ["brightness", "contrast", "sharpness", "width", "height", "face_box_frac",
-                 "jpeg_quality"]
+IMAGE_NUMERIC = [
+    "brightness",
+    "contrast",
+    "sharpness",
+    "width",
+    "height",
+    "face_box_frac",
+    "jpeg_quality",
+]
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -48,16 +67,23 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def feature_drift(reference: pd.DataFrame, current: pd.DataFrame,
-                  features: list[tuple[str, str, str, str | None]]):
+def feature_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, features: list[tuple[str, str, str, str | None]]
+):
     """evidently ``ValueDrift`` test and effect size for each ``(column, kind, type, model)``
     (type ``num`` or ``cat``) present in both frames. Returns ``(rows, snapshot)``; the
     decision is taken later over all features (:func:`decide`)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
-    usable = [f for f in features if f[0] in reference.columns and f[0] in current.columns
-              and reference[f[0]].notna().sum() > 1 and current[f[0]].notna().sum() > 1]
+    usable = [
+        f
+        for f in features
+        if f[0] in reference.columns
+        and f[0] in current.columns
+        and reference[f[0]].notna().sum() > 1
+        and current[f[0]].notna().sum() > 1
+    ]
     if not usable:
         return [], None
     num = [c for c, _, t, _ in usable if t == "num"]
@@ -76,11 +102,14 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame,
     metrics = []
     for c, _, t, _ in usable:
         metrics.append(ValueDrift(column=c, method="ks" if t == "num" else "chisquare"))
-        metrics.append(ValueDrift(column=c, method="wasserstein" if t == "num"
-                                  else "jensenshannon"))
+        metrics.append(
+            ValueDrift(column=c, method="wasserstein" if t == "num" else "jensenshannon")
+        )
     ref_frame, cur_frame = frame(reference), frame(current)
-    snapshot = Report(metrics).run(Dataset.from_pandas(cur_frame, data_definition=definition),
-                                   Dataset.from_pandas(ref_frame, data_definition=definition))
+    snapshot = Report(metrics).run(
+        Dataset.from_pandas(cur_frame, data_definition=definition),
+        Dataset.from_pandas(ref_frame, data_definition=definition),
+    )
     values = [m["value"] for m in snapshot.dict()["metrics"]]
     rows = []
     for i, (c, kind, t, model) in enumerate(usable):
@@ -88,15 +117,26 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame,
         # taken as known, which over-calls drift when the reference is small; categories
         # get the two-sample chi-square test of the 2 x k table instead (scipy).
         p = float(values[2 * i]) if t == "num" else _two_sample_chi2(ref_frame[c], cur_frame[c])
-        rows.append({"model": model, "feature": c, "kind": kind,
-                     "method": ("Kolmogorov-Smirnov (evidently)" if t == "num"
-                                else "chi-square, two-sample"),
-                     "statistic": None, "p_value": p,
-                     "effect": float(values[2 * i + 1]),
-                     "effect_method": ("Wasserstein distance (normed)" if t == "num"
-                                       else "Jensen-Shannon distance"),
-                     "drifted": None, "n_reference": int(reference[c].notna().sum()),
-                     "n_current": int(current[c].notna().sum()), "_type": t})
+        rows.append(
+            {
+                "model": model,
+                "feature": c,
+                "kind": kind,
+                "method": (
+                    "Kolmogorov-Smirnov (evidently)" if t == "num" else "chi-square, two-sample"
+                ),
+                "statistic": None,
+                "p_value": p,
+                "effect": float(values[2 * i + 1]),
+                "effect_method": (
+                    "Wasserstein distance (normed)" if t == "num" else "Jensen-Shannon distance"
+                ),
+                "drifted": None,
+                "n_reference": int(reference[c].notna().sum()),
+                "n_current": int(current[c].notna().sum()),
+                "_type": t,
+            }
+        )
         if t == "num":
             _constant_reference(rows[-1], ref_frame[c], cur_frame[c])
     return rows, snapshot
@@ -119,8 +159,10 @@ def _constant_reference(row: dict, reference: pd.Series, current: pd.Series) -> 
 def _two_sample_chi2(reference: pd.Series, current: pd.Series) -> float:
     from scipy.stats import chi2_contingency
 
-    table = pd.crosstab(pd.concat([reference, current], ignore_index=True),
-                        np.r_[np.zeros(len(reference)), np.ones(len(current))])
+    table = pd.crosstab(
+        pd.concat([reference, current], ignore_index=True),
+        np.r_[np.zeros(len(reference)), np.ones(len(current))],
+    )
     if table.shape[0] < 2:
         return 1.0
     return float(chi2_contingency(table.to_numpy(), correction=False).pvalue)
@@ -134,8 +176,8 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, model: str, conf
     from sklearn.metrics import pairwise_distances, pairwise_kernels
 
     rng = np.random.default_rng(config.seed)
-    x = reference[rng.permutation(len(reference))[:config.embedding_max_n]].astype(np.float64)
-    y = current[rng.permutation(len(current))[:config.embedding_max_n]].astype(np.float64)
+    x = reference[rng.permutation(len(reference))[: config.embedding_max_n]].astype(np.float64)
+    y = current[rng.permutation(len(current))[: config.embedding_max_n]].astype(np.float64)
     m, n = len(x), len(y)
     sample = np.vstack([x[:1000], y[:1000]])
     sigma2 = np.median(pairwise_distances(sample, metric="euclidean")) ** 2
@@ -143,15 +185,25 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, model: str, conf
     observed = MMD2u(k, m, n)
     null = permuted_mmd2u(k, m, config.n_permutations, rng)
     p_value = (np.sum(null >= observed) + 1) / (config.n_permutations + 1)
-    return {"model": model, "feature": "embeddings", "kind": "embeddings",
-            "method": f"MMD^2 permutation test ({config.n_permutations} permutations)",
-            "statistic": float(max(observed, 0.0)), "p_value": float(p_value),
-            "effect": float(max(observed, 0.0)), "effect_method": "MMD^2 (unbiased)",
-            "drifted": None, "n_reference": m, "n_current": n, "_type": "emb"}
+    return {
+        "model": model,
+        "feature": "embeddings",
+        "kind": "embeddings",
+        "method": f"MMD^2 permutation test ({config.n_permutations} permutations)",
+        "statistic": float(max(observed, 0.0)),
+        "p_value": float(p_value),
+        "effect": float(max(observed, 0.0)),
+        "effect_method": "MMD^2 (unbiased)",
+        "drifted": None,
+        "n_reference": m,
+        "n_current": n,
+        "_type": "emb",
+    }
 
 
-def permuted_mmd2u(k: np.ndarray, m: int, n_perm: int, rng: np.random.Generator,
-                   chunk: int = 250) -> np.ndarray:
+def permuted_mmd2u(
+    k: np.ndarray, m: int, n_perm: int, rng: np.random.Generator, chunk: int = 250
+) -> np.ndarray:
     """MMD^2_u of ``n_perm`` random relabellings of the pooled sample (the first ``m`` of
     each permutation as "reference"), from one matrix product per chunk of permutations:
     with ``z`` a permutation's 0/1 membership, the block sums are ``z'Kz``,
@@ -174,8 +226,9 @@ def permuted_mmd2u(k: np.ndarray, m: int, n_perm: int, rng: np.random.Generator,
         syy = total - 2 * (z.T @ row) + sxx
         dx = z.T @ diag
         dy = diag.sum() - dx
-        out.append((sxx - dx) / (m * (m - 1.0)) + (syy - dy) / (n * (n - 1.0))
-                   - 2.0 * sxy / (m * n))
+        out.append(
+            (sxx - dx) / (m * (m - 1.0)) + (syy - dy) / (n * (n - 1.0)) - 2.0 * sxy / (m * n)
+        )
     return np.concatenate(out)
 
 
@@ -186,16 +239,21 @@ def decide(rows: list[dict], config) -> pd.DataFrame:
         return pd.DataFrame(columns=DRIFT_COLUMNS)
     frame = pd.DataFrame(rows)
     adjusted = holm(frame["p_value"].to_numpy())
-    minimum = frame["_type"].map({"num": config.min_effect_numeric,
-                                  "cat": config.min_effect_categorical, "emb": 0.0})
+    minimum = frame["_type"].map(
+        {"num": config.min_effect_numeric, "cat": config.min_effect_categorical, "emb": 0.0}
+    )
     quality = frame["_type"] == "qual"
-    minimum[quality] = [config.min_quality_change.get(f.rsplit("_", 1)[-1] if "c_index" not in f
-                                                      else "c_index", np.inf)
-                        for f in frame.loc[quality, "feature"]]
+    minimum[quality] = [
+        config.min_quality_change.get(
+            f.rsplit("_", 1)[-1] if "c_index" not in f else "c_index", np.inf
+        )
+        for f in frame.loc[quality, "feature"]
+    ]
     frame["drifted"] = (adjusted < config.alpha) & (frame["effect"] >= minimum)
     frame["statistic"] = frame["statistic"].where(frame["statistic"].notna(), adjusted)
-    frame["method"] = np.where(frame["_type"] == "emb", frame["method"],
-                               frame["method"] + " (statistic: Holm-adjusted p)")
+    frame["method"] = np.where(
+        frame["_type"] == "emb", frame["method"], frame["method"] + " (statistic: Holm-adjusted p)"
+    )
     return frame[DRIFT_COLUMNS]
 
 
@@ -215,9 +273,20 @@ def quality_change(ref_acc: pd.DataFrame, cur_acc: pd.DataFrame) -> list[dict]:
         se = np.hypot((a["ci_high"] - a["ci_low"]) / 3.92, (b["ci_high"] - b["ci_low"]) / 3.92)
         diff = b["value"] - a["value"]
         p = float(2 * norm.sf(abs(diff) / se)) if se > 0 else float("nan")
-        rows.append({"model": key[0], "feature": f"{key[1]}_{key[2]}", "kind": "quality",
-                     "method": "change against the reference run (normal approximation)",
-                     "statistic": float(diff), "p_value": p, "effect": float(abs(diff)),
-                     "effect_method": "absolute change", "drifted": None,
-                     "n_reference": int(a["n"]), "n_current": int(b["n"]), "_type": "qual"})
+        rows.append(
+            {
+                "model": key[0],
+                "feature": f"{key[1]}_{key[2]}",
+                "kind": "quality",
+                "method": "change against the reference run (normal approximation)",
+                "statistic": float(diff),
+                "p_value": p,
+                "effect": float(abs(diff)),
+                "effect_method": "absolute change",
+                "drifted": None,
+                "n_reference": int(a["n"]),
+                "n_current": int(b["n"]),
+                "_type": "qual",
+            }
+        )
     return rows

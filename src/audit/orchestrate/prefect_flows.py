@@ -34,8 +34,13 @@ _TASKS: dict[tuple, object] = {}
 def _task(name: str, fn: Callable):
     key = (name, fn.__module__, fn.__qualname__)
     if key not in _TASKS:
-        _TASKS[key] = task(fn, name=name, cache_policy=NONE, retries=_RETRIES.get(name, 0),
-                           retry_delay_seconds=_DELAY.get(name, 0))
+        _TASKS[key] = task(
+            fn,
+            name=name,
+            cache_policy=NONE,
+            retries=_RETRIES.get(name, 0),
+            retry_delay_seconds=_DELAY.get(name, 0),
+        )
     return _TASKS[key]
 
 
@@ -57,15 +62,27 @@ def dask_task_runner(address: str | None = None, workers: int = 2):
 
     if address:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
 
 
 @flow(name="audit", log_prints=False, validate_parameters=True)
-def audit_flow(cohort: str, models: list[str], out: str = "reports",
-               config: str | None = None, overrides: dict | None = None,
-               shards: int = 0, reference: str | None = None, flow_label: str = "audit"
-               ) -> dict:
+def audit_flow(
+    cohort: str,
+    models: list[str],
+    out: str = "reports",
+    config: str | None = None,
+    overrides: dict | None = None,
+    shards: int = 0,
+    reference: str | None = None,
+    flow_label: str = "audit",
+) -> dict:
     """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
 
     ``shards`` > 0 splits image inference, and the robustness sample, into that many shard
@@ -86,47 +103,88 @@ def validation_flow(cohort: str, out: str = "reports", config: str | None = None
     return validation_sequence(ctx, step=prefect_step)
 
 
-def resolve_reference(reference: str, models: list[str], out: str, config: str | None = None,
-                      overrides: dict | None = None) -> str:
+def resolve_reference(
+    reference: str,
+    models: list[str],
+    out: str,
+    config: str | None = None,
+    overrides: dict | None = None,
+) -> str:
     """A finished run id for ``reference`` (a run id, or a cohort folder audited by
     :func:`audit_flow` when no finished run of it exists)."""
-    return _resolve(reference, models, out, lambda folder: audit_flow(
-        cohort=folder, models=models, out=out, config=config, overrides=overrides))
+    return _resolve(
+        reference,
+        models,
+        out,
+        lambda folder: audit_flow(
+            cohort=folder, models=models, out=out, config=config, overrides=overrides
+        ),
+    )
 
 
 @flow(name="monitor", log_prints=False, validate_parameters=True)
-def monitor_flow(cohort: str, reference: str, models: list[str], out: str = "reports",
-                 config: str | None = None, overrides: dict | None = None) -> dict:
+def monitor_flow(
+    cohort: str,
+    reference: str,
+    models: list[str],
+    out: str = "reports",
+    config: str | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """Audit ``cohort`` with drift against ``reference``; returns the audit flow's result
     with ``reference`` (the run compared against)."""
     ref = resolve_reference(reference, models, out, config, overrides)
-    result = audit_flow(cohort=cohort, models=models, out=out, config=config,
-                        overrides=overrides, reference=ref, flow_label="monitor")
+    result = audit_flow(
+        cohort=cohort,
+        models=models,
+        out=out,
+        config=config,
+        overrides=overrides,
+        reference=ref,
+        flow_label="monitor",
+    )
     return {**result, "reference": ref}
 
 
 @flow(name="monitor-inbox", log_prints=False, validate_parameters=True)
-def inbox_flow(inbox: str, models: list[str], out: str = "reports",
-               reference: str | None = None, config: str | None = None,
-               overrides: dict | None = None) -> list[dict]:
+def inbox_flow(
+    inbox: str,
+    models: list[str],
+    out: str = "reports",
+    reference: str | None = None,
+    config: str | None = None,
+    overrides: dict | None = None,
+) -> list[dict]:
     """Audit every complete cohort folder that arrived in ``inbox`` since the last run, once
     each (with drift against ``reference`` when given); alert per the config."""
     cfg = load_config(config, **(overrides or {}))
 
     def audit_one(folder: str) -> dict:
         if reference:
-            return monitor_flow(cohort=folder, reference=reference, models=models, out=out,
-                                config=config, overrides=overrides)
-        return audit_flow(cohort=folder, models=models, out=out, config=config,
-                          overrides=overrides)
+            return monitor_flow(
+                cohort=folder,
+                reference=reference,
+                models=models,
+                out=out,
+                config=config,
+                overrides=overrides,
+            )
+        return audit_flow(cohort=folder, models=models, out=out, config=config, overrides=overrides)
 
     return process_inbox(inbox, out, cfg, audit_one)
 
 
-def build_deployments(*, models: list[str], out: str, cohort: str | None = None,
-                      inbox: str | None = None, reference: str | None = None,
-                      config: str | None = None, cron: str = "0 3 * * *",
-                      monitor_cron: str = "0 4 * * *") -> list:
+def build_deployments(
+    *,
+    models: list[str],
+    out: str,
+    cohort: str | None = None,
+    inbox: str | None = None,
+    reference: str | None = None,
+    config: str | None = None,
+    cron: str = "0 3 * * *",
+    monitor_cron: str = "0 4 * * *",
+) -> list:
     """Prefect ``RunnerDeployment`` objects (``flow.to_deployment``), ready to ``serve``;
     their entry points are module paths (``audit.orchestrate.prefect_flows.validation_flow``)."""
     from prefect.deployments.runner import EntrypointType
@@ -134,14 +192,29 @@ def build_deployments(*, models: list[str], out: str, cohort: str | None = None,
     module = {"entrypoint_type": EntrypointType.MODULE_PATH}
     deployments = []
     if cohort:
-        deployments.append(validation_flow.to_deployment(
-            name="scheduled-validation", cron=cron,
-            parameters={"cohort": cohort, "out": out, "config": config},
-            description=f"Validate {cohort} on schedule {cron}", **module))
+        deployments.append(
+            validation_flow.to_deployment(
+                name="scheduled-validation",
+                cron=cron,
+                parameters={"cohort": cohort, "out": out, "config": config},
+                description=f"Validate {cohort} on schedule {cron}",
+                **module,
+            )
+        )
     if inbox:
-        deployments.append(inbox_flow.to_deployment(
-            name="monitor-inbox", cron=monitor_cron,
-            parameters={"inbox": inbox, "models": models, "out": out,
-                        "reference": reference, "config": config},
-            description=f"Audit new cohorts in {inbox} on schedule {monitor_cron}", **module))
+        deployments.append(
+            inbox_flow.to_deployment(
+                name="monitor-inbox",
+                cron=monitor_cron,
+                parameters={
+                    "inbox": inbox,
+                    "models": models,
+                    "out": out,
+                    "reference": reference,
+                    "config": config,
+                },
+                description=f"Audit new cohorts in {inbox} on schedule {monitor_cron}",
+                **module,
+            )
+        )
     return deployments

@@ -52,29 +52,48 @@ def preflight(cohort: Path, models: list[str]) -> None:
         for output, col in wanted.items():
             col = col if isinstance(col, str) else str(col)
             if col not in available:
-                raise InputError(f"{mpath}: model {spec.name!r} reads column `{col}` for "
-                                 f"output `{output}`, which the manifest lacks; it has "
-                                 f"{sorted(available)}")
+                raise InputError(
+                    f"{mpath}: model {spec.name!r} reads column `{col}` for "
+                    f"output `{output}`, which the manifest lacks; it has "
+                    f"{sorted(available)}"
+                )
 
 
-def audit_sequence(ctx: stages.RunContext, *, shards: int = 0, step: Step = inline_step,
-                   fan_out: FanOut = inline_fan_out) -> dict:
+def audit_sequence(
+    ctx: stages.RunContext,
+    *,
+    shards: int = 0,
+    step: Step = inline_step,
+    fan_out: FanOut = inline_fan_out,
+) -> dict:
     """validate -> predict -> robustness -> saliency -> accuracy -> fairness -> survival ->
     drift -> verdict -> publish. ``shards`` > 0 splits inference and the robustness sample
     into that many shards each. Returns ``{"run_id", "verdict", "report"}``."""
     with stages.running(ctx):
         step("validate", stages.validate_stage, ctx)
-        results = (fan_out("predict shard", stages.run_shard, stages.plan_shards(ctx, shards))
-                   if shards else None)
+        results = (
+            fan_out("predict shard", stages.run_shard, stages.plan_shards(ctx, shards))
+            if shards
+            else None
+        )
         step("predictions", stages.predict_stage, ctx, results)
-        robust = (fan_out("robustness shard", stages.run_robustness_shard,
-                          stages.plan_robustness_shards(ctx, shards)) if shards else None)
+        robust = (
+            fan_out(
+                "robustness shard",
+                stages.run_robustness_shard,
+                stages.plan_robustness_shards(ctx, shards),
+            )
+            if shards
+            else None
+        )
         step("robustness", stages.robustness_stage, ctx, robust)
-        for name, fn in (("saliency", stages.saliency_stage),
-                         ("accuracy", stages.accuracy_stage),
-                         ("fairness", stages.fairness_stage),
-                         ("survival", stages.survival_stage),
-                         ("drift", stages.drift_stage)):
+        for name, fn in (
+            ("saliency", stages.saliency_stage),
+            ("accuracy", stages.accuracy_stage),
+            ("fairness", stages.fairness_stage),
+            ("survival", stages.survival_stage),
+            ("drift", stages.drift_stage),
+        ):
             step(name, fn, ctx)
         verdict = step("verdict", stages.verdict_stage, ctx)
         report = step("publish", stages.publish_stage, ctx, verdict)
@@ -90,15 +109,23 @@ def validation_sequence(ctx: stages.RunContext, *, step: Step = inline_step) -> 
     return {"run_id": ctx.run_id, "verdict": verdict, "report": str(report)}
 
 
-def run_audit_inline(cohort: str | Path, models: list[str], out: str | Path, cfg: AuditConfig,
-                     *, reference: str | None = None, flow: str = "audit") -> dict:
+def run_audit_inline(
+    cohort: str | Path,
+    models: list[str],
+    out: str | Path,
+    cfg: AuditConfig,
+    *,
+    reference: str | None = None,
+    flow: str = "audit",
+) -> dict:
     """One audit in this process, no Prefect: the same stages in the same order."""
     ctx = stages.start(str(cohort), list(models), str(out), cfg, flow=flow, reference=reference)
     return audit_sequence(ctx)
 
 
-def resolve_reference(reference: str, models: list[str], out: str,
-                      audit_reference: Callable[[str], dict]) -> str:
+def resolve_reference(
+    reference: str, models: list[str], out: str, audit_reference: Callable[[str], dict]
+) -> str:
     """A finished run id for ``reference``: a run id in ``out``/audit.duckdb, or a cohort
     folder, whose newest finished run with the same content SHA-256 and the same models is
     reused; when there is none, ``audit_reference(folder)`` audits it first."""
@@ -120,8 +147,9 @@ def resolve_reference(reference: str, models: list[str], out: str,
     return audit_reference(reference)["run_id"]
 
 
-def process_inbox(inbox: str | Path, out: str | Path, cfg: AuditConfig,
-                  audit_one: Callable[[str], dict]) -> list[dict]:
+def process_inbox(
+    inbox: str | Path, out: str | Path, cfg: AuditConfig, audit_one: Callable[[str], dict]
+) -> list[dict]:
     """Audit every ready cohort folder in the drop folder ``inbox`` once, through
     ``audit_one(folder)``; one bad arrival never stops the others (its error is reported and
     alerted). Returns one dict a folder: ``folder``, ``error`` and the run's result."""
@@ -135,7 +163,12 @@ def process_inbox(inbox: str | Path, out: str | Path, cfg: AuditConfig,
             result = audit_one(str(arrival.path))
         except Exception as exc:  # a failure the data causes: a reported result, never a stop
             error = f"{type(exc).__name__}: {exc}"
-        done.append({"folder": str(arrival.path), "error": error,
-                     **({k: str(v) for k, v in result.items()} if result else {})})
+        done.append(
+            {
+                "folder": str(arrival.path),
+                "error": error,
+                **({k: str(v) for k, v in result.items()} if result else {}),
+            }
+        )
         alert_arrival(cfg, store, arrival.path, result, error)
     return done

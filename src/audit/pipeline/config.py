@@ -34,8 +34,13 @@ from audit.saliency.maps import list_attributions
 
 LIGHT_SAMPLE_SUBJECTS = 150
 LIGHT_SEVERITIES = (1, 3, 5)
-LIGHT_SALIENCY = {"enabled": True, "sample_per_group": 20, "stride": 16, "n_boot": 100,
-                  "sanity_photos": 12}
+LIGHT_SALIENCY = {
+    "enabled": True,
+    "sample_per_group": 20,
+    "stride": 16,
+    "n_boot": 100,
+    "sanity_photos": 12,
+}
 
 
 class _Section(BaseModel):
@@ -66,17 +71,21 @@ class SurvivalConfig(_Section):
     seed: int = 0
     min_events: int = Field(10, ge=1, description="fewer events: models are not fitted")
     penalizer: float = Field(0.0, ge=0)
-    horizons: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0],
-                                  description="years for time-dependent AUC, Brier, calibration")
+    horizons: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 5.0],
+        description="years for time-dependent AUC, Brier, calibration",
+    )
     calibration_horizon: float = Field(2.0, gt=0, description="years; calibration by decile")
     folds: int = Field(5, ge=2, description="cross-fitting folds of the Cox model on a score")
     incremental: bool = Field(True, description="clinical vs + FaceAge vs + FaceAge + risk")
     decision_horizons: list[float] = Field(
         default_factory=lambda: [1.0, 2.0],
-        description="years; decision curves (net benefit) of each score at these horizons")
+        description="years; decision curves (net benefit) of each score at these horizons",
+    )
     decision_thresholds: list[float] = Field(
         default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 19)],
-        description="threshold probabilities of death by the horizon (0.05 to 0.90)")
+        description="threshold probabilities of death by the horizon (0.05 to 0.90)",
+    )
 
     @field_validator("decision_thresholds")
     @classmethod
@@ -88,8 +97,14 @@ class SurvivalConfig(_Section):
 
 
 DEFAULT_TOLERANCES = {
-    "mae": 1.0, "mae_age_adjusted": 1.0, "mean_error": 1.0, "mean_error_age_adjusted": 1.0,
-    "pearson_r": 0.10, "within_5y": 0.10, "c_index": 0.05, "calibration_oe": 0.20,
+    "mae": 1.0,
+    "mae_age_adjusted": 1.0,
+    "mean_error": 1.0,
+    "mean_error_age_adjusted": 1.0,
+    "pearson_r": 0.10,
+    "within_5y": 0.10,
+    "c_index": 0.05,
+    "calibration_oe": 0.20,
 }
 
 
@@ -98,11 +113,20 @@ class FairnessConfig(_Section):
 
     enabled: bool = True
     attributes: list[str] = Field(
-        default_factory=lambda: ["age_band", "age_decade", "sex", "race", "cancer_type", "site",
-                                 "camera"],
-        description="standard columns (or age_band, age_decade) where present")
+        default_factory=lambda: [
+            "age_band",
+            "age_decade",
+            "sex",
+            "race",
+            "cancer_type",
+            "site",
+            "camera",
+        ],
+        description="standard columns (or age_band, age_decade) where present",
+    )
     intersections: list[list[str]] = Field(
-        default_factory=lambda: [["sex", "race"], ["race", "age_band"]])
+        default_factory=lambda: [["sex", "race"], ["race", "age_band"]]
+    )
     n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects, not photos)")
     ci_level: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
@@ -110,28 +134,38 @@ class FairnessConfig(_Section):
     tolerances: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_TOLERANCES),
         description="a group is flagged when its simultaneous CI of the difference to overall "
-                    "lies entirely beyond this, on the worse side")
+        "lies entirely beyond this, on the worse side",
+    )
     verdict_metrics: list[str] = Field(
-        default_factory=lambda: ["mae_age_adjusted", "mean_error_age_adjusted", "c_index",
-                                 "calibration_oe"],
+        default_factory=lambda: [
+            "mae_age_adjusted",
+            "mean_error_age_adjusted",
+            "c_index",
+            "calibration_oe",
+        ],
         description="metrics whose flags fail the verdict (raw MAE and mean error are reported "
-                    "and flagged, but an older group looks biased on them by regression to the "
-                    "mean)")
+        "and flagged, but an older group looks biased on them by regression to the "
+        "mean)",
+    )
     survival_attributes: list[str] = Field(
         default_factory=lambda: ["sex", "race", "cancer_type", "age_band", "site"],
         description="groupings for hazard ratios and clinical utility within subgroups "
-                    "(an attribute with one value in the cohort, e.g. a single site, is skipped)")
+        "(an attribute with one value in the cohort, e.g. a single site, is skipped)",
+    )
     intended_population: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="intended-use population shares per attribute, e.g. "
-                                          "{sex = {female = 0.5, male = 0.5}}")
+        default_factory=dict,
+        description="intended-use population shares per attribute, e.g. "
+        "{sex = {female = 0.5, male = 0.5}}",
+    )
 
     @field_validator("tolerances")
     @classmethod
     def _tolerances(cls, value: dict[str, float]) -> dict[str, float]:
         unknown = set(value) - set(DEFAULT_TOLERANCES)
         if unknown:
-            raise ValueError(f"unknown metric(s) {sorted(unknown)}; known: "
-                             f"{sorted(DEFAULT_TOLERANCES)}")
+            raise ValueError(
+                f"unknown metric(s) {sorted(unknown)}; known: {sorted(DEFAULT_TOLERANCES)}"
+            )
         return {**DEFAULT_TOLERANCES, **value}
 
     @field_validator("intended_population")
@@ -139,8 +173,10 @@ class FairnessConfig(_Section):
     def _shares(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         for attribute, shares in value.items():
             if any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
-                raise ValueError(f"intended_population.{attribute}: shares must be non-negative "
-                                 "with a positive sum")
+                raise ValueError(
+                    f"intended_population.{attribute}: shares must be non-negative "
+                    "with a positive sum"
+                )
         return value
 
 
@@ -150,15 +186,21 @@ class DriftConfig(_Section):
 
     alpha: float = Field(0.01, gt=0, lt=1, description="familywise false-alarm level (Holm)")
     min_effect_numeric: float = Field(
-        0.1, ge=0, description="normed Wasserstein distance a numeric feature must reach")
+        0.1, ge=0, description="normed Wasserstein distance a numeric feature must reach"
+    )
     min_effect_categorical: float = Field(
-        0.1, ge=0, description="Jensen-Shannon distance a categorical feature must reach")
+        0.1, ge=0, description="Jensen-Shannon distance a categorical feature must reach"
+    )
     min_quality_change: dict[str, float] = Field(
         default_factory=lambda: {"mae": 1.0, "c_index": 0.05},
-        description="change of overall MAE (years) and C-index that counts as degraded")
+        description="change of overall MAE (years) and C-index that counts as degraded",
+    )
     embedding_max_n: int = Field(1500, ge=10, description="embeddings per side for the MMD")
-    n_permutations: int = Field(2000, ge=19, description="MMD permutations (p resolution "
-                                                         "1 / (n + 1), enough for Holm at alpha)")
+    n_permutations: int = Field(
+        2000,
+        ge=19,
+        description="MMD permutations (p resolution 1 / (n + 1), enough for Holm at alpha)",
+    )
     seed: int = 0
     html: bool = Field(True, description="keep evidently's HTML report as a run artifact")
 
@@ -169,39 +211,54 @@ class AlertsConfig(_Section):
     webhook: str | None = Field(None, description="URL to POST alerts to; none: no alerts")
     on: list[Literal["failed", "fail", "drift"]] = Field(
         default_factory=lambda: ["failed", "fail", "drift"],
-        description="a run that failed, a failed verdict, a drift alarm")
+        description="a run that failed, a failed verdict, a drift alarm",
+    )
 
 
 class InboxConfig(_Section):
     """The drop folder a scheduled monitor run watches."""
 
-    settle_seconds: float = Field(60.0, ge=0, description="quiet time before a folder without "
-                                                          "a .ready marker counts as complete")
+    settle_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="quiet time before a folder without a .ready marker counts as complete",
+    )
 
 
 class RobustnessConfig(_Section):
-    """Graded perturbations (``audit.robustness.perturbations``) on a stratified sample of subjects."""
+    """Graded perturbations (``audit.robustness.perturbations``) on a stratified sample of
+    subjects."""
 
     enabled: bool = True
     perturbations: list[str] = Field(
-        default_factory=list, description="registered names to run; empty: all of them")
+        default_factory=list, description="registered names to run; empty: all of them"
+    )
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     sample_subjects: int = Field(
-        500, ge=0, description="subjects sampled (one photo each), stratified by `strata`; "
-                               "0: the whole cohort")
+        500,
+        ge=0,
+        description="subjects sampled (one photo each), stratified by `strata`; "
+        "0: the whole cohort",
+    )
     strata: list[str] = Field(default_factory=lambda: ["sex", "race", "age_band"])
-    groups: list[str] = Field(default_factory=lambda: ["sex", "race", "age_band"],
-                              description="subgroups whose robustness is reported")
+    groups: list[str] = Field(
+        default_factory=lambda: ["sex", "race", "age_band"],
+        description="subgroups whose robustness is reported",
+    )
     seed: int = 0
     tolerance_years: float = Field(5.0, gt=0, description="FaceAge shift counted as too far")
-    tolerance_sd: float = Field(0.5, gt=0,
-                                description="risk shift counted as too far, in SDs of clean risk")
+    tolerance_sd: float = Field(
+        0.5, gt=0, description="risk shift counted as too far, in SDs of clean risk"
+    )
     judged_max_severity: int = Field(
-        3, ge=0, le=5, description="severities up to this are judged; above, only reported")
+        3, ge=0, le=5, description="severities up to this are judged; above, only reported"
+    )
     min_group_size: int = Field(20, ge=1, description="smaller subgroups are reported, not judged")
     face_layout: str | dict[str, float] | None = Field(
-        None, description="where eyes and mouth lie in the crops (arcface, aligned, demo or "
-                          "fractions); default: the cohort's, else arcface (aligned for raw photos)")
+        None,
+        description="where eyes and mouth lie in the crops (arcface, aligned, demo or "
+        "fractions); default: the cohort's, else arcface (aligned for raw photos)",
+    )
     batch_size: int | None = Field(None, ge=1)
 
     @field_validator("severities")
@@ -235,12 +292,17 @@ class SaliencyConfig(_Section):
 
     enabled: bool = False
     methods: list[str] = Field(
-        default_factory=list, description="attribution methods to run; empty: every "
+        default_factory=list,
+        description="attribution methods to run; empty: every "
         "registered one that the model allows (occlusion for all; gradient x input and "
-        "integrated gradients for torch models; Grad-CAM for CNNs; attention rollout for ViTs)")
+        "integrated gradients for torch models; Grad-CAM for CNNs; attention rollout for ViTs)",
+    )
     sample_per_group: int = Field(
-        200, ge=1, description="photos sampled (one per subject) per group of each attribute "
-                               "in `groups`, and overall at least this many")
+        200,
+        ge=1,
+        description="photos sampled (one per subject) per group of each attribute "
+        "in `groups`, and overall at least this many",
+    )
     groups: list[str] = Field(default_factory=lambda: ["sex", "race", "age_band"])
     min_faces: int = Field(20, ge=1, description="no map or share of fewer photos is stored")
     window: int = Field(16, ge=2, description="occlusion window side (pixels at input size)")
@@ -248,14 +310,18 @@ class SaliencyConfig(_Section):
     ig_steps: int = Field(16, ge=2, description="integrated-gradients steps")
     n_boot: int = Field(200, ge=20)
     ci_level: float = Field(0.95, gt=0, lt=1)
-    top_fraction: float = Field(0.2, gt=0, lt=1,
-                                description="share of pixels counted as a map's top (overlap)")
+    top_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of pixels counted as a map's top (overlap)"
+    )
     sanity_photos: int = Field(24, ge=2, description="photos of the randomised-weights check")
     sanity_spearman_max: float = Field(
-        0.5, description="a method passes the randomisation check when the trained and the "
-        "randomised model's cohort maps correlate (Spearman) below this")
+        0.5,
+        description="a method passes the randomisation check when the trained and the "
+        "randomised model's cohort maps correlate (Spearman) below this",
+    )
     face_layout: str | dict[str, float] | None = Field(
-        None, description="the region template's layout; default as for robustness")
+        None, description="the region template's layout; default as for robustness"
+    )
     batch_size: int | None = Field(None, ge=1)
     seed: int = 0
 
@@ -281,45 +347,78 @@ class Thresholds(_Section):
         1.0, description="lower CI of the Q4 vs Q1 hazard ratio must exceed this"
     )
     min_events_judged: int = Field(
-        20, ge=1, description="a hazard-ratio check on fewer deaths is inconclusive, not passed")
+        20, ge=1, description="a hazard-ratio check on fewer deaths is inconclusive, not passed"
+    )
     hr_ci_ratio_max: float = Field(
-        10.0, gt=1, description="a hazard ratio whose 95% CI spans more than this factor "
-        "(upper / lower) is inconclusive, not passed")
+        10.0,
+        gt=1,
+        description="a hazard ratio whose 95% CI spans more than this factor "
+        "(upper / lower) is inconclusive, not passed",
+    )
     robustness_frac_over_tolerance_max: float = Field(
-        0.10, ge=0, le=1, description="at judged severities, the share of photos whose output "
-        "moves beyond the tolerance must not exceed this (each perturbation, each subgroup)")
+        0.10,
+        ge=0,
+        le=1,
+        description="at judged severities, the share of photos whose output "
+        "moves beyond the tolerance must not exceed this (each perturbation, each subgroup)",
+    )
     drift_features_max: int = Field(
-        0, ge=0, description="drifted features (per kind: metadata, images, predictions, "
-                             "embeddings, quality) allowed against the reference")
+        0,
+        ge=0,
+        description="drifted features (per kind: metadata, images, predictions, "
+        "embeddings, quality) allowed against the reference",
+    )
     fairness_flagged_max: int = Field(
-        0, ge=0, description="flagged subgroups (of the fairness verdict metrics) allowed")
+        0, ge=0, description="flagged subgroups (of the fairness verdict metrics) allowed"
+    )
     representativeness_p_min: float = Field(
-        0.0, ge=0, le=1, description="the chi-square p-value of the cohort against the intended "
-        "population must be at least this (0: reported, never judged)")
+        0.0,
+        ge=0,
+        le=1,
+        description="the chi-square p-value of the cohort against the intended "
+        "population must be at least this (0: reported, never judged)",
+    )
     robustness_icc_min: float = Field(
-        0.75, ge=0, le=1, description="at judged severities, the ICC(3,1) of clean against "
+        0.75,
+        ge=0,
+        le=1,
+        description="at judged severities, the ICC(3,1) of clean against "
         "perturbed outputs (whole sample) must reach this; below it (or for an output that "
-        "does not vary), the tolerance checks are inconclusive (Koo and Li 2016: 0.75 'good')")
+        "does not vary), the tolerance checks are inconclusive (Koo and Li 2016: 0.75 'good')",
+    )
     fairness_min_pearson: float = Field(
-        0.5, ge=0, le=1, description="FaceAge fairness is judged only for a model whose "
-        "FaceAge tracks age at least this well (Pearson r); else inconclusive")
+        0.5,
+        ge=0,
+        le=1,
+        description="FaceAge fairness is judged only for a model whose "
+        "FaceAge tracks age at least this well (Pearson r); else inconclusive",
+    )
     robustness_quartile_change_max: float = Field(
-        0.25, ge=0, le=1, description="at judged severities, the share of patients whose risk "
-        "quartile changes must not exceed this")
+        0.25,
+        ge=0,
+        le=1,
+        description="at judged severities, the share of patients whose risk "
+        "quartile changes must not exceed this",
+    )
     net_benefit_range: list[float] = Field(
-        default_factory=list, description="[low, high] threshold probabilities of death: at "
+        default_factory=list,
+        description="[low, high] threshold probabilities of death: at "
         "every decision threshold in this range, acting on each score must beat treating "
         "everyone and treating no one with 95% confidence, and harm no subgroup (worse than "
-        "both, simultaneous 95% bands) (empty: reported, never judged)")
+        "both, simultaneous 95% bands) (empty: reported, never judged)",
+    )
     net_benefit_horizon: float = Field(
-        1.0, gt=0, description="years; the decision curve that net_benefit_range judges")
+        1.0, gt=0, description="years; the decision curve that net_benefit_range judges"
+    )
 
     @field_validator("net_benefit_range")
     @classmethod
     def _range(cls, value: list[float]) -> list[float]:
         if value and not (len(value) == 2 and 0 < value[0] <= value[1] < 1):
-            raise ValueError("net_benefit_range takes two threshold probabilities "
-                             f"[low, high] with 0 < low <= high < 1, not {value}")
+            raise ValueError(
+                "net_benefit_range takes two threshold probabilities "
+                f"[low, high] with 0 < low <= high < 1, not {value}"
+            )
         return value
 
 
@@ -334,9 +433,11 @@ class AuditConfig(_Section):
     inbox: InboxConfig = Field(default_factory=InboxConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["full", "light"] = Field(
-        "full", description="`light` (the demo): robustness on 150 subjects at severities "
-                            "1, 3 and 5, saliency on with 20 photos per group and a 16-pixel "
-                            "occlusion stride, unless those sections say otherwise")
+        "full",
+        description="`light` (the demo): robustness on 150 subjects at severities "
+        "1, 3 and 5, saliency on with 20 photos per group and a 16-pixel "
+        "occlusion stride, unless those sections say otherwise",
+    )
 
     @model_validator(mode="after")
     def _light(self) -> "AuditConfig":
@@ -407,30 +508,44 @@ def _type_text(annotation) -> str:
 def markdown_reference() -> str:
     """The configuration reference page: every ``audit.toml`` section and key with its type,
     default and meaning, generated from these classes (``python -m audit.pipeline.config``)."""
-    lines = ["# Configuration reference", "",
-             "Every key `audit.toml` accepts, by section, with its default. Unknown keys and "
-             "wrong types are an error naming the file and key. Generated from "
-             "`audit.pipeline.config` (`python -m audit.pipeline.config > "
-             "docs/configuration-reference.md`).", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Every key `audit.toml` accepts, by section, with its default. Unknown keys and "
+        "wrong types are an error naming the file and key. Generated from "
+        "`audit.pipeline.config` (`python -m audit.pipeline.config > "
+        "docs/configuration-reference.md`).",
+        "",
+    ]
     top = AuditConfig.model_fields
     lines += ["## Top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for name, info in top.items():
         if isinstance(info.default_factory, type) and issubclass(info.default_factory, BaseModel):
             continue
-        lines.append(f"| `{name}` | {_type_text(info.annotation)} | {_default_text(info)} | "
-                     f"{(info.description or '').replace('|', '/')} |")
+        lines.append(
+            f"| `{name}` | {_type_text(info.annotation)} | {_default_text(info)} | "
+            f"{(info.description or '').replace('|', '/')} |"
+        )
     lines.append("")
     for name, info in top.items():
         section = info.default_factory
         if not (isinstance(section, type) and issubclass(section, BaseModel)):
             continue
         doc = (section.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        lines += [f"## `[{name}]`", "", doc, "", "| key | type | default | meaning |",
-                  "|---|---|---|---|"]
+        lines += [
+            f"## `[{name}]`",
+            "",
+            doc,
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for key, field in section.model_fields.items():
-            lines.append(f"| `{key}` | {_type_text(field.annotation)} | "
-                         f"{_default_text(field)} | "
-                         f"{(field.description or '').replace('|', '/')} |")
+            lines.append(
+                f"| `{key}` | {_type_text(field.annotation)} | "
+                f"{_default_text(field)} | "
+                f"{(field.description or '').replace('|', '/')} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

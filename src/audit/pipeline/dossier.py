@@ -42,17 +42,24 @@ def _private_key(create: bool = True):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     return key
 
 
 def _public_hex(key) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return key.public_key().public_bytes(serialization.Encoding.Raw,
-                                         serialization.PublicFormat.Raw).hex()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        .hex()
+    )
 
 
 def _digest(entries: dict) -> str:
@@ -63,33 +70,50 @@ def _digest(entries: dict) -> str:
 def build_manifest(run: dict, cohort, models: list, out_dir: Path, artifacts) -> Path:
     """Write and sign ``runs/<run_id>/manifest.json``; return its path."""
     root = Path(cohort.root)
-    files = {"cohort.yaml": sha256_file(root / "cohort.yaml"),
-             str(Path(cohort.manifest_path).resolve().relative_to(root.resolve())
-                 if Path(cohort.manifest_path).resolve().is_relative_to(root.resolve())
-                 else Path(cohort.manifest_path).resolve()): cohort.manifest_sha256}
+    files = {
+        "cohort.yaml": sha256_file(root / "cohort.yaml"),
+        str(
+            Path(cohort.manifest_path).resolve().relative_to(root.resolve())
+            if Path(cohort.manifest_path).resolve().is_relative_to(root.resolve())
+            else Path(cohort.manifest_path).resolve()
+        ): cohort.manifest_sha256,
+    }
     images_root = Path(cohort.images_root).resolve()
-    images_root = (images_root.relative_to(root.resolve())
-                   if images_root.is_relative_to(root.resolve()) else images_root)
+    images_root = (
+        images_root.relative_to(root.resolve())
+        if images_root.is_relative_to(root.resolve())
+        else images_root
+    )
     # Image paths usually carry patient ids: the manifest names each image by the keyed
     # pseudonym of its path under the images root; `verify` recomputes it on site.
     images = {pseudonym(str(rel)): digest for rel, digest in sorted(cohort.image_sha256.items())}
-    model_files = [{"name": m.name, "path": str(Path(m.checkpoint).resolve()),
-                    "sha256": m.checkpoint_digest()}
-                   for m in models if getattr(m, "checkpoint", None) is not None
-                   and Path(m.checkpoint).is_file()]
+    model_files = [
+        {"name": m.name, "path": str(Path(m.checkpoint).resolve()), "sha256": m.checkpoint_digest()}
+        for m in models
+        if getattr(m, "checkpoint", None) is not None and Path(m.checkpoint).is_file()
+    ]
     entries = {
-        "run_id": run["run_id"], "cohort_path": str(root.resolve()),
-        "cohort_sha256": run["cohort_sha256"], "cohort_files": files,
-        "images_root": str(images_root), "images": images,
-        "models": model_files, "config_sha256": run["config_sha256"],
-        "code_version": run["code_version"], "environment": run["environment"],
+        "run_id": run["run_id"],
+        "cohort_path": str(root.resolve()),
+        "cohort_sha256": run["cohort_sha256"],
+        "cohort_files": files,
+        "images_root": str(images_root),
+        "images": images,
+        "models": model_files,
+        "config_sha256": run["config_sha256"],
+        "code_version": run["code_version"],
+        "environment": run["environment"],
         "artifacts": {r["path"]: r["sha256"] for r in artifacts},
     }
     digest = _digest(entries)
     key = _private_key()
-    signed = {"algorithm": "Ed25519 over the SHA-256 of the canonical JSON of `manifest`",
-              "digest": digest, "signature": key.sign(bytes.fromhex(digest)).hex(),
-              "public_key": _public_hex(key), "manifest": entries}
+    signed = {
+        "algorithm": "Ed25519 over the SHA-256 of the canonical JSON of `manifest`",
+        "digest": digest,
+        "signature": key.sign(bytes.fromhex(digest)).hex(),
+        "public_key": _public_hex(key),
+        "manifest": entries,
+    }
     path = Path(out_dir) / "runs" / run["run_id"] / MANIFEST
     path.write_text(json.dumps(signed, indent=1, sort_keys=True, default=str))
     return path
@@ -109,7 +133,8 @@ def verify_run(run_dir: str | Path) -> list[str]:
         problems.append(f"{run_dir / MANIFEST}: its contents do not match its digest (edited)")
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(doc["public_key"])).verify(
-            bytes.fromhex(doc["signature"]), bytes.fromhex(doc["digest"]))
+            bytes.fromhex(doc["signature"]), bytes.fromhex(doc["digest"])
+        )
     except (InvalidSignature, ValueError):
         problems.append(f"{run_dir / MANIFEST}: the signature does not match the digest")
     site = _private_key(create=False)
@@ -127,12 +152,21 @@ def verify_run(run_dir: str | Path) -> list[str]:
     for rel, digest in entries["cohort_files"].items():
         check(root / rel, digest, "cohort file")
     images_root = root / entries.get("images_root", ".")
-    on_disk = {pseudonym(str(p.relative_to(images_root))): p
-               for p in images_root.rglob("*") if p.is_file()} if images_root.is_dir() else {}
+    on_disk = (
+        {
+            pseudonym(str(p.relative_to(images_root))): p
+            for p in images_root.rglob("*")
+            if p.is_file()
+        }
+        if images_root.is_dir()
+        else {}
+    )
     for name, digest in entries["images"].items():
         if name not in on_disk:
-            problems.append(f"image {name} under {images_root}: missing, renamed, or the "
-                            "manifest was made with another site's pseudonym key")
+            problems.append(
+                f"image {name} under {images_root}: missing, renamed, or the "
+                "manifest was made with another site's pseudonym key"
+            )
         else:
             check(on_disk[name], digest, f"image {name}")
     for m in entries["models"]:

@@ -9,8 +9,19 @@ from importlib import metadata
 from pathlib import Path
 
 KEY_PACKAGES = [
-    "faceage-audit", "numpy", "pandas", "scipy", "duckdb", "lifelines", "scikit-survival",
-    "fairlearn", "great-expectations", "evidently", "prefect", "torch", "timm",
+    "faceage-audit",
+    "numpy",
+    "pandas",
+    "scipy",
+    "duckdb",
+    "lifelines",
+    "scikit-survival",
+    "fairlearn",
+    "great-expectations",
+    "evidently",
+    "prefect",
+    "torch",
+    "timm",
 ]
 
 
@@ -25,10 +36,18 @@ def code_version() -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         return f"{version}+g{commit}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return version

@@ -35,185 +35,250 @@ class Table:
         return pairs
 
     def ddl(self) -> str:
-        cols = ", ".join(f"{n} {t}{' PRIMARY KEY' if (self.name, n) == ('runs', 'run_id') else ''}"
-                         for n, t in self.columns)
+        cols = ", ".join(
+            f"{n} {t}{' PRIMARY KEY' if (self.name, n) == ('runs', 'run_id') else ''}"
+            for n, t in self.columns
+        )
         return f"CREATE TABLE {self.name} ({cols})"
 
 
 TABLES: tuple[Table, ...] = (
-    Table("runs",
-          "One row per run: what was audited (cohort hashes and path, models, config), by which "
-          "code and packages, its status, heartbeat and verdict.",
-          "run_id VARCHAR, flow VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
-          "status VARCHAR, cohort_name VARCHAR, cohort_sha256 VARCHAR, models JSON, "
-          "config_sha256 VARCHAR, code_version VARCHAR, environment JSON, pid INTEGER, host "
-          "VARCHAR, heartbeat_at TIMESTAMPTZ, verdict VARCHAR, error VARCHAR, config JSON, "
-          "manifest_sha256 VARCHAR, synthetic BOOLEAN, cohort_path VARCHAR"),
-    Table("cohort_rows",
-          "One row per manifest row: the standard columns, whether the row was included, its "
-          "1-based manifest row number.",
-          "run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, age DOUBLE, sex VARCHAR, race "
-          "VARCHAR, cancer_type VARCHAR, site VARCHAR, time DOUBLE, event INTEGER, included "
-          "BOOLEAN, camera VARCHAR, row_number BIGINT"),
-    Table("validation_results",
-          "Every data check: Great Expectations expectations and the loader's parse checks, "
-          "with severity, success and examples.",
-          "run_id VARCHAR, suite VARCHAR, expectation VARCHAR, column_name VARCHAR, severity "
-          "VARCHAR, success BOOLEAN, unexpected_count BIGINT, details JSON"),
-    Table("quarantine",
-          "Every rejected row or image: file, row, column and reason; quarantined rows never "
-          "reach a model.",
-          "run_id VARCHAR, photo_id VARCHAR, stage VARCHAR, severity VARCHAR, source_file "
-          "VARCHAR, row_number BIGINT, column_name VARCHAR, reason VARCHAR"),
-    Table("image_properties",
-          "Per image: size, brightness, contrast, sharpness, face count, JPEG quality, "
-          "decodability, EXIF orientation, SHA-256 and duplicates.",
-          "run_id VARCHAR, photo_id VARCHAR, width INTEGER, height INTEGER, brightness DOUBLE, "
-          "contrast DOUBLE, sharpness DOUBLE, face_count INTEGER, face_box_frac DOUBLE, "
-          "jpeg_quality DOUBLE, image_path VARCHAR, mode VARCHAR, format VARCHAR, "
-          "format_matches_name BOOLEAN, decodable BOOLEAN, error VARCHAR, exif_orientation "
-          "INTEGER, sha256 VARCHAR, exact_duplicate_of_other_subject BOOLEAN, duplicate_of "
-          "VARCHAR, near_duplicate_of_other_subject BOOLEAN, near_duplicate_of VARCHAR"),
-    Table("detections",
-          "Faces found per image (box, confidence, landmarks).",
-          "run_id VARCHAR, photo_id VARCHAR, x DOUBLE, y DOUBLE, w DOUBLE, h DOUBLE, confidence "
-          "DOUBLE, landmarks JSON"),
-    Table("predictions",
-          "Every model output per photo, clean (perturbation `none`) and perturbed.",
-          "run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, model VARCHAR, output VARCHAR, "
-          "perturbation VARCHAR, severity INTEGER, value DOUBLE"),
-    Table("embeddings",
-          "Image models' embeddings per photo (for embedding drift).",
-          "run_id VARCHAR, photo_id VARCHAR, model VARCHAR, vector FLOAT[]"),
-    Table("robustness",
-          "Prediction shifts per model, output, perturbation, severity and subgroup: mean and "
-          "95th-percentile shift, share over tolerance, Spearman, ICC, risk-quartile changes.",
-          "run_id VARCHAR, model VARCHAR, output VARCHAR, perturbation VARCHAR, severity "
-          "INTEGER, attribute VARCHAR, group_name VARCHAR, n BIGINT, mean_abs_shift DOUBLE, "
-          "p95_abs_shift DOUBLE, frac_over_tolerance DOUBLE, spearman DOUBLE, icc DOUBLE, "
-          "quartile_change DOUBLE, passed BOOLEAN, family VARCHAR, description VARCHAR, "
-          "mean_shift DOUBLE"),
-    Table("fairness",
-          "Per-group metrics with subject-bootstrap CIs, differences to overall and to the "
-          "reference group (max-t bands), tolerance and status.",
-          "run_id VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, attribute VARCHAR, "
-          "group_name VARCHAR, n BIGINT, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
-          "diff_to_overall DOUBLE, diff_ci_low DOUBLE, diff_ci_high DOUBLE, status VARCHAR, "
-          "n_subjects BIGINT, diff_ci_method VARCHAR, reference_group VARCHAR, "
-          "diff_to_reference DOUBLE, ref_ci_low DOUBLE, ref_ci_high DOUBLE, tolerance DOUBLE"),
-    Table("survival_models",
-          "Cox models fitted: description, n, events, concordance with CI, log-likelihood, "
-          "smallest PH-test p, status (a fit that did not converge says why).",
-          "run_id VARCHAR, model VARCHAR, model_id VARCHAR, description VARCHAR, n BIGINT, "
-          "events BIGINT, concordance DOUBLE, concordance_low DOUBLE, concordance_high DOUBLE, "
-          "log_likelihood DOUBLE, ph_test_min_p DOUBLE, status VARCHAR, note VARCHAR"),
-    Table("survival_terms",
-          "Hazard ratios per model term with CI, p-value, coefficient and standard error.",
-          "run_id VARCHAR, model VARCHAR, model_id VARCHAR, term VARCHAR, hr DOUBLE, hr_low "
-          "DOUBLE, hr_high DOUBLE, p_value DOUBLE, coef DOUBLE, se DOUBLE"),
-    Table("survival_tests",
-          "Log-rank, likelihood-ratio and PH tests, with their notes.",
-          "run_id VARCHAR, model VARCHAR, test VARCHAR, groups VARCHAR, statistic DOUBLE, df "
-          "DOUBLE, p_value DOUBLE, note VARCHAR"),
-    Table("survival_metrics",
-          "Time-dependent discrimination and calibration (Uno's C, AUC(t), Brier, calibration "
-          "slope, delta C) with CIs.",
-          "run_id VARCHAR, model VARCHAR, model_id VARCHAR, metric VARCHAR, horizon DOUBLE, "
-          "value DOUBLE, ci_low DOUBLE, ci_high DOUBLE"),
-    Table("survival_curves",
-          "Kaplan-Meier curves per group with numbers at risk and bands; predicted survival for "
-          "calibration.",
-          "run_id VARCHAR, model VARCHAR, curve VARCHAR, group_name VARCHAR, time DOUBLE, "
-          "survival DOUBLE, at_risk BIGINT, predicted DOUBLE, survival_low DOUBLE, "
-          "survival_high DOUBLE"),
-    Table("drift",
-          "Drift against the reference run per feature and model output: test, statistic, p, "
-          "effect size and whether it drifted.",
-          "run_id VARCHAR, reference VARCHAR, model VARCHAR, feature VARCHAR, kind VARCHAR, "
-          "method VARCHAR, statistic DOUBLE, p_value DOUBLE, drifted BOOLEAN, effect DOUBLE, "
-          "effect_method VARCHAR, n_reference BIGINT, n_current BIGINT"),
-    Table("saliency",
-          "Attribution share per face region, method, model and group, with CIs, region area "
-          "and enrichment.",
-          "run_id VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, group_name VARCHAR, "
-          "region VARCHAR, share DOUBLE, ci_low DOUBLE, ci_high DOUBLE, attribute VARCHAR, n "
-          "BIGINT, n_subjects BIGINT, area DOUBLE, enrichment DOUBLE, enrichment_low DOUBLE, "
-          "enrichment_high DOUBLE"),
-    Table("verdicts",
-          "Every check of the verdict: category, model, value judged, threshold, status (pass, "
-          "fail, inconclusive, skipped) and details.",
-          "run_id VARCHAR, model VARCHAR, check_name VARCHAR, threshold DOUBLE, value DOUBLE, "
-          "passed BOOLEAN, details VARCHAR, status VARCHAR, category VARCHAR, judged_value "
-          "DOUBLE"),
-    Table("artifacts",
-          "Files a run wrote (page, exports, dossier, manifest) with their SHA-256.",
-          "run_id VARCHAR, kind VARCHAR, path VARCHAR, sha256 VARCHAR"),
-    Table("run_stages",
-          "Each stage of a run: start, end, rows written and a note.",
-          "run_id VARCHAR, stage VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
-          "rows_written BIGINT, note VARCHAR"),
-    Table("accuracy",
-          "Accuracy per model output overall and per group (MAE, mean error, Pearson r, within "
-          "5 years; C-index) with subject-bootstrap CIs.",
-          "run_id VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, attribute VARCHAR, "
-          "group_name VARCHAR, n BIGINT, n_subjects BIGINT, value DOUBLE, ci_low DOUBLE, "
-          "ci_high DOUBLE, status VARCHAR"),
-    Table("prediction_cache",
-          "Predictions by image SHA-256 and model key, reused by later runs on the same images.",
-          "run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, perturbation VARCHAR, "
-          "severity INTEGER, output VARCHAR, value DOUBLE"),
-    Table("embedding_cache",
-          "Embeddings by image SHA-256 and model key, reused by later runs.",
-          "run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, vector FLOAT[]"),
-    Table("survival_subgroups",
-          "Hazard ratios within each subgroup, with the adjustment used and a status.",
-          "run_id VARCHAR, model VARCHAR, predictor VARCHAR, attribute VARCHAR, group_name "
-          "VARCHAR, n BIGINT, events BIGINT, hr DOUBLE, hr_low DOUBLE, hr_high DOUBLE, p_value "
-          "DOUBLE, adjustment VARCHAR, status VARCHAR, note VARCHAR"),
-    Table("representativeness",
-          "The cohort's shares against the intended-use population, with chi-square tests.",
-          "run_id VARCHAR, attribute VARCHAR, group_name VARCHAR, n BIGINT, share DOUBLE, "
-          "intended_share DOUBLE, ratio DOUBLE, chi2 DOUBLE, df INTEGER, p_value DOUBLE, status "
-          "VARCHAR"),
-    Table("comparisons",
-          "Paired differences between two models on the same subjects, with CIs.",
-          "run_id VARCHAR, output VARCHAR, metric VARCHAR, model_a VARCHAR, model_b VARCHAR, "
-          "attribute VARCHAR, group_name VARCHAR, n BIGINT, value_a DOUBLE, value_b DOUBLE, "
-          "diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE, status VARCHAR"),
-    Table("saliency_maps",
-          "Mean attribution maps per model, output, method and group.",
-          "run_id VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, attribute VARCHAR, "
-          "group_name VARCHAR, n BIGINT, height INTEGER, width INTEGER, map FLOAT[]"),
-    Table("saliency_checks",
-          "Saliency sanity checks (randomised weights) and comparisons between models or "
-          "groups.",
-          "run_id VARCHAR, check_name VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, "
-          "other_model VARCHAR, other_output VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high "
-          "DOUBLE, threshold DOUBLE, passed BOOLEAN, n BIGINT, details VARCHAR"),
-    Table("decision_curves",
-          "Net benefit per score, horizon and threshold against treat-all, treat-none and "
-          "chronological age, with CIs.",
-          "run_id VARCHAR, model VARCHAR, model_id VARCHAR, strategy VARCHAR, horizon DOUBLE, "
-          "threshold DOUBLE, n BIGINT, events BIGINT, positive_rate DOUBLE, net_benefit DOUBLE, "
-          "ci_low DOUBLE, ci_high DOUBLE, diff_treat_all DOUBLE, diff_treat_all_low DOUBLE, "
-          "diff_treat_all_high DOUBLE, diff_age DOUBLE, diff_age_low DOUBLE, diff_age_high "
-          "DOUBLE, interventions_avoided DOUBLE, compared_to VARCHAR, diff_compared DOUBLE, "
-          "diff_compared_low DOUBLE, diff_compared_high DOUBLE"),
-    Table("decision_subgroups",
-          "Net benefit of each score's decision rule within subgroups, with max-t bands.",
-          "run_id VARCHAR, model VARCHAR, model_id VARCHAR, attribute VARCHAR, group_name "
-          "VARCHAR, horizon DOUBLE, threshold DOUBLE, n BIGINT, events BIGINT, positive_rate "
-          "DOUBLE, net_benefit DOUBLE, treat_all DOUBLE, gain DOUBLE, gain_low DOUBLE, "
-          "gain_high DOUBLE, band_low DOUBLE, band_high DOUBLE, overall_useful BOOLEAN, status "
-          "VARCHAR"),
-    Table("cohort_summary",
-          "Cohort-level statistics a page shows (median follow-up by reverse Kaplan-Meier), "
-          "computed by the validate stage.",
-          "run_id VARCHAR, statistic VARCHAR, value DOUBLE, method VARCHAR"),
-    Table("figures",
-          "Figures a stage drew from things no table holds (the perturbation examples on a "
-          "synthetic face), as data URIs.",
-          "run_id VARCHAR, figure VARCHAR, uri VARCHAR, alt VARCHAR"),
+    Table(
+        "runs",
+        "One row per run: what was audited (cohort hashes and path, models, config), by which "
+        "code and packages, its status, heartbeat and verdict.",
+        "run_id VARCHAR, flow VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
+        "status VARCHAR, cohort_name VARCHAR, cohort_sha256 VARCHAR, models JSON, "
+        "config_sha256 VARCHAR, code_version VARCHAR, environment JSON, pid INTEGER, host "
+        "VARCHAR, heartbeat_at TIMESTAMPTZ, verdict VARCHAR, error VARCHAR, config JSON, "
+        "manifest_sha256 VARCHAR, synthetic BOOLEAN, cohort_path VARCHAR",
+    ),
+    Table(
+        "cohort_rows",
+        "One row per manifest row: the standard columns, whether the row was included, its "
+        "1-based manifest row number.",
+        "run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, age DOUBLE, sex VARCHAR, race "
+        "VARCHAR, cancer_type VARCHAR, site VARCHAR, time DOUBLE, event INTEGER, included "
+        "BOOLEAN, camera VARCHAR, row_number BIGINT",
+    ),
+    Table(
+        "validation_results",
+        "Every data check: Great Expectations expectations and the loader's parse checks, "
+        "with severity, success and examples.",
+        "run_id VARCHAR, suite VARCHAR, expectation VARCHAR, column_name VARCHAR, severity "
+        "VARCHAR, success BOOLEAN, unexpected_count BIGINT, details JSON",
+    ),
+    Table(
+        "quarantine",
+        "Every rejected row or image: file, row, column and reason; quarantined rows never "
+        "reach a model.",
+        "run_id VARCHAR, photo_id VARCHAR, stage VARCHAR, severity VARCHAR, source_file "
+        "VARCHAR, row_number BIGINT, column_name VARCHAR, reason VARCHAR",
+    ),
+    Table(
+        "image_properties",
+        "Per image: size, brightness, contrast, sharpness, face count, JPEG quality, "
+        "decodability, EXIF orientation, SHA-256 and duplicates.",
+        "run_id VARCHAR, photo_id VARCHAR, width INTEGER, height INTEGER, brightness DOUBLE, "
+        "contrast DOUBLE, sharpness DOUBLE, face_count INTEGER, face_box_frac DOUBLE, "
+        "jpeg_quality DOUBLE, image_path VARCHAR, mode VARCHAR, format VARCHAR, "
+        "format_matches_name BOOLEAN, decodable BOOLEAN, error VARCHAR, exif_orientation "
+        "INTEGER, sha256 VARCHAR, exact_duplicate_of_other_subject BOOLEAN, duplicate_of "
+        "VARCHAR, near_duplicate_of_other_subject BOOLEAN, near_duplicate_of VARCHAR",
+    ),
+    Table(
+        "detections",
+        "Faces found per image (box, confidence, landmarks).",
+        "run_id VARCHAR, photo_id VARCHAR, x DOUBLE, y DOUBLE, w DOUBLE, h DOUBLE, confidence "
+        "DOUBLE, landmarks JSON",
+    ),
+    Table(
+        "predictions",
+        "Every model output per photo, clean (perturbation `none`) and perturbed.",
+        "run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, model VARCHAR, output VARCHAR, "
+        "perturbation VARCHAR, severity INTEGER, value DOUBLE",
+    ),
+    Table(
+        "embeddings",
+        "Image models' embeddings per photo (for embedding drift).",
+        "run_id VARCHAR, photo_id VARCHAR, model VARCHAR, vector FLOAT[]",
+    ),
+    Table(
+        "robustness",
+        "Prediction shifts per model, output, perturbation, severity and subgroup: mean and "
+        "95th-percentile shift, share over tolerance, Spearman, ICC, risk-quartile changes.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, perturbation VARCHAR, severity "
+        "INTEGER, attribute VARCHAR, group_name VARCHAR, n BIGINT, mean_abs_shift DOUBLE, "
+        "p95_abs_shift DOUBLE, frac_over_tolerance DOUBLE, spearman DOUBLE, icc DOUBLE, "
+        "quartile_change DOUBLE, passed BOOLEAN, family VARCHAR, description VARCHAR, "
+        "mean_shift DOUBLE",
+    ),
+    Table(
+        "fairness",
+        "Per-group metrics with subject-bootstrap CIs, differences to overall and to the "
+        "reference group (max-t bands), tolerance and status.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, attribute VARCHAR, "
+        "group_name VARCHAR, n BIGINT, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
+        "diff_to_overall DOUBLE, diff_ci_low DOUBLE, diff_ci_high DOUBLE, status VARCHAR, "
+        "n_subjects BIGINT, diff_ci_method VARCHAR, reference_group VARCHAR, "
+        "diff_to_reference DOUBLE, ref_ci_low DOUBLE, ref_ci_high DOUBLE, tolerance DOUBLE",
+    ),
+    Table(
+        "survival_models",
+        "Cox models fitted: description, n, events, concordance with CI, log-likelihood, "
+        "smallest PH-test p, status (a fit that did not converge says why).",
+        "run_id VARCHAR, model VARCHAR, model_id VARCHAR, description VARCHAR, n BIGINT, "
+        "events BIGINT, concordance DOUBLE, concordance_low DOUBLE, concordance_high DOUBLE, "
+        "log_likelihood DOUBLE, ph_test_min_p DOUBLE, status VARCHAR, note VARCHAR",
+    ),
+    Table(
+        "survival_terms",
+        "Hazard ratios per model term with CI, p-value, coefficient and standard error.",
+        "run_id VARCHAR, model VARCHAR, model_id VARCHAR, term VARCHAR, hr DOUBLE, hr_low "
+        "DOUBLE, hr_high DOUBLE, p_value DOUBLE, coef DOUBLE, se DOUBLE",
+    ),
+    Table(
+        "survival_tests",
+        "Log-rank, likelihood-ratio and PH tests, with their notes.",
+        "run_id VARCHAR, model VARCHAR, test VARCHAR, groups VARCHAR, statistic DOUBLE, df "
+        "DOUBLE, p_value DOUBLE, note VARCHAR",
+    ),
+    Table(
+        "survival_metrics",
+        "Time-dependent discrimination and calibration (Uno's C, AUC(t), Brier, calibration "
+        "slope, delta C) with CIs.",
+        "run_id VARCHAR, model VARCHAR, model_id VARCHAR, metric VARCHAR, horizon DOUBLE, "
+        "value DOUBLE, ci_low DOUBLE, ci_high DOUBLE",
+    ),
+    Table(
+        "survival_curves",
+        "Kaplan-Meier curves per group with numbers at risk and bands; predicted survival for "
+        "calibration.",
+        "run_id VARCHAR, model VARCHAR, curve VARCHAR, group_name VARCHAR, time DOUBLE, "
+        "survival DOUBLE, at_risk BIGINT, predicted DOUBLE, survival_low DOUBLE, "
+        "survival_high DOUBLE",
+    ),
+    Table(
+        "drift",
+        "Drift against the reference run per feature and model output: test, statistic, p, "
+        "effect size and whether it drifted.",
+        "run_id VARCHAR, reference VARCHAR, model VARCHAR, feature VARCHAR, kind VARCHAR, "
+        "method VARCHAR, statistic DOUBLE, p_value DOUBLE, drifted BOOLEAN, effect DOUBLE, "
+        "effect_method VARCHAR, n_reference BIGINT, n_current BIGINT",
+    ),
+    Table(
+        "saliency",
+        "Attribution share per face region, method, model and group, with CIs, region area "
+        "and enrichment.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, group_name VARCHAR, "
+        "region VARCHAR, share DOUBLE, ci_low DOUBLE, ci_high DOUBLE, attribute VARCHAR, n "
+        "BIGINT, n_subjects BIGINT, area DOUBLE, enrichment DOUBLE, enrichment_low DOUBLE, "
+        "enrichment_high DOUBLE",
+    ),
+    Table(
+        "verdicts",
+        "Every check of the verdict: category, model, value judged, threshold, status (pass, "
+        "fail, inconclusive, skipped) and details.",
+        "run_id VARCHAR, model VARCHAR, check_name VARCHAR, threshold DOUBLE, value DOUBLE, "
+        "passed BOOLEAN, details VARCHAR, status VARCHAR, category VARCHAR, judged_value "
+        "DOUBLE",
+    ),
+    Table(
+        "artifacts",
+        "Files a run wrote (page, exports, dossier, manifest) with their SHA-256.",
+        "run_id VARCHAR, kind VARCHAR, path VARCHAR, sha256 VARCHAR",
+    ),
+    Table(
+        "run_stages",
+        "Each stage of a run: start, end, rows written and a note.",
+        "run_id VARCHAR, stage VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
+        "rows_written BIGINT, note VARCHAR",
+    ),
+    Table(
+        "accuracy",
+        "Accuracy per model output overall and per group (MAE, mean error, Pearson r, within "
+        "5 years; C-index) with subject-bootstrap CIs.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, attribute VARCHAR, "
+        "group_name VARCHAR, n BIGINT, n_subjects BIGINT, value DOUBLE, ci_low DOUBLE, "
+        "ci_high DOUBLE, status VARCHAR",
+    ),
+    Table(
+        "prediction_cache",
+        "Predictions by image SHA-256 and model key, reused by later runs on the same images.",
+        "run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, perturbation VARCHAR, "
+        "severity INTEGER, output VARCHAR, value DOUBLE",
+    ),
+    Table(
+        "embedding_cache",
+        "Embeddings by image SHA-256 and model key, reused by later runs.",
+        "run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, vector FLOAT[]",
+    ),
+    Table(
+        "survival_subgroups",
+        "Hazard ratios within each subgroup, with the adjustment used and a status.",
+        "run_id VARCHAR, model VARCHAR, predictor VARCHAR, attribute VARCHAR, group_name "
+        "VARCHAR, n BIGINT, events BIGINT, hr DOUBLE, hr_low DOUBLE, hr_high DOUBLE, p_value "
+        "DOUBLE, adjustment VARCHAR, status VARCHAR, note VARCHAR",
+    ),
+    Table(
+        "representativeness",
+        "The cohort's shares against the intended-use population, with chi-square tests.",
+        "run_id VARCHAR, attribute VARCHAR, group_name VARCHAR, n BIGINT, share DOUBLE, "
+        "intended_share DOUBLE, ratio DOUBLE, chi2 DOUBLE, df INTEGER, p_value DOUBLE, status "
+        "VARCHAR",
+    ),
+    Table(
+        "comparisons",
+        "Paired differences between two models on the same subjects, with CIs.",
+        "run_id VARCHAR, output VARCHAR, metric VARCHAR, model_a VARCHAR, model_b VARCHAR, "
+        "attribute VARCHAR, group_name VARCHAR, n BIGINT, value_a DOUBLE, value_b DOUBLE, "
+        "diff DOUBLE, ci_low DOUBLE, ci_high DOUBLE, status VARCHAR",
+    ),
+    Table(
+        "saliency_maps",
+        "Mean attribution maps per model, output, method and group.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, attribute VARCHAR, "
+        "group_name VARCHAR, n BIGINT, height INTEGER, width INTEGER, map FLOAT[]",
+    ),
+    Table(
+        "saliency_checks",
+        "Saliency sanity checks (randomised weights) and comparisons between models or groups.",
+        "run_id VARCHAR, check_name VARCHAR, model VARCHAR, output VARCHAR, method VARCHAR, "
+        "other_model VARCHAR, other_output VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high "
+        "DOUBLE, threshold DOUBLE, passed BOOLEAN, n BIGINT, details VARCHAR",
+    ),
+    Table(
+        "decision_curves",
+        "Net benefit per score, horizon and threshold against treat-all, treat-none and "
+        "chronological age, with CIs.",
+        "run_id VARCHAR, model VARCHAR, model_id VARCHAR, strategy VARCHAR, horizon DOUBLE, "
+        "threshold DOUBLE, n BIGINT, events BIGINT, positive_rate DOUBLE, net_benefit DOUBLE, "
+        "ci_low DOUBLE, ci_high DOUBLE, diff_treat_all DOUBLE, diff_treat_all_low DOUBLE, "
+        "diff_treat_all_high DOUBLE, diff_age DOUBLE, diff_age_low DOUBLE, diff_age_high "
+        "DOUBLE, interventions_avoided DOUBLE, compared_to VARCHAR, diff_compared DOUBLE, "
+        "diff_compared_low DOUBLE, diff_compared_high DOUBLE",
+    ),
+    Table(
+        "decision_subgroups",
+        "Net benefit of each score's decision rule within subgroups, with max-t bands.",
+        "run_id VARCHAR, model VARCHAR, model_id VARCHAR, attribute VARCHAR, group_name "
+        "VARCHAR, horizon DOUBLE, threshold DOUBLE, n BIGINT, events BIGINT, positive_rate "
+        "DOUBLE, net_benefit DOUBLE, treat_all DOUBLE, gain DOUBLE, gain_low DOUBLE, "
+        "gain_high DOUBLE, band_low DOUBLE, band_high DOUBLE, overall_useful BOOLEAN, status "
+        "VARCHAR",
+    ),
+    Table(
+        "cohort_summary",
+        "Cohort-level statistics a page shows (median follow-up by reverse Kaplan-Meier), "
+        "computed by the validate stage.",
+        "run_id VARCHAR, statistic VARCHAR, value DOUBLE, method VARCHAR",
+    ),
+    Table(
+        "figures",
+        "Figures a stage drew from things no table holds (the perturbation examples on a "
+        "synthetic face), as data URIs.",
+        "run_id VARCHAR, figure VARCHAR, uri VARCHAR, alt VARCHAR",
+    ),
 )
 
 _BY_NAME = {t.name: t for t in TABLES}
@@ -240,8 +305,9 @@ def reconcile(con) -> list[str]:
     Runs inside the caller's transaction."""
     present: dict[str, list[str]] = {}
     for tname, cname in con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position").fetchall():
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
+    ).fetchall():
         present.setdefault(tname, []).append(cname)
     statements = []
     for t in TABLES:
@@ -258,12 +324,16 @@ def reconcile(con) -> list[str]:
 
 def markdown_reference() -> str:
     """The database reference page: one section per table, its columns and types."""
-    lines = ["# Database reference", "",
-             f"Every run writes one DuckDB file, `audit.duckdb`, schema version {SCHEMA_VERSION}. "
-             "Every result table has a `run_id` column; read a run's rows with "
-             "`SELECT * FROM <table> WHERE run_id = ?`, or `audit.open_run(db, run_id)` in "
-             "Python. This page is generated from `audit.pipeline.schema` "
-             "(`python -m audit.pipeline.schema > docs/database.md`).", ""]
+    lines = [
+        "# Database reference",
+        "",
+        f"Every run writes one DuckDB file, `audit.duckdb`, schema version {SCHEMA_VERSION}. "
+        "Every result table has a `run_id` column; read a run's rows with "
+        "`SELECT * FROM <table> WHERE run_id = ?`, or `audit.open_run(db, run_id)` in "
+        "Python. This page is generated from `audit.pipeline.schema` "
+        "(`python -m audit.pipeline.schema > docs/database.md`).",
+        "",
+    ]
     for t in TABLES:
         lines += [f"## `{t.name}`", "", t.doc, "", "| column | type |", "|---|---|"]
         lines += [f"| `{c}` | {k} |" for c, k in t.columns]

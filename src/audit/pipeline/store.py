@@ -79,23 +79,26 @@ def _as_arrow_if_vectors(frame: pd.DataFrame):
     fast as a pandas column of arrays. Other frames go as they are."""
     import pyarrow as pa
 
-    columns = [c for c in frame.columns if frame[c].dtype == object and len(frame)
-               and isinstance(frame[c].iat[0], np.ndarray)]
+    columns = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object and len(frame) and isinstance(frame[c].iat[0], np.ndarray)
+    ]
     if not columns:
         return frame
     vectors = {}
     for c in columns:
         values = frame[c].to_numpy()
-        if not all(isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "fiub"
-                   for v in values):
+        if not all(
+            isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "fiub" for v in values
+        ):
             return frame
         width = len(values[0])
         if width == 0 or any(len(v) != width for v in values):
             return frame
         flat = pa.array(np.concatenate(values).astype(np.float32, copy=False))
         vectors[c] = pa.FixedSizeListArray.from_arrays(flat, width)
-    arrays = [vectors[c] if c in vectors else pa.Array.from_pandas(frame[c])
-              for c in frame.columns]
+    arrays = [vectors[c] if c in vectors else pa.Array.from_pandas(frame[c]) for c in frame.columns]
     return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
 
@@ -112,7 +115,8 @@ class Store:
         self.path = Path(path)
         self.lock_timeout = (
             float(os.environ.get("FACEAGE_AUDIT_LOCK_TIMEOUT", "120"))
-            if lock_timeout is None else lock_timeout
+            if lock_timeout is None
+            else lock_timeout
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
@@ -138,7 +142,8 @@ class Store:
                     who = f"process {holder.group(1)}" if holder else "another process"
                     raise StoreBusyError(
                         f"{self.path}: busy, {who} holds its lock (waited "
-                        f"{self.lock_timeout:g} s; raise FACEAGE_AUDIT_LOCK_TIMEOUT to wait longer, "
+                        f"{self.lock_timeout:g} s; raise FACEAGE_AUDIT_LOCK_TIMEOUT to wait "
+                        "longer, "
                         f"or use another --out)"
                     ) from exc
                 time.sleep(delay)
@@ -153,11 +158,20 @@ class Store:
             return con.execute(sql, params or []).df()
 
     # -- runs --------------------------------------------------------------------------
-    def start_run(self, *, flow: str, cohort_name: str | None, cohort_sha256: str | None,
-                  manifest_sha256: str | None = None, models: list[dict] | None = None,
-                  config_json: str | None = None, config_sha256: str | None = None,
-                  synthetic: bool = False, cohort_path: str | None = None,
-                  run_id: str | None = None) -> str:
+    def start_run(
+        self,
+        *,
+        flow: str,
+        cohort_name: str | None,
+        cohort_sha256: str | None,
+        manifest_sha256: str | None = None,
+        models: list[dict] | None = None,
+        config_json: str | None = None,
+        config_sha256: str | None = None,
+        synthetic: bool = False,
+        cohort_path: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
         """Insert a ``running`` row (after marking dead runs abandoned) and return its id."""
         self.mark_abandoned()
         run_id = run_id or new_run_id()
@@ -168,10 +182,24 @@ class Store:
                    cohort_sha256, manifest_sha256, models, config_sha256, config, code_version,
                    environment, pid, host, heartbeat_at, synthetic, cohort_path)
                    VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [run_id, flow, now, cohort_name, cohort_sha256, manifest_sha256,
-                 json.dumps(models or []), config_sha256, config_json, code_version(),
-                 json.dumps(environment()), os.getpid(), socket.gethostname(), now, synthetic,
-                 cohort_path],
+                [
+                    run_id,
+                    flow,
+                    now,
+                    cohort_name,
+                    cohort_sha256,
+                    manifest_sha256,
+                    json.dumps(models or []),
+                    config_sha256,
+                    config_json,
+                    code_version(),
+                    json.dumps(environment()),
+                    os.getpid(),
+                    socket.gethostname(),
+                    now,
+                    synthetic,
+                    cohort_path,
+                ],
             )
         return run_id
 
@@ -179,8 +207,10 @@ class Store:
         # The heartbeat thread and a stage's transaction both update the run's row; DuckDB
         # would abort one of them ("Conflict on update"), so they take turns.
         with _ROW_LOCK, self.connect() as con:
-            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'running'",
-                        [_now(), run_id])
+            con.execute(
+                "UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'running'",
+                [_now(), run_id],
+            )
 
     @contextlib.contextmanager
     def heartbeating(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
@@ -204,13 +234,16 @@ class Store:
         with self.connect() as con:
             con.execute(
                 "UPDATE runs SET status = 'finished', finished_at = ?, heartbeat_at = ?, "
-                "verdict = ? WHERE run_id = ?", [_now(), _now(), verdict, run_id])
+                "verdict = ? WHERE run_id = ?",
+                [_now(), _now(), verdict, run_id],
+            )
 
     def fail_run(self, run_id: str, error: str) -> None:
         with self.connect() as con:
             con.execute(
                 "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
-                [_now(), error[:4000], run_id])
+                [_now(), error[:4000], run_id],
+            )
 
     def mark_abandoned(self) -> list[str]:
         """Mark ``running`` runs whose process is gone (or silent too long) ``abandoned``.
@@ -233,12 +266,19 @@ class Store:
                 con.execute(
                     "UPDATE runs SET status = 'abandoned', finished_at = ?, error = "
                     "'process ended without finishing (found by a later run)' WHERE run_id = ?",
-                    [_now(), run_id])
+                    [_now(), run_id],
+                )
         return dead
 
     # -- stages ------------------------------------------------------------------------
-    def write_stage(self, run_id: str, stage: str, tables: dict[str, pd.DataFrame],
-                    note: str | None = None, started: datetime | None = None) -> int:
+    def write_stage(
+        self,
+        run_id: str,
+        stage: str,
+        tables: dict[str, pd.DataFrame],
+        note: str | None = None,
+        started: datetime | None = None,
+    ) -> int:
         """Write all of a stage's rows in one transaction; return the number of rows.
 
         Frames are matched to table columns by name (``INSERT ... BY NAME``); ``run_id`` is
@@ -266,7 +306,8 @@ class Store:
                         _fault_point(f"{stage}:mid-transaction")
                 con.execute(
                     "INSERT INTO run_stages VALUES (?, ?, ?, ?, ?, ?)",
-                    [run_id, stage, started, _now(), total, note])
+                    [run_id, stage, started, _now(), total, note],
+                )
                 con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [_now(), run_id])
                 con.execute("COMMIT")
             except BaseException:
@@ -290,7 +331,9 @@ class Store:
             raise ValueError(f"unknown table {name}")
         return self.query(f"SELECT * EXCLUDE (run_id) FROM {name} WHERE run_id = ?", [run_id])
 
-    def cached_predictions(self, model_key: str, image_sha256: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def cached_predictions(
+        self, model_key: str, image_sha256: list[str]
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cached clean predictions and embeddings of these images for this model key."""
         if not image_sha256:
             return pd.DataFrame(), pd.DataFrame()
@@ -302,12 +345,14 @@ class Store:
             vecs = con.execute(
                 "SELECT DISTINCT ON (c.image_sha256) c.image_sha256, c.vector "
                 "FROM embedding_cache c JOIN _keys USING (image_sha256) WHERE c.model_key = ?",
-                [model_key]).df()
+                [model_key],
+            ).df()
             con.unregister("_keys")
         return preds.reset_index(drop=True), vecs
 
-    def cached_values(self, model_key: str, image_sha256: list[str],
-                      perturbations: list[str]) -> pd.DataFrame:
+    def cached_values(
+        self, model_key: str, image_sha256: list[str], perturbations: list[str]
+    ) -> pd.DataFrame:
         """Cached outputs of these images for this model key under these perturbation keys
         (``none`` for the clean pass): ``image_sha256, perturbation, severity, output, value``."""
         columns = ["image_sha256", "perturbation", "severity", "output", "value"]
@@ -322,7 +367,9 @@ class Store:
                 "SELECT DISTINCT ON (c.image_sha256, c.perturbation, c.severity, c.output) "
                 "c.image_sha256, c.perturbation, c.severity, c.output, c.value "
                 "FROM prediction_cache c JOIN _keys USING (image_sha256) "
-                "JOIN _kinds USING (perturbation) WHERE c.model_key = ?", [model_key]).df()
+                "JOIN _kinds USING (perturbation) WHERE c.model_key = ?",
+                [model_key],
+            ).df()
             con.unregister("_keys")
             con.unregister("_kinds")
         return frame[columns]
@@ -355,8 +402,9 @@ def migrate(con) -> int:
         return version
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("CREATE TABLE IF NOT EXISTS schema_version "
-                    "(version INTEGER, applied_at TIMESTAMPTZ)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMPTZ)"
+        )
         reconcile(con)
         for number in sorted(STEPS):
             if number > version:

@@ -22,9 +22,17 @@ import pandas as pd
 from audit.decisions.curves import threshold_runs, useful_thresholds, years
 from audit.pipeline.config import FairnessConfig, Thresholds
 
-VERDICT_COLUMNS = ["model", "check_name", "category", "threshold", "value", "judged_value",
-                   "passed", "status", "details"]
-
+VERDICT_COLUMNS = [
+    "model",
+    "check_name",
+    "category",
+    "threshold",
+    "value",
+    "judged_value",
+    "passed",
+    "status",
+    "details",
+]
 
 
 def sig3(x: float) -> str:
@@ -32,60 +40,104 @@ def sig3(x: float) -> str:
     of an age-adjusted error is 0 by construction, not -4.88e-15."""
     return "0" if abs(x) < 1e-9 else f"{x:.3g}"
 
-def _row(model, name, category, threshold, value, ok, details, judged=None,
-         inconclusive: bool = False):
+
+def _row(
+    model, name, category, threshold, value, ok, details, judged=None, inconclusive: bool = False
+):
     """One check. ``judged``: the number held against the threshold when it is not the
     estimate ``value`` itself; ``inconclusive``: the estimate is too imprecise to judge."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return {"model": model, "check_name": name, "category": category,
-                "threshold": threshold, "value": None, "judged_value": None, "passed": None,
-                "status": "inconclusive" if inconclusive else "skipped", "details": details}
+        return {
+            "model": model,
+            "check_name": name,
+            "category": category,
+            "threshold": threshold,
+            "value": None,
+            "judged_value": None,
+            "passed": None,
+            "status": "inconclusive" if inconclusive else "skipped",
+            "details": details,
+        }
     judged = value if judged is None else judged
     status = "inconclusive" if inconclusive else ("pass" if ok else "fail")
-    return {"model": model, "check_name": name, "category": category, "threshold": threshold,
-            "value": float(value), "judged_value": float(judged),
-            "passed": None if inconclusive else bool(ok), "status": status, "details": details}
+    return {
+        "model": model,
+        "check_name": name,
+        "category": category,
+        "threshold": threshold,
+        "value": float(value),
+        "judged_value": float(judged),
+        "passed": None if inconclusive else bool(ok),
+        "status": status,
+        "details": details,
+    }
 
 
 def _accuracy_value(acc: pd.DataFrame | None, model: str, output: str, metric: str):
     if acc is None or acc.empty:
         return None, None
-    sel = acc[(acc["model"] == model) & (acc["output"] == output) & (acc["metric"] == metric)
-              & (acc["attribute"] == "all")]
+    sel = acc[
+        (acc["model"] == model)
+        & (acc["output"] == output)
+        & (acc["metric"] == metric)
+        & (acc["attribute"] == "all")
+    ]
     if sel.empty:
         return None, None
     r = sel.iloc[0]
-    return r["value"], f"{r['value']:.3g} (95% CI {r['ci_low']:.3g} to {r['ci_high']:.3g}; n={r['n']})"
+    return r[
+        "value"
+    ], f"{r['value']:.3g} (95% CI {r['ci_low']:.3g} to {r['ci_high']:.3g}; n={r['n']})"
 
 
 def _term(terms: pd.DataFrame | None, model: str, model_ids: list[str], term: str):
     if terms is None or terms.empty:
         return None, None
     for model_id in model_ids:
-        sel = terms[(terms["model"] == model) & (terms["model_id"] == model_id)
-                    & (terms["term"] == term)]
+        sel = terms[
+            (terms["model"] == model) & (terms["model_id"] == model_id) & (terms["term"] == term)
+        ]
         if not sel.empty:
             return sel.iloc[0], model_id
     return None, None
 
 
-def _accuracy_check(accuracy, model, check, output, metric, threshold, at_least, label,
-                    missing, absolute=False):
+def _accuracy_check(
+    accuracy, model, check, output, metric, threshold, at_least, label, missing, absolute=False
+):
     v, d = _accuracy_value(accuracy, model, output, metric)
     if v is not None and not math.isfinite(v):  # computed, but undefined on this cohort
-        return _row(model, check, "accuracy", threshold, None, False,
-                    f"{label} is undefined on this cohort: the output does not vary, or "
-                    "there are no deaths to rank")
+        return _row(
+            model,
+            check,
+            "accuracy",
+            threshold,
+            None,
+            False,
+            f"{label} is undefined on this cohort: the output does not vary, or "
+            "there are no deaths to rank",
+        )
     value = None if v is None else (abs(v) if absolute else v)
     ok = value is not None and (value >= threshold if at_least else value <= threshold)
     rule = f"must be at least {threshold:g}" if at_least else f"must be at most {threshold:g}"
     size = "; its size " if absolute else " "
-    return _row(model, check, "accuracy", threshold, value, ok,
-                f"{label} {d}{size}{rule}" if d else missing)
+    return _row(
+        model, check, "accuracy", threshold, value, ok, f"{label} {d}{size}{rule}" if d else missing
+    )
 
 
-def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missing,
-              t: Thresholds, models: pd.DataFrame | None = None):
+def _hr_check(
+    terms,
+    model,
+    check,
+    model_ids,
+    term_name,
+    threshold,
+    label,
+    missing,
+    t: Thresholds,
+    models: pd.DataFrame | None = None,
+):
     """The lower CI bound of a hazard ratio against ``threshold``; ``inconclusive`` when the
     model has fewer than ``t.min_events_judged`` deaths or the CI's upper/lower ratio exceeds
     ``t.hr_ci_ratio_max`` (an HR of 39, CI 1.7 to 894, on 18 deaths says nothing)."""
@@ -94,14 +146,25 @@ def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missi
         for lower in ("risk[Q3]", "risk[Q2]"):
             term, model_id = _term(terms, model, model_ids, lower)
             if term is not None:
-                label = (f"{lower[5:7]} vs Q1 HR (Q4 is empty: tied scores; the highest "
-                         "quartile present)")
+                label = (
+                    f"{lower[5:7]} vs Q1 HR (Q4 is empty: tied scores; the highest "
+                    "quartile present)"
+                )
                 break
     if term is None:
         failed = _not_converged(models, model, model_ids)
         if failed is not None:  # a fit the data broke is no evidence either way
-            return _row(model, check, "survival", threshold, math.nan, False,
-                        f"{failed[0]}: {failed[1]}", judged=math.nan, inconclusive=True)
+            return _row(
+                model,
+                check,
+                "survival",
+                threshold,
+                math.nan,
+                False,
+                f"{failed[0]}: {failed[1]}",
+                judged=math.nan,
+                inconclusive=True,
+            )
         return _row(model, check, "survival", threshold, None, False, missing)
     events = None
     if models is not None and len(models):
@@ -110,8 +173,11 @@ def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missi
             events = int(sel["events"].iloc[0])
     hr, low, high = float(term["hr"]), float(term["hr_low"]), float(term["hr_high"])
     ratio = high / low if low > 0 else math.inf
-    text = (f"{model_id}: {label} {hr:.3f} (95% CI {low:.3f} to {high:.3f}"
-            + (f"; {events} deaths" if events is not None else "") + ")")
+    text = (
+        f"{model_id}: {label} {hr:.3f} (95% CI {low:.3f} to {high:.3f}"
+        + (f"; {events} deaths" if events is not None else "")
+        + ")"
+    )
     short = events is not None and events < t.min_events_judged
     wide = not ratio <= t.hr_ci_ratio_max
     if short or wide:
@@ -119,46 +185,78 @@ def _hr_check(terms, model, check, model_ids, term_name, threshold, label, missi
         if short:
             why.append(f"{events} deaths, under the {t.min_events_judged} needed to judge")
         if wide:
-            why.append(f"the CI spans a factor of {ratio:.3g} (at most {t.hr_ci_ratio_max:g} "
-                       "to judge)")
+            why.append(
+                f"the CI spans a factor of {ratio:.3g} (at most {t.hr_ci_ratio_max:g} to judge)"
+            )
         more = ""
         if events and math.isfinite(ratio) and ratio > 1:
             # the CI's log-width shrinks as 1 / sqrt(deaths)
             need = events * (math.log(ratio) / math.log(t.hr_ci_ratio_max)) ** 2 if wide else 0
             need = max(need, t.min_events_judged)
             more = f"; about {math.ceil(need)} deaths would settle it"
-        return _row(model, check, "survival", threshold, hr, False,
-                    f"{text}: too imprecise to judge: {' and '.join(why)}{more}", judged=low,
-                    inconclusive=True)
-    return _row(model, check, "survival", threshold, hr, low > threshold,
-                f"{text}; the lower bound must exceed {threshold:g}", judged=low)
+        return _row(
+            model,
+            check,
+            "survival",
+            threshold,
+            hr,
+            False,
+            f"{text}: too imprecise to judge: {' and '.join(why)}{more}",
+            judged=low,
+            inconclusive=True,
+        )
+    return _row(
+        model,
+        check,
+        "survival",
+        threshold,
+        hr,
+        low > threshold,
+        f"{text}; the lower bound must exceed {threshold:g}",
+        judged=low,
+    )
 
 
-def _not_converged(models: pd.DataFrame | None, model: str, model_ids: list[str]
-                   ) -> tuple[str, str] | None:
+def _not_converged(
+    models: pd.DataFrame | None, model: str, model_ids: list[str]
+) -> tuple[str, str] | None:
     """The first of ``model_ids`` whose Cox fit did not converge, with its note."""
     if models is None or not len(models) or "status" not in models:
         return None
     for model_id in model_ids:
-        sel = models[(models["model"] == model) & (models["model_id"] == model_id)
-                     & (models["status"] == "not_converged")]
+        sel = models[
+            (models["model"] == model)
+            & (models["model_id"] == model_id)
+            & (models["status"] == "not_converged")
+        ]
         if len(sel):
             return model_id, str(sel["note"].iloc[0])
     return None
 
 
-def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
-                       t: Thresholds) -> list[dict]:
+def _robustness_checks(
+    rob: pd.DataFrame | None, model: str, output: str, t: Thresholds
+) -> list[dict]:
     """Judged rows of the robustness table (severities up to the judged maximum, groups of
     at least the minimum size): the worst share beyond tolerance overall and in any
     subgroup, and for risk the worst share of quartile changes."""
-    sel = (rob[(rob["model"] == model) & (rob["output"] == output)]
-           if rob is not None and len(rob) else pd.DataFrame())
-    metrics = [("frac_over_tolerance", t.robustness_frac_over_tolerance_max, "",
-                "beyond tolerance")]
+    sel = (
+        rob[(rob["model"] == model) & (rob["output"] == output)]
+        if rob is not None and len(rob)
+        else pd.DataFrame()
+    )
+    metrics = [
+        ("frac_over_tolerance", t.robustness_frac_over_tolerance_max, "", "beyond tolerance")
+    ]
     if output == "risk":
-        metrics.append(("quartile_change", t.robustness_quartile_change_max, "_quartile_change",
-                        "changing risk quartile"))
+        metrics.append(
+            (
+                "quartile_change",
+                t.robustness_quartile_change_max,
+                "_quartile_change",
+                "changing risk quartile",
+            )
+        )
     rows = []
     reliability, unreliable = _reliability_check(sel, model, output, t)
     if reliability is not None:
@@ -170,29 +268,46 @@ def _robustness_checks(rob: pd.DataFrame | None, model: str, output: str,
             if len(judged):
                 judged = judged[(judged["attribute"] == "all") == (scope == "overall")]
             if judged is None or not len(judged):
-                why = ("robustness was not run for this model" if not len(sel) else
-                       f"no {scope} row at a judged severity with enough photos")
+                why = (
+                    "robustness was not run for this model"
+                    if not len(sel)
+                    else f"no {scope} row at a judged severity with enough photos"
+                )
                 rows.append(_row(model, name, "robustness", threshold, None, False, why))
                 continue
 
             worst = judged.sort_values([metric, "severity"], ascending=[False, True]).iloc[0]
             value = float(worst[metric])
             n_fail = int((judged[metric] > threshold).sum())
-            where = "" if scope == "overall" else f" for {worst['attribute']} = {worst['group_name']}"
-            details = (f"worst{where}: {worst['perturbation']} at severity "
-                       f"{int(worst['severity'])} ({worst['description']}), {value:.0%} of "
-                       f"{int(worst['n'])} photos {what}; {n_fail} of {len(judged)} judged "
-                       f"rows over {threshold:.0%}")
+            where = (
+                "" if scope == "overall" else f" for {worst['attribute']} = {worst['group_name']}"
+            )
+            details = (
+                f"worst{where}: {worst['perturbation']} at severity "
+                f"{int(worst['severity'])} ({worst['description']}), {value:.0%} of "
+                f"{int(worst['n'])} photos {what}; {n_fail} of {len(judged)} judged "
+                f"rows over {threshold:.0%}"
+            )
             hollow = value <= threshold and unreliable is not None
             # small shifts prove nothing for an output that hardly depends on the face
-            rows.append(_row(model, name, "robustness", threshold, value, value <= threshold,
-                             f"{details}; not a pass: {unreliable}" if hollow else details,
-                             inconclusive=hollow))
+            rows.append(
+                _row(
+                    model,
+                    name,
+                    "robustness",
+                    threshold,
+                    value,
+                    value <= threshold,
+                    f"{details}; not a pass: {unreliable}" if hollow else details,
+                    inconclusive=hollow,
+                )
+            )
     return rows
 
 
-def _reliability_check(sel: pd.DataFrame, model: str, output: str,
-                       t: Thresholds) -> tuple[dict | None, str | None]:
+def _reliability_check(
+    sel: pd.DataFrame, model: str, output: str, t: Thresholds
+) -> tuple[dict | None, str | None]:
     """Robustness relative to the model's own spread across subjects: the lowest ICC(3,1)
     between clean and perturbed outputs over the judged perturbations (whole sample) must
     reach ``t.robustness_icc_min``. A model whose output barely moves because it hardly
@@ -208,25 +323,37 @@ def _reliability_check(sel: pd.DataFrame, model: str, output: str,
         return None, None
     icc = judged["icc"].astype(float)
     if icc.isna().all():
-        why = ("the output does not vary across subjects at any judged perturbation: a "
-               "model whose output does not depend on the face has no robustness to claim")
-        return _row(model, name, "robustness", t.robustness_icc_min, math.nan, False, why,
-                    inconclusive=True), why
+        why = (
+            "the output does not vary across subjects at any judged perturbation: a "
+            "model whose output does not depend on the face has no robustness to claim"
+        )
+        return _row(
+            model, name, "robustness", t.robustness_icc_min, math.nan, False, why, inconclusive=True
+        ), why
     worst = judged.loc[icc.fillna(-np.inf).idxmin()]
     value = float(worst["icc"]) if pd.notna(worst["icc"]) else float("nan")
-    details = (f"lowest ICC(3,1) between clean and perturbed outputs: {value:.3f} under "
-               f"{worst['perturbation']} at severity {int(worst['severity'])} "
-               f"({worst['description']}, {int(worst['n'])} photos); must be at least "
-               f"{t.robustness_icc_min:g}, so that perturbations move the output less than "
-               "subjects differ")
+    details = (
+        f"lowest ICC(3,1) between clean and perturbed outputs: {value:.3f} under "
+        f"{worst['perturbation']} at severity {int(worst['severity'])} "
+        f"({worst['description']}, {int(worst['n'])} photos); must be at least "
+        f"{t.robustness_icc_min:g}, so that perturbations move the output less than "
+        "subjects differ"
+    )
     if not np.isfinite(value):
-        why = (f"under {worst['perturbation']} the output stops varying across subjects")
-        return _row(model, name, "robustness", t.robustness_icc_min, math.nan, False, why,
-                    inconclusive=True), why
+        why = f"under {worst['perturbation']} the output stops varying across subjects"
+        return _row(
+            model, name, "robustness", t.robustness_icc_min, math.nan, False, why, inconclusive=True
+        ), why
     ok = value >= t.robustness_icc_min
-    unreliable = None if ok else (f"the output's reliability under perturbation is too low "
-                                  f"(ICC {value:.3f} < {t.robustness_icc_min:g}): it moves "
-                                  "nearly as much under a perturbation as between subjects")
+    unreliable = (
+        None
+        if ok
+        else (
+            f"the output's reliability under perturbation is too low "
+            f"(ICC {value:.3f} < {t.robustness_icc_min:g}): it moves "
+            "nearly as much under a perturbation as between subjects"
+        )
+    )
     return _row(model, name, "robustness", t.robustness_icc_min, value, ok, details), unreliable
 
 
@@ -235,6 +362,7 @@ def _fairness_floor(sel: pd.DataFrame, output: str, t: Thresholds) -> str | None
     say nothing of a FaceAge that does not track age (every group looks alike when the model
     says the same for everyone); C and O/E by group say nothing of a score that does not
     discriminate overall."""
+
     def overall(metric):
         row = sel[(sel["metric"] == metric) & (sel["attribute"] == "all")]
         return row.iloc[0] if len(row) else None
@@ -242,47 +370,85 @@ def _fairness_floor(sel: pd.DataFrame, output: str, t: Thresholds) -> str | None
     if output == "faceage":
         r = overall("pearson_r")
         if r is not None and not (r["value"] >= t.fairness_min_pearson):
-            return (f"not judged: FaceAge tracks chronological age too weakly (Pearson r "
-                    f"{r['value']:.3g}, at least {t.fairness_min_pearson:g} needed) for its "
-                    "age-adjusted errors to say anything about fairness")
+            return (
+                f"not judged: FaceAge tracks chronological age too weakly (Pearson r "
+                f"{r['value']:.3g}, at least {t.fairness_min_pearson:g} needed) for its "
+                "age-adjusted errors to say anything about fairness"
+            )
     if output == "risk":
         c = overall("c_index")
         if c is not None and not (c["ci_low"] > 0.5):
-            return (f"not judged: the score does not discriminate overall (Harrell's C "
-                    f"{c['value']:.3f}, 95% CI {c['ci_low']:.3f} to {c['ci_high']:.3f}), so "
-                    "its C and O/E by group cannot show a group it serves worse")
+            return (
+                f"not judged: the score does not discriminate overall (Harrell's C "
+                f"{c['value']:.3f}, 95% CI {c['ci_low']:.3f} to {c['ci_high']:.3f}), so "
+                "its C and O/E by group cannot show a group it serves worse"
+            )
     return None
 
 
-def _fairness_check(fair: pd.DataFrame | None, model: str, output: str, metrics: list[str],
-                    t: Thresholds) -> dict:
+def _fairness_check(
+    fair: pd.DataFrame | None, model: str, output: str, metrics: list[str], t: Thresholds
+) -> dict:
     """Flagged subgroups of the verdict's fairness metrics for one model output."""
     name = f"fairness_{output}"
-    sel = (fair[(fair["model"] == model) & (fair["output"] == output)]
-           if fair is not None and len(fair) else pd.DataFrame())
+    sel = (
+        fair[(fair["model"] == model) & (fair["output"] == output)]
+        if fair is not None and len(fair)
+        else pd.DataFrame()
+    )
     if not len(sel):
-        return _row(model, name, "fairness", t.fairness_flagged_max, None, False,
-                    "fairness was not computed for this output")
+        return _row(
+            model,
+            name,
+            "fairness",
+            t.fairness_flagged_max,
+            None,
+            False,
+            "fairness was not computed for this output",
+        )
     floor = _fairness_floor(sel, output, t)
     if floor is not None:
-        return _row(model, name, "fairness", float(t.fairness_flagged_max),
-                    float((sel["metric"].isin(metrics) & (sel["status"] == "flagged")).sum()),
-                    False, floor, inconclusive=True)
+        return _row(
+            model,
+            name,
+            "fairness",
+            float(t.fairness_flagged_max),
+            float((sel["metric"].isin(metrics) & (sel["status"] == "flagged")).sum()),
+            False,
+            floor,
+            inconclusive=True,
+        )
     judged = sel[sel["metric"].isin(metrics)]
     flagged = judged[judged["status"] == "flagged"]
-    listed = "; ".join(f"{r.metric} {r.attribute} = {r.group_name}: {r.value:.3g} vs overall "
-                       f"{sig3(r.value - r.diff_to_overall)} (difference {r.diff_to_overall:+.3g}, "
-                       f"band {r.diff_ci_low:+.3g} to {r.diff_ci_high:+.3g})"
-                       for r in flagged.head(6).itertuples())
+    listed = "; ".join(
+        f"{r.metric} {r.attribute} = {r.group_name}: {r.value:.3g} vs overall "
+        f"{sig3(r.value - r.diff_to_overall)} (difference {r.diff_to_overall:+.3g}, "
+        f"band {r.diff_ci_low:+.3g} to {r.diff_ci_high:+.3g})"
+        for r in flagged.head(6).itertuples()
+    )
     n_groups = int((judged["attribute"] != "all").sum())
     findings = count_findings(flagged)
-    details = (f"{len(flagged)} of {n_groups} subgroup rows of {', '.join(sorted(set(judged['metric'])))} "
-               f"flagged (simultaneous band beyond tolerance)"
-               + (f", {findings} finding{'' if findings == 1 else 's'} once overlapping age "
-                  "groupings are counted once" if findings != len(flagged) else "")
-               + (f": {listed}" if listed else "") + (" ..." if len(flagged) > 6 else ""))
-    return _row(model, name, "fairness", float(t.fairness_flagged_max), float(findings),
-                findings <= t.fairness_flagged_max, details)
+    details = (
+        f"{len(flagged)} of {n_groups} subgroup rows of {', '.join(sorted(set(judged['metric'])))} "
+        f"flagged (simultaneous band beyond tolerance)"
+        + (
+            f", {findings} finding{'' if findings == 1 else 's'} once overlapping age "
+            "groupings are counted once"
+            if findings != len(flagged)
+            else ""
+        )
+        + (f": {listed}" if listed else "")
+        + (" ..." if len(flagged) > 6 else "")
+    )
+    return _row(
+        model,
+        name,
+        "fairness",
+        float(t.fairness_flagged_max),
+        float(findings),
+        findings <= t.fairness_flagged_max,
+        details,
+    )
 
 
 def _age_interval(attribute: str, group: str) -> tuple[float, float] | None:
@@ -331,11 +497,19 @@ def _representativeness_checks(rep: pd.DataFrame | None, t: Thresholds) -> list[
     for attribute, g in rep.dropna(subset=["p_value"]).groupby("attribute", sort=False):
         p = float(g["p_value"].iloc[0])
         worst = g.dropna(subset=["ratio"]).sort_values("ratio").iloc[0]
-        rows.append(_row(None, f"representativeness_{attribute}", "data",
-                         t.representativeness_p_min, p, p >= t.representativeness_p_min,
-                         f"chi-square {g['chi2'].iloc[0]:.2f} on {int(g['df'].iloc[0])} df, "
-                         f"p = {p:.3g}; least represented: {worst['group_name']} at "
-                         f"{worst['ratio']:.2f} x its intended share"))
+        rows.append(
+            _row(
+                None,
+                f"representativeness_{attribute}",
+                "data",
+                t.representativeness_p_min,
+                p,
+                p >= t.representativeness_p_min,
+                f"chi-square {g['chi2'].iloc[0]:.2f} on {int(g['df'].iloc[0])} df, "
+                f"p = {p:.3g}; least represented: {worst['group_name']} at "
+                f"{worst['ratio']:.2f} x its intended share",
+            )
+        )
     return rows
 
 
@@ -346,17 +520,29 @@ def _drift_checks(drift: pd.DataFrame | None, t: Thresholds) -> list[dict]:
     rows = []
     for kind, g in drift.groupby("kind", sort=False):
         hit = g[g["drifted"].astype(bool)]
-        listed = ", ".join(f"{r.feature}{f' ({r.model})' if r.model else ''}: effect "
-                           f"{r.effect:.3g}, p = {r.p_value:.2g}" for r in hit.itertuples())
-        rows.append(_row(None, f"drift_{kind}", "drift", float(t.drift_features_max),
-                         float(len(hit)), len(hit) <= t.drift_features_max,
-                         f"{len(hit)} of {len(g)} {kind} features drifted against run "
-                         f"{g['reference'].iloc[0]}" + (f": {listed}" if listed else "")))
+        listed = ", ".join(
+            f"{r.feature}{f' ({r.model})' if r.model else ''}: effect "
+            f"{r.effect:.3g}, p = {r.p_value:.2g}"
+            for r in hit.itertuples()
+        )
+        rows.append(
+            _row(
+                None,
+                f"drift_{kind}",
+                "drift",
+                float(t.drift_features_max),
+                float(len(hit)),
+                len(hit) <= t.drift_features_max,
+                f"{len(hit)} of {len(g)} {kind} features drifted against run "
+                f"{g['reference'].iloc[0]}" + (f": {listed}" if listed else ""),
+            )
+        )
     return rows
 
 
-def _net_benefit_check(curves: pd.DataFrame | None, model: str, output: str,
-                       t: Thresholds, has_outcomes: bool) -> list[dict]:
+def _net_benefit_check(
+    curves: pd.DataFrame | None, model: str, output: str, t: Thresholds, has_outcomes: bool
+) -> list[dict]:
     """Clinical utility over the declared range of thresholds: the share of the decision
     curve's thresholds in ``net_benefit_range`` where acting on the score beats treating
     everyone and no one with 95% confidence (:func:`audit.decisions.curves.useful_thresholds`);
@@ -367,30 +553,58 @@ def _net_benefit_check(curves: pd.DataFrame | None, model: str, output: str,
     name = f"{output}_net_benefit"
     h = t.net_benefit_horizon
     span = f"{low:.0%} to {high:.0%} at {years(h)}"
-    sel = None if curves is None or not len(curves) else curves[
-        (curves["model"] == model) & (curves["model_id"] == output)
-        & ((curves["horizon"] - h).abs() < 1e-9)]
+    sel = (
+        None
+        if curves is None or not len(curves)
+        else curves[
+            (curves["model"] == model)
+            & (curves["model_id"] == output)
+            & ((curves["horizon"] - h).abs() < 1e-9)
+        ]
+    )
     if sel is None or sel.empty:
-        why = ("the cohort has no outcomes" if not has_outcomes else
-               f"no decision curve at {years(h)} (add it to survival.decision_horizons; "
-               "else the follow-up does not reach it or the score could not be modelled: "
-               "see the survival notes)")
+        why = (
+            "the cohort has no outcomes"
+            if not has_outcomes
+            else f"no decision curve at {years(h)} (add it to survival.decision_horizons; "
+            "else the follow-up does not reach it or the score could not be modelled: "
+            "see the survival notes)"
+        )
         return [_row(model, name, "survival", 1.0, None, False, why)]
     grid = sorted(float(v) for v in sel["threshold"].unique())
     judged = [v for v in grid if low - 1e-9 <= v <= high + 1e-9]
     if not judged:
-        return [_row(model, name, "survival", 1.0, None, False,
-                     f"no decision threshold of the curve lies in {span}")]
+        return [
+            _row(
+                model,
+                name,
+                "survival",
+                1.0,
+                None,
+                False,
+                f"no decision threshold of the curve lies in {span}",
+            )
+        ]
     useful = [v for v in useful_thresholds(sel) if v in judged]
     missed = [v for v in judged if v not in useful]
-    return [_row(model, name, "survival", 1.0, len(useful) / len(judged), not missed,
-                 f"beats treating everyone and no one (95% CIs) at {len(useful)} of "
-                 f"{len(judged)} thresholds in {span}"
-                 + (f"; not at {threshold_runs(missed, grid)}" if missed else ""))]
+    return [
+        _row(
+            model,
+            name,
+            "survival",
+            1.0,
+            len(useful) / len(judged),
+            not missed,
+            f"beats treating everyone and no one (95% CIs) at {len(useful)} of "
+            f"{len(judged)} thresholds in {span}"
+            + (f"; not at {threshold_runs(missed, grid)}" if missed else ""),
+        )
+    ]
 
 
-def _net_benefit_subgroup_check(subgroups: pd.DataFrame | None, model: str, output: str,
-                                t: Thresholds) -> list[dict]:
+def _net_benefit_subgroup_check(
+    subgroups: pd.DataFrame | None, model: str, output: str, t: Thresholds
+) -> list[dict]:
     """No group harmed over the declared range of thresholds: a group of adequate size is
     harmed at a threshold when acting on the score does worse there than both treating
     everyone and treating no one, beyond the simultaneous 95% band over the attribute's
@@ -402,33 +616,55 @@ def _net_benefit_subgroup_check(subgroups: pd.DataFrame | None, model: str, outp
     name = f"{output}_net_benefit_subgroups"
     h = t.net_benefit_horizon
     span = f"{low:.0%} to {high:.0%} at {years(h)}"
-    sel = subgroups[(subgroups["model"] == model) & (subgroups["model_id"] == output)
-                    & ((subgroups["horizon"] - h).abs() < 1e-9)
-                    & (subgroups["threshold"] >= low - 1e-9)
-                    & (subgroups["threshold"] <= high + 1e-9)] if len(subgroups) else subgroups
+    sel = (
+        subgroups[
+            (subgroups["model"] == model)
+            & (subgroups["model_id"] == output)
+            & ((subgroups["horizon"] - h).abs() < 1e-9)
+            & (subgroups["threshold"] >= low - 1e-9)
+            & (subgroups["threshold"] <= high + 1e-9)
+        ]
+        if len(subgroups)
+        else subgroups
+    )
     if not len(sel):
-        return [_row(model, name, "fairness", 0.0, None, False,
-                     f"no subgroup decision curve at {span} (the horizon is not in "
-                     "survival.decision_horizons, the follow-up does not reach it, the score "
-                     "could not be modelled, or no threshold of the curve lies in the range)")]
+        return [
+            _row(
+                model,
+                name,
+                "fairness",
+                0.0,
+                None,
+                False,
+                f"no subgroup decision curve at {span} (the horizon is not in "
+                "survival.decision_horizons, the follow-up does not reach it, the score "
+                "could not be modelled, or no threshold of the curve lies in the range)",
+            )
+        ]
     grid = sorted(float(v) for v in subgroups["threshold"].unique())
     judged = sel[sel["status"] != "too_small"]
     small = sel[sel["status"] == "too_small"].drop_duplicates(["attribute", "group_name"])
     harmed = []
     for (attribute, group), g in judged[judged["status"] == "harmful"].groupby(
-            ["attribute", "group_name"], sort=True):
-        harmed.append(f"{attribute} = {group} at "
-                      f"{threshold_runs(sorted(float(v) for v in g['threshold']), grid)}")
+        ["attribute", "group_name"], sort=True
+    ):
+        harmed.append(
+            f"{attribute} = {group} at "
+            f"{threshold_runs(sorted(float(v) for v in g['threshold']), grid)}"
+        )
     n_groups = judged.drop_duplicates(["attribute", "group_name"]).shape[0]
-    details = (f"harmed (worse than treating everyone and no one, simultaneous 95% bands) "
-               f"in {len(harmed)} of {n_groups} groups at {span}: " + "; ".join(harmed)
-               if harmed else
-               f"none of {n_groups} group{'' if n_groups == 1 else 's'} harmed at {span} "
-               "(simultaneous 95% bands)")
+    details = (
+        f"harmed (worse than treating everyone and no one, simultaneous 95% bands) "
+        f"in {len(harmed)} of {n_groups} groups at {span}: " + "; ".join(harmed)
+        if harmed
+        else f"none of {n_groups} group{'' if n_groups == 1 else 's'} harmed at {span} "
+        "(simultaneous 95% bands)"
+    )
     if len(small):
-        details += ("; too small to judge: " + ", ".join(
+        details += "; too small to judge: " + ", ".join(
             f"{r.attribute} = {r.group_name} ({r.n} subjects, {r.events} deaths)"
-            for r in small.itertuples()))
+            for r in small.itertuples()
+        )
     if not n_groups:
         return [_row(model, name, "fairness", 0.0, None, False, details)]
     return [_row(model, name, "fairness", 0.0, float(len(harmed)), not harmed, details)]
@@ -489,9 +725,12 @@ def tables_read() -> list[str]:
 
 
 def _not_fitted(ev: Evidence) -> str:
-    return ("the cohort has no outcomes" if not ev.has_outcomes
-            else "the Cox model was not fitted (too few events, or a score with a single "
-                 "value: see the survival notes)")
+    return (
+        "the cohort has no outcomes"
+        if not ev.has_outcomes
+        else "the Cox model was not fitted (too few events, or a score with a single "
+        "value: see the survival notes)"
+    )
 
 
 NO_AGE = "no FaceAge predictions with a chronological age"
@@ -502,10 +741,18 @@ NO_OUTCOMES = "the cohort has no outcomes"
 def _quarantine(ev: Evidence) -> list[dict]:
     t = ev.thresholds
     frac = ev.n_quarantined / ev.n_manifest_rows if ev.n_manifest_rows else 0.0
-    return [_row(None, "quarantine_fraction", "data", t.max_quarantine_fraction, frac,
-                 frac <= t.max_quarantine_fraction,
-                 f"{ev.n_quarantined} of {ev.n_manifest_rows} rows quarantined (at most "
-                 f"{t.max_quarantine_fraction:.0%} allowed)")]
+    return [
+        _row(
+            None,
+            "quarantine_fraction",
+            "data",
+            t.max_quarantine_fraction,
+            frac,
+            frac <= t.max_quarantine_fraction,
+            f"{ev.n_quarantined} of {ev.n_manifest_rows} rows quarantined (at most "
+            f"{t.max_quarantine_fraction:.0%} allowed)",
+        )
+    ]
 
 
 @register_check("representativeness", scope="run", reads=("representativeness",))
@@ -524,13 +771,40 @@ def _faceage_accuracy(ev: Evidence, m: dict) -> list[dict]:
         return []
     t, acc, name = ev.thresholds, ev.table("accuracy"), m["name"]
     return [
-        _accuracy_check(acc, name, "faceage_mae", "faceage", "mae", t.faceage_mae_max, False,
-                        "MAE (years)", NO_AGE),
-        _accuracy_check(acc, name, "faceage_abs_mean_error", "faceage", "mean_error",
-                        t.faceage_abs_mean_error_max, False, "mean signed error (years)",
-                        NO_AGE, absolute=True),
-        _accuracy_check(acc, name, "faceage_pearson_r", "faceage", "pearson_r",
-                        t.faceage_pearson_min, True, "Pearson r", NO_AGE),
+        _accuracy_check(
+            acc,
+            name,
+            "faceage_mae",
+            "faceage",
+            "mae",
+            t.faceage_mae_max,
+            False,
+            "MAE (years)",
+            NO_AGE,
+        ),
+        _accuracy_check(
+            acc,
+            name,
+            "faceage_abs_mean_error",
+            "faceage",
+            "mean_error",
+            t.faceage_abs_mean_error_max,
+            False,
+            "mean signed error (years)",
+            NO_AGE,
+            absolute=True,
+        ),
+        _accuracy_check(
+            acc,
+            name,
+            "faceage_pearson_r",
+            "faceage",
+            "pearson_r",
+            t.faceage_pearson_min,
+            True,
+            "Pearson r",
+            NO_AGE,
+        ),
     ]
 
 
@@ -539,18 +813,39 @@ def _faceage_hr(ev: Evidence, m: dict) -> list[dict]:
     if "faceage" not in m["outputs"]:
         return []
     t = ev.thresholds
-    return [_hr_check(ev.table("survival_terms"), m["name"], "faceage_adjusted_hr_per_decade",
-                      ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
-                      "faceage_decade", t.faceage_adjusted_hr_lower_min, "HR per decade",
-                      _not_fitted(ev), t, ev.table("survival_models"))]
+    return [
+        _hr_check(
+            ev.table("survival_terms"),
+            m["name"],
+            "faceage_adjusted_hr_per_decade",
+            ["faceage_per_decade__age_sex", "faceage_per_decade__age"],
+            "faceage_decade",
+            t.faceage_adjusted_hr_lower_min,
+            "HR per decade",
+            _not_fitted(ev),
+            t,
+            ev.table("survival_models"),
+        )
+    ]
 
 
 @register_check("risk_c_index", reads=("accuracy",))
 def _risk_c(ev: Evidence, m: dict) -> list[dict]:
     if "risk" not in m["outputs"]:
         return []
-    return [_accuracy_check(ev.table("accuracy"), m["name"], "risk_c_index", "risk", "c_index",
-                            ev.thresholds.risk_cindex_min, True, "Harrell's C", NO_OUTCOMES)]
+    return [
+        _accuracy_check(
+            ev.table("accuracy"),
+            m["name"],
+            "risk_c_index",
+            "risk",
+            "c_index",
+            ev.thresholds.risk_cindex_min,
+            True,
+            "Harrell's C",
+            NO_OUTCOMES,
+        )
+    ]
 
 
 @register_check("risk_q4_vs_q1_hr", reads=("survival_terms", "survival_models"))
@@ -558,10 +853,20 @@ def _risk_hr(ev: Evidence, m: dict) -> list[dict]:
     if "risk" not in m["outputs"]:
         return []
     t = ev.thresholds
-    return [_hr_check(ev.table("survival_terms"), m["name"], "risk_q4_vs_q1_hr",
-                      ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"], "risk[Q4]",
-                      t.risk_q4_vs_q1_hr_lower_min, "Q4 vs Q1 HR", _not_fitted(ev), t,
-                      ev.table("survival_models"))]
+    return [
+        _hr_check(
+            ev.table("survival_terms"),
+            m["name"],
+            "risk_q4_vs_q1_hr",
+            ["risk_quartiles__age_sex", "risk_quartiles__unadjusted"],
+            "risk[Q4]",
+            t.risk_q4_vs_q1_hr_lower_min,
+            "Q4 vs Q1 HR",
+            _not_fitted(ev),
+            t,
+            ev.table("survival_models"),
+        )
+    ]
 
 
 @register_check("net_benefit", reads=("decision_curves", "decision_subgroups"))
@@ -569,11 +874,17 @@ def _net_benefit(ev: Evidence, m: dict) -> list[dict]:
     rows = []
     for output in ("faceage", "risk"):
         if output in m["outputs"]:
-            rows.extend(_net_benefit_check(ev.table("decision_curves"), m["name"], output,
-                                           ev.thresholds, ev.has_outcomes))
+            rows.extend(
+                _net_benefit_check(
+                    ev.table("decision_curves"), m["name"], output, ev.thresholds, ev.has_outcomes
+                )
+            )
             if ev.has_outcomes:
-                rows.extend(_net_benefit_subgroup_check(ev.table("decision_subgroups"),
-                                                        m["name"], output, ev.thresholds))
+                rows.extend(
+                    _net_benefit_subgroup_check(
+                        ev.table("decision_subgroups"), m["name"], output, ev.thresholds
+                    )
+                )
     return rows
 
 
@@ -583,17 +894,21 @@ def _fairness(ev: Evidence, m: dict) -> list[dict]:
     if fairness is None:
         return []
     metrics = ev.fairness_metrics or FairnessConfig().verdict_metrics
-    return [_fairness_check(fairness, m["name"], output, metrics, ev.thresholds)
-            for output in m["outputs"]]
+    return [
+        _fairness_check(fairness, m["name"], output, metrics, ev.thresholds)
+        for output in m["outputs"]
+    ]
 
 
 @register_check("robustness", reads=("robustness",))
 def _robustness(ev: Evidence, m: dict) -> list[dict]:
     if not m.get("needs_images", True):
         return []
-    return [row for output in m["outputs"]
-            for row in _robustness_checks(ev.table("robustness"), m["name"], output,
-                                          ev.thresholds)]
+    return [
+        row
+        for output in m["outputs"]
+        for row in _robustness_checks(ev.table("robustness"), m["name"], output, ev.thresholds)
+    ]
 
 
 def evaluate(evidence: Evidence) -> pd.DataFrame:
@@ -608,21 +923,37 @@ def evaluate(evidence: Evidence) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def validation_checks(results: pd.DataFrame, n_manifest_rows: int, n_quarantined: int,
-                      thresholds: Thresholds) -> pd.DataFrame:
+def validation_checks(
+    results: pd.DataFrame, n_manifest_rows: int, n_quarantined: int, thresholds: Thresholds
+) -> pd.DataFrame:
     """The checks of a validation run: the quarantined share, and no failed error check."""
     t = thresholds
     frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
     failed = results[(~results["success"].astype(bool)) & (results["severity"] != "warning")]
-    names = ", ".join(f"{r.suite}.{r.expectation}" + (f"({r.column_name})" if r.column_name else "")
-                      for r in failed.itertuples())
+    names = ", ".join(
+        f"{r.suite}.{r.expectation}" + (f"({r.column_name})" if r.column_name else "")
+        for r in failed.itertuples()
+    )
     rows = [
-        _row(None, "quarantine_fraction", "data", t.max_quarantine_fraction, frac,
-             frac <= t.max_quarantine_fraction,
-             f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
-             f"{t.max_quarantine_fraction:.0%} allowed)"),
-        _row(None, "validation_errors", "data", 0.0, float(len(failed)), len(failed) == 0,
-             f"{len(failed)} error or critical check(s) failed" + (f": {names}" if names else "")),
+        _row(
+            None,
+            "quarantine_fraction",
+            "data",
+            t.max_quarantine_fraction,
+            frac,
+            frac <= t.max_quarantine_fraction,
+            f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
+            f"{t.max_quarantine_fraction:.0%} allowed)",
+        ),
+        _row(
+            None,
+            "validation_errors",
+            "data",
+            0.0,
+            float(len(failed)),
+            len(failed) == 0,
+            f"{len(failed)} error or critical check(s) failed" + (f": {names}" if names else ""),
+        ),
     ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 

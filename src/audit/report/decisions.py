@@ -39,18 +39,31 @@ def decision_summaries(rows: pd.DataFrame, model: str) -> list[dict]:
         when = years(float(horizon))
         over_all = threshold_runs(useful_thresholds(g, "treat_all"), grid)
         has_age = bool((g["strategy"] == "chronological_age").any())
-        over_age = threshold_runs(useful_thresholds(g, "chronological_age"), grid) \
-            if has_age else None
-        summary = (f"Acting on the {label} (as a cross-fitted risk of death within {when}) "
-                   f"beats both treating everyone and treating no one, with 95% "
-                   f"confidence, {at_thresholds(over_all)}")
+        over_age = (
+            threshold_runs(useful_thresholds(g, "chronological_age"), grid) if has_age else None
+        )
+        summary = (
+            f"Acting on the {label} (as a cross-fitted risk of death within {when}) "
+            f"beats both treating everyone and treating no one, with 95% "
+            f"confidence, {at_thresholds(over_all)}"
+        )
         if over_age is not None:
             summary += f"; it also beats chronological age {at_thresholds(over_age)}"
         first = g.iloc[0]
-        out.append({"score": label, "horizon": float(horizon), "when": when,
-                    "n": int(first["n"]), "events": int(first["events"]),
-                    "useful": over_all, "useful_over_age": over_age,
-                    "summary": summary + ".", "curve": g, "grid": grid})
+        out.append(
+            {
+                "score": label,
+                "horizon": float(horizon),
+                "when": when,
+                "n": int(first["n"]),
+                "events": int(first["events"]),
+                "useful": over_all,
+                "useful_over_age": over_age,
+                "summary": summary + ".",
+                "curve": g,
+                "grid": grid,
+            }
+        )
     return out
 
 
@@ -65,22 +78,41 @@ def decision_view(rows: pd.DataFrame, model: str) -> list[dict]:
         table = []
         for th in d.pop("grid"):
             m = wide["model"].loc[th]
-            table.append(_clean({
-                "threshold": th, "positive_rate": m["positive_rate"],
-                "net_benefit": m["net_benefit"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                "age": None if age is None else age.loc[th, "net_benefit"],
-                "treat_all": wide["treat_all"].loc[th, "net_benefit"],
-                "diff_treat_all": m["diff_treat_all"], "diff_treat_all_low": m["diff_treat_all_low"],
-                "diff_treat_all_high": m["diff_treat_all_high"], "diff_age": m["diff_age"],
-                "diff_age_low": m["diff_age_low"], "diff_age_high": m["diff_age_high"],
-                "interventions_avoided": m["interventions_avoided"]}))
+            table.append(
+                _clean(
+                    {
+                        "threshold": th,
+                        "positive_rate": m["positive_rate"],
+                        "net_benefit": m["net_benefit"],
+                        "ci_low": m["ci_low"],
+                        "ci_high": m["ci_high"],
+                        "age": None if age is None else age.loc[th, "net_benefit"],
+                        "treat_all": wide["treat_all"].loc[th, "net_benefit"],
+                        "diff_treat_all": m["diff_treat_all"],
+                        "diff_treat_all_low": m["diff_treat_all_low"],
+                        "diff_treat_all_high": m["diff_treat_all_high"],
+                        "diff_age": m["diff_age"],
+                        "diff_age_low": m["diff_age_low"],
+                        "diff_age_high": m["diff_age_high"],
+                        "interventions_avoided": m["interventions_avoided"],
+                    }
+                )
+            )
         label, when = d["score"], d["when"]
-        out.append(dict(
-            d, rows=table,
-            uri=plots.to_uri(plots.decision_plot(g, f"{model}\n{label}: decision curve, death within {when}")),
-            alt=(f"Net benefit of the {label} against the threshold probability of death "
-                 f"within {when}, with its 95% CI band, beside chronological age, treat all "
-                 "and treat none (zero).")))
+        out.append(
+            dict(
+                d,
+                rows=table,
+                uri=plots.to_uri(
+                    plots.decision_plot(g, f"{model}\n{label}: decision curve, death within {when}")
+                ),
+                alt=(
+                    f"Net benefit of the {label} against the threshold probability of death "
+                    f"within {when}, with its 95% CI band, beside chronological age, treat all "
+                    "and treat none (zero)."
+                ),
+            )
+        )
     return out
 
 
@@ -106,24 +138,40 @@ def nested_summaries(rows: pd.DataFrame, label: str) -> list[dict]:
         for i, model_id in enumerate(ids):
             part = g[g["model_id"] == model_id]
             added = SCORES.get(model_id.rsplit("+", 1)[-1]) if i else None
-            step = {"model_id": model_id, "label": step_label(model_id), "added": added,
-                    "added_by": by[i - 1] if i and len(by) >= i else None,
-                    "useful": threshold_runs(useful_thresholds(part, "treat_all"), grid),
-                    "gain": (threshold_runs(useful_thresholds(part, "compared"), grid)
-                             if i else None)}
+            step = {
+                "model_id": model_id,
+                "label": step_label(model_id),
+                "added": added,
+                "added_by": by[i - 1] if i and len(by) >= i else None,
+                "useful": threshold_runs(useful_thresholds(part, "treat_all"), grid),
+                "gain": (threshold_runs(useful_thresholds(part, "compared"), grid) if i else None),
+            }
             steps.append(step)
             if i == 0:
-                sentences.append(f"The clinical model alone beats treating everyone and no "
-                                 f"one, with 95% confidence, {at_thresholds(step['useful'])}")
+                sentences.append(
+                    f"The clinical model alone beats treating everyone and no "
+                    f"one, with 95% confidence, {at_thresholds(step['useful'])}"
+                )
             else:
                 source = f" ({step['added_by']})" if step["added_by"] else ""
-                sentences.append(f"adding {WITH_ARTICLE.get(added, added)}{source} raises "
-                                 f"the net benefit, with 95% confidence, "
-                                 f"{at_thresholds(step['gain'])}")
+                sentences.append(
+                    f"adding {WITH_ARTICLE.get(added, added)}{source} raises "
+                    f"the net benefit, with 95% confidence, "
+                    f"{at_thresholds(step['gain'])}"
+                )
         first = g.iloc[0]
-        out.append({"horizon": float(horizon), "when": years(float(horizon)),
-                    "n": int(first["n"]), "events": int(first["events"]), "steps": steps,
-                    "summary": "; ".join(sentences) + ".", "curve": g, "grid": grid})
+        out.append(
+            {
+                "horizon": float(horizon),
+                "when": years(float(horizon)),
+                "n": int(first["n"]),
+                "events": int(first["events"]),
+                "steps": steps,
+                "summary": "; ".join(sentences) + ".",
+                "curve": g,
+                "grid": grid,
+            }
+        )
     return out
 
 
@@ -133,28 +181,47 @@ def nested_view(rows: pd.DataFrame, label: str) -> list[dict]:
     out = []
     for d in nested_summaries(rows, label):
         g = d.pop("curve")
-        wide = {m: part.set_index("threshold")
-                for m, part in g[g["strategy"] == "model"].groupby("model_id")}
+        wide = {
+            m: part.set_index("threshold")
+            for m, part in g[g["strategy"] == "model"].groupby("model_id")
+        }
         treat_all = g[g["strategy"] == "treat_all"].set_index("threshold")["net_benefit"]
         table = []
         for th in d.pop("grid"):
             cells = []
             for s in d["steps"]:
                 r = wide[s["model_id"]].loc[th]
-                cells.append(_clean({
-                    "net_benefit": r["net_benefit"], "ci_low": r["ci_low"],
-                    "ci_high": r["ci_high"], "gain": r["diff_compared"],
-                    "gain_low": r["diff_compared_low"], "gain_high": r["diff_compared_high"]}))
+                cells.append(
+                    _clean(
+                        {
+                            "net_benefit": r["net_benefit"],
+                            "ci_low": r["ci_low"],
+                            "ci_high": r["ci_high"],
+                            "gain": r["diff_compared"],
+                            "gain_low": r["diff_compared_low"],
+                            "gain_high": r["diff_compared_high"],
+                        }
+                    )
+                )
             table.append({"threshold": th, "treat_all": treat_all.get(th), "steps": cells})
         names = [(s["model_id"], s["label"]) for s in d["steps"]]
         when = d["when"]
-        out.append(dict(
-            d, rows=table,
-            uri=plots.to_uri(plots.nested_decision_plot(
-                g, names, f"{label}\nnested models: decision curves, death within {when}")),
-            alt=(f"Net benefit of the nested models ({', '.join(n for _, n in names)}) "
-                 f"against the threshold probability of death within {when}, the largest "
-                 "with its 95% CI band, beside treat all and treat none (zero).")))
+        out.append(
+            dict(
+                d,
+                rows=table,
+                uri=plots.to_uri(
+                    plots.nested_decision_plot(
+                        g, names, f"{label}\nnested models: decision curves, death within {when}"
+                    )
+                ),
+                alt=(
+                    f"Net benefit of the nested models ({', '.join(n for _, n in names)}) "
+                    f"against the threshold probability of death within {when}, the largest "
+                    "with its 95% CI band, beside treat all and treat none (zero)."
+                ),
+            )
+        )
     return out
 
 
@@ -167,24 +234,42 @@ def subgroup_summaries(rows: pd.DataFrame) -> list[dict]:
         grid = sorted(float(v) for v in g["threshold"].unique())
         groups = []
         for (attribute, name), part in g.groupby(["attribute", "group_name"], sort=False):
+
             def runs(mask):
-                return threshold_runs(sorted(float(v) for v in part.loc[mask, "threshold"]),
-                                      grid)
+                return threshold_runs(sorted(float(v) for v in part.loc[mask, "threshold"]), grid)
 
             small = bool((part["status"] == "too_small").all())
-            groups.append({
-                "attribute": attribute, "group_name": name, "n": int(part["n"].iloc[0]),
-                "events": int(part["events"].iloc[0]), "too_small": small,
-                "useful": None if small else runs(part["status"] == "useful"),
-                "harmful": None if small else runs(part["status"] == "harmful"),
-                "harmed_where_useful": None if small else runs(
-                    (part["status"] == "harmful") & part["overall_useful"].astype(bool))})
-        overall = threshold_runs(sorted(float(v) for v in g.loc[
-            g["overall_useful"].astype(bool), "threshold"].unique()), grid)
+            groups.append(
+                {
+                    "attribute": attribute,
+                    "group_name": name,
+                    "n": int(part["n"].iloc[0]),
+                    "events": int(part["events"].iloc[0]),
+                    "too_small": small,
+                    "useful": None if small else runs(part["status"] == "useful"),
+                    "harmful": None if small else runs(part["status"] == "harmful"),
+                    "harmed_where_useful": None
+                    if small
+                    else runs((part["status"] == "harmful") & part["overall_useful"].astype(bool)),
+                }
+            )
+        overall = threshold_runs(
+            sorted(float(v) for v in g.loc[g["overall_useful"].astype(bool), "threshold"].unique()),
+            grid,
+        )
         flagged = [x for x in groups if x["harmed_where_useful"] not in (None, "none")]
-        out.append({"model": model, "score": SCORES.get(score, score), "horizon": float(horizon),
-                    "when": years(float(horizon)), "overall_useful": overall,
-                    "groups": groups, "flagged": flagged, "rows": g})
+        out.append(
+            {
+                "model": model,
+                "score": SCORES.get(score, score),
+                "horizon": float(horizon),
+                "when": years(float(horizon)),
+                "overall_useful": overall,
+                "groups": groups,
+                "flagged": flagged,
+                "rows": g,
+            }
+        )
     return out
 
 
@@ -195,10 +280,18 @@ def subgroup_view(rows: pd.DataFrame) -> list[dict]:
     for d in subgroup_summaries(rows):
         g = d.pop("rows")
         title = f"{d['model']}: {d['score']}, death within {d['when']}"
-        out.append(dict(d, uri=plots.to_uri(plots.utility_map(g, title)), alt=(
-            f"For each subgroup (rows) and threshold probability (columns): whether acting on "
-            f"the {d['score']} beats treating everyone and no one in that group (useful), does "
-            "worse than them (harmful), or cannot be told apart (uncertain), with simultaneous "
-            "95% bands; blank: too small to judge; a dot marks the thresholds at which the "
-            "score is useful for the whole cohort.")))
+        out.append(
+            dict(
+                d,
+                uri=plots.to_uri(plots.utility_map(g, title)),
+                alt=(
+                    "For each subgroup (rows) and threshold probability (columns): whether "
+                    f"acting on the {d['score']} beats treating everyone and no one in that "
+                    "group (useful), does worse than them (harmful), or cannot be told apart "
+                    "(uncertain), with simultaneous "
+                    "95% bands; blank: too small to judge; a dot marks the thresholds at which the "
+                    "score is useful for the whole cohort."
+                ),
+            )
+        )
     return out

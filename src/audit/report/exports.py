@@ -59,8 +59,14 @@ def to_csv(df: pd.DataFrame) -> str:
         if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
             df[col] = df[col].map(neutralise)
     buf = io.StringIO()
-    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n",
-              float_format="%.10g", date_format="%Y-%m-%dT%H:%M:%S")
+    df.to_csv(
+        buf,
+        index=False,
+        quoting=csv.QUOTE_MINIMAL,
+        lineterminator="\n",
+        float_format="%.10g",
+        date_format="%Y-%m-%dT%H:%M:%S",
+    )
     return buf.getvalue()
 
 
@@ -81,7 +87,8 @@ def export_frames(tables: dict[str, pd.DataFrame], scrub) -> dict[str, pd.DataFr
                 df[col] = df[col].map(scrub)
         if "source_file" in df:  # the site's folder layout stays on site; names carry ids
             df["source_file"] = df["source_file"].map(
-                lambda v: scrub(Path(v).name) if isinstance(v, str) else v)
+                lambda v: scrub(Path(v).name) if isinstance(v, str) else v
+            )
         out[table] = df
     return out
 

@@ -35,8 +35,15 @@ from audit.saliency import maps as sal
 from audit.survival.analysis import median_followup as _median_followup
 
 
-def saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: pd.DataFrame,
-                    cfg: dict, show_ids: bool, k: int = 4) -> dict:
+def saliency_faces(
+    run: dict,
+    models: list[dict],
+    rows: pd.DataFrame,
+    shares: pd.DataFrame,
+    cfg: dict,
+    show_ids: bool,
+    k: int = 4,
+) -> dict:
     """Only with ``--show-faces``: individual attribution maps of ``k`` cohort photos (drawn
     with the saliency seed among the included ones), for each image model and the methods
     the run used, recomputed from the cohort folder and the models' checkpoints on site."""
@@ -47,16 +54,27 @@ def saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: pd
         cohort = load_cohort(root, hash_cache=HashCache.default())
         frame = cohort.frame.drop_duplicates("photo_id").set_index("photo_id")
     except Exception as exc:  # the folder moved or is gone: say so, render the rest
-        return {"error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
-                "blocks": []}
+        return {
+            "error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
+            "blocks": [],
+        }
     included = rows[rows["included"].astype(bool)]["photo_id"]
     included = [p for p in included if p in frame.index and pd.notna(frame.at[p, "image_path"])]
     rng = np.random.default_rng(int(cfg.get("seed", 0)))
-    chosen = [included[i] for i in sorted(rng.choice(len(included), size=min(k, len(included)),
-                                                     replace=False))] if included else []
-    methods = sal.configured_methods(list(dict.fromkeys(shares["method"])),
-                                     window=cfg.get("window", 16), stride=cfg.get("stride", 8),
-                                     ig_steps=cfg.get("ig_steps", 16))
+    chosen = (
+        [
+            included[i]
+            for i in sorted(rng.choice(len(included), size=min(k, len(included)), replace=False))
+        ]
+        if included
+        else []
+    )
+    methods = sal.configured_methods(
+        list(dict.fromkeys(shares["method"])),
+        window=cfg.get("window", 16),
+        stride=cfg.get("stride", 8),
+        ig_steps=cfg.get("ig_steps", 16),
+    )
     blocks = []
     for m in models:
         if "spec" not in m:
@@ -67,9 +85,16 @@ def saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: pd
         except Exception as exc:
             blocks.append({"model": m["name"], "error": f"cannot load the model ({exc})"})
             continue
-        faces = [np.array(decode_image(cohort.image_file(frame.at[p, "image_path"]),
-                                       model.input_size, align=not cohort.spec.cropped))
-                 for p in chosen]
+        faces = [
+            np.array(
+                decode_image(
+                    cohort.image_file(frame.at[p, "image_path"]),
+                    model.input_size,
+                    align=not cohort.spec.cropped,
+                )
+            )
+            for p in chosen
+        ]
         if not faces:
             continue
         x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255
@@ -79,17 +104,34 @@ def saliency_faces(run: dict, models: list[dict], rows: pd.DataFrame, shares: pd
                 if sal.applicable(name, t):
                     cols.append(attribute(t, x))
                     names.append(name)
-            tiles = [[faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols]
-                     for i in range(len(faces))]
+            tiles = [
+                [faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols]
+                for i in range(len(faces))
+            ]
             labels = [pseudonym(str(p), show_ids)[:14] for p in chosen]
-            blocks.append({"model": t.model, "output": t.output, "error": None,
-                           "uri": plots.to_uri(plots.image_grid(tiles, labels, ["photo"] + names, tile=96,
-                                                   label_width=130))})
+            blocks.append(
+                {
+                    "model": t.model,
+                    "output": t.output,
+                    "error": None,
+                    "uri": plots.to_uri(
+                        plots.image_grid(tiles, labels, ["photo"] + names, tile=96, label_width=130)
+                    ),
+                }
+            )
     return {"error": None, "blocks": blocks}
 
 
-def moved_most(store: Store, run_id: str, run: dict, rob: pd.DataFrame, preds: pd.DataFrame,
-                cfg: dict, show_ids: bool, k: int = 4) -> dict:
+def moved_most(
+    store: Store,
+    run_id: str,
+    run: dict,
+    rob: pd.DataFrame,
+    preds: pd.DataFrame,
+    cfg: dict,
+    show_ids: bool,
+    k: int = 4,
+) -> dict:
     """Only with ``--show-faces``: for each model and output, the ``k`` sampled photos whose
     output moved most under the worst judged perturbation, clean beside perturbed (the same
     image seed as the run used), read from the cohort folder the run audited."""
@@ -99,22 +141,26 @@ def moved_most(store: Store, run_id: str, run: dict, rob: pd.DataFrame, preds: p
     try:
         spec, _ = read_spec(root)
     except Exception as exc:  # the folder moved or is gone: say so, render the rest
-        return {"error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
-                "blocks": []}
+        return {
+            "error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
+            "blocks": [],
+        }
     images = store.table("image_properties", run_id).set_index("photo_id")
-    layout = face_layout(cfg.get("face_layout") or spec.face_layout
-                         or ("arcface" if spec.cropped else "aligned"))
+    layout = face_layout(
+        cfg.get("face_layout") or spec.face_layout or ("arcface" if spec.cropped else "aligned")
+    )
     judged_max = int(cfg.get("judged_max_severity", 3))
     blocks = []
-    for (model, output), g in rob[(rob["attribute"] == "all")
-                                  & (rob["severity"] <= judged_max)].groupby(
-                                      ["model", "output"], sort=False):
+    for (model, output), g in rob[
+        (rob["attribute"] == "all") & (rob["severity"] <= judged_max)
+    ].groupby(["model", "output"], sort=False):
         worst = g.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).iloc[0]
         name, severity = worst["perturbation"], int(worst["severity"])
         sel = preds[(preds["model"] == model) & (preds["output"] == output)]
         clean = sel[sel["perturbation"] == "none"].set_index("photo_id")["value"]
         pert = sel[(sel["perturbation"] == name) & (sel["severity"] == severity)].set_index(
-            "photo_id")["value"]
+            "photo_id"
+        )["value"]
         shift = (pert - clean.reindex(pert.index)).dropna()
         top = shift.abs().sort_values(ascending=False, kind="stable").head(k).index
         p = create_perturbation(name, layout=layout)
@@ -123,18 +169,30 @@ def moved_most(store: Store, run_id: str, run: dict, rob: pd.DataFrame, preds: p
             if pid not in images.index:
                 continue
             info = images.loc[pid]
-            face = decode_image((root / spec.images).resolve() / info["image_path"], 112,
-                                align=not spec.cropped)
+            face = decode_image(
+                (root / spec.images).resolve() / info["image_path"], 112, align=not spec.cropped
+            )
             x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
-            y = p(x, severity, [image_seed(int(cfg.get("seed", 0)), info["sha256"], name,
-                                           severity)])
+            y = p(
+                x, severity, [image_seed(int(cfg.get("seed", 0)), info["sha256"], name, severity)]
+            )
             tiles.append([face, (y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()])
             labels.append(f"{pseudonym(str(pid), show_ids)[:14]} {shift[pid]:+.1f}")
         if tiles:
-            blocks.append({"model": model, "output": output, "perturbation": name,
-                           "severity": severity, "description": worst["description"],
-                           "uri": plots.to_uri(plots.image_grid(tiles, labels, ["clean", "perturbed"],
-                                                   tile=96, label_width=150))})
+            blocks.append(
+                {
+                    "model": model,
+                    "output": output,
+                    "perturbation": name,
+                    "severity": severity,
+                    "description": worst["description"],
+                    "uri": plots.to_uri(
+                        plots.image_grid(
+                            tiles, labels, ["clean", "perturbed"], tile=96, label_width=150
+                        )
+                    ),
+                }
+            )
     return {"error": None, "blocks": blocks}
 
 

@@ -53,8 +53,13 @@ def faceage_scatter(age: np.ndarray, faceage: np.ndarray, title: str) -> Figure:
     if len(age) > 2:
         slope, intercept = np.polyfit(age, faceage, 1)
         xs = np.array([lo, hi])
-        ax.plot(xs, intercept + slope * xs, color="#c0392b", lw=1.5,
-                label=f"fit: {slope:.2f} x age + {intercept:.1f}")
+        ax.plot(
+            xs,
+            intercept + slope * xs,
+            color="#c0392b",
+            lw=1.5,
+            label=f"fit: {slope:.2f} x age + {intercept:.1f}",
+        )
     ax.set_xlabel("chronological age (years)")
     ax.set_ylabel("FaceAge (years)")
     ax.set_title(title, fontsize=10)
@@ -79,19 +84,34 @@ def km_plot(curves: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def forest_plot(rows: pd.DataFrame, label_col: str, title: str, xlabel: str,
-                ref: float | None = None, bounds: tuple[float, float] | None = None,
-                log: bool = False) -> Figure:
+def forest_plot(
+    rows: pd.DataFrame,
+    label_col: str,
+    title: str,
+    xlabel: str,
+    ref: float | None = None,
+    bounds: tuple[float, float] | None = None,
+    log: bool = False,
+) -> Figure:
     """Point estimates with CIs per row (subgroups or hazard ratios); ``bounds``: dotted
     lines (a tolerance on either side of ``ref``)."""
     rows = rows.reset_index(drop=True)
     plt, fig, ax = _fig(6.0, max(1.8, 0.32 * len(rows) + 1.0))
     y = np.arange(len(rows))[::-1]
     value = rows["value"].to_numpy(dtype=float)
-    ax.errorbar(value, y,
-                xerr=[np.clip(value - rows["ci_low"].to_numpy(dtype=float), 0, None),
-                      np.clip(rows["ci_high"].to_numpy(dtype=float) - value, 0, None)],
-                fmt="o", color="#1f5f99", ecolor="#888", capsize=3, ms=4)
+    ax.errorbar(
+        value,
+        y,
+        xerr=[
+            np.clip(value - rows["ci_low"].to_numpy(dtype=float), 0, None),
+            np.clip(rows["ci_high"].to_numpy(dtype=float) - value, 0, None),
+        ],
+        fmt="o",
+        color="#1f5f99",
+        ecolor="#888",
+        capsize=3,
+        ms=4,
+    )
     if ref is not None:
         ax.axvline(ref, color="#c0392b", lw=1, ls="--")
     for b in bounds or ():
@@ -120,8 +140,9 @@ def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> Figure:
     return fig
 
 
-def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
-                  tolerance: float | None = None) -> Figure:
+def dose_response(
+    rows: pd.DataFrame, title: str, ylabel: str, tolerance: float | None = None
+) -> Figure:
     """Shift against severity, one panel per perturbation family and one line per
     perturbation; severity 0 (the clean photo) has no shift by definition."""
     families = list(dict.fromkeys(rows["family"]))
@@ -132,13 +153,26 @@ def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 2.5 * nrows + 0.5), dpi=100,
-                             sharex=True, sharey=False, squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.1 * ncols, 2.5 * nrows + 0.5),
+        dpi=100,
+        sharex=True,
+        sharey=False,
+        squeeze=False,
+    )
     for ax, family in zip(axes.flat, families):
         for name, g in rows[rows["family"] == family].groupby("perturbation", sort=False):
             g = g.sort_values("severity")
-            ax.plot(np.r_[0, g["severity"]], np.r_[0.0, g["mean_abs_shift"]], marker="o", ms=3,
-                    lw=1.3, label=name)
+            ax.plot(
+                np.r_[0, g["severity"]],
+                np.r_[0.0, g["mean_abs_shift"]],
+                marker="o",
+                ms=3,
+                lw=1.3,
+                label=name,
+            )
         if tolerance is not None:
             ax.axhline(tolerance, color="#c0392b", lw=0.8, ls="--")
         ax.set_title(family, fontsize=9)
@@ -147,7 +181,7 @@ def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
         ax.set_ylim(0, max(fam_top, tolerance or 0) * 1.1 + 1e-9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="upper left", frameon=False)
-    for ax in list(axes.flat)[len(families):]:
+    for ax in list(axes.flat)[len(families) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("severity", fontsize=8)
@@ -157,16 +191,22 @@ def dose_response(rows: pd.DataFrame, title: str, ylabel: str,
     return fig
 
 
-def image_grid(tiles: list[list[np.ndarray]], row_labels: list[str], col_labels: list[str],
-               tile: int = 72, label_width: int = 120) -> "Image.Image":
+def image_grid(
+    tiles: list[list[np.ndarray]],
+    row_labels: list[str],
+    col_labels: list[str],
+    tile: int = 72,
+    label_width: int = 120,
+) -> "Image.Image":
     """A labelled grid of uint8 RGB images as one PIL image (:func:`to_uri`: a JPEG with
     deterministic bytes)."""
     from PIL import Image, ImageDraw
 
     rows, cols = len(tiles), max(len(r) for r in tiles)
     head = 16
-    canvas = Image.new("RGB", (label_width + cols * (tile + 4), head + rows * (tile + 4)),
-                       (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (label_width + cols * (tile + 4), head + rows * (tile + 4)), (255, 255, 255)
+    )
     draw = ImageDraw.Draw(canvas)
     for j, text in enumerate(col_labels):
         draw.text((label_width + j * (tile + 4) + 2, 2), text, fill=(40, 40, 40))
@@ -185,10 +225,19 @@ def calibration_plot(points: pd.DataFrame, title: str) -> Figure:
     plt, fig, ax = _fig(4.8, 4.5)
     for name, g in points.groupby("curve", sort=False):
         label = name.split(":", 1)[-1]
-        ax.errorbar(g["predicted"], g["survival"],
-                    yerr=[(g["survival"] - g["survival_low"]).clip(lower=0),
-                          (g["survival_high"] - g["survival"]).clip(lower=0)],
-                    fmt="o-", ms=4, lw=1, capsize=2, label=label)
+        ax.errorbar(
+            g["predicted"],
+            g["survival"],
+            yerr=[
+                (g["survival"] - g["survival_low"]).clip(lower=0),
+                (g["survival_high"] - g["survival"]).clip(lower=0),
+            ],
+            fmt="o-",
+            ms=4,
+            lw=1,
+            capsize=2,
+            label=label,
+        )
     ax.plot([0, 1], [0, 1], color="#555", lw=1, ls="--", label="perfect calibration")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
@@ -213,8 +262,10 @@ def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None 
         floor = (floors or {}).get(method)
         if floor is not None:
             ax.plot([floor, floor], [yi - 0.4, yi + 0.4], color="#b45309", lw=1.5)
-    labels = [f"{k}: {f}" + (f" ({m})" if isinstance(m, str) and m else "")
-              for k, f, m in zip(rows["kind"], rows["feature"], rows["model"])]
+    labels = [
+        f"{k}: {f}" + (f" ({m})" if isinstance(m, str) and m else "")
+        for k, f, m in zip(rows["kind"], rows["feature"], rows["model"])
+    ]
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=7)
     ax.set_xlabel("effect size (orange tick: the floor a drift must reach)")
@@ -223,8 +274,9 @@ def drift_chart(rows: pd.DataFrame, title: str, floors: dict[str, float] | None 
     return fig
 
 
-def saliency_grid(face: np.ndarray | None, template: np.ndarray, tiles: list[tuple[str, np.ndarray]],
-                  title: str) -> Figure:
+def saliency_grid(
+    face: np.ndarray | None, template: np.ndarray, tiles: list[tuple[str, np.ndarray]], title: str
+) -> Figure:
     """Cohort attribution maps, each over the average face of the sample (or grey), with the
     outline of the region template; one tile per (label, map)."""
     import matplotlib
@@ -232,15 +284,15 @@ def saliency_grid(face: np.ndarray | None, template: np.ndarray, tiles: list[tup
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tiles), figsize=(2.1 * len(tiles), 2.5), dpi=100,
-                             squeeze=False)
-    back = (face.mean(axis=2) if face is not None else np.full(template.shape, 128.0))
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.1 * len(tiles), 2.5), dpi=100, squeeze=False)
+    back = face.mean(axis=2) if face is not None else np.full(template.shape, 128.0)
     for ax, (label, m) in zip(axes[0], tiles):
         ax.imshow(back, cmap="gray", vmin=0, vmax=255)
         top = np.quantile(m, 0.99) or 1.0
         ax.imshow(np.clip(m / top, 0, 1), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        ax.contour(template, levels=np.arange(template.max()) + 0.5, colors="#38bdf8",
-                   linewidths=0.5)
+        ax.contour(
+            template, levels=np.arange(template.max()) + 0.5, colors="#38bdf8", linewidths=0.5
+        )
         ax.set_title(label, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -259,10 +311,19 @@ def region_bars(rows: pd.DataFrame, title: str, area: dict[str, float] | None = 
     for k, method in enumerate(methods):
         r = rows[rows["method"] == method].set_index("region").reindex(regions)
         v = r["share"].to_numpy(dtype=float)
-        err = [np.clip(v - r["ci_low"].to_numpy(dtype=float), 0, None),
-               np.clip(r["ci_high"].to_numpy(dtype=float) - v, 0, None)]
-        ax.barh(y + (len(methods) / 2 - k - 0.5) * h, v, height=h, xerr=err, capsize=2,
-                label=method, error_kw={"elinewidth": 0.8})
+        err = [
+            np.clip(v - r["ci_low"].to_numpy(dtype=float), 0, None),
+            np.clip(r["ci_high"].to_numpy(dtype=float) - v, 0, None),
+        ]
+        ax.barh(
+            y + (len(methods) / 2 - k - 0.5) * h,
+            v,
+            height=h,
+            xerr=err,
+            capsize=2,
+            label=method,
+            error_kw={"elinewidth": 0.8},
+        )
     if area:
         for yi, region in zip(y, regions):
             ax.plot([area[region]] * 2, [yi - 0.45, yi + 0.45], color="#111", ls=":", lw=1)
@@ -292,8 +353,10 @@ def decision_plot(rows: pd.DataFrame, title: str) -> Figure:
     """Net benefit against threshold probability: the model (95% CI band), chronological
     age, treat all and treat none, for one score at one horizon."""
     plt, fig, ax = _fig(5.6, 4.0)
-    style = {"model": ("#1f5fa8", "-", "model"), "chronological_age": ("#c77d18", "--",
-                                                                        "chronological age")}
+    style = {
+        "model": ("#1f5fa8", "-", "model"),
+        "chronological_age": ("#c77d18", "--", "chronological age"),
+    }
     for strategy, (colour, ls, label) in style.items():
         g = rows[rows["strategy"] == strategy].sort_values("threshold")
         if not g.empty:
@@ -308,28 +371,43 @@ def nested_decision_plot(rows: pd.DataFrame, steps: list[tuple[str, str]], title
     colours = ["#777777", "#c77d18", "#1f5fa8", "#2a8a4a", "#8a2a6a"]
     for i, (model_id, label) in enumerate(steps):
         g = rows[(rows["strategy"] == "model") & (rows["model_id"] == model_id)]
-        _net_benefit_line(ax, g.sort_values("threshold"), colours[(i + 1) % len(colours)],
-                          "-" if i == len(steps) - 1 else "--", label,
-                          band=i == len(steps) - 1)
+        _net_benefit_line(
+            ax,
+            g.sort_values("threshold"),
+            colours[(i + 1) % len(colours)],
+            "-" if i == len(steps) - 1 else "--",
+            label,
+            band=i == len(steps) - 1,
+        )
     return _decision_axes(plt, fig, ax, rows, title)
 
 
 def _net_benefit_line(ax, g: pd.DataFrame, colour: str, ls: str, label: str, band: bool):
     ax.plot(g["threshold"], g["net_benefit"], color=colour, ls=ls, lw=1.6, label=label)
     if band:
-        ax.fill_between(g["threshold"], g["ci_low"], g["ci_high"], color=colour, alpha=0.15,
-                        lw=0, label=f"{label}, 95% CI")
+        ax.fill_between(
+            g["threshold"],
+            g["ci_low"],
+            g["ci_high"],
+            color=colour,
+            alpha=0.15,
+            lw=0,
+            label=f"{label}, 95% CI",
+        )
 
 
 def _decision_axes(plt, fig, ax, rows: pd.DataFrame, title: str) -> Figure:
     """Treat all (dotted) and treat none (zero) on a decision-curve plot; axes, legend."""
     g = rows[rows["strategy"] == "treat_all"].sort_values("threshold")
     if not g.empty:
-        ax.plot(g["threshold"], g["net_benefit"], color="#777", ls=":", lw=1.6,
-                label="treat all")
+        ax.plot(g["threshold"], g["net_benefit"], color="#777", ls=":", lw=1.6, label="treat all")
     ax.axhline(0, color="#222", lw=1, label="treat none")
-    top = float(np.nanmax(np.r_[rows["net_benefit"].to_numpy(dtype=float),
-                                rows["ci_high"].to_numpy(dtype=float)], initial=0.0))
+    top = float(
+        np.nanmax(
+            np.r_[rows["net_benefit"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)],
+            initial=0.0,
+        )
+    )
     ax.set_ylim(-0.05 if top <= 0 else -0.25 * top, max(top * 1.15, 0.02))
     ax.set_xlim(float(rows["threshold"].min()), float(rows["threshold"].max()))
     ax.set_xlabel("threshold probability of death by the horizon")
@@ -345,8 +423,13 @@ def utility_map(rows: pd.DataFrame, title: str) -> Figure:
     a dot above the columns where the score is useful for the whole cohort."""
     from matplotlib.colors import ListedColormap
 
-    colours = {"harmful": "#c0392b", "uncertain": "#d9d9d9", "useful": "#2a8a4a",
-               "undefined": "#ffffff", "too_small": "#ffffff"}
+    colours = {
+        "harmful": "#c0392b",
+        "uncertain": "#d9d9d9",
+        "useful": "#2a8a4a",
+        "undefined": "#ffffff",
+        "too_small": "#ffffff",
+    }
     codes = {k: i for i, k in enumerate(colours)}
     grid = sorted(rows["threshold"].unique())
     key = rows["attribute"] + ": " + rows["group_name"].astype(str)
@@ -356,20 +439,28 @@ def utility_map(rows: pd.DataFrame, title: str) -> Figure:
     for label, th, status in zip(key, rows["threshold"], rows["status"]):
         cells[row_of[label], col_of[th]] = codes.get(status, codes["undefined"])
     plt, fig, ax = _fig(6.4, 0.9 + 0.28 * len(labels))
-    ax.imshow(cells, cmap=ListedColormap(list(colours.values())), vmin=-0.5,
-              vmax=len(colours) - 0.5, aspect="auto", interpolation="nearest")
+    ax.imshow(
+        cells,
+        cmap=ListedColormap(list(colours.values())),
+        vmin=-0.5,
+        vmax=len(colours) - 0.5,
+        aspect="auto",
+        interpolation="nearest",
+    )
     useful = sorted(rows.loc[rows["overall_useful"].astype(bool), "threshold"].unique())
-    ax.scatter([col_of[t] for t in useful], [-0.9] * len(useful), s=10, color="#222",
-               clip_on=False)
+    ax.scatter([col_of[t] for t in useful], [-0.9] * len(useful), s=10, color="#222", clip_on=False)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     step = max(1, len(grid) // 9)
-    ax.set_xticks(range(0, len(grid), step), [f"{t * 100:g}%" for t in grid[::step]],
-                  fontsize=7)
+    ax.set_xticks(range(0, len(grid), step), [f"{t * 100:g}%" for t in grid[::step]], fontsize=7)
     ax.set_xlabel("threshold probability of death by the horizon", fontsize=8)
     ax.set_title(title, fontsize=9, pad=12)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=colours[k], label=k) for k in ("useful", "uncertain",
-                                                                  "harmful")],
-              fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(
+        handles=[Patch(color=colours[k], label=k) for k in ("useful", "uncertain", "harmful")],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
     return fig

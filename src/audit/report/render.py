@@ -34,9 +34,11 @@ SECTIONS = ["verdict", "validation", "composition", "accuracy", "survival", "tra
 def _env():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-                             autoescape=jinja2.select_autoescape(["html"]),
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["num"] = _num
     env.filters["fixed"] = _fixed
     env.filters["pval"] = _pval
@@ -76,18 +78,41 @@ def _pval(value) -> str:
 def _write_atomic(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with (os.fdopen(fd, "wb") if isinstance(data, bytes)
-          else os.fdopen(fd, "w", encoding="utf-8")) as fh:
+    with (
+        os.fdopen(fd, "wb") if isinstance(data, bytes) else os.fdopen(fd, "w", encoding="utf-8")
+    ) as fh:
         fh.write(data)
     os.replace(tmp, path)
 
 
-RUN_TABLES = ("cohort_rows", "validation_results", "quarantine", "predictions", "accuracy",
-              "survival_models", "survival_terms", "survival_tests", "survival_metrics",
-              "survival_curves", "verdicts", "run_stages", "robustness", "fairness",
-              "survival_subgroups", "representativeness", "comparisons", "drift", "artifacts",
-              "saliency", "saliency_maps", "saliency_checks", "decision_curves",
-              "decision_subgroups", "cohort_summary", "figures")
+RUN_TABLES = (
+    "cohort_rows",
+    "validation_results",
+    "quarantine",
+    "predictions",
+    "accuracy",
+    "survival_models",
+    "survival_terms",
+    "survival_tests",
+    "survival_metrics",
+    "survival_curves",
+    "verdicts",
+    "run_stages",
+    "robustness",
+    "fairness",
+    "survival_subgroups",
+    "representativeness",
+    "comparisons",
+    "drift",
+    "artifacts",
+    "saliency",
+    "saliency_maps",
+    "saliency_checks",
+    "decision_curves",
+    "decision_subgroups",
+    "cohort_summary",
+    "figures",
+)
 
 
 def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
@@ -95,9 +120,14 @@ def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
     return {name: store.table(name, run_id) for name in RUN_TABLES}
 
 
-def run_context(store: Store, run_id: str, show_ids: bool = False,
-                final_verdict: str | None = None, show_faces: bool = False,
-                tables: dict[str, pd.DataFrame] | None = None) -> dict:
+def run_context(
+    store: Store,
+    run_id: str,
+    show_ids: bool = False,
+    final_verdict: str | None = None,
+    show_faces: bool = False,
+    tables: dict[str, pd.DataFrame] | None = None,
+) -> dict:
     """Everything the run page shows, read from the store."""
     run = store.run(run_id)
     if final_verdict is not None:
@@ -108,26 +138,119 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
     rows = t["cohort_rows"]
     included = rows[rows["included"]]
     # replaces the run's photo and subject ids in free text by their pseudonyms
-    scrub = id_scrubber(pd.concat([rows["photo_id"], rows["subject_id"],
-                                   t["quarantine"]["photo_id"]]).unique(), show_ids)
+    scrub = id_scrubber(
+        pd.concat([rows["photo_id"], rows["subject_id"], t["quarantine"]["photo_id"]]).unique(),
+        show_ids,
+    )
+    cohort = _cohort_view(included, t["cohort_summary"])
+    validation, q = _validation_view(t, scrub, show_ids)
+    stages = t["run_stages"].assign(note=t["run_stages"]["note"].map(scrub))
+    stage_notes = {r["stage"]: r["note"] for r in _records(stages) if r["note"]}
+    model_sections = [_model_section(m["name"], m, t, included) for m in models]
+    config = json.loads(run["config"] or "{}")
+    incremental = _incremental_view(t)
+    exclusions = _exclusions_by_group(rows)
+    return {
+        "incremental": incremental,
+        "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
+        "robustness": _robustness_view(
+            t["robustness"], config.get("robustness") or {}, t["figures"]
+        ),
+        "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
+        "saliency_faces": (
+            onsite.saliency_faces(
+                run, models, t["cohort_rows"], t["saliency"], config.get("saliency") or {}, show_ids
+            )
+            if show_faces and len(t["saliency"])
+            else None
+        ),
+        "fairness": _fairness_view(
+            t["fairness"],
+            t["survival_subgroups"],
+            t["comparisons"],
+            config.get("fairness") or {},
+            t["decision_subgroups"],
+        ),
+        "representativeness": _records(t["representativeness"]),
+        "moved_most": (
+            onsite.moved_most(
+                store,
+                run_id,
+                run,
+                t["robustness"],
+                t["predictions"],
+                config.get("robustness") or {},
+                show_ids,
+            )
+            if show_faces and len(t["robustness"])
+            else None
+        ),
+        "exclusions": exclusions,
+        "evaluation_sites": cohort["sites"],
+        "run": run,
+        "models": models,
+        "sections": model_sections,
+        "verdicts": _records(t["verdicts"]),
+        "validation": validation,
+        "quarantine": _records(q.head(200)),
+        "n_quarantine": len(q),
+        "n_rows": len(rows),
+        "n_included": len(included),
+        "composition": cohort["composition"],
+        "age": cohort["age"],
+        "outcomes": cohort["outcomes"],
+        # The page is written by the publish stage, so it lists the stages before it; that
+        # keeps a re-rendered page byte-identical to the one recorded in `artifacts`.
+        "stages": _records(stages[stages["stage"] != "publish"]),
+        "stage_notes": stage_notes,
+        "environment": json.loads(run["environment"] or "{}"),
+        "config": config,
+        "show_ids": show_ids,
+        "scrub": scrub,  # for the CSV exports of the same render
+    }
+
+
+def _cohort_view(included: pd.DataFrame, summary: pd.DataFrame) -> dict:
+    """Who was audited: composition by attribute, evaluation sites, ages and outcomes."""
     composition = []
     for attribute in ["sex", "race", "cancer_type", "site"]:
         if attribute in included and included[attribute].notna().any():
             counts = included[attribute].fillna("(missing)").value_counts()
-            composition.append({"attribute": attribute, "groups": [
-                {"name": k, "n": int(v), "share": v / len(included)} for k, v in counts.items()]})
-    exclusions = _exclusions_by_group(rows)
-    sites = sorted(str(v) for v in included["site"].dropna().unique())
+            composition.append(
+                {
+                    "attribute": attribute,
+                    "groups": [
+                        {"name": k, "n": int(v), "share": v / len(included)}
+                        for k, v in counts.items()
+                    ],
+                }
+            )
     ages = included["age"].dropna()
-    age_summary = ({"mean": ages.mean(), "sd": ages.std(), "min": ages.min(),
-                    "max": ages.max()} if len(ages) else None)
+    age_summary = (
+        {"mean": ages.mean(), "sd": ages.std(), "min": ages.min(), "max": ages.max()}
+        if len(ages)
+        else None
+    )
     outcomes = None
     if included["event"].notna().any():
         subjects = included.drop_duplicates("subject_id")
-        outcomes = {"subjects": len(subjects), "events": int(subjects["event"].sum()),
-                    "median_followup": _stored(t["cohort_summary"], "median_followup_years",
-                                               lambda: onsite.median_followup(subjects))}
+        outcomes = {
+            "subjects": len(subjects),
+            "events": int(subjects["event"].sum()),
+            "median_followup": _stored(
+                summary, "median_followup_years", lambda: onsite.median_followup(subjects)
+            ),
+        }
+    return {
+        "composition": composition,
+        "sites": sorted(str(v) for v in included["site"].dropna().unique()),
+        "age": age_summary,
+        "outcomes": outcomes,
+    }
 
+
+def _validation_view(t: dict, scrub, show_ids: bool) -> tuple[list[dict], pd.DataFrame]:
+    """The data checks with their examples (ids pseudonymised), and the quarantine."""
     validation = []
     for r in _records(t["validation_results"]):
         details = json.loads(r["details"] or "{}")
@@ -136,130 +259,194 @@ def run_context(store: Store, run_id: str, show_ids: bool = False,
             examples = [pseudonym(str(v), show_ids) for v in examples]
         else:  # image paths and free text quote ids too
             examples = [scrub(str(v)) for v in examples]
-        r.update(rule=details.get("rule") or details.get("skipped") or "",
-                 examples=", ".join(str(v) for v in examples[:5]),
-                 rows=", ".join(str(v) for v in list(details.get("rows") or [])[:10]) if isinstance(details.get("rows"), list) else "")
+        r.update(
+            rule=details.get("rule") or details.get("skipped") or "",
+            examples=", ".join(str(v) for v in examples[:5]),
+            rows=", ".join(str(v) for v in list(details.get("rows") or [])[:10])
+            if isinstance(details.get("rows"), list)
+            else "",
+        )
         validation.append(r)
     q = t["quarantine"].copy()
     if len(q):
         q["photo_id"] = q["photo_id"].map(lambda v: pseudonym(v, show_ids))
         q["reason"] = q["reason"].map(scrub)
         q["source_file"] = q["source_file"].map(lambda v: scrub(Path(v).name) if v else v)
-    stages = t["run_stages"].assign(note=t["run_stages"]["note"].map(scrub))
-    stage_notes = {r["stage"]: r["note"] for r in _records(stages) if r["note"]}
+    return validation, q
 
-    model_sections = []
-    preds = t["predictions"]
-    for m in models:
-        name = m["name"]
-        acc = t["accuracy"][t["accuracy"]["model"] == name]
-        section = {"name": name, "kind": m.get("kind"), "outputs": m.get("outputs", []),
-                   "overall": _records(acc[acc["attribute"] == "all"]),
-                   "groups": _records(acc[acc["attribute"] != "all"]), "plots": []}
-        p = preds[(preds["model"] == name) & (preds["output"] == "faceage")
-                  & (preds["perturbation"] == "none")]
-        if len(p) and len(included):
-            joined = p.merge(included[["photo_id", "age"]], on="photo_id").dropna()
-            if len(joined) > 1:
-                section["plots"].append({
-                    "uri": plots.to_uri(plots.faceage_scatter(joined["age"].to_numpy(),
-                                                 joined["value"].to_numpy(),
-                                                 f"{name}: FaceAge against chronological age")),
-                    "alt": f"Scatter plot of FaceAge against chronological age for {len(joined)} "
-                           f"photos, with the identity line and a linear fit."})
-        mae = acc[(acc["metric"] == "mae") & (acc["attribute"] != "all")]
-        if len(mae):
-            lab = mae.assign(label=mae["attribute"] + ": " + mae["group_name"].astype(str))
-            section["plots"].append({
-                "uri": plots.to_uri(plots.forest_plot(lab, "label", f"{name}: FaceAge MAE by subgroup",
-                                         "mean absolute error (years), 95% CI",
-                                         ref=float(acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")]["value"].iloc[0]))),
+
+def _model_section(name: str, m: dict, t: dict, included: pd.DataFrame) -> dict:
+    """One model's section: accuracy with its plots, then its survival analyses."""
+    acc = t["accuracy"][t["accuracy"]["model"] == name]
+    section = {
+        "name": name,
+        "kind": m.get("kind"),
+        "outputs": m.get("outputs", []),
+        "overall": _records(acc[acc["attribute"] == "all"]),
+        "groups": _records(acc[acc["attribute"] != "all"]),
+        "plots": _accuracy_plots(name, acc, t["predictions"], included),
+    }
+    section.update(_survival_view(name, t))
+    return section
+
+
+def _accuracy_plots(
+    name: str, acc: pd.DataFrame, preds: pd.DataFrame, included: pd.DataFrame
+) -> list[dict]:
+    """FaceAge against age (a scatter) and the MAE by subgroup (a forest plot)."""
+    out = []
+    p = preds[
+        (preds["model"] == name)
+        & (preds["output"] == "faceage")
+        & (preds["perturbation"] == "none")
+    ]
+    if len(p) and len(included):
+        joined = p.merge(included[["photo_id", "age"]], on="photo_id").dropna()
+        if len(joined) > 1:
+            out.append(
+                {
+                    "uri": plots.to_uri(
+                        plots.faceage_scatter(
+                            joined["age"].to_numpy(),
+                            joined["value"].to_numpy(),
+                            f"{name}: FaceAge against chronological age",
+                        )
+                    ),
+                    "alt": "Scatter plot of FaceAge against chronological age for "
+                    f"{len(joined)} photos, with the identity line and a linear fit.",
+                }
+            )
+    mae = acc[(acc["metric"] == "mae") & (acc["attribute"] != "all")]
+    if len(mae):
+        lab = mae.assign(label=mae["attribute"] + ": " + mae["group_name"].astype(str))
+        overall = acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")]["value"].iloc[0]
+        out.append(
+            {
+                "uri": plots.to_uri(
+                    plots.forest_plot(
+                        lab,
+                        "label",
+                        f"{name}: FaceAge MAE by subgroup",
+                        "mean absolute error (years), 95% CI",
+                        ref=float(overall),
+                    )
+                ),
                 "alt": "Forest plot of FaceAge mean absolute error with 95% confidence "
-                       "intervals by subgroup; the dashed line is the overall MAE."})
-        sm = t["survival_models"][t["survival_models"]["model"] == name]
-        st = t["survival_terms"][t["survival_terms"]["model"] == name]
-        section["cox"] = [dict(r, terms=_records(st[st["model_id"] == r["model_id"]]))
-                          for r in _records(sm)]
-        section["tests"] = _records(t["survival_tests"][t["survival_tests"]["model"] == name])
-        section["cindex"] = _records(t["survival_metrics"][t["survival_metrics"]["model"] == name])
-        hr = st[((st["model_id"].str.startswith("faceage_per_decade__")) & (st["term"] == "faceage_decade"))
-                | ((st["model_id"].str.startswith("risk_quartiles__")) & (st["term"] == "risk[Q4]"))
-                | ((st["model_id"].str.startswith("risk_per_sd__")) & (st["term"] == "risk_sd"))]
-        section["hr_plot"] = None
-        if len(hr):
-            lab = pd.DataFrame({"label": hr["model_id"].str.replace("__", ": ") + " (" + hr["term"] + ")",
-                                "value": hr["hr"], "ci_low": hr["hr_low"], "ci_high": hr["hr_high"]})
-            section["hr_plot"] = {
-                "uri": plots.to_uri(plots.forest_plot(lab, "label", f"{name}: hazard ratios by adjustment",
-                                         "hazard ratio (95% CI, log scale)", ref=1.0, log=True)),
-                "alt": "Forest plot of the hazard ratio of FaceAge per decade, the risk score per "
-                       "SD and its top quartile against the bottom, unadjusted and adjusted."}
-        cal = t["survival_curves"][(t["survival_curves"]["model"] == name)
-                                   & t["survival_curves"]["curve"].str.startswith("calibration:")]
-        section["calibration"] = None
-        if len(cal):
-            section["calibration"] = {
-                "rows": _records(cal[["curve", "group_name", "at_risk", "predicted", "survival",
-                                      "survival_low", "survival_high", "time"]]),
-                "uri": plots.to_uri(plots.calibration_plot(cal, f"{name}: calibration at {cal['time'].iloc[0]:g} years")),
-                "alt": "Observed Kaplan-Meier survival (95% CI) against the mean cross-fitted "
-                       "predicted survival in each decile of predicted risk; the dashed line is "
-                       "perfect calibration."}
-        section["decisions"] = decision_view(t["decision_curves"], name)
-        section["km"] = []
-        curves = t["survival_curves"][t["survival_curves"]["model"] == name]
-        for curve, g in curves[~curves["curve"].str.startswith("calibration:")].groupby(
-                "curve", sort=True):
-            title = {"risk_quartile": "by risk quartile",
-                     "faceage_band": "by FaceAge band"}.get(curve, curve)
-            at_risk = _at_risk_table(g)
-            section["km"].append({
+                "intervals by subgroup; the dashed line is the overall MAE.",
+            }
+        )
+    return out
+
+
+def _survival_view(name: str, t: dict) -> dict:
+    """A model's Cox models and tests, hazard-ratio and calibration plots, decision curves
+    and Kaplan-Meier curves with numbers at risk."""
+    sm = t["survival_models"][t["survival_models"]["model"] == name]
+    st = t["survival_terms"][t["survival_terms"]["model"] == name]
+    curves = t["survival_curves"][t["survival_curves"]["model"] == name]
+    return {
+        "cox": [dict(r, terms=_records(st[st["model_id"] == r["model_id"]])) for r in _records(sm)],
+        "tests": _records(t["survival_tests"][t["survival_tests"]["model"] == name]),
+        "cindex": _records(t["survival_metrics"][t["survival_metrics"]["model"] == name]),
+        "hr_plot": _hr_plot(name, st),
+        "calibration": _calibration_view(name, curves),
+        "decisions": decision_view(t["decision_curves"], name),
+        "km": _km_views(name, curves),
+    }
+
+
+def _hr_plot(name: str, st: pd.DataFrame) -> dict | None:
+    hr = st[
+        ((st["model_id"].str.startswith("faceage_per_decade__")) & (st["term"] == "faceage_decade"))
+        | ((st["model_id"].str.startswith("risk_quartiles__")) & (st["term"] == "risk[Q4]"))
+        | ((st["model_id"].str.startswith("risk_per_sd__")) & (st["term"] == "risk_sd"))
+    ]
+    if not len(hr):
+        return None
+    lab = pd.DataFrame(
+        {
+            "label": hr["model_id"].str.replace("__", ": ") + " (" + hr["term"] + ")",
+            "value": hr["hr"],
+            "ci_low": hr["hr_low"],
+            "ci_high": hr["hr_high"],
+        }
+    )
+    return {
+        "uri": plots.to_uri(
+            plots.forest_plot(
+                lab,
+                "label",
+                f"{name}: hazard ratios by adjustment",
+                "hazard ratio (95% CI, log scale)",
+                ref=1.0,
+                log=True,
+            )
+        ),
+        "alt": "Forest plot of the hazard ratio of FaceAge per decade, the risk score per "
+        "SD and its top quartile against the bottom, unadjusted and adjusted.",
+    }
+
+
+CALIBRATION_COLUMNS = [
+    "curve", "group_name", "at_risk", "predicted", "survival", "survival_low", "survival_high",
+    "time",
+]  # fmt: skip
+
+
+def _calibration_view(name: str, curves: pd.DataFrame) -> dict | None:
+    cal = curves[curves["curve"].str.startswith("calibration:")]
+    if not len(cal):
+        return None
+    return {
+        "rows": _records(cal[CALIBRATION_COLUMNS]),
+        "uri": plots.to_uri(
+            plots.calibration_plot(cal, f"{name}: calibration at {cal['time'].iloc[0]:g} years")
+        ),
+        "alt": "Observed Kaplan-Meier survival (95% CI) against the mean cross-fitted "
+        "predicted survival in each decile of predicted risk; the dashed line is "
+        "perfect calibration.",
+    }
+
+
+def _km_views(name: str, curves: pd.DataFrame) -> list[dict]:
+    out = []
+    km = curves[~curves["curve"].str.startswith("calibration:")]
+    for curve, g in km.groupby("curve", sort=True):
+        title = {"risk_quartile": "by risk quartile", "faceage_band": "by FaceAge band"}.get(
+            curve, curve
+        )
+        out.append(
+            {
                 "title": title,
                 "uri": plots.to_uri(plots.km_plot(g, f"{name}: Kaplan-Meier {title}")),
                 "alt": f"Kaplan-Meier survival curves {title}; numbers at risk in the table below.",
-                "at_risk": at_risk})
-        model_sections.append(section)
+                "at_risk": _at_risk_table(g),
+            }
+        )
+    return out
 
-    config = json.loads(run["config"] or "{}")
-    inc_models = t["survival_models"][t["survival_models"]["model_id"].str.startswith("incremental__")]
-    incremental = None
-    if len(inc_models):
-        label = inc_models["model"].iloc[0]
-        tests = t["survival_tests"][(t["survival_tests"]["model"] == label)
-                                    & t["survival_tests"]["test"].str.startswith("likelihood ratio")]
-        deltas = t["survival_metrics"][(t["survival_metrics"]["model"] == label)
-                                       & (t["survival_metrics"]["metric"] == "delta_c")]
-        incremental = {"label": label, "models": _records(inc_models), "tests": _records(tests),
-                       "deltas": _records(deltas),
-                       "decisions": nested_view(t["decision_curves"], label)}
+
+def _incremental_view(t: dict) -> dict | None:
+    """The nested models (clinical, + FaceAge, + risk): fits, tests, changes in C."""
+    inc_models = t["survival_models"][
+        t["survival_models"]["model_id"].str.startswith("incremental__")
+    ]
+    if not len(inc_models):
+        return None
+    label = inc_models["model"].iloc[0]
+    tests = t["survival_tests"][
+        (t["survival_tests"]["model"] == label)
+        & t["survival_tests"]["test"].str.startswith("likelihood ratio")
+    ]
+    deltas = t["survival_metrics"][
+        (t["survival_metrics"]["model"] == label) & (t["survival_metrics"]["metric"] == "delta_c")
+    ]
     return {
-        "incremental": incremental,
-        "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
-        "robustness": _robustness_view(t["robustness"], config.get("robustness") or {},
-                                       t["figures"]),
-        "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
-        "saliency_faces": (onsite.saliency_faces(run, models, t["cohort_rows"], t["saliency"],
-                                                 config.get("saliency") or {}, show_ids)
-                           if show_faces and len(t["saliency"]) else None),
-        "fairness": _fairness_view(t["fairness"], t["survival_subgroups"], t["comparisons"],
-                                   config.get("fairness") or {}, t["decision_subgroups"]),
-        "representativeness": _records(t["representativeness"]),
-        "moved_most": (onsite.moved_most(store, run_id, run, t["robustness"], t["predictions"],
-                                         config.get("robustness") or {}, show_ids)
-                       if show_faces and len(t["robustness"]) else None),
-        "exclusions": exclusions, "evaluation_sites": sites,
-        "run": run, "models": models, "sections": model_sections,
-        "verdicts": _records(t["verdicts"]), "validation": validation,
-        "quarantine": _records(q.head(200)), "n_quarantine": len(q),
-        "n_rows": len(rows), "n_included": len(included), "composition": composition,
-        "age": age_summary, "outcomes": outcomes,
-        # The page is written by the publish stage, so it lists the stages before it; that
-        # keeps a re-rendered page byte-identical to the one recorded in `artifacts`.
-        "stages": _records(stages[stages["stage"] != "publish"]),
-        "stage_notes": stage_notes,
-        "environment": json.loads(run["environment"] or "{}"),
-        "config": config, "show_ids": show_ids,
-        "scrub": scrub,  # for the CSV exports of the same render
+        "label": label,
+        "models": _records(inc_models),
+        "tests": _records(tests),
+        "deltas": _records(deltas),
+        "decisions": nested_view(t["decision_curves"], label),
     }
 
 
@@ -273,8 +460,11 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
     def grid(row) -> np.ndarray:
         values = np.asarray(row["map"], dtype=np.float64)
         h, w = int(row["height"]), int(row["width"])
-        return values.reshape(h, w, -1).squeeze(-1) if values.size != h * w * 3 else \
-            values.reshape(h, w, 3)
+        return (
+            values.reshape(h, w, -1).squeeze(-1)
+            if values.size != h * w * 3
+            else values.reshape(h, w, 3)
+        )
 
     frames = {int(r["height"]): {} for r in _records(maps)}
     for r in _records(maps[maps["method"].isin(["mean_face", "region_template"])]):
@@ -295,37 +485,86 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
         sh = shares[(shares["model"] == model) & (shares["output"] == output)]
         primary = "occlusion" if (g["method"] == "occlusion").any() else g["method"].iloc[0]
         sub = g[(g["attribute"] != "all") & (g["method"] == primary)]
-        sub_tiles = [(f"{r['attribute']}: {r['group_name']} (n={r['n']})", grid(r))
-                     for r in _records(sub)]
+        sub_tiles = [
+            (f"{r['attribute']}: {r['group_name']} (n={r['n']})", grid(r)) for r in _records(sub)
+        ]
         rows = []
-        for (method, attribute, group), s_ in sh.groupby(["method", "attribute", "group_name"],
-                                                          sort=False):
+        for (method, attribute, group), s_ in sh.groupby(
+            ["method", "attribute", "group_name"], sort=False
+        ):
             s_ = s_.set_index("region")
-            rows.append({"method": method, "attribute": attribute, "group": group,
-                         "n": int(s_["n"].iloc[0]),
-                         "cells": [{"share": s_.at[reg, "share"], "lo": s_.at[reg, "ci_low"],
-                                    "hi": s_.at[reg, "ci_high"],
-                                    **_enrichment(s_, reg)} if reg in s_.index else None
-                                   for reg in REGIONS]})
-        blocks.append({
-            "model": model, "output": output, "n": n, "primary": primary,
-            "maps": {"uri": plots.to_uri(plots.saliency_grid(face, template, tiles,
-                                                f"{model}: {output}, cohort maps ({n} photos)")),
-                     "alt": f"Mean attribution maps of {model}'s {output} over {n} photos, one "
-                            "per method, over the average face of the sample; bright: where the "
-                            "output is most sensitive; blue lines: the face-region template."},
-            "bars": {"uri": plots.to_uri(plots.region_bars(sh[sh["attribute"] == "all"],
-                                              f"{model}: {output}, share by region", area)),
-                     "alt": f"Share of {model}'s {output} attribution mass in each face region "
-                            "by method, with 95% bootstrap CIs; dotted: the region's share of "
-                            "the pixels."},
-            "subgroup_maps": ({"uri": plots.to_uri(plots.saliency_grid(face, template, sub_tiles,
-                                                          f"{model}: {output}, {primary} by subgroup")),
-                               "alt": f"{primary} cohort maps of {model}'s {output} for each "
-                                      "subgroup with enough photos."} if sub_tiles else None),
-            "rows": rows, "regions": list(REGIONS), "area": area})
+            rows.append(
+                {
+                    "method": method,
+                    "attribute": attribute,
+                    "group": group,
+                    "n": int(s_["n"].iloc[0]),
+                    "cells": [
+                        {
+                            "share": s_.at[reg, "share"],
+                            "lo": s_.at[reg, "ci_low"],
+                            "hi": s_.at[reg, "ci_high"],
+                            **_enrichment(s_, reg),
+                        }
+                        if reg in s_.index
+                        else None
+                        for reg in REGIONS
+                    ],
+                }
+            )
+        blocks.append(
+            {
+                "model": model,
+                "output": output,
+                "n": n,
+                "primary": primary,
+                "maps": {
+                    "uri": plots.to_uri(
+                        plots.saliency_grid(
+                            face, template, tiles, f"{model}: {output}, cohort maps ({n} photos)"
+                        )
+                    ),
+                    "alt": f"Mean attribution maps of {model}'s {output} over {n} photos, one "
+                    "per method, over the average face of the sample; bright: where the "
+                    "output is most sensitive; blue lines: the face-region template.",
+                },
+                "bars": {
+                    "uri": plots.to_uri(
+                        plots.region_bars(
+                            sh[sh["attribute"] == "all"],
+                            f"{model}: {output}, share by region",
+                            area,
+                        )
+                    ),
+                    "alt": f"Share of {model}'s {output} attribution mass in each face region "
+                    "by method, with 95% bootstrap CIs; dotted: the region's share of "
+                    "the pixels.",
+                },
+                "subgroup_maps": (
+                    {
+                        "uri": plots.to_uri(
+                            plots.saliency_grid(
+                                face,
+                                template,
+                                sub_tiles,
+                                f"{model}: {output}, {primary} by subgroup",
+                            )
+                        ),
+                        "alt": f"{primary} cohort maps of {model}'s {output} for each "
+                        "subgroup with enough photos.",
+                    }
+                    if sub_tiles
+                    else None
+                ),
+                "rows": rows,
+                "regions": list(REGIONS),
+                "area": area,
+            }
+        )
     compare = checks[checks["check_name"].str.startswith("compare_")] if len(checks) else checks
-    sanity = checks[checks["check_name"] == "randomized_weights_spearman"] if len(checks) else checks
+    sanity = (
+        checks[checks["check_name"] == "randomized_weights_spearman"] if len(checks) else checks
+    )
     return {"blocks": blocks, "compare": _records(compare), "sanity": _records(sanity)}
 
 
@@ -340,17 +579,28 @@ def _drift_view(drift: pd.DataFrame, artifacts: pd.DataFrame, cfg: dict) -> dict
     dist = drift[drift["effect_method"].isin(DISTRIBUTION_EFFECTS)]
     chart = None
     if len(dist):
-        floors = {DISTRIBUTION_EFFECTS[0]: cfg.get("min_effect_numeric"),
-                  DISTRIBUTION_EFFECTS[1]: cfg.get("min_effect_categorical")}
+        floors = {
+            DISTRIBUTION_EFFECTS[0]: cfg.get("min_effect_numeric"),
+            DISTRIBUTION_EFFECTS[1]: cfg.get("min_effect_categorical"),
+        }
         n_drifted = int(dist["drifted"].fillna(False).astype(bool).sum())
-        chart = {"uri": plots.to_uri(plots.drift_chart(dist, f"Distribution drift against run "
-                                          f"{drift['reference'].iloc[0]}", floors)),
-                 "alt": f"Bar chart of the effect size of {len(dist)} metadata, image and "
-                        f"prediction features against the reference ({n_drifted} drifted, in "
-                        "red); orange ticks mark the effect a drift must reach. Embeddings and "
-                        "model quality are on other scales: see the table."}
-    return {"rows": _records(drift), "reference": drift["reference"].iloc[0], "chart": chart,
-            "html": bool((artifacts["kind"] == "evidently_html").any())}
+        chart = {
+            "uri": plots.to_uri(
+                plots.drift_chart(
+                    dist, f"Distribution drift against run {drift['reference'].iloc[0]}", floors
+                )
+            ),
+            "alt": f"Bar chart of the effect size of {len(dist)} metadata, image and "
+            f"prediction features against the reference ({n_drifted} drifted, in "
+            "red); orange ticks mark the effect a drift must reach. Embeddings and "
+            "model quality are on other scales: see the table.",
+        }
+    return {
+        "rows": _records(drift),
+        "reference": drift["reference"].iloc[0],
+        "chart": chart,
+        "html": bool((artifacts["kind"] == "evidently_html").any()),
+    }
 
 
 def _exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
@@ -364,16 +614,33 @@ def _exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
         if attribute not in rows or rows[attribute].isna().all():
             continue
         g = rows.assign(excluded=~rows["included"].astype(bool)).groupby(
-            rows[attribute].fillna("(missing)"), sort=True)["excluded"]
+            rows[attribute].fillna("(missing)"), sort=True
+        )["excluded"]
         table = pd.DataFrame({"n": g.size(), "excluded": g.sum()})
-        out.append({"attribute": attribute, "groups": [
-            {"name": k, "n": int(r["n"]), "excluded": int(r["excluded"]),
-             "share": r["excluded"] / r["n"]} for k, r in table.iterrows()]})
+        out.append(
+            {
+                "attribute": attribute,
+                "groups": [
+                    {
+                        "name": k,
+                        "n": int(r["n"]),
+                        "excluded": int(r["excluded"]),
+                        "share": r["excluded"] / r["n"],
+                    }
+                    for k, r in table.iterrows()
+                ],
+            }
+        )
     return out
 
 
-def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.DataFrame,
-                   cfg: dict, utility: pd.DataFrame) -> dict | None:
+def _fairness_view(
+    fair: pd.DataFrame,
+    subgroups: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    cfg: dict,
+    utility: pd.DataFrame,
+) -> dict | None:
     """The fairness section: per model and output, forest plots of each verdict metric's
     difference to overall with its simultaneous band, the flagged rows, every row by
     attribute; subgroup hazard ratios; clinical utility by subgroup; paired model
@@ -385,46 +652,96 @@ def _fairness_view(fair: pd.DataFrame, subgroups: pd.DataFrame, comparisons: pd.
     for (model, output), g in fair.groupby(["model", "output"], sort=False):
         plots_ = []
         for metric in [m for m in verdict_metrics if m in set(g["metric"])]:
-            rows = g[(g["metric"] == metric) & (g["attribute"] != "all")
-                     & (~g["attribute"].str.contains(" x ")) & (g["status"] != "too_small")]
+            rows = g[
+                (g["metric"] == metric)
+                & (g["attribute"] != "all")
+                & (~g["attribute"].str.contains(" x "))
+                & (g["status"] != "too_small")
+            ]
             if rows.empty:
                 continue
-            lab = pd.DataFrame({"label": rows["attribute"] + ": " + rows["group_name"].astype(str),
-                                "value": rows["diff_to_overall"], "ci_low": rows["diff_ci_low"],
-                                "ci_high": rows["diff_ci_high"]})
+            lab = pd.DataFrame(
+                {
+                    "label": rows["attribute"] + ": " + rows["group_name"].astype(str),
+                    "value": rows["diff_to_overall"],
+                    "ci_low": rows["diff_ci_low"],
+                    "ci_high": rows["diff_ci_high"],
+                }
+            )
             tol = rows["tolerance"].iloc[0]
             bounds = None if pd.isna(tol) else (-tol, tol)
-            plots_.append({"uri": plots.to_uri(plots.forest_plot(lab, "label",
-                                                    f"{metric}: group minus overall",
-                                                    "difference to overall (simultaneous band)",
-                                                    ref=0.0, bounds=bounds)),
-                           "alt": f"{model}: forest plot of each subgroup's {metric} minus the "
-                                  f"overall value with its simultaneous band; dotted lines: the "
-                                  f"tolerance of {tol:g}."})
-        by_attr = [{"attribute": a, "rows": _records(r)} for a, r in
-                   g[g["attribute"] != "all"].groupby("attribute", sort=False)]
+            plots_.append(
+                {
+                    "uri": plots.to_uri(
+                        plots.forest_plot(
+                            lab,
+                            "label",
+                            f"{metric}: group minus overall",
+                            "difference to overall (simultaneous band)",
+                            ref=0.0,
+                            bounds=bounds,
+                        )
+                    ),
+                    "alt": f"{model}: forest plot of each subgroup's {metric} minus the "
+                    f"overall value with its simultaneous band; dotted lines: the "
+                    f"tolerance of {tol:g}.",
+                }
+            )
+        by_attr = [
+            {"attribute": a, "rows": _records(r)}
+            for a, r in g[g["attribute"] != "all"].groupby("attribute", sort=False)
+        ]
         bend = g[(g["metric"] == "error_age_curvature") & (g["attribute"] == "all")]
-        blocks.append({"model": model, "output": output, "plots": plots_,
-                       "curvature": _records(bend)[0] if len(bend) else None,
-                       "overall": _records(g[g["attribute"] == "all"]),
-                       "flagged": _records(g[g["status"] == "flagged"]),
-                       "n_too_small": int((g["status"] == "too_small").sum()),
-                       "by_attribute": by_attr})
+        blocks.append(
+            {
+                "model": model,
+                "output": output,
+                "plots": plots_,
+                "curvature": _records(bend)[0] if len(bend) else None,
+                "overall": _records(g[g["attribute"] == "all"]),
+                "flagged": _records(g[g["status"] == "flagged"]),
+                "n_too_small": int((g["status"] == "too_small").sum()),
+                "by_attribute": by_attr,
+            }
+        )
     hr_plots = []
     for (model, predictor), g in subgroups.groupby(["model", "predictor"], sort=False):
         ok = g[g["status"] == "ok"]
         if len(ok):
-            lab = pd.DataFrame({"label": ok["attribute"] + ": " + ok["group_name"].astype(str),
-                                "value": ok["hr"], "ci_low": ok["hr_low"], "ci_high": ok["hr_high"]})
-            hr_plots.append({"model": model, "predictor": predictor, "rows": _records(g),
-                             "uri": plots.to_uri(plots.forest_plot(lab, "label", f"{model}: {predictor} HR "
-                                                      "within subgroups",
-                                                      "hazard ratio (95% CI, log scale)",
-                                                      ref=1.0, log=True)),
-                             "alt": f"Forest plot of the hazard ratio of {predictor} within each "
-                                    "subgroup with its 95% CI; the line marks HR 1."})
-    return {"blocks": blocks, "subgroups": hr_plots, "comparisons": _records(comparisons),
-            "utility": subgroup_view(utility), "config": cfg}
+            lab = pd.DataFrame(
+                {
+                    "label": ok["attribute"] + ": " + ok["group_name"].astype(str),
+                    "value": ok["hr"],
+                    "ci_low": ok["hr_low"],
+                    "ci_high": ok["hr_high"],
+                }
+            )
+            hr_plots.append(
+                {
+                    "model": model,
+                    "predictor": predictor,
+                    "rows": _records(g),
+                    "uri": plots.to_uri(
+                        plots.forest_plot(
+                            lab,
+                            "label",
+                            f"{model}: {predictor} HR within subgroups",
+                            "hazard ratio (95% CI, log scale)",
+                            ref=1.0,
+                            log=True,
+                        )
+                    ),
+                    "alt": f"Forest plot of the hazard ratio of {predictor} within each "
+                    "subgroup with its 95% CI; the line marks HR 1.",
+                }
+            )
+    return {
+        "blocks": blocks,
+        "subgroups": hr_plots,
+        "comparisons": _records(comparisons),
+        "utility": subgroup_view(utility),
+        "config": cfg,
+    }
 
 
 def _robustness_view(rob: pd.DataFrame, cfg: dict, figures: pd.DataFrame) -> dict | None:
@@ -437,10 +754,13 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict, figures: pd.DataFrame) -> dic
     for (model, output), g in rob.groupby(["model", "output"], sort=False):
         overall = g[g["attribute"] == "all"]
         unit = "years" if output == "faceage" else "SD of clean risk"
-        tol = cfg.get("tolerance_years", 5.0) if output == "faceage" else cfg.get("tolerance_sd", 0.5)
+        tol = (
+            cfg.get("tolerance_years", 5.0) if output == "faceage" else cfg.get("tolerance_sd", 0.5)
+        )
         judged = overall[overall["severity"] <= judged_max]
-        worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"],
-                                   ascending=False).head(10)
+        worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).head(
+            10
+        )
         subgroups, gaps = [], []
         levels = sorted(s for s in g["severity"].unique() if s <= judged_max)
         at = levels[-1] if levels else int(g["severity"].max())
@@ -451,41 +771,95 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict, figures: pd.DataFrame) -> dic
             table = []
             for pert, r in a.groupby("perturbation", sort=False):
                 r = r.set_index("group_name")
-                cells = [{"value": r.at[nm, "mean_abs_shift"] if nm in r.index else None,
-                          "frac": r.at[nm, "frac_over_tolerance"] if nm in r.index else None,
-                          "passed": (None if nm not in r.index or pd.isna(r.at[nm, "passed"])
-                                     else bool(r.at[nm, "passed"]))} for nm in names]
+                cells = [
+                    {
+                        "value": r.at[nm, "mean_abs_shift"] if nm in r.index else None,
+                        "frac": r.at[nm, "frac_over_tolerance"] if nm in r.index else None,
+                        "passed": (
+                            None
+                            if nm not in r.index or pd.isna(r.at[nm, "passed"])
+                            else bool(r.at[nm, "passed"])
+                        ),
+                    }
+                    for nm in names
+                ]
                 vals = [c["value"] for c in cells if c["value"] is not None]
-                table.append({"perturbation": pert, "cells": cells,
-                              "spread": (max(vals) - min(vals)) if vals else None})
-            subgroups.append({"attribute": attribute, "severity": int(at),
-                              "groups": [{"name": nm, "n": int(sizes[nm])} for nm in names],
-                              "rows": table})
+                table.append(
+                    {
+                        "perturbation": pert,
+                        "cells": cells,
+                        "spread": (max(vals) - min(vals)) if vals else None,
+                    }
+                )
+            subgroups.append(
+                {
+                    "attribute": attribute,
+                    "severity": int(at),
+                    "groups": [{"name": nm, "n": int(sizes[nm])} for nm in names],
+                    "rows": table,
+                }
+            )
             min_n = int(cfg.get("min_group_size", 20))
             for pert, r in a[a["n"] >= min_n].groupby("perturbation", sort=False):
                 if len(r) > 1:
-                    hi, lo = r.loc[r["mean_abs_shift"].idxmax()], r.loc[r["mean_abs_shift"].idxmin()]
-                    gaps.append({"perturbation": pert, "attribute": attribute,
-                                 "severity": int(at), "description": hi["description"],
-                                 "worst": hi["group_name"], "worst_value": hi["mean_abs_shift"],
-                                 "best": lo["group_name"], "best_value": lo["mean_abs_shift"],
-                                 "ratio": hi["mean_abs_shift"] / max(lo["mean_abs_shift"], 1e-9)})
-        blocks.append({
-            "model": model, "output": output, "unit": unit, "tolerance": tol,
-            "plot": {"uri": plots.to_uri(plots.dose_response(overall, f"{model}: {output} shift by severity",
-                                                f"mean |shift| ({unit})", tol)),
-                     "alt": f"Dose-response of {model}'s {output}: mean absolute shift against "
-                            "severity, one line per perturbation, one panel per family; the "
-                            "dashed line is the tolerance."},
-            "worst": _records(worst), "subgroups": subgroups,
-            # ranked by ratio, among shifts that matter (a fifth of the tolerance or more)
-            "gaps": sorted((gp for gp in gaps if gp["worst_value"] >= 0.2 * tol),
-                           key=lambda gp: -gp["ratio"])[:5],
-            "rows": _records(overall.sort_values(["family", "perturbation", "severity"]))})
-    return {"blocks": blocks, "judged_max": judged_max, "config": cfg,
-            "examples": _figure(figures, "perturbation_examples", lambda: (
-                onsite.perturbation_examples(sorted(set(rob["perturbation"])),
-                                             cfg.get("severities") or [1, 3, 5])))}
+                    hi, lo = (
+                        r.loc[r["mean_abs_shift"].idxmax()],
+                        r.loc[r["mean_abs_shift"].idxmin()],
+                    )
+                    gaps.append(
+                        {
+                            "perturbation": pert,
+                            "attribute": attribute,
+                            "severity": int(at),
+                            "description": hi["description"],
+                            "worst": hi["group_name"],
+                            "worst_value": hi["mean_abs_shift"],
+                            "best": lo["group_name"],
+                            "best_value": lo["mean_abs_shift"],
+                            "ratio": hi["mean_abs_shift"] / max(lo["mean_abs_shift"], 1e-9),
+                        }
+                    )
+        blocks.append(
+            {
+                "model": model,
+                "output": output,
+                "unit": unit,
+                "tolerance": tol,
+                "plot": {
+                    "uri": plots.to_uri(
+                        plots.dose_response(
+                            overall,
+                            f"{model}: {output} shift by severity",
+                            f"mean |shift| ({unit})",
+                            tol,
+                        )
+                    ),
+                    "alt": f"Dose-response of {model}'s {output}: mean absolute shift against "
+                    "severity, one line per perturbation, one panel per family; the "
+                    "dashed line is the tolerance.",
+                },
+                "worst": _records(worst),
+                "subgroups": subgroups,
+                # ranked by ratio, among shifts that matter (a fifth of the tolerance or more)
+                "gaps": sorted(
+                    (gp for gp in gaps if gp["worst_value"] >= 0.2 * tol),
+                    key=lambda gp: -gp["ratio"],
+                )[:5],
+                "rows": _records(overall.sort_values(["family", "perturbation", "severity"])),
+            }
+        )
+    return {
+        "blocks": blocks,
+        "judged_max": judged_max,
+        "config": cfg,
+        "examples": _figure(
+            figures,
+            "perturbation_examples",
+            lambda: onsite.perturbation_examples(
+                sorted(set(rob["perturbation"])), cfg.get("severities") or [1, 3, 5]
+            ),
+        ),
+    }
 
 
 def _enrichment(shares: pd.DataFrame, region: str) -> dict:
@@ -527,8 +901,15 @@ def _at_risk_table(curves: pd.DataFrame, times=(0, 1, 2, 3, 4, 5)) -> dict:
     return out
 
 
-def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool = False,
-               final_verdict: str | None = None, show_faces: bool = False) -> pd.DataFrame:
+def render_run(
+    store: Store,
+    run_id: str,
+    out_dir: str | Path,
+    *,
+    show_ids: bool = False,
+    final_verdict: str | None = None,
+    show_faces: bool = False,
+) -> pd.DataFrame:
     """Write the run's page and its dossier; return the artifact rows (kind, path, sha256).
 
     ``runs/<run_id>/``: ``index.html`` (the report), ``verdict.json``, ``model_card.html``
@@ -539,48 +920,106 @@ def render_run(store: Store, run_id: str, out_dir: str | Path, *, show_ids: bool
     perturbation (read from the cohort folder the run audited), clean and perturbed."""
     out_dir = Path(out_dir)
     tables = run_tables(store, run_id)
-    ctx = run_context(store, run_id, show_ids=show_ids, final_verdict=final_verdict,
-                      show_faces=show_faces, tables=tables)
+    ctx = run_context(
+        store,
+        run_id,
+        show_ids=show_ids,
+        final_verdict=final_verdict,
+        show_faces=show_faces,
+        tables=tables,
+    )
     frames = export_frames(tables, ctx["scrub"])
     ctx["exports"] = list(frames)
     run_dir = out_dir / "runs" / run_id
     env = _env()
     _write_atomic(run_dir / "index.html", env.get_template("run.html").render(**ctx))
     verdict = {
-        "run_id": run_id, "cohort": ctx["run"]["cohort_name"],
-        "cohort_sha256": ctx["run"]["cohort_sha256"], "synthetic": bool(ctx["run"]["synthetic"]),
-        "verdict": ctx["run"]["verdict"], "config_sha256": ctx["run"]["config_sha256"],
+        "run_id": run_id,
+        "cohort": ctx["run"]["cohort_name"],
+        "cohort_sha256": ctx["run"]["cohort_sha256"],
+        "synthetic": bool(ctx["run"]["synthetic"]),
+        "verdict": ctx["run"]["verdict"],
+        "config_sha256": ctx["run"]["config_sha256"],
         "code_version": ctx["run"]["code_version"],
-        "models": [{"name": m["name"], "kind": m.get("kind"), "outputs": m.get("outputs")}
-                   for m in ctx["models"]],
-        "checks": [{k: v.get(k) for k in ("model", "check_name", "category", "threshold",
-                                          "value", "judged_value", "status", "details")}
-                   for v in ctx["verdicts"]],
+        "models": [
+            {"name": m["name"], "kind": m.get("kind"), "outputs": m.get("outputs")}
+            for m in ctx["models"]
+        ],
+        "checks": [
+            {
+                k: v.get(k)
+                for k in (
+                    "model",
+                    "check_name",
+                    "category",
+                    "threshold",
+                    "value",
+                    "judged_value",
+                    "status",
+                    "details",
+                )
+            }
+            for v in ctx["verdicts"]
+        ],
     }
     _write_atomic(run_dir / "verdict.json", _json(verdict))
     written = [("report_html", "index.html"), ("verdict_json", "verdict.json")]
     if ctx["models"]:  # a validation run audits data, not a model: no card, no TRIPOD map
         cards = model_cards(ctx, tables)
         items = checklist(ctx, tables, cards)
-        _write_atomic(run_dir / "model_card.html", env.get_template("model_card.html").render(
-            cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]))
-        _write_atomic(run_dir / "model_card.json", _json({
-            "run_id": run_id, "verdict": ctx["run"]["verdict"],
-            "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
-            "evaluation_data": cards[0]["evaluation"]}))
-        _write_atomic(run_dir / "tripod_ai.html", env.get_template("tripod_ai.html").render(
-            items=items, run=ctx["run"], counts=_status_counts(items)))
-        _write_atomic(run_dir / "tripod_ai.json", _json({
-            "run_id": run_id, "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
-            "study_type": "external evaluation", "items": items}))
-        written += [("model_card_html", "model_card.html"), ("model_card_json", "model_card.json"),
-                    ("tripod_ai_html", "tripod_ai.html"), ("tripod_ai_json", "tripod_ai.json")]
+        _write_atomic(
+            run_dir / "model_card.html",
+            env.get_template("model_card.html").render(
+                cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]
+            ),
+        )
+        _write_atomic(
+            run_dir / "model_card.json",
+            _json(
+                {
+                    "run_id": run_id,
+                    "verdict": ctx["run"]["verdict"],
+                    "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
+                    "evaluation_data": cards[0]["evaluation"],
+                }
+            ),
+        )
+        _write_atomic(
+            run_dir / "tripod_ai.html",
+            env.get_template("tripod_ai.html").render(
+                items=items, run=ctx["run"], counts=_status_counts(items)
+            ),
+        )
+        _write_atomic(
+            run_dir / "tripod_ai.json",
+            _json(
+                {
+                    "run_id": run_id,
+                    "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
+                    "study_type": "external evaluation",
+                    "items": items,
+                }
+            ),
+        )
+        written += [
+            ("model_card_html", "model_card.html"),
+            ("model_card_json", "model_card.json"),
+            ("tripod_ai_html", "tripod_ai.html"),
+            ("tripod_ai_json", "tripod_ai.json"),
+        ]
     csvs = write_exports(frames, run_dir, write=_write_atomic)
     pngs = _write_saliency_pngs(ctx["saliency"], run_dir)
-    files = ([(kind, run_dir / name) for kind, name in written]
-             + [("csv_export", p) for p in csvs] + [("saliency_png", p) for p in pngs])
-    return pd.DataFrame([{"kind": kind, "path": str(path.relative_to(out_dir)),
-                          "sha256": sha256_file(path)} for kind, path in files])
+    files = (
+        [(kind, run_dir / name) for kind, name in written]
+        + [("csv_export", p) for p in csvs]
+        + [("saliency_png", p) for p in pngs]
+    )
+    return pd.DataFrame(
+        [
+            {"kind": kind, "path": str(path.relative_to(out_dir)), "sha256": sha256_file(path)}
+            for kind, path in files
+        ]
+    )
 
 
 def _write_saliency_pngs(view: dict | None, run_dir: Path) -> list[Path]:
@@ -641,33 +1080,51 @@ def render_index(store: Store, out_dir: str | Path) -> Path:
     acc = store.query(
         "SELECT r.started_at, r.cohort_name, a.model, a.output, a.metric, a.value "
         "FROM accuracy a JOIN runs r USING (run_id) WHERE a.attribute = 'all' "
-        "AND r.status = 'finished' AND a.metric IN ('mae', 'c_index')")
+        "AND r.status = 'finished' AND a.metric IN ('mae', 'c_index')"
+    )
     for (output, metric), g in acc.groupby(["output", "metric"]):
         g = g.assign(series=g["cohort_name"] + " / " + g["model"])
         if g["started_at"].nunique() < 2:
             continue
         label = {"mae": "FaceAge MAE (years)", "c_index": "risk C-index"}[metric]
-        trends.append({"uri": plots.to_uri(plots.trend_plot(g, f"{label} over runs", label)),
-                       "alt": f"{label} of each finished run over time, per cohort and model."})
+        trends.append(
+            {
+                "uri": plots.to_uri(plots.trend_plot(g, f"{label} over runs", label)),
+                "alt": f"{label} of each finished run over time, per cohort and model.",
+            }
+        )
     drift = store.query(
         "SELECT r.started_at, r.cohort_name, d.kind, sum(CASE WHEN d.drifted THEN 1 ELSE 0 END)"
         " AS value FROM drift d JOIN runs r USING (run_id) WHERE r.status = 'finished' "
-        "GROUP BY ALL")
+        "GROUP BY ALL"
+    )
     if len(drift) and drift["started_at"].nunique() >= 2:
         g = drift.assign(series=drift["cohort_name"] + " / " + drift["kind"])
-        trends.append({"uri": plots.to_uri(plots.trend_plot(g, "drifted features over monitor runs",
-                                               "drifted features")),
-                       "alt": "Number of drifted features of each kind (metadata, images, "
-                              "predictions, embeddings, quality) in each monitor run."})
-    html = _env().get_template("index.html").render(runs=list(reversed(runs_view)),
-                                                     trends=trends, db=store.path.name)
+        trends.append(
+            {
+                "uri": plots.to_uri(
+                    plots.trend_plot(g, "drifted features over monitor runs", "drifted features")
+                ),
+                "alt": "Number of drifted features of each kind (metadata, images, "
+                "predictions, embeddings, quality) in each monitor run.",
+            }
+        )
+    html = (
+        _env()
+        .get_template("index.html")
+        .render(runs=list(reversed(runs_view)), trends=trends, db=store.path.name)
+    )
     path = out_dir / "index.html"
     _write_atomic(path, html)
     return path
 
 
-def render_all(db: str | Path, out_dir: str | Path | None = None, show_ids: bool = False,
-               show_faces: bool = False) -> Path:
+def render_all(
+    db: str | Path,
+    out_dir: str | Path | None = None,
+    show_ids: bool = False,
+    show_faces: bool = False,
+) -> Path:
     """Re-render every finished run and the index from a DuckDB file alone (with
     ``show_faces``, also from the cohort folders the runs audited)."""
     store = Store(db)

@@ -11,8 +11,10 @@ from audit.demo.faces import example_face
 from audit.report import plots
 from audit.robustness.perturbations import create_perturbation
 
-ALT = ("Each perturbation at the severities run, applied to a synthetic face drawn by the demo "
-       "renderer (not a cohort photo).")
+ALT = (
+    "Each perturbation at the severities run, applied to a synthetic face drawn by the demo "
+    "renderer (not a cohort photo)."
+)
 
 
 def perturbation_examples(names: list[str], severities: list[int]) -> dict:

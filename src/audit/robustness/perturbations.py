@@ -39,8 +39,17 @@ import numpy as np
 SEVERITIES = (1, 2, 3, 4, 5)
 PERTURBATION_VERSION = 1  # bump when any perturbation's definition changes (cache key)
 
-FAMILIES = ("lighting", "contrast", "makeup", "pose", "blur", "noise", "compression",
-            "resolution", "occlusion")
+FAMILIES = (
+    "lighting",
+    "contrast",
+    "makeup",
+    "pose",
+    "blur",
+    "noise",
+    "compression",
+    "resolution",
+    "occlusion",
+)
 
 
 @dataclass(frozen=True)
@@ -65,12 +74,20 @@ LAYOUTS = {
     "arcface": FaceLayout(),
     # audit.data.images.align_crop: the detector's box (eyes about 38% and mouth about 78% down
     # a Haar box) centred, widened by a margin of 0.25 on each side.
-    "aligned": FaceLayout(eye_y=0.42, eye_dx=0.12, nose_y=0.55, mouth_y=0.69, mouth_dx=0.09,
-                          chin_y=0.82, face_dx=0.30),
+    "aligned": FaceLayout(
+        eye_y=0.42, eye_dx=0.12, nose_y=0.55, mouth_y=0.69, mouth_dx=0.09, chin_y=0.82, face_dx=0.30
+    ),
     # audit.demo.faces: 112 px canvas, face centre (56, 60), eyes 4 px above it and 11.5 px
     # to each side, mouth 16-18 px below, face half-height 38 px.
-    "demo": FaceLayout(eye_y=0.50, eye_dx=0.103, nose_y=0.60, mouth_y=0.69, mouth_dx=0.08,
-                       chin_y=0.87, face_dx=0.27),
+    "demo": FaceLayout(
+        eye_y=0.50,
+        eye_dx=0.103,
+        nose_y=0.60,
+        mouth_y=0.69,
+        mouth_dx=0.08,
+        chin_y=0.87,
+        face_dx=0.27,
+    ),
 }
 
 
@@ -82,13 +99,16 @@ def face_layout(value: str | dict | FaceLayout | None) -> FaceLayout:
         return value
     if isinstance(value, str):
         if value not in LAYOUTS:
-            raise ValueError(f"unknown face layout {value!r}; use one of {sorted(LAYOUTS)} "
-                             "or a mapping of FaceLayout fields")
+            raise ValueError(
+                f"unknown face layout {value!r}; use one of {sorted(LAYOUTS)} "
+                "or a mapping of FaceLayout fields"
+            )
         return LAYOUTS[value]
     return FaceLayout(**value)
 
 
 # ---------------------------------------------------------------------------- registry
+
 
 @dataclass(frozen=True)
 class PerturbationInfo:
@@ -102,8 +122,9 @@ class PerturbationInfo:
 _REGISTRY: dict[str, PerturbationInfo] = {}
 
 
-def register_perturbation(name: str, family: str, describe: Callable[[int], str],
-                          levels: tuple[int, ...] = SEVERITIES):
+def register_perturbation(
+    name: str, family: str, describe: Callable[[int], str], levels: tuple[int, ...] = SEVERITIES
+):
     """Decorator: register ``fn(x, severity, seeds, layout, **kw)`` under ``name``.
 
     Raises ``ValueError`` on a duplicate name or an unknown family."""
@@ -121,8 +142,11 @@ def register_perturbation(name: str, family: str, describe: Callable[[int], str]
 
 def list_perturbations(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered names matching a shell ``pattern`` (and ``family``), in registry order."""
-    return [n for n, info in _REGISTRY.items()
-            if fnmatch.fnmatch(n, pattern) and (family is None or info.family == family)]
+    return [
+        n
+        for n, info in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern) and (family is None or info.family == family)
+    ]
 
 
 @dataclass
@@ -166,8 +190,9 @@ class Perturbation:
         return out.clamp(0.0, 1.0).to(dtype=x.dtype).contiguous() if torch.is_tensor(out) else out
 
 
-def create_perturbation(name: str, layout: str | dict | FaceLayout | None = None,
-                        **kwargs) -> Perturbation:
+def create_perturbation(
+    name: str, layout: str | dict | FaceLayout | None = None, **kwargs
+) -> Perturbation:
     """The perturbation registered as ``name``, bound to ``layout`` and ``kwargs``."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown perturbation {name!r}; registered: {list_perturbations()}")
@@ -176,11 +201,13 @@ def create_perturbation(name: str, layout: str | dict | FaceLayout | None = None
 
 # ---------------------------------------------------------------------------- helpers
 
+
 def _generators(seeds: Sequence[int], device):
     import torch
 
-    return [torch.Generator(device=device).manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF)
-            for s in seeds]
+    return [
+        torch.Generator(device=device).manual_seed(int(s) & 0x7FFF_FFFF_FFFF_FFFF) for s in seeds
+    ]
 
 
 def _uniform(seeds: Sequence[int], k: int, device):
@@ -197,8 +224,9 @@ def _randn_like(x, seeds: Sequence[int]):
     import torch
 
     gens = _generators(seeds, x.device)
-    return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype)
-                        for g in gens])
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in gens]
+    )
 
 
 def _px(x, at_112: float) -> float:
@@ -253,8 +281,8 @@ def _conv_separable(x, kernel_1d):
     pad = k // 2
     h, w = x.shape[-2:]
     y = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    rows = sum(kernel_1d[i] * y[..., :, i:i + w] for i in range(k))
-    return sum(kernel_1d[i] * rows[..., i:i + h, :] for i in range(k))
+    rows = sum(kernel_1d[i] * y[..., :, i : i + w] for i in range(k))
+    return sum(kernel_1d[i] * rows[..., i : i + h, :] for i in range(k))
 
 
 def _gaussian_kernel(sigma: float, x):
@@ -277,8 +305,7 @@ def _warp(x, grid):
     borders (the photo goes on beyond the crop)."""
     import torch.nn.functional as F
 
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                         align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def _affine(x, theta):
@@ -295,25 +322,32 @@ def _sign(seeds, device, k: int = 0):
 
 # ---------------------------------------------------------------------------- lighting
 
-@register_perturbation("brightness", "lighting",
-                       lambda s: f"underexposure by {s / 3:.2f} EV (light x{2 ** (-s / 3):.2f})")
+
+@register_perturbation(
+    "brightness",
+    "lighting",
+    lambda s: f"underexposure by {s / 3:.2f} EV (light x{2 ** (-s / 3):.2f})",
+)
 def brightness(x, severity, seeds, layout):
     """Darker lighting: exposure lowered by severity/3 stops (EV), applied in linear light,
     so severity 3 is half the light and severity 5 about a third."""
     return linear_to_srgb(srgb_to_linear(x) * 2 ** (-severity / 3))
 
 
-@register_perturbation("gamma", "lighting",
-                       lambda s: f"tone curve gamma {1 / (1 + 0.2 * s):.2f} (midtones lifted)")
+@register_perturbation(
+    "gamma", "lighting", lambda s: f"tone curve gamma {1 / (1 + 0.2 * s):.2f} (midtones lifted)"
+)
 def gamma(x, severity, seeds, layout):
     """A mismatched tone curve: ``x ** (1 / (1 + 0.2 s))``, lifting midtones as an
     over-processed phone photo does (severity 5: gamma 0.5)."""
     return x.clamp(min=0) ** (1.0 / (1.0 + 0.2 * severity))
 
 
-@register_perturbation("shading", "lighting",
-                       lambda s: f"side light, the far side of the face gets {1 - 0.15 * s:.0%} "
-                                 "of the light")
+@register_perturbation(
+    "shading",
+    "lighting",
+    lambda s: f"side light, the far side of the face gets {1 - 0.15 * s:.0%} of the light",
+)
 def shading(x, severity, seeds, layout):
     """Directional light: the illumination falls linearly across the face, from full on the
     lit side to ``1 - 0.15 s`` of it on the other (severity 5: a quarter), in linear light.
@@ -330,14 +364,24 @@ def _blackbody_rgb(kelvin: float) -> np.ndarray:
     Mitchell Charity's blackbody table, 1000-40000 K), in [0, 1]."""
     t = kelvin / 100.0
     r = 255.0 if t <= 66 else 329.698727446 * (t - 60) ** -0.1332047592
-    g = (99.4708025861 * math.log(t) - 161.1195681661 if t <= 66
-         else 288.1221695283 * (t - 60) ** -0.0755148492)
-    b = 255.0 if t >= 66 else (0.0 if t <= 19 else 138.5177312231 * math.log(t - 10) - 305.0447927307)
+    g = (
+        99.4708025861 * math.log(t) - 161.1195681661
+        if t <= 66
+        else 288.1221695283 * (t - 60) ** -0.0755148492
+    )
+    b = (
+        255.0
+        if t >= 66
+        else (0.0 if t <= 19 else 138.5177312231 * math.log(t - 10) - 305.0447927307)
+    )
     return np.clip(np.array([r, g, b]) / 255.0, 1e-3, 1.0)
 
 
-@register_perturbation("color_temperature", "lighting",
-                       lambda s: f"uncorrected {6500 - 700 * s} K light (white balance for 6500 K)")
+@register_perturbation(
+    "color_temperature",
+    "lighting",
+    lambda s: f"uncorrected {6500 - 700 * s} K light (white balance for 6500 K)",
+)
 def color_temperature(x, severity, seeds, layout):
     """Warm indoor light left uncorrected: the white balance expects 6500 K daylight, the
     room is lit at ``6500 - 700 s`` kelvin (severity 5: 3000 K, tungsten). Channel gains are
@@ -355,8 +399,10 @@ def srgb_to_linear_np(v: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- contrast
 
-@register_perturbation("contrast", "contrast",
-                       lambda s: f"contrast reduced to {1 - 0.15 * s:.0%} (haze, flat light)")
+
+@register_perturbation(
+    "contrast", "contrast", lambda s: f"contrast reduced to {1 - 0.15 * s:.0%} (haze, flat light)"
+)
 def contrast(x, severity, seeds, layout):
     """Flat light or haze: every pixel pulled toward the image's mean luminance, keeping
     ``1 - 0.15 s`` of its contrast (severity 5: a quarter)."""
@@ -366,8 +412,10 @@ def contrast(x, severity, seeds, layout):
 
 # ---------------------------------------------------------------------------- make-up, skin
 
-@register_perturbation("saturation", "makeup",
-                       lambda s: f"colour saturation x{1 + 0.25 * s:.2f} (vivid filter)")
+
+@register_perturbation(
+    "saturation", "makeup", lambda s: f"colour saturation x{1 + 0.25 * s:.2f} (vivid filter)"
+)
 def saturation(x, severity, seeds, layout):
     """A vivid filter or heavy foundation: chroma about the luma scaled by ``1 + 0.25 s``
     (severity 5: 2.25 times)."""
@@ -382,15 +430,17 @@ def hue(x, severity, seeds, layout):
     import torch
 
     a = math.radians(5 * severity)
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                           [0.211, -0.523, 0.312]])
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
     rot = x.new_tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
     m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
     return torch.einsum("ij,njhw->nihw", m, x)
 
 
-@register_perturbation("skin_smoothing", "makeup",
-                       lambda s: f"beauty filter at {0.2 * s:.0%} strength (wrinkles smoothed)")
+@register_perturbation(
+    "skin_smoothing",
+    "makeup",
+    lambda s: f"beauty filter at {0.2 * s:.0%} strength (wrinkles smoothed)",
+)
 def skin_smoothing(x, severity, seeds, layout):
     """A beauty filter: skin is replaced by a blurred copy (sigma 2 px at 112 px) where the
     image is smooth, while edges (eyes, lips, face outline) are kept; the blend has strength
@@ -403,19 +453,22 @@ def skin_smoothing(x, severity, seeds, layout):
 
     grad = (F.pad(gx, (0, 1, 0, 0)) ** 2 + F.pad(gy, (0, 0, 0, 1)) ** 2).sqrt()
     grad = gaussian_blur(grad, _px(x, 1.0))
-    keep_edges = (-(grad / 0.08) ** 2).exp()  # 1 on smooth skin, 0 on strong edges
+    keep_edges = (-((grad / 0.08) ** 2)).exp()  # 1 on smooth skin, 0 on strong edges
     return x + (0.2 * severity) * keep_edges * (blurred - x)
 
 
-@register_perturbation("lip_eye_tint", "makeup",
-                       lambda s: f"lipstick and eye shadow at {0.12 * s:.0%} opacity")
+@register_perturbation(
+    "lip_eye_tint", "makeup", lambda s: f"lipstick and eye shadow at {0.12 * s:.0%} opacity"
+)
 def lip_eye_tint(x, severity, seeds, layout):
     """Make-up: red lipstick over the lips and dark eye shadow over the upper lids, blended
     multiplicatively at opacity ``0.12 s`` (severity 5: 60%)."""
     L = layout
     lips = _ellipse(x, 0.5, L.mouth_y, L.mouth_dx * 1.1, L.mouth_dx * 0.45)
-    lids = sum(_ellipse(x, 0.5 + side * L.eye_dx, L.eye_y - 0.035, L.eye_dx * 0.55, 0.035)
-               for side in (-1, 1))
+    lids = sum(
+        _ellipse(x, 0.5 + side * L.eye_dx, L.eye_y - 0.035, L.eye_dx * 0.55, 0.035)
+        for side in (-1, 1)
+    )
     red = x.new_tensor([0.75, 0.10, 0.18]).view(1, 3, 1, 1)
     shadow = x.new_tensor([0.35, 0.25, 0.40]).view(1, 3, 1, 1)
     a = 0.12 * severity
@@ -424,6 +477,7 @@ def lip_eye_tint(x, severity, seeds, layout):
 
 
 # ---------------------------------------------------------------------------- pose
+
 
 @register_perturbation("rotation", "pose", lambda s: f"head tilted {4 * s} degrees in plane")
 def rotation(x, severity, seeds, layout):
@@ -463,9 +517,11 @@ def flip(x, severity, seeds, layout):
     return x.flip(-1)
 
 
-@register_perturbation("crop_jitter", "pose",
-                       lambda s: f"face box off by {3 * s}% of its side and scaled "
-                                 f"{4 * s}% (detector error)")
+@register_perturbation(
+    "crop_jitter",
+    "pose",
+    lambda s: f"face box off by {3 * s}% of its side and scaled {4 * s}% (detector error)",
+)
 def crop_jitter(x, severity, seeds, layout):
     """A face detector's box error: the crop shifted by ``3 s`` % of its side in a random
     direction and zoomed in or out by ``4 s`` % (severity 5: 15% off, 20% zoom)."""
@@ -476,23 +532,31 @@ def crop_jitter(x, severity, seeds, layout):
     shift = 0.03 * severity * 2  # affine_grid coordinates span 2 per side
     zoom = 1 + 0.04 * severity * torch.where(r[:, 1] < 0.5, -1.0, 1.0).to(x.dtype)
     zero = torch.zeros_like(zoom)
-    theta = torch.stack([torch.stack([zoom, zero, shift * torch.cos(angle)], 1),
-                         torch.stack([zero, zoom, shift * torch.sin(angle)], 1)], 1)
+    theta = torch.stack(
+        [
+            torch.stack([zoom, zero, shift * torch.cos(angle)], 1),
+            torch.stack([zero, zoom, shift * torch.sin(angle)], 1),
+        ],
+        1,
+    )
     return _affine(x, theta)
 
 
 # ---------------------------------------------------------------------------- blur
 
-@register_perturbation("gaussian_blur", "blur",
-                       lambda s: f"gaussian blur, sigma {0.5 * s:.1f} px at 112 px")
+
+@register_perturbation(
+    "gaussian_blur", "blur", lambda s: f"gaussian blur, sigma {0.5 * s:.1f} px at 112 px"
+)
 def gaussian_blur_perturbation(x, severity, seeds, layout):
     """Defocus: gaussian blur with sigma ``0.5 s`` pixels of a 112-px crop (scaled with the
     crop; severity 5: 2.5 px, wrinkles gone)."""
     return gaussian_blur(x, _px(x, 0.5 * severity))
 
 
-@register_perturbation("motion_blur", "blur",
-                       lambda s: f"motion blur over {2 * s + 1} px at 112 px")
+@register_perturbation(
+    "motion_blur", "blur", lambda s: f"motion blur over {2 * s + 1} px at 112 px"
+)
 def motion_blur(x, severity, seeds, layout):
     """Camera shake: a straight streak of ``2 s + 1`` pixels of a 112-px crop (severity 5:
     11 px) at an angle drawn from the image's seed."""
@@ -518,16 +582,23 @@ def motion_blur(x, severity, seeds, layout):
 
 # ---------------------------------------------------------------------------- noise
 
-@register_perturbation("gaussian_noise", "noise",
-                       lambda s: f"gaussian noise, sigma {0.02 * s:.2f} ({5 * s:.0f} of 255 levels)")
+
+@register_perturbation(
+    "gaussian_noise",
+    "noise",
+    lambda s: f"gaussian noise, sigma {0.02 * s:.2f} ({5 * s:.0f} of 255 levels)",
+)
 def gaussian_noise(x, severity, seeds, layout):
     """Read noise: independent gaussian noise of standard deviation ``0.02 s`` of the range
     on every pixel and channel (severity 5: 0.10, about 25 grey levels)."""
     return x + 0.02 * severity * _randn_like(x, seeds)
 
 
-@register_perturbation("poisson_noise", "noise",
-                       lambda s: f"shot noise, {200 / 2 ** (s - 1):.0f} photons at full white")
+@register_perturbation(
+    "poisson_noise",
+    "noise",
+    lambda s: f"shot noise, {200 / 2 ** (s - 1):.0f} photons at full white",
+)
 def poisson_noise(x, severity, seeds, layout):
     """Sensor shot noise in dim light: each pixel's linear intensity is a Poisson count with
     ``200 / 2^(s-1)`` photons at full white (severity 5: 12.5), then scaled back."""
@@ -566,9 +637,15 @@ def jpeg(x, severity, seeds, layout):
 
 # ---------------------------------------------------------------------------- resolution
 
-@register_perturbation("downscale", "resolution",
-                       lambda s: f"captured at {2 ** (-s / 2):.0%} of the side "
-                                 f"({round(112 * 2 ** (-s / 2))} px for 112), then upscaled")
+
+@register_perturbation(
+    "downscale",
+    "resolution",
+    lambda s: (
+        f"captured at {2 ** (-s / 2):.0%} of the side "
+        f"({round(112 * 2 ** (-s / 2))} px for 112), then upscaled"
+    ),
+)
 def downscale(x, severity, seeds, layout):
     """A small face in a low-resolution photo: downscaled (area averaging) to
     ``2^(-s/2)`` of its side, then upscaled back (bicubic), as a pipeline upsampling a small
@@ -583,14 +660,20 @@ def downscale(x, severity, seeds, layout):
 
 # ---------------------------------------------------------------------------- occlusion
 
-@register_perturbation("sunglasses", "occlusion",
-                       lambda s: f"tinted glasses letting {1 - 0.2 * s:.0%} of the light through")
+
+@register_perturbation(
+    "sunglasses",
+    "occlusion",
+    lambda s: f"tinted glasses letting {1 - 0.2 * s:.0%} of the light through",
+)
 def sunglasses(x, severity, seeds, layout):
     """Tinted glasses: two lenses over the eyes and a bridge, passing ``1 - 0.2 s`` of the
     light (severity 5: opaque sunglasses)."""
     L = layout
-    lens = sum(_ellipse(x, 0.5 + side * L.eye_dx, L.eye_y, L.eye_dx * 0.85, 0.07, soft=0.1)
-               for side in (-1, 1)).clamp(max=1)
+    lens = sum(
+        _ellipse(x, 0.5 + side * L.eye_dx, L.eye_y, L.eye_dx * 0.85, 0.07, soft=0.1)
+        for side in (-1, 1)
+    ).clamp(max=1)
     ys, xs = _coords(x)
     bridge = ((xs - 0.5).abs() < L.eye_dx * 0.3) & ((ys - (L.eye_y - 0.03)).abs() < 0.01)
     mask = (lens + bridge.to(x.dtype)).clamp(max=1)
@@ -599,10 +682,17 @@ def sunglasses(x, severity, seeds, layout):
     return x * (1 - mask) + mask * (t * x + (1 - t) * dark)
 
 
-@register_perturbation("surgical_mask", "occlusion",
-                       lambda s: ["chin covered", "chin and lower lip covered",
-                                  "mouth covered", "mouth and half the nose covered",
-                                  "mouth and nose covered (a worn surgical mask)"][s - 1])
+@register_perturbation(
+    "surgical_mask",
+    "occlusion",
+    lambda s: [
+        "chin covered",
+        "chin and lower lip covered",
+        "mouth covered",
+        "mouth and half the nose covered",
+        "mouth and nose covered (a worn surgical mask)",
+    ][s - 1],
+)
 def surgical_mask(x, severity, seeds, layout):
     """A light-blue surgical mask over the lower face, opaque; its top edge rises with
     severity from between mouth and chin (1) to just below the eyes (5)."""
@@ -616,8 +706,9 @@ def surgical_mask(x, severity, seeds, layout):
     return x * (1 - inside) + inside * blue * shade
 
 
-@register_perturbation("patch", "occlusion",
-                       lambda s: f"grey patch over {4 * s}% of the crop (hand, sticker)")
+@register_perturbation(
+    "patch", "occlusion", lambda s: f"grey patch over {4 * s}% of the crop (hand, sticker)"
+)
 def patch(x, severity, seeds, layout):
     """Something in front of the face (a hand, a sticker, a dressing): a mid-grey square
     covering ``4 s`` % of the crop (severity 5: 20%) at a place drawn from the seed."""
@@ -629,8 +720,9 @@ def patch(x, severity, seeds, layout):
     return x * (1 - inside) + 0.5 * inside
 
 
-def default_plan(names: Sequence[str] | None = None,
-                 severities: Sequence[int] | None = None) -> list[tuple[str, int]]:
+def default_plan(
+    names: Sequence[str] | None = None, severities: Sequence[int] | None = None
+) -> list[tuple[str, int]]:
     """``(name, severity)`` pairs to run: every registered perturbation (or ``names``) at
     each of its levels (or those of ``severities`` it has)."""
     plan = []

@@ -41,17 +41,33 @@ from audit.robustness.perturbations import PERTURBATION_VERSION, create_perturba
 from audit.stats.groups import group_index, quantile_cuts
 
 ROBUSTNESS_COLUMNS = [
-    "model", "output", "perturbation", "family", "severity", "description", "attribute",
-    "group_name", "n", "mean_shift", "mean_abs_shift", "p95_abs_shift", "frac_over_tolerance",
-    "spearman", "icc", "quartile_change", "passed",
+    "model",
+    "output",
+    "perturbation",
+    "family",
+    "severity",
+    "description",
+    "attribute",
+    "group_name",
+    "n",
+    "mean_shift",
+    "mean_abs_shift",
+    "p95_abs_shift",
+    "frac_over_tolerance",
+    "spearman",
+    "icc",
+    "quartile_change",
+    "passed",
 ]
 CLEAN = "none"
 
 
 # ---------------------------------------------------------------------------- sampling
 
-def stratified_sample(subjects: pd.DataFrame, n: int, strata: list[str],
-                      rng: np.random.Generator) -> pd.DataFrame:
+
+def stratified_sample(
+    subjects: pd.DataFrame, n: int, strata: list[str], rng: np.random.Generator
+) -> pd.DataFrame:
     """``n`` rows of ``subjects`` drawn without replacement, allocated to the strata (the
     combinations of the ``strata`` columns; missing values form their own stratum) in
     proportion to their size by largest remainder, every stratum keeping at least one row
@@ -59,8 +75,15 @@ def stratified_sample(subjects: pd.DataFrame, n: int, strata: list[str],
     if n <= 0 or n >= len(subjects):
         return subjects.copy()
     cols = [c for c in strata if c in subjects.columns]
-    key = (subjects[cols].astype(object).where(subjects[cols].notna(), "unknown")
-           .astype(str).agg("|".join, axis=1) if cols else pd.Series("all", index=subjects.index))
+    key = (
+        subjects[cols]
+        .astype(object)
+        .where(subjects[cols].notna(), "unknown")
+        .astype(str)
+        .agg("|".join, axis=1)
+        if cols
+        else pd.Series("all", index=subjects.index)
+    )
     sizes = key.value_counts().sort_index()
     quota = sizes / sizes.sum() * n
     alloc = np.floor(quota).astype(int)
@@ -84,6 +107,7 @@ def stratified_sample(subjects: pd.DataFrame, n: int, strata: list[str],
 
 # ---------------------------------------------------------------------------- seeds and keys
 
+
 def image_seed(seed: int, image_sha256: str, name: str, severity: int) -> int:
     """The random seed of one image under one perturbation level: the same photo gets the
     same noise, shadow side or patch whatever batch or run it is in."""
@@ -96,15 +120,16 @@ def perturbation_key(name: str, seed: int, layout) -> str:
     decides the perturbed image (seed, face layout, the perturbations' version)."""
     from dataclasses import asdict
 
-
     if name == CLEAN:
         return CLEAN
-    text = json.dumps({"seed": seed, "layout": asdict(layout), "v": PERTURBATION_VERSION},
-                      sort_keys=True)
+    text = json.dumps(
+        {"seed": seed, "layout": asdict(layout), "v": PERTURBATION_VERSION}, sort_keys=True
+    )
     return f"{name}@{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 # ---------------------------------------------------------------------------- the run
+
 
 @dataclass
 class SuiteResult:
@@ -123,17 +148,27 @@ class SuiteResult:
     worker: str = ""
 
 
-def run_suite(models: list, cohort, rows: pd.DataFrame, plan: list[tuple[str, int]], *,
-              layout, seed: int, cached: dict[str, pd.DataFrame] | None = None,
-              batch_size: int | None = None, progress=None) -> dict[str, SuiteResult]:
+def run_suite(
+    models: list,
+    cohort,
+    rows: pd.DataFrame,
+    plan: list[tuple[str, int]],
+    *,
+    layout,
+    seed: int,
+    cached: dict[str, pd.DataFrame] | None = None,
+    batch_size: int | None = None,
+    progress=None,
+) -> dict[str, SuiteResult]:
     """Every image model on ``rows`` (cohort rows with ``image_path``) clean and under each
     ``(name, severity)`` of ``plan``; photos are decoded once for all models of one input
     size. ``cached`` (by model name): prediction-cache rows (keys from
     :func:`perturbation_key`); cells found there are not computed again."""
     full_plan = [(CLEAN, 0)] + [p for p in plan if p[1] != 0]
     pkeys = {name: perturbation_key(name, seed, layout) for name, _ in full_plan}
-    perturbations = {name: create_perturbation(name, layout=layout)
-                     for name, _ in full_plan if name != CLEAN}
+    perturbations = {
+        name: create_perturbation(name, layout=layout) for name, _ in full_plan if name != CLEAN
+    }
     digests = rows["image_path"].map(cohort.image_sha256).to_numpy()
     paths = [cohort.image_file(p) for p in rows["image_path"]]
     results: dict[str, SuiteResult] = {}
@@ -152,19 +187,39 @@ def run_suite(models: list, cohort, rows: pd.DataFrame, plan: list[tuple[str, in
         for model in group:
             model.load()
             need = np.ones((len(full_plan), len(rows)), dtype=bool)
-            known = _cache_lookup(cached.get(model.name) if cached else None, model, digests,
-                                  full_plan, pkeys)
+            known = _cache_lookup(
+                cached.get(model.name) if cached else None, model, digests, full_plan, pkeys
+            )
             have[model.name] = known
-            for (p, i) in known:
+            for p, i in known:
                 need[p, i] = False
-            prepared.append(PerturbedModel(model.name, model.forward, model.normalize,
-                                           model.spec.layout, need))
+            prepared.append(
+                PerturbedModel(model.name, model.forward, model.normalize, model.spec.layout, need)
+            )
         outs, errors, seconds = run_perturbed(
-            prepared, paths, size, full_plan, perturb, seeds, device=group[0].device,
-            batch_size=batch_size, progress=progress, align=not cohort.spec.cropped)
+            prepared,
+            paths,
+            size,
+            full_plan,
+            perturb,
+            seeds,
+            device=group[0].device,
+            batch_size=batch_size,
+            progress=progress,
+            align=not cohort.spec.cropped,
+        )
         for model, pm in zip(group, prepared):
-            result = _suite_frames(model, rows, digests, full_plan, pkeys, outs[model.name],
-                                   have[model.name], pm.need, errors)
+            result = _suite_frames(
+                model,
+                rows,
+                digests,
+                full_plan,
+                pkeys,
+                outs[model.name],
+                have[model.name],
+                pm.need,
+                errors,
+            )
             result.seconds, result.shared_with = seconds, [m.name for m in group]
             result.device = str(model.device)
             results[model.name] = result
@@ -175,8 +230,12 @@ def _cache_lookup(cached: pd.DataFrame | None, model, digests, plan, pkeys) -> d
     """``{(plan index, photo index): {output: value}}`` for cells whose every output is cached."""
     if cached is None or not len(cached):
         return {}
-    wide = cached.pivot_table(index=["image_sha256", "perturbation", "severity"],
-                              columns="output", values="value", aggfunc="first")
+    wide = cached.pivot_table(
+        index=["image_sha256", "perturbation", "severity"],
+        columns="output",
+        values="value",
+        aggfunc="first",
+    )
     if not set(model.outputs) <= set(wide.columns):
         return {}
     wide = wide[model.outputs].dropna()
@@ -203,29 +262,53 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) ->
             values[p, i] = hit[name]
         for p, (pname, severity) in enumerate(plan):
             ok = np.isfinite(values[p])
-            frames.append(pd.DataFrame({
-                "photo_id": rows["photo_id"].to_numpy()[ok],
-                "subject_id": rows["subject_id"].to_numpy()[ok], "model": model.name,
-                "output": name, "perturbation": pname, "severity": severity,
-                "value": values[p][ok]}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "photo_id": rows["photo_id"].to_numpy()[ok],
+                        "subject_id": rows["subject_id"].to_numpy()[ok],
+                        "model": model.name,
+                        "output": name,
+                        "perturbation": pname,
+                        "severity": severity,
+                        "value": values[p][ok],
+                    }
+                )
+            )
             fresh = ok & need[p]
             if fresh.any():
-                cache.append(pd.DataFrame({
-                    "image_sha256": digests[fresh], "perturbation": pkeys[pname],
-                    "severity": severity, "output": name, "value": values[p][fresh]}))
+                cache.append(
+                    pd.DataFrame(
+                        {
+                            "image_sha256": digests[fresh],
+                            "perturbation": pkeys[pname],
+                            "severity": severity,
+                            "output": name,
+                            "value": values[p][fresh],
+                        }
+                    )
+                )
     frame = pd.concat(frames, ignore_index=True)
     failed = sum(bool(e) for e in errors)
     notes = []
     if failed:
         notes.append(f"{failed} photo(s) could not be prepared and are left out")
-    cache_frame = (pd.concat(cache, ignore_index=True) if cache else
-                   pd.DataFrame(columns=["image_sha256", "perturbation", "severity", "output",
-                                         "value"]))
-    return SuiteResult(frame=frame, cache_values=cache_frame, notes=notes,
-                       n_computed=computed_cells, n_cached=n_plan * n - computed_cells)
+    cache_frame = (
+        pd.concat(cache, ignore_index=True)
+        if cache
+        else pd.DataFrame(columns=["image_sha256", "perturbation", "severity", "output", "value"])
+    )
+    return SuiteResult(
+        frame=frame,
+        cache_values=cache_frame,
+        notes=notes,
+        n_computed=computed_cells,
+        n_cached=n_plan * n - computed_cells,
+    )
 
 
 # ---------------------------------------------------------------------------- metrics
+
 
 def icc_3_1(ratings: np.ndarray) -> float:
     """ICC(3,1) of an (n targets, k raters) matrix: two-way mixed effects, consistency,
@@ -253,20 +336,28 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def shift_metrics(clean: np.ndarray, perturbed: np.ndarray, *, unit: float, tolerance: float,
-                  quartile_edges: np.ndarray | None = None) -> dict:
+def shift_metrics(
+    clean: np.ndarray,
+    perturbed: np.ndarray,
+    *,
+    unit: float,
+    tolerance: float,
+    quartile_edges: np.ndarray | None = None,
+) -> dict:
     """The table's metrics for paired clean and perturbed outputs; shifts are divided by
     ``unit`` (1 for years, the clean SD for risk) before they meet ``tolerance``."""
     shift = (perturbed - clean) / unit
     a = np.abs(shift)
-    out = {"n": int(len(shift)),
-           "mean_shift": float(shift.mean()) if len(shift) else np.nan,
-           "mean_abs_shift": float(a.mean()) if len(a) else np.nan,
-           "p95_abs_shift": float(np.quantile(a, 0.95)) if len(a) else np.nan,
-           "frac_over_tolerance": float((a > tolerance).mean()) if len(a) else np.nan,
-           "spearman": spearman(clean, perturbed),
-           "icc": icc_3_1(np.column_stack([clean, perturbed])),
-           "quartile_change": np.nan}
+    out = {
+        "n": int(len(shift)),
+        "mean_shift": float(shift.mean()) if len(shift) else np.nan,
+        "mean_abs_shift": float(a.mean()) if len(a) else np.nan,
+        "p95_abs_shift": float(np.quantile(a, 0.95)) if len(a) else np.nan,
+        "frac_over_tolerance": float((a > tolerance).mean()) if len(a) else np.nan,
+        "spearman": spearman(clean, perturbed),
+        "icc": icc_3_1(np.column_stack([clean, perturbed])),
+        "quartile_change": np.nan,
+    }
     if quartile_edges is not None and len(shift):
         before = group_index(clean, quartile_edges)
         after = group_index(perturbed, quartile_edges)
@@ -274,8 +365,9 @@ def shift_metrics(clean: np.ndarray, perturbed: np.ndarray, *, unit: float, tole
     return out
 
 
-def robustness_table(predictions: pd.DataFrame, attributes: pd.DataFrame, config,
-                     thresholds) -> pd.DataFrame:
+def robustness_table(
+    predictions: pd.DataFrame, attributes: pd.DataFrame, config, thresholds
+) -> pd.DataFrame:
     """The ``robustness`` rows of one model's suite predictions.
 
     Parameters
@@ -311,21 +403,33 @@ def robustness_table(predictions: pd.DataFrame, attributes: pd.DataFrame, config
                 for value in natural_order(col.dropna().unique()):
                     groups.append((attribute, str(value), (col == value).to_numpy()))
             for attribute, group_name, mask in groups:
-                m = shift_metrics(c[mask], v[mask], unit=unit, tolerance=tolerance,
-                                  quartile_edges=edges)
-                judged = (severity <= config.judged_max_severity
-                          and m["n"] >= config.min_group_size)
+                m = shift_metrics(
+                    c[mask], v[mask], unit=unit, tolerance=tolerance, quartile_edges=edges
+                )
+                judged = severity <= config.judged_max_severity and m["n"] >= config.min_group_size
                 passed = None
                 if judged:
-                    passed = m["frac_over_tolerance"] <= thresholds.robustness_frac_over_tolerance_max
+                    passed = (
+                        m["frac_over_tolerance"] <= thresholds.robustness_frac_over_tolerance_max
+                    )
                     if output == "risk":
-                        passed = passed and (m["quartile_change"]
-                                             <= thresholds.robustness_quartile_change_max)
-                rows.append({"model": model, "output": output, "perturbation": name,
-                             "family": p.family, "severity": int(severity),
-                             "description": p.describe(int(severity)),
-                             "attribute": attribute, "group_name": group_name, **m,
-                             "passed": None if passed is None else bool(passed)})
+                        passed = passed and (
+                            m["quartile_change"] <= thresholds.robustness_quartile_change_max
+                        )
+                rows.append(
+                    {
+                        "model": model,
+                        "output": output,
+                        "perturbation": name,
+                        "family": p.family,
+                        "severity": int(severity),
+                        "description": p.describe(int(severity)),
+                        "attribute": attribute,
+                        "group_name": group_name,
+                        **m,
+                        "passed": None if passed is None else bool(passed),
+                    }
+                )
     frame = pd.DataFrame(rows, columns=ROBUSTNESS_COLUMNS)
     frame["passed"] = frame["passed"].astype(object)
     return frame

@@ -53,11 +53,16 @@ from audit.robustness.perturbations import face_layout
 from audit.stats.bootstrap import bootstrap_weights
 
 REGIONS = ("forehead", "eyes", "nose", "cheeks", "mouth_chin", "hair", "background")
-METHODS_NEED = {"any": "every model", "torch": "torch models (timm, TorchScript)",
-                "cnn": "timm CNNs", "vit": "timm vision transformers"}
+METHODS_NEED = {
+    "any": "every model",
+    "torch": "torch models (timm, TorchScript)",
+    "cnn": "timm CNNs",
+    "vit": "timm vision transformers",
+}
 
 
 # ---------------------------------------------------------------------------- regions
+
 
 def region_template(layout, size: int) -> np.ndarray:
     """``(size, size)`` region index (into :data:`REGIONS`) of each pixel of an aligned crop
@@ -109,8 +114,9 @@ def region_areas(template: np.ndarray) -> np.ndarray:
     attribution a map spread evenly over the frame would give it. A region's enrichment is
     its share of attribution divided by this (1: no more than its size; the background and
     cheeks hold a quarter to a third of any map for their size alone)."""
-    return np.bincount(template.reshape(-1).astype(np.int64),
-                       minlength=len(REGIONS)) / template.size
+    return (
+        np.bincount(template.reshape(-1).astype(np.int64), minlength=len(REGIONS)) / template.size
+    )
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
@@ -120,6 +126,7 @@ def normalise(maps: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- targets
+
 
 @dataclass
 class Target:
@@ -160,7 +167,6 @@ def model_targets(model, device: str | None = None) -> list[Target]:
     """A :class:`Target` per output of an image model adapter (loaded on ``device``)."""
     import torch
 
-
     model.load(device)
     module = model._model
     module = getattr(module, "_orig_mod", module)  # torch.compile'd: the eager module
@@ -168,19 +174,36 @@ def model_targets(model, device: str | None = None) -> list[Target]:
     net = getattr(module, "net", None) if is_torch else None
     targets = []
     for output, (index, scale, _offset) in model._outputs.items():
+
         def fn(x, index=index, scale=scale):
             head, _ = model.forward(model_input(x, model.normalize, model.spec.layout))
-            head = head if isinstance(head, torch.Tensor) else torch.as_tensor(
-                np.asarray(head), device=x.device)
+            head = (
+                head
+                if isinstance(head, torch.Tensor)
+                else torch.as_tensor(np.asarray(head), device=x.device)
+            )
             return head[:, index].float() * scale
-        targets.append(Target(model=model.name, output=output, fn=fn, size=model.input_size,
-                              device=model.device, module=module if is_torch else None,
-                              net=net, index=index, scale=scale, normalize=model.normalize,
-                              layout=model.spec.layout))
+
+        targets.append(
+            Target(
+                model=model.name,
+                output=output,
+                fn=fn,
+                size=model.input_size,
+                device=model.device,
+                module=module if is_torch else None,
+                net=net,
+                index=index,
+                scale=scale,
+                normalize=model.normalize,
+                layout=model.spec.layout,
+            )
+        )
     return targets
 
 
 # ---------------------------------------------------------------------------- registry
+
 
 @dataclass(frozen=True)
 class AttributionInfo:
@@ -221,8 +244,7 @@ def attribution_info(name: str) -> AttributionInfo:
 def applicable(name: str, target: Target) -> bool:
     """Whether method ``name`` works for ``target``'s model."""
     needs, kind = attribution_info(name).needs, target.kind
-    return (needs == "any" or (needs == "torch" and kind in ("torch", "cnn", "vit"))
-            or needs == kind)
+    return needs == "any" or (needs == "torch" and kind in ("torch", "cnn", "vit")) or needs == kind
 
 
 def create_attribution(name: str, **kw) -> Callable:
@@ -231,23 +253,28 @@ def create_attribution(name: str, **kw) -> Callable:
 
     def attribute(target: Target, x):
         if not applicable(name, target):
-            raise ValueError(f"{name} needs {METHODS_NEED[info.needs]}; model "
-                             f"{target.model!r} is not one")
+            raise ValueError(
+                f"{name} needs {METHODS_NEED[info.needs]}; model {target.model!r} is not one"
+            )
         return info.fn(target, x, **kw)
 
     attribute.__name__ = name
     return attribute
 
 
-def configured_methods(names: list[str], *, window: int, stride: int,
-                       ig_steps: int) -> dict[str, Callable]:
+def configured_methods(
+    names: list[str], *, window: int, stride: int, ig_steps: int
+) -> dict[str, Callable]:
     """``{name: attribute}`` for ``names`` with the audit config's method settings."""
-    kw = {"occlusion": {"window": window, "stride": stride},
-          "integrated_gradients": {"steps": ig_steps}}
+    kw = {
+        "occlusion": {"window": window, "stride": stride},
+        "integrated_gradients": {"steps": ig_steps},
+    }
     return {n: create_attribution(n, **kw.get(n, {})) for n in names}
 
 
 # ---------------------------------------------------------------------------- methods
+
 
 def occlusion_windows(size: int, window: int, stride: int) -> list[int]:
     """Top-left offsets along one side: every ``stride`` pixels, the last flush with the edge."""
@@ -257,10 +284,13 @@ def occlusion_windows(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
-@register_attribution("occlusion", "any", "occlusion sensitivity: |change of the output| when "
-                      "a window is replaced by the photo's mean colour")
-def occlusion(target: Target, x, window: int = 16, stride: int = 8, batch_size: int = 256,
-              **_):
+@register_attribution(
+    "occlusion",
+    "any",
+    "occlusion sensitivity: |change of the output| when "
+    "a window is replaced by the photo's mean colour",
+)
+def occlusion(target: Target, x, window: int = 16, stride: int = 8, batch_size: int = 256, **_):
     import torch
 
     n, _, h, w = x.shape
@@ -269,10 +299,10 @@ def occlusion(target: Target, x, window: int = 16, stride: int = 8, batch_size: 
     out = np.zeros((n, h, w))
     count = np.zeros((h, w))
     for a, b in cells:
-        count[a:a + window, b:b + window] += 1
+        count[a : a + window, b : b + window] += 1
     masks = torch.zeros(len(cells), 1, h, w, device=x.device, dtype=x.dtype)
     for k, (a, b) in enumerate(cells):
-        masks[k, :, a:a + window, b:b + window] = 1
+        masks[k, :, a : a + window, b : b + window] = 1
     image = np.repeat(np.arange(n), len(cells))
     cell = np.tile(np.arange(len(cells)), n)
     deltas = np.zeros((n, len(cells)))
@@ -280,13 +310,14 @@ def occlusion(target: Target, x, window: int = 16, stride: int = 8, batch_size: 
         base = target.fn(x).detach().cpu().numpy()
         fill = x.mean(dim=(2, 3), keepdim=True)
         for start in range(0, len(image), batch_size):
-            i = torch.from_numpy(image[start:start + batch_size]).to(x.device)
-            m = masks[torch.from_numpy(cell[start:start + batch_size]).to(x.device)]
+            i = torch.from_numpy(image[start : start + batch_size]).to(x.device)
+            m = masks[torch.from_numpy(cell[start : start + batch_size]).to(x.device)]
             xo = x[i] * (1 - m) + fill[i] * m  # the window filled with the mean colour
-            deltas[image[start:start + batch_size], cell[start:start + batch_size]] = np.abs(
-                base[image[start:start + batch_size]] - target.fn(xo).detach().cpu().numpy())
+            deltas[image[start : start + batch_size], cell[start : start + batch_size]] = np.abs(
+                base[image[start : start + batch_size]] - target.fn(xo).detach().cpu().numpy()
+            )
     for k, (a, b) in enumerate(cells):
-        out[:, a:a + window, b:b + window] += deltas[:, k, None, None]
+        out[:, a : a + window, b : b + window] += deltas[:, k, None, None]
     return out / np.maximum(count, 1)
 
 
@@ -300,15 +331,21 @@ def _grad(target: Target, x):
     return g, y.detach()
 
 
-@register_attribution("gradient_x_input", "torch", "gradient x input: |sum over colour "
-                      "channels of the output's gradient times the pixel|")
+@register_attribution(
+    "gradient_x_input",
+    "torch",
+    "gradient x input: |sum over colour channels of the output's gradient times the pixel|",
+)
 def gradient_x_input(target: Target, x, **_):
     g, _ = _grad(target, x)
     return (g * x).sum(dim=1).abs().detach().cpu().numpy()
 
 
-@register_attribution("integrated_gradients", "torch", "integrated gradients from a black "
-                      "image, midpoint Riemann sum; |sum over colour channels|")
+@register_attribution(
+    "integrated_gradients",
+    "torch",
+    "integrated gradients from a black image, midpoint Riemann sum; |sum over colour channels|",
+)
 def integrated_gradients(target: Target, x, steps: int = 16, signed: bool = False, **_):
     import torch
 
@@ -329,13 +366,14 @@ def grad_cam(target: Target, x, **_):
     import torch
     import torch.nn.functional as F
 
-
     net = target.net
     with torch.enable_grad():
         feats = net.forward_features(model_input(x.detach(), target.normalize, target.layout))
         if feats.ndim != 4:
-            raise ValueError(f"grad_cam needs a (N, C, h, w) feature map; {target.model!r} "
-                             f"gives {tuple(feats.shape)}")
+            raise ValueError(
+                f"grad_cam needs a (N, C, h, w) feature map; {target.model!r} "
+                f"gives {tuple(feats.shape)}"
+            )
         pre = net.forward_head(feats, pre_logits=True)
         y = net.get_classifier()(pre).reshape(len(x), -1)[:, target.index] * target.scale
         (g,) = torch.autograd.grad(y.sum(), feats)
@@ -344,12 +382,15 @@ def grad_cam(target: Target, x, **_):
     return cam[:, 0].detach().cpu().numpy()
 
 
-@register_attribution("attention_rollout", "vit", "attention rollout of the class token "
-                      "(heads averaged, residual added); the same for every output")
+@register_attribution(
+    "attention_rollout",
+    "vit",
+    "attention rollout of the class token "
+    "(heads averaged, residual added); the same for every output",
+)
 def attention_rollout(target: Target, x, **_):
     import torch
     import torch.nn.functional as F
-
 
     net = target.net
     captured, hooks, fused = [], [], []
@@ -357,8 +398,11 @@ def attention_rollout(target: Target, x, **_):
         attn = block.attn
         fused.append(getattr(attn, "fused_attn", False))
         attn.fused_attn = False  # the explicit softmax path, whose weights we can see
-        hooks.append(attn.attn_drop.register_forward_hook(
-            lambda _m, inp, _out: captured.append(inp[0].detach())))
+        hooks.append(
+            attn.attn_drop.register_forward_hook(
+                lambda _m, inp, _out: captured.append(inp[0].detach())
+            )
+        )
     try:
         with torch.no_grad():
             net.forward_features(model_input(x, target.normalize, target.layout))
@@ -376,11 +420,15 @@ def attention_rollout(target: Target, x, **_):
     cls = rollout[:, 0, prefix:]
     side = int(round(cls.shape[-1] ** 0.5))
     grid = cls.reshape(len(x), 1, side, side)
-    return F.interpolate(grid, size=x.shape[-2:], mode="bilinear",
-                         align_corners=False)[:, 0].cpu().numpy()
+    return (
+        F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        .cpu()
+        .numpy()
+    )
 
 
 # ---------------------------------------------------------------------------- randomisation
+
 
 def randomized_target(target: Target, seed: int = 0) -> Target:
     """The same output of a copy of the model whose every weight is redrawn (normal, with
@@ -392,21 +440,34 @@ def randomized_target(target: Target, seed: int = 0) -> Target:
     with torch.no_grad():
         for p in module.parameters():
             sd = float(p.std()) if p.numel() > 1 else 1.0
-            p.copy_((torch.randn(p.shape, generator=gen) * (sd or 1.0) + float(p.mean()))
-                    .to(p.device, p.dtype))
+            p.copy_(
+                (torch.randn(p.shape, generator=gen) * (sd or 1.0) + float(p.mean())).to(
+                    p.device, p.dtype
+                )
+            )
     net = getattr(module, "net", None)
-
 
     def fn(x):
         head, _ = module(model_input(x, target.normalize, target.layout))
         return head.reshape(len(x), -1)[:, target.index].float() * target.scale
 
-    return Target(model=target.model, output=target.output, fn=fn, size=target.size,
-                  device=target.device, module=module, net=net, index=target.index,
-                  scale=target.scale, normalize=target.normalize, layout=target.layout)
+    return Target(
+        model=target.model,
+        output=target.output,
+        fn=fn,
+        size=target.size,
+        device=target.device,
+        module=module,
+        net=net,
+        index=target.index,
+        scale=target.scale,
+        normalize=target.normalize,
+        layout=target.layout,
+    )
 
 
 # ---------------------------------------------------------------------------- statistics
+
 
 def spearman_maps(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two maps over their pixels."""
@@ -414,7 +475,7 @@ def spearman_maps(a: np.ndarray, b: np.ndarray) -> float:
 
     ra, rb = rankdata(a.ravel()), rankdata(b.ravel())
     ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    den = np.sqrt((ra**2).sum() * (rb**2).sum())
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
 
 
@@ -450,8 +511,16 @@ class MapSet:
     extra: dict = field(default_factory=dict)
 
 
-def cohort_rows(ms: MapSet, groups: pd.DataFrame, template: np.ndarray, *, min_faces: int,
-                n_boot: int, ci_level: float, rng: np.random.Generator):
+def cohort_rows(
+    ms: MapSet,
+    groups: pd.DataFrame,
+    template: np.ndarray,
+    *,
+    min_faces: int,
+    n_boot: int,
+    ci_level: float,
+    rng: np.random.Generator,
+):
     """Region shares (with bootstrap CIs over subjects) and mean maps of one map set,
     overall and per subgroup of at least ``min_faces`` photos. ``groups``: one row per
     photo of ``ms`` (same order), one column per attribute."""
@@ -475,24 +544,52 @@ def cohort_rows(ms: MapSet, groups: pd.DataFrame, template: np.ndarray, *, min_f
         mean = subj_shares.mean(axis=0)
         for r, region in enumerate(REGIONS):
             a = float(area[r])
-            shares.append({"model": ms.model, "output": ms.output, "method": ms.method,
-                           "attribute": attribute, "group_name": name, "region": region,
-                           "share": float(mean[r]), "ci_low": float(lo[r]),
-                           "ci_high": float(hi[r]), "n": n,
-                           "n_subjects": len(subj_shares), "area": a,
-                           "enrichment": float(mean[r]) / a if a > 0 else float("nan"),
-                           "enrichment_low": float(lo[r]) / a if a > 0 else float("nan"),
-                           "enrichment_high": float(hi[r]) / a if a > 0 else float("nan")})
+            shares.append(
+                {
+                    "model": ms.model,
+                    "output": ms.output,
+                    "method": ms.method,
+                    "attribute": attribute,
+                    "group_name": name,
+                    "region": region,
+                    "share": float(mean[r]),
+                    "ci_low": float(lo[r]),
+                    "ci_high": float(hi[r]),
+                    "n": n,
+                    "n_subjects": len(subj_shares),
+                    "area": a,
+                    "enrichment": float(mean[r]) / a if a > 0 else float("nan"),
+                    "enrichment_low": float(lo[r]) / a if a > 0 else float("nan"),
+                    "enrichment_high": float(hi[r]) / a if a > 0 else float("nan"),
+                }
+            )
         subj_maps, _ = subject_means(ms.maps[mask], ms.subjects[mask])
-        maps_out.append({"model": ms.model, "output": ms.output, "method": ms.method,
-                         "attribute": attribute, "group_name": name, "n": n,
-                         "height": ms.maps.shape[1], "width": ms.maps.shape[2],
-                         "map": subj_maps.mean(axis=0).astype(np.float32).ravel().tolist()})
+        maps_out.append(
+            {
+                "model": ms.model,
+                "output": ms.output,
+                "method": ms.method,
+                "attribute": attribute,
+                "group_name": name,
+                "n": n,
+                "height": ms.maps.shape[1],
+                "width": ms.maps.shape[2],
+                "map": subj_maps.mean(axis=0).astype(np.float32).ravel().tolist(),
+            }
+        )
     return shares, maps_out
 
 
-def compare(a: MapSet, b: MapSet, template: np.ndarray, *, n_boot: int, ci_level: float,
-            fraction: float, rng: np.random.Generator) -> list[dict]:
+def compare(
+    a: MapSet,
+    b: MapSet,
+    template: np.ndarray,
+    *,
+    n_boot: int,
+    ci_level: float,
+    fraction: float,
+    rng: np.random.Generator,
+) -> list[dict]:
     """Spearman correlation and top-pixel overlap of two cohort maps and the L1 distance of
     their region shares, on the photos both have, with subject-bootstrap CIs."""
     common = np.intersect1d(a.photo_ids, b.photo_ids)
@@ -514,8 +611,12 @@ def compare(a: MapSet, b: MapSet, template: np.ndarray, *, n_boot: int, ci_level
     rows = []
     for metric, (f, (low, high)) in stats.items():
         raw = f(fa.mean(0).reshape(shape), fb.mean(0).reshape(shape), sa.mean(0), sb.mean(0))
-        boot = np.array([f(boot_a[k].reshape(shape), boot_b[k].reshape(shape),
-                           w[k] @ sa, w[k] @ sb) for k in range(n_boot)])
+        boot = np.array(
+            [
+                f(boot_a[k].reshape(shape), boot_b[k].reshape(shape), w[k] @ sa, w[k] @ sb)
+                for k in range(n_boot)
+            ]
+        )
         # A statistic of two noisy mean maps is biased (noise lowers a correlation, raises
         # a distance), and a resample, with its repeated subjects, is noisier still: the
         # percentile interval can miss the estimate. Bias-corrected estimate 2*raw - mean of
@@ -524,19 +625,33 @@ def compare(a: MapSet, b: MapSet, template: np.ndarray, *, n_boot: int, ci_level
         value = float(np.clip(2 * raw - boot.mean(), low, high))
         q_lo, q_hi = np.quantile(boot, [alpha, 1 - alpha])
         ci = np.clip([2 * raw - q_hi, 2 * raw - q_lo], low, high)
-        rows.append({"check_name": f"compare_{metric}", "model": a.model, "output": a.output,
-                     "method": a.method, "other_model": b.model, "other_output": b.output,
-                     "value": value, "ci_low": float(ci[0]), "ci_high": float(ci[1]),
-                     "threshold": None, "passed": None, "n": len(ma),
-                     "details": f"{len(ma)} subjects; bias-corrected (uncorrected {raw:.3f}), "
-                                f"basic bootstrap interval from {n_boot} resamples of subjects"})
+        rows.append(
+            {
+                "check_name": f"compare_{metric}",
+                "model": a.model,
+                "output": a.output,
+                "method": a.method,
+                "other_model": b.model,
+                "other_output": b.output,
+                "value": value,
+                "ci_low": float(ci[0]),
+                "ci_high": float(ci[1]),
+                "threshold": None,
+                "passed": None,
+                "n": len(ma),
+                "details": f"{len(ma)} subjects; bias-corrected (uncorrected {raw:.3f}), "
+                f"basic bootstrap interval from {n_boot} resamples of subjects",
+            }
+        )
     return rows
 
 
 # ---------------------------------------------------------------------------- sampling
 
-def group_sample(subjects: pd.DataFrame, per_group: int, groups: list[str],
-                 rng: np.random.Generator) -> pd.DataFrame:
+
+def group_sample(
+    subjects: pd.DataFrame, per_group: int, groups: list[str], rng: np.random.Generator
+) -> pd.DataFrame:
     """Rows of ``subjects`` (one photo each) such that the sample has ``per_group`` photos
     overall and in every group of every attribute in ``groups`` (or all of a smaller
     group): a random draw overall, topped up group by group with members not yet drawn."""
@@ -550,13 +665,14 @@ def group_sample(subjects: pd.DataFrame, per_group: int, groups: list[str],
         for name in sorted(pd.unique(col[pd.notna(col)]), key=str):
             members = order[col[order] == name]  # in the random order
             have = int(chosen[members].sum())
-            extra = [i for i in members if not chosen[i]][:max(0, per_group - have)]
+            extra = [i for i in members if not chosen[i]][: max(0, per_group - have)]
             chosen[extra] = True
     return subjects.iloc[np.flatnonzero(chosen)].copy()
 
 
-def attribute_maps(targets: list[Target], methods: dict[str, Callable], batches, *,
-                   progress=None) -> dict[tuple[str, str, str], tuple[list, float]]:
+def attribute_maps(
+    targets: list[Target], methods: dict[str, Callable], batches, *, progress=None
+) -> dict[tuple[str, str, str], tuple[list, float]]:
     """Run every applicable method on every target, batch by batch of ``[0, 1]`` crops
     ``(indices, x)``: ``{(model, output, method): (list of (indices, maps), seconds)}``.
     Each batch is decoded once for all targets."""

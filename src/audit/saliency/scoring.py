@@ -27,46 +27,90 @@ class SaliencyAudit:
     notes: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"saliency": pd.DataFrame(self.shares), "saliency_maps": pd.DataFrame(self.maps),
-                "saliency_checks": pd.DataFrame(self.checks)}
+        return {
+            "saliency": pd.DataFrame(self.shares),
+            "saliency_maps": pd.DataFrame(self.maps),
+            "saliency_checks": pd.DataFrame(self.checks),
+        }
 
 
-def audit_sample(models: list, paths: list, sample: pd.DataFrame, groups: pd.DataFrame,
-                 layout, methods: dict[str, Callable], cfg, *, device: str, batch: int,
-                 align: bool, rng: np.random.Generator,
-                 progress: Callable | None = None) -> SaliencyAudit:
+def audit_sample(
+    models: list,
+    paths: list,
+    sample: pd.DataFrame,
+    groups: pd.DataFrame,
+    layout,
+    methods: dict[str, Callable],
+    cfg,
+    *,
+    device: str,
+    batch: int,
+    align: bool,
+    rng: np.random.Generator,
+    progress: Callable | None = None,
+) -> SaliencyAudit:
     """Saliency of ``models`` on the photos at ``paths`` (rows of ``sample``, with their
     ``groups`` columns), under the region template of face ``layout``; ``cfg`` is the
     :class:`audit.pipeline.config.SaliencyConfig`, ``progress(items, total, label)`` wraps the
     batches, ``align`` eye-aligns raw photos."""
-    sets, maps_rows, targets = _map_sets(models, paths, sample, layout, methods, cfg,
-                                         device=device, batch=batch, align=align,
-                                         progress=progress or (lambda items, total, label: items))
+    sets, maps_rows, targets = _map_sets(
+        models,
+        paths,
+        sample,
+        layout,
+        methods,
+        cfg,
+        device=device,
+        batch=batch,
+        align=align,
+        progress=progress or (lambda items, total, label: items),
+    )
     timings: dict[tuple[str, str], list[str]] = {}
     for ms in sets:
         timings.setdefault((ms.model, ms.output), []).append(f"{ms.method} {ms.seconds:.1f} s")
-    notes = [f"{model} {output}: {', '.join(parts)} on {device}"
-             for (model, output), parts in timings.items()]
+    notes = [
+        f"{model} {output}: {', '.join(parts)} on {device}"
+        for (model, output), parts in timings.items()
+    ]
     shares, checks = [], []
     for ms in sets:
-        s_rows, m_rows = sal.cohort_rows(ms, groups[ms.extra["keep"]].reset_index(drop=True),
-                                         ms.extra["template"], min_faces=cfg.min_faces,
-                                         n_boot=cfg.n_boot, ci_level=cfg.ci_level, rng=rng)
+        s_rows, m_rows = sal.cohort_rows(
+            ms,
+            groups[ms.extra["keep"]].reset_index(drop=True),
+            ms.extra["template"],
+            min_faces=cfg.min_faces,
+            n_boot=cfg.n_boot,
+            ci_level=cfg.ci_level,
+            rng=rng,
+        )
         shares += s_rows
         maps_rows += m_rows
     for i, a in enumerate(sets):
-        for b in sets[i + 1:]:
-            if a.method == b.method and (a.model, a.output) != (b.model, b.output) \
-                    and a.maps.shape[1:] == b.maps.shape[1:]:
-                checks += sal.compare(a, b, a.extra["template"], n_boot=cfg.n_boot,
-                                      ci_level=cfg.ci_level, fraction=cfg.top_fraction, rng=rng)
-    checks += _sanity_checks(sets, targets, paths, methods, cfg, device=device, align=align,
-                             notes=notes)
+        for b in sets[i + 1 :]:
+            if (
+                a.method == b.method
+                and (a.model, a.output) != (b.model, b.output)
+                and a.maps.shape[1:] == b.maps.shape[1:]
+            ):
+                checks += sal.compare(
+                    a,
+                    b,
+                    a.extra["template"],
+                    n_boot=cfg.n_boot,
+                    ci_level=cfg.ci_level,
+                    fraction=cfg.top_fraction,
+                    rng=rng,
+                )
+    checks += _sanity_checks(
+        sets, targets, paths, methods, cfg, device=device, align=align, notes=notes
+    )
     for c in checks:
         if c["passed"] is False and c["check_name"] == "randomized_weights_spearman":
-            notes.append(f"{c['model']} {c['output']} {c['method']}: its map barely changes "
-                         f"when the weights are randomised (Spearman {c['value']:.2f}), so "
-                         "read it with caution")
+            notes.append(
+                f"{c['model']} {c['output']} {c['method']}: its map barely changes "
+                f"when the weights are randomised (Spearman {c['value']:.2f}), so "
+                "read it with caution"
+            )
     return SaliencyAudit(shares, maps_rows, checks, notes)
 
 
@@ -76,47 +120,75 @@ def _map_sets(models, paths, sample, layout, methods, cfg, *, device, batch, ali
     ``saliency_maps`` rows; the attribution targets by (model, output)."""
     import torch
 
-
     sets: list[sal.MapSet] = []
     maps_rows: list[dict] = []
     targets_all: dict[tuple[str, str], sal.Target] = {}
     for size in sorted({m.input_size for m in models}):
-        targets = [t for m in models if m.input_size == size
-                   for t in sal.model_targets(m, device)]
+        targets = [t for m in models if m.input_size == size for t in sal.model_targets(m, device)]
         targets_all.update({(t.model, t.output): t for t in targets})
         failed = np.zeros(len(paths), dtype=bool)
         face_sum = np.zeros((size, size, 3))
 
         def batches():
-            for idx, images, errs in iter_decoded(paths, size, device=device, batch_size=batch,
-                                                  align=align):
+            for idx, images, errs in iter_decoded(
+                paths, size, device=device, batch_size=batch, align=align
+            ):
                 bad = np.array([bool(e) for e in errs], dtype=bool)
                 failed[np.asarray(idx)[bad]] = True
                 good = torch.from_numpy(~bad).to(images.device)
                 face_sum[:] += images[good].double().sum(0).cpu().numpy()
                 yield idx.numpy(), to_unit(images)
 
-        result = sal.attribute_maps(targets, methods, progress(
-            batches(), (len(paths) + batch - 1) // batch, f"saliency ({size} px)"))
+        result = sal.attribute_maps(
+            targets,
+            methods,
+            progress(batches(), (len(paths) + batch - 1) // batch, f"saliency ({size} px)"),
+        )
         template = sal.region_template(layout, size)
         n_ok = int((~failed).sum())
         if n_ok >= cfg.min_faces:  # the average face of the sample: the maps' backdrop
-            maps_rows.append({"model": None, "output": None, "method": "mean_face",
-                              "attribute": "all", "group_name": "all", "n": n_ok,
-                              "height": size, "width": size,
-                              "map": (face_sum / n_ok).astype(np.float32).ravel().tolist()})
-        maps_rows.append({"model": None, "output": None, "method": "region_template",
-                          "attribute": "all", "group_name": ",".join(sal.REGIONS), "n": 0,
-                          "height": size, "width": size,
-                          "map": template.astype(np.float32).ravel().tolist()})
+            maps_rows.append(
+                {
+                    "model": None,
+                    "output": None,
+                    "method": "mean_face",
+                    "attribute": "all",
+                    "group_name": "all",
+                    "n": n_ok,
+                    "height": size,
+                    "width": size,
+                    "map": (face_sum / n_ok).astype(np.float32).ravel().tolist(),
+                }
+            )
+        maps_rows.append(
+            {
+                "model": None,
+                "output": None,
+                "method": "region_template",
+                "attribute": "all",
+                "group_name": ",".join(sal.REGIONS),
+                "n": 0,
+                "height": size,
+                "width": size,
+                "map": template.astype(np.float32).ravel().tolist(),
+            }
+        )
         for (model, output, method), (parts, seconds) in result.items():
             order = np.concatenate([i for i, _ in parts])
             maps = np.concatenate([m for _, m in parts])[np.argsort(order, kind="stable")]
             keep = ~failed
-            sets.append(sal.MapSet(model, output, method, sal.normalise(maps[keep]),
-                                   sample["photo_id"].to_numpy()[keep],
-                                   sample["subject_id"].to_numpy()[keep], seconds,
-                                   {"template": template, "keep": keep}))
+            sets.append(
+                sal.MapSet(
+                    model,
+                    output,
+                    method,
+                    sal.normalise(maps[keep]),
+                    sample["photo_id"].to_numpy()[keep],
+                    sample["subject_id"].to_numpy()[keep],
+                    seconds,
+                    {"template": template, "keep": keep},
+                )
+            )
     return sets, maps_rows, targets_all
 
 
@@ -130,28 +202,40 @@ def _sanity_checks(sets, targets, paths, methods, cfg, *, device, align, notes) 
     for ms in sets:
         target = targets[(ms.model, ms.output)]
         if not target.differentiable:
-            notes.append(f"{ms.model} {ms.output} {ms.method}: no randomised-weights check (it "
-                         "needs the model's weights in torch)")
+            notes.append(
+                f"{ms.model} {ms.output} {ms.method}: no randomised-weights check (it "
+                "needs the model's weights in torch)"
+            )
             continue
         k = min(cfg.sanity_photos, len(ms.maps))
         first = np.flatnonzero(ms.extra["keep"])[:k]  # the photos of ms.maps[:k]
         key = (target.size, tuple(first))
         if key not in decoded:  # once per input size, not once per method
-            decoded[key] = _decode_sample([paths[i] for i in first], target.size, device,
-                                          align)
+            decoded[key] = _decode_sample([paths[i] for i in first], target.size, device, align)
         x = decoded[key]
         if (ms.model, ms.output) not in randomised:
             randomised[(ms.model, ms.output)] = sal.randomized_target(target, seed=cfg.seed)
         random = randomised[(ms.model, ms.output)]
         rand_maps = sal.normalise(np.asarray(methods[ms.method](random, x), dtype=np.float64))
         rho = sal.spearman_maps(ms.maps[:k].mean(axis=0), rand_maps.mean(axis=0))
-        checks.append({"check_name": "randomized_weights_spearman", "model": ms.model,
-                       "output": ms.output, "method": ms.method, "other_model": None,
-                       "other_output": None, "value": rho, "ci_low": None, "ci_high": None,
-                       "threshold": cfg.sanity_spearman_max,
-                       "passed": bool(rho < cfg.sanity_spearman_max), "n": k,
-                       "details": f"cohort map of {k} photos against the same model with every "
-                                  "weight redrawn (Adebayo et al. 2018)"})
+        checks.append(
+            {
+                "check_name": "randomized_weights_spearman",
+                "model": ms.model,
+                "output": ms.output,
+                "method": ms.method,
+                "other_model": None,
+                "other_output": None,
+                "value": rho,
+                "ci_low": None,
+                "ci_high": None,
+                "threshold": cfg.sanity_spearman_max,
+                "passed": bool(rho < cfg.sanity_spearman_max),
+                "n": k,
+                "details": f"cohort map of {k} photos against the same model with every "
+                "weight redrawn (Adebayo et al. 2018)",
+            }
+        )
     notes.append(f"randomised-weights checks: {time.perf_counter() - start:.1f} s")
     return checks
 
@@ -160,7 +244,10 @@ def _decode_sample(paths: list, size: int, device: str, align: bool):
     """The first photos of the saliency sample as one [0, 1] batch on ``device``."""
     import torch
 
-
-    parts = [to_unit(images) for _, images, _ in iter_decoded(
-        paths, size, device=device, batch_size=len(paths) or 1, workers=0, align=align)]
+    parts = [
+        to_unit(images)
+        for _, images, _ in iter_decoded(
+            paths, size, device=device, batch_size=len(paths) or 1, workers=0, align=align
+        )
+    ]
     return torch.cat(parts)

@@ -26,16 +26,25 @@ def accuracy_stage(ctx: RunContext) -> int:
             if "age" in wide.columns:
                 parts.append(faceage_accuracy(wide, model.name, ctx.config.accuracy))
             else:
-                ctx.note("accuracy", f"{model.name}: no chronological age, FaceAge error not computed")
+                ctx.note(
+                    "accuracy", f"{model.name}: no chronological age, FaceAge error not computed"
+                )
         if "risk" in model.outputs:
             if ctx.cohort.has_outcomes:
-                parts.append(risk_accuracy(one_per_subject(ctx, wide), model.name,
-                                           ctx.config.accuracy, ctx.config.survival))
+                parts.append(
+                    risk_accuracy(
+                        one_per_subject(ctx, wide),
+                        model.name,
+                        ctx.config.accuracy,
+                        ctx.config.survival,
+                    )
+                )
             else:
                 ctx.note("accuracy", f"{model.name}: no outcomes, risk C-index not computed")
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return ctx.write("accuracy", {"accuracy": frame},
-                                 note="; ".join(ctx.notes.get("accuracy", [])) or None)
+    return ctx.write(
+        "accuracy", {"accuracy": frame}, note="; ".join(ctx.notes.get("accuracy", [])) or None
+    )
 
 
 def fairness_stage(ctx: RunContext) -> int:
@@ -47,15 +56,26 @@ def fairness_stage(ctx: RunContext) -> int:
         return ctx.write("fairness", {}, note=ctx.notes["fairness"][0])
     cuts = ctx.config.accuracy.age_bands
     min_events = ctx.config.survival.min_events
-    tables: dict[str, list] = {k: [] for k in ("fairness", "survival_subgroups",
-                                               "survival_tests", "representativeness",
-                                               "comparisons")}
+    tables: dict[str, list] = {
+        k: []
+        for k in (
+            "fairness",
+            "survival_subgroups",
+            "survival_tests",
+            "representativeness",
+            "comparisons",
+        )
+    }
     if cfg.intended_population:
         tables["representativeness"].append(
-            representativeness(ctx.cohort.subjects(), cfg.intended_population, cuts))
+            representativeness(ctx.cohort.subjects(), cfg.intended_population, cuts)
+        )
     else:
-        ctx.note("fairness", "no intended-use population in the config "
-                             "(fairness.intended_population): representativeness not tested")
+        ctx.note(
+            "fairness",
+            "no intended-use population in the config "
+            "(fairness.intended_population): representativeness not tested",
+        )
     by_output: dict[str, dict] = {"faceage": {}, "risk": {}}
     for model in progress.track(ctx.models, "fairness"):
         wide = wide_predictions(ctx, model)
@@ -65,27 +85,35 @@ def fairness_stage(ctx: RunContext) -> int:
             by_output["faceage"][model.name] = wide
         if "risk" in model.outputs and ctx.cohort.has_outcomes:
             said: list[str] = []
-            tables["fairness"].append(risk_fairness(subjects, model.name, cfg, cuts, min_events,
-                                                    notes=said))
+            tables["fairness"].append(
+                risk_fairness(subjects, model.name, cfg, cuts, min_events, notes=said)
+            )
             for note in said:
                 ctx.note("fairness", note)
             by_output["risk"][model.name] = subjects
         if ctx.cohort.has_outcomes:
-            rows, tests = survival_subgroups(subjects, model.name, model.outputs, cfg,
-                                             min_events, cuts)
+            rows, tests = survival_subgroups(
+                subjects, model.name, model.outputs, cfg, min_events, cuts
+            )
             tables["survival_subgroups"].append(rows)
             tables["survival_tests"].append(tests)
     for output, frames in by_output.items():
         if len(frames) >= 2:
             tables["comparisons"].append(paired_comparisons(frames, output, cfg, cuts, min_events))
-    merged = {k: pd.concat([f for f in v if len(f)], ignore_index=True)
-              for k, v in tables.items() if any(len(f) for f in v)}
+    merged = {
+        k: pd.concat([f for f in v if len(f)], ignore_index=True)
+        for k, v in tables.items()
+        if any(len(f) for f in v)
+    }
     fair = merged.get("fairness")
     if fair is not None:
         flagged = fair[fair["status"] == "flagged"]
-        ctx.note("fairness", f"{len(fair)} subgroup rows, {len(flagged)} flagged "
-                             f"({(flagged['metric'].isin(cfg.verdict_metrics)).sum()} on the "
-                             "verdict's metrics)")
+        ctx.note(
+            "fairness",
+            f"{len(fair)} subgroup rows, {len(flagged)} flagged "
+            f"({(flagged['metric'].isin(cfg.verdict_metrics)).sum()} on the "
+            "verdict's metrics)",
+        )
     return ctx.write("fairness", merged, note="; ".join(ctx.notes.get("fairness", [])) or None)
 
 
@@ -95,11 +123,16 @@ def survival_stage(ctx: RunContext) -> int:
     for model in progress.track(ctx.models, "survival"):
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
         fair = ctx.config.fairness
-        result = survival_analysis(subjects, model.name, model.outputs,
-                                   ctx.cohort.spec.covariates, ctx.config.survival,
-                                   ctx.config.accuracy.age_bands,
-                                   decision_groups=fair.survival_attributes if fair.enabled
-                                   else None, min_group_size=fair.min_group_size)
+        result = survival_analysis(
+            subjects,
+            model.name,
+            model.outputs,
+            ctx.cohort.spec.covariates,
+            ctx.config.survival,
+            ctx.config.accuracy.age_bands,
+            decision_groups=fair.survival_attributes if fair.enabled else None,
+            min_group_size=fair.min_group_size,
+        )
         for note in result.notes:
             ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
         for name, frame in result.tables().items():
@@ -111,10 +144,11 @@ def survival_stage(ctx: RunContext) -> int:
             tables.setdefault(name, []).append(frame)
     # all-NA columns (e.g. the calibration columns of Kaplan-Meier rows) are left to the
     # database's NULL: INSERT BY NAME fills what a frame lacks
-    merged = {k: pd.concat([f.dropna(axis=1, how="all") for f in v if len(f)] or v[:1],
-                           ignore_index=True) for k, v in tables.items()}
-    return ctx.write("survival", merged,
-                                 note=" ".join(ctx.notes.get("survival", [])) or None)
+    merged = {
+        k: pd.concat([f.dropna(axis=1, how="all") for f in v if len(f)] or v[:1], ignore_index=True)
+        for k, v in tables.items()
+    }
+    return ctx.write("survival", merged, note=" ".join(ctx.notes.get("survival", [])) or None)
 
 
 def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
@@ -123,13 +157,15 @@ def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
     if "photo_date" not in photos.columns or not photos["subject_id"].duplicated().any():
         return
     models, terms, metrics, notes = far_models(
-        photos, model.name, ctx.config.survival,
-        min_subjects=ctx.config.fairness.min_group_size)
+        photos, model.name, ctx.config.survival, min_subjects=ctx.config.fairness.min_group_size
+    )
     for note in notes:
         ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
-    for name, rows, cols in (("survival_models", models, MODEL_COLUMNS),
-                             ("survival_terms", terms, TERM_COLUMNS),
-                             ("survival_metrics", metrics, METRIC_COLUMNS)):
+    for name, rows, cols in (
+        ("survival_models", models, MODEL_COLUMNS),
+        ("survival_terms", terms, TERM_COLUMNS),
+        ("survival_metrics", metrics, METRIC_COLUMNS),
+    ):
         if rows:
             tables.setdefault(name, []).append(pd.DataFrame(rows, columns=cols))
 
@@ -147,22 +183,30 @@ def _incremental(ctx: RunContext) -> dict:
             continue
         wide = one_per_subject(ctx, wide_predictions(ctx, m))
         if base is None:
-            base = wide.drop(columns=[c for c in ("faceage", "risk") if c != column
-                                      and c in wide.columns])
+            base = wide.drop(
+                columns=[c for c in ("faceage", "risk") if c != column and c in wide.columns]
+            )
         else:
             base = base.merge(wide[["photo_id", column]], on="photo_id", how="inner")
-    if base is None or base["event"].isna().all() or base["event"].sum() < ctx.config.survival.min_events:
+    if (
+        base is None
+        or base["event"].isna().all()
+        or base["event"].sum() < ctx.config.survival.min_events
+    ):
         return {}
     try:
-        result = incremental_value(base, ctx.cohort.spec.covariates,
-                                   faceage_model=face.name if face else None,
-                                   risk_model=risk.name if risk else None,
-                                   n_boot=ctx.config.survival.n_boot,
-                                   seed=ctx.config.survival.seed,
-                                   penalizer=ctx.config.survival.penalizer,
-                                   decision_horizons=ctx.config.survival.decision_horizons,
-                                   decision_thresholds=ctx.config.survival.decision_thresholds,
-                                   folds=ctx.config.survival.folds)
+        result = incremental_value(
+            base,
+            ctx.cohort.spec.covariates,
+            faceage_model=face.name if face else None,
+            risk_model=risk.name if risk else None,
+            n_boot=ctx.config.survival.n_boot,
+            seed=ctx.config.survival.seed,
+            penalizer=ctx.config.survival.penalizer,
+            decision_horizons=ctx.config.survival.decision_horizons,
+            decision_thresholds=ctx.config.survival.decision_thresholds,
+            folds=ctx.config.survival.folds,
+        )
     except Exception as exc:  # a fit that fails is reported, the stage goes on
         ctx.note("survival", f"incremental value not computed: {type(exc).__name__}: {exc}")
         return {}

@@ -51,8 +51,14 @@ class RunContext:
         return n
 
 
-def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
-          config: AuditConfig, flow: str = "audit", reference: str | None = None) -> RunContext:
+def start(
+    cohort_dir: str | Path,
+    model_specs: list[str],
+    out_dir: str | Path,
+    config: AuditConfig,
+    flow: str = "audit",
+    reference: str | None = None,
+) -> RunContext:
     """Load the cohort and models, open the store and insert the ``running`` run row."""
     out_dir = Path(out_dir)
     models = [create_model(spec) for spec in model_specs]
@@ -64,12 +70,25 @@ def start(cohort_dir: str | Path, model_specs: list[str], out_dir: str | Path,
     store = Store(out_dir / "audit.duckdb")
     identities = [_identity(m) for m in models]
     run_id = store.start_run(
-        flow=flow, cohort_name=cohort.name, cohort_sha256=cohort.sha256,
-        manifest_sha256=cohort.manifest_sha256, models=identities,
-        config_json=config.canonical_json(), config_sha256=config.sha256(),
-        synthetic=cohort.spec.synthetic, cohort_path=str(Path(cohort_dir).resolve()))
-    return RunContext(store=store, run_id=run_id, out_dir=out_dir, config=config,
-                      cohort=cohort, models=models, reference=reference)
+        flow=flow,
+        cohort_name=cohort.name,
+        cohort_sha256=cohort.sha256,
+        manifest_sha256=cohort.manifest_sha256,
+        models=identities,
+        config_json=config.canonical_json(),
+        config_sha256=config.sha256(),
+        synthetic=cohort.spec.synthetic,
+        cohort_path=str(Path(cohort_dir).resolve()),
+    )
+    return RunContext(
+        store=store,
+        run_id=run_id,
+        out_dir=out_dir,
+        config=config,
+        cohort=cohort,
+        models=models,
+        reference=reference,
+    )
 
 
 def wide_predictions(ctx: RunContext, model) -> pd.DataFrame:
@@ -77,8 +96,9 @@ def wide_predictions(ctx: RunContext, model) -> pd.DataFrame:
     preds = ctx.predictions[model.name]
     clean = preds[preds["perturbation"] == "none"]
     wide = clean.pivot_table(index="photo_id", columns="output", values="value", aggfunc="first")
-    base = ctx.cohort.frame.drop(columns=[c for c in ("faceage", "risk")
-                                          if c in ctx.cohort.frame.columns])
+    base = ctx.cohort.frame.drop(
+        columns=[c for c in ("faceage", "risk") if c in ctx.cohort.frame.columns]
+    )
     # rows in an order fixed by their values, not by the manifest's rows or the ids' names:
     # every resample and fold drawn from here on is the same for a shuffled, renamed cohort
     return canonical_rows(base.merge(wide, left_on="photo_id", right_index=True, how="inner"))
@@ -123,8 +143,11 @@ def layout_name(ctx: RunContext, *configured: str | None) -> str:
     """The face layout of the cohort's crops: the first name configured, else cohort.yaml's
     ``face_layout``, else ``arcface`` for cropped cohorts and ``aligned`` for raw photos
     (which the engine eye-aligns to that layout)."""
-    return next((name for name in configured if name), None) or ctx.cohort.spec.face_layout \
+    return (
+        next((name for name in configured if name), None)
+        or ctx.cohort.spec.face_layout
         or ("arcface" if ctx.cohort.spec.cropped else "aligned")
+    )
 
 
 _WORKER_MODELS: dict[str, object] = {}
@@ -152,6 +175,9 @@ def running(ctx: RunContext):
 
 def fail(ctx: RunContext, exc: BaseException) -> None:
     """Mark the run ``failed`` with its reason (the stages' rows stay whole or absent)."""
-    detail = str(exc) if isinstance(exc, InputError) else "".join(
-        traceback.format_exception_only(type(exc), exc)).strip()
+    detail = (
+        str(exc)
+        if isinstance(exc, InputError)
+        else "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    )
     ctx.store.fail_run(ctx.run_id, detail)

@@ -31,18 +31,23 @@ def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
         keep = ["photo_id"] + [c for c in IMAGE_NUMERIC if c in props.columns]
         rows = rows.merge(props[keep], on="photo_id", how="left")
     # the clean pass only (a run also stores its perturbed predictions)
-    preds = store.query("SELECT photo_id, model, output, value FROM predictions "
-                        "WHERE run_id = ? AND perturbation = 'none'", [run_id])
+    preds = store.query(
+        "SELECT photo_id, model, output, value FROM predictions "
+        "WHERE run_id = ? AND perturbation = 'none'",
+        [run_id],
+    )
     preds = preds[preds["model"].isin(models)]
     if len(preds):
         wide = preds.assign(col=preds["model"] + ":" + preds["output"]).pivot_table(
-            index="photo_id", columns="col", values="value", aggfunc="first")
+            index="photo_id", columns="col", values="value", aggfunc="first"
+        )
         rows = rows.merge(wide, left_on="photo_id", right_index=True, how="left")
     return rows
 
 
-def _covariate_features(ctx: RunContext, ref: str, reference: pd.DataFrame,
-                        current: pd.DataFrame) -> dict:
+def _covariate_features(
+    ctx: RunContext, ref: str, reference: pd.DataFrame, current: pd.DataFrame
+) -> dict:
     """The cohort's clinical covariates as metadata features: read from this cohort and from
     the reference run's cohort folder (when it is still there; the store keeps only the
     standard columns)."""
@@ -53,18 +58,26 @@ def _covariate_features(ctx: RunContext, ref: str, reference: pd.DataFrame,
     try:
         ref_cohort = load_cohort(path, hash_cache=HashCache.default())
     except Exception as exc:  # moved or gone: say so, compare the rest
-        ctx.note("drift", f"covariates not compared: the reference cohort folder {path} "
-                          f"cannot be read ({type(exc).__name__})")
+        ctx.note(
+            "drift",
+            f"covariates not compared: the reference cohort folder {path} "
+            f"cannot be read ({type(exc).__name__})",
+        )
         return {}
     names = [c.name for c in covs if c.name in ref_cohort.frame.columns]
     if not names:
         return {}
     ref_cov = ref_cohort.frame[["photo_id"] + names]
     cur_cov = ctx.cohort.frame[["photo_id"] + names]
-    out = {c.name: (c.name, "metadata", "num" if c.type == "numeric" else "cat", None)
-           for c in covs if c.name in names}
-    out["_frames"] = (reference.merge(ref_cov, on="photo_id", how="left"),
-                      current.merge(cur_cov, on="photo_id", how="left"))
+    out = {
+        c.name: (c.name, "metadata", "num" if c.type == "numeric" else "cat", None)
+        for c in covs
+        if c.name in names
+    }
+    out["_frames"] = (
+        reference.merge(ref_cov, on="photo_id", how="left"),
+        current.merge(cur_cov, on="photo_id", how="left"),
+    )
     return out
 
 
@@ -83,33 +96,58 @@ def drift_stage(ctx: RunContext) -> int:
     covariates = _covariate_features(ctx, ref, reference, current)
     if covariates:
         reference, current = covariates.pop("_frames")
-    features = ([(c, "metadata", "num", None) for c in METADATA_NUMERIC]
-                + list(covariates.values())
-                + [(c, "metadata", "cat", None) for c in METADATA_CATEGORICAL]
-                + [(c, "images", "num", None) for c in IMAGE_NUMERIC]
-                + [(f"{m.name}:{o}", "predictions", "num", m.name) for m in ctx.models
-                   for o in m.outputs])
+    features = (
+        [(c, "metadata", "num", None) for c in METADATA_NUMERIC]
+        + list(covariates.values())
+        + [(c, "metadata", "cat", None) for c in METADATA_CATEGORICAL]
+        + [(c, "images", "num", None) for c in IMAGE_NUMERIC]
+        + [(f"{m.name}:{o}", "predictions", "num", m.name) for m in ctx.models for o in m.outputs]
+    )
     rows, snapshot = feature_drift(reference, current, features)
     for model in ctx.models:
-        vectors = [ctx.store.query("SELECT vector FROM embeddings WHERE run_id = ? AND model = ?",
-                                   [r, model.name])["vector"] for r in (ref, ctx.run_id)]
+        vectors = [
+            ctx.store.query(
+                "SELECT vector FROM embeddings WHERE run_id = ? AND model = ?", [r, model.name]
+            )["vector"]
+            for r in (ref, ctx.run_id)
+        ]
         if all(len(v) > 10 for v in vectors):
-            rows.append(embedding_drift(np.stack(vectors[0].to_numpy()),
-                                        np.stack(vectors[1].to_numpy()), model.name, cfg))
-    rows.extend(quality_change(ctx.store.table("accuracy", ref),
-                               ctx.store.table("accuracy", ctx.run_id)))
+            rows.append(
+                embedding_drift(
+                    np.stack(vectors[0].to_numpy()),
+                    np.stack(vectors[1].to_numpy()),
+                    model.name,
+                    cfg,
+                )
+            )
+    rows.extend(
+        quality_change(ctx.store.table("accuracy", ref), ctx.store.table("accuracy", ctx.run_id))
+    )
     frame = decide(rows, cfg).assign(reference=ref)
-    frame["feature"] = frame["feature"].str.split(":").str[-1].where(
-        frame["kind"] == "predictions", frame["feature"])
+    frame["feature"] = (
+        frame["feature"]
+        .str.split(":")
+        .str[-1]
+        .where(frame["kind"] == "predictions", frame["feature"])
+    )
     tables = {"drift": frame}
     if snapshot is not None and cfg.html:
         path = ctx.out_dir / "runs" / ctx.run_id / "drift.html"
         path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(path))
-        tables["artifacts"] = pd.DataFrame([{"kind": "evidently_html",
-                                             "path": str(path.relative_to(ctx.out_dir)),
-                                             "sha256": sha256_file(path)}])
+        tables["artifacts"] = pd.DataFrame(
+            [
+                {
+                    "kind": "evidently_html",
+                    "path": str(path.relative_to(ctx.out_dir)),
+                    "sha256": sha256_file(path),
+                }
+            ]
+        )
     drifted = frame[frame["drifted"]]
-    ctx.note("drift", f"against run {ref}: {len(frame)} features, {len(drifted)} drifted"
-             + (f" ({', '.join(drifted['feature'])})" if len(drifted) else ""))
+    ctx.note(
+        "drift",
+        f"against run {ref}: {len(frame)} features, {len(drifted)} drifted"
+        + (f" ({', '.join(drifted['feature'])})" if len(drifted) else ""),
+    )
     return ctx.write("drift", tables, note="; ".join(ctx.notes["drift"]))

@@ -77,21 +77,32 @@ def run_shard(shard: Shard):
 
 def _merge(parts: list) -> object:
     """One Predictions from a model's shard results (in shard order)."""
+
     def cat(name):
-        frames = [getattr(p, name) for p in parts if getattr(p, name) is not None
-                  and len(getattr(p, name))]
+        frames = [
+            getattr(p, name)
+            for p in parts
+            if getattr(p, name) is not None and len(getattr(p, name))
+        ]
         return pd.concat(frames, ignore_index=True) if frames else None
 
     computed = sum(p.n_computed for p in parts)
     from_cache = sum(p.n_cached for p in parts)
     workers = sorted({p.worker for p in parts if p.worker})
-    return Predictions(frame=cat("frame"), embeddings=cat("embeddings"),
-                       quarantine=cat("quarantine"), cache_values=cat("cache_values"),
-                       cache_vectors=cat("cache_vectors"),
-                       n_cached=from_cache, n_computed=computed,
-                       notes=[f"{len(parts)} shards on {len(workers)} worker process(es) "
-                              f"({', '.join(workers)}); {from_cache} photos from the prediction "
-                              f"cache, {computed} computed"])
+    return Predictions(
+        frame=cat("frame"),
+        embeddings=cat("embeddings"),
+        quarantine=cat("quarantine"),
+        cache_values=cat("cache_values"),
+        cache_vectors=cat("cache_vectors"),
+        n_cached=from_cache,
+        n_computed=computed,
+        notes=[
+            f"{len(parts)} shards on {len(workers)} worker process(es) "
+            f"({', '.join(workers)}); {from_cache} photos from the prediction "
+            f"cache, {computed} computed"
+        ],
+    )
 
 
 def predict_stage(ctx: RunContext, shard_results: list | None = None) -> int:
@@ -106,8 +117,10 @@ def predict_stage(ctx: RunContext, shard_results: list | None = None) -> int:
     total, quarantined, embeddings, checks, caches = [], [], [], [], []
     for model in ctx.models:
         if model.needs_images and not ctx.cohort.has_images:
-            raise InputError(f"{ctx.cohort.root}: model {model.name!r} needs images, and the "
-                             "cohort has no image_path column")
+            raise InputError(
+                f"{ctx.cohort.root}: model {model.name!r} needs images, and the "
+                "cohort has no image_path column"
+            )
         if hasattr(model, "cache_key"):  # image models: reuse what the cache already has
             key = model.cache_key(ctx.cohort)
             if model.name in by_model:
@@ -144,20 +157,23 @@ def predict_stage(ctx: RunContext, shard_results: list | None = None) -> int:
         parts = [frame for table, frame in caches if table == name]
         if parts:
             tables[name] = pd.concat(parts, ignore_index=True)
-    return ctx.write("predictions", tables,
-                     note="; ".join(ctx.notes.get("predictions", [])) or None)
+    return ctx.write(
+        "predictions", tables, note="; ".join(ctx.notes.get("predictions", [])) or None
+    )
 
 
 def _check_predictions(ctx: RunContext, model, frame: pd.DataFrame, already: set):
     """The predictions suite on one model's clean predictions, for the photos the model did
     not already set aside (``already``); returns (result, ids that failed)."""
     clean = frame[frame["perturbation"] == "none"]
-    wide = clean.pivot_table(index="photo_id", columns="output", values="value",
-                             aggfunc="first").reset_index()
+    wide = clean.pivot_table(
+        index="photo_id", columns="output", values="value", aggfunc="first"
+    ).reset_index()
     rows = ctx.cohort.frame[["photo_id", "_row"]]
     rows = rows[~rows["photo_id"].isin(already)]
     wide = rows.merge(wide, on="photo_id", how="left")
-    override = ((ctx.cohort.root / ctx.cohort.spec.expectations)
-                if ctx.cohort.spec.expectations else None)
+    override = (
+        (ctx.cohort.root / ctx.cohort.spec.expectations) if ctx.cohort.spec.expectations else None
+    )
     result = validate_predictions(wide, model.name, str(ctx.cohort.manifest_path), override)
     return result, set(result.quarantine["photo_id"])

@@ -61,21 +61,29 @@ def robustness_setup(ctx: RunContext) -> RobustnessSetup | str:
     reason it does not run."""
     cfg = ctx.config.robustness
     models = image_models(ctx)
-    reason = ("turned off in the audit config" if not cfg.enabled else
-              "the cohort carries predictions, not photos" if not ctx.cohort.has_images else
-              "no model reads images" if not models else None)
+    reason = (
+        "turned off in the audit config"
+        if not cfg.enabled
+        else "the cohort carries predictions, not photos"
+        if not ctx.cohort.has_images
+        else "no model reads images"
+        if not models
+        else None
+    )
     if reason:
         return reason
     subjects = predicted_subjects(ctx, models)
-    sample = stratified_sample(subjects, cfg.sample_subjects, cfg.strata,
-                               np.random.default_rng(cfg.seed)).reset_index(drop=True)
+    sample = stratified_sample(
+        subjects, cfg.sample_subjects, cfg.strata, np.random.default_rng(cfg.seed)
+    ).reset_index(drop=True)
     layout = face_layout(layout_name(ctx, cfg.face_layout))
     plan = default_plan(cfg.perturbations or None, cfg.severities)
-    keys = [perturbation_key(name, cfg.seed, layout)
-            for name in [CLEAN] + sorted({name for name, _ in plan})]
+    keys = [
+        perturbation_key(name, cfg.seed, layout)
+        for name in [CLEAN] + sorted({name for name, _ in plan})
+    ]
     shas = sample["image_path"].map(ctx.cohort.image_sha256).tolist()
-    cached = {m.name: ctx.store.cached_values(m.cache_key(ctx.cohort), shas, keys)
-              for m in models}
+    cached = {m.name: ctx.store.cached_values(m.cache_key(ctx.cohort), shas, keys) for m in models}
     return RobustnessSetup(models, subjects, sample, plan, layout, cached)
 
 
@@ -95,12 +103,27 @@ def plan_robustness_shards(ctx: RunContext, n_shards: int) -> list[RobustnessSha
         if b <= a:
             continue
         rows = sample.iloc[a:b].reset_index(drop=True)
-        part = dataclasses.replace(ctx.cohort, frame=ctx.cohort.frame[
-            ctx.cohort.frame["photo_id"].isin(set(rows["photo_id"]))].reset_index(drop=True))
+        part = dataclasses.replace(
+            ctx.cohort,
+            frame=ctx.cohort.frame[
+                ctx.cohort.frame["photo_id"].isin(set(rows["photo_id"]))
+            ].reset_index(drop=True),
+        )
         shas = set(rows["image_path"].map(ctx.cohort.image_sha256))
         cached = {k: v[v["image_sha256"].isin(shas)] for k, v in setup.cached.items()}
-        shards.append(RobustnessShard([m.spec for m in setup.models], part, rows, setup.plan,
-                                      setup.layout, cfg.seed, cached, cfg.batch_size, i))
+        shards.append(
+            RobustnessShard(
+                [m.spec for m in setup.models],
+                part,
+                rows,
+                setup.plan,
+                setup.layout,
+                cfg.seed,
+                cached,
+                cfg.batch_size,
+                i,
+            )
+        )
     return shards
 
 
@@ -109,10 +132,17 @@ def run_robustness_shard(shard: RobustnessShard) -> dict:
     import os
     import socket
 
-
     models = [worker_model(spec) for spec in shard.model_specs]
-    results = run_suite(models, shard.cohort, shard.rows, shard.plan, layout=shard.layout,
-                        seed=shard.seed, cached=shard.cached, batch_size=shard.batch_size)
+    results = run_suite(
+        models,
+        shard.cohort,
+        shard.rows,
+        shard.plan,
+        layout=shard.layout,
+        seed=shard.seed,
+        cached=shard.cached,
+        batch_size=shard.batch_size,
+    )
     for r in results.values():
         r.worker = f"{socket.gethostname()}:{os.getpid()}"
     return results
@@ -126,9 +156,13 @@ def _merge_suites(parts: list[dict]) -> dict:
         merged[name] = SuiteResult(
             frame=pd.concat([r.frame for r in rs], ignore_index=True),
             cache_values=pd.concat([r.cache_values for r in rs], ignore_index=True),
-            n_computed=sum(r.n_computed for r in rs), n_cached=sum(r.n_cached for r in rs),
-            seconds=sum(r.seconds for r in rs), shared_with=rs[0].shared_with,
-            device=rs[0].device, worker=", ".join(sorted({r.worker for r in rs if r.worker})))
+            n_computed=sum(r.n_computed for r in rs),
+            n_cached=sum(r.n_cached for r in rs),
+            seconds=sum(r.seconds for r in rs),
+            shared_with=rs[0].shared_with,
+            device=rs[0].device,
+            worker=", ".join(sorted({r.worker for r in rs if r.worker})),
+        )
     return merged
 
 
@@ -145,37 +179,59 @@ def robustness_stage(ctx: RunContext, shard_results: list | None = None) -> int:
         ctx.note("robustness", f"robustness not run: {setup}")
         return ctx.write("robustness", {}, note=ctx.notes["robustness"][0])
     sample = setup.sample
-    ctx.note("robustness", f"{len(sample)} of {len(setup.subjects)} subjects (stratified by "
-                           f"{', '.join(cfg.strata)}), {len(setup.plan)} perturbation levels")
+    ctx.note(
+        "robustness",
+        f"{len(sample)} of {len(setup.subjects)} subjects (stratified by "
+        f"{', '.join(cfg.strata)}), {len(setup.plan)} perturbation levels",
+    )
     if shard_results:
         parts = [r for _, r in sorted(shard_results, key=lambda pair: pair[0].index)]
         results = _merge_suites(parts)
-        ctx.note("robustness", f"{len(parts)} shards on worker process(es) "
-                               f"{next(iter(results.values())).worker}")
+        ctx.note(
+            "robustness",
+            f"{len(parts)} shards on worker process(es) {next(iter(results.values())).worker}",
+        )
     else:
-        results = run_suite(setup.models, ctx.cohort, sample, setup.plan, layout=setup.layout,
-                            seed=cfg.seed, cached=setup.cached, batch_size=cfg.batch_size,
-                            progress=lambda items, total: progress.bar(items, total, "robustness"))
+        results = run_suite(
+            setup.models,
+            ctx.cohort,
+            sample,
+            setup.plan,
+            layout=setup.layout,
+            seed=cfg.seed,
+            cached=setup.cached,
+            batch_size=cfg.batch_size,
+            progress=lambda items, total: progress.bar(items, total, "robustness"),
+        )
     attributes = sample[["photo_id"] + [c for c in cfg.groups if c in sample.columns]]
     tables: dict[str, list] = {"robustness": [], "predictions": [], "prediction_cache": []}
     for model in setup.models:
         result = results[model.name]
-        tables["robustness"].append(robustness_table(result.frame, attributes, cfg,
-                                                     ctx.config.thresholds))
+        tables["robustness"].append(
+            robustness_table(result.frame, attributes, cfg, ctx.config.thresholds)
+        )
         tables["predictions"].append(result.frame[result.frame["perturbation"] != CLEAN])
         if len(result.cache_values):
             tables["prediction_cache"].append(
-                result.cache_values.assign(model_key=model.cache_key(ctx.cohort)))
-        ctx.note("robustness", f"{model.name}: {len(sample)} photos x {len(setup.plan) + 1} "
-                               f"passes ({len(setup.plan)} perturbation levels and the clean "
-                               f"one): {result.n_computed} computed, {result.n_cached} from "
-                               "the prediction cache")
+                result.cache_values.assign(model_key=model.cache_key(ctx.cohort))
+            )
+        ctx.note(
+            "robustness",
+            f"{model.name}: {len(sample)} photos x {len(setup.plan) + 1} "
+            f"passes ({len(setup.plan)} perturbation levels and the clean "
+            f"one): {result.n_computed} computed, {result.n_cached} from "
+            "the prediction cache",
+        )
     for r in {tuple(r.shared_with): r for r in results.values()}.values():
-        ctx.note("robustness", f"each photo decoded once for {' and '.join(r.shared_with)}, "
-                               f"the perturbed run took {r.seconds:.1f} s on {r.device}")
+        ctx.note(
+            "robustness",
+            f"each photo decoded once for {' and '.join(r.shared_with)}, "
+            f"the perturbed run took {r.seconds:.1f} s on {r.device}",
+        )
     merged = {k: pd.concat(v, ignore_index=True) for k, v in tables.items() if v}
     names = sorted(set(merged["robustness"]["perturbation"])) if "robustness" in merged else []
     if names:
-        merged["figures"] = pd.DataFrame([{"figure": "perturbation_examples",
-                                           **perturbation_examples(names, cfg.severities)}])
+        merged["figures"] = pd.DataFrame(
+            [{"figure": "perturbation_examples", **perturbation_examples(names, cfg.severities)}]
+        )
     return ctx.write("robustness", merged, note="; ".join(ctx.notes["robustness"]))

@@ -19,10 +19,16 @@ def saliency_stage(ctx: RunContext) -> int:
     comparisons between models, and the randomised-weights sanity check; one transaction."""
     cfg = ctx.config.saliency
     models = image_models(ctx)
-    reason = ("off (the default: it costs more forward passes than the robustness suite); "
-              "turn it on with [saliency] enabled = true or --saliency" if not cfg.enabled else
-              "the cohort carries predictions, not photos" if not ctx.cohort.has_images else
-              "no model reads images" if not models else None)
+    reason = (
+        "off (the default: it costs more forward passes than the robustness suite); "
+        "turn it on with [saliency] enabled = true or --saliency"
+        if not cfg.enabled
+        else "the cohort carries predictions, not photos"
+        if not ctx.cohort.has_images
+        else "no model reads images"
+        if not models
+        else None
+    )
     if reason:
         return ctx.write("saliency", {}, note=f"saliency not run: {reason}")
     subjects = predicted_subjects(ctx, models)
@@ -31,18 +37,36 @@ def saliency_stage(ctx: RunContext) -> int:
     sample = sample.reset_index(drop=True)
     layout_id = layout_name(ctx, cfg.face_layout, ctx.config.robustness.face_layout)
     layout = face_layout(layout_id)
-    methods = sal.configured_methods(cfg.methods or sal.list_attributions(), window=cfg.window,
-                                     stride=cfg.stride, ig_steps=cfg.ig_steps)
+    methods = sal.configured_methods(
+        cfg.methods or sal.list_attributions(),
+        window=cfg.window,
+        stride=cfg.stride,
+        ig_steps=cfg.ig_steps,
+    )
     device = best_device()
     batch = cfg.batch_size or (64 if device.startswith("cuda") else 16)
     paths = [ctx.cohort.image_file(p) for p in sample["image_path"]]
     groups = sample[[g for g in cfg.groups if g in sample.columns]]
-    ctx.note("saliency", f"{len(sample)} photos of {len(subjects)} subjects ({cfg.sample_per_group}"
-                         f" per group of {', '.join(groups.columns) or 'the cohort'}), region "
-                         f"template of face layout {layout_id}")
-    result = audit_sample(models, paths, sample, groups, layout, methods, cfg, device=device,
-                          batch=batch, align=not ctx.cohort.spec.cropped, rng=rng,
-                          progress=progress.bar)
+    ctx.note(
+        "saliency",
+        f"{len(sample)} photos of {len(subjects)} subjects ({cfg.sample_per_group}"
+        f" per group of {', '.join(groups.columns) or 'the cohort'}), region "
+        f"template of face layout {layout_id}",
+    )
+    result = audit_sample(
+        models,
+        paths,
+        sample,
+        groups,
+        layout,
+        methods,
+        cfg,
+        device=device,
+        batch=batch,
+        align=not ctx.cohort.spec.cropped,
+        rng=rng,
+        progress=progress.bar,
+    )
     for note in result.notes:
         ctx.note("saliency", note)
     return ctx.write("saliency", result.tables(), note="; ".join(ctx.notes["saliency"]))

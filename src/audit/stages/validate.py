@@ -19,21 +19,53 @@ from audit.survival.analysis import median_followup
 def _load_results(c) -> pd.DataFrame:
     """What reading the manifest found, as ``validation_results`` rows (suite ``load``)."""
     q = c.quarantine
-    rows = [{"suite": "load", "expectation": "expect_manifest_readable", "column_name": None,
-             "severity": "critical", "success": True, "unexpected_count": 0,
-             "details": json.dumps({"file": str(c.manifest_path), "manifest_rows": c.n_manifest_rows})}]
+    rows = [
+        {
+            "suite": "load",
+            "expectation": "expect_manifest_readable",
+            "column_name": None,
+            "severity": "critical",
+            "success": True,
+            "unexpected_count": 0,
+            "details": json.dumps(
+                {"file": str(c.manifest_path), "manifest_rows": c.n_manifest_rows}
+            ),
+        }
+    ]
     by_col = q.groupby("column_name").size() if len(q) else pd.Series(dtype=int)
     for col, count in by_col.items():
         reasons = q.loc[q["column_name"] == col, "reason"].head(3).tolist()
-        rows.append({"suite": "load", "expectation": "expect_values_to_parse", "column_name": col,
-                     "severity": "error", "success": False, "unexpected_count": int(count),
-                     "details": json.dumps({"examples": reasons, "rows":
-                                            q.loc[q["column_name"] == col, "row_number"]
-                                            .head(20).astype(int).tolist()})})
+        rows.append(
+            {
+                "suite": "load",
+                "expectation": "expect_values_to_parse",
+                "column_name": col,
+                "severity": "error",
+                "success": False,
+                "unexpected_count": int(count),
+                "details": json.dumps(
+                    {
+                        "examples": reasons,
+                        "rows": q.loc[q["column_name"] == col, "row_number"]
+                        .head(20)
+                        .astype(int)
+                        .tolist(),
+                    }
+                ),
+            }
+        )
     if not len(q):
-        rows.append({"suite": "load", "expectation": "expect_values_to_parse", "column_name": None,
-                     "severity": "error", "success": True, "unexpected_count": 0,
-                     "details": "{}"})
+        rows.append(
+            {
+                "suite": "load",
+                "expectation": "expect_values_to_parse",
+                "column_name": None,
+                "severity": "error",
+                "success": True,
+                "unexpected_count": 0,
+                "details": "{}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -43,9 +75,15 @@ def _cohort_summary(rows: pd.DataFrame) -> pd.DataFrame:
     if "event" not in included or not included["event"].notna().any():
         return pd.DataFrame(columns=columns("cohort_summary"))
     subjects = included.drop_duplicates("subject_id")
-    return pd.DataFrame([{"statistic": "median_followup_years",
-                          "value": median_followup(subjects["time"], subjects["event"]),
-                          "method": "reverse Kaplan-Meier (censoring as the event)"}])
+    return pd.DataFrame(
+        [
+            {
+                "statistic": "median_followup_years",
+                "value": median_followup(subjects["time"], subjects["event"]),
+                "method": "reverse Kaplan-Meier (censoring as the event)",
+            }
+        ]
+    )
 
 
 def validate_stage(ctx: RunContext) -> int:
@@ -56,44 +94,74 @@ def validate_stage(ctx: RunContext) -> int:
     critical failure is written too, then stops the run before any model sees the data.
     """
     c = ctx.cohort
-    report = validate_cohort(c, progress=lambda items, total: progress.bar(
-        items, total, "checking images"))
+    report = validate_cohort(
+        c, progress=lambda items, total: progress.bar(items, total, "checking images")
+    )
     quarantine = pd.concat([c.quarantine, report.quarantine], ignore_index=True)
     bad_ids = set(report.quarantine["photo_id"])
     good = c.frame
-    cols = ["photo_id", "subject_id", "age", "sex", "race", "cancer_type", "site", "camera",
-            "time", "event"]
+    cols = [
+        "photo_id",
+        "subject_id",
+        "age",
+        "sex",
+        "race",
+        "cancer_type",
+        "site",
+        "camera",
+        "time",
+        "event",
+    ]
     rows = good.reindex(columns=cols).copy()
     rows["included"] = ~good["photo_id"].isin(bad_ids).to_numpy()
     rows["row_number"] = good["_row"].values
-    dropped = pd.DataFrame({"photo_id": c.quarantine["photo_id"],
-                            "row_number": c.quarantine["row_number"], "included": False})
+    dropped = pd.DataFrame(
+        {
+            "photo_id": c.quarantine["photo_id"],
+            "row_number": c.quarantine["row_number"],
+            "included": False,
+        }
+    )
     frame = pd.concat([rows, dropped], ignore_index=True) if len(dropped) else rows
     for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
-    tables = {"cohort_rows": frame,
-              "validation_results": pd.concat([_load_results(c), report.results],
-                                              ignore_index=True),
-              "quarantine": quarantine,
-              "cohort_summary": _cohort_summary(frame)}
+    tables = {
+        "cohort_rows": frame,
+        "validation_results": pd.concat([_load_results(c), report.results], ignore_index=True),
+        "quarantine": quarantine,
+        "cohort_summary": _cohort_summary(frame),
+    }
     props = report.image_properties
     if props is not None and len(props):
-        tables["image_properties"] = props.drop(columns=["subject_id", "_row", "_boxes"],
-                                                errors="ignore")
-        boxes = [{"photo_id": pid, "x": f["x"], "y": f["y"], "w": f["w"], "h": f["h"],
-                  "confidence": f["confidence"], "landmarks": json.dumps(f["landmarks"])}
-                 for pid, faces in zip(props["photo_id"], props["_boxes"])
-                 if isinstance(faces, list) for f in faces]
+        tables["image_properties"] = props.drop(
+            columns=["subject_id", "_row", "_boxes"], errors="ignore"
+        )
+        boxes = [
+            {
+                "photo_id": pid,
+                "x": f["x"],
+                "y": f["y"],
+                "w": f["w"],
+                "h": f["h"],
+                "confidence": f["confidence"],
+                "landmarks": json.dumps(f["landmarks"]),
+            }
+            for pid, faces in zip(props["photo_id"], props["_boxes"])
+            if isinstance(faces, list)
+            for f in faces
+        ]
         if boxes:
             tables["detections"] = pd.DataFrame(boxes)
     c.frame = good[~good["photo_id"].isin(bad_ids)].reset_index(drop=True)
-    note = (f"{len(c.frame)} of {c.n_manifest_rows} rows go on; {len(quarantine)} quarantine "
-            f"record(s); {report.errors} failed error check(s)")
+    note = (
+        f"{len(c.frame)} of {c.n_manifest_rows} rows go on; {len(quarantine)} quarantine "
+        f"record(s); {report.errors} failed error check(s)"
+    )
     n = ctx.write("validate", tables, note=note)
     if report.critical or c.frame.empty:
         problems = report.critical or [f"{c.manifest_path}: no usable rows are left"]
         first = quarantine.iloc[0] if len(quarantine) else None
-        example = (f" (first quarantined: {first['reason']})" if first is not None else "")
+        example = f" (first quarantined: {first['reason']})" if first is not None else ""
         raise InputError("; ".join(problems) + example)
     return n
 
@@ -101,9 +169,9 @@ def validate_stage(ctx: RunContext) -> int:
 def validation_verdict(ctx: RunContext) -> str:
     """The verdict of a validation run: ``fail`` when an error-severity check failed."""
     results = ctx.store.table("validation_results", ctx.run_id)
-    q = ctx.store.query("SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?",
-                        [ctx.run_id]).iloc[0, 0]
-    verdicts = validation_checks(results, ctx.cohort.n_manifest_rows, int(q),
-                                 ctx.config.thresholds)
+    q = ctx.store.query(
+        "SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?", [ctx.run_id]
+    ).iloc[0, 0]
+    verdicts = validation_checks(results, ctx.cohort.n_manifest_rows, int(q), ctx.config.thresholds)
     ctx.write("verdict", {"verdicts": verdicts})
     return overall(verdicts)

@@ -29,8 +29,9 @@ def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarr
         return np.zeros((0, n))
     idx = rng.integers(0, n, size=(n_boot, n))
     offsets = (np.arange(n_boot) * n)[:, None]
-    return np.bincount((idx + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n) \
-        .astype(float)
+    return (
+        np.bincount((idx + offsets).ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+    )
 
 
 @dataclass
@@ -61,8 +62,9 @@ class SubjectBootstrap:
             counts = counts.reshape(n_boot, s).astype(np.float64)
         return cls(subject_codes=codes, n_subjects=s, counts=counts)
 
-    def totals(self, columns: np.ndarray, group_codes: np.ndarray | None = None,
-               n_groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def totals(
+        self, columns: np.ndarray, group_codes: np.ndarray | None = None, n_groups: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Point and bootstrap totals of per-photo ``columns`` (n x K) within each group.
 
         Returns
@@ -78,22 +80,39 @@ class SubjectBootstrap:
         valid = g >= 0
         s = self.n_subjects
         flat = g[valid] * s + self.subject_codes[valid]
-        m = np.stack([
-            np.bincount(flat, weights=columns[valid, j], minlength=n_groups * s)
-            for j in range(k)
-        ], axis=-1).reshape(n_groups, s, k)
+        m = np.stack(
+            [
+                np.bincount(flat, weights=columns[valid, j], minlength=n_groups * s)
+                for j in range(k)
+            ],
+            axis=-1,
+        ).reshape(n_groups, s, k)
         point = m.sum(axis=1)
         boot = np.einsum("bs,gsk->bgk", self.counts, m, optimize=True)
         return point, boot
 
+    def subjects_per_group(
+        self, group_codes: np.ndarray | None = None, n_groups: int = 1
+    ) -> np.ndarray:
+        """Distinct subjects within each group (all photos when ``group_codes`` is None)."""
+        if group_codes is None:
+            return np.array([len(np.unique(self.subject_codes))])
+        codes = np.asarray(group_codes)
+        return np.array(
+            [len(np.unique(self.subject_codes[codes == g])) for g in range(n_groups)],
+            dtype=np.int64,
+        )
+
 
 def _codes(values) -> tuple[np.ndarray, np.ndarray]:
     """Subject codes in order of first appearance: with the rows in an order fixed by their
-    values (:func:`audit.stats.groups.canonical_rows`), resamples do not depend on the ids' names."""
+    values (:func:`audit.stats.groups.canonical_rows`), resamples do not depend on the ids'
+    names."""
     import pandas as pd
 
-    codes, uniques = pd.factorize(pd.Series(np.asarray(values, dtype=object).astype(str)),
-                                  sort=False)
+    codes, uniques = pd.factorize(
+        pd.Series(np.asarray(values, dtype=object).astype(str)), sort=False
+    )
     return codes.astype(np.int64), np.asarray(uniques)
 
 

@@ -32,9 +32,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def weighted_concordance(time, event, risk, weights, event_weight=None,
-                         tau: float | None = None, chunk_elements: int = 20_000_000
-                         ) -> np.ndarray:
+def weighted_concordance(
+    time,
+    event,
+    risk,
+    weights,
+    event_weight=None,
+    tau: float | None = None,
+    chunk_elements: int = 20_000_000,
+) -> np.ndarray:
     """Harrell's C of ``risk`` (higher = earlier death) under each row of ``weights``.
 
     Parameters
@@ -76,10 +82,10 @@ def weighted_concordance(time, event, risk, weights, event_weight=None,
     step = max(1, int(chunk_elements // max(n, 1)))
     out = np.full(n_boot, np.nan)
     # bootstrap counts are exact in float32 (half the memory traffic) while sums stay < 2**24
-    exact = bool(np.all(w == np.round(w))) and float(w.sum(axis=1).max()) < 2 ** 24
+    exact = bool(np.all(w == np.round(w))) and float(w.sum(axis=1).max()) < 2**24
     dtype = np.float32 if exact else np.float64
     for lo in range(0, n_boot, step):
-        wt = np.ascontiguousarray(w[lo:lo + step][:, order].T, dtype=dtype)  # (n, b)
+        wt = np.ascontiguousarray(w[lo : lo + step][:, order].T, dtype=dtype)  # (n, b)
         suffix = np.zeros((n + 1, wt.shape[1]))  # suffix[a] = weight of subjects a..n-1
         suffix[:n] = np.cumsum(wt[::-1], axis=0, dtype=np.float64)[::-1]
         pairs_i = suffix[run_end[deaths]]  # everyone after the death's own run
@@ -91,7 +97,7 @@ def weighted_concordance(time, event, risk, weights, event_weight=None,
         tied = (wi * (leq_i - less_i)).sum(axis=0)
         pairs = (wi * pairs_i).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[lo:lo + step] = np.where(pairs > 0, (concordant + 0.5 * tied) / pairs, np.nan)
+            out[lo : lo + step] = np.where(pairs > 0, (concordant + 0.5 * tied) / pairs, np.nan)
     return out
 
 
@@ -114,15 +120,20 @@ def _merge_plan(rank: np.ndarray, targets: np.ndarray) -> list[tuple]:
         early = targets[(targets // half) % 2 == 0]
         which = np.flatnonzero((targets // half) % 2 == 0)
         base = block[early] * span
-        plans.append((perm, np.searchsorted(sorted_key, base, side="left"),
-                      np.searchsorted(sorted_key, base + rank[early], side="left"),
-                      np.searchsorted(sorted_key, base + rank[early], side="right"), which))
+        plans.append(
+            (
+                perm,
+                np.searchsorted(sorted_key, base, side="left"),
+                np.searchsorted(sorted_key, base + rank[early], side="left"),
+                np.searchsorted(sorted_key, base + rank[early], side="right"),
+                which,
+            )
+        )
         half *= 2
     return plans
 
 
-def _dominance(wt: np.ndarray, plans: list[tuple], n_targets: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _dominance(wt: np.ndarray, plans: list[tuple], n_targets: int) -> tuple[np.ndarray, np.ndarray]:
     """Two (n_targets, B) arrays: for each target subject, the weight of the subjects after
     it in the order whose rank is lower, and lower or equal, for every resample; ``wt`` holds
     the weights as (subjects, resamples), so that each gather moves whole rows."""

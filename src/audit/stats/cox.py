@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-DECREMENT_TOLERANCE = 1e-6   # g' V g / 2 at the estimate (scale-free)
-MAX_STANDARDISED = 10.0      # |coefficient| or SE per SD of a term: beyond, monotone likelihood
+DECREMENT_TOLERANCE = 1e-6  # g' V g / 2 at the estimate (scale-free)
+MAX_STANDARDISED = 10.0  # |coefficient| or SE per SD of a term: beyond, monotone likelihood
 CROSS_CHECK_TOLERANCE = 1e-3  # lifelines vs scikit-survival, per standardised coefficient
 ATTEMPTS = (  # (label, lifelines fit_options)
     ("Newton-Raphson", {}),
@@ -114,8 +114,13 @@ class CoxFit:
         return self
 
 
-def efron_loglik(x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray,
-                 strata: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def efron_loglik(
+    x: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    beta: np.ndarray,
+    strata: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
     """Efron partial log-likelihood and its gradient (score) at ``beta``.
 
     Written by hand, O(n p) after a sort, so that a fit's convergence is checked by code that
@@ -166,8 +171,14 @@ def _efron_one(x, time, event, beta):
     return ll, grad
 
 
-def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
-            strata: pd.Series | None = None, *, cross_check: str = "auto") -> CoxFit:
+def fit_cox(
+    df: pd.DataFrame,
+    terms: pd.DataFrame,
+    penalizer: float = 0.0,
+    strata: pd.Series | None = None,
+    *,
+    cross_check: str = "auto",
+) -> CoxFit:
     """Fit and check a Cox model of ``terms`` (Efron ties).
 
     Parameters
@@ -191,8 +202,9 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
     dropped = [c for c in terms.columns if data[c].nunique() <= 1]
     data = data.drop(columns=dropped)
     cols = [c for c in terms.columns if c not in dropped]
-    notes = ([f"left out, constant among the fitted subjects: {', '.join(dropped)}"]
-             if dropped else [])
+    notes = (
+        [f"left out, constant among the fitted subjects: {', '.join(dropped)}"] if dropped else []
+    )
     base = CoxFit(fitter=None, data=data, status="not_converged", dropped=dropped, notes=notes)
     if int(data["event"].sum()) == 0:
         base.reason = "no deaths among the fitted subjects"
@@ -219,8 +231,10 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
             start_from_sksurv = _sksurv_beta(z, t, e)
             if start_from_sksurv is None:
                 break
-            label, options = ("Newton-Raphson from scikit-survival's estimate",
-                              {"step_size": 0.5, "max_steps": 200})
+            label, options = (
+                "Newton-Raphson from scikit-survival's estimate",
+                {"step_size": 0.5, "max_steps": 200},
+            )
             initial = start_from_sksurv
         fit = _attempt(data, cols, penalizer, strata is not None, options, initial)
         if isinstance(fit, str):
@@ -235,14 +249,25 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
                 base.separating = wild  # no smaller step finds a finite maximum
                 break
             continue
-        result = CoxFit(fitter=cph, data=data, status="ok", method=label, dropped=dropped,
-                        notes=list(notes), warnings=caught, log_likelihood_null=ll_null,
-                        log_likelihood=float(cph.log_likelihood_), newton_decrement=decrement)
+        result = CoxFit(
+            fitter=cph,
+            data=data,
+            status="ok",
+            method=label,
+            dropped=dropped,
+            notes=list(notes),
+            warnings=caught,
+            log_likelihood_null=ll_null,
+            log_likelihood=float(cph.log_likelihood_),
+            newton_decrement=decrement,
+        )
         if failures:
             result.notes.append("refitted with " + label + " after " + "; ".join(failures))
         if caught:
-            result.notes.append("lifelines warned (checks passed): " + "; ".join(
-                sorted({w.split(".")[0] for w in caught})))
+            result.notes.append(
+                "lifelines warned (checks passed): "
+                + "; ".join(sorted({w.split(".")[0] for w in caught}))
+            )
         run_check = cross_check == "always" or (cross_check == "auto" and (failures or caught))
         if run_check and strata is None and penalizer == 0 and cols:
             ref = start_from_sksurv if start_from_sksurv is not None else _sksurv_beta(z, t, e)
@@ -251,14 +276,18 @@ def fit_cox(df: pd.DataFrame, terms: pd.DataFrame, penalizer: float = 0.0,
                 result.cross_check = float(np.max(np.abs(mine - ref)))
                 if result.cross_check > CROSS_CHECK_TOLERANCE * max(1.0, np.max(np.abs(ref))):
                     result.status = "not_converged"
-                    result.reason = (f"lifelines ({label}) and scikit-survival disagree by "
-                                     f"{result.cross_check:.3g} on a standardised coefficient")
+                    result.reason = (
+                        f"lifelines ({label}) and scikit-survival disagree by "
+                        f"{result.cross_check:.3g} on a standardised coefficient"
+                    )
         return result
     if base.separating:
-        base.reason = (f"the likelihood keeps rising as the coefficient of "
-                       f"{', '.join(base.separating)} grows (monotone likelihood: the term "
-                       "separates deaths from survivors, or is nearly constant among the "
-                       "deaths); its hazard ratio is infinite, so this model is not reported")
+        base.reason = (
+            f"the likelihood keeps rising as the coefficient of "
+            f"{', '.join(base.separating)} grows (monotone likelihood: the term "
+            "separates deaths from survivors, or is nearly constant among the "
+            "deaths); its hazard ratio is infinite, so this model is not reported"
+        )
     else:
         base.reason = "no fit passed the convergence checks: " + "; ".join(failures)
     return base
@@ -272,19 +301,34 @@ def _attempt(data, cols, penalizer, stratified, options, initial):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            cph.fit(data, duration_col="time", event_col="event",
-                    strata=["_stratum"] if stratified else None,
-                    fit_options=options or None,
-                    initial_point=None if initial is None else np.asarray(initial, float))
+            cph.fit(
+                data,
+                duration_col="time",
+                event_col="event",
+                strata=["_stratum"] if stratified else None,
+                fit_options=options or None,
+                initial_point=None if initial is None else np.asarray(initial, float),
+            )
         except Exception as exc:  # lifelines' ConvergenceError, LinAlgError, ...
             from lifelines.exceptions import ConvergenceError
 
-            if isinstance(exc, (ConvergenceError, np.linalg.LinAlgError, ValueError,
-                                ZeroDivisionError, FloatingPointError)):
+            if isinstance(
+                exc,
+                (
+                    ConvergenceError,
+                    np.linalg.LinAlgError,
+                    ValueError,
+                    ZeroDivisionError,
+                    FloatingPointError,
+                ),
+            ):
                 return f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
             raise
-    texts = [str(w.message).strip() for w in caught
-             if issubclass(w.category, (RuntimeWarning, UserWarning))]
+    texts = [
+        str(w.message).strip()
+        for w in caught
+        if issubclass(w.category, (RuntimeWarning, UserWarning))
+    ]
     return cph, texts
 
 
@@ -313,18 +357,23 @@ def _check(cph, cols, z, scale, t, e, st, penalizer, ll_null) -> tuple[str | Non
     except np.linalg.LinAlgError:
         return "the variance matrix cannot be decomposed", float("nan")
     if eig.min() <= 0:
-        return ("the Hessian is not negative definite: a term is not estimable (collinear "
-                "terms or one with no information)"), float("nan")
+        return (
+            "the Hessian is not negative definite: a term is not estimable (collinear "
+            "terms or one with no information)"
+        ), float("nan")
     wild = _separating(cph, cols, scale)
     if wild:
-        return (f"the coefficient of {', '.join(wild)} ran beyond {MAX_STANDARDISED:g} per SD "
-                "(a diverging step, or an infinite estimate)"), float("nan")
+        return (
+            f"the coefficient of {', '.join(wild)} ran beyond {MAX_STANDARDISED:g} per SD "
+            "(a diverging step, or an infinite estimate)"
+        ), float("nan")
     dec = _decrement(cph, cols, z, scale, t, e, st, penalizer)
     if not np.isfinite(dec) or dec > DECREMENT_TOLERANCE:
         return f"not at the maximum (Newton decrement {dec:.3g})", dec
     if penalizer == 0 and cph.log_likelihood_ < ll_null - 1e-6 * max(1.0, abs(ll_null)):
-        return (f"log-likelihood {cph.log_likelihood_:.4f} below the null model's "
-                f"{ll_null:.4f}"), dec
+        return (
+            f"log-likelihood {cph.log_likelihood_:.4f} below the null model's {ll_null:.4f}"
+        ), dec
     return None, dec
 
 
@@ -334,8 +383,11 @@ def _separating(cph, cols, scale) -> list[str]:
     beta_z = cph.params_.to_numpy(float) * scale
     with np.errstate(invalid="ignore"):
         se_z = np.sqrt(np.diag(cph.variance_matrix_.to_numpy(float))) * scale
-    return [c for c, b, s in zip(cols, beta_z, se_z)
-            if not (abs(b) <= MAX_STANDARDISED and s <= MAX_STANDARDISED)]
+    return [
+        c
+        for c, b, s in zip(cols, beta_z, se_z)
+        if not (abs(b) <= MAX_STANDARDISED and s <= MAX_STANDARDISED)
+    ]
 
 
 def _sksurv_beta(z, t, e) -> np.ndarray | None:
@@ -354,8 +406,9 @@ def _sksurv_beta(z, t, e) -> np.ndarray | None:
         return None
 
 
-def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
-                  ) -> pd.DataFrame:
+def design_matrix(
+    df: pd.DataFrame, numeric: list[str], categorical: dict[str, str | None]
+) -> pd.DataFrame:
     """Numeric terms as they are; each categorical as 0/1 columns ``name[level]`` against its
     reference level (given, else the most frequent). Rows with a missing term are dropped
     (complete cases), as R's ``coxph`` does by default."""
@@ -367,8 +420,8 @@ def design_matrix(df: pd.DataFrame, numeric: list[str], categorical: dict[str, s
             continue
         ref = reference if reference in levels.index else levels.index[0]
         for level in sorted(str(v) for v in levels.index if v != ref):
-            col = values.map(lambda v, level=level: np.nan if v is None or v != v
-                             else float(str(v) == level))
+            col = values.map(
+                lambda v, level=level: np.nan if v is None or v != v else float(str(v) == level)
+            )
             out[f"{name}[{level}]"] = col
     return out
-

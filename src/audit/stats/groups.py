@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from audit.data.cohort import natural_order
+
 
 def quantile_cuts(values, k: int) -> np.ndarray:
     """The ``k - 1`` inner cut points of the finite ``values`` (type 7 quantiles)."""
@@ -54,10 +56,12 @@ def empty_groups_note(what: str, groups: pd.Series, k: int = 4, prefix: str = "Q
     if not empty:
         return None
     distinct = len(present)
-    return (f"{what}: tied values leave {', '.join(empty)} empty (the cut points coincide), so "
-            f"{distinct} group{'s' if distinct != 1 else ''} are used "
-            f"({', '.join(sorted(present, key=lambda g: int(g[len(prefix):])))}); tied subjects "
-            "are never split between groups")
+    return (
+        f"{what}: tied values leave {', '.join(empty)} empty (the cut points coincide), so "
+        f"{distinct} group{'s' if distinct != 1 else ''} are used "
+        f"({', '.join(sorted(present, key=lambda g: int(g[len(prefix) :])))}); tied subjects "
+        "are never split between groups"
+    )
 
 
 ID_COLUMNS = ("subject_id", "photo_id", "image_path", "_row")
@@ -84,3 +88,12 @@ def canonical_rows(frame: pd.DataFrame, ignore=ID_COLUMNS) -> pd.DataFrame:
             view[c] = col.map(lambda v: "" if v is None or v != v else f"{type(v).__name__}:{v}")
     order = view.sort_values(keys, kind="mergesort", na_position="last").index
     return frame.loc[order].reset_index(drop=True)
+
+
+def label_codes(labels: pd.Series) -> tuple[list, np.ndarray]:
+    """The groups of ``labels`` in their natural order, and each row's group code (-1 for a
+    missing label): the coding every per-group metric shares."""
+    names = natural_order(labels.dropna().unique())
+    lookup = {v: i for i, v in enumerate(names)}
+    codes = labels.astype(object).map(lambda v: lookup.get(v, -1) if v is not None else -1)
+    return names, codes.fillna(-1).to_numpy(np.int64)

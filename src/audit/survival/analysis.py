@@ -45,14 +45,34 @@ from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox  # noqa: F40
 from audit.stats.groups import canonical_rows, empty_groups_note, quantile_groups
 from audit.survival.metrics import score_metrics
 
-MODEL_COLUMNS = ["model", "model_id", "description", "n", "events", "concordance",
-                 "concordance_low", "concordance_high", "log_likelihood", "ph_test_min_p",
-                 "status", "note"]
+MODEL_COLUMNS = [
+    "model",
+    "model_id",
+    "description",
+    "n",
+    "events",
+    "concordance",
+    "concordance_low",
+    "concordance_high",
+    "log_likelihood",
+    "ph_test_min_p",
+    "status",
+    "note",
+]
 TERM_COLUMNS = ["model", "model_id", "term", "coef", "se", "hr", "hr_low", "hr_high", "p_value"]
 TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value"]
 METRIC_COLUMNS = ["model", "model_id", "metric", "horizon", "value", "ci_low", "ci_high"]
-CURVE_COLUMNS = ["model", "curve", "group_name", "time", "survival", "at_risk", "predicted",
-                 "survival_low", "survival_high"]
+CURVE_COLUMNS = [
+    "model",
+    "curve",
+    "group_name",
+    "time",
+    "survival",
+    "at_risk",
+    "predicted",
+    "survival_low",
+    "survival_high",
+]
 
 
 @dataclass
@@ -66,21 +86,33 @@ class SurvivalResult:
     curves: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     decisions: pd.DataFrame = field(  # decision_curves rows
-        default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS))
+        default_factory=lambda: pd.DataFrame(columns=DECISION_COLUMNS)
+    )
     decision_subgroups: pd.DataFrame = field(  # decision_subgroups rows
-        default_factory=lambda: pd.DataFrame(columns=DECISION_SUBGROUP_COLUMNS))
+        default_factory=lambda: pd.DataFrame(columns=DECISION_SUBGROUP_COLUMNS)
+    )
 
     @classmethod
     def empty(cls, note: str) -> "SurvivalResult":
-        return cls(pd.DataFrame(columns=MODEL_COLUMNS), pd.DataFrame(columns=TERM_COLUMNS),
-                   pd.DataFrame(columns=TEST_COLUMNS), pd.DataFrame(columns=METRIC_COLUMNS),
-                   pd.DataFrame(columns=CURVE_COLUMNS), [note])
+        return cls(
+            pd.DataFrame(columns=MODEL_COLUMNS),
+            pd.DataFrame(columns=TERM_COLUMNS),
+            pd.DataFrame(columns=TEST_COLUMNS),
+            pd.DataFrame(columns=METRIC_COLUMNS),
+            pd.DataFrame(columns=CURVE_COLUMNS),
+            [note],
+        )
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"survival_models": self.models, "survival_terms": self.terms,
-                "survival_tests": self.tests, "survival_metrics": self.metrics,
-                "survival_curves": self.curves, "decision_curves": self.decisions,
-                "decision_subgroups": self.decision_subgroups}
+        return {
+            "survival_models": self.models,
+            "survival_terms": self.terms,
+            "survival_tests": self.tests,
+            "survival_metrics": self.metrics,
+            "survival_curves": self.curves,
+            "decision_curves": self.decisions,
+            "decision_subgroups": self.decision_subgroups,
+        }
 
 
 def ph_test(cph, data: pd.DataFrame, notes: list[str] | None = None) -> pd.Series:
@@ -95,11 +127,17 @@ def ph_test(cph, data: pd.DataFrame, notes: list[str] | None = None) -> pd.Serie
             res = proportional_hazard_test(cph, data, time_transform="rank")
         except Exception as exc:  # the data's doing (too few death times...): said, not hidden
             if notes is not None:
-                notes.append(f"Schoenfeld test not run ({type(exc).__name__}: "
-                             f"{str(exc).split('. ')[0]})")
+                notes.append(
+                    f"Schoenfeld test not run ({type(exc).__name__}: {str(exc).split('. ')[0]})"
+                )
             return pd.Series(dtype=float)
-    said = sorted({str(w.message).split(". ")[0] for w in caught
-                   if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
+    said = sorted(
+        {
+            str(w.message).split(". ")[0]
+            for w in caught
+            if not issubclass(w.category, (DeprecationWarning, FutureWarning))
+        }
+    )
     if said and notes is not None:
         notes.append("Schoenfeld test warned: " + "; ".join(said))
     p = res.summary["p"]
@@ -107,41 +145,69 @@ def ph_test(cph, data: pd.DataFrame, notes: list[str] | None = None) -> pd.Serie
     return p.astype(float)
 
 
-def _cox_rows(model: str, model_id: str, description: str, subjects: pd.DataFrame,
-              terms: pd.DataFrame, config: SurvivalConfig, strata=None,
-              note: str | None = None) -> tuple[dict, list[dict], pd.Series]:
+def _cox_rows(
+    model: str,
+    model_id: str,
+    description: str,
+    subjects: pd.DataFrame,
+    terms: pd.DataFrame,
+    config: SurvivalConfig,
+    strata=None,
+    note: str | None = None,
+) -> tuple[dict, list[dict], pd.Series]:
     """One Cox model's ``survival_models`` row, ``survival_terms`` rows and Schoenfeld
     p-values. Its C's bootstrap draws the same resamples for every model of the same
     subjects (a fresh generator from ``config.seed``): the C of the score alone gets the very
     interval the accuracy table gives the score, and models' intervals compare."""
     fit = fit_cox(subjects, terms, config.penalizer, strata)
     if not fit.ok:  # a result, never hidden: the row says why, the stage goes on
-        row = {"model": model, "model_id": model_id, "description": description,
-               "n": int(len(fit.data)), "events": int(fit.data["event"].sum()),
-               "status": "not_converged", "note": f"Cox fit not converged: {fit.reason}"}
+        row = {
+            "model": model,
+            "model_id": model_id,
+            "description": description,
+            "n": int(len(fit.data)),
+            "events": int(fit.data["event"].sum()),
+            "status": "not_converged",
+            "note": f"Cox fit not converged: {fit.reason}",
+        }
         return row, [], pd.Series(dtype=float)
     cph, data = fit.fitter, fit.data
     said: list[str] = []
     lp = cph.predict_log_partial_hazard(data).to_numpy()
-    c, low, high = bootstrap_c(data["time"], data["event"], lp, config.n_boot,
-                               np.random.default_rng(config.seed))
+    c, low, high = bootstrap_c(
+        data["time"], data["event"], lp, config.n_boot, np.random.default_rng(config.seed)
+    )
     ph = ph_test(cph, data, said)
     note = "; ".join([n for n in [note, *fit.notes, *said] if n]) or None
     row = {
-        "model": model, "model_id": model_id, "description": description,
-        "n": int(len(data)), "events": int(data["event"].sum()),
-        "concordance": c, "concordance_low": low, "concordance_high": high,
+        "model": model,
+        "model_id": model_id,
+        "description": description,
+        "n": int(len(data)),
+        "events": int(data["event"].sum()),
+        "concordance": c,
+        "concordance_low": low,
+        "concordance_high": high,
         "log_likelihood": float(cph.log_likelihood_),
         "ph_test_min_p": float(ph.min()) if len(ph) else float("nan"),
-        "status": "ok", "note": note,
+        "status": "ok",
+        "note": note,
     }
     s = cph.summary
-    terms_rows = [{
-        "model": model, "model_id": model_id, "term": term, "coef": float(s.at[term, "coef"]),
-        "se": float(s.at[term, "se(coef)"]), "hr": float(s.at[term, "exp(coef)"]),
-        "hr_low": float(s.at[term, "exp(coef) lower 95%"]),
-        "hr_high": float(s.at[term, "exp(coef) upper 95%"]), "p_value": float(s.at[term, "p"]),
-    } for term in s.index]
+    terms_rows = [
+        {
+            "model": model,
+            "model_id": model_id,
+            "term": term,
+            "coef": float(s.at[term, "coef"]),
+            "se": float(s.at[term, "se(coef)"]),
+            "hr": float(s.at[term, "exp(coef)"]),
+            "hr_low": float(s.at[term, "exp(coef) lower 95%"]),
+            "hr_high": float(s.at[term, "exp(coef) upper 95%"]),
+            "p_value": float(s.at[term, "p"]),
+        }
+        for term in s.index
+    ]
     return row, terms_rows, ph
 
 
@@ -159,21 +225,36 @@ def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series)
         sf = kmf.survival_function_.iloc[:, 0]
         at_risk = kmf.event_table["at_risk"].reindex(sf.index).fillna(0)
         for t, s, r in zip(sf.index, sf.to_numpy(), at_risk.to_numpy()):
-            rows.append({"model": model, "curve": curve, "group_name": str(name),
-                         "time": float(t), "survival": float(s), "at_risk": int(r)})
+            rows.append(
+                {
+                    "model": model,
+                    "curve": curve,
+                    "group_name": str(name),
+                    "time": float(t),
+                    "survival": float(s),
+                    "at_risk": int(r),
+                }
+            )
     return rows
 
 
-def km_medians(model: str, name: str, subjects: pd.DataFrame,
-               groups: pd.Series | None = None) -> list[dict]:
+def km_medians(
+    model: str, name: str, subjects: pd.DataFrame, groups: pd.Series | None = None
+) -> list[dict]:
     """Kaplan-Meier median survival (years) with its 95% CI (lifelines: where the pointwise
     CI of the curve crosses 0.5), overall (``groups`` None; model_id ``name``) or per group
     (model_id ``name:group``). A median the curve never reaches is NULL (not reached)."""
     from lifelines import KaplanMeierFitter
     from lifelines.utils import median_survival_times
 
-    parts = [(name, np.ones(len(subjects), dtype=bool))] if groups is None else [
-        (f"{name}:{g}", (groups == g).to_numpy()) for g in natural_order(groups.dropna().unique())]
+    parts = (
+        [(name, np.ones(len(subjects), dtype=bool))]
+        if groups is None
+        else [
+            (f"{name}:{g}", (groups == g).to_numpy())
+            for g in natural_order(groups.dropna().unique())
+        ]
+    )
     rows = []
     for model_id, mask in parts:
         if not mask.any():
@@ -184,9 +265,17 @@ def km_medians(model: str, name: str, subjects: pd.DataFrame,
         def finite(v):
             return float(v) if np.isfinite(v) else None
 
-        rows.append({"model": model, "model_id": model_id, "metric": "median_survival",
-                     "horizon": None, "value": finite(kmf.median_survival_time_),
-                     "ci_low": finite(ci[0]), "ci_high": finite(ci[1])})
+        rows.append(
+            {
+                "model": model,
+                "model_id": model_id,
+                "metric": "median_survival",
+                "horizon": None,
+                "value": finite(kmf.median_survival_time_),
+                "ci_low": finite(ci[0]),
+                "ci_high": finite(ci[1]),
+            }
+        )
     return rows
 
 
@@ -197,11 +286,16 @@ def _missing_note(df: pd.DataFrame, adjustments: dict, notes: list[str]) -> None
     used_cat = {}
     for _, cat in adjustments.values():
         used_cat.update(cat)
-    missing = {c: int(df[c].isna().sum()) for c in used_num + list(used_cat)
-               if c in df.columns and df[c].isna().any()}
+    missing = {
+        c: int(df[c].isna().sum())
+        for c in used_num + list(used_cat)
+        if c in df.columns and df[c].isna().any()
+    }
     if missing:
-        notes.append("complete cases per model; subjects missing "
-                     + ", ".join(f"{c}: {n}" for c, n in missing.items()))
+        notes.append(
+            "complete cases per model; subjects missing "
+            + ", ".join(f"{c}: {n}" for c, n in missing.items())
+        )
     refs = []
     for name, ref in used_cat.items():
         if name in df.columns and df[name].notna().any():
@@ -219,23 +313,52 @@ def logrank_tests(model: str, subjects: pd.DataFrame, quartile: pd.Series) -> li
     present = natural_order(quartile[ok].unique())
     if len(present) < 2:
         return rows
-    res = multivariate_logrank_test(subjects.loc[ok, "time"], quartile[ok],
-                                    subjects.loc[ok, "event"])
-    rows.append({"model": model, "test": "logrank", "groups": ",".join(present),
-                 "statistic": float(res.test_statistic), "df": float(res.degrees_of_freedom),
-                 "p_value": float(res.p_value)})
-    trend = _logrank_trend(subjects.loc[ok, "time"].to_numpy(float),
-                           subjects.loc[ok, "event"].to_numpy(int),
-                           quartile[ok].map({"Q1": 1, "Q2": 2, "Q3": 3, "Q4": 4}).to_numpy(float))
-    rows.append({"model": model, "test": "logrank trend", "groups": "<".join(present),
-                 "statistic": trend[0], "df": 1.0, "p_value": trend[1]})
+    res = multivariate_logrank_test(
+        subjects.loc[ok, "time"], quartile[ok], subjects.loc[ok, "event"]
+    )
+    rows.append(
+        {
+            "model": model,
+            "test": "logrank",
+            "groups": ",".join(present),
+            "statistic": float(res.test_statistic),
+            "df": float(res.degrees_of_freedom),
+            "p_value": float(res.p_value),
+        }
+    )
+    trend = _logrank_trend(
+        subjects.loc[ok, "time"].to_numpy(float),
+        subjects.loc[ok, "event"].to_numpy(int),
+        quartile[ok].map({"Q1": 1, "Q2": 2, "Q3": 3, "Q4": 4}).to_numpy(float),
+    )
+    rows.append(
+        {
+            "model": model,
+            "test": "logrank trend",
+            "groups": "<".join(present),
+            "statistic": trend[0],
+            "df": 1.0,
+            "p_value": trend[1],
+        }
+    )
     q1, q4 = (quartile == "Q1").to_numpy(), (quartile == "Q4").to_numpy()
     if q1.any() and q4.any():
-        res = logrank_test(subjects.loc[q4, "time"], subjects.loc[q1, "time"],
-                           subjects.loc[q4, "event"], subjects.loc[q1, "event"])
-        rows.append({"model": model, "test": "logrank", "groups": "Q4 vs Q1",
-                     "statistic": float(res.test_statistic), "df": 1.0,
-                     "p_value": float(res.p_value)})
+        res = logrank_test(
+            subjects.loc[q4, "time"],
+            subjects.loc[q1, "time"],
+            subjects.loc[q4, "event"],
+            subjects.loc[q1, "event"],
+        )
+        rows.append(
+            {
+                "model": model,
+                "test": "logrank",
+                "groups": "Q4 vs Q1",
+                "statistic": float(res.test_statistic),
+                "df": 1.0,
+                "p_value": float(res.p_value),
+            }
+        )
     return rows
 
 
@@ -274,20 +397,28 @@ def _stack(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(full, ignore_index=True) if full else pd.DataFrame(columns=columns)
 
 
-def _decision_groups(frame: pd.DataFrame, attributes: list[str] | None,
-                     age_cuts: list[float] | None) -> list[tuple[str, pd.Series]] | None:
+def _decision_groups(
+    frame: pd.DataFrame, attributes: list[str] | None, age_cuts: list[float] | None
+) -> list[tuple[str, pd.Series]] | None:
     """``(attribute, labels)`` of the fairness groupings present in ``frame``."""
     if not attributes:
         return None
-    return attribute_groupings(add_fairness_groups(frame, age_cuts or [65.0, 75.0, 85.0]),
-                               attributes)
+    return attribute_groupings(
+        add_fairness_groups(frame, age_cuts or [65.0, 75.0, 85.0]), attributes
+    )
 
 
-def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
-                      covariates: list, config: SurvivalConfig,
-                      age_cuts: list[float] | None = None, *,
-                      decision_groups: list[str] | None = None,
-                      min_group_size: int = 30) -> SurvivalResult:
+def survival_analysis(
+    subjects: pd.DataFrame,
+    model: str,
+    outputs: list[str],
+    covariates: list,
+    config: SurvivalConfig,
+    age_cuts: list[float] | None = None,
+    *,
+    decision_groups: list[str] | None = None,
+    min_group_size: int = 30,
+) -> SurvivalResult:
     """Survival models of one model's outputs on one row per subject.
 
     Parameters
@@ -304,7 +435,8 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     """
     if not {"time", "event"} <= set(subjects.columns) or subjects["event"].isna().all():
         return SurvivalResult.empty(
-            "The cohort has no outcome columns (time, event): survival analysis was not run.")
+            "The cohort has no outcome columns (time, event): survival analysis was not run."
+        )
     # rows in an order fixed by their values: resamples and folds do not depend on row order
     df = canonical_rows(subjects.dropna(subset=["time", "event"]))
     events = int(df["event"].sum())
@@ -312,7 +444,8 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         return SurvivalResult.empty(
             f"Only {events} event{'' if events == 1 else 's'} among {len(df)} "
             f"subject{'' if len(df) == 1 else 's'} (minimum {config.min_events}): survival "
-            "models were not fitted.")
+            "models were not fitted."
+        )
     models, terms, tests, metrics, curves = [], [], [], [], []
     has_sex = "sex" in df.columns and df["sex"].nunique() > 1
     base_num = ["age_decade"]
@@ -325,8 +458,10 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         adjustments["age_sex"] = (["age_decade"], {"sex": "male"})
     has_cancer = "cancer_type" in df.columns and df["cancer_type"].nunique() > 1
     if has_cancer:
-        adjustments["age_sex_cancer"] = (["age_decade"], {**({"sex": "male"} if has_sex else {}),
-                                                          "cancer_type": None})
+        adjustments["age_sex_cancer"] = (
+            ["age_decade"],
+            {**({"sex": "male"} if has_sex else {}), "cancer_type": None},
+        )
     if covariates:
         num = ["age_decade"] + [c.name for c in covariates if c.type == "numeric"]
         cat = {"sex": "male"} if has_sex else {}
@@ -334,10 +469,13 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
             cat["cancer_type"] = None  # reference: the most frequent type
         cat.update({c.name: c.reference for c in covariates if c.type == "categorical"})
         adjustments["clinical"] = (num, cat)
-    labels = {"unadjusted": "unadjusted", "age": "adjusted for chronological age",
-              "age_sex": "adjusted for age and sex",
-              "age_sex_cancer": "adjusted for age, sex and cancer type",
-              "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates"}
+    labels = {
+        "unadjusted": "unadjusted",
+        "age": "adjusted for chronological age",
+        "age_sex": "adjusted for age and sex",
+        "age_sex_cancer": "adjusted for age, sex and cancer type",
+        "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates",
+    }
 
     decisions: list[pd.DataFrame] = []
     subgroup_decisions: list[pd.DataFrame] = []
@@ -345,32 +483,55 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
     def score_rows(frame, model_id, column):
         """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
         (cross-fitted)."""
-        m, c = score_metrics(model, model_id, frame["time"], frame["event"], frame[column],
-                             horizons=config.horizons, n_boot=config.n_boot,
-                             seed=config.seed, k=config.folds,
-                             calibration_horizon=config.calibration_horizon, notes=notes)
+        m, c = score_metrics(
+            model,
+            model_id,
+            frame["time"],
+            frame["event"],
+            frame[column],
+            horizons=config.horizons,
+            n_boot=config.n_boot,
+            seed=config.seed,
+            k=config.folds,
+            calibration_horizon=config.calibration_horizon,
+            notes=notes,
+        )
         metrics.extend(m)
         curves.extend(c)
         d = None
         if config.decision_horizons:
             try:
                 d, sub = score_decision_analysis(
-                    model, model_id, frame["time"], frame["event"], frame[column], frame["age"],
+                    model,
+                    model_id,
+                    frame["time"],
+                    frame["event"],
+                    frame[column],
+                    frame["age"],
                     groups=_decision_groups(frame, decision_groups, age_cuts),
-                    horizons=config.decision_horizons, thresholds=config.decision_thresholds,
-                    n_boot=config.n_boot, seed=config.seed, k=config.folds,
-                    min_group_size=min_group_size, min_events=config.min_events)
+                    horizons=config.decision_horizons,
+                    thresholds=config.decision_thresholds,
+                    n_boot=config.n_boot,
+                    seed=config.seed,
+                    k=config.folds,
+                    min_group_size=min_group_size,
+                    min_events=config.min_events,
+                )
                 subgroup_decisions.append(sub)
             except CoxNotConverged as exc:
-                notes.append(f"{model_id}: the cross-fitted Cox model behind the decision "
-                             f"curves did not converge ({exc.reason}): no decision curve")
+                notes.append(
+                    f"{model_id}: the cross-fitted Cox model behind the decision "
+                    f"curves did not converge ({exc.reason}): no decision curve"
+                )
         if d is not None:
             decisions.append(d)
             if d.empty and not any(n.startswith("no decision curve") for n in notes):
-                notes.append(f"no decision curve: the follow-up (longest "
-                             f"{frame['time'].max():.2g} years) does not reach a decision "
-                             f"horizon ({', '.join(f'{h:g}' for h in config.decision_horizons)} "
-                             "years) with subjects still followed and deaths before it")
+                notes.append(
+                    f"no decision curve: the follow-up (longest "
+                    f"{frame['time'].max():.2g} years) does not reach a decision "
+                    f"horizon ({', '.join(f'{h:g}' for h in config.decision_horizons)} "
+                    "years) with subjects still followed and deaths before it"
+                )
 
     notes: list[str] = []
     _missing_note(df, adjustments, notes)
@@ -380,22 +541,31 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         models.append(row)
         terms.extend(trs)
         if row["status"] == "ok" and row["events"] < 10 * design.shape[1]:
-            row["note"] = (f"{row['events']} events for {design.shape[1]} terms: under 10 "
-                           "events per variable, estimates may be unstable")
+            row["note"] = (
+                f"{row['events']} events for {design.shape[1]} terms: under 10 "
+                "events per variable, estimates may be unstable"
+            )
         # A term that breaks proportional hazards: stratify on it where it is categorical.
         violated = ph[ph < 0.05]
-        for var in (categorical or {}):
+        for var in categorical or {}:
             hits = [t for t in violated.index if t.startswith(f"{var}[")]
             if not hits:
                 continue
             kept = design[[c for c in design.columns if not c.startswith(f"{var}[")]]
             row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
                 f"proportional hazards violated by {', '.join(hits)} (Schoenfeld p = "
-                f"{violated[hits].min():.3g}); refitted stratified by {var}")
+                f"{violated[hits].min():.3g}); refitted stratified by {var}"
+            )
             srow, strs, _ = _cox_rows(
-                model, f"{model_id}__strata_{var}", f"{description}, stratified by {var}",
-                frame, kept, config, strata=frame[var],
-                note=f"remedy for non-proportional hazards of {var}")
+                model,
+                f"{model_id}__strata_{var}",
+                f"{description}, stratified by {var}",
+                frame,
+                kept,
+                config,
+                strata=frame[var],
+                note=f"remedy for non-proportional hazards of {var}",
+            )
             models.append(srow)
             terms.extend(strs)
         for term in violated.index:
@@ -403,16 +573,18 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
                 row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
                     f"proportional hazards questionable for {term} (Schoenfeld p = "
                     f"{violated[term]:.3g}); not a categorical covariate to stratify on, so "
-                    "reported as fitted")
+                    "reported as fitted"
+                )
 
-    add("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
-        df[base_num])
+    add("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df, df[base_num])
     # Each output on the subjects that have it (complete cases, as for every term).
     for output in [o for o in ("faceage", "risk") if o in outputs]:
         values = pd.to_numeric(df[output], errors="coerce")
         if values[np.isfinite(values)].nunique() < 2:  # a broken model's constant output
-            notes.append(f"{output} takes a single value in this cohort: it ranks no one, so "
-                         "no survival model, curve or metric of it is computed")
+            notes.append(
+                f"{output} takes a single value in this cohort: it ranks no one, so "
+                "no survival model, curve or metric of it is computed"
+            )
             outputs = [o for o in outputs if o != output]
     if "faceage" in outputs:
         fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
@@ -420,20 +592,43 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         fa["faceage_gap_decade"] = (fa["faceage"].astype(float) - fa["age"].astype(float)) / 10
         fa["faceage_band"] = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
         for adj, (num, cat) in adjustments.items():
-            add(f"faceage_per_decade__{adj}", f"FaceAge per decade, {labels[adj]}", fa,
-                design_matrix(fa, ["faceage_decade"] + num, cat), cat)
+            add(
+                f"faceage_per_decade__{adj}",
+                f"FaceAge per decade, {labels[adj]}",
+                fa,
+                design_matrix(fa, ["faceage_decade"] + num, cat),
+                cat,
+            )
         for adj in ("unadjusted", "age_sex"):
             if adj in adjustments:
                 num, cat = adjustments[adj]
-                add(f"age_gap_per_decade__{adj}",
-                    f"age gap (FaceAge - age) per decade, {labels[adj]}", fa,
-                    design_matrix(fa, ["faceage_gap_decade"] + num, cat), cat)
+                add(
+                    f"age_gap_per_decade__{adj}",
+                    f"age gap (FaceAge - age) per decade, {labels[adj]}",
+                    fa,
+                    design_matrix(fa, ["faceage_gap_decade"] + num, cat),
+                    cat,
+                )
                 band_ref = {"faceage_band": natural_order(fa["faceage_band"].dropna().unique())[0]}
-                add(f"faceage_bands__{adj}", f"FaceAge bands against the youngest, {labels[adj]}",
-                    fa, design_matrix(fa, num, {**band_ref, **cat}), cat)
+                add(
+                    f"faceage_bands__{adj}",
+                    f"FaceAge bands against the youngest, {labels[adj]}",
+                    fa,
+                    design_matrix(fa, num, {**band_ref, **cat}),
+                    cat,
+                )
         c = harrell_c(fa["time"], fa["event"], fa["faceage"])
-        metrics.append({"model": model, "model_id": "faceage", "metric": "harrell_c",
-                        "horizon": None, "value": c, "ci_low": None, "ci_high": None})
+        metrics.append(
+            {
+                "model": model,
+                "model_id": "faceage",
+                "metric": "harrell_c",
+                "horizon": None,
+                "value": c,
+                "ci_low": None,
+                "ci_high": None,
+            }
+        )
         score_rows(fa, "faceage", "faceage")
         bands = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
         curves.extend(km_curves(model, "faceage_band", fa, bands))
@@ -445,8 +640,9 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         quart = risk_quartiles(risk)
         empty = empty_groups_note("risk quartiles", quart)
         if empty:
-            notes.append(empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any()
-                                  else ""))
+            notes.append(
+                empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any() else "")
+            )
         present = [q for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
         for q in present:
             rk[f"risk[{q}]"] = (quart == q).astype(float)
@@ -454,18 +650,37 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         for adj, (num, cat) in adjustments.items():
             if adj == "age":
                 continue
-            add(f"risk_per_sd__{adj}", f"risk score per SD, {labels[adj]}", rk,
-                design_matrix(rk, ["risk_sd"] + num, cat), cat)
-            add(f"risk_quartiles__{adj}", f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}", rk,
-                design_matrix(rk, qcols + num, cat), cat)
+            add(
+                f"risk_per_sd__{adj}",
+                f"risk score per SD, {labels[adj]}",
+                rk,
+                design_matrix(rk, ["risk_sd"] + num, cat),
+                cat,
+            )
+            add(
+                f"risk_quartiles__{adj}",
+                f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}",
+                rk,
+                design_matrix(rk, qcols + num, cat),
+                cat,
+            )
         curves.extend(km_curves(model, "risk_quartile", rk, quart))
         metrics.extend(km_medians(model, "km_risk_quartile", rk, quart))
         tests.extend(logrank_tests(model, rk, quart))
         score_rows(rk, "risk", "risk")
     metrics.extend(km_medians(model, "km_overall", df))
     c = harrell_c(df["time"], df["event"], df["age"])
-    metrics.append({"model": model, "model_id": "chronological_age", "metric": "harrell_c",
-                    "horizon": None, "value": c, "ci_low": None, "ci_high": None})
+    metrics.append(
+        {
+            "model": model,
+            "model_id": "chronological_age",
+            "metric": "harrell_c",
+            "horizon": None,
+            "value": c,
+            "ci_low": None,
+            "ci_high": None,
+        }
+    )
     return SurvivalResult(
         models=pd.DataFrame(models, columns=MODEL_COLUMNS),
         terms=pd.DataFrame(terms, columns=TERM_COLUMNS),
@@ -474,8 +689,7 @@ def survival_analysis(subjects: pd.DataFrame, model: str, outputs: list[str],
         curves=pd.DataFrame(curves, columns=CURVE_COLUMNS),
         decisions=_stack(decisions, DECISION_COLUMNS),
         decision_subgroups=_stack(subgroup_decisions, DECISION_SUBGROUP_COLUMNS),
-        notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."]
-        + notes,
+        notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."] + notes,
     )
 
 
@@ -491,4 +705,3 @@ def median_followup(time, event) -> float:
         return float("nan")
     kmf = KaplanMeierFitter().fit(time[keep], 1 - event[keep].astype(int))
     return float(kmf.median_survival_time_)
-

@@ -44,10 +44,19 @@ def clinical_terms(df: pd.DataFrame, covariates: list) -> tuple[list[str], dict]
     return numeric, categorical
 
 
-def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model: str | None,
-                      risk_model: str | None, n_boot: int = 200, seed: int = 0,
-                      penalizer: float = 0.0, decision_horizons=(), decision_thresholds=None,
-                      folds: int = 5) -> dict[str, pd.DataFrame]:
+def incremental_value(
+    subjects: pd.DataFrame,
+    covariates: list,
+    *,
+    faceage_model: str | None,
+    risk_model: str | None,
+    n_boot: int = 200,
+    seed: int = 0,
+    penalizer: float = 0.0,
+    decision_horizons=(),
+    decision_thresholds=None,
+    folds: int = 5,
+) -> dict[str, pd.DataFrame]:
     """Nested models, tests and C changes.
 
     Parameters
@@ -80,49 +89,84 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
     needed = ["time", "event"]
     complete = full.notna().all(axis=1) & df[needed].notna().all(axis=1)
     notes = []
-    dropped = {c: int(df[c].isna().sum()) for c in numeric + list(categorical) +
-               [a for a, _, _ in added] if c in df.columns and df[c].isna().any()}
+    dropped = {
+        c: int(df[c].isna().sum())
+        for c in numeric + list(categorical) + [a for a, _, _ in added]
+        if c in df.columns and df[c].isna().any()
+    }
     if dropped:
-        notes.append(f"incremental value on {int(complete.sum())} complete cases of {len(df)} "
-                     "subjects; missing: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        notes.append(
+            f"incremental value on {int(complete.sum())} complete cases of {len(df)} "
+            "subjects; missing: " + ", ".join(f"{k} {v}" for k, v in dropped.items())
+        )
     df, full = df[complete].reset_index(drop=True), full[complete].reset_index(drop=True)
     events = int(df["event"].sum())
-    steps = [("clinical", [c for c in full.columns if not c.startswith(("faceage_decade",
-                                                                        "risk_sd"))])]
+    steps = [
+        ("clinical", [c for c in full.columns if not c.startswith(("faceage_decade", "risk_sd"))])
+    ]
     for name, term, _ in added:
         steps.append((steps[-1][0] + f"+{name}", steps[-1][1] + [term]))
     if events < 10 * len(steps[-1][1]):
-        notes.append(f"{events} events for {len(steps[-1][1])} terms: fewer than 10 events per "
-                     "variable, so the largest model may be over-fitted")
+        notes.append(
+            f"{events} events for {len(steps[-1][1])} terms: fewer than 10 events per "
+            "variable, so the largest model may be over-fitted"
+        )
     models, terms, tests, metrics, lps = [], [], [], [], {}
     w = bootstrap_weights(len(df), n_boot, np.random.default_rng(seed))
     for model_id, cols in steps:
         fit = fit_cox(df, full[cols], penalizer)
         if not fit.ok:
-            models.append({"model": label, "model_id": f"incremental__{model_id}",
-                           "description": f"incremental value: {model_id.replace('+', ' + ')}",
-                           "n": len(df), "events": events, "status": "not_converged",
-                           "note": f"Cox fit not converged: {fit.reason}"})
-            notes.append(f"incremental value: the {model_id.replace('+', ' + ')} model did not "
-                         f"converge ({fit.reason}); the steps that need it are not tested")
+            models.append(
+                {
+                    "model": label,
+                    "model_id": f"incremental__{model_id}",
+                    "description": f"incremental value: {model_id.replace('+', ' + ')}",
+                    "n": len(df),
+                    "events": events,
+                    "status": "not_converged",
+                    "note": f"Cox fit not converged: {fit.reason}",
+                }
+            )
+            notes.append(
+                f"incremental value: the {model_id.replace('+', ' + ')} model did not "
+                f"converge ({fit.reason}); the steps that need it are not tested"
+            )
             continue
         cph, data = fit.fitter, fit.data
         lp = cph.predict_log_partial_hazard(data).to_numpy()
         lps[model_id] = (lp, cph.log_likelihood_, len(cph.params_))
         c = float(weighted_concordance(df["time"], df["event"], lp, np.ones((1, len(df))))[0])
-        models.append({"model": label, "model_id": f"incremental__{model_id}",
-                       "description": f"incremental value: {model_id.replace('+', ' + ')}",
-                       "n": len(df), "events": events, "concordance": c,
-                       "concordance_low": None, "concordance_high": None,
-                       "log_likelihood": float(cph.log_likelihood_), "ph_test_min_p": None,
-                       "status": "ok", "note": "; ".join(fit.notes) or None})
+        models.append(
+            {
+                "model": label,
+                "model_id": f"incremental__{model_id}",
+                "description": f"incremental value: {model_id.replace('+', ' + ')}",
+                "n": len(df),
+                "events": events,
+                "concordance": c,
+                "concordance_low": None,
+                "concordance_high": None,
+                "log_likelihood": float(cph.log_likelihood_),
+                "ph_test_min_p": None,
+                "status": "ok",
+                "note": "; ".join(fit.notes) or None,
+            }
+        )
         s = cph.summary
-        terms.extend({"model": label, "model_id": f"incremental__{model_id}", "term": t,
-                      "coef": float(s.at[t, "coef"]), "se": float(s.at[t, "se(coef)"]),
-                      "hr": float(s.at[t, "exp(coef)"]),
-                      "hr_low": float(s.at[t, "exp(coef) lower 95%"]),
-                      "hr_high": float(s.at[t, "exp(coef) upper 95%"]),
-                      "p_value": float(s.at[t, "p"])} for t in s.index)
+        terms.extend(
+            {
+                "model": label,
+                "model_id": f"incremental__{model_id}",
+                "term": t,
+                "coef": float(s.at[t, "coef"]),
+                "se": float(s.at[t, "se(coef)"]),
+                "hr": float(s.at[t, "exp(coef)"]),
+                "hr_low": float(s.at[t, "exp(coef) lower 95%"]),
+                "hr_high": float(s.at[t, "exp(coef) upper 95%"]),
+                "p_value": float(s.at[t, "p"]),
+            }
+            for t in s.index
+        )
     for (prev, _), (cur, _) in zip(steps, steps[1:]):
         if prev not in lps or cur not in lps:
             continue
@@ -130,31 +174,59 @@ def incremental_value(subjects: pd.DataFrame, covariates: list, *, faceage_model
         lp1, ll1, k1 = lps[cur]
         stat = max(0.0, 2 * (ll1 - ll0))
         dof = k1 - k0
-        tests.append({"model": label, "test": f"likelihood ratio: {cur} vs {prev}",
-                      "groups": None, "statistic": float(stat), "df": float(dof),
-                      "p_value": float(chi2.sf(stat, dof))})
+        tests.append(
+            {
+                "model": label,
+                "test": f"likelihood ratio: {cur} vs {prev}",
+                "groups": None,
+                "statistic": float(stat),
+                "df": float(dof),
+                "p_value": float(chi2.sf(stat, dof)),
+            }
+        )
         t, e = df["time"], df["event"]
         d = weighted_concordance(t, e, lp1, w) - weighted_concordance(t, e, lp0, w)
-        point = models[[m["model_id"] for m in models].index(f"incremental__{cur}")]["concordance"] \
+        point = (
+            models[[m["model_id"] for m in models].index(f"incremental__{cur}")]["concordance"]
             - models[[m["model_id"] for m in models].index(f"incremental__{prev}")]["concordance"]
-        low, high = (np.nanquantile(d, [0.025, 0.975]) if len(d) else (np.nan, np.nan))
-        metrics.append({"model": label, "model_id": f"incremental__{cur}", "metric": "delta_c",
-                        "horizon": None, "value": float(point), "ci_low": float(low),
-                        "ci_high": float(high)})
+        )
+        low, high = np.nanquantile(d, [0.025, 0.975]) if len(d) else (np.nan, np.nan)
+        metrics.append(
+            {
+                "model": label,
+                "model_id": f"incremental__{cur}",
+                "metric": "delta_c",
+                "horizon": None,
+                "value": float(point),
+                "ci_low": float(low),
+                "ci_high": float(high),
+            }
+        )
     decisions = pd.DataFrame(columns=DECISION_COLUMNS)
     if decision_horizons:
         try:
             decisions = nested_decision_curves(
-                label, [(f"incremental__{mid}", full[cols].to_numpy(float)) for mid, cols in steps],
-                df["time"], df["event"], horizons=decision_horizons,
-                thresholds=decision_thresholds, n_boot=n_boot, seed=seed, k=folds,
-                penalizer=penalizer)
+                label,
+                [(f"incremental__{mid}", full[cols].to_numpy(float)) for mid, cols in steps],
+                df["time"],
+                df["event"],
+                horizons=decision_horizons,
+                thresholds=decision_thresholds,
+                n_boot=n_boot,
+                seed=seed,
+                k=folds,
+                penalizer=penalizer,
+            )
         except CoxNotConverged as exc:
-            notes.append("the cross-fitted nested models did not converge "
-                         f"({exc.reason}): their decision curves are not computed")
-    return {"survival_models": pd.DataFrame(models, columns=MODEL_COLUMNS),
-            "decision_curves": decisions,
-            "survival_terms": pd.DataFrame(terms, columns=TERM_COLUMNS),
-            "survival_tests": pd.DataFrame(tests, columns=TEST_COLUMNS),
-            "survival_metrics": pd.DataFrame(metrics, columns=METRIC_COLUMNS),
-            "notes": notes}
+            notes.append(
+                "the cross-fitted nested models did not converge "
+                f"({exc.reason}): their decision curves are not computed"
+            )
+    return {
+        "survival_models": pd.DataFrame(models, columns=MODEL_COLUMNS),
+        "decision_curves": decisions,
+        "survival_terms": pd.DataFrame(terms, columns=TERM_COLUMNS),
+        "survival_tests": pd.DataFrame(tests, columns=TEST_COLUMNS),
+        "survival_metrics": pd.DataFrame(metrics, columns=METRIC_COLUMNS),
+        "notes": notes,
+    }

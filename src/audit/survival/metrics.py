@@ -46,21 +46,26 @@ def _surv(event, time):
     return Surv.from_arrays(event=np.asarray(event).astype(bool), time=np.asarray(time, float))
 
 
-def usable_horizons(time: np.ndarray, event: np.ndarray, horizons=HORIZONS,
-                    min_at_risk: int = 10) -> list[float]:
+def usable_horizons(
+    time: np.ndarray, event: np.ndarray, horizons=HORIZONS, min_at_risk: int = 10
+) -> list[float]:
     """Horizons inside the follow-up: before the last observed time, with at least
     ``min_at_risk`` subjects still followed and at least one death before."""
     time = np.asarray(time, float)
     out = []
     for h in horizons:
-        if h < time.max() and (time > h).sum() >= min_at_risk and \
-                (np.asarray(event)[time <= h] == 1).any():
+        if (
+            h < time.max()
+            and (time > h).sum() >= min_at_risk
+            and (np.asarray(event)[time <= h] == 1).any()
+        ):
             out.append(float(h))
     return out
 
 
-def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0,
-                      penalizer: float = 0.0) -> np.ndarray:
+def crossfit_survival(
+    time, event, score, horizons, k: int = 5, seed: int = 0, penalizer: float = 0.0
+) -> np.ndarray:
     """(n, H) survival probabilities at ``horizons`` from Cox models of ``score`` fitted on
     the other ``k - 1`` folds (lifelines, Breslow baseline).
 
@@ -76,15 +81,15 @@ def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0,
     """
     from lifelines import KaplanMeierFitter
 
-
     n = len(time)
     folds = np.random.default_rng(seed).permutation(n) % k
     out = np.full((n, len(horizons)), np.nan)
     x = np.asarray(score, float)
     x = x[:, None] if x.ndim == 1 else x
     names = ["score"] if x.shape[1] == 1 else [f"x{j}" for j in range(x.shape[1])]
-    frame = pd.DataFrame(x, columns=names).assign(time=np.asarray(time, float),
-                                                   event=np.asarray(event, int))
+    frame = pd.DataFrame(x, columns=names).assign(
+        time=np.asarray(time, float), event=np.asarray(event, int)
+    )
     for f in range(k):
         train, test = frame[folds != f], frame[folds == f]
         kept = [c for c in names if train[c].nunique() > 1]
@@ -100,15 +105,27 @@ def crossfit_survival(time, event, score, horizons, k: int = 5, seed: int = 0,
             continue
         if not fit.ok:
             raise CoxNotConverged(f"cross-fitting fold {f + 1} of {k}: {fit.reason}")
-        sf = fit.fitter.predict_survival_function(test[fit.fitter.params_.index],
-                                                  times=list(horizons))
+        sf = fit.fitter.predict_survival_function(
+            test[fit.fitter.params_.index], times=list(horizons)
+        )
         out[folds == f] = sf.T.to_numpy()
     return out
 
 
-def score_metrics(model: str, model_id: str, time, event, score, *, horizons=HORIZONS,
-                  n_boot: int = 200, seed: int = 0, k: int = 5, calibration_horizon=None,
-                  notes: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+def score_metrics(
+    model: str,
+    model_id: str,
+    time,
+    event,
+    score,
+    *,
+    horizons=HORIZONS,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 5,
+    calibration_horizon=None,
+    notes: list[str] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """``survival_metrics`` rows (Uno's C with CI, AUC and Brier at each horizon, integrated
     Brier, calibration in the large) and ``survival_curves`` calibration rows for one score
     (higher = worse).
@@ -123,18 +140,24 @@ def score_metrics(model: str, model_id: str, time, event, score, *, horizons=HOR
         integrated_brier_score,
     )
 
-    time, event, score = (np.asarray(time, float), np.asarray(event, int),
-                          np.asarray(score, float))
+    time, event, score = (np.asarray(time, float), np.asarray(event, int), np.asarray(score, float))
     ok = np.isfinite(time) & np.isfinite(score)
     time, event, score = time[ok], event[ok], score[ok]
     hs = usable_horizons(time, event, horizons)
     metrics, curves = [], []
 
     def row(metric, value, horizon=None, low=None, high=None):
-        metrics.append({"model": model, "model_id": model_id, "metric": metric,
-                        "horizon": horizon, "value": float(value),
-                        "ci_low": None if low is None else float(low),
-                        "ci_high": None if high is None else float(high)})
+        metrics.append(
+            {
+                "model": model,
+                "model_id": model_id,
+                "metric": metric,
+                "horizon": horizon,
+                "value": float(value),
+                "ci_low": None if low is None else float(low),
+                "ci_high": None if high is None else float(high),
+            }
+        )
 
     if not hs or event.sum() < 5:
         return metrics, curves
@@ -155,9 +178,11 @@ def score_metrics(model: str, model_id: str, time, event, score, *, horizons=HOR
         surv = crossfit_survival(time, event, score, hs, k=k, seed=seed)
     except CoxNotConverged as exc:
         if notes is not None:
-            notes.append(f"{model_id}: the cross-fitted Cox model did not converge "
-                         f"({exc.reason}); its Brier scores and calibration are not computed "
-                         "(Uno's C and the AUC need no model and are kept)")
+            notes.append(
+                f"{model_id}: the cross-fitted Cox model did not converge "
+                f"({exc.reason}); its Brier scores and calibration are not computed "
+                "(Uno's C and the AUC need no model and are kept)"
+            )
         return metrics, curves
     _, brier = brier_score(y, y, surv, hs)
     for h, b in zip(hs, brier):
@@ -179,15 +204,15 @@ def uno_c_ci(time, event, score, tau: float, n_boot: int, rng, level: float = 0.
     weights are held fixed across resamples, as in the usual conditional bootstrap)."""
     from sksurv.nonparametric import CensoringDistributionEstimator
 
-
     if n_boot <= 0:
         return None, None
     cens = CensoringDistributionEstimator().fit(_surv(event, time))
     before = time < tau  # only deaths before tau weigh (G can reach 0 after the last one)
     weight = np.zeros(len(time))
     weight[before] = cens.predict_ipcw(_surv(event[before], time[before])) ** 2
-    samples = weighted_concordance(time, event, score, bootstrap_weights(len(time), n_boot, rng),
-                                   event_weight=weight, tau=tau)
+    samples = weighted_concordance(
+        time, event, score, bootstrap_weights(len(time), n_boot, rng), event_weight=weight, tau=tau
+    )
     low, high = percentile_ci(samples.reshape(-1, 1), level)
     return float(low[0]), float(high[0])
 
@@ -204,7 +229,6 @@ def _calibration(model, model_id, time, event, predicted, horizon) -> list[dict]
     Kaplan-Meier survival (with its 95% CI) in each decile."""
     from lifelines import KaplanMeierFitter
 
-
     risk = 1.0 - np.asarray(predicted, float)  # D1: the lowest predicted risk
     deciles = group_index(risk, quantile_cuts(risk, 10))  # by value: ties share a decile
     rows = []
@@ -215,10 +239,18 @@ def _calibration(model, model_id, time, event, predicted, horizon) -> list[dict]
         kmf = KaplanMeierFitter().fit(time[m], event[m])
         ci = kmf.confidence_interval_survival_function_
         idx = ci.index.searchsorted(horizon, side="right") - 1
-        low, high = (ci.iloc[max(idx, 0)].to_numpy() if idx >= 0 else (1.0, 1.0))
-        rows.append({"model": model, "curve": f"calibration:{model_id}",
-                     "group_name": f"D{d + 1}", "time": float(horizon),
-                     "survival": float(kmf.predict(horizon)), "at_risk": int(m.sum()),
-                     "predicted": float(predicted[m].mean()), "survival_low": float(low),
-                     "survival_high": float(high)})
+        low, high = ci.iloc[max(idx, 0)].to_numpy() if idx >= 0 else (1.0, 1.0)
+        rows.append(
+            {
+                "model": model,
+                "curve": f"calibration:{model_id}",
+                "group_name": f"D{d + 1}",
+                "time": float(horizon),
+                "survival": float(kmf.predict(horizon)),
+                "at_risk": int(m.sum()),
+                "predicted": float(predicted[m].mean()),
+                "survival_low": float(low),
+                "survival_high": float(high),
+            }
+        )
     return rows

@@ -32,8 +32,21 @@ from audit.metrics.fairness import add_fairness_groups, attribute_groupings
 from audit.stats.cox import design_matrix, fit_cox
 from audit.stats.groups import group_index, quantile_cuts
 
-SUBGROUP_COLUMNS = ["model", "predictor", "attribute", "group_name", "n", "events", "hr",
-                    "hr_low", "hr_high", "p_value", "adjustment", "status", "note"]
+SUBGROUP_COLUMNS = [
+    "model",
+    "predictor",
+    "attribute",
+    "group_name",
+    "n",
+    "events",
+    "hr",
+    "hr_low",
+    "hr_high",
+    "p_value",
+    "adjustment",
+    "status",
+    "note",
+]
 TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value", "note"]
 
 
@@ -43,16 +56,29 @@ def _hr(df: pd.DataFrame, term: str, numeric: list[str], categorical: dict) -> d
     if not fit.ok:
         return {**nothing, "status": "not_converged", "note": fit.reason}
     if term not in fit.summary.index:
-        return {**nothing, "status": "not_fitted",
-                "note": f"{term} does not vary within the group's complete cases"}
+        return {
+            **nothing,
+            "status": "not_fitted",
+            "note": f"{term} does not vary within the group's complete cases",
+        }
     r = fit.summary.loc[term]
-    return {"hr": float(r["exp(coef)"]), "hr_low": float(r["exp(coef) lower 95%"]),
-            "hr_high": float(r["exp(coef) upper 95%"]), "p_value": float(r["p"]),
-            "status": "ok"}
+    return {
+        "hr": float(r["exp(coef)"]),
+        "hr_low": float(r["exp(coef) lower 95%"]),
+        "hr_high": float(r["exp(coef) upper 95%"]),
+        "p_value": float(r["p"]),
+        "status": "ok",
+    }
 
 
-def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], config,
-                       min_events: int, age_cuts: list[float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def survival_subgroups(
+    subjects: pd.DataFrame,
+    model: str,
+    outputs: list[str],
+    config,
+    min_events: int,
+    age_cuts: list[float],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group hazard ratios and interaction tests for one model's outputs.
 
     Parameters
@@ -94,39 +120,66 @@ def survival_subgroups(subjects: pd.DataFrame, model: str, outputs: list[str], c
                     sub = sub[sub["risk_quartile"].isin([1, 4])].copy()
                     sub["risk_q4"] = (sub["risk_quartile"] == 4).astype(float)
                 events = int(sub["event"].sum())
-                row = {"model": model, "predictor": name, "attribute": attribute,
-                       "group_name": str(group), "n": len(sub), "events": events,
-                       "adjustment": adjustment}
+                row = {
+                    "model": model,
+                    "predictor": name,
+                    "attribute": attribute,
+                    "group_name": str(group),
+                    "n": len(sub),
+                    "events": events,
+                    "adjustment": adjustment,
+                }
                 if name == "risk_q4_vs_q1" and not (sub["risk_q4"].nunique() == 2):
-                    rows.append({**row, "hr": np.nan, "hr_low": np.nan, "hr_high": np.nan,
-                                 "p_value": np.nan, "status": "not_fitted",
-                                 "note": _missing_quartile(sub["risk_q4"], df["risk_quartile"])})
+                    rows.append(
+                        {
+                            **row,
+                            "hr": np.nan,
+                            "hr_low": np.nan,
+                            "hr_high": np.nan,
+                            "p_value": np.nan,
+                            "status": "not_fitted",
+                            "note": _missing_quartile(sub["risk_q4"], df["risk_quartile"]),
+                        }
+                    )
                     continue
                 if events < min_events or len(sub) < config.min_group_size:
-                    rows.append({**row, "hr": np.nan, "hr_low": np.nan, "hr_high": np.nan,
-                                 "p_value": np.nan, "status": "too_small",
-                                 "note": f"{len(sub)} subjects, {events} deaths (minimum "
-                                         f"{config.min_group_size} subjects, {min_events} deaths)"})
+                    rows.append(
+                        {
+                            **row,
+                            "hr": np.nan,
+                            "hr_low": np.nan,
+                            "hr_high": np.nan,
+                            "p_value": np.nan,
+                            "status": "too_small",
+                            "note": f"{len(sub)} subjects, {events} deaths (minimum "
+                            f"{config.min_group_size} subjects, {min_events} deaths)",
+                        }
+                    )
                     continue
                 result = _hr(sub, term, [term, "age_decade_num"], cat)
                 rows.append({**row, **result})
                 if result["status"] == "ok":
                     fitted_groups.append(group)
             if len(fitted_groups) >= 2:
-                term_name, term = (("faceage_per_decade", "faceage_decade")
-                                   if name == "faceage_per_decade" else ("risk_per_sd", "risk_sd"))
-                tests.append(_interaction(df, labels, fitted_groups, model, term_name, term,
-                                          attribute, cat))
-    return (pd.DataFrame(rows, columns=SUBGROUP_COLUMNS),
-            pd.DataFrame(tests, columns=TEST_COLUMNS))
+                term_name, term = (
+                    ("faceage_per_decade", "faceage_decade")
+                    if name == "faceage_per_decade"
+                    else ("risk_per_sd", "risk_sd")
+                )
+                tests.append(
+                    _interaction(df, labels, fitted_groups, model, term_name, term, attribute, cat)
+                )
+    return (pd.DataFrame(rows, columns=SUBGROUP_COLUMNS), pd.DataFrame(tests, columns=TEST_COLUMNS))
 
 
 def _missing_quartile(q4: pd.Series, cohort_quartiles: pd.Series) -> str:
     """Why a group has no Q4 vs Q1 comparison."""
     which = "Q4" if not (q4 == 1).any() else "Q1"
     if not (cohort_quartiles == (4 if which == "Q4" else 1)).any():
-        return (f"the cohort has no {which}: tied risk scores leave it empty (the quartile cut "
-                "points coincide)")
+        return (
+            f"the cohort has no {which}: tied risk scores leave it empty (the quartile cut "
+            "points coincide)"
+        )
     return f"no subject of this group is in the cohort's {which}"
 
 
@@ -144,13 +197,21 @@ def _interaction(df, labels, groups, model, name, term, attribute, cat) -> dict:
         full[f"{term}:group[{g}]"] = full[term] * full[f"group[{g}]"]
     fit0, fit1 = fit_cox(sub, base), fit_cox(sub, full)
     dof = len(groups) - 1
-    row = {"model": model, "test": f"interaction: {name} x {attribute}",
-           "groups": ", ".join(str(g) for g in groups), "df": dof}
+    row = {
+        "model": model,
+        "test": f"interaction: {name} x {attribute}",
+        "groups": ", ".join(str(g) for g in groups),
+        "df": dof,
+    }
     bad = [(what, f) for what, f in (("without", fit0), ("with", fit1)) if not f.ok]
     if bad:
-        return {**row, "statistic": np.nan, "p_value": np.nan,
-                "note": "; ".join(f"the model {what} the interaction did not converge "
-                                  f"({f.reason})" for what, f in bad)}
+        return {
+            **row,
+            "statistic": np.nan,
+            "p_value": np.nan,
+            "note": "; ".join(
+                f"the model {what} the interaction did not converge ({f.reason})" for what, f in bad
+            ),
+        }
     stat = max(0.0, 2 * (fit1.log_likelihood - fit0.log_likelihood))
-    return {**row, "statistic": float(stat), "p_value": float(chi2.sf(stat, dof)),
-            "note": None}
+    return {**row, "statistic": float(stat), "p_value": float(chi2.sf(stat, dof)), "note": None}

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from audit.data.hashing import HashCache, sha256_file
 from audit.errors import InputError
+from audit.pipeline.schema import columns
 
 STANDARD_COLUMNS = [
     "photo_id",
@@ -50,15 +51,7 @@ STANDARD_COLUMNS = [
 ]
 NUMERIC_COLUMNS = ["age", "time", "faceage", "risk"]
 CATEGORICAL_COLUMNS = ["sex", "race", "cancer_type", "site", "camera"]
-QUARANTINE_COLUMNS = [
-    "photo_id",
-    "stage",
-    "severity",
-    "source_file",
-    "row_number",
-    "column_name",
-    "reason",
-]
+QUARANTINE_COLUMNS = columns("quarantine")
 TIME_UNITS_IN_YEARS = {"days": 365.25, "weeks": 365.25 / 7, "months": 12.0, "years": 1.0}
 
 

@@ -27,27 +27,12 @@ import pandas as pd
 
 from audit.data.images import image_properties, near_duplicate_pairs
 from audit.errors import InputError
+from audit.pipeline.schema import columns
 
 SEVERITIES = ("critical", "error", "warning")
 SUITE_NAMES = ("manifest", "images", "predictions")
-RESULT_COLUMNS = [
-    "suite",
-    "expectation",
-    "column_name",
-    "severity",
-    "success",
-    "unexpected_count",
-    "details",
-]
-QUARANTINE_COLUMNS = [
-    "photo_id",
-    "stage",
-    "severity",
-    "source_file",
-    "row_number",
-    "column_name",
-    "reason",
-]
+RESULT_COLUMNS = columns("validation_results")
+QUARANTINE_COLUMNS = columns("quarantine")
 
 
 def default_suite_dir() -> Path:

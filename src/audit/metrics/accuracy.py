@@ -19,23 +19,12 @@ import pandas as pd
 
 from audit.data.cohort import age_band, natural_order
 from audit.pipeline.config import AccuracyConfig, SurvivalConfig
+from audit.pipeline.schema import columns
 from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
 from audit.stats.concordance import weighted_concordance
 from audit.stats.groups import label_codes
 
-ACCURACY_COLUMNS = [
-    "model",
-    "output",
-    "metric",
-    "attribute",
-    "group_name",
-    "n",
-    "n_subjects",
-    "value",
-    "ci_low",
-    "ci_high",
-    "status",
-]
+ACCURACY_COLUMNS = columns("accuracy")
 FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y"]
 
 

@@ -56,33 +56,13 @@ import numpy as np
 import pandas as pd
 
 from audit.data.cohort import age_band
+from audit.pipeline.schema import columns
 from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
 from audit.stats.concordance import weighted_concordance
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
 from audit.stats.groups import label_codes
 
-FAIRNESS_COLUMNS = [
-    "model",
-    "output",
-    "metric",
-    "attribute",
-    "group_name",
-    "n",
-    "n_subjects",
-    "value",
-    "ci_low",
-    "ci_high",
-    "diff_to_overall",
-    "diff_ci_low",
-    "diff_ci_high",
-    "diff_ci_method",
-    "reference_group",
-    "diff_to_reference",
-    "ref_ci_low",
-    "ref_ci_high",
-    "tolerance",
-    "status",
-]
+FAIRNESS_COLUMNS = columns("fairness")
 FACEAGE_METRICS = [
     "mae",
     "mean_error",
@@ -726,21 +706,7 @@ def _group_rows(
 
 # ---------------------------------------------------------------------------- two models
 
-COMPARISON_COLUMNS = [
-    "output",
-    "metric",
-    "model_a",
-    "model_b",
-    "attribute",
-    "group_name",
-    "n",
-    "value_a",
-    "value_b",
-    "diff",
-    "ci_low",
-    "ci_high",
-    "status",
-]
+COMPARISON_COLUMNS = columns("comparisons")
 
 
 def paired_comparisons(

@@ -20,19 +20,9 @@ import pandas as pd
 from scipy.stats import chisquare
 
 from audit.metrics.fairness import add_fairness_groups
+from audit.pipeline.schema import columns
 
-REPRESENTATIVENESS_COLUMNS = [
-    "attribute",
-    "group_name",
-    "n",
-    "share",
-    "intended_share",
-    "ratio",
-    "chi2",
-    "df",
-    "p_value",
-    "status",
-]
+REPRESENTATIVENESS_COLUMNS = columns("representativeness")
 
 
 def representativeness(

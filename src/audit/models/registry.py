@@ -15,17 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from audit.errors import InputError
+from audit.pipeline.schema import columns
 
 OUTPUT_NAMES = ("faceage", "risk")
-PREDICTION_COLUMNS = [
-    "photo_id",
-    "subject_id",
-    "model",
-    "output",
-    "perturbation",
-    "severity",
-    "value",
-]
+PREDICTION_COLUMNS = columns("predictions")
 
 
 class ModelSpec(BaseModel):

@@ -21,18 +21,9 @@ import pandas as pd
 
 from audit.decisions.curves import threshold_runs, useful_thresholds, years
 from audit.pipeline.config import FairnessConfig, Thresholds
+from audit.pipeline.schema import columns
 
-VERDICT_COLUMNS = [
-    "model",
-    "check_name",
-    "category",
-    "threshold",
-    "value",
-    "judged_value",
-    "passed",
-    "status",
-    "details",
-]
+VERDICT_COLUMNS = columns("verdicts")
 
 
 def sig3(x: float) -> str:

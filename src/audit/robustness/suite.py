@@ -37,28 +37,11 @@ import pandas as pd
 
 from audit.data.cohort import natural_order
 from audit.models.inference import PerturbedModel, run_perturbed
+from audit.pipeline.schema import columns
 from audit.robustness.perturbations import PERTURBATION_VERSION, create_perturbation
 from audit.stats.groups import group_index, quantile_cuts
 
-ROBUSTNESS_COLUMNS = [
-    "model",
-    "output",
-    "perturbation",
-    "family",
-    "severity",
-    "description",
-    "attribute",
-    "group_name",
-    "n",
-    "mean_shift",
-    "mean_abs_shift",
-    "p95_abs_shift",
-    "frac_over_tolerance",
-    "spearman",
-    "icc",
-    "quartile_change",
-    "passed",
-]
+ROBUSTNESS_COLUMNS = columns("robustness")
 CLEAN = "none"
 
 

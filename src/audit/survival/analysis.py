@@ -41,38 +41,16 @@ from audit.decisions.subgroups import (
 from audit.metrics.accuracy import bootstrap_c, harrell_c
 from audit.metrics.fairness import add_fairness_groups, attribute_groupings
 from audit.pipeline.config import SurvivalConfig
+from audit.pipeline.schema import columns
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox  # noqa: F401 (design_matrix: re-exported)
 from audit.stats.groups import canonical_rows, empty_groups_note, quantile_groups
 from audit.survival.metrics import score_metrics
 
-MODEL_COLUMNS = [
-    "model",
-    "model_id",
-    "description",
-    "n",
-    "events",
-    "concordance",
-    "concordance_low",
-    "concordance_high",
-    "log_likelihood",
-    "ph_test_min_p",
-    "status",
-    "note",
-]
-TERM_COLUMNS = ["model", "model_id", "term", "coef", "se", "hr", "hr_low", "hr_high", "p_value"]
+MODEL_COLUMNS = columns("survival_models")
+TERM_COLUMNS = columns("survival_terms")
 TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value"]
-METRIC_COLUMNS = ["model", "model_id", "metric", "horizon", "value", "ci_low", "ci_high"]
-CURVE_COLUMNS = [
-    "model",
-    "curve",
-    "group_name",
-    "time",
-    "survival",
-    "at_risk",
-    "predicted",
-    "survival_low",
-    "survival_high",
-]
+METRIC_COLUMNS = columns("survival_metrics")
+CURVE_COLUMNS = columns("survival_curves")
 
 
 @dataclass

@@ -29,25 +29,12 @@ from scipy.stats import chi2
 
 from audit.data.cohort import natural_order
 from audit.metrics.fairness import add_fairness_groups, attribute_groupings
+from audit.pipeline.schema import columns
 from audit.stats.cox import design_matrix, fit_cox
 from audit.stats.groups import group_index, quantile_cuts
 
-SUBGROUP_COLUMNS = [
-    "model",
-    "predictor",
-    "attribute",
-    "group_name",
-    "n",
-    "events",
-    "hr",
-    "hr_low",
-    "hr_high",
-    "p_value",
-    "adjustment",
-    "status",
-    "note",
-]
-TEST_COLUMNS = ["model", "test", "groups", "statistic", "df", "p_value", "note"]
+SUBGROUP_COLUMNS = columns("survival_subgroups")
+TEST_COLUMNS = columns("survival_tests")
 
 
 def _hr(df: pd.DataFrame, term: str, numeric: list[str], categorical: dict) -> dict:

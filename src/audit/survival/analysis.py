@@ -386,6 +386,266 @@ def _decision_groups(
     )
 
 
+ADJUSTMENT_LABELS = {
+    "unadjusted": "unadjusted",
+    "age": "adjusted for chronological age",
+    "age_sex": "adjusted for age and sex",
+    "age_sex_cancer": "adjusted for age, sex and cancer type",
+    "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates",
+}
+
+
+def _adjustments(df: pd.DataFrame, covariates: list) -> dict[str, tuple[list[str], dict]]:
+    """The adjustment sets the cohort supports: ``{name: (numeric terms, categorical terms
+    with their reference level)}``, from unadjusted to the cohort's clinical covariates."""
+    has_sex = "sex" in df.columns and df["sex"].nunique() > 1
+    has_cancer = "cancer_type" in df.columns and df["cancer_type"].nunique() > 1
+    out = {"unadjusted": ([], {}), "age": (["age_decade"], {})}
+    if has_sex:
+        out["age_sex"] = (["age_decade"], {"sex": "male"})
+    if has_cancer:
+        out["age_sex_cancer"] = (
+            ["age_decade"],
+            {**({"sex": "male"} if has_sex else {}), "cancer_type": None},
+        )
+    if covariates:
+        num = ["age_decade"] + [c.name for c in covariates if c.type == "numeric"]
+        cat = {"sex": "male"} if has_sex else {}
+        if has_cancer:
+            cat["cancer_type"] = None  # reference: the most frequent type
+        cat.update({c.name: c.reference for c in covariates if c.type == "categorical"})
+        out["clinical"] = (num, cat)
+    return out
+
+
+@dataclass
+class _Fits:
+    """What one model's survival analysis collects (rows and notes), and the three things
+    it does over and over: fit a Cox model, score an output, note a Harrell's C."""
+
+    model: str
+    config: SurvivalConfig
+    age_cuts: list[float] | None
+    decision_groups: list[str] | None
+    min_group_size: int
+    models: list = field(default_factory=list)
+    terms: list = field(default_factory=list)
+    tests: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    curves: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)
+    subgroup_decisions: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def cox(self, model_id, description, frame, design, categorical=None) -> None:
+        """One Cox model; a categorical term that breaks proportional hazards gets a
+        stratified refit beside it, any other such term a note."""
+        row, trs, ph = _cox_rows(self.model, model_id, description, frame, design, self.config)
+        self.models.append(row)
+        self.terms.extend(trs)
+        if row["status"] == "ok" and row["events"] < 10 * design.shape[1]:
+            row["note"] = (
+                f"{row['events']} events for {design.shape[1]} terms: under 10 "
+                "events per variable, estimates may be unstable"
+            )
+        violated = ph[ph < 0.05]
+        for var in categorical or {}:
+            hits = [t for t in violated.index if t.startswith(f"{var}[")]
+            if not hits:
+                continue
+            kept = design[[c for c in design.columns if not c.startswith(f"{var}[")]]
+            row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
+                f"proportional hazards violated by {', '.join(hits)} (Schoenfeld p = "
+                f"{violated[hits].min():.3g}); refitted stratified by {var}"
+            )
+            srow, strs, _ = _cox_rows(
+                self.model,
+                f"{model_id}__strata_{var}",
+                f"{description}, stratified by {var}",
+                frame,
+                kept,
+                self.config,
+                strata=frame[var],
+                note=f"remedy for non-proportional hazards of {var}",
+            )
+            self.models.append(srow)
+            self.terms.extend(strs)
+        for term in violated.index:
+            if not any(term.startswith(f"{v}[") for v in (categorical or {})):
+                row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
+                    f"proportional hazards questionable for {term} (Schoenfeld p = "
+                    f"{violated[term]:.3g}); not a categorical covariate to stratify on, so "
+                    "reported as fitted"
+                )
+
+    def score(self, frame: pd.DataFrame, model_id: str, column: str) -> None:
+        """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
+        (cross-fitted)."""
+        config = self.config
+        m, c = score_metrics(
+            self.model,
+            model_id,
+            frame["time"],
+            frame["event"],
+            frame[column],
+            horizons=config.horizons,
+            n_boot=config.n_boot,
+            seed=config.seed,
+            k=config.folds,
+            calibration_horizon=config.calibration_horizon,
+            notes=self.notes,
+        )
+        self.metrics.extend(m)
+        self.curves.extend(c)
+        if config.decision_horizons:
+            self._decisions(frame, model_id, column)
+
+    def _decisions(self, frame: pd.DataFrame, model_id: str, column: str) -> None:
+        config = self.config
+        try:
+            d, sub = score_decision_analysis(
+                self.model,
+                model_id,
+                frame["time"],
+                frame["event"],
+                frame[column],
+                frame["age"],
+                groups=_decision_groups(frame, self.decision_groups, self.age_cuts),
+                horizons=config.decision_horizons,
+                thresholds=config.decision_thresholds,
+                n_boot=config.n_boot,
+                seed=config.seed,
+                k=config.folds,
+                min_group_size=self.min_group_size,
+                min_events=config.min_events,
+            )
+        except CoxNotConverged as exc:
+            self.notes.append(
+                f"{model_id}: the cross-fitted Cox model behind the decision "
+                f"curves did not converge ({exc.reason}): no decision curve"
+            )
+            return
+        self.subgroup_decisions.append(sub)
+        self.decisions.append(d)
+        if d.empty and not any(n.startswith("no decision curve") for n in self.notes):
+            self.notes.append(
+                f"no decision curve: the follow-up (longest "
+                f"{frame['time'].max():.2g} years) does not reach a decision "
+                f"horizon ({', '.join(f'{h:g}' for h in config.decision_horizons)} "
+                "years) with subjects still followed and deaths before it"
+            )
+
+    def harrell(self, model_id: str, frame: pd.DataFrame, column: str) -> None:
+        self.metrics.append(
+            {
+                "model": self.model,
+                "model_id": model_id,
+                "metric": "harrell_c",
+                "horizon": None,
+                "value": harrell_c(frame["time"], frame["event"], frame[column]),
+                "ci_low": None,
+                "ci_high": None,
+            }
+        )
+
+    def result(self, n_subjects: int, events: int) -> SurvivalResult:
+        return SurvivalResult(
+            models=pd.DataFrame(self.models, columns=MODEL_COLUMNS),
+            terms=pd.DataFrame(self.terms, columns=TERM_COLUMNS),
+            tests=pd.DataFrame(self.tests, columns=TEST_COLUMNS),
+            metrics=pd.DataFrame(self.metrics, columns=METRIC_COLUMNS),
+            curves=pd.DataFrame(self.curves, columns=CURVE_COLUMNS),
+            decisions=_stack(self.decisions, DECISION_COLUMNS),
+            decision_subgroups=_stack(self.subgroup_decisions, DECISION_SUBGROUP_COLUMNS),
+            notes=[f"{n_subjects} subjects, {events} events; one photo per subject (the first)."]
+            + self.notes,
+        )
+
+
+def _varying(df: pd.DataFrame, outputs: list[str], notes: list[str]) -> list[str]:
+    """The outputs that take more than one value (a constant ranks no one), with a note
+    for each that does not."""
+    kept = list(outputs)
+    for output in [o for o in ("faceage", "risk") if o in outputs]:
+        values = pd.to_numeric(df[output], errors="coerce")
+        if values[np.isfinite(values)].nunique() < 2:  # a broken model's constant output
+            notes.append(
+                f"{output} takes a single value in this cohort: it ranks no one, so "
+                "no survival model, curve or metric of it is computed"
+            )
+            kept = [o for o in kept if o != output]
+    return kept
+
+
+def _faceage_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
+    """FaceAge per decade under every adjustment; the age gap and FaceAge bands unadjusted
+    and by age and sex; Harrell's C, the score's metrics and KM curves by FaceAge band."""
+    cuts = fits.age_cuts or [65.0, 75.0, 85.0]
+    fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
+    fa["faceage_decade"] = fa["faceage"].astype(float) / 10.0
+    fa["faceage_gap_decade"] = (fa["faceage"].astype(float) - fa["age"].astype(float)) / 10
+    fa["faceage_band"] = age_band(fa["faceage"].astype(float), cuts)
+    labels = ADJUSTMENT_LABELS
+    for adj, (num, cat) in adjustments.items():
+        design = design_matrix(fa, ["faceage_decade"] + num, cat)
+        fits.cox(f"faceage_per_decade__{adj}", f"FaceAge per decade, {labels[adj]}", fa, design,
+                 cat)  # fmt: skip
+    for adj in ("unadjusted", "age_sex"):
+        if adj not in adjustments:
+            continue
+        num, cat = adjustments[adj]
+        fits.cox(
+            f"age_gap_per_decade__{adj}",
+            f"age gap (FaceAge - age) per decade, {labels[adj]}",
+            fa,
+            design_matrix(fa, ["faceage_gap_decade"] + num, cat),
+            cat,
+        )
+        band_ref = {"faceage_band": natural_order(fa["faceage_band"].dropna().unique())[0]}
+        fits.cox(
+            f"faceage_bands__{adj}",
+            f"FaceAge bands against the youngest, {labels[adj]}",
+            fa,
+            design_matrix(fa, num, {**band_ref, **cat}),
+            cat,
+        )
+    fits.harrell("faceage", fa, "faceage")
+    fits.score(fa, "faceage", "faceage")
+    bands = age_band(fa["faceage"].astype(float), cuts)
+    fits.curves.extend(km_curves(fits.model, "faceage_band", fa, bands))
+
+
+def _risk_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
+    """The risk score per SD and its quartiles (Q2-Q4 against Q1) under every adjustment
+    but age alone; KM curves, medians and log-rank tests by quartile; the score's metrics."""
+    rk = df[np.isfinite(df["risk"].astype(float))].reset_index(drop=True)
+    risk = rk["risk"].astype(float)
+    sd = risk.std(ddof=1)
+    rk["risk_sd"] = (risk - risk.mean()) / (sd if sd > 0 else 1.0)
+    quart = risk_quartiles(risk)
+    empty = empty_groups_note("risk quartiles", quart)
+    if empty:
+        fits.notes.append(
+            empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any() else "")
+        )
+    present = [q for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
+    for q in present:
+        rk[f"risk[{q}]"] = (quart == q).astype(float)
+    qcols = [f"risk[{q}]" for q in present]
+    for adj, (num, cat) in adjustments.items():
+        if adj == "age":
+            continue
+        label = ADJUSTMENT_LABELS[adj]
+        fits.cox(f"risk_per_sd__{adj}", f"risk score per SD, {label}", rk,
+                 design_matrix(rk, ["risk_sd"] + num, cat), cat)  # fmt: skip
+        fits.cox(f"risk_quartiles__{adj}", f"risk quartiles Q2-Q4 vs Q1, {label}", rk,
+                 design_matrix(rk, qcols + num, cat), cat)  # fmt: skip
+    fits.curves.extend(km_curves(fits.model, "risk_quartile", rk, quart))
+    fits.metrics.extend(km_medians(fits.model, "km_risk_quartile", rk, quart))
+    fits.tests.extend(logrank_tests(fits.model, rk, quart))
+    fits.score(rk, "risk", "risk")
+
+
 def survival_analysis(
     subjects: pd.DataFrame,
     model: str,
@@ -424,251 +684,20 @@ def survival_analysis(
             f"subject{'' if len(df) == 1 else 's'} (minimum {config.min_events}): survival "
             "models were not fitted."
         )
-    models, terms, tests, metrics, curves = [], [], [], [], []
-    has_sex = "sex" in df.columns and df["sex"].nunique() > 1
-    base_num = ["age_decade"]
     df["age_decade"] = df["age"].astype(float) / 10.0
-    adjustments = {
-        "unadjusted": ([], {}),
-        "age": (["age_decade"], {}),
-    }
-    if has_sex:
-        adjustments["age_sex"] = (["age_decade"], {"sex": "male"})
-    has_cancer = "cancer_type" in df.columns and df["cancer_type"].nunique() > 1
-    if has_cancer:
-        adjustments["age_sex_cancer"] = (
-            ["age_decade"],
-            {**({"sex": "male"} if has_sex else {}), "cancer_type": None},
-        )
-    if covariates:
-        num = ["age_decade"] + [c.name for c in covariates if c.type == "numeric"]
-        cat = {"sex": "male"} if has_sex else {}
-        if "cancer_type" in df.columns and df["cancer_type"].nunique() > 1:
-            cat["cancer_type"] = None  # reference: the most frequent type
-        cat.update({c.name: c.reference for c in covariates if c.type == "categorical"})
-        adjustments["clinical"] = (num, cat)
-    labels = {
-        "unadjusted": "unadjusted",
-        "age": "adjusted for chronological age",
-        "age_sex": "adjusted for age and sex",
-        "age_sex_cancer": "adjusted for age, sex and cancer type",
-        "clinical": "adjusted for age, sex, cancer type and the cohort's clinical covariates",
-    }
-
-    decisions: list[pd.DataFrame] = []
-    subgroup_decisions: list[pd.DataFrame] = []
-
-    def score_rows(frame, model_id, column):
-        """Uno's C, time-dependent AUC, Brier, calibration and decision curves of a score
-        (cross-fitted)."""
-        m, c = score_metrics(
-            model,
-            model_id,
-            frame["time"],
-            frame["event"],
-            frame[column],
-            horizons=config.horizons,
-            n_boot=config.n_boot,
-            seed=config.seed,
-            k=config.folds,
-            calibration_horizon=config.calibration_horizon,
-            notes=notes,
-        )
-        metrics.extend(m)
-        curves.extend(c)
-        d = None
-        if config.decision_horizons:
-            try:
-                d, sub = score_decision_analysis(
-                    model,
-                    model_id,
-                    frame["time"],
-                    frame["event"],
-                    frame[column],
-                    frame["age"],
-                    groups=_decision_groups(frame, decision_groups, age_cuts),
-                    horizons=config.decision_horizons,
-                    thresholds=config.decision_thresholds,
-                    n_boot=config.n_boot,
-                    seed=config.seed,
-                    k=config.folds,
-                    min_group_size=min_group_size,
-                    min_events=config.min_events,
-                )
-                subgroup_decisions.append(sub)
-            except CoxNotConverged as exc:
-                notes.append(
-                    f"{model_id}: the cross-fitted Cox model behind the decision "
-                    f"curves did not converge ({exc.reason}): no decision curve"
-                )
-        if d is not None:
-            decisions.append(d)
-            if d.empty and not any(n.startswith("no decision curve") for n in notes):
-                notes.append(
-                    f"no decision curve: the follow-up (longest "
-                    f"{frame['time'].max():.2g} years) does not reach a decision "
-                    f"horizon ({', '.join(f'{h:g}' for h in config.decision_horizons)} "
-                    "years) with subjects still followed and deaths before it"
-                )
-
-    notes: list[str] = []
-    _missing_note(df, adjustments, notes)
-
-    def add(model_id, description, frame, design, categorical=None):
-        row, trs, ph = _cox_rows(model, model_id, description, frame, design, config)
-        models.append(row)
-        terms.extend(trs)
-        if row["status"] == "ok" and row["events"] < 10 * design.shape[1]:
-            row["note"] = (
-                f"{row['events']} events for {design.shape[1]} terms: under 10 "
-                "events per variable, estimates may be unstable"
-            )
-        # A term that breaks proportional hazards: stratify on it where it is categorical.
-        violated = ph[ph < 0.05]
-        for var in categorical or {}:
-            hits = [t for t in violated.index if t.startswith(f"{var}[")]
-            if not hits:
-                continue
-            kept = design[[c for c in design.columns if not c.startswith(f"{var}[")]]
-            row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
-                f"proportional hazards violated by {', '.join(hits)} (Schoenfeld p = "
-                f"{violated[hits].min():.3g}); refitted stratified by {var}"
-            )
-            srow, strs, _ = _cox_rows(
-                model,
-                f"{model_id}__strata_{var}",
-                f"{description}, stratified by {var}",
-                frame,
-                kept,
-                config,
-                strata=frame[var],
-                note=f"remedy for non-proportional hazards of {var}",
-            )
-            models.append(srow)
-            terms.extend(strs)
-        for term in violated.index:
-            if not any(term.startswith(f"{v}[") for v in (categorical or {})):
-                row["note"] = ((row["note"] + "; ") if row["note"] else "") + (
-                    f"proportional hazards questionable for {term} (Schoenfeld p = "
-                    f"{violated[term]:.3g}); not a categorical covariate to stratify on, so "
-                    "reported as fitted"
-                )
-
-    add("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df, df[base_num])
-    # Each output on the subjects that have it (complete cases, as for every term).
-    for output in [o for o in ("faceage", "risk") if o in outputs]:
-        values = pd.to_numeric(df[output], errors="coerce")
-        if values[np.isfinite(values)].nunique() < 2:  # a broken model's constant output
-            notes.append(
-                f"{output} takes a single value in this cohort: it ranks no one, so "
-                "no survival model, curve or metric of it is computed"
-            )
-            outputs = [o for o in outputs if o != output]
+    adjustments = _adjustments(df, covariates)
+    fits = _Fits(model, config, age_cuts, decision_groups, min_group_size)
+    _missing_note(df, adjustments, fits.notes)
+    fits.cox("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
+             df[["age_decade"]])  # fmt: skip
+    outputs = _varying(df, outputs, fits.notes)
     if "faceage" in outputs:
-        fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
-        fa["faceage_decade"] = fa["faceage"].astype(float) / 10.0
-        fa["faceage_gap_decade"] = (fa["faceage"].astype(float) - fa["age"].astype(float)) / 10
-        fa["faceage_band"] = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
-        for adj, (num, cat) in adjustments.items():
-            add(
-                f"faceage_per_decade__{adj}",
-                f"FaceAge per decade, {labels[adj]}",
-                fa,
-                design_matrix(fa, ["faceage_decade"] + num, cat),
-                cat,
-            )
-        for adj in ("unadjusted", "age_sex"):
-            if adj in adjustments:
-                num, cat = adjustments[adj]
-                add(
-                    f"age_gap_per_decade__{adj}",
-                    f"age gap (FaceAge - age) per decade, {labels[adj]}",
-                    fa,
-                    design_matrix(fa, ["faceage_gap_decade"] + num, cat),
-                    cat,
-                )
-                band_ref = {"faceage_band": natural_order(fa["faceage_band"].dropna().unique())[0]}
-                add(
-                    f"faceage_bands__{adj}",
-                    f"FaceAge bands against the youngest, {labels[adj]}",
-                    fa,
-                    design_matrix(fa, num, {**band_ref, **cat}),
-                    cat,
-                )
-        c = harrell_c(fa["time"], fa["event"], fa["faceage"])
-        metrics.append(
-            {
-                "model": model,
-                "model_id": "faceage",
-                "metric": "harrell_c",
-                "horizon": None,
-                "value": c,
-                "ci_low": None,
-                "ci_high": None,
-            }
-        )
-        score_rows(fa, "faceage", "faceage")
-        bands = age_band(fa["faceage"].astype(float), age_cuts or [65.0, 75.0, 85.0])
-        curves.extend(km_curves(model, "faceage_band", fa, bands))
+        _faceage_models(fits, df, adjustments)
     if "risk" in outputs:
-        rk = df[np.isfinite(df["risk"].astype(float))].reset_index(drop=True)
-        risk = rk["risk"].astype(float)
-        sd = risk.std(ddof=1)
-        rk["risk_sd"] = (risk - risk.mean()) / (sd if sd > 0 else 1.0)
-        quart = risk_quartiles(risk)
-        empty = empty_groups_note("risk quartiles", quart)
-        if empty:
-            notes.append(
-                empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any() else "")
-            )
-        present = [q for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
-        for q in present:
-            rk[f"risk[{q}]"] = (quart == q).astype(float)
-        qcols = [f"risk[{q}]" for q in present]
-        for adj, (num, cat) in adjustments.items():
-            if adj == "age":
-                continue
-            add(
-                f"risk_per_sd__{adj}",
-                f"risk score per SD, {labels[adj]}",
-                rk,
-                design_matrix(rk, ["risk_sd"] + num, cat),
-                cat,
-            )
-            add(
-                f"risk_quartiles__{adj}",
-                f"risk quartiles Q2-Q4 vs Q1, {labels[adj]}",
-                rk,
-                design_matrix(rk, qcols + num, cat),
-                cat,
-            )
-        curves.extend(km_curves(model, "risk_quartile", rk, quart))
-        metrics.extend(km_medians(model, "km_risk_quartile", rk, quart))
-        tests.extend(logrank_tests(model, rk, quart))
-        score_rows(rk, "risk", "risk")
-    metrics.extend(km_medians(model, "km_overall", df))
-    c = harrell_c(df["time"], df["event"], df["age"])
-    metrics.append(
-        {
-            "model": model,
-            "model_id": "chronological_age",
-            "metric": "harrell_c",
-            "horizon": None,
-            "value": c,
-            "ci_low": None,
-            "ci_high": None,
-        }
-    )
-    return SurvivalResult(
-        models=pd.DataFrame(models, columns=MODEL_COLUMNS),
-        terms=pd.DataFrame(terms, columns=TERM_COLUMNS),
-        tests=pd.DataFrame(tests, columns=TEST_COLUMNS),
-        metrics=pd.DataFrame(metrics, columns=METRIC_COLUMNS),
-        curves=pd.DataFrame(curves, columns=CURVE_COLUMNS),
-        decisions=_stack(decisions, DECISION_COLUMNS),
-        decision_subgroups=_stack(subgroup_decisions, DECISION_SUBGROUP_COLUMNS),
-        notes=[f"{len(df)} subjects, {events} events; one photo per subject (the first)."] + notes,
-    )
+        _risk_models(fits, df, adjustments)
+    fits.metrics.extend(km_medians(model, "km_overall", df))
+    fits.harrell("chronological_age", df, "age")
+    return fits.result(len(df), events)
 
 
 def median_followup(time, event) -> float:

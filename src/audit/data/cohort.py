@@ -419,57 +419,42 @@ def check_cohort(root: str | Path) -> tuple[Path, set[str]]:
     return mpath, set(_column_sources(root, spec, mpath, columns)) | set(columns)
 
 
-def load_cohort(
-    root: str | Path, hash_cache: HashCache | None = None, hash_images: bool = True
-) -> Cohort:
-    """Load a cohort folder into the standard columns.
+class _Rows:
+    """The manifest's rows under checking: the standard columns, the rows already rejected
+    and the quarantine that records why (file, row, the manifest's column, reason)."""
 
-    Parameters
-    ----------
-    root : the cohort folder.
-    hash_cache : cache of image digests (by path, size, mtime); None hashes every file.
-    hash_images : compute SHA-256 of every image that a good row names.
+    def __init__(self, raw: pd.DataFrame, source_of: dict[str, str], source: str):
+        self.source_of = source_of
+        self.q = _Quarantine(source)
+        df = pd.DataFrame({"_row": np.arange(1, len(raw) + 1)})
+        for std, col in source_of.items():
+            df[std] = raw[col].astype(object).where(raw[col].notna(), None).values
+            df[std] = df[std].map(lambda v: v.strip() if isinstance(v, str) else v)
+            df.loc[df[std] == "", std] = None
+        if "photo_id" not in df.columns:
+            df["photo_id"] = df["image_path"]
+        if "subject_id" not in df.columns:
+            df["subject_id"] = df["photo_id"]
+        df["subject_id"] = df["subject_id"].where(df["subject_id"].notna(), df["photo_id"])
+        self.df = df
+        self.bad = pd.Series(False, index=df.index)
 
-    Returns
-    -------
-    Cohort
-        ``frame`` holds the rows that parsed (plus ``_row``, the manifest row number);
-        ``quarantine`` the others with file, row, column and reason.
-
-    Raises
-    ------
-    InputError
-        No cohort.yaml or manifest, invalid keys, or a mapped column the manifest lacks.
-    """
-    root, spec, spec_sha, mpath = _open_folder(root)
-    raw = read_manifest(mpath)
-    source = str(mpath)
-
-    source_of = _column_sources(root, spec, mpath, list(raw.columns))
-
-    q = _Quarantine(source)
-    n = len(raw)
-    df = pd.DataFrame({"_row": np.arange(1, n + 1)})
-    for std, col in source_of.items():
-        df[std] = raw[col].astype(object).where(raw[col].notna(), None).values
-        df[std] = df[std].map(lambda v: v.strip() if isinstance(v, str) else v)
-        df.loc[df[std] == "", std] = None
-
-    if "photo_id" not in df.columns:
-        df["photo_id"] = df["image_path"]
-    if "subject_id" not in df.columns:
-        df["subject_id"] = df["photo_id"]
-    df["subject_id"] = df["subject_id"].where(df["subject_id"].notna(), df["photo_id"])
-    bad = pd.Series(False, index=df.index)
-
-    def reject(mask: pd.Series, column: str, reason_of) -> None:
-        nonlocal bad
-        for i in df.index[mask & ~bad]:
-            q.add(
-                df.at[i, "_row"], df.at[i, "photo_id"], source_of.get(column, column), reason_of(i)
+    def reject(self, mask: pd.Series, column: str, reason_of) -> None:
+        """Quarantine the rows of ``mask`` not rejected before, ``reason_of(i)`` each."""
+        df = self.df
+        for i in df.index[mask & ~self.bad]:
+            self.q.add(
+                df.at[i, "_row"],
+                df.at[i, "photo_id"],
+                self.source_of.get(column, column),
+                reason_of(i),
             )
-        bad |= mask
+        self.bad |= mask
 
+
+def _check_ids(rows: _Rows) -> None:
+    """Photo ids present, not spreadsheet formulas, not repeated."""
+    df, reject = rows.df, rows.reject
     reject(df["photo_id"].isna(), "photo_id", lambda i: "missing photo id")
     for col in ("photo_id", "subject_id"):
         formula = df[col].map(lambda v: isinstance(v, str) and v[:1] in ("=", "+", "-", "@"))
@@ -489,7 +474,10 @@ def load_cohort(
         lambda i: f"duplicate photo id (first seen at row {first_row[df.at[i, 'photo_id']]})",
     )
 
-    # Value mapping (manifest code -> standard value), then vocabulary.
+
+def _map_values(rows: _Rows, spec: CohortSpec) -> None:
+    """Value mapping (manifest code -> standard value), then the vocabulary."""
+    df, reject = rows.df, rows.reject
     for std, codes in spec.values.items():
         if std not in df.columns:
             continue
@@ -517,6 +505,11 @@ def load_cohort(
             ),
         )
 
+
+def _parse_values(rows: _Rows, spec: CohortSpec) -> None:
+    """Numbers (finite), age and follow-up (present, not negative; time in years), event
+    (0 or 1), photo dates, and image paths (relative, inside the images root)."""
+    df, reject = rows.df, rows.reject
     for std in NUMERIC_COLUMNS + [c.name for c in spec.covariates if c.type == "numeric"]:
         if std not in df.columns:
             continue
@@ -532,7 +525,7 @@ def load_cohort(
         reject(df["age"] < 0, "age", lambda i: f"negative age {df.at[i, 'age']}")
     if "time" in df.columns:
         reject(df["time"] < 0, "time", lambda i: f"negative follow-up time {df.at[i, 'time']}")
-        reject(df["time"].isna() & ~bad, "time", lambda i: "missing follow-up time")
+        reject(df["time"].isna() & ~rows.bad, "time", lambda i: "missing follow-up time")
         df["time"] = df["time"] / TIME_UNITS_IN_YEARS[spec.time_unit]
     if "event" in df.columns:
         ev_text = df["event"]
@@ -562,33 +555,38 @@ def load_cohort(
         )
         df["image_path"] = safe
 
-    image_sha: dict[str, str] = {}
-    images_root = (root / spec.images).resolve()
-    if "image_path" in df.columns and hash_images:
-        cache = hash_cache if hash_cache is not None else HashCache(None)
-        missing, escaping = [], []
-        for i in df.index[df["image_path"].notna() & ~bad]:
-            rel = df.at[i, "image_path"]
-            path = images_root / rel
-            if not path.resolve().is_relative_to(images_root):
-                escaping.append(i)  # a symlink that leads out of the images root
-            elif not path.is_file():
-                missing.append(i)
-            else:
-                image_sha[rel] = cache.sha256(path)
-        cache.save()
-        reject(
-            df.index.isin(escaping),
-            "image_path",
-            lambda i: f"image {df.at[i, 'image_path']!r} is a link that escapes the images root",
-        )
-        reject(
-            df.index.isin(missing),
-            "image_path",
-            lambda i: f"image {df.at[i, 'image_path']!r} not found under {images_root}",
-        )
 
-    good = df[~bad].reset_index(drop=True)
+def _hash_images(rows: _Rows, images_root: Path, cache: HashCache) -> dict[str, str]:
+    """SHA-256 of every image a good row names; a missing file, or a link out of the images
+    root, quarantines its row."""
+    df, reject = rows.df, rows.reject
+    image_sha: dict[str, str] = {}
+    missing, escaping = [], []
+    for i in df.index[df["image_path"].notna() & ~rows.bad]:
+        rel = df.at[i, "image_path"]
+        path = images_root / rel
+        if not path.resolve().is_relative_to(images_root):
+            escaping.append(i)  # a symlink that leads out of the images root
+        elif not path.is_file():
+            missing.append(i)
+        else:
+            image_sha[rel] = cache.sha256(path)
+    cache.save()
+    reject(
+        df.index.isin(escaping),
+        "image_path",
+        lambda i: f"image {df.at[i, 'image_path']!r} is a link that escapes the images root",
+    )
+    reject(
+        df.index.isin(missing),
+        "image_path",
+        lambda i: f"image {df.at[i, 'image_path']!r} not found under {images_root}",
+    )
+    return image_sha
+
+
+def _typed(good: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
+    """Ids and categories as objects, event as int."""
     for col in ["photo_id", "subject_id"] + CATEGORICAL_COLUMNS:
         if col in good.columns:
             good[col] = good[col].astype(object)
@@ -597,16 +595,52 @@ def load_cohort(
     for cov in spec.covariates:
         if cov.type == "categorical" and cov.name in good.columns:
             good[cov.name] = good[cov.name].astype(object)
+    return good
+
+
+def load_cohort(
+    root: str | Path, hash_cache: HashCache | None = None, hash_images: bool = True
+) -> Cohort:
+    """Load a cohort folder into the standard columns.
+
+    Parameters
+    ----------
+    root : the cohort folder.
+    hash_cache : cache of image digests (by path, size, mtime); None hashes every file.
+    hash_images : compute SHA-256 of every image that a good row names.
+
+    Returns
+    -------
+    Cohort
+        ``frame`` holds the rows that parsed (plus ``_row``, the manifest row number);
+        ``quarantine`` the others with file, row, column and reason.
+
+    Raises
+    ------
+    InputError
+        No cohort.yaml or manifest, invalid keys, or a mapped column the manifest lacks.
+    """
+    root, spec, spec_sha, mpath = _open_folder(root)
+    raw = read_manifest(mpath)
+    rows = _Rows(raw, _column_sources(root, spec, mpath, list(raw.columns)), str(mpath))
+    _check_ids(rows)
+    _map_values(rows, spec)
+    _parse_values(rows, spec)
+    image_sha: dict[str, str] = {}
+    if "image_path" in rows.df.columns and hash_images:
+        cache = hash_cache if hash_cache is not None else HashCache(None)
+        image_sha = _hash_images(rows, (root / spec.images).resolve(), cache)
+    good = _typed(rows.df[~rows.bad].reset_index(drop=True), spec)
     return Cohort(
         root=root,
         spec=spec,
         manifest_path=mpath,
         frame=good,
-        quarantine=q.frame(),
+        quarantine=rows.q.frame(),
         manifest_sha256=sha256_file(mpath),
         spec_sha256=spec_sha,
         image_sha256=image_sha,
-        n_manifest_rows=n,
+        n_manifest_rows=len(raw),
     )
 
 

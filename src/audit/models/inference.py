@@ -158,6 +158,24 @@ def decode_on_device(items: list, size: int, device: str, errors: list[str]):
     return torch.stack(out)
 
 
+_FORKSERVER = None
+
+
+def _worker_context():
+    """Decode workers start from a forkserver, never by forking this process: a process
+    that forks while another of its threads holds a lock (Great Expectations' progress
+    monitor, Prefect's event loop) can hand the child that lock forever, and a run hung in
+    its first decode batch. The server preloads torch and this module once, so a worker
+    still starts in milliseconds."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        import multiprocessing as mp
+
+        _FORKSERVER = mp.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(["torch", "cv2", "PIL.Image", __name__])
+    return _FORKSERVER
+
+
 def _worker_init(_: int) -> None:
     """One thread per decode worker: the workers share the cores with the model."""
     import cv2
@@ -277,6 +295,7 @@ def iter_decoded(
         pin_memory=cuda and not on_device,
         persistent_workers=False,
         worker_init_fn=_worker_init if workers else None,
+        multiprocessing_context=_worker_context() if workers else None,
     )
     batches = progress(loader, total=len(loader)) if progress else loader
     for idx, images, errs in batches:

@@ -44,6 +44,119 @@ def clinical_terms(df: pd.DataFrame, covariates: list) -> tuple[list[str], dict]
     return numeric, categorical
 
 
+def _nested_design(
+    subjects: pd.DataFrame, covariates: list, faceage_model: str | None, risk_model: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame, list, str, list[str]]:
+    """The complete cases, the full design, the nested steps (clinical, + FaceAge, + risk:
+    ``(model_id, columns)``), the label of the added models, and notes on what was
+    dropped and on events per term."""
+    df = subjects.copy()
+    df["age_decade"] = df["age"].astype(float) / 10.0
+    numeric, categorical = clinical_terms(df, covariates)
+    added = []
+    if faceage_model:
+        df["faceage_decade"] = df["faceage"].astype(float) / 10.0
+        added.append(("faceage", "faceage_decade", faceage_model))
+    if risk_model:
+        r = df["risk"].astype(float)
+        df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
+        added.append(("risk", "risk_sd", risk_model))
+    label = " + ".join(m for _, _, m in added)
+    full = design_matrix(df, numeric + [t for _, t, _ in added], categorical)
+    complete = full.notna().all(axis=1) & df[["time", "event"]].notna().all(axis=1)
+    notes = []
+    dropped = {
+        c: int(df[c].isna().sum())
+        for c in numeric + list(categorical) + [a for a, _, _ in added]
+        if c in df.columns and df[c].isna().any()
+    }
+    if dropped:
+        notes.append(
+            f"incremental value on {int(complete.sum())} complete cases of {len(df)} "
+            "subjects; missing: " + ", ".join(f"{k} {v}" for k, v in dropped.items())
+        )
+    df, full = df[complete].reset_index(drop=True), full[complete].reset_index(drop=True)
+    steps = [
+        ("clinical", [c for c in full.columns if not c.startswith(("faceage_decade", "risk_sd"))])
+    ]
+    for name, term, _ in added:
+        steps.append((steps[-1][0] + f"+{name}", steps[-1][1] + [term]))
+    events = int(df["event"].sum())
+    if events < 10 * len(steps[-1][1]):
+        notes.append(
+            f"{events} events for {len(steps[-1][1])} terms: fewer than 10 events per "
+            "variable, so the largest model may be over-fitted"
+        )
+    return df, full, steps, label, notes
+
+
+def _step_rows(label: str, model_id: str, fit, df: pd.DataFrame, lp) -> tuple[dict, list]:
+    """A converged step's ``survival_models`` row and its ``survival_terms`` rows."""
+    cph = fit.fitter
+    row = {
+        "model": label,
+        "model_id": f"incremental__{model_id}",
+        "description": f"incremental value: {model_id.replace('+', ' + ')}",
+        "n": len(df),
+        "events": int(df["event"].sum()),
+        "concordance": float(
+            weighted_concordance(df["time"], df["event"], lp, np.ones((1, len(df))))[0]
+        ),
+        "concordance_low": None,
+        "concordance_high": None,
+        "log_likelihood": float(cph.log_likelihood_),
+        "ph_test_min_p": None,
+        "status": "ok",
+        "note": "; ".join(fit.notes) or None,
+    }
+    s = cph.summary
+    terms = [
+        {
+            "model": label,
+            "model_id": f"incremental__{model_id}",
+            "term": t,
+            "coef": float(s.at[t, "coef"]),
+            "se": float(s.at[t, "se(coef)"]),
+            "hr": float(s.at[t, "exp(coef)"]),
+            "hr_low": float(s.at[t, "exp(coef) lower 95%"]),
+            "hr_high": float(s.at[t, "exp(coef) upper 95%"]),
+            "p_value": float(s.at[t, "p"]),
+        }
+        for t in s.index
+    ]
+    return row, terms
+
+
+def _step_comparison(label, prev, cur, lps, concordance, df, w) -> tuple[dict, dict]:
+    """The likelihood-ratio test of step ``cur`` against ``prev``, and the change in C with
+    its paired bootstrap interval."""
+    lp0, ll0, k0 = lps[prev]
+    lp1, ll1, k1 = lps[cur]
+    stat = max(0.0, 2 * (ll1 - ll0))
+    dof = k1 - k0
+    test = {
+        "model": label,
+        "test": f"likelihood ratio: {cur} vs {prev}",
+        "groups": None,
+        "statistic": float(stat),
+        "df": float(dof),
+        "p_value": float(chi2.sf(stat, dof)),
+    }
+    t, e = df["time"], df["event"]
+    d = weighted_concordance(t, e, lp1, w) - weighted_concordance(t, e, lp0, w)
+    low, high = np.nanquantile(d, [0.025, 0.975]) if len(d) else (np.nan, np.nan)
+    metric = {
+        "model": label,
+        "model_id": f"incremental__{cur}",
+        "metric": "delta_c",
+        "horizon": None,
+        "value": float(concordance[cur] - concordance[prev]),
+        "ci_low": float(low),
+        "ci_high": float(high),
+    }
+    return test, metric
+
+
 def incremental_value(
     subjects: pd.DataFrame,
     covariates: list,
@@ -73,45 +186,10 @@ def incremental_value(
     Returns ``{"survival_models", "survival_terms", "survival_tests", "survival_metrics",
     "decision_curves"}`` frames, and a ``notes`` list under ``"notes"``.
     """
-    df = subjects.copy()
-    df["age_decade"] = df["age"].astype(float) / 10.0
-    numeric, categorical = clinical_terms(df, covariates)
-    added = []
-    if faceage_model:
-        df["faceage_decade"] = df["faceage"].astype(float) / 10.0
-        added.append(("faceage", "faceage_decade", faceage_model))
-    if risk_model:
-        r = df["risk"].astype(float)
-        df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
-        added.append(("risk", "risk_sd", risk_model))
-    label = " + ".join(m for _, _, m in added)
-    full = design_matrix(df, numeric + [t for _, t, _ in added], categorical)
-    needed = ["time", "event"]
-    complete = full.notna().all(axis=1) & df[needed].notna().all(axis=1)
-    notes = []
-    dropped = {
-        c: int(df[c].isna().sum())
-        for c in numeric + list(categorical) + [a for a, _, _ in added]
-        if c in df.columns and df[c].isna().any()
-    }
-    if dropped:
-        notes.append(
-            f"incremental value on {int(complete.sum())} complete cases of {len(df)} "
-            "subjects; missing: " + ", ".join(f"{k} {v}" for k, v in dropped.items())
-        )
-    df, full = df[complete].reset_index(drop=True), full[complete].reset_index(drop=True)
+    df, full, steps, label, notes = _nested_design(subjects, covariates, faceage_model,
+                                                   risk_model)  # fmt: skip
     events = int(df["event"].sum())
-    steps = [
-        ("clinical", [c for c in full.columns if not c.startswith(("faceage_decade", "risk_sd"))])
-    ]
-    for name, term, _ in added:
-        steps.append((steps[-1][0] + f"+{name}", steps[-1][1] + [term]))
-    if events < 10 * len(steps[-1][1]):
-        notes.append(
-            f"{events} events for {len(steps[-1][1])} terms: fewer than 10 events per "
-            "variable, so the largest model may be over-fitted"
-        )
-    models, terms, tests, metrics, lps = [], [], [], [], {}
+    models, terms, tests, metrics, lps, concordance = [], [], [], [], {}, {}
     w = bootstrap_weights(len(df), n_boot, np.random.default_rng(seed))
     for model_id, cols in steps:
         fit = fit_cox(df, full[cols], penalizer)
@@ -132,76 +210,17 @@ def incremental_value(
                 f"converge ({fit.reason}); the steps that need it are not tested"
             )
             continue
-        cph, data = fit.fitter, fit.data
-        lp = cph.predict_log_partial_hazard(data).to_numpy()
-        lps[model_id] = (lp, cph.log_likelihood_, len(cph.params_))
-        c = float(weighted_concordance(df["time"], df["event"], lp, np.ones((1, len(df))))[0])
-        models.append(
-            {
-                "model": label,
-                "model_id": f"incremental__{model_id}",
-                "description": f"incremental value: {model_id.replace('+', ' + ')}",
-                "n": len(df),
-                "events": events,
-                "concordance": c,
-                "concordance_low": None,
-                "concordance_high": None,
-                "log_likelihood": float(cph.log_likelihood_),
-                "ph_test_min_p": None,
-                "status": "ok",
-                "note": "; ".join(fit.notes) or None,
-            }
-        )
-        s = cph.summary
-        terms.extend(
-            {
-                "model": label,
-                "model_id": f"incremental__{model_id}",
-                "term": t,
-                "coef": float(s.at[t, "coef"]),
-                "se": float(s.at[t, "se(coef)"]),
-                "hr": float(s.at[t, "exp(coef)"]),
-                "hr_low": float(s.at[t, "exp(coef) lower 95%"]),
-                "hr_high": float(s.at[t, "exp(coef) upper 95%"]),
-                "p_value": float(s.at[t, "p"]),
-            }
-            for t in s.index
-        )
+        lp = fit.fitter.predict_log_partial_hazard(fit.data).to_numpy()
+        lps[model_id] = (lp, fit.fitter.log_likelihood_, len(fit.fitter.params_))
+        row, step_terms = _step_rows(label, model_id, fit, df, lp)
+        concordance[model_id] = row["concordance"]
+        models.append(row)
+        terms.extend(step_terms)
     for (prev, _), (cur, _) in zip(steps, steps[1:]):
-        if prev not in lps or cur not in lps:
-            continue
-        lp0, ll0, k0 = lps[prev]
-        lp1, ll1, k1 = lps[cur]
-        stat = max(0.0, 2 * (ll1 - ll0))
-        dof = k1 - k0
-        tests.append(
-            {
-                "model": label,
-                "test": f"likelihood ratio: {cur} vs {prev}",
-                "groups": None,
-                "statistic": float(stat),
-                "df": float(dof),
-                "p_value": float(chi2.sf(stat, dof)),
-            }
-        )
-        t, e = df["time"], df["event"]
-        d = weighted_concordance(t, e, lp1, w) - weighted_concordance(t, e, lp0, w)
-        point = (
-            models[[m["model_id"] for m in models].index(f"incremental__{cur}")]["concordance"]
-            - models[[m["model_id"] for m in models].index(f"incremental__{prev}")]["concordance"]
-        )
-        low, high = np.nanquantile(d, [0.025, 0.975]) if len(d) else (np.nan, np.nan)
-        metrics.append(
-            {
-                "model": label,
-                "model_id": f"incremental__{cur}",
-                "metric": "delta_c",
-                "horizon": None,
-                "value": float(point),
-                "ci_low": float(low),
-                "ci_high": float(high),
-            }
-        )
+        if prev in lps and cur in lps:
+            test, metric = _step_comparison(label, prev, cur, lps, concordance, df, w)
+            tests.append(test)
+            metrics.append(metric)
     decisions = pd.DataFrame(columns=DECISION_COLUMNS)
     if decision_horizons:
         try:

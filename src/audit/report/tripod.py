@@ -18,6 +18,8 @@ Each item gets a status, decided from what this run actually holds:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from audit.decisions.curves import years
 
 ANSWERED, PARTLY, NOT_ANSWERED, NOT_APPLICABLE = (
@@ -164,27 +166,55 @@ ITEMS = [
 TEAM = "Only the study team can answer this; the audit has no record of it."
 
 
-def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
-    """The checklist map for one run: one row per TRIPOD+AI item (52 rows, items 1 to 27c)."""
-    run, config = ctx["run"], ctx["config"]
-    declared = [m.get("card") or {} for m in ctx["models"]]
-    has = {name: not t[name].empty for name in t}
-    outcomes = ctx["outcomes"]
-    sites = ctx["evaluation_sites"]
-    reference = ctx["drift"]["reference"] if ctx["drift"] else None
-    covariates = sorted(
-        {
-            term.split("[")[0]
-            for term in t["survival_terms"]["term"]
-            if not term.startswith(("risk", "faceage", "age_gap"))
-        }
-    )
-    card = ("model card", "model_card.html")
-    page = lambda anchor, label: (label, f"index.html#{anchor}")  # noqa: E731
+@dataclass(frozen=True)
+class _Facts:
+    """What the checklist's answers depend on, read once from the run page's context."""
 
-    def declared_any(key: str) -> bool:
-        return any(d.get(key) for d in declared)
+    run: dict
+    config: dict
+    declared: list
+    has: dict
+    outcomes: dict | None
+    sites: list
+    reference: str | None
+    covariates: list
+    ctx: dict
 
+    @classmethod
+    def of(cls, ctx: dict, t: dict) -> "_Facts":
+        run, config = ctx["run"], ctx["config"]
+        declared = [m.get("card") or {} for m in ctx["models"]]
+        has = {name: not t[name].empty for name in t}
+        outcomes = ctx["outcomes"]
+        sites = ctx["evaluation_sites"]
+        reference = ctx["drift"]["reference"] if ctx["drift"] else None
+        covariates = sorted(
+            {
+                term.split("[")[0]
+                for term in t["survival_terms"]["term"]
+                if not term.startswith(("risk", "faceage", "age_gap"))
+            }
+        )
+        return cls(run, config, declared, has, outcomes, sites, reference, covariates, ctx)
+
+    def unpack(self):
+        """The names the answers use (as the one function they were written in had them)."""
+        card = ("model card", "model_card.html")
+
+        def page(anchor, label):
+            return (label, f"index.html#{anchor}")
+
+        def declared_any(key: str) -> bool:
+            return any(d.get(key) for d in self.declared)
+
+        return (self.run, self.config, self.declared, self.has, self.outcomes, self.sites,
+                self.reference, self.covariates, card, page, declared_any, self.ctx)  # fmt: skip
+
+
+def _title_abstract(f: _Facts) -> dict:
+    """Items of the title and abstract section."""
+    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
+     ctx) = f.unpack()  # fmt: skip
     a: dict[str, tuple[str, list, str]] = {}
     a["1"] = (
         PARTLY,
@@ -198,6 +228,14 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
         "The verdict opens the report as a summary of results against pre-set thresholds; "
         "a TRIPOD+AI abstract also needs objectives, methods and conclusions.",
     )
+    return a
+
+
+def _introduction(f: _Facts) -> dict:
+    """Items of the introduction section."""
+    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
+     ctx) = f.unpack()  # fmt: skip
+    a: dict[str, tuple[str, list, str]] = {}
     a["3a"] = (
         (
             PARTLY,
@@ -259,6 +297,14 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
         "An evaluation of existing models: each check, with its threshold fixed in the "
         "audit configuration before the run.",
     )
+    return a
+
+
+def _methods(f: _Facts) -> dict:
+    """Items of the methods section."""
+    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
+     ctx) = f.unpack()  # fmt: skip
+    a: dict[str, tuple[str, list, str]] = {}
     a["5a"] = (
         (ANSWERED if has["representativeness"] else PARTLY),
         [page("composition", "cohort composition"), card],
@@ -442,6 +488,14 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
             else "; no threshold is declared for the verdict."
         ),
     )
+    return a
+
+
+def _open_science(f: _Facts) -> dict:
+    """Items of the open science section."""
+    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
+     ctx) = f.unpack()  # fmt: skip
+    a: dict[str, tuple[str, list, str]] = {}
     if reference:
         a["16"] = (
             ANSWERED,
@@ -478,6 +532,14 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
         f"faceage-audit {run['code_version']}, the environment and the configuration, "
         "hashed and signed in the run manifest.",
     )
+    return a
+
+
+def _results(f: _Facts) -> dict:
+    """Items of the results section."""
+    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
+     ctx) = f.unpack()  # fmt: skip
+    a: dict[str, tuple[str, list, str]] = {}
     a["20a"] = (
         ANSWERED,
         [page("validation", "data validation"), page("composition", "cohort")],
@@ -529,6 +591,14 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
         else (NOT_APPLICABLE, [], "One site only.")
     )
     a["24"] = (NOT_APPLICABLE, [], "No model updating.")
+    return a
+
+
+def _discussion(f: _Facts) -> dict:
+    """Items of the discussion section."""
+    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
+     ctx) = f.unpack()  # fmt: skip
+    a: dict[str, tuple[str, list, str]] = {}
     a["25"] = (
         PARTLY,
         [page("verdict", "verdict")],
@@ -554,6 +624,20 @@ def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
         if declared_any("users")
         else (NOT_ANSWERED, [], TEAM)
     )
+    return a
+
+
+def checklist(ctx: dict, t: dict, cards: list[dict]) -> list[dict]:
+    """The checklist map for one run: one row per TRIPOD+AI item (52 rows, items 1 to 27c)."""
+    facts = _Facts.of(ctx, t)
+    a = {
+        **_title_abstract(facts),
+        **_introduction(facts),
+        **_methods(facts),
+        **_open_science(facts),
+        **_results(facts),
+        **_discussion(facts),
+    }
     rows = []
     for item, section, topic, text in ITEMS:
         status, where, note = a[item]

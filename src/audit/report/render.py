@@ -933,80 +933,10 @@ def render_run(
     run_dir = out_dir / "runs" / run_id
     env = _env()
     _write_atomic(run_dir / "index.html", env.get_template("run.html").render(**ctx))
-    verdict = {
-        "run_id": run_id,
-        "cohort": ctx["run"]["cohort_name"],
-        "cohort_sha256": ctx["run"]["cohort_sha256"],
-        "synthetic": bool(ctx["run"]["synthetic"]),
-        "verdict": ctx["run"]["verdict"],
-        "config_sha256": ctx["run"]["config_sha256"],
-        "code_version": ctx["run"]["code_version"],
-        "models": [
-            {"name": m["name"], "kind": m.get("kind"), "outputs": m.get("outputs")}
-            for m in ctx["models"]
-        ],
-        "checks": [
-            {
-                k: v.get(k)
-                for k in (
-                    "model",
-                    "check_name",
-                    "category",
-                    "threshold",
-                    "value",
-                    "judged_value",
-                    "status",
-                    "details",
-                )
-            }
-            for v in ctx["verdicts"]
-        ],
-    }
-    _write_atomic(run_dir / "verdict.json", _json(verdict))
+    _write_atomic(run_dir / "verdict.json", _json(_verdict_document(run_id, ctx)))
     written = [("report_html", "index.html"), ("verdict_json", "verdict.json")]
     if ctx["models"]:  # a validation run audits data, not a model: no card, no TRIPOD map
-        cards = model_cards(ctx, tables)
-        items = checklist(ctx, tables, cards)
-        _write_atomic(
-            run_dir / "model_card.html",
-            env.get_template("model_card.html").render(
-                cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]
-            ),
-        )
-        _write_atomic(
-            run_dir / "model_card.json",
-            _json(
-                {
-                    "run_id": run_id,
-                    "verdict": ctx["run"]["verdict"],
-                    "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
-                    "evaluation_data": cards[0]["evaluation"],
-                }
-            ),
-        )
-        _write_atomic(
-            run_dir / "tripod_ai.html",
-            env.get_template("tripod_ai.html").render(
-                items=items, run=ctx["run"], counts=_status_counts(items)
-            ),
-        )
-        _write_atomic(
-            run_dir / "tripod_ai.json",
-            _json(
-                {
-                    "run_id": run_id,
-                    "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
-                    "study_type": "external evaluation",
-                    "items": items,
-                }
-            ),
-        )
-        written += [
-            ("model_card_html", "model_card.html"),
-            ("model_card_json", "model_card.json"),
-            ("tripod_ai_html", "tripod_ai.html"),
-            ("tripod_ai_json", "tripod_ai.json"),
-        ]
+        written += _write_dossier_pages(run_id, ctx, tables, run_dir, env)
     csvs = write_exports(frames, run_dir, write=_write_atomic)
     pngs = _write_saliency_pngs(ctx["saliency"], run_dir)
     files = (
@@ -1020,6 +950,65 @@ def render_run(
             for kind, path in files
         ]
     )
+
+
+VERDICT_CHECK_KEYS = (
+    "model", "check_name", "category", "threshold", "value", "judged_value", "status", "details",
+)  # fmt: skip
+
+
+def _verdict_document(run_id: str, ctx: dict) -> dict:
+    """``verdict.json``: the run, its models and every check, for CI pipelines."""
+    run = ctx["run"]
+    return {
+        "run_id": run_id,
+        "cohort": run["cohort_name"],
+        "cohort_sha256": run["cohort_sha256"],
+        "synthetic": bool(run["synthetic"]),
+        "verdict": run["verdict"],
+        "config_sha256": run["config_sha256"],
+        "code_version": run["code_version"],
+        "models": [
+            {"name": m["name"], "kind": m.get("kind"), "outputs": m.get("outputs")}
+            for m in ctx["models"]
+        ],
+        "checks": [{k: v.get(k) for k in VERDICT_CHECK_KEYS} for v in ctx["verdicts"]],
+    }
+
+
+def _write_dossier_pages(run_id: str, ctx: dict, tables: dict, run_dir: Path, env) -> list:
+    """The model card and the TRIPOD+AI map, each as a page and as JSON; returns their
+    ``(kind, file name)`` pairs."""
+    cards = model_cards(ctx, tables)
+    items = checklist(ctx, tables, cards)
+    card_page = env.get_template("model_card.html").render(
+        cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]
+    )
+    _write_atomic(run_dir / "model_card.html", card_page)
+    card_doc = {
+        "run_id": run_id,
+        "verdict": ctx["run"]["verdict"],
+        "models": [{k: v for k, v in c.items() if k != "evaluation"} for c in cards],
+        "evaluation_data": cards[0]["evaluation"],
+    }
+    _write_atomic(run_dir / "model_card.json", _json(card_doc))
+    tripod_page = env.get_template("tripod_ai.html").render(
+        items=items, run=ctx["run"], counts=_status_counts(items)
+    )
+    _write_atomic(run_dir / "tripod_ai.html", tripod_page)
+    tripod_doc = {
+        "run_id": run_id,
+        "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
+        "study_type": "external evaluation",
+        "items": items,
+    }
+    _write_atomic(run_dir / "tripod_ai.json", _json(tripod_doc))
+    return [
+        ("model_card_html", "model_card.html"),
+        ("model_card_json", "model_card.json"),
+        ("tripod_ai_html", "tripod_ai.html"),
+        ("tripod_ai_json", "tripod_ai.json"),
+    ]
 
 
 def _write_saliency_pngs(view: dict | None, run_dir: Path) -> list[Path]:

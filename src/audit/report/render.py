@@ -750,104 +750,10 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict, figures: pd.DataFrame) -> dic
     if rob.empty:
         return None
     judged_max = int(cfg.get("judged_max_severity", 3))
-    blocks = []
-    for (model, output), g in rob.groupby(["model", "output"], sort=False):
-        overall = g[g["attribute"] == "all"]
-        unit = "years" if output == "faceage" else "SD of clean risk"
-        tol = (
-            cfg.get("tolerance_years", 5.0) if output == "faceage" else cfg.get("tolerance_sd", 0.5)
-        )
-        judged = overall[overall["severity"] <= judged_max]
-        worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).head(
-            10
-        )
-        subgroups, gaps = [], []
-        levels = sorted(s for s in g["severity"].unique() if s <= judged_max)
-        at = levels[-1] if levels else int(g["severity"].max())
-        sub = g[(g["attribute"] != "all") & (g["severity"] == at)]
-        for attribute, a in sub.groupby("attribute", sort=False):
-            names = list(dict.fromkeys(a["group_name"]))
-            sizes = a.groupby("group_name", sort=False)["n"].max()
-            table = []
-            for pert, r in a.groupby("perturbation", sort=False):
-                r = r.set_index("group_name")
-                cells = [
-                    {
-                        "value": r.at[nm, "mean_abs_shift"] if nm in r.index else None,
-                        "frac": r.at[nm, "frac_over_tolerance"] if nm in r.index else None,
-                        "passed": (
-                            None
-                            if nm not in r.index or pd.isna(r.at[nm, "passed"])
-                            else bool(r.at[nm, "passed"])
-                        ),
-                    }
-                    for nm in names
-                ]
-                vals = [c["value"] for c in cells if c["value"] is not None]
-                table.append(
-                    {
-                        "perturbation": pert,
-                        "cells": cells,
-                        "spread": (max(vals) - min(vals)) if vals else None,
-                    }
-                )
-            subgroups.append(
-                {
-                    "attribute": attribute,
-                    "severity": int(at),
-                    "groups": [{"name": nm, "n": int(sizes[nm])} for nm in names],
-                    "rows": table,
-                }
-            )
-            min_n = int(cfg.get("min_group_size", 20))
-            for pert, r in a[a["n"] >= min_n].groupby("perturbation", sort=False):
-                if len(r) > 1:
-                    hi, lo = (
-                        r.loc[r["mean_abs_shift"].idxmax()],
-                        r.loc[r["mean_abs_shift"].idxmin()],
-                    )
-                    gaps.append(
-                        {
-                            "perturbation": pert,
-                            "attribute": attribute,
-                            "severity": int(at),
-                            "description": hi["description"],
-                            "worst": hi["group_name"],
-                            "worst_value": hi["mean_abs_shift"],
-                            "best": lo["group_name"],
-                            "best_value": lo["mean_abs_shift"],
-                            "ratio": hi["mean_abs_shift"] / max(lo["mean_abs_shift"], 1e-9),
-                        }
-                    )
-        blocks.append(
-            {
-                "model": model,
-                "output": output,
-                "unit": unit,
-                "tolerance": tol,
-                "plot": {
-                    "uri": plots.to_uri(
-                        plots.dose_response(
-                            overall,
-                            f"{model}: {output} shift by severity",
-                            f"mean |shift| ({unit})",
-                            tol,
-                        )
-                    ),
-                    "alt": f"Dose-response of {model}'s {output}: mean absolute shift against "
-                    "severity, one line per perturbation, one panel per family; the "
-                    "dashed line is the tolerance.",
-                },
-                "worst": _records(worst),
-                "subgroups": subgroups,
-                # ranked by ratio, among shifts that matter (a fifth of the tolerance or more)
-                "gaps": sorted(
-                    (gp for gp in gaps if gp["worst_value"] >= 0.2 * tol),
-                    key=lambda gp: -gp["ratio"],
-                )[:5],
-                "rows": _records(overall.sort_values(["family", "perturbation", "severity"])),
-            }
-        )
+    blocks = [
+        _robustness_block(model, output, g, cfg, judged_max)
+        for (model, output), g in rob.groupby(["model", "output"], sort=False)
+    ]
     return {
         "blocks": blocks,
         "judged_max": judged_max,
@@ -860,6 +766,103 @@ def _robustness_view(rob: pd.DataFrame, cfg: dict, figures: pd.DataFrame) -> dic
             ),
         ),
     }
+
+
+def _robustness_block(model: str, output: str, g: pd.DataFrame, cfg: dict, judged_max: int):
+    """One model output: its dose-response plot, worst rows, subgroup tables and gaps."""
+    overall = g[g["attribute"] == "all"]
+    unit = "years" if output == "faceage" else "SD of clean risk"
+    tol = cfg.get("tolerance_years", 5.0) if output == "faceage" else cfg.get("tolerance_sd", 0.5)
+    judged = overall[overall["severity"] <= judged_max]
+    worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False)
+    levels = sorted(s for s in g["severity"].unique() if s <= judged_max)
+    at = levels[-1] if levels else int(g["severity"].max())
+    sub = g[(g["attribute"] != "all") & (g["severity"] == at)]
+    subgroups, gaps = [], []
+    for attribute, a in sub.groupby("attribute", sort=False):
+        subgroups.append(_subgroup_table(attribute, a, at))
+        gaps.extend(_subgroup_gaps(attribute, a, at, int(cfg.get("min_group_size", 20))))
+    return {
+        "model": model,
+        "output": output,
+        "unit": unit,
+        "tolerance": tol,
+        "plot": {
+            "uri": plots.to_uri(
+                plots.dose_response(
+                    overall, f"{model}: {output} shift by severity", f"mean |shift| ({unit})", tol
+                )
+            ),
+            "alt": f"Dose-response of {model}'s {output}: mean absolute shift against "
+            "severity, one line per perturbation, one panel per family; the "
+            "dashed line is the tolerance.",
+        },
+        "worst": _records(worst.head(10)),
+        "subgroups": subgroups,
+        # ranked by ratio, among shifts that matter (a fifth of the tolerance or more)
+        "gaps": sorted(
+            (gp for gp in gaps if gp["worst_value"] >= 0.2 * tol), key=lambda gp: -gp["ratio"]
+        )[:5],
+        "rows": _records(overall.sort_values(["family", "perturbation", "severity"])),
+    }
+
+
+def _subgroup_table(attribute: str, a: pd.DataFrame, at) -> dict:
+    """Mean shift per perturbation (rows) and group (columns) of one attribute."""
+    names = list(dict.fromkeys(a["group_name"]))
+    sizes = a.groupby("group_name", sort=False)["n"].max()
+    table = []
+    for pert, r in a.groupby("perturbation", sort=False):
+        r = r.set_index("group_name")
+        cells = [
+            {
+                "value": r.at[nm, "mean_abs_shift"] if nm in r.index else None,
+                "frac": r.at[nm, "frac_over_tolerance"] if nm in r.index else None,
+                "passed": (
+                    None
+                    if nm not in r.index or pd.isna(r.at[nm, "passed"])
+                    else bool(r.at[nm, "passed"])
+                ),
+            }
+            for nm in names
+        ]
+        vals = [c["value"] for c in cells if c["value"] is not None]
+        table.append(
+            {
+                "perturbation": pert,
+                "cells": cells,
+                "spread": (max(vals) - min(vals)) if vals else None,
+            }
+        )
+    return {
+        "attribute": attribute,
+        "severity": int(at),
+        "groups": [{"name": nm, "n": int(sizes[nm])} for nm in names],
+        "rows": table,
+    }
+
+
+def _subgroup_gaps(attribute: str, a: pd.DataFrame, at, min_n: int) -> list[dict]:
+    """For each perturbation, the group it moves most against the one it moves least
+    (groups of at least ``min_n``)."""
+    gaps = []
+    for pert, r in a[a["n"] >= min_n].groupby("perturbation", sort=False):
+        if len(r) > 1:
+            hi, lo = r.loc[r["mean_abs_shift"].idxmax()], r.loc[r["mean_abs_shift"].idxmin()]
+            gaps.append(
+                {
+                    "perturbation": pert,
+                    "attribute": attribute,
+                    "severity": int(at),
+                    "description": hi["description"],
+                    "worst": hi["group_name"],
+                    "worst_value": hi["mean_abs_shift"],
+                    "best": lo["group_name"],
+                    "best_value": lo["mean_abs_shift"],
+                    "ratio": hi["mean_abs_shift"] / max(lo["mean_abs_shift"], 1e-9),
+                }
+            )
+    return gaps
 
 
 def _enrichment(shares: pd.DataFrame, region: str) -> dict:

@@ -450,25 +450,24 @@ def _incremental_view(t: dict) -> dict | None:
     }
 
 
+def _map_grid(row) -> np.ndarray:
+    """A stored map (a flat list) back to its height x width (x 3 for a colour face)."""
+    values = np.asarray(row["map"], dtype=np.float64)
+    h, w = int(row["height"]), int(row["width"])
+    if values.size == h * w * 3:
+        return values.reshape(h, w, 3)
+    return values.reshape(h, w, -1).squeeze(-1)
+
+
 def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFrame) -> dict | None:
     """The saliency section: per model and output, the cohort map of each method over the
     sample's average face, region shares with CIs, subgroup maps and shares; comparisons
     between models; the randomisation sanity checks."""
     if shares.empty:
         return None
-
-    def grid(row) -> np.ndarray:
-        values = np.asarray(row["map"], dtype=np.float64)
-        h, w = int(row["height"]), int(row["width"])
-        return (
-            values.reshape(h, w, -1).squeeze(-1)
-            if values.size != h * w * 3
-            else values.reshape(h, w, 3)
-        )
-
     frames = {int(r["height"]): {} for r in _records(maps)}
     for r in _records(maps[maps["method"].isin(["mean_face", "region_template"])]):
-        frames[int(r["height"])][r["method"]] = grid(r)
+        frames[int(r["height"])][r["method"]] = _map_grid(r)
     cohort = maps[maps["model"].notna()]
     blocks = []
     for (model, output), g in cohort.groupby(["model", "output"], sort=False):
@@ -476,96 +475,101 @@ def _saliency_view(shares: pd.DataFrame, maps: pd.DataFrame, checks: pd.DataFram
         template = frames.get(size, {}).get("region_template")
         if template is None:
             continue
-        template = template.astype(int)
-        face = frames[size].get("mean_face")
-        overall = g[g["attribute"] == "all"]
-        tiles = [(r["method"], grid(r)) for r in _records(overall)]
-        n = int(overall["n"].iloc[0]) if len(overall) else 0
-        area = {reg: float((template == i).mean()) for i, reg in enumerate(REGIONS)}
         sh = shares[(shares["model"] == model) & (shares["output"] == output)]
-        primary = "occlusion" if (g["method"] == "occlusion").any() else g["method"].iloc[0]
-        sub = g[(g["attribute"] != "all") & (g["method"] == primary)]
-        sub_tiles = [
-            (f"{r['attribute']}: {r['group_name']} (n={r['n']})", grid(r)) for r in _records(sub)
-        ]
-        rows = []
-        for (method, attribute, group), s_ in sh.groupby(
-            ["method", "attribute", "group_name"], sort=False
-        ):
-            s_ = s_.set_index("region")
-            rows.append(
-                {
-                    "method": method,
-                    "attribute": attribute,
-                    "group": group,
-                    "n": int(s_["n"].iloc[0]),
-                    "cells": [
-                        {
-                            "share": s_.at[reg, "share"],
-                            "lo": s_.at[reg, "ci_low"],
-                            "hi": s_.at[reg, "ci_high"],
-                            **_enrichment(s_, reg),
-                        }
-                        if reg in s_.index
-                        else None
-                        for reg in REGIONS
-                    ],
-                }
-            )
         blocks.append(
-            {
-                "model": model,
-                "output": output,
-                "n": n,
-                "primary": primary,
-                "maps": {
-                    "uri": plots.to_uri(
-                        plots.saliency_grid(
-                            face, template, tiles, f"{model}: {output}, cohort maps ({n} photos)"
-                        )
-                    ),
-                    "alt": f"Mean attribution maps of {model}'s {output} over {n} photos, one "
-                    "per method, over the average face of the sample; bright: where the "
-                    "output is most sensitive; blue lines: the face-region template.",
-                },
-                "bars": {
-                    "uri": plots.to_uri(
-                        plots.region_bars(
-                            sh[sh["attribute"] == "all"],
-                            f"{model}: {output}, share by region",
-                            area,
-                        )
-                    ),
-                    "alt": f"Share of {model}'s {output} attribution mass in each face region "
-                    "by method, with 95% bootstrap CIs; dotted: the region's share of "
-                    "the pixels.",
-                },
-                "subgroup_maps": (
-                    {
-                        "uri": plots.to_uri(
-                            plots.saliency_grid(
-                                face,
-                                template,
-                                sub_tiles,
-                                f"{model}: {output}, {primary} by subgroup",
-                            )
-                        ),
-                        "alt": f"{primary} cohort maps of {model}'s {output} for each "
-                        "subgroup with enough photos.",
-                    }
-                    if sub_tiles
-                    else None
-                ),
-                "rows": rows,
-                "regions": list(REGIONS),
-                "area": area,
-            }
+            _saliency_block(
+                model, output, g, sh, template.astype(int), frames[size].get("mean_face")
+            )
         )
     compare = checks[checks["check_name"].str.startswith("compare_")] if len(checks) else checks
     sanity = (
         checks[checks["check_name"] == "randomized_weights_spearman"] if len(checks) else checks
     )
     return {"blocks": blocks, "compare": _records(compare), "sanity": _records(sanity)}
+
+
+def _saliency_block(model, output, g: pd.DataFrame, sh: pd.DataFrame, template, face) -> dict:
+    """One model output: cohort maps by method, region shares, subgroup maps."""
+    overall = g[g["attribute"] == "all"]
+    tiles = [(r["method"], _map_grid(r)) for r in _records(overall)]
+    n = int(overall["n"].iloc[0]) if len(overall) else 0
+    area = {reg: float((template == i).mean()) for i, reg in enumerate(REGIONS)}
+    primary = "occlusion" if (g["method"] == "occlusion").any() else g["method"].iloc[0]
+    sub = g[(g["attribute"] != "all") & (g["method"] == primary)]
+    sub_tiles = [
+        (f"{r['attribute']}: {r['group_name']} (n={r['n']})", _map_grid(r)) for r in _records(sub)
+    ]
+    return {
+        "model": model,
+        "output": output,
+        "n": n,
+        "primary": primary,
+        "maps": {
+            "uri": plots.to_uri(
+                plots.saliency_grid(
+                    face, template, tiles, f"{model}: {output}, cohort maps ({n} photos)"
+                )
+            ),
+            "alt": f"Mean attribution maps of {model}'s {output} over {n} photos, one "
+            "per method, over the average face of the sample; bright: where the "
+            "output is most sensitive; blue lines: the face-region template.",
+        },
+        "bars": {
+            "uri": plots.to_uri(
+                plots.region_bars(
+                    sh[sh["attribute"] == "all"], f"{model}: {output}, share by region", area
+                )
+            ),
+            "alt": f"Share of {model}'s {output} attribution mass in each face region "
+            "by method, with 95% bootstrap CIs; dotted: the region's share of "
+            "the pixels.",
+        },
+        "subgroup_maps": (
+            {
+                "uri": plots.to_uri(
+                    plots.saliency_grid(
+                        face, template, sub_tiles, f"{model}: {output}, {primary} by subgroup"
+                    )
+                ),
+                "alt": f"{primary} cohort maps of {model}'s {output} for each "
+                "subgroup with enough photos.",
+            }
+            if sub_tiles
+            else None
+        ),
+        "rows": _share_rows(sh),
+        "regions": list(REGIONS),
+        "area": area,
+    }
+
+
+def _share_rows(sh: pd.DataFrame) -> list[dict]:
+    """Region shares (with CIs and enrichment) per method, attribute and group."""
+    rows = []
+    for (method, attribute, group), s_ in sh.groupby(
+        ["method", "attribute", "group_name"], sort=False
+    ):
+        s_ = s_.set_index("region")
+        rows.append(
+            {
+                "method": method,
+                "attribute": attribute,
+                "group": group,
+                "n": int(s_["n"].iloc[0]),
+                "cells": [
+                    {
+                        "share": s_.at[reg, "share"],
+                        "lo": s_.at[reg, "ci_low"],
+                        "hi": s_.at[reg, "ci_high"],
+                        **_enrichment(s_, reg),
+                    }
+                    if reg in s_.index
+                    else None
+                    for reg in REGIONS
+                ],
+            }
+        )
+    return rows
 
 
 DISTRIBUTION_EFFECTS = ("Wasserstein distance (normed)", "Jensen-Shannon distance")
@@ -648,99 +652,115 @@ def _fairness_view(
     if fair.empty and subgroups.empty and comparisons.empty and utility.empty:
         return None
     verdict_metrics = cfg.get("verdict_metrics") or []
-    blocks = []
-    for (model, output), g in fair.groupby(["model", "output"], sort=False):
-        plots_ = []
-        for metric in [m for m in verdict_metrics if m in set(g["metric"])]:
-            rows = g[
-                (g["metric"] == metric)
-                & (g["attribute"] != "all")
-                & (~g["attribute"].str.contains(" x "))
-                & (g["status"] != "too_small")
-            ]
-            if rows.empty:
-                continue
-            lab = pd.DataFrame(
-                {
-                    "label": rows["attribute"] + ": " + rows["group_name"].astype(str),
-                    "value": rows["diff_to_overall"],
-                    "ci_low": rows["diff_ci_low"],
-                    "ci_high": rows["diff_ci_high"],
-                }
-            )
-            tol = rows["tolerance"].iloc[0]
-            bounds = None if pd.isna(tol) else (-tol, tol)
-            plots_.append(
-                {
-                    "uri": plots.to_uri(
-                        plots.forest_plot(
-                            lab,
-                            "label",
-                            f"{metric}: group minus overall",
-                            "difference to overall (simultaneous band)",
-                            ref=0.0,
-                            bounds=bounds,
-                        )
-                    ),
-                    "alt": f"{model}: forest plot of each subgroup's {metric} minus the "
-                    f"overall value with its simultaneous band; dotted lines: the "
-                    f"tolerance of {tol:g}.",
-                }
-            )
-        by_attr = [
-            {"attribute": a, "rows": _records(r)}
-            for a, r in g[g["attribute"] != "all"].groupby("attribute", sort=False)
-        ]
-        bend = g[(g["metric"] == "error_age_curvature") & (g["attribute"] == "all")]
-        blocks.append(
-            {
-                "model": model,
-                "output": output,
-                "plots": plots_,
-                "curvature": _records(bend)[0] if len(bend) else None,
-                "overall": _records(g[g["attribute"] == "all"]),
-                "flagged": _records(g[g["status"] == "flagged"]),
-                "n_too_small": int((g["status"] == "too_small").sum()),
-                "by_attribute": by_attr,
-            }
-        )
-    hr_plots = []
-    for (model, predictor), g in subgroups.groupby(["model", "predictor"], sort=False):
-        ok = g[g["status"] == "ok"]
-        if len(ok):
-            lab = pd.DataFrame(
-                {
-                    "label": ok["attribute"] + ": " + ok["group_name"].astype(str),
-                    "value": ok["hr"],
-                    "ci_low": ok["hr_low"],
-                    "ci_high": ok["hr_high"],
-                }
-            )
-            hr_plots.append(
-                {
-                    "model": model,
-                    "predictor": predictor,
-                    "rows": _records(g),
-                    "uri": plots.to_uri(
-                        plots.forest_plot(
-                            lab,
-                            "label",
-                            f"{model}: {predictor} HR within subgroups",
-                            "hazard ratio (95% CI, log scale)",
-                            ref=1.0,
-                            log=True,
-                        )
-                    ),
-                    "alt": f"Forest plot of the hazard ratio of {predictor} within each "
-                    "subgroup with its 95% CI; the line marks HR 1.",
-                }
-            )
+    blocks = [
+        _fairness_block(model, output, g, verdict_metrics)
+        for (model, output), g in fair.groupby(["model", "output"], sort=False)
+    ]
+    hr_plots = [
+        _subgroup_hr_plot(model, predictor, g)
+        for (model, predictor), g in subgroups.groupby(["model", "predictor"], sort=False)
+        if (g["status"] == "ok").any()
+    ]
     return {
         "blocks": blocks,
         "subgroups": hr_plots,
         "comparisons": _records(comparisons),
         "utility": subgroup_view(utility),
         "config": cfg,
+    }
+
+
+def _fairness_block(model: str, output: str, g: pd.DataFrame, verdict_metrics: list) -> dict:
+    """One model output: a forest plot per verdict metric, the overall, flagged and
+    by-attribute rows, and the error's curvature in age."""
+    plots_ = [
+        plot
+        for metric in verdict_metrics
+        if metric in set(g["metric"])
+        for plot in [_difference_plot(model, metric, g)]
+        if plot is not None
+    ]
+    by_attr = [
+        {"attribute": a, "rows": _records(r)}
+        for a, r in g[g["attribute"] != "all"].groupby("attribute", sort=False)
+    ]
+    bend = g[(g["metric"] == "error_age_curvature") & (g["attribute"] == "all")]
+    return {
+        "model": model,
+        "output": output,
+        "plots": plots_,
+        "curvature": _records(bend)[0] if len(bend) else None,
+        "overall": _records(g[g["attribute"] == "all"]),
+        "flagged": _records(g[g["status"] == "flagged"]),
+        "n_too_small": int((g["status"] == "too_small").sum()),
+        "by_attribute": by_attr,
+    }
+
+
+def _difference_plot(model: str, metric: str, g: pd.DataFrame) -> dict | None:
+    """Each single-attribute group's difference to overall with its simultaneous band."""
+    rows = g[
+        (g["metric"] == metric)
+        & (g["attribute"] != "all")
+        & (~g["attribute"].str.contains(" x "))
+        & (g["status"] != "too_small")
+    ]
+    if rows.empty:
+        return None
+    lab = pd.DataFrame(
+        {
+            "label": rows["attribute"] + ": " + rows["group_name"].astype(str),
+            "value": rows["diff_to_overall"],
+            "ci_low": rows["diff_ci_low"],
+            "ci_high": rows["diff_ci_high"],
+        }
+    )
+    tol = rows["tolerance"].iloc[0]
+    bounds = None if pd.isna(tol) else (-tol, tol)
+    return {
+        "uri": plots.to_uri(
+            plots.forest_plot(
+                lab,
+                "label",
+                f"{metric}: group minus overall",
+                "difference to overall (simultaneous band)",
+                ref=0.0,
+                bounds=bounds,
+            )
+        ),
+        "alt": f"{model}: forest plot of each subgroup's {metric} minus the "
+        f"overall value with its simultaneous band; dotted lines: the "
+        f"tolerance of {tol:g}.",
+    }
+
+
+def _subgroup_hr_plot(model: str, predictor: str, g: pd.DataFrame) -> dict:
+    """A predictor's hazard ratio within each subgroup (the fitted ones) as a forest plot."""
+    ok = g[g["status"] == "ok"]
+    lab = pd.DataFrame(
+        {
+            "label": ok["attribute"] + ": " + ok["group_name"].astype(str),
+            "value": ok["hr"],
+            "ci_low": ok["hr_low"],
+            "ci_high": ok["hr_high"],
+        }
+    )
+    return {
+        "model": model,
+        "predictor": predictor,
+        "rows": _records(g),
+        "uri": plots.to_uri(
+            plots.forest_plot(
+                lab,
+                "label",
+                f"{model}: {predictor} HR within subgroups",
+                "hazard ratio (95% CI, log scale)",
+                ref=1.0,
+                log=True,
+            )
+        ),
+        "alt": f"Forest plot of the hazard ratio of {predictor} within each "
+        "subgroup with its 95% CI; the line marks HR 1.",
     }
 
 

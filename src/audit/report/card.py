@@ -260,6 +260,15 @@ def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]
             "Predictions were supplied in the cohort table: the model itself was not run "
             "here, so its inputs and robustness could not be checked."
         )
+    out.extend(_finding_limitations(name, t, config))
+    out.extend(_evidence_limitations(name, ctx, t, model))
+    return out
+
+
+def _finding_limitations(name: str, t: dict[str, pd.DataFrame], config: dict) -> list[str]:
+    """What this run found against the model: failed or inconclusive checks, flagged
+    and harmed groups, groups too small to judge, under-represented groups."""
+    out: list[str] = []
     for r in _rows(
         t["verdicts"][
             (t["verdicts"]["model"] == name)
@@ -304,6 +313,15 @@ def limitations(ctx: dict, t: dict[str, pd.DataFrame], model: dict) -> list[str]
         out.append(
             "No intended-use population was configured, so representativeness was not tested."
         )
+    return out
+
+
+def _evidence_limitations(
+    name: str, ctx: dict, t: dict[str, pd.DataFrame], model: dict
+) -> list[str]:
+    """Where the evidence itself is thin: proportional hazards, deaths, sites,
+    robustness not run, saliency that fails its sanity check, drift."""
+    out: list[str] = []
     ph = t["survival_models"][
         (t["survival_models"]["model"] == name)
         & (t["survival_models"]["ph_test_min_p"] < 0.05)

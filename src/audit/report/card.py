@@ -45,105 +45,97 @@ def model_cards(ctx: dict, t: dict[str, pd.DataFrame]) -> list[dict]:
     verdict_metrics = (config.get("fairness") or {}).get("verdict_metrics") or []
     judged_max = int((config.get("robustness") or {}).get("judged_max_severity", 3))
     evaluation = _evaluation_data(ctx, t)
-    cards = []
-    for m in ctx["models"]:
-        name = m["name"]
-        declared = m.get("card") or {}
-        outputs = m.get("outputs") or []
-        acc = t["accuracy"][t["accuracy"]["model"] == name]
-        fair = t["fairness"][t["fairness"]["model"] == name]
-        rob = t["robustness"][t["robustness"]["model"] == name]
-        checks = t["verdicts"][t["verdicts"]["model"] == name]
-        terms = t["survival_terms"][t["survival_terms"]["model"] == name]
-        models = t["survival_models"][t["survival_models"]["model"] == name]
-        metrics = t["survival_metrics"][
-            (t["survival_metrics"]["model"] == name)
-            & t["survival_metrics"]["model_id"].isin(outputs)
-            & t["survival_metrics"]["metric"].isin(["uno_c", "auc", "brier", "integrated_brier"])
-        ]
-        hrs = []
-        for output in outputs:
-            for prefix, term in HEADLINE_TERMS.get(output, []):
-                sel = terms[
-                    terms["model_id"].str.startswith(prefix + "__")
-                    & ~terms["model_id"].str.contains("__strata_")
-                    & (terms["term"] == term)
-                ]
-                for r in _rows(sel):
-                    fit = models[models["model_id"] == r["model_id"]]
-                    r["adjustment"] = r["model_id"].split("__", 1)[1]
-                    r["n"] = int(fit["n"].iloc[0]) if len(fit) else None
-                    r["events"] = int(fit["events"].iloc[0]) if len(fit) else None
-                    hrs.append(r)
-        subgroup = fair[
-            fair["metric"].isin(verdict_metrics)
-            & (fair["attribute"] != "all")
-            & ~fair["attribute"].str.contains(" x ")
-        ]
-        judged = rob[(rob["attribute"] == "all") & (rob["severity"] <= judged_max)]
-        worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).head(
-            5
-        )
-        cards.append(
-            {
-                "name": name,
-                "kind": m.get("kind"),
-                "arch": m.get("arch"),
-                "outputs": outputs,
-                "spec_sha256": m.get("spec_sha256"),
-                "checkpoint_sha256": m.get("checkpoint_sha256"),
-                "input_size": m.get("input_size"),
-                "normalize": m.get("normalize"),
-                "declared": [
-                    {"key": k, "label": label, "value": declared[k]}
-                    for k, label in DECLARED
-                    if declared.get(k) not in (None, "", [])
-                ],
-                "declared_other": {
-                    k: v
-                    for k, v in declared.items()
-                    if k not in dict(DECLARED) and k != "limitations"
-                },
-                "evaluation": evaluation,
-                "metrics": _rows(acc[acc["attribute"] == "all"]),
-                "hazard_ratios": hrs,
-                "survival_metrics": _rows(metrics),
-                "decision_curves": [
-                    {
-                        k: d[k]
-                        for k in (
-                            "score",
-                            "when",
-                            "n",
-                            "events",
-                            "useful",
-                            "useful_over_age",
-                            "summary",
-                        )
-                    }
-                    for d in decision_summaries(t["decision_curves"], name)
-                ],
-                "added_utility": _added_utility(ctx, t["decision_curves"], name),
-                "utility_subgroups": _utility_subgroups(t["decision_subgroups"], name),
-                "subgroups": _rows(
-                    subgroup.sort_values(["output", "metric", "attribute"], kind="stable")
-                ),
-                "robustness": (
-                    {
-                        "judged": int(judged["passed"].notna().sum()),
-                        "failed": int((judged["passed"] == False).sum()),  # noqa: E712
-                        "judged_max": judged_max,
-                        "worst": _rows(worst),
-                    }
-                    if len(judged)
-                    else None
-                ),
-                "saliency": _saliency_summary(t["saliency"], name),
-                "checks": _rows(checks),
-                "limitations": limitations(ctx, t, m),
-            }
-        )
-    return cards
+    return [_card(m, ctx, t, evaluation, verdict_metrics, judged_max) for m in ctx["models"]]
+
+
+DECISION_KEYS = ("score", "when", "n", "events", "useful", "useful_over_age", "summary")
+
+
+def _card(m: dict, ctx: dict, t: dict, evaluation: dict, verdict_metrics, judged_max) -> dict:
+    """One model's card: what it declares, and what this run measured of it."""
+    name = m["name"]
+    declared = m.get("card") or {}
+    outputs = m.get("outputs") or []
+    acc = t["accuracy"][t["accuracy"]["model"] == name]
+    fair = t["fairness"][t["fairness"]["model"] == name]
+    metrics = t["survival_metrics"][
+        (t["survival_metrics"]["model"] == name)
+        & t["survival_metrics"]["model_id"].isin(outputs)
+        & t["survival_metrics"]["metric"].isin(["uno_c", "auc", "brier", "integrated_brier"])
+    ]
+    subgroup = fair[
+        fair["metric"].isin(verdict_metrics)
+        & (fair["attribute"] != "all")
+        & ~fair["attribute"].str.contains(" x ")
+    ]
+    return {
+        "name": name,
+        "kind": m.get("kind"),
+        "arch": m.get("arch"),
+        "outputs": outputs,
+        "spec_sha256": m.get("spec_sha256"),
+        "checkpoint_sha256": m.get("checkpoint_sha256"),
+        "input_size": m.get("input_size"),
+        "normalize": m.get("normalize"),
+        "declared": [
+            {"key": k, "label": label, "value": declared[k]}
+            for k, label in DECLARED
+            if declared.get(k) not in (None, "", [])
+        ],
+        "declared_other": {
+            k: v for k, v in declared.items() if k not in dict(DECLARED) and k != "limitations"
+        },
+        "evaluation": evaluation,
+        "metrics": _rows(acc[acc["attribute"] == "all"]),
+        "hazard_ratios": _headline_hazard_ratios(name, outputs, t),
+        "survival_metrics": _rows(metrics),
+        "decision_curves": [
+            {k: d[k] for k in DECISION_KEYS} for d in decision_summaries(t["decision_curves"], name)
+        ],
+        "added_utility": _added_utility(ctx, t["decision_curves"], name),
+        "utility_subgroups": _utility_subgroups(t["decision_subgroups"], name),
+        "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"], kind="stable")),
+        "robustness": _robustness_summary(t["robustness"], name, judged_max),
+        "saliency": _saliency_summary(t["saliency"], name),
+        "checks": _rows(t["verdicts"][t["verdicts"]["model"] == name]),
+        "limitations": limitations(ctx, t, m),
+    }
+
+
+def _headline_hazard_ratios(name: str, outputs: list, t: dict) -> list[dict]:
+    """The headline hazard ratio of each output under each adjustment, with n and deaths."""
+    terms = t["survival_terms"][t["survival_terms"]["model"] == name]
+    models = t["survival_models"][t["survival_models"]["model"] == name]
+    hrs = []
+    for output in outputs:
+        for prefix, term in HEADLINE_TERMS.get(output, []):
+            sel = terms[
+                terms["model_id"].str.startswith(prefix + "__")
+                & ~terms["model_id"].str.contains("__strata_")
+                & (terms["term"] == term)
+            ]
+            for r in _rows(sel):
+                fit = models[models["model_id"] == r["model_id"]]
+                r["adjustment"] = r["model_id"].split("__", 1)[1]
+                r["n"] = int(fit["n"].iloc[0]) if len(fit) else None
+                r["events"] = int(fit["events"].iloc[0]) if len(fit) else None
+                hrs.append(r)
+    return hrs
+
+
+def _robustness_summary(rob: pd.DataFrame, name: str, judged_max: int) -> dict | None:
+    """How many judged perturbation levels passed, and the five worst."""
+    rob = rob[rob["model"] == name]
+    judged = rob[(rob["attribute"] == "all") & (rob["severity"] <= judged_max)]
+    if not len(judged):
+        return None
+    worst = judged.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False)
+    return {
+        "judged": int(judged["passed"].notna().sum()),
+        "failed": int((judged["passed"] == False).sum()),  # noqa: E712
+        "judged_max": judged_max,
+        "worst": _rows(worst.head(5)),
+    }
 
 
 def _added_utility(ctx: dict, curves: pd.DataFrame, name: str) -> list[dict]:

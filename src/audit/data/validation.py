@@ -101,6 +101,96 @@ def _gx_context():
     return context
 
 
+@dataclass(frozen=True)
+class _Quarantining:
+    """How a failed row becomes a quarantine record (see :func:`run_suite`)."""
+
+    source_file: str
+    stage: str
+    reasons: dict | None
+    where: object
+    quarantine_column: object
+    quarantine_file: object
+
+    def records(self, exp: dict, col, bad_rows: list, by_row: pd.DataFrame) -> list[dict]:
+        meta = exp.get("meta") or {}
+        out = []
+        for row_number in sorted(set(bad_rows)):
+            value = by_row.at[row_number, col] if col in by_row.columns else None
+            record = by_row.loc[row_number]
+            if self.reasons and col in self.reasons:
+                reason = self.reasons[col](value, record)
+            else:
+                reason = (meta.get("reason") or meta.get("rule") or exp["type"]).format(
+                    value=_fmt(value)
+                )
+            place = self.where(col, record) if self.where else f"column {col}"
+            source = self.quarantine_file(record) if self.quarantine_file else self.source_file
+            out.append(
+                {
+                    "photo_id": record.get("photo_id"),
+                    "stage": self.stage,
+                    "severity": meta.get("severity", "error"),
+                    "source_file": source,
+                    "row_number": int(row_number),
+                    "column_name": self.quarantine_column(col) if self.quarantine_column else col,
+                    "reason": f"{Path(self.source_file).name} row {row_number}, {place}: {reason}",
+                }
+            )
+        return out
+
+
+def _validate_with_gx(suite: dict, frame: pd.DataFrame, expectations: list) -> list:
+    """Great Expectations' results, as ``(expectation, result dict)`` in the suite's order
+    (GX may return them in another: they are matched by type and column)."""
+    import great_expectations as gx
+
+    context = _gx_context()
+    source = context.data_sources.add_pandas(f"src-{suite['name']}")
+    asset = source.add_dataframe_asset(suite["name"])
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
+        batch_parameters={"dataframe": frame}
+    )
+    gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=copy.deepcopy(expectations))
+    result = batch.validate(
+        gx_suite,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
+    )
+    order = {_key(e): i for i, e in enumerate(expectations)}
+    pairs = []
+    for res in result.results:
+        d = res.to_json_dict()
+        config = d["expectation_config"]
+        key = (config["type"], (config.get("kwargs") or {}).get("column"))
+        exp = expectations[order[key]] if key in order else config
+        pairs.append((order.get(key, len(order)), exp, d))
+    return [(exp, d) for _, exp, d in sorted(pairs, key=lambda t: t[0])]
+
+
+def _result_row(suite_name: str, exp: dict, d: dict, bad_rows: list) -> dict:
+    """One ``validation_results`` row: the expectation, its outcome, examples and rows."""
+    meta = exp.get("meta") or {}
+    r = d.get("result") or {}
+    details = {
+        "kwargs": {k: _plain(v) for k, v in exp.get("kwargs", {}).items()},
+        "examples": [_plain(v) for v in (r.get("partial_unexpected_list") or [])[:5]],
+        "observed": _plain(r.get("observed_value")),
+        "element_count": r.get("element_count"),
+        "rule": meta.get("rule"),
+        "rows": sorted({int(x) for x in bad_rows})[:20],
+    }
+    count = r.get("unexpected_count")
+    return {
+        "suite": suite_name,
+        "expectation": exp["type"],
+        "column_name": exp.get("kwargs", {}).get("column"),
+        "severity": meta.get("severity", "error"),
+        "success": bool(d["success"]),
+        "unexpected_count": int(count if count is not None else (0 if d["success"] else 1)),
+        "details": json.dumps(details, default=str),
+    }
+
+
 def run_suite(
     suite: dict,
     frame: pd.DataFrame,
@@ -120,66 +210,24 @@ def run_suite(
     ``quarantine_column(column)`` and ``quarantine_file(row)`` name the column and file of
     a quarantine record (default: the expectation's column, ``source_file``).
     """
-    import great_expectations as gx
-
-    context = _gx_context()
-    source = context.data_sources.add_pandas(f"src-{suite['name']}")
-    asset = source.add_dataframe_asset(suite["name"])
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": frame}
-    )
-    expectations = []
-    skipped = []
+    expectations, skipped = [], []
     for exp in suite["expectations"]:
         col = exp.get("kwargs", {}).get("column")
         if col is not None and col not in frame.columns and exp["type"] != "expect_column_to_exist":
             skipped.append(exp)  # the column is optional and absent: nothing to check
             continue
         expectations.append(exp)
-    gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=copy.deepcopy(expectations))
-    result = batch.validate(
-        gx_suite,
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["_row"]},
-    )
+    quarantining = _Quarantining(source_file, stage, reasons, where, quarantine_column,
+                                 quarantine_file)  # fmt: skip
     by_row = frame.set_index("_row")
     rows, quarantine, critical = [], [], []
-    # GX may return results in another order than the suite's: match them by their config.
-    order = {_key(e): i for i, e in enumerate(expectations)}
-    pairs = []
-    for res in result.results:
-        d = res.to_json_dict()
-        config = d["expectation_config"]
-        key = (config["type"], (config.get("kwargs") or {}).get("column"))
-        exp = expectations[order[key]] if key in order else config
-        pairs.append((order.get(key, len(order)), exp, d))
-    for _, exp, d in sorted(pairs, key=lambda t: t[0]):
+    for exp, d in _validate_with_gx(suite, frame, expectations):
         meta = exp.get("meta") or {}
         severity = meta.get("severity", "error")
         col = exp.get("kwargs", {}).get("column")
-        r = d.get("result") or {}
-        unexpected = r.get("unexpected_index_list") or []
+        unexpected = (d.get("result") or {}).get("unexpected_index_list") or []
         bad_rows = [u["_row"] for u in unexpected if isinstance(u, dict) and "_row" in u]
-        examples = [_plain(v) for v in (r.get("partial_unexpected_list") or [])[:5]]
-        details = {
-            "kwargs": {k: _plain(v) for k, v in exp.get("kwargs", {}).items()},
-            "examples": examples,
-            "observed": _plain(r.get("observed_value")),
-            "element_count": r.get("element_count"),
-            "rule": meta.get("rule"),
-            "rows": sorted({int(x) for x in bad_rows})[:20],
-        }
-        count = r.get("unexpected_count")
-        rows.append(
-            {
-                "suite": suite["name"],
-                "expectation": exp["type"],
-                "column_name": col,
-                "severity": severity,
-                "success": bool(d["success"]),
-                "unexpected_count": int(count if count is not None else (0 if d["success"] else 1)),
-                "details": json.dumps(details, default=str),
-            }
-        )
+        rows.append(_result_row(suite["name"], exp, d, bad_rows))
         if d["success"]:
             continue
         if severity == "critical":
@@ -188,27 +236,7 @@ def run_suite(
                 + (f" (column {col})" if col else "")
             )
         if severity == "error" and bad_rows:
-            for row_number in sorted(set(bad_rows)):
-                value = by_row.at[row_number, col] if col in by_row.columns else None
-                record = by_row.loc[row_number]
-                if reasons and col in reasons:
-                    reason = reasons[col](value, record)
-                else:
-                    reason = (meta.get("reason") or meta.get("rule") or exp["type"]).format(
-                        value=_fmt(value)
-                    )
-                place = where(col, record) if where else f"column {col}"
-                quarantine.append(
-                    {
-                        "photo_id": record.get("photo_id"),
-                        "stage": stage,
-                        "severity": severity,
-                        "source_file": quarantine_file(record) if quarantine_file else source_file,
-                        "row_number": int(row_number),
-                        "column_name": quarantine_column(col) if quarantine_column else col,
-                        "reason": f"{Path(source_file).name} row {row_number}, {place}: {reason}",
-                    }
-                )
+            quarantine.extend(quarantining.records(exp, col, bad_rows, by_row))
     for exp in skipped:
         rows.append(
             {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -146,8 +147,9 @@ class AuditRun:
     db: Path
     run_id: str
 
-    @property
+    @cached_property
     def store(self) -> Store:
+        """The run's store, opened once (opening checks the file's schema)."""
         return Store(self.db)
 
     @property

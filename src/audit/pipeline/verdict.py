@@ -730,20 +730,23 @@ NO_OUTCOMES = "the cohort has no outcomes"
 
 @register_check("quarantine_fraction", scope="run")
 def _quarantine(ev: Evidence) -> list[dict]:
-    t = ev.thresholds
-    frac = ev.n_quarantined / ev.n_manifest_rows if ev.n_manifest_rows else 0.0
-    return [
-        _row(
-            None,
-            "quarantine_fraction",
-            "data",
-            t.max_quarantine_fraction,
-            frac,
-            frac <= t.max_quarantine_fraction,
-            f"{ev.n_quarantined} of {ev.n_manifest_rows} rows quarantined (at most "
-            f"{t.max_quarantine_fraction:.0%} allowed)",
-        )
-    ]
+    return [_quarantine_row(ev.n_quarantined, ev.n_manifest_rows, ev.thresholds)]
+
+
+def _quarantine_row(n_quarantined: int, n_manifest_rows: int, t: Thresholds) -> dict:
+    """The share of manifest rows set aside, against its maximum (audit and validation
+    runs alike)."""
+    frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
+    return _row(
+        None,
+        "quarantine_fraction",
+        "data",
+        t.max_quarantine_fraction,
+        frac,
+        frac <= t.max_quarantine_fraction,
+        f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
+        f"{t.max_quarantine_fraction:.0%} allowed)",
+    )
 
 
 @register_check("representativeness", scope="run", reads=("representativeness",))
@@ -918,24 +921,13 @@ def validation_checks(
     results: pd.DataFrame, n_manifest_rows: int, n_quarantined: int, thresholds: Thresholds
 ) -> pd.DataFrame:
     """The checks of a validation run: the quarantined share, and no failed error check."""
-    t = thresholds
-    frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
     failed = results[(~results["success"].astype(bool)) & (results["severity"] != "warning")]
     names = ", ".join(
         f"{r.suite}.{r.expectation}" + (f"({r.column_name})" if r.column_name else "")
         for r in failed.itertuples()
     )
     rows = [
-        _row(
-            None,
-            "quarantine_fraction",
-            "data",
-            t.max_quarantine_fraction,
-            frac,
-            frac <= t.max_quarantine_fraction,
-            f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
-            f"{t.max_quarantine_fraction:.0%} allowed)",
-        ),
+        _quarantine_row(n_quarantined, n_manifest_rows, thresholds),
         _row(
             None,
             "validation_errors",

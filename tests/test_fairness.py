@@ -431,3 +431,28 @@ def test_a_bend_of_the_error_in_age_is_its_own_finding_not_an_age_group_flag():
     assert bend["ci_low"] > 0.5 and bend["status"] == "ok"
     straight = _row(_fair(frame(0.0)), "error_age_curvature", "all", "all")
     assert straight["value"] < 0.3 and straight["ci_low"] < bend["ci_low"]
+
+
+def test_accuracy_and_fairness_agree_where_they_overlap():
+    """One engine: with the same seed, bootstrap size and groups, the accuracy table's FaceAge
+    rows equal the fairness table's (values, CIs, photo and subject counts), several photos
+    per subject included."""
+    from audit.metrics.accuracy import faceage_accuracy
+    from audit.pipeline.config import AccuracyConfig
+
+    df = _cohort(n=600, seed=8)
+    df = pd.concat([df, df.sample(200, random_state=1).assign(photo_id=lambda d: d.photo_id + "b")])
+    df["faceage"] = df["faceage"] + np.random.default_rng(2).normal(0, 1, len(df))
+    fair = _fair(df, n_boot=300, seed=11)
+    acc = faceage_accuracy(
+        df, "m", AccuracyConfig(n_boot=300, seed=11, groups=["sex", "race", "age_band"])
+    )
+    assert set(acc.attribute) == {"all", "sex", "race", "age_band"}
+    assert (acc.n_subjects < acc.n).any()  # repeated photos really are clustered
+    keys = ["metric", "attribute", "group_name"]
+    both = acc.merge(fair, on=keys, suffixes=("_acc", "_fair"))
+    assert len(both) == len(acc)
+    for col in ("value", "ci_low", "ci_high", "n", "n_subjects"):
+        np.testing.assert_allclose(
+            both[f"{col}_acc"].astype(float), both[f"{col}_fair"].astype(float), rtol=1e-12
+        )

@@ -1,7 +1,8 @@
 """FaceAge and risk-score metrics: accuracy with subject-bootstrap intervals, fairness
 across declared subgroups, and how the cohort represents its intended population.
 
-:mod:`~audit.metrics.accuracy`, :mod:`~audit.metrics.fairness`,
+:mod:`~audit.metrics.engine` (the one per-group FaceAge engine: fairlearn values, subject
+bootstrap intervals), :mod:`~audit.metrics.accuracy`, :mod:`~audit.metrics.fairness`,
 :mod:`~audit.metrics.representativeness`, and :mod:`~audit.metrics.functions`
 (fairlearn-style array functions over the same engine).
 """
@@ -9,6 +10,7 @@ across declared subgroups, and how the cohort represents its intended population
 from audit._lazy import exports
 
 _NAMES = {
+    "FaceAgeEngine": "engine",
     "faceage_accuracy": "accuracy",
     "faceage_fairness": "fairness",
     "faceage_metrics": "functions",

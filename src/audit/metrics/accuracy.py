@@ -2,8 +2,9 @@
 
 FaceAge (years) against chronological age: mean absolute error, mean signed error
 (FaceAge - age), Pearson r, share within 5 years. Risk: Harrell's C-index for death (one
-photo per subject). Rows go to the ``accuracy`` table; the fairness issue builds its
-differences, flags and intersections on the same bootstrap (:mod:`audit.stats.bootstrap`).
+photo per subject). Rows go to the ``accuracy`` table. FaceAge values and intervals come from
+:class:`audit.metrics.engine.FaceAgeEngine`, the engine the ``fairness`` table builds its
+differences, flags and intersections on, so the two tables agree wherever they overlap.
 
 References
 ----------
@@ -18,29 +19,14 @@ import numpy as np
 import pandas as pd
 
 from audit.data.cohort import age_band, natural_order
+from audit.metrics.engine import FaceAgeEngine
 from audit.pipeline.config import AccuracyConfig, SurvivalConfig
 from audit.pipeline.schema import columns
-from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
+from audit.stats.bootstrap import bootstrap_weights, percentile_ci
 from audit.stats.concordance import weighted_concordance
-from audit.stats.groups import label_codes
 
 ACCURACY_COLUMNS = columns("accuracy")
-FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y"]
-
-
-def _faceage_metrics(t: np.ndarray) -> dict[str, np.ndarray]:
-    """Metrics from totals ``t[..., k]`` of [1, e, |e|, |e|<=5, x, y, x^2, y^2, xy]."""
-    n = t[..., 0]
-    with np.errstate(all="ignore"):
-        sxx = t[..., 6] - t[..., 4] ** 2 / n
-        syy = t[..., 7] - t[..., 5] ** 2 / n
-        sxy = t[..., 8] - t[..., 4] * t[..., 5] / n
-        return {
-            "mae": t[..., 2] / n,
-            "mean_error": t[..., 1] / n,
-            "pearson_r": sxy / np.sqrt(sxx * syy),
-            "within_5y": t[..., 3] / n,
-        }
+FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y"]  # of the engine's six
 
 
 def add_groups(frame: pd.DataFrame, config: AccuracyConfig) -> pd.DataFrame:
@@ -56,7 +42,8 @@ def _group_attributes(frame: pd.DataFrame, config: AccuracyConfig) -> list[str]:
 
 
 def faceage_accuracy(frame: pd.DataFrame, model: str, config: AccuracyConfig) -> pd.DataFrame:
-    """FaceAge accuracy overall and per group, one row per metric and group.
+    """FaceAge accuracy overall and per group, one row per metric and group, from the
+    engine the fairness table also uses (:class:`audit.metrics.engine.FaceAgeEngine`).
 
     Parameters
     ----------
@@ -65,57 +52,29 @@ def faceage_accuracy(frame: pd.DataFrame, model: str, config: AccuracyConfig) ->
     model : the model's name.
     config : bootstrap size, CI level, seed, groups and minimum group size.
     """
-    df = add_groups(frame, config)
-    df = df[np.isfinite(df["age"].astype(float)) & np.isfinite(df["faceage"].astype(float))]
-    x = df["age"].to_numpy(float)
-    y = df["faceage"].to_numpy(float)
-    # Shifting x and y by constants leaves r unchanged and keeps the sums well conditioned.
-    xc, yc = x - x.mean() if len(x) else x, y - y.mean() if len(y) else y
-    e = y - x
-    cols = np.column_stack(
-        [
-            np.ones_like(x),
-            e,
-            np.abs(e),
-            (np.abs(e) <= 5).astype(float),
-            xc,
-            yc,
-            xc * xc,
-            yc * yc,
-            xc * yc,
-        ]
-    )
-    rng = np.random.default_rng(config.seed)
-    boot = SubjectBootstrap.draw(df["subject_id"].to_numpy(), config.n_boot, rng)
-    rows = []
-
-    def emit(attribute, names, codes):
-        point, samples = boot.totals(cols, codes, len(names))
-        subj = boot.subjects_per_group(codes, len(names))
-        pm = _faceage_metrics(point)
-        bm = _faceage_metrics(samples)
-        for metric in FACEAGE_METRICS:
-            low, high = percentile_ci(bm[metric], config.ci_level, axis=0)
-            for gi, name in enumerate(names):
-                rows.append(
-                    {
-                        "model": model,
-                        "output": "faceage",
-                        "metric": metric,
-                        "attribute": attribute,
-                        "group_name": name,
-                        "n": int(point[gi, 0]),
-                        "n_subjects": int(subj[gi]),
-                        "value": float(pm[metric][gi]),
-                        "ci_low": float(low[gi]),
-                        "ci_high": float(high[gi]),
-                        "status": "ok" if subj[gi] >= config.min_group_size else "too_small",
-                    }
-                )
-
-    emit("all", ["all"], None)
-    for attribute in _group_attributes(df, config):
-        emit(attribute, *label_codes(df[attribute]))
+    engine = FaceAgeEngine.of(add_groups(frame, config), config.n_boot, config.seed)
+    df = engine.frame
+    parts = [("all", engine.values())]
+    parts += [(a, engine.values(df[a])) for a in _group_attributes(df, config)]
+    rows = [
+        {
+            "model": model,
+            "output": "faceage",
+            "metric": metric,
+            "attribute": attribute,
+            "group_name": name,
+            "n": int(groups.n[g]),
+            "n_subjects": int(groups.subjects[g]),
+            "value": float(groups.value[metric][g]),
+            "ci_low": float(low[g]),
+            "ci_high": float(high[g]),
+            "status": "ok" if groups.subjects[g] >= config.min_group_size else "too_small",
+        }
+        for attribute, groups in parts
+        for metric in FACEAGE_METRICS
+        for low, high in [percentile_ci(groups.boot[metric], config.ci_level, axis=0)]
+        for g, name in enumerate(groups.names)
+    ]
     return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
 
 

@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.cohort import age_band
+from audit.metrics.engine import FACEAGE_METRICS, FaceAgeEngine, metric_frame
 from audit.pipeline.schema import columns
 from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
 from audit.stats.concordance import weighted_concordance
@@ -63,14 +64,6 @@ from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
 from audit.stats.groups import label_codes
 
 FAIRNESS_COLUMNS = columns("fairness")
-FACEAGE_METRICS = [
-    "mae",
-    "mean_error",
-    "pearson_r",
-    "within_5y",
-    "mae_age_adjusted",
-    "mean_error_age_adjusted",
-]
 RISK_METRICS = ["c_index", "calibration_oe"]
 # which side of the overall value is worse for a group
 WORSE = {
@@ -177,176 +170,6 @@ def is_flagged(metric: str, low: float, high: float, tolerance: float) -> bool:
 # ---------------------------------------------------------------------------- FaceAge
 
 
-def spline_knots(age: np.ndarray) -> np.ndarray | None:
-    """Harrell's four knots for a restricted cubic spline of age (the 5th, 35th, 65th and
-    95th percentiles), or None when the ages take too few values for one (a line only)."""
-    age = np.asarray(age, float)
-    if len(np.unique(age)) < 8:
-        return None
-    knots = np.quantile(age, [0.05, 0.35, 0.65, 0.95])
-    return knots if np.all(np.diff(knots) > 0) else None
-
-
-def age_basis(age: np.ndarray, knots: np.ndarray | None, center: float) -> np.ndarray:
-    """``(n, k)`` design of the error's trend in age: 1, centred age and, with ``knots``,
-    the restricted cubic spline terms (linear beyond the outer knots; Harrell 2015, 2.4.5),
-    scaled by the squared knot span so that every column is in years."""
-    x = np.asarray(age, float)
-    cols = [np.ones_like(x), x - center]
-    if knots is not None:
-        t = knots
-        k = len(t)
-
-        def p3(u):
-            return np.maximum(u, 0.0) ** 3
-
-        span = (t[-1] - t[0]) ** 2
-        for j in range(k - 2):
-            cols.append(
-                (
-                    p3(x - t[j])
-                    - p3(x - t[k - 2]) * (t[k - 1] - t[j]) / (t[k - 1] - t[k - 2])
-                    + p3(x - t[k - 1]) * (t[k - 2] - t[j]) / (t[k - 1] - t[k - 2])
-                )
-                / span
-            )
-    return np.column_stack(cols)
-
-
-_N_BASE = 10  # [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - fit|]
-
-
-def _faceage_columns(
-    x: np.ndarray, y: np.ndarray, basis: np.ndarray, beta: np.ndarray
-) -> np.ndarray:
-    """Per-photo columns whose group totals give every FaceAge metric and refit the error's
-    age trend in any resample: [1, e, |e|, |e|<=5, xc, yc, xc^2, yc^2, xc*yc, |e - B beta|],
-    then the basis B (k), its products B_i B_j (i <= j) and B_i e."""
-    xc, yc = x - x.mean(), y - y.mean()
-    e = y - x
-    k = basis.shape[1]
-    iu = np.triu_indices(k)
-    products = (basis[:, :, None] * basis[:, None, :])[:, iu[0], iu[1]]
-    return np.column_stack(
-        [
-            np.ones_like(x),
-            e,
-            np.abs(e),
-            (np.abs(e) <= 5).astype(float),
-            xc,
-            yc,
-            xc * xc,
-            yc * yc,
-            xc * yc,
-            np.abs(e - basis @ beta),
-            basis,
-            products,
-            basis * e[:, None],
-        ]
-    )
-
-
-def _basis_moments(t: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(sum B B', sum B e)``, shapes (..., k, k) and (..., k), from totals (..., K) of
-    :func:`_faceage_columns`."""
-    iu = np.triu_indices(k)
-    start = _N_BASE + k
-    products = t[..., start : start + len(iu[0])]
-    bb = np.zeros(t.shape[:-1] + (k, k))
-    bb[..., iu[0], iu[1]] = products
-    bb[..., iu[1], iu[0]] = products
-    return bb, t[..., start + len(iu[0]) : start + len(iu[0]) + k]
-
-
-def _error_fit(t: np.ndarray, k: int, columns: int | None = None) -> np.ndarray:
-    """Least-squares coefficients (..., k) of error on the first ``columns`` (default all k)
-    terms of the age basis, from totals (..., K) of :func:`_faceage_columns`; the unused
-    terms get 0. NaN where the fit is not determined."""
-    m = columns or k
-    bb, be = _basis_moments(t, k)
-    beta = np.full(t.shape[:-1] + (k,), np.nan)
-    with np.errstate(all="ignore"):
-        sub, rhs = bb[..., :m, :m], be[..., :m]
-        ok = np.abs(np.linalg.det(sub)) > 1e-12 * np.maximum(
-            np.prod(np.diagonal(sub, axis1=-2, axis2=-1), axis=-1), 1e-300
-        )
-        fill = np.where(ok[..., None, None], sub, np.eye(m))
-        solved = np.linalg.solve(fill, rhs[..., None])[..., 0]
-    beta[..., :m] = np.where(ok[..., None], solved, np.nan)
-    beta[..., m:] = np.where(ok[..., None], 0.0, np.nan)
-    return beta
-
-
-def _faceage_from_totals(t: np.ndarray, beta: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    n = t[..., 0]
-    with np.errstate(all="ignore"):
-        sxx = t[..., 6] - t[..., 4] ** 2 / n
-        syy = t[..., 7] - t[..., 5] ** 2 / n
-        sxy = t[..., 8] - t[..., 4] * t[..., 5] / n
-        trend = (beta * t[..., _N_BASE : _N_BASE + k]).sum(axis=-1)
-        return {
-            "mae": t[..., 2] / n,
-            "mean_error": t[..., 1] / n,
-            "pearson_r": sxy / np.sqrt(sxx * syy),
-            "within_5y": t[..., 3] / n,
-            "mae_age_adjusted": t[..., 9] / n,
-            "mean_error_age_adjusted": (t[..., 1] - trend) / n,
-        }
-
-
-def _curvature(t: np.ndarray, k: int) -> np.ndarray:
-    """Root mean square over photos of (spline trend - straight-line trend) of the error, in
-    years, from totals (..., K): how far the error's dependence on age bends away from a line
-    (0 without knots)."""
-    if k <= 2:
-        return np.zeros(t.shape[:-1])
-    spline, line = _error_fit(t, k), _error_fit(t, k, 2)
-    d = spline - line  # (..., k): the difference of the two fits as a combination of B
-    bb, _ = _basis_moments(t, k)
-    with np.errstate(all="ignore"):
-        ms = np.einsum("...i,...ij,...j->...", d, bb, d) / t[..., 0]
-    return np.sqrt(np.maximum(ms, 0.0))
-
-
-def _faceage_metric_fns(basis_of, beta: np.ndarray) -> dict:
-    """fairlearn metric callables ``f(y_true, y_pred)`` (age, FaceAge) for the group values;
-    ``basis_of(age)`` gives the age basis the error's trend ``beta`` was fitted on."""
-
-    def adjusted(y_true, y_pred):
-        t = np.asarray(y_true, float)
-        return (np.asarray(y_pred, float) - t) - basis_of(t) @ beta
-
-    return {
-        "mae": lambda t, p: float(np.mean(np.abs(np.asarray(p) - np.asarray(t)))),
-        "mean_error": lambda t, p: float(np.mean(np.asarray(p) - np.asarray(t))),
-        "pearson_r": lambda t, p: (
-            float(np.corrcoef(t, p)[0, 1])
-            if len(t) > 2 and np.std(t) > 0 and np.std(p) > 0
-            else float("nan")
-        ),
-        "within_5y": lambda t, p: float(np.mean(np.abs(np.asarray(p) - np.asarray(t)) <= 5)),
-        "mae_age_adjusted": lambda t, p: float(np.mean(np.abs(adjusted(t, p)))),
-        "mean_error_age_adjusted": lambda t, p: float(np.mean(adjusted(t, p))),
-    }
-
-
-def _metricframe(
-    metrics: dict, y_true, y_pred, labels: pd.Series | None, sample_params: dict | None = None
-) -> tuple[pd.Series, pd.DataFrame | None]:
-    """fairlearn's overall values and values by group (a dict of metrics, always)."""
-    from fairlearn.metrics import MetricFrame
-
-    sens = labels if labels is not None else pd.Series(["all"] * len(y_true))
-    mf = MetricFrame(
-        metrics=metrics,
-        y_true=np.asarray(y_true),
-        y_pred=np.asarray(y_pred),
-        sensitive_features=sens.to_numpy(),
-        sample_params=sample_params,
-    )
-    return mf.overall, (mf.by_group if labels is not None else None)
-
-
 def faceage_fairness(
     frame: pd.DataFrame, model: str, config, age_cuts: list[float]
 ) -> pd.DataFrame:
@@ -360,83 +183,58 @@ def faceage_fairness(
     config : the audit config's ``fairness`` section.
     age_cuts : the age-band cut points.
     """
-    df = add_fairness_groups(frame, age_cuts)
-    df = df[
-        np.isfinite(pd.to_numeric(df["age"], errors="coerce"))
-        & np.isfinite(pd.to_numeric(df["faceage"], errors="coerce"))
-    ].reset_index(drop=True)
+    engine = FaceAgeEngine.of(add_fairness_groups(frame, age_cuts), config.n_boot, config.seed)
+    df = engine.frame
     if len(df) < 3:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
-    x, y = df["age"].to_numpy(float), df["faceage"].to_numpy(float)
-    knots, center = spline_knots(x), float(x.mean())
-
-    def basis_of(age):
-        return age_basis(age, knots, center)
-
-    basis = basis_of(x)
-    k = basis.shape[1]
-    beta = np.linalg.lstsq(basis, y - x, rcond=None)[0]  # the error's trend in age, once
-    cols = _faceage_columns(x, y, basis, beta)
-    boot = SubjectBootstrap.draw(
-        df["subject_id"].to_numpy(), config.n_boot, np.random.default_rng(config.seed)
-    )
-    over_point, over_boot = boot.totals(cols)  # (1, K), (B, 1, K)
-    beta_boot = _error_fit(over_boot, k)  # the trend refitted in each resample, (B, 1, k)
-    overall_point = _faceage_from_totals(over_point, beta[None, :], k)
-    overall_boot = _faceage_from_totals(over_boot, beta_boot, k)
-    fns = _faceage_metric_fns(basis_of, beta)
-    mf_overall, _ = _metricframe(fns, x, y, None)
+    overall = engine.values()
     rows = [
         _overall_row(
             model,
             "faceage",
             m,
-            float(mf_overall[m]),
+            float(overall.value[m][0]),
             len(df),
-            boot.n_subjects,
-            overall_boot[m][:, 0],
+            engine.n_subjects,
+            overall.boot[m][:, 0],
             config,
         )
         for m in FACEAGE_METRICS
     ]
-    if knots is not None:  # the error's bend in age: a finding of its own, not a group's
+    bend = engine.curvature()
+    if bend is not None:  # the error's bend in age: a finding of its own, not a group's
+        point, boot = bend
         rows.append(
             {
                 **_overall_row(
                     model,
                     "faceage",
                     "error_age_curvature",
-                    float(_curvature(over_point, k)[0]),
+                    point,
                     len(df),
-                    boot.n_subjects,
-                    _curvature(over_boot, k)[:, 0],
+                    engine.n_subjects,
+                    boot,
                     config,
                 ),
                 "tolerance": None,
             }
         )
     for attribute, labels in groupings(df, config):
-        names, codes = label_codes(labels)
-        point, samples = boot.totals(cols, codes, len(names))
-        gb = _faceage_from_totals(samples, beta_boot, k)
-        keep = labels.notna().to_numpy()
-        _, by_group = _metricframe(fns, x[keep], y[keep], labels[keep].reset_index(drop=True))
-        subjects = boot.subjects_per_group(codes, len(names))
+        groups = engine.values(labels)
         for m in FACEAGE_METRICS:
-            values = by_group[m].reindex(names).to_numpy(float)
             rows.extend(
                 _group_rows(
                     model,
                     "faceage",
                     m,
                     attribute,
-                    names,
-                    point[:, 0],
-                    subjects,
-                    values,
-                    gb[m],
-                    overall_point[m][0],
-                    overall_boot[m],
+                    groups.names,
+                    groups.n,
+                    groups.subjects,
+                    groups.value[m],
+                    groups.boot[m],
+                    overall.value[m][0],
+                    overall.boot[m],
                     config,
                 )
             )
@@ -529,14 +327,12 @@ def risk_fairness(
     def calibration_oe(y_true, y_pred):
         return float(np.sum(y_true) / np.sum(y_pred)) if np.sum(y_pred) > 0 else float("nan")
 
-    def values(y_true, c_pred, e_pred, time, labels=None):
+    def values(codes=None):
         """Overall and by-group values: one MetricFrame per prediction (the score for C,
         the expected deaths for O/E)."""
-        c_all, c_by = _metricframe(
-            {"c_index": c_index}, y_true, c_pred, labels, {"c_index": {"time": time}}
-        )
-        e_all, e_by = _metricframe({"calibration_oe": calibration_oe}, y_true, e_pred, labels)
-        by = None if labels is None else pd.concat([c_by, e_by], axis=1)
+        c_all, c_by = metric_frame({"c_index": c_index}, ev, r, codes, {"c_index": {"time": t}})
+        e_all, e_by = metric_frame({"calibration_oe": calibration_oe}, ev, expected, codes)
+        by = None if codes is None else pd.concat([c_by, e_by], axis=1)
         return pd.concat([c_all, e_all]), by
 
     def boot_values(idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -546,7 +342,7 @@ def risk_fairness(
         return {"c_index": weighted_concordance(t[idx], ev[idx], r[idx], ww), "calibration_oe": oe}
 
     all_idx = np.arange(len(df))
-    over, _ = values(ev, r, expected, t)
+    over, _ = values()
     over_boot = boot_values(all_idx)
     rows = [
         _overall_row(model, "risk", m, float(over[m]), len(df), len(df), over_boot[m], config)
@@ -555,9 +351,7 @@ def risk_fairness(
     for attribute, labels in groupings(df, config):
         names, codes = label_codes(labels)
         keep = codes >= 0
-        _, by_group = values(
-            ev[keep], r[keep], expected[keep], t[keep], labels[keep].reset_index(drop=True)
-        )
+        _, by_group = values(codes)
         per_group = [boot_values(np.flatnonzero(codes == g)) for g in range(len(names))]
         sizes = np.bincount(codes[keep], minlength=len(names))
         events = np.bincount(codes[keep], weights=ev[keep], minlength=len(names))
@@ -567,7 +361,7 @@ def risk_fairness(
                 if len(names)
                 else np.zeros((w.shape[0], 0))
             )
-            vals = by_group[m].reindex(names).to_numpy(float)
+            vals = by_group[m].reindex(range(len(names))).to_numpy(float)
             # too few deaths in a group: its C and O/E are reported as too small
             enough = np.where(events >= min_events, sizes, 0)
             rows.extend(

@@ -288,82 +288,33 @@ def risk_fairness(
 ) -> pd.DataFrame:
     """Risk fairness rows: Harrell's C and calibration in the large (observed / expected
     deaths) per group, on one row per subject with ``time``, ``event`` and ``risk``."""
-    df = add_fairness_groups(subjects, age_cuts)
-    df = df[
-        np.isfinite(pd.to_numeric(df["risk"], errors="coerce"))
-        & df["event"].notna()
-        & df["time"].notna()
-    ].reset_index(drop=True)
-    adjust, described = expected_deaths_terms(df)
-    complete = adjust.notna().all(axis=1).to_numpy()
-    if not complete.all() and notes is not None:
-        notes.append(
-            f"{model}: risk fairness on the {int(complete.sum())} of {len(df)} subjects "
-            "with age and sex (the expected-deaths model's terms)"
-        )
-    df, adjust = df[complete].reset_index(drop=True), adjust[complete].reset_index(drop=True)
+    said = notes if notes is not None else []
+    df, adjust, described = _risk_subjects(add_fairness_groups(subjects, age_cuts), model, said)
     if len(df) < 3 or df["event"].sum() < min_events:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
-    t, ev, r = df["time"].to_numpy(float), df["event"].to_numpy(int), df["risk"].to_numpy(float)
-    try:
-        expected = expected_deaths(t, ev, r, adjust)
-        if notes is not None:
-            notes.append(
-                f"{model}: expected deaths per group (calibration_oe) from a Cox model "
-                f"of {described}"
-            )
-    except CoxNotConverged as exc:
-        expected = np.full(len(df), np.nan)
-        if notes is not None:
-            notes.append(
-                f"{model}: the expected-deaths model of {described} did not converge "
-                f"({exc.reason}); observed/expected deaths are not computed"
-            )
-    w = bootstrap_weights(len(df), config.n_boot, np.random.default_rng(config.seed))
-
-    def c_index(y_true, y_pred, time):
-        return float(weighted_concordance(time, y_true, y_pred, np.ones((1, len(time))))[0])
-
-    def calibration_oe(y_true, y_pred):
-        return float(np.sum(y_true) / np.sum(y_pred)) if np.sum(y_pred) > 0 else float("nan")
-
-    def values(codes=None):
-        """Overall and by-group values: one MetricFrame per prediction (the score for C,
-        the expected deaths for O/E)."""
-        c_all, c_by = metric_frame({"c_index": c_index}, ev, r, codes, {"c_index": {"time": t}})
-        e_all, e_by = metric_frame({"calibration_oe": calibration_oe}, ev, expected, codes)
-        by = None if codes is None else pd.concat([c_by, e_by], axis=1)
-        return pd.concat([c_all, e_all]), by
-
-    def boot_values(idx: np.ndarray) -> dict[str, np.ndarray]:
-        ww = w[:, idx]
-        with np.errstate(all="ignore"):
-            oe = (ww @ ev[idx]) / (ww @ expected[idx])
-        return {"c_index": weighted_concordance(t[idx], ev[idx], r[idx], ww), "calibration_oe": oe}
-
-    all_idx = np.arange(len(df))
-    over, _ = values()
-    over_boot = boot_values(all_idx)
+    risk = _RiskValues(df, _expected_or_nan(df, adjust, described, model, said), config)
+    over, _ = risk.values()
+    over_boot = risk.boot(np.arange(len(df)))
     rows = [
         _overall_row(model, "risk", m, float(over[m]), len(df), len(df), over_boot[m], config)
         for m in RISK_METRICS
     ]
     for attribute, labels in groupings(df, config):
         names, codes = label_codes(labels)
+        _, by_group = risk.values(codes)
+        per_group = [risk.boot(np.flatnonzero(codes == g)) for g in range(len(names))]
         keep = codes >= 0
-        _, by_group = values(codes)
-        per_group = [boot_values(np.flatnonzero(codes == g)) for g in range(len(names))]
         sizes = np.bincount(codes[keep], minlength=len(names))
-        events = np.bincount(codes[keep], weights=ev[keep], minlength=len(names))
+        events = np.bincount(codes[keep], weights=risk.event[keep], minlength=len(names))
+        # too few deaths in a group: its C and O/E are reported as too small
+        enough = np.where(events >= min_events, sizes, 0)
         for m in RISK_METRICS:
             gb = (
                 np.stack([pg[m] for pg in per_group], axis=1)
                 if len(names)
-                else np.zeros((w.shape[0], 0))
+                else np.zeros((risk.weights.shape[0], 0))
             )
             vals = by_group[m].reindex(range(len(names))).to_numpy(float)
-            # too few deaths in a group: its C and O/E are reported as too small
-            enough = np.where(events >= min_events, sizes, 0)
             rows.extend(
                 _group_rows(
                     model,
@@ -384,9 +335,100 @@ def risk_fairness(
     out = pd.DataFrame(rows, columns=FAIRNESS_COLUMNS)
     return (
         out
-        if np.isfinite(expected).all()
+        if np.isfinite(risk.expected).all()
         else out[out["metric"] != "calibration_oe"].reset_index(drop=True)
     )
+
+
+def _risk_subjects(
+    df: pd.DataFrame, model: str, notes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The subjects with a finite score, an event and a time, the expected-deaths model's
+    terms for them (complete cases only: a note says how many were left) and their
+    description."""
+    df = df[
+        np.isfinite(pd.to_numeric(df["risk"], errors="coerce"))
+        & df["event"].notna()
+        & df["time"].notna()
+    ].reset_index(drop=True)
+    adjust, described = expected_deaths_terms(df)
+    complete = adjust.notna().all(axis=1).to_numpy()
+    if not complete.all():
+        notes.append(
+            f"{model}: risk fairness on the {int(complete.sum())} of {len(df)} subjects "
+            "with age and sex (the expected-deaths model's terms)"
+        )
+    return (
+        df[complete].reset_index(drop=True),
+        adjust[complete].reset_index(drop=True),
+        described,
+    )
+
+
+def _expected_or_nan(
+    df: pd.DataFrame, adjust: pd.DataFrame, described: str, model: str, notes: list[str]
+) -> np.ndarray:
+    """Each subject's expected deaths (:func:`expected_deaths`), or NaN for all when the
+    model does not converge; a note says which."""
+    try:
+        expected = expected_deaths(
+            df["time"].to_numpy(float),
+            df["event"].to_numpy(int),
+            df["risk"].to_numpy(float),
+            adjust,
+        )
+    except CoxNotConverged as exc:
+        notes.append(
+            f"{model}: the expected-deaths model of {described} did not converge "
+            f"({exc.reason}); observed/expected deaths are not computed"
+        )
+        return np.full(len(df), np.nan)
+    notes.append(
+        f"{model}: expected deaths per group (calibration_oe) from a Cox model of {described}"
+    )
+    return expected
+
+
+def _c_index(y_true, y_pred, time) -> float:
+    """Harrell's C of ``y_pred`` (higher = earlier death): a fairlearn metric callable."""
+    return float(weighted_concordance(time, y_true, y_pred, np.ones((1, len(time))))[0])
+
+
+def _calibration_oe(y_true, y_pred) -> float:
+    """Observed over expected deaths (``y_pred``: expected deaths): a fairlearn metric."""
+    return float(np.sum(y_true) / np.sum(y_pred)) if np.sum(y_pred) > 0 else float("nan")
+
+
+class _RiskValues:
+    """Harrell's C and O/E of one score: fairlearn values overall or by group, and their
+    subject-bootstrap resamples (one draw of weights shared by every group)."""
+
+    def __init__(self, df: pd.DataFrame, expected: np.ndarray, config):
+        self.time = df["time"].to_numpy(float)
+        self.event = df["event"].to_numpy(int)
+        self.risk = df["risk"].to_numpy(float)
+        self.expected = expected
+        self.weights = bootstrap_weights(len(df), config.n_boot, np.random.default_rng(config.seed))
+
+    def values(self, codes: np.ndarray | None = None) -> tuple[pd.Series, pd.DataFrame | None]:
+        """Overall and by-group values: one MetricFrame per prediction (the score for C,
+        the expected deaths for O/E)."""
+        c_all, c_by = metric_frame(
+            {"c_index": _c_index}, self.event, self.risk, codes, {"c_index": {"time": self.time}}
+        )
+        e_all, e_by = metric_frame(
+            {"calibration_oe": _calibration_oe}, self.event, self.expected, codes
+        )
+        by = None if codes is None else pd.concat([c_by, e_by], axis=1)
+        return pd.concat([c_all, e_all]), by
+
+    def boot(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """(B,) resampled C and O/E of the subjects ``idx``."""
+        ww = self.weights[:, idx]
+        with np.errstate(all="ignore"):
+            oe = (ww @ self.event[idx]) / (ww @ self.expected[idx])
+        c = weighted_concordance(self.time[idx], self.event[idx], self.risk[idx], ww)
+        return {"c_index": c, "calibration_oe": oe}
 
 
 # ---------------------------------------------------------------------------- rows
@@ -523,84 +565,84 @@ def paired_comparisons(
         fa, fb = frames[a], frames[b]
         both = fa.merge(fb[["photo_id", output]], on="photo_id", suffixes=("_a", "_b"))
         both = add_fairness_groups(both, age_cuts)
-        va, vb = both[f"{output}_a"].to_numpy(float), both[f"{output}_b"].to_numpy(float)
-        parts = [("all", pd.Series(["all"] * len(both)))] + groupings(both, config)
+        pair = (a, b)
         if output == "faceage":
-            metric = "mae"
-            x = both["age"].to_numpy(float)
-            # the paired difference is totalled as its own column: two identical models give
-            # exactly 0 in every resample (a difference of two totals is 0 only up to the
-            # BLAS kernel's summation order, -2.4e-15 on some machines)
-            ea, eb = np.abs(va - x), np.abs(vb - x)
-            cols = np.column_stack([np.ones(len(both)), ea, eb, ea - eb])
-            boot = SubjectBootstrap.draw(
-                both["subject_id"].to_numpy(), config.n_boot, np.random.default_rng(config.seed)
-            )
-            for attribute, labels in parts:
-                names, codes = label_codes(labels)
-                point, samples = boot.totals(cols, codes, len(names))
-                subjects = boot.subjects_per_group(codes, len(names))
-                with np.errstate(all="ignore"):
-                    pa, pb = point[:, 1] / point[:, 0], point[:, 2] / point[:, 0]
-                    d = samples[..., 3] / samples[..., 0]
-                low, high = percentile_ci(d, config.ci_level)
-                for g, name in enumerate(names):
-                    rows.append(
-                        _comparison_row(
-                            output,
-                            metric,
-                            a,
-                            b,
-                            attribute,
-                            name,
-                            int(point[g, 0]),
-                            pa[g],
-                            pb[g],
-                            low[g],
-                            high[g],
-                            subjects[g] >= config.min_group_size,
-                        )
-                    )
+            rows.extend(_faceage_pairs(both, pair, config))
         else:
-            metric = "c_index"
-            keep = both["time"].notna() & both["event"].notna()
-            both, va, vb = (
-                both[keep].reset_index(drop=True),
-                va[keep.to_numpy()],
-                vb[keep.to_numpy()],
-            )
-            t, ev = both["time"].to_numpy(float), both["event"].to_numpy(int)
-            w = bootstrap_weights(len(both), config.n_boot, np.random.default_rng(config.seed))
-            parts = [("all", pd.Series(["all"] * len(both)))] + groupings(both, config)
-            for attribute, labels in parts:
-                names, codes = label_codes(labels)
-                for g, name in enumerate(names):
-                    idx = np.flatnonzero(codes == g)
-                    one = np.ones((1, len(idx)))
-                    ca = weighted_concordance(t[idx], ev[idx], va[idx], one)[0]
-                    cb = weighted_concordance(t[idx], ev[idx], vb[idx], one)[0]
-                    d = weighted_concordance(
-                        t[idx], ev[idx], va[idx], w[:, idx]
-                    ) - weighted_concordance(t[idx], ev[idx], vb[idx], w[:, idx])
-                    low, high = percentile_ci(d.reshape(-1, 1), config.ci_level)
-                    ok = len(idx) >= config.min_group_size and ev[idx].sum() >= min_events
-                    rows.append(
-                        _comparison_row(
-                            output,
-                            metric,
-                            a,
-                            b,
-                            attribute,
-                            name,
-                            len(idx),
-                            ca,
-                            cb,
-                            low[0],
-                            high[0],
-                            ok,
-                        )
-                    )
+            rows.extend(_risk_pairs(both, pair, config, min_events))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+def _all_and_groupings(frame: pd.DataFrame, config) -> list[tuple[str, pd.Series]]:
+    return [("all", pd.Series(["all"] * len(frame)))] + groupings(frame, config)
+
+
+def _faceage_pairs(both: pd.DataFrame, pair: tuple[str, str], config) -> list[dict]:
+    """MAE of model a minus model b on the photos both predicted, overall and per group."""
+    va, vb = both["faceage_a"].to_numpy(float), both["faceage_b"].to_numpy(float)
+    x = both["age"].to_numpy(float)
+    # the paired difference is totalled as its own column: two identical models give
+    # exactly 0 in every resample (a difference of two totals is 0 only up to the
+    # BLAS kernel's summation order, -2.4e-15 on some machines)
+    ea, eb = np.abs(va - x), np.abs(vb - x)
+    cols = np.column_stack([np.ones(len(both)), ea, eb, ea - eb])
+    boot = SubjectBootstrap.draw(
+        both["subject_id"].to_numpy(), config.n_boot, np.random.default_rng(config.seed)
+    )
+    rows = []
+    for attribute, labels in _all_and_groupings(both, config):
+        names, codes = label_codes(labels)
+        point, samples = boot.totals(cols, codes, len(names))
+        subjects = boot.subjects_per_group(codes, len(names))
+        with np.errstate(all="ignore"):
+            pa, pb = point[:, 1] / point[:, 0], point[:, 2] / point[:, 0]
+            d = samples[..., 3] / samples[..., 0]
+        low, high = percentile_ci(d, config.ci_level)
+        for g, name in enumerate(names):
+            rows.append(
+                _comparison_row(
+                    "faceage",
+                    "mae",
+                    *pair,
+                    attribute,
+                    name,
+                    int(point[g, 0]),
+                    pa[g],
+                    pb[g],
+                    low[g],
+                    high[g],
+                    subjects[g] >= config.min_group_size,
+                )
+            )
+    return rows
+
+
+def _risk_pairs(both: pd.DataFrame, pair: tuple[str, str], config, min_events: int) -> list[dict]:
+    """Harrell's C of model a minus model b on the subjects both scored, overall and per
+    group, from one draw of subject weights shared by both models."""
+    both = both[both["time"].notna() & both["event"].notna()].reset_index(drop=True)
+    va, vb = both["risk_a"].to_numpy(float), both["risk_b"].to_numpy(float)
+    t, ev = both["time"].to_numpy(float), both["event"].to_numpy(int)
+    w = bootstrap_weights(len(both), config.n_boot, np.random.default_rng(config.seed))
+    rows = []
+    for attribute, labels in _all_and_groupings(both, config):
+        names, codes = label_codes(labels)
+        for g, name in enumerate(names):
+            idx = np.flatnonzero(codes == g)
+            one = np.ones((1, len(idx)))
+            ca = weighted_concordance(t[idx], ev[idx], va[idx], one)[0]
+            cb = weighted_concordance(t[idx], ev[idx], vb[idx], one)[0]
+            d = weighted_concordance(t[idx], ev[idx], va[idx], w[:, idx]) - weighted_concordance(
+                t[idx], ev[idx], vb[idx], w[:, idx]
+            )
+            low, high = percentile_ci(d.reshape(-1, 1), config.ci_level)
+            ok = len(idx) >= config.min_group_size and ev[idx].sum() >= min_events
+            rows.append(
+                _comparison_row(
+                    "risk", "c_index", *pair, attribute, name, len(idx), ca, cb, low[0], high[0], ok
+                )
+            )
+    return rows
 
 
 def _comparison_row(output, metric, a, b, attribute, name, n, va, vb, low, high, ok) -> dict:

@@ -197,24 +197,21 @@ class _Facts:
         )
         return cls(run, config, declared, has, outcomes, sites, reference, covariates, ctx)
 
-    def unpack(self):
-        """The names the answers use (as the one function they were written in had them)."""
-        card = ("model card", "model_card.html")
+    def declared_any(self, key: str) -> bool:
+        """Whether any model's spec declares ``key`` under ``card:``."""
+        return any(d.get(key) for d in self.declared)
 
-        def page(anchor, label):
-            return (label, f"index.html#{anchor}")
 
-        def declared_any(key: str) -> bool:
-            return any(d.get(key) for d in self.declared)
+CARD = ("model card", "model_card.html")
 
-        return (self.run, self.config, self.declared, self.has, self.outcomes, self.sites,
-                self.reference, self.covariates, card, page, declared_any, self.ctx)  # fmt: skip
+
+def page(anchor: str, label: str) -> tuple[str, str]:
+    """A link to a section of the run page."""
+    return (label, f"index.html#{anchor}")
 
 
 def _title_abstract(f: _Facts) -> dict:
     """Items of the title and abstract section."""
-    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
-     ctx) = f.unpack()  # fmt: skip
     a: dict[str, tuple[str, list, str]] = {}
     a["1"] = (
         PARTLY,
@@ -233,30 +230,29 @@ def _title_abstract(f: _Facts) -> dict:
 
 def _introduction(f: _Facts) -> dict:
     """Items of the introduction section."""
-    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
-     ctx) = f.unpack()  # fmt: skip
+    has = f.has
     a: dict[str, tuple[str, list, str]] = {}
     a["3a"] = (
         (
             PARTLY,
-            [card],
+            [CARD],
             "The model card gives the declared intended use; the clinical "
             "rationale and existing models are the study team's to state.",
         )
-        if declared_any("intended_use")
+        if f.declared_any("intended_use")
         else (NOT_ANSWERED, [], "No intended use is declared in the model spec (card:). " + TEAM)
     )
     n_target = sum(
         bool(x)
         for x in (
-            declared_any("intended_use") or declared_any("population"),
-            declared_any("users"),
+            f.declared_any("intended_use") or f.declared_any("population"),
+            f.declared_any("users"),
             has["representativeness"],
         )
     )
     a["3b"] = (
         (ANSWERED if n_target == 3 else PARTLY if n_target else NOT_ANSWERED),
-        [card, page("composition", "intended-use population")],
+        [CARD, page("composition", "intended-use population")],
         "From the model card (intended use, population, users) and the configured "
         "intended-use population."
         + (
@@ -268,9 +264,9 @@ def _introduction(f: _Facts) -> dict:
                 for x, ok in (
                     (
                         "intended use or population",
-                        declared_any("intended_use") or declared_any("population"),
+                        f.declared_any("intended_use") or f.declared_any("population"),
                     ),
-                    ("intended users (card: users)", declared_any("users")),
+                    ("intended users (card: users)", f.declared_any("users")),
                     (
                         "[fairness.intended_population] in the audit config",
                         has["representativeness"],
@@ -302,12 +298,22 @@ def _introduction(f: _Facts) -> dict:
 
 def _methods(f: _Facts) -> dict:
     """Items of the methods section."""
-    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
-     ctx) = f.unpack()  # fmt: skip
+    return {
+        **_source_and_participants(f),
+        **_outcome_and_predictors(f),
+        **_sample_size_and_missing(f),
+        **_analytical_methods(f),
+        **_imbalance_fairness_output(f),
+    }
+
+
+def _source_and_participants(f: _Facts) -> dict:
+    """Items 5 to 7: source of data, participants, data preparation."""
+    run, has, sites, covariates = f.run, f.has, f.sites, f.covariates
     a: dict[str, tuple[str, list, str]] = {}
     a["5a"] = (
         (ANSWERED if has["representativeness"] else PARTLY),
-        [page("composition", "cohort composition"), card],
+        [page("composition", "cohort composition"), CARD],
         f"Cohort {run['cohort_name']!s} (SHA-256 in the audit trail)"
         + (
             "; representativeness tested against the intended-use population."
@@ -353,6 +359,13 @@ def _methods(f: _Facts) -> dict:
         "Great Expectations suites, quarantine with reasons, face detection and alignment; "
         "the exclusion share by group is shown to check that checks fall alike on groups.",
     )
+    return a
+
+
+def _outcome_and_predictors(f: _Facts) -> dict:
+    """Items 8 and 9: outcome and predictors."""
+    config, has, outcomes, covariates = f.config, f.has, f.outcomes, f.covariates
+    a: dict[str, tuple[str, list, str]] = {}
     if outcomes:
         horizons = (config.get("survival") or {}).get("horizons")
         a["8a"] = (
@@ -372,13 +385,13 @@ def _methods(f: _Facts) -> dict:
     a["8c"] = (NOT_ANSWERED, [], "Whether outcomes were recorded blind to the photos. " + TEAM)
     a["9a"] = (
         ANSWERED,
-        [page("survival", "survival"), card],
+        [page("survival", "survival"), CARD],
         "The predictors are the audited models' outputs (FaceAge, risk score)"
         + (f"; clinical covariates: {', '.join(covariates)}." if covariates else "."),
     )
     a["9b"] = (
         PARTLY,
-        [card, page("trail", "models in the audit trail")],
+        [CARD, page("trail", "models in the audit trail")],
         "Each model's input size, normalisation and checkpoint SHA-256 are in the model "
         "card; when each photo was taken relative to baseline is the team's to state.",
     )
@@ -387,6 +400,13 @@ def _methods(f: _Facts) -> dict:
         [],
         "The predictors are computed by the models, not judged by people.",
     )
+    return a
+
+
+def _sample_size_and_missing(f: _Facts) -> dict:
+    """Items 10 and 11: sample size and missing data."""
+    outcomes, ctx = f.outcomes, f.ctx
+    a: dict[str, tuple[str, list, str]] = {}
     if outcomes:
         enough = outcomes["events"] >= 100
         a["10"] = (
@@ -409,6 +429,13 @@ def _methods(f: _Facts) -> dict:
         "Rows missing required values are quarantined with their reason; survival "
         "models are complete-case and say how many rows each dropped.",
     )
+    return a
+
+
+def _analytical_methods(f: _Facts) -> dict:
+    """Item 12: analytical methods."""
+    run, config, sites = f.run, f.config, f.sites
+    a: dict[str, tuple[str, list, str]] = {}
     folds = (config.get("survival") or {}).get("folds")
     a["12a"] = (
         ANSWERED,
@@ -424,7 +451,7 @@ def _methods(f: _Facts) -> dict:
     )
     a["12c"] = (
         PARTLY,
-        [card, page("survival", "survival")],
+        [CARD, page("survival", "survival")],
         "The audited models are evaluated, not developed: their development is in the "
         "training data the card declares. Cox models (lifelines, Efron ties) are fitted "
         "here to measure prognostic value.",
@@ -452,11 +479,18 @@ def _methods(f: _Facts) -> dict:
     a["12f"] = (NOT_APPLICABLE, [], "The audit does not update or recalibrate the models.")
     a["12g"] = (
         ANSWERED,
-        [card, page("trail", "models in the audit trail")],
+        [CARD, page("trail", "models in the audit trail")],
         "Model specs and checkpoint SHA-256; predictions computed by faceage-audit "
         f"{run['code_version']} on the aligned crops (kind 'predictions': supplied in "
         "the cohort table).",
     )
+    return a
+
+
+def _imbalance_fairness_output(f: _Facts) -> dict:
+    """Items 13 to 15: class imbalance, fairness and model output."""
+    config, has = f.config, f.has
+    a: dict[str, tuple[str, list, str]] = {}
     a["13"] = (
         NOT_APPLICABLE,
         [],
@@ -476,7 +510,7 @@ def _methods(f: _Facts) -> dict:
     judged = (config.get("thresholds") or {}).get("net_benefit_range") or []
     a["15"] = (
         ANSWERED,
-        [card, page("survival", "survival")],
+        [CARD, page("survival", "survival")],
         "FaceAge in years; risk as a continuous score (higher is worse), grouped into "
         "quartiles of this cohort for display. Decision curves give the net benefit "
         "of acting on each score's cross-fitted risk of death over a range of "
@@ -493,20 +527,19 @@ def _methods(f: _Facts) -> dict:
 
 def _open_science(f: _Facts) -> dict:
     """Items of the open science section."""
-    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
-     ctx) = f.unpack()  # fmt: skip
+    run, reference = f.run, f.reference
     a: dict[str, tuple[str, list, str]] = {}
     if reference:
         a["16"] = (
             ANSWERED,
-            [page("drift", "drift"), card],
+            [page("drift", "drift"), CARD],
             f"Distributions compared with reference run {reference}; declared training "
             "data in the model card.",
         )
-    elif declared_any("training_data"):
+    elif f.declared_any("training_data"):
         a["16"] = (
             PARTLY,
-            [card],
+            [CARD],
             "The model card sets the declared training data beside this "
             "cohort; run with --reference to compare distributions.",
         )
@@ -537,8 +570,7 @@ def _open_science(f: _Facts) -> dict:
 
 def _results(f: _Facts) -> dict:
     """Items of the results section."""
-    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
-     ctx) = f.unpack()  # fmt: skip
+    has, outcomes, sites, reference, ctx = f.has, f.outcomes, f.sites, f.reference, f.ctx
     a: dict[str, tuple[str, list, str]] = {}
     a["20a"] = (
         ANSWERED,
@@ -567,12 +599,12 @@ def _results(f: _Facts) -> dict:
         "Every estimate carries its photos, subjects and events.",
     )
     a["22"] = (
-        (ANSWERED if declared_any("license") else PARTLY),
-        [card, page("trail", "models in the audit trail")],
+        (ANSWERED if f.declared_any("license") else PARTLY),
+        [CARD, page("trail", "models in the audit trail")],
         "Model specs and checkpoint SHA-256 identify the exact models"
         + (
             "; access terms in the model card."
-            if declared_any("license")
+            if f.declared_any("license")
             else "; access and re-use terms are not declared (card: license)."
         ),
     )
@@ -596,8 +628,7 @@ def _results(f: _Facts) -> dict:
 
 def _discussion(f: _Facts) -> dict:
     """Items of the discussion section."""
-    (run, config, declared, has, outcomes, sites, reference, covariates, card, page, declared_any,
-     ctx) = f.unpack()  # fmt: skip
+    has = f.has
     a: dict[str, tuple[str, list, str]] = {}
     a["25"] = (
         PARTLY,
@@ -605,7 +636,7 @@ def _discussion(f: _Facts) -> dict:
         "The verdict interprets results against pre-set thresholds, fairness included; "
         "relating them to previous studies is the team's.",
     )
-    a["26"] = (ANSWERED, [card], "The model card's limitations, derived from this run's results.")
+    a["26"] = (ANSWERED, [CARD], "The model card's limitations, derived from this run's results.")
     a["27a"] = (
         (
             ANSWERED,
@@ -620,8 +651,8 @@ def _discussion(f: _Facts) -> dict:
         )
     )
     a["27b"] = (
-        (ANSWERED, [card], "Intended users as declared in the model card.")
-        if declared_any("users")
+        (ANSWERED, [CARD], "Intended users as declared in the model card.")
+        if f.declared_any("users")
         else (NOT_ANSWERED, [], TEAM)
     )
     return a

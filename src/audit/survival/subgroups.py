@@ -37,14 +37,16 @@ SUBGROUP_COLUMNS = columns("survival_subgroups")
 TEST_COLUMNS = columns("survival_tests")
 
 
+_NO_HR = {"hr": np.nan, "hr_low": np.nan, "hr_high": np.nan, "p_value": np.nan}
+
+
 def _hr(df: pd.DataFrame, term: str, numeric: list[str], categorical: dict) -> dict:
-    nothing = {"hr": np.nan, "hr_low": np.nan, "hr_high": np.nan, "p_value": np.nan}
     fit = fit_cox(df, design_matrix(df, numeric, categorical))
     if not fit.ok:
-        return {**nothing, "status": "not_converged", "note": fit.reason}
+        return {**_NO_HR, "status": "not_converged", "note": fit.reason}
     if term not in fit.summary.index:
         return {
-            **nothing,
+            **_NO_HR,
             "status": "not_fitted",
             "note": f"{term} does not vary within the group's complete cases",
         }
@@ -81,71 +83,24 @@ def survival_subgroups(
     need = {"time", "event", "age"}
     if not need <= set(subjects.columns) or subjects["event"].isna().all():
         return pd.DataFrame(columns=SUBGROUP_COLUMNS), pd.DataFrame(columns=TEST_COLUMNS)
-    df = add_fairness_groups(subjects, age_cuts).dropna(subset=["time", "event", "age"])
-    df = df.reset_index(drop=True)
-    df["age_decade_num"] = df["age"].astype(float) / 10.0
+    df, predictors = _predictor_frame(subjects, outputs, age_cuts)
     has_sex = "sex" in df.columns and df["sex"].nunique() > 1
-    predictors = []
-    if "faceage" in outputs and "faceage" in df.columns:
-        df["faceage_decade"] = df["faceage"].astype(float) / 10.0
-        predictors.append(("faceage_per_decade", "faceage_decade"))
-    if "risk" in outputs and "risk" in df.columns:
-        r = df["risk"].astype(float)
-        # the cohort's quartiles by value, as everywhere (audit.stats.groups)
-        df["risk_quartile"] = group_index(r, quantile_cuts(r, 4)) + 1
-        df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
-        predictors.append(("risk_q4_vs_q1", "risk_q4"))
     rows, tests = [], []
     for attribute, labels in attribute_groupings(df, config.survival_attributes):
         cat = {"sex": "male"} if has_sex and attribute != "sex" else {}
-        adjustment = "age" + (" and sex" if cat else "")
         for name, term in predictors:
             fitted_groups = []
             for group in natural_order(labels.dropna().unique()):
-                sub = df[labels == group]
-                if name == "risk_q4_vs_q1":
-                    sub = sub[sub["risk_quartile"].isin([1, 4])].copy()
-                    sub["risk_q4"] = (sub["risk_quartile"] == 4).astype(float)
-                events = int(sub["event"].sum())
                 row = {
                     "model": model,
                     "predictor": name,
                     "attribute": attribute,
                     "group_name": str(group),
-                    "n": len(sub),
-                    "events": events,
-                    "adjustment": adjustment,
+                    "adjustment": "age" + (" and sex" if cat else ""),
                 }
-                if name == "risk_q4_vs_q1" and not (sub["risk_q4"].nunique() == 2):
-                    rows.append(
-                        {
-                            **row,
-                            "hr": np.nan,
-                            "hr_low": np.nan,
-                            "hr_high": np.nan,
-                            "p_value": np.nan,
-                            "status": "not_fitted",
-                            "note": _missing_quartile(sub["risk_q4"], df["risk_quartile"]),
-                        }
-                    )
-                    continue
-                if events < min_events or len(sub) < config.min_group_size:
-                    rows.append(
-                        {
-                            **row,
-                            "hr": np.nan,
-                            "hr_low": np.nan,
-                            "hr_high": np.nan,
-                            "p_value": np.nan,
-                            "status": "too_small",
-                            "note": f"{len(sub)} subjects, {events} deaths (minimum "
-                            f"{config.min_group_size} subjects, {min_events} deaths)",
-                        }
-                    )
-                    continue
-                result = _hr(sub, term, [term, "age_decade_num"], cat)
-                rows.append({**row, **result})
-                if result["status"] == "ok":
+                row.update(_group_hr(df, labels == group, name, term, cat, config, min_events))
+                rows.append(row)
+                if row["status"] == "ok":
                     fitted_groups.append(group)
             if len(fitted_groups) >= 2:
                 term_name, term = (
@@ -157,6 +112,52 @@ def survival_subgroups(
                     _interaction(df, labels, fitted_groups, model, term_name, term, attribute, cat)
                 )
     return (pd.DataFrame(rows, columns=SUBGROUP_COLUMNS), pd.DataFrame(tests, columns=TEST_COLUMNS))
+
+
+def _predictor_frame(
+    subjects: pd.DataFrame, outputs: list[str], age_cuts: list[float]
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """The complete-case subjects with the model's terms (FaceAge per decade, the risk
+    score's cohort quartile and SD units, age per decade), and ``(predictor, term)`` for
+    each output the model has."""
+    df = add_fairness_groups(subjects, age_cuts).dropna(subset=["time", "event", "age"])
+    df = df.reset_index(drop=True)
+    df["age_decade_num"] = df["age"].astype(float) / 10.0
+    predictors = []
+    if "faceage" in outputs and "faceage" in df.columns:
+        df["faceage_decade"] = df["faceage"].astype(float) / 10.0
+        predictors.append(("faceage_per_decade", "faceage_decade"))
+    if "risk" in outputs and "risk" in df.columns:
+        r = df["risk"].astype(float)
+        # the cohort's quartiles by value, as everywhere (audit.stats.groups)
+        df["risk_quartile"] = group_index(r, quantile_cuts(r, 4)) + 1
+        df["risk_sd"] = (r - r.mean()) / r.std(ddof=1)
+        predictors.append(("risk_q4_vs_q1", "risk_q4"))
+    return df, predictors
+
+
+def _group_hr(
+    df: pd.DataFrame, in_group, name: str, term: str, cat: dict, config, min_events: int
+) -> dict:
+    """One group's hazard ratio of ``term`` adjusted for age (and sex): ``n``, ``events``
+    and the fit's columns, or why it was not fitted (no Q1 or Q4, too few subjects or
+    deaths)."""
+    sub = df[in_group]
+    if name == "risk_q4_vs_q1":
+        sub = sub[sub["risk_quartile"].isin([1, 4])].copy()
+        sub["risk_q4"] = (sub["risk_quartile"] == 4).astype(float)
+    events = int(sub["event"].sum())
+    counts = {"n": len(sub), "events": events}
+    if name == "risk_q4_vs_q1" and not (sub["risk_q4"].nunique() == 2):
+        note = _missing_quartile(sub["risk_q4"], df["risk_quartile"])
+        return {**counts, **_NO_HR, "status": "not_fitted", "note": note}
+    if events < min_events or len(sub) < config.min_group_size:
+        note = (
+            f"{len(sub)} subjects, {events} deaths (minimum "
+            f"{config.min_group_size} subjects, {min_events} deaths)"
+        )
+        return {**counts, **_NO_HR, "status": "too_small", "note": note}
+    return {**counts, **_hr(sub, term, [term, "age_decade_num"], cat)}
 
 
 def _missing_quartile(q4: pd.Series, cohort_quartiles: pd.Series) -> str:

@@ -193,119 +193,190 @@ def fit_cox(
         not pass, or lifelines warned). Not run with strata or a penalty (scikit-survival's
         model differs there).
     """
-    data = terms.copy()
-    data["time"] = np.asarray(df["time"], float)
-    data["event"] = np.asarray(df["event"], float).astype(int)
-    if strata is not None:
-        data["_stratum"] = strata.astype(object).to_numpy()
-    data = data.dropna()
-    dropped = [c for c in terms.columns if data[c].nunique() <= 1]
-    data = data.drop(columns=dropped)
-    cols = [c for c in terms.columns if c not in dropped]
-    notes = (
-        [f"left out, constant among the fitted subjects: {', '.join(dropped)}"] if dropped else []
+    problem = _Problem.of(df, terms, penalizer, strata)
+    base = CoxFit(
+        fitter=None,
+        data=problem.data,
+        status="not_converged",
+        dropped=problem.dropped,
+        notes=list(problem.notes),
     )
-    base = CoxFit(fitter=None, data=data, status="not_converged", dropped=dropped, notes=notes)
-    if int(data["event"].sum()) == 0:
+    if int(problem.data["event"].sum()) == 0:
         base.reason = "no deaths among the fitted subjects"
         return base
-    x = data[cols].to_numpy(float)
-    center = x.mean(axis=0) if len(cols) else np.zeros(0)
-    scale = x.std(axis=0, ddof=1) if len(cols) and len(x) > 1 else np.ones(len(cols))
-    z = (x - center) / np.where(scale > 0, scale, 1.0)
-    t, e = data["time"].to_numpy(float), data["event"].to_numpy(int)
-    st = data["_stratum"].to_numpy() if strata is not None else None
-    ll_null, _ = efron_loglik(z, t, e, np.zeros(len(cols)), st)
-    base.log_likelihood_null = ll_null
-
+    base.log_likelihood_null = problem.ll_null
     failures: list[str] = []
-    attempts = list(ATTEMPTS)
-    start_from_sksurv = None
-    for i in range(len(attempts) + 1):
-        if i < len(attempts):
-            label, options = attempts[i]
-            initial = None
-        else:  # last resort: start from scikit-survival's estimate
-            if strata is not None or penalizer > 0 or not cols:
-                break
-            start_from_sksurv = _sksurv_beta(z, t, e)
-            if start_from_sksurv is None:
-                break
-            label, options = (
-                "Newton-Raphson from scikit-survival's estimate",
-                {"step_size": 0.5, "max_steps": 200},
-            )
-            initial = start_from_sksurv
-        fit = _attempt(data, cols, penalizer, strata is not None, options, initial)
+    for i, (label, options, initial) in enumerate(_attempts(problem)):
+        fit = _attempt(problem, options, initial)
         if isinstance(fit, str):
             failures.append(f"{label}: {fit}")
             continue
         cph, caught = fit
-        verdict, decrement = _check(cph, cols, z, scale, t, e, st, penalizer, ll_null)
+        verdict, decrement = _check(cph, problem)
         if verdict is not None:
             failures.append(f"{label}: {verdict}")
-            wild = _separating(cph, cols, scale)
+            wild = _separating(cph, problem)
             if wild and i >= 1:  # a damped step runs off too: the estimate is infinite, and
                 base.separating = wild  # no smaller step finds a finite maximum
                 break
             continue
-        result = CoxFit(
-            fitter=cph,
-            data=data,
-            status="ok",
-            method=label,
-            dropped=dropped,
-            notes=list(notes),
-            warnings=caught,
-            log_likelihood_null=ll_null,
-            log_likelihood=float(cph.log_likelihood_),
-            newton_decrement=decrement,
-        )
-        if failures:
-            result.notes.append("refitted with " + label + " after " + "; ".join(failures))
-        if caught:
-            result.notes.append(
-                "lifelines warned (checks passed): "
-                + "; ".join(sorted({w.split(".")[0] for w in caught}))
-            )
-        run_check = cross_check == "always" or (cross_check == "auto" and (failures or caught))
-        if run_check and strata is None and penalizer == 0 and cols:
-            ref = start_from_sksurv if start_from_sksurv is not None else _sksurv_beta(z, t, e)
-            if ref is not None:
-                mine = cph.params_.to_numpy() * scale
-                result.cross_check = float(np.max(np.abs(mine - ref)))
-                if result.cross_check > CROSS_CHECK_TOLERANCE * max(1.0, np.max(np.abs(ref))):
-                    result.status = "not_converged"
-                    result.reason = (
-                        f"lifelines ({label}) and scikit-survival disagree by "
-                        f"{result.cross_check:.3g} on a standardised coefficient"
-                    )
+        result = _accepted(problem, cph, caught, label, decrement, failures)
+        if cross_check == "always" or (cross_check == "auto" and (failures or caught)):
+            _cross_check(result, problem, label)
         return result
-    if base.separating:
-        base.reason = (
-            f"the likelihood keeps rising as the coefficient of "
-            f"{', '.join(base.separating)} grows (monotone likelihood: the term "
-            "separates deaths from survivors, or is nearly constant among the "
-            "deaths); its hazard ratio is infinite, so this model is not reported"
-        )
-    else:
-        base.reason = "no fit passed the convergence checks: " + "; ".join(failures)
+    base.reason = _failure_reason(base.separating, failures)
     return base
 
 
-def _attempt(data, cols, penalizer, stratified, options, initial):
+@dataclass
+class _Problem:
+    """One Cox model to fit: the complete cases, the terms kept, their standardised values
+    ``z`` (centre and ``scale`` per term) and the null model's log-likelihood."""
+
+    data: pd.DataFrame
+    cols: list[str]
+    dropped: list[str]
+    notes: list[str]
+    z: np.ndarray
+    scale: np.ndarray
+    t: np.ndarray
+    e: np.ndarray
+    st: np.ndarray | None
+    penalizer: float
+    ll_null: float = float("nan")
+    sksurv_beta: np.ndarray | None = None  # scikit-survival's estimate, once computed
+
+    @classmethod
+    def of(cls, df, terms: pd.DataFrame, penalizer: float, strata) -> _Problem:
+        data = terms.copy()
+        data["time"] = np.asarray(df["time"], float)
+        data["event"] = np.asarray(df["event"], float).astype(int)
+        if strata is not None:
+            data["_stratum"] = strata.astype(object).to_numpy()
+        data = data.dropna()
+        dropped = [c for c in terms.columns if data[c].nunique() <= 1]
+        data = data.drop(columns=dropped)
+        cols = [c for c in terms.columns if c not in dropped]
+        notes = (
+            [f"left out, constant among the fitted subjects: {', '.join(dropped)}"]
+            if dropped
+            else []
+        )
+        x = data[cols].to_numpy(float)
+        center = x.mean(axis=0) if len(cols) and len(x) else np.zeros(len(cols))
+        scale = x.std(axis=0, ddof=1) if len(cols) and len(x) > 1 else np.ones(len(cols))
+        problem = cls(
+            data=data,
+            cols=cols,
+            dropped=dropped,
+            notes=notes,
+            z=(x - center) / np.where(scale > 0, scale, 1.0),
+            scale=scale,
+            t=data["time"].to_numpy(float),
+            e=data["event"].to_numpy(int),
+            st=data["_stratum"].to_numpy() if strata is not None else None,
+            penalizer=penalizer,
+        )
+        if problem.e.sum() > 0:
+            problem.ll_null, _ = efron_loglik(
+                problem.z, problem.t, problem.e, np.zeros(len(cols)), problem.st
+            )
+        return problem
+
+    @property
+    def plain(self) -> bool:
+        """Unstratified, unpenalised, with terms: scikit-survival fits the same model."""
+        return self.st is None and self.penalizer == 0 and bool(self.cols)
+
+    def reference(self) -> np.ndarray | None:
+        """scikit-survival's estimate on the standardised terms (computed once)."""
+        if self.sksurv_beta is None:
+            self.sksurv_beta = _sksurv_beta(self.z, self.t, self.e)
+        return self.sksurv_beta
+
+
+def _attempts(problem: _Problem):
+    """``(label, lifelines fit_options, initial point)`` of each attempt in turn: the
+    :data:`ATTEMPTS`, then, as a last resort where scikit-survival fits the same model,
+    damped steps from its estimate."""
+    for label, options in ATTEMPTS:
+        yield label, options, None
+    if problem.plain and problem.reference() is not None:
+        yield (
+            "Newton-Raphson from scikit-survival's estimate",
+            {"step_size": 0.5, "max_steps": 200},
+            problem.sksurv_beta,
+        )
+
+
+def _accepted(problem: _Problem, cph, caught, label, decrement, failures) -> CoxFit:
+    """The fit that passed the checks, with notes on the attempts before it and on
+    lifelines' warnings."""
+    result = CoxFit(
+        fitter=cph,
+        data=problem.data,
+        status="ok",
+        method=label,
+        dropped=problem.dropped,
+        notes=list(problem.notes),
+        warnings=caught,
+        log_likelihood_null=problem.ll_null,
+        log_likelihood=float(cph.log_likelihood_),
+        newton_decrement=decrement,
+    )
+    if failures:
+        result.notes.append("refitted with " + label + " after " + "; ".join(failures))
+    if caught:
+        result.notes.append(
+            "lifelines warned (checks passed): "
+            + "; ".join(sorted({w.split(".")[0] for w in caught}))
+        )
+    return result
+
+
+def _cross_check(result: CoxFit, problem: _Problem, label: str) -> None:
+    """Compare the standardised coefficients with scikit-survival's; a disagreement makes
+    the fit ``not_converged``."""
+    if not problem.plain:
+        return
+    ref = problem.reference()
+    if ref is None:
+        return
+    mine = result.fitter.params_.to_numpy() * problem.scale
+    result.cross_check = float(np.max(np.abs(mine - ref)))
+    if result.cross_check > CROSS_CHECK_TOLERANCE * max(1.0, np.max(np.abs(ref))):
+        result.status = "not_converged"
+        result.reason = (
+            f"lifelines ({label}) and scikit-survival disagree by "
+            f"{result.cross_check:.3g} on a standardised coefficient"
+        )
+
+
+def _failure_reason(separating: list[str], failures: list[str]) -> str:
+    """Why no attempt gave a fit."""
+    if separating:
+        return (
+            f"the likelihood keeps rising as the coefficient of "
+            f"{', '.join(separating)} grows (monotone likelihood: the term "
+            "separates deaths from survivors, or is nearly constant among the "
+            "deaths); its hazard ratio is infinite, so this model is not reported"
+        )
+    return "no fit passed the convergence checks: " + "; ".join(failures)
+
+
+def _attempt(p: _Problem, options: dict, initial):
     """One lifelines fit: ``(fitter, warnings)`` or the error's text."""
     from lifelines import CoxPHFitter
 
-    cph = CoxPHFitter(penalizer=penalizer)
+    cph = CoxPHFitter(penalizer=p.penalizer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             cph.fit(
-                data,
+                p.data,
                 duration_col="time",
                 event_col="event",
-                strata=["_stratum"] if stratified else None,
+                strata=["_stratum"] if p.st is not None else None,
                 fit_options=options or None,
                 initial_point=None if initial is None else np.asarray(initial, float),
             )
@@ -332,28 +403,29 @@ def _attempt(data, cols, penalizer, stratified, options, initial):
     return cph, texts
 
 
-def _decrement(cph, cols, z, scale, t, e, st, penalizer) -> float:
-    if not cols:
+def _decrement(cph, p: _Problem) -> float:
+    """The Newton decrement ``g' V g / 2`` at lifelines' estimate, on standardised terms."""
+    if not p.cols:
         return 0.0
-    beta_z = cph.params_.to_numpy() * scale
-    _, grad = efron_loglik(z, t, e, beta_z, st)
-    if penalizer > 0:
-        grad = grad - len(t) * penalizer * beta_z
-    v = cph.variance_matrix_.to_numpy(float) * np.outer(scale, scale)
+    beta_z = cph.params_.to_numpy() * p.scale
+    _, grad = efron_loglik(p.z, p.t, p.e, beta_z, p.st)
+    if p.penalizer > 0:
+        grad = grad - len(p.t) * p.penalizer * beta_z
+    v = cph.variance_matrix_.to_numpy(float) * np.outer(p.scale, p.scale)
     return float(grad @ v @ grad / 2)
 
 
-def _check(cph, cols, z, scale, t, e, st, penalizer, ll_null) -> tuple[str | None, float]:
+def _check(cph, p: _Problem) -> tuple[str | None, float]:
     """Why the fit fails the checks (None when it passes), and its Newton decrement (NaN
     where a check before it failed)."""
-    if not cols:
+    if not p.cols:
         return None, 0.0
     params = cph.params_.to_numpy(float)
     v = cph.variance_matrix_.to_numpy(float)
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(v))):
         return "the estimate or its variance is not finite", float("nan")
     try:
-        eig = np.linalg.eigvalsh(v * np.outer(scale, scale))
+        eig = np.linalg.eigvalsh(v * np.outer(p.scale, p.scale))
     except np.linalg.LinAlgError:
         return "the variance matrix cannot be decomposed", float("nan")
     if eig.min() <= 0:
@@ -361,31 +433,32 @@ def _check(cph, cols, z, scale, t, e, st, penalizer, ll_null) -> tuple[str | Non
             "the Hessian is not negative definite: a term is not estimable (collinear "
             "terms or one with no information)"
         ), float("nan")
-    wild = _separating(cph, cols, scale)
+    wild = _separating(cph, p)
     if wild:
         return (
             f"the coefficient of {', '.join(wild)} ran beyond {MAX_STANDARDISED:g} per SD "
             "(a diverging step, or an infinite estimate)"
         ), float("nan")
-    dec = _decrement(cph, cols, z, scale, t, e, st, penalizer)
+    dec = _decrement(cph, p)
     if not np.isfinite(dec) or dec > DECREMENT_TOLERANCE:
         return f"not at the maximum (Newton decrement {dec:.3g})", dec
-    if penalizer == 0 and cph.log_likelihood_ < ll_null - 1e-6 * max(1.0, abs(ll_null)):
+    ll_null = p.ll_null
+    if p.penalizer == 0 and cph.log_likelihood_ < ll_null - 1e-6 * max(1.0, abs(ll_null)):
         return (
             f"log-likelihood {cph.log_likelihood_:.4f} below the null model's {ll_null:.4f}"
         ), dec
     return None, dec
 
 
-def _separating(cph, cols, scale) -> list[str]:
+def _separating(cph, p: _Problem) -> list[str]:
     """Terms whose standardised coefficient or standard error exceeds
     :data:`MAX_STANDARDISED`."""
-    beta_z = cph.params_.to_numpy(float) * scale
+    beta_z = cph.params_.to_numpy(float) * p.scale
     with np.errstate(invalid="ignore"):
-        se_z = np.sqrt(np.diag(cph.variance_matrix_.to_numpy(float))) * scale
+        se_z = np.sqrt(np.diag(cph.variance_matrix_.to_numpy(float))) * p.scale
     return [
         c
-        for c, b, s in zip(cols, beta_z, se_z)
+        for c, b, s in zip(p.cols, beta_z, se_z)
         if not (abs(b) <= MAX_STANDARDISED and s <= MAX_STANDARDISED)
     ]
 

@@ -121,85 +121,144 @@ def render_face(
     rng: np.random.Generator,
 ) -> Image.Image:
     """One face photo (RGB, 112x112) before JPEG encoding."""
-    a = _clip01((bio_age - 25.0) / 60.0)  # 0 at 25 years, 1 at 85
-    sick = _clip01(health / 2.5)
-    grey = _clip01(1 / (1 + np.exp(-(bio_age - 55.0) / 7.0)) + rng.normal(0, 0.05))
-    skin = look.skin * (1 - 0.25 * sick) + np.array([205, 200, 170]) * 0.25 * sick
-    skin = skin * (1 - 0.08 * a)  # older skin a little duller
-    hair = look.hair * (1 - grey) + np.array([200, 200, 205]) * grey
-    line = _rgb(skin * (0.82 - 0.12 * a))
-    dark = _rgb(skin * 0.6)
-
+    face = _Face.of(look, bio_age, health, rng)
     img = Image.new("RGB", (SIZE, SIZE), _rgb(cond.background))
     d = ImageDraw.Draw(img)
-    cx, cy = SIZE / 2, SIZE / 2 + 4
-    fw = look.face_w * (1 - 0.06 * sick) * (1 + 0.04 * a)
-    fh = look.face_h
-    # hair behind the head, neck and shoulders
+    fringe_low = _draw_head(d, face, look, cond)
+    _draw_forehead_lines(d, face, look, fringe_low, rng)
+    _draw_eyes(d, face, look)
+    _draw_nose_and_mouth(d, face)
+    for _ in range(int(rng.poisson(4 * max(face.a - 0.4, 0)))):  # age spots
+        sx = face.cx + rng.uniform(-face.fw + 4, face.fw - 4)
+        sy = face.cy + rng.uniform(-face.fh + 10, face.fh - 10)
+        d.ellipse([sx - 1, sy - 1, sx + 1, sy + 1], fill=_rgb(face.skin * 0.8))
+    if look.glasses:
+        ey = face.ey
+        for side in (-1, 1):
+            ex = face.cx + side * look.eye_gap
+            d.ellipse([ex - 7, ey - 5, ex + 7, ey + 5], outline=(30, 30, 30), width=1)
+        d.line([face.cx - look.eye_gap + 7, ey, face.cx + look.eye_gap - 7, ey], fill=(30, 30, 30))
+    return _photograph(img, cond, rng)
+
+
+@dataclass
+class _Face:
+    """One face's age and illness (``a``: 0 at 25 years, 1 at 85; ``sick``: 0 to 1), its
+    colours and its geometry (centre, half width and height, eye line)."""
+
+    a: float
+    sick: float
+    skin: np.ndarray
+    hair: np.ndarray
+    line: tuple
+    dark: tuple
+    cx: float
+    cy: float
+    fw: float
+    fh: float
+    ey: float
+
+    @classmethod
+    def of(cls, look: SubjectLook, bio_age: float, health: float, rng) -> _Face:
+        a = _clip01((bio_age - 25.0) / 60.0)
+        sick = _clip01(health / 2.5)
+        grey = _clip01(1 / (1 + np.exp(-(bio_age - 55.0) / 7.0)) + rng.normal(0, 0.05))
+        skin = look.skin * (1 - 0.25 * sick) + np.array([205, 200, 170]) * 0.25 * sick
+        skin = skin * (1 - 0.08 * a)  # older skin a little duller
+        cy = SIZE / 2 + 4
+        return cls(
+            a=a,
+            sick=sick,
+            skin=skin,
+            hair=look.hair * (1 - grey) + np.array([200, 200, 205]) * grey,
+            line=_rgb(skin * (0.82 - 0.12 * a)),
+            dark=_rgb(skin * 0.6),
+            cx=SIZE / 2,
+            cy=cy,
+            fw=look.face_w * (1 - 0.06 * sick) * (1 + 0.04 * a),
+            fh=look.face_h,
+            ey=cy + look.eye_y,
+        )
+
+
+def _draw_head(d, f: _Face, look: SubjectLook, cond: PhotoConditions) -> float:
+    """Hair, neck, shoulders, the face with its jowls and cheek hollows, and the fringe;
+    returns the fringe's lowest line."""
+    cx, cy, fw, fh, a = f.cx, f.cy, f.fw, f.fh, f.a
     hair_top = cy - fh - 6 + (8 * a if look.male else 0)  # recession for men
     d.ellipse(
         [cx - fw - 5, hair_top, cx + fw + 5, cy + (10 if look.hair_style == 2 else -5)],
-        fill=_rgb(hair),
+        fill=_rgb(f.hair),
     )
-    d.rectangle([cx - 12, cy + fh - 8, cx + 12, SIZE], fill=_rgb(skin * 0.9))
+    d.rectangle([cx - 12, cy + fh - 8, cx + 12, SIZE], fill=_rgb(f.skin * 0.9))
     d.ellipse([cx - 45, cy + fh + 2, cx + 45, cy + fh + 60], fill=_rgb(cond.background * 0.5))
     # face, with jowls that widen the lower face as it sags
-    d.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=_rgb(skin))
+    d.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=_rgb(f.skin))
     sag = 4 * a
-    d.ellipse([cx - fw + 2 - sag, cy + 6, cx - fw + 14, cy + fh - 4 + sag], fill=_rgb(skin))
-    d.ellipse([cx + fw - 14, cy + 6, cx + fw - 2 + sag, cy + fh - 4 + sag], fill=_rgb(skin))
-    # fringe / hairline
+    d.ellipse([cx - fw + 2 - sag, cy + 6, cx - fw + 14, cy + fh - 4 + sag], fill=_rgb(f.skin))
+    d.ellipse([cx + fw - 14, cy + 6, cx + fw - 2 + sag, cy + fh - 4 + sag], fill=_rgb(f.skin))
     fringe_low = cy - fh + 10 - (7 * a if look.male else 0)
+    hair = _rgb(f.hair)
     if look.hair_style == 0:
-        d.chord([cx - fw, cy - fh - 4, cx + fw, fringe_low + 6], 180, 360, fill=_rgb(hair))
+        d.chord([cx - fw, cy - fh - 4, cx + fw, fringe_low + 6], 180, 360, fill=hair)
     elif look.hair_style == 1:
-        d.pieslice([cx - fw, cy - fh - 4, cx + fw, fringe_low + 10], 190, 350, fill=_rgb(hair))
+        d.pieslice([cx - fw, cy - fh - 4, cx + fw, fringe_low + 10], 190, 350, fill=hair)
     else:
-        d.chord([cx - fw - 2, cy - fh - 6, cx + fw + 2, fringe_low + 2], 180, 360, fill=_rgb(hair))
-    # cheek hollows (thin cheeks with illness)
-    if sick > 0.05:
-        hollow = _rgb(skin * (1 - 0.22 * sick))
+        d.chord([cx - fw - 2, cy - fh - 6, cx + fw + 2, fringe_low + 2], 180, 360, fill=hair)
+    if f.sick > 0.05:  # cheek hollows (thin cheeks with illness)
+        hollow = _rgb(f.skin * (1 - 0.22 * f.sick))
         d.ellipse([cx - fw + 4, cy + 2, cx - fw + 12, cy + 16], fill=hollow)
         d.ellipse([cx + fw - 12, cy + 2, cx + fw - 4, cy + 16], fill=hollow)
-    # forehead wrinkles
-    n_lines = int(round(5 * a + rng.normal(0, 0.4)))
-    top = max(fringe_low + 3, cy - fh + 8)
+    return fringe_low
+
+
+def _draw_forehead_lines(d, f: _Face, look: SubjectLook, fringe_low: float, rng) -> None:
+    n_lines = int(round(5 * f.a + rng.normal(0, 0.4)))
+    top = max(fringe_low + 3, f.cy - f.fh + 8)
     for k in range(max(n_lines, 0)):
         y = top + 3 * k + 2
-        if y > cy + look.eye_y - 7:
+        if y > f.cy + look.eye_y - 7:
             break
-        d.arc([cx - 14, y - 2, cx + 14, y + 4], 200, 340, fill=line, width=1)
-    ey = cy + look.eye_y
+        d.arc([f.cx - 14, y - 2, f.cx + 14, y + 4], 200, 340, fill=f.line, width=1)
+
+
+def _draw_eyes(d, f: _Face, look: SubjectLook) -> None:
+    """Eyes, brows, bags under the eyes (age and illness) and crow's feet."""
+    a, ey = f.a, f.ey
     for side in (-1, 1):
-        ex = cx + side * look.eye_gap
+        ex = f.cx + side * look.eye_gap
         d.ellipse([ex - 5, ey - 2.5, ex + 5, ey + 2.5], fill=(245, 245, 240))
         d.ellipse([ex - 2, ey - 2, ex + 2, ey + 2], fill=(45, 35, 30))
-        d.line([ex - 6, ey - 6 + a, ex + 6, ey - 6 - a * 0.5], fill=_rgb(hair * 0.7), width=2)
-        bags = _clip01(a * 1.1 + 0.4 * sick - 0.15)
+        d.line([ex - 6, ey - 6 + a, ex + 6, ey - 6 - a * 0.5], fill=_rgb(f.hair * 0.7), width=2)
+        bags = _clip01(a * 1.1 + 0.4 * f.sick - 0.15)
         if bags > 0:
             d.arc(
                 [ex - 5, ey + 1, ex + 5, ey + 6 + 2 * bags],
                 20,
                 160,
-                fill=_rgb(skin * (1 - 0.35 * bags)),
+                fill=_rgb(f.skin * (1 - 0.35 * bags)),
                 width=1 + int(bags > 0.6),
             )
         if a > 0.35:  # crow's feet
             for k in (-1, 0, 1):
                 d.line(
                     [ex + side * 6, ey, ex + side * (9 + 2 * a), ey + k * (2 + 2 * a)],
-                    fill=line,
+                    fill=f.line,
                     width=1,
                 )
-    # nose, nasolabial folds, mouth
-    d.line([cx, ey + 2, cx - 2, cy + 9], fill=dark, width=1)
-    d.line([cx - 2, cy + 9, cx + 3, cy + 9], fill=dark, width=1)
+
+
+def _draw_nose_and_mouth(d, f: _Face) -> None:
+    """Nose, nasolabial folds (from middle age) and a mouth whose corners drop with age."""
+    cx, cy, a = f.cx, f.cy, f.a
+    d.line([cx, f.ey + 2, cx - 2, cy + 9], fill=f.dark, width=1)
+    d.line([cx - 2, cy + 9, cx + 3, cy + 9], fill=f.dark, width=1)
     if a > 0.25:
-        fold = _rgb(skin * (1 - 0.25 * a))
+        fold = _rgb(f.skin * (1 - 0.25 * a))
         d.arc([cx - 14, cy + 5, cx - 4, cy + 22], 100, 200, fill=fold, width=1)
         d.arc([cx + 4, cy + 5, cx + 14, cy + 22], 340, 80, fill=fold, width=1)
     mouth_y = cy + 16 + 2 * a
-    lip = _rgb(skin * np.array([0.85, 0.6, 0.6]))
+    lip = _rgb(f.skin * np.array([0.85, 0.6, 0.6]))
     d.arc(
         [cx - 8, mouth_y - 4 - 2 * a, cx + 8, mouth_y + 3],
         20 + 10 * a,
@@ -207,16 +266,11 @@ def render_face(
         fill=lip,
         width=2,
     )
-    # age spots
-    for _ in range(int(rng.poisson(4 * max(a - 0.4, 0)))):
-        sx, sy = cx + rng.uniform(-fw + 4, fw - 4), cy + rng.uniform(-fh + 10, fh - 10)
-        d.ellipse([sx - 1, sy - 1, sx + 1, sy + 1], fill=_rgb(skin * 0.8))
-    if look.glasses:
-        for side in (-1, 1):
-            ex = cx + side * look.eye_gap
-            d.ellipse([ex - 7, ey - 5, ex + 7, ey + 5], outline=(30, 30, 30), width=1)
-        d.line([cx - look.eye_gap + 7, ey, cx + look.eye_gap - 7, ey], fill=(30, 30, 30))
 
+
+def _photograph(img: Image.Image, cond: PhotoConditions, rng) -> Image.Image:
+    """The drawing as a camera takes it: slight blur, pose (rotation, shift, scale), the
+    light's gain, side ramp and colour temperature, and sensor noise."""
     img = img.filter(ImageFilter.GaussianBlur(0.5))
     img = img.rotate(
         cond.angle,

@@ -97,7 +97,6 @@ def subgroup_net_benefit(
     prob = np.asarray(probability, float)
     thresholds = np.asarray(thresholds, float)
     useful = {round(float(v), 10) for v in overall_useful}
-    n_t = len(thresholds)
     frames = []
     for a, (attribute, labels) in enumerate(groups):
         labels = np.asarray(pd.Series(labels, dtype=object).where(pd.notna(labels), None))
@@ -105,50 +104,16 @@ def subgroup_net_benefit(
         rows, points, boots = [], [], []
         for g, name in enumerate(names):
             idx = np.flatnonzero(labels == name)
-            t, e, p = time[idx], event[idx], prob[idx]
-            deaths = int(((e == 1) & (t <= horizon)).sum())
-            row = pd.DataFrame({"threshold": thresholds}).assign(
-                attribute=attribute,
-                group_name=str(name),
-                n=len(idx),
-                events=deaths,
-                positive_rate=(p[:, None] >= thresholds[None, :]).mean(axis=0),
-            )
-            if len(idx) < min_group_size or deaths < min_events:
-                rows.append(row.assign(status="too_small"))
-                continue
-            w = with_resamples(len(idx), n_boot, [seed, a, g])
-            nb = net_benefit(t, e, p[:, None] >= thresholds[None, :], thresholds, horizon, w)
-            nb_all = net_benefit(t, e, np.ones((len(idx), n_t), dtype=bool), thresholds, horizon, w)
-            gain = nb - np.maximum(nb_all, 0.0)
-            low, high = percentile_ci(gain[1:], level)
-            rows.append(
-                row.assign(
-                    net_benefit=nb[0],
-                    treat_all=nb_all[0],
-                    gain=gain[0],
-                    gain_low=low,
-                    gain_high=high,
-                    status="judged",
-                )
-            )
-            points.append(gain[0])
-            boots.append(gain[1:])
-        if not rows:
-            continue
-        frame = pd.concat(rows, ignore_index=True)
-        judged = frame["status"] == "judged"
-        if judged.any():
-            point = np.concatenate(points)
-            band_low, band_high, _ = maxt_band(point, np.hstack(boots), level, np.isfinite(point))
-            frame.loc[judged, "band_low"] = band_low
-            frame.loc[judged, "band_high"] = band_high
-            status = np.where(
-                band_high < 0, "harmful", np.where(band_low > 0, "useful", "uncertain")
-            )
-            status = np.where(np.isfinite(point), status, "undefined")
-            frame.loc[judged, "status"] = status
-        frames.append(frame)
+            row, gain = _group_gain(
+                time[idx], event[idx], prob[idx], thresholds, horizon, [seed, a, g], level,
+                n_boot=n_boot, min_group_size=min_group_size, min_events=min_events,
+            )  # fmt: skip
+            rows.append(row.assign(attribute=attribute, group_name=str(name)))
+            if gain is not None:
+                points.append(gain[0])
+                boots.append(gain[1:])
+        if rows:
+            frames.append(_judge(pd.concat(rows, ignore_index=True), points, boots, level))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     out = pd.concat(frames, ignore_index=True).assign(
@@ -156,6 +121,53 @@ def subgroup_net_benefit(
     )
     out["overall_useful"] = out["threshold"].round(10).isin(useful)
     return out.reindex(columns=COLUMNS)
+
+
+def _group_gain(
+    t, e, p, thresholds, horizon, seed_path, level, *, n_boot, min_group_size, min_events
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """One group's rows (one per threshold) and its net-benefit gain over the better of
+    treating all or none, shape (1 + n_boot, thresholds): the point, then the resamples;
+    None when the group is too small or has too few deaths by the horizon."""
+    deaths = int(((e == 1) & (t <= horizon)).sum())
+    row = pd.DataFrame({"threshold": thresholds}).assign(
+        n=len(t),
+        events=deaths,
+        positive_rate=(p[:, None] >= thresholds[None, :]).mean(axis=0),
+    )
+    if len(t) < min_group_size or deaths < min_events:
+        return row.assign(status="too_small"), None
+    w = with_resamples(len(t), n_boot, seed_path)
+    nb = net_benefit(t, e, p[:, None] >= thresholds[None, :], thresholds, horizon, w)
+    treat_all = np.ones((len(t), len(thresholds)), dtype=bool)
+    nb_all = net_benefit(t, e, treat_all, thresholds, horizon, w)
+    gain = nb - np.maximum(nb_all, 0.0)
+    low, high = percentile_ci(gain[1:], level)
+    judged = row.assign(
+        net_benefit=nb[0],
+        treat_all=nb_all[0],
+        gain=gain[0],
+        gain_low=low,
+        gain_high=high,
+        status="judged",
+    )
+    return judged, gain
+
+
+def _judge(frame: pd.DataFrame, points: list, boots: list, level: float) -> pd.DataFrame:
+    """Simultaneous max-t bands over the judged groups' gains of one attribute, and each
+    judged row's status: ``harmful`` (band below 0), ``useful`` (above), ``uncertain``, or
+    ``undefined`` (no gain)."""
+    judged = frame["status"] == "judged"
+    if not judged.any():
+        return frame
+    point = np.concatenate(points)
+    band_low, band_high, _ = maxt_band(point, np.hstack(boots), level, np.isfinite(point))
+    frame.loc[judged, "band_low"] = band_low
+    frame.loc[judged, "band_high"] = band_high
+    status = np.where(band_high < 0, "harmful", np.where(band_low > 0, "useful", "uncertain"))
+    frame.loc[judged, "status"] = np.where(np.isfinite(point), status, "undefined")
+    return frame
 
 
 def score_decision_analysis(

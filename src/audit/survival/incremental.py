@@ -157,6 +157,32 @@ def _step_comparison(label, prev, cur, lps, concordance, df, w) -> tuple[dict, d
     return test, metric
 
 
+def _not_converged_row(label: str, model_id: str, n: int, events: int, reason: str) -> dict:
+    """The ``survival_models`` row of a nested model that did not converge."""
+    return {
+        "model": label,
+        "model_id": f"incremental__{model_id}",
+        "description": f"incremental value: {model_id.replace('+', ' + ')}",
+        "n": n,
+        "events": events,
+        "status": "not_converged",
+        "note": f"Cox fit not converged: {reason}",
+    }
+
+
+def _nested_decisions(df, designs, label: str, notes: list[str], **options) -> pd.DataFrame:
+    """The nested models' cross-fitted decision curves, or none (with a note) when a
+    cross-fitted model does not converge."""
+    try:
+        return nested_decision_curves(label, designs, df["time"], df["event"], **options)
+    except CoxNotConverged as exc:
+        notes.append(
+            "the cross-fitted nested models did not converge "
+            f"({exc.reason}): their decision curves are not computed"
+        )
+        return pd.DataFrame(columns=DECISION_COLUMNS)
+
+
 def incremental_value(
     subjects: pd.DataFrame,
     covariates: list,
@@ -194,17 +220,7 @@ def incremental_value(
     for model_id, cols in steps:
         fit = fit_cox(df, full[cols], penalizer)
         if not fit.ok:
-            models.append(
-                {
-                    "model": label,
-                    "model_id": f"incremental__{model_id}",
-                    "description": f"incremental value: {model_id.replace('+', ' + ')}",
-                    "n": len(df),
-                    "events": events,
-                    "status": "not_converged",
-                    "note": f"Cox fit not converged: {fit.reason}",
-                }
-            )
+            models.append(_not_converged_row(label, model_id, len(df), events, fit.reason))
             notes.append(
                 f"incremental value: the {model_id.replace('+', ' + ')} model did not "
                 f"converge ({fit.reason}); the steps that need it are not tested"
@@ -223,24 +239,18 @@ def incremental_value(
             metrics.append(metric)
     decisions = pd.DataFrame(columns=DECISION_COLUMNS)
     if decision_horizons:
-        try:
-            decisions = nested_decision_curves(
-                label,
-                [(f"incremental__{mid}", full[cols].to_numpy(float)) for mid, cols in steps],
-                df["time"],
-                df["event"],
-                horizons=decision_horizons,
-                thresholds=decision_thresholds,
-                n_boot=n_boot,
-                seed=seed,
-                k=folds,
-                penalizer=penalizer,
-            )
-        except CoxNotConverged as exc:
-            notes.append(
-                "the cross-fitted nested models did not converge "
-                f"({exc.reason}): their decision curves are not computed"
-            )
+        decisions = _nested_decisions(
+            df,
+            [(f"incremental__{mid}", full[cols].to_numpy(float)) for mid, cols in steps],
+            label,
+            notes,
+            horizons=decision_horizons,
+            thresholds=decision_thresholds,
+            n_boot=n_boot,
+            seed=seed,
+            k=folds,
+            penalizer=penalizer,
+        )
     return {
         "survival_models": pd.DataFrame(models, columns=MODEL_COLUMNS),
         "decision_curves": decisions,

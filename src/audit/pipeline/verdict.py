@@ -132,16 +132,7 @@ def _hr_check(
     """The lower CI bound of a hazard ratio against ``threshold``; ``inconclusive`` when the
     model has fewer than ``t.min_events_judged`` deaths or the CI's upper/lower ratio exceeds
     ``t.hr_ci_ratio_max`` (an HR of 39, CI 1.7 to 894, on 18 deaths says nothing)."""
-    term, model_id = _term(terms, model, model_ids, term_name)
-    if term is None and term_name == "risk[Q4]":  # tied scores can leave Q4 empty
-        for lower in ("risk[Q3]", "risk[Q2]"):
-            term, model_id = _term(terms, model, model_ids, lower)
-            if term is not None:
-                label = (
-                    f"{lower[5:7]} vs Q1 HR (Q4 is empty: tied scores; the highest "
-                    "quartile present)"
-                )
-                break
+    term, model_id, label = _hr_term(terms, model, model_ids, term_name, label)
     if term is None:
         failed = _not_converged(models, model, model_ids)
         if failed is not None:  # a fit the data broke is no evidence either way
@@ -157,34 +148,15 @@ def _hr_check(
                 inconclusive=True,
             )
         return _row(model, check, "survival", threshold, None, False, missing)
-    events = None
-    if models is not None and len(models):
-        sel = models[(models["model"] == model) & (models["model_id"] == model_id)]
-        if len(sel) and pd.notna(sel["events"].iloc[0]):
-            events = int(sel["events"].iloc[0])
+    events = _model_events(models, model, model_id)
     hr, low, high = float(term["hr"]), float(term["hr_low"]), float(term["hr_high"])
-    ratio = high / low if low > 0 else math.inf
     text = (
         f"{model_id}: {label} {hr:.3f} (95% CI {low:.3f} to {high:.3f}"
         + (f"; {events} deaths" if events is not None else "")
         + ")"
     )
-    short = events is not None and events < t.min_events_judged
-    wide = not ratio <= t.hr_ci_ratio_max
-    if short or wide:
-        why = []
-        if short:
-            why.append(f"{events} deaths, under the {t.min_events_judged} needed to judge")
-        if wide:
-            why.append(
-                f"the CI spans a factor of {ratio:.3g} (at most {t.hr_ci_ratio_max:g} to judge)"
-            )
-        more = ""
-        if events and math.isfinite(ratio) and ratio > 1:
-            # the CI's log-width shrinks as 1 / sqrt(deaths)
-            need = events * (math.log(ratio) / math.log(t.hr_ci_ratio_max)) ** 2 if wide else 0
-            need = max(need, t.min_events_judged)
-            more = f"; about {math.ceil(need)} deaths would settle it"
+    imprecise = _imprecision(events, high / low if low > 0 else math.inf, t)
+    if imprecise:
         return _row(
             model,
             check,
@@ -192,7 +164,7 @@ def _hr_check(
             threshold,
             hr,
             False,
-            f"{text}: too imprecise to judge: {' and '.join(why)}{more}",
+            f"{text}: too imprecise to judge: {imprecise}",
             judged=low,
             inconclusive=True,
         )
@@ -206,6 +178,55 @@ def _hr_check(
         f"{text}; the lower bound must exceed {threshold:g}",
         judged=low,
     )
+
+
+def _hr_term(terms, model, model_ids, term_name: str, label: str):
+    """``(term row, model_id, label)`` of the hazard ratio judged: for ``risk[Q4]`` with Q4
+    empty (tied scores), the highest quartile present; ``(None, None, label)`` without one."""
+    term, model_id = _term(terms, model, model_ids, term_name)
+    if term is None and term_name == "risk[Q4]":  # tied scores can leave Q4 empty
+        for lower in ("risk[Q3]", "risk[Q2]"):
+            term, model_id = _term(terms, model, model_ids, lower)
+            if term is not None:
+                return (
+                    term,
+                    model_id,
+                    f"{lower[5:7]} vs Q1 HR (Q4 is empty: tied scores; the highest "
+                    "quartile present)",
+                )
+    return term, model_id, label
+
+
+def _model_events(models: pd.DataFrame | None, model: str, model_id) -> int | None:
+    """Deaths in the fitted model ``model_id`` (None when not recorded)."""
+    if models is None or not len(models):
+        return None
+    sel = models[(models["model"] == model) & (models["model_id"] == model_id)]
+    if len(sel) and pd.notna(sel["events"].iloc[0]):
+        return int(sel["events"].iloc[0])
+    return None
+
+
+def _imprecision(events: int | None, ratio: float, t: Thresholds) -> str | None:
+    """Why a hazard ratio is too imprecise to judge (too few deaths, or a CI whose
+    upper/lower ratio exceeds ``t.hr_ci_ratio_max``) and about how many deaths would settle
+    it; None when it can be judged."""
+    short = events is not None and events < t.min_events_judged
+    wide = not ratio <= t.hr_ci_ratio_max
+    if not (short or wide):
+        return None
+    why = []
+    if short:
+        why.append(f"{events} deaths, under the {t.min_events_judged} needed to judge")
+    if wide:
+        why.append(f"the CI spans a factor of {ratio:.3g} (at most {t.hr_ci_ratio_max:g} to judge)")
+    more = ""
+    if events and math.isfinite(ratio) and ratio > 1:
+        # the CI's log-width shrinks as 1 / sqrt(deaths)
+        need = events * (math.log(ratio) / math.log(t.hr_ci_ratio_max)) ** 2 if wide else 0
+        need = max(need, t.min_events_judged)
+        more = f"; about {math.ceil(need)} deaths would settle it"
+    return " and ".join(why) + more
 
 
 def _not_converged(

@@ -152,39 +152,13 @@ def run_context(
     exclusions = _exclusions_by_group(rows)
     return {
         "incremental": incremental,
-        "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
-        "robustness": _robustness_view(
-            t["robustness"], config.get("robustness") or {}, t["figures"]
-        ),
-        "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
-        "saliency_faces": (
-            onsite.saliency_faces(
-                run, models, t["cohort_rows"], t["saliency"], config.get("saliency") or {}, show_ids
-            )
-            if show_faces and len(t["saliency"])
-            else None
-        ),
-        "fairness": _fairness_view(
-            t["fairness"],
-            t["survival_subgroups"],
-            t["comparisons"],
-            config.get("fairness") or {},
-            t["decision_subgroups"],
+        **_analysis_views(t, config),
+        **(
+            _onsite_views(store, run_id, run, models, t, config, show_ids)
+            if show_faces
+            else {"saliency_faces": None, "moved_most": None}
         ),
         "representativeness": _records(t["representativeness"]),
-        "moved_most": (
-            onsite.moved_most(
-                store,
-                run_id,
-                run,
-                t["robustness"],
-                t["predictions"],
-                config.get("robustness") or {},
-                show_ids,
-            )
-            if show_faces and len(t["robustness"])
-            else None
-        ),
         "exclusions": exclusions,
         "evaluation_sites": cohort["sites"],
         "run": run,
@@ -208,6 +182,50 @@ def run_context(
         "show_ids": show_ids,
         "scrub": scrub,  # for the CSV exports of the same render
     }
+
+
+def _analysis_views(t: dict, config: dict) -> dict:
+    """The drift, robustness, saliency and fairness sections, from their stored tables."""
+    return {
+        "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
+        "robustness": _robustness_view(
+            t["robustness"], config.get("robustness") or {}, t["figures"]
+        ),
+        "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
+        "fairness": _fairness_view(
+            t["fairness"],
+            t["survival_subgroups"],
+            t["comparisons"],
+            config.get("fairness") or {},
+            t["decision_subgroups"],
+        ),
+    }
+
+
+def _onsite_views(store, run_id, run, models, t: dict, config: dict, show_ids: bool) -> dict:
+    """What only ``--show-faces`` shows, computed on site (:mod:`audit.report.onsite`): the
+    faces under their saliency maps and the photos the perturbations moved most."""
+    faces = (
+        onsite.saliency_faces(
+            run, models, t["cohort_rows"], t["saliency"], config.get("saliency") or {}, show_ids
+        )
+        if len(t["saliency"])
+        else None
+    )
+    moved = (
+        onsite.moved_most(
+            store,
+            run_id,
+            run,
+            t["robustness"],
+            t["predictions"],
+            config.get("robustness") or {},
+            show_ids,
+        )
+        if len(t["robustness"])
+        else None
+    )
+    return {"saliency_faces": faces, "moved_most": moved}
 
 
 def _cohort_view(included: pd.DataFrame, summary: pd.DataFrame) -> dict:

@@ -133,47 +133,30 @@ def score_metrics(
     Uno's C and the AUC need no model; Brier and calibration need the cross-fitted Cox
     model's probabilities. When that model does not converge, the first are still returned
     and the reason is appended to ``notes``."""
-    from sksurv.metrics import (
-        brier_score,
-        concordance_index_ipcw,
-        cumulative_dynamic_auc,
-        integrated_brier_score,
-    )
-
     time, event, score = (np.asarray(time, float), np.asarray(event, int), np.asarray(score, float))
     ok = np.isfinite(time) & np.isfinite(score)
     time, event, score = time[ok], event[ok], score[ok]
     hs = usable_horizons(time, event, horizons)
-    metrics, curves = [], []
-
-    def row(metric, value, horizon=None, low=None, high=None):
-        metrics.append(
-            {
-                "model": model,
-                "model_id": model_id,
-                "metric": metric,
-                "horizon": horizon,
-                "value": float(value),
-                "ci_low": None if low is None else float(low),
-                "ci_high": None if high is None else float(high),
-            }
-        )
-
     if not hs or event.sum() < 5:
-        return metrics, curves
+        return [], []
     tau = max(hs)
     # Administrative censoring just after the last horizon: nothing later matters to these
     # metrics, and the censoring distribution stays above 0 up to there.
     cap = (tau + float(np.min(time[time > tau]))) / 2
     time, event = np.minimum(time, cap), np.where(time > cap, 0, event)
-    y = _surv(event, time)
-    uno = concordance_index_ipcw(y, y, score, tau=tau)[0]
-    low, high = uno_c_ci(time, event, score, tau, n_boot, np.random.default_rng(seed))
-    row("uno_c", uno, tau, low, high)
-    auc, _ = cumulative_dynamic_auc(y, y, score, hs)
-    for h, a in zip(hs, np.atleast_1d(auc)):
-        row("auc", a, h)
 
+    def row(metric, value, horizon=None, low=None, high=None) -> dict:
+        return {
+            "model": model,
+            "model_id": model_id,
+            "metric": metric,
+            "horizon": horizon,
+            "value": float(value),
+            "ci_low": None if low is None else float(low),
+            "ci_high": None if high is None else float(high),
+        }
+
+    metrics = _discrimination(row, time, event, score, hs, n_boot, seed)
     try:
         surv = crossfit_survival(time, event, score, hs, k=k, seed=seed)
     except CoxNotConverged as exc:
@@ -183,18 +166,41 @@ def score_metrics(
                 f"({exc.reason}); its Brier scores and calibration are not computed "
                 "(Uno's C and the AUC need no model and are kept)"
             )
-        return metrics, curves
-    _, brier = brier_score(y, y, surv, hs)
-    for h, b in zip(hs, brier):
-        row("brier", b, h)
-    if len(hs) >= 2:
-        row("integrated_brier", integrated_brier_score(y, y, surv, hs), None)
+        return metrics, []
     h = calibration_horizon if calibration_horizon in hs else hs[min(1, len(hs) - 1)]
-    j = hs.index(h)
-    curves.extend(_calibration(model, model_id, time, event, surv[:, j], h))
+    probability = _probability_metrics(row, time, event, surv, hs, h)
+    curves = _calibration(model, model_id, time, event, surv[:, hs.index(h)], h)
+    return metrics + probability, curves
+
+
+def _discrimination(row, time, event, score, hs: list, n_boot: int, seed: int) -> list[dict]:
+    """Uno's C to the last horizon (with its bootstrap CI) and the cumulative/dynamic AUC at
+    each horizon: they need no model of the score."""
+    from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
+
+    y = _surv(event, time)
+    tau = max(hs)
+    uno = concordance_index_ipcw(y, y, score, tau=tau)[0]
+    low, high = uno_c_ci(time, event, score, tau, n_boot, np.random.default_rng(seed))
+    rows = [row("uno_c", uno, tau, low, high)]
+    auc, _ = cumulative_dynamic_auc(y, y, score, hs)
+    rows += [row("auc", a, h) for h, a in zip(hs, np.atleast_1d(auc))]
+    return rows
+
+
+def _probability_metrics(row, time, event, surv: np.ndarray, hs: list, h: float) -> list[dict]:
+    """Brier score at each horizon, the integrated Brier score, and calibration in the
+    large at ``h``, from the cross-fitted survival probabilities ``surv`` (n, horizons)."""
+    from sksurv.metrics import brier_score, integrated_brier_score
+
+    y = _surv(event, time)
+    _, brier = brier_score(y, y, surv, hs)
+    rows = [row("brier", b, horizon) for horizon, b in zip(hs, brier)]
+    if len(hs) >= 2:
+        rows.append(row("integrated_brier", integrated_brier_score(y, y, surv, hs), None))
     observed = _km_at(time, event, h)
-    row("calibration_in_the_large", observed - surv[:, j].mean(), h)
-    return metrics, curves
+    rows.append(row("calibration_in_the_large", observed - surv[:, hs.index(h)].mean(), h))
+    return rows
 
 
 def uno_c_ci(time, event, score, tau: float, n_boot: int, rng, level: float = 0.95):

@@ -47,8 +47,6 @@ def saliency_faces(
     """Only with ``--show-faces``: individual attribution maps of ``k`` cohort photos (drawn
     with the saliency seed among the included ones), for each image model and the methods
     the run used, recomputed from the cohort folder and the models' checkpoints on site."""
-    import torch  # on site only: the plain renderer never loads it
-
     root = Path(run.get("cohort_path") or "")
     try:
         cohort = load_cohort(root, hash_cache=HashCache.default())
@@ -58,17 +56,7 @@ def saliency_faces(
             "error": f"the cohort folder {root} cannot be read ({exc}); photos not shown",
             "blocks": [],
         }
-    included = rows[rows["included"].astype(bool)]["photo_id"]
-    included = [p for p in included if p in frame.index and pd.notna(frame.at[p, "image_path"])]
-    rng = np.random.default_rng(int(cfg.get("seed", 0)))
-    chosen = (
-        [
-            included[i]
-            for i in sorted(rng.choice(len(included), size=min(k, len(included)), replace=False))
-        ]
-        if included
-        else []
-    )
+    chosen = _sample_photos(rows, frame, int(cfg.get("seed", 0)), k)
     methods = sal.configured_methods(
         list(dict.fromkeys(shares["method"])),
         window=cfg.get("window", 16),
@@ -95,31 +83,42 @@ def saliency_faces(
             )
             for p in chosen
         ]
-        if not faces:
-            continue
-        x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255
-        for t in targets:
-            cols, names = [], []
-            for name, attribute in methods.items():
-                if sal.applicable(name, t):
-                    cols.append(attribute(t, x))
-                    names.append(name)
-            tiles = [
-                [faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols]
-                for i in range(len(faces))
-            ]
+        if faces:
             labels = [pseudonym(str(p), show_ids)[:14] for p in chosen]
-            blocks.append(
-                {
-                    "model": t.model,
-                    "output": t.output,
-                    "error": None,
-                    "uri": plots.to_uri(
-                        plots.image_grid(tiles, labels, ["photo"] + names, tile=96, label_width=130)
-                    ),
-                }
-            )
+            blocks.extend(_map_grid(t, faces, labels, methods) for t in targets)
     return {"error": None, "blocks": blocks}
+
+
+def _sample_photos(rows: pd.DataFrame, frame: pd.DataFrame, seed: int, k: int) -> list:
+    """``k`` included photos with an image, drawn with the saliency seed, in cohort order."""
+    included = rows[rows["included"].astype(bool)]["photo_id"]
+    included = [p for p in included if p in frame.index and pd.notna(frame.at[p, "image_path"])]
+    if not included:
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(included), size=min(k, len(included)), replace=False)
+    return [included[i] for i in sorted(picks)]
+
+
+def _map_grid(target, faces: list, labels: list[str], methods: dict) -> dict:
+    """One output's block: each face beside its attribution map under every method that
+    applies to the output."""
+    import torch  # on site only: the plain renderer never loads it
+
+    x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255
+    cols, names = [], []
+    for name, attribute in methods.items():
+        if sal.applicable(name, target):
+            cols.append(attribute(target, x))
+            names.append(name)
+    tiles = [[faces[i]] + [plots.overlay(faces[i], c[i]) for c in cols] for i in range(len(faces))]
+    grid = plots.image_grid(tiles, labels, ["photo"] + names, tile=96, label_width=130)
+    return {
+        "model": target.model,
+        "output": target.output,
+        "error": None,
+        "uri": plots.to_uri(grid),
+    }
 
 
 def moved_most(
@@ -135,8 +134,6 @@ def moved_most(
     """Only with ``--show-faces``: for each model and output, the ``k`` sampled photos whose
     output moved most under the worst judged perturbation, clean beside perturbed (the same
     image seed as the run used), read from the cohort folder the run audited."""
-    import torch  # on site only: the plain renderer never loads it
-
     root = Path(run.get("cohort_path") or "")
     try:
         spec, _ = read_spec(root)
@@ -156,12 +153,7 @@ def moved_most(
     ].groupby(["model", "output"], sort=False):
         worst = g.sort_values(["frac_over_tolerance", "mean_abs_shift"], ascending=False).iloc[0]
         name, severity = worst["perturbation"], int(worst["severity"])
-        sel = preds[(preds["model"] == model) & (preds["output"] == output)]
-        clean = sel[sel["perturbation"] == "none"].set_index("photo_id")["value"]
-        pert = sel[(sel["perturbation"] == name) & (sel["severity"] == severity)].set_index(
-            "photo_id"
-        )["value"]
-        shift = (pert - clean.reindex(pert.index)).dropna()
+        shift = _shifts(preds, model, output, name, severity)
         top = shift.abs().sort_values(ascending=False, kind="stable").head(k).index
         p = create_perturbation(name, layout=layout)
         tiles, labels = [], []
@@ -172,13 +164,11 @@ def moved_most(
             face = decode_image(
                 (root / spec.images).resolve() / info["image_path"], 112, align=not spec.cropped
             )
-            x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
-            y = p(
-                x, severity, [image_seed(int(cfg.get("seed", 0)), info["sha256"], name, severity)]
-            )
-            tiles.append([face, (y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()])
+            seed = image_seed(int(cfg.get("seed", 0)), info["sha256"], name, severity)
+            tiles.append([face, _perturbed(p, face, severity, seed)])
             labels.append(f"{pseudonym(str(pid), show_ids)[:14]} {shift[pid]:+.1f}")
         if tiles:
+            grid = plots.image_grid(tiles, labels, ["clean", "perturbed"], tile=96, label_width=150)
             blocks.append(
                 {
                     "model": model,
@@ -186,14 +176,28 @@ def moved_most(
                     "perturbation": name,
                     "severity": severity,
                     "description": worst["description"],
-                    "uri": plots.to_uri(
-                        plots.image_grid(
-                            tiles, labels, ["clean", "perturbed"], tile=96, label_width=150
-                        )
-                    ),
+                    "uri": plots.to_uri(grid),
                 }
             )
     return {"error": None, "blocks": blocks}
+
+
+def _shifts(preds: pd.DataFrame, model: str, output: str, name: str, severity: int) -> pd.Series:
+    """Each photo's output under perturbation ``name`` at ``severity`` minus its clean output."""
+    sel = preds[(preds["model"] == model) & (preds["output"] == output)]
+    clean = sel[sel["perturbation"] == "none"].set_index("photo_id")["value"]
+    pert = sel[(sel["perturbation"] == name) & (sel["severity"] == severity)]
+    pert = pert.set_index("photo_id")["value"]
+    return (pert - clean.reindex(pert.index)).dropna()
+
+
+def _perturbed(perturbation, face, severity: int, seed: int) -> np.ndarray:
+    """The face (uint8 RGB) under ``perturbation`` at ``severity`` with the run's image seed."""
+    import torch  # on site only: the plain renderer never loads it
+
+    x = torch.from_numpy(np.array(face)).permute(2, 0, 1)[None].float() / 255
+    y = perturbation(x, severity, [seed])
+    return (y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
 
 
 def perturbation_examples(names: list[str], severities: list[int]) -> dict | None:

@@ -345,30 +345,18 @@ def run_batched(
     ``forward`` receives a normalised float tensor on ``device`` (NCHW, or NHWC when
     ``layout`` is ``nhwc``) and returns tensors or arrays.
     """
-    import time
-
     import torch
 
-    device = device or best_device()
-    cuda = device.startswith("cuda")
-    batch_size = batch_size or _default_batch(cuda)
+    run = _Pass.open(device, batch_size)
     outputs, features = [None] * len(paths), [None] * len(paths)
     ok = np.zeros(len(paths), dtype=bool)
     errors = [""] * len(paths)
-    start = time.perf_counter()
     with torch.inference_mode():
-        for idx, images, errs in iter_decoded(
-            paths,
-            size,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
-            align=align,
-            decode=decode,
+        for idx, images, errs in run.batches(
+            paths, size, workers=workers, progress=progress, align=align, decode=decode
         ):
-            x = model_input(to_unit(images), normalize, layout, cuda)
-            out, feat = forward_halving(forward, x, cuda)
+            x = model_input(to_unit(images), normalize, layout, run.cuda)
+            out, feat = forward_halving(forward, x, run.cuda)
             for j, i in enumerate(idx.tolist()):
                 if errs[j]:
                     errors[i] = errs[j]
@@ -377,27 +365,54 @@ def run_batched(
                 outputs[i] = out[j]
                 if feat is not None:
                     features[i] = feat[j]
-    good = [o for o in outputs if o is not None]
-    k = good[0].shape[-1] if good and np.ndim(good[0]) else 1
-    out_arr = np.full((len(paths), k), np.nan)
-    for i, o in enumerate(outputs):
-        if o is not None:
-            out_arr[i] = np.atleast_1d(o)
-    feat_arr = None
-    if any(f is not None for f in features):
-        d = next(f for f in features if f is not None).shape[-1]
-        feat_arr = np.full((len(paths), d), np.nan, dtype=np.float32)
-        for i, f in enumerate(features):
-            if f is not None:
-                feat_arr[i] = f
     return InferenceResult(
-        outputs=out_arr,
-        features=feat_arr,
+        outputs=_rows(outputs, np.float64, len(paths)),
+        features=_rows(features, np.float32) if any(f is not None for f in features) else None,
         ok=ok,
         errors=errors,
-        device=device,
-        seconds=time.perf_counter() - start,
+        device=run.device,
+        seconds=run.seconds,
     )
+
+
+@dataclass
+class _Pass:
+    """One decoding pass over the photos: the device, its batch size and the clock."""
+
+    device: str
+    cuda: bool
+    batch_size: int
+    start: float
+
+    @classmethod
+    def open(cls, device: str | None, batch_size: int | None) -> _Pass:
+        import time
+
+        device = device or best_device()
+        cuda = device.startswith("cuda")
+        return cls(device, cuda, batch_size or _default_batch(cuda), time.perf_counter())
+
+    def batches(self, paths: list[Path], size: int, **decoding):
+        """:func:`iter_decoded` on this pass's device and batch size."""
+        return iter_decoded(paths, size, device=self.device, batch_size=self.batch_size, **decoding)
+
+    @property
+    def seconds(self) -> float:
+        import time
+
+        return time.perf_counter() - self.start
+
+
+def _rows(values: list, dtype, n: int | None = None) -> np.ndarray:
+    """One row per photo from per-photo vectors (scalars count as length 1); NaN rows where
+    a photo has none. Width 1 when no photo has one."""
+    good = [v for v in values if v is not None]
+    k = np.atleast_1d(good[0]).shape[-1] if good else 1
+    out = np.full((len(values) if n is None else n, k), np.nan, dtype=dtype)
+    for i, v in enumerate(values):
+        if v is not None:
+            out[i] = np.atleast_1d(v)
+    return out
 
 
 @dataclass
@@ -436,27 +451,16 @@ def run_perturbed(
     on the photos it needs. Returns ``({model: (P, N, K) raw head outputs, NaN where not
     computed}, errors per photo, seconds)``.
     """
-    import time
-
     import torch
 
-    device = device or best_device()
-    cuda = device.startswith("cuda")
-    batch_size = batch_size or _default_batch(cuda)
+    run = _Pass.open(device, batch_size)
+    cuda = run.cuda
     n = len(paths)
     results: dict[str, np.ndarray | None] = {m.name: None for m in models}
     errors = [""] * n
-    start = time.perf_counter()
     with torch.inference_mode():
-        for idx, images, errs in iter_decoded(
-            paths,
-            size,
-            device=device,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
-            align=align,
-            decode=decode,
+        for idx, images, errs in run.batches(
+            paths, size, workers=workers, progress=progress, align=align, decode=decode
         ):
             rows = idx.numpy()
             good = np.array([not e for e in errs])
@@ -482,4 +486,4 @@ def run_perturbed(
                     if results[m.name] is None:
                         results[m.name] = np.full((len(plan), n, out.shape[1]), np.nan)
                     results[m.name][p, rows[w]] = out
-    return results, errors, time.perf_counter() - start
+    return results, errors, run.seconds

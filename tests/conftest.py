@@ -32,6 +32,18 @@ decision_horizons = [1.0]
 """
 
 
+def cli_run(cohort, models, out, *extra, config=None) -> int:
+    """``faceage-audit run`` of ``models`` (one spec or a list) on ``cohort`` into ``out``,
+    with an optional ``--config`` file and any ``extra`` arguments; its exit code."""
+    from audit.cli import main
+
+    args = ["run", "--cohort", str(cohort)]
+    for model in [models] if isinstance(models, (str, Path)) else models:
+        args += ["--model", str(model)]
+    args += ["--out", str(out)] + (["--config", str(config)] if config is not None else [])
+    return main(args + [str(e) for e in extra])
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for every test that runs a flow."""
@@ -111,26 +123,11 @@ def cli_and_api(tmp_path_factory, prefect_harness, photo_cohort):
     """The two demo models (image models: robustness runs) audited on the photo cohort once
     by the CLI (Prefect) and once by ``audit.run`` inline, with the same config."""
     import audit
-    from audit.cli import main
 
     folder = tmp_path_factory.mktemp("api")
     config = folder / "audit.toml"
     config.write_text(API_CONFIG)
     models = ["demo:faceage", "demo:survival"]
-    code = main(
-        [
-            "run",
-            "--cohort",
-            str(photo_cohort),
-            "--model",
-            models[0],
-            "--model",
-            models[1],
-            "--out",
-            str(folder / "cli"),
-            "--config",
-            str(config),
-        ]
-    )
+    code = cli_run(photo_cohort, models, folder / "cli", config=config)
     run = audit.run(photo_cohort, models, config=config, out=folder / "api")
     return {"code": code, "cli": audit.open_run(folder / "cli" / "audit.duckdb"), "api": run}

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import cli_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -36,7 +37,6 @@ def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, prefect_harness):
-    from audit.cli import main
     from audit.demo.world import write_cohort
 
     tmp = tmp_path_factory.mktemp("site")
@@ -45,19 +45,7 @@ def site(tmp_path_factory, prefect_harness):
     config.write_text("[accuracy]\nn_boot = 50\n[survival]\nn_boot = 20\n[fairness]\nn_boot = 50\n")
     out = tmp / "out"
     for _ in range(2):  # two runs, so the index has trends
-        main(
-            [
-                "run",
-                "--cohort",
-                str(folder),
-                "--model",
-                "predictions:faceage,risk",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-            ]
-        )
+        cli_run(folder, "predictions:faceage,risk", out, config=config)
     return out
 
 

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli_run
 
 from audit.decisions.curves import (
     COLUMNS,
@@ -261,26 +262,10 @@ def test_a_bad_utility_range_is_refused_with_its_value(bad):
 def test_a_config_error_prints_its_brackets(tmp_path, capfd):
     """The CLI prints error text as text: a message quoting ``[low, high]`` (or a term such
     as ``sex[female]``) is not eaten as console markup."""
-    from audit.cli import main
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[thresholds]\nnet_benefit_range = [0.4, 0.2]\n")
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(tmp_path),
-                "--model",
-                "predictions:faceage",
-                "--config",
-                str(bad),
-                "--out",
-                str(tmp_path / "out"),
-            ]
-        )
-        == 2
-    )
+    assert cli_run(tmp_path, "predictions:faceage", tmp_path / "out", config=bad) == 2
     captured = capfd.readouterr()
     printed = " ".join((captured.out + captured.err).split())
     assert "bad.toml" in printed and "[low, high]" in printed and "[0.4, 0.2]" in printed

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from conftest import cli_run
 
 
 def test_a_separating_score_is_a_noted_result(tmp_path, prefect_harness):
     import duckdb
-
-    from audit.cli import main
 
     rng = np.random.default_rng(3)
     n = 80
@@ -32,22 +31,7 @@ def test_a_separating_score_is_a_noted_result(tmp_path, prefect_harness):
     ).to_csv(folder / "manifest.csv", index=False)
     (folder / "cohort.yaml").write_text("name: separating\ntime_unit: years\n")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(folder),
-                "--model",
-                "predictions:risk",
-                "--out",
-                str(out),
-                "--config",
-                str(_config(tmp_path)),
-            ]
-        )
-        == 1
-    )
+    assert cli_run(folder, "predictions:risk", out, config=_config(tmp_path)) == 1
     con = duckdb.connect(str(out / "audit.duckdb"), read_only=True)
     models = con.execute("SELECT model_id, status, note FROM survival_models").df()
     verdicts = con.execute("SELECT check_name, status, details FROM verdicts").df()

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from conftest import cli_run
 
 from audit.cli import main
 from audit.data.hashing import sha256_file
@@ -56,19 +57,7 @@ def lenient_run(tmp_path_factory, prefect_harness, demo_cohort):
     config.write_text(LENIENT)
     spec = _oracle_spec(folder)
     out = folder / "out"
-    code = main(
-        [
-            "run",
-            "--cohort",
-            str(demo_cohort),
-            "--model",
-            str(spec),
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-        ]
-    )
+    code = cli_run(demo_cohort, str(spec), out, config=config)
     run = Store(out / "audit.duckdb").runs().iloc[-1]
     result = {
         "verdict": run["verdict"],
@@ -215,75 +204,24 @@ def test_cli_exit_codes(lenient_run, demo_cohort, tmp_path, config):
     assert lenient_run["code"] == 0  # the shared run passed every check
     strict = tmp_path / "strict.toml"
     strict.write_text(STRICT)
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(demo_cohort),
-                "--model",
-                spec,
-                "--out",
-                str(out),
-                "--config",
-                str(strict),
-            ]
-        )
-        == 1
-    )
+    assert cli_run(demo_cohort, spec, out, config=strict) == 1
     store = Store(out / "audit.duckdb")
     runs = store.runs()
     assert runs["verdict"].tolist() == ["pass", "fail"]
     failed = store.table("verdicts", runs["run_id"].iloc[1])
     assert failed.loc[failed["check_name"] == "faceage_mae", "status"].item() == "fail"
     # unusable input: exit 2, and no run row where no run could start
-    assert (
-        main(["run", "--cohort", str(tmp_path / "nowhere"), "--model", spec, "--out", str(out)])
-        == 2
-    )
-    assert (
-        main(["run", "--cohort", str(demo_cohort), "--model", "nonsense:x", "--out", str(out)]) == 2
-    )
+    assert cli_run(tmp_path / "nowhere", spec, out) == 2
+    assert cli_run(demo_cohort, "nonsense:x", out) == 2
     bad = tmp_path / "bad.toml"
     bad.write_text("[thresholds]\nfaceage_mae_maximum = 3\n")
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(demo_cohort),
-                "--model",
-                spec,
-                "--out",
-                str(out),
-                "--config",
-                str(bad),
-            ]
-        )
-        == 2
-    )
+    assert cli_run(demo_cohort, spec, out, config=bad) == 2
     # caught before the run starts (the manifest's header has no such column): no run row
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(demo_cohort),
-                "--model",
-                "predictions:no_such_column",
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert cli_run(demo_cohort, "predictions:no_such_column", out) == 2
     assert len(store.runs()) == 2
     # found once the run has started (the tabular cohort has no photos for an image model):
     # the run's row says failed, with the reason
-    assert (
-        main(["run", "--cohort", str(demo_cohort), "--model", "demo:faceage", "--out", str(out)])
-        == 2
-    )
+    assert cli_run(demo_cohort, "demo:faceage", out) == 2
     runs = store.runs()
     assert len(runs) == 3 and runs["status"].iloc[-1] == "failed"
     assert "needs images" in runs["error"].iloc[-1]
@@ -299,20 +237,7 @@ def test_cli_internal_error_is_exit_3(prefect_harness, demo_cohort, tmp_path, mo
 
     monkeypatch.setattr(stages, "survival_stage", broken)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(demo_cohort),
-                "--model",
-                "predictions:faceage,risk",
-                "--out",
-                str(out),
-            ]
-        )
-        == 3
-    )
+    assert cli_run(demo_cohort, "predictions:faceage,risk", out) == 3
     run = Store(out / "audit.duckdb").runs().iloc[-1]
     assert run["status"] == "failed" and "a bug" in run["error"]
 
@@ -391,22 +316,7 @@ def test_a_killed_run_leaves_a_consistent_database(
         assert len(store.table("survival_models", killed["run_id"])) > 0
 
     # the next run marks the dead one abandoned and finishes normally
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(demo_cohort),
-                "--model",
-                "predictions:faceage,risk",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-            ]
-        )
-        == 0
-    )
+    assert cli_run(demo_cohort, "predictions:faceage,risk", out, config=config) == 0
     runs = store.runs()
     assert runs["status"].tolist() == ["abandoned", "finished"]
     con = duckdb.connect(str(out / "audit.duckdb"), read_only=True)
@@ -614,19 +524,7 @@ def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, 
     manifest.loc[7, "faceage"] = "150"
     manifest.to_csv(cohort / "manifest.csv", index=False)
     out = tmp_path / "out"
-    main(
-        [
-            "run",
-            "--cohort",
-            str(cohort),
-            "--model",
-            "predictions:faceage,risk",
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-        ]
-    )
+    cli_run(cohort, "predictions:faceage,risk", out, config=config)
     store = Store(out / "audit.duckdb")
     run_id = store.runs()["run_id"].iloc[-1]
     q = store.table("quarantine", run_id)
@@ -761,23 +659,7 @@ def test_a_worker_that_dies_mid_shard_costs_no_rows_and_duplicates_none(
     monkeypatch.setenv("FACEAGE_AUDIT_KILL_SHARD", f"1:{marker}")
     cohort = write_cohort(tmp_path / "c", 60, seed=919, photos=True)
     out = tmp_path / "out"
-    rc = main(
-        [
-            "run",
-            "--cohort",
-            str(cohort),
-            "--model",
-            "demo:faceage",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--runner",
-            "dask",
-            "--shards",
-            "3",
-        ]
-    )
+    rc = cli_run(cohort, "demo:faceage", out, "--runner", "dask", "--shards", "3", config=config)
     assert marker.is_file()  # a worker really died on shard 1
     assert rc in (0, 1)
     store = Store(out / "audit.duckdb")

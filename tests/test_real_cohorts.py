@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import QUICK_CONFIG as CONFIG
+from conftest import cli_run
 
 TOL = 5e-4
 
@@ -149,8 +150,6 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
     """Write the cohort folder, audit it through the CLI, return its data and tables."""
     import duckdb
 
-    from audit.cli import main
-
     frame, unit = make()
     frame = frame.reset_index(drop=True)
     frame.insert(0, "photo_id", [f"{name[0].upper()}{i:05d}" for i in range(len(frame))])
@@ -160,19 +159,7 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
     frame.to_csv(folder / "manifest.csv", index=False)
     (folder / "cohort.yaml").write_text(f"name: real-{name}\ntime_unit: {unit}\n")
     (root / "audit.toml").write_text(CONFIG)
-    code = main(
-        [
-            "run",
-            "--cohort",
-            str(folder),
-            "--model",
-            "predictions:risk",
-            "--out",
-            str(root / "out"),
-            "--config",
-            str(root / "audit.toml"),
-        ]
-    )
+    code = cli_run(folder, "predictions:risk", root / "out", config=root / "audit.toml")
     assert code in (0, 1)  # a verdict, never an input error or a bug
     con = duckdb.connect(str(root / "out" / "audit.duckdb"), read_only=True)
     tables = {

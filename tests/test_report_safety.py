@@ -4,6 +4,7 @@ a subject id or a category label never becomes markup."""
 from __future__ import annotations
 
 import pandas as pd
+from conftest import cli_run
 
 
 def test_cohort_strings_are_escaped_everywhere(prefect_harness, tmp_path):
@@ -24,19 +25,7 @@ def test_cohort_strings_are_escaped_everywhere(prefect_harness, tmp_path):
     spec["site"] = f"site {evil}"
     (folder / "cohort.yaml").write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    rc = main(
-        [
-            "run",
-            "--cohort",
-            str(folder),
-            "--model",
-            "predictions:faceage,risk",
-            "--out",
-            str(out),
-            "--config",
-            str(_config(tmp_path)),
-        ]
-    )
+    rc = cli_run(folder, "predictions:faceage,risk", out, config=_config(tmp_path))
     assert rc in (0, 1)  # the run went through; the out-of-vocabulary rows are quarantined
     pages = list(out.rglob("*.html"))
     assert pages
@@ -72,19 +61,7 @@ def test_verify_finds_any_change_to_a_signed_run(prefect_harness, tmp_path):
         "[survival]\nn_boot = 10\n[fairness]\nn_boot = 20\n"
     )
     out = tmp_path / "out"
-    main(
-        [
-            "run",
-            "--cohort",
-            str(folder),
-            "--model",
-            "demo:faceage",
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-        ]
-    )
+    cli_run(folder, "demo:faceage", out, config=config)
     run_id = Store(out / "audit.duckdb").runs()["run_id"].iloc[0]
     run_dir = out / "runs" / run_id
     assert main(["verify", str(run_dir)]) == 0
@@ -193,19 +170,7 @@ def test_no_raw_id_leaves_the_site_and_exports_are_neutralised(prefect_harness, 
         "[thresholds]\nmax_quarantine_fraction = 0.5\n"
     )
     out = tmp_path / "out"
-    assert main(
-        [
-            "run",
-            "--cohort",
-            str(folder),
-            "--model",
-            "predictions:faceage,risk",
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-        ]
-    ) in (0, 1)
+    assert cli_run(folder, "predictions:faceage,risk", out, config=config) in (0, 1)
     raw = re.compile(r"\b[PS]\d{6}\b")
     leaving = [p for p in out.rglob("*") if p.suffix in (".html", ".json", ".csv")]
     assert any(p.name == "manifest.json" for p in leaving)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import QUICK_CONFIG as CONFIG
-from conftest import write_lung_cohort
+from conftest import cli_run, write_lung_cohort
 
 # columns that name a row, a time or a file rather than a result
 VOLATILE = {
@@ -109,21 +109,8 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 def _run(cohort: Path, model: str, out: Path, config: Path) -> None:
-    from audit.cli import main
 
-    assert main(
-        [
-            "run",
-            "--cohort",
-            str(cohort),
-            "--model",
-            model,
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-        ]
-    ) in (0, 1)
+    assert cli_run(cohort, model, out, config=config) in (0, 1)
 
 
 def test_a_shuffled_renamed_predictions_cohort_with_tied_scores(tmp_path, prefect_harness):

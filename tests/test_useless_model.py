@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import yaml
+from conftest import cli_run
 
 USEFUL_CATEGORIES = {"accuracy", "survival", "robustness", "fairness"}
 
@@ -25,7 +26,6 @@ class ConstantPlusNoise(torch.nn.Module):
 def test_a_constant_plus_noise_model_passes_no_check(tmp_path, prefect_harness):
     import duckdb
 
-    from audit.cli import main
     from audit.demo.world import write_cohort
 
     cohort = write_cohort(tmp_path / "cohort", n=160, seed=11, photos=True)
@@ -50,22 +50,7 @@ def test_a_constant_plus_noise_model_passes_no_check(tmp_path, prefect_harness):
         'perturbations = ["brightness", "gaussian_blur", "jpeg", '
         '"rotation"]\n'
     )
-    assert (
-        main(
-            [
-                "run",
-                "--cohort",
-                str(cohort),
-                "--model",
-                str(spec),
-                "--out",
-                str(tmp_path / "out"),
-                "--config",
-                str(config),
-            ]
-        )
-        == 1
-    )
+    assert cli_run(cohort, str(spec), tmp_path / "out", config=config) == 1
     con = duckdb.connect(str(tmp_path / "out" / "audit.duckdb"), read_only=True)
     v = con.execute(
         "SELECT check_name, category, status, details FROM verdicts WHERE model = 'noise'"

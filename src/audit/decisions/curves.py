@@ -402,38 +402,14 @@ def threshold_runs(values: list[float], grid: list[float]) -> str:
 
 
 def score_decision_curves(
-    model: str,
-    model_id: str,
-    time,
-    event,
-    score,
-    age=None,
-    *,
-    horizons=(1.0, 2.0),
-    thresholds=None,
-    n_boot: int = 200,
-    seed: int = 0,
-    k: int = 5,
+    model: str, model_id: str, time, event, score, age=None, **options
 ) -> pd.DataFrame:
     """Decision curves of a score (higher = worse) at each horizon inside the follow-up:
     its risk of death by the horizon from a cross-fitted Cox model of the score, the same
-    for chronological age when ``age`` is given, and treat-all."""
-    curves = [
-        curve
-        for curve, _ in score_curves(
-            model,
-            model_id,
-            time,
-            event,
-            score,
-            age,
-            horizons=horizons,
-            thresholds=thresholds,
-            n_boot=n_boot,
-            seed=seed,
-            k=k,
-        )
-    ]
+    for chronological age when ``age`` is given, and treat-all. ``options``: those of
+    :func:`score_curves` (``horizons``, ``thresholds``, ``n_boot``, ``seed``, ``k``)."""
+    parts = score_curves(model, model_id, time, event, score, age, **options)
+    curves = [curve for curve, _ in parts]
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=COLUMNS)
 
 

@@ -163,14 +163,7 @@ def predict(model, images, batch=256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def main(argv=None) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from audit.data.hashing import sha256_file
-    from audit.demo.world import WorldParams
-    from audit.metrics.accuracy import harrell_c
-
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
     ap.add_argument("--n-faceage", type=int, default=20000)
@@ -184,7 +177,31 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--underserved", default="Black")
     ap.add_argument("--underserved-share", type=float, default=0.01)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _save_weights(out: Path, models: dict) -> dict:
+    """Each model's weights as ``{name}.safetensors`` with its SHA-256 and size."""
+    from safetensors.torch import save_file
+
+    from audit.data.hashing import sha256_file
+
+    files = {}
+    for name, model in models.items():
+        path = out / f"{name}.safetensors"
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(path), metadata={"arch": ARCH, "recipe": "audit.demo.train"})
+        files[name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def main(argv=None) -> None:
+    import torch
+
+    from audit.demo.world import WorldParams
+    from audit.metrics.accuracy import harrell_c
+
+    args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -232,12 +249,7 @@ def main(argv=None) -> None:
         f"FaceAge gap on cancer patients {gap:+.2f} years"
     )
 
-    files = {}
-    for name, model in (("demo_faceage", faceage), ("demo_survival", survival)):
-        path = args.out / f"{name}.safetensors"
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(path), metadata={"arch": ARCH, "recipe": "audit.demo.train"})
-        files[name] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    files = _save_weights(args.out, {"demo_faceage": faceage, "demo_survival": survival})
     recipe = {
         "command": "python -m audit.demo.train " + " ".join(argv or []),
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -356,6 +356,61 @@ def plant_defects(folder: Path, manifest: pd.DataFrame, seed: int) -> pd.DataFra
     return manifest
 
 
+def _manifest(df: pd.DataFrame, oracle: bool) -> pd.DataFrame:
+    """The manifest as a site would send it: sex as F/M, follow-up in days, and the oracle
+    model's predictions where asked."""
+    cols = {
+        "photo_id": df["photo_id"],
+        "subject_id": df["subject_id"],
+        "age": df["age"],
+        "sex": df["sex"].map({"female": "F", "male": "M"}),
+        "race": df["race"],
+    }
+    for extra in ("cancer_type", "ecog", "treatment_intent", "photo_date"):
+        if extra in df:
+            cols[extra] = df[extra]
+    cols["followup_days"] = df["time_days"]
+    cols["death"] = df["event"]
+    if oracle:
+        cols["faceage"] = df["faceage"]
+        cols["risk"] = df["risk"]
+    return pd.DataFrame(cols)
+
+
+def _cohort_spec(p: WorldParams, name: str, photos: bool, oracle: bool) -> dict:
+    """The cohort's ``cohort.yaml``: it says plainly that the cohort is synthetic."""
+    kind = "rendered face photos" if photos else "no photos"
+    description = (
+        f"SYNTHETIC {p.population} cohort from faceage-audit's demo world (no real "
+        f"patients; {kind})."
+    )
+    if oracle:
+        description += (
+            " Its faceage and risk columns are an ORACLE model's predictions "
+            "(truth + noise), not a trained image model's."
+        )
+    spec = {
+        "name": name,
+        "site": "synthetic",
+        "description": description,
+        "synthetic": True,
+        "manifest": "manifest.csv",
+        "columns": {"time": "followup_days", "event": "death"},
+        "values": {"sex": {"F": "female", "M": "male"}},
+        "vocabulary": {"race": list(RACES)},
+        "time_unit": "days",
+        "cropped": True,
+        "face_layout": "demo",
+    }
+    if p.population == "cancer":
+        spec["vocabulary"]["cancer_type"] = list(CANCERS)
+        spec["covariates"] = [
+            {"name": "ecog", "type": "numeric"},
+            {"name": "treatment_intent", "type": "categorical", "reference": "curative"},
+        ]
+    return spec
+
+
 def write_cohort(
     out: str | Path,
     n: int,
@@ -389,57 +444,14 @@ def write_cohort(
         if (photos or photos_per_subject > 1)
         else subjects.assign(photo_index=0)
     )
-    cols = {
-        "photo_id": df["photo_id"],
-        "subject_id": df["subject_id"],
-        "age": df["age"],
-        "sex": df["sex"].map({"female": "F", "male": "M"}),
-        "race": df["race"],
-    }
-    for extra in ("cancer_type", "ecog", "treatment_intent", "photo_date"):
-        if extra in df:
-            cols[extra] = df[extra]
-    cols["followup_days"] = df["time_days"]
-    cols["death"] = df["event"]
-    if oracle:
-        cols["faceage"] = df["faceage"]
-        cols["risk"] = df["risk"]
-    manifest = pd.DataFrame(cols)
+    manifest = _manifest(df, oracle)
     if photos:
         manifest.insert(2, "image_path", render_photos(df, out / "images", seed, p, progress))
         if defects:
             manifest = plant_defects(out, manifest, seed)
     manifest.to_csv(out / "manifest.csv", index=False)
     df[TRUTH_COLUMNS].to_csv(out / "truth.csv", index=False)
-    kind = "rendered face photos" if photos else "no photos"
-    description = (
-        f"SYNTHETIC {p.population} cohort from faceage-audit's demo world (no real "
-        f"patients; {kind})."
-    )
-    if oracle:
-        description += (
-            " Its faceage and risk columns are an ORACLE model's predictions "
-            "(truth + noise), not a trained image model's."
-        )
-    spec = {
-        "name": name or f"synthetic-{p.population}-n{n}-seed{seed}",
-        "site": "synthetic",
-        "description": description,
-        "synthetic": True,
-        "manifest": "manifest.csv",
-        "columns": {"time": "followup_days", "event": "death"},
-        "values": {"sex": {"F": "female", "M": "male"}},
-        "vocabulary": {"race": list(RACES)},
-        "time_unit": "days",
-        "cropped": True,
-        "face_layout": "demo",
-    }
-    if p.population == "cancer":
-        spec["vocabulary"]["cancer_type"] = list(CANCERS)
-        spec["covariates"] = [
-            {"name": "ecog", "type": "numeric"},
-            {"name": "treatment_intent", "type": "categorical", "reference": "curative"},
-        ]
+    spec = _cohort_spec(p, name or f"synthetic-{p.population}-n{n}-seed{seed}", photos, oracle)
     (out / "cohort.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     truth = {
         "seed": seed,

@@ -86,6 +86,62 @@ def _cohort_summary(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+ROW_COLUMNS = [
+    "photo_id",
+    "subject_id",
+    "age",
+    "sex",
+    "race",
+    "cancer_type",
+    "site",
+    "camera",
+    "time",
+    "event",
+]
+
+
+def _cohort_rows(good: pd.DataFrame, dropped: pd.DataFrame, bad_ids: set) -> pd.DataFrame:
+    """Every manifest row: the loaded ones (``included`` unless validation quarantined
+    them) and those dropped while loading (never included)."""
+    rows = good.reindex(columns=ROW_COLUMNS).copy()
+    rows["included"] = ~good["photo_id"].isin(bad_ids).to_numpy()
+    rows["row_number"] = good["_row"].values
+    lost = pd.DataFrame(
+        {"photo_id": dropped["photo_id"], "row_number": dropped["row_number"], "included": False}
+    )
+    frame = pd.concat([rows, lost], ignore_index=True) if len(lost) else rows
+    for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    return frame
+
+
+def _image_tables(props: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """``image_properties`` (one row per photo checked) and ``detections`` (one per face
+    found, landmarks as JSON), where the cohort has photos."""
+    if props is None or not len(props):
+        return {}
+    tables = {
+        "image_properties": props.drop(columns=["subject_id", "_row", "_boxes"], errors="ignore")
+    }
+    boxes = [
+        {
+            "photo_id": pid,
+            "x": f["x"],
+            "y": f["y"],
+            "w": f["w"],
+            "h": f["h"],
+            "confidence": f["confidence"],
+            "landmarks": json.dumps(f["landmarks"]),
+        }
+        for pid, faces in zip(props["photo_id"], props["_boxes"])
+        if isinstance(faces, list)
+        for f in faces
+    ]
+    if boxes:
+        tables["detections"] = pd.DataFrame(boxes)
+    return tables
+
+
 def validate_stage(ctx: RunContext) -> int:
     """Validate the cohort (Great Expectations suites) and write what it found.
 
@@ -100,58 +156,14 @@ def validate_stage(ctx: RunContext) -> int:
     quarantine = pd.concat([c.quarantine, report.quarantine], ignore_index=True)
     bad_ids = set(report.quarantine["photo_id"])
     good = c.frame
-    cols = [
-        "photo_id",
-        "subject_id",
-        "age",
-        "sex",
-        "race",
-        "cancer_type",
-        "site",
-        "camera",
-        "time",
-        "event",
-    ]
-    rows = good.reindex(columns=cols).copy()
-    rows["included"] = ~good["photo_id"].isin(bad_ids).to_numpy()
-    rows["row_number"] = good["_row"].values
-    dropped = pd.DataFrame(
-        {
-            "photo_id": c.quarantine["photo_id"],
-            "row_number": c.quarantine["row_number"],
-            "included": False,
-        }
-    )
-    frame = pd.concat([rows, dropped], ignore_index=True) if len(dropped) else rows
-    for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
-        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
+    frame = _cohort_rows(good, c.quarantine, bad_ids)
     tables = {
         "cohort_rows": frame,
         "validation_results": pd.concat([_load_results(c), report.results], ignore_index=True),
         "quarantine": quarantine,
         "cohort_summary": _cohort_summary(frame),
+        **_image_tables(report.image_properties),
     }
-    props = report.image_properties
-    if props is not None and len(props):
-        tables["image_properties"] = props.drop(
-            columns=["subject_id", "_row", "_boxes"], errors="ignore"
-        )
-        boxes = [
-            {
-                "photo_id": pid,
-                "x": f["x"],
-                "y": f["y"],
-                "w": f["w"],
-                "h": f["h"],
-                "confidence": f["confidence"],
-                "landmarks": json.dumps(f["landmarks"]),
-            }
-            for pid, faces in zip(props["photo_id"], props["_boxes"])
-            if isinstance(faces, list)
-            for f in faces
-        ]
-        if boxes:
-            tables["detections"] = pd.DataFrame(boxes)
     c.frame = good[~good["photo_id"].isin(bad_ids)].reset_index(drop=True)
     note = (
         f"{len(c.frame)} of {c.n_manifest_rows} rows go on; {len(quarantine)} quarantine "

@@ -489,10 +489,7 @@ def _group_rows(
     # model: such rows are reported but never flagged.
     flaggable = not (metric == "pearson_r" and "age" in attribute)
     marg_low, marg_high = percentile_ci(diff_boot, config.ci_level)
-    ref = int(np.argmax(np.where(usable, subjects, -1))) if usable.any() else None
-    if ref is not None:
-        ref_boot = boot - boot[:, [ref]]
-        ref_low, ref_high = percentile_ci(ref_boot, config.ci_level)
+    to_reference = _to_reference(names, values, boot, subjects, usable, config.ci_level)
     tol = config.tolerances.get(metric)
     k = int(usable.sum())
     rows = []
@@ -500,15 +497,8 @@ def _group_rows(
     for g, name in enumerate(names):
         simultaneous = bool(usable[g] and np.isfinite(band_low[g]))
         lo, hi = (band_low[g], band_high[g]) if simultaneous else (marg_low[g], marg_high[g])
-        status = (
-            "too_small"
-            if not usable[g]
-            else (
-                "flagged"
-                if flaggable and tol is not None and is_flagged(metric, lo, hi, tol)
-                else "ok"
-            )
-        )
+        flagged = flaggable and tol is not None and is_flagged(metric, lo, hi, tol)
+        status = "too_small" if not usable[g] else ("flagged" if flagged else "ok")
         rows.append(
             {
                 "model": model,
@@ -529,15 +519,33 @@ def _group_rows(
                     if simultaneous
                     else "marginal percentile"
                 ),
-                "reference_group": None if ref is None else names[ref],
-                "diff_to_reference": None if ref is None else float(values[g] - values[ref]),
-                "ref_ci_low": None if ref is None or g == ref else float(ref_low[g]),
-                "ref_ci_high": None if ref is None or g == ref else float(ref_high[g]),
+                **to_reference[g],
                 "tolerance": tol,
                 "status": status,
             }
         )
     return rows
+
+
+def _to_reference(names, values, boot, subjects, usable, level: float) -> list[dict]:
+    """Each group's difference to the reference group (the largest usable one) with its
+    percentile CI (none for the reference itself); all None without a usable group."""
+    if not usable.any():
+        return [
+            dict.fromkeys(("reference_group", "diff_to_reference", "ref_ci_low", "ref_ci_high"))
+            for _ in names
+        ]
+    ref = int(np.argmax(np.where(usable, subjects, -1)))
+    low, high = percentile_ci(boot - boot[:, [ref]], level)
+    return [
+        {
+            "reference_group": names[ref],
+            "diff_to_reference": float(values[g] - values[ref]),
+            "ref_ci_low": None if g == ref else float(low[g]),
+            "ref_ci_high": None if g == ref else float(high[g]),
+        }
+        for g in range(len(names))
+    ]
 
 
 # ---------------------------------------------------------------------------- two models

@@ -150,13 +150,7 @@ class ImageModel(ModelAdapter):
         df = cohort.frame
         rows = df[df["image_path"].notna()]
         digests = rows["image_path"].map(cohort.image_sha256)
-        have = pd.DataFrame()
-        if cached is not None and len(cached[0]):
-            wide = cached[0].pivot_table(
-                index="image_sha256", columns="output", values="value", aggfunc="first"
-            )
-            if set(self.outputs) <= set(wide.columns):
-                have = wide[list(self.outputs)].dropna()
+        have = self._cached_outputs(cached)
         hit = digests.isin(have.index).to_numpy()
         fresh = self._run(
             cohort,
@@ -165,59 +159,51 @@ class ImageModel(ModelAdapter):
             or (lambda items, total: progress_mod.bar(items, total, f"{self.name}: inference")),
         )
         if hit.any():
-            old = rows[hit]
-            frames = [fresh.frame] + [
-                pd.DataFrame(
-                    {
-                        "photo_id": old["photo_id"].values,
-                        "subject_id": old["subject_id"].values,
-                        "model": self.name,
-                        "output": name,
-                        "perturbation": "none",
-                        "severity": 0,
-                        "value": have.loc[digests[hit], name].to_numpy(),
-                    }
-                )
-                for name in self.outputs
-            ]
-            fresh.frame = pd.concat([f for f in frames if len(f)], ignore_index=True)[
-                PREDICTION_COLUMNS
-            ]
-            vectors = cached[1].set_index("image_sha256")["vector"] if len(cached[1]) else None
-            if vectors is not None:
-                known = digests[hit].isin(vectors.index).to_numpy()
-                old_emb = pd.DataFrame(
-                    {
-                        "photo_id": old["photo_id"].values[known],
-                        "model": self.name,
-                        "vector": list(vectors.loc[digests[hit][known]]),
-                    }
-                )
-                fresh.embeddings = pd.concat(
-                    [e for e in (fresh.embeddings, old_emb) if e is not None], ignore_index=True
-                )
+            self._add_cached(fresh, rows[hit], digests[hit], have, cached[1])
         fresh.n_cached, fresh.n_computed = int(hit.sum()), int((~hit).sum())
         fresh.notes.append(
             f"{fresh.n_cached} photos from the prediction cache, {fresh.n_computed} computed"
         )
-        # New cache entries: the photos computed now, by image digest.
-        computed = fresh.frame[fresh.frame["photo_id"].isin(set(rows.loc[~hit, "photo_id"]))]
-        sha_of = dict(zip(rows["photo_id"], digests))
-        fresh.cache_values = pd.DataFrame(
+        _new_cache_entries(
+            fresh, set(rows.loc[~hit, "photo_id"]), dict(zip(rows["photo_id"], digests))
+        )
+        return fresh
+
+    def _cached_outputs(self, cached) -> pd.DataFrame:
+        """The cached clean outputs by image digest (one column per output), for the photos
+        that have every output of this model; empty without a cache."""
+        if cached is None or not len(cached[0]):
+            return pd.DataFrame()
+        wide = cached[0].pivot_table(
+            index="image_sha256", columns="output", values="value", aggfunc="first"
+        )
+        if not set(self.outputs) <= set(wide.columns):
+            return pd.DataFrame()
+        return wide[list(self.outputs)].dropna()
+
+    def _add_cached(self, fresh, old: pd.DataFrame, digests, have, vectors) -> None:
+        """Add the cached photos' outputs (and embeddings, where cached) to ``fresh``."""
+        frames = [fresh.frame] + [
+            _prediction_frame(old, self.name, name, have.loc[digests, name].to_numpy())
+            for name in self.outputs
+        ]
+        fresh.frame = pd.concat([f for f in frames if len(f)], ignore_index=True)[
+            PREDICTION_COLUMNS
+        ]
+        if not len(vectors):
+            return
+        vectors = vectors.set_index("image_sha256")["vector"]
+        known = digests.isin(vectors.index).to_numpy()
+        old_emb = pd.DataFrame(
             {
-                "image_sha256": computed["photo_id"].map(sha_of).values,
-                "perturbation": "none",
-                "severity": 0,
-                "output": computed["output"].values,
-                "value": computed["value"].values,
+                "photo_id": old["photo_id"].values[known],
+                "model": self.name,
+                "vector": list(vectors.loc[digests[known]]),
             }
         )
-        if fresh.embeddings is not None:
-            emb = fresh.embeddings[fresh.embeddings["photo_id"].isin(set(computed["photo_id"]))]
-            fresh.cache_vectors = pd.DataFrame(
-                {"image_sha256": emb["photo_id"].map(sha_of).values, "vector": emb["vector"].values}
-            )
-        return fresh
+        fresh.embeddings = pd.concat(
+            [e for e in (fresh.embeddings, old_emb) if e is not None], ignore_index=True
+        )
 
     def _run(self, cohort, rows: pd.DataFrame, progress) -> Predictions:
         """Run the model on ``rows`` of the cohort (all of them decoded and batched)."""
@@ -250,19 +236,7 @@ class ImageModel(ModelAdapter):
             finite = ok & np.isfinite(values)
             for i in np.flatnonzero(ok & ~finite):
                 bad.setdefault(int(i), f"the model returned a non-finite {name} ({values[i]})")
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "photo_id": rows["photo_id"].values[finite],
-                        "subject_id": rows["subject_id"].values[finite],
-                        "model": self.name,
-                        "output": name,
-                        "perturbation": "none",
-                        "severity": 0,
-                        "value": values[finite],
-                    }
-                )
-            )
+            frames.append(_prediction_frame(rows[finite], self.name, name, values[finite]))
         embeddings = None
         if result.features is not None:
             keep = ok & np.isfinite(result.features).all(axis=1)
@@ -293,4 +267,38 @@ class ImageModel(ModelAdapter):
                 f"{int(ok.sum())} photos in {result.seconds:.1f} s on {result.device} "
                 f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"
             ],
+        )
+
+
+def _prediction_frame(rows: pd.DataFrame, model: str, output: str, values) -> pd.DataFrame:
+    """Clean predictions rows (``perturbation`` none) of ``rows``' photos."""
+    return pd.DataFrame(
+        {
+            "photo_id": rows["photo_id"].values,
+            "subject_id": rows["subject_id"].values,
+            "model": model,
+            "output": output,
+            "perturbation": "none",
+            "severity": 0,
+            "value": values,
+        }
+    )
+
+
+def _new_cache_entries(fresh, computed_ids: set, sha_of: dict) -> None:
+    """The prediction cache's new entries: the photos computed now, by image digest."""
+    computed = fresh.frame[fresh.frame["photo_id"].isin(computed_ids)]
+    fresh.cache_values = pd.DataFrame(
+        {
+            "image_sha256": computed["photo_id"].map(sha_of).values,
+            "perturbation": "none",
+            "severity": 0,
+            "output": computed["output"].values,
+            "value": computed["value"].values,
+        }
+    )
+    if fresh.embeddings is not None:
+        emb = fresh.embeddings[fresh.embeddings["photo_id"].isin(set(computed["photo_id"]))]
+        fresh.cache_vectors = pd.DataFrame(
+            {"image_sha256": emb["photo_id"].map(sha_of).values, "vector": emb["vector"].values}
         )

@@ -65,13 +65,7 @@ def audit_sample(
         align=align,
         progress=progress or (lambda items, total, label: items),
     )
-    timings: dict[tuple[str, str], list[str]] = {}
-    for ms in sets:
-        timings.setdefault((ms.model, ms.output), []).append(f"{ms.method} {ms.seconds:.1f} s")
-    notes = [
-        f"{model} {output}: {', '.join(parts)} on {device}"
-        for (model, output), parts in timings.items()
-    ]
+    notes = _timing_notes(sets, device)
     shares, checks = [], []
     for ms in sets:
         s_rows, m_rows = sal.cohort_rows(
@@ -85,22 +79,7 @@ def audit_sample(
         )
         shares += s_rows
         maps_rows += m_rows
-    for i, a in enumerate(sets):
-        for b in sets[i + 1 :]:
-            if (
-                a.method == b.method
-                and (a.model, a.output) != (b.model, b.output)
-                and a.maps.shape[1:] == b.maps.shape[1:]
-            ):
-                checks += sal.compare(
-                    a,
-                    b,
-                    a.extra["template"],
-                    n_boot=cfg.n_boot,
-                    ci_level=cfg.ci_level,
-                    fraction=cfg.top_fraction,
-                    rng=rng,
-                )
+    checks += _between_models(sets, cfg, rng)
     checks += _sanity_checks(
         sets, targets, paths, methods, cfg, device=device, align=align, notes=notes
     )
@@ -145,34 +124,7 @@ def _map_sets(models, paths, sample, layout, methods, cfg, *, device, batch, ali
             progress(batches(), (len(paths) + batch - 1) // batch, f"saliency ({size} px)"),
         )
         template = sal.region_template(layout, size)
-        n_ok = int((~failed).sum())
-        if n_ok >= cfg.min_faces:  # the average face of the sample: the maps' backdrop
-            maps_rows.append(
-                {
-                    "model": None,
-                    "output": None,
-                    "method": "mean_face",
-                    "attribute": "all",
-                    "group_name": "all",
-                    "n": n_ok,
-                    "height": size,
-                    "width": size,
-                    "map": (face_sum / n_ok).astype(np.float32).ravel().tolist(),
-                }
-            )
-        maps_rows.append(
-            {
-                "model": None,
-                "output": None,
-                "method": "region_template",
-                "attribute": "all",
-                "group_name": ",".join(sal.REGIONS),
-                "n": 0,
-                "height": size,
-                "width": size,
-                "map": template.astype(np.float32).ravel().tolist(),
-            }
-        )
+        maps_rows += _backdrop_rows(face_sum, int((~failed).sum()), template, cfg.min_faces)
         for (model, output, method), (parts, seconds) in result.items():
             order = np.concatenate([i for i, _ in parts])
             maps = np.concatenate([m for _, m in parts])[np.argsort(order, kind="stable")]
@@ -190,6 +142,67 @@ def _map_sets(models, paths, sample, layout, methods, cfg, *, device, batch, ali
                 )
             )
     return sets, maps_rows, targets_all
+
+
+def _timing_notes(sets: list, device: str) -> list[str]:
+    """One note per (model, output): each method's seconds."""
+    timings: dict[tuple[str, str], list[str]] = {}
+    for ms in sets:
+        timings.setdefault((ms.model, ms.output), []).append(f"{ms.method} {ms.seconds:.1f} s")
+    return [
+        f"{model} {output}: {', '.join(parts)} on {device}"
+        for (model, output), parts in timings.items()
+    ]
+
+
+def _between_models(sets: list, cfg, rng) -> list[dict]:
+    """The agreement checks of every two (model, output)s' maps under the same method."""
+    checks = []
+    for i, a in enumerate(sets):
+        for b in sets[i + 1 :]:
+            if (
+                a.method == b.method
+                and (a.model, a.output) != (b.model, b.output)
+                and a.maps.shape[1:] == b.maps.shape[1:]
+            ):
+                checks += sal.compare(
+                    a,
+                    b,
+                    a.extra["template"],
+                    n_boot=cfg.n_boot,
+                    ci_level=cfg.ci_level,
+                    fraction=cfg.top_fraction,
+                    rng=rng,
+                )
+    return checks
+
+
+def _backdrop_rows(face_sum: np.ndarray, n_ok: int, template: np.ndarray, min_faces: int):
+    """``saliency_maps`` rows of one input size's backdrop: the sample's mean face (with at
+    least ``min_faces`` photos) and the region template."""
+    size = template.shape[0]
+    common = {"model": None, "output": None, "attribute": "all", "height": size, "width": size}
+    rows = []
+    if n_ok >= min_faces:  # the average face of the sample: the maps' backdrop
+        rows.append(
+            {
+                **common,
+                "method": "mean_face",
+                "group_name": "all",
+                "n": n_ok,
+                "map": (face_sum / n_ok).astype(np.float32).ravel().tolist(),
+            }
+        )
+    rows.append(
+        {
+            **common,
+            "method": "region_template",
+            "group_name": ",".join(sal.REGIONS),
+            "n": 0,
+            "map": template.astype(np.float32).ravel().tolist(),
+        }
+    )
+    return rows
 
 
 def _sanity_checks(sets, targets, paths, methods, cfg, *, device, align, notes) -> list[dict]:

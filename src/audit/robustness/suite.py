@@ -168,17 +168,11 @@ def run_suite(
     for size, group in by_size.items():
         prepared, have = [], {}
         for model in group:
-            model.load()
-            need = np.ones((len(full_plan), len(rows)), dtype=bool)
             known = _cache_lookup(
                 cached.get(model.name) if cached else None, model, digests, full_plan, pkeys
             )
             have[model.name] = known
-            for p, i in known:
-                need[p, i] = False
-            prepared.append(
-                PerturbedModel(model.name, model.forward, model.normalize, model.spec.layout, need)
-            )
+            prepared.append(_still_needed(model, known, len(full_plan), len(rows)))
         outs, errors, seconds = run_perturbed(
             prepared,
             paths,
@@ -207,6 +201,15 @@ def run_suite(
             result.device = str(model.device)
             results[model.name] = result
     return results
+
+
+def _still_needed(model, known: dict, n_plan: int, n_photos: int) -> PerturbedModel:
+    """The loaded model with the (plan item, photo) cells the cache does not have."""
+    model.load()
+    need = np.ones((n_plan, n_photos), dtype=bool)
+    for p, i in known:
+        need[p, i] = False
+    return PerturbedModel(model.name, model.forward, model.normalize, model.spec.layout, need)
 
 
 def _cache_lookup(cached: pd.DataFrame | None, model, digests, plan, pkeys) -> dict:

@@ -44,6 +44,13 @@ def test_audit_run_inline_equals_the_cli(cli_and_api):
     assert {"faceage_decade", "risk_sd"} <= set(api.survival["term"])
     stages = api.table("run_stages")
     assert set(stages["stage"]) == set(cli.table("run_stages")["stage"])
+    # the summary the terminal prints: the same findings, whichever way the run was started
+    said = api.summary().text()
+    assert said.replace(api.run_id, "RUN") == cli.summary().text().replace(cli.run_id, "RUN")
+    verdict = api.verdict
+    failed = verdict[verdict["status"] == "fail"]
+    assert f"{len(failed)} failed" in said
+    assert all(f"{r.model}: {r.check_name}" in said for r in failed.itertuples() if r.model)
 
 
 def test_open_run_finds_the_newest_and_names_a_missing_one(cli_and_api, tmp_path):

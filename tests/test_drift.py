@@ -74,7 +74,7 @@ def test_embedding_drift_finds_a_shifted_cloud_and_not_a_resample():
     assert embedding_drift(ref, moved, "m", cfg) == b  # seeded: the same numbers again
 
 
-def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
+def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path, capsys):
     from audit.cli import main
     from audit.data.hashing import sha256_file
     from audit.demo.world import write_cohort
@@ -123,6 +123,12 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path):
     verdicts = store.table("verdicts", run_id).set_index("check_name")
     assert verdicts.loc["drift_images", "status"] == "fail"
     assert verdicts.loc["drift_metadata", "status"] == "pass"
+    # the terminal names the drift check that failed and the features that drifted
+    said = " ".join(capsys.readouterr().err.split())
+    assert "FAIL demo-faceage: drift_images" in said or "FAIL drift_images" in said, said
+    n_drifted = int(store.table("drift", run_id)["drifted"].sum())
+    assert f"drift: {n_drifted} of {len(drift)} tests drifted (" in said
+    assert "brightness" in said.split("drift: ")[1]
     art = store.table("artifacts", run_id).set_index("kind").loc["evidently_html"]
     assert sha256_file(out / art["path"]) == art["sha256"]
     # a second monitor run reuses the reference run instead of auditing it again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -198,13 +199,19 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     assert "of each finished run over time" in index  # trend plots of two finished runs
 
 
-def test_cli_exit_codes(lenient_run, demo_cohort, tmp_path, config):
+def test_cli_exit_codes(lenient_run, demo_cohort, tmp_path, config, capsys):
     spec = str(lenient_run["spec"])
     out = _copy_of(lenient_run, tmp_path)
     assert lenient_run["code"] == 0  # the shared run passed every check
     strict = tmp_path / "strict.toml"
     strict.write_text(STRICT)
+    capsys.readouterr()
     assert cli_run(demo_cohort, spec, out, config=strict) == 1
+    # the terminal says what failed, against what, and where to look
+    said = " ".join(capsys.readouterr().err.split())
+    assert "verdict: FAIL" in said and "checks: " in said and " failed" in said
+    assert re.search(r"FAIL oracle: faceage_mae \([\d.]+ against 0.5\): MAE", said), said
+    assert "manifest rows:" in said and "database: " in said and "report: " in said
     store = Store(out / "audit.duckdb")
     runs = store.runs()
     assert runs["verdict"].tolist() == ["pass", "fail"]
@@ -485,14 +492,22 @@ def test_image_models_end_to_end(cli_and_api, tmp_path):
     assert shown.count("Cohort photos that moved most") == 2  # one per model and output
 
 
-def test_validate_command_exit_codes(prefect_harness, tmp_path):
+def test_validate_command_exit_codes(prefect_harness, tmp_path, capsys):
     from audit.demo.world import write_cohort
 
     clean = write_cohort(tmp_path / "clean", 80, seed=616, photos=True)
     messy = write_cohort(tmp_path / "messy", 200, seed=617, photos=True, defects=True)
     out = tmp_path / "out"
     assert main(["validate", "--cohort", str(clean), "--out", str(out)]) == 0
+    assert "validation: CLEAN" in capsys.readouterr().err
     assert main(["validate", "--cohort", str(messy), "--out", str(out)]) == 1
+    # the terminal counts the quarantined rows by kind of reason, naming no id
+    said = " ".join(capsys.readouterr().err.split())
+    assert "validation: ERRORS FOUND" in said and "quarantined rows by reason:" in said
+    assert "FAIL quarantine_fraction" in said
+    assert re.search(r"\b2 validate: byte-identical to photo <id> of another subject", said)
+    ids = pd.read_csv(messy / "manifest.csv")
+    assert not any(i in said for i in set(ids["photo_id"]) | set(ids["subject_id"]))
     unusable = tmp_path / "unusable"
     unusable.mkdir()
     (unusable / "cohort.yaml").write_text("name: no-age\n")

@@ -27,6 +27,7 @@ from audit.orchestrate.sequence import preflight, resolve_reference, run_audit_i
 from audit.pipeline.config import AuditConfig, load_config
 from audit.pipeline.store import RESULT_TABLES, Store
 from audit.pipeline.verdict import overall
+from audit.report.summary import RunSummary, summarise
 
 ORCHESTRATORS = ("inline", "prefect")
 
@@ -176,6 +177,11 @@ class AuditRun:
     def survival(self) -> pd.DataFrame:
         """The Cox models' terms (hazard ratios with CIs), one row per model and term."""
         return self.table("survival_terms")
+
+    def summary(self) -> RunSummary:
+        """What the CLI prints at the end of the run: counts, every check that failed or
+        could not be judged, quarantined rows by reason; ``.text()`` for plain text."""
+        return summarise(self.store, self.run_id)
 
     @property
     def report_path(self) -> Path:

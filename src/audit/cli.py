@@ -24,6 +24,7 @@ from audit.pipeline import progress
 from audit.pipeline.config import load_config
 from audit.pipeline.dossier import MANIFEST, verify_run
 from audit.report import render_all
+from audit.report.summary import terminal_summary
 
 # Prefect reads its settings at import: keep its own logging quiet unless asked.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -36,7 +37,7 @@ app = typer.Typer(
     help="Audit face-photo health models (FaceAge, FAHR-FaceAge, "
     "FAHR-FaceSurvival) on a cohort: accuracy, survival, verdicts, reports.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, log_path=False)
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -82,12 +83,21 @@ def _run_audit(
         reference=reference,
         flow_label="monitor" if reference else "audit",
     )
-    verdict = result["verdict"]
-    style = "bold green" if verdict == "pass" else "bold red"
-    console.print(f"[{style}]verdict: {verdict.upper()}[/]  run {result['run_id']}")
-    console.print(f"report: {result['report']}")
-    console.print(f"index:  {out / 'index.html'}")
-    return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+    _print_summary(out, result)
+    return EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL
+
+
+_STYLES = {"pass": "bold green", "fail": "bold red", "warn": "yellow", "plain": ""}
+
+
+def _print_summary(out: Path, result: dict) -> None:
+    """What the run found (:mod:`audit.report.summary`) and where its pages are."""
+    summary = terminal_summary(out / "audit.duckdb", result["run_id"])
+    for style, text in summary.lines():
+        console.print(escape(text), style=_STYLES[style] or None, highlight=False)
+    console.print(f"report:   {escape(str(result['report']))}", highlight=False)
+    console.print(f"index:    {escape(str(out / 'index.html'))}", highlight=False)
+    console.print(f"database: {escape(str(out / 'audit.duckdb'))}", highlight=False)
 
 
 @app.command()
@@ -158,14 +168,8 @@ def validate(
     result = validation_flow(
         cohort=str(cohort), out=str(out), config=str(config) if config else None
     )
-    verdict = result["verdict"]
-    style = "bold green" if verdict == "pass" else "bold red"
-    console.print(
-        f"[{style}]validation: {'CLEAN' if verdict == 'pass' else 'ERRORS FOUND'}[/]"
-        f"  run {result['run_id']}"
-    )
-    console.print(f"report: {result['report']}")
-    raise typer.Exit(EXIT_PASS if verdict == "pass" else EXIT_FAIL)
+    _print_summary(out, result)
+    raise typer.Exit(EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL)
 
 
 @app.command("make-cohort")

@@ -34,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: [brackets] stay as written
     help="Audit face-photo health models (FaceAge, FAHR-FaceAge, "
     "FAHR-FaceSurvival) on a cohort: accuracy, survival, verdicts, reports.",
 )
@@ -100,6 +101,17 @@ def _print_summary(out: Path, result: dict) -> None:
     console.print(f"database: {escape(str(out / 'audit.duckdb'))}", highlight=False)
 
 
+PRESET_HELP = (
+    "quick (no robustness or saliency, smaller bootstraps: a first look), standard (the "
+    "defaults) or full (robustness on every subject, saliency with every method); the "
+    "config's own keys win"
+)
+
+
+def _preset_overrides(preset: str | None) -> dict:
+    return {"preset": preset} if preset else {}
+
+
 @app.command()
 def run(
     cohort: Path = typer.Option(..., "--cohort", help="cohort folder (with cohort.yaml)"),
@@ -114,7 +126,9 @@ def run(
         "--dask-address",
         help="scheduler of an existing Dask cluster (default: a 2-worker LocalCluster)",
     ),
-    shards: int = typer.Option(0, "--shards", min=0, help="inference shards (dask default 8)"),
+    shards: int = typer.Option(
+        0, "--shards", min=0, help="inference shards (0: none, or 8 with --runner dask)"
+    ),
     reference: Optional[str] = typer.Option(
         None, "--reference", help="run id or cohort folder to measure drift against"
     ),
@@ -122,11 +136,14 @@ def run(
         False,
         "--saliency",
         help="run the saliency audit (where each model looks; off by "
-        "default for speed; [saliency] in the config sets it up)",
+        "default for speed; the config's saliency section sets it up)",
     ),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
 ) -> None:
     """Audit one or more models on a cohort."""
-    overrides = {"saliency": {"enabled": True}} if saliency else None
+    overrides = _preset_overrides(preset)
+    if saliency:
+        overrides["saliency"] = {"enabled": True}
     raise typer.Exit(
         _run_audit(
             cohort,
@@ -149,9 +166,11 @@ def monitor(
     model: list[str] = typer.Option(..., "--model", help="model spec"),
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder"),
+    preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
 ) -> None:
     """Audit a new external cohort with drift against a reference run or cohort."""
-    raise typer.Exit(_run_audit(cohort, model, out, config, reference=reference))
+    overrides = _preset_overrides(preset)
+    raise typer.Exit(_run_audit(cohort, model, out, config, overrides, reference=reference))
 
 
 @app.command()

@@ -32,14 +32,31 @@ from audit.errors import InputError
 from audit.robustness.perturbations import list_perturbations
 from audit.saliency.maps import list_attributions
 
-LIGHT_SAMPLE_SUBJECTS = 150
-LIGHT_SEVERITIES = (1, 3, 5)
-LIGHT_SALIENCY = {
-    "enabled": True,
-    "sample_per_group": 20,
-    "stride": 16,
-    "n_boot": 100,
-    "sanity_photos": 12,
+# What each preset sets, section by section, wherever the config does not set it itself.
+PRESETS: dict[str, dict[str, dict]] = {
+    # a first look in a minute or two: no perturbations, no saliency, smaller bootstraps
+    "quick": {
+        "robustness": {"enabled": False},
+        "saliency": {"enabled": False},
+        "accuracy": {"n_boot": 200},
+        "fairness": {"n_boot": 200},
+        "survival": {"n_boot": 100},
+    },
+    # the defaults of every section
+    "standard": {},
+    # everything: the perturbation suite on every subject, saliency with every method
+    "full": {"robustness": {"sample_subjects": 0}, "saliency": {"enabled": True}},
+    # the demo: robustness on 150 subjects at severities 1, 3 and 5, a small saliency sample
+    "light": {
+        "robustness": {"sample_subjects": 150, "severities": [1, 3, 5]},
+        "saliency": {
+            "enabled": True,
+            "sample_per_group": 20,
+            "stride": 16,
+            "n_boot": 100,
+            "sanity_photos": 12,
+        },
+    },
 }
 
 
@@ -432,25 +449,22 @@ class AuditConfig(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
-    preset: Literal["full", "light"] = Field(
-        "full",
-        description="`light` (the demo): robustness on 150 subjects at severities "
-        "1, 3 and 5, saliency on with 20 photos per group and a 16-pixel "
-        "occlusion stride, unless those sections say otherwise",
+    preset: Literal["quick", "standard", "full", "light"] = Field(
+        "standard",
+        description="`quick`: no robustness, no saliency, 200 bootstrap resamples (a first "
+        "look); `standard`: every section's defaults; `full`: robustness on every subject "
+        "and saliency with every method; `light` (the demo): robustness on 150 subjects at "
+        "severities 1, 3 and 5, saliency on 20 photos per group. A section's own keys win "
+        "over its preset",
     )
 
     @model_validator(mode="after")
-    def _light(self) -> "AuditConfig":
-        if self.preset == "light":
-            chosen = self.robustness.model_fields_set
-            if "sample_subjects" not in chosen:
-                self.robustness.sample_subjects = LIGHT_SAMPLE_SUBJECTS
-            if "severities" not in chosen:
-                self.robustness.severities = list(LIGHT_SEVERITIES)
-            chosen = self.saliency.model_fields_set
-            for key, value in LIGHT_SALIENCY.items():
-                if key not in chosen:
-                    setattr(self.saliency, key, value)
+    def _preset(self) -> "AuditConfig":
+        for section, values in PRESETS[self.preset].items():
+            part = getattr(self, section)
+            for key, value in values.items():
+                if key not in part.model_fields_set:
+                    setattr(part, key, value)
         return self
 
     def canonical_json(self) -> str:

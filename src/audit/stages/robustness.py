@@ -62,7 +62,11 @@ def robustness_setup(ctx: RunContext) -> RobustnessSetup | str:
     cfg = ctx.config.robustness
     models = image_models(ctx)
     reason = (
-        "turned off in the audit config"
+        (
+            "turned off by the quick preset (--preset standard or full runs it)"
+            if ctx.config.preset == "quick"
+            else "turned off in the audit config"
+        )
         if not cfg.enabled
         else "the cohort carries predictions, not photos"
         if not ctx.cohort.has_images

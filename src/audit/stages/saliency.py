@@ -21,7 +21,7 @@ def saliency_stage(ctx: RunContext) -> int:
     models = image_models(ctx)
     reason = (
         "off (the default: it costs more forward passes than the robustness suite); "
-        "turn it on with [saliency] enabled = true or --saliency"
+        "turn it on with [saliency] enabled = true, --saliency or --preset full"
         if not cfg.enabled
         else "the cohort carries predictions, not photos"
         if not ctx.cohort.has_images

@@ -66,5 +66,48 @@ def test_a_quick_first_run_skips_perturbations_and_says_what_failed(
     stages = store.table("run_stages", run_id).set_index("stage")["note"]
     assert "turned off" in stages["robustness"]
     said = " ".join(capsys.readouterr().err.split())
+    assert "plan (quick preset): " in said and "no robustness suite; no saliency" in said
     assert ("verdict: PASS" if code == 0 else "verdict: FAIL") in said
     assert "quarantined rows by reason:" in said  # the photo cohort has planted defects
+
+
+def test_progress_writes_lines_where_the_output_is_not_a_terminal(monkeypatch):
+    """A log file gets periodic lines with the count, the share and the time left, and a
+    last line; a loop shorter than the interval stays quiet."""
+    import io
+
+    from rich.console import Console
+
+    from audit.pipeline import progress
+
+    buffer = io.StringIO()
+    progress.use_console(Console(file=buffer, force_terminal=False, width=200))
+    try:
+        monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+        assert list(progress.bar(iter(range(4)), 4, "robustness")) == [0, 1, 2, 3]
+        lines = [line for line in buffer.getvalue().splitlines() if "robustness" in line]
+        assert "robustness: 1/4 (25%)" in lines[0] and "s left" in lines[0]
+        assert "robustness: 4/4 (100%)" in lines[-1] and "left" not in lines[-1]
+        monkeypatch.setattr(progress, "LOG_EVERY", 3600.0)
+        buffer.truncate(0)
+        assert list(progress.bar(range(3), 3, "quiet")) == [0, 1, 2]
+        assert "quiet" not in buffer.getvalue()
+        progress.note("plan: 3 photos")
+        assert "plan: 3 photos" in buffer.getvalue()
+    finally:
+        progress.use_console(None)
+
+
+def test_the_robustness_estimate_comes_from_the_measured_clean_pass():
+    from types import SimpleNamespace
+
+    from audit.stages.plan import robustness_estimate
+
+    models = [SimpleNamespace(name="a"), SimpleNamespace(name="b")]
+    ctx = SimpleNamespace(throughput={"a": 50.0, "b": 25.0})
+    said = robustness_estimate(ctx, models, n_photos=100, n_levels=49)
+    # 100 photos x 50 passes = 5,000 per model: 100 s at 50/s plus 200 s at 25/s
+    assert "5000 passes per model" in said and "about 5 min" in said
+    assert "a 50 photos/s" in said and "b 25 photos/s" in said
+    cached = robustness_estimate(SimpleNamespace(throughput={"a": 50.0}), models, 100, 49)
+    assert "no time estimate" in cached and "prediction cache" in cached

@@ -261,6 +261,7 @@ class ImageModel(ModelAdapter):
         ]
         return Predictions(
             frame=pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS],
+            seconds=result.seconds,
             embeddings=embeddings,
             quarantine=pd.DataFrame(quarantine) if quarantine else None,
             notes=[

@@ -458,32 +458,35 @@ def run_perturbed(
     n = len(paths)
     results: dict[str, np.ndarray | None] = {m.name: None for m in models}
     errors = [""] * n
+    batches = run.batches(paths, size, workers=workers, align=align, decode=decode)
+    # progress counts (batch, plan item) steps: one batch of many levels is a long wait
+    steps = ((batch, p) for batch in batches for p in range(len(plan)))
+    n_steps = -(-n // run.batch_size) * len(plan)
     with torch.inference_mode():
-        for idx, images, errs in run.batches(
-            paths, size, workers=workers, progress=progress, align=align, decode=decode
-        ):
-            rows = idx.numpy()
-            good = np.array([not e for e in errs])
-            for j, e in zip(rows, errs):
-                errors[j] = e
-            x = to_unit(images)
-            for p, (name, severity) in enumerate(plan):
-                wanted = {m.name: good & m.need[p, rows] for m in models}
-                if not any(w.any() for w in wanted.values()):
+        for (idx, images, errs), p in progress(steps, n_steps) if progress else steps:
+            if p == 0:
+                rows = idx.numpy()
+                good = np.array([not e for e in errs])
+                for j, e in zip(rows, errs):
+                    errors[j] = e
+                x = to_unit(images)
+            name, severity = plan[p]
+            wanted = {m.name: good & m.need[p, rows] for m in models}
+            if not any(w.any() for w in wanted.values()):
+                continue
+            xp = perturb(name, severity, x, seeds(name, severity, rows))
+            for m in models:
+                w = wanted[m.name]
+                if not w.any():
                     continue
-                xp = perturb(name, severity, x, seeds(name, severity, rows))
-                for m in models:
-                    w = wanted[m.name]
-                    if not w.any():
-                        continue
-                    sel = torch.from_numpy(np.flatnonzero(w)).to(xp.device)
-                    out, _ = forward_halving(
-                        m.forward,
-                        model_input(xp.index_select(0, sel), m.normalize, m.layout, cuda),
-                        cuda,
-                    )
-                    out = out.reshape(len(sel), -1)
-                    if results[m.name] is None:
-                        results[m.name] = np.full((len(plan), n, out.shape[1]), np.nan)
-                    results[m.name][p, rows[w]] = out
+                sel = torch.from_numpy(np.flatnonzero(w)).to(xp.device)
+                out, _ = forward_halving(
+                    m.forward,
+                    model_input(xp.index_select(0, sel), m.normalize, m.layout, cuda),
+                    cuda,
+                )
+                out = out.reshape(len(sel), -1)
+                if results[m.name] is None:
+                    results[m.name] = np.full((len(plan), n, out.shape[1]), np.nan)
+                results[m.name][p, rows[w]] = out
     return results, errors, run.seconds

@@ -79,6 +79,7 @@ class Predictions:
     cache_vectors: pd.DataFrame | None = None
     n_cached: int = 0  # photos whose predictions came from the cache
     n_computed: int = 0  # photos run through the model
+    seconds: float | None = None  # wall time of the photos run through the model
     worker: str | None = None  # host:pid of the process that computed them
 
 

@@ -22,8 +22,10 @@ from audit.data.inbox import scan
 from audit.errors import InputError
 from audit.models import create_model, parse_model_spec
 from audit.monitor.alerts import alert_arrival
+from audit.pipeline import progress
 from audit.pipeline.config import AuditConfig
 from audit.pipeline.store import Store, is_run_id
+from audit.stages.plan import run_plan
 
 Step = Callable[..., Any]
 FanOut = Callable[[str, Callable, Sequence], list]
@@ -71,6 +73,7 @@ def audit_sequence(
     into that many shards each. Returns ``{"run_id", "verdict", "report"}``."""
     with stages.running(ctx):
         step("validate", stages.validate_stage, ctx)
+        progress.note(run_plan(ctx))
         results = (
             fan_out("predict shard", stages.run_shard, stages.plan_shards(ctx, shards))
             if shards
@@ -104,6 +107,7 @@ def validation_sequence(ctx: stages.RunContext, *, step: Step = inline_step) -> 
     """validate -> validation verdict -> publish (no model)."""
     with stages.running(ctx):
         step("validate", stages.validate_stage, ctx)
+        progress.note(run_plan(ctx))
         verdict = step("validation verdict", stages.validation_verdict, ctx)
         report = step("publish", stages.publish_stage, ctx, verdict)
     return {"run_id": ctx.run_id, "verdict": verdict, "report": str(report)}

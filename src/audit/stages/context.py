@@ -37,6 +37,7 @@ class RunContext:
     predictions: dict = field(default_factory=dict)  # model name -> tidy frame
     notes: dict = field(default_factory=dict)  # stage -> list of notes for the report
     reference: str | None = None  # run_id the drift stage compares against
+    throughput: dict = field(default_factory=dict)  # model name -> photos/s measured here
 
     def __post_init__(self) -> None:
         self._mark = datetime.now(timezone.utc)

@@ -145,6 +145,8 @@ def predict_stage(ctx: RunContext, shard_results: list | None = None) -> int:
             quarantined.append(preds.quarantine)
         if preds.embeddings is not None and len(preds.embeddings):
             embeddings.append(preds.embeddings)
+        if preds.seconds and preds.n_computed:
+            ctx.throughput[model.name] = preds.n_computed / preds.seconds
         for n in preds.notes:
             ctx.note("predictions", f"{model.name}: {n}")
     tables = {"predictions": pd.concat(total, ignore_index=True)}

@@ -26,6 +26,7 @@ from audit.stages.context import (
     predicted_subjects,
     worker_model,
 )
+from audit.stages.plan import robustness_estimate
 
 
 @dataclass
@@ -196,6 +197,7 @@ def robustness_stage(ctx: RunContext, shard_results: list | None = None) -> int:
             f"{len(parts)} shards on worker process(es) {next(iter(results.values())).worker}",
         )
     else:
+        progress.note(robustness_estimate(ctx, setup.models, len(sample), len(setup.plan)))
         results = run_suite(
             setup.models,
             ctx.cohort,

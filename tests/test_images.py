@@ -315,3 +315,30 @@ def test_undecodable_photos_are_quarantined_and_the_rest_predicted(tmp_path, tin
     assert (q["stage"] == "inference").all() and (q["column_name"] == "image_path").all()
     predicted = set(preds.frame["photo_id"])
     assert predicted == set(cohort.frame["photo_id"]) - broken
+
+
+def test_a_head_of_another_size_says_which_num_classes_fits(tmp_path, small_cohort):
+    """A one-output regression checkpoint given as ``timm:ARCH:CHECKPOINT`` meets timm's
+    1000-class head: the error names both sizes and the ``arch_kwargs`` that fit, before any
+    run starts or any photo is validated; a spec with them loads."""
+    import timm
+    from safetensors.torch import save_file
+
+    import audit
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=1)
+    ckpt = tmp_path / "age.safetensors"
+    save_file(net.state_dict(), str(ckpt))
+    with pytest.raises(InputError) as err:
+        create_model(parse_model_spec(f"timm:test_resnet:{ckpt}")).load("cpu")
+    said = str(err.value)
+    assert "head (fc) has 1 output(s)" in said and "built with 1000" in said
+    assert "set arch_kwargs: {num_classes: 1}" in said
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="num_classes: 1"):
+        audit.run(small_cohort, [f"timm:test_resnet:{ckpt}"], out=out)
+    assert not (out / "audit.duckdb").exists()  # the models load before the run begins
+    fixed = _spec(tmp_path, ckpt, arch_kwargs={"num_classes": 1}, outputs={"faceage": 0})
+    fixed_text = fixed.read_text().replace("state_dict_key: model_state_dict\n", "")
+    fixed.write_text(fixed_text)
+    assert create_model(parse_model_spec(str(fixed))).load("cpu") is not None

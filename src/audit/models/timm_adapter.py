@@ -167,6 +167,24 @@ def _image_size_hint(model, state: dict, own: dict) -> str:
     )
 
 
+def _head_hint(model, state: dict, own: dict) -> str:
+    """When the classifier head's size differs from the checkpoint's (a timm model built
+    with its 1000 ImageNet classes for a one-output regression checkpoint), the
+    ``arch_kwargs`` that build it to fit."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    heads = cfg.get("classifier")
+    for head in [heads] if isinstance(heads, str) else list(heads or []):
+        key = f"{head}.weight"
+        if key in state and key in own and state[key].shape[0] != own[key].shape[0]:
+            n, built = int(state[key].shape[0]), int(own[key].shape[0])
+            return (
+                f". The checkpoint's head ({head}) has {n} output(s) and the architecture was "
+                f"built with {built}: set arch_kwargs: {{num_classes: {n}}} in a model spec "
+                "file (the short form timm:ARCH:CHECKPOINT takes no arch_kwargs)"
+            )
+    return ""
+
+
 def fit_state_dict(model, state: dict, path: Path) -> None:
     """Load ``state`` strictly; name every missing, unexpected or mis-shaped key on failure,
     and the ``rename_keys`` that would make the checkpoint fit, when prefixes explain it."""
@@ -203,7 +221,7 @@ def fit_state_dict(model, state: dict, path: Path) -> None:
                     f". It fits with these key renames in the model spec: rename_keys: "
                     f"{json.dumps(renames)}"
                 )
-        hint += _image_size_hint(model, state, own)
+        hint += _head_hint(model, state, own) + _image_size_hint(model, state, own)
         raise InputError(
             f"{path}: checkpoint does not fit the architecture; " + "; ".join(parts) + hint
         )

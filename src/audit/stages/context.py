@@ -66,6 +66,10 @@ def start(
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InputError(f"two --model specs share a name: {names}; give each a `name`")
+    with progress.step("load models"):  # a checkpoint that does not fit fails now, not
+        for model in models:  # after validation has run
+            if hasattr(model, "load"):
+                model.load()
     with progress.step("load cohort"):
         cohort = load_cohort(cohort_dir, hash_cache=HashCache.default())
     store = Store(out_dir / "audit.duckdb")

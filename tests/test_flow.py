@@ -76,6 +76,38 @@ def _copy_of(run: dict, tmp_path: Path) -> Path:
     return out
 
 
+def test_a_run_publishes_its_verdict_metrics_and_report_as_prefect_artifacts(lenient_run):
+    """A Prefect UI user sees the verdict table, the headline metrics and a link to the
+    report, under keys that keep the cohort's history; read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from audit.orchestrate.artifacts import artifact_key
+
+    run_id = lenient_run["result"]["run_id"]
+    store = Store(lenient_run["out"] / "audit.duckdb")
+    name = store.run(run_id)["cohort_name"]
+    keys = {what: artifact_key(name, what) for what in ("verdict", "metrics", "report")}
+    assert all(re.fullmatch(r"[a-z0-9-]+", k) for k in keys.values())
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys.values())))
+        )
+    mine = {a.key: a for a in found if run_id in (a.description or "")}
+    assert set(mine) == set(keys.values())
+    verdict = mine[keys["verdict"]].data
+    checks = store.table("verdicts", run_id)
+    assert verdict.startswith("## verdict: PASS") and "| status | model | check |" in verdict
+    assert all(f"| {c} |" in verdict for c in checks["check_name"])
+    table = json.loads(mine[keys["metrics"]].data)
+    acc = store.table("accuracy", run_id)
+    mae = acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0]
+    row = next(r for r in table if r["metric"] == "mae")
+    assert row["value"] == pytest.approx(mae["value"], rel=1e-3) and row["n"] == mae["n"]
+    link = mine[keys["report"]].data
+    assert Path(lenient_run["result"]["report"]).resolve().as_uri() in link
+
+
 def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     from flows.audit import audit_flow
 

@@ -9,11 +9,13 @@ itself never imports ``flows``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from audit import stages
+from audit.orchestrate.artifacts import publish_artifacts
 from audit.orchestrate.sequence import (
     audit_sequence,
     process_inbox,
@@ -22,6 +24,7 @@ from audit.orchestrate.sequence import (
 from audit.orchestrate.sequence import (
     resolve_reference as _resolve,
 )
+from audit.pipeline import progress
 from audit.pipeline.config import load_config
 
 # Task options a stage needs beyond the defaults (shards run on workers and may be retried;
@@ -91,7 +94,18 @@ def audit_flow(
     """
     cfg = load_config(config, **(overrides or {}))
     ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
-    return audit_sequence(ctx, shards=shards, step=prefect_step, fan_out=prefect_fan_out)
+    result = audit_sequence(ctx, shards=shards, step=prefect_step, fan_out=prefect_fan_out)
+    _artifacts(out, result)
+    return result
+
+
+def _artifacts(out: str, result: dict) -> None:
+    """The run's Prefect artifacts (verdict, headline metrics, report link). The run's
+    results are in DuckDB already: an API that refuses them is said, not raised."""
+    try:
+        publish_artifacts(Path(out) / "audit.duckdb", result["run_id"], result.get("report"))
+    except Exception as exc:  # the Prefect API's own failure, not the audit's
+        progress.note(f"Prefect artifacts not published: {type(exc).__name__}: {exc}")
 
 
 @flow(name="validate", log_prints=False, validate_parameters=True)
@@ -100,7 +114,9 @@ def validation_flow(cohort: str, out: str = "reports", config: str | None = None
     Returns ``{"run_id", "verdict", "report"}``; the verdict fails when an error check
     failed."""
     ctx = stages.start(cohort, [], out, load_config(config), flow="validate")
-    return validation_sequence(ctx, step=prefect_step)
+    result = validation_sequence(ctx, step=prefect_step)
+    _artifacts(out, result)
+    return result
 
 
 def resolve_reference(

@@ -532,7 +532,7 @@ def test_validate_command_exit_codes(prefect_harness, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["validate", "--cohort", str(clean), "--out", str(out)]) == 0
     assert "validation: CLEAN" in capsys.readouterr().err
-    assert main(["validate", "--cohort", str(messy), "--out", str(out)]) == 1
+    assert main(["validate", "--cohort", str(messy), "--out", str(out), "--show-ids"]) == 1
     # the terminal counts the quarantined rows by kind of reason, naming no id
     said = " ".join(capsys.readouterr().err.split())
     assert "validation: ERRORS FOUND" in said and "quarantined rows by reason:" in said
@@ -558,6 +558,21 @@ def test_validate_command_exit_codes(prefect_harness, tmp_path, capsys):
     # a validation run audits data, not a model: no model card, no TRIPOD+AI map
     assert not (out / "runs" / messy_id / "model_card.html").exists()
     assert 'href="tripod_ai.html"' not in html and 'href="data/quarantine.csv"' in html
+    # --show-ids: the site's operator gets a copy with raw ids and paths in the cohort folder,
+    # marked on the page; the shared page keeps one pseudonym per id and no banner
+    rows = pd.read_csv(messy / "manifest.csv", dtype=str)
+    ids = set(rows["photo_id"]) | set(rows["subject_id"])
+    site = (out / "site-only" / "runs" / messy_id / "index.html").read_text()
+    assert "For this site only." in site and "For this site only." not in html
+    quarantined = store.table("quarantine", messy_id)
+    images = quarantined[quarantined["column_name"] == "image_path"]
+    assert len(images) and all(p in site for p in images["photo_id"])
+    relative = {Path(f).relative_to(messy.resolve()).as_posix() for f in images["source_file"]}
+    assert all(f"<td>{r}</td>" in site for r in relative), relative
+    assert not any(re.search(rf"\b{re.escape(i)}\b", html) for i in ids)
+    from audit.data.privacy import pseudonym
+
+    assert set(re.findall(r"id-[0-9a-f]{12}", html)) <= {pseudonym(i) for i in ids}
 
 
 def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, tmp_path, config):

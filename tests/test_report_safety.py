@@ -37,6 +37,10 @@ def test_cohort_strings_are_escaped_everywhere(prefect_harness, tmp_path):
     assert main(["report", "--db", str(out / "audit.duckdb"), "--show-ids"]) == 0
     for page in out.rglob("*.html"):
         assert "<script" not in page.read_text().lower(), page
+    # raw ids go to site-only/, never over the shared pages: those still verify
+    shown = list((out / "site-only").rglob("*.html"))
+    assert shown and all("For this site only." in p.read_text() for p in shown)
+    assert main(["verify", str(run_page.parent)]) == 0
 
 
 def _config(tmp_path):

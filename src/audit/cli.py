@@ -24,6 +24,7 @@ from audit.pipeline import progress
 from audit.pipeline.config import load_config
 from audit.pipeline.dossier import MANIFEST, verify_run
 from audit.report import render_all
+from audit.report.render import SITE_ONLY, render_site_only
 from audit.report.summary import terminal_summary
 
 # Prefect reads its settings at import: keep its own logging quiet unless asked.
@@ -53,8 +54,8 @@ def _run_audit(
     dask_address: Optional[str] = None,
     shards: int = 0,
     reference: Optional[str] = None,
+    show_ids: bool = False,
 ) -> int:
-
     load_config(config, **(overrides or {}))  # fail fast (exit 2) before Prefect starts
     preflight(cohort, models)
     progress.use_console(console)
@@ -84,23 +85,35 @@ def _run_audit(
         reference=reference,
         flow_label="monitor" if reference else "audit",
     )
-    _print_summary(out, result)
+    _print_summary(out, result, show_ids)
     return EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL
 
 
 _STYLES = {"pass": "bold green", "fail": "bold red", "warn": "yellow", "plain": ""}
 
 
-def _print_summary(out: Path, result: dict) -> None:
-    """What the run found (:mod:`audit.report.summary`) and where its pages are."""
+def _print_summary(out: Path, result: dict, show_ids: bool = False) -> None:
+    """What the run found (:mod:`audit.report.summary`) and where its pages are; with
+    ``show_ids``, also the site's own copy of the pages with raw ids."""
     summary = terminal_summary(out / "audit.duckdb", result["run_id"])
     for style, text in summary.lines():
         console.print(escape(text), style=_STYLES[style] or None, highlight=False)
     console.print(f"report:   {escape(str(result['report']))}", highlight=False)
     console.print(f"index:    {escape(str(out / 'index.html'))}", highlight=False)
     console.print(f"database: {escape(str(out / 'audit.duckdb'))}", highlight=False)
+    if show_ids:
+        page = render_site_only(out / "audit.duckdb", result["run_id"])
+        console.print(
+            f"site only (raw ids, not for sharing): {escape(str(page))}",
+            style="bold yellow",
+            highlight=False,
+        )
 
 
+SHOW_IDS_HELP = (
+    "also write the pages with raw subject and photo ids to OUT/site-only, for the site's "
+    "own operator (every page says so); the shared pages stay pseudonymised"
+)
 PRESET_HELP = (
     "quick (no robustness or saliency, smaller bootstraps: a first look), standard (the "
     "defaults) or full (robustness on every subject, saliency with every method); the "
@@ -139,6 +152,7 @@ def run(
         "default for speed; the config's saliency section sets it up)",
     ),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    show_ids: bool = typer.Option(False, "--show-ids", help=SHOW_IDS_HELP),
 ) -> None:
     """Audit one or more models on a cohort."""
     overrides = _preset_overrides(preset)
@@ -155,6 +169,7 @@ def run(
             dask_address=dask_address,
             shards=shards,
             reference=reference,
+            show_ids=show_ids,
         )
     )
 
@@ -167,10 +182,13 @@ def monitor(
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder"),
     preset: Optional[str] = typer.Option(None, "--preset", help=PRESET_HELP),
+    show_ids: bool = typer.Option(False, "--show-ids", help=SHOW_IDS_HELP),
 ) -> None:
     """Audit a new external cohort with drift against a reference run or cohort."""
     overrides = _preset_overrides(preset)
-    raise typer.Exit(_run_audit(cohort, model, out, config, overrides, reference=reference))
+    raise typer.Exit(
+        _run_audit(cohort, model, out, config, overrides, reference=reference, show_ids=show_ids)
+    )
 
 
 @app.command()
@@ -178,6 +196,7 @@ def validate(
     cohort: Path = typer.Option(..., "--cohort", help="cohort folder (with cohort.yaml)"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder (audit.duckdb, runs/)"),
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
+    show_ids: bool = typer.Option(False, "--show-ids", help=SHOW_IDS_HELP),
 ) -> None:
     """Validate a cohort alone (no model): exit 0 clean, 1 errors found, 2 unusable."""
     load_config(config)
@@ -187,7 +206,7 @@ def validate(
     result = validation_flow(
         cohort=str(cohort), out=str(out), config=str(config) if config else None
     )
-    _print_summary(out, result)
+    _print_summary(out, result, show_ids)
     raise typer.Exit(EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL)
 
 
@@ -337,7 +356,11 @@ def verify(
 def report(
     db: Path = typer.Option(..., "--db", help="an audit.duckdb"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: the folder of --db"),
-    show_ids: bool = typer.Option(False, "--show-ids", help="show raw subject and photo ids"),
+    show_ids: bool = typer.Option(
+        False,
+        "--show-ids",
+        help="show raw subject and photo ids (default --out: the folder of --db/site-only)",
+    ),
     show_faces: bool = typer.Option(
         False,
         "--show-faces",
@@ -348,6 +371,8 @@ def report(
     """Re-render every run's page and the index from a DuckDB file alone."""
     if not db.is_file():
         raise InputError(f"{db}: no such DuckDB file")
+    if show_ids and out is None:  # never over the shared, pseudonymised and signed pages
+        out = db.parent / SITE_ONLY
     index = render_all(db, out, show_ids=show_ids, show_faces=show_faces)
     console.print(f"index: {index}")
 

@@ -143,7 +143,7 @@ def run_context(
         show_ids,
     )
     cohort = _cohort_view(included, t["cohort_summary"])
-    validation, q = _validation_view(t, scrub, show_ids)
+    validation, q = _validation_view(t, scrub, show_ids, run.get("cohort_path"))
     stages = t["run_stages"].assign(note=t["run_stages"]["note"].map(scrub))
     stage_notes = {r["stage"]: r["note"] for r in _records(stages) if r["note"]}
     model_sections = [_model_section(m["name"], m, t, included) for m in models]
@@ -267,8 +267,11 @@ def _cohort_view(included: pd.DataFrame, summary: pd.DataFrame) -> dict:
     }
 
 
-def _validation_view(t: dict, scrub, show_ids: bool) -> tuple[list[dict], pd.DataFrame]:
-    """The data checks with their examples (ids pseudonymised), and the quarantine."""
+def _validation_view(
+    t: dict, scrub, show_ids: bool, cohort_path: str | None = None
+) -> tuple[list[dict], pd.DataFrame]:
+    """The data checks with their examples (ids pseudonymised), and the quarantine: files by
+    name (pseudonymised), or with ``show_ids`` by their path in the cohort folder."""
     validation = []
     for r in _records(t["validation_results"]):
         details = json.loads(r["details"] or "{}")
@@ -289,8 +292,20 @@ def _validation_view(t: dict, scrub, show_ids: bool) -> tuple[list[dict], pd.Dat
     if len(q):
         q["photo_id"] = q["photo_id"].map(lambda v: pseudonym(v, show_ids))
         q["reason"] = q["reason"].map(scrub)
-        q["source_file"] = q["source_file"].map(lambda v: scrub(Path(v).name) if v else v)
+        q["source_file"] = q["source_file"].map(
+            lambda v: (_in_cohort(v, cohort_path) if show_ids else scrub(Path(v).name)) if v else v
+        )
     return validation, q
+
+
+def _in_cohort(path: str, cohort_path: str | None) -> str:
+    """``path`` relative to the cohort folder when it lies inside it, as given otherwise."""
+    if cohort_path:
+        try:
+            return Path(path).resolve().relative_to(Path(cohort_path).resolve()).as_posix()
+        except (ValueError, OSError):
+            pass
+    return str(path)
 
 
 def _model_section(name: str, m: dict, t: dict, included: pd.DataFrame) -> dict:
@@ -1023,7 +1038,7 @@ def _write_dossier_pages(run_id: str, ctx: dict, tables: dict, run_dir: Path, en
     cards = model_cards(ctx, tables)
     items = checklist(ctx, tables, cards)
     card_page = env.get_template("model_card.html").render(
-        cards=cards, run=ctx["run"], verdicts=ctx["verdicts"]
+        cards=cards, run=ctx["run"], verdicts=ctx["verdicts"], show_ids=ctx["show_ids"]
     )
     _write_atomic(run_dir / "model_card.html", card_page)
     card_doc = {
@@ -1034,7 +1049,7 @@ def _write_dossier_pages(run_id: str, ctx: dict, tables: dict, run_dir: Path, en
     }
     _write_atomic(run_dir / "model_card.json", _json(card_doc))
     tripod_page = env.get_template("tripod_ai.html").render(
-        items=items, run=ctx["run"], counts=_status_counts(items)
+        items=items, run=ctx["run"], counts=_status_counts(items), show_ids=ctx["show_ids"]
     )
     _write_atomic(run_dir / "tripod_ai.html", tripod_page)
     tripod_doc = {
@@ -1096,7 +1111,7 @@ def _status_counts(items: list[dict]) -> dict:
     return counts
 
 
-def render_index(store: Store, out_dir: str | Path) -> Path:
+def render_index(store: Store, out_dir: str | Path, show_ids: bool = False) -> Path:
     """Write ``index.html`` over every run in the store, with trends of key metrics."""
     out_dir = Path(out_dir)
     runs = store.runs()
@@ -1142,7 +1157,9 @@ def render_index(store: Store, out_dir: str | Path) -> Path:
     html = (
         _env()
         .get_template("index.html")
-        .render(runs=list(reversed(runs_view)), trends=trends, db=store.path.name)
+        .render(
+            runs=list(reversed(runs_view)), trends=trends, db=store.path.name, show_ids=show_ids
+        )
     )
     path = out_dir / "index.html"
     _write_atomic(path, html)
@@ -1162,4 +1179,17 @@ def render_all(
     for r in _records(store.runs()):
         if r["status"] == "finished":
             render_run(store, r["run_id"], out_dir, show_ids=show_ids, show_faces=show_faces)
-    return render_index(store, out_dir)
+    return render_index(store, out_dir, show_ids=show_ids)
+
+
+SITE_ONLY = "site-only"  # the folder, beside a run's pages, of its pages with raw ids
+
+
+def render_site_only(db: str | Path, run_id: str, show_faces: bool = False) -> Path:
+    """The run's pages with raw ids, for the site's own operator, in ``site-only/`` beside
+    the shared pages (which stay pseudonymised and signed); every page says so. Returns the
+    run's page."""
+    store = Store(db)
+    out_dir = store.path.parent / SITE_ONLY
+    render_run(store, run_id, out_dir, show_ids=True, show_faces=show_faces)
+    return out_dir / "runs" / run_id / "index.html"

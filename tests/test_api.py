@@ -195,3 +195,24 @@ def test_the_whole_demo_from_a_notebook_script_equals_the_cli(tmp_path, prefect_
         pd.testing.assert_frame_equal(
             a[keep], c[keep], check_exact=False, rtol=1e-9, atol=1e-12, obj=name
         )
+
+
+def test_the_excluded_share_by_group_is_in_the_verdict_and_the_model_card(cli_and_api):
+    """Rows the data checks set aside are named by group (an oracle recomputes the group
+    that lost the largest share) in the quarantine check and in every model card."""
+    run = cli_and_api["api"]
+    rows = run.table("cohort_rows")
+    shares = sorted(
+        (-(~g["included"].astype(bool)).mean(), f"{a} = {name}")
+        for a in ("sex", "race", "cancer_type", "site")
+        if a in rows and rows[a].notna().any()
+        for name, g in rows.groupby(rows[a].fillna("(missing)"))
+        if len(g) > 1 and (~g["included"].astype(bool)).any()
+    )
+    share, group = -shares[0][0], shares[0][1]
+    check = run.verdict.set_index("check_name").loc["quarantine_fraction"]
+    assert f"most excluded: {group} {share:.0%}" in check["details"]
+    card = (run.report_path.parent / "model_card.html").read_text()
+    excluded = int((~rows["included"].astype(bool)).sum())
+    assert f"{excluded} of {len(rows)} manifest rows" in card
+    assert "excluded by the data checks" in card and group in card

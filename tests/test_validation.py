@@ -274,6 +274,10 @@ def test_real_photos_pass_the_face_check_as_raw_photos(tmp_path):
     assert "astronaut" not in q.index
     assert "0 faces found" in q.at["coffee", "reason"]
     assert "2 faces found" in q.at["two", "reason"]
+    # each reason says what fixes it
+    assert "declare `cropped: true`" in q.at["coffee", "reason"]
+    assert "pad the photo" in q.at["coffee", "reason"]
+    assert "crop the photo to the patient's face" in q.at["two", "reason"]
 
 
 def test_run_suite_maps_rows_back_whatever_order_gx_returns():

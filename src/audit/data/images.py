@@ -182,6 +182,18 @@ def _eyes_cascade():
     return _eye_cascade
 
 
+def face_count_reason(n: int) -> str:
+    """Why a raw photo with ``n`` faces (not one) cannot be used, and what fixes it."""
+    if n == 0:
+        return (
+            "0 faces found; a raw photo needs exactly one. The detector needs the whole face "
+            "with some margin: if the photos are already face crops, declare `cropped: true` "
+            "in cohort.yaml; if the face fills the frame, pad the photo by about a quarter of "
+            "its size on each side"
+        )
+    return f"{n} faces found; a raw photo needs exactly one: crop the photo to the patient's face"
+
+
 def detect_faces(gray: np.ndarray) -> list[dict]:
     """Faces from OpenCV's frontal-face Haar cascade, largest first.
 

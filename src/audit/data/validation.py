@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.data.images import image_properties, near_duplicate_pairs
+from audit.data.images import face_count_reason, image_properties, near_duplicate_pairs
 from audit.errors import InputError
 from audit.pipeline.schema import columns
 
@@ -315,7 +315,7 @@ IMAGE_REASONS = {
         f"nearly identical to photo {r['near_duplicate_of']} of another subject (possible "
         "leakage: the same photo re-saved under a second patient)"
     ),
-    "face_count": lambda v, r: f"{int(v)} faces found; a raw photo needs exactly one",
+    "face_count": lambda v, r: face_count_reason(int(v)),
 }
 
 

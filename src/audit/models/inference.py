@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from audit.data.images import align_crop, decode_rgb, detect_faces
+from audit.data.images import align_crop, decode_rgb, detect_faces, face_count_reason
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,7 +64,7 @@ def decode_image(
 
         faces = detect_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         if len(faces) != 1:
-            raise ValueError(f"{len(faces)} faces found; a raw photo needs exactly one")
+            raise ValueError(face_count_reason(len(faces)))
         return align_crop(rgb, faces[0], size, margin)
     if rgb.shape[:2] != (size, size):
         from PIL import Image

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from audit.data.exclusions import most_excluded
 from audit.decisions.curves import threshold_runs, useful_thresholds, years
 from audit.pipeline.config import FairnessConfig, Thresholds
 from audit.pipeline.schema import columns
@@ -749,15 +750,20 @@ NO_AGE = "no FaceAge predictions with a chronological age"
 NO_OUTCOMES = "the cohort has no outcomes"
 
 
-@register_check("quarantine_fraction", scope="run")
+@register_check("quarantine_fraction", scope="run", reads=("cohort_rows",))
 def _quarantine(ev: Evidence) -> list[dict]:
-    return [_quarantine_row(ev.n_quarantined, ev.n_manifest_rows, ev.thresholds)]
+    rows = ev.table("cohort_rows")
+    return [_quarantine_row(ev.n_quarantined, ev.n_manifest_rows, ev.thresholds, rows)]
 
 
-def _quarantine_row(n_quarantined: int, n_manifest_rows: int, t: Thresholds) -> dict:
+def _quarantine_row(
+    n_quarantined: int, n_manifest_rows: int, t: Thresholds, rows: pd.DataFrame | None = None
+) -> dict:
     """The share of manifest rows set aside, against its maximum (audit and validation
-    runs alike)."""
+    runs alike), naming the groups that lost the largest share (``rows``: the run's
+    ``cohort_rows``)."""
     frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
+    most = most_excluded(rows) if rows is not None and len(rows) else ""
     return _row(
         None,
         "quarantine_fraction",
@@ -766,7 +772,7 @@ def _quarantine_row(n_quarantined: int, n_manifest_rows: int, t: Thresholds) -> 
         frac,
         frac <= t.max_quarantine_fraction,
         f"{n_quarantined} of {n_manifest_rows} rows quarantined (at most "
-        f"{t.max_quarantine_fraction:.0%} allowed)",
+        f"{t.max_quarantine_fraction:.0%} allowed)" + (f"; most excluded: {most}" if most else ""),
     )
 
 
@@ -939,16 +945,21 @@ def evaluate(evidence: Evidence) -> pd.DataFrame:
 
 
 def validation_checks(
-    results: pd.DataFrame, n_manifest_rows: int, n_quarantined: int, thresholds: Thresholds
+    results: pd.DataFrame,
+    n_manifest_rows: int,
+    n_quarantined: int,
+    thresholds: Thresholds,
+    rows: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The checks of a validation run: the quarantined share, and no failed error check."""
+    """The checks of a validation run: the quarantined share (by group, from the run's
+    ``cohort_rows``), and no failed error check."""
     failed = results[(~results["success"].astype(bool)) & (results["severity"] != "warning")]
     names = ", ".join(
         f"{r.suite}.{r.expectation}" + (f"({r.column_name})" if r.column_name else "")
         for r in failed.itertuples()
     )
     rows = [
-        _quarantine_row(n_quarantined, n_manifest_rows, thresholds),
+        _quarantine_row(n_quarantined, n_manifest_rows, thresholds, rows),
         _row(
             None,
             "validation_errors",

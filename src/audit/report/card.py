@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from audit.data.exclusions import most_excluded
 from audit.pipeline.verdict import sig3
 from audit.report.decisions import decision_summaries, nested_summaries, subgroup_summaries
 from audit.report.records import records as _rows
@@ -333,6 +334,16 @@ def _evidence_limitations(
             f"Only {outcomes['events']} deaths: external validation needs about "
             f"{MIN_VALIDATION_EVENTS} events or more for precise estimates (Collins et al. "
             "2016), so the survival estimates are imprecise."
+        )
+    excluded = ctx["n_rows"] - ctx["n_included"]
+    if excluded:
+        most = most_excluded(t["cohort_rows"])
+        out.append(
+            f"{excluded} of {ctx['n_rows']} manifest rows ({excluded / ctx['n_rows']:.0%}) were "
+            "excluded by the data checks before any model ran (unreadable photos, no single "
+            "face found, missing or impossible values); the results describe the rest"
+            + (f". The largest shares excluded: {most}" if most else "")
+            + "."
         )
     if len(ctx["evaluation_sites"]) <= 1:
         out.append("One site only: transportability to other sites was not assessed.")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from audit.data.exclusions import exclusions_by_group
 from audit.data.hashing import sha256_file
 from audit.data.privacy import id_scrubber, pseudonym
 from audit.pipeline.store import Store
@@ -149,7 +150,7 @@ def run_context(
     model_sections = [_model_section(m["name"], m, t, included) for m in models]
     config = json.loads(run["config"] or "{}")
     incremental = _incremental_view(t)
-    exclusions = _exclusions_by_group(rows)
+    exclusions = exclusions_by_group(rows)
     return {
         "incremental": incremental,
         **_analysis_views(t, config),
@@ -638,37 +639,6 @@ def _drift_view(drift: pd.DataFrame, artifacts: pd.DataFrame, cfg: dict) -> dict
         "chart": chart,
         "html": bool((artifacts["kind"] == "evidently_html").any()),
     }
-
-
-def _exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
-    """Share of manifest rows the data checks excluded, by group: TRIPOD+AI item 7 asks
-    whether quality checks fell alike on every group. Only attributes where some group lost
-    a row are listed."""
-    out = []
-    if rows.empty or rows["included"].all():
-        return out
-    for attribute in ["sex", "race", "cancer_type", "site"]:
-        if attribute not in rows or rows[attribute].isna().all():
-            continue
-        g = rows.assign(excluded=~rows["included"].astype(bool)).groupby(
-            rows[attribute].fillna("(missing)"), sort=True
-        )["excluded"]
-        table = pd.DataFrame({"n": g.size(), "excluded": g.sum()})
-        out.append(
-            {
-                "attribute": attribute,
-                "groups": [
-                    {
-                        "name": k,
-                        "n": int(r["n"]),
-                        "excluded": int(r["excluded"]),
-                        "share": r["excluded"] / r["n"],
-                    }
-                    for k, r in table.iterrows()
-                ],
-            }
-        )
-    return out
 
 
 def _fairness_view(

@@ -184,6 +184,9 @@ def validation_verdict(ctx: RunContext) -> str:
     q = ctx.store.query(
         "SELECT count(DISTINCT photo_id) FROM quarantine WHERE run_id = ?", [ctx.run_id]
     ).iloc[0, 0]
-    verdicts = validation_checks(results, ctx.cohort.n_manifest_rows, int(q), ctx.config.thresholds)
+    rows = ctx.store.table("cohort_rows", ctx.run_id)
+    verdicts = validation_checks(
+        results, ctx.cohort.n_manifest_rows, int(q), ctx.config.thresholds, rows
+    )
     ctx.write("verdict", {"verdicts": verdicts})
     return overall(verdicts)

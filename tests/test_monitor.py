@@ -132,3 +132,39 @@ def test_a_deployment_runs_on_its_schedule_through_prefects_api(
     assert final.is_completed(), final
     runs = Store(out / "audit.duckdb").runs()
     assert runs["flow"].tolist() == ["validate"] and runs["status"].iloc[0] == "finished"
+
+
+def test_a_run_that_cannot_start_is_recorded_failed_and_alerted(
+    prefect_harness, tmp_path, receiver
+):
+    """A monitor run with a reference that does not exist (the slip of issue 20's trial)
+    fails in Prefect, and is also a failed run in audit.duckdb with the reason, on the
+    index page, and alerted once."""
+    from audit.demo.world import write_cohort
+    from audit.errors import InputError
+    from audit.report import render_index
+    from flows.monitor import monitor_flow
+
+    url, got = receiver
+    cohort = write_cohort(tmp_path / "site", 60, seed=8)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[alerts]\nwebhook = "{url}"\n')
+    out = tmp_path / "out"
+    wrong = "20261202T155225Z-8bc3c8f9"
+    with pytest.raises(InputError, match=f"no run {wrong}"):
+        monitor_flow(
+            cohort=str(cohort),
+            reference=wrong,
+            models=["predictions:faceage"],
+            out=str(out),
+            config=str(config),
+        )
+    store = Store(out / "audit.duckdb")
+    runs = store.runs()
+    assert len(runs) == 1 and runs["status"].item() == "failed"
+    assert runs["flow"].item() == "monitor" and f"no run {wrong}" in runs["error"].item()
+    assert runs["cohort_path"].item() == str(cohort.resolve())
+    assert len(got) == 1 and "the monitor run failed" in got[0]["summary"]
+    assert got[0]["run_id"] == runs["run_id"].item()
+    index = render_index(store, out).read_text()
+    assert runs["run_id"].item() in index and f"no run {wrong}" in index

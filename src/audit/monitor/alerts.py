@@ -56,3 +56,20 @@ def alert_arrival(cfg, store, folder, result: dict | None, error: str | None) ->
                 "summary": f"{Path(folder).name}: " + "; ".join(reasons),
             },
         )
+
+
+def alert_failure(cfg, folder, flow: str, run_id: str | None, error: str) -> None:
+    """Send the alert of a run that failed outside the drop folder (a scheduled validation,
+    a triggered audit or monitor run), when the config has a webhook and asks for failures."""
+    if not cfg.alerts.webhook or "failed" not in set(cfg.alerts.on):
+        return
+    send(
+        cfg.alerts.webhook,
+        {
+            "cohort_folder": str(folder or ""),
+            "run_id": run_id or "",
+            "verdict": "error",
+            "report": "",
+            "summary": f"{Path(folder or '').name or flow}: the {flow} run failed: {error}",
+        },
+    )

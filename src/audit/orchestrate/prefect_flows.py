@@ -15,6 +15,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from audit import stages
+from audit.monitor.alerts import alert_failure
 from audit.orchestrate.artifacts import publish_artifacts
 from audit.orchestrate.sequence import (
     audit_sequence,
@@ -26,6 +27,7 @@ from audit.orchestrate.sequence import (
 )
 from audit.pipeline import progress
 from audit.pipeline.config import load_config
+from audit.stages.context import error_text
 
 # Task options a stage needs beyond the defaults (shards run on workers and may be retried;
 # publishing writes files and may meet a transient error).
@@ -85,18 +87,66 @@ def audit_flow(
     shards: int = 0,
     reference: str | None = None,
     flow_label: str = "audit",
+    alert_failures: bool = True,
 ) -> dict:
     """Audit ``models`` on the cohort folder ``cohort``; results go to ``out``/audit.duckdb.
 
     ``shards`` > 0 splits image inference, and the robustness sample, into that many shard
     tasks each. ``reference``: a finished run in ``out``/audit.duckdb to measure drift
-    against. Returns ``{"run_id", "verdict", "report"}``.
+    against. Returns ``{"run_id", "verdict", "report"}``. A run that fails is in
+    ``audit.duckdb`` as ``failed`` with its reason (even one that could not start) and, with
+    ``alert_failures``, alerted per the config.
     """
-    cfg = load_config(config, **(overrides or {}))
-    ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
-    result = audit_sequence(ctx, shards=shards, step=prefect_step, fan_out=prefect_fan_out)
+    with _Attempt(out, flow_label, cohort, config, overrides, alert_failures) as attempt:
+        cfg = load_config(config, **(overrides or {}))
+        attempt.ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
+        result = audit_sequence(
+            attempt.ctx, shards=shards, step=prefect_step, fan_out=prefect_fan_out
+        )
     _artifacts(out, result)
     return result
+
+
+class _Attempt:
+    """A flow's body: on an exception, the run is recorded as ``failed`` (a row is written
+    when the run could not even start), Prefect's log says why, the config's webhook is
+    alerted (``alert``), and the exception goes on, so Prefect marks the flow run failed."""
+
+    def __init__(self, out, flow_name, cohort, config, overrides, alert: bool):
+        self.out, self.flow_name, self.cohort = out, flow_name, cohort
+        self.config, self.overrides, self.alert = config, overrides, alert
+        self.ctx = None
+
+    def __enter__(self) -> "_Attempt":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if not isinstance(exc, Exception) or getattr(exc, "_faceage_audit_recorded", False):
+            return False
+        run_id = (
+            self.ctx.run_id
+            if self.ctx is not None
+            else stages.failed_start(self.out, self.flow_name, self.cohort, exc)
+        )
+        exc._faceage_audit_recorded = True  # a parent flow does not record it twice
+        error = error_text(exc)
+        _log_error(f"{self.flow_name} run {run_id or '(not recorded)'} failed: {error}")
+        if self.alert:
+            try:
+                cfg = load_config(self.config, **(self.overrides or {}))
+                alert_failure(cfg, self.cohort, self.flow_name, run_id, error)
+            except Exception as problem:  # a config that cannot load cannot name a webhook
+                _log_error(f"no alert sent: {type(problem).__name__}: {problem}")
+        return False
+
+
+def _log_error(text: str) -> None:
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().error(text)
+    except Exception:  # outside a flow run there is no run logger
+        progress.note(text)
 
 
 def _artifacts(out: str, result: dict) -> None:
@@ -113,8 +163,9 @@ def validation_flow(cohort: str, out: str = "reports", config: str | None = None
     """Validate the cohort folder ``cohort`` (no model); results go to ``out``/audit.duckdb.
     Returns ``{"run_id", "verdict", "report"}``; the verdict fails when an error check
     failed."""
-    ctx = stages.start(cohort, [], out, load_config(config), flow="validate")
-    result = validation_sequence(ctx, step=prefect_step)
+    with _Attempt(out, "validate", cohort, config, None, alert=True) as attempt:
+        attempt.ctx = stages.start(cohort, [], out, load_config(config), flow="validate")
+        result = validation_sequence(attempt.ctx, step=prefect_step)
     _artifacts(out, result)
     return result
 
@@ -146,19 +197,23 @@ def monitor_flow(
     out: str = "reports",
     config: str | None = None,
     overrides: dict | None = None,
+    alert_failures: bool = True,
 ) -> dict:
     """Audit ``cohort`` with drift against ``reference``; returns the audit flow's result
-    with ``reference`` (the run compared against)."""
-    ref = resolve_reference(reference, models, out, config, overrides)
-    result = audit_flow(
-        cohort=cohort,
-        models=models,
-        out=out,
-        config=config,
-        overrides=overrides,
-        reference=ref,
-        flow_label="monitor",
-    )
+    with ``reference`` (the run compared against). A reference that cannot be used fails
+    the run, recorded and alerted as :func:`audit_flow` does."""
+    with _Attempt(out, "monitor", cohort, config, overrides, alert_failures):
+        ref = resolve_reference(reference, models, out, config, overrides)
+        result = audit_flow(
+            cohort=cohort,
+            models=models,
+            out=out,
+            config=config,
+            overrides=overrides,
+            reference=ref,
+            flow_label="monitor",
+            alert_failures=alert_failures,
+        )
     return {**result, "reference": ref}
 
 
@@ -175,7 +230,7 @@ def inbox_flow(
     each (with drift against ``reference`` when given); alert per the config."""
     cfg = load_config(config, **(overrides or {}))
 
-    def audit_one(folder: str) -> dict:
+    def audit_one(folder: str) -> dict:  # each arrival's failure is alerted once, below
         if reference:
             return monitor_flow(
                 cohort=folder,
@@ -184,8 +239,16 @@ def inbox_flow(
                 out=out,
                 config=config,
                 overrides=overrides,
+                alert_failures=False,
             )
-        return audit_flow(cohort=folder, models=models, out=out, config=config, overrides=overrides)
+        return audit_flow(
+            cohort=folder,
+            models=models,
+            out=out,
+            config=config,
+            overrides=overrides,
+            alert_failures=False,
+        )
 
     return process_inbox(inbox, out, cfg, audit_one)
 

@@ -15,7 +15,7 @@ One module per stage, in the order a run takes them: :mod:`~audit.stages.validat
 """
 
 from audit.stages.analysis import accuracy_stage, fairness_stage, survival_stage
-from audit.stages.context import RunContext, fail, running, start
+from audit.stages.context import RunContext, fail, failed_start, running, start
 from audit.stages.drift import drift_stage
 from audit.stages.predict import Shard, plan_shards, predict_stage, run_shard
 from audit.stages.publish import publish_stage, verdict_stage
@@ -38,6 +38,7 @@ __all__ = [
     "accuracy_stage",
     "drift_stage",
     "fail",
+    "failed_start",
     "fairness_stage",
     "plan_robustness_shards",
     "plan_shards",

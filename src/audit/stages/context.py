@@ -180,9 +180,34 @@ def running(ctx: RunContext):
 
 def fail(ctx: RunContext, exc: BaseException) -> None:
     """Mark the run ``failed`` with its reason (the stages' rows stay whole or absent)."""
-    detail = (
-        str(exc)
-        if isinstance(exc, InputError)
-        else "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    )
-    ctx.store.fail_run(ctx.run_id, detail)
+    ctx.store.fail_run(ctx.run_id, error_text(exc))
+
+
+def error_text(exc: BaseException) -> str:
+    """The reason a run failed, as stored and shown: an input error's message as it is, any
+    other exception with its type."""
+    if isinstance(exc, InputError):
+        return str(exc)
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def failed_start(
+    out_dir: str | Path, flow: str, cohort_dir: str | Path | None, exc: BaseException
+) -> str | None:
+    """Record a run that failed before it could start (its cohort, models, config or
+    reference could not be used) as a ``failed`` run with the reason, so that a scheduled
+    or triggered run that fails is in ``audit.duckdb`` and on the index page, not only in
+    Prefect's state table. Returns its run id (None when the output folder itself cannot
+    be written)."""
+    try:
+        store = Store(Path(out_dir) / "audit.duckdb")
+        run_id = store.start_run(
+            flow=flow,
+            cohort_name=Path(cohort_dir).name if cohort_dir else None,
+            cohort_sha256=None,
+            cohort_path=str(Path(cohort_dir).resolve()) if cohort_dir else None,
+        )
+        store.fail_run(run_id, error_text(exc))
+        return run_id
+    except Exception:  # the store cannot be written: the exception itself still propagates
+        return None

@@ -92,10 +92,13 @@ def test_the_inbox_flow_audits_each_arrival_once_and_alerts(prefect_harness, tmp
 
 
 def test_a_deployment_runs_on_its_schedule_through_prefects_api(
-    prefect_harness, tmp_path, monkeypatch
+    prefect_harness, tmp_path, monkeypatch, receiver
 ):
-    """Build the deployments as `faceage-audit deploy` does, register them with a Prefect
-    runner, and execute one scheduled run of the validation deployment through the API."""
+    """Build the deployments as `faceage-audit deploy` does (checked, paths absolute),
+    register them with a Prefect runner against the test's Prefect server, and execute
+    scheduled runs of the validation deployment through its API: one that works, and one
+    whose cohort lost its manifest overnight, which fails in Prefect, is a failed run in
+    audit.duckdb with the reason, and is alerted."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -104,16 +107,29 @@ def test_a_deployment_runs_on_its_schedule_through_prefects_api(
     from prefect.settings import PREFECT_API_URL
 
     from audit.demo.world import write_cohort
+    from audit.orchestrate.deploy import api_problem, check_deployment
     from flows.deploy import build_deployments
 
+    url, got = receiver
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for the run's process
-    cohort = write_cohort(tmp_path / "cohort", 60, seed=7)
-    out = tmp_path / "out"
-    deployments = build_deployments(
+    assert api_problem(PREFECT_API_URL.value(), local=False) is None  # the server answers
+    monkeypatch.chdir(tmp_path)
+    write_cohort(tmp_path / "cohort", 60, seed=7)
+    (tmp_path / "c.toml").write_text(f'[alerts]\nwebhook = "{url}"\n')
+    plan = check_deployment(
         models=["predictions:faceage"],
-        out=str(out),
-        cohort=str(cohort),
-        inbox=str(tmp_path),
+        out="out",
+        cohort="cohort",
+        inbox=".",
+        config="c.toml",
+    )
+    assert plan.cohort == str(tmp_path / "cohort") and plan.out == str(tmp_path / "out")
+    deployments = build_deployments(
+        models=plan.models,
+        out=plan.out,
+        cohort=plan.cohort,
+        inbox=plan.inbox,
+        config=plan.config,
         cron="0 3 * * *",
     )
     assert [d.name for d in deployments] == ["scheduled-validation", "monitor-inbox"]
@@ -121,17 +137,56 @@ def test_a_deployment_runs_on_its_schedule_through_prefects_api(
     runner = Runner(name="faceage-audit-test", query_seconds=1)
     for d in deployments:
         runner.add_deployment(d)
-    flow_run = run_deployment("validate/scheduled-validation", timeout=0)
-    asyncio.run(runner.start(run_once=True))
 
-    async def state():
-        async with get_client() as client:
-            return (await client.read_flow_run(flow_run.id)).state
+    def scheduled_run():
+        flow_run = run_deployment("validate/scheduled-validation", timeout=0)
+        asyncio.run(runner.start(run_once=True))
 
-    final = asyncio.run(state())
-    assert final.is_completed(), final
-    runs = Store(out / "audit.duckdb").runs()
+        async def state():
+            async with get_client() as client:
+                return (await client.read_flow_run(flow_run.id)).state
+
+        return asyncio.run(state())
+
+    assert scheduled_run().is_completed()
+    store = Store(tmp_path / "out" / "audit.duckdb")
+    runs = store.runs()
     assert runs["flow"].tolist() == ["validate"] and runs["status"].iloc[0] == "finished"
+    assert got == []
+    (tmp_path / "cohort" / "manifest.csv").unlink()  # the site's export went missing
+    assert scheduled_run().is_failed()
+    failed = store.runs().iloc[-1]
+    assert failed["status"] == "failed" and "manifest" in failed["error"]
+    assert len(got) == 1 and "the validate run failed" in got[0]["summary"]
+    assert got[0]["run_id"] == failed["run_id"]
+
+
+def test_a_deployment_is_checked_whole_before_it_is_served(tmp_path, monkeypatch):
+    """Every problem at once (folders, model specs, reference), files made absolute, and a
+    schedule refused where no Prefect server would keep it."""
+    from audit.errors import InputError
+    from audit.orchestrate.deploy import absolute_spec, api_problem, check_deployment
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as err:
+        check_deployment(
+            models=["onnx:missing.onnx"],
+            out="out",
+            cohort="nowhere",
+            inbox="inbox",
+            reference="20261202T155225Z-8bc3c8f9",
+        )
+    said = str(err.value)
+    for part in ("nowhere", "--inbox inbox", "missing.onnx", "20261202T155225Z-8bc3c8f9"):
+        assert part in said, part
+    assert absolute_spec("timm:resnet18:w/age.safetensors") == (
+        f"timm:resnet18:{tmp_path / 'w' / 'age.safetensors'}"
+    )
+    assert absolute_spec("onnx:m.onnx") == f"onnx:{tmp_path / 'm.onnx'}"
+    assert absolute_spec("predictions:faceage") == "predictions:faceage"
+    assert "PREFECT_API_URL is not set" in api_problem(None, local=False)
+    assert api_problem(None, local=True) is None
+    assert "cannot be reached" in api_problem("http://127.0.0.1:9/api", local=False)
 
 
 def test_a_run_that_cannot_start_is_recorded_failed_and_alerted(

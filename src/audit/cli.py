@@ -19,6 +19,7 @@ from rich.markup import escape  # messages quote paths and terms like sex[female
 from audit.demo.preset import DEMO_MODELS, demo_config, write_demo_cohort
 from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
+from audit.orchestrate.deploy import api_problem, check_deployment
 from audit.orchestrate.sequence import preflight
 from audit.pipeline import progress
 from audit.pipeline.config import load_config
@@ -297,39 +298,62 @@ def deploy(
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder"),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="print the deployments and exit instead of serving them"
+        False,
+        "--dry-run",
+        help="check everything, print the deployments and exit instead of serving them",
+    ),
+    local: bool = typer.Option(
+        False,
+        "--local",
+        help="serve without a Prefect server (a temporary one: no schedule fires, runs "
+        "happen only when triggered by hand)",
     ),
 ) -> None:
-    """Serve Prefect deployments with cron schedules (validation, monitor inbox) until stopped."""
-    if cohort is None and inbox is None:
-        raise InputError(
-            "deploy needs --cohort (scheduled validation) and/or --inbox (scheduled monitoring)"
-        )
-    if inbox is not None and not model:
-        raise InputError("--inbox needs at least one --model to audit arrivals with")
-    for path in (cohort, inbox):
-        if path is not None and not path.is_dir():
-            raise InputError(f"{path}: no such folder")
+    """Serve Prefect deployments with cron schedules (validation, monitor inbox) until stopped.
+
+    Everything is checked first (folders, config, model specs, reference, a reachable Prefect
+    API); a problem stops it with exit 2 and names each one."""
+    from prefect.settings import PREFECT_API_URL
+
     from audit.orchestrate.prefect_flows import build_deployments
 
+    progress.use_console(console)
+    plan = check_deployment(
+        models=list(model), out=out, cohort=cohort, inbox=inbox, reference=reference, config=config
+    )
+    url = PREFECT_API_URL.value()
+    problem = api_problem(url, local)
     deployments = build_deployments(
-        models=list(model),
-        out=str(out.resolve()),
-        cohort=str(cohort.resolve()) if cohort else None,
-        inbox=str(inbox.resolve()) if inbox else None,
-        reference=reference,
-        config=str(config.resolve()) if config else None,
+        models=plan.models,
+        out=plan.out,
+        cohort=plan.cohort,
+        inbox=plan.inbox,
+        reference=plan.reference,
+        config=plan.config,
         cron=cron,
         monitor_cron=monitor_cron,
     )
     for d in deployments:
         schedules = ", ".join(str(s.schedule.cron) for s in d.schedules or [])
-        console.print(f"deployment {d.flow_name}/{d.name}: cron {schedules}")
+        console.print(f"deployment {d.flow_name}/{d.name}: cron {schedules}", highlight=False)
+        console.print(f"  parameters: {escape(str(d.parameters))}", highlight=False)
+    where = url or "a temporary local Prefect server (no schedule fires; trigger runs by hand)"
+    console.print(f"Prefect API: {escape(where)}", highlight=False)
+    if problem and not dry_run:
+        raise InputError(problem)
+    if problem:
+        console.print(f"[yellow]would not serve:[/] {escape(problem)}")
     if dry_run:
         return
     from prefect import serve
 
-    serve(*deployments)
+    console.print(
+        f"serving; runs and failures go to {escape(plan.out)}/audit.duckdb (Ctrl-C stops)"
+    )
+    try:
+        serve(*deployments)
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 @app.command()

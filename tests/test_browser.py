@@ -10,6 +10,8 @@ import subprocess
 import pytest
 from conftest import cli_run
 
+from audit.cli import main
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -46,7 +48,47 @@ def site(tmp_path_factory, prefect_harness):
     out = tmp / "out"
     for _ in range(2):  # two runs, so the index has trends
         cli_run(folder, "predictions:faceage,risk", out, config=config)
+    main(["validate", "--cohort", str(folder), "--out", str(out)])  # a validation-only run
     return out
+
+
+MEASURE = """<script>
+(function () {
+  var width = document.documentElement.clientWidth, out = [];
+  document.querySelectorAll('body *').forEach(function (e) {
+    var r = e.getBoundingClientRect();
+    if (r.width === 0 || r.right <= width + 1) return;
+    for (var p = e.parentElement; p; p = p.parentElement) {  // inside a scrolling box: fine
+      var x = getComputedStyle(p).overflowX;
+      if (x === 'auto' || x === 'scroll' || x === 'hidden') return;
+    }
+    out.push(e.tagName + (e.id ? '#' + e.id : '') + ' ' + Math.round(r.right));
+  });
+  document.body.setAttribute('data-overflow', out.slice(0, 10).join(', ') || 'none');
+  document.body.setAttribute('data-width', document.documentElement.scrollWidth + '/' + width);
+})();
+</script>"""
+
+
+def _audit_page(site):
+    """The page of the newest audit run (the site also holds a validation run)."""
+    from audit.pipeline.store import Store
+
+    runs = Store(site / "audit.duckdb").runs()
+    return site / "runs" / runs[runs["flow"] == "audit"]["run_id"].iloc[-1] / "index.html"
+
+
+def _overflow(page, width: int, tmp_path) -> str:
+    """What sticks out of the page at ``width`` px (Chromium lays it out, a script measures
+    every element's box, outside any box that scrolls on its own)."""
+    import re
+
+    probe = tmp_path / f"probe-{width}-{page.parent.name}-{page.name}"
+    probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = _chromium(f"--window-size={width},900", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'data-overflow="([^"]*)"', dom)
+    assert found, dom[-500:]
+    return found.group(1)
 
 
 def test_pages_load_without_console_errors(site):
@@ -68,7 +110,7 @@ def test_a_screenshot_shows_the_verdict_and_every_section(site, tmp_path):
     import numpy as np
     from PIL import Image
 
-    page = sorted(site.glob("runs/*/index.html"))[-1]
+    page = _audit_page(site)
     dom = _chromium("--dump-dom", page.as_uri()).stdout
     for section in (
         "verdict",
@@ -98,7 +140,7 @@ def test_print_keeps_every_table_and_drops_the_navigation(site, tmp_path):
     section navigation."""
     import pypdf
 
-    page = sorted(site.glob("runs/*/index.html"))[-1]
+    page = _audit_page(site)
     pdf = tmp_path / "page.pdf"
     res = _chromium("--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri())
     assert res.returncode == 0 and pdf.is_file(), res.stderr[-2000:]
@@ -108,3 +150,32 @@ def test_print_keeps_every_table_and_drops_the_navigation(site, tmp_path):
     assert "observed (Kaplan-Meier)" in text
     assert "Dossier" not in text  # the nav link; the section is "Regulatory dossier"
     assert "Regulatory dossier" in text
+
+
+@pytest.mark.parametrize("width", [1400, 500], ids=["desktop", "phone"])
+def test_no_page_is_wider_than_the_screen(site, tmp_path, width):
+    """At 1400 px and at a phone's width every table, code and navigation fits the page or
+    scrolls inside its own box: nothing makes the page scroll sideways. (Headless Chromium
+    lays out no narrower than 500 px.)"""
+    pages = [site / "index.html"] + sorted(site.glob("runs/*/*.html"))
+    for page in pages:
+        assert _overflow(page, width, tmp_path) == "none", (page.name, width)
+
+
+def test_checks_that_failed_lead_and_a_validation_page_has_no_model_sections(site):
+    """Failing and inconclusive checks come first; the passing ones are folded; a page of a
+    validation run (no model) shows no empty accuracy or survival section."""
+    from audit.pipeline.store import Store
+
+    runs = Store(site / "audit.duckdb").runs()
+    audit_id = runs[runs["flow"] == "audit"]["run_id"].iloc[-1]
+    validation_id = runs[runs["flow"] == "validate"]["run_id"].iloc[-1]
+    page = (site / "runs" / audit_id / "index.html").read_text()
+    verdict = page[page.index('id="verdict"') : page.index('id="validation"')]
+    assert "check(s) passed" in verdict and "<details" in verdict
+    opened = verdict[: verdict.index("<details")]
+    assert '<span class="badge pass">' not in opened  # passing rows sit in the fold
+    only = (site / "runs" / validation_id / "index.html").read_text()
+    for section in ("accuracy", "survival"):
+        assert f'id="{section}"' not in only and f'href="#{section}"' not in only
+    assert 'id="validation"' in only and 'id="composition"' in only

@@ -129,6 +129,10 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path, capsys):
     n_drifted = int(store.table("drift", run_id)["drifted"].sum())
     assert f"drift: {n_drifted} of {len(drift)} tests drifted (" in said
     assert "brightness" in said.split("drift: ")[1]
+    # the monitor page leads with drift, right after the verdict
+    page = (out / "runs" / run_id / "index.html").read_text()
+    assert page.index('id="verdict"') < page.index('id="drift"') < page.index('id="validation"')
+    assert page.count('id="drift"') == 1
     art = store.table("artifacts", run_id).set_index("kind").loc["evidently_html"]
     assert sha256_file(out / art["path"]) == art["sha256"]
     # a second monitor run reuses the reference run instead of auditing it again

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 ATTRIBUTES = ("sex", "race", "cancer_type", "site")
+MISSING = "(missing)"  # rows dropped while loading have no values to group by
 
 
 def exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
@@ -21,7 +22,7 @@ def exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
         if attribute not in rows or rows[attribute].isna().all():
             continue
         g = rows.assign(excluded=~rows["included"].astype(bool)).groupby(
-            rows[attribute].fillna("(missing)"), sort=True
+            rows[attribute].fillna(MISSING), sort=True
         )["excluded"]
         table = pd.DataFrame({"n": g.size(), "excluded": g.sum()})
         out.append(
@@ -44,12 +45,13 @@ def exclusions_by_group(rows: pd.DataFrame) -> list[dict]:
 def most_excluded(rows: pd.DataFrame, k: int = 3) -> str:
     """The ``k`` groups that lost the largest share of their rows, as text (``race = Black
     30% (6 of 20)``); empty when no row was excluded. Groups of one row are left out (one
-    excluded photo is 100% of them and says nothing)."""
+    excluded photo is 100% of them and says nothing), and so is ``(missing)``: rows the
+    loader could not read have no group to be counted in."""
     groups = [
         (g["share"], f"{e['attribute']} = {g['name']}", g)
         for e in exclusions_by_group(rows)
         for g in e["groups"]
-        if g["excluded"] and g["n"] > 1
+        if g["excluded"] and g["n"] > 1 and g["name"] != MISSING
     ]
     groups.sort(key=lambda x: (-x[0], x[1]))
     return ", ".join(

@@ -152,7 +152,7 @@ def _hr_check(
     events = _model_events(models, model, model_id)
     hr, low, high = float(term["hr"]), float(term["hr_low"]), float(term["hr_high"])
     text = (
-        f"{model_id}: {label} {hr:.3f} (95% CI {low:.3f} to {high:.3f}"
+        f"{model_id}: {label} {hr:.3g} (95% CI {low:.3g} to {high:.3g}"
         + (f"; {events} deaths" if events is not None else "")
         + ")"
     )

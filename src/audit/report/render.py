@@ -57,7 +57,9 @@ def _num(value, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
     v = float(value)
-    if v == 0 or 0.01 <= abs(v) < 1e4:
+    if v.is_integer() and abs(v) < 1e9:  # 40, not 40.000: an age, a count, a threshold
+        return f"{int(v):,}"
+    if 0.01 <= abs(v) < 1e4:
         return f"{v:.{digits}f}"
     return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
 
@@ -279,8 +281,8 @@ def _validation_view(
         examples = details.get("examples") or []
         if r["column_name"] in ("photo_id", "subject_id"):
             examples = [pseudonym(str(v), show_ids) for v in examples]
-        else:  # image paths and free text quote ids too
-            examples = [scrub(str(v)) for v in examples]
+        else:  # image paths and free text quote ids too; measured values rounded
+            examples = [_num(v) if isinstance(v, float) else scrub(str(v)) for v in examples]
         r.update(
             rule=details.get("rule") or details.get("skipped") or "",
             examples=", ".join(str(v) for v in examples[:5]),

@@ -92,8 +92,14 @@ def _overflow(page, width: int, tmp_path) -> str:
 
 
 def test_pages_load_without_console_errors(site):
+    import os
+
     pages = [site / "index.html"] + sorted(site.glob("runs/*/*.html"))
     assert {p.name for p in pages} >= {"index.html", "model_card.html", "tripod_ai.html"}
+    mask = os.umask(0)
+    os.umask(mask)
+    # readable as any file written here (a temporary file's 0600 made them private)
+    assert {p.stat().st_mode & 0o777 for p in pages} == {0o666 & ~mask}
     for page in pages:
         res = _chromium("--dump-dom", page.as_uri())
         assert res.returncode == 0, res.stderr[-2000:]

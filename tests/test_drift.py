@@ -80,10 +80,10 @@ def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path, capsys):
     from audit.demo.world import write_cohort
     from audit.pipeline.store import Store
 
-    ref = write_cohort(tmp_path / "ref", 160, seed=31, photos=True)
+    ref = write_cohort(tmp_path / "ref", 110, seed=31, photos=True)
     cur = write_cohort(
         tmp_path / "cur",
-        160,
+        110,
         seed=32,
         photos=True,
         params=WorldParams.make("cancer", shifts=["dark"]),

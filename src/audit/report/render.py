@@ -85,7 +85,18 @@ def _write_atomic(path: Path, data: str | bytes) -> None:
         os.fdopen(fd, "wb") if isinstance(data, bytes) else os.fdopen(fd, "w", encoding="utf-8")
     ) as fh:
         fh.write(data)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600: pages are for reading, as any file here
     os.replace(tmp, path)
+
+
+def _file_mode() -> int:
+    """0666 less the process's umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 
 
 RUN_TABLES = (

@@ -215,3 +215,22 @@ def test_no_raw_id_leaves_the_site_and_exports_are_neutralised(prefect_harness, 
     assert f"image {manifest.loc[7, 'image_path']}: empty file" in page
     # the signed manifest still verifies on site with pseudonymised image names
     assert main(["verify", str(run_dir)]) == 0
+
+
+def test_the_index_shows_a_failed_runs_reason_without_its_ids(tmp_path):
+    """A run that failed on a row quotes that row's photo id in its error; the shared index
+    shows the reason with the id pseudonymised (and as given only with --show-ids)."""
+    from audit.data.privacy import pseudonym
+    from audit.pipeline.store import Store
+    from audit.report import render_index
+
+    store = Store(tmp_path / "audit.duckdb")
+    run_id = store.start_run(flow="audit", cohort_name="clinic", cohort_sha256=None)
+    rows = pd.DataFrame({"photo_id": ["MRN-0042-photo"], "subject_id": ["MRN-0042"]})
+    store.write_stage(run_id, "validate", {"cohort_rows": rows.assign(included=True)})
+    store.fail_run(run_id, "predictions: photo MRN-0042-photo of subject MRN-0042 is unreadable")
+    shared = render_index(store, tmp_path / "shared").read_text()
+    assert "MRN-0042" not in shared and pseudonym("MRN-0042-photo") in shared
+    assert "is unreadable" in shared
+    site = render_index(store, tmp_path / "site", show_ids=True).read_text()
+    assert "photo MRN-0042-photo of subject MRN-0042" in site

@@ -1102,6 +1102,8 @@ def render_index(store: Store, out_dir: str | Path, show_ids: bool = False) -> P
     for r in _records(runs):
         models = json.loads(r["models"] or "[]")
         r["model_names"] = ", ".join(m["name"] for m in models)
+        if r["error"] and not show_ids:  # an error may quote the ids of the rows it met
+            r["error"] = _run_scrubber(store, r["run_id"])(r["error"])
         r["has_page"] = (out_dir / "runs" / r["run_id"] / "index.html").is_file()
         runs_view.append(r)
     trends = []
@@ -1147,6 +1149,17 @@ def render_index(store: Store, out_dir: str | Path, show_ids: bool = False) -> P
     path = out_dir / "index.html"
     _write_atomic(path, html)
     return path
+
+
+def _run_scrubber(store: Store, run_id: str):
+    """The id scrubber of one run: its photo and subject ids, and those it quarantined."""
+    ids = store.query(
+        "SELECT photo_id AS id FROM cohort_rows WHERE run_id = ? UNION "
+        "SELECT subject_id FROM cohort_rows WHERE run_id = ? UNION "
+        "SELECT photo_id FROM quarantine WHERE run_id = ?",
+        [run_id, run_id, run_id],
+    )["id"]
+    return id_scrubber(ids.dropna().unique(), False)
 
 
 def render_all(

@@ -111,3 +111,32 @@ def test_the_robustness_estimate_comes_from_the_measured_clean_pass():
     assert "a 50 photos/s" in said and "b 25 photos/s" in said
     cached = robustness_estimate(SimpleNamespace(throughput={"a": 50.0}), models, 100, 49)
     assert "no time estimate" in cached and "prediction cache" in cached
+
+
+def test_every_help_text_is_printed_as_written(capsys):
+    """`--help` of every command shows each option's help verbatim: no text lost to console
+    markup (a "[saliency]" once vanished), defaults and ranges kept."""
+    import click
+    import typer
+
+    from audit.cli import app, main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert main([name, "--help"]) == 0
+        shown = " ".join(capsys.readouterr().out.split())
+        for param in command.params:
+            text = getattr(param, "help", None)
+            if isinstance(param, click.Option) and text:
+                assert " ".join(text.split()) in shown, (name, param.name)
+    assert main(["run", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(0: none, or 8 with --runner dask)" in shown and "[default: 0" in shown
+
+
+def test_numbers_on_pages_are_rounded_for_their_meaning():
+    from audit.report.render import _num
+
+    assert _num(40.0) == "40" and _num(90) == "90" and _num(8.0) == "8"
+    assert _num(12.0952734375) == "12.095" and _num(0.8313) == "0.831"
+    assert _num(1.5e-5) == "1.5e-05" and _num(float("nan")) == "–"

@@ -9,6 +9,7 @@ reads only the terminal knows what failed and where to look.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,8 +197,6 @@ def _reasons(quarantine: pd.DataFrame, ids: set[str], most: int = 12) -> list[tu
 
 
 def _json_list(text) -> list[dict]:
-    import json
-
     try:
         value = json.loads(text or "[]")
     except (TypeError, ValueError):

@@ -86,18 +86,8 @@ def _cohort_summary(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-ROW_COLUMNS = [
-    "photo_id",
-    "subject_id",
-    "age",
-    "sex",
-    "race",
-    "cancer_type",
-    "site",
-    "camera",
-    "time",
-    "event",
-]
+# the manifest's columns kept per row (the rest of `cohort_rows` is set by this stage)
+ROW_COLUMNS = [c for c in columns("cohort_rows") if c not in ("included", "row_number")]
 
 
 def _cohort_rows(good: pd.DataFrame, dropped: pd.DataFrame, bad_ids: set) -> pd.DataFrame:

@@ -171,8 +171,13 @@ def _cox_rows(
         "status": "ok",
         "note": note,
     }
-    s = cph.summary
-    terms_rows = [
+    return row, term_rows(model, model_id, cph.summary), ph
+
+
+def term_rows(model: str, model_id: str, summary: pd.DataFrame) -> list[dict]:
+    """``survival_terms`` rows of one fitted Cox model, from lifelines' ``summary``."""
+    s = summary
+    return [
         {
             "model": model,
             "model_id": model_id,
@@ -186,7 +191,6 @@ def _cox_rows(
         }
         for term in s.index
     ]
-    return row, terms_rows, ph
 
 
 def km_curves(model: str, curve: str, subjects: pd.DataFrame, groups: pd.Series) -> list[dict]:

@@ -29,7 +29,13 @@ from audit.decisions.curves import nested_decision_curves
 from audit.stats.bootstrap import bootstrap_weights
 from audit.stats.concordance import weighted_concordance
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
-from audit.survival.analysis import METRIC_COLUMNS, MODEL_COLUMNS, TERM_COLUMNS, TEST_COLUMNS
+from audit.survival.analysis import (
+    METRIC_COLUMNS,
+    MODEL_COLUMNS,
+    TERM_COLUMNS,
+    TEST_COLUMNS,
+    term_rows,
+)
 
 
 def clinical_terms(df: pd.DataFrame, covariates: list) -> tuple[list[str], dict]:
@@ -109,22 +115,7 @@ def _step_rows(label: str, model_id: str, fit, df: pd.DataFrame, lp) -> tuple[di
         "status": "ok",
         "note": "; ".join(fit.notes) or None,
     }
-    s = cph.summary
-    terms = [
-        {
-            "model": label,
-            "model_id": f"incremental__{model_id}",
-            "term": t,
-            "coef": float(s.at[t, "coef"]),
-            "se": float(s.at[t, "se(coef)"]),
-            "hr": float(s.at[t, "exp(coef)"]),
-            "hr_low": float(s.at[t, "exp(coef) lower 95%"]),
-            "hr_high": float(s.at[t, "exp(coef) upper 95%"]),
-            "p_value": float(s.at[t, "p"]),
-        }
-        for t in s.index
-    ]
-    return row, terms
+    return row, term_rows(label, f"incremental__{model_id}", cph.summary)
 
 
 def _step_comparison(label, prev, cur, lps, concordance, df, w) -> tuple[dict, dict]:

@@ -1,10 +1,11 @@
 """What every image model adapter shares: outputs, checkpoint digest, batched prediction.
 
 An adapter subclasses :class:`ImageModel` and implements ``_load(device)`` (build the model
-from ``self.checkpoint``) and ``forward(x)`` (a normalised batch -> ``(head, features)``,
-``head`` an (N, K) array or tensor of raw outputs, ``features`` the embeddings or None).
-``outputs`` in the spec maps ``faceage`` / ``risk`` to a head column, optionally with a
-``scale`` and ``offset`` (``value = raw * scale + offset``).
+from ``self.checkpoint``) and ``sources(x)`` (a normalised batch -> ``(outputs, features)``:
+the model's outputs by name or position, ``None`` for the first, and the embeddings or
+None; a torch adapter implements ``name_outputs(module output)`` instead). ``forward(x)``
+gathers the columns every output head reads into one (N, K) matrix; :meth:`ImageModel.read`
+turns that matrix into values and spreads (:mod:`audit.models.heads`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pandas as pd
 
 from audit.data.hashing import sha256_file
 from audit.errors import InputError
+from audit.models.heads import Head, gather, gathered, parse_heads
 from audit.models.inference import best_device, run_batched
 from audit.models.registry import (
     OUTPUT_NAMES,
@@ -28,25 +30,6 @@ from audit.models.registry import (
 from audit.pipeline import progress as progress_mod
 
 
-def output_map(spec: ModelSpec) -> dict[str, tuple[int, float, float]]:
-    """``{output: (head column, scale, offset)}`` from the spec's ``outputs``."""
-    if not spec.outputs:
-        raise InputError(f"model {spec.name!r}: `outputs` must map faceage/risk to head columns")
-    out = {}
-    for name, where in spec.outputs.items():
-        if name not in OUTPUT_NAMES:
-            raise InputError(f"model {spec.name!r}: unknown output {name!r}; use {OUTPUT_NAMES}")
-        if isinstance(where, dict):
-            out[name] = (
-                int(where.get("index", 0)),
-                float(where.get("scale", 1.0)),
-                float(where.get("offset", 0.0)),
-            )
-        else:
-            out[name] = (int(where), 1.0, 0.0)
-    return out
-
-
 class ImageModel(ModelAdapter):
     """A model that reads photos: load once, predict in batches on the best device."""
 
@@ -54,7 +37,8 @@ class ImageModel(ModelAdapter):
         super().__init__(spec)
         if not spec.checkpoint:
             raise InputError(f"model {spec.name!r}: kind {spec.kind} needs `checkpoint`")
-        self._outputs = output_map(spec)
+        self.heads: list[Head] = parse_heads(spec.name, spec.outputs, OUTPUT_NAMES)
+        self.wide_heads: list[Head] = gathered(self.heads)
         self.checkpoint = spec.resolve(spec.checkpoint)
         self._model = None
         self.device: str | None = None
@@ -62,7 +46,12 @@ class ImageModel(ModelAdapter):
 
     @property
     def outputs(self) -> list[str]:
-        return list(self._outputs)
+        return [h.output for h in self.heads]
+
+    def read(self, wide, check: bool = True) -> dict:
+        """``{output: (values, spreads or None)}`` from a matrix :meth:`forward` gave (or a
+        stack of them, ``(..., N, K)``)."""
+        return {h.output: h.reduce(wide, self.name, check) for h in self.wide_heads}
 
     @property
     def input_size(self) -> int:
@@ -109,9 +98,19 @@ class ImageModel(ModelAdapter):
     def _load(self, device: str):
         """Build the model from ``self.checkpoint`` on ``device``."""
 
-    @abstractmethod
+    def sources(self, x):
+        """``(outputs, features)`` for a normalised batch on the model's device: the model's
+        outputs as ``{name or position: (N, ...)}`` with ``None`` for the first."""
+        return self.name_outputs(self._model(x))
+
+    def name_outputs(self, out):
+        """``(outputs, features)`` from what the loaded module returned (torch adapters)."""
+        raise NotImplementedError(f"{type(self).__name__} names no module outputs")
+
     def forward(self, x):
-        """``(head, features)`` for a normalised batch on the model's device."""
+        """``(head, features)``: the columns every output reads, side by side (N, K)."""
+        outputs, features = self.sources(x)
+        return gather(self.heads, outputs, self.name), features
 
     def cache_key(self, cohort) -> str:
         """Digest of everything that decides a clean prediction: the checkpoint's bytes, the
@@ -179,12 +178,29 @@ class ImageModel(ModelAdapter):
         )
         if not set(self.outputs) <= set(wide.columns):
             return pd.DataFrame()
-        return wide[list(self.outputs)].dropna()
+        wide = wide[list(self.outputs)].dropna()
+        if "spread" in cached[0]:
+            spread = cached[0].pivot_table(
+                index="image_sha256", columns="output", values="spread", aggfunc="first"
+            )
+            for name in self.outputs:
+                wide[f"{name}:spread"] = (
+                    spread[name].reindex(wide.index) if name in spread else np.nan
+                )
+        return wide
 
     def _add_cached(self, fresh, old: pd.DataFrame, digests, have, vectors) -> None:
         """Add the cached photos' outputs (and embeddings, where cached) to ``fresh``."""
         frames = [fresh.frame] + [
-            _prediction_frame(old, self.name, name, have.loc[digests, name].to_numpy())
+            _prediction_frame(
+                old,
+                self.name,
+                name,
+                have.loc[digests, name].to_numpy(),
+                have.loc[digests, f"{name}:spread"].to_numpy()
+                if f"{name}:spread" in have
+                else None,
+            )
             for name in self.outputs
         ]
         fresh.frame = pd.concat([f for f in frames if len(f)], ignore_index=True)[
@@ -226,17 +242,18 @@ class ImageModel(ModelAdapter):
             int(i): f"cannot prepare the photo: {result.errors[i]}" for i in np.flatnonzero(~ok)
         }
         frames = []
-        for name, (index, scale, offset) in self._outputs.items():
-            if index >= result.outputs.shape[1]:
-                raise InputError(
-                    f"model {self.name!r}: output {name!r} reads head column "
-                    f"{index}; the model gives {result.outputs.shape[1]}"
-                )
-            values = result.outputs[:, index] * scale + offset
-            finite = ok & np.isfinite(values)
+        for name, (values, spread) in self.read(result.outputs[ok]).items():
+            full = np.full(len(rows), np.nan)
+            full[ok] = values
+            finite = ok & np.isfinite(full)
             for i in np.flatnonzero(ok & ~finite):
-                bad.setdefault(int(i), f"the model returned a non-finite {name} ({values[i]})")
-            frames.append(_prediction_frame(rows[finite], self.name, name, values[finite]))
+                bad.setdefault(int(i), f"the model returned a non-finite {name} ({full[i]})")
+            spreads = None
+            if spread is not None:
+                spreads = np.full(len(rows), np.nan)
+                spreads[ok] = spread
+                spreads = spreads[finite]
+            frames.append(_prediction_frame(rows[finite], self.name, name, full[finite], spreads))
         embeddings = None
         if result.features is not None:
             keep = ok & np.isfinite(result.features).all(axis=1)
@@ -271,7 +288,9 @@ class ImageModel(ModelAdapter):
         )
 
 
-def _prediction_frame(rows: pd.DataFrame, model: str, output: str, values) -> pd.DataFrame:
+def _prediction_frame(
+    rows: pd.DataFrame, model: str, output: str, values, spreads=None
+) -> pd.DataFrame:
     """Clean predictions rows (``perturbation`` none) of ``rows``' photos."""
     return pd.DataFrame(
         {
@@ -282,6 +301,7 @@ def _prediction_frame(rows: pd.DataFrame, model: str, output: str, values) -> pd
             "perturbation": "none",
             "severity": 0,
             "value": values,
+            "spread": np.nan if spreads is None else spreads,
         }
     )
 
@@ -296,6 +316,7 @@ def _new_cache_entries(fresh, computed_ids: set, sha_of: dict) -> None:
             "severity": 0,
             "output": computed["output"].values,
             "value": computed["value"].values,
+            "spread": computed["spread"].values,
         }
     )
     if fresh.embeddings is not None:

@@ -2,7 +2,8 @@
 
 Spec fields: ``checkpoint`` (the ``.onnx`` file), ``input_size``, ``layout`` (``nhwc`` for
 Keras exports), ``normalize`` (FaceAge: ``per_image``), ``outputs`` (output name -> column of
-the head, or ``{output: GRAPH_OUTPUT, index, scale, offset}`` to read another graph output),
+the head, or a head mapping, :mod:`audit.models.heads`, whose ``output`` names the graph
+output to read; default the first),
 ``embeddings`` (the graph output holding features; default: none). The CUDA provider is used
 when onnxruntime has it, else the CPU provider. A model whose input shape does not fit the
 spec's size and layout is refused with both shapes named.
@@ -16,7 +17,7 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.models.image_model import ImageModel
-from audit.models.registry import OUTPUT_NAMES, ModelSpec, register_model
+from audit.models.registry import register_model
 
 
 def _short(rest: str) -> dict:
@@ -30,20 +31,6 @@ def _short(rest: str) -> dict:
 @register_model("onnx", short_form=_short)
 class OnnxModel(ImageModel):
     """An ONNX graph run by onnxruntime; embeddings from a named graph output."""
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__(spec)
-        # Each of our outputs reads (graph output or None for the first, column); forward
-        # gathers them into a head whose columns follow the spec's order.
-        self._sources = {
-            name: ((where.get("output") if isinstance(where, dict) else None), column)
-            for (name, where), (column, _, _) in zip(spec.outputs.items(), self._outputs.values())
-            if name in OUTPUT_NAMES
-        }
-        self._outputs = {
-            name: (i, scale, offset)
-            for i, (name, (_, scale, offset)) in enumerate(self._outputs.items())
-        }
 
     def _load(self, device: str):
         import onnxruntime as ort
@@ -76,7 +63,7 @@ class OnnxModel(ImageModel):
                 f"({['N', *want[1:]]}); set `input_size` and `layout` to match"
             )
         names = [o.name for o in session.get_outputs()]
-        for graph_output in [g for g, _ in self._sources.values()] + [self.spec.embeddings]:
+        for graph_output in [h.source for h in self.heads] + [self.spec.embeddings]:
             if graph_output is not None and graph_output not in names:
                 raise InputError(
                     f"{self.checkpoint}: no graph output {graph_output!r}; it has {names}"
@@ -85,22 +72,10 @@ class OnnxModel(ImageModel):
         self._output_names = names
         return session
 
-    def forward(self, x):
+    def sources(self, x):
         arrays = self._model.run(None, {self._input_name: x.float().cpu().numpy()})
         by_name = dict(zip(self._output_names, arrays))
-        cols = []
-        for name, (graph_output, column) in self._sources.items():
-            source = np.asarray(
-                by_name[graph_output] if graph_output else arrays[0], dtype=np.float64
-            )
-            source = source.reshape(len(source), -1)
-            if column >= source.shape[1]:
-                raise InputError(
-                    f"{self.checkpoint}: output {name!r} reads column {column}; "
-                    f"the graph output has {source.shape[1]}"
-                )
-            cols.append(source[:, column])
         feats = by_name.get(self.spec.embeddings) if self.spec.embeddings else None
         if feats is not None:
             feats = np.asarray(feats, dtype=np.float32).reshape(len(feats), -1)
-        return np.stack(cols, axis=1), feats
+        return {None: arrays[0], **by_name}, feats

@@ -96,7 +96,7 @@ class CohortPredictions(ModelAdapter):
                     }
                 )
             )
-        frame = pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS]
+        frame = pd.concat(frames, ignore_index=True).reindex(columns=PREDICTION_COLUMNS)
         q = pd.DataFrame(quarantined) if quarantined else None
         return Predictions(
             frame=frame,

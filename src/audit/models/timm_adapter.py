@@ -6,7 +6,8 @@ Spec fields (the README's model spec): ``arch``, ``arch_kwargs`` (e.g.
 ``model_state_dict``), ``rename_keys`` (key prefixes renamed in order, ``{old: new}``, a null
 ``new`` dropping the keys: a fine-tuned checkpoint's ``backbone.`` or ``regressor.``, an MAE's
 decoder), ``input_size``, ``normalize``, ``outputs`` (output name -> head index, or
-``{index, scale, offset}``), ``sha256`` (expected digest of the checkpoint).
+a head mapping, :mod:`audit.models.heads`: ``{head: expectation, bins: ...}`` for a softmax
+age classifier), ``sha256`` (expected digest of the checkpoint).
 
 A checkpoint that holds pickled code is refused; one that does not fit the architecture
 fails with the missing, unexpected and mis-shaped keys named, and with the ``rename_keys``
@@ -236,6 +237,12 @@ class TimmModel(ImageModel):
         if not spec.arch or not spec.checkpoint:
             raise InputError(f"model {spec.name!r}: kind timm needs `arch` and `checkpoint`")
         super().__init__(spec)
+        named = [h.output for h in self.heads if h.source is not None]
+        if named:
+            raise InputError(
+                f"model {spec.name!r}: a timm model has one head; output(s) {named} name "
+                "another (`output:`): read them as columns of the one head (`index:`)"
+            )
 
     @property
     def input_size(self) -> int:
@@ -262,9 +269,11 @@ class TimmModel(ImageModel):
             model = torch.compile(model)
         return model
 
-    def forward(self, x):
-        """(head outputs, pre-logit features) for a normalised batch."""
-        return self._model(x)
+    def name_outputs(self, out):
+        """The classifier head's outputs and the pre-logit features; a timm model has one
+        head (``output`` in a head mapping is refused)."""
+        head, pre = out
+        return {None: head}, pre
 
 
 def _head_and_features_class():

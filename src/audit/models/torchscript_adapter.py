@@ -1,8 +1,10 @@
 """``torchscript``: a model saved with ``torch.jit.save`` (a user's own export).
 
-The module takes a normalised batch and returns a tensor (N, K), or a tuple / list whose
-first element is that tensor; ``embeddings`` names the tuple element holding features
-(default: the second element when there is one). ``outputs`` maps names to head columns.
+The module takes a normalised batch and returns a tensor (N, K), a tuple / list whose
+first element is that tensor, or a dict of tensors; ``embeddings`` names the tuple element
+(position) or dict key holding features (default: the second tuple element when there is
+one). ``outputs`` maps names to head columns or heads (:mod:`audit.models.heads`), whose
+``output`` names the tuple position or dict key to read (default the first).
 TorchScript archives hold code, but only TorchScript (no Python pickles), and
 ``torch.jit.load`` runs no arbitrary Python.
 
@@ -43,14 +45,17 @@ class TorchScriptModel(ImageModel):
             module = torch.compile(module)
         return module
 
-    def forward(self, x):
-        out = self._model(x)
+    def name_outputs(self, out):
+        if isinstance(out, dict):
+            first = next(iter(out.values()))
+            feats = out.get(self.spec.embeddings) if self.spec.embeddings is not None else None
+            return {None: first, **out}, _flat(feats)
         if isinstance(out, (tuple, list)):
-            head = out[0]
             index = 1 if self.spec.embeddings is None else int(self.spec.embeddings)
             feats = out[index] if len(out) > index else None
-        else:
-            head, feats = out, None
-        return head.reshape(head.shape[0], -1), (
-            None if feats is None else feats.reshape(feats.shape[0], -1)
-        )
+            return {None: out[0], **dict(enumerate(out))}, _flat(feats)
+        return {None: out, 0: out}, None
+
+
+def _flat(feats):
+    return None if feats is None else feats.reshape(feats.shape[0], -1)

@@ -3,9 +3,10 @@ what it holds. The DDL, the column lists the code builds frames with (:func:`col
 database reference of the docs (:func:`markdown_reference`) are generated from it.
 
 Versions: a new file is created at :data:`SCHEMA_VERSION` directly. A file of an earlier
-version (1 to 13, written by the forward migrations this module replaced) is brought up to
-date by :func:`reconcile`: every change those migrations made was additive (a table, or a
-column appended at the end of one), so creating the missing tables and appending the
+version (1 to 13 written by the forward migrations this module replaced, or 14) is brought up
+to date by :func:`reconcile`: every change since version 1 was additive (a table, or a column
+appended at the end of one; 15 appended ``spread`` to ``predictions`` and
+``prediction_cache``), so creating the missing tables and appending the
 missing columns in the order written here gives the same tables, in the same column order,
 as a file created new. A change that is not additive needs its own step in :data:`STEPS`.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,10 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "predictions",
-        "Every model output per photo, clean (perturbation `none`) and perturbed.",
+        "Every model output per photo, clean (perturbation `none`) and perturbed; `spread` is "
+        "the SD of a probability head's distribution (a per-photo uncertainty), else null.",
         "run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, model VARCHAR, output VARCHAR, "
-        "perturbation VARCHAR, severity INTEGER, value DOUBLE",
+        "perturbation VARCHAR, severity INTEGER, value DOUBLE, spread DOUBLE",
     ),
     Table(
         "embeddings",
@@ -206,7 +208,7 @@ TABLES: tuple[Table, ...] = (
         "prediction_cache",
         "Predictions by image SHA-256 and model key, reused by later runs on the same images.",
         "run_id VARCHAR, image_sha256 VARCHAR, model_key VARCHAR, perturbation VARCHAR, "
-        "severity INTEGER, output VARCHAR, value DOUBLE",
+        "severity INTEGER, output VARCHAR, value DOUBLE, spread DOUBLE",
     ),
     Table(
         "embedding_cache",

@@ -338,7 +338,7 @@ class Store:
         if not image_sha256:
             return pd.DataFrame(), pd.DataFrame()
         preds = self.cached_values(model_key, image_sha256, ["none"])
-        preds = preds.loc[preds["severity"] == 0, ["image_sha256", "output", "value"]]
+        preds = preds.loc[preds["severity"] == 0, ["image_sha256", "output", "value", "spread"]]
         keys = pd.DataFrame({"image_sha256": sorted(set(image_sha256))})
         with self.connect() as con:
             con.register("_keys", keys)
@@ -354,8 +354,9 @@ class Store:
         self, model_key: str, image_sha256: list[str], perturbations: list[str]
     ) -> pd.DataFrame:
         """Cached outputs of these images for this model key under these perturbation keys
-        (``none`` for the clean pass): ``image_sha256, perturbation, severity, output, value``."""
-        columns = ["image_sha256", "perturbation", "severity", "output", "value"]
+        (``none`` for the clean pass): ``image_sha256, perturbation, severity, output, value,
+        spread``."""
+        columns = ["image_sha256", "perturbation", "severity", "output", "value", "spread"]
         if not image_sha256 or not perturbations:
             return pd.DataFrame(columns=columns)
         keys = pd.DataFrame({"image_sha256": sorted(set(image_sha256))})
@@ -365,7 +366,7 @@ class Store:
             con.register("_kinds", kinds)
             frame = con.execute(
                 "SELECT DISTINCT ON (c.image_sha256, c.perturbation, c.severity, c.output) "
-                "c.image_sha256, c.perturbation, c.severity, c.output, c.value "
+                "c.image_sha256, c.perturbation, c.severity, c.output, c.value, c.spread "
                 "FROM prediction_cache c JOIN _keys USING (image_sha256) "
                 "JOIN _kinds USING (perturbation) WHERE c.model_key = ?",
                 [model_key],

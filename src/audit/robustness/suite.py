@@ -43,6 +43,7 @@ from audit.stats.groups import group_index, quantile_cuts
 
 ROBUSTNESS_COLUMNS = columns("robustness")
 CLEAN = "none"
+CACHE_COLUMNS = [c for c in columns("prediction_cache") if c != "model_key"]
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -225,6 +226,15 @@ def _cache_lookup(cached: pd.DataFrame | None, model, digests, plan, pkeys) -> d
     if not set(model.outputs) <= set(wide.columns):
         return {}
     wide = wide[model.outputs].dropna()
+    if "spread" in cached:
+        spread = cached.pivot_table(
+            index=["image_sha256", "perturbation", "severity"],
+            columns="output",
+            values="spread",
+            aggfunc="first",
+        )
+        for name in model.outputs:
+            wide[f"{name}:spread"] = spread[name].reindex(wide.index) if name in spread else np.nan
     lookup = {k: row for k, row in zip(wide.index, wide.to_dict("records"))}
     found = {}
     for p, (name, severity) in enumerate(plan):
@@ -239,13 +249,14 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) ->
     n_plan, n = need.shape
     frames, cache = [], []
     computed_cells = int(need.sum())
-    for name, (index, scale, offset) in model._outputs.items():
-        values = np.full((n_plan, n), np.nan)
-        if raw is not None:
-            values = raw[:, :, index] * scale + offset
+    read = model.read(raw, check=False) if raw is not None else {}
+    for name in model.outputs:
+        values, spread = read.get(name, (np.full((n_plan, n), np.nan), None))
         values = np.where(need, values, np.nan)
+        spread = np.full((n_plan, n), np.nan) if spread is None else np.where(need, spread, np.nan)
         for (p, i), hit in have.items():
             values[p, i] = hit[name]
+            spread[p, i] = hit.get(f"{name}:spread", np.nan)
         for p, (pname, severity) in enumerate(plan):
             ok = np.isfinite(values[p])
             frames.append(
@@ -258,6 +269,7 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) ->
                         "perturbation": pname,
                         "severity": severity,
                         "value": values[p][ok],
+                        "spread": spread[p][ok],
                     }
                 )
             )
@@ -271,6 +283,7 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) ->
                             "severity": severity,
                             "output": name,
                             "value": values[p][fresh],
+                            "spread": spread[p][fresh],
                         }
                     )
                 )
@@ -280,9 +293,7 @@ def _suite_frames(model, rows, digests, plan, pkeys, raw, have, need, errors) ->
     if failed:
         notes.append(f"{failed} photo(s) could not be prepared and are left out")
     cache_frame = (
-        pd.concat(cache, ignore_index=True)
-        if cache
-        else pd.DataFrame(columns=["image_sha256", "perturbation", "severity", "output", "value"])
+        pd.concat(cache, ignore_index=True) if cache else pd.DataFrame(columns=CACHE_COLUMNS)
     )
     return SuiteResult(
         frame=frame,

@@ -48,6 +48,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from audit.models.heads import Head
 from audit.models.inference import model_input
 from audit.robustness.perturbations import face_layout
 from audit.stats.bootstrap import bootstrap_weights
@@ -144,10 +145,13 @@ class Target:
     device: str = "cpu"
     module: object = None
     net: object = None
-    index: int = 0
-    scale: float = 1.0
+    head: Head = Head("faceage")
+    name_outputs: Callable | None = None  # the module's output -> ({name: tensor}, features)
     normalize: object = "imagenet"
     layout: str = "nchw"
+
+    def value(self, outputs) -> object:
+        return head_value(self.head, outputs)
 
     @property
     def differentiable(self) -> bool:
@@ -163,6 +167,17 @@ class Target:
         return "torch" if self.differentiable else "any"
 
 
+def head_value(head: Head, outputs: dict, device=None):
+    """An output (N,) as a tensor from a model's named outputs: its head reduced (the
+    expected value of a probability head, so gradients flow through the softmax)."""
+    import torch
+
+    src = outputs[head.source]
+    if not isinstance(src, torch.Tensor):
+        src = torch.as_tensor(np.asarray(src), device=device)
+    return head.reduce(src.reshape(src.shape[0], -1).float(), check=False)[0].float()
+
+
 def model_targets(model, device: str | None = None) -> list[Target]:
     """A :class:`Target` per output of an image model adapter (loaded on ``device``)."""
     import torch
@@ -173,28 +188,23 @@ def model_targets(model, device: str | None = None) -> list[Target]:
     is_torch = isinstance(module, torch.nn.Module)
     net = getattr(module, "net", None) if is_torch else None
     targets = []
-    for output, (index, scale, _offset) in model._outputs.items():
+    for head in model.heads:
 
-        def fn(x, index=index, scale=scale):
-            head, _ = model.forward(model_input(x, model.normalize, model.spec.layout))
-            head = (
-                head
-                if isinstance(head, torch.Tensor)
-                else torch.as_tensor(np.asarray(head), device=x.device)
-            )
-            return head[:, index].float() * scale
+        def fn(x, head=head):
+            outputs, _ = model.sources(model_input(x, model.normalize, model.spec.layout))
+            return head_value(head, outputs, x.device)
 
         targets.append(
             Target(
                 model=model.name,
-                output=output,
+                output=head.output,
                 fn=fn,
                 size=model.input_size,
                 device=model.device,
                 module=module if is_torch else None,
                 net=net,
-                index=index,
-                scale=scale,
+                head=head,
+                name_outputs=model.name_outputs if is_torch else None,
                 normalize=model.normalize,
                 layout=model.spec.layout,
             )
@@ -375,7 +385,7 @@ def grad_cam(target: Target, x, **_):
                 f"gives {tuple(feats.shape)}"
             )
         pre = net.forward_head(feats, pre_logits=True)
-        y = net.get_classifier()(pre).reshape(len(x), -1)[:, target.index] * target.scale
+        y = target.value({None: net.get_classifier()(pre)})
         (g,) = torch.autograd.grad(y.sum(), feats)
     cam = (g.mean(dim=(2, 3), keepdim=True) * feats).sum(dim=1, keepdim=True).abs()
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -448,8 +458,8 @@ def randomized_target(target: Target, seed: int = 0) -> Target:
     net = getattr(module, "net", None)
 
     def fn(x):
-        head, _ = module(model_input(x, target.normalize, target.layout))
-        return head.reshape(len(x), -1)[:, target.index].float() * target.scale
+        outputs, _ = target.name_outputs(module(model_input(x, target.normalize, target.layout)))
+        return target.value(outputs)
 
     return Target(
         model=target.model,
@@ -459,8 +469,8 @@ def randomized_target(target: Target, seed: int = 0) -> Target:
         device=target.device,
         module=module,
         net=net,
-        index=target.index,
-        scale=target.scale,
+        head=target.head,
+        name_outputs=target.name_outputs,
         normalize=target.normalize,
         layout=target.layout,
     )

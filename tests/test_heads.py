@@ -179,7 +179,7 @@ def test_probability_heads_give_the_hand_computed_expectation_in_every_format(fo
     timm_model.load()
     order = cohort.frame["photo_id"].to_numpy()
     files = [cohort.image_file(p) for p in cohort.frame["image_path"]]
-    raw = run_batched(timm_model.forward, files, 64, "imagenet", align=False).outputs
+    raw = run_batched(timm_model.forward, files, 64, "imagenet").outputs
     mean, sd = _hand([_softmax(r) for r in raw.tolist()], BINS)
     hand = pd.DataFrame({"value": mean, "spread": sd}, index=order).sort_index()
     for name, preds in got.items():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from audit.data.cohort import load_cohort
-from audit.data.images import align_crop, detect_faces
+from audit.data.faces import Crop, align_crop, detect
 from audit.models import create_model
 from audit.models.inference import decode_image
 
@@ -21,23 +21,30 @@ def astronaut():
     return data.astronaut()
 
 
-def test_the_astronaut_has_one_face_with_two_eyes(astronaut):
-    faces = detect_faces(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY))
+@pytest.mark.parametrize("detector", ["dlib", "opencv"])
+def test_the_astronaut_has_one_face_with_two_eyes(astronaut, detector):
+    faces = detect(astronaut, detector)
     assert len(faces) == 1
     f = faces[0]
     assert 150 < f["x"] < 200 and 40 < f["y"] < 90 and 80 < f["w"] < 120 and f["confidence"] > 0
     (rx, ry), (lx, ly) = f["landmarks"]["right_eye"], f["landmarks"]["left_eye"]
     assert rx < lx and f["x"] < rx < f["x"] + f["w"] and abs(ly - ry) < 10
+    if detector == "dlib":  # dlib's five points: the eyes' corners and the base of the nose
+        points = np.array(f["landmarks"]["points"])
+        assert points.shape == (5, 2)
+        nose = points[4]
+        assert rx < nose[0] < lx and nose[1] > max(ry, ly) + 15
 
 
+@pytest.mark.parametrize("detector", ["dlib", "opencv"])
 @pytest.mark.parametrize("tilt", [-12.0, 12.0])
-def test_alignment_levels_the_eyes_of_a_tilted_photo(astronaut, tilt):
+def test_alignment_levels_the_eyes_of_a_tilted_photo(astronaut, tilt, detector):
     h, w = astronaut.shape[:2]
     rot = cv2.getRotationMatrix2D((224, 113), tilt, 1.0)
     tilted = cv2.warpAffine(astronaut, rot, (w, h), borderMode=cv2.BORDER_REFLECT)
-    face = detect_faces(cv2.cvtColor(tilted, cv2.COLOR_RGB2GRAY))[0]
+    face = detect(tilted, detector)[0]
     crop = align_crop(tilted, face, 112)
-    again = detect_faces(cv2.cvtColor(cv2.resize(crop, (224, 224)), cv2.COLOR_RGB2GRAY))
+    again = detect(np.ascontiguousarray(cv2.resize(crop, (224, 224))), detector)
     assert len(again) == 1 and again[0]["landmarks"]
     (rx, ry), (lx, ly) = again[0]["landmarks"]["right_eye"], again[0]["landmarks"]["left_eye"]
     assert abs(np.degrees(np.arctan2(ly - ry, lx - rx))) < 5  # levelled (was about +-8)
@@ -60,7 +67,7 @@ def test_a_raw_cohort_is_detected_aligned_and_predicted(tmp_path, astronaut):
     assert 5 < preds.frame["value"].iloc[0] < 110
     q = preds.quarantine.iloc[0]
     assert q["photo_id"] == "coffee" and "0 faces found" in q["reason"] and q["row_number"] == 2
-    crop = decode_image(images / "astronaut.jpg", 112, align=True)
+    crop = decode_image(images / "astronaut.jpg", 112, Crop())
     assert crop.shape == (112, 112, 3)
 
 

@@ -79,6 +79,7 @@ class CohortSpec(BaseModel):
     covariates: list[Covariate] = Field(default_factory=list)
     time_unit: Literal["days", "weeks", "months", "years"] = "days"
     cropped: bool = False
+    detector: Literal["dlib", "opencv"] = "dlib"  # raw photos: the face detector
     face_layout: str | dict[str, float] | None = None
     expectations: str | None = None
     synthetic: bool = False

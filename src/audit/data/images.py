@@ -3,8 +3,9 @@
 For every photo: whether it decodes, its real format against its file name, size, colour
 mode, EXIF orientation, brightness, contrast, sharpness (variance of the Laplacian), an
 estimate of its JPEG quality, SHA-256 and a normalised 16x16 thumbnail (kept in memory only)
-for near duplicates, and, for raw photos (cohorts not ``cropped``), the faces OpenCV's frontal-face
-cascade finds. Photos are streamed through a process pool (one worker a core), so memory
+for near duplicates, and, for raw photos (cohorts not ``cropped``), the faces the cohort's
+detector finds (:mod:`audit.data.faces`: dlib's HOG detector and 5-point landmarks by
+default). Photos are streamed through a process pool (one worker a core), so memory
 stays bounded whatever the cohort size.
 
 Pillow's decompression-bomb limit stays on: an image over it is reported, never decoded.
@@ -21,6 +22,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+
+from audit.data.faces import detect
 
 PROPERTY_COLUMNS = [
     "photo_id",
@@ -151,116 +154,6 @@ def thumbnail(gray: np.ndarray, side: int = 16) -> np.ndarray:
     return small / norm if norm > 1e-6 else np.zeros_like(small)
 
 
-_cascade = None
-
-
-def _face_cascade():
-    global _cascade
-    if _cascade is None:
-        import cv2
-
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        _cascade = cv2.CascadeClassifier(str(path))
-        if _cascade.empty():
-            raise RuntimeError(
-                f"{path}: OpenCV face cascade not found (opencv-python-headless 4.x)"
-            )
-    return _cascade
-
-
-_eye_cascade = None
-
-
-def _eyes_cascade():
-    global _eye_cascade
-    if _eye_cascade is None:
-        import cv2
-
-        _eye_cascade = cv2.CascadeClassifier(
-            str(Path(cv2.data.haarcascades) / "haarcascade_eye.xml")
-        )
-    return _eye_cascade
-
-
-def face_count_reason(n: int) -> str:
-    """Why a raw photo with ``n`` faces (not one) cannot be used, and what fixes it."""
-    if n == 0:
-        return (
-            "0 faces found; a raw photo needs exactly one. The detector needs the whole face "
-            "with some margin: if the photos are already face crops, declare `cropped: true` "
-            "in cohort.yaml; if the face fills the frame, pad the photo by about a quarter of "
-            "its size on each side"
-        )
-    return f"{n} faces found; a raw photo needs exactly one: crop the photo to the patient's face"
-
-
-def detect_faces(gray: np.ndarray) -> list[dict]:
-    """Faces from OpenCV's frontal-face Haar cascade, largest first.
-
-    Each is ``{x, y, w, h, confidence, landmarks}``: ``confidence`` is the cascade's level
-    weight (higher = surer), ``landmarks`` holds ``left_eye`` and ``right_eye`` centres (image
-    coordinates, the subject's left eye on the image's right) when the eye cascade finds two
-    eyes in the upper face, else is empty.
-    """
-    side = min(gray.shape[:2])
-    boxes, _, weights = _face_cascade().detectMultiScale3(
-        gray,
-        scaleFactor=1.1,
-        minNeighbors=5,
-        minSize=(max(16, side // 10),) * 2,
-        outputRejectLevels=True,
-    )
-    faces = []
-    for (x, y, w, h), weight in zip(np.asarray(boxes).reshape(-1, 4), np.ravel(weights)):
-        x, y, w, h = (int(v) for v in (x, y, w, h))
-        roi = gray[y : y + int(h * 0.6), x : x + w]
-        eyes = _eyes_cascade().detectMultiScale(roi, 1.1, 5, minSize=(max(4, w // 10),) * 2)
-        landmarks = {}
-        if len(eyes) >= 2:
-            two = sorted(eyes, key=lambda e: -e[2] * e[3])[:2]
-            centres = sorted(((x + ex + ew / 2, y + ey + eh / 2) for ex, ey, ew, eh in two))
-            landmarks = {
-                "right_eye": [float(v) for v in centres[0]],
-                "left_eye": [float(v) for v in centres[1]],
-            }
-        faces.append(
-            {"x": x, "y": y, "w": w, "h": h, "confidence": float(weight), "landmarks": landmarks}
-        )
-    return sorted(faces, key=lambda f: -f["w"] * f["h"])
-
-
-def align_crop(rgb: np.ndarray, face: dict, size: int, margin: float = 0.25) -> np.ndarray:
-    """The face as a ``size`` x ``size`` crop: rotated so the eyes are level (when known),
-    the detector's box widened by ``margin`` on each side, then resized."""
-    import cv2
-
-    x, y, w, h = face["x"], face["y"], face["w"], face["h"]
-    eyes = face.get("landmarks") or {}
-    angle = 0.0
-    if "left_eye" in eyes and "right_eye" in eyes:
-        (rx, ry), (lx, ly) = eyes["right_eye"], eyes["left_eye"]
-        angle = float(np.degrees(np.arctan2(ly - ry, lx - rx)))
-    scale = size / (2 * max(w, h) * (0.5 + margin))
-    m = _about(x + w / 2, y + h / 2, angle, scale, size)
-    return cv2.warpAffine(
-        rgb,
-        m,
-        (size, size),
-        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REFLECT,
-    )
-
-
-def _about(cx: float, cy: float, angle: float, scale: float, size: int) -> np.ndarray:
-    """Affine map: rotate by ``angle`` and scale about (cx, cy), then centre in the output."""
-    a = np.radians(angle)
-    cos, sin = np.cos(a) * scale, np.sin(a) * scale
-    # Rotating by +angle (counter-clockwise in image terms) levels eyes tilted by angle.
-    m = np.array([[cos, sin, 0.0], [-sin, cos, 0.0]])
-    m[:, 2] = np.array([size / 2, size / 2]) - m[:, :2] @ np.array([cx, cy])
-    return m
-
-
 def decode_rgb(path: str | Path) -> np.ndarray:
     """A photo as uint8 RGB with its EXIF orientation applied (any mode converted).
 
@@ -308,8 +201,9 @@ def to_rgb8(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def inspect_image(path: str | Path, photo_id: str = "", detect: bool = False) -> dict:
-    """Every property of one photo (see :data:`PROPERTY_COLUMNS`); never raises."""
+def inspect_image(path: str | Path, photo_id: str = "", detector: str | None = None) -> dict:
+    """Every property of one photo (see :data:`PROPERTY_COLUMNS`), its faces found with
+    ``detector`` (None: no detection); never raises."""
     from PIL import Image, ImageOps
 
     path = Path(path)
@@ -354,8 +248,12 @@ def inspect_image(path: str | Path, photo_id: str = "", detect: bool = False) ->
     row["contrast"] = float(gray.std())
     row["sharpness"] = float(cv2.Laplacian(gray, cv2.CV_64F).var())
     row["_thumb"] = thumbnail(gray)
-    if detect:
-        faces = detect_faces(gray)
+    if detector:
+        try:
+            faces = detect(rgb, detector)
+        except Exception as exc:  # a detector that cannot run is reported per photo
+            row["error"] = f"face detection failed: {type(exc).__name__}: {exc}"
+            return row
         row["face_count"] = len(faces)
         if faces:
             largest = faces[0]
@@ -367,13 +265,13 @@ def inspect_image(path: str | Path, photo_id: str = "", detect: bool = False) ->
 
 
 def _inspect_chunk(args) -> list[dict]:
-    items, detect = args
-    return [inspect_image(path, pid, detect) for pid, path in items]
+    items, detector = args
+    return [inspect_image(path, pid, detector) for pid, path in items]
 
 
 def image_properties(
     items: Iterable[tuple[str, Path]],
-    detect: bool = False,
+    detector: str | None = None,
     workers: int | None = None,
     chunk: int = 64,
     progress: Callable | None = None,
@@ -382,7 +280,7 @@ def image_properties(
     """Properties of every ``(photo_id, path)``, streamed through ``workers`` processes."""
     workers = workers or os.cpu_count() or 1
     items = list(items)
-    chunks = [(items[i : i + chunk], detect) for i in range(0, len(items), chunk)]
+    chunks = [(items[i : i + chunk], detector) for i in range(0, len(items), chunk)]
     rows: list[dict] = []
     if workers <= 1 or len(items) <= chunk:
         results = map(_inspect_chunk, chunks)

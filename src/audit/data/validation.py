@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from audit.data.images import face_count_reason, image_properties, near_duplicate_pairs
+from audit.data.faces import face_count_reason
+from audit.data.images import image_properties, near_duplicate_pairs
 from audit.errors import InputError
 from audit.pipeline.schema import columns
 
@@ -326,7 +327,10 @@ def image_table(cohort, workers: int | None = None, progress=None) -> pd.DataFra
         (pid, cohort.image_file(rel)) for pid, rel in zip(rows["photo_id"], rows["image_path"])
     ]
     props = image_properties(
-        items, detect=not cohort.spec.cropped, workers=workers, progress=progress
+        items,
+        detector=None if cohort.spec.cropped else cohort.spec.detector,
+        workers=workers,
+        progress=progress,
     )
     props = (
         props.merge(

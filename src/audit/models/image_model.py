@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from audit.data.faces import CROP_METHODS, Crop
 from audit.data.hashing import sha256_file
 from audit.errors import InputError
 from audit.models.heads import Head, gather, gathered, parse_heads
@@ -39,6 +40,7 @@ class ImageModel(ModelAdapter):
             raise InputError(f"model {spec.name!r}: kind {spec.kind} needs `checkpoint`")
         self.heads: list[Head] = parse_heads(spec.name, spec.outputs, OUTPUT_NAMES)
         self.wide_heads: list[Head] = gathered(self.heads)
+        self._crop = _crop_settings(spec)
         self.checkpoint = spec.resolve(spec.checkpoint)
         self._model = None
         self.device: str | None = None
@@ -60,6 +62,12 @@ class ImageModel(ModelAdapter):
     @property
     def normalize(self):
         return self.spec.normalize or "imagenet"
+
+    def crop_for(self, cohort) -> Crop:
+        """How this model's input is cut from the cohort's photos (its spec's ``crop``; the
+        cohort says whether photos are raw and which detector finds their faces)."""
+        spec = cohort.spec if hasattr(cohort, "spec") else cohort
+        return Crop(**self._crop, raw=not spec.cropped, detector=spec.detector)
 
     def checkpoint_digest(self) -> str:
         """SHA-256 of the checkpoint, hashed once per (size, mtime) of the file: a run asks
@@ -130,8 +138,7 @@ class ImageModel(ModelAdapter):
             "input_size": self.input_size,
             "normalize": self.normalize,
             "layout": spec.layout,
-            "align": not cohort.spec.cropped,
-            "margin": 0.25,
+            "crop": self.crop_for(cohort).settings(),
             "outputs": spec.outputs,
             "embeddings": spec.embeddings,
         }
@@ -235,7 +242,7 @@ class ImageModel(ModelAdapter):
             layout=self.spec.layout,
             device=self.device,
             progress=progress,
-            align=not cohort.spec.cropped,
+            crop=self.crop_for(cohort),
         )
         ok = result.ok
         bad: dict[int, str] = {
@@ -286,6 +293,27 @@ class ImageModel(ModelAdapter):
                 f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"
             ],
         )
+
+
+def _crop_settings(spec: ModelSpec) -> dict:
+    """The spec's ``crop`` checked: ``method`` (aligned, box, chip), ``margin``, ``padding``."""
+    crop = dict(spec.crop)
+    extra = set(crop) - {"method", "margin", "padding"}
+    if extra:
+        raise InputError(
+            f"model {spec.name!r}: unknown crop key(s) {sorted(extra)}; use method, margin, padding"
+        )
+    if crop.get("method", "aligned") not in CROP_METHODS:
+        raise InputError(
+            f"model {spec.name!r}: unknown crop method {crop['method']!r}; use one of "
+            f"{CROP_METHODS}"
+        )
+    for key in ("margin", "padding"):
+        if key in crop and not (0 <= float(crop[key]) <= 2):
+            raise InputError(f"model {spec.name!r}: crop {key} must be between 0 and 2")
+        if key in crop:
+            crop[key] = float(crop[key])
+    return crop
 
 
 def _prediction_frame(

@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from audit.data.images import align_crop, decode_rgb, detect_faces, face_count_reason
+from audit.data.faces import Crop, resize
+from audit.data.images import decode_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,44 +51,30 @@ def normalize_batch(x, normalize):
     return (x - m) / s
 
 
-def decode_image(
-    path: str | Path, size: int, align: bool = False, margin: float = 0.25
-) -> np.ndarray:
-    """One photo as uint8 RGB (size, size, 3), EXIF orientation applied.
-
-    ``align``: a raw photo; find its one face (OpenCV), level the eyes, crop with ``margin``
-    and resize. A photo with no face or several faces raises ``ValueError``.
-    """
+def decode_image(path: str | Path, size: int, crop: Crop | None = None) -> np.ndarray:
+    """One photo as uint8 RGB (size, size, 3), EXIF orientation applied, cut by ``crop``
+    (:class:`audit.data.faces.Crop`: a raw photo's one face found, aligned and cropped as the
+    model wants it; None: the whole photo resized). A raw photo without exactly one face
+    raises ``ValueError`` with the reason."""
     rgb = decode_rgb(path)
-    if align:
-        import cv2
-
-        faces = detect_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        if len(faces) != 1:
-            raise ValueError(face_count_reason(len(faces)))
-        return align_crop(rgb, faces[0], size, margin)
-    if rgb.shape[:2] != (size, size):
-        from PIL import Image
-
-        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
-    return rgb
+    return resize(rgb, size) if crop is None else crop.apply(rgb, size)
 
 
 class PhotoDataset:
     """A torch ``Dataset`` of (index, uint8 image, error) for the given paths; a photo that
     cannot be prepared comes back black, with its error, and is dropped from the results."""
 
-    def __init__(self, paths: list[Path], size: int, align: bool = False):
+    def __init__(self, paths: list[Path], size: int, crop: Crop | None = None):
         self.paths = paths
         self.size = size
-        self.align = align
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, decode_image(self.paths[i], self.size, self.align), ""
+            return i, decode_image(self.paths[i], self.size, self.crop), ""
         except Exception as exc:  # any undecodable file or faceless photo: reported, never fatal
             return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
 
@@ -102,7 +89,7 @@ class PhotoBytes(PhotoDataset):
             data = Path(path).read_bytes()
             if data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9":
                 return i, np.frombuffer(data, dtype=np.uint8), ""
-            return i, decode_image(path, self.size, self.align), ""
+            return i, decode_image(path, self.size, self.crop), ""
         except Exception as exc:
             return i, np.zeros((self.size, self.size, 3), np.uint8), f"{type(exc).__name__}: {exc}"
 
@@ -267,25 +254,27 @@ def iter_decoded(
     batch_size: int,
     workers: int | None = None,
     progress: Callable | None = None,
-    align: bool = False,
+    crop: Crop | None = None,
     decode: str = "auto",
 ):
     """Decode ``paths`` once, in batches: yields ``(indices, uint8 NHWC batch on device,
     errors)``; a photo that cannot be prepared is black in the batch, with its error.
 
-    ``align``: the photos are raw (not cropped): each is face-detected, eye-aligned and
-    cropped in the DataLoader workers before batching.
+    ``crop``: how each photo becomes the model's input (:class:`audit.data.faces.Crop`):
+    raw photos are face-detected, aligned and cropped in the DataLoader workers before
+    batching, so the model never waits on the detector.
     ``decode``: ``workers`` (decode in the DataLoader workers), ``device`` (the workers only
     read bytes; JPEGs are decoded as a batch on the model's device, nvJPEG on CUDA), or
-    ``auto`` (``device`` on CUDA for cropped photos, else ``workers``).
+    ``auto`` (``device`` on CUDA for photos that are only resized, else ``workers``).
     """
     from torch.utils.data import DataLoader
 
     cuda = device.startswith("cuda")
     if workers is None:
         workers = min(4 if cuda else 2, os.cpu_count() or 1) if len(paths) > 4 * batch_size else 0
-    on_device = decode == "device" or (decode == "auto" and cuda and not align)
-    dataset = (PhotoBytes if on_device else PhotoDataset)(paths, size, align)
+    plain = crop is None or crop.resizes_only
+    on_device = plain and (decode == "device" or (decode == "auto" and cuda))
+    dataset = (PhotoBytes if on_device else PhotoDataset)(paths, size, crop)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -336,7 +325,7 @@ def run_batched(
     device: str | None = None,
     workers: int | None = None,
     progress: Callable | None = None,
-    align: bool = False,
+    crop: Crop | None = None,
     decode: str = "auto",
 ) -> InferenceResult:
     """Decode ``paths`` (see :func:`iter_decoded`) and apply ``forward(x) -> (outputs,
@@ -353,7 +342,7 @@ def run_batched(
     errors = [""] * len(paths)
     with torch.inference_mode():
         for idx, images, errs in run.batches(
-            paths, size, workers=workers, progress=progress, align=align, decode=decode
+            paths, size, workers=workers, progress=progress, crop=crop, decode=decode
         ):
             x = model_input(to_unit(images), normalize, layout, run.cuda)
             out, feat = forward_halving(forward, x, run.cuda)
@@ -439,7 +428,7 @@ def run_perturbed(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: Callable | None = None,
-    align: bool = False,
+    crop: Crop | None = None,
     decode: str = "auto",
 ):
     """Every model on every photo under every ``(name, severity)`` of ``plan``, each photo
@@ -458,7 +447,7 @@ def run_perturbed(
     n = len(paths)
     results: dict[str, np.ndarray | None] = {m.name: None for m in models}
     errors = [""] * n
-    batches = run.batches(paths, size, workers=workers, align=align, decode=decode)
+    batches = run.batches(paths, size, workers=workers, crop=crop, decode=decode)
     # progress counts (batch, plan item) steps: one batch of many levels is a long wait
     steps = ((batch, p) for batch in batches for p in range(len(plan)))
     n_steps = -(-n // run.batch_size) * len(plan)

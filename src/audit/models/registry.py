@@ -37,6 +37,8 @@ class ModelSpec(BaseModel):
     input_size: int | None = None
     layout: str = "nchw"
     normalize: Any = None
+    # raw photos: how the face is cut out ({method: aligned|box|chip, margin, padding})
+    crop: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     embeddings: Any = None
     card: dict[str, Any] = Field(default_factory=dict)

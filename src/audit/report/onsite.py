@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.cohort import load_cohort, read_spec
+from audit.data.faces import Crop
 from audit.data.hashing import HashCache
 from audit.data.privacy import pseudonym
 from audit.models import create_model
@@ -78,7 +79,7 @@ def saliency_faces(
                 decode_image(
                     cohort.image_file(frame.at[p, "image_path"]),
                     model.input_size,
-                    align=not cohort.spec.cropped,
+                    model.crop_for(cohort),
                 )
             )
             for p in chosen
@@ -162,7 +163,9 @@ def moved_most(
                 continue
             info = images.loc[pid]
             face = decode_image(
-                (root / spec.images).resolve() / info["image_path"], 112, align=not spec.cropped
+                (root / spec.images).resolve() / info["image_path"],
+                112,
+                Crop(raw=not spec.cropped, detector=spec.detector),
             )
             seed = image_seed(int(cfg.get("seed", 0)), info["sha256"], name, severity)
             tiles.append([face, _perturbed(p, face, severity, seed)])

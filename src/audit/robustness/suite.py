@@ -156,9 +156,9 @@ def run_suite(
     digests = rows["image_path"].map(cohort.image_sha256).to_numpy()
     paths = [cohort.image_file(p) for p in rows["image_path"]]
     results: dict[str, SuiteResult] = {}
-    by_size: dict[int, list] = {}
+    by_size: dict[tuple, list] = {}  # models that see the same input share the decoding
     for model in models:
-        by_size.setdefault(model.input_size, []).append(model)
+        by_size.setdefault((model.input_size, model.crop_for(cohort)), []).append(model)
 
     def perturb(name, severity, x, seeds):
         return x if name == CLEAN else perturbations[name](x, severity, seeds)
@@ -166,7 +166,7 @@ def run_suite(
     def seeds(name, severity, indices):
         return [image_seed(seed, digests[i], name, severity) for i in indices]
 
-    for size, group in by_size.items():
+    for (size, crop), group in by_size.items():
         prepared, have = [], {}
         for model in group:
             known = _cache_lookup(
@@ -184,7 +184,7 @@ def run_suite(
             device=group[0].device,
             batch_size=batch_size,
             progress=progress,
-            align=not cohort.spec.cropped,
+            crop=crop,
         )
         for model, pm in zip(group, prepared):
             result = _suite_frames(

@@ -45,14 +45,14 @@ def audit_sample(
     *,
     device: str,
     batch: int,
-    align: bool,
+    crops: dict,
     rng: np.random.Generator,
     progress: Callable | None = None,
 ) -> SaliencyAudit:
     """Saliency of ``models`` on the photos at ``paths`` (rows of ``sample``, with their
     ``groups`` columns), under the region template of face ``layout``; ``cfg`` is the
     :class:`audit.pipeline.config.SaliencyConfig`, ``progress(items, total, label)`` wraps the
-    batches, ``align`` eye-aligns raw photos."""
+    batches, ``crops`` says how each model's input is cut from the photos (by model name)."""
     sets, maps_rows, targets = _map_sets(
         models,
         paths,
@@ -62,7 +62,7 @@ def audit_sample(
         cfg,
         device=device,
         batch=batch,
-        align=align,
+        crops=crops,
         progress=progress or (lambda items, total, label: items),
     )
     notes = _timing_notes(sets, device)
@@ -81,7 +81,7 @@ def audit_sample(
         maps_rows += m_rows
     checks += _between_models(sets, cfg, rng)
     checks += _sanity_checks(
-        sets, targets, paths, methods, cfg, device=device, align=align, notes=notes
+        sets, targets, paths, methods, cfg, device=device, crops=crops, notes=notes
     )
     for c in checks:
         if c["passed"] is False and c["check_name"] == "randomized_weights_spearman":
@@ -93,24 +93,30 @@ def audit_sample(
     return SaliencyAudit(shares, maps_rows, checks, notes)
 
 
-def _map_sets(models, paths, sample, layout, methods, cfg, *, device, batch, align, progress):
+def _map_sets(models, paths, sample, layout, methods, cfg, *, device, batch, crops, progress):
     """Every (model, output, method)'s normalised maps of the photos that decoded, each photo
-    decoded once per input size; the sample's mean face and the region template as
-    ``saliency_maps`` rows; the attribution targets by (model, output)."""
+    decoded once per input (size and crop); the sample's mean face and the region template
+    as ``saliency_maps`` rows; the attribution targets by (model, output)."""
     import torch
 
     sets: list[sal.MapSet] = []
     maps_rows: list[dict] = []
     targets_all: dict[tuple[str, str], sal.Target] = {}
-    for size in sorted({m.input_size for m in models}):
-        targets = [t for m in models if m.input_size == size for t in sal.model_targets(m, device)]
+    inputs = {(m.input_size, crops[m.name]): None for m in models}
+    for size, crop in sorted(inputs, key=lambda k: (k[0], str(k[1]))):
+        targets = [
+            t
+            for m in models
+            if (m.input_size, crops[m.name]) == (size, crop)
+            for t in sal.model_targets(m, device)
+        ]
         targets_all.update({(t.model, t.output): t for t in targets})
         failed = np.zeros(len(paths), dtype=bool)
         face_sum = np.zeros((size, size, 3))
 
         def batches():
             for idx, images, errs in iter_decoded(
-                paths, size, device=device, batch_size=batch, align=align
+                paths, size, device=device, batch_size=batch, crop=crop
             ):
                 bad = np.array([bool(e) for e in errs], dtype=bool)
                 failed[np.asarray(idx)[bad]] = True
@@ -205,7 +211,7 @@ def _backdrop_rows(face_sum: np.ndarray, n_ok: int, template: np.ndarray, min_fa
     return rows
 
 
-def _sanity_checks(sets, targets, paths, methods, cfg, *, device, align, notes) -> list[dict]:
+def _sanity_checks(sets, targets, paths, methods, cfg, *, device, crops, notes) -> list[dict]:
     """The randomised-weights check of each map set (Adebayo et al. 2018): the cohort map of
     the first ``sanity_photos`` photos against the same model with every weight redrawn."""
     start = time.perf_counter()
@@ -222,9 +228,10 @@ def _sanity_checks(sets, targets, paths, methods, cfg, *, device, align, notes) 
             continue
         k = min(cfg.sanity_photos, len(ms.maps))
         first = np.flatnonzero(ms.extra["keep"])[:k]  # the photos of ms.maps[:k]
-        key = (target.size, tuple(first))
-        if key not in decoded:  # once per input size, not once per method
-            decoded[key] = _decode_sample([paths[i] for i in first], target.size, device, align)
+        crop = crops[target.model]
+        key = (target.size, crop, tuple(first))
+        if key not in decoded:  # once per input, not once per method
+            decoded[key] = _decode_sample([paths[i] for i in first], target.size, device, crop)
         x = decoded[key]
         if (ms.model, ms.output) not in randomised:
             randomised[(ms.model, ms.output)] = sal.randomized_target(target, seed=cfg.seed)
@@ -253,14 +260,14 @@ def _sanity_checks(sets, targets, paths, methods, cfg, *, device, align, notes) 
     return checks
 
 
-def _decode_sample(paths: list, size: int, device: str, align: bool):
+def _decode_sample(paths: list, size: int, device: str, crop):
     """The first photos of the saliency sample as one [0, 1] batch on ``device``."""
     import torch
 
     parts = [
         to_unit(images)
         for _, images, _ in iter_decoded(
-            paths, size, device=device, batch_size=len(paths) or 1, workers=0, align=align
+            paths, size, device=device, batch_size=len(paths) or 1, workers=0, crop=crop
         )
     ]
     return torch.cat(parts)

@@ -63,7 +63,7 @@ def saliency_stage(ctx: RunContext) -> int:
         cfg,
         device=device,
         batch=batch,
-        align=not ctx.cohort.spec.cropped,
+        crops={m.name: m.crop_for(ctx.cohort) for m in models},
         rng=rng,
         progress=progress.bar,
     )

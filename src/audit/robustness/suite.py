@@ -210,7 +210,7 @@ def _still_needed(model, known: dict, n_plan: int, n_photos: int) -> PerturbedMo
     need = np.ones((n_plan, n_photos), dtype=bool)
     for p, i in known:
         need[p, i] = False
-    return PerturbedModel(model.name, model.forward, model.normalize, model.spec.layout, need)
+    return PerturbedModel(model.name, model.forward, model.normalize, model.input_layout, need)
 
 
 def _cache_lookup(cached: pd.DataFrame | None, model, digests, plan, pkeys) -> dict:

@@ -191,7 +191,7 @@ def model_targets(model, device: str | None = None) -> list[Target]:
     for head in model.heads:
 
         def fn(x, head=head):
-            outputs, _ = model.sources(model_input(x, model.normalize, model.spec.layout))
+            outputs, _ = model.sources(model_input(x, model.normalize, model.input_layout))
             return head_value(head, outputs, x.device)
 
         targets.append(
@@ -206,7 +206,7 @@ def model_targets(model, device: str | None = None) -> list[Target]:
                 head=head,
                 name_outputs=model.name_outputs if is_torch else None,
                 normalize=model.normalize,
-                layout=model.spec.layout,
+                layout=model.input_layout,
             )
         )
     return targets

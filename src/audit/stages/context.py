@@ -18,6 +18,7 @@ from audit.data.cohort import age_band, load_cohort
 from audit.data.hashing import HashCache
 from audit.errors import InputError
 from audit.models import create_model
+from audit.models.parity import check_reference
 from audit.pipeline import progress
 from audit.pipeline.config import AuditConfig
 from audit.pipeline.store import Store
@@ -66,10 +67,12 @@ def start(
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise InputError(f"two --model specs share a name: {names}; give each a `name`")
+    parity = []
     with progress.step("load models"):  # a checkpoint that does not fit fails now, not
         for model in models:  # after validation has run
             if hasattr(model, "load"):
                 model.load()
+                parity.append(check_reference(model))  # a mismatch stops the run here
     with progress.step("load cohort"):
         cohort = load_cohort(cohort_dir, hash_cache=HashCache.default())
     store = Store(out_dir / "audit.duckdb")
@@ -85,7 +88,7 @@ def start(
         synthetic=cohort.spec.synthetic,
         cohort_path=str(Path(cohort_dir).resolve()),
     )
-    return RunContext(
+    ctx = RunContext(
         store=store,
         run_id=run_id,
         out_dir=out_dir,
@@ -94,6 +97,9 @@ def start(
         models=models,
         reference=reference,
     )
+    for note in filter(None, parity):
+        ctx.note("predictions", note)
+    return ctx
 
 
 def wide_predictions(ctx: RunContext, model) -> pd.DataFrame:

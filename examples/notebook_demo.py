@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 import audit
-from audit.demo.preset import DEMO_MODELS, demo_config, write_demo_cohort
+from audit.demo.preset import demo_config, demo_models, write_demo_cohort
 
 
 def main(out: Path, n: int = 600, seed: int = 0) -> audit.AuditRun:
     # %% the synthetic cohort with rendered faces (known truth; see docs/synthetic-world.md)
     cohort = write_demo_cohort(out / "cohort", n=n, seed=seed)
 
-    # %% the audit: the two demo models, the demo's config
-    run = audit.run(cohort, DEMO_MODELS, config=demo_config(), out=out)
+    # %% the audit: the two demo models and the real dlib age model, the demo's config
+    run = audit.run(cohort, demo_models(), config=demo_config(), out=out)
     print(f"verdict: {run.verdict_status}  run {run.run_id}\nreport: {run.report_path}")
 
     # %% the numbers, as tidy frames

@@ -10,6 +10,7 @@ _NAMES = {
     "DEMO_MODELS": "preset",
     "WorldParams": "world",
     "demo_config": "preset",
+    "demo_models": "preset",
     "example_face": "faces",
     "render_face": "faces",
     "simulate": "world",

@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fairness.py
 	$(PY) benchmarks/drift.py
 	$(PY) benchmarks/cox.py
+	$(PY) benchmarks/faces.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo site

@@ -52,6 +52,8 @@ observed/expected).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -153,6 +155,40 @@ def maxt_band(
     c = float(np.nanquantile(t, level))
     low[use], high[use] = point[use] - c * se[use], point[use] + c * se[use]
     return low, high, c
+
+
+@dataclass
+class DifferenceBands:
+    """Each group's difference to the overall value with its band: the simultaneous max-t
+    band over the groups with at least ``min_group_size`` subjects (``usable``), else the
+    marginal percentile interval; ``methods`` says which, per group."""
+
+    diff: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    usable: np.ndarray
+    methods: list[str]
+
+    @classmethod
+    def of(cls, values, boot, overall_value, overall_boot, subjects, config) -> DifferenceBands:
+        """``values`` (G,) and ``boot`` (B, G) per group; ``overall_boot`` (B,) or (B, 1)."""
+        diff = np.asarray(values, dtype=float) - overall_value
+        diff_boot = np.asarray(boot) - np.asarray(overall_boot).reshape(-1, 1)
+        usable = np.asarray(subjects) >= config.min_group_size
+        band_low, band_high, c = maxt_band(diff, diff_boot, config.ci_level, usable)
+        marg_low, marg_high = percentile_ci(diff_boot, config.ci_level)
+        simultaneous = usable & np.isfinite(band_low)
+        k = int(usable.sum())
+        return cls(
+            diff=diff,
+            low=np.where(simultaneous, band_low, marg_low),
+            high=np.where(simultaneous, band_high, marg_high),
+            usable=usable,
+            methods=[
+                f"simultaneous max-t over {k} groups (c={c:.2f})" if s else "marginal percentile"
+                for s in simultaneous
+            ],
+        )
 
 
 def is_flagged(metric: str, low: float, high: float, tolerance: float) -> bool:
@@ -479,26 +515,19 @@ def _group_rows(
 
     ``boot``: (B, G) group values per resample; ``overall_boot``: (B,) or (B, 1)."""
     boot = np.asarray(boot)
-    overall_boot = np.asarray(overall_boot).reshape(-1, 1)
     low, high = percentile_ci(boot, config.ci_level)
-    diff = values - overall_value
-    diff_boot = boot - overall_boot
-    usable = np.asarray(subjects) >= config.min_group_size
-    band_low, band_high, c = maxt_band(diff, diff_boot, config.ci_level, usable)
+    d = DifferenceBands.of(values, boot, overall_value, overall_boot, subjects, config)
     # A correlation within a band of age is lowered by the band's narrow range, not by the
     # model: such rows are reported but never flagged.
     flaggable = not (metric == "pearson_r" and "age" in attribute)
-    marg_low, marg_high = percentile_ci(diff_boot, config.ci_level)
-    to_reference = _to_reference(names, values, boot, subjects, usable, config.ci_level)
+    to_reference = _to_reference(names, values, boot, subjects, d.usable, config.ci_level)
     tol = config.tolerances.get(metric)
-    k = int(usable.sum())
     rows = []
     shown = n_subjects_shown if n_subjects_shown is not None else subjects
     for g, name in enumerate(names):
-        simultaneous = bool(usable[g] and np.isfinite(band_low[g]))
-        lo, hi = (band_low[g], band_high[g]) if simultaneous else (marg_low[g], marg_high[g])
+        lo, hi = d.low[g], d.high[g]
         flagged = flaggable and tol is not None and is_flagged(metric, lo, hi, tol)
-        status = "too_small" if not usable[g] else ("flagged" if flagged else "ok")
+        status = "too_small" if not d.usable[g] else ("flagged" if flagged else "ok")
         rows.append(
             {
                 "model": model,
@@ -511,14 +540,10 @@ def _group_rows(
                 "value": float(values[g]),
                 "ci_low": float(low[g]),
                 "ci_high": float(high[g]),
-                "diff_to_overall": float(diff[g]),
+                "diff_to_overall": float(d.diff[g]),
                 "diff_ci_low": float(lo),
                 "diff_ci_high": float(hi),
-                "diff_ci_method": (
-                    f"simultaneous max-t over {k} groups (c={c:.2f})"
-                    if simultaneous
-                    else "marginal percentile"
-                ),
+                "diff_ci_method": d.methods[g],
                 **to_reference[g],
                 "tolerance": tol,
                 "status": status,

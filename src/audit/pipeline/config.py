@@ -40,6 +40,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "saliency": {"enabled": False},
         "accuracy": {"n_boot": 200},
         "fairness": {"n_boot": 200},
+        "faces": {"n_boot": 200},
         "survival": {"n_boot": 100},
     },
     # the defaults of every section
@@ -195,6 +196,35 @@ class FairnessConfig(_Section):
                     "with a positive sum"
                 )
         return value
+
+
+class FacesConfig(_Section):
+    """The face-pipeline integrity audit (raw photos): who the detector drops, by group."""
+
+    enabled: bool = True
+    attributes: list[str] = Field(
+        default_factory=lambda: ["age_band", "sex", "race", "site", "camera", "brightness_band"],
+        description="standard columns, age_band or brightness_band, where present",
+    )
+    age_bands: list[float] = Field(default_factory=lambda: [65.0, 75.0, 85.0])
+    brightness_bands: list[float] = Field(
+        default_factory=lambda: [85.0, 170.0], description="mean grey level cuts (0-255)"
+    )
+    low_confidence: dict[str, float] = Field(
+        default_factory=lambda: {"dlib": 0.5, "opencv": 4.0},
+        description="a single face scoring under this (per detector) is low-confidence",
+    )
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a group is flagged when its simultaneous band of the difference to the "
+        "overall rate lies entirely above this",
+    )
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects, not photos)")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+    min_group_size: int = Field(30, ge=1, description="smaller groups: too_small, never flagged")
 
 
 class DriftConfig(_Section):
@@ -388,6 +418,9 @@ class Thresholds(_Section):
     fairness_flagged_max: int = Field(
         0, ge=0, description="flagged subgroups (of the fairness verdict metrics) allowed"
     )
+    face_pipeline_flagged_max: int = Field(
+        0, ge=0, description="groups the face detector fails more often than tolerated, allowed"
+    )
     representativeness_p_min: float = Field(
         0.0,
         ge=0,
@@ -445,6 +478,7 @@ class AuditConfig(_Section):
     robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     saliency: SaliencyConfig = Field(default_factory=SaliencyConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)

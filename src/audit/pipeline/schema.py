@@ -6,7 +6,7 @@ Versions: a new file is created at :data:`SCHEMA_VERSION` directly. A file of an
 version (1 to 13 written by the forward migrations this module replaced, or 14) is brought up
 to date by :func:`reconcile`: every change since version 1 was additive (a table, or a column
 appended at the end of one; 15 appended ``spread`` to ``predictions`` and
-``prediction_cache``), so creating the missing tables and appending the
+``prediction_cache`` and added ``face_pipeline``), so creating the missing tables and appending the
 missing columns in the order written here gives the same tables, in the same column order,
 as a file created new. A change that is not additive needs its own step in :data:`STEPS`.
 """
@@ -92,6 +92,16 @@ TABLES: tuple[Table, ...] = (
         "Faces found per image (box, confidence, landmarks).",
         "run_id VARCHAR, photo_id VARCHAR, x DOUBLE, y DOUBLE, w DOUBLE, h DOUBLE, confidence "
         "DOUBLE, landmarks JSON",
+    ),
+    Table(
+        "face_pipeline",
+        "The face detector's failures by subgroup (raw photos): detection failure, multi-face "
+        "and low-confidence rates and the face box side in pixels, overall and per group, with "
+        "subject-bootstrap CIs and simultaneous bands on the difference to overall.",
+        "run_id VARCHAR, detector VARCHAR, metric VARCHAR, attribute VARCHAR, group_name "
+        "VARCHAR, n BIGINT, n_subjects BIGINT, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
+        "diff_to_overall DOUBLE, diff_ci_low DOUBLE, diff_ci_high DOUBLE, diff_ci_method "
+        "VARCHAR, tolerance DOUBLE, status VARCHAR",
     ),
     Table(
         "predictions",

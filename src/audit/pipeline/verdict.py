@@ -776,6 +776,44 @@ def _quarantine_row(
     )
 
 
+@register_check("face_pipeline", scope="run", reads=("face_pipeline",))
+def _face_pipeline(ev: Evidence) -> list[dict]:
+    return face_pipeline_checks(ev.table("face_pipeline"), ev.thresholds)
+
+
+def face_pipeline_checks(table: pd.DataFrame | None, t: Thresholds) -> list[dict]:
+    """The groups the face detector fails more often than tolerated (raw photos): a group
+    whose simultaneous band of the difference to the overall rate lies above the tolerance
+    is excluded from every later statistic more than the rest."""
+    if table is None or not len(table):
+        return []
+    flagged = table[table["status"] == "flagged"]
+    overall = table[table["attribute"] == "all"].set_index("metric")["value"]
+    listed = "; ".join(
+        f"{r.metric} {r.value:.0%} in {r.attribute} = {r.group_name} (overall "
+        f"{overall.get(r.metric, float('nan')):.0%}; difference band {r.diff_ci_low:+.0%} to "
+        f"{r.diff_ci_high:+.0%})"
+        for r in flagged.sort_values("diff_to_overall", ascending=False).itertuples()
+    )
+    rates = ", ".join(
+        f"{m.replace('_', ' ')} {overall[m]:.1%}"
+        for m in ("detection_failure", "multi_face", "low_confidence")
+        if m in overall and np.isfinite(overall[m])
+    )
+    return [
+        _row(
+            None,
+            "face_pipeline",
+            "data",
+            float(t.face_pipeline_flagged_max),
+            float(len(flagged)),
+            len(flagged) <= t.face_pipeline_flagged_max,
+            f"detector {table['detector'].iloc[0]}: {rates}; {len(flagged)} group(s) "
+            f"failed more often than tolerated" + (f": {listed}" if listed else ""),
+        )
+    ]
+
+
 @register_check("representativeness", scope="run", reads=("representativeness",))
 def _representativeness(ev: Evidence) -> list[dict]:
     return _representativeness_checks(ev.table("representativeness"), ev.thresholds)
@@ -950,9 +988,10 @@ def validation_checks(
     n_quarantined: int,
     thresholds: Thresholds,
     rows: pd.DataFrame | None = None,
+    face_pipeline: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The checks of a validation run: the quarantined share (by group, from the run's
-    ``cohort_rows``), and no failed error check."""
+    ``cohort_rows``), no failed error check, and the face detector's failures by group."""
     failed = results[(~results["success"].astype(bool)) & (results["severity"] != "warning")]
     names = ", ".join(
         f"{r.suite}.{r.expectation}" + (f"({r.column_name})" if r.column_name else "")
@@ -969,6 +1008,7 @@ def validation_checks(
             len(failed) == 0,
             f"{len(failed)} error or critical check(s) failed" + (f": {names}" if names else ""),
         ),
+        *face_pipeline_checks(face_pipeline, thresholds),
     ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 

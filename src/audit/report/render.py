@@ -116,6 +116,7 @@ RUN_TABLES = (
     "fairness",
     "survival_subgroups",
     "representativeness",
+    "face_pipeline",
     "comparisons",
     "drift",
     "artifacts",
@@ -132,6 +133,27 @@ RUN_TABLES = (
 def run_tables(store: Store, run_id: str) -> dict[str, pd.DataFrame]:
     """The run's rows of every table its pages show."""
     return {name: store.table(name, run_id) for name in RUN_TABLES}
+
+
+def _face_pipeline_view(table: pd.DataFrame) -> dict | None:
+    """The face-pipeline audit for the page: the overall rates, then every group row
+    (flagged ones first), or None for a cohort of face crops."""
+    if table is None or not len(table):
+        return None
+    overall = table[table["attribute"] == "all"]
+    groups = table[table["attribute"] != "all"].assign(
+        _order=lambda d: (d["status"] != "flagged").astype(int)
+    )
+    groups = groups.sort_values(["_order", "metric", "attribute"], kind="stable")
+    return {
+        "detector": table["detector"].iloc[0],
+        "overall": _records(overall),
+        "rows": _records(groups.drop(columns="_order")),
+        "flagged": int((table["status"] == "flagged").sum()),
+        "tolerance": overall["tolerance"].dropna().iloc[0]
+        if overall["tolerance"].notna().any()
+        else None,
+    }
 
 
 def run_context(
@@ -173,6 +195,7 @@ def run_context(
             else {"saliency_faces": None, "moved_most": None}
         ),
         "representativeness": _records(t["representativeness"]),
+        "face_pipeline": _face_pipeline_view(t["face_pipeline"]),
         "exclusions": exclusions,
         "evaluation_sites": cohort["sites"],
         "run": run,

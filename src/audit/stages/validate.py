@@ -9,6 +9,7 @@ import pandas as pd
 
 from audit.data.validation import validate_cohort
 from audit.errors import InputError
+from audit.metrics.face_pipeline import face_pipeline_table, photo_outcomes
 from audit.pipeline import progress
 from audit.pipeline.schema import columns
 from audit.pipeline.verdict import overall, validation_checks
@@ -132,6 +133,15 @@ def _image_tables(props: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _face_pipeline(cohort, props, rows, config) -> pd.DataFrame | None:
+    """Who the face detector drops, by group (raw photos only; see
+    :mod:`audit.metrics.face_pipeline`)."""
+    if cohort.spec.cropped or props is None or not len(props) or not config.enabled:
+        return None
+    outcomes = photo_outcomes(props, rows, cohort.spec.detector, config)
+    return face_pipeline_table(outcomes, cohort.spec.detector, config)
+
+
 def validate_stage(ctx: RunContext) -> int:
     """Validate the cohort (Great Expectations suites) and write what it found.
 
@@ -153,6 +163,7 @@ def validate_stage(ctx: RunContext) -> int:
         "quarantine": quarantine,
         "cohort_summary": _cohort_summary(frame),
         **_image_tables(report.image_properties),
+        "face_pipeline": _face_pipeline(c, report.image_properties, good, ctx.config.faces),
     }
     c.frame = good[~good["photo_id"].isin(bad_ids)].reset_index(drop=True)
     note = (
@@ -176,7 +187,12 @@ def validation_verdict(ctx: RunContext) -> str:
     ).iloc[0, 0]
     rows = ctx.store.table("cohort_rows", ctx.run_id)
     verdicts = validation_checks(
-        results, ctx.cohort.n_manifest_rows, int(q), ctx.config.thresholds, rows
+        results,
+        ctx.cohort.n_manifest_rows,
+        int(q),
+        ctx.config.thresholds,
+        rows,
+        ctx.store.table("face_pipeline", ctx.run_id),
     )
     ctx.write("verdict", {"verdicts": verdicts})
     return overall(verdicts)

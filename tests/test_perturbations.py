@@ -19,7 +19,8 @@ from audit.robustness.perturbations import (  # noqa: E402
     register_perturbation,
 )
 
-ALL = list_perturbations()
+ALL = [n for n in list_perturbations() if not create_perturbation(n).recrops]  # tensor changes
+CROPS = list_perturbations(family="crop")  # the photo cut again (tests/test_raw_photos.py)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def _highpass_energy(x):
 
 def test_the_registry_covers_every_family_of_the_issue():
     assert len(ALL) >= 20
-    families = {create_perturbation(n).family for n in ALL}
+    families = {create_perturbation(n).family for n in ALL + CROPS}
     assert families == set(FAMILIES)
     assert list_perturbations("*blur") == ["gaussian_blur", "motion_blur"]
     assert list_perturbations(family="occlusion") == ["sunglasses", "surgical_mask", "patch"]
@@ -100,6 +101,15 @@ def test_damage_grows_with_severity(name, photo):
     p = create_perturbation(name)
     damage = [float((p(photo, s, [5, 6, 7, 8]) - photo).abs().mean()) for s in p.levels]
     assert all(b > a for a, b in zip(damage, damage[1:])), damage
+
+
+def test_crop_variants_are_registered_and_never_applied_to_a_cut_image(photo):
+    assert set(CROPS) == {"crop_margin", "landmark_jitter", "alignment"}
+    for name in CROPS:
+        p = create_perturbation(name)
+        assert p.recrops and p.family == "crop" and p.describe(p.levels[-1])
+        with pytest.raises(ValueError, match="changes the crop"):
+            p(photo, p.levels[-1], [1, 2, 3, 4])
 
 
 def test_random_perturbations_differ_between_seeds(photo):

@@ -86,3 +86,71 @@ def test_lfw_faces_run_as_a_cropped_cohort(tmp_path):
     preds = create_model("demo:faceage").predict(load_cohort(tmp_path))
     assert len(preds.frame) == 100 and preds.quarantine is None
     assert np.isfinite(preds.frame["value"]).all() and preds.frame["value"].std() > 0
+
+
+@pytest.mark.parametrize("method", ["aligned", "box", "chip"])
+def test_crop_variants_cut_the_photo_again_more_as_severity_grows(astronaut, method):
+    from audit.robustness.perturbations import create_perturbation
+
+    crop = Crop(method=method)
+    clean = crop.apply(astronaut, 112).astype(float)
+    for name in ("landmark_jitter", "crop_margin"):
+        p = create_perturbation(name)
+        moved = [
+            np.abs(p.recrop(crop, s, seed=1).apply(astronaut, 112) - clean).mean() for s in p.levels
+        ]
+        assert moved[0] > 0 and moved[-1] > moved[0], (name, moved)
+        again = p.recrop(crop, p.levels[-1], seed=1).apply(astronaut, 112)
+        assert np.array_equal(again, p.recrop(crop, p.levels[-1], seed=1).apply(astronaut, 112))
+        if name == "landmark_jitter":  # the seed draws the moves (the margin: only its sign)
+            other = p.recrop(crop, p.levels[-1], seed=2).apply(astronaut, 112)
+            assert not np.array_equal(again, other)
+    unaligned = create_perturbation("alignment").recrop(crop, 1)
+    assert unaligned.method != method
+    assert np.abs(unaligned.apply(astronaut, 112) - clean).mean() > 1
+
+
+def test_the_crop_family_runs_in_the_robustness_suite(tmp_path, astronaut):
+    from skimage import data
+
+    from audit.robustness.perturbations import face_layout
+    from audit.robustness.suite import run_suite
+
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["photo_id,age,image_path"]
+    photos = {"astronaut": astronaut}
+    for i, face in enumerate(data.lfw_subset()[:8]):
+        grey = cv2.resize((face * 255).astype(np.uint8), (250, 250), interpolation=cv2.INTER_CUBIC)
+        photos[f"lfw{i}"] = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    for name, rgb in photos.items():
+        Image.fromarray(rgb).save(images / f"{name}.png")
+        lines.append(f"{name},40,{name}.png")
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cohort.yaml").write_text("name: raw\ncropped: false\n")
+    cohort = load_cohort(tmp_path)
+    model = create_model("demo:faceage")
+    found = model.predict(cohort).frame["photo_id"]
+    rows = cohort.frame[cohort.frame["photo_id"].isin(found)].reset_index(drop=True)
+    plan = [("landmark_jitter", 1), ("landmark_jitter", 5), ("alignment", 1), ("brightness", 3)]
+    out = run_suite([model], cohort, rows, plan, layout=face_layout("aligned"), seed=0)
+    frame = out[model.name].frame
+    assert set(frame["perturbation"]) == {"none", "landmark_jitter", "alignment", "brightness"}
+    assert len(frame) == len(rows) * (len(plan) + 1)
+    wide = frame.pivot_table(index="photo_id", columns=["perturbation", "severity"], values="value")
+    clean = wide[("none", 0)]
+    shift1 = (wide[("landmark_jitter", 1)] - clean).abs().mean()
+    shift5 = (wide[("landmark_jitter", 5)] - clean).abs().mean()
+    assert 0 < shift1 < shift5
+    # a cohort of face crops has no face step to vary: the crop family is left out
+    crops = tmp_path / "crops"
+    (crops / "images").mkdir(parents=True)
+    for name in rows["photo_id"]:
+        Image.fromarray(Crop().apply(photos[name], 112)).save(crops / "images" / f"{name}.png")
+    (crops / "manifest.csv").write_text(
+        "photo_id,age,image_path\n" + "".join(f"{n},40,{n}.png\n" for n in rows["photo_id"])
+    )
+    (crops / "cohort.yaml").write_text("name: crops\ncropped: true\n")
+    cropped = load_cohort(crops)
+    out = run_suite([model], cropped, cropped.frame, plan, layout=face_layout("aligned"), seed=0)
+    assert set(out[model.name].frame["perturbation"]) == {"none", "brightness"}

@@ -252,8 +252,10 @@ class Crop:
     """How one model's input is cut from a photo (see the module's docstring).
 
     ``raw``: the photos are raw (a face is detected with ``detector``); else they are face
-    crops already. ``jitter``: the SD in pixels by which every landmark and box corner is
-    moved (seeded per photo), for the crop-sensitivity family; 0 in a normal run.
+    crops already. For the crop-sensitivity family (0 in a normal run): ``jitter``, the SD in
+    pixels by which every landmark and box corner is moved; ``margin_change``, the share by
+    which the margin (the chip's padding) grows or shrinks, the direction drawn per photo;
+    both seeded by ``seed`` and the photo's pixels.
     """
 
     method: str = "aligned"
@@ -262,6 +264,7 @@ class Crop:
     raw: bool = True
     detector: str = "dlib"
     jitter: float = 0.0
+    margin_change: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -279,7 +282,8 @@ class Crop:
             "raw": self.raw,
             "detector": self.detector if self.raw else None,
             "jitter": self.jitter,
-            "seed": self.seed if self.jitter else None,
+            "margin_change": self.margin_change,
+            "seed": self.seed if (self.jitter or self.margin_change) else None,
         }
 
     @property
@@ -303,20 +307,28 @@ class Crop:
             if len(faces) != 1:
                 raise ValueError(face_count_reason(len(faces)))
             face = faces[0]
+        rng = self._rng(rgb) if (self.jitter or self.margin_change) else None
         if self.jitter:
-            face = self._jittered(face, rgb)
+            face = self._jittered(face, rgb, rng)
+        scale = 1.0
+        if self.margin_change:
+            scale = 1 + self.margin_change * (1 if rng.random() < 0.5 else -1)
         if self.method == "chip":
-            return face_chip(rgb, face, size, self.padding)
-        return align_crop(rgb, face, size, self.margin, level=self.method == "aligned")
+            return face_chip(rgb, face, size, self.padding * scale)
+        return align_crop(rgb, face, size, self.margin * scale, level=self.method == "aligned")
 
-    def _jittered(self, face: dict, rgb: np.ndarray) -> dict:
-        """``face`` with its box corners and landmarks moved by N(0, jitter) pixels, seeded
-        by ``seed`` and the photo's pixels (the same photo moves the same way every run)."""
+    def _rng(self, rgb: np.ndarray) -> np.random.Generator:
+        """A generator seeded by ``seed`` and the photo's pixels (the same photo varies the
+        same way every run)."""
+        return np.random.default_rng(
+            zlib.crc32(np.ascontiguousarray(rgb[::7, ::7]).tobytes()) ^ self.seed
+        )
+
+    def _jittered(self, face: dict, rgb: np.ndarray, rng: np.random.Generator) -> dict:
+        """``face`` with its box corners and landmarks moved by N(0, jitter) pixels."""
         if not (face.get("landmarks") or {}).get("points") and self.method == "chip":
             x, y, w, h = (int(face[k]) for k in ("x", "y", "w", "h"))
             face = {**face, "landmarks": {"points": _points(rgb, x, y, x + w - 1, y + h - 1)}}
-        key = zlib.crc32(np.ascontiguousarray(rgb[::7, ::7]).tobytes()) ^ self.seed
-        rng = np.random.default_rng(key)
         dx0, dy0, dx1, dy1 = rng.normal(0, self.jitter, 4)
         out = {
             **face,

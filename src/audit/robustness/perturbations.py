@@ -49,6 +49,7 @@ FAMILIES = (
     "compression",
     "resolution",
     "occlusion",
+    "crop",
 )
 
 
@@ -117,6 +118,9 @@ class PerturbationInfo:
     fn: Callable
     describe: Callable[[int], str]
     levels: tuple[int, ...] = SEVERITIES
+    # family `crop`: the photo is cut again, ``recrop(crop, severity) -> Crop``, instead of
+    # the cut image being changed (``fn`` is then never called)
+    recrop: Callable | None = None
 
 
 _REGISTRY: dict[str, PerturbationInfo] = {}
@@ -138,6 +142,22 @@ def register_perturbation(
         return fn
 
     return wrap
+
+
+def register_crop_variant(
+    name: str, describe: Callable[[int], str], levels: tuple[int, ...], recrop: Callable
+) -> None:
+    """Register a change of the face crop itself (family ``crop``): ``recrop(crop, severity)``
+    gives the :class:`audit.data.faces.Crop` the photos are cut with at that severity."""
+    if name in _REGISTRY:
+        raise ValueError(f"perturbation {name!r} is already registered")
+
+    def not_a_tensor_change(x, severity, seeds, layout, **_):
+        raise ValueError(f"{name} changes the crop: it is applied while decoding the photo")
+
+    _REGISTRY[name] = PerturbationInfo(
+        name, "crop", not_a_tensor_change, describe, tuple(levels), recrop
+    )
 
 
 def list_perturbations(pattern: str = "*", family: str | None = None) -> list[str]:
@@ -171,6 +191,17 @@ class Perturbation:
 
     def describe(self, severity: int) -> str:
         return "identity" if severity == 0 else self.info.describe(severity)
+
+    @property
+    def recrops(self) -> bool:
+        """Whether the photo is cut again (family ``crop``) instead of the crop changed."""
+        return self.info.recrop is not None
+
+    def recrop(self, crop, severity: int, seed: int = 0):
+        """The crop of this perturbation at ``severity``, from the model's ``crop``."""
+        if severity not in self.levels:
+            raise ValueError(f"{self.name}: severity {severity} is not one of {self.levels}")
+        return self.info.recrop(crop, severity).varied(seed=seed)
 
     def __call__(self, x, severity: int, seeds: Sequence[int] | None = None):
         import torch
@@ -540,6 +571,41 @@ def crop_jitter(x, severity, seeds, layout):
         1,
     )
     return _affine(x, theta)
+
+
+# ---------------------------------------------------------------------------- crop
+# The face pipeline's own variation: the crop cut again from the photo (raw photos, or a
+# dlib chip's landmarks), not the cut image changed.
+
+register_crop_variant(
+    "crop_margin",
+    lambda s: f"face crop margin {5 * s}% wider or narrower (direction per photo)",
+    (1, 2, 3),
+    lambda crop, s: crop.varied(margin_change=0.05 * s),
+)
+register_crop_variant(
+    "landmark_jitter",
+    lambda s: f"face box corners and landmarks moved by {s} px (SD, in the photo's pixels)",
+    SEVERITIES,
+    lambda crop, s: crop.varied(jitter=float(s)),
+)
+
+
+def _other_alignment(crop, _severity):
+    """Eye alignment off (aligned -> box, chip -> box), or on (box -> aligned)."""
+    if crop.method == "box":
+        return crop.varied(method="aligned")
+    if crop.method == "chip":
+        return crop.varied(method="box", margin=crop.padding)
+    return crop.varied(method="box")
+
+
+register_crop_variant(
+    "alignment",
+    lambda s: "the face cut without (or, for a box crop, with) eye alignment",
+    (1,),
+    _other_alignment,
+)
 
 
 # ---------------------------------------------------------------------------- blur

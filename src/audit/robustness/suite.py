@@ -174,6 +174,14 @@ def run_suite(
             )
             have[model.name] = known
             prepared.append(_still_needed(model, known, len(full_plan), len(rows)))
+        recut = [
+            p
+            for p, (name, _) in enumerate(full_plan)
+            if name != CLEAN and perturbations[name].recrops
+        ]
+        needs = [pm.need.copy() for pm in prepared]
+        for pm in prepared:  # the photos are cut again for these: not in the shared pass
+            pm.need[recut] = False
         outs, errors, seconds = run_perturbed(
             prepared,
             paths,
@@ -186,6 +194,12 @@ def run_suite(
             progress=progress,
             crop=crop,
         )
+        for pm, need in zip(prepared, needs):
+            pm.need = need
+        seconds += _recut_passes(
+            prepared, outs, recut, full_plan, perturbations, paths, size, crop, seed,
+            device=group[0].device, batch_size=batch_size,
+        )  # fmt: skip
         for model, pm in zip(group, prepared):
             result = _suite_frames(
                 model,
@@ -202,6 +216,48 @@ def run_suite(
             result.device = str(model.device)
             results[model.name] = result
     return results
+
+
+def _recut_passes(
+    prepared, outs, recut, plan, perturbations, paths, size, crop, seed, *, device, batch_size
+) -> float:
+    """The crop family: each of its plan items (``recut``) is a pass of its own, the photos
+    cut again with the varied crop; their outputs go into ``outs`` at the item's row. Photos
+    of a cohort of face crops that are only resized have no face step to vary: skipped."""
+    if crop is None or crop.resizes_only:
+        return 0.0
+    seconds = 0.0
+    for p in recut:
+        name, severity = plan[p]
+        variant = perturbations[name].recrop(
+            crop, severity, seed=image_seed(seed, "crop", name, severity) & 0x7FFFFFFF
+        )
+        wanted = [
+            PerturbedModel(pm.name, pm.forward, pm.normalize, pm.layout, pm.need[p : p + 1])
+            for pm in prepared
+            if pm.need[p].any()
+        ]
+        if not wanted:
+            continue
+        got, _, took = run_perturbed(
+            wanted,
+            paths,
+            size,
+            [(CLEAN, 0)],
+            lambda _name, _severity, x, _seeds: x,
+            lambda _name, _severity, indices: [0] * len(indices),
+            device=device,
+            batch_size=batch_size,
+            crop=variant,
+        )
+        seconds += took
+        for pm in wanted:
+            if got[pm.name] is None:
+                continue
+            if outs[pm.name] is None:
+                outs[pm.name] = np.full((len(plan),) + got[pm.name].shape[1:], np.nan)
+            outs[pm.name][p] = got[pm.name][0]
+    return seconds
 
 
 def _still_needed(model, known: dict, n_plan: int, n_photos: int) -> PerturbedModel:

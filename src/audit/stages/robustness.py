@@ -10,7 +10,7 @@ import pandas as pd
 
 from audit.pipeline import progress
 from audit.robustness.examples import perturbation_examples
-from audit.robustness.perturbations import default_plan, face_layout
+from audit.robustness.perturbations import create_perturbation, default_plan, face_layout
 from audit.robustness.suite import (
     CLEAN,
     SuiteResult,
@@ -83,6 +83,9 @@ def robustness_setup(ctx: RunContext) -> RobustnessSetup | str:
     ).reset_index(drop=True)
     layout = face_layout(layout_name(ctx, cfg.face_layout))
     plan = default_plan(cfg.perturbations or None, cfg.severities)
+    if all(m.crop_for(ctx.cohort).resizes_only for m in models):
+        # face crops resized whole: no face step for the crop family to vary
+        plan = [(n, s) for n, s in plan if not create_perturbation(n).recrops]
     keys = [
         perturbation_key(name, cfg.seed, layout)
         for name in [CLEAN] + sorted({name for name, _ in plan})

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audit.errors import InputError
+from audit.models.spec_presets import with_preset
 from audit.pipeline.schema import columns
 
 OUTPUT_NAMES = ("faceage", "risk")
@@ -180,6 +181,7 @@ def parse_model_spec(text: str | Path) -> ModelSpec:
         data = _SHORT_FORMS[kind](rest)
         data.setdefault("kind", kind)
         source = f"--model {text}"
+    data = with_preset(data, source)
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as exc:

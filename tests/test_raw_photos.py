@@ -154,3 +154,30 @@ def test_the_crop_family_runs_in_the_robustness_suite(tmp_path, astronaut):
     cropped = load_cohort(crops)
     out = run_suite([model], cropped, cropped.frame, plan, layout=face_layout("aligned"), seed=0)
     assert set(out[model.name].frame["perturbation"]) == {"none", "brightness"}
+
+
+@pytest.mark.parametrize("method", ["aligned", "box", "chip"])
+def test_the_layout_of_each_crop_is_where_the_eyes_land(astronaut, method):
+    """Each eye's landmarks, painted on a blank image and cut with the astronaut's crop, land
+    where the crop's face layout says (the perturbations and saliency regions use it)."""
+    from audit.data.faces import face_chip
+    from audit.robustness.perturbations import crop_layout, face_layout
+
+    crop = Crop(method=method)
+    layout = crop_layout(crop, face_layout("arcface"))
+    face = detect(astronaut, "dlib")[0]
+    points = np.array(face["landmarks"]["points"])
+    centres = []
+    for eye in (points[0:2], points[2:4]):
+        mask = np.zeros_like(astronaut)
+        for x, y in eye:
+            cv2.circle(mask, (int(x), int(y)), 2, (255, 255, 255), -1)
+        if method == "chip":
+            cut = face_chip(mask, face, 200, crop.padding)
+        else:
+            cut = align_crop(mask, face, 200, crop.margin, level=method == "aligned")
+        ys, xs = np.nonzero(cut[..., 0] > 64)
+        centres.append((xs.mean() / 200, ys.mean() / 200))
+    (x1, y1), (x2, y2) = sorted(centres)
+    assert abs((y1 + y2) / 2 - layout.eye_y) < 0.04, (method, y1, y2, layout.eye_y)
+    assert abs((x2 - x1) / 2 - layout.eye_dx) < 0.03, (method, x1, x2, layout.eye_dx)

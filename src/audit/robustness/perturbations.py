@@ -73,10 +73,28 @@ LAYOUTS = {
     # ArcFace / InsightFace 112x112 template: eyes (38.3, 51.7) and (73.5, 51.5), nose
     # (56.0, 71.7), mouth corners (41.5, 92.4) and (70.7, 92.2).
     "arcface": FaceLayout(),
-    # audit.data.images.align_crop: the detector's box (eyes about 38% and mouth about 78% down
-    # a Haar box) centred, widened by a margin of 0.25 on each side.
+    # audit.data.faces.align_crop around dlib's HOG box (margin 0.25 a side), measured from
+    # dlib's 5-point landmarks on skimage's astronaut photo: eyes at 0.32 and 0.5 -/+ 0.161,
+    # the nose base at 0.56; mouth, chin and face width from the ArcFace template's
+    # proportions to the eyes. The `box` crop (no rotation) matches it on a level face.
     "aligned": FaceLayout(
+        eye_y=0.32,
+        eye_dx=0.161,
+        nose_y=0.54,
+        mouth_y=0.69,
+        mouth_dx=0.134,
+        chin_y=0.88,
+        face_dx=0.37,
+    ),
+    # the same crop around OpenCV's Haar box (eyes about 38% and mouth about 78% down the box)
+    "aligned_opencv": FaceLayout(
         eye_y=0.42, eye_dx=0.12, nose_y=0.55, mouth_y=0.69, mouth_dx=0.09, chin_y=0.82, face_dx=0.30
+    ),
+    # dlib's get_face_chip with padding 0.2 (builtin:dlib-age), measured as `aligned` (the
+    # same on the astronaut and on 34 lfw_subset faces, by construction): eyes at 0.30 and
+    # 0.5 -/+ 0.19, the nose base at 0.58
+    "dlib_chip": FaceLayout(
+        eye_y=0.30, eye_dx=0.19, nose_y=0.55, mouth_y=0.73, mouth_dx=0.16, chin_y=0.95, face_dx=0.44
     ),
     # audit.demo.faces: 112 px canvas, face centre (56, 60), eyes 4 px above it and 11.5 px
     # to each side, mouth 16-18 px below, face half-height 38 px.
@@ -90,6 +108,16 @@ LAYOUTS = {
         face_dx=0.27,
     ),
 }
+
+
+def crop_layout(crop, layout: FaceLayout) -> FaceLayout:
+    """The face layout of the crops a model sees: ``layout`` (the cohort's) for face crops
+    resized whole; for crops this tool cuts, the layout of its crop method and detector."""
+    if crop is None or crop.resizes_only:
+        return layout
+    if crop.method == "chip":
+        return LAYOUTS["dlib_chip"]
+    return LAYOUTS["aligned" if crop.detector == "dlib" else "aligned_opencv"]
 
 
 def face_layout(value: str | dict | FaceLayout | None) -> FaceLayout:

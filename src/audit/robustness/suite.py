@@ -38,7 +38,11 @@ import pandas as pd
 from audit.data.cohort import natural_order
 from audit.models.inference import PerturbedModel, run_perturbed
 from audit.pipeline.schema import columns
-from audit.robustness.perturbations import PERTURBATION_VERSION, create_perturbation
+from audit.robustness.perturbations import (
+    PERTURBATION_VERSION,
+    create_perturbation,
+    crop_layout,
+)
 from audit.stats.groups import group_index, quantile_cuts
 
 ROBUSTNESS_COLUMNS = columns("robustness")
@@ -149,10 +153,6 @@ def run_suite(
     size. ``cached`` (by model name): prediction-cache rows (keys from
     :func:`perturbation_key`); cells found there are not computed again."""
     full_plan = [(CLEAN, 0)] + [p for p in plan if p[1] != 0]
-    pkeys = {name: perturbation_key(name, seed, layout) for name, _ in full_plan}
-    perturbations = {
-        name: create_perturbation(name, layout=layout) for name, _ in full_plan if name != CLEAN
-    }
     digests = rows["image_path"].map(cohort.image_sha256).to_numpy()
     paths = [cohort.image_file(p) for p in rows["image_path"]]
     results: dict[str, SuiteResult] = {}
@@ -160,13 +160,19 @@ def run_suite(
     for model in models:
         by_size.setdefault((model.input_size, model.crop_for(cohort)), []).append(model)
 
-    def perturb(name, severity, x, seeds):
-        return x if name == CLEAN else perturbations[name](x, severity, seeds)
-
     def seeds(name, severity, indices):
         return [image_seed(seed, digests[i], name, severity) for i in indices]
 
     for (size, crop), group in by_size.items():
+        seen = crop_layout(crop, layout)  # where the face lies in the crops these models see
+        pkeys = {name: perturbation_key(name, seed, seen) for name, _ in full_plan}
+        perturbations = {
+            name: create_perturbation(name, layout=seen) for name, _ in full_plan if name != CLEAN
+        }
+
+        def perturb(name, severity, x, seeds, perturbations=perturbations):
+            return x if name == CLEAN else perturbations[name](x, severity, seeds)
+
         prepared, have = [], {}
         for model in group:
             known = _cache_lookup(

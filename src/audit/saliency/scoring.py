@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from audit.models.inference import iter_decoded, to_unit
+from audit.robustness.perturbations import crop_layout
 from audit.saliency import maps as sal
 
 
@@ -129,7 +130,7 @@ def _map_sets(models, paths, sample, layout, methods, cfg, *, device, batch, cro
             methods,
             progress(batches(), (len(paths) + batch - 1) // batch, f"saliency ({size} px)"),
         )
-        template = sal.region_template(layout, size)
+        template = sal.region_template(crop_layout(crop, layout), size)
         maps_rows += _backdrop_rows(face_sum, int((~failed).sum()), template, cfg.min_faces)
         for (model, output, method), (parts, seconds) in result.items():
             order = np.concatenate([i for i, _ in parts])

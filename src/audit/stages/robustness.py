@@ -10,7 +10,12 @@ import pandas as pd
 
 from audit.pipeline import progress
 from audit.robustness.examples import perturbation_examples
-from audit.robustness.perturbations import create_perturbation, default_plan, face_layout
+from audit.robustness.perturbations import (
+    create_perturbation,
+    crop_layout,
+    default_plan,
+    face_layout,
+)
 from audit.robustness.suite import (
     CLEAN,
     SuiteResult,
@@ -86,12 +91,13 @@ def robustness_setup(ctx: RunContext) -> RobustnessSetup | str:
     if all(m.crop_for(ctx.cohort).resizes_only for m in models):
         # face crops resized whole: no face step for the crop family to vary
         plan = [(n, s) for n, s in plan if not create_perturbation(n).recrops]
-    keys = [
-        perturbation_key(name, cfg.seed, layout)
-        for name in [CLEAN] + sorted({name for name, _ in plan})
-    ]
+    names = [CLEAN] + sorted({name for name, _ in plan})
     shas = sample["image_path"].map(ctx.cohort.image_sha256).tolist()
-    cached = {m.name: ctx.store.cached_values(m.cache_key(ctx.cohort), shas, keys) for m in models}
+    cached = {}
+    for m in models:  # each model's crops have their own layout: their own cache keys
+        seen = crop_layout(m.crop_for(ctx.cohort), layout)
+        keys = [perturbation_key(name, cfg.seed, seen) for name in names]
+        cached[m.name] = ctx.store.cached_values(m.cache_key(ctx.cohort), shas, keys)
     return RobustnessSetup(models, subjects, sample, plan, layout, cached)
 
 

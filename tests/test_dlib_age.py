@@ -142,3 +142,35 @@ def test_models_lists_the_builtin(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "builtin:dlib-age" in out and "installed" in out and "timm" in out
+
+
+def test_a_run_with_the_chip_model_varies_its_crop_and_draws_its_pages(tmp_path):
+    """The whole audit with builtin:dlib-age on rendered face crops: the crop family varies
+    its chip (landmarks moved, alignment off), the examples figure leaves the family out,
+    and the on-site pages show its photos cut again (--show-faces)."""
+    import audit
+    from audit.demo.world import write_cohort
+    from audit.report import render_all
+
+    cohort = write_cohort(tmp_path / "c", 30, seed=12, photos=True)
+    config = {
+        "robustness": {
+            "sample_subjects": 20,
+            "severities": [3],
+            "perturbations": ["brightness", "landmark_jitter", "alignment"],
+        },
+        "saliency": {"enabled": False},
+        "accuracy": {"n_boot": 20},
+        "fairness": {"n_boot": 20},
+        "survival": {"n_boot": 10, "incremental": False},
+    }
+    run = audit.run(cohort, ["builtin:dlib-age"], config=config, out=tmp_path / "out")
+    rob = run.table("robustness")
+    rob = rob[rob["attribute"] == "all"].set_index(["perturbation", "severity"])
+    assert rob.loc[("landmark_jitter", 3), "family"] == "crop"
+    assert rob.loc[("landmark_jitter", 3), "mean_abs_shift"] > 0
+    assert ("alignment", 1) in rob.index  # its one level
+    assert "perturbation_examples" in set(run.table("figures")["figure"])
+    index = render_all(tmp_path / "out" / "audit.duckdb", tmp_path / "site", show_faces=True)
+    page = next((tmp_path / "site" / "runs").glob("*/index.html")).read_text()
+    assert index.exists() and "Cohort photos that moved most" in page

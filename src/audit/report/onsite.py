@@ -30,7 +30,7 @@ from audit.models.registry import ModelSpec
 from audit.pipeline.store import Store
 from audit.report import plots
 from audit.robustness import examples
-from audit.robustness.perturbations import create_perturbation, face_layout
+from audit.robustness.perturbations import create_perturbation, crop_layout, face_layout
 from audit.robustness.suite import image_seed
 from audit.saliency import maps as sal
 from audit.survival.analysis import median_followup as _median_followup
@@ -131,6 +131,7 @@ def moved_most(
     cfg: dict,
     show_ids: bool,
     k: int = 4,
+    models: list[dict] | None = None,
 ) -> dict:
     """Only with ``--show-faces``: for each model and output, the ``k`` sampled photos whose
     output moved most under the worst judged perturbation, clean beside perturbed (the same
@@ -156,19 +157,22 @@ def moved_most(
         name, severity = worst["perturbation"], int(worst["severity"])
         shift = _shifts(preds, model, output, name, severity)
         top = shift.abs().sort_values(ascending=False, kind="stable").head(k).index
-        p = create_perturbation(name, layout=layout)
+        crop = _model_crop(models, model, spec)
+        p = create_perturbation(name, layout=crop_layout(crop, layout))
         tiles, labels = [], []
         for pid in top:
             if pid not in images.index:
                 continue
             info = images.loc[pid]
-            face = decode_image(
-                (root / spec.images).resolve() / info["image_path"],
-                112,
-                Crop(raw=not spec.cropped, detector=spec.detector),
-            )
-            seed = image_seed(int(cfg.get("seed", 0)), info["sha256"], name, severity)
-            tiles.append([face, _perturbed(p, face, severity, seed)])
+            path = (root / spec.images).resolve() / info["image_path"]
+            face = decode_image(path, 112, crop)
+            if p.recrops:  # the photo cut again, as the run did
+                run_seed = image_seed(int(cfg.get("seed", 0)), "crop", name, severity)
+                moved = decode_image(path, 112, p.recrop(crop, severity, run_seed & 0x7FFFFFFF))
+            else:
+                seed = image_seed(int(cfg.get("seed", 0)), info["sha256"], name, severity)
+                moved = _perturbed(p, face, severity, seed)
+            tiles.append([face, moved])
             labels.append(f"{pseudonym(str(pid), show_ids)[:14]} {shift[pid]:+.1f}")
         if tiles:
             grid = plots.image_grid(tiles, labels, ["clean", "perturbed"], tile=96, label_width=150)
@@ -183,6 +187,18 @@ def moved_most(
                 }
             )
     return {"error": None, "blocks": blocks}
+
+
+def _model_crop(models: list[dict] | None, name: str, spec) -> Crop:
+    """How the run cut ``name``'s input from the cohort's photos (its spec's crop), or the
+    default crop when the run did not record the model's spec."""
+    for m in models or []:
+        if m.get("name") == name and "spec" in m:
+            try:
+                return create_model(ModelSpec(**m["spec"])).crop_for(spec)
+            except Exception:  # a spec this version cannot read: the default crop
+                break
+    return Crop(raw=not spec.cropped, detector=spec.detector)
 
 
 def _shifts(preds: pd.DataFrame, model: str, output: str, name: str, severity: int) -> pd.Series:

@@ -258,6 +258,7 @@ def _onsite_views(store, run_id, run, models, t: dict, config: dict, show_ids: b
             t["predictions"],
             config.get("robustness") or {},
             show_ids,
+            models=models,
         )
         if len(t["robustness"])
         else None

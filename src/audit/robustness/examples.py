@@ -13,7 +13,8 @@ from audit.robustness.perturbations import create_perturbation
 
 ALT = (
     "Each perturbation at the severities run, applied to a synthetic face drawn by the demo "
-    "renderer (not a cohort photo)."
+    "renderer (not a cohort photo); the crop family, which cuts the raw photo again, is not "
+    "drawn."
 )
 
 
@@ -28,6 +29,8 @@ def perturbation_examples(names: list[str], severities: list[int]) -> dict:
     tiles, labels = [], []
     for name in names:
         p = create_perturbation(name, layout="demo")
+        if p.recrops:  # a change of the cut from a raw photo: no image change to draw here
+            continue
         row = [face]
         for s in shown:
             if s in p.levels:

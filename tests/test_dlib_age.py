@@ -144,6 +144,14 @@ def test_models_lists_the_builtin(capsys):
     assert "builtin:dlib-age" in out and "installed" in out and "timm" in out
 
 
+def test_the_examples_figure_leaves_the_crop_family_out():
+    from audit.robustness.examples import perturbation_examples
+
+    fig = perturbation_examples(["brightness", "landmark_jitter", "alignment"], [1, 3])
+    assert fig["uri"].startswith("data:image/") and "not drawn" in fig["alt"]
+
+
+@pytest.mark.slow  # 10 s: the crop family's passes are also in the notebook demo (slow)
 def test_a_run_with_the_chip_model_varies_its_crop_and_draws_its_pages(tmp_path):
     """The whole audit with builtin:dlib-age on rendered face crops: the crop family varies
     its chip (landmarks moved, alignment off), the examples figure leaves the family out,

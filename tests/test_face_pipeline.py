@@ -62,7 +62,7 @@ def planted(tmp_path_factory, prefect_harness):
     import audit
     from audit.cli import main
 
-    folder = write_raw_cohort(tmp_path_factory.mktemp("planted") / "c", planted=True)
+    folder = write_raw_cohort(tmp_path_factory.mktemp("planted") / "c", True, n=180)
     out = folder.parent / "out"
     rc = main(["validate", "--cohort", str(folder), "--out", str(out)])
     return rc, audit.open_run(out / "audit.duckdb")

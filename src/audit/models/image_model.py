@@ -117,8 +117,18 @@ class ImageModel(ModelAdapter):
         return self.name_outputs(self._model(x))
 
     def name_outputs(self, out):
-        """``(outputs, features)`` from what the loaded module returned (torch adapters)."""
-        raise NotImplementedError(f"{type(self).__name__} names no module outputs")
+        """``(outputs, features)`` from what a torch module returned: a tensor (N, K); a
+        tuple or list (its positions; features the spec's ``embeddings`` position, else the
+        second element); or a dict of tensors (its keys; features the ``embeddings`` key)."""
+        embeddings = self.spec.embeddings
+        if isinstance(out, dict):
+            feats = out.get(embeddings) if embeddings is not None else None
+            return {None: next(iter(out.values())), **out}, _flat(feats)
+        if isinstance(out, (tuple, list)):
+            index = 1 if embeddings is None else int(embeddings)
+            feats = out[index] if len(out) > index else None
+            return {None: out[0], **dict(enumerate(out))}, _flat(feats)
+        return {None: out, 0: out}, None
 
     def forward(self, x):
         """``(head, features)``: the columns every output reads, side by side (N, K)."""
@@ -185,21 +195,7 @@ class ImageModel(ModelAdapter):
         that have every output of this model; empty without a cache."""
         if cached is None or not len(cached[0]):
             return pd.DataFrame()
-        wide = cached[0].pivot_table(
-            index="image_sha256", columns="output", values="value", aggfunc="first"
-        )
-        if not set(self.outputs) <= set(wide.columns):
-            return pd.DataFrame()
-        wide = wide[list(self.outputs)].dropna()
-        if "spread" in cached[0]:
-            spread = cached[0].pivot_table(
-                index="image_sha256", columns="output", values="spread", aggfunc="first"
-            )
-            for name in self.outputs:
-                wide[f"{name}:spread"] = (
-                    spread[name].reindex(wide.index) if name in spread else np.nan
-                )
-        return wide
+        return cached_outputs(cached[0], "image_sha256", self.outputs)
 
     def _add_cached(self, fresh, old: pd.DataFrame, digests, have, vectors) -> None:
         """Add the cached photos' outputs (and embeddings, where cached) to ``fresh``."""
@@ -298,6 +294,27 @@ class ImageModel(ModelAdapter):
                 f"({ok.sum() / max(result.seconds, 1e-9):.0f} img/s)"
             ],
         )
+
+
+def _flat(feats):
+    return None if feats is None else feats.reshape(feats.shape[0], -1)
+
+
+def cached_outputs(cached: pd.DataFrame, index, outputs: list[str]) -> pd.DataFrame:
+    """Prediction-cache rows as one row per ``index`` key with a column per output (and
+    ``{output}:spread``), for the keys that have every one of ``outputs``; empty if none."""
+    wide = cached.pivot_table(index=index, columns="output", values="value", aggfunc="first")
+    if not set(outputs) <= set(wide.columns):
+        return pd.DataFrame()
+    wide = wide[list(outputs)].dropna()
+    spread = (
+        cached.pivot_table(index=index, columns="output", values="spread", aggfunc="first")
+        if "spread" in cached
+        else pd.DataFrame()
+    )
+    for name in outputs:
+        wide[f"{name}:spread"] = spread[name].reindex(wide.index) if name in spread else np.nan
+    return wide
 
 
 def _crop_settings(spec: ModelSpec) -> dict:

@@ -44,18 +44,3 @@ class TorchScriptModel(ImageModel):
         if self.spec.compile:
             module = torch.compile(module)
         return module
-
-    def name_outputs(self, out):
-        if isinstance(out, dict):
-            first = next(iter(out.values()))
-            feats = out.get(self.spec.embeddings) if self.spec.embeddings is not None else None
-            return {None: first, **out}, _flat(feats)
-        if isinstance(out, (tuple, list)):
-            index = 1 if self.spec.embeddings is None else int(self.spec.embeddings)
-            feats = out[index] if len(out) > index else None
-            return {None: out[0], **dict(enumerate(out))}, _flat(feats)
-        return {None: out, 0: out}, None
-
-
-def _flat(feats):
-    return None if feats is None else feats.reshape(feats.shape[0], -1)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data.cohort import natural_order
+from audit.models.image_model import cached_outputs
 from audit.models.inference import PerturbedModel, run_perturbed
 from audit.pipeline.schema import columns
 from audit.robustness.perturbations import (
@@ -279,24 +280,9 @@ def _cache_lookup(cached: pd.DataFrame | None, model, digests, plan, pkeys) -> d
     """``{(plan index, photo index): {output: value}}`` for cells whose every output is cached."""
     if cached is None or not len(cached):
         return {}
-    wide = cached.pivot_table(
-        index=["image_sha256", "perturbation", "severity"],
-        columns="output",
-        values="value",
-        aggfunc="first",
-    )
-    if not set(model.outputs) <= set(wide.columns):
+    wide = cached_outputs(cached, ["image_sha256", "perturbation", "severity"], model.outputs)
+    if wide.empty:
         return {}
-    wide = wide[model.outputs].dropna()
-    if "spread" in cached:
-        spread = cached.pivot_table(
-            index=["image_sha256", "perturbation", "severity"],
-            columns="output",
-            values="spread",
-            aggfunc="first",
-        )
-        for name in model.outputs:
-            wide[f"{name}:spread"] = spread[name].reindex(wide.index) if name in spread else np.nan
     lookup = {k: row for k, row in zip(wide.index, wide.to_dict("records"))}
     found = {}
     for p, (name, severity) in enumerate(plan):

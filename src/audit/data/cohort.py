@@ -48,6 +48,8 @@ STANDARD_COLUMNS = [
     "photo_date",
     "faceage",
     "risk",
+    "condition",
+    "pair",
 ]
 NUMERIC_COLUMNS = ["age", "time", "faceage", "risk"]
 CATEGORICAL_COLUMNS = ["sex", "race", "cancer_type", "site", "camera"]
@@ -61,6 +63,57 @@ class Covariate(BaseModel):
     name: str
     type: Literal["numeric", "categorical"] = "numeric"
     reference: str | None = None
+
+
+class Comparison(BaseModel):
+    """One comparison of a paired study: photos under ``condition`` against the same
+    subjects' photos under ``reference``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    condition: str
+    reference: str
+    adjust_age: bool | None = None  # None: when the photos are a month or more apart
+
+    @property
+    def label(self) -> str:
+        return f"{self.condition} vs {self.reference}"
+
+
+class PairedStudy(BaseModel):
+    """cohort.yaml's ``paired:``: which condition is compared with which, and whether the
+    compared photos also count in the one-photo statistics (accuracy, fairness, survival,
+    drift, robustness)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    comparisons: list[Comparison] = Field(min_length=1)
+    in_main_statistics: bool = False
+
+    @field_validator("comparisons", mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        # `comparisons: {makeup: baseline, retake: baseline}` for condition: reference
+        if isinstance(value, dict):
+            return [{"condition": k, "reference": v} for k, v in value.items()]
+        return value
+
+    @field_validator("comparisons")
+    @classmethod
+    def _distinct(cls, value: list[Comparison]) -> list[Comparison]:
+        labels = [c.label for c in value]
+        same = [c.label for c in value if c.condition == c.reference]
+        if same:
+            raise ValueError(f"a condition compared with itself: {same}")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"a comparison is declared twice: {labels}")
+        return value
+
+    @property
+    def compared(self) -> set[str]:
+        """The conditions compared against a reference (kept out of the one-photo
+        statistics unless ``in_main_statistics``)."""
+        return {c.condition for c in self.comparisons}
 
 
 class CohortSpec(BaseModel):
@@ -83,6 +136,15 @@ class CohortSpec(BaseModel):
     face_layout: str | dict[str, float] | None = None
     expectations: str | None = None
     synthetic: bool = False
+    paired: PairedStudy | None = None  # a paired study (conditions, references)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _taken_at(cls, value):
+        # `taken_at` is another name of the standard `photo_date`
+        if isinstance(value, dict) and "taken_at" in value and "photo_date" not in value:
+            value = {("photo_date" if k == "taken_at" else k): v for k, v in value.items()}
+        return value
 
     @field_validator("covariates", mode="before")
     @classmethod
@@ -194,9 +256,30 @@ class Cohort:
         frame.to_csv(target / "manifest.csv", index=False)
         return load_cohort(target)
 
+    @property
+    def analysed(self) -> pd.DataFrame:
+        """The good rows the one-photo statistics use: without the photos of a paired study's
+        compared conditions (make-up, post-surgery, retakes, ...) unless cohort.yaml declares
+        ``paired: {in_main_statistics: true}``. Every good row is still predicted."""
+        study = self.spec.paired
+        if study is None or study.in_main_statistics or "condition" not in self.frame.columns:
+            return self.frame
+        keep = ~self.frame["condition"].isin(study.compared)
+        return self.frame[keep].reset_index(drop=True)
+
+    @property
+    def paired_study(self) -> bool:
+        """Whether the cohort declares a paired study and has condition labels."""
+        return (
+            self.spec.paired is not None
+            and "condition" in self.frame.columns
+            and self.frame["condition"].notna().any()
+        )
+
     def subjects(self) -> pd.DataFrame:
-        """One row per subject (survival analysis): the first photo by date, else by row."""
-        df = self.frame
+        """One row per subject (survival analysis): the first photo by date, else by row,
+        among the analysed rows (:attr:`analysed`)."""
+        df = self.analysed
         if "photo_date" in df.columns and df["photo_date"].notna().any():
             df = df.sort_values(["photo_date", "_row"], na_position="last", kind="stable")
         else:
@@ -367,6 +450,8 @@ def _column_sources(
     wanted = STANDARD_COLUMNS + spec.covariate_names
     source_of = {std: spec.columns.get(std, std) for std in wanted}
     source_of = {std: col for std, col in source_of.items() if col in columns}
+    if "photo_date" not in source_of and "taken_at" in columns:
+        source_of["photo_date"] = "taken_at"  # another name of the photo's date
     for cov in spec.covariate_names:
         if cov not in source_of:
             raise InputError(f"{mpath}: covariate column `{cov}` named in cohort.yaml is missing")
@@ -588,9 +673,12 @@ def _hash_images(rows: _Rows, images_root: Path, cache: HashCache) -> dict[str, 
 
 def _typed(good: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     """Ids and categories as objects, event as int."""
-    for col in ["photo_id", "subject_id"] + CATEGORICAL_COLUMNS:
+    for col in ["photo_id", "subject_id", "condition", "pair"] + CATEGORICAL_COLUMNS:
         if col in good.columns:
             good[col] = good[col].astype(object)
+    if "condition" in good.columns:
+        text = good["condition"].where(good["condition"].isna(), good["condition"].astype(str))
+        good["condition"] = text.str.strip()
     if "event" in good.columns:
         good["event"] = good["event"].astype(int)
     for cov in spec.covariates:
@@ -624,6 +712,11 @@ def load_cohort(
     root, spec, spec_sha, mpath = _open_folder(root)
     raw = read_manifest(mpath)
     rows = _Rows(raw, _column_sources(root, spec, mpath, list(raw.columns)), str(mpath))
+    if spec.paired is not None and "condition" not in rows.df.columns:
+        raise InputError(
+            f"{mpath}: cohort.yaml declares a paired study (`paired:`) but the manifest has no "
+            "`condition` column (map one in cohort.yaml `columns`)"
+        )
     _check_ids(rows)
     _map_values(rows, spec)
     _parse_values(rows, spec)

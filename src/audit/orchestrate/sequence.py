@@ -68,9 +68,9 @@ def audit_sequence(
     step: Step = inline_step,
     fan_out: FanOut = inline_fan_out,
 ) -> dict:
-    """validate -> predict -> robustness -> saliency -> accuracy -> fairness -> survival ->
-    drift -> verdict -> publish. ``shards`` > 0 splits inference and the robustness sample
-    into that many shards each. Returns ``{"run_id", "verdict", "report"}``."""
+    """validate -> predict -> robustness -> paired -> saliency -> accuracy -> fairness ->
+    survival -> drift -> verdict -> publish. ``shards`` > 0 splits inference and the
+    robustness sample into that many shards each. Returns ``{"run_id", "verdict", "report"}``."""
     with stages.running(ctx):
         step("validate", stages.validate_stage, ctx)
         progress.note(run_plan(ctx))
@@ -91,6 +91,7 @@ def audit_sequence(
         )
         step("robustness", stages.robustness_stage, ctx, robust)
         for name, fn in (
+            ("paired", stages.paired_stage),
             ("saliency", stages.saliency_stage),
             ("accuracy", stages.accuracy_stage),
             ("fairness", stages.fairness_stage),

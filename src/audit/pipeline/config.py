@@ -227,6 +227,51 @@ class FacesConfig(_Section):
     min_group_size: int = Field(30, ge=1, description="smaller groups: too_small, never flagged")
 
 
+class PairedConfig(_Section):
+    """Agreement on real repeated photos of the same person (``audit.metrics.paired``): the
+    comparisons are declared in cohort.yaml (``paired:``), the tolerances here."""
+
+    enabled: bool = True
+    tolerance: dict[str, float] = Field(
+        default_factory=lambda: {"faceage": 2.0, "risk": 0.25},
+        description="equivalence margin per output: years for faceage, SDs of the reference "
+        "photos' scores for any other (`default` for outputs not named)",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="level of each one-sided test (TOST: a 90% CI)"
+    )
+    min_pairs: int = Field(
+        20, ge=2, description="fewer pairs (overall or in a group): inconclusive, never equivalent"
+    )
+    groups: list[str] = Field(
+        default_factory=lambda: ["sex", "race", "age_band"],
+        description="subgroups reported (from the reference photo)",
+    )
+    age_gap_years: float = Field(
+        1 / 12,
+        ge=0,
+        description="a comparison without `adjust_age` in cohort.yaml is adjusted for the "
+        "chronological age between its photos when some pair is at least this far apart",
+    )
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects)")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
+    synthetic: dict[str, str] = Field(
+        default_factory=lambda: {
+            "makeup": "makeup",
+            "no_makeup": "makeup",
+            "post_surgery": "skin_smoothing",
+            "pre_surgery": "skin_smoothing",
+            "glasses": "occlusion",
+            "lighting_b": "lighting",
+            "pose_b": "pose",
+            "retake": "pose",
+        },
+        description="condition -> the robustness family (or perturbation name) that mimics it, "
+        "shown beside the real comparison when the suite ran",
+    )
+
+
 class DriftConfig(_Section):
     """A cohort against a reference run (``--reference``): per-feature tests with effect
     sizes, embeddings by MMD, Holm control of the false alarms over all features."""
@@ -479,6 +524,7 @@ class AuditConfig(_Section):
     saliency: SaliencyConfig = Field(default_factory=SaliencyConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
+    paired: PairedConfig = Field(default_factory=PairedConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)

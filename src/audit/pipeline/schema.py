@@ -3,19 +3,21 @@ what it holds. The DDL, the column lists the code builds frames with (:func:`col
 database reference of the docs (:func:`markdown_reference`) are generated from it.
 
 Versions: a new file is created at :data:`SCHEMA_VERSION` directly. A file of an earlier
-version (1 to 13 written by the forward migrations this module replaced, or 14) is brought up
+version (1 to 13 written by the forward migrations this module replaced, or 14 and 15) is brought up
 to date by :func:`reconcile`: every change since version 1 was additive (a table, or a column
 appended at the end of one; 15 appended ``spread`` to ``predictions`` and
-``prediction_cache`` and added ``face_pipeline``), so creating the missing tables and appending the
-missing columns in the order written here gives the same tables, in the same column order,
-as a file created new. A change that is not additive needs its own step in :data:`STEPS`.
+``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
+and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``), so creating the
+missing tables and appending the missing columns in the order written here gives the same
+tables, in the same column order, as a file created new. A change that is not additive needs
+its own step in :data:`STEPS`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ TABLES: tuple[Table, ...] = (
         "1-based manifest row number.",
         "run_id VARCHAR, photo_id VARCHAR, subject_id VARCHAR, age DOUBLE, sex VARCHAR, race "
         "VARCHAR, cancer_type VARCHAR, site VARCHAR, time DOUBLE, event INTEGER, included "
-        "BOOLEAN, camera VARCHAR, row_number BIGINT",
+        "BOOLEAN, camera VARCHAR, row_number BIGINT, condition VARCHAR, pair VARCHAR, "
+        "paired_only BOOLEAN",
     ),
     Table(
         "validation_results",
@@ -124,6 +127,32 @@ TABLES: tuple[Table, ...] = (
         "p95_abs_shift DOUBLE, frac_over_tolerance DOUBLE, spearman DOUBLE, icc DOUBLE, "
         "quartile_change DOUBLE, passed BOOLEAN, family VARCHAR, description VARCHAR, "
         "mean_shift DOUBLE",
+    ),
+    Table(
+        "paired",
+        "Agreement on real repeated photos of the same person (make-up, surgery, glasses, "
+        "light, pose, retakes): per model, output, comparison and subgroup the mean "
+        "within-subject shift with its subject-bootstrap CI, Bland-Altman limits of agreement "
+        "with CIs, repeatability coefficient, ICC(3,1), risk-quartile changes and weighted "
+        "kappa, and the equivalence test (TOST) against the tolerance.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, comparison VARCHAR, condition "
+        "VARCHAR, reference VARCHAR, attribute VARCHAR, group_name VARCHAR, unit VARCHAR, "
+        "unit_scale DOUBLE, age_adjusted BOOLEAN, age_slope DOUBLE, mean_age_gap DOUBLE, "
+        "n_pairs BIGINT, mean_shift DOUBLE, mean_shift_low DOUBLE, mean_shift_high DOUBLE, "
+        "sd_diff DOUBLE, loa_low DOUBLE, loa_low_ci_low DOUBLE, loa_low_ci_high DOUBLE, "
+        "loa_high DOUBLE, loa_high_ci_low DOUBLE, loa_high_ci_high DOUBLE, repeatability "
+        "DOUBLE, icc DOUBLE, quartile_change DOUBLE, kappa DOUBLE, tolerance DOUBLE, tost_p "
+        "DOUBLE, equivalence_low DOUBLE, equivalence_high DOUBLE, equivalence VARCHAR, reason "
+        "VARCHAR, passed BOOLEAN",
+    ),
+    Table(
+        "paired_pairs",
+        "The pairs behind `paired`: each subject's reference and compared photo, both "
+        "outputs, the age gap between the photos, the change expected from it and the "
+        "difference in the comparison's unit (the Bland-Altman plot's points).",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, comparison VARCHAR, subject_id "
+        "VARCHAR, photo_ref VARCHAR, photo_cmp VARCHAR, value_ref DOUBLE, value_cmp DOUBLE, "
+        "age_gap DOUBLE, expected_change DOUBLE, difference DOUBLE",
     ),
     Table(
         "fairness",

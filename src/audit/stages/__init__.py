@@ -10,13 +10,15 @@ read (a model's predictions as columns, one photo per subject, the face layout) 
 
 One module per stage, in the order a run takes them: :mod:`~audit.stages.validate`,
 :mod:`~audit.stages.predict`, :mod:`~audit.stages.analysis` (accuracy, fairness, survival),
-:mod:`~audit.stages.robustness`, :mod:`~audit.stages.saliency`, :mod:`~audit.stages.drift`,
+:mod:`~audit.stages.robustness`, :mod:`~audit.stages.paired`,
+:mod:`~audit.stages.saliency`, :mod:`~audit.stages.drift`,
 :mod:`~audit.stages.publish` (verdict, pages).
 """
 
 from audit.stages.analysis import accuracy_stage, fairness_stage, survival_stage
 from audit.stages.context import RunContext, fail, failed_start, running, start
 from audit.stages.drift import drift_stage
+from audit.stages.paired import paired_stage
 from audit.stages.predict import Shard, plan_shards, predict_stage, run_shard
 from audit.stages.publish import publish_stage, verdict_stage
 from audit.stages.robustness import (
@@ -40,6 +42,7 @@ __all__ = [
     "fail",
     "failed_start",
     "fairness_stage",
+    "paired_stage",
     "plan_robustness_shards",
     "plan_shards",
     "predict_stage",

@@ -102,14 +102,14 @@ def start(
     return ctx
 
 
-def wide_predictions(ctx: RunContext, model) -> pd.DataFrame:
-    """The cohort's good rows with this model's clean predictions as columns."""
+def wide_predictions(ctx: RunContext, model, every_photo: bool = False) -> pd.DataFrame:
+    """The cohort's good rows with this model's clean predictions as columns: the analysed
+    rows (without a paired study's compared photos), or ``every_photo``."""
     preds = ctx.predictions[model.name]
     clean = preds[preds["perturbation"] == "none"]
     wide = clean.pivot_table(index="photo_id", columns="output", values="value", aggfunc="first")
-    base = ctx.cohort.frame.drop(
-        columns=[c for c in ("faceage", "risk") if c in ctx.cohort.frame.columns]
-    )
+    frame = ctx.cohort.frame if every_photo else ctx.cohort.analysed
+    base = frame.drop(columns=[c for c in ("faceage", "risk") if c in ctx.cohort.frame.columns])
     # rows in an order fixed by their values, not by the manifest's rows or the ids' names:
     # every resample and fold drawn from here on is the same for a shuffled, renamed cohort
     return canonical_rows(base.merge(wide, left_on="photo_id", right_index=True, how="inner"))

@@ -26,6 +26,9 @@ def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
     model's clean predictions (``<model>:<output>``)."""
     rows = store.table("cohort_rows", run_id)
     rows = rows[rows["included"].astype(bool)].drop(columns=["included"])
+    if "paired_only" in rows.columns:  # a paired study's compared photos: not the cohort's
+        rows = rows[~rows["paired_only"].fillna(False).astype(bool)]
+    rows = rows.drop(columns=["paired_only", "condition", "pair"], errors="ignore")
     props = store.table("image_properties", run_id)
     if len(props):
         keep = ["photo_id"] + [c for c in IMAGE_NUMERIC if c in props.columns]
@@ -67,8 +70,8 @@ def _covariate_features(
     names = [c.name for c in covs if c.name in ref_cohort.frame.columns]
     if not names:
         return {}
-    ref_cov = ref_cohort.frame[["photo_id"] + names]
-    cur_cov = ctx.cohort.frame[["photo_id"] + names]
+    ref_cov = ref_cohort.analysed[["photo_id"] + names]
+    cur_cov = ctx.cohort.analysed[["photo_id"] + names]
     out = {
         c.name: (c.name, "metadata", "num" if c.type == "numeric" else "cat", None)
         for c in covs

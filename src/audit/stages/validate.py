@@ -88,20 +88,27 @@ def _cohort_summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # the manifest's columns kept per row (the rest of `cohort_rows` is set by this stage)
-ROW_COLUMNS = [c for c in columns("cohort_rows") if c not in ("included", "row_number")]
+ROW_COLUMNS = [
+    c for c in columns("cohort_rows") if c not in ("included", "row_number", "paired_only")
+]
 
 
-def _cohort_rows(good: pd.DataFrame, dropped: pd.DataFrame, bad_ids: set) -> pd.DataFrame:
+def _cohort_rows(
+    good: pd.DataFrame, dropped: pd.DataFrame, bad_ids: set, paired_only: set | None = None
+) -> pd.DataFrame:
     """Every manifest row: the loaded ones (``included`` unless validation quarantined
-    them) and those dropped while loading (never included)."""
+    them; ``paired_only`` for a paired study's compared photos, which the one-photo
+    statistics leave out) and those dropped while loading (never included)."""
     rows = good.reindex(columns=ROW_COLUMNS).copy()
     rows["included"] = ~good["photo_id"].isin(bad_ids).to_numpy()
+    rows["paired_only"] = good["photo_id"].isin(paired_only or set()).to_numpy()
     rows["row_number"] = good["_row"].values
     lost = pd.DataFrame(
         {"photo_id": dropped["photo_id"], "row_number": dropped["row_number"], "included": False}
     )
     frame = pd.concat([rows, lost], ignore_index=True) if len(lost) else rows
-    for col in ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]:
+    cols = ["photo_id", "subject_id", "sex", "race", "cancer_type", "site", "camera"]
+    for col in cols + ["condition", "pair"]:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     return frame
 
@@ -156,7 +163,8 @@ def validate_stage(ctx: RunContext) -> int:
     quarantine = pd.concat([c.quarantine, report.quarantine], ignore_index=True)
     bad_ids = set(report.quarantine["photo_id"])
     good = c.frame
-    frame = _cohort_rows(good, c.quarantine, bad_ids)
+    paired_only = set(good["photo_id"]) - set(c.analysed["photo_id"])
+    frame = _cohort_rows(good, c.quarantine, bad_ids, paired_only)
     tables = {
         "cohort_rows": frame,
         "validation_results": pd.concat([_load_results(c), report.results], ignore_index=True),

@@ -216,3 +216,76 @@ def test_pairs_follow_the_pair_ids_and_count_what_is_left_out():
     assert any("2 photo(s) without a partner" in n for n in notes)
     wrong = photos.assign(pair=["v1", "v2", "v3", "v4", "v1", "v1"])  # no pair matches
     assert pair_photos(wrong, "makeup", "baseline")[0].empty
+
+
+# ---------------------------------------------------------------------------- the demo world
+
+
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory):
+    """A paired demo study of 100 subjects read by both demo models, and the counterfactual:
+    each subject's baseline photo drawn again, the same in every pixel but for surgery's
+    skin cues (no retake jitter, no months between), read by the same models."""
+    from audit.data.cohort import load_cohort
+    from audit.demo.faces import Appearance, jpeg_bytes, photo_conditions, render_face, subject_look
+    from audit.demo.world import SURGERY_YEARS, WorldParams, write_cohort
+    from audit.models import create_model
+
+    folder = write_cohort(
+        tmp_path_factory.mktemp("p") / "study", 100, seed=4250, photos=True, paired=True
+    )
+    cohort = load_cohort(folder)
+    photos = cohort.frame.copy()
+    models = [create_model("demo:faceage"), create_model("demo:survival")]
+    for model in models:
+        preds = model.predict(cohort).frame
+        for output, part in preds.groupby("output"):
+            photos = photos.merge(
+                part[["photo_id", "value"]].rename(columns={"value": output}), on="photo_id"
+            )
+    truth = pd.read_csv(folder / "truth.csv")
+    base = photos[photos["condition"] == "baseline"].merge(
+        truth[["photo_id", "biological_age", "health"]], on="photo_id"
+    )
+    params = WorldParams()
+    for row in base.itertuples():
+        no = int(row.subject_id[1:])
+        look = subject_look(np.random.default_rng([4250, no, 0]), row.sex, row.race)
+        rng = np.random.default_rng([4250, no, 1])
+        cond = photo_conditions(rng, light=params.light, jpeg=tuple(params.jpeg_quality))
+        younger = Appearance(skin_age_shift=-SURGERY_YEARS, glasses=False)
+        img = render_face(look, cond, row.biological_age, row.health, rng, younger)
+        (folder / "images" / row.image_path).write_bytes(jpeg_bytes(img, cond.jpeg_quality))
+    counter = load_cohort(folder)
+    counter.frame = counter.frame[counter.frame["condition"] == "baseline"].reset_index(drop=True)
+    effect = {}
+    for model in models:
+        preds = model.predict(counter).frame.set_index(["photo_id", "output"])["value"]
+        for output in model.outputs:
+            moved = preds.xs(output, level="output").reindex(base["photo_id"]).to_numpy()
+            effect[output] = moved - base[output].to_numpy()
+    return photos, effect, cohort
+
+
+def test_demo_surgery_lowers_faceage_by_what_its_cue_change_implies(demo_study):
+    photos, effect, cohort = demo_study
+    table, _, notes = paired_tables(
+        photos, "demo", ["faceage", "risk"], cohort.spec.paired.comparisons, CFG, CUTS
+    )
+    rows = table[table["attribute"] == "all"].set_index(["output", "comparison"])
+    surgery = rows.loc[("faceage", "post_surgery vs baseline")]
+    implied = float(np.mean(effect["faceage"]))  # the skin cues 10 years younger, alone
+    assert implied < -2.0  # the demo FaceAge reads wrinkles
+    assert bool(surgery["age_adjusted"]) and surgery["mean_age_gap"] == pytest.approx(0.5, abs=0.05)
+    # the study (retake jitter, six months between, adjusted) recovers the pure cue effect
+    assert surgery["mean_shift_low"] - 0.3 <= implied <= surgery["mean_shift_high"] + 0.3
+    assert surgery["equivalence"] == NOT_EQUIVALENT
+    # the survival model moves less, in SDs of each model's reference scores
+    ref_sd = photos.loc[photos["condition"] == "baseline", "faceage"].std(ddof=1)
+    risk = rows.loc[("risk", "post_surgery vs baseline")]
+    assert abs(risk["mean_shift"]) < abs(surgery["mean_shift"]) / ref_sd
+    # a retake is equivalent for both; glasses and the retake keep risk quartiles (kappa)
+    for output in ("faceage", "risk"):
+        assert rows.loc[(output, "retake vs baseline"), "equivalence"] == EQUIVALENT
+    assert rows.loc[("risk", "retake vs baseline"), "kappa"] > 0.8
+    assert any("without a partner" in n for n in notes)  # died before the surgery photo

@@ -254,6 +254,12 @@ def make_cohort(
         "twice as noisy",
     ),
     defects: bool = typer.Option(False, "--defects", help="plant known bad inputs (defects.csv)"),
+    paired: bool = typer.Option(
+        False,
+        "--paired",
+        help="a paired study: each subject at baseline and again with make-up, after "
+        "surgery, with glasses, in another light and pose, and retaken",
+    ),
     photos_per_subject: int = typer.Option(1, "--photos-per-subject", min=1),
     photos: bool = typer.Option(
         True,
@@ -264,6 +270,8 @@ def make_cohort(
     """Write a synthetic cohort whose truth is known (rendered faces by default)."""
     try:
         params = WorldParams.make(population, shifts=shift, underserved=underserved)
+        if paired and (not photos or photos_per_subject > 1):
+            raise ValueError("--paired renders photos, one baseline photo a subject")
     except ValueError as exc:
         raise InputError(f"make-cohort: {exc}") from exc
     progress.use_console(console)
@@ -276,6 +284,7 @@ def make_cohort(
         photos_per_subject=photos_per_subject,
         defects=defects,
         progress=lambda items, total: progress.bar(items, total, "rendering"),
+        paired=paired,
     )
     console.print(f"wrote synthetic {population} cohort {path} ({n} subjects, seed {seed})")
     if not photos:

@@ -69,6 +69,24 @@ class PhotoConditions:
     warmth: float
 
 
+@dataclass
+class Appearance:
+    """What a paired study changes about the person in one photo, never the biology (``B``
+    and ``H`` stay as they are):
+
+    * ``makeup`` (0-1): foundation evens the skin (at 1, 60% of the pallor, of the contrast
+      of wrinkles and eye bags hidden; age spots covered), lipstick and eye shadow;
+    * ``skin_age_shift`` (years): a facelift and blepharoplasty draw the wrinkles, crow's
+      feet, eye bags, brows, sagging jowls, folds and mouth corners this many years younger
+      (grey hair, hairline and age spots keep the biological age);
+    * ``glasses``: with or without glasses (None: the subject's own).
+    """
+
+    makeup: float = 0.0
+    skin_age_shift: float = 0.0
+    glasses: bool | None = None
+
+
 def subject_look(rng: np.random.Generator, sex: str, race: str) -> SubjectLook:
     base = np.array(SKIN.get(race, SKIN["Other"]), dtype=float)
     skin = np.clip(base * rng.normal(1.0, 0.05) + rng.normal(0, 6, 3), 30, 250)
@@ -119,9 +137,12 @@ def render_face(
     bio_age: float,
     health: float,
     rng: np.random.Generator,
+    appearance: Appearance | None = None,
 ) -> Image.Image:
-    """One face photo (RGB, 112x112) before JPEG encoding."""
-    face = _Face.of(look, bio_age, health, rng)
+    """One face photo (RGB, 112x112) before JPEG encoding; ``appearance``: make-up, surgery or
+    glasses of a paired study's photo (None: as the subject is)."""
+    app = appearance or Appearance()
+    face = _Face.of(look, bio_age, health, rng, app)
     img = Image.new("RGB", (SIZE, SIZE), _rgb(cond.background))
     d = ImageDraw.Draw(img)
     fringe_low = _draw_head(d, face, look, cond)
@@ -131,8 +152,11 @@ def render_face(
     for _ in range(int(rng.poisson(4 * max(face.a - 0.4, 0)))):  # age spots
         sx = face.cx + rng.uniform(-face.fw + 4, face.fw - 4)
         sy = face.cy + rng.uniform(-face.fh + 10, face.fh - 10)
-        d.ellipse([sx - 1, sy - 1, sx + 1, sy + 1], fill=_rgb(face.skin * 0.8))
-    if look.glasses:
+        if app.makeup == 0:  # foundation covers them
+            d.ellipse([sx - 1, sy - 1, sx + 1, sy + 1], fill=_rgb(face.skin * 0.8))
+    if app.makeup > 0:
+        _draw_makeup(d, face, look, app.makeup)
+    if look.glasses if app.glasses is None else app.glasses:
         ey = face.ey
         for side in (-1, 1):
             ex = face.cx + side * look.eye_gap
@@ -143,10 +167,14 @@ def render_face(
 
 @dataclass
 class _Face:
-    """One face's age and illness (``a``: 0 at 25 years, 1 at 85; ``sick``: 0 to 1), its
-    colours and its geometry (centre, half width and height, eye line)."""
+    """One face's age and illness (``a``: 0 at 25 years, 1 at 85; ``s``: the same for the
+    skin's cues, younger after surgery; ``sick``: 0 to 1), its colours and its geometry
+    (centre, half width and height, eye line); ``cover``: how much of the skin's contrast
+    make-up hides (0 to 0.6)."""
 
     a: float
+    s: float
+    cover: float
     sick: float
     skin: np.ndarray
     hair: np.ndarray
@@ -159,23 +187,32 @@ class _Face:
     ey: float
 
     @classmethod
-    def of(cls, look: SubjectLook, bio_age: float, health: float, rng) -> _Face:
+    def of(cls, look: SubjectLook, bio_age: float, health: float, rng, app: Appearance) -> _Face:
         a = _clip01((bio_age - 25.0) / 60.0)
+        s = _clip01((bio_age + app.skin_age_shift - 25.0) / 60.0)
+        cover = 0.6 * _clip01(app.makeup)
         sick = _clip01(health / 2.5)
         grey = _clip01(1 / (1 + np.exp(-(bio_age - 55.0) / 7.0)) + rng.normal(0, 0.05))
-        skin = look.skin * (1 - 0.25 * sick) + np.array([205, 200, 170]) * 0.25 * sick
-        skin = skin * (1 - 0.08 * a)  # older skin a little duller
+        pale = 0.25 * sick * (1 - cover)  # foundation hides part of the pallor
+        skin = look.skin * (1 - pale) + np.array([205, 200, 170]) * pale
+        skin = skin * (1 - 0.08 * s)  # older skin a little duller
         cy = SIZE / 2 + 4
         return cls(
             a=a,
+            s=s,
+            cover=cover,
             sick=sick,
             skin=skin,
             hair=look.hair * (1 - grey) + np.array([200, 200, 205]) * grey,
-            line=_rgb(skin * (0.82 - 0.12 * a)),
+            line=_rgb(
+                skin * (0.82 - 0.12 * s)
+                if cover == 0
+                else skin * (1 - (0.18 + 0.12 * s) * (1 - cover))  # fainter under foundation
+            ),
             dark=_rgb(skin * 0.6),
             cx=SIZE / 2,
             cy=cy,
-            fw=look.face_w * (1 - 0.06 * sick) * (1 + 0.04 * a),
+            fw=look.face_w * (1 - 0.06 * sick) * (1 + 0.04 * s),
             fh=look.face_h,
             ey=cy + look.eye_y,
         )
@@ -194,7 +231,7 @@ def _draw_head(d, f: _Face, look: SubjectLook, cond: PhotoConditions) -> float:
     d.ellipse([cx - 45, cy + fh + 2, cx + 45, cy + fh + 60], fill=_rgb(cond.background * 0.5))
     # face, with jowls that widen the lower face as it sags
     d.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=_rgb(f.skin))
-    sag = 4 * a
+    sag = 4 * f.s
     d.ellipse([cx - fw + 2 - sag, cy + 6, cx - fw + 14, cy + fh - 4 + sag], fill=_rgb(f.skin))
     d.ellipse([cx + fw - 14, cy + 6, cx + fw - 2 + sag, cy + fh - 4 + sag], fill=_rgb(f.skin))
     fringe_low = cy - fh + 10 - (7 * a if look.male else 0)
@@ -213,7 +250,7 @@ def _draw_head(d, f: _Face, look: SubjectLook, cond: PhotoConditions) -> float:
 
 
 def _draw_forehead_lines(d, f: _Face, look: SubjectLook, fringe_low: float, rng) -> None:
-    n_lines = int(round(5 * f.a + rng.normal(0, 0.4)))
+    n_lines = int(round(5 * f.s + rng.normal(0, 0.4)))
     top = max(fringe_low + 3, f.cy - f.fh + 8)
     for k in range(max(n_lines, 0)):
         y = top + 3 * k + 2
@@ -224,7 +261,7 @@ def _draw_forehead_lines(d, f: _Face, look: SubjectLook, fringe_low: float, rng)
 
 def _draw_eyes(d, f: _Face, look: SubjectLook) -> None:
     """Eyes, brows, bags under the eyes (age and illness) and crow's feet."""
-    a, ey = f.a, f.ey
+    a, ey = f.s, f.ey  # the skin's cues: younger after surgery
     for side in (-1, 1):
         ex = f.cx + side * look.eye_gap
         d.ellipse([ex - 5, ey - 2.5, ex + 5, ey + 2.5], fill=(245, 245, 240))
@@ -236,7 +273,7 @@ def _draw_eyes(d, f: _Face, look: SubjectLook) -> None:
                 [ex - 5, ey + 1, ex + 5, ey + 6 + 2 * bags],
                 20,
                 160,
-                fill=_rgb(f.skin * (1 - 0.35 * bags)),
+                fill=_rgb(f.skin * (1 - 0.35 * bags * (1 - f.cover))),
                 width=1 + int(bags > 0.6),
             )
         if a > 0.35:  # crow's feet
@@ -250,7 +287,7 @@ def _draw_eyes(d, f: _Face, look: SubjectLook) -> None:
 
 def _draw_nose_and_mouth(d, f: _Face) -> None:
     """Nose, nasolabial folds (from middle age) and a mouth whose corners drop with age."""
-    cx, cy, a = f.cx, f.cy, f.a
+    cx, cy, a = f.cx, f.cy, f.s
     d.line([cx, f.ey + 2, cx - 2, cy + 9], fill=f.dark, width=1)
     d.line([cx - 2, cy + 9, cx + 3, cy + 9], fill=f.dark, width=1)
     if a > 0.25:
@@ -266,6 +303,23 @@ def _draw_nose_and_mouth(d, f: _Face) -> None:
         fill=lip,
         width=2,
     )
+
+
+def _draw_makeup(d, f: _Face, look: SubjectLook, strength: float) -> None:
+    """Lipstick over the mouth and eye shadow on the lids, at ``strength`` (0-1)."""
+    mouth_y = f.cy + 16 + 2 * f.s
+    lip = _rgb(f.skin * (1 - strength) + np.array([170, 40, 70]) * strength)
+    d.arc(
+        [f.cx - 8, mouth_y - 4 - 2 * f.s, f.cx + 8, mouth_y + 3],
+        20 + 10 * f.s,
+        160 - 10 * f.s,
+        fill=lip,
+        width=3,
+    )
+    shadow = _rgb(f.skin * (1 - 0.5 * strength) + np.array([110, 70, 120]) * 0.5 * strength)
+    for side in (-1, 1):
+        ex = f.cx + side * look.eye_gap
+        d.arc([ex - 5, f.ey - 5, ex + 5, f.ey + 1], 200, 340, fill=shadow, width=2)
 
 
 def _photograph(img: Image.Image, cond: PhotoConditions, rng) -> Image.Image:

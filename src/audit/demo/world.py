@@ -17,7 +17,10 @@ shows ``B`` and ``H`` (:mod:`audit.demo.faces`), never ``A`` itself. Two populat
 Knobs plant known effects: ``shifts`` (``dark``, ``older``, ``jpeg``, ``site``) make a
 drifted cohort; ``underserved`` raises one race group's share to 25% and makes the oracle
 FaceAge 3 years too old and twice as noisy for it (the planted subgroup bias the fairness
-audit must find); ``defects`` plants bad inputs (listed in ``defects.csv``). The truth (B,
+audit must find); ``defects`` plants bad inputs (listed in ``defects.csv``); ``paired``
+writes a paired study (:data:`PAIRED_CONDITIONS`: each subject photographed at baseline and
+again with make-up, after surgery, with glasses, in another light and pose, and retaken).
+The truth (B,
 H, the linear predictor) goes to ``truth.csv`` and the planted parameters to
 ``truth.json``, never into the manifest.
 """
@@ -33,7 +36,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from audit.demo.faces import jpeg_bytes, photo_conditions, render_face, subject_look
+from audit.demo.faces import (
+    Appearance,
+    jpeg_bytes,
+    photo_conditions,
+    render_face,
+    subject_look,
+)
 
 RACES = {"White": 0.68, "Black": 0.13, "Asian": 0.08, "Hispanic": 0.08, "Other": 0.03}
 SITE_RACES = {"White": 0.35, "Black": 0.30, "Asian": 0.10, "Hispanic": 0.22, "Other": 0.03}
@@ -255,9 +264,94 @@ def expand_photos(
     return out.reset_index(drop=True)
 
 
+# The paired demo study: what each condition changes (never B or H), in the order written.
+# Every second photo is a new photograph (the retake jitter), and the condition on top.
+SURGERY_YEARS = 10.0  # the skin's age cues after a facelift and eyelid surgery: this younger
+SURGERY_GAP_YEARS = 0.5  # the post-surgery photo: six months after the baseline one
+PAIRED_CONDITIONS = {
+    "makeup": "foundation (hides 60% of the pallor and of the wrinkles' and eye bags' "
+    "contrast, covers age spots), lipstick and eye shadow",
+    "post_surgery": f"facelift and eyelid surgery: wrinkles, eye bags, brows, jowls and folds "
+    f"drawn {SURGERY_YEARS:g} years younger; photographed {12 * SURGERY_GAP_YEARS:g} months "
+    "later (grey hair, hairline and age spots keep the biological age)",
+    "glasses": "the same person wearing glasses",
+    "lighting_b": "another room: 30% less light and a strong side light",
+    "pose_b": "head tilted 12 degrees in plane and moved 3 px",
+    "retake": "a second photo minutes later (small pose and light jitter only)",
+}
+
+
+def _retake(base, rng):
+    """The same session photographed again: small pose and light jitter."""
+    from dataclasses import replace
+
+    return replace(
+        base,
+        angle=base.angle + rng.normal(0, 1.5),
+        dx=base.dx + rng.normal(0, 0.7),
+        dy=base.dy + rng.normal(0, 0.7),
+        gain=base.gain * rng.uniform(0.97, 1.03),
+        side_light=base.side_light + rng.normal(0, 0.03),
+    )
+
+
+def study_photo(condition: str, base, rng) -> tuple[object, Appearance]:
+    """The photo conditions and appearance of a paired study's ``condition`` photo, from the
+    baseline photo's conditions ``base`` (baseline: as it is, without glasses)."""
+    from dataclasses import replace
+
+    if condition == "baseline":
+        return base, Appearance(glasses=False)
+    cond = _retake(base, rng)
+    if condition == "lighting_b":
+        cond = replace(cond, gain=cond.gain * 0.7, side_light=cond.side_light + 0.35)
+    elif condition == "pose_b":
+        cond = replace(cond, angle=cond.angle + 12.0, dx=cond.dx + 3.0)
+    appearance = {
+        "makeup": Appearance(makeup=1.0, glasses=False),
+        "post_surgery": Appearance(skin_age_shift=-SURGERY_YEARS, glasses=False),
+        "glasses": Appearance(glasses=True),
+    }.get(condition, Appearance(glasses=False))
+    return cond, appearance
+
+
+def paired_study(subjects: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One row per photo of a paired study: each subject's baseline photo and one photo per
+    :data:`PAIRED_CONDITIONS` entry, the same day except the post-surgery photo (six months
+    later, taken only of subjects still followed then; the face ages with the time)."""
+    rng = np.random.default_rng([seed, 8])
+    base = pd.Timestamp("2020-01-01") + pd.to_timedelta(
+        rng.integers(0, 3 * 365, len(subjects)), unit="D"
+    )
+    centre = float(subjects["health"].mean())
+    rows = []
+    for k, condition in enumerate(["baseline", *PAIRED_CONDITIONS]):
+        gap = SURGERY_GAP_YEARS if condition == "post_surgery" else 0.0
+        followed = subjects["time_days"].to_numpy() / 365.25 > gap
+        part = subjects[followed].copy()
+        part["photo_id"] = part["photo_id"] + ("" if k == 0 else f"-{condition}")
+        part["age"] = np.round(part["age"] + gap, 1)
+        rate = 1.0 + AGING_PER_HEALTH * (part["health"].to_numpy() - centre)
+        part["biological_age"] = part["biological_age"] + gap * rate
+        part["faceage"] = np.round(part["faceage"] + gap * rate, 2)
+        part["time_days"] = np.maximum(part["time_days"] - round(gap * 365.25), 1).astype(int)
+        part["photo_date"] = (
+            base[followed] + pd.to_timedelta(round(gap * 365.25), unit="D")
+        ).strftime("%Y-%m-%d")
+        part["photo_index"] = k
+        part["condition"] = condition
+        part["skin_age"] = part["biological_age"] - (
+            SURGERY_YEARS if condition == "post_surgery" else 0.0
+        )
+        rows.append(part)
+    out = pd.concat(rows).sort_values(["subject_id", "photo_index"], kind="stable")
+    return out.reset_index(drop=True)
+
+
 def iter_jpegs(photos: pd.DataFrame, seed: int, params: WorldParams):
     """Yield ``(relative path, JPEG bytes)`` for every photo row, deterministically."""
     looks: dict[str, object] = {}
+    jpeg = tuple(params.jpeg_quality)
     for row in photos.itertuples(index=False):
         sid = row.subject_id
         subject_no = int(sid[1:])
@@ -266,8 +360,14 @@ def iter_jpegs(photos: pd.DataFrame, seed: int, params: WorldParams):
                 np.random.default_rng([seed, subject_no, 0]), row.sex, row.race
             )
         rng = np.random.default_rng([seed, subject_no, 1 + int(row.photo_index)])
-        cond = photo_conditions(rng, light=params.light, jpeg=tuple(params.jpeg_quality))
-        img = render_face(looks[sid], cond, row.biological_age, row.health, rng)
+        cond = photo_conditions(rng, light=params.light, jpeg=jpeg)
+        appearance = None
+        condition = getattr(row, "condition", None)
+        if isinstance(condition, str):  # a paired study: the baseline photo's, changed
+            first = np.random.default_rng([seed, subject_no, 1])
+            base = photo_conditions(first, light=params.light, jpeg=jpeg)
+            cond, appearance = study_photo(condition, base, rng)
+        img = render_face(looks[sid], cond, row.biological_age, row.health, rng, appearance)
         yield f"{sid}/{row.photo_id}.jpg", jpeg_bytes(img, cond.jpeg_quality)
 
 
@@ -366,7 +466,7 @@ def _manifest(df: pd.DataFrame, oracle: bool) -> pd.DataFrame:
         "sex": df["sex"].map({"female": "F", "male": "M"}),
         "race": df["race"],
     }
-    for extra in ("cancer_type", "ecog", "treatment_intent", "photo_date"):
+    for extra in ("cancer_type", "ecog", "treatment_intent", "photo_date", "condition"):
         if extra in df:
             cols[extra] = df[extra]
     cols["followup_days"] = df["time_days"]
@@ -422,6 +522,7 @@ def write_cohort(
     oracle: bool | None = None,
     defects: bool = False,
     progress=None,
+    paired: bool = False,
 ) -> Path:
     """Write a cohort folder of the synthetic world (manifest, cohort.yaml, truth, photos).
 
@@ -431,7 +532,12 @@ def write_cohort(
     oracle : include an oracle model's predictions (``faceage`` = B + noise, ``risk`` = the
         true log hazard + noise); default: only for tabular cohorts.
     defects : plant known bad inputs (rows and files), listed in ``defects.csv``.
+    paired : a paired study (:func:`paired_study`; photos only): cohort.yaml declares each
+        condition of :data:`PAIRED_CONDITIONS` against ``baseline``; truth.csv adds each
+        photo's condition and the age its skin's cues show (``skin_age``).
     """
+    if paired and (not photos or photos_per_subject > 1):
+        raise ValueError("a paired study is rendered photos, one baseline photo a subject")
     p = params or WorldParams()
     oracle = (not photos) if oracle is None else oracle
     out = Path(out)
@@ -440,7 +546,9 @@ def write_cohort(
     out.mkdir(parents=True, exist_ok=True)
     subjects = simulate(n, seed, p)
     df = (
-        expand_photos(subjects, photos_per_subject, seed)
+        paired_study(subjects, seed)
+        if paired
+        else expand_photos(subjects, photos_per_subject, seed)
         if (photos or photos_per_subject > 1)
         else subjects.assign(photo_index=0)
     )
@@ -450,8 +558,12 @@ def write_cohort(
         if defects:
             manifest = plant_defects(out, manifest, seed)
     manifest.to_csv(out / "manifest.csv", index=False)
-    df[TRUTH_COLUMNS].to_csv(out / "truth.csv", index=False)
+    df[TRUTH_COLUMNS + (["condition", "skin_age"] if paired else [])].to_csv(
+        out / "truth.csv", index=False
+    )
     spec = _cohort_spec(p, name or f"synthetic-{p.population}-n{n}-seed{seed}", photos, oracle)
+    if paired:
+        spec["paired"] = {"comparisons": dict.fromkeys(PAIRED_CONDITIONS, "baseline")}
     (out / "cohort.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     truth = {
         "seed": seed,
@@ -463,5 +575,13 @@ def write_cohort(
         "oracle": oracle,
         "defects": defects,
     }
+    if paired:
+        truth["paired"] = {
+            "conditions": PAIRED_CONDITIONS,
+            "reference": "baseline",
+            "surgery_years": SURGERY_YEARS,
+            "surgery_gap_years": SURGERY_GAP_YEARS,
+            "biology_changed": False,
+        }
     (out / "truth.json").write_text(json.dumps(truth, indent=2))
     return out

@@ -262,7 +262,7 @@ class PairedConfig(_Section):
             "no_makeup": "makeup",
             "post_surgery": "skin_smoothing",
             "pre_surgery": "skin_smoothing",
-            "glasses": "occlusion",
+            "glasses": "sunglasses",
             "lighting_b": "lighting",
             "pose_b": "pose",
             "retake": "pose",
@@ -494,6 +494,17 @@ class Thresholds(_Section):
         le=1,
         description="at judged severities, the share of patients whose risk "
         "quartile changes must not exceed this",
+    )
+    paired_not_equivalent_max: int = Field(
+        0,
+        ge=0,
+        description="comparisons of a paired study (real repeated photos) allowed to be "
+        "shown not equivalent within the [paired] tolerance (overall; then in any subgroup)",
+    )
+    paired_judged: list[str] = Field(
+        default_factory=list,
+        description="conditions whose comparisons the verdict judges (empty: every one "
+        "declared); the others are reported",
     )
     net_benefit_range: list[float] = Field(
         default_factory=list,

@@ -970,6 +970,67 @@ def _robustness(ev: Evidence, m: dict) -> list[dict]:
     ]
 
 
+@register_check("paired", reads=("paired",))
+def _paired(ev: Evidence, m: dict) -> list[dict]:
+    table = ev.table("paired")
+    if table is None or not len(table) or not (table["model"] == m["name"]).any():
+        return []  # no paired study analysed for this model
+    return [
+        row
+        for output in m["outputs"]
+        for row in paired_checks(table, m["name"], output, ev.thresholds)
+    ]
+
+
+def paired_checks(table: pd.DataFrame, model: str, output: str, t: Thresholds) -> list[dict]:
+    """Equivalence on real repeated photos: the comparisons (of ``paired_judged``, else all)
+    that are ``not equivalent`` overall, then in any subgroup, against
+    ``paired_not_equivalent_max``; an ``inconclusive`` comparison (too few pairs, or a CI
+    across the margin) makes a check that does not fail inconclusive."""
+    sel = table[(table["model"] == model) & (table["output"] == output)]
+    if t.paired_judged:
+        sel = sel[sel["condition"].isin(t.paired_judged)]
+    rows = []
+    for scope, suffix in (("overall", ""), ("subgroups", "_subgroups")):
+        name = f"paired_{output}{suffix}"
+        part = sel[(sel["attribute"] == "all") == (scope == "overall")]
+        if not len(part):
+            why = "no comparison judged" if scope == "overall" else "no subgroup rows"
+            rows.append(_row(model, name, "paired", t.paired_not_equivalent_max, None, False, why))
+            continue
+        bad = part[part["equivalence"] == "not equivalent"]
+        unsure = part[part["equivalence"] == "inconclusive"]
+        where = (
+            (lambda r: "")
+            if scope == "overall"
+            else (lambda r: f" ({r['attribute']} = {r['group_name']})")
+        )
+        unit = "y" if output == "faceage" else " SD"
+        listed = [
+            f"{r['comparison']}{where(r)}: {r['equivalence']} (shift {r['mean_shift']:+.2f}{unit}, "
+            f"{r['reason']})"
+            for _, r in pd.concat([bad, unsure]).iterrows()
+        ][:6]
+        ok = len(bad) <= t.paired_not_equivalent_max
+        details = (
+            f"{len(part) - len(bad) - len(unsure)} of {len(part)} equivalent, {len(bad)} not, "
+            f"{len(unsure)} inconclusive" + ("; " + "; ".join(listed) if listed else "")
+        )
+        rows.append(
+            _row(
+                model,
+                name,
+                "paired",
+                float(t.paired_not_equivalent_max),
+                float(len(bad)),
+                ok,
+                details,
+                inconclusive=ok and len(unsure) > 0,
+            )
+        )
+    return rows
+
+
 def evaluate(evidence: Evidence) -> pd.DataFrame:
     """Every registered check of a run: the ``run`` checks, then each model's checks, in
     the order they were registered. Returns the ``verdicts`` rows."""

@@ -97,10 +97,23 @@ def _card(m: dict, ctx: dict, t: dict, evaluation: dict, verdict_metrics, judged
         "utility_subgroups": _utility_subgroups(t["decision_subgroups"], name),
         "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"], kind="stable")),
         "robustness": _robustness_summary(t["robustness"], name, judged_max),
+        "paired": _paired_summary(t.get("paired"), name),
         "saliency": _saliency_summary(t["saliency"], name),
         "checks": _rows(t["verdicts"][t["verdicts"]["model"] == name]),
         "limitations": limitations(ctx, t, m),
     }
+
+
+PAIRED_KEYS = ("output", "comparison", "n_pairs", "unit", "mean_shift", "mean_shift_low")
+PAIRED_KEYS += ("mean_shift_high", "loa_low", "loa_high", "icc", "equivalence", "tolerance")
+
+
+def _paired_summary(paired: pd.DataFrame | None, name: str) -> list[dict]:
+    """The conditions tested on real repeated photos and their outcome (overall rows)."""
+    if paired is None or not len(paired):
+        return []
+    rows = paired[(paired["model"] == name) & (paired["attribute"] == "all")]
+    return [{k: r[k] for k in PAIRED_KEYS} for r in _rows(rows)]
 
 
 def _headline_hazard_ratios(name: str, outputs: list, t: dict) -> list[dict]:

@@ -191,6 +191,54 @@ def dose_response(
     return fig
 
 
+def bland_altman(pairs: pd.DataFrame, overall: pd.DataFrame, title: str, unit: str) -> Figure:
+    """One Bland-Altman panel per comparison: each subject's difference (compared minus
+    reference, less the change expected from the time between, in the comparison's unit)
+    against the mean of its two outputs; the mean shift (solid) with its CI (shaded), the 95%
+    limits of agreement (dashed) with their CIs (shaded) and the equivalence margins
+    (dotted red)."""
+    comparisons = list(dict.fromkeys(overall["comparison"]))
+    ncols = min(3, len(comparisons))
+    nrows = int(np.ceil(len(comparisons) / ncols))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows + 0.5), dpi=100, squeeze=False
+    )
+    for ax, label in zip(axes.flat, comparisons):
+        p = pairs[pairs["comparison"] == label]
+        r = overall[overall["comparison"] == label].iloc[0]
+        x = (p["value_ref"] + p["value_cmp"] - p["expected_change"]) / 2
+        ax.scatter(x, p["difference"], s=6, alpha=0.6, color="#34495e", lw=0)
+        span = [float(x.min()), float(x.max())] if len(x) else [0.0, 1.0]
+        bands = (
+            ("mean_shift", "mean_shift_low", "mean_shift_high", "-"),
+            ("loa_low", "loa_low_ci_low", "loa_low_ci_high", "--"),
+            ("loa_high", "loa_high_ci_low", "loa_high_ci_high", "--"),
+        )
+        for mid, low, high, style in bands:
+            if pd.notna(r[mid]):
+                ax.axhline(r[mid], color="#2471a3", lw=1.0, ls=style)
+            if pd.notna(r[low]) and pd.notna(r[high]):
+                ax.fill_between(span, r[low], r[high], color="#2471a3", alpha=0.12, lw=0)
+        if pd.notna(r["tolerance"]):
+            for sign in (-1, 1):
+                ax.axhline(sign * r["tolerance"], color="#c0392b", lw=0.8, ls=":")
+        ax.axhline(0, color="#7f8c8d", lw=0.5)
+        ax.set_title(f"{label} (n={int(r['n_pairs'])}): {r['equivalence']}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("mean of the two photos", fontsize=7)
+        ax.set_ylabel(f"difference ({unit})", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(comparisons) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def image_grid(
     tiles: list[list[np.ndarray]],
     row_labels: list[str],

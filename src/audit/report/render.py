@@ -113,6 +113,8 @@ RUN_TABLES = (
     "verdicts",
     "run_stages",
     "robustness",
+    "paired",
+    "paired_pairs",
     "fairness",
     "survival_subgroups",
     "representativeness",
@@ -178,7 +180,9 @@ def run_context(
         pd.concat([rows["photo_id"], rows["subject_id"], t["quarantine"]["photo_id"]]).unique(),
         show_ids,
     )
-    cohort = _cohort_view(included, t["cohort_summary"])
+    # a paired study's compared photos are analysed on their own (the paired section)
+    paired_only = included["paired_only"].fillna(False).astype(bool)
+    cohort = _cohort_view(included[~paired_only], t["cohort_summary"])
     validation, q = _validation_view(t, scrub, show_ids, run.get("cohort_path"))
     stages = t["run_stages"].assign(note=t["run_stages"]["note"].map(scrub))
     stage_notes = {r["stage"]: r["note"] for r in _records(stages) if r["note"]}
@@ -195,6 +199,7 @@ def run_context(
             else {"saliency_faces": None, "moved_most": None}
         ),
         "representativeness": _records(t["representativeness"]),
+        "n_paired_only": int(paired_only.sum()),
         "face_pipeline": _face_pipeline_view(t["face_pipeline"]),
         "exclusions": exclusions,
         "evaluation_sites": cohort["sites"],
@@ -227,6 +232,9 @@ def _analysis_views(t: dict, config: dict) -> dict:
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
         "robustness": _robustness_view(
             t["robustness"], config.get("robustness") or {}, t["figures"]
+        ),
+        "paired": _paired_view(
+            t["paired"], t["paired_pairs"], t["robustness"], config.get("paired") or {}
         ),
         "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
         "fairness": _fairness_view(
@@ -865,6 +873,98 @@ def _robustness_block(model: str, output: str, g: pd.DataFrame, cfg: dict, judge
         )[:5],
         "rows": _records(overall.sort_values(["family", "perturbation", "severity"])),
     }
+
+
+def _paired_view(
+    paired: pd.DataFrame, pairs: pd.DataFrame, rob: pd.DataFrame, cfg: dict
+) -> dict | None:
+    """The paired-study section: per model and output a Bland-Altman plot, the comparisons
+    with CIs and equivalence, the same by subgroup, and the synthetic perturbation that
+    mimics each condition beside it (when the robustness suite ran)."""
+    if paired is None or paired.empty:
+        return None
+    blocks = []
+    for (model, output), g in paired.groupby(["model", "output"], sort=False):
+        overall = g[g["attribute"] == "all"]
+        unit = "years" if output == "faceage" else "SD of reference risk"
+        p = pairs[(pairs["model"] == model) & (pairs["output"] == output)]
+        subgroups = [
+            {"attribute": attribute, "rows": _records(a)}
+            for attribute, a in g[g["attribute"] != "all"].groupby("attribute", sort=False)
+        ]
+        blocks.append(
+            {
+                "model": model,
+                "output": output,
+                "unit": unit,
+                "plot": {
+                    "uri": plots.to_uri(
+                        plots.bland_altman(
+                            p, overall, f"{model}: {output}, real repeated photos", unit
+                        )
+                    ),
+                    "alt": f"Bland-Altman plots of {model}'s {output}, one panel per "
+                    "comparison: each subject's difference between the two photos against "
+                    "their mean; solid line the mean shift, dashed the 95% limits of "
+                    "agreement, shaded their confidence intervals, dotted red the "
+                    "equivalence margins.",
+                },
+                "rows": _records(overall),
+                "subgroups": subgroups,
+                "synthetic": _synthetic_beside_real(overall, rob, model, output, cfg),
+            }
+        )
+    return {"blocks": blocks, "config": cfg}
+
+
+def _synthetic_beside_real(
+    overall: pd.DataFrame, rob: pd.DataFrame, model: str, output: str, cfg: dict
+) -> list[dict]:
+    """For each comparison whose condition has a synthetic counterpart (``[paired]
+    synthetic``: a robustness family or perturbation name), the suite's mean shifts of that
+    counterpart by severity, the level nearest the real shift, and whether the real shift's
+    CI meets the range the suite spans (0, the clean photo, to its extremes): when it does
+    not, the synthetic suite does not reproduce what the real condition does."""
+    mapping = cfg.get("synthetic") or {}
+    if rob is None or rob.empty:
+        return []
+    mine = rob[(rob["model"] == model) & (rob["output"] == output) & (rob["attribute"] == "all")]
+    out = []
+    for r in overall.itertuples():
+        name = mapping.get(r.condition)
+        if not name:
+            continue
+        syn = mine[(mine["family"] == name) | (mine["perturbation"] == name)]
+        if syn.empty:
+            continue
+        levels = [
+            {
+                "severity": int(sev),
+                "low": float(h["mean_shift"].min()),
+                "high": float(h["mean_shift"].max()),
+            }
+            for sev, h in syn.groupby("severity")
+        ]
+        nearest = syn.iloc[int(np.argmin(np.abs(syn["mean_shift"].to_numpy() - r.mean_shift)))]
+        low, high = (
+            min(0.0, float(syn["mean_shift"].min())),
+            max(0.0, float(syn["mean_shift"].max())),
+        )
+        out.append(
+            {
+                "comparison": r.comparison,
+                "synthetic": name,
+                "real": r.mean_shift,
+                "real_low": r.mean_shift_low,
+                "real_high": r.mean_shift_high,
+                "levels": levels,
+                "nearest": f"{nearest['perturbation']} at severity {int(nearest['severity'])}",
+                "nearest_shift": float(nearest["mean_shift"]),
+                "range": [low, high],
+                "outside": bool(r.mean_shift_low > high or r.mean_shift_high < low),
+            }
+        )
+    return out
 
 
 def _subgroup_table(attribute: str, a: pd.DataFrame, at) -> dict:

@@ -650,6 +650,14 @@ def _discussion(f: _Facts) -> dict:
             "Input checks with quarantine; robustness to image quality was not run.",
         )
     )
+    if has.get("paired"):
+        status, links, text = a["27a"]
+        a["27a"] = (
+            status,
+            links + [page("paired", "real repeated photos")],
+            text + " On real repeated photos of the same people (make-up, surgery, glasses, "
+            "light, pose, retakes): agreement and equivalence within the tolerance.",
+        )
     a["27b"] = (
         (ANSWERED, [CARD], "Intended users as declared in the model card.")
         if f.declared_any("users")

@@ -26,7 +26,7 @@ def paired_stage(ctx: RunContext) -> int:
     )
     if reason:
         return ctx.write("paired", {}, note=f"paired analysis not run: {reason}")
-    rows, pairs = [], []
+    rows, pairs, said = [], [], []
     for model in progress.track(ctx.models, "paired"):
         photos = wide_predictions(ctx, model, every_photo=True)
         table, pair_rows, notes = paired_tables(
@@ -39,13 +39,14 @@ def paired_stage(ctx: RunContext) -> int:
         )
         rows.append(table)
         pairs.append(pair_rows)
-        for note in dict.fromkeys(notes):
-            ctx.note("paired", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
+        said.extend(notes)  # the pairing is the same for every model: said once
+    for note in dict.fromkeys(said):
+        ctx.note("paired", note)
     frame = pd.concat([f for f in rows if len(f)] or rows[:1], ignore_index=True)
     overall = frame[frame["attribute"] == "all"]
     ctx.note(
         "paired",
-        f"{overall['comparison'].nunique()} comparison(s), "
+        f"{overall['comparison'].nunique()} comparison(s), {len(overall)} model-output rows: "
         + ", ".join(f"{(overall['equivalence'] == k).sum()} {k}" for k in _DECISIONS),
     )
     tables = {

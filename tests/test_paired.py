@@ -6,6 +6,8 @@ pairs are never enough, surgery months later is adjusted for the age between the
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -223,7 +225,7 @@ def test_pairs_follow_the_pair_ids_and_count_what_is_left_out():
 
 @pytest.fixture(scope="module")
 def demo_study(tmp_path_factory):
-    """A paired demo study of 100 subjects read by both demo models, and the counterfactual:
+    """A paired demo study of 60 subjects read by both demo models, and the counterfactual:
     each subject's baseline photo drawn again, the same in every pixel but for surgery's
     skin cues (no retake jitter, no months between), read by the same models."""
     from audit.data.cohort import load_cohort
@@ -232,7 +234,7 @@ def demo_study(tmp_path_factory):
     from audit.models import create_model
 
     folder = write_cohort(
-        tmp_path_factory.mktemp("p") / "study", 100, seed=4250, photos=True, paired=True
+        tmp_path_factory.mktemp("p") / "study", 60, seed=4250, photos=True, paired=True
     )
     cohort = load_cohort(folder)
     photos = cohort.frame.copy()
@@ -248,6 +250,9 @@ def demo_study(tmp_path_factory):
         truth[["photo_id", "biological_age", "health"]], on="photo_id"
     )
     params = WorldParams()
+    study = folder
+    folder = folder.parent / "counterfactual"
+    shutil.copytree(study, folder)
     for row in base.itertuples():
         no = int(row.subject_id[1:])
         look = subject_look(np.random.default_rng([4250, no, 0]), row.sex, row.race)
@@ -264,11 +269,11 @@ def demo_study(tmp_path_factory):
         for output in model.outputs:
             moved = preds.xs(output, level="output").reindex(base["photo_id"]).to_numpy()
             effect[output] = moved - base[output].to_numpy()
-    return photos, effect, cohort
+    return photos, effect, cohort, study
 
 
 def test_demo_surgery_lowers_faceage_by_what_its_cue_change_implies(demo_study):
-    photos, effect, cohort = demo_study
+    photos, effect, cohort, _ = demo_study
     table, _, notes = paired_tables(
         photos, "demo", ["faceage", "risk"], cohort.spec.paired.comparisons, CFG, CUTS
     )
@@ -289,3 +294,68 @@ def test_demo_surgery_lowers_faceage_by_what_its_cue_change_implies(demo_study):
         assert rows.loc[(output, "retake vs baseline"), "equivalence"] == EQUIVALENT
     assert rows.loc[("risk", "retake vs baseline"), "kappa"] > 0.8
     assert any("without a partner" in n for n in notes)  # died before the surgery photo
+
+
+def test_an_audit_of_a_paired_study_writes_the_tables_the_verdict_and_the_pages(
+    demo_study, tmp_path
+):
+    import audit
+
+    _, _, _, study = demo_study
+    run = audit.run(
+        study, ["demo:faceage", "demo:survival"], out=tmp_path / "out", config={"preset": "quick"}
+    )
+    paired = run.table("paired")
+    overall = paired[paired["attribute"] == "all"]
+    assert len(overall) == 12  # 6 comparisons x (FaceAge, risk)
+    assert set(overall["equivalence"]) <= {"equivalent", "not equivalent", "inconclusive"}
+    assert len(run.table("paired_pairs")) == overall["n_pairs"].sum()
+    rows = run.table("cohort_rows")
+    compared = rows["condition"].isin(
+        ["makeup", "post_surgery", "glasses", "lighting_b", "pose_b", "retake"]
+    )
+    assert (rows["paired_only"].astype(bool) == compared).all()
+    # the one-photo statistics see the baseline photos only
+    acc = run.table("accuracy")
+    mae = acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")]
+    assert int(mae["n"].iloc[0]) == int((rows["condition"] == "baseline").sum())
+    verdicts = run.table("verdicts").set_index(["model", "check_name"])
+    face = verdicts.loc[("demo-faceage", "paired_faceage")]
+    assert face["status"] == "fail" and "makeup vs baseline: not equivalent" in face["details"]
+    page = run.report_path.read_text()
+    assert 'id="paired"' in page and "Bland-Altman plots of demo-faceage" in page
+    assert "analysed in <a" in page  # the composition says what it left out
+    card = (run.report_path.parent / "model_card.html").read_text()
+    assert "Real repeated photos" in card and "post_surgery vs baseline" in card
+
+
+def test_the_synthetic_counterpart_is_set_beside_the_real_shift():
+    from audit.report.render import _synthetic_beside_real
+
+    overall = pd.DataFrame(
+        {
+            "condition": ["makeup", "pose_b"],
+            "comparison": ["makeup vs baseline", "pose_b vs baseline"],
+            "mean_shift": [-3.0, 1.1],
+            "mean_shift_low": [-3.6, 0.5],
+            "mean_shift_high": [-2.4, 1.7],
+        }
+    )
+    rob = pd.DataFrame(
+        {
+            "model": "m",
+            "output": "faceage",
+            "attribute": "all",
+            "family": ["makeup", "makeup", "pose", "pose"],
+            "perturbation": ["skin_smoothing", "skin_smoothing", "rotation", "rotation"],
+            "severity": [1, 5, 1, 5],
+            "mean_shift": [-1.0, -4.0, -0.2, -1.5],
+        }
+    )
+    cfg = {"synthetic": {"makeup": "makeup", "pose_b": "pose"}}
+    out = {r["comparison"]: r for r in _synthetic_beside_real(overall, rob, "m", "faceage", cfg)}
+    assert out["makeup vs baseline"]["nearest"] == "skin_smoothing at severity 5"
+    assert not out["makeup vs baseline"]["outside"]  # -3 lies within 0 to -4
+    # real pose moves FaceAge up; the synthetic pose family only down: not reproduced
+    assert out["pose_b vs baseline"]["outside"]
+    assert out["pose_b vs baseline"]["range"] == [-1.5, 0.0]

@@ -359,3 +359,37 @@ def test_the_synthetic_counterpart_is_set_beside_the_real_shift():
     # real pose moves FaceAge up; the synthetic pose family only down: not reproduced
     assert out["pose_b vs baseline"]["outside"]
     assert out["pose_b vs baseline"]["range"] == [-1.5, 0.0]
+
+
+def test_the_cohort_contract_of_a_paired_study(tmp_path):
+    import yaml
+
+    from audit.data.cohort import load_cohort
+    from audit.data.validation import validate_cohort
+    from audit.errors import InputError
+
+    rows = ["photo_id,subject_id,age,condition,taken_at"]
+    for i in range(6):
+        rows += [f"b{i},s{i},60,baseline,2024-01-0{i + 1}", f"m{i},s{i},60,makeup,2024-01-0{i + 1}"]
+    rows.append("x0,s9,50,,2024-02-01")  # not in the study
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    spec = {"name": "p", "paired": {"comparisons": {"makeup": "baseline", "tattoo": "baseline"}}}
+    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    cohort = load_cohort(tmp_path)
+    assert str(cohort.frame["photo_date"].iloc[0].date()) == "2024-01-01"  # taken_at
+    # the compared photos leave the one-photo statistics; references and the rest stay
+    assert sorted(cohort.analysed["photo_id"]) == ["b0", "b1", "b2", "b3", "b4", "b5", "x0"]
+    assert len(cohort.subjects()) == 7 and len(cohort.frame) == 13
+    report = validate_cohort(cohort, images=False)
+    check = report.results[report.results["suite"] == "paired"].iloc[0]
+    assert not check["success"] and "none for: tattoo" in check["details"]
+    spec["paired"]["in_main_statistics"] = True
+    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    assert len(load_cohort(tmp_path).analysed) == 13
+    (tmp_path / "manifest.csv").write_text("photo_id,age\np1,50\n")
+    with pytest.raises(InputError, match="no `condition` column"):
+        load_cohort(tmp_path)
+    spec["paired"] = {"comparisons": {"makeup": "makeup"}}
+    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(InputError, match="compared with itself"):
+        load_cohort(tmp_path)

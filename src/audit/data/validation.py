@@ -399,6 +399,8 @@ def validate_cohort(
     parts = [manifest]
     if cohort.has_outcomes:
         parts.append(_events_per_term(cohort))
+    if cohort.spec.paired is not None:
+        parts.append(_paired_conditions(cohort))
     props = None
     if images and cohort.has_images:
         props = image_table(cohort, workers=workers, progress=progress)
@@ -460,6 +462,31 @@ def _events_per_term(cohort) -> SuiteResult:
         ],
     }
     return run_suite(suite, subjects, source_file=str(cohort.manifest_path))
+
+
+def _paired_conditions(cohort) -> SuiteResult:
+    """A declared paired study: every condition and reference it names appears in the
+    manifest's ``condition`` column (warning; a comparison without photos is noted, not run)."""
+    named = sorted(
+        {c.condition for c in cohort.spec.paired.comparisons}
+        | {c.reference for c in cohort.spec.paired.comparisons}
+    )
+    missing = [c for c in named if c not in set(cohort.frame["condition"].dropna())]
+    suite = {
+        "name": "paired",
+        "expectations": [
+            {
+                "type": "expect_column_distinct_values_to_contain_set",
+                "kwargs": {"column": "condition", "value_set": named},
+                "meta": {
+                    "severity": "warning",
+                    "rule": "every condition and reference cohort.yaml's `paired:` declares "
+                    "has photos" + (f" (none for: {', '.join(missing)})" if missing else ""),
+                },
+            }
+        ],
+    }
+    return run_suite(suite, cohort.frame, source_file=str(cohort.manifest_path))
 
 
 def validate_predictions(

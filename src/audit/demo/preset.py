@@ -34,8 +34,18 @@ def demo_config() -> dict:
     return {"preset": "light", "fairness": {"intended_population": DEMO_INTENDED_POPULATION}}
 
 
+DEMO_PAIRED_SUBJECTS = 60  # photographed again: make-up, surgery, glasses, light, pose, retake
+
+
 def write_demo_cohort(folder: str | Path, n: int = 600, seed: int = 0, progress=None) -> Path:
-    """The demo's synthetic cancer cohort with rendered faces, written to ``folder``."""
+    """The demo's synthetic cancer cohort with rendered faces, written to ``folder``; its
+    first 60 subjects also form a paired study (real-photo robustness, :mod:`audit.demo.world`)."""
     return write_cohort(
-        folder, n=n, seed=seed, name=DEMO_COHORT_NAME, photos=True, progress=progress
+        folder,
+        n=n,
+        seed=seed,
+        name=DEMO_COHORT_NAME,
+        photos=True,
+        progress=progress,
+        paired=DEMO_PAIRED_SUBJECTS,
     )

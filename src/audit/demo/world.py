@@ -315,29 +315,29 @@ def study_photo(condition: str, base, rng) -> tuple[object, Appearance]:
     return cond, appearance
 
 
-def paired_study(subjects: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """One row per photo of a paired study: each subject's baseline photo and one photo per
-    :data:`PAIRED_CONDITIONS` entry, the same day except the post-surgery photo (six months
-    later, taken only of subjects still followed then; the face ages with the time)."""
-    rng = np.random.default_rng([seed, 8])
-    base = pd.Timestamp("2020-01-01") + pd.to_timedelta(
-        rng.integers(0, 3 * 365, len(subjects)), unit="D"
-    )
-    centre = float(subjects["health"].mean())
-    rows = []
-    for k, condition in enumerate(["baseline", *PAIRED_CONDITIONS]):
+def paired_study(photos: pd.DataFrame, n_study: int | None = None) -> pd.DataFrame:
+    """``photos`` (one baseline photo a subject, as :func:`expand_photos` writes them) with a
+    paired study added for the first ``n_study`` subjects (None: all): their baseline photo
+    labelled ``baseline`` and one photo per :data:`PAIRED_CONDITIONS` entry, the same day
+    except the post-surgery photo (six months later, taken only of subjects still followed
+    then; the face ages with the time). The other subjects' photos are left as they are."""
+    photos = photos.assign(condition=None, skin_age=photos["biological_age"])
+    study = photos.iloc[: len(photos) if n_study is None else n_study]
+    photos.loc[study.index, "condition"] = "baseline"
+    centre = float(photos["health"].mean())
+    rows = [photos]
+    for k, condition in enumerate(PAIRED_CONDITIONS, start=1):
         gap = SURGERY_GAP_YEARS if condition == "post_surgery" else 0.0
-        followed = subjects["time_days"].to_numpy() / 365.25 > gap
-        part = subjects[followed].copy()
-        part["photo_id"] = part["photo_id"] + ("" if k == 0 else f"-{condition}")
+        part = study[study["time_days"].to_numpy() / 365.25 > gap].copy()
+        part["photo_id"] = part["photo_id"] + f"-{condition}"
         part["age"] = np.round(part["age"] + gap, 1)
         rate = 1.0 + AGING_PER_HEALTH * (part["health"].to_numpy() - centre)
         part["biological_age"] = part["biological_age"] + gap * rate
         part["faceage"] = np.round(part["faceage"] + gap * rate, 2)
         part["time_days"] = np.maximum(part["time_days"] - round(gap * 365.25), 1).astype(int)
         part["photo_date"] = (
-            base[followed] + pd.to_timedelta(round(gap * 365.25), unit="D")
-        ).strftime("%Y-%m-%d")
+            pd.to_datetime(part["photo_date"]) + pd.Timedelta(days=round(gap * 365.25))
+        ).dt.strftime("%Y-%m-%d")
         part["photo_index"] = k
         part["condition"] = condition
         part["skin_age"] = part["biological_age"] - (
@@ -522,7 +522,7 @@ def write_cohort(
     oracle: bool | None = None,
     defects: bool = False,
     progress=None,
-    paired: bool = False,
+    paired: bool | int = False,
 ) -> Path:
     """Write a cohort folder of the synthetic world (manifest, cohort.yaml, truth, photos).
 
@@ -532,9 +532,10 @@ def write_cohort(
     oracle : include an oracle model's predictions (``faceage`` = B + noise, ``risk`` = the
         true log hazard + noise); default: only for tabular cohorts.
     defects : plant known bad inputs (rows and files), listed in ``defects.csv``.
-    paired : a paired study (:func:`paired_study`; photos only): cohort.yaml declares each
-        condition of :data:`PAIRED_CONDITIONS` against ``baseline``; truth.csv adds each
-        photo's condition and the age its skin's cues show (``skin_age``).
+    paired : a paired study (:func:`paired_study`; photos only) of every subject (True) or
+        of the first ``paired`` subjects: cohort.yaml declares each condition of
+        :data:`PAIRED_CONDITIONS` against ``baseline``; truth.csv adds each photo's condition
+        and the age its skin's cues show (``skin_age``).
     """
     if paired and (not photos or photos_per_subject > 1):
         raise ValueError("a paired study is rendered photos, one baseline photo a subject")
@@ -546,12 +547,12 @@ def write_cohort(
     out.mkdir(parents=True, exist_ok=True)
     subjects = simulate(n, seed, p)
     df = (
-        paired_study(subjects, seed)
-        if paired
-        else expand_photos(subjects, photos_per_subject, seed)
+        expand_photos(subjects, photos_per_subject, seed)
         if (photos or photos_per_subject > 1)
         else subjects.assign(photo_index=0)
     )
+    if paired:
+        df = paired_study(df, None if paired is True else int(paired))
     manifest = _manifest(df, oracle)
     if photos:
         manifest.insert(2, "image_path", render_photos(df, out / "images", seed, p, progress))
@@ -579,6 +580,7 @@ def write_cohort(
         truth["paired"] = {
             "conditions": PAIRED_CONDITIONS,
             "reference": "baseline",
+            "subjects": n if paired is True else min(int(paired), n),
             "surgery_years": SURGERY_YEARS,
             "surgery_gap_years": SURGERY_GAP_YEARS,
             "biology_changed": False,

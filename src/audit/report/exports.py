@@ -27,6 +27,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "quarantine": ("photo_id",),
     "accuracy": (),
     "robustness": (),
+    "paired": (),
     "fairness": (),
     "representativeness": (),
     "comparisons": (),

@@ -26,6 +26,13 @@ def run_plan(ctx: RunContext) -> str:
         f"{len(ctx.models)} model(s)"
         + (f", {len(images)} reading the photos (1 pass each)" if images else ""),
     ]
+    study = ctx.cohort.spec.paired
+    if study is not None and ctx.cohort.paired_study and cfg.paired.enabled:
+        compared = len(frame) - len(ctx.cohort.analysed)
+        parts.append(
+            f"a paired study: {len(study.comparisons)} comparison(s), {compared} compared "
+            "photo(s) analysed on their own"
+        )
     if not images:
         parts.append("no perturbations or saliency (no model reads photos)")
     else:

@@ -136,6 +136,7 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
         "validate",
         "predictions",
         "robustness",
+        "paired",
         "saliency",
         "accuracy",
         "fairness",
@@ -147,6 +148,7 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
     notes = store.table("run_stages", run["run_id"]).set_index("stage")["note"]
     assert "no reference given" in notes["drift"]
     assert notes["saliency"].startswith("saliency not run: off")  # the default
+    assert "declares no paired study" in notes["paired"]
     fair = store.table("fairness", run["run_id"])
     assert {"faceage", "risk"} == set(fair["output"]) and "sex x race" in set(fair["attribute"])
     checks = store.table("verdicts", run["run_id"]).set_index("check_name")

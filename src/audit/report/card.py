@@ -69,7 +69,7 @@ def _card(m: dict, ctx: dict, t: dict, evaluation: dict, verdict_metrics, judged
         & (fair["attribute"] != "all")
         & ~fair["attribute"].str.contains(" x ")
     ]
-    return {
+    card = {
         "name": name,
         "kind": m.get("kind"),
         "arch": m.get("arch"),
@@ -97,11 +97,14 @@ def _card(m: dict, ctx: dict, t: dict, evaluation: dict, verdict_metrics, judged
         "utility_subgroups": _utility_subgroups(t["decision_subgroups"], name),
         "subgroups": _rows(subgroup.sort_values(["output", "metric", "attribute"], kind="stable")),
         "robustness": _robustness_summary(t["robustness"], name, judged_max),
-        "paired": _paired_summary(t.get("paired"), name),
         "saliency": _saliency_summary(t["saliency"], name),
         "checks": _rows(t["verdicts"][t["verdicts"]["model"] == name]),
         "limitations": limitations(ctx, t, m),
     }
+    paired = _paired_summary(t.get("paired"), name)
+    if paired:  # (a card without a paired study keeps the keys it always had)
+        card["paired"] = paired
+    return card
 
 
 PAIRED_KEYS = ("output", "comparison", "n_pairs", "unit", "mean_shift", "mean_shift_low")

@@ -181,7 +181,11 @@ def run_context(
         show_ids,
     )
     # a paired study's compared photos are analysed on their own (the paired section)
-    paired_only = included["paired_only"].fillna(False).astype(bool)
+    paired_only = (
+        included["paired_only"].fillna(False).astype(bool)
+        if "paired_only" in included.columns  # a file written before schema 16
+        else pd.Series(False, index=included.index)
+    )
     cohort = _cohort_view(included[~paired_only], t["cohort_summary"])
     validation, q = _validation_view(t, scrub, show_ids, run.get("cohort_path"))
     stages = t["run_stages"].assign(note=t["run_stages"]["note"].map(scrub))

@@ -1,4 +1,10 @@
-"""Shared fixtures. Prefect runs against one temporary server per session (its harness)."""
+"""Shared fixtures. Prefect runs against one temporary server per session (its harness).
+
+The suite runs on two pytest-xdist workers (``make test``): each worker has its own
+``PREFECT_HOME`` (so the CLI's temporary Prefect servers never share a database) and its own
+temporary folder, and each test file runs whole on one worker (its module fixtures built
+once); the files that share the ``cli_and_api`` session fixture run on the same one
+(:func:`pytest_xdist_make_scheduler`)."""
 
 from __future__ import annotations
 
@@ -8,6 +14,10 @@ from pathlib import Path
 
 _TMP = Path(tempfile.mkdtemp(prefix="faceage-audit-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_TMP / "prefect"))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one Prefect home (database) per worker
+    os.environ["PREFECT_HOME"] = str(
+        Path(os.environ["PREFECT_HOME"]) / os.environ["PYTEST_XDIST_WORKER"]
+    )
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
@@ -30,6 +40,26 @@ n_boot = 100
 n_boot = 100
 decision_horizons = [1.0]
 """
+
+
+# test files that use the `cli_and_api` session fixture: one worker runs them all
+SHARED_FIXTURE_FILES = {"test_api", "test_flow", "test_legacy"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` (each file whole on one worker, its module fixtures built once),
+    with the files that share the costly ``cli_and_api`` fixture as one unit. (xdist's own
+    ``loadgroup`` marks are not applied under pytest 9: its node-id suffix is ignored.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "cli_and_api" if Path(scope).stem in SHARED_FIXTURE_FILES else scope
+
+    return SharedFixtureFiles(config, log)
 
 
 def cli_run(cohort, models, out, *extra, config=None) -> int:

@@ -46,6 +46,7 @@ decision_horizons = [1.0]
 SHARED_FIXTURE_FILES = {"test_api", "test_flow", "test_legacy"}
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown when it is not loaded
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` (each file whole on one worker, its module fixtures built once),
     with the files that share the costly ``cli_and_api`` fixture as one unit. (xdist's own

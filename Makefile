@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/drift.py
 	$(PY) benchmarks/cox.py
 	$(PY) benchmarks/faces.py
+	$(PY) benchmarks/slices.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo site

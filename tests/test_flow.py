@@ -141,6 +141,7 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
         "accuracy",
         "fairness",
         "survival",
+        "slices",
         "drift",
         "verdict",
         "publish",

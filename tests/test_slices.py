@@ -94,3 +94,52 @@ def test_holm_equals_its_definition():
     p = np.array([0.01, 0.04, 0.03, 0.005])
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> monotone
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+
+
+def test_the_risk_loss_is_the_deviance_residual_of_a_breslow_hand_computation():
+    from lifelines import CoxPHFitter
+    from lifelines.datasets import load_rossi
+
+    from audit.metrics.slices import output_losses
+
+    d = load_rossi()
+    t, e, x = (d[c].to_numpy(float) for c in ("week", "arrest", "prio"))
+    frame = pd.DataFrame({"t": t, "e": e, "x": x})
+    beta = CoxPHFitter().fit(frame, "t", "e").params_["x"]
+    r = np.exp(beta * x)
+    deaths = np.unique(t[e == 1])
+    step = np.array([e[t == u].sum() / r[t >= u].sum() for u in deaths])
+    cumulative = np.array([step[deaths <= ti].sum() for ti in t])  # Breslow
+    m = e - cumulative * r  # martingale residuals
+    log_term = np.where(e == 1, np.log(np.where(e == 1, e - m, 1.0)), 0.0)
+    deviance = np.sign(m) * np.sqrt(-2 * (m + e * log_term))
+    losses, notes = output_losses(pd.DataFrame({"time": t, "event": e, "risk": x}), "risk")
+    assert notes == [] and losses[0].name == "deviance_residual" and losses[0].signed
+    np.testing.assert_allclose(losses[0].values, deviance, atol=1e-9)
+
+
+def test_faceage_losses_and_the_features_of_a_subject():
+    from audit.metrics.slices import output_losses, slice_features
+
+    subjects = pd.DataFrame(
+        {
+            "photo_id": [f"p{i}" for i in range(40)],
+            "age": np.linspace(40, 80, 40),
+            "faceage": np.linspace(40, 80, 40) + np.tile([2.0, -2.0], 20),
+            "sex": np.tile(["female", "male"], 20),
+            "cancer_type": np.tile(["breast", "cns"], 20),
+        }
+    )
+    losses, _ = output_losses(subjects, "faceage")
+    assert [x.name for x in losses] == ["abs_error", "age_adjusted_error"]
+    np.testing.assert_allclose(losses[0].values, 2.0)
+    assert abs(losses[1].values.mean()) < 1e-9  # a residual: no bias left on average
+    props = pd.DataFrame({"photo_id": subjects["photo_id"], "brightness": np.arange(40.0)})
+    vectors = pd.DataFrame(
+        {"photo_id": subjects["photo_id"], "vector": [np.r_[i % 2, 0.0] for i in range(40)]}
+    )
+    features = slice_features(subjects, [], props, None, vectors, clusters=2)
+    assert list(features.columns) == ["sex", "brightness", "embedding_cluster"]
+    assert set(features["embedding_cluster"]) == {"c1", "c2"}
+    assert (features["embedding_cluster"] == features["embedding_cluster"][0]).sum() == 20
+    assert "cancer_type" in slice_features(subjects, [], clinical=True).columns

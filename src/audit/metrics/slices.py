@@ -183,7 +183,7 @@ def discover(
     signed : the loss is a bias (either direction is a failure) rather than an error.
 
     Returns one row per slice tested (the search half's ``top_k``): ``slice`` (conditions
-    joined by `` & ``), ``order``, size in each half, the search half's effect and t, the
+    joined by `` & ``), ``n_conditions``, size in each half, the search half's effect and t, the
     confirmation half's effect with its 95% Welch CI, one-sided p, Holm-corrected p, and
     ``confirmed``.
     """
@@ -223,7 +223,7 @@ def discover(
         out.append(
             {
                 "slice": " & ".join(f"{names[c][0]} = {names[c][1]}" for c in row.conditions),
-                "order": len(row.conditions),
+                "n_conditions": len(row.conditions),
                 "n_search": int(row.n),
                 "n_confirm": int(len(inside)),
                 "search_effect": float(row.effect),
@@ -253,4 +253,123 @@ def holm(p: np.ndarray) -> np.ndarray:
     adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out = np.empty(m)
     out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One per-subject loss of an output: its values (aligned with the subjects), whether
+    it is signed (a bias: both directions are failures) and its unit."""
+
+    name: str
+    values: np.ndarray
+    signed: bool
+    unit: str
+
+
+def output_losses(subjects: pd.DataFrame, output: str) -> tuple[list[Loss], list[str]]:
+    """The losses slices are searched on, one row per subject.
+
+    FaceAge (with chronological age): the absolute error ``|FaceAge - age|`` and the
+    age-adjusted error (the residual of FaceAge on age by least squares: a bias that does
+    not come from the age mix). A risk score (with outcomes): the deviance residuals of the
+    Cox model of the score (Therneau, Grambsch and Fleming 1990), from the checked fit of
+    :func:`audit.stats.cox.fit_cox`; positive where subjects died sooner than the score
+    implies. A fit that does not converge gives no loss and a note."""
+    notes: list[str] = []
+    if output not in subjects.columns:
+        return [], notes
+    value = pd.to_numeric(subjects[output], errors="coerce").to_numpy(float)
+    if output == "faceage":
+        if "age" not in subjects.columns:
+            return [], ["no chronological age: FaceAge slices not searched"]
+        age = subjects["age"].to_numpy(float)
+        ok = np.isfinite(value) & np.isfinite(age)
+        adjusted = np.full(len(value), np.nan)
+        if ok.sum() >= 3 and np.ptp(age[ok]) > 0:
+            slope, intercept = np.polyfit(age[ok], value[ok], 1)
+            adjusted[ok] = value[ok] - (intercept + slope * age[ok])
+        return [
+            Loss("abs_error", np.abs(value - age), False, "years"),
+            Loss("age_adjusted_error", adjusted, True, "years"),
+        ], notes
+    if not {"time", "event"} <= set(subjects.columns) or subjects["event"].sum() == 0:
+        return [], [f"{output}: no outcomes, no residuals to search"]
+    from audit.stats.cox import fit_cox
+
+    frame = pd.DataFrame(
+        {"time": subjects["time"].to_numpy(float), "event": subjects["event"].to_numpy(float)}
+    )
+    fit = fit_cox(frame, pd.DataFrame({output: value}))
+    if not fit.ok:
+        return [], [f"{output}: the Cox model of the score did not converge ({fit.reason})"]
+    residuals = fit.fitter.compute_residuals(fit.data, "deviance")["deviance"]
+    deviance = residuals.reindex(range(len(subjects))).to_numpy(float)
+    return [Loss("deviance_residual", deviance, True, "deviance")], notes
+
+
+# ---------------------------------------------------------------------------- features
+
+CATEGORICAL = ("sex", "race", "site", "camera", "age_band")
+IMAGE_FEATURES = ("brightness", "contrast", "sharpness", "face_box_frac", "jpeg_quality")
+
+
+def slice_features(
+    subjects: pd.DataFrame,
+    covariates: list,
+    image_properties: pd.DataFrame | None = None,
+    confidence: pd.DataFrame | None = None,
+    embeddings: pd.DataFrame | None = None,
+    clusters: int = 8,
+    seed: int = 0,
+    clinical: bool = False,
+) -> pd.DataFrame:
+    """The candidate slices' features, one row per subject (its photo in ``subjects``): the
+    demographic, site and camera columns, the photo's image properties and detection
+    confidence (numeric: banded by :func:`condition_matrix`), from the model's embeddings a
+    k-means cluster (``clusters``, seeded; on standardised vectors), and with ``clinical``
+    the cancer type and the clinical covariates (off by default: a face-age model is meant to
+    read health, so a sicker slice looking older is the signal, not a failure)."""
+    features = pd.DataFrame(index=subjects.index)
+    for col in CATEGORICAL + (("cancer_type",) if clinical else ()):
+        if col in subjects.columns and subjects[col].nunique(dropna=True) > 1:
+            features[col] = subjects[col].astype(object)
+    for cov in covariates if clinical else []:
+        if cov.name in subjects.columns and subjects[cov.name].nunique(dropna=True) > 1:
+            features[cov.name] = subjects[cov.name]
+    photo = subjects[["photo_id"]]
+    if image_properties is not None and len(image_properties):
+        keep = ["photo_id"] + [c for c in IMAGE_FEATURES if c in image_properties.columns]
+        props = photo.merge(image_properties[keep].drop_duplicates("photo_id"), how="left")
+        for col in keep[1:]:
+            if props[col].notna().any() and props[col].nunique(dropna=True) > 1:
+                features[col] = props[col].to_numpy()
+    if confidence is not None and len(confidence):
+        best = confidence.groupby("photo_id")["confidence"].max().rename("detection_confidence")
+        values = photo.merge(best, left_on="photo_id", right_index=True, how="left")
+        if values["detection_confidence"].nunique(dropna=True) > 1:
+            features["detection_confidence"] = values["detection_confidence"].to_numpy()
+    if embeddings is not None and len(embeddings) >= clusters > 1:
+        features["embedding_cluster"] = _clusters(photo, embeddings, clusters, seed)
+    return features.reset_index(drop=True)
+
+
+def _clusters(photo: pd.DataFrame, embeddings: pd.DataFrame, k: int, seed: int) -> np.ndarray:
+    """Each photo's k-means cluster of the model's embeddings (``c1`` .. ``ck``, numbered by
+    size), None for a photo without one."""
+    from sklearn.cluster import KMeans
+
+    vectors = embeddings.drop_duplicates("photo_id").set_index("photo_id")["vector"]
+    have = photo["photo_id"].isin(vectors.index).to_numpy()
+    if have.sum() < k:
+        return np.full(len(photo), None, dtype=object)
+    x = np.stack(vectors.loc[photo["photo_id"][have]].map(np.asarray).to_numpy()).astype(float)
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
+    order = {c: i for i, c in enumerate(pd.Series(labels).value_counts().index)}
+    out = np.full(len(photo), None, dtype=object)
+    out[have] = [f"c{order[c] + 1}" for c in labels]
     return out

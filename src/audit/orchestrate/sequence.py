@@ -69,7 +69,7 @@ def audit_sequence(
     fan_out: FanOut = inline_fan_out,
 ) -> dict:
     """validate -> predict -> robustness -> paired -> saliency -> accuracy -> fairness ->
-    survival -> drift -> verdict -> publish. ``shards`` > 0 splits inference and the
+    survival -> slices -> drift -> verdict -> publish. ``shards`` > 0 splits inference and the
     robustness sample into that many shards each. Returns ``{"run_id", "verdict", "report"}``."""
     with stages.running(ctx):
         step("validate", stages.validate_stage, ctx)
@@ -96,6 +96,7 @@ def audit_sequence(
             ("accuracy", stages.accuracy_stage),
             ("fairness", stages.fairness_stage),
             ("survival", stages.survival_stage),
+            ("slices", stages.slices_stage),
             ("drift", stages.drift_stage),
         ):
             step(name, fn, ctx)

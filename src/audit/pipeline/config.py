@@ -272,6 +272,35 @@ class PairedConfig(_Section):
     )
 
 
+class SlicesConfig(_Section):
+    """Slice discovery (``audit.metrics.slices``): where each model fails in combinations no
+    declared subgroup names, confirmed on held-out subjects."""
+
+    enabled: bool = True
+    max_order: int = Field(3, ge=1, le=3, description="conditions per slice, at most")
+    min_size: int = Field(30, ge=2, description="subjects in a slice, in each half")
+    min_share: float = Field(0.02, ge=0, lt=1, description="share of subjects, in each half")
+    top_k: int = Field(10, ge=1, description="slices of the search half tested on the other")
+    alpha: float = Field(0.05, gt=0, lt=1, description="after Holm's correction over top_k")
+    min_effect: dict[str, float] = Field(
+        default_factory=lambda: {
+            "abs_error": 2.0,
+            "age_adjusted_error": 2.0,
+            "deviance_residual": 0.5,
+        },
+        description="a confirmed slice's effect (confirmation half) must reach this, per loss",
+    )
+    bands: int = Field(3, ge=2, le=10, description="quantile bands of a numeric feature")
+    clusters: int = Field(8, ge=0, description="k-means clusters of the embeddings (0: none)")
+    clinical: bool = Field(
+        False,
+        description="also slice by cancer type and the clinical covariates (off: FaceAge is "
+        "meant to differ with health, so such slices are biology, not failures)",
+    )
+    beam: int = Field(50, ge=1, description="pairs extended by a third condition")
+    seed: int = 0
+
+
 class DriftConfig(_Section):
     """A cohort against a reference run (``--reference``): per-feature tests with effect
     sizes, embeddings by MMD, Holm control of the false alarms over all features."""
@@ -536,6 +565,7 @@ class AuditConfig(_Section):
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
     paired: PairedConfig = Field(default_factory=PairedConfig)
+    slices: SlicesConfig = Field(default_factory=SlicesConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)

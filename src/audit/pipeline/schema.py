@@ -3,11 +3,12 @@ what it holds. The DDL, the column lists the code builds frames with (:func:`col
 database reference of the docs (:func:`markdown_reference`) are generated from it.
 
 Versions: a new file is created at :data:`SCHEMA_VERSION` directly. A file of an earlier
-version (1 to 13 written by the forward migrations this module replaced, or 14 and 15) is brought up
+version (1 to 13 written by the forward migrations this module replaced, or 14 to 16) is brought up
 to date by :func:`reconcile`: every change since version 1 was additive (a table, or a column
 appended at the end of one; 15 appended ``spread`` to ``predictions`` and
 ``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
-and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``), so creating the
+and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``; 17 added
+``slices``), so creating the
 missing tables and appending the missing columns in the order written here gives the same
 tables, in the same column order, as a file created new. A change that is not additive needs
 its own step in :data:`STEPS`.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 16
+SCHEMA_VERSION = 17
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,18 @@ TABLES: tuple[Table, ...] = (
         "run_id VARCHAR, model VARCHAR, output VARCHAR, comparison VARCHAR, subject_id "
         "VARCHAR, photo_ref VARCHAR, photo_cmp VARCHAR, value_ref DOUBLE, value_cmp DOUBLE, "
         "age_gap DOUBLE, expected_change DOUBLE, difference DOUBLE",
+    ),
+    Table(
+        "slices",
+        "Slices where a model fails that no declared subgroup names: conjunctions of up to "
+        "three conditions (demographics, site, camera, covariates, banded image properties, "
+        "embedding clusters) found on one half of the subjects and tested on the other; the "
+        "confirmation half's effect on the loss with its 95% CI, Holm-corrected p and "
+        "whether the slice is confirmed.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, loss VARCHAR, unit VARCHAR, rank "
+        "INTEGER, slice VARCHAR, n_conditions INTEGER, n_search BIGINT, n_confirm BIGINT, "
+        "search_effect DOUBLE, search_t DOUBLE, effect DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
+        "p DOUBLE, p_holm DOUBLE, min_effect DOUBLE, confirmed BOOLEAN",
     ),
     Table(
         "fairness",

@@ -11,7 +11,7 @@ read (a model's predictions as columns, one photo per subject, the face layout) 
 One module per stage, in the order a run takes them: :mod:`~audit.stages.validate`,
 :mod:`~audit.stages.predict`, :mod:`~audit.stages.analysis` (accuracy, fairness, survival),
 :mod:`~audit.stages.robustness`, :mod:`~audit.stages.paired`,
-:mod:`~audit.stages.saliency`, :mod:`~audit.stages.drift`,
+:mod:`~audit.stages.saliency`, :mod:`~audit.stages.slices`, :mod:`~audit.stages.drift`,
 :mod:`~audit.stages.publish` (verdict, pages).
 """
 
@@ -30,6 +30,7 @@ from audit.stages.robustness import (
     run_robustness_shard,
 )
 from audit.stages.saliency import saliency_stage
+from audit.stages.slices import slices_stage
 from audit.stages.validate import validate_stage, validation_verdict
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "run_shard",
     "running",
     "saliency_stage",
+    "slices_stage",
     "start",
     "survival_stage",
     "validate_stage",

@@ -1,0 +1,86 @@
+"""The slices stage: where each model fails in combinations of conditions no declared
+subgroup names, confirmed on held-out subjects (:mod:`audit.metrics.slices`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from audit.data.cohort import age_band
+from audit.metrics.slices import SliceSettings, discover, output_losses, slice_features
+from audit.pipeline import progress
+from audit.pipeline.schema import columns
+from audit.stages.context import RunContext, one_per_subject, wide_predictions
+
+SLICE_COLUMNS = [c for c in columns("slices") if c != "run_id"]
+
+
+def slices_stage(ctx: RunContext) -> int:
+    """The ``slices`` rows of every model output and loss, in one transaction."""
+    cfg = ctx.config.slices
+    if not cfg.enabled:
+        return ctx.write("slices", {}, note="slice discovery not run: turned off in the config")
+    props = ctx.store.table("image_properties", ctx.run_id)
+    detections = ctx.store.table("detections", ctx.run_id)
+    parts = []
+    for model in progress.track(ctx.models, "slices"):
+        subjects = one_per_subject(ctx, wide_predictions(ctx, model))
+        if "age" in subjects.columns:
+            subjects["age_band"] = age_band(subjects["age"], ctx.config.accuracy.age_bands)
+        vectors = ctx.store.query(
+            "SELECT photo_id, vector FROM embeddings WHERE run_id = ? AND model = ?",
+            [ctx.run_id, model.name],
+        )
+        features = slice_features(
+            subjects,
+            ctx.cohort.spec.covariates,
+            props,
+            detections,
+            vectors,
+            clusters=cfg.clusters,
+            seed=cfg.seed,
+            clinical=cfg.clinical,
+        )
+        for output in model.outputs:
+            losses, notes = output_losses(subjects, output)
+            for note in notes:
+                ctx.note("slices", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
+            for loss in losses:
+                settings = SliceSettings(
+                    max_order=cfg.max_order,
+                    beam=cfg.beam,
+                    min_size=cfg.min_size,
+                    min_share=cfg.min_share,
+                    top_k=cfg.top_k,
+                    alpha=cfg.alpha,
+                    min_effect=cfg.min_effect.get(loss.name, 0.0),
+                    bands=cfg.bands,
+                    seed=cfg.seed,
+                )
+                found = discover(features, loss.values, settings, signed=loss.signed)
+                if found.empty:
+                    continue
+                parts.append(
+                    found.assign(
+                        model=model.name,
+                        output=output,
+                        loss=loss.name,
+                        unit=loss.unit,
+                        rank=range(1, len(found) + 1),
+                        min_effect=settings.min_effect,
+                    )
+                )
+    frame = (
+        pd.concat(parts, ignore_index=True)[SLICE_COLUMNS]
+        if parts
+        else pd.DataFrame(columns=SLICE_COLUMNS)
+    )
+    confirmed = int(frame["confirmed"].astype(bool).sum()) if len(frame) else 0
+    floor = 2 * cfg.min_size
+    ctx.note(
+        "slices",
+        f"{len(frame)} slices tested, {confirmed} confirmed"
+        if len(frame)
+        else f"no slice tested: a slice needs {cfg.min_size} subjects in each half "
+        f"(and {cfg.min_share:.0%} of them), so a cohort needs well over {floor} subjects",
+    )
+    return ctx.write("slices", {"slices": frame}, note="; ".join(ctx.notes["slices"]))

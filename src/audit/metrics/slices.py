@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from audit.stats.cox import fit_cox
 from audit.stats.groups import group_index, quantile_cuts
 
 
@@ -298,8 +299,6 @@ def output_losses(subjects: pd.DataFrame, output: str) -> tuple[list[Loss], list
         ], notes
     if not {"time", "event"} <= set(subjects.columns) or subjects["event"].sum() == 0:
         return [], [f"{output}: no outcomes, no residuals to search"]
-    from audit.stats.cox import fit_cox
-
     frame = pd.DataFrame(
         {"time": subjects["time"].to_numpy(float), "event": subjects["event"].to_numpy(float)}
     )

@@ -3,8 +3,8 @@
 The suite runs on two pytest-xdist workers (``make test``): each worker has its own
 ``PREFECT_HOME`` (so the CLI's temporary Prefect servers never share a database) and its own
 temporary folder, and each test file runs whole on one worker (its module fixtures built
-once); the files that share the ``cli_and_api`` session fixture run on the same one
-(:func:`pytest_xdist_make_scheduler`)."""
+once); the files that share the ``cli_and_api`` session fixture (test_api, test_legacy)
+run on the same one (:func:`pytest_xdist_make_scheduler`)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ decision_horizons = [1.0]
 
 
 # test files that use the `cli_and_api` session fixture: one worker runs them all
-SHARED_FIXTURE_FILES = {"test_api", "test_flow", "test_legacy"}
+SHARED_FIXTURE_FILES = {"test_api", "test_legacy"}
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of xdist's: unknown when it is not loaded

@@ -216,3 +216,46 @@ def test_the_excluded_share_by_group_is_in_the_verdict_and_the_model_card(cli_an
     excluded = int((~rows["included"].astype(bool)).sum())
     assert f"{excluded} of {len(rows)} manifest rows" in card
     assert "excluded by the data checks" in card and group in card
+
+
+def test_image_models_end_to_end(cli_and_api, tmp_path):
+    """Rendered photos (with planted defects) through both demo models, by the CLI:
+    predictions, embeddings, provenance, quarantine, robustness, photos only when asked."""
+    import json
+    import shutil
+
+    from audit.cli import main
+    from audit.models.demo import demo_spec
+    from audit.pipeline.store import Store
+
+    out = tmp_path / "out"
+    shutil.copytree(cli_and_api["cli"].db.parent, out)
+    rc = cli_and_api["code"]
+    store = Store(out / "audit.duckdb")
+    run = store.runs().iloc[-1]
+    assert run["status"] == "finished" and rc in (0, 1)
+    models = {m["name"]: m for m in json.loads(run["models"])}
+    assert models["demo-faceage"]["checkpoint_sha256"] == demo_spec("faceage")["sha256"]
+    preds = store.table("predictions", run["run_id"])
+    assert set(preds["model"]) == {"demo-faceage", "demo-survival"}
+    emb = store.query(
+        "SELECT model, len(vector) AS d, count(*) AS n FROM embeddings "
+        "WHERE run_id = ? GROUP BY ALL ORDER BY model",
+        [run["run_id"]],
+    )
+    assert emb["d"].tolist() == [96, 96]
+    q = store.table("quarantine", run["run_id"])
+    assert {"load", "validate"} <= set(
+        q["stage"]
+    )  # bad rows, and bad files caught before inference
+    assert emb["n"].iloc[0] == preds[preds.model == "demo-faceage"]["photo_id"].nunique()
+    # robustness ran on the sample; the page shows no cohort photo unless asked
+    rob = store.table("robustness", run["run_id"])
+    assert set(rob["model"]) == {"demo-faceage", "demo-survival"}
+    page = out / "runs" / run["run_id"] / "index.html"
+    assert (
+        "Robustness" in page.read_text() and "Cohort photos that moved most" not in page.read_text()
+    )
+    assert main(["report", "--db", str(out / "audit.duckdb"), "--show-faces"]) == 0
+    shown = page.read_text()
+    assert shown.count("Cohort photos that moved most") == 2  # one per model and output

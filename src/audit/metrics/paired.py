@@ -251,8 +251,14 @@ def pair_photos(frame: pd.DataFrame, condition: str, reference: str) -> tuple[pd
     )
     ref = keyed[keyed["condition"] == reference].drop_duplicates("_unit")
     cmp_ = keyed[keyed["condition"] == condition].drop_duplicates("_unit")
+    repeated = len(keyed) - len(ref) - len(cmp_)  # a condition twice in one visit
+    if repeated:
+        notes.append(
+            f"{condition} vs {reference}: {repeated} further photo(s) of a condition already "
+            "photographed in the same visit left out (the first by date kept)"
+        )
+    # the unit holds the subject, so a merged pair is always one subject's two photos
     merged = ref.merge(cmp_, on="_unit", suffixes=("_ref", "_cmp"))
-    merged = merged[merged["subject_id_ref"] == merged["subject_id_cmp"]]
     extra = int(merged["subject_id_ref"].duplicated().sum())
     merged = merged.drop_duplicates("subject_id_ref")
     if extra:
@@ -306,6 +312,7 @@ def paired_tables(
     # rows in an order fixed by their values: the bootstrap does not depend on the manifest's
     # row order or on the ids' names
     photos = canonical_rows(photos, ID_COLUMNS + ("pair",))
+    by_photo = photos.drop_duplicates("photo_id").set_index("photo_id")
     for comparison in comparisons:
         pairs, said = pair_photos(photos, comparison.condition, comparison.reference)
         notes.extend(said)
@@ -313,7 +320,6 @@ def paired_tables(
         if pairs.empty:
             notes.append(f"{label}: no subject has both photos")
             continue
-        by_photo = photos.drop_duplicates("photo_id").set_index("photo_id")
         ref_rows = by_photo.loc[pairs["photo_ref"]].reset_index()
         cmp_rows = by_photo.loc[pairs["photo_cmp"]].reset_index()
         gap = pairs["age_gap"].to_numpy()

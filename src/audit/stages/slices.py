@@ -3,6 +3,8 @@ subgroup names, confirmed on held-out subjects (:mod:`audit.metrics.slices`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 
 from audit.data.cohort import age_band
@@ -19,6 +21,16 @@ def slices_stage(ctx: RunContext) -> int:
     cfg = ctx.config.slices
     if not cfg.enabled:
         return ctx.write("slices", {}, note="slice discovery not run: turned off in the config")
+    base = SliceSettings(
+        max_order=cfg.max_order,
+        beam=cfg.beam,
+        min_size=cfg.min_size,
+        min_share=cfg.min_share,
+        top_k=cfg.top_k,
+        alpha=cfg.alpha,
+        bands=cfg.bands,
+        seed=cfg.seed,
+    )
     props = ctx.store.table("image_properties", ctx.run_id)
     detections = ctx.store.table("detections", ctx.run_id)
     parts = []
@@ -45,17 +57,7 @@ def slices_stage(ctx: RunContext) -> int:
             for note in notes:
                 ctx.note("slices", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
             for loss in losses:
-                settings = SliceSettings(
-                    max_order=cfg.max_order,
-                    beam=cfg.beam,
-                    min_size=cfg.min_size,
-                    min_share=cfg.min_share,
-                    top_k=cfg.top_k,
-                    alpha=cfg.alpha,
-                    min_effect=cfg.min_effect.get(loss.name, 0.0),
-                    bands=cfg.bands,
-                    seed=cfg.seed,
-                )
+                settings = replace(base, min_effect=cfg.min_effect.get(loss.name, 0.0))
                 found = discover(features, loss.values, settings, signed=loss.signed)
                 if found.empty:
                     continue

@@ -5,6 +5,8 @@ and confirmed in at least 9 of 10 seeds; cohorts without one confirm a slice in 
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -143,3 +145,134 @@ def test_faceage_losses_and_the_features_of_a_subject():
     assert set(features["embedding_cluster"]) == {"c1", "c2"}
     assert (features["embedding_cluster"] == features["embedding_cluster"][0]).sum() == 20
     assert "cancer_type" in slice_features(subjects, [], clinical=True).columns
+
+
+def _table(rows):
+    """A ``slices`` table of (loss, conditions, confirmed) for one model and output."""
+    import json
+
+    return pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "output": "faceage",
+                "loss": loss,
+                "slice": " & ".join(f"{f} = {v}" for f, v in conds),
+                "conditions": json.dumps([list(c) for c in conds]),
+                "confirmed": confirmed,
+            }
+            for loss, conds, confirmed in rows
+        ]
+    )
+
+
+def test_a_confirmed_slice_is_a_finding_unless_declared_a_narrowing_or_on_a_health_feature():
+    from audit.metrics.slices import judged
+
+    table = _table(
+        [
+            ("abs_error", [("age_band", "65-75")], True),  # a declared subgroup
+            ("abs_error", [("age_band", "65-75"), ("sex", "male")], True),  # narrows it
+            ("abs_error", [("brightness", "3 to 80"), ("camera", "x")], True),  # a finding
+            ("abs_error", [("site", "a")], False),
+            ("age_adjusted_error", [("embedding_cluster", "c2")], True),  # health: reported
+            ("abs_error", [("embedding_cluster", "c2")], True),  # judged on absolute error
+            ("age_adjusted_error", [("sex", "female"), ("race", "Black")], True),  # declared
+        ]
+    )
+    out = judged(
+        table,
+        [["age_band"], ["sex"], ["sex", "race"]],
+        ["abs_error", "age_adjusted_error"],
+        ["embedding_cluster"],
+    )
+    assert list(out["standing"]) == [
+        "declared",
+        "refines",
+        "finding",
+        "not confirmed",
+        "finding",
+        "finding",
+        "declared",
+    ]
+    assert list(out["judged"]) == [True, True, True, True, False, True, True]
+    # a row of a schema-17 file (no conditions stored) reads its slice's text
+    legacy = judged(table.assign(conditions=None), [["age_band"]], ["abs_error"], [])
+    assert list(legacy["standing"])[:3] == ["declared", "refines", "finding"]
+
+
+def test_a_cluster_is_described_by_the_metadata_that_distinguishes_it():
+    from audit.metrics.slices import describe_clusters
+
+    features = pd.DataFrame(
+        {
+            "sex": ["female"] * 30 + ["male"] * 10 + ["female"] * 10 + ["male"] * 30,
+            "camera": ["x", "y"] * 40,
+            "embedding_cluster": ["c1"] * 40 + ["c2"] * 40,
+        }
+    )
+    text = describe_clusters(features, bands=3, top=1)
+    assert text["c1"] == "c1 (40 subjects): 75% sex = female (vs 25%)"
+    assert text["c2"] == "c2 (40 subjects): 75% sex = male (vs 25%)"
+
+
+@pytest.fixture(scope="module")
+def planted_cohort(tmp_path_factory):
+    """A 1,200-subject demo cohort with rendered photos whose FaceAge (a precomputed column)
+    is age + N(0, 5^2), plus 4 years for women over 75 whose photo is in the dimmest third
+    (brightness measured as the audit measures it)."""
+    from audit.data.cohort import load_cohort
+    from audit.data.images import image_properties
+    from audit.demo.world import write_cohort
+
+    folder = write_cohort(tmp_path_factory.mktemp("s") / "planted", 1200, 31, photos=True)
+    cohort = load_cohort(folder)
+    frame = cohort.frame
+    props = image_properties(
+        [(p, cohort.image_file(i)) for p, i in zip(frame["photo_id"], frame["image_path"])]
+    ).set_index("photo_id")
+    brightness = props.loc[frame["photo_id"], "brightness"].to_numpy()
+    planted = (
+        (frame["sex"] == "female").to_numpy()
+        & (frame["age"] > 75).to_numpy()
+        & (brightness <= np.quantile(brightness, 1 / 3))
+    )
+    rng = np.random.default_rng(31)
+    manifest = pd.read_csv(folder / "manifest.csv")
+    assert (manifest["photo_id"] == frame["photo_id"]).all()
+    manifest["faceage"] = manifest["age"] + rng.normal(0, 5, len(manifest)) + 4.0 * planted
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    return folder, planted
+
+
+def test_an_audit_finds_confirms_and_judges_a_planted_slice(planted_cohort, tmp_path):
+    import audit
+
+    folder, planted = planted_cohort
+    assert 0.03 < planted.mean() < 0.08  # about 5% of the subjects
+    config = {
+        "preset": "quick",
+        "accuracy": {"age_bands": [65.0, 75.0]},
+        "fairness": {"n_boot": 0},
+        "slices": {"min_size": 15},
+    }
+    run = audit.run(folder, ["predictions:faceage"], out=tmp_path / "out", config=config)
+    slices = run.table("slices")
+    mine = slices[slices["loss"] == "age_adjusted_error"]
+    wanted = {"sex", "age_band", "brightness"}
+    hit = mine[
+        mine["confirmed"]
+        & mine["slice"].map(lambda s: {c.split(" = ")[0] for c in s.split(" & ")} == wanted)
+    ]
+    assert len(hit) == 1
+    row = hit.iloc[0]
+    assert "sex = female" in row["slice"] and "age_band = >75" in row["slice"]
+    assert row["ci_low"] <= 4.0 <= row["ci_high"] + 1.0  # held-out effect near the planted 4 y
+    check = run.table("verdicts").set_index("check_name").loc["slices_faceage"]
+    assert check["status"] == "fail" and "sex = female" in check["details"]
+    page = run.report_path.read_text()
+    assert 'id="slices"' in page and html.escape(row["slice"]) in page
+    card = (run.report_path.parent / "model_card.html").read_text()
+    assert "Slices beyond the declared subgroups" in card
+    exported = pd.read_csv(run.report_path.parent / "data" / "slices.csv")
+    assert len(exported) == len(slices)

@@ -33,6 +33,7 @@ Holm S. A simple sequentially rejective multiple test procedure. Scand J Stat 19
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,6 +225,7 @@ def discover(
         out.append(
             {
                 "slice": " & ".join(f"{names[c][0]} = {names[c][1]}" for c in row.conditions),
+                "conditions": json.dumps([[names[c][0], str(names[c][1])] for c in row.conditions]),
                 "n_conditions": len(row.conditions),
                 "n_search": int(row.n),
                 "n_confirm": int(len(inside)),
@@ -244,6 +246,92 @@ def discover(
         direction * frame["effect"] >= settings.min_effect
     )
     return frame
+
+
+FINDING, DECLARED, REFINES, NOT_CONFIRMED = "finding", "declared", "refines", "not confirmed"
+
+
+def conditions_of(table: pd.DataFrame) -> pd.Series:
+    """Each slice's conditions as a list of ``(feature, value)``: from the ``conditions``
+    JSON, or for a row written before it was stored (schema 17), from the slice's text."""
+    stored = table["conditions"] if "conditions" in table.columns else pd.Series(None, table.index)
+
+    def parse(text, slice_text):
+        if isinstance(text, str):
+            return [tuple(c) for c in json.loads(text)]
+        return [tuple(part.split(" = ", 1)) for part in str(slice_text).split(" & ")]
+
+    return pd.Series(
+        [parse(c, t) for c, t in zip(stored, table["slice"])], index=table.index, dtype=object
+    )
+
+
+def standing(table: pd.DataFrame, declared: list[list[str]]) -> pd.Series:
+    """What each slice of a ``slices`` table is: ``not confirmed``; ``declared`` (confirmed,
+    but its features are exactly a declared subgroup or intersection, judged by the fairness
+    audit already); ``refines`` (confirmed, and it holds every condition of a shorter
+    confirmed slice of the same model, output and loss: the same finding narrowed); else a
+    ``finding``."""
+    out = pd.Series(NOT_CONFIRMED, index=table.index, dtype=object)
+    if not len(table):
+        return out
+    sets = {frozenset(d) for d in declared}
+    conditions = conditions_of(table).map(frozenset)
+    confirmed = table["confirmed"].astype(bool)
+    for _, g in table[confirmed].groupby(["model", "output", "loss"], sort=False):
+        for i in g.index:
+            mine = conditions[i]
+            if frozenset(f for f, _ in mine) in sets:
+                out[i] = DECLARED
+            elif any(conditions[j] < mine for j in g.index if j != i):
+                out[i] = REFINES
+            else:
+                out[i] = FINDING
+    return out
+
+
+def judged(
+    table: pd.DataFrame,
+    declared: list[list[str]],
+    losses: list[str],
+    health_features: list[str],
+) -> pd.DataFrame:
+    """The table with each slice's ``standing`` and whether a verdict ``judged`` it: its
+    loss is one of ``losses``, and it is not a signed loss's slice on a feature of
+    ``health_features`` (where a face-age model reading older is its signal)."""
+    health = set(health_features)
+    on_health = conditions_of(table).map(lambda c: any(f in health for f, _ in c))
+    signed = table["loss"] != "abs_error"
+    return table.assign(
+        standing=standing(table, declared),
+        judged=table["loss"].isin(losses) & ~(signed & on_health),
+    )
+
+
+def describe_clusters(features: pd.DataFrame, bands: int, top: int = 3) -> dict[str, str]:
+    """Each embedding cluster described by the metadata that distinguishes it: the
+    ``top`` conditions (of the other features) whose share among the cluster's subjects
+    exceeds their share among the rest the most, e.g. ``62% sex = female (vs 44%)``."""
+    if "embedding_cluster" not in features.columns:
+        return {}
+    cluster = features["embedding_cluster"]
+    x, names = condition_matrix(features.drop(columns="embedding_cluster"), bands)
+    out = {}
+    for label in sorted({c for c in cluster if c is not None}, key=str):
+        inside = (cluster == label).to_numpy()
+        if not inside.any() or inside.all():
+            continue
+        share_in, share_out = x[inside].mean(0), x[~inside].mean(0)
+        lift = share_in - share_out
+        best = [k for k in np.argsort(-lift, kind="stable")[:top] if lift[k] > 0]
+        out[label] = f"{label} ({int(inside.sum())} subjects): " + (
+            "; ".join(
+                f"{share_in[k]:.0%} {names[k][0]} = {names[k][1]} (vs {share_out[k]:.0%})"
+                for k in best
+            )
+            or "no metadata distinguishes it"
+        )
+    return out
 
 
 def holm(p: np.ndarray) -> np.ndarray:

@@ -535,6 +535,25 @@ class Thresholds(_Section):
         description="conditions whose comparisons the verdict judges (empty: every one "
         "declared); the others are reported",
     )
+    slices_confirmed_max: int = Field(
+        0,
+        ge=0,
+        description="confirmed failure slices (each output; of the losses in slices_judged) "
+        "allowed that are new findings: not a declared fairness subgroup and not a narrowing "
+        "of a shorter confirmed slice",
+    )
+    slices_judged: list[str] = Field(
+        default_factory=lambda: ["abs_error", "age_adjusted_error", "deviance_residual"],
+        description="losses whose confirmed slices the verdict counts (of abs_error, "
+        "age_adjusted_error, deviance_residual); the others are reported",
+    )
+    slices_health_features: list[str] = Field(
+        default_factory=lambda: ["embedding_cluster", "cancer_type"],
+        description="features whose slices of a signed loss (FaceAge's age-adjusted error, "
+        "a score's deviance residual) are reported, not judged: a face-age model reading "
+        "older where it sees a sicker face is its signal, not a failure (add the clinical "
+        "covariates here when [slices] clinical is on); their absolute-error slices are judged",
+    )
     net_benefit_range: list[float] = Field(
         default_factory=list,
         description="[low, high] threshold probabilities of death: at "

@@ -8,7 +8,7 @@ to date by :func:`reconcile`: every change since version 1 was additive (a table
 appended at the end of one; 15 appended ``spread`` to ``predictions`` and
 ``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
 and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``; 17 added
-``slices``), so creating the
+``slices``, 18 appended ``conditions`` and ``description`` to it), so creating the
 missing tables and appending the missing columns in the order written here gives the same
 tables, in the same column order, as a file created new. A change that is not additive needs
 its own step in :data:`STEPS`.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 18
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,14 @@ TABLES: tuple[Table, ...] = (
         "three conditions (demographics, site, camera, covariates, banded image properties, "
         "embedding clusters) found on one half of the subjects and tested on the other; the "
         "confirmation half's effect on the loss with its 95% CI, Holm-corrected p and "
-        "whether the slice is confirmed.",
+        "whether the slice is confirmed; its conditions as JSON ``[[feature, value], ...]`` "
+        "and, for a slice of an embedding cluster, the metadata that distinguishes the "
+        "cluster.",
         "run_id VARCHAR, model VARCHAR, output VARCHAR, loss VARCHAR, unit VARCHAR, rank "
         "INTEGER, slice VARCHAR, n_conditions INTEGER, n_search BIGINT, n_confirm BIGINT, "
         "search_effect DOUBLE, search_t DOUBLE, effect DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
-        "p DOUBLE, p_holm DOUBLE, min_effect DOUBLE, confirmed BOOLEAN",
+        "p DOUBLE, p_holm DOUBLE, min_effect DOUBLE, confirmed BOOLEAN, conditions VARCHAR, "
+        "description VARCHAR",
     ),
     Table(
         "fairness",

@@ -21,6 +21,7 @@ import pandas as pd
 
 from audit.data.exclusions import most_excluded
 from audit.decisions.curves import threshold_runs, useful_thresholds, years
+from audit.metrics.slices import FINDING, NOT_CONFIRMED, judged
 from audit.pipeline.config import FairnessConfig, Thresholds
 from audit.pipeline.schema import columns
 
@@ -694,6 +695,9 @@ class Evidence:
     n_quarantined: int = 0
     has_outcomes: bool = False
     fairness_metrics: list[str] | None = None
+    # the subgroups the fairness audit judges (attributes and intersections): a confirmed
+    # slice that is exactly one of them is left to it
+    declared_groups: list[list[str]] | None = None
     tables: Mapping[str, pd.DataFrame | None] = field(default_factory=dict)
 
     def table(self, name: str) -> pd.DataFrame | None:
@@ -1029,6 +1033,68 @@ def paired_checks(table: pd.DataFrame, model: str, output: str, t: Thresholds) -
             )
         )
     return rows
+
+
+@register_check("slices", reads=("slices",))
+def _slices(ev: Evidence, m: dict) -> list[dict]:
+    table = ev.table("slices")
+    if table is None:
+        return []  # slice discovery turned off
+    declared = ev.declared_groups
+    if declared is None:
+        fairness = FairnessConfig()
+        declared = [[a] for a in fairness.attributes] + fairness.intersections
+    return [
+        slices_check(table, m["name"], output, declared, ev.thresholds) for output in m["outputs"]
+    ]
+
+
+def slices_check(
+    table: pd.DataFrame, model: str, output: str, declared: list[list[str]], t: Thresholds
+) -> dict:
+    """Confirmed failure slices of an output (of the losses in ``slices_judged``) that are
+    new findings (:func:`audit.metrics.slices.standing`: not a declared subgroup, not a
+    narrowing of a shorter confirmed slice) against ``slices_confirmed_max``; a signed
+    loss's slice on a feature of ``slices_health_features`` (what a face-age model is meant
+    to read) is reported, not counted."""
+    name = f"slices_{output}"
+    sel = table[(table["model"] == model) & (table["output"] == output)] if len(table) else table
+    if not len(sel):
+        return _row(
+            model,
+            name,
+            "slices",
+            t.slices_confirmed_max,
+            None,
+            False,
+            "no slice tested (too few subjects for the minimum slice size in each half, "
+            "or no loss for this output)",
+        )
+    sel = judged(sel, declared, t.slices_judged, t.slices_health_features)
+    judged_rows = sel[sel["judged"]]
+    losses = [name for name in t.slices_judged if name in set(sel["loss"])]
+    found = judged_rows[judged_rows["standing"] == FINDING]
+    listed = [
+        f"{r['slice']} ({r['loss']}: {r['effect']:+.2f} {r['unit']}, 95% CI "
+        f"{r['ci_low']:+.2f} to {r['ci_high']:+.2f}, n={int(r['n_confirm'])})"
+        for _, r in found.iterrows()
+    ][:5]
+    others = int((sel["standing"] != NOT_CONFIRMED).sum()) - len(found)
+    details = (
+        f"{len(found)} confirmed slice(s) of {', '.join(losses) or 'no judged loss'} "
+        f"among {len(judged_rows)} judged of {len(sel)} tested"
+        + (": " + "; ".join(listed) if listed else "")
+        + (
+            f"; {others} other confirmed slice(s) reported (declared subgroups, narrowings, "
+            "health features, losses not judged)"
+            if others
+            else ""
+        )
+    )
+    ok = len(found) <= t.slices_confirmed_max
+    return _row(
+        model, name, "slices", float(t.slices_confirmed_max), float(len(found)), ok, details
+    )
 
 
 def evaluate(evidence: Evidence) -> pd.DataFrame:

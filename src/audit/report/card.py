@@ -104,7 +104,25 @@ def _card(m: dict, ctx: dict, t: dict, evaluation: dict, verdict_metrics, judged
     paired = _paired_summary(t.get("paired"), name)
     if paired:  # (a card without a paired study keeps the keys it always had)
         card["paired"] = paired
+    slices = _slices_summary(ctx.get("slices"), name)
+    if slices is not None:  # (likewise a card of a run without slice discovery)
+        card["slices"] = slices
     return card
+
+
+SLICE_KEYS = ("output", "loss", "slice", "unit", "n_confirm", "effect", "ci_low", "ci_high")
+SLICE_KEYS += ("standing", "counted")
+
+
+def _slices_summary(view: dict | None, name: str) -> dict | None:
+    """The slices searched for this model and the confirmed ones (from the page's view)."""
+    blocks = [b for b in (view or {}).get("blocks", []) if b["model"] == name]
+    if not blocks:
+        return None
+    return {
+        "tested": sum(len(b["confirmed"]) + len(b["tested"]) for b in blocks),
+        "confirmed": [{k: r[k] for k in SLICE_KEYS} for b in blocks for r in b["confirmed"]],
+    }
 
 
 PAIRED_KEYS = ("output", "comparison", "n_pairs", "unit", "mean_shift", "mean_shift_low")

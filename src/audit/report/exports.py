@@ -28,6 +28,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "accuracy": (),
     "robustness": (),
     "paired": (),
+    "slices": (),
     "fairness": (),
     "representativeness": (),
     "comparisons": (),

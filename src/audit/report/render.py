@@ -19,6 +19,8 @@ import pandas as pd
 from audit.data.exclusions import exclusions_by_group
 from audit.data.hashing import sha256_file
 from audit.data.privacy import id_scrubber, pseudonym
+from audit.metrics.slices import DECLARED, FINDING, NOT_CONFIRMED, REFINES, judged
+from audit.pipeline.config import FairnessConfig, SlicesConfig, Thresholds
 from audit.pipeline.store import Store
 from audit.report import onsite, plots
 from audit.report.card import model_cards
@@ -115,6 +117,7 @@ RUN_TABLES = (
     "robustness",
     "paired",
     "paired_pairs",
+    "slices",
     "fairness",
     "survival_subgroups",
     "representativeness",
@@ -241,6 +244,7 @@ def _analysis_views(t: dict, config: dict) -> dict:
             t["paired"], t["paired_pairs"], t["robustness"], config.get("paired") or {}
         ),
         "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
+        "slices": _slices_view(t["slices"], config),
         "fairness": _fairness_view(
             t["fairness"],
             t["survival_subgroups"],
@@ -919,6 +923,47 @@ def _paired_view(
             }
         )
     return {"blocks": blocks, "config": cfg}
+
+
+STANDING_ORDER = {FINDING: 0, DECLARED: 1, REFINES: 2, NOT_CONFIRMED: 3}
+
+
+def _slices_view(table: pd.DataFrame | None, config: dict) -> dict | None:
+    """The slice-discovery section: per model and output the confirmed slices (new findings
+    first, then declared subgroups and narrowings), each with its confirmation-half effect,
+    CI and Holm p, whether the verdict counts it, and an embedding cluster's description;
+    the slices tested but not confirmed folded away."""
+    if table is None or table.empty:
+        return None
+    t = Thresholds(**(config.get("thresholds") or {}))
+    fairness = FairnessConfig(**(config.get("fairness") or {}))
+    declared = [[a] for a in fairness.attributes] + [list(i) for i in fairness.intersections]
+    rows = judged(table, declared, t.slices_judged, t.slices_health_features)
+    rows = rows.assign(
+        _order=rows["standing"].map(STANDING_ORDER),
+        counted=rows["judged"] & (rows["standing"] == FINDING),
+    ).sort_values(["model", "output", "_order", "loss", "rank"], kind="stable")
+    blocks = []
+    for (model, output), g in rows.groupby(["model", "output"], sort=False):
+        confirmed = g[g["standing"] != NOT_CONFIRMED]
+        blocks.append(
+            {
+                "model": model,
+                "output": output,
+                "confirmed": _records(confirmed.drop(columns="_order")),
+                "tested": _records(g[g["standing"] == NOT_CONFIRMED].drop(columns="_order")),
+                "n_counted": int(g["counted"].sum()),
+                "losses": list(dict.fromkeys(g["loss"])),
+            }
+        )
+    cfg = SlicesConfig(**(config.get("slices") or {}))
+    return {
+        "blocks": blocks,
+        "config": cfg.model_dump(),
+        "judged": t.slices_judged,
+        "health": t.slices_health_features,
+        "allowed": t.slices_confirmed_max,
+    }
 
 
 def _synthetic_beside_real(

@@ -507,6 +507,14 @@ def _imbalance_fairness_output(f: _Facts) -> dict:
         if has["fairness"]
         else (NOT_ANSWERED, [], "Fairness was not assessed in this run.")
     )
+    if has.get("slices"):
+        status, links, text = a["14"]
+        a["14"] = (
+            ANSWERED if status == ANSWERED else PARTLY,
+            links + [page("slices", "slices")],
+            text + " Beyond the declared subgroups: combinations of conditions where a model "
+            "fails, searched on half the subjects and confirmed on the other half.",
+        )
     judged = (config.get("thresholds") or {}).get("net_benefit_range") or []
     a["15"] = (
         ANSWERED,

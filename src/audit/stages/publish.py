@@ -22,6 +22,8 @@ def verdict_stage(ctx: RunContext) -> str:
     tables = {name: ctx.store.table(name, ctx.run_id) for name in tables_read()}
     if not ctx.config.fairness.enabled:
         tables["decision_subgroups"] = None  # the subgroup utility check is fairness's
+    if not ctx.config.slices.enabled:
+        tables["slices"] = None
     verdicts = evaluate(
         Evidence(
             models=[
@@ -33,6 +35,8 @@ def verdict_stage(ctx: RunContext) -> str:
             n_quarantined=int(q),
             has_outcomes=ctx.cohort.has_outcomes,
             fairness_metrics=ctx.config.fairness.verdict_metrics,
+            declared_groups=[[a] for a in ctx.config.fairness.attributes]
+            + [list(i) for i in ctx.config.fairness.intersections],
             tables=tables,
         )
     )

@@ -3,12 +3,19 @@ subgroup names, confirmed on held-out subjects (:mod:`audit.metrics.slices`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pandas as pd
 
 from audit.data.cohort import age_band
-from audit.metrics.slices import SliceSettings, discover, output_losses, slice_features
+from audit.metrics.slices import (
+    SliceSettings,
+    describe_clusters,
+    discover,
+    output_losses,
+    slice_features,
+)
 from audit.pipeline import progress
 from audit.pipeline.schema import columns
 from audit.stages.context import RunContext, one_per_subject, wide_predictions
@@ -52,6 +59,7 @@ def slices_stage(ctx: RunContext) -> int:
             seed=cfg.seed,
             clinical=cfg.clinical,
         )
+        described = describe_clusters(features, cfg.bands)
         for output in model.outputs:
             losses, notes = output_losses(subjects, output)
             for note in notes:
@@ -69,6 +77,7 @@ def slices_stage(ctx: RunContext) -> int:
                         unit=loss.unit,
                         rank=range(1, len(found) + 1),
                         min_effect=settings.min_effect,
+                        description=found["conditions"].map(lambda c: _cluster_text(c, described)),
                     )
                 )
     frame = (
@@ -86,3 +95,11 @@ def slices_stage(ctx: RunContext) -> int:
         f"(and {cfg.min_share:.0%} of them), so a cohort needs well over {floor} subjects",
     )
     return ctx.write("slices", {"slices": frame}, note="; ".join(ctx.notes["slices"]))
+
+
+def _cluster_text(conditions: str, described: dict[str, str]) -> str | None:
+    """The description of the embedding cluster a slice's conditions name, if any."""
+    for feature, value in json.loads(conditions):
+        if feature == "embedding_cluster":
+            return described.get(value)
+    return None

@@ -69,8 +69,9 @@ def audit_sequence(
     fan_out: FanOut = inline_fan_out,
 ) -> dict:
     """validate -> predict -> robustness -> paired -> saliency -> accuracy -> fairness ->
-    survival -> slices -> drift -> verdict -> publish. ``shards`` > 0 splits inference and the
-    robustness sample into that many shards each. Returns ``{"run_id", "verdict", "report"}``."""
+    survival -> slices -> drift -> estimate -> verdict -> publish. ``shards`` > 0 splits
+    inference and the robustness sample into that many shards each. Returns
+    ``{"run_id", "verdict", "report"}``."""
     with stages.running(ctx):
         step("validate", stages.validate_stage, ctx)
         progress.note(run_plan(ctx))
@@ -98,6 +99,7 @@ def audit_sequence(
             ("survival", stages.survival_stage),
             ("slices", stages.slices_stage),
             ("drift", stages.drift_stage),
+            ("estimate", stages.estimate_stage),
         ):
             step(name, fn, ctx)
         verdict = step("verdict", stages.verdict_stage, ctx)

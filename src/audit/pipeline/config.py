@@ -326,6 +326,30 @@ class DriftConfig(_Section):
     html: bool = Field(True, description="keep evidently's HTML report as a run artifact")
 
 
+class EstimateConfig(_Section):
+    """Performance on a new cohort estimated before its outcomes are known: the reference
+    run's outcomes reweighted to this cohort's case mix (``audit.monitor.estimate``)."""
+
+    enabled: bool = Field(True, description="with a reference run (--reference)")
+    n_boot: int = Field(200, ge=0, description="bootstrap resamples of the reference subjects")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    folds: int = Field(5, ge=2, description="cross-fitting folds of the cohort classifier")
+    horizons: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 5.0],
+        description="years; AUC and calibration where the reference's follow-up reaches",
+    )
+    min_ess: float = Field(
+        100.0, ge=1, description="below this effective sample size of the weights: not estimated"
+    )
+    min_ess_share: float = Field(
+        0.05, ge=0, le=1, description="... or below this share of the reference subjects"
+    )
+    embedding_components: int = Field(
+        8, ge=0, description="principal components of the embeddings the classifier sees"
+    )
+    seed: int = 0
+
+
 class AlertsConfig(_Section):
     """Where scheduled runs send alerts (a webhook, through Prefect's notification block)."""
 
@@ -586,6 +610,7 @@ class AuditConfig(_Section):
     paired: PairedConfig = Field(default_factory=PairedConfig)
     slices: SlicesConfig = Field(default_factory=SlicesConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)

@@ -8,7 +8,8 @@ to date by :func:`reconcile`: every change since version 1 was additive (a table
 appended at the end of one; 15 appended ``spread`` to ``predictions`` and
 ``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
 and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``; 17 added
-``slices``, 18 appended ``conditions`` and ``description`` to it), so creating the
+``slices``, 18 appended ``conditions`` and ``description`` to it and added
+``estimated_performance``), so creating the
 missing tables and appending the missing columns in the order written here gives the same
 tables, in the same column order, as a file created new. A change that is not additive needs
 its own step in :data:`STEPS`.
@@ -169,6 +170,24 @@ TABLES: tuple[Table, ...] = (
         "search_effect DOUBLE, search_t DOUBLE, effect DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
         "p DOUBLE, p_holm DOUBLE, min_effect DOUBLE, confirmed BOOLEAN, conditions VARCHAR, "
         "description VARCHAR",
+    ),
+    Table(
+        "estimated_performance",
+        "Each model's performance on this cohort estimated from a reference run's outcomes "
+        "reweighted to this cohort's case mix (covariate shift; cross-fitted classifier "
+        "weights): the reference's own value, the estimate with its bootstrap CI and the "
+        "range the realised value of this cohort's size should fall in, the weights' "
+        "effective sample size (all subjects, deaths) and the classifier's AUC; with this "
+        "cohort's outcomes the realised value and the gap (realised minus estimate) with CIs; "
+        "an earlier run's estimate of this cohort; status estimated or poor overlap (why: "
+        "note).",
+        "run_id VARCHAR, reference VARCHAR, model VARCHAR, output VARCHAR, metric VARCHAR, "
+        "horizon DOUBLE, reference_value DOUBLE, estimate DOUBLE, ci_low DOUBLE, ci_high "
+        "DOUBLE, pred_low DOUBLE, pred_high DOUBLE, realised DOUBLE, realised_low DOUBLE, "
+        "realised_high DOUBLE, gap DOUBLE, gap_low DOUBLE, gap_high DOUBLE, status VARCHAR, "
+        "ess DOUBLE, ess_deaths DOUBLE, classifier_auc DOUBLE, n_reference BIGINT, n_current "
+        "BIGINT, note VARCHAR, earlier_run VARCHAR, earlier_estimate DOUBLE, earlier_low "
+        "DOUBLE, earlier_high DOUBLE",
     ),
     Table(
         "fairness",

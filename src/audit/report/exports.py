@@ -41,6 +41,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "decision_curves": (),
     "decision_subgroups": (),
     "drift": (),
+    "estimated_performance": (),
     "saliency": (),
     "saliency_checks": (),
 }

@@ -124,6 +124,7 @@ RUN_TABLES = (
     "face_pipeline",
     "comparisons",
     "drift",
+    "estimated_performance",
     "artifacts",
     "saliency",
     "saliency_maps",
@@ -237,6 +238,7 @@ def _analysis_views(t: dict, config: dict) -> dict:
     """The drift, robustness, saliency and fairness sections, from their stored tables."""
     return {
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
+        "estimate": _estimate_view(t["estimated_performance"]),
         "robustness": _robustness_view(
             t["robustness"], config.get("robustness") or {}, t["figures"]
         ),
@@ -923,6 +925,39 @@ def _paired_view(
             }
         )
     return {"blocks": blocks, "config": cfg}
+
+
+def _estimate_view(table: pd.DataFrame | None) -> dict | None:
+    """Performance estimated without outcomes, per model: the overlap of the two cohorts
+    (effective sample size, classifier AUC, or why it is too poor), and per measure the
+    reference's value, the estimate with its CI and the range the realised value should fall
+    in, the realised value and the gap once outcomes are known, and an earlier estimate."""
+    if table is None or table.empty:
+        return None
+    blocks = []
+    for model, g in table.groupby("model", sort=False):
+        first = g.iloc[0]
+        rows = g.assign(
+            changed=(g["gap_low"] > 0) | (g["gap_high"] < 0),
+            outside=(g["realised"] < g["pred_low"]) | (g["realised"] > g["pred_high"]),
+        )
+        blocks.append(
+            {
+                "model": model,
+                "status": first["status"],
+                "note": first["note"],
+                "ess": first["ess"],
+                "ess_deaths": first["ess_deaths"],
+                "classifier_auc": first["classifier_auc"],
+                "n_reference": int(first["n_reference"]),
+                "n_current": int(first["n_current"]),
+                "rows": _records(rows),
+                "realised": bool(g["realised"].notna().any()),
+                "earlier": bool(g["earlier_run"].notna().any()),
+                "n_changed": int(rows["changed"].sum()),
+            }
+        )
+    return {"blocks": blocks, "reference": table["reference"].iloc[0]}
 
 
 STANDING_ORDER = {FINDING: 0, DECLARED: 1, REFINES: 2, NOT_CONFIRMED: 3}

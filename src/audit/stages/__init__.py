@@ -18,6 +18,7 @@ One module per stage, in the order a run takes them: :mod:`~audit.stages.validat
 from audit.stages.analysis import accuracy_stage, fairness_stage, survival_stage
 from audit.stages.context import RunContext, fail, failed_start, running, start
 from audit.stages.drift import drift_stage
+from audit.stages.estimate import estimate_stage
 from audit.stages.paired import paired_stage
 from audit.stages.predict import Shard, plan_shards, predict_stage, run_shard
 from audit.stages.publish import publish_stage, verdict_stage
@@ -40,6 +41,7 @@ __all__ = [
     "Shard",
     "accuracy_stage",
     "drift_stage",
+    "estimate_stage",
     "fail",
     "failed_start",
     "fairness_stage",

@@ -21,7 +21,7 @@ from audit.pipeline.store import Store
 from audit.stages.context import RunContext
 
 
-def _run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
+def run_frame(store: Store, run_id: str, models: list[str]) -> pd.DataFrame:
     """One row per included photo of a run: its standard columns, image properties and each
     model's clean predictions (``<model>:<output>``)."""
     rows = store.table("cohort_rows", run_id)
@@ -95,7 +95,7 @@ def drift_stage(ctx: RunContext) -> int:
     if ref == ctx.run_id or ctx.store.run(ref)["status"] != "finished":
         raise InputError(f"--reference {ref}: not a finished earlier run in {ctx.store.path}")
     names = [m.name for m in ctx.models]
-    reference, current = _run_frame(ctx.store, ref, names), _run_frame(ctx.store, ctx.run_id, names)
+    reference, current = run_frame(ctx.store, ref, names), run_frame(ctx.store, ctx.run_id, names)
     covariates = _covariate_features(ctx, ref, reference, current)
     if covariates:
         reference, current = covariates.pop("_frames")

@@ -214,8 +214,8 @@ def monitor_runs(tmp_path_factory):
     from audit.demo.world import WorldParams, write_cohort
 
     root = tmp_path_factory.mktemp("estimate")
-    ref_dir = write_cohort(root / "ref", 1000, 11)
-    new_dir = write_cohort(root / "new", 1000, 12, params=WorldParams(age_mean=72.0), name="new")
+    ref_dir = write_cohort(root / "ref", 600, 11)
+    new_dir = write_cohort(root / "new", 600, 12, params=WorldParams(age_mean=72.0), name="new")
     early = root / "early"
     shutil.copytree(new_dir, early)
     manifest = pd.read_csv(early / "manifest.csv")

@@ -78,6 +78,20 @@ class EstimateSettings:
     components: int = 8  # principal components of the embeddings the classifier sees
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, cfg) -> EstimateSettings:
+        """From the ``[estimate]`` config section."""
+        return cls(
+            folds=cfg.folds,
+            n_boot=cfg.n_boot,
+            level=cfg.ci_level,
+            horizons=tuple(cfg.horizons),
+            min_ess=cfg.min_ess,
+            min_ess_share=cfg.min_ess_share,
+            components=cfg.embedding_components,
+            seed=cfg.seed,
+        )
+
 
 # ---------------------------------------------------------------------------- weights
 

@@ -9,7 +9,7 @@ appended at the end of one; 15 appended ``spread`` to ``predictions`` and
 ``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
 and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``; 17 added
 ``slices``, 18 appended ``conditions`` and ``description`` to it and added
-``estimated_performance``), so creating the
+``estimated_performance`` and ``drift_case_mix``), so creating the
 missing tables and appending the missing columns in the order written here gives the same
 tables, in the same column order, as a file created new. A change that is not additive needs
 its own step in :data:`STEPS`.
@@ -170,6 +170,19 @@ TABLES: tuple[Table, ...] = (
         "search_effect DOUBLE, search_t DOUBLE, effect DOUBLE, ci_low DOUBLE, ci_high DOUBLE, "
         "p DOUBLE, p_holm DOUBLE, min_effect DOUBLE, confirmed BOOLEAN, conditions VARCHAR, "
         "description VARCHAR",
+    ),
+    Table(
+        "drift_case_mix",
+        "Each feature's drift against the reference before and after reweighting the reference "
+        "to this cohort's age, sex and race mix: mean shift (numbers) with the adjusted shift's "
+        "bootstrap CI, normed Wasserstein or Jensen-Shannon distance before and after, the "
+        "share the case mix explains, and whether the drift is explained by case mix, partly "
+        "explained, not explained (acquisition, model behaviour) or no drift.",
+        "run_id VARCHAR, reference VARCHAR, model VARCHAR, feature VARCHAR, kind VARCHAR, "
+        "drifted BOOLEAN, raw_shift DOUBLE, adjusted_shift DOUBLE, adjusted_low DOUBLE, "
+        "adjusted_high DOUBLE, raw_distance DOUBLE, adjusted_distance DOUBLE, distance_method "
+        "VARCHAR, explained_share DOUBLE, status VARCHAR, ess DOUBLE, n_reference BIGINT, "
+        "n_current BIGINT",
     ),
     Table(
         "estimated_performance",

@@ -42,6 +42,7 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "decision_subgroups": (),
     "drift": (),
     "estimated_performance": (),
+    "drift_case_mix": (),
     "saliency": (),
     "saliency_checks": (),
 }

@@ -125,6 +125,7 @@ RUN_TABLES = (
     "comparisons",
     "drift",
     "estimated_performance",
+    "drift_case_mix",
     "artifacts",
     "saliency",
     "saliency_maps",
@@ -239,6 +240,7 @@ def _analysis_views(t: dict, config: dict) -> dict:
     return {
         "drift": _drift_view(t["drift"], t["artifacts"], config.get("drift") or {}),
         "estimate": _estimate_view(t["estimated_performance"]),
+        "case_mix": _records(_case_mix_order(t["drift_case_mix"])),
         "robustness": _robustness_view(
             t["robustness"], config.get("robustness") or {}, t["figures"]
         ),
@@ -925,6 +927,22 @@ def _paired_view(
             }
         )
     return {"blocks": blocks, "config": cfg}
+
+
+CASE_MIX_ORDER = {"not explained": 0, "partly explained": 1, "explained by case mix": 2}
+
+
+def _case_mix_order(table: pd.DataFrame | None) -> pd.DataFrame:
+    """The case-mix rows of the features that drift (before or after reweighting): what
+    the case mix does not explain first."""
+    if table is None or table.empty:
+        return pd.DataFrame()
+    kept = table[table["status"] != "no drift"]
+    return (
+        kept.assign(_o=kept["status"].map(CASE_MIX_ORDER))
+        .sort_values(["_o", "kind", "feature"], kind="stable")
+        .drop(columns="_o")
+    )
 
 
 def _estimate_view(table: pd.DataFrame | None) -> dict | None:

@@ -8,6 +8,7 @@ import pandas as pd
 from audit.data.cohort import load_cohort
 from audit.data.hashing import HashCache, sha256_file
 from audit.errors import InputError
+from audit.monitor.casemix import CASE_MIX_COLUMNS, explain_drift
 from audit.monitor.drift import (
     IMAGE_NUMERIC,
     METADATA_CATEGORICAL,
@@ -17,6 +18,7 @@ from audit.monitor.drift import (
     feature_drift,
     quality_change,
 )
+from audit.monitor.estimate import EstimateSettings
 from audit.pipeline.store import Store
 from audit.stages.context import RunContext
 
@@ -84,6 +86,41 @@ def _covariate_features(
     return out
 
 
+def _case_mix(ctx: RunContext, reference, current, features, frame) -> pd.DataFrame:
+    """Each feature's drift before and after reweighting the reference to this cohort's age,
+    sex and race mix (:mod:`audit.monitor.casemix`), named as the drift rows are."""
+    cfg = ctx.config.drift
+    drifted = {(r.model, r.feature): bool(r.drifted) for r in frame.itertuples()}
+    try:
+        table, note = explain_drift(
+            reference,
+            current,
+            features,
+            EstimateSettings.from_config(ctx.config.estimate),
+            drifted,
+            (cfg.min_effect_numeric, cfg.min_effect_categorical),
+        )
+    except RuntimeError as exc:  # the case-mix classifier did not converge
+        table, note = pd.DataFrame(columns=CASE_MIX_COLUMNS), f"drift not split by case mix: {exc}"
+    if note:
+        ctx.note("drift", note)
+    if not len(table):
+        return table
+    table["feature"] = (
+        table["feature"]
+        .str.split(":")
+        .str[-1]
+        .where(table["kind"] == "predictions", table["feature"])
+    )
+    kept = table[table["status"] != "no drift"]
+    if len(kept):
+        ctx.note(
+            "drift",
+            "case mix: " + ", ".join(f"{r.feature} {r.status}" for r in kept.itertuples()),
+        )
+    return table
+
+
 def drift_stage(ctx: RunContext) -> int:
     """The cohort against the reference run (``--reference``): metadata, image properties,
     predictions, embeddings and model quality; evidently's HTML kept as an artifact."""
@@ -127,13 +164,14 @@ def drift_stage(ctx: RunContext) -> int:
         quality_change(ctx.store.table("accuracy", ref), ctx.store.table("accuracy", ctx.run_id))
     )
     frame = decide(rows, cfg).assign(reference=ref)
+    case_mix = _case_mix(ctx, reference, current, features, frame)
     frame["feature"] = (
         frame["feature"]
         .str.split(":")
         .str[-1]
         .where(frame["kind"] == "predictions", frame["feature"])
     )
-    tables = {"drift": frame}
+    tables = {"drift": frame, "drift_case_mix": case_mix.assign(reference=ref)}
     if snapshot is not None and cfg.html:
         path = ctx.out_dir / "runs" / ctx.run_id / "drift.html"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,6 @@ realised now."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 
@@ -61,16 +59,7 @@ def estimate_stage(ctx: RunContext) -> int:
     if not cfg.enabled or ref is None:
         why = "turned off in the config" if not cfg.enabled else "no reference run given"
         return ctx.write("estimate", {}, note=f"performance not estimated: {why}")
-    settings = EstimateSettings(
-        folds=cfg.folds,
-        n_boot=cfg.n_boot,
-        level=cfg.ci_level,
-        horizons=tuple(cfg.horizons),
-        min_ess=cfg.min_ess,
-        min_ess_share=cfg.min_ess_share,
-        components=cfg.embedding_components,
-        seed=cfg.seed,
-    )
+    settings = EstimateSettings.from_config(cfg)
     parts = []
     for model in ctx.models:
         reference = _subjects(ctx.store, ref, model.name, model.outputs)
@@ -100,7 +89,7 @@ def estimate_stage(ctx: RunContext) -> int:
             settings.components,
         )
         try:
-            weights = importance_weights(x_ref, x_cur, replace(settings))
+            weights = importance_weights(x_ref, x_cur, settings)
         except RuntimeError as exc:
             ctx.note("estimate", f"{model.name}: not estimated: {exc}")
             continue

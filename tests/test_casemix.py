@@ -1,0 +1,129 @@
+"""Drift explained by case mix (``audit.monitor.casemix``): a cohort that is only older
+drifts in FaceAge, and the drift is explained by its age mix; a cohort with darker photos at
+the same mix drifts in brightness, and it is not; a site share that follows age is explained
+by the age mix; the raw distance is evidently's drift effect; and through the drift stage,
+on rendered photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.monitor.casemix import EXPLAINED, NO_DRIFT, NOT_EXPLAINED, explain_drift
+from audit.monitor.estimate import EstimateSettings
+
+FEATURES = [
+    ("brightness", "images", "num", None),
+    ("site", "metadata", "cat", None),
+    ("m:faceage", "predictions", "num", "m"),
+]
+
+
+def _photos(n, seed, age_shift=0.0, darker=0.0):
+    """Photos whose FaceAge reads age (plus noise), whose site is b more often when older,
+    and whose brightness is the camera's alone (minus ``darker``)."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(60 + age_shift, 10, n)
+    older = 1 / (1 + np.exp(-(age - 65) / 5))
+    return pd.DataFrame(
+        {
+            "age": age,
+            "sex": rng.choice(["female", "male"], n),
+            "race": rng.choice(["White", "Black", "Asian"], n, p=[0.6, 0.2, 0.2]),
+            "site": np.where(rng.random(n) < older, "b", "a"),
+            "brightness": rng.normal(120 - darker, 30, n),
+            "m:faceage": age + rng.normal(0, 5, n),
+        }
+    )
+
+
+def _explain(cur, drifted):
+    table, note = explain_drift(
+        _photos(1500, 1), cur, FEATURES, EstimateSettings(n_boot=100), drifted
+    )
+    assert note is None
+    return table.set_index("feature")
+
+
+def test_an_older_cohort_drifts_and_its_case_mix_explains_it():
+    drifted = {(None, "site"): True, ("m", "m:faceage"): True, (None, "brightness"): False}
+    table = _explain(_photos(1500, 2, age_shift=10), drifted)
+    face = table.loc["m:faceage"]
+    assert face["raw_shift"] == pytest.approx(10, abs=1.5)  # FaceAge 10 years older
+    assert face["adjusted_low"] <= 0 <= face["adjusted_high"]
+    assert face["status"] == EXPLAINED and face["explained_share"] > 0.8
+    assert table.loc["site", "status"] == EXPLAINED  # site b follows age
+    assert table.loc["site", "adjusted_distance"] < table.loc["site", "raw_distance"] / 2
+    assert table.loc["brightness", "status"] == NO_DRIFT
+    assert "age" not in table.index and "sex" not in table.index  # the mix itself
+
+
+def test_darker_photos_at_the_same_mix_are_not_explained_by_it():
+    drifted = {(None, "brightness"): True, ("m", "m:faceage"): False, (None, "site"): False}
+    table = _explain(_photos(1500, 3, darker=25), drifted)
+    bright = table.loc["brightness"]
+    assert bright["raw_shift"] == pytest.approx(-25, abs=4)
+    assert bright["adjusted_high"] < 0 and bright["status"] == NOT_EXPLAINED
+    assert bright["explained_share"] < 0.25
+    assert table.loc["m:faceage", "status"] == NO_DRIFT
+
+
+def test_the_raw_distance_is_evidentlys_drift_effect():
+    from audit.monitor.drift import feature_drift
+
+    ref, cur = _photos(800, 4), _photos(800, 5, age_shift=5, darker=10)
+    rows, _ = feature_drift(ref, cur, FEATURES)
+    effect = {r["feature"]: r["effect"] for r in rows}
+    table, _ = explain_drift(ref, cur, FEATURES, EstimateSettings(n_boot=20))
+    for row in table.itertuples():
+        assert row.raw_distance == pytest.approx(effect[row.feature], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def drift_runs(tmp_path_factory):
+    """Rendered demo cohorts audited against a reference: one only older, one with darker
+    photos (30% less light) at the same mix."""
+    import audit
+    from audit.demo.world import WorldParams, write_cohort
+
+    root = tmp_path_factory.mktemp("casemix")
+    config = {
+        "preset": "quick",
+        "fairness": {"enabled": False},
+        "slices": {"enabled": False},
+        "survival": {"n_boot": 0},
+        "drift": {"html": False},
+        "estimate": {"n_boot": 50},
+    }
+    model = ["predictions:faceage"]
+
+    def cohort(name, seed, **params):
+        folder = write_cohort(
+            root / name, 600, seed, photos=True, oracle=True, params=WorldParams(**params)
+        )
+        return folder
+
+    out = root / "out"
+    ref = audit.run(cohort("ref", 41), model, out=out, config=config)
+    older = audit.run(
+        cohort("older", 42, age_mean=76.0), model, out=out, config=config, reference=ref.run_id
+    )
+    darker = audit.run(
+        cohort("darker", 43, light=0.7), model, out=out, config=config, reference=ref.run_id
+    )
+    return older, darker
+
+
+def test_through_the_drift_stage_age_is_case_mix_and_darker_photos_are_not(drift_runs):
+    older, darker = drift_runs
+    mix = older.table("drift_case_mix").set_index("feature")
+    drift = older.table("drift").set_index("feature")
+    assert bool(drift.loc["faceage", "drifted"]) and bool(drift.loc["age", "drifted"])
+    assert mix.loc["faceage", "status"] == EXPLAINED
+    dark = darker.table("drift_case_mix").set_index("feature")
+    assert bool(darker.table("drift").set_index("feature").loc["brightness", "drifted"])
+    assert dark.loc["brightness", "status"] == NOT_EXPLAINED
+    assert dark.loc["brightness", "adjusted_high"] < 0
+    page = darker.report_path.read_text()
+    assert "Drift explained by case mix" in page and "not explained" in page

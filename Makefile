@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cox.py
 	$(PY) benchmarks/faces.py
 	$(PY) benchmarks/slices.py
+	$(PY) benchmarks/estimate.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo site

@@ -143,6 +143,7 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
         "survival",
         "slices",
         "drift",
+        "estimate",
         "verdict",
         "publish",
     ]
@@ -559,6 +560,7 @@ def test_out_of_range_predictions_are_quarantined(prefect_harness, demo_cohort, 
     assert acc[(acc.metric == "mae") & (acc.attribute == "all")].iloc[0].n == 399
 
 
+@pytest.mark.slow  # a whole audit twice over (make test-all)
 def test_the_prediction_cache_recomputes_nothing_it_has(prefect_harness, tmp_path, config):
     """A rerun computes nothing; an overlapping cohort computes only its new photos."""
     import shutil

@@ -369,6 +369,7 @@ def test_demo_survival_looks_more_at_frailty_cues_than_faceage(demo_maps):
 # ---------------------------------------------------------------------------- the stage
 
 
+@pytest.mark.slow  # a whole audit with saliency (make test-all)
 def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     """`run --saliency` on rendered faces with both demo models: region shares, cohort maps
     and checks in DuckDB, never a map of fewer than min_faces photos; the report section and

@@ -66,8 +66,8 @@ CASE_MIX_COLUMNS = [
 
 
 def _weighted_js(reference: pd.Series, current: pd.Series, w: np.ndarray) -> float:
-    """Jensen-Shannon distance (natural log, as evidently) of the current shares against the reference's
-    shares under the weights ``w``."""
+    """Jensen-Shannon distance (natural log, as evidently) of the current shares against
+    the reference's shares under the weights ``w``."""
     from scipy.spatial.distance import jensenshannon
 
     ref = reference.astype(str).to_numpy()

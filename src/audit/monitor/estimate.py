@@ -199,16 +199,18 @@ def importance_weights(x_ref: np.ndarray, x_cur: np.ndarray, settings: EstimateS
     return Weights(w, auc, ess, ess / nr, poor)
 
 
-def _classifier(x: np.ndarray, y: np.ndarray, sample_weight=None):
-    """The cohort classifier (L2 logistic regression); one whose fit does not converge
-    raises :class:`RuntimeError`."""
+def _classifier(x: np.ndarray, y: np.ndarray, sample_weight=None, start=None):
+    """The cohort classifier (L2 logistic regression), fitted from ``start`` (a fitted
+    classifier whose coefficients it starts from) when given; one whose fit does not
+    converge raises :class:`RuntimeError`."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    model = start if start is not None else LogisticRegression(C=1.0, max_iter=2000)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         try:
-            return LogisticRegression(C=1.0, max_iter=2000).fit(x, y, sample_weight=sample_weight)
+            return model.fit(x, y, sample_weight=sample_weight)
         except ConvergenceWarning as exc:
             raise RuntimeError(f"the cohort classifier did not converge ({exc})") from exc
 
@@ -218,14 +220,20 @@ def resampled_weights(
 ) -> np.ndarray:
     """(B, n_ref) weights of the reference subjects refitted on each resample of both
     cohorts (the counts as sample weights), so that the CIs carry the weights' own error;
-    each row normalised to mean 1 over its resample."""
+    each row normalised to mean 1 over its resample. Each fit starts from the whole
+    sample's coefficients (warm start: the same optimum, reached in fewer steps)."""
+    from sklearn.base import clone
+
     x = np.vstack([x_ref, x_cur])
     y = np.r_[np.zeros(len(x_ref)), np.ones(len(x_cur))]
     out = np.ones(counts_ref.shape)
     if not x.shape[1]:
         return out
+    whole = _classifier(x, y)
     for b in range(len(counts_ref)):
-        fit = _classifier(x, y, np.r_[counts_ref[b], counts_cur[b]])
+        start = clone(whole).set_params(warm_start=True)
+        start.coef_, start.intercept_ = whole.coef_.copy(), whole.intercept_.copy()
+        fit = _classifier(x, y, np.r_[counts_ref[b], counts_cur[b]], start)
         p = np.clip(fit.predict_proba(x_ref)[:, 1], 1e-12, 1 - 1e-12)
         w = p / (1 - p)
         out[b] = w * counts_ref[b].sum() / (counts_ref[b] * w).sum()

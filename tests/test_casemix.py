@@ -1,8 +1,8 @@
 """Drift explained by case mix (``audit.monitor.casemix``): a cohort that is only older
 drifts in FaceAge, and the drift is explained by its age mix; a cohort with darker photos at
 the same mix drifts in brightness, and it is not; a site share that follows age is explained
-by the age mix; the raw distance is evidently's drift effect; and through the drift stage,
-on rendered photos."""
+by the age mix; the raw distance is evidently's drift effect. Through the drift stage, on
+rendered photos: ``tests/test_estimate.py`` (its monitor runs serve both)."""
 
 from __future__ import annotations
 
@@ -78,52 +78,3 @@ def test_the_raw_distance_is_evidentlys_drift_effect():
     table, _ = explain_drift(ref, cur, FEATURES, EstimateSettings(n_boot=20))
     for row in table.itertuples():
         assert row.raw_distance == pytest.approx(effect[row.feature], abs=1e-9)
-
-
-@pytest.fixture(scope="module")
-def drift_runs(tmp_path_factory):
-    """Rendered demo cohorts audited against a reference: one only older, one with darker
-    photos (30% less light) at the same mix."""
-    import audit
-    from audit.demo.world import WorldParams, write_cohort
-
-    root = tmp_path_factory.mktemp("casemix")
-    config = {
-        "preset": "quick",
-        "fairness": {"enabled": False},
-        "slices": {"enabled": False},
-        "survival": {"n_boot": 0},
-        "drift": {"html": False},
-        "estimate": {"n_boot": 50},
-    }
-    model = ["predictions:faceage"]
-
-    def cohort(name, seed, **params):
-        folder = write_cohort(
-            root / name, 600, seed, photos=True, oracle=True, params=WorldParams(**params)
-        )
-        return folder
-
-    out = root / "out"
-    ref = audit.run(cohort("ref", 41), model, out=out, config=config)
-    older = audit.run(
-        cohort("older", 42, age_mean=76.0), model, out=out, config=config, reference=ref.run_id
-    )
-    darker = audit.run(
-        cohort("darker", 43, light=0.7), model, out=out, config=config, reference=ref.run_id
-    )
-    return older, darker
-
-
-def test_through_the_drift_stage_age_is_case_mix_and_darker_photos_are_not(drift_runs):
-    older, darker = drift_runs
-    mix = older.table("drift_case_mix").set_index("feature")
-    drift = older.table("drift").set_index("feature")
-    assert bool(drift.loc["faceage", "drifted"]) and bool(drift.loc["age", "drifted"])
-    assert mix.loc["faceage", "status"] == EXPLAINED
-    dark = darker.table("drift_case_mix").set_index("feature")
-    assert bool(darker.table("drift").set_index("feature").loc["brightness", "drifted"])
-    assert dark.loc["brightness", "status"] == NOT_EXPLAINED
-    assert dark.loc["brightness", "adjusted_high"] < 0
-    page = darker.report_path.read_text()
-    assert "Drift explained by case mix" in page and "not explained" in page

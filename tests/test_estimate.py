@@ -4,7 +4,8 @@ integer weights; a cohort shifted in age and site with the same model behaviour 
 by the estimate (at least 90% of 50 seeds in ``make test-all``); a model that behaves
 differently shows a gap once the outcomes arrive; a cohort without overlap is not estimated;
 a monitor run stores the estimates, and the next run of the same cohort with its outcomes
-shows them beside the realised values."""
+shows them beside the realised values; through the drift stage, an older cohort's drift is
+explained by its case mix and darker photos' is not (``audit.monitor.casemix``)."""
 
 from __future__ import annotations
 
@@ -208,14 +209,21 @@ def test_a_cohort_the_reference_does_not_overlap_is_not_estimated():
 
 @pytest.fixture(scope="module")
 def monitor_runs(tmp_path_factory):
-    """A reference audit, then a new, older cohort audited against it before its outcomes
-    are known, then the same cohort with its outcomes."""
+    """Rendered demo cohorts audited against a reference: a new, older cohort before its
+    outcomes are known, then the same cohort with its outcomes, and a cohort with darker
+    photos (30% less light) at the reference's mix."""
     import audit
     from audit.demo.world import WorldParams, write_cohort
 
     root = tmp_path_factory.mktemp("estimate")
-    ref_dir = write_cohort(root / "ref", 600, 11)
-    new_dir = write_cohort(root / "new", 600, 12, params=WorldParams(age_mean=72.0), name="new")
+
+    def cohort(name, seed, **params):
+        return write_cohort(
+            root / name, 600, seed, photos=True, oracle=True, params=WorldParams(**params)
+        )
+
+    ref_dir = cohort("ref", 11)
+    new_dir = cohort("new", 12, age_mean=76.0)
     early = root / "early"
     shutil.copytree(new_dir, early)
     manifest = pd.read_csv(early / "manifest.csv")
@@ -223,7 +231,7 @@ def monitor_runs(tmp_path_factory):
     spec = yaml.safe_load((early / "cohort.yaml").read_text())
     spec["columns"] = {k: v for k, v in spec["columns"].items() if k not in ("time", "event")}
     (early / "cohort.yaml").write_text(yaml.safe_dump(spec))
-    # (the stages this test does not read, off: it is about the estimate)
+    # (the stages this test does not read, off: it is about the estimate and the drift)
     config = {
         "preset": "quick",
         "fairness": {"enabled": False},
@@ -234,15 +242,19 @@ def monitor_runs(tmp_path_factory):
     models = ["predictions:faceage,risk"]
     out = root / "out"
     first = audit.run(ref_dir, models, out=out, config=config)
-    before = audit.run(early, models, out=out, config=config, reference=first.run_id)
-    after = audit.run(new_dir, models, out=out, config=config, reference=first.run_id)
-    return before, after, out
+    darker = cohort("darker", 13, light=0.7)
+    runs = {
+        name: audit.run(folder, models, out=out, config=config, reference=first.run_id)
+        for name, folder in (("before", early), ("after", new_dir), ("darker", darker))
+    }
+    return runs, out
 
 
 def test_a_monitor_run_estimates_and_the_next_shows_the_estimate_beside_the_realised(
     monitor_runs,
 ):
-    before, after, out = monitor_runs
+    runs, out = monitor_runs
+    before, after = runs["before"], runs["after"]
     early = before.table("estimated_performance").set_index(["output", "metric", "horizon"])
     c = early.loc[("risk", "c_index")].iloc[0]
     assert c["status"] == ESTIMATED and np.isnan(c["realised"])
@@ -259,3 +271,21 @@ def test_a_monitor_run_estimates_and_the_next_shows_the_estimate_beside_the_real
     exported = pd.read_csv(after.report_path.parent / "data" / "estimated_performance.csv")
     assert len(exported) == len(late)
     (out / "page.html").write_text(later_page)  # (kept for a look)
+
+
+def test_through_the_drift_stage_age_is_case_mix_and_darker_photos_are_not(monitor_runs):
+    from audit.monitor.casemix import EXPLAINED, NOT_EXPLAINED
+
+    runs, _ = monitor_runs
+    older = runs["after"]
+    mix = older.table("drift_case_mix").set_index("feature")
+    drift = older.table("drift").set_index("feature")
+    assert bool(drift.loc["faceage", "drifted"]) and bool(drift.loc["age", "drifted"])
+    assert mix.loc["faceage", "status"] == EXPLAINED
+    darker = runs["darker"]
+    dark = darker.table("drift_case_mix").set_index("feature")
+    assert bool(darker.table("drift").set_index("feature").loc["brightness", "drifted"])
+    assert dark.loc["brightness", "status"] == NOT_EXPLAINED
+    assert dark.loc["brightness", "adjusted_high"] < 0
+    page = darker.report_path.read_text()
+    assert "Drift explained by case mix" in page and "not explained" in page

@@ -5,7 +5,9 @@ and confirmed in at least 9 of 10 seeds; cohorts without one confirm a slice in 
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 
 import numpy as np
 import pandas as pd
@@ -276,3 +278,40 @@ def test_an_audit_finds_confirms_and_judges_a_planted_slice(planted_cohort, tmp_
     assert "Slices beyond the declared subgroups" in card
     exported = pd.read_csv(run.report_path.parent / "data" / "slices.csv")
     assert len(exported) == len(slices)
+
+
+def test_a_clusters_average_face_is_kept_only_over_enough_photos(tmp_path):
+    from PIL import Image
+
+    from audit.data.cohort import load_cohort
+    from audit.demo.world import write_cohort
+    from audit.models import create_model
+    from audit.models.inference import decode_image
+    from audit.stages.slices import cluster_faces
+
+    cohort = load_cohort(write_cohort(tmp_path / "c", 40, 77, photos=True))
+    subjects = cohort.subjects()
+    model = create_model("demo:faceage")
+    clusters = np.array(["c1"] * 25 + ["c2"] * 15, dtype=object)
+    rows = cluster_faces(
+        cohort, model, subjects, clusters, {"c1", "c2"}, min_faces=20, sample=100, seed=0
+    )
+    assert [r["figure"] for r in rows] == ["slice_cluster_face:demo-faceage:c1"]  # c2: 15
+    assert "average of 25 photos" in rows[0]["alt"]
+    crop, size = model.crop_for(cohort), model.input_size
+    mean = np.mean(
+        [decode_image(cohort.image_file(p), size, crop) for p in subjects["image_path"][:25]],
+        axis=0,
+    )
+    expected = np.asarray(Image.fromarray(mean.round().astype(np.uint8)).resize((96, 96)))
+    shown = np.asarray(
+        Image.open(io.BytesIO(base64.b64decode(rows[0]["uri"].split(",", 1)[1])))
+    ).astype(float)
+    assert np.abs(shown - expected).mean() < 3.0  # the same image, through JPEG
+    predictions_only = create_model("predictions:faceage")
+    assert (
+        cluster_faces(
+            cohort, predictions_only, subjects, clusters, {"c1"}, min_faces=20, sample=100, seed=0
+        )
+        == []
+    )

@@ -298,6 +298,10 @@ class SlicesConfig(_Section):
         "meant to differ with health, so such slices are biology, not failures)",
     )
     beam: int = Field(50, ge=1, description="pairs extended by a third condition")
+    min_faces: int = Field(
+        20, ge=1, description="a cluster's average face is kept only over this many photos"
+    )
+    face_sample: int = Field(100, ge=1, description="photos averaged per cluster, at most")
     seed: int = 0
 
 

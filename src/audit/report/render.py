@@ -19,7 +19,14 @@ import pandas as pd
 from audit.data.exclusions import exclusions_by_group
 from audit.data.hashing import sha256_file
 from audit.data.privacy import id_scrubber, pseudonym
-from audit.metrics.slices import DECLARED, FINDING, NOT_CONFIRMED, REFINES, judged
+from audit.metrics.slices import (
+    DECLARED,
+    FINDING,
+    NOT_CONFIRMED,
+    REFINES,
+    conditions_of,
+    judged,
+)
 from audit.pipeline.config import FairnessConfig, SlicesConfig, Thresholds
 from audit.pipeline.store import Store
 from audit.report import onsite, plots
@@ -248,7 +255,7 @@ def _analysis_views(t: dict, config: dict) -> dict:
             t["paired"], t["paired_pairs"], t["robustness"], config.get("paired") or {}
         ),
         "saliency": _saliency_view(t["saliency"], t["saliency_maps"], t["saliency_checks"]),
-        "slices": _slices_view(t["slices"], config),
+        "slices": _slices_view(t["slices"], config, t["figures"]),
         "fairness": _fairness_view(
             t["fairness"],
             t["survival_subgroups"],
@@ -981,18 +988,35 @@ def _estimate_view(table: pd.DataFrame | None) -> dict | None:
 STANDING_ORDER = {FINDING: 0, DECLARED: 1, REFINES: 2, NOT_CONFIRMED: 3}
 
 
-def _slices_view(table: pd.DataFrame | None, config: dict) -> dict | None:
+def _slices_view(
+    table: pd.DataFrame | None, config: dict, figures: pd.DataFrame | None = None
+) -> dict | None:
     """The slice-discovery section: per model and output the confirmed slices (new findings
     first, then declared subgroups and narrowings), each with its confirmation-half effect,
-    CI and Holm p, whether the verdict counts it, and an embedding cluster's description;
-    the slices tested but not confirmed folded away."""
+    CI and Holm p, whether the verdict counts it, and an embedding cluster's description
+    and average face (where the stage kept one); the slices tested but not confirmed folded
+    away."""
     if table is None or table.empty:
         return None
+    faces = (
+        figures.set_index("figure")["uri"].to_dict() if figures is not None and len(figures) else {}
+    )
     t = Thresholds(**(config.get("thresholds") or {}))
     fairness = FairnessConfig(**(config.get("fairness") or {}))
     declared = [[a] for a in fairness.attributes] + [list(i) for i in fairness.intersections]
     rows = judged(table, declared, t.slices_judged, t.slices_health_features)
     rows = rows.assign(
+        face=[
+            next(
+                (
+                    faces.get(f"slice_cluster_face:{m}:{v}")
+                    for f, v in conds
+                    if f == "embedding_cluster"
+                ),
+                None,
+            )
+            for m, conds in zip(rows["model"], conditions_of(rows))
+        ],
         _order=rows["standing"].map(STANDING_ORDER),
         counted=rows["judged"] & (rows["standing"] == FINDING),
     ).sort_values(["model", "output", "_order", "loss", "rank"], kind="stable")

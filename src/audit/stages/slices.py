@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
 from audit.data.cohort import age_band
@@ -16,8 +17,10 @@ from audit.metrics.slices import (
     output_losses,
     slice_features,
 )
+from audit.models.inference import decode_image
 from audit.pipeline import progress
 from audit.pipeline.schema import columns
+from audit.report import plots
 from audit.stages.context import RunContext, one_per_subject, wide_predictions
 
 SLICE_COLUMNS = [c for c in columns("slices") if c != "run_id"]
@@ -40,7 +43,7 @@ def slices_stage(ctx: RunContext) -> int:
     )
     props = ctx.store.table("image_properties", ctx.run_id)
     detections = ctx.store.table("detections", ctx.run_id)
-    parts = []
+    parts, faces = [], []
     for model in progress.track(ctx.models, "slices"):
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
         if "age" in subjects.columns:
@@ -60,6 +63,7 @@ def slices_stage(ctx: RunContext) -> int:
             clinical=cfg.clinical,
         )
         described = describe_clusters(features, cfg.bands)
+        first = len(parts)
         for output in model.outputs:
             losses, notes = output_losses(subjects, output)
             for note in notes:
@@ -80,6 +84,24 @@ def slices_stage(ctx: RunContext) -> int:
                         description=found["conditions"].map(lambda c: _cluster_text(c, described)),
                     )
                 )
+        found_here = pd.concat(parts[first:]) if len(parts) > first else None
+        if found_here is not None and "embedding_cluster" in features.columns:
+            wanted = {
+                value
+                for c in found_here.loc[found_here["confirmed"].astype(bool), "conditions"]
+                for feature, value in json.loads(c)
+                if feature == "embedding_cluster"
+            }
+            faces += cluster_faces(
+                ctx.cohort,
+                model,
+                subjects,
+                features["embedding_cluster"].to_numpy(),
+                wanted,
+                min_faces=cfg.min_faces,
+                sample=cfg.face_sample,
+                seed=cfg.seed,
+            )
     frame = (
         pd.concat(parts, ignore_index=True)[SLICE_COLUMNS]
         if parts
@@ -94,7 +116,56 @@ def slices_stage(ctx: RunContext) -> int:
         else f"no slice tested: a slice needs {cfg.min_size} subjects in each half "
         f"(and {cfg.min_share:.0%} of them), so a cohort needs well over {floor} subjects",
     )
-    return ctx.write("slices", {"slices": frame}, note="; ".join(ctx.notes["slices"]))
+    tables = {"slices": frame, "figures": pd.DataFrame(faces, columns=["figure", "uri", "alt"])}
+    return ctx.write("slices", tables, note="; ".join(ctx.notes["slices"]))
+
+
+def cluster_faces(
+    cohort,
+    model,
+    subjects: pd.DataFrame,
+    clusters: np.ndarray,
+    wanted: set,
+    *,
+    min_faces: int,
+    sample: int,
+    seed: int,
+) -> list[dict]:
+    """``figures`` rows: each wanted embedding cluster's average face, the mean of up to
+    ``sample`` of its subjects' photos (seeded) as the model sees them (its crop and input
+    size), kept only when at least ``min_faces`` photos were averaged: no one's face is
+    stored or shown. A model that does not read photos has none."""
+    if not getattr(model, "needs_images", False) or not hasattr(model, "crop_for"):
+        return []
+    crop, size = model.crop_for(cohort), int(model.input_size)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in sorted(wanted, key=str):
+        members = np.flatnonzero(clusters == label)
+        if len(members) < min_faces:
+            continue
+        chosen = np.sort(rng.permutation(members)[:sample])
+        total, n = np.zeros((size, size, 3)), 0
+        for i in chosen:
+            try:
+                total += decode_image(cohort.image_file(subjects["image_path"].iloc[i]), size, crop)
+            except (ValueError, OSError):  # no single face, or unreadable: not averaged
+                continue
+            n += 1
+        if n < min_faces:
+            continue
+        from PIL import Image
+
+        face = Image.fromarray((total / n).round().astype(np.uint8)).resize((96, 96))
+        rows.append(
+            {
+                "figure": f"slice_cluster_face:{model.name}:{label}",
+                "uri": plots.to_uri(face),
+                "alt": f"The average of {n} photos of {model.name}'s embedding cluster {label}, "
+                "as the model sees them (no single person's photo).",
+            }
+        )
+    return rows
 
 
 def _cluster_text(conditions: str, described: dict[str, str]) -> str | None:

@@ -3,12 +3,13 @@ what it holds. The DDL, the column lists the code builds frames with (:func:`col
 database reference of the docs (:func:`markdown_reference`) are generated from it.
 
 Versions: a new file is created at :data:`SCHEMA_VERSION` directly. A file of an earlier
-version (1 to 13 written by the forward migrations this module replaced, or 14 to 16) is brought up
+version (1 to 13 written by the forward migrations this module replaced, or 14 to 18) is
+brought up
 to date by :func:`reconcile`: every change since version 1 was additive (a table, or a column
 appended at the end of one; 15 appended ``spread`` to ``predictions`` and
 ``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
 and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``; 17 added
-``slices``, 18 appended ``conditions`` and ``description`` to it and added
+``slices``, 18 appended ``conditions`` and ``description`` to it, 19 added
 ``estimated_performance`` and ``drift_case_mix``), so creating the
 missing tables and appending the missing columns in the order written here gives the same
 tables, in the same column order, as a file created new. A change that is not additive needs
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 18
+SCHEMA_VERSION = 19
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ def test_a_cohort_shifted_in_age_and_site_is_estimated_from_the_reference():
 
 
 @pytest.mark.slow
-def test_the_estimate_covers_the_realised_values_in_nine_of_ten_seeds():
+def test_the_estimate_covers_the_realised_values_in_at_least_45_of_50_seeds():
     hits = []
     for seed in range(50):
         table, _ = _estimate(_world(2000, seed, 60, 0.3), _world(2000, 1000 + seed, 68, 0.6))

@@ -78,3 +78,28 @@ def test_the_raw_distance_is_evidentlys_drift_effect():
     table, _ = explain_drift(ref, cur, FEATURES, EstimateSettings(n_boot=20))
     for row in table.itertuples():
         assert row.raw_distance == pytest.approx(effect[row.feature], abs=1e-9)
+
+
+def test_embeddings_that_follow_age_are_explained_and_a_shift_at_the_same_mix_is_not():
+    from audit.monitor.casemix import case_mix_weights, explain_embeddings
+    from audit.monitor.drift import embedding_drift
+    from audit.pipeline.config import DriftConfig
+
+    config = DriftConfig(n_permutations=200, embedding_max_n=600)
+    settings = EstimateSettings(n_boot=20)
+
+    def vectors(frame, seed, offset=0.0):
+        rng = np.random.default_rng(seed)
+        age = (frame["age"].to_numpy() - 60) / 10
+        return np.column_stack([age, -age, age**2]) + rng.normal(0, 1, (len(frame), 3)) + offset
+
+    ref = _photos(1500, 11)
+    older, shifted = _photos(1500, 12, age_shift=10), _photos(1500, 13)
+    for cur, offset, status in ((older, 0.0, EXPLAINED), (shifted, 0.6, NOT_EXPLAINED)):
+        weights = case_mix_weights(ref, cur, settings)[0]
+        xr, xc = vectors(ref, 1), vectors(cur, 2, offset)
+        raw = embedding_drift(xr, xc, "m", config)
+        assert raw["p_value"] < 0.01  # both drift before reweighting
+        row = explain_embeddings(xr, xc, weights.w, "m", config, True, raw)
+        assert row["status"] == status, row
+    assert row["adjusted_distance"] > 0.5 * row["raw_distance"]  # the shift stays

@@ -15,6 +15,8 @@ reweighted reference as well as with the reference itself:
   reference's SD, as evidently's drift effect) before and after;
 - categories (site, camera, cancer type): the Jensen-Shannon distance of the shares before and
   after.
+- embeddings: the drift's MMD permutation test again, against the reference resampled to the
+  new mix (:func:`explain_embeddings`).
 
 The share explained is ``1 - |adjusted| / |raw|`` of the mean shift (numbers) or of the
 distance (categories), within 0 and 1. A feature's drift is *explained by case mix* when,
@@ -78,6 +80,71 @@ def _weighted_js(reference: pd.Series, current: pd.Series, w: np.ndarray) -> flo
     return float(jensenshannon(p, q))
 
 
+def case_mix_weights(reference: pd.DataFrame, current: pd.DataFrame, settings: EstimateSettings):
+    """The reference's weights toward the new cohort's age, sex and race mix (the
+    cross-fitted classifier on those columns alone) and its features; the note says why
+    there are none (no such column, or too little overlap)."""
+    x_ref, x_cur, names = design(
+        reference, current, CASE_MIX_NUMERIC, CASE_MIX_CATEGORICAL, components=0
+    )
+    if not names:
+        return None, x_ref, x_cur, "no age, sex or race to reweight by"
+    weights = importance_weights(x_ref, x_cur, settings)
+    if not weights.ok:
+        return None, x_ref, x_cur, "drift not split by case mix: " + "; ".join(weights.poor)
+    return weights, x_ref, x_cur, None
+
+
+def explain_embeddings(
+    reference: np.ndarray,
+    current: np.ndarray,
+    w: np.ndarray,
+    model: str,
+    config,
+    drifted: bool | None,
+    raw: dict,
+    level: float = 0.95,
+) -> dict:
+    """The embeddings' drift after reweighting: the reference resampled to the new
+    cohort's case mix (drawn without replacement with probabilities proportional to ``w``,
+    at most half the weights' effective sample size, so that few photos repeat their
+    weight), then the drift's MMD permutation test against the new cohort (``raw``: the
+    drift row of the unweighted test). Explained when that test no longer rejects at
+    ``1 - level`` or reweighting removed at least three quarters of the MMD^2."""
+    from audit.monitor.drift import embedding_drift
+    from audit.monitor.estimate import kish_ess
+
+    rng = np.random.default_rng(config.seed)
+    size = int(min(config.embedding_max_n, len(current), kish_ess(w) // 2))
+    row = {
+        "model": model,
+        "feature": "embeddings",
+        "kind": "embeddings",
+        "drifted": drifted,
+        "raw_shift": np.nan,
+        "adjusted_shift": np.nan,
+        "adjusted_low": np.nan,
+        "adjusted_high": np.nan,
+        "raw_distance": raw["effect"],
+        "distance_method": "MMD^2 (unbiased)",
+        "ess": kish_ess(w),
+        "n_reference": len(reference),
+        "n_current": len(current),
+    }
+    if size < 10:
+        return {**row, "adjusted_distance": np.nan, "explained_share": np.nan, "status": NO_DRIFT}
+    drawn = rng.choice(len(reference), size=size, replace=False, p=w / w.sum())
+    test = embedding_drift(reference[drawn], current, model, config)
+    adjusted = test["effect"]
+    share = _share(raw["effect"], adjusted)
+    # MMD^2 has no effect-size floor (the drift judges it by its test): a remainder counts
+    # when its test rejects and it keeps more than a quarter of the raw MMD^2
+    residual = test["p_value"] < 1 - level and not (np.isfinite(share) and share >= 0.75)
+    row.update(adjusted_distance=adjusted, explained_share=share)
+    row["status"] = _status(row, residual)
+    return row
+
+
 def explain_drift(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -85,26 +152,21 @@ def explain_drift(
     settings: EstimateSettings,
     drifted: dict | None = None,
     min_effect: tuple[float, float] = (0.1, 0.1),
+    prepared: tuple | None = None,
 ) -> tuple[pd.DataFrame, str | None]:
     """For each ``(column, kind, type, model)`` (type ``num`` or ``cat``; the drift stage's
     features) other than the case-mix columns: its drift before and after reweighting the
     reference to the new cohort's age, sex and race mix. ``drifted``: the drift stage's
     decision per ``(model, column)``; ``min_effect``: the drift's minimum normed Wasserstein
-    and Jensen-Shannon distances. Returns the rows and a note (None, or why nothing was
-    explained: no case-mix column, too little overlap)."""
+    and Jensen-Shannon distances; ``prepared``: :func:`case_mix_weights`' result, when the
+    caller has it. Returns the rows and a note (None, or why nothing was explained: no
+    case-mix column, too little overlap)."""
     from scipy.stats import wasserstein_distance
 
     drifted = drifted or {}
-    x_ref, x_cur, names = design(
-        reference, current, CASE_MIX_NUMERIC, CASE_MIX_CATEGORICAL, components=0
-    )
-    if not names:
-        return pd.DataFrame(columns=CASE_MIX_COLUMNS), "no age, sex or race to reweight by"
-    weights = importance_weights(x_ref, x_cur, settings)
-    if not weights.ok:
-        return pd.DataFrame(columns=CASE_MIX_COLUMNS), (
-            "drift not split by case mix: " + "; ".join(weights.poor)
-        )
+    weights, x_ref, x_cur, note = prepared or case_mix_weights(reference, current, settings)
+    if note:
+        return pd.DataFrame(columns=CASE_MIX_COLUMNS), note
     rng = np.random.default_rng(settings.seed)
     nr, nc = len(reference), len(current)
     counts_ref = bootstrap_weights(nr, settings.n_boot, rng)

@@ -8,7 +8,12 @@ import pandas as pd
 from audit.data.cohort import load_cohort
 from audit.data.hashing import HashCache, sha256_file
 from audit.errors import InputError
-from audit.monitor.casemix import CASE_MIX_COLUMNS, explain_drift
+from audit.monitor.casemix import (
+    CASE_MIX_COLUMNS,
+    case_mix_weights,
+    explain_drift,
+    explain_embeddings,
+)
 from audit.monitor.drift import (
     IMAGE_NUMERIC,
     METADATA_CATEGORICAL,
@@ -86,22 +91,52 @@ def _covariate_features(
     return out
 
 
-def _case_mix(ctx: RunContext, reference, current, features, frame) -> pd.DataFrame:
+def _case_mix(ctx: RunContext, reference, current, features, frame, embedded) -> pd.DataFrame:
     """Each feature's drift before and after reweighting the reference to this cohort's age,
-    sex and race mix (:mod:`audit.monitor.casemix`), named as the drift rows are."""
+    sex and race mix (:mod:`audit.monitor.casemix`), named as the drift rows are; each
+    model's embeddings too (``embedded``: its reference and current ``photo_id, vector``)."""
     cfg = ctx.config.drift
+    settings = EstimateSettings.from_config(ctx.config.estimate)
     drifted = {(r.model, r.feature): bool(r.drifted) for r in frame.itertuples()}
     try:
+        prepared = case_mix_weights(reference, current, settings)
         table, note = explain_drift(
             reference,
             current,
             features,
-            EstimateSettings.from_config(ctx.config.estimate),
+            settings,
             drifted,
             (cfg.min_effect_numeric, cfg.min_effect_categorical),
+            prepared,
         )
+        weights = prepared[0]
     except RuntimeError as exc:  # the case-mix classifier did not converge
         table, note = pd.DataFrame(columns=CASE_MIX_COLUMNS), f"drift not split by case mix: {exc}"
+        weights = None
+    if weights is not None:
+        by_photo = pd.Series(weights.w, index=reference["photo_id"].to_numpy())
+        by_photo = by_photo[~by_photo.index.duplicated()]
+        raw_rows = {r.model: r._asdict() for r in frame[frame["kind"] == "embeddings"].itertuples()}
+        extra = []
+        for model, (ref_v, cur_v) in embedded.items():
+            ref_v = ref_v[ref_v["photo_id"].isin(by_photo.index)]
+            if model not in raw_rows or len(ref_v) <= 10:
+                continue
+            extra.append(
+                explain_embeddings(
+                    np.stack(ref_v["vector"].to_numpy()),
+                    np.stack(cur_v["vector"].to_numpy()),
+                    by_photo.loc[ref_v["photo_id"]].to_numpy(),
+                    model,
+                    cfg,
+                    bool(raw_rows[model]["drifted"]),
+                    raw_rows[model],
+                )
+            )
+        if extra:
+            table = pd.concat(
+                [table, pd.DataFrame(extra, columns=CASE_MIX_COLUMNS)], ignore_index=True
+            )
     if note:
         ctx.note("drift", note)
     if not len(table):
@@ -144,18 +179,21 @@ def drift_stage(ctx: RunContext) -> int:
         + [(f"{m.name}:{o}", "predictions", "num", m.name) for m in ctx.models for o in m.outputs]
     )
     rows, snapshot = feature_drift(reference, current, features)
+    embedded = {}
     for model in ctx.models:
         vectors = [
             ctx.store.query(
-                "SELECT vector FROM embeddings WHERE run_id = ? AND model = ?", [r, model.name]
-            )["vector"]
+                "SELECT photo_id, vector FROM embeddings WHERE run_id = ? AND model = ?",
+                [r, model.name],
+            )
             for r in (ref, ctx.run_id)
         ]
         if all(len(v) > 10 for v in vectors):
+            embedded[model.name] = vectors
             rows.append(
                 embedding_drift(
-                    np.stack(vectors[0].to_numpy()),
-                    np.stack(vectors[1].to_numpy()),
+                    np.stack(vectors[0]["vector"].to_numpy()),
+                    np.stack(vectors[1]["vector"].to_numpy()),
                     model.name,
                     cfg,
                 )
@@ -164,7 +202,7 @@ def drift_stage(ctx: RunContext) -> int:
         quality_change(ctx.store.table("accuracy", ref), ctx.store.table("accuracy", ctx.run_id))
     )
     frame = decide(rows, cfg).assign(reference=ref)
-    case_mix = _case_mix(ctx, reference, current, features, frame)
+    case_mix = _case_mix(ctx, reference, current, features, frame, embedded)
     frame["feature"] = (
         frame["feature"]
         .str.split(":")

@@ -31,10 +31,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from audit.monitor.drift import embedding_drift
 from audit.monitor.estimate import (
     EstimateSettings,
     design,
     importance_weights,
+    kish_ess,
     resampled_weights,
 )
 from audit.stats.bootstrap import bootstrap_weights, percentile_ci
@@ -111,9 +113,6 @@ def explain_embeddings(
     weight), then the drift's MMD permutation test against the new cohort (``raw``: the
     drift row of the unweighted test). Explained when that test no longer rejects at
     ``1 - level`` or reweighting removed at least three quarters of the MMD^2."""
-    from audit.monitor.drift import embedding_drift
-    from audit.monitor.estimate import kish_ess
-
     rng = np.random.default_rng(config.seed)
     size = int(min(config.embedding_max_n, len(current), kish_ess(w) // 2))
     row = {

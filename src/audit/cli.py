@@ -24,8 +24,10 @@ from audit.models.builtin import BUILTINS
 from audit.orchestrate.deploy import api_problem, check_deployment
 from audit.orchestrate.sequence import preflight
 from audit.pipeline import progress
+from audit.pipeline.bundle import verify_bundle, write_bundle
 from audit.pipeline.config import load_config
 from audit.pipeline.dossier import MANIFEST, verify_run
+from audit.pipeline.store import Store
 from audit.report import render_all
 from audit.report.render import SITE_ONLY, render_site_only
 from audit.report.summary import terminal_summary
@@ -402,14 +404,60 @@ def verify(
         raise InputError(
             f"{run_dir}: no {MANIFEST} (not a run folder, or a run from before signed manifests)"
         )
-    problems = verify_run(run_dir)
+    _verdict_of_checks(
+        "verify",
+        verify_run(run_dir),
+        "every file matches its SHA-256 and the signature holds",
+    )
+
+
+def _verdict_of_checks(command: str, problems: list, ok: str) -> None:
+    """Print each problem and FAIL (exit 1), or OK with ``ok``."""
     for p in problems:
         console.print(f"[red]{escape(str(p))}[/]")
     if problems:
-        console.print(f"[bold red]verify: FAIL[/] ({len(problems)} problem(s))")
+        console.print(f"[bold red]{command}: FAIL[/] ({len(problems)} problem(s))")
         raise typer.Exit(EXIT_FAIL)
-    console.print(
-        "[bold green]verify: OK[/] every file matches its SHA-256 and the signature holds"
+    console.print(f"[bold green]{command}: OK[/] {ok}")
+
+
+@app.command("export-bundle")
+def export_bundle(
+    run_dir: Path = typer.Argument(..., help="runs/<run_id> folder of a finished run"),
+    site: str = typer.Option(..., "--site", help="the label this site is named by"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="the bundle file (default: RUN_DIR/<site>.bundle.json)"
+    ),
+    min_subjects: int = typer.Option(10, "--min-subjects", help="smaller cells are withheld"),
+    min_events: int = typer.Option(5, "--min-events", help="fewer deaths: withheld"),
+) -> None:
+    """Write the run's signed site bundle: aggregates only, no ids, small cells withheld."""
+    db = run_dir.parent.parent / "audit.duckdb"
+    if not db.is_file():
+        raise InputError(f"{run_dir}: not a run folder (no audit.duckdb two levels up)")
+    store = Store(db)
+    run_id = run_dir.name
+    store.run(run_id)  # an InputError naming the file when the run is not in it
+    path = write_bundle(
+        store,
+        run_id,
+        site,
+        out or run_dir / f"{site}.bundle.json",
+        min_subjects=min_subjects,
+        min_events=min_events,
+    )
+    console.print(f"bundle: {escape(str(path))}")
+
+
+@app.command("verify-bundle")
+def verify_bundle_command(
+    bundle: Path = typer.Argument(..., help="a site bundle (export-bundle)"),
+) -> None:
+    """Check a site bundle's digest and signature."""
+    if not bundle.is_file():
+        raise InputError(f"{bundle}: no such file")
+    _verdict_of_checks(
+        "verify-bundle", verify_bundle(bundle), "the contents match the signed digest"
     )
 
 

@@ -105,38 +105,52 @@ def build_manifest(run: dict, cohort, models: list, out_dir: Path, artifacts) ->
         "environment": run["environment"],
         "artifacts": {r["path"]: r["sha256"] for r in artifacts},
     }
-    digest = _digest(entries)
-    key = _private_key()
-    signed = {
-        "algorithm": "Ed25519 over the SHA-256 of the canonical JSON of `manifest`",
-        "digest": digest,
-        "signature": key.sign(bytes.fromhex(digest)).hex(),
-        "public_key": _public_hex(key),
-        "manifest": entries,
-    }
+    signed = sign_document(entries, "manifest")
     path = Path(out_dir) / "runs" / run["run_id"] / MANIFEST
     path.write_text(json.dumps(signed, indent=1, sort_keys=True, default=str))
     return path
 
 
-def verify_run(run_dir: str | Path) -> list[str]:
-    """Every problem found re-hashing the run (empty: intact). Hashes are recomputed from the
-    files themselves; no cache is consulted."""
+def sign_document(entries: dict, key_name: str) -> dict:
+    """``entries`` signed with this site's Ed25519 key: ``{algorithm, digest, signature,
+    public_key, <key_name>: entries}``, the digest the SHA-256 of their canonical JSON."""
+    digest = _digest(entries)
+    key = _private_key()
+    return {
+        "algorithm": f"Ed25519 over the SHA-256 of the canonical JSON of `{key_name}`",
+        "digest": digest,
+        "signature": key.sign(bytes.fromhex(digest)).hex(),
+        "public_key": _public_hex(key),
+        key_name: entries,
+    }
+
+
+def signature_problems(doc: dict, key_name: str, where: str) -> list[str]:
+    """What is wrong with a document :func:`sign_document` wrote (empty: intact): its
+    contents against its digest, and the signature against the public key it names."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    run_dir = Path(run_dir)
-    doc = json.loads((run_dir / MANIFEST).read_text())
-    entries = doc["manifest"]
     problems = []
-    if _digest(entries) != doc["digest"]:
-        problems.append(f"{run_dir / MANIFEST}: its contents do not match its digest (edited)")
+    if _digest(doc[key_name]) != doc["digest"]:
+        problems.append(f"{where}: its contents do not match its digest (edited)")
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(doc["public_key"])).verify(
             bytes.fromhex(doc["signature"]), bytes.fromhex(doc["digest"])
         )
     except (InvalidSignature, ValueError):
-        problems.append(f"{run_dir / MANIFEST}: the signature does not match the digest")
+        problems.append(f"{where}: the signature does not match the digest")
+    return problems
+
+
+def verify_run(run_dir: str | Path) -> list[str]:
+    """Every problem found re-hashing the run (empty: intact). Hashes are recomputed from the
+    files themselves; no cache is consulted."""
+
+    run_dir = Path(run_dir)
+    doc = json.loads((run_dir / MANIFEST).read_text())
+    entries = doc["manifest"]
+    problems = signature_problems(doc, "manifest", str(run_dir / MANIFEST))
     site = _private_key(create=False)
     if site is not None and _public_hex(site) != doc["public_key"]:
         problems.append("the manifest was signed with another key than this site's")

@@ -1,0 +1,100 @@
+"""Site bundles (``audit.pipeline.bundle``): a bundle of a real audit run holds its estimates
+with standard errors, no id, no photo path and no cell under the minimum size (scanned); it
+verifies, and a tampered copy does not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from audit.pipeline.bundle import build_bundle, verify_bundle, write_bundle
+from audit.pipeline.dossier import _digest
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    import audit
+    from audit.demo.world import write_cohort
+
+    root = tmp_path_factory.mktemp("bundle")
+    folder = write_cohort(root / "site", 300, 61)
+    run = audit.run(
+        folder,
+        ["predictions:faceage,risk"],
+        out=root / "out",
+        config={"preset": "quick", "slices": {"enabled": False}},
+    )
+    return run, root
+
+
+def test_a_bundle_holds_estimates_and_nothing_that_names_a_row(audited):
+    from audit.pipeline.store import Store
+
+    run, root = audited
+    store = Store(root / "out" / "audit.duckdb")
+    path = write_bundle(store, run.run_id, "site-a", root / "a.bundle.json", min_subjects=30)
+    text = path.read_text()
+    rows = store.table("cohort_rows", run.run_id)
+    for value in set(rows["photo_id"]) | set(rows["subject_id"]):
+        assert value not in text  # no id
+    assert str(root) not in text and "cohort_path" not in text  # no folder
+    doc = json.loads(text)["bundle"]
+    assert doc["site"] == "site-a" and doc["composition"]["subjects"] == 300
+    quantities = doc["quantities"]
+    kept = [q for q in quantities if "suppressed" not in q]
+    withheld = [q for q in quantities if "suppressed" in q]
+    assert withheld and all("estimate" not in q and q["n"] is None for q in withheld)
+    assert all(q["n"] is None or q["n"] >= 30 for q in kept)
+    # the Cox term of FaceAge per decade, as the run's table has it
+    terms = store.table("survival_terms", run.run_id)
+    term = terms[terms["model_id"].str.startswith("faceage_per_decade__")].iloc[0]
+    mine = next(
+        q
+        for q in kept
+        if q["output"] == term["model_id"] and q["quantity"] == f"log_hr:{term['term']}"
+    )
+    assert mine["estimate"] == pytest.approx(term["coef"]) and mine["se"] == pytest.approx(
+        term["se"]
+    )
+    assert mine["ci_low"] == pytest.approx(np.log(term["hr_low"]))
+    # an accuracy value's SE from its 95% CI
+    mae = next(q for q in kept if q["quantity"] == "mae" and q["attribute"] == "all")
+    assert mae["se"] == pytest.approx((mae["ci_high"] - mae["ci_low"]) / 3.919928, rel=1e-6)
+    for counts in (doc["composition"]["sex"], doc["composition"]["race"]):
+        assert all(v == "<30" or v >= 30 for v in counts.values())
+    assert build_bundle(store, run.run_id, "site-a", min_subjects=30) == doc  # deterministic
+
+
+def test_a_bundle_verifies_and_a_tampered_one_does_not(audited, tmp_path):
+    from audit.pipeline.store import Store
+
+    run, root = audited
+    store = Store(root / "out" / "audit.duckdb")
+    path = write_bundle(store, run.run_id, "site-a", tmp_path / "b.json")
+    assert verify_bundle(path) == []
+    doc = json.loads(path.read_text())
+    first = next(q for q in doc["bundle"]["quantities"] if "estimate" in q)
+    first["estimate"] += 0.01
+    tampered = tmp_path / "t.json"
+    tampered.write_text(json.dumps(doc))
+    assert any("do not match its digest" in p for p in verify_bundle(tampered))
+    doc["digest"] = _digest(doc["bundle"])  # the digest redone: the signature still fails
+    tampered.write_text(json.dumps(doc))
+    assert any("signature does not match" in p for p in verify_bundle(tampered))
+
+
+def test_the_commands_write_and_check_a_bundle(audited, tmp_path):
+    from audit.cli import main
+
+    run, root = audited
+    run_dir = root / "out" / "runs" / run.run_id
+    out = tmp_path / "x.json"
+    assert main(["export-bundle", str(run_dir), "--site", "site-a", "--out", str(out)]) == 0
+    assert main(["verify-bundle", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    doc["bundle"]["site"] = "site-b"
+    out.write_text(json.dumps(doc))
+    assert main(["verify-bundle", str(out)]) == 1
+    assert main(["export-bundle", str(tmp_path), "--site", "s"]) == 2  # not a run folder

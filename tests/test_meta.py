@@ -90,7 +90,7 @@ def test_one_site_pools_to_its_own_estimate():
     r = pool([np.log(1.4)], [0.01])
     assert r.estimate == pytest.approx(np.log(1.4)) and r.se == pytest.approx(0.1)
     assert (r.low, r.high) == pytest.approx((np.log(1.4) - 0.196, np.log(1.4) + 0.196), abs=1e-3)
-    assert r.tau2 == 0.0 and np.isnan(r.i2)
+    assert r.tau2 == pytest.approx(0.0, abs=1e-12) and np.isnan(r.i2)
 
 
 def _site(seed, beta, n=800):

@@ -58,6 +58,21 @@ class SliceSettings:
     bands: int = 3  # numeric features: quantile bands
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, cfg, loss: str | None = None) -> SliceSettings:
+        """From the ``[slices]`` config section, with the minimum effect of ``loss``."""
+        return cls(
+            max_order=cfg.max_order,
+            beam=cfg.beam,
+            min_size=cfg.min_size,
+            min_share=cfg.min_share,
+            top_k=cfg.top_k,
+            alpha=cfg.alpha,
+            min_effect=cfg.min_effect.get(loss, 0.0) if loss else 0.0,
+            bands=cfg.bands,
+            seed=cfg.seed,
+        )
+
 
 # ---------------------------------------------------------------------------- features
 

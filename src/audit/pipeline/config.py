@@ -197,6 +197,10 @@ class FairnessConfig(_Section):
                 )
         return value
 
+    def declared_groups(self) -> list[list[str]]:
+        """The subgroups this audit declares: each attribute, then each intersection."""
+        return [[a] for a in self.attributes] + [list(i) for i in self.intersections]
+
 
 class FacesConfig(_Section):
     """The face-pipeline integrity audit (raw photos): who the detector drops, by group."""

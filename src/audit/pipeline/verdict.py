@@ -1042,8 +1042,7 @@ def _slices(ev: Evidence, m: dict) -> list[dict]:
         return []  # slice discovery turned off
     declared = ev.declared_groups
     if declared is None:
-        fairness = FairnessConfig()
-        declared = [[a] for a in fairness.attributes] + fairness.intersections
+        declared = FairnessConfig().declared_groups()
     return [
         slices_check(table, m["name"], output, declared, ev.thresholds) for output in m["outputs"]
     ]

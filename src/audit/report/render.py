@@ -1002,8 +1002,7 @@ def _slices_view(
         figures.set_index("figure")["uri"].to_dict() if figures is not None and len(figures) else {}
     )
     t = Thresholds(**(config.get("thresholds") or {}))
-    fairness = FairnessConfig(**(config.get("fairness") or {}))
-    declared = [[a] for a in fairness.attributes] + [list(i) for i in fairness.intersections]
+    declared = FairnessConfig(**(config.get("fairness") or {})).declared_groups()
     rows = judged(table, declared, t.slices_judged, t.slices_health_features)
     rows = rows.assign(
         face=[

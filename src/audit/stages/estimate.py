@@ -26,7 +26,7 @@ from audit.stats.groups import canonical_rows
 
 ESTIMATE_TABLE_COLUMNS = [c for c in columns("estimated_performance") if c != "run_id"]
 NUMERIC = ["age", *IMAGE_NUMERIC]
-KEYS = ["model", "output", "metric", "horizon"]
+KEYS = ["model", "output", "metric", "_horizon"]  # (no horizon: -1, so that it joins)
 
 
 def _subjects(store: Store, run_id: str, model: str, outputs: list[str]) -> pd.DataFrame:
@@ -101,11 +101,10 @@ def estimate_stage(ctx: RunContext) -> int:
             ctx.note("estimate", f"{model.name}: {note}")
         parts.append(table.assign(model=model.name, reference=ref))
     frame = (
-        pd.concat(parts, ignore_index=True)
+        _with_earlier(ctx, pd.concat(parts, ignore_index=True))
         if parts
-        else pd.DataFrame(columns=[c for c in ESTIMATE_TABLE_COLUMNS if c.startswith("earlier")])
+        else pd.DataFrame(columns=ESTIMATE_TABLE_COLUMNS)
     )
-    frame = _with_earlier(ctx, frame)
     frame = frame.reindex(columns=ESTIMATE_TABLE_COLUMNS)
     if len(frame):
         est = frame[frame["status"] == ESTIMATED]
@@ -127,37 +126,15 @@ def estimate_stage(ctx: RunContext) -> int:
 def _with_earlier(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
     """The latest earlier estimate of this cohort (a finished run of the same cohort name
     against the same reference, estimated without outcomes) beside each measure."""
-    out = frame.assign(
-        earlier_run=None, earlier_estimate=np.nan, earlier_low=np.nan, earlier_high=np.nan
-    )
-    if not len(frame):
-        return out
-    name = ctx.store.run(ctx.run_id).get("cohort_name")
     earlier = ctx.store.query(
-        "SELECT e.run_id, e.model, e.output, e.metric, e.horizon, e.estimate, e.ci_low, "
-        "e.ci_high, r.started_at FROM estimated_performance e JOIN runs r USING (run_id) "
+        "SELECT e.run_id AS earlier_run, e.model, e.output, e.metric, "
+        "coalesce(e.horizon, -1.0) AS _horizon, e.estimate AS earlier_estimate, "
+        "e.ci_low AS earlier_low, e.ci_high AS earlier_high "
+        "FROM estimated_performance e JOIN runs r USING (run_id) "
         "WHERE r.cohort_name = ? AND e.reference = ? AND e.run_id <> ? AND r.status = "
         "'finished' AND e.status = ? AND e.realised IS NULL AND e.metric NOT IN "
         "('mae', 'mean_error') ORDER BY r.started_at",
-        [name, ctx.reference, ctx.run_id, ESTIMATED],
-    )
-    if not len(earlier):
-        return out
-    earlier["horizon"] = earlier["horizon"].fillna(-1.0)
-    latest = earlier.drop_duplicates(KEYS, keep="last").set_index(KEYS)
-    for i, row in out.iterrows():
-        key = (
-            row["model"],
-            row["output"],
-            row["metric"],
-            -1.0 if pd.isna(row["horizon"]) else row["horizon"],
-        )
-        if key in latest.index:
-            hit = latest.loc[key]
-            out.loc[i, ["earlier_run", "earlier_estimate", "earlier_low", "earlier_high"]] = [
-                hit["run_id"],
-                hit["estimate"],
-                hit["ci_low"],
-                hit["ci_high"],
-            ]
-    return out
+        [ctx.store.run(ctx.run_id).get("cohort_name"), ctx.reference, ctx.run_id, ESTIMATED],
+    ).drop_duplicates(KEYS, keep="last")
+    keyed = frame.assign(_horizon=frame["horizon"].astype(float).fillna(-1.0))
+    return keyed.merge(earlier, on=KEYS, how="left").drop(columns="_horizon")

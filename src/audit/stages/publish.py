@@ -35,8 +35,7 @@ def verdict_stage(ctx: RunContext) -> str:
             n_quarantined=int(q),
             has_outcomes=ctx.cohort.has_outcomes,
             fairness_metrics=ctx.config.fairness.verdict_metrics,
-            declared_groups=[[a] for a in ctx.config.fairness.attributes]
-            + [list(i) for i in ctx.config.fairness.intersections],
+            declared_groups=ctx.config.fairness.declared_groups(),
             tables=tables,
         )
     )

@@ -3,15 +3,13 @@ subgroup names, confirmed on held-out subjects (:mod:`audit.metrics.slices`)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 
 from audit.data.cohort import age_band
 from audit.metrics.slices import (
     SliceSettings,
+    conditions_of,
     describe_clusters,
     discover,
     output_losses,
@@ -24,6 +22,7 @@ from audit.report import plots
 from audit.stages.context import RunContext, one_per_subject, wide_predictions
 
 SLICE_COLUMNS = [c for c in columns("slices") if c != "run_id"]
+CLUSTER = "embedding_cluster"
 
 
 def slices_stage(ctx: RunContext) -> int:
@@ -31,16 +30,6 @@ def slices_stage(ctx: RunContext) -> int:
     cfg = ctx.config.slices
     if not cfg.enabled:
         return ctx.write("slices", {}, note="slice discovery not run: turned off in the config")
-    base = SliceSettings(
-        max_order=cfg.max_order,
-        beam=cfg.beam,
-        min_size=cfg.min_size,
-        min_share=cfg.min_share,
-        top_k=cfg.top_k,
-        alpha=cfg.alpha,
-        bands=cfg.bands,
-        seed=cfg.seed,
-    )
     props = ctx.store.table("image_properties", ctx.run_id)
     detections = ctx.store.table("detections", ctx.run_id)
     parts, faces = [], []
@@ -63,17 +52,17 @@ def slices_stage(ctx: RunContext) -> int:
             clinical=cfg.clinical,
         )
         described = describe_clusters(features, cfg.bands)
-        first = len(parts)
+        mine = []
         for output in model.outputs:
             losses, notes = output_losses(subjects, output)
             for note in notes:
                 ctx.note("slices", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
             for loss in losses:
-                settings = replace(base, min_effect=cfg.min_effect.get(loss.name, 0.0))
+                settings = SliceSettings.from_config(cfg, loss.name)
                 found = discover(features, loss.values, settings, signed=loss.signed)
                 if found.empty:
                     continue
-                parts.append(
+                mine.append(
                     found.assign(
                         model=model.name,
                         output=output,
@@ -81,22 +70,26 @@ def slices_stage(ctx: RunContext) -> int:
                         unit=loss.unit,
                         rank=range(1, len(found) + 1),
                         min_effect=settings.min_effect,
-                        description=found["conditions"].map(lambda c: _cluster_text(c, described)),
+                        description=[
+                            next((described.get(v) for f, v in c if f == CLUSTER), None)
+                            for c in conditions_of(found)
+                        ],
                     )
                 )
-        found_here = pd.concat(parts[first:]) if len(parts) > first else None
-        if found_here is not None and "embedding_cluster" in features.columns:
+        parts += mine
+        if mine and CLUSTER in features.columns:
+            found = pd.concat(mine, ignore_index=True)
             wanted = {
                 value
-                for c in found_here.loc[found_here["confirmed"].astype(bool), "conditions"]
-                for feature, value in json.loads(c)
-                if feature == "embedding_cluster"
+                for c in conditions_of(found[found["confirmed"].astype(bool)])
+                for feature, value in c
+                if feature == CLUSTER
             }
             faces += cluster_faces(
                 ctx.cohort,
                 model,
                 subjects,
-                features["embedding_cluster"].to_numpy(),
+                features[CLUSTER].to_numpy(),
                 wanted,
                 min_faces=cfg.min_faces,
                 sample=cfg.face_sample,
@@ -166,11 +159,3 @@ def cluster_faces(
             }
         )
     return rows
-
-
-def _cluster_text(conditions: str, described: dict[str, str]) -> str | None:
-    """The description of the embedding cluster a slice's conditions name, if any."""
-    for feature, value in json.loads(conditions):
-        if feature == "embedding_cluster":
-            return described.get(value)
-    return None

@@ -98,3 +98,5 @@ def test_the_commands_write_and_check_a_bundle(audited, tmp_path):
     out.write_text(json.dumps(doc))
     assert main(["verify-bundle", str(out)]) == 1
     assert main(["export-bundle", str(tmp_path), "--site", "s"]) == 2  # not a run folder
+    (tmp_path / "junk.json").write_text("not json")
+    assert main(["verify-bundle", str(tmp_path / "junk.json")]) == 1  # said, not a crash

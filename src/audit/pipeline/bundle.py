@@ -181,7 +181,15 @@ def write_bundle(store: Store, run_id: str, site: str, path: str | Path, **limit
 
 def verify_bundle(path: str | Path) -> list[str]:
     """What is wrong with a bundle file (empty: intact and signed by the key it names)."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("bundle", {}).get("format") != FORMAT:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"{path}: not a {FORMAT} (not JSON: {exc})"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("bundle"), dict):
         return [f"{path}: not a {FORMAT}"]
+    if doc["bundle"].get("format") != FORMAT:
+        return [f"{path}: not a {FORMAT}"]
+    missing = [k for k in ("digest", "signature", "public_key") if not isinstance(doc.get(k), str)]
+    if missing:
+        return [f"{path}: not signed (no {', '.join(missing)})"]
     return signature_problems(doc, "bundle", str(path))

@@ -100,3 +100,50 @@ def test_the_commands_write_and_check_a_bundle(audited, tmp_path):
     assert main(["export-bundle", str(tmp_path), "--site", "s"]) == 2  # not a run folder
     (tmp_path / "junk.json").write_text("not json")
     assert main(["verify-bundle", str(tmp_path / "junk.json")]) == 1  # said, not a crash
+
+
+def test_one_site_combines_to_its_own_estimates_and_verdict(audited, tmp_path, prefect_harness):
+    """``combine`` of one site's bundle: every pooled quantity is the site's own estimate
+    and CI, and the run's own accuracy and hazard-ratio checks judge them as they judged
+    the site (through the command and its Prefect flow)."""
+    from audit.cli import main
+    from audit.pipeline.store import Store
+
+    run, root = audited
+    store = Store(root / "out" / "audit.duckdb")
+    bundle = write_bundle(store, run.run_id, "site-a", tmp_path / "a.json")
+    code = main(["combine", str(bundle), "--out", str(tmp_path / "combined")])
+    combined = Store(tmp_path / "combined" / "audit.duckdb")
+    (row,) = combined.runs().to_dict("records")
+    assert row["flow"] == "combine" and row["cohort_name"] == "1 site (site-a)"
+    assert code == (0 if row["verdict"] == "pass" else 1)
+    pooled = combined.table("combined_pooled", row["run_id"])
+    kept = [q for q in json.loads(bundle.read_text())["bundle"]["quantities"] if "estimate" in q]
+    own = pooled[pooled["k"] == 1].set_index(
+        ["model", "output", "quantity", "attribute", "group_name"]
+    )
+    compared = 0
+    for q in kept:
+        if q["se"] is None or q["horizon"] is not None:
+            continue
+        r = own.loc[(q["model"], q["output"], q["quantity"], q["attribute"], q["group"])]
+        assert r["estimate"] == pytest.approx(q["estimate"], rel=1e-12)
+        assert r["ci_low"] == pytest.approx(q["ci_low"], rel=1e-12)
+        assert r["ci_high"] == pytest.approx(q["ci_high"], rel=1e-12)
+        compared += 1
+    assert compared > 100
+    mine = store.table("verdicts", run.run_id).set_index("check_name")
+    theirs = combined.table("verdicts", row["run_id"]).set_index("check_name")
+    for name in (
+        "faceage_mae",
+        "faceage_pearson_r",
+        "risk_c_index",
+        "faceage_adjusted_hr_per_decade",
+    ):
+        assert theirs.loc[name, "status"] == mine.loc[name, "status"], name
+        assert theirs.loc[name, "value"] == pytest.approx(mine.loc[name, "value"], rel=1e-9)
+    assert theirs.loc["site_consistency", "status"] == "skipped"  # one site: none to compare
+    page = (tmp_path / "combined" / "runs" / row["run_id"] / "index.html").read_text()
+    assert "Combined audit of 1 site (site-a)" in page and "site-a" in page
+    for value in store.table("cohort_rows", run.run_id)["subject_id"].head(50):
+        assert value not in page

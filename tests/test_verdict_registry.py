@@ -22,7 +22,7 @@ def test_a_registered_check_runs_per_model_and_reads_its_table(registry):
     def planted(ev, m):
         n = len(ev.table("accuracy"))
         return [
-            verdict._row(
+            verdict.check_row(
                 m["name"], "planted_rows", "accuracy", 3.0, float(n), n <= 3, f"{n} accuracy rows"
             )
         ]

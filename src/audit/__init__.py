@@ -25,6 +25,7 @@ _NAMES = {
     "AuditConfig": "pipeline.config",
     "AuditRun": "api",
     "Cohort": "data.cohort",
+    "combine": "api",
     "InputError": "errors",
     "faceage_metrics": "metrics.functions",
     "load_config": "pipeline.config",

@@ -4,6 +4,7 @@
 >>> run = audit.run("cohorts/site-a", ["predictions:faceage"], out="reports")
 >>> run.verdict_status, run.accuracy.head()
 >>> same = audit.open_run("reports/audit.duckdb", run.run_id)
+>>> pooled = audit.combine(["a.bundle.json", "b.bundle.json", "c.bundle.json"], out="combined")
 
 :func:`run` takes the same cohort folder, model specs and ``audit.toml`` as ``faceage-audit
 run`` and writes the same DuckDB file and pages; with ``orchestrator="inline"`` (the default)
@@ -23,6 +24,7 @@ import pandas as pd
 
 from audit.data.cohort import Cohort
 from audit.errors import InputError
+from audit.orchestrate.combined import combine_sequence
 from audit.orchestrate.sequence import preflight, resolve_reference, run_audit_inline
 from audit.pipeline.config import AuditConfig, load_config
 from audit.pipeline.store import RESULT_TABLES, Store
@@ -119,6 +121,35 @@ def run(
             folder, specs, out, cfg, reference=reference, flow="monitor" if reference else "audit"
         )
     return AuditRun(out / "audit.duckdb", result["run_id"])
+
+
+def combine(
+    bundles: Sequence[str | Path],
+    *,
+    out: str | Path = "combined",
+    config=None,
+    orchestrator: str = "inline",
+) -> AuditRun:
+    """Combine site bundles (:func:`audit.pipeline.bundle.write_bundle`, ``faceage-audit
+    export-bundle``) into ``out``/audit.duckdb and its page: every signature verified, the
+    models checked to agree, each quantity pooled across sites by random-effects
+    meta-analysis, judged with the audit's thresholds. ``config``: as :func:`run` takes it
+    (its ``[combine]`` section sets the pooling and the sites' keys). Returns the combined
+    audit as an :class:`AuditRun` (its tables: ``combined_pooled``, ``combined_estimates``,
+    ``combined_sites``, ``combined_models``, ``verdicts``)."""
+    if orchestrator not in ORCHESTRATORS:
+        raise InputError(f"orchestrator {orchestrator!r}: use one of {list(ORCHESTRATORS)}")
+    config_path, sections = _config_arguments(config)
+    paths = [str(p) for p in bundles]
+    if orchestrator == "prefect":
+        from audit.orchestrate.prefect_flows import combine_flow
+
+        if sections:
+            raise InputError("orchestrator='prefect' takes config as a path to audit.toml")
+        result = combine_flow(bundles=paths, out=str(out), config=config_path)
+    else:
+        result = combine_sequence(paths, out, load_config(config_path, **sections))
+    return AuditRun(Path(out) / "audit.duckdb", result["run_id"])
 
 
 def open_run(db: str | Path, run_id: str | None = None) -> AuditRun:

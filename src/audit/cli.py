@@ -449,6 +449,42 @@ def export_bundle(
     console.print(f"bundle: {escape(str(path))}")
 
 
+@app.command("combine")
+def combine_command(
+    bundles: list[Path] = typer.Argument(..., help="site bundles (export-bundle), one per site"),
+    out: Path = typer.Option(
+        Path("combined"), "--out", help="output folder of the combined audit (audit.duckdb, runs/)"
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="audit.toml: [combine] pooling and keys, [thresholds]"
+    ),
+) -> None:
+    """Combine site bundles: verify each, check the models agree, pool every quantity across
+    sites (random effects), judge and publish. Exit 0 pass, 1 fail, 2 unusable input."""
+    load_config(config)  # fail fast (exit 2) before Prefect starts
+    for path in bundles:
+        if not path.is_file():
+            raise InputError(f"{path}: no such bundle file")
+    progress.use_console(console)
+    from audit.orchestrate.prefect_flows import combine_flow
+
+    with console.status("starting Prefect (a temporary local server the first time)..."):
+        import prefect  # noqa: F401
+    result = combine_flow(
+        bundles=[str(p) for p in bundles], out=str(out), config=str(config) if config else None
+    )
+    store = Store(out / "audit.duckdb")
+    for v in store.table("verdicts", result["run_id"]).itertuples():
+        if v.status in ("fail", "inconclusive"):
+            who = f" ({v.model})" if v.model else ""
+            console.print(f"[red]{v.status}[/] {v.check_name}{who}: {escape(str(v.details))}")
+    style = "bold green" if result["verdict"] == "pass" else "bold red"
+    console.print(f"[{style}]combined verdict: {result['verdict'].upper()}[/]")
+    console.print(f"report:   {escape(str(result['report']))}", highlight=False)
+    console.print(f"database: {escape(str(out / 'audit.duckdb'))}", highlight=False)
+    raise typer.Exit(EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL)
+
+
 @app.command("verify-bundle")
 def verify_bundle_command(
     bundle: Path = typer.Argument(..., help="a site bundle (export-bundle)"),

@@ -7,6 +7,7 @@ from audit._lazy import exports
 
 _NAMES = {
     "audit_sequence": "sequence",
+    "combine_sequence": "combined",
     "inline_fan_out": "sequence",
     "inline_step": "sequence",
     "process_inbox": "sequence",

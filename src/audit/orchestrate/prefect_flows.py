@@ -17,6 +17,7 @@ from prefect.cache_policies import NONE
 from audit import stages
 from audit.monitor.alerts import alert_failure
 from audit.orchestrate.artifacts import publish_artifacts
+from audit.orchestrate.combined import combine_sequence
 from audit.orchestrate.sequence import (
     audit_sequence,
     process_inbox,
@@ -166,6 +167,16 @@ def validation_flow(cohort: str, out: str = "reports", config: str | None = None
     with _Attempt(out, "validate", cohort, config, None, alert=True) as attempt:
         attempt.ctx = stages.start(cohort, [], out, load_config(config), flow="validate")
         result = validation_sequence(attempt.ctx, step=prefect_step)
+    _artifacts(out, result)
+    return result
+
+
+@flow(name="combine", log_prints=False, validate_parameters=True)
+def combine_flow(bundles: list[str], out: str = "combined", config: str | None = None) -> dict:
+    """Combine site bundles (``faceage-audit export-bundle``) into ``out``/audit.duckdb: every
+    signature verified, the same models checked, each quantity pooled across sites, judged
+    and published. Returns ``{"run_id", "verdict", "report"}``."""
+    result = combine_sequence(bundles, out, load_config(config), step=prefect_step)
     _artifacts(out, result)
     return result
 

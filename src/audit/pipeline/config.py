@@ -358,6 +358,25 @@ class EstimateConfig(_Section):
     seed: int = 0
 
 
+class CombineConfig(_Section):
+    """The combined audit of several sites' bundles (``faceage-audit combine``): how each
+    quantity is pooled across sites, and whose signatures count."""
+
+    method: Literal["REML", "DL"] = Field(
+        "REML", description="the between-site variance tau^2: REML or DerSimonian-Laird"
+    )
+    hartung_knapp: bool = Field(
+        True, description="the random-effects CI by Hartung-Knapp (t on k - 1 df); else normal"
+    )
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    site_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="the Ed25519 public key (hex) each site signs with, by site label; when "
+        "set, a bundle from a site not listed, or signed with another key, is not pooled "
+        "(empty: any bundle whose signature verifies)",
+    )
+
+
 class AlertsConfig(_Section):
     """Where scheduled runs send alerts (a webhook, through Prefect's notification block)."""
 
@@ -524,6 +543,12 @@ class Thresholds(_Section):
     fairness_flagged_max: int = Field(
         0, ge=0, description="flagged subgroups (of the fairness verdict metrics) allowed"
     )
+    site_outliers_max: int = Field(
+        0,
+        ge=0,
+        description="combined audits: site estimates of the judged quantities outside what "
+        "the other sites predict (Bonferroni over them) allowed",
+    )
     face_pipeline_flagged_max: int = Field(
         0, ge=0, description="groups the face detector fails more often than tolerated, allowed"
     )
@@ -621,6 +646,7 @@ class AuditConfig(_Section):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
+    combine: CombineConfig = Field(default_factory=CombineConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["quick", "standard", "full", "light"] = Field(
         "standard",

@@ -10,7 +10,8 @@ appended at the end of one; 15 appended ``spread`` to ``predictions`` and
 ``prediction_cache`` and added ``face_pipeline``; 16 added ``paired`` and ``paired_pairs``
 and appended ``condition``, ``pair`` and ``paired_only`` to ``cohort_rows``; 17 added
 ``slices``, 18 appended ``conditions`` and ``description`` to it, 19 added
-``estimated_performance`` and ``drift_case_mix``), so creating the
+``estimated_performance`` and ``drift_case_mix``, 20 the ``combined_*`` tables of a combined
+audit), so creating the
 missing tables and appending the missing columns in the order written here gives the same
 tables, in the same column order, as a file created new. A change that is not additive needs
 its own step in :data:`STEPS`.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 19
+SCHEMA_VERSION = 20
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,48 @@ TABLES: tuple[Table, ...] = (
         "Figures a stage drew from things no table holds (the perturbation examples on a "
         "synthetic face), as data URIs.",
         "run_id VARCHAR, figure VARCHAR, uri VARCHAR, alt VARCHAR",
+    ),
+    Table(
+        "combined_sites",
+        "A combined audit's site bundles: the label each site chose, the bundle's SHA-256 and "
+        "signing key, the run it came from, its composition, and whether it was pooled (with "
+        "the problems found when not).",
+        "run_id VARCHAR, site VARCHAR, bundle_file VARCHAR, bundle_sha256 VARCHAR, public_key "
+        "VARCHAR, source_run VARCHAR, source_flow VARCHAR, synthetic BOOLEAN, subjects BIGINT, "
+        "config_sha256 VARCHAR, code_version VARCHAR, composition JSON, status VARCHAR, "
+        "problems VARCHAR",
+    ),
+    Table(
+        "combined_models",
+        "Each site's digests of each model it audited, and whether they are those most sites "
+        "audited (a site that audited another checkpoint or spec is not pooled for it).",
+        "run_id VARCHAR, model VARCHAR, site VARCHAR, kind VARCHAR, checkpoint_sha256 VARCHAR, "
+        "spec_sha256 VARCHAR, status VARCHAR",
+    ),
+    Table(
+        "combined_estimates",
+        "Each site's estimate of each pooled quantity (a subgroup difference computed from "
+        "its group values) with its weight in the pool, studentized deleted residual, and "
+        "whether it lies outside what the other sites predict; or why it was not pooled.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, quantity VARCHAR, attribute VARCHAR, "
+        "group_name VARCHAR, reference_group VARCHAR, horizon DOUBLE, scale VARCHAR, site "
+        "VARCHAR, n BIGINT, events BIGINT, estimate DOUBLE, se DOUBLE, ci_low DOUBLE, ci_high "
+        "DOUBLE, weight DOUBLE, deleted_residual DOUBLE, flagged BOOLEAN, outside_prediction "
+        "BOOLEAN, status VARCHAR",
+    ),
+    Table(
+        "combined_pooled",
+        "Each quantity pooled across sites: fixed effect, random effects (tau^2 by REML or "
+        "DerSimonian-Laird, Hartung-Knapp CI), Q, I^2, H^2, the prediction interval for a new "
+        "site, the sites flagged; subgroup differences with their Bonferroni band, tolerance "
+        "and status.",
+        "run_id VARCHAR, model VARCHAR, output VARCHAR, quantity VARCHAR, attribute VARCHAR, "
+        "group_name VARCHAR, reference_group VARCHAR, horizon DOUBLE, scale VARCHAR, pooling "
+        "VARCHAR, k INTEGER, k_withheld INTEGER, n BIGINT, events BIGINT, method VARCHAR, "
+        "fixed DOUBLE, fixed_low DOUBLE, fixed_high DOUBLE, estimate DOUBLE, se DOUBLE, ci_low "
+        "DOUBLE, ci_high DOUBLE, ci_method VARCHAR, tau2 DOUBLE, q DOUBLE, q_p DOUBLE, i2 "
+        "DOUBLE, h2 DOUBLE, pred_low DOUBLE, pred_high DOUBLE, band_low DOUBLE, band_high "
+        "DOUBLE, tolerance DOUBLE, flagged_sites VARCHAR, status VARCHAR, note VARCHAR",
     ),
 )
 

@@ -13,7 +13,7 @@ verdict traces to a row in DuckDB.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +34,7 @@ def sig3(x: float) -> str:
     return "0" if abs(x) < 1e-9 else f"{x:.3g}"
 
 
-def _row(
+def check_row(
     model, name, category, threshold, value, ok, details, judged=None, inconclusive: bool = False
 ):
     """One check. ``judged``: the number held against the threshold when it is not the
@@ -100,7 +100,7 @@ def _accuracy_check(
 ):
     v, d = _accuracy_value(accuracy, model, output, metric)
     if v is not None and not math.isfinite(v):  # computed, but undefined on this cohort
-        return _row(
+        return check_row(
             model,
             check,
             "accuracy",
@@ -114,7 +114,7 @@ def _accuracy_check(
     ok = value is not None and (value >= threshold if at_least else value <= threshold)
     rule = f"must be at least {threshold:g}" if at_least else f"must be at most {threshold:g}"
     size = "; its size " if absolute else " "
-    return _row(
+    return check_row(
         model, check, "accuracy", threshold, value, ok, f"{label} {d}{size}{rule}" if d else missing
     )
 
@@ -138,7 +138,7 @@ def _hr_check(
     if term is None:
         failed = _not_converged(models, model, model_ids)
         if failed is not None:  # a fit the data broke is no evidence either way
-            return _row(
+            return check_row(
                 model,
                 check,
                 "survival",
@@ -149,7 +149,7 @@ def _hr_check(
                 judged=math.nan,
                 inconclusive=True,
             )
-        return _row(model, check, "survival", threshold, None, False, missing)
+        return check_row(model, check, "survival", threshold, None, False, missing)
     events = _model_events(models, model, model_id)
     hr, low, high = float(term["hr"]), float(term["hr_low"]), float(term["hr_high"])
     text = (
@@ -159,7 +159,7 @@ def _hr_check(
     )
     imprecise = _imprecision(events, high / low if low > 0 else math.inf, t)
     if imprecise:
-        return _row(
+        return check_row(
             model,
             check,
             "survival",
@@ -170,7 +170,7 @@ def _hr_check(
             judged=low,
             inconclusive=True,
         )
-    return _row(
+    return check_row(
         model,
         check,
         "survival",
@@ -287,7 +287,7 @@ def _robustness_checks(
                     if not len(sel)
                     else f"no {scope} row at a judged severity with enough photos"
                 )
-                rows.append(_row(model, name, "robustness", threshold, None, False, why))
+                rows.append(check_row(model, name, "robustness", threshold, None, False, why))
                 continue
 
             worst = judged.sort_values([metric, "severity"], ascending=[False, True]).iloc[0]
@@ -305,7 +305,7 @@ def _robustness_checks(
             hollow = value <= threshold and unreliable is not None
             # small shifts prove nothing for an output that hardly depends on the face
             rows.append(
-                _row(
+                check_row(
                     model,
                     name,
                     "robustness",
@@ -341,7 +341,7 @@ def _reliability_check(
             "the output does not vary across subjects at any judged perturbation: a "
             "model whose output does not depend on the face has no robustness to claim"
         )
-        return _row(
+        return check_row(
             model, name, "robustness", t.robustness_icc_min, math.nan, False, why, inconclusive=True
         ), why
     worst = judged.loc[icc.fillna(-np.inf).idxmin()]
@@ -355,7 +355,7 @@ def _reliability_check(
     )
     if not np.isfinite(value):
         why = f"under {worst['perturbation']} the output stops varying across subjects"
-        return _row(
+        return check_row(
             model, name, "robustness", t.robustness_icc_min, math.nan, False, why, inconclusive=True
         ), why
     ok = value >= t.robustness_icc_min
@@ -368,7 +368,9 @@ def _reliability_check(
             "nearly as much under a perturbation as between subjects"
         )
     )
-    return _row(model, name, "robustness", t.robustness_icc_min, value, ok, details), unreliable
+    return check_row(
+        model, name, "robustness", t.robustness_icc_min, value, ok, details
+    ), unreliable
 
 
 def _fairness_floor(sel: pd.DataFrame, output: str, t: Thresholds) -> str | None:
@@ -411,7 +413,7 @@ def _fairness_check(
         else pd.DataFrame()
     )
     if not len(sel):
-        return _row(
+        return check_row(
             model,
             name,
             "fairness",
@@ -422,7 +424,7 @@ def _fairness_check(
         )
     floor = _fairness_floor(sel, output, t)
     if floor is not None:
-        return _row(
+        return check_row(
             model,
             name,
             "fairness",
@@ -454,7 +456,7 @@ def _fairness_check(
         + (f": {listed}" if listed else "")
         + (" ..." if len(flagged) > 6 else "")
     )
-    return _row(
+    return check_row(
         model,
         name,
         "fairness",
@@ -512,7 +514,7 @@ def _representativeness_checks(rep: pd.DataFrame | None, t: Thresholds) -> list[
         p = float(g["p_value"].iloc[0])
         worst = g.dropna(subset=["ratio"]).sort_values("ratio").iloc[0]
         rows.append(
-            _row(
+            check_row(
                 None,
                 f"representativeness_{attribute}",
                 "data",
@@ -540,7 +542,7 @@ def _drift_checks(drift: pd.DataFrame | None, t: Thresholds) -> list[dict]:
             for r in hit.itertuples()
         )
         rows.append(
-            _row(
+            check_row(
                 None,
                 f"drift_{kind}",
                 "drift",
@@ -584,12 +586,12 @@ def _net_benefit_check(
             "else the follow-up does not reach it or the score could not be modelled: "
             "see the survival notes)"
         )
-        return [_row(model, name, "survival", 1.0, None, False, why)]
+        return [check_row(model, name, "survival", 1.0, None, False, why)]
     grid = sorted(float(v) for v in sel["threshold"].unique())
     judged = [v for v in grid if low - 1e-9 <= v <= high + 1e-9]
     if not judged:
         return [
-            _row(
+            check_row(
                 model,
                 name,
                 "survival",
@@ -602,7 +604,7 @@ def _net_benefit_check(
     useful = [v for v in useful_thresholds(sel) if v in judged]
     missed = [v for v in judged if v not in useful]
     return [
-        _row(
+        check_row(
             model,
             name,
             "survival",
@@ -643,7 +645,7 @@ def _net_benefit_subgroup_check(
     )
     if not len(sel):
         return [
-            _row(
+            check_row(
                 model,
                 name,
                 "fairness",
@@ -680,8 +682,8 @@ def _net_benefit_subgroup_check(
             for r in small.itertuples()
         )
     if not n_groups:
-        return [_row(model, name, "fairness", 0.0, None, False, details)]
-    return [_row(model, name, "fairness", 0.0, float(len(harmed)), not harmed, details)]
+        return [check_row(model, name, "fairness", 0.0, None, False, details)]
+    return [check_row(model, name, "fairness", 0.0, float(len(harmed)), not harmed, details)]
 
 
 @dataclass(frozen=True)
@@ -768,7 +770,7 @@ def _quarantine_row(
     ``cohort_rows``)."""
     frac = n_quarantined / n_manifest_rows if n_manifest_rows else 0.0
     most = most_excluded(rows) if rows is not None and len(rows) else ""
-    return _row(
+    return check_row(
         None,
         "quarantine_fraction",
         "data",
@@ -805,7 +807,7 @@ def face_pipeline_checks(table: pd.DataFrame | None, t: Thresholds) -> list[dict
         if m in overall and np.isfinite(overall[m])
     )
     return [
-        _row(
+        check_row(
             None,
             "face_pipeline",
             "data",
@@ -1000,7 +1002,9 @@ def paired_checks(table: pd.DataFrame, model: str, output: str, t: Thresholds) -
         part = sel[(sel["attribute"] == "all") == (scope == "overall")]
         if not len(part):
             why = "no comparison judged" if scope == "overall" else "no subgroup rows"
-            rows.append(_row(model, name, "paired", t.paired_not_equivalent_max, None, False, why))
+            rows.append(
+                check_row(model, name, "paired", t.paired_not_equivalent_max, None, False, why)
+            )
             continue
         bad = part[part["equivalence"] == "not equivalent"]
         unsure = part[part["equivalence"] == "inconclusive"]
@@ -1021,7 +1025,7 @@ def paired_checks(table: pd.DataFrame, model: str, output: str, t: Thresholds) -
             f"{len(unsure)} inconclusive" + ("; " + "; ".join(listed) if listed else "")
         )
         rows.append(
-            _row(
+            check_row(
                 model,
                 name,
                 "paired",
@@ -1059,7 +1063,7 @@ def slices_check(
     name = f"slices_{output}"
     sel = table[(table["model"] == model) & (table["output"] == output)] if len(table) else table
     if not len(sel):
-        return _row(
+        return check_row(
             model,
             name,
             "slices",
@@ -1091,19 +1095,21 @@ def slices_check(
         )
     )
     ok = len(found) <= t.slices_confirmed_max
-    return _row(
+    return check_row(
         model, name, "slices", float(t.slices_confirmed_max), float(len(found)), ok, details
     )
 
 
-def evaluate(evidence: Evidence) -> pd.DataFrame:
-    """Every registered check of a run: the ``run`` checks, then each model's checks, in
-    the order they were registered. Returns the ``verdicts`` rows."""
+def evaluate(evidence: Evidence, only: Collection[str] | None = None) -> pd.DataFrame:
+    """Every registered check of a run (or those named in ``only``): the ``run`` checks,
+    then each model's checks, in the order they were registered. Returns the ``verdicts``
+    rows."""
+    chosen = [c for c in CHECKS if only is None or c.name in only]
     rows = []
-    for check in (c for c in CHECKS if c.scope == "run"):
+    for check in (c for c in chosen if c.scope == "run"):
         rows.extend(check.fn(evidence))
     for m in evidence.models:
-        for check in (c for c in CHECKS if c.scope == "model"):
+        for check in (c for c in chosen if c.scope == "model"):
             rows.extend(check.fn(evidence, m))
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
@@ -1125,7 +1131,7 @@ def validation_checks(
     )
     rows = [
         _quarantine_row(n_quarantined, n_manifest_rows, thresholds, rows),
-        _row(
+        check_row(
             None,
             "validation_errors",
             "data",

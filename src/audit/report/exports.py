@@ -45,6 +45,10 @@ EXPORTS: dict[str, tuple[str, ...]] = {
     "drift_case_mix": (),
     "saliency": (),
     "saliency_checks": (),
+    "combined_sites": (),
+    "combined_models": (),
+    "combined_pooled": (),
+    "combined_estimates": (),
 }
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

@@ -126,6 +126,46 @@ def forest_plot(
     return fig
 
 
+def meta_forest_plot(
+    sites: pd.DataFrame,
+    pooled: dict,
+    title: str,
+    xlabel: str,
+    ref: float | None = None,
+    log: bool = False,
+) -> Figure:
+    """A meta-analysis forest plot: each site's estimate and CI (``site``, ``value``,
+    ``ci_low``, ``ci_high``, ``weight``: the square's area; ``flagged`` sites in red), the
+    pooled estimate as a diamond over its CI and, when there is one, the prediction interval
+    for a new site as a bar beneath it. ``pooled``: ``estimate``, ``ci_low``, ``ci_high``,
+    ``pred_low``, ``pred_high``."""
+    sites = sites.reset_index(drop=True)
+    plt, fig, ax = _fig(6.0, max(2.0, 0.34 * (len(sites) + 2) + 1.0))
+    y = np.arange(len(sites))[::-1] + 2
+    value = sites["value"].to_numpy(dtype=float)
+    weight = sites["weight"].fillna(0).to_numpy(dtype=float)
+    colour = np.where(sites["flagged"].fillna(False).astype(bool), "#b42318", "#1f5f99")
+    ax.hlines(y, sites["ci_low"].astype(float), sites["ci_high"].astype(float), color="#888")
+    ax.scatter(value, y, s=20 + 180 * weight, marker="s", c=list(colour), zorder=3)
+    est, low, high = (float(pooled[k]) for k in ("estimate", "ci_low", "ci_high"))
+    ax.fill([low, est, high, est], [0.9, 1.15, 0.9, 0.65], color="#111827", zorder=3)
+    pred = (pooled.get("pred_low"), pooled.get("pred_high"))
+    if all(v is not None and np.isfinite(v) for v in pred):
+        ax.hlines(0.2, pred[0], pred[1], color="#b45309", lw=3)
+    if ref is not None:
+        ax.axvline(ref, color="#c0392b", lw=1, ls="--")
+    ax.axvline(est, color="#111827", lw=0.6, ls=":")
+    if log:
+        ax.set_xscale("log")
+    ax.set_yticks([0.2, 0.9, *y])
+    ax.set_yticklabels(["prediction", "pooled", *sites["site"]], fontsize=8)
+    ax.set_ylim(-0.4, len(sites) + 2.6)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
 def trend_plot(frame: pd.DataFrame, title: str, ylabel: str) -> Figure:
     """A metric over runs (x: run start), one line per cohort and model."""
     plt, fig, ax = _fig(6.5, 3.2)

@@ -27,10 +27,12 @@ from audit.metrics.slices import (
     conditions_of,
     judged,
 )
+from audit.pipeline.combine import FLOW as COMBINE_FLOW
 from audit.pipeline.config import FairnessConfig, SlicesConfig, Thresholds
 from audit.pipeline.store import Store
 from audit.report import onsite, plots
 from audit.report.card import model_cards
+from audit.report.combined import COMBINED_TABLES, combined_context
 from audit.report.decisions import decision_view, nested_view, subgroup_view
 from audit.report.exports import export_frames, write_exports
 from audit.report.records import records as _records
@@ -1207,6 +1209,8 @@ def render_run(
     ``show_faces``: add the cohort photos that moved most under each model's worst judged
     perturbation (read from the cohort folder the run audited), clean and perturbed."""
     out_dir = Path(out_dir)
+    if store.run(run_id)["flow"] == COMBINE_FLOW:
+        return render_combined(store, run_id, out_dir, final_verdict=final_verdict)
     tables = run_tables(store, run_id)
     ctx = run_context(
         store,
@@ -1232,6 +1236,29 @@ def render_run(
         + [("csv_export", p) for p in csvs]
         + [("saliency_png", p) for p in pngs]
     )
+    return pd.DataFrame(
+        [
+            {"kind": kind, "path": str(path.relative_to(out_dir)), "sha256": sha256_file(path)}
+            for kind, path in files
+        ]
+    )
+
+
+def render_combined(
+    store: Store, run_id: str, out_dir: str | Path, final_verdict: str | None = None
+) -> pd.DataFrame:
+    """Write a combined audit's page, ``verdict.json`` and CSV exports under
+    ``runs/<run_id>/``; return the artifact rows."""
+    out_dir = Path(out_dir)
+    tables = {name: store.table(name, run_id) for name in (*COMBINED_TABLES, "verdicts")}
+    ctx = combined_context(store, run_id, tables, final_verdict=final_verdict)
+    frames = export_frames(tables, lambda v: v)  # aggregates only: no id to scrub
+    ctx["exports"] = list(frames)
+    run_dir = out_dir / "runs" / run_id
+    _write_atomic(run_dir / "index.html", _env().get_template("combined.html").render(**ctx))
+    _write_atomic(run_dir / "verdict.json", _json(_verdict_document(run_id, ctx)))
+    files = [("report_html", run_dir / "index.html"), ("verdict_json", run_dir / "verdict.json")]
+    files += [("csv_export", p) for p in write_exports(frames, run_dir, write=_write_atomic)]
     return pd.DataFrame(
         [
             {"kind": kind, "path": str(path.relative_to(out_dir)), "sha256": sha256_file(path)}

@@ -1,0 +1,163 @@
+"""The combined audit's page, from its DuckDB tables alone: the verdict, the sites and the
+models they audited, a forest plot of every judged quantity (each site, the pooled estimate
+and the prediction interval for a new site), the pooled accuracy and survival estimates,
+and the pooled subgroup differences."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from audit.pipeline.combine import POOLED, judged_quantities
+from audit.pipeline.store import Store
+from audit.report import plots
+from audit.report.records import records
+
+LABELS = {
+    "mae": "FaceAge MAE (years)",
+    "mean_error": "FaceAge mean error (years)",
+    "pearson_r": "FaceAge Pearson r",
+    "c_index": "Harrell's C",
+}
+COMBINED_TABLES = ("combined_sites", "combined_models", "combined_estimates", "combined_pooled")
+
+
+def _shown(scale: str, x):
+    """A value as the page shows it: hazard ratios (pooled as logs) as ratios."""
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return None
+    return float(np.exp(x)) if scale == "log" else float(x)
+
+
+def _display(rows: pd.DataFrame) -> list[dict]:
+    out = []
+    for r in records(rows):
+        s = r["scale"]
+        shown = {
+            k: _shown(s, r.get(k))
+            for k in (
+                "estimate", "ci_low", "ci_high", "fixed", "fixed_low", "fixed_high", "pred_low",
+                "pred_high", "band_low", "band_high",
+            )
+            if k in r
+        }  # fmt: skip
+        label = r["quantity"]
+        if label.startswith("log_hr:"):
+            label = f"HR {label[len('log_hr:') :]}"
+        out.append({**r, **shown, "label": label})
+    return out
+
+
+def _forest(pooled_row: dict, sites: pd.DataFrame, title: str) -> dict:
+    s = pooled_row["scale"]
+    shown = sites.assign(
+        value=[_shown(s, v) for v in sites["estimate"]],
+        ci_low=[_shown(s, v) for v in sites["ci_low"]],
+        ci_high=[_shown(s, v) for v in sites["ci_high"]],
+    )
+    pooled = {k: _shown(s, pooled_row[k]) for k in ("estimate", "ci_low", "ci_high")}
+    pooled.update(
+        pred_low=_shown(s, pooled_row["pred_low"]), pred_high=_shown(s, pooled_row["pred_high"])
+    )
+    hr = s == "log"
+    xlabel = "hazard ratio (log scale)" if hr else "estimate"
+    return {
+        "uri": plots.to_uri(
+            plots.meta_forest_plot(shown, pooled, title, xlabel, ref=1.0 if hr else None, log=hr)
+        ),
+        "alt": f"Forest plot of {title}: each site's estimate and 95% CI (square sized by its "
+        "weight, red when it lies outside what the other sites predict), the pooled estimate "
+        "(diamond) and the prediction interval for a new site (bar).",
+    }
+
+
+def _judged_view(pooled: pd.DataFrame, estimates: pd.DataFrame, model: str) -> list[dict]:
+    blocks = []
+    for output, quantity in judged_quantities(pooled, model):
+        sel = (
+            (pooled["model"] == model)
+            & (pooled["output"] == output)
+            & (pooled["quantity"] == quantity)
+            & (pooled["attribute"] == "all")
+        )
+        row = _display(pooled[sel])[0]
+        sites = estimates[
+            (estimates["model"] == model)
+            & (estimates["output"] == output)
+            & (estimates["quantity"] == quantity)
+            & (estimates["attribute"] == "all")
+            & (estimates["status"] == POOLED)
+        ].sort_values("site")
+        title = f"{model}: {LABELS.get(quantity, row['label'])}" + (
+            "" if output in ("faceage", "risk") else f" ({output})"
+        )
+        blocks.append(
+            {
+                **row,
+                "title": title,
+                "figure": _forest(pooled[sel].iloc[0].to_dict(), sites, title),
+                "sites": _display(sites),
+            }
+        )
+    return blocks
+
+
+def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None) -> dict:
+    """What ``combined.html`` shows."""
+    run = store.run(run_id)
+    if final_verdict is not None:  # rendered just before the run is marked finished
+        run["verdict"] = final_verdict
+        run["status"] = "finished"
+    models = json.loads(run["models"] or "[]")
+    pooled, estimates = tables["combined_pooled"], tables["combined_estimates"]
+    sites = records(tables["combined_sites"])
+    compositions = {}
+    for s in sites:
+        comp = json.loads(s["composition"]) if s["composition"] else {}
+        for attribute in ("sex", "race", "age_band"):
+            for group, count in (comp.get(attribute) or {}).items():
+                compositions.setdefault((attribute, group), {})[s["site"]] = count
+    composition = [
+        {"attribute": a, "group": g, "counts": [counts.get(s["site"], "–") for s in sites]}
+        for (a, g), counts in sorted(compositions.items())
+    ]
+    overall = pooled[
+        (pooled["attribute"] == "all")
+        & ~pooled["quantity"].str.startswith(("fairness:", "difference:"))
+    ]
+    unpooled = overall[overall["status"] != POOLED]
+    overall = overall[overall["status"] == POOLED]
+    diffs = pooled[pooled["quantity"].str.startswith("difference:")]
+    shown_diffs = diffs[diffs["status"].isin(["flagged", "ok"])].copy()
+    shown_diffs["order"] = (shown_diffs["status"] != "flagged").astype(int)
+    flagged_rows = estimates[estimates["flagged"].fillna(False).astype(bool)]
+    verdicts = records(tables["verdicts"])
+    config = json.loads(run["config"] or "{}")
+    return {
+        "run": run,
+        "models": models,
+        "verdicts": verdicts,
+        "sites": sites,
+        "composition": composition,
+        "model_rows": records(tables["combined_models"]),
+        "judged": {m["name"]: _judged_view(pooled, estimates, m["name"]) for m in models},
+        "overall": _display(overall.sort_values(["model", "output", "quantity", "horizon"])),
+        "differences": _display(
+            shown_diffs.sort_values(
+                ["order", "model", "output", "quantity", "attribute", "group_name"]
+            )
+        ),
+        "n_differences": int(len(diffs)),
+        "n_unpooled": int(len(unpooled)),
+        "n_flagged_estimates": int(len(flagged_rows)),
+        "flagged_estimates": _display(
+            flagged_rows.sort_values(["model", "output", "quantity", "site"]).head(60)
+        ),
+        "config": config,
+        "z_flag": float(stats.norm.ppf(0.5 + config["combine"]["ci_level"] / 2)),
+        "exports": [],
+        "show_ids": False,  # a combined audit holds no id to show
+    }

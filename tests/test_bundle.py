@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from audit.pipeline.bundle import build_bundle, verify_bundle, write_bundle
@@ -147,3 +148,51 @@ def test_one_site_combines_to_its_own_estimates_and_verdict(audited, tmp_path, p
     assert "Combined audit of 1 site (site-a)" in page and "site-a" in page
     for value in store.table("cohort_rows", run.run_id)["subject_id"].head(50):
         assert value not in page
+
+
+def test_robustness_drift_and_calibration_by_decile_travel_in_the_bundle(audited, tmp_path):
+    """The share moved beyond tolerance (binomial SE) and the mean shift per perturbation,
+    each drift effect, and calibration by decile (observed minus predicted survival, the
+    Kaplan-Meier CI less the prediction), from a store's tables; small groups withheld."""
+    from audit.pipeline.store import Store
+
+    run, root = audited
+    source = Store(root / "out" / "audit.duckdb")
+    curves = source.table("survival_curves", run.run_id)
+    store = Store(tmp_path / "audit.duckdb")
+    run_id = store.start_run(flow="monitor", cohort_name="x", cohort_sha256="0" * 64)
+    robustness = pd.DataFrame(
+        {
+            "model": "m", "output": "faceage", "perturbation": "jpeg", "severity": [3, 3],
+            "attribute": ["all", "race"], "group_name": ["all", "Other"], "n": [200, 4],
+            "mean_abs_shift": [1.5, 2.0], "frac_over_tolerance": [0.1, 0.25],
+        }
+    )  # fmt: skip
+    drift = pd.DataFrame(
+        {"model": [None, "m"], "feature": ["age", "faceage"], "kind": ["metadata", "predictions"],
+         "effect": [0.31, 0.12], "n_current": [200, 200]}
+    )  # fmt: skip
+    store.write_stage(
+        run_id,
+        "x",
+        {
+            "robustness": robustness,
+            "drift": drift,
+            "survival_curves": curves,
+            "cohort_rows": source.table("cohort_rows", run.run_id),
+        },
+    )
+    doc = build_bundle(store, run_id, "s")
+    q = {(e["quantity"], e["attribute"], e["group"], e["output"]): e for e in doc["quantities"]}
+    share = q[("robustness_over_tolerance:jpeg@3", "all", "all", "faceage")]
+    assert share["estimate"] == pytest.approx(0.1)
+    assert share["se"] == pytest.approx(np.sqrt(0.1 * 0.9 / 200)) and share["n"] == 200
+    assert q[("robustness_mean_abs_shift:jpeg@3", "all", "all", "faceage")]["se"] is None
+    assert "suppressed" in q[("robustness_over_tolerance:jpeg@3", "race", "Other", "faceage")]
+    assert q[("drift_effect:age", "all", "all", "metadata")]["model"] == "cohort"
+    assert q[("drift_effect:faceage", "all", "all", "predictions")]["estimate"] == 0.12
+    cal = curves[curves["curve"] == "calibration:risk"].iloc[0]
+    gap = q[("calibration_gap", "predicted_risk_decile", cal["group_name"], "risk")]
+    assert gap["estimate"] == pytest.approx(cal["survival"] - cal["predicted"])
+    assert gap["ci_low"] == pytest.approx(cal["survival_low"] - cal["predicted"])
+    assert gap["horizon"] == pytest.approx(cal["time"]) and gap["n"] == cal["at_risk"]

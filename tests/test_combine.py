@@ -255,3 +255,26 @@ def test_a_subgroup_bias_shared_by_every_site_is_pooled_and_flagged(tmp_path, mo
     assert other["k"] == 0 and other["k_withheld"] == 4 and other["status"] == "not pooled"
     check = verdicts.set_index("check_name").loc["pooled_fairness_faceage"]
     assert check["status"] == "fail" and "Black" in check["details"]
+
+
+def test_shares_of_photos_pool_as_empirical_logits(tmp_path, monkeypatch):
+    """The share a perturbation moves beyond tolerance, pooled from each site's count:
+    logit((x + 1/2) / (n - x + 1/2)) with variance 1/(x + 1/2) + 1/(n - x + 1/2), even where
+    a site counted none."""
+    counts = {"a": (0, 150), "b": (12, 200), "c": (30, 250)}
+    name = "robustness_over_tolerance:jpeg@3"
+    paths = [
+        _write(tmp_path, site, [_q(name, x / n, np.sqrt(x / n * (1 - x / n) / n), n=n)],
+                monkeypatch)
+        for site, (x, n) in counts.items()
+    ]  # fmt: skip
+    tables, _ = _combine(paths)
+    from audit.stats.meta import pool
+
+    x = np.array([c[0] for c in counts.values()], float)
+    n = np.array([c[1] for c in counts.values()], float)
+    hand = pool(np.log((x + 0.5) / (n - x + 0.5)), 1 / (x + 0.5) + 1 / (n - x + 0.5))
+    r = _row(tables["combined_pooled"], name)
+    assert r["k"] == 3 and r["pooling"] == "logit"
+    assert r["estimate"] == pytest.approx(1 / (1 + np.exp(-hand.estimate)), rel=1e-10)
+    assert r["ci_high"] == pytest.approx(1 / (1 + np.exp(-hand.high)), rel=1e-10)

@@ -3,7 +3,9 @@
 Only aggregates leave: per model and output, each estimate with its standard error (given, or
 from its 95% CI), CI and counts, from the run's own tables (accuracy overall and by group,
 fairness per group, Cox terms with their coefficient and standard error, Harrell's C of each
-Cox model, Uno's C, time-dependent AUC, Brier score and calibration in the large); the
+Cox model, Uno's C, time-dependent AUC, Brier score, calibration in the large and by decile
+of predicted risk; robustness: the share of photos each perturbation moves beyond tolerance,
+and the mean shift; drift: each feature's effect size against the site's reference); the
 cohort's composition (counts by sex, race and age band); the models' names, kinds and
 checkpoint digests; the config digest and the code version. Never ids, photo paths, free
 text about rows, or any row-level value.
@@ -133,6 +135,15 @@ def build_bundle(
                 limits=limits,
             )
         )  # fmt: skip
+    quantities += _calibration_deciles(store, run_id, limits)
+    quantities += _robustness(store, run_id, limits)
+    for r in store.table("drift", run_id).to_dict("records"):
+        quantities.append(
+            _entry(
+                r["model"] or "cohort", r["kind"], f"drift_effect:{r['feature']}", r["effect"],
+                n=r["n_current"], limits=limits,
+            )
+        )  # fmt: skip
     models = [
         {k: m.get(k) for k in ("name", "kind", "outputs", "checkpoint_sha256", "spec_sha256")}
         for m in json.loads(run["models"] or "[]")
@@ -150,6 +161,48 @@ def build_bundle(
         "composition": _composition(store, run_id, min_subjects),
         "quantities": quantities,
     }
+
+
+def _calibration_deciles(store: Store, run_id: str, limits) -> list[dict]:
+    """Calibration by decile of predicted risk at the calibration horizon: observed
+    (Kaplan-Meier) minus mean predicted survival, its CI the Kaplan-Meier CI's less the
+    prediction, its SE from that CI."""
+    curves = store.table("survival_curves", run_id)
+    curves = curves[curves["curve"].str.startswith("calibration:")]
+    out = []
+    for r in curves.to_dict("records"):
+        gap = r["survival"] - r["predicted"]
+        low, high = r["survival_low"] - r["predicted"], r["survival_high"] - r["predicted"]
+        out.append(
+            _entry(
+                r["model"], r["curve"].split(":", 1)[1], "calibration_gap", gap,
+                se=_se({"ci_low": low, "ci_high": high}), low=low, high=high, horizon=r["time"],
+                n=r["at_risk"], attribute="predicted_risk_decile", group=r["group_name"],
+                limits=limits,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _robustness(store: Store, run_id: str, limits) -> list[dict]:
+    """Per perturbation and severity (``<perturbation>@<severity>``), overall and by group:
+    the share of photos moved beyond the tolerance (binomial SE; one photo a subject) and
+    the mean absolute shift (no SE: reported, not pooled)."""
+    out = []
+    for r in store.table("robustness", run_id).to_dict("records"):
+        label = f"{r['perturbation']}@{int(r['severity'])}"
+        n, share = r["n"], r["frac_over_tolerance"]
+        se = float(np.sqrt(share * (1 - share) / n)) if n and np.isfinite(share) else None
+        where = {"attribute": r["attribute"], "group": r["group_name"], "limits": limits, "n": n}
+        out.append(
+            _entry(r["model"], r["output"], f"robustness_over_tolerance:{label}", share, se=se,
+                   **where)
+        )  # fmt: skip
+        out.append(
+            _entry(r["model"], r["output"], f"robustness_mean_abs_shift:{label}",
+                   r["mean_abs_shift"], **where)
+        )  # fmt: skip
+    return out
 
 
 def _composition(store: Store, run_id: str, min_subjects: int) -> dict:

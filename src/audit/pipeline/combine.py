@@ -20,8 +20,9 @@ Pooling
     sites that report it with a standard error, by :func:`audit.stats.meta.pool` (random
     effects, tau^2 by REML or DerSimonian-Laird, Hartung-Knapp CI; the fixed effect beside
     it). Log hazard ratios are pooled as they come; correlations on Fisher's z
-    (``atanh r``, SE ``se / (1 - r^2)``) and observed/expected ratios on the log scale (SE
-    ``se / ratio``), both turned back for the tables; the rest as they are. ``se``, ``tau2``
+    (``atanh r``, SE ``se / (1 - r^2)``), observed/expected ratios on the log scale (SE
+    ``se / ratio``) and shares of photos as empirical logits of their counts, all turned
+    back for the tables; the rest as they are. ``se``, ``tau2``
     and the deleted residuals are on the pooling scale. One site pools to itself: its own
     estimate and its own CI. A REML fit that does not converge pools nothing and says so.
 
@@ -260,31 +261,50 @@ def models_of(sites: list[SiteBundle]) -> list[dict]:
 
 
 def pooling_scale(quantity: str) -> str:
-    """How a quantity is pooled: ``fisher_z`` (correlations), ``log`` (O/E ratios) or
-    ``identity`` (everything else; log hazard ratios come on the log scale already)."""
+    """How a quantity is pooled: ``fisher_z`` (correlations), ``log`` (O/E ratios),
+    ``logit`` (shares of photos, from their counts) or ``identity`` (everything else; log
+    hazard ratios come on the log scale already)."""
+    if quantity.startswith("robustness_over_tolerance:"):
+        return "logit"
     metric = quantity.split(":", 1)[1] if quantity.startswith("fairness:") else quantity
     return {"pearson_r": "fisher_z", "calibration_oe": "log"}.get(metric, "identity")
 
 
-def to_pooling(scale: str, y: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Estimates and SEs on the pooling scale (NaN where the scale does not reach)."""
+def to_pooling(scale: str, y, se, n=None) -> tuple[np.ndarray, np.ndarray]:
+    """Estimates and SEs on the pooling scale (NaN where the scale does not reach). A share
+    goes to the logit of its count with half a photo added to each side (``n`` photos: an
+    empirical logit, finite at 0 and 1), SE ``sqrt(1 / (x + 1/2) + 1 / (n - x + 1/2))``."""
     y, se = np.asarray(y, float), np.asarray(se, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         if scale == "fisher_z":
             ok = np.abs(y) < 1
-            return np.where(ok, np.arctanh(np.clip(y, -0.999999, 0.999999)), np.nan), np.where(
-                ok, se / (1 - y**2), np.nan
-            )
+            z = np.arctanh(np.clip(y, -0.999999, 0.999999))
+            return np.where(ok, z, np.nan), np.where(ok, se / (1 - y**2), np.nan)
         if scale == "log":
             ok = y > 0
             return np.where(ok, np.log(np.where(ok, y, 1)), np.nan), np.where(ok, se / y, np.nan)
+        if scale == "logit":
+            n = np.asarray(n, float)
+            ok = (n > 0) & (y >= 0) & (y <= 1)
+            x = np.round(y * n)
+            return (
+                np.where(ok, np.log((x + 0.5) / (n - x + 0.5)), np.nan),
+                np.where(ok, np.sqrt(1 / (x + 0.5) + 1 / (n - x + 0.5)), np.nan),
+            )
     return y, se
 
 
 def from_pooling(scale: str, x):
     """A value on the pooling scale turned back (NaN stays NaN)."""
     x = np.asarray(x, float)
-    out = np.tanh(x) if scale == "fisher_z" else np.exp(x) if scale == "log" else x
+    if scale == "fisher_z":
+        out = np.tanh(x)
+    elif scale == "log":
+        out = np.exp(x)
+    elif scale == "logit":
+        out = 1 / (1 + np.exp(-x))
+    else:
+        out = x
     return float(out) if out.ndim == 0 else out
 
 
@@ -319,6 +339,8 @@ def _entries(usable: list[SiteBundle], other: set) -> pd.DataFrame:
                 status = f"withheld at the site: {q['suppressed']}"
             elif not _finite(entry["estimate"]):
                 status = "not pooled: no estimate"
+            elif pooling_scale(q["quantity"]) == "logit":
+                status = POOLED if _finite(entry["n"]) and entry["n"] > 0 else "not pooled: no n"
             elif not _finite(entry["se"]) or entry["se"] <= 0:
                 status = "not pooled: no standard error"
             else:
@@ -330,7 +352,7 @@ def _entries(usable: list[SiteBundle], other: set) -> pd.DataFrame:
         frame[name] = frame[name].astype(float)
     scales = frame["quantity"].map(pooling_scale)
     for i in frame.index[frame["status"] == POOLED]:
-        y, _ = to_pooling(scales[i], frame.at[i, "estimate"], frame.at[i, "se"])
+        y, _ = to_pooling(scales[i], frame.at[i, "estimate"], frame.at[i, "se"], frame.at[i, "n"])
         if not np.isfinite(y):
             frame.at[i, "status"] = "not pooled: the value lies beyond its pooling scale"
     return frame
@@ -361,7 +383,7 @@ def _pool_one(sites: pd.DataFrame, scale: str, cfg: AuditConfig) -> tuple[dict, 
     if not len(use):
         reasons = sorted(set(sites["status"]))
         return {**base, "status": "not pooled", "note": "; ".join(reasons)}, out
-    y, se = to_pooling(scale, use["estimate"].to_numpy(), use["se"].to_numpy())
+    y, se = to_pooling(scale, use["estimate"], use["se"], use["n"].astype(float))
     v = se**2
     try:
         p = pool(y, v, c.method, c.hartung_knapp, c.ci_level)

@@ -231,7 +231,7 @@ class Store:
             thread.join(timeout=5)
 
     def finish_run(self, run_id: str, verdict: str | None) -> None:
-        with self.connect() as con:
+        with _ROW_LOCK, self.connect() as con:  # the heartbeat thread may be updating the row
             con.execute(
                 "UPDATE runs SET status = 'finished', finished_at = ?, heartbeat_at = ?, "
                 "verdict = ? WHERE run_id = ?",
@@ -239,7 +239,7 @@ class Store:
             )
 
     def fail_run(self, run_id: str, error: str) -> None:
-        with self.connect() as con:
+        with _ROW_LOCK, self.connect() as con:
             con.execute(
                 "UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
                 [_now(), error[:4000], run_id],

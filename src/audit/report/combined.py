@@ -134,6 +134,16 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
     shown_diffs = diffs[diffs["status"].isin(["flagged", "ok"])].copy()
     shown_diffs["order"] = (shown_diffs["status"] != "flagged").astype(int)
     flagged_rows = estimates[estimates["flagged"].fillna(False).astype(bool)]
+    drift = estimates[estimates["quantity"].str.startswith("drift_effect:")]
+    drift_rows = [
+        {
+            "model": model,
+            "kind": kind,
+            "feature": quantity.split(":", 1)[1],
+            "effects": [g.set_index("site")["estimate"].get(s["site"]) for s in sites],
+        }
+        for (model, kind, quantity), g in drift.groupby(["model", "output", "quantity"], sort=True)
+    ]
     verdicts = records(tables["verdicts"])
     config = json.loads(run["config"] or "{}")
     return {
@@ -152,6 +162,7 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
         ),
         "n_differences": int(len(diffs)),
         "n_unpooled": int(len(unpooled)),
+        "drift": drift_rows,
         "n_flagged_estimates": int(len(flagged_rows)),
         "flagged_estimates": _display(
             flagged_rows.sort_values(["model", "output", "quantity", "site"]).head(60)

@@ -196,3 +196,60 @@ def test_robustness_drift_and_calibration_by_decile_travel_in_the_bundle(audited
     assert gap["estimate"] == pytest.approx(cal["survival"] - cal["predicted"])
     assert gap["ci_low"] == pytest.approx(cal["survival_low"] - cal["predicted"])
     assert gap["horizon"] == pytest.approx(cal["time"]) and gap["n"] == cal["at_risk"]
+
+
+def test_a_run_and_its_combined_audit_write_valid_chai_cards_and_an_accuracy_sheet(
+    audited, tmp_path
+):
+    """Beside the run and beside a combined audit: a CHAI applied model card per model that
+    its packaged schema accepts (and that the schema rejects once an element is missing or
+    added), and the EU AI Act Art. 15(3) sheet whose numbers are the run's accuracy rows
+    (the pooled ones for the combined audit) with their population."""
+    import audit
+    from audit.pipeline.store import Store
+    from audit.report.regulatory import chai_problems
+
+    run, root = audited
+    run_dir = root / "out" / "runs" / run.run_id
+    store = Store(root / "out" / "audit.duckdb")
+    (card_file,) = (run_dir / "chai").glob("*.json")
+    card = json.loads(card_file.read_text())
+    assert chai_problems(card) == []
+    assert card["BasicInfo"]["ModelName"] == "predictions-faceage-risk"
+    results = card["KeyMetrics"]["UsefulnessUsabilityEfficacy"]["Results"]["MetricResult"]
+    mae = json.loads(next(r for r in results if r["Label"] == "faceage mae")["ValueJson"])
+    acc = store.table("accuracy", run.run_id)
+    row = acc[(acc["metric"] == "mae") & (acc["attribute"] == "all")].iloc[0]
+    assert mae["value"] == pytest.approx(row["value"]) and mae["ci_low"] == pytest.approx(
+        row["ci_low"]
+    )
+    broken = json.loads(card_file.read_text())
+    del broken["Warnings"]["ClinicalRiskLevel"]
+    broken["BasicInfo"]["Extra"] = "x"
+    problems = chai_problems(broken)
+    assert any("ClinicalRiskLevel" in p for p in problems) and any("Extra" in p for p in problems)
+    sheet = json.loads((run_dir / "eu_ai_act_accuracy.json").read_text())
+    assert sheet["regulation"].startswith("Regulation (EU) 2024/1689")
+    (model,) = sheet["models"]
+    assert model["population"]["subjects"] == 300
+    m = next(x for x in model["metrics"] if x["metric"] == "mae" and x["output"] == "faceage")
+    assert m["value"] == pytest.approx(row["value"]) and m["check"] == "faceage_mae"
+    kinds = set(store.table("artifacts", run.run_id)["kind"])
+    assert {"chai_model_card_json", "eu_ai_act_accuracy_json"} <= kinds
+
+    bundle = write_bundle(store, run.run_id, "site-a", tmp_path / "a.json")
+    combined = audit.combine([bundle], out=tmp_path / "combined")
+    out = tmp_path / "combined" / "runs" / combined.run_id
+    (pooled_card,) = (out / "chai").glob("*.json")
+    assert chai_problems(json.loads(pooled_card.read_text())) == []
+    pooled_sheet = json.loads((out / "eu_ai_act_accuracy.json").read_text())
+    pm = next(
+        x
+        for x in pooled_sheet["models"][0]["metrics"]
+        if x["metric"] == "mae" and x["output"] == "faceage"
+    )
+    assert pm["value"] == pytest.approx(row["value"]) and pm["sites"] == 1
+    tripod = json.loads((out / "tripod_ai.json").read_text())
+    items = {i["item"]: i for i in tripod["items"]}
+    assert len(items) == 52 and items["23b"]["status"] == "answered"
+    assert items["6a"]["note"] == "1 centre: site-a."

@@ -74,6 +74,7 @@ def test_embedding_drift_finds_a_shifted_cloud_and_not_a_resample():
     assert embedding_drift(ref, moved, "m", cfg) == b  # seeded: the same numbers again
 
 
+@pytest.mark.slow  # 90 s; the monitor flow stays in `make test` (the inbox flow, test_monitor)
 def test_monitor_command_flags_a_darker_site(prefect_harness, tmp_path, capsys):
     from audit.cli import main
     from audit.data.hashing import sha256_file

@@ -15,6 +15,7 @@ from audit.pipeline.combine import POOLED, judged_quantities
 from audit.pipeline.store import Store
 from audit.report import plots
 from audit.report.records import records
+from audit.report.regulatory import pooled_tripod, safe_name
 
 LABELS = {
     "mae": "FaceAge MAE (years)",
@@ -171,4 +172,21 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
         "z_flag": float(stats.norm.ppf(0.5 + config["combine"]["ci_level"] / 2)),
         "exports": [],
         "show_ids": False,  # a combined audit holds no id to show
+        "regulatory": [
+            *(
+                {
+                    "label": f"CHAI applied model card of {m['name']}",
+                    "href": f"chai/{safe_name(m['name'])}.json",
+                }
+                for m in models
+            ),
+            {"label": "EU AI Act Art. 15(3) accuracy sheet", "href": "eu_ai_act_accuracy.json"},
+            {"label": "TRIPOD+AI map of the pooled evaluation", "href": "tripod_ai.json"},
+        ],  # fmt: skip
+        "tripod": pooled_tripod(
+            run,
+            tables["combined_sites"][tables["combined_sites"]["status"] == POOLED],
+            pooled,
+            tables["verdicts"],
+        ),  # fmt: skip
     }

@@ -36,6 +36,7 @@ from audit.report.combined import COMBINED_TABLES, combined_context
 from audit.report.decisions import decision_view, nested_view, subgroup_view
 from audit.report.exports import export_frames, write_exports
 from audit.report.records import records as _records
+from audit.report.regulatory import combined_outputs, run_outputs
 from audit.report.tripod import checklist
 from audit.saliency.maps import REGIONS
 
@@ -1258,6 +1259,9 @@ def render_combined(
     _write_atomic(run_dir / "index.html", _env().get_template("combined.html").render(**ctx))
     _write_atomic(run_dir / "verdict.json", _json(_verdict_document(run_id, ctx)))
     files = [("report_html", run_dir / "index.html"), ("verdict_json", run_dir / "verdict.json")]
+    for name, doc in combined_outputs(ctx["run"], ctx["models"], tables).items():
+        _write_atomic(run_dir / name, _json(doc))
+        files.append((REGULATORY_KIND[name.split("/")[0]], run_dir / name))
     files += [("csv_export", p) for p in write_exports(frames, run_dir, write=_write_atomic)]
     return pd.DataFrame(
         [
@@ -1265,6 +1269,13 @@ def render_combined(
             for kind, path in files
         ]
     )
+
+
+REGULATORY_KIND = {
+    "chai": "chai_model_card_json",
+    "eu_ai_act_accuracy.json": "eu_ai_act_accuracy_json",
+    "tripod_ai.json": "tripod_ai_json",
+}
 
 
 VERDICT_CHECK_KEYS = (
@@ -1318,12 +1329,16 @@ def _write_dossier_pages(run_id: str, ctx: dict, tables: dict, run_dir: Path, en
         "items": items,
     }
     _write_atomic(run_dir / "tripod_ai.json", _json(tripod_doc))
-    return [
+    written = [
         ("model_card_html", "model_card.html"),
         ("model_card_json", "model_card.json"),
         ("tripod_ai_html", "tripod_ai.html"),
         ("tripod_ai_json", "tripod_ai.json"),
     ]
+    for name, doc in run_outputs(cards, ctx["run"], ctx["models"]).items():
+        _write_atomic(run_dir / name, _json(doc))
+        written.append((REGULATORY_KIND[name.split("/")[0]], name))
+    return written
 
 
 def _write_saliency_pngs(view: dict | None, run_dir: Path) -> list[Path]:

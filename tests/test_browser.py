@@ -189,3 +189,30 @@ def test_checks_that_failed_lead_and_a_validation_page_has_no_model_sections(sit
     for section in ("accuracy", "survival"):
         assert f'id="{section}"' not in only and f'href="#{section}"' not in only
     assert 'id="validation"' in only and 'id="composition"' in only
+
+
+def test_a_combined_audit_page_loads_and_fits_the_screen(site, tmp_path, monkeypatch):
+    """The combined audit of the site's two audit runs, sent as two sites' bundles: its page
+    loads with no console error, shows every section, and nothing sticks out at 1400 px or
+    at a phone's width."""
+    import audit
+    from audit.pipeline.bundle import write_bundle
+    from audit.pipeline.store import Store
+
+    store = Store(site / "audit.duckdb")
+    runs = store.runs()
+    bundles = []
+    for label, run_id in zip(("north", "south"), runs[runs["flow"] == "audit"]["run_id"]):
+        monkeypatch.setenv("FACEAGE_AUDIT_SIGNING_KEY", str(tmp_path / f"{label}.key"))
+        bundles.append(write_bundle(store, run_id, label, tmp_path / f"{label}.json"))
+    combined = audit.combine(bundles, out=tmp_path / "combined")
+    page = combined.report_path
+    res = _chromium("--dump-dom", page.as_uri())
+    assert res.returncode == 0 and "</html>" in res.stdout
+    errors = [line for line in res.stderr.splitlines() if "CONSOLE" in line and "rror" in line]
+    assert not errors, errors
+    for section in ("verdict", "sites", "models", "judged", "pooled", "differences", "trail"):
+        assert f'id="{section}"' in res.stdout, section
+    assert "Combined audit of 2 sites (north, south)" in res.stdout
+    for width in (1400, 500):
+        assert _layout(page, width, tmp_path)[0] == "none", width

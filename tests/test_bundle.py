@@ -144,8 +144,13 @@ def test_one_site_combines_to_its_own_estimates_and_verdict(audited, tmp_path, p
         assert theirs.loc[name, "status"] == mine.loc[name, "status"], name
         assert theirs.loc[name, "value"] == pytest.approx(mine.loc[name, "value"], rel=1e-9)
     assert theirs.loc["site_consistency", "status"] == "skipped"  # one site: none to compare
-    page = (tmp_path / "combined" / "runs" / row["run_id"] / "index.html").read_text()
+    page_file = tmp_path / "combined" / "runs" / row["run_id"] / "index.html"
+    page = page_file.read_text()
     assert "Combined audit of 1 site (site-a)" in page and "site-a" in page
+    from audit.report.render import render_all
+
+    render_all(tmp_path / "combined" / "audit.duckdb")  # from DuckDB alone: the same page
+    assert page_file.read_text() == page
     for value in store.table("cohort_rows", run.run_id)["subject_id"].head(50):
         assert value not in page
 

@@ -94,6 +94,14 @@ def test_the_commands_write_and_check_a_bundle(audited, tmp_path):
     out = tmp_path / "x.json"
     assert main(["export-bundle", str(run_dir), "--site", "site-a", "--out", str(out)]) == 0
     assert main(["verify-bundle", str(out)]) == 0
+    # the limits: the run's [bundle] config (the defaults here), else the flags
+    assert json.loads(out.read_text())["bundle"]["small_cells"] == {
+        "min_subjects": 10, "min_events": 5
+    }  # fmt: skip
+    wide = tmp_path / "wide.json"
+    assert main(["export-bundle", str(run_dir), "--site", "s", "--out", str(wide),
+                 "--min-subjects", "40"]) == 0  # fmt: skip
+    assert json.loads(wide.read_text())["bundle"]["small_cells"]["min_subjects"] == 40
     doc = json.loads(out.read_text())
     doc["bundle"]["site"] = "site-b"
     out.write_text(json.dumps(doc))

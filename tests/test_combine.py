@@ -333,3 +333,24 @@ def test_demo_sites_with_one_true_hazard_ratio_pool_to_it_and_a_planted_fifth_st
     assert h4["flagged_sites"] == "west" and h4["i2"] > 0.5 > h3["i2"]
     check = verdicts.set_index("check_name").loc["site_consistency"]
     assert check["status"] == "fail" and "west" in check["details"]
+
+
+def test_bundles_that_all_fail_make_a_failed_verdict_not_a_crash(tmp_path, monkeypatch):
+    import audit
+
+    junk = tmp_path / "junk.json"
+    junk.write_text("not json")
+    good = _write(tmp_path, "amber", [_q("mae", 5.0, 0.3)], monkeypatch)
+    doc = json.loads(open(good).read())
+    doc["bundle"]["site"] = "zz"
+    (tmp_path / "edited.json").write_text(json.dumps(doc))
+    run = audit.combine([junk, tmp_path / "edited.json"], out=tmp_path / "out")
+    v = run.verdict.set_index("check_name")
+    assert run.verdict_status == "fail" and v.loc["bundles_verified", "status"] == "fail"
+    assert v.loc["same_models", "status"] == "skipped"
+    sites = run.table("combined_sites").set_index("site")
+    assert sites.loc["zz", "problems"].endswith("do not match its digest (edited)")
+    assert "not JSON" in sites.loc["(unread: junk.json)", "problems"]
+    assert run.report_path.is_file() and run.table("combined_pooled").empty
+    with pytest.raises(audit.InputError, match="no such bundle file"):
+        audit.combine([tmp_path / "missing.json"], out=tmp_path / "out")

@@ -7,6 +7,7 @@ internal error.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from audit.orchestrate.deploy import api_problem, check_deployment
 from audit.orchestrate.sequence import preflight
 from audit.pipeline import progress
 from audit.pipeline.bundle import verify_bundle, write_bundle
-from audit.pipeline.config import load_config
+from audit.pipeline.config import BundleConfig, load_config
 from audit.pipeline.dossier import MANIFEST, verify_run
 from audit.pipeline.store import Store
 from audit.report import render_all
@@ -428,8 +429,18 @@ def export_bundle(
     out: Optional[Path] = typer.Option(
         None, "--out", help="the bundle file (default: RUN_DIR/<site>.bundle.json)"
     ),
-    min_subjects: int = typer.Option(10, "--min-subjects", help="smaller cells are withheld"),
-    min_events: int = typer.Option(5, "--min-events", help="fewer deaths: withheld"),
+    min_subjects: Optional[int] = typer.Option(
+        None,
+        "--min-subjects",
+        min=1,
+        help="smaller cells are withheld (default: the run's [bundle] min_subjects, 10)",
+    ),
+    min_events: Optional[int] = typer.Option(
+        None,
+        "--min-events",
+        min=1,
+        help="fewer deaths: withheld (default: the run's [bundle] min_events, 5)",
+    ),
 ) -> None:
     """Write the run's signed site bundle: aggregates only, no ids, small cells withheld."""
     db = run_dir.parent.parent / "audit.duckdb"
@@ -437,7 +448,10 @@ def export_bundle(
         raise InputError(f"{run_dir}: not a run folder (no audit.duckdb two levels up)")
     store = Store(db)
     run_id = run_dir.name
-    store.run(run_id)  # an InputError naming the file when the run is not in it
+    run = store.run(run_id)  # an InputError naming the file when the run is not in it
+    limits = BundleConfig.model_validate(json.loads(run["config"] or "{}").get("bundle", {}))
+    min_subjects = limits.min_subjects if min_subjects is None else min_subjects
+    min_events = limits.min_events if min_events is None else min_events
     path = write_bundle(
         store,
         run_id,

@@ -520,7 +520,11 @@ def pool_entries(entries: pd.DataFrame, cfg: AuditConfig) -> tuple[pd.DataFrame,
         pooled_rows.append({**row, **numbers})
         site_rows.append(sites)
     pooled = pd.DataFrame(pooled_rows, columns=columns("combined_pooled"))
-    estimates = pd.concat(site_rows, ignore_index=True)[columns("combined_estimates")]
+    estimates = (
+        pd.concat(site_rows, ignore_index=True)[columns("combined_estimates")]
+        if site_rows
+        else entries.iloc[:0][columns("combined_estimates")]
+    )
     pooled = _bands(pooled, estimates, cfg)
     return pooled, estimates
 
@@ -619,6 +623,10 @@ def _sites_check(site_rows: pd.DataFrame) -> dict:
 
 
 def _models_check(model_rows: pd.DataFrame) -> dict:
+    if model_rows.empty:
+        return check_row(
+            None, "same_models", "data", 0.0, None, False, "no verified bundle names a model"
+        )
     other = model_rows[~model_rows["status"].str.startswith("same")]
     listed = "; ".join(
         f"{r.site} audited {r.model} with {r.status.split(' than')[0]} (checkpoint "

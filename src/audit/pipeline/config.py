@@ -358,6 +358,20 @@ class EstimateConfig(_Section):
     seed: int = 0
 
 
+class BundleConfig(_Section):
+    """What a site bundle (``faceage-audit export-bundle``) withholds: small cells."""
+
+    min_subjects: int = Field(
+        10,
+        ge=1,
+        description="an estimate over fewer subjects is withheld (and a composition "
+        "count under it shown as <min_subjects)",
+    )
+    min_events: int = Field(
+        5, ge=1, description="a survival quantity over fewer deaths is withheld"
+    )
+
+
 class CombineConfig(_Section):
     """The combined audit of several sites' bundles (``faceage-audit combine``): how each
     quantity is pooled across sites, and whose signatures count."""
@@ -646,6 +660,7 @@ class AuditConfig(_Section):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     inbox: InboxConfig = Field(default_factory=InboxConfig)
+    bundle: BundleConfig = Field(default_factory=BundleConfig)
     combine: CombineConfig = Field(default_factory=CombineConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     preset: Literal["quick", "standard", "full", "light"] = Field(

@@ -255,6 +255,10 @@ def test_a_subgroup_bias_shared_by_every_site_is_pooled_and_flagged(tmp_path, mo
     assert other["k"] == 0 and other["k_withheld"] == 4 and other["status"] == "not pooled"
     check = verdicts.set_index("check_name").loc["pooled_fairness_faceage"]
     assert check["status"] == "fail" and "Black" in check["details"]
+    import audit
+
+    page = audit.combine(paths, out=tmp_path / "out").report_path.read_text()
+    assert "mae_age_adjusted, Black minus White" in page  # its forest plot across the sites
 
 
 def test_shares_of_photos_pool_as_empirical_logits(tmp_path, monkeypatch):

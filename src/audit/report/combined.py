@@ -135,6 +135,27 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
     shown_diffs = diffs[diffs["status"].isin(["flagged", "ok"])].copy()
     shown_diffs["order"] = (shown_diffs["status"] != "flagged").astype(int)
     flagged_rows = estimates[estimates["flagged"].fillna(False).astype(bool)]
+    # forest plots of the differences that matter: flagged, or with a site that disagrees
+    notable = shown_diffs[
+        (shown_diffs["status"] == "flagged") | shown_diffs["flagged_sites"].notna()
+    ]
+    difference_plots = []
+    for r in (
+        notable.sort_values(["order", "i2"], ascending=[True, False]).head(6).to_dict("records")
+    ):
+        sel = estimates[
+            (estimates["model"] == r["model"])
+            & (estimates["output"] == r["output"])
+            & (estimates["quantity"] == r["quantity"])
+            & (estimates["attribute"] == r["attribute"])
+            & (estimates["group_name"] == r["group_name"])
+            & (estimates["status"] == POOLED)
+        ].sort_values("site")
+        title = (
+            f"{r['model']}: {r['output']} {r['quantity'].split(':', 1)[1]}, "
+            f"{r['group_name']} minus {r['reference_group']}"
+        )
+        difference_plots.append(_forest(r, sel, title))
     drift = estimates[estimates["quantity"].str.startswith("drift_effect:")]
     drift_rows = [
         {
@@ -162,6 +183,7 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
             )
         ),
         "n_differences": int(len(diffs)),
+        "difference_plots": difference_plots,
         "n_unpooled": int(len(unpooled)),
         "drift": drift_rows,
         "n_flagged_estimates": int(len(flagged_rows)),

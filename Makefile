@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/faces.py
 	$(PY) benchmarks/slices.py
 	$(PY) benchmarks/estimate.py
+	$(PY) benchmarks/combine.py
 
 clean:
 	rm -rf $(VENV) .pytest-prefect .prefect reports/demo site

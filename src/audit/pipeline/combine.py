@@ -365,38 +365,72 @@ def _finite(value) -> bool:
 # ---------------------------------------------------------------------------- pooling
 
 
-def _pool_one(sites: pd.DataFrame, scale: str, cfg: AuditConfig) -> tuple[dict, pd.DataFrame]:
-    """Pool the ``pooled`` rows of one quantity; return the pooled numbers and the site
-    rows with weight, deleted residual and flags."""
+@dataclass
+class _Columns:
+    """The entries' columns as arrays, and the per-site results filled in while pooling."""
+
+    site: np.ndarray
+    status: np.ndarray
+    estimate: np.ndarray
+    se: np.ndarray
+    n: np.ndarray
+    events: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    weight: np.ndarray
+    resid: np.ndarray
+    flagged: np.ndarray
+    outside: np.ndarray
+
+    @classmethod
+    def of(cls, entries: pd.DataFrame) -> "_Columns":
+        def num(name):
+            return pd.to_numeric(entries[name], errors="coerce").to_numpy(float)
+
+        size = len(entries)
+        return cls(
+            entries["site"].to_numpy(object), entries["status"].to_numpy(object),
+            num("estimate"), num("se"), num("n"), num("events"), num("ci_low"), num("ci_high"),
+            np.full(size, np.nan), np.full(size, np.nan), np.full(size, None, object),
+            np.full(size, None, object),
+        )  # fmt: skip
+
+
+def _pool_one(idx: np.ndarray, col: _Columns, scale: str, cfg: AuditConfig):
+    """Pool the ``pooled`` sites among rows ``idx`` of one quantity; write each site's
+    weight, deleted residual and flags into ``col``; return the pooled numbers and the
+    pooling-scale inputs ``(y, v)`` (None when nothing pooled)."""
     c = cfg.combine
-    use = sites[sites["status"] == POOLED].sort_values("site")
-    out = sites.astype({"flagged": object, "outside_prediction": object})
+    idx = idx[np.argsort(col.site[idx].astype(str), kind="stable")]
+    use = idx[col.status[idx] == POOLED]
+    n, events = col.n[use], col.events[use]
     base = {
         "pooling": scale,
         "k": len(use),
-        "k_withheld": int(sites["status"].str.startswith("withheld").sum()),
-        "n": int(use["n"].sum()) if use["n"].notna().any() else None,
-        "events": int(use["events"].sum()) if use["events"].notna().any() else None,
+        "k_withheld": int(sum(str(x).startswith("withheld") for x in col.status[idx])),
+        "n": int(np.nansum(n)) if np.isfinite(n).any() else None,
+        "events": int(np.nansum(events)) if np.isfinite(events).any() else None,
         "flagged_sites": None,
         "note": None,
     }
     if not len(use):
-        reasons = sorted(set(sites["status"]))
-        return {**base, "status": "not pooled", "note": "; ".join(reasons)}, out
-    y, se = to_pooling(scale, use["estimate"], use["se"], use["n"].astype(float))
+        reasons = sorted(set(map(str, col.status[idx])))
+        return {**base, "status": "not pooled", "note": "; ".join(reasons)}, None
+    y, se = to_pooling(scale, col.estimate[use], col.se[use], n)
     v = se**2
     try:
         p = pool(y, v, c.method, c.hartung_knapp, c.ci_level)
     except MetaNotConverged as exc:
-        return {**base, "status": "not_converged", "note": str(exc)}, out
+        return {**base, "status": "not_converged", "note": str(exc)}, None
     back = lambda x: from_pooling(scale, x)  # noqa: E731
     if p.k == 1:  # one site pools to itself: its own estimate and CI
-        r = use.iloc[0]
-        low = r["ci_low"] if _finite(r["ci_low"]) else back(p.low)
-        high = r["ci_high"] if _finite(r["ci_high"]) else back(p.high)
+        i = use[0]
+        low = col.ci_low[i] if np.isfinite(col.ci_low[i]) else back(p.low)
+        high = col.ci_high[i] if np.isfinite(col.ci_high[i]) else back(p.high)
+        own = float(col.estimate[i])
         numbers = {
-            "method": p.method, "fixed": r["estimate"], "fixed_low": low, "fixed_high": high,
-            "estimate": r["estimate"], "se": p.se, "ci_low": low, "ci_high": high,
+            "method": p.method, "fixed": own, "fixed_low": low, "fixed_high": high,
+            "estimate": own, "se": p.se, "ci_low": low, "ci_high": high,
             "ci_method": "the site's own",
         }  # fmt: skip
     else:
@@ -414,16 +448,19 @@ def _pool_one(sites: pd.DataFrame, scale: str, cfg: AuditConfig) -> tuple[dict, 
         resid = deleted_residuals(y, v, c.method)
     except MetaNotConverged:
         resid = np.full(len(y), np.nan)
-    z = stats.norm.ppf(0.5 + c.ci_level / 2)
-    flagged = np.abs(resid) > z
+    flagged = np.abs(resid) > _z(c.ci_level)
     outside = (y < p.pred_low) | (y > p.pred_high) if p.k >= 3 else np.zeros(len(y), bool)
-    out.loc[use.index, "weight"] = weights / weights.sum()
-    out.loc[use.index, "deleted_residual"] = resid
-    out.loc[use.index, "flagged"] = flagged
-    out.loc[use.index, "outside_prediction"] = outside
-    names = use["site"].to_numpy()[flagged]
+    col.weight[use] = weights / weights.sum()
+    col.resid[use] = resid
+    col.flagged[use] = list(map(bool, flagged))
+    col.outside[use] = list(map(bool, outside))
+    names = col.site[use][flagged]
     base["flagged_sites"] = ", ".join(names) if len(names) else None
-    return {**base, **numbers, "status": POOLED}, out
+    return {**base, **numbers, "status": POOLED}, (y, v)
+
+
+def _z(level: float) -> float:
+    return float(stats.norm.ppf(0.5 + level / 2))
 
 
 def _differences(entries: pd.DataFrame, cfg: AuditConfig) -> pd.DataFrame:
@@ -431,102 +468,104 @@ def _differences(entries: pd.DataFrame, cfg: AuditConfig) -> pd.DataFrame:
     and grouping, as rows shaped like the entries (quantity ``difference:<metric>``)."""
     fair = entries[
         entries["quantity"].str.startswith("fairness:") & (entries["attribute"] != "all")
-    ]
-    rows = []
-    keys = ["model", "output", "quantity", "attribute", "horizon", "scale"]
-    for key, g in fair.groupby(keys, dropna=False, sort=True):
-        usable = g[g["status"] == POOLED]
-        if usable.empty:
-            continue
-        sizes = usable.groupby("group_name")["n"].sum()
-        reference = sorted(sizes.index, key=lambda name: (-sizes[name], str(name)))[0]
-        ref = usable[usable["group_name"] == reference].set_index("site")
-        metric = key[2].split(":", 1)[1]
-        for name, rows_g in g[g["group_name"] != reference].groupby("group_name", sort=True):
-            for r in rows_g.itertuples():
-                base = {
-                    **dict(zip(keys, key)),
-                    "quantity": f"difference:{metric}",
-                    "group_name": name,
-                    "reference_group": reference,
-                    "site": r.site,
-                    "n": r.n,
-                    "events": r.events,
-                }
-                if r.status != POOLED:
-                    rows.append({**base, "status": r.status})
-                elif r.site not in ref.index:
-                    rows.append(
-                        {**base, "status": f"not pooled: no usable {reference} at the site"}
-                    )
-                else:
-                    d = r.estimate - ref.loc[r.site, "estimate"]
-                    se = math.hypot(r.se, ref.loc[r.site, "se"])
-                    z = stats.norm.ppf(0.5 + cfg.combine.ci_level / 2)
-                    rows.append(
-                        {**base, "estimate": d, "se": se, "ci_low": d - z * se,
-                         "ci_high": d + z * se, "status": POOLED}
-                    )  # fmt: skip
-    return pd.DataFrame(rows, columns=columns("combined_estimates"))
+    ].assign(_h=lambda f: f["horizon"].astype(float).fillna(-1.0))
+    keys = ["model", "output", "quantity", "attribute", "_h", "scale"]
+    usable = fair[fair["status"] == POOLED]
+    if usable.empty:
+        return pd.DataFrame(columns=columns("combined_estimates"))
+    # the reference: the group with most subjects over the sites (ties: its name)
+    sizes = usable.groupby([*keys, "group_name"], as_index=False)["n"].sum()
+    sizes = sizes.sort_values([*keys, "n", "group_name"], ascending=[*[True] * 6, False, True])
+    ref = sizes.drop_duplicates(keys)[[*keys, "group_name"]]
+    ref = ref.rename(columns={"group_name": "reference_group"})
+    rows = fair.drop(columns="reference_group").merge(ref, on=keys)
+    rows = rows[rows["group_name"] != rows["reference_group"]]
+    values = usable.merge(ref, left_on=[*keys, "group_name"], right_on=[*keys, "reference_group"])
+    values = values[[*keys, "site", "estimate", "se"]].rename(
+        columns={"estimate": "ref_estimate", "se": "ref_se"}
+    )
+    rows = rows.merge(values, on=[*keys, "site"], how="left")
+    ok = (rows["status"] == POOLED).to_numpy()
+    has_ref = rows["ref_estimate"].notna().to_numpy()
+    d = rows["estimate"].astype(float) - rows["ref_estimate"].astype(float)
+    se = np.hypot(rows["se"].astype(float), rows["ref_se"].astype(float))
+    z = _z(cfg.combine.ci_level)
+    pooled = ok & has_ref
+    status = np.where(
+        pooled,
+        POOLED,
+        np.where(ok, "not pooled: no usable " + rows["reference_group"] + " at the site",
+                 rows["status"]),
+    )  # fmt: skip
+    out = rows.assign(
+        quantity="difference:" + rows["quantity"].str.split(":", n=1).str[1],
+        estimate=np.where(pooled, d, np.nan),
+        se=np.where(pooled, se, np.nan),
+        ci_low=np.where(pooled, d - z * se, np.nan),
+        ci_high=np.where(pooled, d + z * se, np.nan),
+        status=status,
+    )
+    return out[columns("combined_estimates")].reset_index(drop=True)
 
 
-def _bands(pooled: pd.DataFrame, estimates: pd.DataFrame, cfg: AuditConfig) -> pd.DataFrame:
-    """The Bonferroni band, tolerance and status of each pooled subgroup difference."""
+def _bands(pooled: pd.DataFrame, inputs: dict, cfg: AuditConfig) -> pd.DataFrame:
+    """The Bonferroni band, tolerance and status of each pooled subgroup difference
+    (``inputs``: the pooling-scale estimates and variances by row of ``pooled``)."""
     c, fair = cfg.combine, cfg.fairness
     diff = pooled["quantity"].str.startswith("difference:") & (pooled["status"] == POOLED)
     keys = ["model", "output", "quantity", "attribute"]
+    low, high = pooled["band_low"].to_numpy(float), pooled["band_high"].to_numpy(float)
+    tolerance, status = pooled["tolerance"].to_numpy(float), pooled["status"].to_numpy(object)
     for _, g in pooled[diff].groupby(keys, dropna=False):
-        m = len(g)
-        level = 1 - (1 - c.ci_level) / m
-        for i, r in g.iterrows():
+        level = 1 - (1 - c.ci_level) / len(g)
+        for i, r in zip(g.index, g.to_dict("records")):
             metric = r["quantity"].split(":", 1)[1]
-            sel = estimates[
-                (estimates["quantity"] == r["quantity"])
-                & (estimates["model"] == r["model"])
-                & (estimates["output"] == r["output"])
-                & (estimates["attribute"] == r["attribute"])
-                & (estimates["group_name"] == r["group_name"])
-                & (estimates["status"] == POOLED)
-            ]
-            p = pool(sel["estimate"], sel["se"] ** 2, c.method, c.hartung_knapp, level)
+            y, v = inputs[i]
+            p = pool(y, v, c.method, c.hartung_knapp, level)
             tol = fair.tolerances.get(metric)
             flaggable = not (metric == "pearson_r" and "age" in r["attribute"])
             big = r["n"] is not None and not pd.isna(r["n"]) and r["n"] >= fair.min_group_size
             flagged = bool(
                 flaggable and big and tol is not None and is_flagged(metric, p.low, p.high, tol)
             )
-            pooled.loc[i, ["band_low", "band_high", "tolerance"]] = [p.low, p.high, tol]
-            pooled.loc[i, "status"] = "flagged" if flagged else ("ok" if big else "too_small")
-    return pooled
+            low[i], high[i], tolerance[i] = p.low, p.high, np.nan if tol is None else tol
+            status[i] = "flagged" if flagged else ("ok" if big else "too_small")
+    return pooled.assign(band_low=low, band_high=high, tolerance=tolerance, status=status)
 
 
 def pool_entries(entries: pd.DataFrame, cfg: AuditConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``combined_pooled`` and ``combined_estimates`` from the sites' entries (and their
-    subgroup differences)."""
+    subgroup differences), both in the order of their keys and sites."""
     differences = _differences(entries, cfg)
     if len(differences):
         entries = pd.concat([entries, differences.astype(entries.dtypes)], ignore_index=True)
+    entries = entries.reset_index(drop=True)
     keys = KEY + ["reference_group"]
-    pooled_rows, site_rows = [], []
-    filled = entries.assign(
+    filled = entries[keys].assign(
         horizon=entries["horizon"].astype(float).fillna(-1.0),
         reference_group=entries["reference_group"].fillna(""),
     )
-    for key, g in filled.groupby(keys, sort=True):
-        numbers, sites = _pool_one(entries.loc[g.index], pooling_scale(key[2]), cfg)
+    col = _Columns.of(entries)
+    rows, inputs = [], {}
+    groups = filled.groupby(keys, sort=True).indices
+    for key in sorted(groups):
+        numbers, pooled_inputs = _pool_one(groups[key], col, pooling_scale(key[2]), cfg)
         row = dict(zip(keys, key))
         row["horizon"] = None if row["horizon"] == -1.0 else row["horizon"]
         row["reference_group"] = row["reference_group"] or None
-        pooled_rows.append({**row, **numbers})
-        site_rows.append(sites)
-    pooled = pd.DataFrame(pooled_rows, columns=columns("combined_pooled"))
-    estimates = (
-        pd.concat(site_rows, ignore_index=True)[columns("combined_estimates")]
-        if site_rows
-        else entries.iloc[:0][columns("combined_estimates")]
+        if pooled_inputs is not None:
+            inputs[len(rows)] = pooled_inputs
+        rows.append({**row, **numbers})
+    pooled = pd.DataFrame(rows, columns=columns("combined_pooled"))
+    estimates = entries.assign(
+        weight=col.weight, deleted_residual=col.resid, flagged=col.flagged,
+        outside_prediction=col.outside,
+    )[columns("combined_estimates")]  # fmt: skip
+    order = filled.assign(site=entries["site"].astype(str))
+    estimates = estimates.loc[order.sort_values([*keys, "site"], kind="stable").index].reset_index(
+        drop=True
     )
-    pooled = _bands(pooled, estimates, cfg)
-    return pooled, estimates
+    return _bands(pooled, inputs, cfg), estimates
 
 
 def combine_tables(sites: list[SiteBundle], cfg: AuditConfig) -> tuple[dict, list[dict]]:

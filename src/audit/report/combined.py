@@ -23,6 +23,7 @@ LABELS = {
     "pearson_r": "FaceAge Pearson r",
     "c_index": "Harrell's C",
 }
+HEADLINE_TERMS = ("faceage_decade", "faceage_gap_decade", "risk_sd", "risk[Q4]")
 COMBINED_TABLES = ("combined_sites", "combined_models", "combined_estimates", "combined_pooled")
 
 
@@ -130,7 +131,15 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
         & ~pooled["quantity"].str.startswith(("fairness:", "difference:"))
     ]
     unpooled = overall[overall["status"] != POOLED]
-    overall = overall[overall["status"] == POOLED]
+    overall = overall[overall["status"] == POOLED].sort_values(
+        ["model", "output", "quantity", "horizon"]
+    )
+    headline = (
+        overall["output"].isin(["faceage", "risk"]) & ~overall["quantity"].str.contains(":")
+    ) | (  # the models adjusted for age and sex (the verdict's): their C and headline HR
+        overall["output"].str.endswith("__age_sex")
+        & overall["quantity"].isin(["c_index", *(f"log_hr:{t}" for t in HEADLINE_TERMS)])
+    )
     diffs = pooled[pooled["quantity"].str.startswith("difference:")]
     shown_diffs = diffs[diffs["status"].isin(["flagged", "ok"])].copy()
     shown_diffs["order"] = (shown_diffs["status"] != "flagged").astype(int)
@@ -176,7 +185,8 @@ def combined_context(store: Store, run_id: str, tables: dict, final_verdict=None
         "composition": composition,
         "model_rows": records(tables["combined_models"]),
         "judged": {m["name"]: _judged_view(pooled, estimates, m["name"]) for m in models},
-        "overall": _display(overall.sort_values(["model", "output", "quantity", "horizon"])),
+        "headline": _display(overall[headline]),
+        "rest": _display(overall[~headline]),
         "differences": _display(
             shown_diffs.sort_values(
                 ["order", "model", "output", "quantity", "attribute", "group_name"]

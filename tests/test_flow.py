@@ -197,6 +197,8 @@ def test_audit_flow_end_to_end(lenient_run, demo_cohort, tmp_path):
         "model_card_json",
         "tripod_ai_html",
         "tripod_ai_json",
+        "chai_model_card_json",
+        "eu_ai_act_accuracy_json",
         "csv_export",
     }
     for a in artifacts.itertuples():  # every artifact is where it says, with its digest

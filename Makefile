@@ -11,7 +11,7 @@ TEST_ENV = PREFECT_HOME=$(CURDIR)/.pytest-prefect \
 
 LINTED = src flows tests benchmarks examples
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench bench-scale clean
 
 install: $(STAMP)
 
@@ -51,6 +51,9 @@ test: $(STAMP) lint
 test-all: $(STAMP) lint
 	rm -rf .pytest-prefect
 	$(TEST_ENV) $(PY) -m pytest -q $(XDIST) -m ''
+
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scale.py --n 1000000
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py

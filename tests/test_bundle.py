@@ -111,7 +111,9 @@ def test_the_commands_write_and_check_a_bundle(audited, tmp_path):
     assert main(["verify-bundle", str(tmp_path / "junk.json")]) == 1  # said, not a crash
 
 
-def test_one_site_combines_to_its_own_estimates_and_verdict(audited, tmp_path, prefect_harness):
+def test_one_site_combines_to_its_own_estimates_and_verdict(
+    audited, tmp_path, prefect_harness, capsys
+):
     """``combine`` of one site's bundle: every pooled quantity is the site's own estimate
     and CI, and the run's own accuracy and hazard-ratio checks judge them as they judged
     the site (through the command and its Prefect flow)."""
@@ -121,7 +123,10 @@ def test_one_site_combines_to_its_own_estimates_and_verdict(audited, tmp_path, p
     run, root = audited
     store = Store(root / "out" / "audit.duckdb")
     bundle = write_bundle(store, run.run_id, "site-a", tmp_path / "a.json")
+    capsys.readouterr()
     code = main(["combine", str(bundle), "--out", str(tmp_path / "combined")])
+    said = " ".join(capsys.readouterr().err.split())
+    assert "combined audit of 1 site (site-a)" in said and "report: " in said, said
     combined = Store(tmp_path / "combined" / "audit.duckdb")
     (row,) = combined.runs().to_dict("records")
     assert row["flow"] == "combine" and row["cohort_name"] == "1 site (site-a)"

@@ -487,15 +487,7 @@ def combine_command(
     result = combine_flow(
         bundles=[str(p) for p in bundles], out=str(out), config=str(config) if config else None
     )
-    store = Store(out / "audit.duckdb")
-    for v in store.table("verdicts", result["run_id"]).itertuples():
-        if v.status in ("fail", "inconclusive"):
-            who = f" ({v.model})" if v.model else ""
-            console.print(f"[red]{v.status}[/] {v.check_name}{who}: {escape(str(v.details))}")
-    style = "bold green" if result["verdict"] == "pass" else "bold red"
-    console.print(f"[{style}]combined verdict: {result['verdict'].upper()}[/]")
-    console.print(f"report:   {escape(str(result['report']))}", highlight=False)
-    console.print(f"database: {escape(str(out / 'audit.duckdb'))}", highlight=False)
+    _print_summary(out, result)
     raise typer.Exit(EXIT_PASS if result["verdict"] == "pass" else EXIT_FAIL)
 
 

@@ -52,6 +52,7 @@ class RunSummary:
     quarantine: list[tuple[int, str]] = field(default_factory=list)  # (rows, an example)
     drifted: list[str] = field(default_factory=list)
     n_drift_tests: int = 0
+    cohort_name: str | None = None
 
     def lines(self) -> list[tuple[str, str]]:
         """``(style, text)`` lines: style ``pass``, ``fail``, ``warn`` or ``plain``."""
@@ -67,8 +68,12 @@ class RunSummary:
             ),
             (
                 "plain",
-                f"{self.n_rows} manifest rows: {self.n_included} audited, "
-                f"{self.n_quarantined} quarantined"
+                (
+                    f"combined audit of {self.cohort_name}"  # no rows: the sites' bundles
+                    if self.flow == "combine"
+                    else f"{self.n_rows} manifest rows: {self.n_included} audited, "
+                    f"{self.n_quarantined} quarantined"
+                )
                 + (f"; models: {', '.join(self.models)}" if self.models else ""),
             ),
         ]
@@ -162,6 +167,7 @@ def summarise(store: Store, run_id: str) -> RunSummary:
     included = int(rows["included"].fillna(False).astype(bool).sum()) if len(rows) else 0
     return RunSummary(
         run_id=run_id,
+        cohort_name=run.get("cohort_name"),
         flow=str(run.get("flow") or "audit"),
         status=str(run.get("status") or ""),
         verdict=run.get("verdict"),

@@ -13,6 +13,7 @@ _NAMES = {
     "CoxNotConverged": "cox",
     "SubjectBootstrap": "bootstrap",
     "bootstrap_weights": "bootstrap",
+    "draw_counts": "bootstrap",
     "canonical_rows": "groups",
     "design_matrix": "cox",
     "efron_loglik": "cox",

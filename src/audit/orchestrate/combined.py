@@ -52,7 +52,7 @@ def combine_sequence(
         flow=FLOW,
         cohort_name=f"{len(labels)} site{'' if len(labels) == 1 else 's'} ({', '.join(labels)})",
         cohort_sha256=joint,
-        models=[{k: v for k, v in m.items() if k != "sites"} for m in models],
+        models=models,
         config_json=cfg.canonical_json(),
         config_sha256=cfg.sha256(),
         synthetic=any(bool((s.bundle or {}).get("synthetic")) for s in sites),

@@ -221,7 +221,7 @@ def _models(usable: list[SiteBundle]) -> tuple[pd.DataFrame, list[dict], set]:
         counts = pd.Series(list(digests.values())).value_counts()
         reference = sorted(counts.index, key=lambda d: (-counts[d], str(d)))[0]
         first = next(site for site in sorted(by_site) if digests[site] == reference)
-        models.append({**by_site[first], "sites": sum(d == reference for d in digests.values())})
+        models.append(by_site[first])
         for site in sorted(by_site):
             checkpoint, spec = digests[site]
             if digests[site] == reference:

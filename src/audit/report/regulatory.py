@@ -363,9 +363,12 @@ def _judged(checks: list[dict], output: str, metric: str) -> dict:
 # ----------------------------------------------------------------- a combined audit
 
 
-def combined_outputs(run: dict, models: list[dict], tables: dict) -> dict[str, dict]:
+def combined_outputs(
+    run: dict, models: list[dict], tables: dict, tripod: list[dict] | None = None
+) -> dict[str, dict]:
     """A combined audit's regulatory files: a CHAI card per model from the pooled
-    estimates, the Art. 15(3) sheet of pooled metrics, and the pooled TRIPOD+AI map."""
+    estimates, the Art. 15(3) sheet of pooled metrics, and the pooled TRIPOD+AI map
+    (``tripod``: the map the page already built, else built here)."""
     pooled, sites = tables["combined_pooled"], tables["combined_sites"]
     verdicts = tables["verdicts"]
     used = sites[sites["status"] == POOLED]
@@ -512,7 +515,7 @@ def combined_outputs(run: dict, models: list[dict], tables: dict) -> dict[str, d
         "run_id": run["run_id"],
         "guideline": "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378)",
         "study_type": "multi-site external evaluation (pooled)",
-        "items": pooled_tripod(run, used, pooled, verdicts),
+        "items": tripod if tripod is not None else pooled_tripod(run, used, pooled, verdicts),
     }
     return files
 

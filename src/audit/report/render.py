@@ -1259,7 +1259,7 @@ def render_combined(
     _write_atomic(run_dir / "index.html", _env().get_template("combined.html").render(**ctx))
     _write_atomic(run_dir / "verdict.json", _json(_verdict_document(run_id, ctx)))
     files = [("report_html", run_dir / "index.html"), ("verdict_json", run_dir / "verdict.json")]
-    for name, doc in combined_outputs(ctx["run"], ctx["models"], tables).items():
+    for name, doc in combined_outputs(ctx["run"], ctx["models"], tables, ctx["tripod"]).items():
         _write_atomic(run_dir / name, _json(doc))
         files.append((REGULATORY_KIND[name.split("/")[0]], run_dir / name))
     files += [("csv_export", p) for p in write_exports(frames, run_dir, write=_write_atomic)]

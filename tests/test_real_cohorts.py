@@ -158,7 +158,9 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
     folder.mkdir()
     frame.to_csv(folder / "manifest.csv", index=False)
     (folder / "cohort.yaml").write_text(f"name: real-{name}\ntime_unit: {unit}\n")
-    (root / "audit.toml").write_text(CONFIG)
+    # rossi's 432 subjects get the linearised C resamples that registry-sized cohorts get
+    linear = "[survival]\nc_linear_from = 400\n" if name == "rossi" else "[survival]\n"
+    (root / "audit.toml").write_text(CONFIG.replace("[survival]\n", linear))
     code = cli_run(folder, "predictions:risk", root / "out", config=root / "audit.toml")
     assert code in (0, 1)  # a verdict, never an input error or a bug
     con = duckdb.connect(str(root / "out" / "audit.duckdb"), read_only=True)
@@ -174,6 +176,7 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
             "fairness",
             "verdicts",
             "quarantine",
+            "run_stages",
         )
     }
     con.close()
@@ -265,6 +268,33 @@ def test_harrells_c(real):
     assert (m["concordance_low"], m["concordance_high"]) == pytest.approx(
         (row["ci_low"], row["ci_high"]), abs=1e-12
     )
+
+
+def test_c_intervals_say_when_they_are_linearised(real):
+    """rossi's C resamples are linearised (c_linear_from = 400): every statistics stage says
+    so, and the interval's width is that of the delete-one jackknife's standard error computed
+    with lifelines (within 20%: 100 resamples); the other cohorts' are exact and say nothing."""
+    from lifelines.utils import concordance_index
+    from scipy.stats import norm
+
+    name, r = real
+    notes = r["run_stages"].set_index("stage")["note"].fillna("")
+    linear = name == "rossi"
+    for stage in ("accuracy", "fairness", "survival"):
+        assert ("C resamples linearised" in notes[stage]) == linear, stage
+    if not linear:
+        return
+    data = r["data"]
+    t, e, s = data["time"].to_numpy(), data["event"].to_numpy(), data["risk"].to_numpy(float)
+    n = len(t)
+    leave_out = np.array(
+        [concordance_index(np.delete(t, i), -np.delete(s, i), np.delete(e, i)) for i in range(n)]
+    )
+    se = np.sqrt((n - 1) / n * np.sum((leave_out - leave_out.mean()) ** 2))
+    acc = r["accuracy"]
+    row = acc[(acc.metric == "c_index") & (acc.attribute == "all")].iloc[0]
+    width = (row["ci_high"] - row["ci_low"]) / (2 * norm.ppf(0.975))
+    assert width == pytest.approx(se, rel=0.2)
 
 
 def test_quartile_hazard_ratios_logrank_and_kaplan_meier_medians(real):

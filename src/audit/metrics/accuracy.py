@@ -23,7 +23,7 @@ from audit.metrics.engine import FaceAgeEngine
 from audit.pipeline.config import AccuracyConfig, SurvivalConfig
 from audit.pipeline.schema import columns
 from audit.stats.bootstrap import bootstrap_weights, percentile_ci
-from audit.stats.concordance import weighted_concordance
+from audit.stats.concordance import concordance_resamples
 
 ACCURACY_COLUMNS = columns("accuracy")
 FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y"]  # of the engine's six
@@ -92,19 +92,26 @@ def harrell_c(time, event, risk) -> float:
 
 
 def bootstrap_c(
-    time, event, risk, n_boot: int, rng: np.random.Generator, level: float = 0.95
+    time,
+    event,
+    risk,
+    n_boot: int,
+    rng: np.random.Generator,
+    level: float = 0.95,
+    linear_from: int | None = None,
 ) -> tuple[float, float, float]:
     """Harrell's C with a percentile bootstrap CI over subjects (one row per subject).
 
     Every resample's C comes from one weighted pass (:mod:`audit.stats.concordance`), equal to
-    lifelines' ``concordance_index`` on the resampled rows.
+    lifelines' ``concordance_index`` on the resampled rows; from ``linear_from`` subjects on,
+    from its first-order expansion in the subject weights (the same resamples).
     """
     time, event, risk = map(np.asarray, (time, event, risk))
     point = harrell_c(time, event, risk)
     n = len(time)
     if n_boot <= 0 or n < 2 or np.isnan(point):
         return point, float("nan"), float("nan")
-    samples = weighted_concordance(time, event, risk, bootstrap_weights(n, n_boot, rng))
+    samples = concordance_resamples(time, event, risk, bootstrap_weights(n, n_boot, rng), linear_from)
     low, high = percentile_ci(samples, level)
     return point, float(low), float(high)
 
@@ -124,7 +131,7 @@ def risk_accuracy(
     for attribute, name, sub in parts:
         n_events = int(sub["event"].sum())
         c, low, high = bootstrap_c(
-            sub["time"], sub["event"], sub["risk"], surv.n_boot, rng, acc.ci_level
+            sub["time"], sub["event"], sub["risk"], surv.n_boot, rng, acc.ci_level, surv.c_linear_threshold()
         )
         rows.append(
             {

@@ -61,7 +61,7 @@ from audit.data.cohort import age_band
 from audit.metrics.engine import FACEAGE_METRICS, FaceAgeEngine, metric_frame
 from audit.pipeline.schema import columns
 from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
-from audit.stats.concordance import weighted_concordance
+from audit.stats.concordance import concordance_resamples, weighted_concordance
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
 from audit.stats.groups import label_codes
 
@@ -321,14 +321,17 @@ def risk_fairness(
     age_cuts: list[float],
     min_events: int = 10,
     notes: list[str] | None = None,
+    linear_from: int | None = None,
 ) -> pd.DataFrame:
     """Risk fairness rows: Harrell's C and calibration in the large (observed / expected
-    deaths) per group, on one row per subject with ``time``, ``event`` and ``risk``."""
+    deaths) per group, on one row per subject with ``time``, ``event`` and ``risk``.
+    ``linear_from``: C resamples from influence values in sets of this many subjects or more
+    (:func:`audit.stats.concordance.concordance_resamples`)."""
     said = notes if notes is not None else []
     df, adjust, described = _risk_subjects(add_fairness_groups(subjects, age_cuts), model, said)
     if len(df) < 3 or df["event"].sum() < min_events:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
-    risk = _RiskValues(df, _expected_or_nan(df, adjust, described, model, said), config)
+    risk = _RiskValues(df, _expected_or_nan(df, adjust, described, model, said), config, linear_from)
     over, _ = risk.values()
     over_boot = risk.boot(np.arange(len(df)))
     rows = [
@@ -439,7 +442,8 @@ class _RiskValues:
     """Harrell's C and O/E of one score: fairlearn values overall or by group, and their
     subject-bootstrap resamples (one draw of weights shared by every group)."""
 
-    def __init__(self, df: pd.DataFrame, expected: np.ndarray, config):
+    def __init__(self, df: pd.DataFrame, expected: np.ndarray, config, linear_from=None):
+        self.linear_from = linear_from
         self.time = df["time"].to_numpy(float)
         self.event = df["event"].to_numpy(int)
         self.risk = df["risk"].to_numpy(float)
@@ -463,7 +467,7 @@ class _RiskValues:
         ww = self.weights[:, idx]
         with np.errstate(all="ignore"):
             oe = (ww @ self.event[idx]) / (ww @ self.expected[idx])
-        c = weighted_concordance(self.time[idx], self.event[idx], self.risk[idx], ww)
+        c = concordance_resamples(self.time[idx], self.event[idx], self.risk[idx], ww, self.linear_from)
         return {"c_index": c, "calibration_oe": oe}
 
 
@@ -584,13 +588,16 @@ def paired_comparisons(
     config,
     age_cuts: list[float],
     min_events: int = 10,
+    linear_from: int | None = None,
 ) -> pd.DataFrame:
     """Paired differences between every two models with the same ``output``, on the photos
     (FaceAge: MAE) or subjects (risk: Harrell's C) both predicted, overall and per group; the
     CI comes from resampling subjects once for both models, so it reflects the pairing.
 
     ``frames``: model name -> frame with ``photo_id``, ``subject_id``, the output and
-    ``age`` (FaceAge) or ``time``/``event`` (risk), plus the grouping columns."""
+    ``age`` (FaceAge) or ``time``/``event`` (risk), plus the grouping columns.
+    ``linear_from``: C resamples from influence values in sets of this many subjects or more
+    (:func:`audit.stats.concordance.concordance_resamples`)."""
     from itertools import combinations
 
     rows = []
@@ -602,7 +609,7 @@ def paired_comparisons(
         if output == "faceage":
             rows.extend(_faceage_pairs(both, pair, config))
         else:
-            rows.extend(_risk_pairs(both, pair, config, min_events))
+            rows.extend(_risk_pairs(both, pair, config, min_events, linear_from))
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
@@ -650,7 +657,9 @@ def _faceage_pairs(both: pd.DataFrame, pair: tuple[str, str], config) -> list[di
     return rows
 
 
-def _risk_pairs(both: pd.DataFrame, pair: tuple[str, str], config, min_events: int) -> list[dict]:
+def _risk_pairs(
+    both: pd.DataFrame, pair: tuple[str, str], config, min_events: int, linear_from
+) -> list[dict]:
     """Harrell's C of model a minus model b on the subjects both scored, overall and per
     group, from one draw of subject weights shared by both models."""
     both = both[both["time"].notna() & both["event"].notna()].reset_index(drop=True)
@@ -665,9 +674,9 @@ def _risk_pairs(both: pd.DataFrame, pair: tuple[str, str], config, min_events: i
             one = np.ones((1, len(idx)))
             ca = weighted_concordance(t[idx], ev[idx], va[idx], one)[0]
             cb = weighted_concordance(t[idx], ev[idx], vb[idx], one)[0]
-            d = weighted_concordance(t[idx], ev[idx], va[idx], w[:, idx]) - weighted_concordance(
-                t[idx], ev[idx], vb[idx], w[:, idx]
-            )
+            d = concordance_resamples(
+                t[idx], ev[idx], va[idx], w[:, idx], linear_from
+            ) - concordance_resamples(t[idx], ev[idx], vb[idx], w[:, idx], linear_from)
             low, high = percentile_ci(d.reshape(-1, 1), config.ci_level)
             ok = len(idx) >= config.min_group_size and ev[idx].sum() >= min_events
             rows.append(

@@ -31,9 +31,11 @@ def accuracy_stage(ctx: RunContext) -> int:
                 )
         if "risk" in model.outputs:
             if ctx.cohort.has_outcomes:
+                subjects = one_per_subject(ctx, wide)
+                note_c_resamples(ctx, "accuracy", len(subjects))
                 parts.append(
                     risk_accuracy(
-                        one_per_subject(ctx, wide),
+                        subjects,
                         model.name,
                         ctx.config.accuracy,
                         ctx.config.survival,
@@ -77,6 +79,7 @@ def fairness_stage(ctx: RunContext) -> int:
             "(fairness.intended_population): representativeness not tested",
         )
     by_output: dict[str, dict] = {"faceage": {}, "risk": {}}
+    linear_from = ctx.config.survival.c_linear_threshold()
     for model in progress.track(ctx.models, "fairness"):
         wide = wide_predictions(ctx, model)
         subjects = one_per_subject(ctx, wide)
@@ -85,8 +88,11 @@ def fairness_stage(ctx: RunContext) -> int:
             by_output["faceage"][model.name] = wide
         if "risk" in model.outputs and ctx.cohort.has_outcomes:
             said: list[str] = []
+            note_c_resamples(ctx, "fairness", len(subjects))
             tables["fairness"].append(
-                risk_fairness(subjects, model.name, cfg, cuts, min_events, notes=said)
+                risk_fairness(
+                    subjects, model.name, cfg, cuts, min_events, notes=said, linear_from=linear_from
+                )
             )
             for note in said:
                 ctx.note("fairness", note)
@@ -99,7 +105,9 @@ def fairness_stage(ctx: RunContext) -> int:
             tables["survival_tests"].append(tests)
     for output, frames in by_output.items():
         if len(frames) >= 2:
-            tables["comparisons"].append(paired_comparisons(frames, output, cfg, cuts, min_events))
+            tables["comparisons"].append(
+                paired_comparisons(frames, output, cfg, cuts, min_events, linear_from=linear_from)
+            )
     merged = {
         k: pd.concat([f for f in v if len(f)], ignore_index=True)
         for k, v in tables.items()
@@ -122,6 +130,7 @@ def survival_stage(ctx: RunContext) -> int:
     tables: dict[str, list] = {}
     for model in progress.track(ctx.models, "survival"):
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
+        note_c_resamples(ctx, "survival", len(subjects))
         fair = ctx.config.fairness
         result = survival_analysis(
             subjects,
@@ -149,6 +158,29 @@ def survival_stage(ctx: RunContext) -> int:
         for k, v in tables.items()
     }
     return ctx.write("survival", merged, note=" ".join(ctx.notes.get("survival", [])) or None)
+
+
+def note_c_resamples(ctx: RunContext, stage: str, subjects: int) -> None:
+    """Name the C intervals' method in the stage's note when some of its resamples are
+    linearised (once a stage; the exact resamples are the documented default)."""
+    surv = ctx.config.survival
+    threshold = surv.c_linear_threshold()
+    if threshold is None or subjects < threshold:
+        return
+    if any("C resamples" in n for n in ctx.notes.get(stage, [])):
+        return
+    where = (
+        f"in every analysed set (the cohort, a subgroup) of at least {threshold:,} subjects "
+        f"([survival] c_resamples = auto; the cohort: {subjects:,}), exact in smaller ones"
+        if surv.c_resamples == "auto"
+        else "in every analysed set ([survival] c_resamples = linear)"
+    )
+    ctx.note(
+        stage,
+        "Harrell's and Uno's C resamples linearised: each bootstrap resample's C is its "
+        "first-order expansion in the subject weights (empirical influence values; the "
+        f"infinitesimal jackknife), {where}",
+    )
 
 
 def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
@@ -206,6 +238,7 @@ def _incremental(ctx: RunContext) -> dict:
             decision_horizons=ctx.config.survival.decision_horizons,
             decision_thresholds=ctx.config.survival.decision_thresholds,
             folds=ctx.config.survival.folds,
+            linear_from=ctx.config.survival.c_linear_threshold(),
         )
     except Exception as exc:  # a fit that fails is reported, the stage goes on
         ctx.note("survival", f"incremental value not computed: {type(exc).__name__}: {exc}")

@@ -153,7 +153,12 @@ def _cox_rows(
     said: list[str] = []
     lp = cph.predict_log_partial_hazard(data).to_numpy()
     c, low, high = bootstrap_c(
-        data["time"], data["event"], lp, config.n_boot, np.random.default_rng(config.seed)
+        data["time"],
+        data["event"],
+        lp,
+        config.n_boot,
+        np.random.default_rng(config.seed),
+        linear_from=config.c_linear_threshold(),
     )
     ph = ph_test(cph, data, said)
     note = "; ".join([n for n in [note, *fit.notes, *said] if n]) or None
@@ -498,6 +503,7 @@ class _Fits:
             k=config.folds,
             calibration_horizon=config.calibration_horizon,
             notes=self.notes,
+            linear_from=config.c_linear_threshold(),
         )
         self.metrics.extend(m)
         self.curves.extend(c)

@@ -27,7 +27,7 @@ from scipy.stats import chi2
 from audit.decisions.curves import COLUMNS as DECISION_COLUMNS
 from audit.decisions.curves import nested_decision_curves
 from audit.stats.bootstrap import bootstrap_weights
-from audit.stats.concordance import weighted_concordance
+from audit.stats.concordance import concordance_resamples, weighted_concordance
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
 from audit.survival.analysis import (
     METRIC_COLUMNS,
@@ -118,7 +118,7 @@ def _step_rows(label: str, model_id: str, fit, df: pd.DataFrame, lp) -> tuple[di
     return row, term_rows(label, f"incremental__{model_id}", cph.summary)
 
 
-def _step_comparison(label, prev, cur, lps, concordance, df, w) -> tuple[dict, dict]:
+def _step_comparison(label, prev, cur, lps, concordance, df, w, linear_from) -> tuple[dict, dict]:
     """The likelihood-ratio test of step ``cur`` against ``prev``, and the change in C with
     its paired bootstrap interval."""
     lp0, ll0, k0 = lps[prev]
@@ -134,7 +134,9 @@ def _step_comparison(label, prev, cur, lps, concordance, df, w) -> tuple[dict, d
         "p_value": float(chi2.sf(stat, dof)),
     }
     t, e = df["time"], df["event"]
-    d = weighted_concordance(t, e, lp1, w) - weighted_concordance(t, e, lp0, w)
+    d = concordance_resamples(t, e, lp1, w, linear_from) - concordance_resamples(
+        t, e, lp0, w, linear_from
+    )
     low, high = np.nanquantile(d, [0.025, 0.975]) if len(d) else (np.nan, np.nan)
     metric = {
         "model": label,
@@ -186,6 +188,7 @@ def incremental_value(
     decision_horizons=(),
     decision_thresholds=None,
     folds: int = 5,
+    linear_from: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Nested models, tests and C changes.
 
@@ -199,6 +202,8 @@ def incremental_value(
     decision_horizons, decision_thresholds, folds : where given, the nested models' decision
         curves (:func:`audit.decisions.curves.nested_decision_curves`): net benefit of each,
         cross-fitted on ``folds`` folds, and each step's paired gain over the one before.
+    linear_from : from this many subjects on, the change in C over resamples from each C's
+        influence values (:func:`audit.stats.concordance.concordance_resamples`).
 
     Returns ``{"survival_models", "survival_terms", "survival_tests", "survival_metrics",
     "decision_curves"}`` frames, and a ``notes`` list under ``"notes"``.
@@ -225,7 +230,7 @@ def incremental_value(
         terms.extend(step_terms)
     for (prev, _), (cur, _) in zip(steps, steps[1:]):
         if prev in lps and cur in lps:
-            test, metric = _step_comparison(label, prev, cur, lps, concordance, df, w)
+            test, metric = _step_comparison(label, prev, cur, lps, concordance, df, w, linear_from)
             tests.append(test)
             metrics.append(metric)
     decisions = pd.DataFrame(columns=DECISION_COLUMNS)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from audit.stats.bootstrap import bootstrap_weights, percentile_ci
-from audit.stats.concordance import weighted_concordance
+from audit.stats.concordance import concordance_resamples
 from audit.stats.cox import CoxNotConverged, fit_cox
 from audit.stats.groups import group_index, quantile_cuts
 
@@ -125,6 +125,7 @@ def score_metrics(
     k: int = 5,
     calibration_horizon=None,
     notes: list[str] | None = None,
+    linear_from: int | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """``survival_metrics`` rows (Uno's C with CI, AUC and Brier at each horizon, integrated
     Brier, calibration in the large) and ``survival_curves`` calibration rows for one score
@@ -132,7 +133,9 @@ def score_metrics(
 
     Uno's C and the AUC need no model; Brier and calibration need the cross-fitted Cox
     model's probabilities. When that model does not converge, the first are still returned
-    and the reason is appended to ``notes``."""
+    and the reason is appended to ``notes``. ``linear_from``: from this many subjects
+    on, Uno's C resamples from its influence values
+    (:func:`audit.stats.concordance.concordance_resamples`)."""
     time, event, score = (np.asarray(time, float), np.asarray(event, int), np.asarray(score, float))
     ok = np.isfinite(time) & np.isfinite(score)
     time, event, score = time[ok], event[ok], score[ok]
@@ -156,7 +159,7 @@ def score_metrics(
             "ci_high": None if high is None else float(high),
         }
 
-    metrics = _discrimination(row, time, event, score, hs, n_boot, seed)
+    metrics = _discrimination(row, time, event, score, hs, n_boot, seed, linear_from)
     try:
         surv = crossfit_survival(time, event, score, hs, k=k, seed=seed)
     except CoxNotConverged as exc:
@@ -173,7 +176,9 @@ def score_metrics(
     return metrics + probability, curves
 
 
-def _discrimination(row, time, event, score, hs: list, n_boot: int, seed: int) -> list[dict]:
+def _discrimination(
+    row, time, event, score, hs: list, n_boot: int, seed: int, linear_from=None
+) -> list[dict]:
     """Uno's C to the last horizon (with its bootstrap CI) and the cumulative/dynamic AUC at
     each horizon: they need no model of the score."""
     from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
@@ -181,7 +186,9 @@ def _discrimination(row, time, event, score, hs: list, n_boot: int, seed: int) -
     y = _surv(event, time)
     tau = max(hs)
     uno = concordance_index_ipcw(y, y, score, tau=tau)[0]
-    low, high = uno_c_ci(time, event, score, tau, n_boot, np.random.default_rng(seed))
+    low, high = uno_c_ci(
+        time, event, score, tau, n_boot, np.random.default_rng(seed), linear_from=linear_from
+    )
     rows = [row("uno_c", uno, tau, low, high)]
     auc, _ = cumulative_dynamic_auc(y, y, score, hs)
     rows += [row("auc", a, h) for h, a in zip(hs, np.atleast_1d(auc))]
@@ -203,11 +210,14 @@ def _probability_metrics(row, time, event, surv: np.ndarray, hs: list, h: float)
     return rows
 
 
-def uno_c_ci(time, event, score, tau: float, n_boot: int, rng, level: float = 0.95):
+def uno_c_ci(
+    time, event, score, tau: float, n_boot: int, rng, level: float = 0.95, linear_from=None
+):
     """Percentile CI of Uno's C over subject resamples, all resamples in one weighted
     concordance pass (:mod:`audit.stats.concordance`) with each death's pairs weighted by
     ``1 / G(T_i)^2`` from scikit-survival's censoring estimator on the whole sample (the
-    weights are held fixed across resamples, as in the usual conditional bootstrap)."""
+    weights are held fixed across resamples, as in the usual conditional bootstrap); from
+    ``linear_from`` subjects on, each resample's first-order expansion in the weights."""
     from sksurv.nonparametric import CensoringDistributionEstimator
 
     if n_boot <= 0:
@@ -216,8 +226,14 @@ def uno_c_ci(time, event, score, tau: float, n_boot: int, rng, level: float = 0.
     before = time < tau  # only deaths before tau weigh (G can reach 0 after the last one)
     weight = np.zeros(len(time))
     weight[before] = cens.predict_ipcw(_surv(event[before], time[before])) ** 2
-    samples = weighted_concordance(
-        time, event, score, bootstrap_weights(len(time), n_boot, rng), event_weight=weight, tau=tau
+    samples = concordance_resamples(
+        time,
+        event,
+        score,
+        bootstrap_weights(len(time), n_boot, rng),
+        linear_from,
+        event_weight=weight,
+        tau=tau,
     )
     low, high = percentile_ci(samples.reshape(-1, 1), level)
     return float(low[0]), float(high[0])

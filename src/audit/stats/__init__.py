@@ -20,8 +20,11 @@ _NAMES = {
     "fit_cox": "cox",
     "group_index": "groups",
     "percentile_ci": "bootstrap",
+    "concordance_influence": "concordance",
+    "concordance_resamples": "concordance",
     "quantile_cuts": "groups",
     "quantile_groups": "groups",
+    "schoenfeld_test": "cox",
     "weighted_concordance": "concordance",
 }
 __all__ = sorted(_NAMES)

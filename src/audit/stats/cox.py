@@ -145,6 +145,20 @@ def efron_loglik(
 def _efron_one(x, time, event, beta):
     order = np.argsort(time, kind="stable")
     x, time, event = x[order], time[order], event[order]
+    parts = _efron_parts(x, time, event, beta)
+    if parts is None:
+        return 0.0, np.zeros(x.shape[1])
+    eta, shift, dead, _, num, den = parts
+    ll = float(eta[dead].sum() - np.sum(np.log(den) + shift))
+    grad = x[dead].sum(axis=0) - (num / den[:, None]).sum(axis=0)
+    return ll, grad
+
+
+def _efron_parts(x, time, event, beta):
+    """For subjects sorted by ``time``: the linear predictor and its shift, the deaths, each
+    death's death-time index ``g``, and Efron's numerator ``S1(R) - l/d S1(D)`` and
+    denominator ``S0(R) - l/d S0(D)`` of each death (``l``: its rank among the ``d`` deaths
+    of its time); None without deaths."""
     eta = x @ beta
     shift = float(eta.max()) if len(eta) else 0.0
     r = np.exp(eta - shift)
@@ -152,7 +166,7 @@ def _efron_one(x, time, event, beta):
     s1 = np.cumsum((x * r[:, None])[::-1], axis=0)[::-1]
     dead = np.flatnonzero(event == 1)
     if len(dead) == 0:
-        return 0.0, np.zeros(x.shape[1])
+        return None
     death_times = np.unique(time[dead])
     g = np.searchsorted(death_times, time[dead])  # each death's death-time index
     first_of_time = np.searchsorted(time, death_times, side="left")  # risk set starts
@@ -166,9 +180,76 @@ def _efron_one(x, time, event, beta):
     frac = rank / d[g]
     den = s0[first_of_time][g] - frac * s0_d[g]
     num = s1[first_of_time][g] - frac[:, None] * s1_d[g]
-    ll = float(eta[dead].sum() - np.sum(np.log(den) + shift))
-    grad = x[dead].sum(axis=0) - (num / den[:, None]).sum(axis=0)
-    return ll, grad
+    return eta, shift, dead, g, num, den
+
+
+def schoenfeld_test(
+    x: np.ndarray,
+    time: np.ndarray,
+    event: np.ndarray,
+    beta: np.ndarray,
+    variance: np.ndarray,
+    strata: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grambsch-Therneau test of proportional hazards per term on the scaled Schoenfeld
+    residuals against the rank of the death times: ``(statistics, p-values)``, chi-squared
+    on 1 df each.
+
+    The statistic of lifelines' ``proportional_hazard_test`` and of R's ``cox.zph`` before
+    survival 3.0 (scaled residuals ``D * s @ V``, statistic
+    ``(sum_k (r_k - rbar) s*_k)^2 / (D se^2 sum_k (r_k - rbar)^2)``), with ``r_k`` the rank of
+    death k's time among the deaths, tied times sharing their average rank as R's ``rank``
+    gives them. (lifelines' ``"rank"`` transform numbers tied deaths in the order of the rows,
+    so its statistic changed when the rows were shuffled, and with strata it numbers them
+    stratum after stratum; with this rank it equals lifelines given the average rank as its
+    time transform, in any row order: tested.) The residuals come
+    from the risk-set sums of one sorted pass per stratum, where lifelines loops over the
+    subjects in Python and grows its array by appending (about 5 s a model at 100,000
+    subjects, against 0.05 s). Efron ties: the expected covariate at a death time is the mean
+    over ``l`` of ``(S1(R) - l/d S1(D)) / (S0(R) - l/d S0(D))``. Raises ValueError with fewer
+    than two deaths (no trend to test).
+
+    References
+    ----------
+    Grambsch PM, Therneau TM. Proportional hazards tests and diagnostics based on weighted
+    residuals. Biometrika 81, 1994.
+    """
+    from scipy.stats import chi2, rankdata
+
+    x = np.asarray(x, float)
+    x = x[:, None] if x.ndim == 1 else x
+    time, event = np.asarray(time, float), np.asarray(event, int)
+    codes = (
+        np.zeros(len(time), dtype=np.int64)
+        if strata is None
+        else np.unique(np.asarray(strata), return_inverse=True)[1].ravel()
+    )
+    order = np.lexsort((event, time, codes))
+    x, time, event, codes = x[order], time[order], event[order], codes[order]
+    resid = np.zeros_like(x)
+    bounds = np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        parts = _efron_parts(x[lo:hi], time[lo:hi], event[lo:hi], np.asarray(beta, float))
+        if parts is None:
+            continue
+        _, _, dead, g, num, den = parts
+        d = np.bincount(g).astype(float)
+        expected = np.stack(
+            [np.bincount(g, weights=num[:, j] / den) for j in range(x.shape[1])], axis=1
+        ) / d[:, None]
+        resid[lo + dead] = x[lo + dead] - expected[g]
+    deaths = np.flatnonzero(event == 1)
+    n_deaths = len(deaths)
+    if n_deaths < 2:
+        raise ValueError("fewer than two deaths: no trend over time to test")
+    variance = np.asarray(variance, float)
+    scaled = n_deaths * resid[deaths] @ variance
+    rank = rankdata(time[deaths])  # tied times: their average rank
+    centred = rank - rank.mean()
+    statistic = (centred @ scaled) ** 2 / (
+        n_deaths * np.diag(variance) * float(centred @ centred)
+    )
+    return statistic, chi2.sf(statistic, 1)
 
 
 def fit_cox(

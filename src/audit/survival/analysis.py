@@ -24,7 +24,6 @@ Bontempi D et al. FaceAge. Lancet Digit Health 7(6), 2025 (HR per decade, adjust
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +41,12 @@ from audit.metrics.accuracy import bootstrap_c, harrell_c
 from audit.metrics.fairness import add_fairness_groups, attribute_groupings
 from audit.pipeline.config import SurvivalConfig
 from audit.pipeline.schema import columns
-from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox  # noqa: F401 (design_matrix: re-exported)
+from audit.stats.cox import (  # noqa: F401 (design_matrix: re-exported)
+    CoxNotConverged,
+    design_matrix,
+    fit_cox,
+    schoenfeld_test,
+)
 from audit.stats.groups import canonical_rows, empty_groups_note, quantile_groups
 from audit.survival.metrics import score_metrics
 
@@ -94,33 +98,29 @@ class SurvivalResult:
 
 
 def ph_test(cph, data: pd.DataFrame, notes: list[str] | None = None) -> pd.Series:
-    """Schoenfeld-residual test p-value per term (rank time transform), empty when the test
-    cannot run (it needs deaths at several times). What lifelines warns, and why the test
-    could not run, is appended to ``notes``."""
-    from lifelines.statistics import proportional_hazard_test
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            res = proportional_hazard_test(cph, data, time_transform="rank")
-        except Exception as exc:  # the data's doing (too few death times...): said, not hidden
-            if notes is not None:
-                notes.append(
-                    f"Schoenfeld test not run ({type(exc).__name__}: {str(exc).split('. ')[0]})"
-                )
-            return pd.Series(dtype=float)
-    said = sorted(
-        {
-            str(w.message).split(". ")[0]
-            for w in caught
-            if not issubclass(w.category, (DeprecationWarning, FutureWarning))
-        }
-    )
-    if said and notes is not None:
-        notes.append("Schoenfeld test warned: " + "; ".join(said))
-    p = res.summary["p"]
-    p.index = [i if isinstance(i, str) else i[0] for i in p.index]
-    return p.astype(float)
+    """Schoenfeld-residual test p-value per term (rank time transform;
+    :func:`audit.stats.cox.schoenfeld_test`, lifelines' statistic from one sorted pass),
+    empty when the test cannot run (it needs deaths at several times); why is appended to
+    ``notes``."""
+    terms = cph.params_.index
+    try:
+        _, p = schoenfeld_test(
+            data[terms].to_numpy(float),
+            data["time"].to_numpy(float),
+            data["event"].to_numpy(int),
+            cph.params_.to_numpy(float),
+            cph.variance_matrix_.to_numpy(float),
+            data["_stratum"].to_numpy() if "_stratum" in data.columns else None,
+        )
+    except ValueError as exc:  # the data's doing (too few deaths): said, not hidden
+        if notes is not None:
+            notes.append(f"Schoenfeld test not run ({exc})")
+        return pd.Series(dtype=float)
+    if not np.all(np.isfinite(p)):
+        if notes is not None:
+            notes.append("Schoenfeld test not run (a term's statistic is not finite)")
+        return pd.Series(dtype=float)
+    return pd.Series(p, index=[str(t) for t in terms], dtype=float)
 
 
 def _cox_rows(

@@ -289,40 +289,30 @@ def test_the_schoenfeld_test_equals_lifelines(case):
         time, event = "time", "event"
     cph = CoxPHFitter().fit(data, time, event, strata=[strata] if strata else None)
     terms = cph.params_.index
-    statistic, p = schoenfeld_test(
-        data[terms].to_numpy(float),
-        data[time].to_numpy(float),
-        data[event].to_numpy(int),
-        cph.params_.to_numpy(),
-        cph.variance_matrix_.to_numpy(),
-        data[strata].to_numpy() if strata else None,
-    )
+
+    def ours(frame, cph):
+        return schoenfeld_test(
+            frame[terms].to_numpy(float),
+            frame[time].to_numpy(float),
+            frame[event].to_numpy(int),
+            cph.params_.to_numpy(),
+            cph.variance_matrix_.to_numpy(),
+            frame[strata].to_numpy() if strata else None,
+        )
+
+    statistic, p = ours(data, cph)
     want = _lifelines_ph(cph, data).reindex(terms)
     np.testing.assert_allclose(statistic, want["test_statistic"], rtol=1e-10)
     np.testing.assert_allclose(p, want["p"], rtol=1e-10, atol=1e-14)
     # rows in another order: the same test (lifelines' order is by time and event)
     shuffled = data.sample(frac=1.0, random_state=1)
-    again, _ = schoenfeld_test(
-        shuffled[terms].to_numpy(float),
-        shuffled[time].to_numpy(float),
-        shuffled[event].to_numpy(int),
-        cph.params_.to_numpy(),
-        cph.variance_matrix_.to_numpy(),
-        shuffled[strata].to_numpy() if strata else None,
-    )
+    again, _ = ours(shuffled, cph)
     np.testing.assert_allclose(again, statistic, rtol=1e-10)
     if strata:  # lifelines' "rank" numbers deaths stratum after stratum, not by time
         return
     untied = data.assign(**{time: data[time] + np.arange(len(data)) * 1e-6})
     cph = CoxPHFitter().fit(untied, time, event, strata=[strata] if strata else None)
-    statistic, _ = schoenfeld_test(
-        untied[terms].to_numpy(float),
-        untied[time].to_numpy(float),
-        untied[event].to_numpy(int),
-        cph.params_.to_numpy(),
-        cph.variance_matrix_.to_numpy(),
-        untied[strata].to_numpy() if strata else None,
-    )
+    statistic, _ = ours(untied, cph)
     from lifelines.statistics import proportional_hazard_test
 
     own = proportional_hazard_test(cph, untied, time_transform="rank").summary.reindex(terms)

@@ -23,7 +23,7 @@ from audit.metrics.engine import FaceAgeEngine
 from audit.pipeline.config import AccuracyConfig, SurvivalConfig
 from audit.pipeline.schema import columns
 from audit.stats.bootstrap import bootstrap_weights, percentile_ci
-from audit.stats.concordance import concordance_resamples
+from audit.stats.concordance import concordance_resamples, weighted_concordance
 
 ACCURACY_COLUMNS = columns("accuracy")
 FACEAGE_METRICS = ["mae", "mean_error", "pearson_r", "within_5y"]  # of the engine's six
@@ -79,16 +79,14 @@ def faceage_accuracy(frame: pd.DataFrame, model: str, config: AccuracyConfig) ->
 
 
 def harrell_c(time, event, risk) -> float:
-    """Harrell's C for a risk score (higher = earlier death); NaN without usable pairs."""
-    from lifelines.utils import concordance_index
-
-    time, event, risk = map(np.asarray, (time, event, risk))
+    """Harrell's C for a risk score (higher = earlier death); NaN without usable pairs.
+    One ``O(n log n)`` weighted pass (:mod:`audit.stats.concordance`), equal to lifelines'
+    ``concordance_index`` (tested to 1e-12), which walks a Python tree per subject (0.8 s at
+    100,000 subjects against 0.1 s)."""
+    time, event, risk = (np.asarray(v, dtype=float) for v in (time, event, risk))
     if event.sum() == 0 or len(time) < 2:
         return float("nan")
-    try:
-        return float(concordance_index(time, -risk, event))
-    except ZeroDivisionError:
-        return float("nan")
+    return float(weighted_concordance(time, event, risk, np.ones((1, len(time))))[0])
 
 
 def bootstrap_c(

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from audit.stats.bootstrap import bootstrap_weights, percentile_ci
-from audit.stats.concordance import concordance_resamples
+from audit.stats.concordance import concordance_resamples, weighted_concordance
 from audit.stats.cox import CoxNotConverged, fit_cox
 from audit.stats.groups import group_index, quantile_cuts
 
@@ -181,11 +181,12 @@ def _discrimination(
 ) -> list[dict]:
     """Uno's C to the last horizon (with its bootstrap CI) and the cumulative/dynamic AUC at
     each horizon: they need no model of the score."""
-    from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc
+    from sksurv.metrics import cumulative_dynamic_auc
 
     y = _surv(event, time)
     tau = max(hs)
-    uno = concordance_index_ipcw(y, y, score, tau=tau)[0]
+    weight = uno_weights(time, event, tau)
+    uno = weighted_concordance(time, event, score, np.ones((1, len(time))), weight, tau)[0]
     low, high = uno_c_ci(
         time, event, score, tau, n_boot, np.random.default_rng(seed), linear_from=linear_from
     )
@@ -218,14 +219,9 @@ def uno_c_ci(
     ``1 / G(T_i)^2`` from scikit-survival's censoring estimator on the whole sample (the
     weights are held fixed across resamples, as in the usual conditional bootstrap); from
     ``linear_from`` subjects on, each resample's first-order expansion in the weights."""
-    from sksurv.nonparametric import CensoringDistributionEstimator
-
     if n_boot <= 0:
         return None, None
-    cens = CensoringDistributionEstimator().fit(_surv(event, time))
-    before = time < tau  # only deaths before tau weigh (G can reach 0 after the last one)
-    weight = np.zeros(len(time))
-    weight[before] = cens.predict_ipcw(_surv(event[before], time[before])) ** 2
+    weight = uno_weights(time, event, tau)
     samples = concordance_resamples(
         time,
         event,
@@ -237,6 +233,22 @@ def uno_c_ci(
     )
     low, high = percentile_ci(samples.reshape(-1, 1), level)
     return float(low[0]), float(high[0])
+
+
+def uno_weights(time, event, tau: float) -> np.ndarray:
+    """Uno's weight of each subject as the earlier of a pair, ``1 / G(T_i)^2`` from
+    scikit-survival's censoring estimator on the whole sample (0 from ``tau`` on: only deaths
+    before it count, and G can reach 0 after the last one). With them the weighted C equals
+    scikit-survival's ``concordance_index_ipcw`` (tested to 1e-9), which compares every pair
+    of subjects (13 s at 100,000 subjects against 0.1 s)."""
+    from sksurv.nonparametric import CensoringDistributionEstimator
+
+    time, event = np.asarray(time, float), np.asarray(event, int)
+    cens = CensoringDistributionEstimator().fit(_surv(event, time))
+    before = time < tau
+    weight = np.zeros(len(time))
+    weight[before] = cens.predict_ipcw(_surv(event[before], time[before])) ** 2
+    return weight
 
 
 def _km_at(time, event, h) -> float:

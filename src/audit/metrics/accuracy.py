@@ -52,7 +52,9 @@ def faceage_accuracy(frame: pd.DataFrame, model: str, config: AccuracyConfig) ->
     model : the model's name.
     config : bootstrap size, CI level, seed, groups and minimum group size.
     """
-    engine = FaceAgeEngine.of(add_groups(frame, config), config.n_boot, config.seed)
+    engine = FaceAgeEngine.of(
+        add_groups(frame, config), config.n_boot, config.seed, config.fairlearn_max_rows
+    )
     df = engine.frame
     parts = [("all", engine.values())]
     parts += [(a, engine.values(df[a])) for a in _group_attributes(df, config)]

@@ -219,7 +219,9 @@ def faceage_fairness(
     config : the audit config's ``fairness`` section.
     age_cuts : the age-band cut points.
     """
-    engine = FaceAgeEngine.of(add_fairness_groups(frame, age_cuts), config.n_boot, config.seed)
+    engine = FaceAgeEngine.of(
+        add_fairness_groups(frame, age_cuts), config.n_boot, config.seed, config.fairlearn_max_rows
+    )
     df = engine.frame
     if len(df) < 3:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
@@ -444,6 +446,7 @@ class _RiskValues:
 
     def __init__(self, df: pd.DataFrame, expected: np.ndarray, config, linear_from=None):
         self.linear_from = linear_from
+        self.by_fairlearn = len(df) <= config.fairlearn_max_rows
         self.time = df["time"].to_numpy(float)
         self.event = df["event"].to_numpy(int)
         self.risk = df["risk"].to_numpy(float)
@@ -452,7 +455,11 @@ class _RiskValues:
 
     def values(self, codes: np.ndarray | None = None) -> tuple[pd.Series, pd.DataFrame | None]:
         """Overall and by-group values: one MetricFrame per prediction (the score for C,
-        the expected deaths for O/E)."""
+        the expected deaths for O/E), or above ``fairlearn_max_rows`` subjects the same two
+        metric callables on each group's rows (fairlearn stacks each column element by
+        element)."""
+        if not self.by_fairlearn:
+            return self._direct(codes)
         c_all, c_by = metric_frame(
             {"c_index": _c_index}, self.event, self.risk, codes, {"c_index": {"time": self.time}}
         )
@@ -461,6 +468,20 @@ class _RiskValues:
         )
         by = None if codes is None else pd.concat([c_by, e_by], axis=1)
         return pd.concat([c_all, e_all]), by
+
+    def _direct(self, codes: np.ndarray | None) -> tuple[pd.Series, pd.DataFrame | None]:
+        def both(rows) -> dict:
+            return {
+                "c_index": _c_index(self.event[rows], self.risk[rows], self.time[rows]),
+                "calibration_oe": _calibration_oe(self.event[rows], self.expected[rows]),
+            }
+
+        overall = pd.Series(both(slice(None)))
+        if codes is None:
+            return overall, None
+        present = np.unique(codes[codes >= 0])
+        by = pd.DataFrame([both(codes == g) for g in present], index=present)
+        return overall, by
 
     def boot(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         """(B,) resampled C and O/E of the subjects ``idx``."""

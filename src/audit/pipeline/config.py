@@ -65,12 +65,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _fairlearn_max_rows():
+    """The field shared by the accuracy and fairness sections (each for its own table)."""
+    return Field(
+        50_000,
+        ge=0,
+        description="group values by fairlearn's MetricFrame up to this many rows; above, "
+        "the same formulas on each group's totals (equal to 1e-9; MetricFrame stacks every "
+        "column element by element, about 20 s a table at 100,000 photos)",
+    )
+
+
 class AccuracyConfig(_Section):
     """Overall and subgroup accuracy with subject-level bootstrap CIs."""
 
     n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects, not photos)")
     ci_level: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
+    fairlearn_max_rows: int = _fairlearn_max_rows()
     groups: list[str] = Field(
         default_factory=lambda: ["sex", "race", "cancer_type", "age_band"],
         description="standard columns (or age_band) to break accuracy down by",
@@ -163,6 +175,7 @@ class FairnessConfig(_Section):
     n_boot: int = Field(1000, ge=0, description="bootstrap resamples (subjects, not photos)")
     ci_level: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
+    fairlearn_max_rows: int = _fairlearn_max_rows()
     min_group_size: int = Field(30, ge=1, description="smaller groups: too_small, never flagged")
     tolerances: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_TOLERANCES),

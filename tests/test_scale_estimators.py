@@ -1,7 +1,7 @@
-"""Linearised C resamples (registry scale): the influence values are the derivatives of the
-weighted C, and on 10,000 subjects of the demo world every interval built from them agrees
-with the exact bootstrap's (accuracy, survival, fairness, model comparisons, incremental
-value)."""
+"""Estimators for registry-sized sets, each against the exact path it replaces: linearised C
+resamples (the influence values are the derivatives of the weighted C, and on 10,000 subjects
+of the demo world every interval built from them agrees with the exact bootstrap's), and group
+values from totals instead of fairlearn's MetricFrame (the same numbers)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from lifelines.utils import concordance_index
 
 from audit.demo.world import WorldParams, simulate
-from audit.metrics.accuracy import risk_accuracy
-from audit.metrics.fairness import paired_comparisons, risk_fairness
+from audit.metrics.accuracy import faceage_accuracy, risk_accuracy
+from audit.metrics.fairness import faceage_fairness, paired_comparisons, risk_fairness
 from audit.pipeline.config import SurvivalConfig, load_config
 from audit.stats.bootstrap import bootstrap_weights
 from audit.stats.concordance import (
@@ -149,3 +149,32 @@ def test_fairness_and_paired_c_intervals_linear_vs_exact(registry):
     assert (pairs[False]["ci_low"] > 0).any()  # the noisier score is worse somewhere, both ways
     big = pairs[False]["n"] >= 250
     assert ((pairs[False]["ci_low"] > 0) == (pairs[True]["ci_low"] > 0))[big].all()
+
+
+def test_group_values_from_totals_equal_fairlearns():
+    """Above ``fairlearn_max_rows`` the accuracy and fairness tables take their group values
+    from the engine's totals (FaceAge) or the metric callables on each group's rows (risk):
+    every value equals fairlearn's MetricFrame to 1e-9, every interval is the same."""
+    df = simulate(3000, 8, WorldParams.make("cancer"))
+    df["time"] = df["time_days"] / 365.25
+    small = {"n_boot": 50}
+    tables = {}
+    for rows in (50_000, 0):
+        cfg = load_config(
+            accuracy={**small, "fairlearn_max_rows": rows},
+            fairness={**small, "fairlearn_max_rows": rows},
+        )
+        cuts = cfg.accuracy.age_bands
+        tables[rows] = [
+            faceage_accuracy(df, "m", cfg.accuracy),
+            faceage_fairness(df, "m", cfg.fairness, cuts),
+            risk_fairness(df, "m", cfg.fairness, cuts),
+        ]
+    for fairlearn, totals in zip(tables[50_000], tables[0]):
+        assert len(fairlearn) > 30 and list(fairlearn.columns) == list(totals.columns)
+        for column in fairlearn.columns:
+            a, b = fairlearn[column], totals[column]
+            if pd.api.types.is_float_dtype(a):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=column)
+            else:
+                assert (a.astype(str) == b.astype(str)).all(), column

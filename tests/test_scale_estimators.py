@@ -93,7 +93,9 @@ def _agree(exact: pd.DataFrame, linear: pd.DataFrame, keys: list[str]) -> None:
     of 5,000 or more)."""
     a, b = exact.set_index(keys), linear.set_index(keys)
     assert len(a) == len(b) and (a.index == b.index).all()
-    assert np.allclose(a["value"].astype(float), b["value"].astype(float), atol=1e-12, equal_nan=True)
+    assert np.allclose(
+        a["value"].astype(float), b["value"].astype(float), atol=1e-12, equal_nan=True
+    )
     width = (a["ci_high"] - a["ci_low"]).astype(float)
     for bound in ("ci_low", "ci_high"):
         diff = (a[bound] - b[bound]).abs().astype(float)

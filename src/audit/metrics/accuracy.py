@@ -111,7 +111,9 @@ def bootstrap_c(
     n = len(time)
     if n_boot <= 0 or n < 2 or np.isnan(point):
         return point, float("nan"), float("nan")
-    samples = concordance_resamples(time, event, risk, bootstrap_weights(n, n_boot, rng), linear_from)
+    samples = concordance_resamples(
+        time, event, risk, bootstrap_weights(n, n_boot, rng), linear_from
+    )
     low, high = percentile_ci(samples, level)
     return point, float(low), float(high)
 
@@ -131,7 +133,13 @@ def risk_accuracy(
     for attribute, name, sub in parts:
         n_events = int(sub["event"].sum())
         c, low, high = bootstrap_c(
-            sub["time"], sub["event"], sub["risk"], surv.n_boot, rng, acc.ci_level, surv.c_linear_threshold()
+            sub["time"],
+            sub["event"],
+            sub["risk"],
+            surv.n_boot,
+            rng,
+            acc.ci_level,
+            surv.c_linear_threshold(),
         )
         rows.append(
             {

@@ -333,7 +333,9 @@ def risk_fairness(
     df, adjust, described = _risk_subjects(add_fairness_groups(subjects, age_cuts), model, said)
     if len(df) < 3 or df["event"].sum() < min_events:
         return pd.DataFrame(columns=FAIRNESS_COLUMNS)
-    risk = _RiskValues(df, _expected_or_nan(df, adjust, described, model, said), config, linear_from)
+    risk = _RiskValues(
+        df, _expected_or_nan(df, adjust, described, model, said), config, linear_from
+    )
     over, _ = risk.values()
     over_boot = risk.boot(np.arange(len(df)))
     rows = [
@@ -488,7 +490,9 @@ class _RiskValues:
         ww = self.weights[:, idx]
         with np.errstate(all="ignore"):
             oe = (ww @ self.event[idx]) / (ww @ self.expected[idx])
-        c = concordance_resamples(self.time[idx], self.event[idx], self.risk[idx], ww, self.linear_from)
+        c = concordance_resamples(
+            self.time[idx], self.event[idx], self.risk[idx], ww, self.linear_from
+        )
         return {"c_index": c, "calibration_oe": oe}
 
 

@@ -61,6 +61,25 @@ def prefect_fan_out(name: str, fn: Callable, items: Sequence) -> list:
     return [(item, f.result()) for item, f in zip(items, futures)]
 
 
+def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
+    """The statistics pieces: tasks on the Dask workers when the flow runs on Dask (handed
+    to idle workers in the order of the pieces), else computed here one after another, as
+    the inline orchestrator does (Prefect's default thread pool would share one process's
+    warning filters, which each Cox fit sets to record lifelines' warnings, between fits)."""
+    if not _on_dask():
+        return [(item, fn(item)) for item in items]
+    return prefect_fan_out(name, fn, items)
+
+
+def _on_dask() -> bool:
+    """Whether this flow run's task runner is prefect-dask's."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    runner = getattr(context, "task_runner", None)
+    return type(runner).__module__.startswith("prefect_dask")
+
+
 def dask_task_runner(address: str | None = None, workers: int = 2):
     """prefect-dask's runner: an existing scheduler at ``address``, else a LocalCluster of
     ``workers`` single-threaded worker processes."""
@@ -102,7 +121,11 @@ def audit_flow(
         cfg = load_config(config, **(overrides or {}))
         attempt.ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
         result = audit_sequence(
-            attempt.ctx, shards=shards, step=prefect_step, fan_out=prefect_fan_out
+            attempt.ctx,
+            shards=shards,
+            step=prefect_step,
+            fan_out=prefect_fan_out,
+            spread=prefect_spread,
         )
     _artifacts(out, result)
     return result

@@ -3,9 +3,12 @@
 :func:`audit_sequence` and :func:`validation_sequence` call the stages of
 :mod:`audit.stages` in order through two callables an orchestrator supplies: ``step(name, fn,
 *args)`` runs one stage and returns its result; ``fan_out(name, fn, items)`` runs ``fn`` on
-each shard and returns ``[(item, result), ...]`` in the order of ``items``. The inline
-orchestrator (:func:`inline_step`, :func:`inline_fan_out`) calls them in this process; the
-Prefect one (:mod:`audit.orchestrate.prefect_flows`) wraps each in a task.
+each shard and returns ``[(item, result), ...]`` in the order of ``items``; ``spread`` does the
+same for the statistics stages' independent pieces (:func:`audit.stages.statistics_pieces`),
+whose rows the stage then writes in the order of the pieces. The inline orchestrator
+(:func:`inline_step`, :func:`inline_fan_out`) calls them in this process; the Prefect one
+(:mod:`audit.orchestrate.prefect_flows`) wraps each in a task, and spreads the pieces over
+the Dask workers when the flow runs on Dask.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def audit_sequence(
     shards: int = 0,
     step: Step = inline_step,
     fan_out: FanOut = inline_fan_out,
+    spread: FanOut = inline_fan_out,
 ) -> dict:
     """validate -> predict -> robustness -> paired -> saliency -> accuracy -> fairness ->
     survival -> slices -> drift -> estimate -> verdict -> publish. ``shards`` > 0 splits
@@ -91,12 +95,16 @@ def audit_sequence(
             else None
         )
         step("robustness", stages.robustness_stage, ctx, robust)
+        step("paired", stages.paired_stage, ctx)
+        step("saliency", stages.saliency_stage, ctx)
         for name, fn in (
-            ("paired", stages.paired_stage),
-            ("saliency", stages.saliency_stage),
             ("accuracy", stages.accuracy_stage),
             ("fairness", stages.fairness_stage),
             ("survival", stages.survival_stage),
+        ):
+            pieces = stages.statistics_pieces(ctx, name)
+            step(name, fn, ctx, spread(f"{name} piece", stages.run_piece, pieces))
+        for name, fn in (
             ("slices", stages.slices_stage),
             ("drift", stages.drift_stage),
             ("estimate", stages.estimate_stage),

@@ -15,7 +15,15 @@ One module per stage, in the order a run takes them: :mod:`~audit.stages.validat
 :mod:`~audit.stages.publish` (verdict, pages).
 """
 
-from audit.stages.analysis import accuracy_stage, fairness_stage, survival_stage
+from audit.stages.analysis import (
+    Piece,
+    PieceResult,
+    accuracy_stage,
+    fairness_stage,
+    run_piece,
+    statistics_pieces,
+    survival_stage,
+)
 from audit.stages.context import RunContext, fail, failed_start, running, start
 from audit.stages.drift import drift_stage
 from audit.stages.estimate import estimate_stage
@@ -35,6 +43,8 @@ from audit.stages.slices import slices_stage
 from audit.stages.validate import validate_stage, validation_verdict
 
 __all__ = [
+    "Piece",
+    "PieceResult",
     "RobustnessSetup",
     "RobustnessShard",
     "RunContext",
@@ -52,11 +62,13 @@ __all__ = [
     "publish_stage",
     "robustness_setup",
     "robustness_stage",
+    "run_piece",
     "run_robustness_shard",
     "run_shard",
     "running",
     "saliency_stage",
     "slices_stage",
+    "statistics_pieces",
     "start",
     "survival_stage",
     "validate_stage",

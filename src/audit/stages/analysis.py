@@ -4,6 +4,11 @@ and incremental value), each over every model and in one transaction."""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import pandas as pd
 
 from audit.metrics.accuracy import faceage_accuracy, risk_accuracy
@@ -11,20 +16,110 @@ from audit.metrics.fairness import faceage_fairness, paired_comparisons, risk_fa
 from audit.metrics.representativeness import representativeness
 from audit.pipeline import progress
 from audit.stages.context import RunContext, one_per_subject, wide_predictions
-from audit.survival.analysis import METRIC_COLUMNS, MODEL_COLUMNS, TERM_COLUMNS, survival_analysis
+from audit.survival.analysis import (
+    METRIC_COLUMNS,
+    MODEL_COLUMNS,
+    PARTS,
+    TERM_COLUMNS,
+    survival_analysis,
+)
 from audit.survival.incremental import incremental_value
 from audit.survival.longitudinal import far_models
 from audit.survival.subgroups import survival_subgroups
 
 
-def accuracy_stage(ctx: RunContext) -> int:
-    """Accuracy of each model output with subject-level bootstrap CIs."""
-    parts = []
-    for model in progress.track(ctx.models, "accuracy"):
+@dataclass(frozen=True)
+class Piece:
+    """One independent computation of a statistics stage: ``fn(*args)`` returns a
+    :class:`PieceResult`. Pieces read nothing from the run (their frames travel with them)
+    and write nothing, so they run anywhere: here, or as tasks on the flow's Dask workers."""
+
+    stage: str
+    label: str
+    fn: Callable[..., PieceResult]
+    args: tuple = ()
+
+
+@dataclass
+class PieceResult:
+    """A piece's rows (table name -> frame), its notes for the stage's note, and the process
+    that computed it (``host:pid``)."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    ran_on: str = ""
+
+
+def run_piece(piece: Piece) -> PieceResult:
+    """Compute one piece (the fan-out's task function)."""
+    result = piece.fn(*piece.args)
+    result.ran_on = _here()
+    return result
+
+
+def _here() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def statistics_pieces(ctx: RunContext, stage: str) -> list[Piece]:
+    """The independent pieces of ``stage`` (``accuracy``, ``fairness`` or ``survival``): each
+    model and output's table, each output's paired comparisons, each part of each model's
+    survival analysis, the Face Aging Rate and the incremental value. What the run's own
+    state decides (no age, no outcomes, fairness turned off) is noted here."""
+    return {"accuracy": _accuracy_pieces, "fairness": _fairness_pieces}.get(
+        stage, _survival_pieces
+    )(ctx)
+
+
+def _merged(ctx: RunContext, stage: str, pieces, results) -> dict[str, pd.DataFrame]:
+    """The pieces' rows, table by table in the order of the pieces, and their notes."""
+    if results is None:
+        results = [(p, run_piece(p)) for p in progress.track(pieces, stage)]
+    elsewhere = sorted({r.ran_on for _, r in results} - {_here()})
+    if elsewhere:  # the flow spread them over its Dask workers
+        ctx.note(stage, f"{len(results)} pieces on worker process(es) {', '.join(elsewhere)}")
+    tables: dict[str, list] = {}
+    for piece, result in results:
+        for note in result.notes:
+            ctx.note(stage, note)
+        for name, frame in result.tables.items():
+            tables.setdefault(name, []).append(frame)
+    # all-NA columns (e.g. the calibration columns of Kaplan-Meier rows) are left to the
+    # database's NULL: INSERT BY NAME fills what a frame lacks
+    return {
+        k: pd.concat([f.dropna(axis=1, how="all") for f in v if len(f)] or v[:1], ignore_index=True)
+        for k, v in tables.items()
+    }
+
+
+def accuracy_stage(ctx: RunContext, results: list | None = None) -> int:
+    """Accuracy of each model output with subject-level bootstrap CIs: the rows of the
+    stage's pieces (computed here when ``results`` is None, else those of the fan-out)."""
+    pieces = _accuracy_pieces(ctx) if results is None else None
+    merged = _merged(ctx, "accuracy", pieces, results)
+    frame = merged.get("accuracy", pd.DataFrame())
+    return ctx.write(
+        "accuracy", {"accuracy": frame}, note="; ".join(ctx.notes.get("accuracy", [])) or None
+    )
+
+
+def _accuracy_pieces(ctx: RunContext) -> list[Piece]:
+    pieces = []
+    for model in ctx.models:
         wide = wide_predictions(ctx, model)
         if "faceage" in model.outputs:
             if "age" in wide.columns:
-                parts.append(faceage_accuracy(wide, model.name, ctx.config.accuracy))
+                pieces.append(
+                    _table(
+                        "accuracy",
+                        model,
+                        "faceage",
+                        faceage_accuracy,
+                        wide,
+                        model.name,
+                        ctx.config.accuracy,
+                    )
+                )
             else:
                 ctx.note(
                     "accuracy", f"{model.name}: no chronological age, FaceAge error not computed"
@@ -33,8 +128,12 @@ def accuracy_stage(ctx: RunContext) -> int:
             if ctx.cohort.has_outcomes:
                 subjects = one_per_subject(ctx, wide)
                 note_c_resamples(ctx, "accuracy", len(subjects))
-                parts.append(
-                    risk_accuracy(
+                pieces.append(
+                    _table(
+                        "accuracy",
+                        model,
+                        "risk",
+                        risk_accuracy,
                         subjects,
                         model.name,
                         ctx.config.accuracy,
@@ -43,76 +142,28 @@ def accuracy_stage(ctx: RunContext) -> int:
                 )
             else:
                 ctx.note("accuracy", f"{model.name}: no outcomes, risk C-index not computed")
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return ctx.write(
-        "accuracy", {"accuracy": frame}, note="; ".join(ctx.notes.get("accuracy", [])) or None
-    )
+    return pieces
 
 
-def fairness_stage(ctx: RunContext) -> int:
+def _table(stage: str, model, what: str, fn: Callable, *args) -> Piece:
+    """A piece whose function returns the rows of the stage's own table."""
+    return Piece(stage, f"{model.name}: {what}", _one_table, (stage, fn, *args))
+
+
+def _one_table(table: str, fn: Callable, *args) -> PieceResult:
+    return PieceResult({table: fn(*args)})
+
+
+def fairness_stage(ctx: RunContext, results: list | None = None) -> int:
     """Subgroup fairness of every model output, survival within subgroups, paired model
     comparisons and the cohort's representativeness, in one transaction."""
     cfg = ctx.config.fairness
     if not cfg.enabled:
-        ctx.note("fairness", "fairness not run: turned off in the audit config")
+        if not ctx.notes.get("fairness"):
+            ctx.note("fairness", "fairness not run: turned off in the audit config")
         return ctx.write("fairness", {}, note=ctx.notes["fairness"][0])
-    cuts = ctx.config.accuracy.age_bands
-    min_events = ctx.config.survival.min_events
-    tables: dict[str, list] = {
-        k: []
-        for k in (
-            "fairness",
-            "survival_subgroups",
-            "survival_tests",
-            "representativeness",
-            "comparisons",
-        )
-    }
-    if cfg.intended_population:
-        tables["representativeness"].append(
-            representativeness(ctx.cohort.subjects(), cfg.intended_population, cuts)
-        )
-    else:
-        ctx.note(
-            "fairness",
-            "no intended-use population in the config "
-            "(fairness.intended_population): representativeness not tested",
-        )
-    by_output: dict[str, dict] = {"faceage": {}, "risk": {}}
-    linear_from = ctx.config.survival.c_linear_threshold()
-    for model in progress.track(ctx.models, "fairness"):
-        wide = wide_predictions(ctx, model)
-        subjects = one_per_subject(ctx, wide)
-        if "faceage" in model.outputs and "age" in wide.columns:
-            tables["fairness"].append(faceage_fairness(wide, model.name, cfg, cuts))
-            by_output["faceage"][model.name] = wide
-        if "risk" in model.outputs and ctx.cohort.has_outcomes:
-            said: list[str] = []
-            note_c_resamples(ctx, "fairness", len(subjects))
-            tables["fairness"].append(
-                risk_fairness(
-                    subjects, model.name, cfg, cuts, min_events, notes=said, linear_from=linear_from
-                )
-            )
-            for note in said:
-                ctx.note("fairness", note)
-            by_output["risk"][model.name] = subjects
-        if ctx.cohort.has_outcomes:
-            rows, tests = survival_subgroups(
-                subjects, model.name, model.outputs, cfg, min_events, cuts
-            )
-            tables["survival_subgroups"].append(rows)
-            tables["survival_tests"].append(tests)
-    for output, frames in by_output.items():
-        if len(frames) >= 2:
-            tables["comparisons"].append(
-                paired_comparisons(frames, output, cfg, cuts, min_events, linear_from=linear_from)
-            )
-    merged = {
-        k: pd.concat([f for f in v if len(f)], ignore_index=True)
-        for k, v in tables.items()
-        if any(len(f) for f in v)
-    }
+    pieces = _fairness_pieces(ctx) if results is None else None
+    merged = {k: v for k, v in _merged(ctx, "fairness", pieces, results).items() if len(v)}
     fair = merged.get("fairness")
     if fair is not None:
         flagged = fair[fair["status"] == "flagged"]
@@ -125,39 +176,176 @@ def fairness_stage(ctx: RunContext) -> int:
     return ctx.write("fairness", merged, note="; ".join(ctx.notes.get("fairness", [])) or None)
 
 
-def survival_stage(ctx: RunContext) -> int:
-    """First survival models of each model's outputs (one photo per subject)."""
-    tables: dict[str, list] = {}
-    for model in progress.track(ctx.models, "survival"):
+def _fairness_pieces(ctx: RunContext) -> list[Piece]:
+    cfg = ctx.config.fairness
+    if not cfg.enabled:
+        return []
+    cuts = ctx.config.accuracy.age_bands
+    min_events = ctx.config.survival.min_events
+    linear_from = ctx.config.survival.c_linear_threshold()
+    pieces = []
+    if cfg.intended_population:
+        pieces.append(
+            Piece(
+                "fairness",
+                "representativeness",
+                _one_table,
+                (
+                    "representativeness",
+                    representativeness,
+                    ctx.cohort.subjects(),
+                    cfg.intended_population,
+                    cuts,
+                ),
+            )
+        )
+    else:
+        ctx.note(
+            "fairness",
+            "no intended-use population in the config "
+            "(fairness.intended_population): representativeness not tested",
+        )
+    by_output: dict[str, dict] = {"faceage": {}, "risk": {}}
+    for model in ctx.models:
+        wide = wide_predictions(ctx, model)
+        subjects = one_per_subject(ctx, wide)
+        if "faceage" in model.outputs and "age" in wide.columns:
+            pieces.append(
+                _table("fairness", model, "faceage", faceage_fairness, wide, model.name, cfg, cuts)
+            )
+            by_output["faceage"][model.name] = wide
+        if "risk" in model.outputs and ctx.cohort.has_outcomes:
+            note_c_resamples(ctx, "fairness", len(subjects))
+            pieces.append(
+                Piece(
+                    "fairness",
+                    f"{model.name}: risk",
+                    _risk_fairness,
+                    (subjects, model.name, cfg, cuts, min_events, linear_from),
+                )
+            )
+            by_output["risk"][model.name] = subjects
+        if ctx.cohort.has_outcomes:
+            pieces.append(
+                Piece(
+                    "fairness",
+                    f"{model.name}: survival within subgroups",
+                    _subgroups,
+                    (subjects, model.name, model.outputs, cfg, min_events, cuts),
+                )
+            )
+    for output, frames in by_output.items():
+        if len(frames) >= 2:
+            pieces.append(
+                Piece(
+                    "fairness",
+                    f"paired comparisons: {output}",
+                    _one_table,
+                    (
+                        "comparisons",
+                        paired_comparisons,
+                        frames,
+                        output,
+                        cfg,
+                        cuts,
+                        min_events,
+                        linear_from,
+                    ),
+                )
+            )
+    return pieces
+
+
+def _risk_fairness(subjects, model, cfg, cuts, min_events, linear_from) -> PieceResult:
+    said: list[str] = []
+    frame = risk_fairness(
+        subjects, model, cfg, cuts, min_events, notes=said, linear_from=linear_from
+    )
+    return PieceResult({"fairness": frame}, said)
+
+
+def _subgroups(subjects, model, outputs, cfg, min_events, cuts) -> PieceResult:
+    rows, tests = survival_subgroups(subjects, model, outputs, cfg, min_events, cuts)
+    return PieceResult({"survival_subgroups": rows, "survival_tests": tests})
+
+
+def survival_stage(ctx: RunContext, results: list | None = None) -> int:
+    """First survival models of each model's outputs (one photo per subject), the Face
+    Aging Rate and the incremental value."""
+    pieces = _survival_pieces(ctx) if results is None else None
+    merged = _merged(ctx, "survival", pieces, results)
+    return ctx.write("survival", merged, note=" ".join(ctx.notes.get("survival", [])) or None)
+
+
+def _survival_pieces(ctx: RunContext) -> list[Piece]:
+    pieces = []
+    fair = ctx.config.fairness
+    prefix = len(ctx.models) > 1
+    for model in ctx.models:
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
         note_c_resamples(ctx, "survival", len(subjects))
-        fair = ctx.config.fairness
-        result = survival_analysis(
-            subjects,
-            model.name,
-            model.outputs,
-            ctx.cohort.spec.covariates,
-            ctx.config.survival,
-            ctx.config.accuracy.age_bands,
-            decision_groups=fair.survival_attributes if fair.enabled else None,
-            min_group_size=fair.min_group_size,
-        )
-        for note in result.notes:
-            ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
-        for name, frame in result.tables().items():
-            tables.setdefault(name, []).append(frame)
+        for part in PARTS:
+            pieces.append(
+                Piece(
+                    "survival",
+                    f"{model.name}: {part}",
+                    _survival_part,
+                    (
+                        subjects,
+                        model.name,
+                        model.outputs,
+                        ctx.cohort.spec.covariates,
+                        ctx.config.survival,
+                        ctx.config.accuracy.age_bands,
+                        fair.survival_attributes if fair.enabled else None,
+                        fair.min_group_size,
+                        part,
+                        prefix,
+                    ),
+                )
+            )
         if "faceage" in model.outputs and ctx.cohort.has_outcomes:
-            _face_aging_rate(ctx, model, tables)
+            photos = wide_predictions(ctx, model)
+            if "photo_date" in photos.columns and photos["subject_id"].duplicated().any():
+                pieces.append(
+                    Piece(
+                        "survival",
+                        f"{model.name}: face aging rate",
+                        _face_aging_rate,
+                        (photos, model.name, ctx.config.survival, fair.min_group_size, prefix),
+                    )
+                )
     if ctx.config.survival.incremental and ctx.cohort.has_outcomes:
-        for name, frame in _incremental(ctx).items():
-            tables.setdefault(name, []).append(frame)
-    # all-NA columns (e.g. the calibration columns of Kaplan-Meier rows) are left to the
-    # database's NULL: INSERT BY NAME fills what a frame lacks
-    merged = {
-        k: pd.concat([f.dropna(axis=1, how="all") for f in v if len(f)] or v[:1], ignore_index=True)
-        for k, v in tables.items()
-    }
-    return ctx.write("survival", merged, note=" ".join(ctx.notes.get("survival", [])) or None)
+        found = _incremental_subjects(ctx)
+        if found is not None:
+            base, face, risk = found
+            pieces.append(
+                Piece(
+                    "survival",
+                    "incremental value",
+                    _incremental,
+                    (base, ctx.cohort.spec.covariates, face, risk, ctx.config.survival),
+                )
+            )
+    return pieces
+
+
+def _survival_part(
+    subjects, model, outputs, covariates, config, cuts, groups, min_size, part, prefix
+) -> PieceResult:
+    result = survival_analysis(
+        subjects,
+        model,
+        outputs,
+        covariates,
+        config,
+        cuts,
+        decision_groups=groups,
+        min_group_size=min_size,
+        part=part,
+    )
+    notes = [f"{model}: {n}" if prefix else n for n in result.notes]
+    return PieceResult(result.tables(), notes)
 
 
 def note_c_resamples(ctx: RunContext, stage: str, subjects: int) -> None:
@@ -183,32 +371,27 @@ def note_c_resamples(ctx: RunContext, stage: str, subjects: int) -> None:
     )
 
 
-def _face_aging_rate(ctx: RunContext, model, tables: dict) -> None:
+def _face_aging_rate(photos, model, config, min_subjects, prefix) -> PieceResult:
     """Face Aging Rate from serial photos (every photo of the subject, not only the first)."""
-    photos = wide_predictions(ctx, model)
-    if "photo_date" not in photos.columns or not photos["subject_id"].duplicated().any():
-        return
-    models, terms, metrics, notes = far_models(
-        photos, model.name, ctx.config.survival, min_subjects=ctx.config.fairness.min_group_size
-    )
-    for note in notes:
-        ctx.note("survival", f"{model.name}: {note}" if len(ctx.models) > 1 else note)
-    for name, rows, cols in (
-        ("survival_models", models, MODEL_COLUMNS),
-        ("survival_terms", terms, TERM_COLUMNS),
-        ("survival_metrics", metrics, METRIC_COLUMNS),
-    ):
-        if rows:
-            tables.setdefault(name, []).append(pd.DataFrame(rows, columns=cols))
+    models, terms, metrics, notes = far_models(photos, model, config, min_subjects=min_subjects)
+    tables = {
+        name: pd.DataFrame(rows, columns=cols)
+        for name, rows, cols in (
+            ("survival_models", models, MODEL_COLUMNS),
+            ("survival_terms", terms, TERM_COLUMNS),
+            ("survival_metrics", metrics, METRIC_COLUMNS),
+        )
+        if rows
+    }
+    return PieceResult(tables, [f"{model}: {n}" if prefix else n for n in notes])
 
 
-def _incremental(ctx: RunContext) -> dict:
-    """Clinical model vs + FaceAge (the first model with it) vs + the risk score (the first
-    model with it), on the subjects both predicted."""
+def _incremental_subjects(ctx: RunContext) -> tuple | None:
+    """The subjects of the incremental value: the first model with FaceAge and the first
+    with a risk score, on the subjects both predicted, and the two models' names; None when
+    there is nothing to test."""
     face = next((m for m in ctx.models if "faceage" in m.outputs), None)
     risk = next((m for m in ctx.models if "risk" in m.outputs), None)
-    if face is None and risk is None:
-        return {}
     base = None
     for m, column in ((face, "faceage"), (risk, "risk")):
         if m is None:
@@ -225,24 +408,27 @@ def _incremental(ctx: RunContext) -> dict:
         or base["event"].isna().all()
         or base["event"].sum() < ctx.config.survival.min_events
     ):
-        return {}
+        return None
+    return base, face.name if face else None, risk.name if risk else None
+
+
+def _incremental(base, covariates, face: str | None, risk: str | None, config) -> PieceResult:
+    """Clinical model vs + FaceAge vs + the risk score; a failure is a note, not a stop."""
     try:
         result = incremental_value(
             base,
-            ctx.cohort.spec.covariates,
-            faceage_model=face.name if face else None,
-            risk_model=risk.name if risk else None,
-            n_boot=ctx.config.survival.n_boot,
-            seed=ctx.config.survival.seed,
-            penalizer=ctx.config.survival.penalizer,
-            decision_horizons=ctx.config.survival.decision_horizons,
-            decision_thresholds=ctx.config.survival.decision_thresholds,
-            folds=ctx.config.survival.folds,
-            linear_from=ctx.config.survival.c_linear_threshold(),
+            covariates,
+            faceage_model=face,
+            risk_model=risk,
+            n_boot=config.n_boot,
+            seed=config.seed,
+            penalizer=config.penalizer,
+            decision_horizons=config.decision_horizons,
+            decision_thresholds=config.decision_thresholds,
+            folds=config.folds,
+            linear_from=config.c_linear_threshold(),
         )
     except Exception as exc:  # a fit that fails is reported, the stage goes on
-        ctx.note("survival", f"incremental value not computed: {type(exc).__name__}: {exc}")
-        return {}
-    for note in result.pop("notes"):
-        ctx.note("survival", note)
-    return result
+        return PieceResult({}, [f"incremental value not computed: {type(exc).__name__}: {exc}"])
+    notes = result.pop("notes")
+    return PieceResult(result, notes)

@@ -188,9 +188,7 @@ def concordance_influence(
     # the reversed order with reversed ranks that is the same dominance count
     de = (d * e)[:, None]
     flip = n - 1 - np.arange(n)
-    higher, geq = _dominance(
-        de[::-1], _merge_plan((r.max() - r)[::-1], np.arange(n)), n
-    )
+    higher, geq = _dominance(de[::-1], _merge_plan((r.max() - r)[::-1], np.arange(n)), n)
     higher, geq = higher[flip, 0], geq[flip, 0]
     before = np.r_[0.0, np.cumsum(de[:, 0])]  # before[k]: event weight of deaths before k
     geq -= before[np.arange(n)] - before[tie_start]  # earlier equal-rank deaths of its run

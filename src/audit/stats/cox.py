@@ -234,9 +234,10 @@ def schoenfeld_test(
             continue
         _, _, dead, g, num, den = parts
         d = np.bincount(g).astype(float)
-        expected = np.stack(
-            [np.bincount(g, weights=num[:, j] / den) for j in range(x.shape[1])], axis=1
-        ) / d[:, None]
+        expected = (
+            np.stack([np.bincount(g, weights=num[:, j] / den) for j in range(x.shape[1])], axis=1)
+            / d[:, None]
+        )
         resid[lo + dead] = x[lo + dead] - expected[g]
     deaths = np.flatnonzero(event == 1)
     n_deaths = len(deaths)
@@ -246,9 +247,7 @@ def schoenfeld_test(
     scaled = n_deaths * resid[deaths] @ variance
     rank = rankdata(time[deaths])  # tied times: their average rank
     centred = rank - rank.mean()
-    statistic = (centred @ scaled) ** 2 / (
-        n_deaths * np.diag(variance) * float(centred @ centred)
-    )
+    statistic = (centred @ scaled) ** 2 / (n_deaths * np.diag(variance) * float(centred @ centred))
     return statistic, chi2.sf(statistic, 1)
 
 

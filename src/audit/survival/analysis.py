@@ -587,14 +587,21 @@ def _varying(df: pd.DataFrame, outputs: list[str], notes: list[str]) -> list[str
     return kept
 
 
-def _faceage_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
-    """FaceAge per decade under every adjustment; the age gap and FaceAge bands unadjusted
-    and by age and sex; Harrell's C, the score's metrics and KM curves by FaceAge band."""
-    cuts = fits.age_cuts or [65.0, 75.0, 85.0]
+def _faceage_frame(df: pd.DataFrame, age_cuts) -> pd.DataFrame:
+    """The subjects with a finite FaceAge, with FaceAge and the age gap per decade and the
+    FaceAge band."""
+    cuts = age_cuts or [65.0, 75.0, 85.0]
     fa = df[np.isfinite(df["faceage"].astype(float))].reset_index(drop=True)
     fa["faceage_decade"] = fa["faceage"].astype(float) / 10.0
     fa["faceage_gap_decade"] = (fa["faceage"].astype(float) - fa["age"].astype(float)) / 10
     fa["faceage_band"] = age_band(fa["faceage"].astype(float), cuts)
+    return fa
+
+
+def _faceage_models(fits: _Fits, fa: pd.DataFrame, adjustments: dict) -> None:
+    """FaceAge per decade under every adjustment; the age gap and FaceAge bands unadjusted
+    and by age and sex; Harrell's C and KM curves by FaceAge band (the score's metrics are
+    :meth:`_Fits.score`)."""
     labels = ADJUSTMENT_LABELS
     for adj, (num, cat) in adjustments.items():
         design = design_matrix(fa, ["faceage_decade"] + num, cat)
@@ -620,14 +627,12 @@ def _faceage_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
             cat,
         )
     fits.harrell("faceage", fa, "faceage")
-    fits.score(fa, "faceage", "faceage")
-    bands = age_band(fa["faceage"].astype(float), cuts)
-    fits.curves.extend(km_curves(fits.model, "faceage_band", fa, bands))
+    fits.curves.extend(km_curves(fits.model, "faceage_band", fa, fa["faceage_band"]))
 
 
-def _risk_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
-    """The risk score per SD and its quartiles (Q2-Q4 against Q1) under every adjustment
-    but age alone; KM curves, medians and log-rank tests by quartile; the score's metrics."""
+def _risk_frame(df: pd.DataFrame, notes: list[str]) -> tuple[pd.DataFrame, pd.Series]:
+    """The subjects with a finite risk score, the score per SD and its quartile indicators,
+    and the quartiles (empty ones named in ``notes``)."""
     rk = df[np.isfinite(df["risk"].astype(float))].reset_index(drop=True)
     risk = rk["risk"].astype(float)
     sd = risk.std(ddof=1)
@@ -635,13 +640,18 @@ def _risk_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
     quart = risk_quartiles(risk)
     empty = empty_groups_note("risk quartiles", quart)
     if empty:
-        fits.notes.append(
-            empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any() else "")
-        )
-    present = [q for q in ("Q2", "Q3", "Q4") if (quart == q).any()]
-    for q in present:
-        rk[f"risk[{q}]"] = (quart == q).astype(float)
-    qcols = [f"risk[{q}]" for q in present]
+        notes.append(empty + ("; Q4 vs Q1 is not estimable" if not (quart == "Q4").any() else ""))
+    for q in ("Q2", "Q3", "Q4"):
+        if (quart == q).any():
+            rk[f"risk[{q}]"] = (quart == q).astype(float)
+    return rk, quart
+
+
+def _risk_models(fits: _Fits, rk: pd.DataFrame, quart: pd.Series, adjustments: dict) -> None:
+    """The risk score per SD and its quartiles (Q2-Q4 against Q1) under every adjustment
+    but age alone; KM curves, medians and log-rank tests by quartile (the score's metrics
+    are :meth:`_Fits.score`)."""
+    qcols = [f"risk[{q}]" for q in ("Q2", "Q3", "Q4") if f"risk[{q}]" in rk.columns]
     for adj, (num, cat) in adjustments.items():
         if adj == "age":
             continue
@@ -653,7 +663,6 @@ def _risk_models(fits: _Fits, df: pd.DataFrame, adjustments: dict) -> None:
     fits.curves.extend(km_curves(fits.model, "risk_quartile", rk, quart))
     fits.metrics.extend(km_medians(fits.model, "km_risk_quartile", rk, quart))
     fits.tests.extend(logrank_tests(fits.model, rk, quart))
-    fits.score(rk, "risk", "risk")
 
 
 def survival_analysis(
@@ -666,6 +675,7 @@ def survival_analysis(
     *,
     decision_groups: list[str] | None = None,
     min_group_size: int = 30,
+    part: str | None = None,
 ) -> SurvivalResult:
     """Survival models of one model's outputs on one row per subject.
 
@@ -680,6 +690,11 @@ def survival_analysis(
     decision_groups : attributes (e.g. ``sex``, ``race``, ``age_band``) within whose groups
         each score's decision curves are judged too (``decision_subgroups``); groups under
         ``min_group_size`` subjects or ``config.min_events`` deaths are too small.
+    part : one of :data:`PARTS`, computed alone (independent pieces for the flow's task
+        runner; their results concatenated in the order of :data:`PARTS` hold the same rows
+        as the whole, which None computes): ``base`` (the subjects and events, the yardstick
+        of chronological age, Kaplan-Meier overall), ``faceage_models``, ``faceage_score``,
+        ``risk_models``, ``risk_score``.
     """
     if not {"time", "event"} <= set(subjects.columns) or subjects["event"].isna().all():
         return SurvivalResult.empty(
@@ -697,17 +712,35 @@ def survival_analysis(
     df["age_decade"] = df["age"].astype(float) / 10.0
     adjustments = _adjustments(df, covariates)
     fits = _Fits(model, config, age_cuts, decision_groups, min_group_size)
-    _missing_note(df, adjustments, fits.notes)
-    fits.cox("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
-             df[["age_decade"]])  # fmt: skip
-    outputs = _varying(df, outputs, fits.notes)
+    wanted = PARTS if part is None else (part,)
+    said: list[str] = []
+    outputs = _varying(df, outputs, said)
+    if "base" in wanted:
+        _missing_note(df, adjustments, fits.notes)
+        fits.cox("age_per_decade__unadjusted", "chronological age per decade (yardstick)", df,
+                 df[["age_decade"]])  # fmt: skip
+        fits.notes.extend(said)
+        fits.metrics.extend(km_medians(model, "km_overall", df))
+        fits.harrell("chronological_age", df, "age")
     if "faceage" in outputs:
-        _faceage_models(fits, df, adjustments)
+        fa = _faceage_frame(df, fits.age_cuts)
+        if "faceage_models" in wanted:
+            _faceage_models(fits, fa, adjustments)
+        if "faceage_score" in wanted:
+            fits.score(fa, "faceage", "faceage")
     if "risk" in outputs:
-        _risk_models(fits, df, adjustments)
-    fits.metrics.extend(km_medians(model, "km_overall", df))
-    fits.harrell("chronological_age", df, "age")
-    return fits.result(len(df), events)
+        rk, quart = _risk_frame(df, fits.notes if "risk_models" in wanted else [])
+        if "risk_models" in wanted:
+            _risk_models(fits, rk, quart, adjustments)
+        if "risk_score" in wanted:
+            fits.score(rk, "risk", "risk")
+    result = fits.result(len(df), events)
+    if "base" not in wanted:  # the subjects and events are said once, by the base part
+        result.notes = result.notes[1:]
+    return result
+
+
+PARTS = ("base", "faceage_models", "faceage_score", "risk_models", "risk_score")
 
 
 def median_followup(time, event) -> float:

@@ -5,6 +5,12 @@ with the default config in this process; each stage's wall time (from the run's 
 
     python benchmarks/scale.py --n 100000
     python benchmarks/scale.py --n 1000000        # make bench-scale
+    python benchmarks/scale.py --n 100000 --dask 1 2
+
+With ``--dask K ...`` the same audit also runs as the Prefect flow on a Dask LocalCluster of
+K single-threaded worker processes (a temporary Prefect server for the flow and its workers),
+once per K, and the statistics stages' time (accuracy + fairness + survival) is compared with
+the in-process run's: the speed-up of spreading the statistics pieces over the workers.
 
 The cohort is written once per size and seed under ``--work`` (default: a folder in the
 system's temporary directory) and reused; the audit's output goes beside it and is replaced
@@ -31,6 +37,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="subjects")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "faceage-scale")
+    parser.add_argument("--dask", type=int, nargs="*", default=[], help="worker counts")
     args = parser.parse_args()
 
     import audit
@@ -57,6 +64,42 @@ def main() -> None:
         print(f"| {r.stage} | {seconds:.1f} | {r.rows_written:,} |")
     print(f"| whole run | {wall:.1f} | |")
     print(f"peak resident memory: {peak_rss_gb():.2f} GB")
+    if args.dask:
+        dask_speedups(cohort, args.work, args.n, args.seed, statistics_seconds(stages), args.dask)
+
+
+STATISTICS = ("accuracy", "fairness", "survival")
+
+
+def statistics_seconds(stages) -> float:
+    """The statistics stages' wall time from a run's ``run_stages`` rows."""
+    rows = stages[stages["stage"].isin(STATISTICS)]
+    return float(sum((r.finished_at - r.started_at).total_seconds() for r in rows.itertuples()))
+
+
+def dask_speedups(cohort, work, n, seed, in_process: float, workers: list[int]) -> None:
+    """The statistics stages' time on a Dask LocalCluster of each worker count."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from audit.orchestrate.prefect_flows import audit_flow, dask_task_runner
+    from audit.pipeline.store import Store
+
+    print("| statistics (accuracy + fairness + survival) | seconds | speed-up |")
+    print("|---|---:|---:|")
+    print(f"| in one process | {in_process:.1f} | 1.00 |")
+    with prefect_test_harness(server_startup_timeout=90):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # for the workers
+        for k in workers:
+            out = work / f"out-{n}-{seed}-dask{k}"
+            shutil.rmtree(out, ignore_errors=True)
+            flow = audit_flow.with_options(task_runner=dask_task_runner(workers=k))
+            result = flow(cohort=str(cohort), models=["predictions:faceage,risk"], out=str(out))
+            rows = Store(out / "audit.duckdb").table("run_stages", result["run_id"])
+            seconds = statistics_seconds(rows)
+            print(f"| Dask, {k} worker(s) | {seconds:.1f} | {in_process / seconds:.2f} |")
 
 
 if __name__ == "__main__":

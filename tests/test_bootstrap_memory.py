@@ -33,5 +33,45 @@ def test_the_bootstrap_entry_points_draw_the_same_counts():
     )
     ids = np.repeat(np.arange(300), 2)  # two photos a subject
     boot = SubjectBootstrap.draw(ids, 50, np.random.default_rng(2))
-    assert np.array_equal(boot.counts, _at_once(300, 50, 2))
+    assert np.array_equal(boot.counts, _at_once(300, 50, 2)) and boot.counts.dtype == np.uint8
+    small = bootstrap_weights(300, 50, np.random.default_rng(2), compact=True)
+    assert small.dtype == np.uint8 and np.array_equal(small, _at_once(300, 50, 2))
     assert bootstrap_weights(10, 0, np.random.default_rng(0)).shape == (0, 10)
+
+
+def test_a_count_too_wide_for_a_byte_widens_the_array():
+    """Forced with a generator that always draws subject 0: 300 draws of it in a resample."""
+
+    class Always:
+        def integers(self, low, high, size):
+            return np.zeros(size, dtype=np.int64)
+
+    counts = draw_counts(Always(), 300, 2, dtype=np.uint8)
+    assert counts.dtype == np.uint32 and (counts[:, 0] == 300).all()
+
+
+def test_resample_products_in_blocks_and_totals_by_group_equal_the_plain_products():
+    from audit.stats.bootstrap import resample_dot
+
+    rng = np.random.default_rng(3)
+    w = bootstrap_weights(500, 37, rng, compact=True)
+    v = rng.normal(size=(500, 3))
+    for elements in (1, 600, 10**7):
+        np.testing.assert_allclose(resample_dot(w, v, elements), w.astype(float) @ v, rtol=1e-12)
+        np.testing.assert_allclose(
+            resample_dot(w, v[:, 0], elements), w.astype(float) @ v[:, 0], rtol=1e-12
+        )
+    ids = rng.integers(0, 200, 700)  # photos of 200 subjects, a subject's photos in any group
+    groups = rng.integers(-1, 4, 700)  # -1: left out
+    boot = SubjectBootstrap.draw(ids, 25, np.random.default_rng(5))
+    cols = rng.normal(size=(700, 2))
+    for elements in (1, 10**7):
+        point, samples = boot.totals(cols, groups, 4, elements=elements)
+        for g in range(4):
+            mine = groups == g
+            per_subject = np.zeros((boot.n_subjects, 2))
+            np.add.at(per_subject, boot.subject_codes[mine], cols[mine])
+            np.testing.assert_allclose(point[g], cols[mine].sum(axis=0), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                samples[:, g], boot.counts.astype(float) @ per_subject, rtol=1e-12, atol=1e-12
+            )

@@ -277,7 +277,7 @@ def test_cli_exit_codes(lenient_run, demo_cohort, tmp_path, config, capsys):
 def test_cli_internal_error_is_exit_3(prefect_harness, demo_cohort, tmp_path, monkeypatch):
     from audit import stages
 
-    def broken(ctx):
+    def broken(ctx, *results):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(stages, "survival_stage", broken)

@@ -139,7 +139,11 @@ def run(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help="audit.toml with thresholds"),
     out: Path = typer.Option(Path("reports"), "--out", help="output folder (audit.duckdb, runs/)"),
-    runner: str = typer.Option("local", "--runner", help="local, or dask (shards on Dask workers)"),
+    runner: str = typer.Option(
+        "local",
+        "--runner",
+        help="local, or dask (inference shards and statistics pieces on Dask workers)",
+    ),
     dask_address: Optional[str] = typer.Option(
         None,
         "--dask-address",

@@ -112,7 +112,7 @@ def bootstrap_c(
     if n_boot <= 0 or n < 2 or np.isnan(point):
         return point, float("nan"), float("nan")
     samples = concordance_resamples(
-        time, event, risk, bootstrap_weights(n, n_boot, rng), linear_from
+        time, event, risk, bootstrap_weights(n, n_boot, rng, compact=True), linear_from
     )
     low, high = percentile_ci(samples, level)
     return point, float(low), float(high)

@@ -60,7 +60,12 @@ import pandas as pd
 from audit.data.cohort import age_band
 from audit.metrics.engine import FACEAGE_METRICS, FaceAgeEngine, metric_frame
 from audit.pipeline.schema import columns
-from audit.stats.bootstrap import SubjectBootstrap, bootstrap_weights, percentile_ci
+from audit.stats.bootstrap import (
+    SubjectBootstrap,
+    bootstrap_weights,
+    percentile_ci,
+    resample_dot,
+)
 from audit.stats.concordance import concordance_resamples, weighted_concordance
 from audit.stats.cox import CoxNotConverged, design_matrix, fit_cox
 from audit.stats.groups import label_codes
@@ -453,7 +458,9 @@ class _RiskValues:
         self.event = df["event"].to_numpy(int)
         self.risk = df["risk"].to_numpy(float)
         self.expected = expected
-        self.weights = bootstrap_weights(len(df), config.n_boot, np.random.default_rng(config.seed))
+        self.weights = bootstrap_weights(
+            len(df), config.n_boot, np.random.default_rng(config.seed), compact=True
+        )
 
     def values(self, codes: np.ndarray | None = None) -> tuple[pd.Series, pd.DataFrame | None]:
         """Overall and by-group values: one MetricFrame per prediction (the score for C,
@@ -489,7 +496,7 @@ class _RiskValues:
         """(B,) resampled C and O/E of the subjects ``idx``."""
         ww = self.weights[:, idx]
         with np.errstate(all="ignore"):
-            oe = (ww @ self.event[idx]) / (ww @ self.expected[idx])
+            oe = resample_dot(ww, self.event[idx]) / resample_dot(ww, self.expected[idx])
         c = concordance_resamples(
             self.time[idx], self.event[idx], self.risk[idx], ww, self.linear_from
         )
@@ -690,7 +697,9 @@ def _risk_pairs(
     both = both[both["time"].notna() & both["event"].notna()].reset_index(drop=True)
     va, vb = both["risk_a"].to_numpy(float), both["risk_b"].to_numpy(float)
     t, ev = both["time"].to_numpy(float), both["event"].to_numpy(int)
-    w = bootstrap_weights(len(both), config.n_boot, np.random.default_rng(config.seed))
+    w = bootstrap_weights(
+        len(both), config.n_boot, np.random.default_rng(config.seed), compact=True
+    )
     rows = []
     for attribute, labels in _all_and_groupings(both, config):
         names, codes = label_codes(labels)

@@ -4,9 +4,9 @@ fairlearn's ``MetricFrame(n_boot=...)`` refits every metric on every resample (a
 resample on a 2-core machine) and resamples rows, not subjects. Every accuracy metric we
 report is a function of per-photo sums (``n``, ``sum e``, ``sum |e|``, ``sum x``,
 ``sum x^2``, ...), so one draw of subject counts ``C`` (B x S) and per-subject, per-group sums
-``M`` (G x S x K) give every resample's totals as ``C @ M``: one matrix product for all
-groups and all resamples. Written by hand because no library does subject-clustered
-bootstraps of grouped moments.
+``M`` (G x S x K) give every resample's totals as ``C @ M``, a block of resamples and a
+group at a time (bounded memory at a million subjects; the counts are held as bytes).
+Written by hand because no library does subject-clustered bootstraps of grouped moments.
 
 References
 ----------
@@ -22,29 +22,54 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+def bootstrap_weights(
+    n: int, n_boot: int, rng: np.random.Generator, compact: bool = False
+) -> np.ndarray:
     """``(n_boot, n)`` counts of each subject in ``n_boot`` resamples of ``n`` subjects (one
-    subject per row of the data: the weights of a subject bootstrap)."""
+    subject per row of the data: the weights of a subject bootstrap), as floats or, with
+    ``compact``, one byte each (:func:`draw_counts`; products with them then go a block of
+    resamples at a time, :func:`resample_dot`)."""
+    dtype = np.uint8 if compact else np.float64
     if n_boot <= 0 or n == 0:
-        return np.zeros((0, n))
-    return draw_counts(rng, n, n_boot)
+        return np.zeros((0, n), dtype=dtype)
+    return draw_counts(rng, n, n_boot, dtype=dtype)
 
 
-def draw_counts(rng: np.random.Generator, n: int, n_boot: int, chunk: int = 4_000_000):
-    """``(n_boot, n)`` float counts of each of ``n`` subjects in ``n_boot`` resamples, drawn
-    a block of resamples at a time (about ``chunk`` draws each) and counted into one array:
-    only the counts are held whole (1,000 resamples of 100,000 subjects: 0.8 GB, where
-    drawing them in one call and counting offset draws in one ``bincount`` held four such
-    arrays). The draws are those of one ``rng.integers(0, n, size=(n_boot, n))`` call: the
+def draw_counts(
+    rng: np.random.Generator, n: int, n_boot: int, chunk: int = 4_000_000, dtype=np.float64
+):
+    """``(n_boot, n)`` counts of each of ``n`` subjects in ``n_boot`` resamples, drawn a
+    block of resamples at a time (about ``chunk`` draws each) and counted into one array:
+    only the counts are held whole (1,000 resamples of 100,000 subjects: 0.8 GB as floats,
+    0.1 GB as ``uint8``, where drawing them in one call and counting offset draws in one
+    ``bincount`` held four float arrays). An integer ``dtype`` too narrow for a count (a
+    subject drawn 256 times in one resample of ``n``: probability below 1e-500) widens the
+    array. The draws are those of one ``rng.integers(0, n, size=(n_boot, n))`` call: the
     generator's stream of bounded 64-bit integers does not depend on how it is split
     (``tests/test_bootstrap_memory.py`` checks it), so the numbers do not change."""
-    counts = np.empty((n_boot, n), dtype=np.float64)
+    counts = np.empty((n_boot, n), dtype=dtype)
     rows = max(1, chunk // max(n, 1))
     for start in range(0, n_boot, rows):
         idx = rng.integers(0, n, size=(min(rows, n_boot - start), n))
         for i, row in enumerate(idx):
-            counts[start + i] = np.bincount(row, minlength=n)
+            drawn = np.bincount(row, minlength=n)
+            if counts.dtype.kind == "u" and drawn.max() > np.iinfo(counts.dtype).max:
+                counts = counts.astype(np.uint32)
+            counts[start + i] = drawn
     return counts
+
+
+def resample_dot(weights: np.ndarray, values: np.ndarray, elements: int = 4_000_000):
+    """``weights @ values`` for resample weights ``(B, n)`` (counts of any dtype) and
+    ``values`` ``(n,)`` or ``(n, k)``, in float64, a block of resamples (about ``elements``
+    weights) at a time: never a float copy of all the weights."""
+    w = np.atleast_2d(weights)
+    v = np.asarray(values, dtype=np.float64)
+    out = np.empty((w.shape[0],) + v.shape[1:])
+    step = max(1, elements // max(w.shape[1], 1))
+    for lo in range(0, w.shape[0], step):
+        out[lo : lo + step] = w[lo : lo + step].astype(np.float64) @ v
+    return out
 
 
 @dataclass
@@ -60,22 +85,31 @@ class SubjectBootstrap:
 
     subject_codes: np.ndarray
     n_subjects: int
-    counts: np.ndarray  # (B, S) how often each subject is drawn in each resample
+    counts: np.ndarray  # (B, S) how often each subject is drawn in each resample (bytes)
 
     @classmethod
     def draw(cls, subject_ids, n_boot: int, rng: np.random.Generator) -> "SubjectBootstrap":
         codes, uniques = _codes(subject_ids)
         s = len(uniques)
         if n_boot <= 0 or s == 0:
-            counts = np.zeros((0, s), dtype=np.float64)
+            counts = np.zeros((0, s), dtype=np.uint8)
         else:
-            counts = draw_counts(rng, s, n_boot)
+            counts = draw_counts(rng, s, n_boot, dtype=np.uint8)
         return cls(subject_codes=codes, n_subjects=s, counts=counts)
 
     def totals(
-        self, columns: np.ndarray, group_codes: np.ndarray | None = None, n_groups: int = 1
+        self,
+        columns: np.ndarray,
+        group_codes: np.ndarray | None = None,
+        n_groups: int = 1,
+        elements: int = 4_000_000,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Point and bootstrap totals of per-photo ``columns`` (n x K) within each group.
+
+        Each group's photos are summed per subject (``M_g``, its subjects x K), and each
+        resample's totals are its counts of those subjects times ``M_g``, a block of
+        resamples (about ``elements`` counts, as floats) at a time: memory stays at one
+        block and the per-subject sums, whatever the number of groups.
 
         Returns
         -------
@@ -87,21 +121,26 @@ class SubjectBootstrap:
             columns = columns[:, None]
         n, k = columns.shape
         g = np.zeros(n, dtype=np.int64) if group_codes is None else np.asarray(group_codes)
-        valid = g >= 0
-        s = self.n_subjects
-        flat = g[valid] * s + self.subject_codes[valid]
-        m = np.stack(
-            [
-                np.bincount(flat, weights=columns[valid, j], minlength=n_groups * s)
-                for j in range(k)
-            ],
-            axis=-1,
-        ).reshape(n_groups, s, k)
-        point = m.sum(axis=1)
-        # one matrix product over the (S, G*K) totals: no copy of the (B, S) counts, where
-        # einsum's path transposed them (a second 0.8 GB at 1,000 x 100,000)
-        flat = np.ascontiguousarray(m.transpose(1, 0, 2)).reshape(s, n_groups * k)
-        boot = (self.counts @ flat).reshape(-1, n_groups, k)
+        sums = []  # per group: its subjects and their totals
+        for group in range(n_groups):
+            rows = np.flatnonzero(g == group)
+            subjects, inverse = np.unique(self.subject_codes[rows], return_inverse=True)
+            m = np.stack(
+                [
+                    np.bincount(inverse, weights=columns[rows, j], minlength=len(subjects))
+                    for j in range(k)
+                ],
+                axis=-1,
+            ).reshape(len(subjects), k)
+            sums.append((subjects, m))
+        point = np.stack([m.sum(axis=0) for _, m in sums]) if sums else np.zeros((0, k))
+        b = self.counts.shape[0]
+        boot = np.empty((b, n_groups, k))
+        step = max(1, elements // max(self.n_subjects, 1))
+        for lo in range(0, b, step):
+            block = self.counts[lo : lo + step].astype(np.float64)
+            for group, (subjects, m) in enumerate(sums):
+                boot[lo : lo + step, group] = block[:, subjects] @ m
         return point, boot
 
     def subjects_per_group(

@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from audit.stats.bootstrap import resample_dot
+
 
 def weighted_concordance(
     time,
@@ -76,7 +78,7 @@ def weighted_concordance(
     if tau is not None:
         event = event & (time < tau)
     risk = np.asarray(risk, dtype=float)
-    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    w = np.atleast_2d(np.asarray(weights))  # counts stay bytes: converted a chunk at a time
     ew = np.ones(len(time)) if event_weight is None else np.asarray(event_weight, dtype=float)
     n, n_boot = len(time), w.shape[0]
     if n == 0 or not event.any():
@@ -96,7 +98,8 @@ def weighted_concordance(
     step = max(1, int(chunk_elements // max(n, 1)))
     out = np.full(n_boot, np.nan)
     # bootstrap counts are exact in float32 (half the memory traffic) while sums stay < 2**24
-    exact = bool(np.all(w == np.round(w))) and float(w.sum(axis=1).max()) < 2**24
+    whole = w.dtype.kind in "ub" or bool(np.all(w == np.round(w)))
+    exact = whole and float(w.sum(axis=1, dtype=np.float64).max(initial=0.0)) < 2**24
     dtype = np.float32 if exact else np.float64
     for lo in range(0, n_boot, step):
         wt = np.ascontiguousarray(w[lo : lo + step][:, order].T, dtype=dtype)  # (n, b)
@@ -131,11 +134,11 @@ def concordance_resamples(
     it only in small samples, where the exact resamples are the right choice anyway)."""
     if linear_from is None or len(np.asarray(time)) < linear_from:
         return weighted_concordance(time, event, risk, weights, event_weight, tau)
-    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    w = np.atleast_2d(np.asarray(weights))
     point, influence = concordance_influence(time, event, risk, event_weight, tau)
     if np.isnan(point):
         return np.full(w.shape[0], np.nan)
-    return np.clip(point + (w @ influence - influence.sum()), 0.0, 1.0)
+    return np.clip(point + (resample_dot(w, influence) - influence.sum()), 0.0, 1.0)
 
 
 def concordance_influence(

@@ -212,7 +212,7 @@ def incremental_value(
                                                    risk_model)  # fmt: skip
     events = int(df["event"].sum())
     models, terms, tests, metrics, lps, concordance = [], [], [], [], {}, {}
-    w = bootstrap_weights(len(df), n_boot, np.random.default_rng(seed))
+    w = bootstrap_weights(len(df), n_boot, np.random.default_rng(seed), compact=True)
     for model_id, cols in steps:
         fit = fit_cox(df, full[cols], penalizer)
         if not fit.ok:

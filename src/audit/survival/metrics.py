@@ -226,7 +226,7 @@ def uno_c_ci(
         time,
         event,
         score,
-        bootstrap_weights(len(time), n_boot, rng),
+        bootstrap_weights(len(time), n_boot, rng, compact=True),
         linear_from,
         event_weight=weight,
         tau=tau,

@@ -107,3 +107,31 @@ def test_the_survival_parts_together_are_the_whole_analysis():
         if len(frame):
             pd.testing.assert_frame_equal(frame, joined, check_dtype=False, obj=name)
     assert np.isfinite(whole.models["concordance"].astype(float)).any()
+
+
+def test_survival_within_subgroups_attribute_by_attribute_is_the_whole():
+    """The fairness stage runs survival within subgroups one attribute a piece: together,
+    in the order of the attributes, the same rows as one call over all of them."""
+    from audit.survival.subgroups import survival_subgroups
+
+    df = simulate(1500, 7, WorldParams.make("cancer"))
+    df["time"] = df["time_days"] / 365.25
+    cfg = load_config().fairness
+    cuts = load_config().accuracy.age_bands
+    assert len(cfg.survival_attributes) >= 2
+    whole = survival_subgroups(df, "m", ["faceage", "risk"], cfg, 10, cuts)
+    parts = [
+        survival_subgroups(
+            df,
+            "m",
+            ["faceage", "risk"],
+            cfg.model_copy(update={"survival_attributes": [a]}),
+            10,
+            cuts,
+        )  # fmt: skip
+        for a in cfg.survival_attributes
+    ]
+    for k in range(2):
+        joined = pd.concat([p[k] for p in parts], ignore_index=True)
+        assert len(whole[k]) > 3
+        pd.testing.assert_frame_equal(whole[k], joined, check_dtype=False)

@@ -159,7 +159,7 @@ def _audit(tmp_path_factory, name: str, make) -> dict:
     frame.to_csv(folder / "manifest.csv", index=False)
     (folder / "cohort.yaml").write_text(f"name: real-{name}\ntime_unit: {unit}\n")
     # rossi's 432 subjects get the linearised C resamples that registry-sized cohorts get
-    linear = "[survival]\nc_linear_from = 400\n" if name == "rossi" else "[survival]\n"
+    linear = "[survival]\nlinear_from = 400\n" if name == "rossi" else "[survival]\n"
     (root / "audit.toml").write_text(CONFIG.replace("[survival]\n", linear))
     code = cli_run(folder, "predictions:risk", root / "out", config=root / "audit.toml")
     assert code in (0, 1)  # a verdict, never an input error or a bug
@@ -271,7 +271,7 @@ def test_harrells_c(real):
 
 
 def test_c_intervals_say_when_they_are_linearised(real):
-    """rossi's C resamples are linearised (c_linear_from = 400): every statistics stage says
+    """rossi's C resamples are linearised (linear_from = 400): every statistics stage says
     so, and the interval's width is that of the delete-one jackknife's standard error computed
     with lifelines (within 20%: 100 resamples); the other cohorts' are exact and say nothing."""
     from lifelines.utils import concordance_index
@@ -281,7 +281,7 @@ def test_c_intervals_say_when_they_are_linearised(real):
     notes = r["run_stages"].set_index("stage")["note"].fillna("")
     linear = name == "rossi"
     for stage in ("accuracy", "fairness", "survival"):
-        assert ("C resamples linearised" in notes[stage]) == linear, stage
+        assert ("resamples linearised" in notes[stage]) == linear, stage
     if not linear:
         return
     data = r["data"]

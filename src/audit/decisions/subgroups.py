@@ -81,6 +81,7 @@ def subgroup_net_benefit(
     n_boot: int = 200,
     seed: int = 0,
     level: float = 0.95,
+    linear_from: int | None = None,
 ) -> pd.DataFrame:
     """``decision_subgroups`` rows of one score at one horizon.
 
@@ -92,6 +93,8 @@ def subgroup_net_benefit(
     groups : ``(attribute, labels)`` pairs, labels of shape (n,) (None: not in a group).
     overall_useful : thresholds at which the score is useful for the whole cohort.
     min_group_size, min_events : smaller groups, or fewer deaths by the horizon: too_small.
+    linear_from : groups of this many subjects or more get linearised resamples
+        (:func:`audit.decisions.curves.net_benefit`).
     """
     time, event = np.asarray(time, float), np.asarray(event, float)
     prob = np.asarray(probability, float)
@@ -107,6 +110,7 @@ def subgroup_net_benefit(
             row, gain = _group_gain(
                 time[idx], event[idx], prob[idx], thresholds, horizon, [seed, a, g], level,
                 n_boot=n_boot, min_group_size=min_group_size, min_events=min_events,
+                linear_from=linear_from,
             )  # fmt: skip
             rows.append(row.assign(attribute=attribute, group_name=str(name)))
             if gain is not None:
@@ -124,7 +128,18 @@ def subgroup_net_benefit(
 
 
 def _group_gain(
-    t, e, p, thresholds, horizon, seed_path, level, *, n_boot, min_group_size, min_events
+    t,
+    e,
+    p,
+    thresholds,
+    horizon,
+    seed_path,
+    level,
+    *,
+    n_boot,
+    min_group_size,
+    min_events,
+    linear_from=None,
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """One group's rows (one per threshold) and its net-benefit gain over the better of
     treating all or none, shape (1 + n_boot, thresholds): the point, then the resamples;
@@ -138,9 +153,10 @@ def _group_gain(
     if len(t) < min_group_size or deaths < min_events:
         return row.assign(status="too_small"), None
     w = with_resamples(len(t), n_boot, seed_path)
-    nb = net_benefit(t, e, p[:, None] >= thresholds[None, :], thresholds, horizon, w)
+    positive = p[:, None] >= thresholds[None, :]
+    nb = net_benefit(t, e, positive, thresholds, horizon, w, linear_from)
     treat_all = np.ones((len(t), len(thresholds)), dtype=bool)
-    nb_all = net_benefit(t, e, treat_all, thresholds, horizon, w)
+    nb_all = net_benefit(t, e, treat_all, thresholds, horizon, w, linear_from)
     gain = nb - np.maximum(nb_all, 0.0)
     low, high = percentile_ci(gain[1:], level)
     judged = row.assign(
@@ -186,6 +202,7 @@ def score_decision_analysis(
     k: int = 5,
     min_group_size: int = 30,
     min_events: int = 10,
+    linear_from: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`audit.decisions.curves.score_decision_curves`, and with ``groups``
     (``(attribute, labels)`` pairs aligned with ``time``) the same cross-fitted risks judged
@@ -202,6 +219,7 @@ def score_decision_analysis(
         n_boot=n_boot,
         seed=seed,
         k=k,
+        linear_from=linear_from,
     )
     if not parts:
         return pd.DataFrame(columns=CURVE_COLUMNS), pd.DataFrame(columns=COLUMNS)
@@ -225,6 +243,7 @@ def score_decision_analysis(
                     min_events=min_events,
                     n_boot=n_boot,
                     seed=at["seed"],
+                    linear_from=linear_from,
                 )
             )
     return (

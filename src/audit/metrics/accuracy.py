@@ -139,7 +139,7 @@ def risk_accuracy(
             surv.n_boot,
             rng,
             acc.ci_level,
-            surv.c_linear_threshold(),
+            surv.linear_threshold(),
         )
         rows.append(
             {

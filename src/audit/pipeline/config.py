@@ -116,21 +116,22 @@ class SurvivalConfig(_Section):
         default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 19)],
         description="threshold probabilities of death by the horizon (0.05 to 0.90)",
     )
-    c_resamples: Literal["auto", "exact", "linear"] = Field(
+    resamples: Literal["auto", "exact", "linear"] = Field(
         "auto",
         description="each bootstrap resample's Harrell's or Uno's C (accuracy, survival, "
-        "fairness, model comparisons): 'exact' recomputes it, 'linear' takes its first-order "
-        "expansion in the subject weights (influence values; the infinitesimal jackknife), "
-        "'auto' linearises it in every analysed set (the whole cohort, a subgroup) of at "
-        "least c_linear_from subjects and recomputes it in smaller ones",
+        "fairness, model comparisons, incremental value) and net benefit (decision curves): "
+        "'exact' recomputes it, 'linear' takes its first-order expansion in the subject "
+        "weights (influence values; the infinitesimal jackknife), 'auto' linearises it in "
+        "every analysed set (the whole cohort, a subgroup) of at least linear_from subjects "
+        "and recomputes it in smaller ones",
     )
-    c_linear_from: int = Field(
-        5_000, ge=2, description="subjects from which 'auto' linearises the C resamples"
+    linear_from: int = Field(
+        5_000, ge=2, description="subjects from which 'auto' linearises the resamples"
     )
 
-    def c_linear_threshold(self) -> int | None:
-        """The analysed-set size from which C resamples are linearised (None: never)."""
-        return {"auto": self.c_linear_from, "linear": 0, "exact": None}[self.c_resamples]
+    def linear_threshold(self) -> int | None:
+        """The analysed-set size from which resamples are linearised (None: never)."""
+        return {"auto": self.linear_from, "linear": 0, "exact": None}[self.resamples]
 
     @field_validator("decision_thresholds")
     @classmethod

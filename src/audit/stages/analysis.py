@@ -127,7 +127,7 @@ def _accuracy_pieces(ctx: RunContext) -> list[Piece]:
         if "risk" in model.outputs:
             if ctx.cohort.has_outcomes:
                 subjects = one_per_subject(ctx, wide)
-                note_c_resamples(ctx, "accuracy", len(subjects))
+                note_resamples(ctx, "accuracy", len(subjects))
                 pieces.append(
                     _table(
                         "accuracy",
@@ -182,7 +182,7 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
         return []
     cuts = ctx.config.accuracy.age_bands
     min_events = ctx.config.survival.min_events
-    linear_from = ctx.config.survival.c_linear_threshold()
+    linear_from = ctx.config.survival.linear_threshold()
     pieces = []
     if cfg.intended_population:
         pieces.append(
@@ -215,7 +215,7 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
             )
             by_output["faceage"][model.name] = wide
         if "risk" in model.outputs and ctx.cohort.has_outcomes:
-            note_c_resamples(ctx, "fairness", len(subjects))
+            note_resamples(ctx, "fairness", len(subjects))
             pieces.append(
                 Piece(
                     "fairness",
@@ -225,15 +225,17 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
                 )
             )
             by_output["risk"][model.name] = subjects
-        if ctx.cohort.has_outcomes:
-            pieces.append(
-                Piece(
-                    "fairness",
-                    f"{model.name}: survival within subgroups",
-                    _subgroups,
-                    (subjects, model.name, model.outputs, cfg, min_events, cuts),
+        if ctx.cohort.has_outcomes:  # one piece an attribute: their rows in the same order
+            for attribute in cfg.survival_attributes:
+                one = cfg.model_copy(update={"survival_attributes": [attribute]})
+                pieces.append(
+                    Piece(
+                        "fairness",
+                        f"{model.name}: survival within {attribute} groups",
+                        _subgroups,
+                        (subjects, model.name, model.outputs, one, min_events, cuts),
+                    )
                 )
-            )
     for output, frames in by_output.items():
         if len(frames) >= 2:
             pieces.append(
@@ -283,7 +285,7 @@ def _survival_pieces(ctx: RunContext) -> list[Piece]:
     prefix = len(ctx.models) > 1
     for model in ctx.models:
         subjects = one_per_subject(ctx, wide_predictions(ctx, model))
-        note_c_resamples(ctx, "survival", len(subjects))
+        note_resamples(ctx, "survival", len(subjects))
         for part in PARTS:
             pieces.append(
                 Piece(
@@ -348,26 +350,27 @@ def _survival_part(
     return PieceResult(result.tables(), notes)
 
 
-def note_c_resamples(ctx: RunContext, stage: str, subjects: int) -> None:
-    """Name the C intervals' method in the stage's note when some of its resamples are
+def note_resamples(ctx: RunContext, stage: str, subjects: int) -> None:
+    """Name the intervals' method in the stage's note when some of its resamples are
     linearised (once a stage; the exact resamples are the documented default)."""
     surv = ctx.config.survival
-    threshold = surv.c_linear_threshold()
+    threshold = surv.linear_threshold()
     if threshold is None or subjects < threshold:
         return
-    if any("C resamples" in n for n in ctx.notes.get(stage, [])):
+    if any("resamples linearised" in n for n in ctx.notes.get(stage, [])):
         return
     where = (
         f"in every analysed set (the cohort, a subgroup) of at least {threshold:,} subjects "
-        f"([survival] c_resamples = auto; the cohort: {subjects:,}), exact in smaller ones"
-        if surv.c_resamples == "auto"
-        else "in every analysed set ([survival] c_resamples = linear)"
+        f"([survival] resamples = auto; the cohort: {subjects:,}), exact in smaller ones"
+        if surv.resamples == "auto"
+        else "in every analysed set ([survival] resamples = linear)"
     )
+    what = "C and net-benefit" if stage == "survival" else "C"
     ctx.note(
         stage,
-        "Harrell's and Uno's C resamples linearised: each bootstrap resample's C is its "
-        "first-order expansion in the subject weights (empirical influence values; the "
-        f"infinitesimal jackknife), {where}",
+        f"{what} resamples linearised: each bootstrap resample's value is its first-order "
+        "expansion in the subject weights (empirical influence values; the infinitesimal "
+        f"jackknife), {where}",
     )
 
 
@@ -426,7 +429,7 @@ def _incremental(base, covariates, face: str | None, risk: str | None, config) -
             decision_horizons=config.decision_horizons,
             decision_thresholds=config.decision_thresholds,
             folds=config.folds,
-            linear_from=config.c_linear_threshold(),
+            linear_from=config.linear_threshold(),
         )
     except Exception as exc:  # a fit that fails is reported, the stage goes on
         return PieceResult({}, [f"incremental value not computed: {type(exc).__name__}: {exc}"])

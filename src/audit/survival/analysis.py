@@ -158,7 +158,7 @@ def _cox_rows(
         lp,
         config.n_boot,
         np.random.default_rng(config.seed),
-        linear_from=config.c_linear_threshold(),
+        linear_from=config.linear_threshold(),
     )
     ph = ph_test(cph, data, said)
     note = "; ".join([n for n in [note, *fit.notes, *said] if n]) or None
@@ -503,7 +503,7 @@ class _Fits:
             k=config.folds,
             calibration_horizon=config.calibration_horizon,
             notes=self.notes,
-            linear_from=config.c_linear_threshold(),
+            linear_from=config.linear_threshold(),
         )
         self.metrics.extend(m)
         self.curves.extend(c)
@@ -528,6 +528,7 @@ class _Fits:
                 k=config.folds,
                 min_group_size=self.min_group_size,
                 min_events=config.min_events,
+                linear_from=config.linear_threshold(),
             )
         except CoxNotConverged as exc:
             self.notes.append(

@@ -246,6 +246,7 @@ def incremental_value(
             seed=seed,
             k=folds,
             penalizer=penalizer,
+            linear_from=linear_from,
         )
     return {
         "survival_models": pd.DataFrame(models, columns=MODEL_COLUMNS),

@@ -54,6 +54,7 @@ test-all: $(STAMP) lint
 
 bench-scale: $(STAMP)
 	$(PY) benchmarks/scale.py --n 1000000
+	$(PY) benchmarks/scale.py --n 100000 --dask 1 2
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py

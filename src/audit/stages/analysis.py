@@ -77,7 +77,7 @@ def _merged(ctx: RunContext, stage: str, pieces, results) -> dict[str, pd.DataFr
         results = [(p, run_piece(p)) for p in progress.track(pieces, stage)]
     elsewhere = sorted({r.ran_on for _, r in results} - {_here()})
     if elsewhere:  # the flow spread them over its Dask workers
-        ctx.note(stage, f"{len(results)} pieces on worker process(es) {', '.join(elsewhere)}")
+        ctx.note(stage, f"{len(results)} pieces on worker process(es) {', '.join(elsewhere)}.")
     tables: dict[str, list] = {}
     for piece, result in results:
         for note in result.notes:

@@ -107,9 +107,10 @@ class SubjectBootstrap:
         """Point and bootstrap totals of per-photo ``columns`` (n x K) within each group.
 
         Each group's photos are summed per subject (``M_g``, its subjects x K), and each
-        resample's totals are its counts of those subjects times ``M_g``, a block of
-        resamples (about ``elements`` counts, as floats) at a time: memory stays at one
-        block and the per-subject sums, whatever the number of groups.
+        resample's totals are its counts of those subjects times ``M_g``, a tile of subjects
+        (all resamples, about ``elements`` counts as floats) at a time: every count and
+        every ``M_g`` is read once, and memory stays at one tile and the per-subject sums,
+        whatever the number of groups, resamples or subjects.
 
         Returns
         -------
@@ -121,7 +122,7 @@ class SubjectBootstrap:
             columns = columns[:, None]
         n, k = columns.shape
         g = np.zeros(n, dtype=np.int64) if group_codes is None else np.asarray(group_codes)
-        sums = []  # per group: its subjects and their totals
+        sums = []  # per group: its subjects (sorted) and their totals
         for group in range(n_groups):
             rows = np.flatnonzero(g == group)
             subjects, inverse = np.unique(self.subject_codes[rows], return_inverse=True)
@@ -135,12 +136,17 @@ class SubjectBootstrap:
             sums.append((subjects, m))
         point = np.stack([m.sum(axis=0) for _, m in sums]) if sums else np.zeros((0, k))
         b = self.counts.shape[0]
-        boot = np.empty((b, n_groups, k))
-        step = max(1, elements // max(self.n_subjects, 1))
-        for lo in range(0, b, step):
-            block = self.counts[lo : lo + step].astype(np.float64)
+        boot = np.zeros((b, n_groups, k))
+        if b == 0:
+            return point, boot
+        width = max(1, elements // b)
+        for lo in range(0, self.n_subjects, width):
+            hi = min(lo + width, self.n_subjects)
+            tile = self.counts[:, lo:hi].astype(np.float64)
             for group, (subjects, m) in enumerate(sums):
-                boot[lo : lo + step, group] = block[:, subjects] @ m
+                first, last = np.searchsorted(subjects, [lo, hi])
+                if last > first:
+                    boot[:, group] += tile[:, subjects[first:last] - lo] @ m[first:last]
         return point, boot
 
     def subjects_per_group(

@@ -84,12 +84,14 @@ def test_the_pieces_ran_in_worker_processes_and_the_notes_say_so(two_runs):
         notes = store.table("run_stages", run_id).set_index("stage")["note"].fillna("")
         for stage in ("accuracy", "fairness", "survival"):
             said = re.search(
-                r"(\d+) pieces on worker process\(es\) ((?:[\w.-]+:\d+(?:, )?)+)\.", notes[stage]
+                r"(\d+) pieces on worker process\(es\) ((?:[\w.-]+:\d+(?:, )?)+) "
+                r"\(([\d.]+) s of computing\)\.",
+                notes[stage],
             )
             assert bool(said) == spread, (stage, notes[stage])
             if said:
                 pids = {int(p) for p in re.findall(r":(\d+)", said.group(2))}
-                assert pids and os.getpid() not in pids
+                assert pids and os.getpid() not in pids and float(said.group(3)) > 0
 
 
 def test_the_survival_parts_together_are_the_whole_analysis():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,18 +43,20 @@ class Piece:
 
 @dataclass
 class PieceResult:
-    """A piece's rows (table name -> frame), its notes for the stage's note, and the process
-    that computed it (``host:pid``)."""
+    """A piece's rows (table name -> frame), its notes for the stage's note, the process that
+    computed it (``host:pid``) and how long that took (seconds)."""
 
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ran_on: str = ""
+    seconds: float = 0.0
 
 
 def run_piece(piece: Piece) -> PieceResult:
     """Compute one piece (the fan-out's task function)."""
+    start = time.perf_counter()
     result = piece.fn(*piece.args)
-    result.ran_on = _here()
+    result.ran_on, result.seconds = _here(), time.perf_counter() - start
     return result
 
 
@@ -77,7 +80,12 @@ def _merged(ctx: RunContext, stage: str, pieces, results) -> dict[str, pd.DataFr
         results = [(p, run_piece(p)) for p in progress.track(pieces, stage)]
     elsewhere = sorted({r.ran_on for _, r in results} - {_here()})
     if elsewhere:  # the flow spread them over its Dask workers
-        ctx.note(stage, f"{len(results)} pieces on worker process(es) {', '.join(elsewhere)}.")
+        busy = sum(r.seconds for _, r in results)
+        ctx.note(
+            stage,
+            f"{len(results)} pieces on worker process(es) {', '.join(elsewhere)} "
+            f"({busy:.1f} s of computing).",
+        )
     tables: dict[str, list] = {}
     for piece, result in results:
         for note in result.notes:

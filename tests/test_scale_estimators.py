@@ -208,7 +208,7 @@ def test_net_benefit_influence_values_are_the_derivatives(seed):
     moved = net_benefit(t, e, positive, thresholds, 10.0, w)
     numeric = (moved[0::2] - moved[1::2]) / (2 * h)
     assert np.abs(numeric - influence).max() < 1e-4
-    assert np.abs(influence).max() > 1e-3 and (influence[:, 4] == 0).all()
+    assert np.abs(influence).max() > 1e-3 and np.abs(influence[:, 4]).max() < 1e-12
     # the follow-up stops short of the horizon: NaN, as the weighted pass says
     short, _ = net_benefit_influence(t, e, positive, thresholds, 25.0)
     assert np.isnan(net_benefit(t, e, positive, thresholds, 25.0)[0][0]) == np.isnan(short[0])

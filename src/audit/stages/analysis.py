@@ -292,7 +292,8 @@ def _survival_pieces(ctx: RunContext) -> list[Piece]:
     fair = ctx.config.fairness
     prefix = len(ctx.models) > 1
     for model in ctx.models:
-        subjects = one_per_subject(ctx, wide_predictions(ctx, model))
+        photos = wide_predictions(ctx, model)
+        subjects = one_per_subject(ctx, photos)
         note_resamples(ctx, "survival", len(subjects))
         for part in PARTS:
             pieces.append(
@@ -315,7 +316,6 @@ def _survival_pieces(ctx: RunContext) -> list[Piece]:
                 )
             )
         if "faceage" in model.outputs and ctx.cohort.has_outcomes:
-            photos = wide_predictions(ctx, model)
             if "photo_date" in photos.columns and photos["subject_id"].duplicated().any():
                 pieces.append(
                     Piece(

@@ -29,7 +29,8 @@ the influence values from two dominance passes with unit weights, ``O(n log n)``
 :func:`concordance_resamples` then gives every resample as one matrix-vector product. The
 linearised resamples' variance is the infinitesimal-jackknife variance, which the bootstrap
 variance approaches as ``n`` grows (the terms left out are ``O(1/n^2)``); below a configured
-number of subjects the exact resamples are used (``[resampling]`` in the config).
+number of subjects the exact resamples are used (``[survival] resamples`` and
+``linear_from`` in the config).
 
 References
 ----------
@@ -42,6 +43,8 @@ Cambridge, 1997 (2.7.2-2.7.4: empirical influence values and the linear approxim
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -83,17 +86,8 @@ def weighted_concordance(
     n, n_boot = len(time), w.shape[0]
     if n == 0 or not event.any():
         return np.full(n_boot, np.nan)
-    rank = np.unique(risk, return_inverse=True)[1].ravel()
-    order = np.lexsort((rank, ~event, time))  # time, then deaths first, then risk rank
-    t, d, r = time[order], event[order], rank[order]
-    # end of each subject's run of deaths at its time (itself for the censored)
-    new_run = np.r_[True, (t[1:] != t[:-1]) | (d[1:] != d[:-1])]
-    run_id = np.cumsum(new_run) - 1
-    run_end = np.r_[np.flatnonzero(new_run)[1:], n][run_id]
-    # end of each death's run of equal time and equal rank (its later equal-rank ties)
-    new_tie = new_run | np.r_[True, r[1:] != r[:-1]]
-    tie_end = np.r_[np.flatnonzero(new_tie)[1:], n][np.cumsum(new_tie) - 1]
-    deaths = np.flatnonzero(d)
+    p = _PairOrder.of(time, event, risk)
+    order, r, run_end, tie_end, deaths = p.order, p.r, p.run_end, p.tie_end, p.deaths
     plans = _merge_plan(r, deaths)
     step = max(1, int(chunk_elements // max(n, 1)))
     out = np.full(n_boot, np.nan)
@@ -168,16 +162,9 @@ def concordance_influence(
     n = len(time)
     if n == 0 or not event.any():
         return float("nan"), np.zeros(n)
-    rank = np.unique(risk, return_inverse=True)[1].ravel()
-    order = np.lexsort((rank, ~event, time))
-    t, d, r, e = time[order], event[order], rank[order], ew[order]
-    new_run = np.r_[True, (t[1:] != t[:-1]) | (d[1:] != d[:-1])]
-    run_start = np.flatnonzero(new_run)[np.cumsum(new_run) - 1]
-    run_end = np.r_[np.flatnonzero(new_run)[1:], n][np.cumsum(new_run) - 1]
-    new_tie = new_run | np.r_[True, r[1:] != r[:-1]]
-    tie_start = np.flatnonzero(new_tie)[np.cumsum(new_tie) - 1]
-    tie_end = np.r_[np.flatnonzero(new_tie)[1:], n][np.cumsum(new_tie) - 1]
-    deaths = np.flatnonzero(d)
+    p = _PairOrder.of(time, event, risk)
+    order, d, r, e, deaths = p.order, p.d, p.r, ew[p.order], p.deaths
+    run_start, run_end, tie_start, tie_end = p.run_start, p.run_end, p.tie_start, p.tie_end
     ones = np.ones((n, 1))
     # as the earlier subject (deaths): later subjects of lower / equal rank, as in the C
     less, leq = _dominance(ones, _merge_plan(r, deaths), len(deaths))
@@ -206,6 +193,39 @@ def concordance_influence(
     influence = np.empty(n)
     influence[order] = u_sorted
     return c, influence
+
+
+@dataclass(frozen=True)
+class _PairOrder:
+    """The subjects in the order both passes use: by time, deaths before the censored at the
+    same time, by risk rank within a group of deaths at one time; with each subject's run
+    of deaths at its time (itself for the censored: ``run_start``, ``run_end`` exclusive)
+    and its run of equal time and equal rank (``tie_start``, ``tie_end``)."""
+
+    order: np.ndarray
+    d: np.ndarray
+    r: np.ndarray
+    deaths: np.ndarray
+    run_start: np.ndarray
+    run_end: np.ndarray
+    tie_start: np.ndarray
+    tie_end: np.ndarray
+
+    @classmethod
+    def of(cls, time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> _PairOrder:
+        n = len(time)
+        rank = np.unique(risk, return_inverse=True)[1].ravel()
+        order = np.lexsort((rank, ~event, time))
+        t, d, r = time[order], event[order], rank[order]
+
+        def runs(new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            starts, which = np.flatnonzero(new), np.cumsum(new) - 1
+            return starts[which], np.r_[starts[1:], n][which]
+
+        new_run = np.r_[True, (t[1:] != t[:-1]) | (d[1:] != d[:-1])]
+        run_start, run_end = runs(new_run)
+        tie_start, tie_end = runs(new_run | np.r_[True, r[1:] != r[:-1]])
+        return cls(order, d, r, np.flatnonzero(d), run_start, run_end, tie_start, tie_end)
 
 
 def _merge_plan(rank: np.ndarray, targets: np.ndarray) -> list[tuple]:

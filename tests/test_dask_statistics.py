@@ -80,6 +80,7 @@ def test_dask_pieces_give_the_rows_of_the_inline_run(two_runs):
 def test_the_pieces_ran_in_worker_processes_and_the_notes_say_so(two_runs):
     local, dask = two_runs
     for store, spread in ((local, False), (dask, True)):
+        counts, total = [], 0
         run_id = store.runs()["run_id"].iloc[-1]
         notes = store.table("run_stages", run_id).set_index("stage")["note"].fillna("")
         for stage in ("accuracy", "fairness", "survival"):
@@ -89,9 +90,19 @@ def test_the_pieces_ran_in_worker_processes_and_the_notes_say_so(two_runs):
                 notes[stage],
             )
             assert bool(said) == spread, (stage, notes[stage])
+            together = re.search(
+                r"the accuracy, fairness and survival pieces \((\d+)\) were computed "
+                r"together, the longest first, in ([\d.]+) s",
+                notes[stage],
+            )
+            assert bool(together) == spread, (stage, notes[stage])
             if said:
                 pids = {int(p) for p in re.findall(r":(\d+)", said.group(2))}
                 assert pids and os.getpid() not in pids and float(said.group(3)) > 0
+                counts.append(int(said.group(1)))
+                total = int(together.group(1))
+        if spread:  # each stage's own pieces, out of all three stages' together
+            assert sum(counts) == total and min(counts) >= 1, (counts, total)
 
 
 def test_the_survival_parts_together_are_the_whole_analysis():
@@ -140,3 +151,66 @@ def test_survival_within_subgroups_attribute_by_attribute_is_the_whole():
         joined = pd.concat([p[k] for p in parts if len(p[k])], ignore_index=True)
         assert len(whole[k]) > 3
         pd.testing.assert_frame_equal(whole[k], joined, check_dtype=False)
+
+
+def _worker_environment() -> dict:
+    import sys
+
+    import dask
+
+    return {
+        "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "blas": os.environ.get("OMP_NUM_THREADS"),
+        "profiler": dask.config.get("distributed.worker.profile.enabled"),
+        "preloaded": "audit.stages" in sys.modules,
+    }
+
+
+def test_local_workers_compute_as_fast_as_the_flow_process():
+    """Dask's default worker freezes glibc's mmap threshold (MALLOC_TRIM_THRESHOLD_) and
+    samples its computing thread's stack every 10 ms; with both, the statistics computed
+    30-40% slower in a worker than in the flow's process (benchmarks/RESULTS.md). The flow's
+    LocalCluster spawns its workers without them, BLAS at one thread a worker, the statistics
+    modules imported before the first piece, and its scheduler hands a worker one piece at a
+    time (the longest first); Dask's own defaults are left as they were."""
+    import dask
+    import distributed
+
+    from audit.orchestrate.prefect_flows import local_cluster
+
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # else the workers would inherit it
+    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True}
+    with local_cluster(dashboard_address=None, **kwargs) as cluster:
+        with distributed.Client(cluster) as client:
+            (env,) = client.run(_worker_environment).values()
+        saturation = cluster.scheduler.WORKER_SATURATION  # one task at a time a worker
+    assert env == {"trim": None, "blas": "1", "profiler": False, "preloaded": True}
+    assert saturation == pytest.approx(1.0)
+    assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_")
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
+def test_the_statistics_stages_share_each_models_frames_while_they_plan(tmp_path):
+    """Planned together, the three statistics stages build each model's wide predictions
+    and first photos once (one frame held by pieces of three stages, not three); outside,
+    every call builds its own; a frame's id() reused by another object is never mistaken."""
+    from audit import stages
+    from audit.stages.context import one_per_subject, wide_predictions
+
+    cohort = write_cohort(tmp_path / "cohort", 120, seed=11)
+    ctx = stages.start(cohort, ["predictions:faceage,risk"], tmp_path / "out", load_config())
+    stages.validate_stage(ctx)
+    stages.predict_stage(ctx, None)
+    (model,) = ctx.models
+    apart = wide_predictions(ctx, model)
+    assert wide_predictions(ctx, model) is not apart
+    with stages.shared_frames(ctx):
+        wide = wide_predictions(ctx, model)
+        assert wide_predictions(ctx, model) is wide
+        first = one_per_subject(ctx, wide)
+        assert one_per_subject(ctx, wide) is first
+        pd.testing.assert_frame_equal(wide, apart)
+        other = one_per_subject(ctx, apart)  # another frame: its own rows
+        assert other is not first
+        pd.testing.assert_frame_equal(other, first)
+    assert ctx.shared is None and wide_predictions(ctx, model) is not wide

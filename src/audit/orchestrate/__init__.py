@@ -9,10 +9,12 @@ _NAMES = {
     "audit_sequence": "sequence",
     "combine_sequence": "combined",
     "inline_fan_out": "sequence",
+    "inline_spread": "sequence",
     "inline_step": "sequence",
     "process_inbox": "sequence",
     "resolve_reference": "sequence",
     "run_audit_inline": "sequence",
+    "statistics_sequence": "sequence",
     "validation_sequence": "sequence",
 }
 __all__ = sorted(_NAMES)

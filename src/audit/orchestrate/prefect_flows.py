@@ -61,14 +61,18 @@ def prefect_fan_out(name: str, fn: Callable, items: Sequence) -> list:
     return [(item, f.result()) for item, f in zip(items, futures)]
 
 
-def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
-    """The statistics pieces: tasks on the Dask workers when the flow runs on Dask (handed
-    to idle workers in the order of the pieces), else computed here one after another, as
-    the inline orchestrator does (Prefect's default thread pool would share one process's
-    warning filters, which each Cox fit sets to record lifelines' warnings, between fits)."""
+def prefect_spread(name: str, fn: Callable, items: Sequence) -> list | None:
+    """The statistics pieces as tasks on the Dask workers when the flow runs on Dask,
+    submitted the longest first (by their ``cost``) so that the workers finish together;
+    results in the order of ``items``. Else None: each stage computes its own pieces in its
+    task, one after another, as the inline orchestrator does (Prefect's default thread pool
+    would share one process's warning filters, which each Cox fit sets to record lifelines'
+    warnings, between fits)."""
     if not _on_dask():
-        return [(item, fn(item)) for item in items]
-    return prefect_fan_out(name, fn, items)
+        return None
+    order = sorted(range(len(items)), key=lambda i: -items[i].cost)  # stable for ties
+    futures = {i: _task(name, fn).submit(items[i]) for i in order}
+    return [(item, futures[i].result()) for i, item in enumerate(items)]
 
 
 def _on_dask() -> bool:
@@ -88,13 +92,47 @@ def dask_task_runner(address: str | None = None, workers: int = 2):
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(
+        cluster_class=local_cluster,
         cluster_kwargs={
             "n_workers": workers,
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
-        }
+        },
     )
+
+
+# What the flow's LocalCluster changes in Dask's defaults, each
+# measured on the statistics of 100,000 subjects (benchmarks/RESULTS.md, "Registry scale"):
+# - no MALLOC_TRIM_THRESHOLD_ (Dask's pre-spawn default): setting it also freezes glibc's
+#   mmap threshold at 128 KiB, so every numpy temporary above it is mapped and page-faulted
+#   afresh (a piece computed up to 70% slower);
+# - no statistical profiler: every 10 ms it takes the GIL to walk the computing thread's
+#   stack, deep in pandas and lifelines (with the first, the pieces computed 30-40% slower
+#   in a worker than in this process; without both, as fast);
+# - the statistics modules imported when a worker starts (while the flow validates and
+#   predicts), not by its first piece;
+# - the scheduler hands a single-threaded worker one task at a time (worker-saturation 1.0,
+#   not 1.1, which queues a second task on a busy worker while another falls idle at the
+#   end): the workers take the pieces strictly in the order submitted, the longest first.
+# BLAS stays at one thread a worker, as Dask sets it. A cluster of your own (--dask-address)
+# keeps its own settings: give its workers the same.
+CLUSTER_SETTINGS = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+WORKER_PRELOAD = ["audit.stages"]
+
+
+def local_cluster(**kwargs):
+    """A Dask LocalCluster with :data:`CLUSTER_SETTINGS` and :data:`WORKER_PRELOAD`."""
+    import dask
+    import distributed
+
+    kwargs.setdefault("preload", WORKER_PRELOAD)
+    with dask.config.set(CLUSTER_SETTINGS):
+        return distributed.LocalCluster(**kwargs)
 
 
 @flow(name="audit", log_prints=False, validate_parameters=True)

@@ -3,17 +3,20 @@
 :func:`audit_sequence` and :func:`validation_sequence` call the stages of
 :mod:`audit.stages` in order through two callables an orchestrator supplies: ``step(name, fn,
 *args)`` runs one stage and returns its result; ``fan_out(name, fn, items)`` runs ``fn`` on
-each shard and returns ``[(item, result), ...]`` in the order of ``items``; ``spread`` does the
-same for the statistics stages' independent pieces (:func:`audit.stages.statistics_pieces`),
-whose rows the stage then writes in the order of the pieces. The inline orchestrator
-(:func:`inline_step`, :func:`inline_fan_out`) calls them in this process; the Prefect one
-(:mod:`audit.orchestrate.prefect_flows`) wraps each in a task, and spreads the pieces over
-the Dask workers when the flow runs on Dask.
+each shard and returns ``[(item, result), ...]`` in the order of ``items``; ``spread`` is
+handed every independent piece of the three statistics stages at once
+(:func:`audit.stages.statistics_pieces`) and returns their results the same way, or None
+when it spreads nothing (each stage then computes its own pieces when it runs); each stage
+writes its pieces' rows in the order of its pieces. The inline orchestrator
+(:func:`inline_step`, :func:`inline_fan_out`, :func:`inline_spread`) calls them in this
+process; the Prefect one (:mod:`audit.orchestrate.prefect_flows`) wraps each in a task, and
+spreads the pieces over the Dask workers, the longest first, when the flow runs on Dask.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,42 @@ def inline_fan_out(name: str, fn: Callable, items: Sequence) -> list:
     return [(item, fn(item)) for item in items]
 
 
+def inline_spread(name: str, fn: Callable, items: Sequence) -> None:
+    """Spread nothing: each statistics stage computes its own pieces when it runs."""
+    return None
+
+
+STATISTICS = ("accuracy", "fairness", "survival")  # each runs stages.<name>_stage
+
+
+def statistics_sequence(ctx: stages.RunContext, step: Step, spread: FanOut) -> None:
+    """accuracy -> fairness -> survival. The three stages' pieces are planned together
+    (sharing their frames) and handed to ``spread`` at once, so that a worker never waits for
+    another stage's last piece; each stage then writes its own pieces' rows. Where ``spread``
+    spreads nothing, each stage computes its pieces as it runs (and its row is timed by
+    them)."""
+    with stages.shared_frames(ctx):
+        plans = [(name, stages.statistics_pieces(ctx, name)) for name in STATISTICS]
+        every = [piece for _, pieces in plans for piece in pieces]
+        start = time.perf_counter()
+        done = spread("statistics piece", stages.run_piece, every)
+        wall = time.perf_counter() - start
+        for name, pieces in plans:
+            fn = getattr(stages, f"{name}_stage")
+            if done is None:
+                step(name, fn, ctx, pieces)
+                continue
+            if every:
+                ctx.note(
+                    name,
+                    f"the accuracy, fairness and survival pieces ({len(every)}) were computed "
+                    f"together, the longest first, in {wall:.1f} s; this stage's row is timed "
+                    "from its write before, so the first stage's holds them all.",
+                )
+            mine = [(piece, result) for piece, result in done if piece.stage == name]
+            step(name, fn, ctx, pieces, mine)
+
+
 def preflight(cohort: Path, models: list[str]) -> None:
     """What can be checked in milliseconds, before the Prefect server starts (7-13 s the
     first time): cohort.yaml, the manifest's header against its column mapping, each model
@@ -70,7 +109,7 @@ def audit_sequence(
     shards: int = 0,
     step: Step = inline_step,
     fan_out: FanOut = inline_fan_out,
-    spread: FanOut = inline_fan_out,
+    spread: FanOut = inline_spread,
 ) -> dict:
     """validate -> predict -> robustness -> paired -> saliency -> accuracy -> fairness ->
     survival -> slices -> drift -> estimate -> verdict -> publish. ``shards`` > 0 splits
@@ -97,13 +136,7 @@ def audit_sequence(
         step("robustness", stages.robustness_stage, ctx, robust)
         step("paired", stages.paired_stage, ctx)
         step("saliency", stages.saliency_stage, ctx)
-        for name, fn in (
-            ("accuracy", stages.accuracy_stage),
-            ("fairness", stages.fairness_stage),
-            ("survival", stages.survival_stage),
-        ):
-            pieces = stages.statistics_pieces(ctx, name)
-            step(name, fn, ctx, spread(f"{name} piece", stages.run_piece, pieces))
+        statistics_sequence(ctx, step, spread)
         for name, fn in (
             ("slices", stages.slices_stage),
             ("drift", stages.drift_stage),

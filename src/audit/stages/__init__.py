@@ -24,7 +24,7 @@ from audit.stages.analysis import (
     statistics_pieces,
     survival_stage,
 )
-from audit.stages.context import RunContext, fail, failed_start, running, start
+from audit.stages.context import RunContext, fail, failed_start, running, shared_frames, start
 from audit.stages.drift import drift_stage
 from audit.stages.estimate import estimate_stage
 from audit.stages.paired import paired_stage
@@ -67,6 +67,7 @@ __all__ = [
     "run_shard",
     "running",
     "saliency_stage",
+    "shared_frames",
     "slices_stage",
     "statistics_pieces",
     "start",

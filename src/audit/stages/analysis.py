@@ -33,12 +33,40 @@ from audit.survival.subgroups import survival_subgroups
 class Piece:
     """One independent computation of a statistics stage: ``fn(*args)`` returns a
     :class:`PieceResult`. Pieces read nothing from the run (their frames travel with them)
-    and write nothing, so they run anywhere: here, or as tasks on the flow's Dask workers."""
+    and write nothing, so they run anywhere: here, or as tasks on the flow's Dask workers.
+    ``cost`` is its expected computing time in relative units (the workers take the
+    largest first; only the order matters)."""
 
     stage: str
     label: str
     fn: Callable[..., PieceResult]
     args: tuple = ()
+    cost: float = 0.0
+
+
+# Seconds each kind of piece computed per 100,000 subjects of the demo world on the
+# reference machine (benchmarks/RESULTS.md, "Registry scale"): a piece's cost is its kind's
+# figure times its subjects, so that the workers take the longest pieces first.
+COST = {
+    "accuracy faceage": 5.0,
+    "accuracy risk": 3.0,
+    "representativeness": 0.5,
+    "fairness faceage": 8.0,
+    "fairness risk": 17.0,
+    "survival within groups": 6.0,
+    "paired comparisons": 12.0,
+    "base": 2.0,
+    "faceage_models": 12.0,
+    "faceage_score": 10.0,
+    "risk_models": 14.0,
+    "risk_score": 11.0,
+    "face aging rate": 6.0,
+    "incremental value": 15.0,
+}
+
+
+def _cost(kind: str, subjects: int) -> float:
+    return COST[kind] * subjects / 100_000
 
 
 @dataclass
@@ -75,8 +103,12 @@ def statistics_pieces(ctx: RunContext, stage: str) -> list[Piece]:
 
 
 def _merged(ctx: RunContext, stage: str, pieces, results) -> dict[str, pd.DataFrame]:
-    """The pieces' rows, table by table in the order of the pieces, and their notes."""
+    """The pieces' rows, table by table in the order of the pieces, and their notes: those
+    of ``results`` (the fan-out's), else of ``pieces`` computed here (planned here when
+    None)."""
     if results is None:
+        if pieces is None:
+            pieces = statistics_pieces(ctx, stage)
         results = [(p, run_piece(p)) for p in progress.track(pieces, stage)]
     elsewhere = sorted({r.ran_on for _, r in results} - {_here()})
     if elsewhere:  # the flow spread them over its Dask workers
@@ -100,10 +132,12 @@ def _merged(ctx: RunContext, stage: str, pieces, results) -> dict[str, pd.DataFr
     }
 
 
-def accuracy_stage(ctx: RunContext, results: list | None = None) -> int:
+def accuracy_stage(
+    ctx: RunContext, pieces: list[Piece] | None = None, results: list | None = None
+) -> int:
     """Accuracy of each model output with subject-level bootstrap CIs: the rows of the
-    stage's pieces (computed here when ``results`` is None, else those of the fan-out)."""
-    pieces = _accuracy_pieces(ctx) if results is None else None
+    stage's pieces (``results``: those of a fan-out; else ``pieces`` computed here, planned
+    here when None)."""
     merged = _merged(ctx, "accuracy", pieces, results)
     frame = merged.get("accuracy", pd.DataFrame())
     return ctx.write(
@@ -153,16 +187,19 @@ def _accuracy_pieces(ctx: RunContext) -> list[Piece]:
     return pieces
 
 
-def _table(stage: str, model, what: str, fn: Callable, *args) -> Piece:
+def _table(stage: str, model, what: str, fn: Callable, frame, *args) -> Piece:
     """A piece whose function returns the rows of the stage's own table."""
-    return Piece(stage, f"{model.name}: {what}", _one_table, (stage, fn, *args))
+    cost = _cost(f"{stage} {what}", len(frame))
+    return Piece(stage, f"{model.name}: {what}", _one_table, (stage, fn, frame, *args), cost)
 
 
 def _one_table(table: str, fn: Callable, *args) -> PieceResult:
     return PieceResult({table: fn(*args)})
 
 
-def fairness_stage(ctx: RunContext, results: list | None = None) -> int:
+def fairness_stage(
+    ctx: RunContext, pieces: list[Piece] | None = None, results: list | None = None
+) -> int:
     """Subgroup fairness of every model output, survival within subgroups, paired model
     comparisons and the cohort's representativeness, in one transaction."""
     cfg = ctx.config.fairness
@@ -170,7 +207,6 @@ def fairness_stage(ctx: RunContext, results: list | None = None) -> int:
         if not ctx.notes.get("fairness"):
             ctx.note("fairness", "fairness not run: turned off in the audit config")
         return ctx.write("fairness", {}, note=ctx.notes["fairness"][0])
-    pieces = _fairness_pieces(ctx) if results is None else None
     merged = {k: v for k, v in _merged(ctx, "fairness", pieces, results).items() if len(v)}
     fair = merged.get("fairness")
     if fair is not None:
@@ -205,6 +241,7 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
                     cfg.intended_population,
                     cuts,
                 ),
+                _cost("representativeness", len(ctx.cohort.analysed)),
             )
         )
     else:
@@ -230,6 +267,7 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
                     f"{model.name}: risk",
                     _risk_fairness,
                     (subjects, model.name, cfg, cuts, min_events, linear_from),
+                    _cost("fairness risk", len(subjects)),
                 )
             )
             by_output["risk"][model.name] = subjects
@@ -242,6 +280,7 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
                         f"{model.name}: survival within {attribute} groups",
                         _subgroups,
                         (subjects, model.name, model.outputs, one, min_events, cuts),
+                        _cost("survival within groups", len(subjects)),
                     )
                 )
     for output, frames in by_output.items():
@@ -261,6 +300,7 @@ def _fairness_pieces(ctx: RunContext) -> list[Piece]:
                         min_events,
                         linear_from,
                     ),
+                    _cost("paired comparisons", sum(len(f) for f in frames.values())),
                 )
             )
     return pieces
@@ -279,10 +319,11 @@ def _subgroups(subjects, model, outputs, cfg, min_events, cuts) -> PieceResult:
     return PieceResult({"survival_subgroups": rows, "survival_tests": tests})
 
 
-def survival_stage(ctx: RunContext, results: list | None = None) -> int:
+def survival_stage(
+    ctx: RunContext, pieces: list[Piece] | None = None, results: list | None = None
+) -> int:
     """First survival models of each model's outputs (one photo per subject), the Face
     Aging Rate and the incremental value."""
-    pieces = _survival_pieces(ctx) if results is None else None
     merged = _merged(ctx, "survival", pieces, results)
     return ctx.write("survival", merged, note=" ".join(ctx.notes.get("survival", [])) or None)
 
@@ -313,6 +354,7 @@ def _survival_pieces(ctx: RunContext) -> list[Piece]:
                         part,
                         prefix,
                     ),
+                    _cost(part, len(subjects)),
                 )
             )
         if "faceage" in model.outputs and ctx.cohort.has_outcomes:
@@ -323,6 +365,7 @@ def _survival_pieces(ctx: RunContext) -> list[Piece]:
                         f"{model.name}: face aging rate",
                         _face_aging_rate,
                         (photos, model.name, ctx.config.survival, fair.min_group_size, prefix),
+                        _cost("face aging rate", len(photos)),
                     )
                 )
     if ctx.config.survival.incremental and ctx.cohort.has_outcomes:
@@ -335,6 +378,7 @@ def _survival_pieces(ctx: RunContext) -> list[Piece]:
                     "incremental value",
                     _incremental,
                     (base, ctx.cohort.spec.covariates, face, risk, ctx.config.survival),
+                    _cost("incremental value", len(base)),
                 )
             )
     return pieces
@@ -378,7 +422,7 @@ def note_resamples(ctx: RunContext, stage: str, subjects: int) -> None:
         stage,
         f"{what} resamples linearised: each bootstrap resample's value is its first-order "
         "expansion in the subject weights (empirical influence values; the infinitesimal "
-        f"jackknife), {where}",
+        f"jackknife), {where}.",
     )
 
 

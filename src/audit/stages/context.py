@@ -39,6 +39,7 @@ class RunContext:
     notes: dict = field(default_factory=dict)  # stage -> list of notes for the report
     reference: str | None = None  # run_id the drift stage compares against
     throughput: dict = field(default_factory=dict)  # model name -> photos/s measured here
+    shared: dict | None = None  # frames the statistics stages share (see shared_frames)
 
     def __post_init__(self) -> None:
         self._mark = datetime.now(timezone.utc)
@@ -102,9 +103,37 @@ def start(
     return ctx
 
 
+@contextlib.contextmanager
+def shared_frames(ctx: RunContext):
+    """Within: each model's wide predictions and their first photos per subject are built
+    once and shared (the statistics stages plan their pieces together, and a frame held by
+    pieces of three stages is then one frame, not three); pieces never modify their frames."""
+    ctx.shared = {}
+    try:
+        yield ctx
+    finally:
+        ctx.shared = None
+
+
+def _shared(ctx: RunContext, key: tuple, source, build):
+    """``build()``, once per ``key`` while frames are shared (``source``: the object the
+    value derives from, kept with it so that a reused id() is never mistaken for it)."""
+    if ctx.shared is None:
+        return build()
+    hit = ctx.shared.get(key)
+    if hit is None or hit[0] is not source:
+        hit = ctx.shared[key] = (source, build())
+    return hit[1]
+
+
 def wide_predictions(ctx: RunContext, model, every_photo: bool = False) -> pd.DataFrame:
     """The cohort's good rows with this model's clean predictions as columns: the analysed
     rows (without a paired study's compared photos), or ``every_photo``."""
+    key = ("wide", model.name, every_photo)
+    return _shared(ctx, key, model, lambda: _wide(ctx, model, every_photo))
+
+
+def _wide(ctx: RunContext, model, every_photo: bool) -> pd.DataFrame:
     preds = ctx.predictions[model.name]
     clean = preds[preds["perturbation"] == "none"]
     wide = clean.pivot_table(index="photo_id", columns="output", values="value", aggfunc="first")
@@ -118,6 +147,10 @@ def wide_predictions(ctx: RunContext, model, every_photo: bool = False) -> pd.Da
 def one_per_subject(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``frame`` for each subject's first photo (the one survival analysis uses),
     in the order of ``frame``."""
+    return _shared(ctx, ("first", id(frame)), frame, lambda: _first_photos(ctx, frame))
+
+
+def _first_photos(ctx: RunContext, frame: pd.DataFrame) -> pd.DataFrame:
     first = ctx.cohort.subjects()["photo_id"]
     return frame[frame["photo_id"].isin(set(first))].reset_index(drop=True)
 

@@ -9,7 +9,6 @@ _NAMES = {
     "audit_sequence": "sequence",
     "combine_sequence": "combined",
     "inline_fan_out": "sequence",
-    "inline_spread": "sequence",
     "inline_step": "sequence",
     "process_inbox": "sequence",
     "resolve_reference": "sequence",

@@ -61,18 +61,21 @@ def prefect_fan_out(name: str, fn: Callable, items: Sequence) -> list:
     return [(item, f.result()) for item, f in zip(items, futures)]
 
 
-def prefect_spread(name: str, fn: Callable, items: Sequence) -> list | None:
-    """The statistics pieces as tasks on the Dask workers when the flow runs on Dask,
-    submitted the longest first (by their ``cost``) so that the workers finish together;
-    results in the order of ``items``. Else None: each stage computes its own pieces in its
-    task, one after another, as the inline orchestrator does (Prefect's default thread pool
-    would share one process's warning filters, which each Cox fit sets to record lifelines'
-    warnings, between fits)."""
-    if not _on_dask():
-        return None
+def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
+    """The statistics pieces as tasks on the flow's Dask workers, submitted the longest
+    first (by their ``cost``) so that the workers finish together; results in the order of
+    ``items``. Only on Dask (:func:`_spread`): on Prefect's default runner the stages compute
+    their own pieces one after another in their tasks (its thread pool would share one
+    process's warning filters, which each Cox fit sets to record lifelines' warnings, between
+    fits)."""
     order = sorted(range(len(items)), key=lambda i: -items[i].cost)  # stable for ties
     futures = {i: _task(name, fn).submit(items[i]) for i in order}
     return [(item, futures[i].result()) for i, item in enumerate(items)]
+
+
+def _spread():
+    """The flow's ``spread``: :func:`prefect_spread` on Dask, else None."""
+    return prefect_spread if _on_dask() else None
 
 
 def _on_dask() -> bool:
@@ -163,7 +166,7 @@ def audit_flow(
             shards=shards,
             step=prefect_step,
             fan_out=prefect_fan_out,
-            spread=prefect_spread,
+            spread=_spread(),
         )
     _artifacts(out, result)
     return result

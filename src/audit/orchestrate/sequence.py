@@ -3,14 +3,14 @@
 :func:`audit_sequence` and :func:`validation_sequence` call the stages of
 :mod:`audit.stages` in order through two callables an orchestrator supplies: ``step(name, fn,
 *args)`` runs one stage and returns its result; ``fan_out(name, fn, items)`` runs ``fn`` on
-each shard and returns ``[(item, result), ...]`` in the order of ``items``; ``spread`` is
-handed every independent piece of the three statistics stages at once
-(:func:`audit.stages.statistics_pieces`) and returns their results the same way, or None
-when it spreads nothing (each stage then computes its own pieces when it runs); each stage
-writes its pieces' rows in the order of its pieces. The inline orchestrator
-(:func:`inline_step`, :func:`inline_fan_out`, :func:`inline_spread`) calls them in this
-process; the Prefect one (:mod:`audit.orchestrate.prefect_flows`) wraps each in a task, and
-spreads the pieces over the Dask workers, the longest first, when the flow runs on Dask.
+each shard and returns ``[(item, result), ...]`` in the order of ``items``; ``spread``, where
+an orchestrator has workers to spread over, is handed every independent piece of the three
+statistics stages at once (:func:`audit.stages.statistics_pieces`) and returns their results
+the same way; each stage writes its pieces' rows in the order of its pieces. Without it
+(None) each statistics stage plans and computes its own pieces when it runs. The inline
+orchestrator (:func:`inline_step`, :func:`inline_fan_out`) calls them in this process; the
+Prefect one (:mod:`audit.orchestrate.prefect_flows`) wraps each in a task, and spreads the
+pieces over the Dask workers, the longest first, when the flow runs on Dask.
 """
 
 from __future__ import annotations
@@ -47,20 +47,19 @@ def inline_fan_out(name: str, fn: Callable, items: Sequence) -> list:
     return [(item, fn(item)) for item in items]
 
 
-def inline_spread(name: str, fn: Callable, items: Sequence) -> None:
-    """Spread nothing: each statistics stage computes its own pieces when it runs."""
-    return None
-
-
 STATISTICS = ("accuracy", "fairness", "survival")  # each runs stages.<name>_stage
 
 
-def statistics_sequence(ctx: stages.RunContext, step: Step, spread: FanOut) -> None:
-    """accuracy -> fairness -> survival. The three stages' pieces are planned together
-    (sharing their frames) and handed to ``spread`` at once, so that a worker never waits for
-    another stage's last piece; each stage then writes its own pieces' rows. Where ``spread``
-    spreads nothing, each stage computes its pieces as it runs (and its row is timed by
-    them)."""
+def statistics_sequence(ctx: stages.RunContext, step: Step, spread: FanOut | None) -> None:
+    """accuracy -> fairness -> survival. With ``spread``, the three stages' pieces are
+    planned together (sharing their frames) and handed to it at once, so that a worker never
+    waits for another stage's last piece; each stage then writes its own pieces' rows.
+    Without, each stage plans and computes its pieces as it runs (its row timed by them, and
+    only its own frames held)."""
+    if spread is None:
+        for name in STATISTICS:
+            step(name, getattr(stages, f"{name}_stage"), ctx)
+        return
     with stages.shared_frames(ctx):
         plans = [(name, stages.statistics_pieces(ctx, name)) for name in STATISTICS]
         every = [piece for _, pieces in plans for piece in pieces]
@@ -68,10 +67,6 @@ def statistics_sequence(ctx: stages.RunContext, step: Step, spread: FanOut) -> N
         done = spread("statistics piece", stages.run_piece, every)
         wall = time.perf_counter() - start
         for name, pieces in plans:
-            fn = getattr(stages, f"{name}_stage")
-            if done is None:
-                step(name, fn, ctx, pieces)
-                continue
             if every:
                 ctx.note(
                     name,
@@ -80,7 +75,7 @@ def statistics_sequence(ctx: stages.RunContext, step: Step, spread: FanOut) -> N
                     "from its write before, so the first stage's holds them all.",
                 )
             mine = [(piece, result) for piece, result in done if piece.stage == name]
-            step(name, fn, ctx, pieces, mine)
+            step(name, getattr(stages, f"{name}_stage"), ctx, pieces, mine)
 
 
 def preflight(cohort: Path, models: list[str]) -> None:
@@ -109,7 +104,7 @@ def audit_sequence(
     shards: int = 0,
     step: Step = inline_step,
     fan_out: FanOut = inline_fan_out,
-    spread: FanOut = inline_spread,
+    spread: FanOut | None = None,
 ) -> dict:
     """validate -> predict -> robustness -> paired -> saliency -> accuracy -> fairness ->
     survival -> slices -> drift -> estimate -> verdict -> publish. ``shards`` > 0 splits

@@ -54,7 +54,7 @@ test-all: $(STAMP) lint
 
 bench-scale: $(STAMP)
 	$(PY) benchmarks/scale.py --n 1000000
-	$(PY) benchmarks/scale.py --n 100000 --dask 1 2
+	$(PY) benchmarks/scale.py --n 100000 --dask 1 2 --repeat 3
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py

@@ -69,8 +69,9 @@ def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
     process's warning filters, which each Cox fit sets to record lifelines' warnings, between
     fits)."""
     order = sorted(range(len(items)), key=lambda i: -items[i].cost)  # stable for ties
-    futures = {i: _task(name, fn).submit(items[i]) for i in order}
-    return [(item, futures[i].result()) for i, item in enumerate(items)]
+    done = prefect_fan_out(name, fn, [items[i] for i in order])
+    results = dict(zip(order, (result for _, result in done), strict=True))
+    return [(item, results[i]) for i, item in enumerate(items)]
 
 
 def _spread():

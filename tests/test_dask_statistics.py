@@ -154,15 +154,12 @@ def test_survival_within_subgroups_attribute_by_attribute_is_the_whole():
 
 
 def _worker_environment() -> dict:
-    import sys
-
     import dask
 
     return {
         "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
         "blas": os.environ.get("OMP_NUM_THREADS"),
         "profiler": dask.config.get("distributed.worker.profile.enabled"),
-        "preloaded": "audit.stages" in sys.modules,
     }
 
 
@@ -170,21 +167,34 @@ def test_local_workers_compute_as_fast_as_the_flow_process():
     """Dask's default worker freezes glibc's mmap threshold (MALLOC_TRIM_THRESHOLD_) and
     samples its computing thread's stack every 10 ms; with both, the statistics computed
     30-40% slower in a worker than in the flow's process (benchmarks/RESULTS.md). The flow's
-    LocalCluster spawns its workers without them, BLAS at one thread a worker, the statistics
-    modules imported before the first piece, and its scheduler hands a worker one piece at a
-    time (the longest first); Dask's own defaults are left as they were."""
+    LocalCluster spawns its workers without them, BLAS at one thread a worker, and its
+    scheduler hands a worker one piece at a time (the longest first); Dask's own defaults
+    are left as they were. Warmed, every worker imports the statistics and Prefect's task
+    engine in the background, before any piece asks for them."""
+    import time
+
     import dask
     import distributed
 
-    from audit.orchestrate.prefect_flows import local_cluster
+    from audit.orchestrate.prefect_flows import WORKER_IMPORTS, local_cluster, warm_workers
 
+    # evaluated by a builtin: a function of this module would import it, and with it the
+    # statistics, on the worker
+    imported = f"[n in __import__('sys').modules for n in {list(WORKER_IMPORTS)!r}]"
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # else the workers would inherit it
-    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True}
+    kwargs = {"n_workers": 2, "threads_per_worker": 1, "processes": True}
     with local_cluster(dashboard_address=None, **kwargs) as cluster:
         with distributed.Client(cluster) as client:
-            (env,) = client.run(_worker_environment).values()
+            bare = client.run(eval, imported)
+            assert warm_workers(client) == 2
+            deadline = time.monotonic() + 120
+            while not all(all(w) for w in client.run(eval, imported).values()):
+                assert time.monotonic() < deadline, "the workers did not import the statistics"
+                time.sleep(0.5)
+            envs = list(client.run(_worker_environment).values())
         saturation = cluster.scheduler.WORKER_SATURATION  # one task at a time a worker
-    assert env == {"trim": None, "blas": "1", "profiler": False, "preloaded": True}
+    assert not any(any(w) for w in bare.values())  # they start bare
+    assert envs == [{"trim": None, "blas": "1", "profiler": False}] * 2
     assert saturation == pytest.approx(1.0)
     assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_")
     assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -34,6 +34,8 @@ from audit.stages.context import error_text
 # publishing writes files and may meet a transient error).
 _RETRIES = {"predict shard": 2, "robustness shard": 2, "publish": 1}
 _DELAY = {"predict shard": 1, "robustness shard": 1, "publish": 2}
+# Task runs named for what they compute (Prefect's default adds a random suffix).
+_RUN_NAMES = {"statistics piece": "{piece.stage}: {piece.label}"}
 _TASKS: dict[tuple, object] = {}
 
 
@@ -46,6 +48,7 @@ def _task(name: str, fn: Callable):
             cache_policy=NONE,
             retries=_RETRIES.get(name, 0),
             retry_delay_seconds=_DELAY.get(name, 0),
+            task_run_name=_RUN_NAMES.get(name),
         )
     return _TASKS[key]
 
@@ -76,16 +79,49 @@ def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
 
 def _spread():
     """The flow's ``spread``: :func:`prefect_spread` on Dask, else None."""
-    return prefect_spread if _on_dask() else None
+    return prefect_spread if _dask_runner() is not None else None
 
 
-def _on_dask() -> bool:
-    """Whether this flow run's task runner is prefect-dask's."""
+def _dask_runner():
+    """This flow run's task runner if it is prefect-dask's, else None."""
     from prefect.context import FlowRunContext
 
-    context = FlowRunContext.get()
-    runner = getattr(context, "task_runner", None)
-    return type(runner).__module__.startswith("prefect_dask")
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    return runner if type(runner).__module__.startswith("prefect_dask") else None
+
+
+# What a worker would otherwise import in its first Prefect task and its first pieces: the
+# task engine, the statistics stages and the libraries their pieces import on first use
+# (lazily, so that the command line starts fast). 3 to 4 s a worker on the reference
+# machine, spent while the flow validates and predicts instead (benchmarks/RESULTS.md).
+WORKER_IMPORTS = (
+    "prefect.task_engine",
+    "audit.stages",
+    "lifelines",
+    "sksurv.linear_model",
+    "sksurv.metrics",
+    "fairlearn.metrics",
+)
+
+
+def warm_workers(client) -> int:
+    """Every worker of the Dask ``client``'s cluster imports :data:`WORKER_IMPORTS` in the
+    background (a plain Dask task each, not waited for); returns how many were asked. A
+    worker that joins later imports them with its first piece."""
+    from distributed import fire_and_forget
+
+    workers = list(client.scheduler_info()["workers"])
+    for address in workers:
+        future = client.submit(import_modules, WORKER_IMPORTS, workers=[address], pure=False)
+        fire_and_forget(future)
+    return len(workers)
+
+
+def import_modules(names: Sequence[str]) -> list[str]:
+    """Import ``names`` here (a worker's warm-up); returns those imported."""
+    import importlib
+
+    return [importlib.import_module(name).__name__ for name in names]
 
 
 def dask_task_runner(address: str | None = None, workers: int = 2):
@@ -114,8 +150,6 @@ def dask_task_runner(address: str | None = None, workers: int = 2):
 # - no statistical profiler: every 10 ms it takes the GIL to walk the computing thread's
 #   stack, deep in pandas and lifelines (with the first, the pieces computed 30-40% slower
 #   in a worker than in this process; without both, as fast);
-# - the statistics modules imported when a worker starts (while the flow validates and
-#   predicts), not by its first piece;
 # - the scheduler hands a single-threaded worker one task at a time (worker-saturation 1.0,
 #   not 1.1, which queues a second task on a busy worker while another falls idle at the
 #   end): the workers take the pieces strictly in the order submitted, the longest first.
@@ -126,15 +160,15 @@ CLUSTER_SETTINGS = {
     "distributed.worker.profile.enabled": False,
     "distributed.scheduler.worker-saturation": 1.0,
 }
-WORKER_PRELOAD = ["audit.stages"]
 
 
 def local_cluster(**kwargs):
-    """A Dask LocalCluster with :data:`CLUSTER_SETTINGS` and :data:`WORKER_PRELOAD`."""
+    """A Dask LocalCluster with :data:`CLUSTER_SETTINGS`. Its workers start bare (the
+    flow waits for them) and import the statistics in the background once the flow runs
+    (:func:`warm_workers`)."""
     import dask
     import distributed
 
-    kwargs.setdefault("preload", WORKER_PRELOAD)
     with dask.config.set(CLUSTER_SETTINGS):
         return distributed.LocalCluster(**kwargs)
 
@@ -160,6 +194,8 @@ def audit_flow(
     ``alert_failures``, alerted per the config.
     """
     with _Attempt(out, flow_label, cohort, config, overrides, alert_failures) as attempt:
+        if (runner := _dask_runner()) is not None:
+            warm_workers(runner.client)  # while this process validates and predicts
         cfg = load_config(config, **(overrides or {}))
         attempt.ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
         result = audit_sequence(

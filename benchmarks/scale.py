@@ -1,7 +1,8 @@
 """A registry-sized audit, stage by stage: a predictions-only cohort of the demo world (one
 photo a subject, the oracle model's FaceAge and risk score, outcomes), audited end to end
 with the default config in this process; each stage's wall time (from the run's own
-``run_stages`` rows), the whole run's wall time and the peak resident memory of the process.
+``run_stages`` rows) and the highest resident memory sampled while it ran (every 0.1 s),
+the whole run's wall time and the peak resident memory of the process.
 
     python benchmarks/scale.py --n 100000
     python benchmarks/scale.py --n 1000000        # make bench-scale
@@ -24,16 +25,46 @@ each time.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 
 def peak_rss_gb() -> float:
     """Peak resident memory of this process (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+class RssSampler(threading.Thread):
+    """This process's resident set every ``interval`` seconds (Linux ``/proc``), with the
+    time of each sample, until :meth:`stop`."""
+
+    def __init__(self, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self._done = interval, [], threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def run(self) -> None:
+        with open("/proc/self/statm") as statm:
+            while not self._done.is_set():
+                statm.seek(0)
+                rss = int(statm.read().split()[1]) * self._page
+                self.samples.append((datetime.now(timezone.utc), rss))
+                self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def peak_gb(self, start, end) -> float:
+        """The highest sample from ``start`` to ``end`` (GB; NaN if none fell there)."""
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return max(inside) / 1024**3 if inside else float("nan")
 
 
 def main() -> None:
@@ -56,17 +87,21 @@ def main() -> None:
     made = time.perf_counter() - t0
     out = args.work / f"out-{args.n}-{args.seed}"
     shutil.rmtree(out, ignore_errors=True)
+    sampler = RssSampler()
+    sampler.start()
     t0 = time.perf_counter()
     run = audit.run(cohort, ["predictions:faceage,risk"], out=out)
     wall = time.perf_counter() - t0
+    sampler.stop()
     stages = Store(out / "audit.duckdb").table("run_stages", run.run_id)
     stages = stages.sort_values("started_at")
     print(f"{args.n:,} subjects (cohort written in {made:.1f} s); verdict {run.verdict_status}")
-    print("| stage | seconds | rows written |")
-    print("|---|---:|---:|")
+    print("| stage | seconds | rows written | peak resident memory (GB) |")
+    print("|---|---:|---:|---:|")
     for r in stages.itertuples():  # a stage is timed from the write before it to its commit
         seconds = (r.finished_at - r.started_at).total_seconds()
-        print(f"| {r.stage} | {seconds:.1f} | {r.rows_written:,} |")
+        peak = sampler.peak_gb(r.started_at, r.finished_at)
+        print(f"| {r.stage} | {seconds:.1f} | {r.rows_written:,} | {peak:.2f} |")
     print(f"| whole run | {wall:.1f} | |")
     print(f"peak resident memory: {peak_rss_gb():.2f} GB")
     if args.dask:

@@ -106,7 +106,14 @@ def test_small_groups_are_reported_not_judged():
     assert (rows.loc[rows["group_name"] == "big", "status"] != "too_small").all()
 
 
-@pytest.mark.parametrize("attribute", ["sex", "race", "site"])
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        "sex",
+        pytest.param("race", marks=pytest.mark.slow),
+        pytest.param("site", marks=pytest.mark.slow),
+    ],
+)
 def test_survival_analysis_judges_each_score_within_groups(attribute):
     from audit.demo.world import simulate
     from audit.pipeline.config import SurvivalConfig

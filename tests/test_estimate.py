@@ -250,6 +250,7 @@ def monitor_runs(tmp_path_factory):
     return runs, out
 
 
+@pytest.mark.slow  # four photo cohorts audited (make test-all); estimates: the tests above
 def test_a_monitor_run_estimates_and_the_next_shows_the_estimate_beside_the_realised(
     monitor_runs,
 ):
@@ -273,6 +274,7 @@ def test_a_monitor_run_estimates_and_the_next_shows_the_estimate_beside_the_real
     (out / "page.html").write_text(later_page)  # (kept for a look)
 
 
+@pytest.mark.slow  # the same audits (make test-all); case mix itself: test_casemix
 def test_through_the_drift_stage_age_is_case_mix_and_darker_photos_are_not(monitor_runs):
     from audit.monitor.casemix import EXPLAINED, NOT_EXPLAINED
 

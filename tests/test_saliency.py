@@ -308,6 +308,7 @@ def demo_maps(tmp_path_factory):
 AGE_CUES = ("forehead", "eyes", "cheeks", "mouth_chin", "hair")  # wrinkles, bags, grey hair, jowls
 
 
+@pytest.mark.slow  # the demo models' maps (make test-all); each method: the mouth model above
 def test_demo_faceage_looks_at_the_planted_age_cues(demo_maps):
     maps, _ = demo_maps
     template = sal.region_template("demo", SIZE)
@@ -320,6 +321,7 @@ def test_demo_faceage_looks_at_the_planted_age_cues(demo_maps):
         assert shares[REGIONS.index("background")] < 0.5 * area[REGIONS.index("background")]
 
 
+@pytest.mark.slow  # the demo models' maps (make test-all); each method: the mouth model above
 def test_demo_survival_looks_more_at_frailty_cues_than_faceage(demo_maps):
     """Illness thins the cheeks and pales the skin; age greys the hair and lines the
     forehead. The survival model's map leans to the cheeks and away from forehead and hair
@@ -446,6 +448,7 @@ def test_saliency_stage_in_the_audit_flow(prefect_harness, tmp_path):
     assert "cannot load" not in shown and "cannot be read" not in shown
 
 
+@pytest.mark.slow  # the demo models' maps (make test-all); each method: the mouth model above
 def test_region_rows_rank_by_enrichment_not_size(demo_maps):
     """Enrichment is a region's share over its share of the pixels, its CI the share's CI
     scaled alike. By raw share the largest regions top any map; by enrichment the demo

@@ -85,10 +85,9 @@ def run_piece(piece: Piece) -> PieceResult:
     """Compute one piece (the fan-out's task function)."""
     start = time.perf_counter()
     result = piece.fn(*piece.args)
-    # the piece's reference cycles (pandas, lifelines and fairlearn objects, holding
-    # bootstrap counts of up to 1 GB at a million subjects) freed now, not at the collector's
-    # next whim: the fairness stage's peak at 100,000 subjects 0.85 GB -> 0.70 GB
-    # (benchmarks/RESULTS.md, "Registry scale"); a collection takes well under a second
+    # the reference cycles the piece leaves (holding some of its arrays) freed now, not at
+    # the collector's next run: the fairness stage's peak at 100,000 subjects 0.85 GB ->
+    # 0.70 GB (benchmarks/RESULTS.md, "Registry scale"); a collection takes about 0.07 s
     gc.collect()
     result.ran_on, result.seconds = _here(), time.perf_counter() - start
     return result

@@ -81,14 +81,20 @@ class PieceResult:
     seconds: float = 0.0
 
 
+# A piece that computed this long (seconds) is followed by a full garbage collection: the
+# reference cycles it leaves keep some of its arrays until the collector's next run, and at
+# scale those are large (the fairness stage's peak at 100,000 subjects 0.85 GB with them,
+# 0.70 GB without: benchmarks/RESULTS.md, "Registry scale"). A collection takes 0.1 to
+# 0.3 s in a process with the libraries loaded, too much after every small piece.
+COLLECT_AFTER_S = 2.0
+
+
 def run_piece(piece: Piece) -> PieceResult:
     """Compute one piece (the fan-out's task function)."""
     start = time.perf_counter()
     result = piece.fn(*piece.args)
-    # the reference cycles the piece leaves (holding some of its arrays) freed now, not at
-    # the collector's next run: the fairness stage's peak at 100,000 subjects 0.85 GB ->
-    # 0.70 GB (benchmarks/RESULTS.md, "Registry scale"); a collection takes about 0.07 s
-    gc.collect()
+    if time.perf_counter() - start > COLLECT_AFTER_S:
+        gc.collect()
     result.ran_on, result.seconds = _here(), time.perf_counter() - start
     return result
 

@@ -76,9 +76,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each, interleaved")
     args = parser.parse_args()
 
-    import audit
     from audit.demo.world import write_cohort
-    from audit.pipeline.store import Store
 
     cohort = args.work / f"cohort-{args.n}-{args.seed}"
     t0 = time.perf_counter()
@@ -86,15 +84,12 @@ def main() -> None:
         write_cohort(cohort, args.n, args.seed)
     made = time.perf_counter() - t0
     out = args.work / f"out-{args.n}-{args.seed}"
-    shutil.rmtree(out, ignore_errors=True)
     sampler = RssSampler()
     sampler.start()
     t0 = time.perf_counter()
-    run = audit.run(cohort, ["predictions:faceage,risk"], out=out)
+    run, stages = audit_in_process(cohort, out)
     wall = time.perf_counter() - t0
     sampler.stop()
-    stages = Store(out / "audit.duckdb").table("run_stages", run.run_id)
-    stages = stages.sort_values("started_at")
     print(f"{args.n:,} subjects (cohort written in {made:.1f} s); verdict {run.verdict_status}")
     print("| stage | seconds | rows written | peak resident memory (GB) |")
     print("|---|---:|---:|---:|")
@@ -110,6 +105,19 @@ def main() -> None:
 
 
 STATISTICS = ("accuracy", "fairness", "survival")
+MODELS = ["predictions:faceage,risk"]
+
+
+def audit_in_process(cohort: Path, out: Path):
+    """The audit of ``cohort`` in this process into ``out`` (replaced): the run and its
+    ``run_stages`` rows in order."""
+    import audit
+    from audit.pipeline.store import Store
+
+    shutil.rmtree(out, ignore_errors=True)
+    run = audit.run(cohort, MODELS, out=out)
+    stages = Store(out / "audit.duckdb").table("run_stages", run.run_id)
+    return run, stages.sort_values("started_at")
 
 
 def statistics_seconds(stages) -> float:
@@ -121,13 +129,11 @@ def statistics_seconds(stages) -> float:
 def dask_speedups(cohort, work, n, seed, in_process: float, workers: list[int], repeat: int):
     """The statistics stages' time on a Dask LocalCluster of each worker count, against the
     in-process audit's; ``repeat`` rounds of them all, interleaved, medians compared."""
-    import os
     import statistics
 
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    import audit
     from audit.orchestrate.prefect_flows import audit_flow, dask_task_runner
     from audit.pipeline.store import Store
 
@@ -136,16 +142,13 @@ def dask_speedups(cohort, work, n, seed, in_process: float, workers: list[int], 
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # for the workers
         for r in range(repeat):
             if r:
-                out = work / f"out-{n}-{seed}"
-                shutil.rmtree(out, ignore_errors=True)
-                run = audit.run(cohort, ["predictions:faceage,risk"], out=out)
-                rows = Store(out / "audit.duckdb").table("run_stages", run.run_id)
+                _, rows = audit_in_process(cohort, work / f"out-{n}-{seed}")
                 times[0].append(statistics_seconds(rows))
             for k in workers:
                 out = work / f"out-{n}-{seed}-dask{k}"
                 shutil.rmtree(out, ignore_errors=True)
                 flow = audit_flow.with_options(task_runner=dask_task_runner(workers=k))
-                result = flow(cohort=str(cohort), models=["predictions:faceage,risk"], out=str(out))
+                result = flow(cohort=str(cohort), models=MODELS, out=str(out))
                 rows = Store(out / "audit.duckdb").table("run_stages", result["run_id"])
                 times[k].append(statistics_seconds(rows))
     base = statistics.median(times[0])

@@ -67,7 +67,7 @@ def prefect_fan_out(name: str, fn: Callable, items: Sequence) -> list:
 def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
     """The statistics pieces as tasks on the flow's Dask workers, submitted the longest
     first (by their ``cost``) so that the workers finish together; results in the order of
-    ``items``. Only on Dask (:func:`_spread`): on Prefect's default runner the stages compute
+    ``items``. Only on Dask (:func:`audit_flow`): on Prefect's default runner the stages compute
     their own pieces one after another in their tasks (its thread pool would share one
     process's warning filters, which each Cox fit sets to record lifelines' warnings, between
     fits)."""
@@ -75,11 +75,6 @@ def prefect_spread(name: str, fn: Callable, items: Sequence) -> list:
     done = prefect_fan_out(name, fn, [items[i] for i in order])
     results = dict(zip(order, (result for _, result in done), strict=True))
     return [(item, results[i]) for i, item in enumerate(items)]
-
-
-def _spread():
-    """The flow's ``spread``: :func:`prefect_spread` on Dask, else None."""
-    return prefect_spread if _dask_runner() is not None else None
 
 
 def _dask_runner():
@@ -194,7 +189,8 @@ def audit_flow(
     ``alert_failures``, alerted per the config.
     """
     with _Attempt(out, flow_label, cohort, config, overrides, alert_failures) as attempt:
-        if (runner := _dask_runner()) is not None:
+        runner = _dask_runner()
+        if runner is not None:
             warm_workers(runner.client)  # while this process validates and predicts
         cfg = load_config(config, **(overrides or {}))
         attempt.ctx = stages.start(cohort, models, out, cfg, flow=flow_label, reference=reference)
@@ -203,7 +199,7 @@ def audit_flow(
             shards=shards,
             step=prefect_step,
             fan_out=prefect_fan_out,
-            spread=_spread(),
+            spread=prefect_spread if runner is not None else None,
         )
     _artifacts(out, result)
     return result
